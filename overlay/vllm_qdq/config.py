@@ -1,0 +1,377 @@
+"""Every setting of vllm-qdq, in one frozen object built once from the environment.
+
+Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case):
+
+============================  ===========================================================
+``VLLM_QDQ``                  enable activation QDQ in vLLM's quantized GEMM ops (plugin)
+``VLLM_QDQ_CONFIG``           JSON settings, inline (starts with ``{``) or a file path
+``VLLM_QDQ_TRACE``            print each QDQ'd call (op, shape, dtype, weight, format), at
+                              most :data:`TRACE_LIMIT` lines per process
+``VLLM_QDQ_BACKEND``          ``auto`` | ``reference`` | ``triton`` (QDQ implementation)
+``VLLM_QDQ_STATS``            directory for per-layer QDQ error statistics
+``VLLM_MARLIN_MOE_QDQ_MODE``  compatibility: ``FORCE_MXFP4`` forces ``mxfp4`` on every call
+``VLLM_SAGE3_TRITON``         register the sage3 attention kernel over vllm-omni SAGE_ATTN
+``SAGE3_QUANT_FORMAT``        ``mxfp4`` | ``nvfp4`` | ``mxfp8_s1`` | ``mxfp4_s1``
+``SAGE3_ACC_DTYPE``           ``fp32`` | ``bf16_both_dot`` | ``bf16_pv_only``
+============================  ===========================================================
+
+``VLLM_QDQ_CONFIG`` schema (every key optional; unknown keys are errors)::
+
+    {
+      "linear": {"format": "auto", "scale_rule": "floor"},   # dense quantized GEMMs
+      "moe":    {"format": "auto", "scale_rule": "floor"},   # MoE quantized GEMMs
+      "route":  {"mxfp4": "mxfp4", "nvfp4": "nvfp4",         # "auto": activation format
+                 "fp8": "mxfp8_e4m3", "int": "off"},         #   by weight kind
+      "force":  null,                                        # one format for every call
+      "method": {                                            # the `qdq` quantization method
+        "weight": {"format": "mxfp4", "scale_rule": "floor"},
+        "act":    {"format": "mxfp4", "scale_rule": "floor"},
+        "moe_weight": null, "moe_act": null                  # MoE overrides (null: same)
+      },
+      "layers": [                                            # first match wins
+        {"pattern": "lm_head", "skip": true},
+        {"pattern": "model.layers.0.*", "act": {"format": "mxfp8_e4m3"}}
+      ],
+      "trace": false, "stats_dir": null, "backend": "auto"
+    }
+
+A ``format`` is a name in :data:`vllm_qdq.formats.FORMATS`, ``"off"``, or (activation
+specs of the plugin only) ``"auto"``. Layer patterns are shell globs on vLLM's layer prefix
+(``fnmatch``), or regular expressions when written ``"re:..."``. Environment variables win
+over the JSON for the keys they name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+from .formats import FORMATS, check_scale_rule, get_format
+
+__all__ = [
+    "ConfigError",
+    "QuantSpec",
+    "LayerRule",
+    "MethodConfig",
+    "QDQConfig",
+    "Sage3Config",
+    "WEIGHT_KINDS",
+    "TRACE_LIMIT",
+    "ENV_VARS",
+    "parse_bool",
+    "load_config",
+    "load_sage3_config",
+]
+
+logger = logging.getLogger("vllm_qdq")
+
+#: Weight kinds the activation plugin routes on (see ``route``).
+WEIGHT_KINDS: tuple[str, ...] = ("mxfp4", "nvfp4", "fp8", "int")
+#: Lines ``VLLM_QDQ_TRACE`` prints per process at most.
+TRACE_LIMIT = 200
+
+SAGE3_FORMATS: tuple[str, ...] = ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")
+SAGE3_ACC_DTYPES: tuple[str, ...] = ("fp32", "bf16_both_dot", "bf16_pv_only")
+BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
+
+#: Every environment variable this package reads, with its default and meaning.
+ENV_VARS: dict[str, tuple[str | None, str]] = {
+    "VLLM_QDQ": ("0", "enable activation QDQ in vLLM's quantized GEMM ops"),
+    "VLLM_QDQ_CONFIG": (None, "JSON settings, inline or a file path"),
+    "VLLM_QDQ_TRACE": ("0", f"trace QDQ'd calls (at most {TRACE_LIMIT} lines per process)"),
+    "VLLM_QDQ_BACKEND": ("auto", "QDQ implementation: auto | reference | triton"),
+    "VLLM_QDQ_STATS": (None, "directory for per-layer QDQ error statistics"),
+    "VLLM_MARLIN_MOE_QDQ_MODE": (None, "compatibility: FORCE_MXFP4 forces mxfp4 everywhere"),
+    "VLLM_SAGE3_TRITON": ("0", "register the sage3 attention kernel over SAGE_ATTN"),
+    "SAGE3_QUANT_FORMAT": ("mxfp4", "sage3: " + " | ".join(SAGE3_FORMATS)),
+    "SAGE3_ACC_DTYPE": ("fp32", "sage3: " + " | ".join(SAGE3_ACC_DTYPES)),
+}
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class ConfigError(ValueError):
+    """A setting has a value this package does not accept; the message names both."""
+
+
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    """The one boolean parser for every variable here."""
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; accepted: {', '.join(_TRUE + _FALSE[:-1])}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One format and scale rule. ``format`` may be ``"off"`` (and ``"auto"`` where allowed)."""
+
+    format: str = "off"
+    scale_rule: str = "floor"
+
+    @property
+    def enabled(self) -> bool:
+        return self.format != "off"
+
+    def __str__(self) -> str:
+        if self.format in ("off", "auto") or not FORMATS[self.format].takes_scale_rule:
+            return self.format
+        return f"{self.format}/{self.scale_rule}"
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """A per-layer override: layers whose prefix matches ``pattern`` skip QDQ or use these specs."""
+
+    pattern: str
+    skip: bool = False
+    act: QuantSpec | None = None
+    weight: QuantSpec | None = None
+
+    def matches(self, prefix: str) -> bool:
+        if self.pattern.startswith("re:"):
+            return re.fullmatch(self.pattern[3:], prefix) is not None
+        return fnmatch.fnmatchcase(prefix, self.pattern)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings of the ``qdq`` quantization method (weights QDQ'd at load, activations per call)."""
+
+    weight: QuantSpec = QuantSpec("mxfp4", "floor")
+    act: QuantSpec = QuantSpec("mxfp4", "floor")
+    moe_weight: QuantSpec | None = None
+    moe_act: QuantSpec | None = None
+
+
+@dataclass(frozen=True)
+class QDQConfig:
+    """All activation-QDQ and ``qdq``-method settings, validated."""
+
+    enabled: bool = False
+    linear: QuantSpec = QuantSpec("auto", "floor")
+    moe: QuantSpec = QuantSpec("auto", "floor")
+    route: Mapping[str, str] = field(
+        default_factory=lambda: {"mxfp4": "mxfp4", "nvfp4": "nvfp4", "fp8": "mxfp8_e4m3", "int": "off"}
+    )
+    force: str | None = None
+    method: MethodConfig = MethodConfig()
+    layers: tuple[LayerRule, ...] = ()
+    trace: bool = False
+    stats_dir: str | None = None
+    backend: str = "auto"
+
+    def rule_for(self, prefix: str) -> LayerRule | None:
+        """The first layer rule matching ``prefix``, if any."""
+        for rule in self.layers:
+            if rule.matches(prefix):
+                return rule
+        return None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["route"] = dict(self.route)
+        return d
+
+    def digest(self) -> str:
+        """A stable hash of every setting that changes numerics (for compile-cache keys)."""
+        d = self.to_json()
+        for k in ("trace", "stats_dir"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        """One line for the log."""
+        if self.force:
+            acts = f"force={self.force}"
+        else:
+            acts = f"linear={self.linear} moe={self.moe} route={dict(self.route)}"
+        return (
+            f"{acts} method=(w={self.method.weight}, a={self.method.act}) "
+            f"layers={len(self.layers)} backend={self.backend} trace={self.trace}"
+        )
+
+
+@dataclass(frozen=True)
+class Sage3Config:
+    """Settings of the sage3 attention backend."""
+
+    enabled: bool = False
+    quant_format: str = "mxfp4"
+    acc_dtype: str = "fp32"
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _keys(where: str, obj: object, allowed: tuple[str, ...]) -> Mapping:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(obj)}")
+    unknown = [k for k in obj if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; accepted: {', '.join(allowed)}")
+    return obj
+
+
+def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None = None) -> QuantSpec:
+    if isinstance(obj, str):
+        obj = {"format": obj}
+    d = _keys(where, obj, ("format", "scale_rule"))
+    fmt = d.get("format", base.format if base else "off")
+    rule = d.get("scale_rule", base.scale_rule if base else "floor")
+    special = ("off", "auto") if allow_auto else ("off",)
+    if fmt not in special:
+        try:
+            spec = get_format(fmt)
+        except ValueError:
+            raise ConfigError(
+                f"{where}.format={fmt!r} is not a known format; accepted: "
+                f"{', '.join(special + tuple(FORMATS))}"
+            ) from None
+        try:
+            check_scale_rule(spec, rule)
+        except ValueError as e:
+            raise ConfigError(f"{where}.scale_rule: {e}") from None
+    elif rule not in ("floor", "ceil", "even", "rceil"):
+        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: floor, ceil, even, rceil")
+    return QuantSpec(fmt, rule)
+
+
+def _format_name(where: str, value: object, extra: tuple[str, ...] = ("off",)) -> str:
+    if value in extra or value in FORMATS:
+        return value  # type: ignore[return-value]
+    raise ConfigError(f"{where}={value!r} is not a known format; accepted: {', '.join(extra + tuple(FORMATS))}")
+
+
+def _read_json(raw: str) -> dict:
+    text = raw.strip()
+    src = "VLLM_QDQ_CONFIG"
+    if not text.startswith("{"):
+        if not os.path.isfile(text):
+            raise ConfigError(f"VLLM_QDQ_CONFIG={raw!r} is neither inline JSON nor an existing file")
+        src = f"VLLM_QDQ_CONFIG file {text}"
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{src} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{src} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
+    """Build and validate a :class:`QDQConfig` from the JSON schema in the module docstring."""
+    top = _keys(
+        "VLLM_QDQ_CONFIG", obj,
+        ("linear", "moe", "route", "force", "method", "layers", "trace", "stats_dir", "backend"),
+    )
+    base = QDQConfig(enabled=enabled)
+    linear = _spec("linear", top["linear"], allow_auto=True, base=base.linear) if "linear" in top else base.linear
+    moe = _spec("moe", top["moe"], allow_auto=True, base=base.moe) if "moe" in top else base.moe
+    route = dict(base.route)
+    if "route" in top:
+        for kind, fmt in _keys("route", top["route"], WEIGHT_KINDS).items():
+            route[kind] = _format_name(f"route.{kind}", fmt)
+    force = top.get("force")
+    if force is not None:
+        force = _format_name("force", force, extra=())
+    method = base.method
+    if "method" in top:
+        m = _keys("method", top["method"], ("weight", "act", "moe_weight", "moe_act"))
+        method = MethodConfig(
+            weight=_spec("method.weight", m["weight"], allow_auto=False) if "weight" in m else method.weight,
+            act=_spec("method.act", m["act"], allow_auto=False) if "act" in m else method.act,
+            moe_weight=_spec("method.moe_weight", m["moe_weight"], allow_auto=False)
+            if m.get("moe_weight") is not None else None,
+            moe_act=_spec("method.moe_act", m["moe_act"], allow_auto=False)
+            if m.get("moe_act") is not None else None,
+        )
+    layers = []
+    raw_layers = top.get("layers", [])
+    if not isinstance(raw_layers, list):
+        raise ConfigError(f"layers must be a JSON list, got {json.dumps(raw_layers)}")
+    for i, item in enumerate(raw_layers):
+        d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight"))
+        pat = d.get("pattern")
+        if not isinstance(pat, str) or not pat:
+            raise ConfigError(f"layers[{i}].pattern must be a non-empty string, got {pat!r}")
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as e:
+                raise ConfigError(f"layers[{i}].pattern {pat!r} is not a valid regex: {e}") from None
+        skip = d.get("skip", False)
+        if not isinstance(skip, bool):
+            raise ConfigError(f"layers[{i}].skip must be true or false, got {skip!r}")
+        act = _spec(f"layers[{i}].act", d["act"], allow_auto=True) if "act" in d else None
+        weight = _spec(f"layers[{i}].weight", d["weight"], allow_auto=False) if "weight" in d else None
+        if not skip and act is None and weight is None:
+            raise ConfigError(f"layers[{i}] ({pat!r}) needs \"skip\": true, \"act\" or \"weight\"")
+        layers.append(LayerRule(pat, skip, act, weight))
+    trace = top.get("trace", False)
+    if not isinstance(trace, bool):
+        raise ConfigError(f"trace must be true or false, got {trace!r}")
+    stats_dir = top.get("stats_dir")
+    if stats_dir is not None and not isinstance(stats_dir, str):
+        raise ConfigError(f"stats_dir must be a path string, got {stats_dir!r}")
+    backend = top.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
+    return QDQConfig(enabled, linear, moe, route, force, method, tuple(layers), trace, stats_dir, backend)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
+    """Read and validate every QDQ setting from ``env`` (default: ``os.environ``).
+
+    Raises:
+        ConfigError: any bad name or value, with the accepted ones.
+    """
+    env = os.environ if env is None else env
+    enabled = parse_bool("VLLM_QDQ", env.get("VLLM_QDQ"))
+    raw = env.get("VLLM_QDQ_CONFIG")
+    cfg = config_from_dict(_read_json(raw) if raw and raw.strip() else {}, enabled=enabled)
+    mode = env.get("VLLM_MARLIN_MOE_QDQ_MODE")
+    if mode is not None and mode.strip():
+        m = mode.strip().upper()
+        if m == "FORCE_MXFP4":
+            cfg = replace(cfg, force="mxfp4")
+        elif m not in ("AUTO", "DEFAULT"):
+            raise ConfigError(
+                f"VLLM_MARLIN_MOE_QDQ_MODE={mode!r}; accepted (any case): FORCE_MXFP4, AUTO"
+            )
+    if "VLLM_QDQ_TRACE" in env:
+        cfg = replace(cfg, trace=parse_bool("VLLM_QDQ_TRACE", env["VLLM_QDQ_TRACE"]))
+    if env.get("VLLM_QDQ_STATS"):
+        cfg = replace(cfg, stats_dir=env["VLLM_QDQ_STATS"])
+    if env.get("VLLM_QDQ_BACKEND"):
+        b = env["VLLM_QDQ_BACKEND"].strip().lower()
+        if b not in BACKENDS:
+            raise ConfigError(f"VLLM_QDQ_BACKEND={env['VLLM_QDQ_BACKEND']!r}; accepted: {', '.join(BACKENDS)}")
+        cfg = replace(cfg, backend=b)
+    return cfg
+
+
+def load_sage3_config(env: Mapping[str, str] | None = None) -> Sage3Config:
+    """Read and validate the sage3 settings; raises :class:`ConfigError` naming a bad value."""
+    env = os.environ if env is None else env
+    enabled = parse_bool("VLLM_SAGE3_TRITON", env.get("VLLM_SAGE3_TRITON"))
+    fmt = (env.get("SAGE3_QUANT_FORMAT") or "mxfp4").strip().lower()
+    if fmt not in SAGE3_FORMATS:
+        raise ConfigError(f"SAGE3_QUANT_FORMAT={fmt!r}; accepted: {', '.join(SAGE3_FORMATS)}")
+    acc = (env.get("SAGE3_ACC_DTYPE") or "fp32").strip().lower()
+    if acc not in SAGE3_ACC_DTYPES:
+        raise ConfigError(f"SAGE3_ACC_DTYPE={acc!r}; accepted: {', '.join(SAGE3_ACC_DTYPES)}")
+    return Sage3Config(enabled, fmt, acc)

@@ -1,0 +1,269 @@
+"""The format table: every number format and QDQ recipe this package knows, as data.
+
+One frozen :class:`ElemSpec` per element encoding and one frozen :class:`FormatSpec` per named
+recipe. The torch reference (:mod:`vllm_qdq.reference`), the Triton kernels
+(:mod:`vllm_qdq.triton_qdq`) and the tests all read these records; nothing else in the
+package restates a bit width, a bias or a maximum.
+
+Sources:
+
+* OCP Microscaling Formats (MX) Specification v1.0, section 5 (element types E2M1, E2M3,
+  E3M2, E4M3, E5M2, INT8), section 6.3 (shared-scale computation ``floor``).
+* NVIDIA NVFP4: E2M1 elements, 16-element blocks, E4M3 block scale, FP32 per-tensor scale.
+* vLLM 0.30.0 dynamic activation quantization (``scaled_fp8_quant``,
+  ``per_token_group_quant_fp8``, ``scaled_int8_quant``) for the FP8 / INT8 recipes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "ElemSpec",
+    "FormatSpec",
+    "Family",
+    "Granularity",
+    "ELEMENTS",
+    "FORMATS",
+    "SCALE_RULES",
+    "MX_BLOCK_SIZES",
+    "get_format",
+    "check_scale_rule",
+]
+
+
+@dataclass(frozen=True)
+class ElemSpec:
+    """One element encoding.
+
+    Floating-point elements (``is_int`` false) have ``ebits`` exponent bits, ``mbits`` mantissa
+    bits and exponent ``bias``; their normal exponents run from ``emin = 1 - bias`` to ``emax``,
+    and values below ``2**emin`` are subnormal with quantum ``2**(emin - mbits)``.
+    ``max_normal`` is the largest finite magnitude; out-of-range values saturate to it.
+
+    Integer elements (``is_int`` true) are ``k * 2**-mbits`` for ``|k| <= 2**(bits-1) - 1``
+    (symmetric: the most negative two's complement code is never produced).
+    """
+
+    name: str
+    bits: int
+    ebits: int
+    mbits: int
+    bias: int
+    emax: int
+    max_normal: float
+    is_int: bool = False
+
+    @property
+    def emin(self) -> int:
+        """Smallest normal exponent (floating-point elements)."""
+        return 1 - self.bias
+
+    @property
+    def quantum_min(self) -> float:
+        """Spacing of the finest part of the grid (subnormals, or the integer step)."""
+        return 2.0 ** (self.emin - self.mbits) if not self.is_int else 2.0**-self.mbits
+
+    def grid(self) -> list[float]:
+        """Every non-negative finite value of the encoding, ascending (code order for fp4/fp6/fp8)."""
+        if self.is_int:
+            top = 2 ** (self.bits - 1) - 1
+            return [k * 2.0**-self.mbits for k in range(top + 1)]
+        vals = []
+        for e_field in range(2**self.ebits):
+            for m_field in range(2**self.mbits):
+                if e_field == 0:
+                    v = m_field * 2.0 ** (self.emin - self.mbits)
+                else:
+                    v = (1 + m_field / 2**self.mbits) * 2.0 ** (e_field - self.bias)
+                if v > self.max_normal:
+                    continue
+                vals.append(v)
+        return vals
+
+
+#: Element encodings by name.
+ELEMENTS: dict[str, ElemSpec] = {
+    e.name: e
+    for e in (
+        ElemSpec("e2m1", bits=4, ebits=2, mbits=1, bias=1, emax=2, max_normal=6.0),
+        ElemSpec("e2m3", bits=6, ebits=2, mbits=3, bias=1, emax=2, max_normal=7.5),
+        ElemSpec("e3m2", bits=6, ebits=3, mbits=2, bias=3, emax=4, max_normal=28.0),
+        # E4M3 "fn": no infinities, S.1111.111 is NaN, so the top finite value is 448.
+        ElemSpec("e4m3", bits=8, ebits=4, mbits=3, bias=7, emax=8, max_normal=448.0),
+        # E5M2 keeps IEEE infinities; QDQ saturates to the largest finite value instead.
+        ElemSpec("e5m2", bits=8, ebits=5, mbits=2, bias=15, emax=15, max_normal=57344.0),
+        # OCP MXINT8: two's complement with an implicit 2**-6, so |k|/64 <= 127/64.
+        ElemSpec("mxint8", bits=8, ebits=0, mbits=6, bias=0, emax=0, max_normal=127 / 64, is_int=True),
+        # Plain symmetric INT8 (vLLM's per-token activation quantization): |k| <= 127.
+        ElemSpec("int8", bits=8, ebits=0, mbits=0, bias=0, emax=6, max_normal=127.0, is_int=True),
+    )
+}
+
+
+class Family(str, enum.Enum):
+    """How a recipe computes its scales."""
+
+    MX = "mx"  # OCP MX: power-of-two E8M0 scale per block, chosen by a scale rule
+    NVFP4 = "nvfp4"  # E4M3 block scale under an FP32 per-tensor scale
+    SCALED = "scaled"  # one real-valued (or power-of-two) scale per group from amax / qmax
+
+
+class Granularity(str, enum.Enum):
+    """Which elements share one scale."""
+
+    BLOCK = "block"  # ``block_size`` consecutive elements along the axis
+    ROW = "row"  # every element along the axis (per token / per output channel)
+    TENSOR = "tensor"  # the whole tensor
+
+
+#: MX shared-scale rules (see :func:`vllm_qdq.reference.mx_scale_exponent` for the formulas).
+SCALE_RULES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
+
+#: Block sizes an MX recipe accepts; 32 is the OCP v1.0 value and the default.
+MX_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A named QDQ recipe: element encoding plus how scales are chosen and stored.
+
+    Attributes:
+        name: the public name (``FORMATS`` key).
+        family: MX, NVFP4 or SCALED (see :class:`Family`).
+        elem: the element encoding.
+        granularity: which elements share a scale.
+        block_size: elements per block for ``Granularity.BLOCK``; ``None`` otherwise.
+        pow2_scale: SCALED recipes only: round the scale up to a power of two (UE8M0).
+        scale_floor: SCALED recipes only: lower bound on the scale (vLLM per-token FP8 uses
+            ``1 / (448 * 512)``), applied as ``max(amax / qmax, scale_floor)``.
+        amax_floor: SCALED recipes only: lower bound on a group's amax before dividing
+            (vLLM's per-group FP8 uses ``1e-10``).
+        fp32_math: SCALED recipes only: scale, quotient and product in fp32, as vLLM's
+            per-token FP8 CUDA kernel computes them; otherwise float64 (see
+            :mod:`vllm_qdq.reference`).
+        description: one line for listings and errors.
+    """
+
+    name: str
+    family: Family
+    elem: ElemSpec
+    granularity: Granularity
+    block_size: int | None
+    description: str
+    pow2_scale: bool = False
+    scale_floor: float = 0.0
+    amax_floor: float = 0.0
+    fp32_math: bool = False
+
+    @property
+    def allowed_block_sizes(self) -> tuple[int, ...]:
+        """Block sizes a caller may ask for (empty: the recipe has no block)."""
+        if self.family is Family.MX:
+            return MX_BLOCK_SIZES
+        return (self.block_size,) if self.block_size is not None else ()
+
+    @property
+    def takes_scale_rule(self) -> bool:
+        """Only MX recipes choose between scale rules."""
+        return self.family is Family.MX
+
+
+def _mx(name: str, elem: str) -> FormatSpec:
+    e = ELEMENTS[elem]
+    return FormatSpec(
+        name, Family.MX, e, Granularity.BLOCK, 32,
+        f"OCP MX {elem.upper()} elements, E8M0 scale per 32 along the axis",
+    )
+
+
+#: Every recipe by public name.
+FORMATS: dict[str, FormatSpec] = {
+    f.name: f
+    for f in (
+        _mx("mxfp4", "e2m1"),
+        _mx("mxfp6_e2m3", "e2m3"),
+        _mx("mxfp6_e3m2", "e3m2"),
+        _mx("mxfp8_e4m3", "e4m3"),
+        _mx("mxfp8_e5m2", "e5m2"),
+        _mx("mxint8", "mxint8"),
+        FormatSpec(
+            "nvfp4", Family.NVFP4, ELEMENTS["e2m1"], Granularity.BLOCK, 16,
+            "NVIDIA NVFP4: E2M1 elements, E4M3 scale per 16, FP32 per-tensor scale",
+        ),
+        FormatSpec(
+            "fp8_e4m3_per_tensor", Family.SCALED, ELEMENTS["e4m3"], Granularity.TENSOR, None,
+            "FP8 E4M3, one FP scale amax/448 for the whole tensor",
+        ),
+        FormatSpec(
+            "fp8_e4m3_per_token", Family.SCALED, ELEMENTS["e4m3"], Granularity.ROW, None,
+            "FP8 E4M3, scale max(amax/448, 1/(448*512)) per row (token)",
+            scale_floor=1.0 / (448.0 * 512.0), fp32_math=True,
+        ),
+        FormatSpec(
+            "fp8_e4m3_per_channel", Family.SCALED, ELEMENTS["e4m3"], Granularity.ROW, None,
+            "FP8 E4M3, scale amax/448 per row (weight output channel)",
+        ),
+        FormatSpec(
+            "fp8_e4m3_per_group128", Family.SCALED, ELEMENTS["e4m3"], Granularity.BLOCK, 128,
+            "FP8 E4M3, scale max(amax,1e-10)/448 per 128 along the axis (DeepSeek-style)",
+            amax_floor=1e-10,
+        ),
+        FormatSpec(
+            "fp8_e4m3_per_group128_ue8m0", Family.SCALED, ELEMENTS["e4m3"], Granularity.BLOCK, 128,
+            "FP8 E4M3, power-of-two scale 2^ceil(log2(max(amax,1e-10)/448)) per 128",
+            pow2_scale=True, amax_floor=1e-10,
+        ),
+        FormatSpec(
+            "int8_per_token", Family.SCALED, ELEMENTS["int8"], Granularity.ROW, None,
+            "symmetric INT8, scale amax/127 per row (token)",
+        ),
+        FormatSpec(
+            "int8_per_channel", Family.SCALED, ELEMENTS["int8"], Granularity.ROW, None,
+            "symmetric INT8, scale amax/127 per row (weight output channel)",
+        ),
+    )
+}
+
+
+def get_format(name: str, block_size: int | None = None) -> FormatSpec:
+    """Look up a recipe by name, optionally with another block size.
+
+    Raises:
+        ValueError: the name is unknown, or the block size is not one the recipe allows;
+            the message names the bad value and the accepted ones.
+    """
+    if not isinstance(name, str) or name not in FORMATS:
+        raise ValueError(f"unknown QDQ format {name!r}; accepted: {', '.join(FORMATS)}")
+    spec = FORMATS[name]
+    if block_size is None or block_size == spec.block_size:
+        return spec
+    allowed = spec.allowed_block_sizes
+    if block_size not in allowed:
+        accepted = ", ".join(map(str, allowed)) if allowed else "none (the format has no block)"
+        raise ValueError(
+            f"block_size={block_size!r} is not allowed for format {name!r}; accepted: {accepted}"
+        )
+    from dataclasses import replace
+
+    return replace(spec, block_size=block_size)
+
+
+def check_scale_rule(spec: FormatSpec, scale_rule: str) -> str:
+    """Validate ``scale_rule`` for ``spec`` and return it.
+
+    MX recipes accept every rule in :data:`SCALE_RULES`; other recipes have a fixed scale
+    computation and accept only the default ``"floor"`` (which they ignore).
+    """
+    if scale_rule not in SCALE_RULES:
+        raise ValueError(
+            f"unknown scale_rule {scale_rule!r}; accepted: {', '.join(SCALE_RULES)}"
+        )
+    if not spec.takes_scale_rule and scale_rule != "floor":
+        raise ValueError(
+            f"scale_rule={scale_rule!r} does not apply to format {spec.name!r} "
+            f"(its scale is fixed: {spec.description}); scale rules apply to MX formats: "
+            f"{', '.join(n for n, f in FORMATS.items() if f.takes_scale_rule)}"
+        )
+    return scale_rule

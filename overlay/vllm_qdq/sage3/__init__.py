@@ -1,0 +1,1 @@
+"""sage3: SageAttention3-style quantized attention for vllm-omni diffusion models."""
