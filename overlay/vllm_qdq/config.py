@@ -55,18 +55,18 @@ from dataclasses import asdict, dataclass, field, replace
 from .formats import FORMATS, check_scale_rule, get_format
 
 __all__ = [
+    "ENV_VARS",
+    "TRACE_LIMIT",
+    "WEIGHT_KINDS",
     "ConfigError",
-    "QuantSpec",
     "LayerRule",
     "MethodConfig",
     "QDQConfig",
+    "QuantSpec",
     "Sage3Config",
-    "WEIGHT_KINDS",
-    "TRACE_LIMIT",
-    "ENV_VARS",
-    "parse_bool",
     "load_config",
     "load_sage3_config",
+    "parse_bool",
 ]
 
 logger = logging.getLogger("vllm_qdq")

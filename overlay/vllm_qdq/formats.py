@@ -20,16 +20,16 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
-    "ElemSpec",
-    "FormatSpec",
-    "Family",
-    "Granularity",
     "ELEMENTS",
     "FORMATS",
-    "SCALE_RULES",
     "MX_BLOCK_SIZES",
-    "get_format",
+    "SCALE_RULES",
+    "ElemSpec",
+    "Family",
+    "FormatSpec",
+    "Granularity",
     "check_scale_rule",
+    "get_format",
 ]
 
 

@@ -30,12 +30,12 @@ from .reference import (
 )
 
 __all__ = [
+    "BACKENDS",
     "FORMATS",
     "SCALE_RULES",
-    "BACKENDS",
     "QuantizedTensor",
-    "quantize",
     "dequantize",
+    "quantize",
     "quantize_dequantize",
     "resolve",
 ]

@@ -11,7 +11,9 @@ Numeric contract (all recipes):
 * Output: the dequantized value ``element * scale``, rounded once (RNE) to the input dtype.
 * NaN or +-Inf anywhere in a scaling group makes every element of that group NaN. For NVFP4
   the dynamic per-tensor amax is taken over finite values only, so a NaN stays in its block.
-* All-zero group: zeros (the sign of each zero is kept); never NaN.
+* All-zero group: zeros, never NaN. QDQ keeps the sign of every zero. Integer codes
+  (``mxint8``, ``int8_*``) have one zero, so ``dequantize(quantize(x))`` returns +0 where
+  ``quantize_dequantize(x)`` returns -0 (equal values, different sign bit).
 * Subnormal inputs are used at their exact value.
 
 MX recipes (OCP MX v1.0): block of ``B`` (32) elements, shared scale ``2**e`` stored as E8M0
@@ -51,22 +53,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 from .formats import ELEMENTS, ElemSpec, Family, FormatSpec, Granularity
 
 __all__ = [
-    "QuantizedTensor",
     "SUPPORTED_DTYPES",
-    "to_rows",
-    "from_rows",
-    "round_to_elem",
-    "mx_scale_exponent",
-    "quantize_reference",
+    "QuantizedTensor",
     "dequantize_reference",
+    "from_rows",
+    "mx_scale_exponent",
     "qdq_reference",
+    "quantize_reference",
+    "round_to_elem",
+    "to_rows",
 ]
 
 #: Input dtypes every QDQ entry point accepts.
@@ -154,7 +156,8 @@ def _ceil_log2(a: torch.Tensor) -> torch.Tensor:
 def round_to_elem(v: torch.Tensor, elem: ElemSpec) -> torch.Tensor:
     """Round finite ``v`` (float32/64) to the element grid: RNE, saturating at ``max_normal``.
 
-    The result has ``v``'s dtype and keeps the sign of zeros. Exact in float64 and float32
+    The result has ``v``'s dtype and keeps the sign of zeros (QDQ output keeps it for integer
+    elements too, as the shared vectors do; their codes have one zero). Exact in float64 and float32
     for every element type here (all divisions are by powers of two).
     """
     a = v.abs().clamp(max=elem.max_normal)
@@ -195,7 +198,7 @@ def mx_scale_exponent(amax: torch.Tensor, elem: ElemSpec, rule: str) -> torch.Te
     return e.clamp(-E8M0_BIAS, E8M0_BIAS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _grid_cpu(elem: ElemSpec) -> torch.Tensor:
     return torch.tensor(elem.grid(), dtype=torch.float64)
 
@@ -269,8 +272,7 @@ def _nvfp4(g32: torch.Tensor, global_amax: float | torch.Tensor | None):
     s32 = s8.to(torch.float32)
     out_scale = torch.where(s32 != 0, 1.0 / (s32 * (1.0 / gs)), torch.zeros_like(s32))
     xs = torch.where(bad.unsqueeze(-1), torch.zeros_like(g32), g32) * out_scale.unsqueeze(-1)
-    q = round_to_elem(xs.clamp(-6.0, 6.0), _E2M1)
-    q = torch.where(zero_tensor, torch.zeros_like(q), q)
+    q = round_to_elem(xs.clamp(-6.0, 6.0), _E2M1)  # s == 0 blocks scale by 0: signed zeros
     return q, s8, gs, bad
 
 
@@ -300,8 +302,7 @@ def _scaled(g: torch.Tensor, spec: FormatSpec):
     v = torch.where(bad.unsqueeze(-1), torch.zeros_like(g), g) / sd
     if spec.fp32_math or not spec.elem.is_int:
         v = v.to(torch.float32).to(torch.float64)
-    q = round_to_elem(v, spec.elem)
-    q = torch.where((s > 0).unsqueeze(-1), q, torch.zeros_like(q))
+    q = round_to_elem(v, spec.elem)  # s == 0 only for all-zero groups: q is their zeros
     return q, s, bad
 
 
