@@ -12,7 +12,6 @@ import statistics
 import time
 
 import torch
-
 from vllm_qdq.qdq import FORMATS, quantize_dequantize
 
 
