@@ -44,7 +44,7 @@ def run_one(run: dict, prompts: list[list[int]]) -> dict:
     for ids in prompts:
         # One prompt per call, so batch-wide activation scales see one prompt (as the reference).
         out = llm.generate([TokensPrompt(prompt_token_ids=ids)], sp, use_tqdm=False)[0]
-        plp = [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:])]
+        plp = [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)]
         res.append({"prompt_logprobs": plp, "generated": list(out.outputs[0].token_ids)})
     del llm
     gc.collect()
