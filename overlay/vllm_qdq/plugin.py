@@ -13,6 +13,11 @@ logger = logging.getLogger("vllm_qdq")
 
 def register() -> None:
     """Load and validate settings; with nothing enabled, do nothing (one debug line)."""
+    # --- the `qdq` quantization method (method helper): registered ALWAYS, idempotent ---
+    from .qdq_method import register_qdq_method
+
+    register_qdq_method()
+    # --- end qdq method ---
     from .config import load_config
 
     cfg = load_config()

@@ -1,0 +1,67 @@
+"""MoE experts under the ``qdq`` method: vLLM's unquantized MoE path on QDQ'd weights and inputs.
+
+Numeric contract (see :mod:`vllm_qdq.qdq_method` for the whole method):
+
+* At load, before vLLM's own post-processing (CPU: padding and prepacking), ``w13 [E, 2I, H]``
+  and ``w2 [E, H, I]`` are quantize-dequantized along their last dimension (K): each expert,
+  and each of gate / up / down, is a tensor of its own (NVFP4's global scale is per expert and
+  projection).
+* Every forward, the hidden states handed to the experts (after routing: the router sees
+  them unquantized) are quantize-dequantized along H. With a monolithic kernel (routing
+  inside the kernel) the router sees the QDQ'd states too.
+* Not QDQ'd: the intermediate activation between the expert GEMMs (input of down_proj); on
+  the CPU engine both GEMMs and the activation run inside one fused kernel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig
+from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+    UnquantizedFusedMoEMethod,
+)
+
+if TYPE_CHECKING:
+    from .qdq_method import LayerPlan, QDQQuantConfig
+
+__all__ = ["QDQFusedMoEMethod"]
+
+
+class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
+    """vLLM's unquantized fused MoE with QDQ'd expert weights and expert inputs."""
+
+    def __init__(self, moe: FusedMoEConfig, qconfig: QDQQuantConfig, plan: LayerPlan) -> None:
+        super().__init__(moe)
+        self.qconfig = qconfig
+        self.plan = plan
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        from .qdq_method import qdq_weight
+
+        self.qconfig.finalize()
+        spec = self.plan.weight
+        if spec.enabled and not self.plan.skipped:
+            w13 = layer.w13_weight.data
+            n = w13.shape[-2]
+            shards = [n // 2, n // 2] if self.moe.is_act_and_mul else [n]
+            w13.copy_(qdq_weight(w13, spec, shards))
+            w2 = layer.w2_weight.data
+            w2.copy_(qdq_weight(w2, spec))
+        super().process_weights_after_loading(layer)
+
+    def _qdq_input(self, x: torch.Tensor) -> torch.Tensor:
+        from .qdq_method import qdq_act
+
+        if self.plan.act.enabled and not self.plan.skipped:
+            return qdq_act(x, self.plan.act)
+        return x
+
+    def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+        return super().apply(
+            layer, self._qdq_input(x), topk_weights, topk_ids, shared_experts, shared_experts_input
+        )
+
+    def apply_monolithic(self, layer, x, router_logits, input_ids=None):
+        return super().apply_monolithic(layer, self._qdq_input(x), router_logits, input_ids)

