@@ -6,14 +6,13 @@ last one says the limit is reached)::
     [vllm_qdq trace] pid=4242 #3 moe_wna16_marlin_gemm moe x=(16, 2880) bfloat16
         weight=float4_e2m1f/mxfp4 fmt=mxfp4/floor
 
-``x=(s, 2880)`` with ``[compiled]`` marks a line emitted while Dynamo traced the call (the
-leading dimension is symbolic there, and the line is printed once per compilation, not per
-replay). ``fmt=off`` means the call was covered but left unchanged by the settings;
-``fmt=skip(<dtype>)`` that its activation was not bf16/fp16 (already quantized by vLLM).
+A line ending in ``[compiled]`` was emitted while Dynamo traced the call: it is printed once
+per compilation (not per replay) and shows the shape of the example activation it traced with. ``fmt=off`` means the call was covered but left unchanged by the settings;
+``fmt=skip`` that its activation was not bf16/fp16 (already quantized by vLLM; the dtype is
+on the line).
 
-Under ``torch.compile`` the line is built from trace-time constants and emitted through
-:func:`emit_traced`, which Dynamo runs once at trace time (``assume_constant_result``), so the
-tracer never breaks a ``fullgraph`` capture.
+Under ``torch.compile`` the line is emitted through :func:`emit_traced`, which Dynamo runs once
+at trace time (``assume_constant_result``), so the tracer never breaks a ``fullgraph`` capture.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import torch
 
 from .config import TRACE_LIMIT
 
-__all__ = ["Tracer", "TRACER", "emit", "emit_traced", "shape_str"]
+__all__ = ["TRACER", "Tracer", "emit", "emit_traced", "format_line"]
 
 PREFIX = "[vllm_qdq trace]"
 
@@ -60,18 +59,19 @@ class Tracer:
 TRACER = Tracer()
 
 
-def emit(line: str) -> bool:
+def format_line(op: str, layer: str, x: torch.Tensor, weight: str, fmt: str) -> str:
+    """The body of one trace line (after the pid and counter)."""
+    shape = "(" + ", ".join(str(int(d)) for d in x.shape) + ")"
+    return f"{op} {layer} x={shape} {str(x.dtype).replace('torch.', '')} weight={weight} fmt={fmt}"
+
+
+def emit(op: str, layer: str, x: torch.Tensor, weight: str, fmt: str) -> bool:
     """Eager path: print one trace line (subject to the cap)."""
-    return TRACER.emit(line)
+    return TRACER.emit(format_line(op, layer, x, weight, fmt))
 
 
 @torch._dynamo.assume_constant_result
-def emit_traced(line: str) -> bool:
-    """Compiled path: Dynamo calls this once while tracing and folds the result to a constant."""
-    return TRACER.emit(line + " [compiled]")
-
-
-def shape_str(x: torch.Tensor) -> str:
-    """``(16, 2880)``; symbolic dimensions (under Dynamo) print as ``s``."""
-    dims = [str(d) if isinstance(d, int) else "s" for d in x.shape]
-    return "(" + ", ".join(dims) + ")"
+def emit_traced(op: str, layer: str, x: torch.Tensor, weight: str, fmt: str) -> bool:
+    """Compiled path: Dynamo calls this once while tracing (with the example activation) and
+    folds the result to a constant; the line ends with ``[compiled]``."""
+    return TRACER.emit(format_line(op, layer, x, weight, fmt) + " [compiled]")

@@ -47,19 +47,19 @@ from .config import WEIGHT_KINDS, ConfigError, QDQConfig
 from .formats import FORMATS, check_scale_rule
 
 __all__ = [
-    "SENTINEL",
-    "LAYER_KINDS",
     "COVERED",
+    "LAYER_KINDS",
     "LEFT_OUT",
+    "SENTINEL",
     "OpSpec",
     "PatchReport",
     "RoutingError",
     "build_table",
     "classify_scalar_type",
     "install",
-    "uninstall",
     "is_wrapped",
     "set_stats_hook",
+    "uninstall",
 ]
 
 logger = logging.getLogger("vllm_qdq")
@@ -259,8 +259,9 @@ def build_table(cfg: QDQConfig) -> dict[tuple[str, str], tuple[str, str] | None]
     """``(layer kind, weight kind) -> (format, scale rule)`` or ``None`` (off), validated.
 
     ``force`` wins over everything; a layer spec naming a format applies to every weight kind;
-    ``auto`` takes ``route[weight kind]``. The layer spec's scale rule applies where the chosen
-    format takes one (MX formats); other formats use their fixed scale computation.
+    ``auto`` takes ``route[weight kind]``. With ``auto`` or ``force``, the layer spec's scale
+    rule applies where the chosen format takes one (MX formats) and other formats use their
+    fixed scale computation; a format named in the layer spec must accept the rule given.
 
     Raises:
         ConfigError: a format / scale rule combination the format table rejects.
@@ -280,7 +281,8 @@ def build_table(cfg: QDQConfig) -> dict[tuple[str, str], tuple[str, str] | None]
                 continue
             if fmt not in FORMATS:
                 raise ConfigError(f"{where}={fmt!r} is not a known format; accepted: off, {', '.join(FORMATS)}")
-            rule = spec.scale_rule if FORMATS[fmt].takes_scale_rule else "floor"
+            explicit = where == f"{layer}.format"
+            rule = spec.scale_rule if explicit or FORMATS[fmt].takes_scale_rule else "floor"
             try:
                 check_scale_rule(FORMATS[fmt], rule)
             except ValueError as e:
@@ -346,13 +348,12 @@ def _fmt_str(choice: tuple[str, str] | None) -> str:
 
 
 def _trace(name: str, layer: str, x: torch.Tensor, wdesc: str, fmt: str) -> None:
-    from .trace import emit, emit_traced, shape_str
+    from .trace import emit, emit_traced
 
-    line = f"{name} {layer} x={shape_str(x)} {str(x.dtype).replace('torch.', '')} weight={wdesc} fmt={fmt}"
     if torch.compiler.is_compiling():
-        emit_traced(line)
+        emit_traced(name, layer, x, wdesc, fmt)
     else:
-        emit(line)
+        emit(name, layer, x, wdesc, fmt)
 
 
 def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
@@ -368,7 +369,7 @@ def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
             return inner(*args, **kwargs)
         if x.dtype not in ACT_DTYPES:
             if st.trace:
-                _trace(name, layer, x, "-", f"skip({str(x.dtype).replace('torch.', '')})")
+                _trace(name, layer, x, "-", "skip")
             return inner(*args, **kwargs)
         kind, wdesc = weight(args, kwargs)
         if kind is None:
