@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -43,8 +47,19 @@ def _save_tiny_tokenizer(path: Path, vocab_size: int) -> int:
     return tok.get_vocab_size()
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0) -> Path:
-    """A 2-layer random LlamaForCausalLM (hidden 64, 2 heads / 1 KV head, head_dim 32, MLP 128), bf16."""
+def build_tiny_llama(
+    path: str | Path,
+    seed: int = 0,
+    *,
+    hidden: int = 64,
+    intermediate: int = 128,
+    heads: int = 2,
+    kv_heads: int = 1,
+    head_dim: int = 32,
+) -> Path:
+    """A 2-layer random LlamaForCausalLM (default: hidden 64, 2 heads / 1 KV head, head_dim 32,
+    MLP 128), bf16. GPU kernels with tile constraints (Marlin) want larger sizes, e.g.
+    ``hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,12 +68,12 @@ def build_tiny_llama(path: str | Path, seed: int = 0) -> Path:
     vocab = _save_tiny_tokenizer(path, 320)
     cfg = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
         max_position_embeddings=256,
         bos_token_id=0,
         eos_token_id=1,
@@ -110,14 +125,14 @@ def build_tiny_moe(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def _e2m1_blocks(gen, *shape: int) -> "torch.Tensor":
+def _e2m1_blocks(gen, *shape: int) -> torch.Tensor:
     """Random packed E2M1 bytes (two codes per byte, low nibble first), every code equally likely."""
     import torch
 
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
 
 
-def _e8m0_scales(gen, *shape: int, lo: int = 118, hi: int = 122) -> "torch.Tensor":
+def _e8m0_scales(gen, *shape: int, lo: int = 118, hi: int = 122) -> torch.Tensor:
     """Random E8M0 scale bytes in ``[lo, hi]`` (2**(lo-127) .. 2**(hi-127))."""
     import torch
 

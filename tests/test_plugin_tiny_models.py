@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from tiny_models import build_tiny_gptoss_mxfp4  # noqa: E402
+from tiny_models import build_tiny_gptoss_mxfp4
 
 
 def test_gptoss_mxfp4_layout(tmp_path):
