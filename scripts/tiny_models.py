@@ -2,6 +2,7 @@
 
     python scripts/tiny_models.py llama /tmp/tiny-llama
     python scripts/tiny_models.py moe /tmp/tiny-moe
+    python scripts/tiny_models.py gptoss-mxfp4 /tmp/tiny-gptoss
 
 Every builder is self-contained (its own imports, config and tokenizer), takes the output
 directory and returns it. Sizes are multiples of 32 so MX blocks and vLLM's CPU kernels
@@ -12,6 +13,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -42,8 +47,19 @@ def _save_tiny_tokenizer(path: Path, vocab_size: int) -> int:
     return tok.get_vocab_size()
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0) -> Path:
-    """A 2-layer random LlamaForCausalLM (hidden 64, 2 heads / 1 KV head, head_dim 32, MLP 128), bf16."""
+def build_tiny_llama(
+    path: str | Path,
+    seed: int = 0,
+    *,
+    hidden: int = 64,
+    intermediate: int = 128,
+    heads: int = 2,
+    kv_heads: int = 1,
+    head_dim: int = 32,
+) -> Path:
+    """A 2-layer random LlamaForCausalLM (default: hidden 64, 2 heads / 1 KV head, head_dim 32,
+    MLP 128), bf16. GPU kernels with tile constraints (Marlin) want larger sizes, e.g.
+    ``hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -52,12 +68,12 @@ def build_tiny_llama(path: str | Path, seed: int = 0) -> Path:
     vocab = _save_tiny_tokenizer(path, 320)
     cfg = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
         max_position_embeddings=256,
         bos_token_id=0,
         eos_token_id=1,
@@ -109,7 +125,118 @@ def build_tiny_moe(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-_BUILDERS = {"llama": build_tiny_llama, "moe": build_tiny_moe}
+def _e2m1_blocks(gen, *shape: int) -> torch.Tensor:
+    """Random packed E2M1 bytes (two codes per byte, low nibble first), every code equally likely."""
+    import torch
+
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+
+
+def _e8m0_scales(gen, *shape: int, lo: int = 118, hi: int = 122) -> torch.Tensor:
+    """Random E8M0 scale bytes in ``[lo, hi]`` (2**(lo-127) .. 2**(hi-127))."""
+    import torch
+
+    return torch.randint(lo, hi + 1, shape, dtype=torch.uint8, generator=gen)
+
+
+def build_tiny_gptoss_mxfp4(
+    path: str | Path,
+    hidden: int = 256,
+    experts: int = 4,
+    layers: int = 2,
+    *,
+    intermediate: int | None = None,
+    top_k: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 64,
+    vocab: int = 320,
+    seed: int = 0,
+) -> Path:
+    """A random GptOssForCausalLM in the gpt-oss MXFP4 checkpoint layout (no model instantiated).
+
+    Experts are stored as vLLM/transformers read openai/gpt-oss checkpoints:
+    ``model.layers.N.mlp.experts.gate_up_proj_blocks`` uint8 ``[E, 2I, H/32, 16]`` (packed
+    E2M1, low nibble first), ``gate_up_proj_scales`` uint8 E8M0 ``[E, 2I, H/32]``,
+    ``down_proj_blocks`` ``[E, H, I/32, 16]`` + ``down_proj_scales`` ``[E, H, I/32]``, biases
+    in bf16; config.json carries ``"quantization_config": {"quant_method": "mxfp4"}``. Every
+    other tensor is bf16 with the names of transformers' GptOss model. ``hidden`` and
+    ``intermediate`` must be multiples of 32 (multiples of 256 suit every Marlin tile).
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GptOssConfig
+
+    inter = intermediate or hidden
+    if hidden % 32 or inter % 32:
+        raise ValueError(f"hidden={hidden} and intermediate={inter} must be multiples of 32")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _save_tiny_tokenizer(path, vocab)
+    cfg = GptOssConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        max_position_embeddings=4096,
+        sliding_window=128,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        tie_word_embeddings=False,
+    )
+    d = cfg.to_dict()
+    d["architectures"] = ["GptOssForCausalLM"]
+    d["torch_dtype"] = "bfloat16"
+    d["quantization_config"] = {"quant_method": "mxfp4"}
+    (path / "config.json").write_text(json.dumps(d, indent=1))
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, std: float = 0.05) -> torch.Tensor:
+        return (torch.randn(shape, generator=gen) * std).to(torch.bfloat16)
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, dtype=torch.bfloat16)
+
+    t: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": rnd(vocab, hidden, std=0.5),
+        "model.norm.weight": ones(hidden),
+        "lm_head.weight": rnd(vocab, hidden, std=0.1),
+    }
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        t[f"{p}.input_layernorm.weight"] = ones(hidden)
+        t[f"{p}.post_attention_layernorm.weight"] = ones(hidden)
+        for name, rows in (("q", heads * head_dim), ("k", kv_heads * head_dim), ("v", kv_heads * head_dim)):
+            t[f"{p}.self_attn.{name}_proj.weight"] = rnd(rows, hidden)
+            t[f"{p}.self_attn.{name}_proj.bias"] = rnd(rows, std=0.01)
+        t[f"{p}.self_attn.o_proj.weight"] = rnd(hidden, heads * head_dim)
+        t[f"{p}.self_attn.o_proj.bias"] = rnd(hidden, std=0.01)
+        t[f"{p}.self_attn.sinks"] = rnd(heads, std=1.0)
+        t[f"{p}.mlp.router.weight"] = rnd(experts, hidden, std=0.2)
+        t[f"{p}.mlp.router.bias"] = rnd(experts, std=0.1)
+        e = f"{p}.mlp.experts"
+        t[f"{e}.gate_up_proj_blocks"] = _e2m1_blocks(gen, experts, 2 * inter, hidden // 32, 16)
+        t[f"{e}.gate_up_proj_scales"] = _e8m0_scales(gen, experts, 2 * inter, hidden // 32)
+        t[f"{e}.gate_up_proj_bias"] = rnd(experts, 2 * inter, std=0.01)
+        t[f"{e}.down_proj_blocks"] = _e2m1_blocks(gen, experts, hidden, inter // 32, 16)
+        t[f"{e}.down_proj_scales"] = _e8m0_scales(gen, experts, hidden, inter // 32)
+        t[f"{e}.down_proj_bias"] = rnd(experts, hidden, std=0.01)
+    save_file(t, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}))
+    return path
+
+
+_BUILDERS = {"llama": build_tiny_llama, "moe": build_tiny_moe, "gptoss-mxfp4": build_tiny_gptoss_mxfp4}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in _BUILDERS:

@@ -1,26 +1,89 @@
 """The ``vllm.general_plugins`` entry point ``qdq = vllm_qdq.plugin:register``.
 
 vLLM calls :func:`register` in the API server, the engine core and every worker process,
-possibly more than once per process. Importing this module does nothing else.
+possibly more than once per process. Importing this module does nothing else (it imports only
+``logging``, so vLLM's loader can never hit an import-time error here: such errors would be
+logged and swallowed by vLLM, silently disabling the plugin).
+
+:func:`register`:
+
+0. registers the ``qdq`` quantization method with vLLM (always; it is selected by
+   ``quantization="qdq"``, see :mod:`vllm_qdq.qdq_method`);
+1. loads and validates every setting (:func:`vllm_qdq.config.load_config`); a bad value raises
+   :class:`vllm_qdq.config.ConfigError`, which vLLM does not catch, so start-up stops with a
+   message naming the value and the accepted ones;
+2. with ``VLLM_QDQ`` off, returns without touching anything;
+3. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.vllm_patch`), folds the
+   settings into vLLM's compile-cache key (:mod:`vllm_qdq.compile_cache`) and logs once per
+   process what was patched and with which settings.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 logger = logging.getLogger("vllm_qdq")
 
+_logged = False
+
+
+def _ensure_handler() -> None:
+    """Make INFO lines of ``vllm_qdq`` visible when nobody configured logging for them."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    h = logging.StreamHandler()
+    h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [vllm_qdq] %(message)s", "%m-%d %H:%M:%S"))
+    logger.addHandler(h)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
 
 def register() -> None:
-    """Load and validate settings; with nothing enabled, do nothing (one debug line)."""
-    # --- the `qdq` quantization method (method helper): registered ALWAYS, idempotent ---
+    """Register the ``qdq`` method; validate settings; when enabled, patch vLLM's GEMM wrappers.
+
+    Idempotent: a second call in the same process wraps nothing twice and logs at debug level.
+    """
+    global _logged
+    # The `qdq` quantization method is registered always (it is chosen by quantization="qdq").
     from .qdq_method import register_qdq_method
 
     register_qdq_method()
-    # --- end qdq method ---
     from .config import load_config
 
     cfg = load_config()
     if not cfg.enabled:
         logger.debug("vllm-qdq: VLLM_QDQ is off; nothing patched")
         return
+    from .compile_cache import register_compile_factors
+    from .vllm_patch import install
+
+    report = install(cfg)
+    factors = register_compile_factors(cfg)
+    if _logged:
+        logger.debug("vllm-qdq: register() again in pid %d; settings refreshed", os.getpid())
+        return
+    _logged = True
+    _ensure_handler()
+    logger.info(
+        "vllm-qdq: activation QDQ enabled in pid %d: wrapped %d op wrappers of vllm._custom_ops (%s)%s%s; "
+        "rebound %d by-name imports%s; settings: %s; digest %s; compile-cache factors %s",
+        os.getpid(),
+        len(report.wrapped),
+        ", ".join(report.wrapped),
+        f"; already wrapped: {', '.join(report.already)}" if report.already else "",
+        f"; absent in this vLLM: {', '.join(report.missing)}" if report.missing else "",
+        len(report.rebound),
+        f" ({', '.join(report.rebound)})" if report.rebound else "",
+        cfg.summary(),
+        cfg.digest(),
+        ", ".join(factors),
+    )
+    if report.missing:
+        logger.warning("vllm-qdq: vllm._custom_ops lacks %s; those ops are not covered", report.missing)
+    if cfg.layers:
+        logger.warning(
+            "vllm-qdq: %d layer rule(s) in VLLM_QDQ_CONFIG 'layers' are not applied by the op "
+            "plugin (op wrappers do not see layer names); they apply to the qdq method",
+            len(cfg.layers),
+        )
