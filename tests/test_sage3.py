@@ -28,7 +28,7 @@ from vllm_qdq.sage3.reference import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-# (name, fmt, acc, causal, B, S, Hq, Hkv, D, dtype)
+# (name, fmt, acc, causal, B, S, Hq, Hkv, D, dtype[, scale_rule])
 KERNEL_CASES = [
     ("mxfp4-fp32-gqa", "mxfp4", "fp32", False, 1, 100, 4, 2, 64, "float32"),
     ("nvfp4-fp32-d128", "nvfp4", "fp32", False, 1, 70, 2, 2, 128, "float32"),
@@ -41,7 +41,11 @@ KERNEL_CASES = [
     ("mxfp4-bf16-input", "mxfp4", "fp32", False, 1, 64, 2, 2, 64, "bfloat16"),
     ("nvfp4-fp16-input", "nvfp4", "fp32", False, 1, 40, 2, 2, 64, "float16"),
     ("mxfp4-s1-token", "mxfp4", "fp32", True, 1, 1, 2, 2, 64, "float32"),
+    ("mxfp8_s1-rceil", "mxfp8_s1", "fp32", False, 1, 80, 2, 1, 64, "float32", "rceil"),
+    ("mxfp4-even-causal", "mxfp4", "bf16_pv_only", True, 1, 80, 2, 2, 64, "float32", "even"),
+    ("mxfp4_s1-ceil", "mxfp4_s1", "fp32", False, 1, 80, 2, 2, 128, "float32", "ceil"),
 ]
+RULE_CASES = [("mxfp4", r) for r in ("ceil", "even", "rceil")] + [("mxfp8_s1", r) for r in ("ceil", "even", "rceil")]
 
 _SCRIPT = r"""
 import json, os, sys
@@ -50,26 +54,29 @@ import torch
 from vllm_qdq.sage3.kernel import sage3_attention, sage3_prepass
 from vllm_qdq.sage3.reference import get_sage3_format, quantize_qkv_reference, sage3_attention_reference
 cases = json.loads(sys.argv[1])
+rule_cases = [tuple(c) for c in json.loads(sys.argv[2])]
 out = {}
-for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
+for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")] + rule_cases:
     torch.manual_seed(1)
     q = torch.randn(2, 67, 3, 64) * 3
+    q[0, 0, 0, :32] = torch.tensor([1.75, 1.5, 7.0, 6.0, 448.0, 480.0, 0.25] + [0.1] * 25)  # rule edges
     k = torch.randn(2, 67, 3, 64) + 0.7
-    v = torch.randn(2, 67, 3, 64)
-    (qr, kr, vr), gs = sage3_prepass(q, k, v, fmt)
-    ref = quantize_qkv_reference(q, k, v, get_sage3_format(fmt))
-    out["prepass-" + fmt] = {
+    v = torch.randn(2, 67, 3, 64) * torch.logspace(-3, 3, 64)  # many binades
+    (qr, kr, vr), gs = sage3_prepass(q, k, v, fmt, rule)
+    ref = quantize_qkv_reference(q, k, v, get_sage3_format(fmt), rule)
+    out["prepass-" + fmt + "-" + rule] = {
         "raw_equal": [bool(torch.equal(a.permute(0, 2, 1, 3), r[0])) for a, r in zip((qr, kr, vr), ref)],
         "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
     }
-for name, fmt, acc, causal, b, s, hq, hkv, d, dt in cases:
+for name, fmt, acc, causal, b, s, hq, hkv, d, dt, *rule in cases:
+    rule = rule[0] if rule else "floor"
     torch.manual_seed(0)
     dtype = getattr(torch, dt)
     q = torch.randn(b, s, hq, d).to(dtype)
     k = (torch.randn(b, s, hkv, d) + 0.5).to(dtype)
     v = torch.randn(b, s, hkv, d).to(dtype)
-    o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal)
-    r = sage3_attention_reference(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal)
+    o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
+    r = sage3_attention_reference(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
     out[name] = {
         "max_diff": (o.float() - r.float()).abs().max().item(),
         "max_ref": r.float().abs().max().item(),
@@ -83,7 +90,7 @@ print("JSON" + json.dumps(out))
 def interp_results() -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "overlay"))
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, json.dumps(KERNEL_CASES)],
+        [sys.executable, "-c", _SCRIPT, json.dumps(KERNEL_CASES), json.dumps(RULE_CASES)],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -91,17 +98,19 @@ def interp_results() -> dict:
     return json.loads(line[4:])
 
 
-@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
-def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "rule"), [(f, "floor") for f in SAGE3_FORMATS] + RULE_CASES, ids=lambda x: str(x)
+)
+def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str) -> None:
     """Q, smoothed K, V from the Triton pre-pass equal the oracle's element*scale exactly."""
-    r = interp_results["prepass-" + fmt]
+    r = interp_results["prepass-" + fmt + "-" + rule]
     assert r["raw_equal"] == [True, True, True]
     assert r["inv_gs_equal"] == [True, True, True]
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[c[0] for c in KERNEL_CASES])
 def test_kernel_matches_reference(interp_results: dict, case: tuple) -> None:
-    name, _fmt, _acc, _causal, b, s, hq, _hkv, d, dt = case
+    name, _fmt, _acc, _causal, b, s, hq, _hkv, d, dt = case[:10]
     r = interp_results[name]
     assert r["shape"] == [b, s, hq, d]
     assert r["dtype"] == f"torch.{dt}"
@@ -175,3 +184,14 @@ def test_reference_rejects_bad_arguments() -> None:
         sage3_attention_reference(q, q, q, acc_dtype="fp16")
     with pytest.raises(ValueError, match="self-attention"):
         sage3_attention_reference(q, torch.randn(1, 9, 2, 64), torch.randn(1, 9, 2, 64))
+
+
+def test_scale_rule_setting_validated() -> None:
+    from vllm_qdq.config import ConfigError, load_sage3_config
+
+    assert load_sage3_config({}).scale_rule == "floor"
+    assert load_sage3_config({"SAGE3_SCALE_RULE": "rceil", "SAGE3_QUANT_FORMAT": "mxfp8_s1"}).scale_rule == "rceil"
+    with pytest.raises(ConfigError, match="SAGE3_SCALE_RULE='round'; accepted: floor, ceil, even, rceil"):
+        load_sage3_config({"SAGE3_SCALE_RULE": "round"})
+    with pytest.raises(ConfigError, match="does not apply to SAGE3_QUANT_FORMAT='nvfp4'"):
+        load_sage3_config({"SAGE3_SCALE_RULE": "rceil", "SAGE3_QUANT_FORMAT": "nvfp4"})

@@ -18,7 +18,7 @@ vllm-omni's SDPA backend) and one log line per reason says why (once per process
 * tensors on CUDA, or ``TRITON_INTERPRET=1``.
 
 The quantization format and accumulator come from :func:`vllm_qdq.config.load_sage3_config`
-(``SAGE3_QUANT_FORMAT``, ``SAGE3_ACC_DTYPE``), read when the layer is built.
+(``SAGE3_QUANT_FORMAT``, ``SAGE3_ACC_DTYPE``, ``SAGE3_SCALE_RULE``), read when the layer is built.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ class Sage3AttentionImpl(AttentionImpl):
         self.prefix = prefix
         self.quant_format = cfg.quant_format
         self.acc_dtype = cfg.acc_dtype
+        self.scale_rule = cfg.scale_rule
         if backend_kwargs:
             _log_once("kwargs", "vllm-qdq sage3: ignoring backend_kwargs %s", sorted(backend_kwargs))
         if head_size not in SUPPORTED_HEAD_DIMS:
@@ -150,7 +151,7 @@ class Sage3AttentionImpl(AttentionImpl):
         return sage3_attention(
             query, key, value,
             quant_format=self.quant_format, acc_dtype=self.acc_dtype,
-            causal=self.causal, sm_scale=self.softmax_scale,
+            causal=self.causal, sm_scale=self.softmax_scale, scale_rule=self.scale_rule,
         )
 
     forward_cuda = forward

@@ -23,7 +23,8 @@ Element rounding: RNE on the element grid with quantum ``2**(max(floor(log2|x|),
 mbits)`` in the scaled domain (``e`` the block exponent), via ``(t + 1.5*2**23) - 1.5*2**23``
 (exact RNE to an integer for ``0 <= t < 2**22``), saturating at ``max_normal * 2**e``; OCP
 ``floor`` scale rule ``e = floor(log2 amax) - emax`` from the fp32 exponent bits, clamped to
-[-127, 127]. The E4M3 NVFP4 block scale uses the same rounding with E4M3's ``emin``/``mbits``.
+[-127, 127] (or the ``ceil`` / ``even`` / ``rceil`` rule from ``SAGE3_SCALE_RULE``, same bit
+arithmetic as :func:`vllm_qdq.reference.mx_scale_exponent`). The E4M3 NVFP4 block scale uses the same rounding with E4M3's ``emin``/``mbits``.
 All constants come from :mod:`vllm_qdq.formats`.
 
 Under ``TRITON_INTERPRET=1`` the MMA operands are fp32 (the interpreter's bf16 ``tl.dot`` is
@@ -39,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..formats import ELEMENTS, Family
+from ..formats import ELEMENTS, Family, check_scale_rule
 from .reference import (
     BLOCK_N,
     LOG2E,
@@ -98,11 +99,30 @@ def _bf16_rne(x):
 
 
 @triton.jit
+def _mx_exp(amax, RULE: tl.constexpr, EMAX: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr):
+    """Shared exponent of MX blocks from their fp32 amax (RULE 0 floor, 1 ceil, 2 even, 3 rceil)."""
+    u = amax.to(tl.int32, bitcast=True)
+    fl = ((u >> 23) & 0xFF) - 127
+    mant = u & 0x7FFFFF
+    if RULE == 0:
+        e = fl - EMAX
+    elif RULE == 1:
+        e = fl + (mant != 0).to(tl.int32) - EMAX
+    elif RULE == 2:  # amax rounded to MBITS+1 significant bits (ties up), then floor
+        e = fl + (mant >= (0x800000 - (0x800000 >> (MBITS + 1)))).to(tl.int32) - EMAX
+    else:  # ceil(log2(fp32(amax / max_normal)))
+        w = tl.math.div_rn(amax, tl.full(amax.shape, MAXN, tl.float32)).to(tl.int32, bitcast=True)
+        we = (w >> 23) & 0xFF
+        e = tl.where(we == 0, -127, we - 127 + ((w & 0x7FFFFF) != 0).to(tl.int32))
+    return tl.minimum(tl.maximum(e, -127), 127)
+
+
+@triton.jit
 def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
-            MAXN: tl.constexpr):
-    """OCP MX QDQ (floor rule) of blocks running along ``AXIS`` of a 3-D fp32 tensor."""
+            MAXN: tl.constexpr, RULE: tl.constexpr):
+    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule ``RULE``)."""
     a = tl.abs(x3)
-    e = tl.minimum(tl.maximum(_flog2(tl.max(a, axis=AXIS)) - EMAX, -127), 127)
+    e = _mx_exp(tl.max(a, axis=AXIS), RULE, EMAX, MBITS, MAXN)
     e = tl.expand_dims(e, AXIS)
     top = MAXN * _pow2(tl.maximum(e, -126))
     r = _rne_grid(tl.minimum(a, top), e + EMIN, MBITS)
@@ -131,7 +151,7 @@ def _qdq_prepass_kernel(
     S, H, sxb, sxs, sxh,
     D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr,
     SEQ_AXIS: tl.constexpr, SMOOTH: tl.constexpr, NVFP4: tl.constexpr,
-    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr,
+    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
 ):
     """QDQ one ``[BLOCK_S, D]`` tile of ``x [B, S, H, D]`` into ``out [B, H, S, D]`` (raw)."""
     pid_s = tl.program_id(0)
@@ -141,25 +161,27 @@ def _qdq_prepass_kernel(
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, D)
     row_ok = offs_s[:, None] < S
-    x = tl.load(x_ptr + b * sxb + h * sxh + offs_s[:, None] * sxs + offs_d[None, :], mask=row_ok, other=0.0)
+    x = tl.load(x_ptr + b.to(tl.int64) * sxb + h * sxh + offs_s[:, None] * sxs + offs_d[None, :], mask=row_ok, other=0.0)
     x = x.to(tl.float32)
     if SMOOTH:
         mean = tl.load(mean_ptr + pid_bh * D + offs_d)
         x = tl.where(row_ok, x - mean[None, :], 0.0)
-    if SEQ_AXIS:
+    gs = tl.load(g_ptr)
+    inv_gs = tl.load(g_ptr + 1)
+    if SEQ_AXIS:  # V: blocks of BLK tokens per channel
         x3 = tl.reshape(x, (BLOCK_S // BLK, BLK, D))
-        ax: tl.constexpr = 1
-    else:
+        if NVFP4:
+            r3 = _nvfp4_raw(x3, gs, inv_gs, 1)
+        else:
+            r3 = _mx_qdq(x3, 1, EMAX, EMIN, MBITS, MAXN, RULE)
+    else:  # Q, K: blocks of BLK channels per token
         x3 = tl.reshape(x, (BLOCK_S, D // BLK, BLK))
-        ax: tl.constexpr = 2
-    if NVFP4:
-        gs = tl.load(g_ptr)
-        inv_gs = tl.load(g_ptr + 1)
-        r3 = _nvfp4_raw(x3, gs, inv_gs, ax)
-    else:
-        r3 = _mx_qdq(x3, ax, EMAX, EMIN, MBITS, MAXN)
+        if NVFP4:
+            r3 = _nvfp4_raw(x3, gs, inv_gs, 2)
+        else:
+            r3 = _mx_qdq(x3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
     r = tl.reshape(r3, (BLOCK_S, D))
-    dst = out_ptr + pid_bh * S * D + offs_s[:, None] * D + offs_d[None, :]
+    dst = out_ptr + pid_bh.to(tl.int64) * S * D + offs_s[:, None] * D + offs_d[None, :]
     tl.store(dst, r.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -169,7 +191,7 @@ def _qdq_prepass_kernel(
 @triton.jit
 def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
              P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
-             EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr):
+             EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
     """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys."""
     p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
     if P_NVFP4:
@@ -177,7 +199,7 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
-        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN)
+        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
     return tl.reshape(r3, (BLOCK_M, BLOCK_N))
 
 
@@ -187,7 +209,7 @@ def _sage3_fwd_kernel(
     S, H, HKV, GROUP, sob, sos, soh, S_KEY,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
-    EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr,
+    EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
     BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr,
 ):
     """One ``BLOCK_M`` query tile of one (batch, head); raw Q/K/V in ``[B, H, S, D]``."""
@@ -199,10 +221,10 @@ def _sage3_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    q = tl.load(q_ptr + pid_bh * S * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < S,
+    q = tl.load(q_ptr + pid_bh.to(tl.int64) * S * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < S,
                 other=0.0)
-    k_base = k_ptr + kv_bh * S * D
-    v_base = v_ptr + kv_bh * S * D
+    k_base = k_ptr + kv_bh.to(tl.int64) * S * D
+    v_base = v_ptr + kv_bh.to(tl.int64) * S * D
     c = tl.load(c_ptr)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -229,7 +251,7 @@ def _sage3_fwd_kernel(
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN)
+        praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
         l_i = l_i * alpha + tl.sum(praw, 1)
         v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
         if OP_BF16:
@@ -251,7 +273,7 @@ def _sage3_fwd_kernel(
         m_i = m_new
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
-    dst = o_ptr + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
     tl.store(dst, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S)
 
 
@@ -265,7 +287,7 @@ _FWD_CONFIGS = [
 
 _sage3_fwd_tuned = triton.autotune(
     configs=_FWD_CONFIGS,
-    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV"],
+    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE"],
 )(_sage3_fwd_kernel)
 
 
@@ -277,7 +299,12 @@ def _elem_consts(spec) -> dict:
     return {"EMAX": e.emax, "EMIN": e.emin, "MBITS": e.mbits, "MAXN": float(e.max_normal)}
 
 
-def sage3_prepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str):
+_RULES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}
+
+
+def sage3_prepass(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor"
+):
     """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
 
     Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX.
@@ -305,7 +332,7 @@ def sage3_prepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_forma
             x, mean, gs[len(outs)], out,
             s, heads, x.stride(0), x.stride(1), x.stride(2),
             D=d, BLOCK_S=block_s, BLK=fmt.block, SEQ_AXIS=name == "v", SMOOTH=name == "k",
-            NVFP4=nv, **_elem_consts(spec), num_warps=4,
+            NVFP4=nv, **_elem_consts(spec), RULE=_RULES[scale_rule], num_warps=4,
         )
         outs.append(out)
     return outs, gs
@@ -321,6 +348,7 @@ def sage3_attention(
     causal: bool = False,
     sm_scale: float | None = None,
     block_m: int | None = None,
+    scale_rule: str = "floor",
 ) -> torch.Tensor:
     """sage3 attention on the Triton kernels; ``q [B, S, Hq, D]``, ``k, v [B, S, Hkv, D]``.
 
@@ -330,6 +358,7 @@ def sage3_attention(
     """
     fmt = get_sage3_format(quant_format)
     check_acc_dtype(acc_dtype)
+    check_scale_rule(fmt.qkv, scale_rule)
     if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
         raise ValueError(f"expected q [B,S,Hq,D], k/v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}")
     b, s, hq, d = q.shape
@@ -345,7 +374,7 @@ def sage3_attention(
     if s == 0:
         return torch.empty_like(q)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format)
+    (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule)
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     base = torch.full((1,), scale * LOG2E, dtype=torch.float32, device=q.device)
     c = base * gq[1:2] * gk[1:2]
@@ -355,6 +384,7 @@ def sage3_attention(
         D=d, BLOCK_N=BLOCK_N, CAUSAL=bool(causal), BLK=fmt.block,
         P_NVFP4=fmt.p.family is Family.NVFP4, P_FACTOR=float(fmt.p_factor),
         EMAX=p_elem.emax, EMIN=p_elem.emin, MBITS=p_elem.mbits, MAXN=float(p_elem.max_normal),
+        RULE=_RULES[scale_rule],
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=qr.dtype == torch.bfloat16,
     )

@@ -52,6 +52,11 @@ product ``Praw @ Vraw`` is rounded to bf16 and the running ``acc`` is held in bf
 ``acc = bf16(bf16(acc * alpha) + bf16(Praw @ Vraw))``. ``bf16_both_dot``: additionally each
 ``Qraw @ Ksraw^T`` tile is rounded to bf16 before ``* c``. ``m``, ``l`` stay fp32.
 
+MX scale rule (``SAGE3_SCALE_RULE``): ``floor`` (OCP v1.0, the default) for every MX QDQ (Q, K,
+V and P); ``ceil``, ``even`` and ``rceil`` as defined in :mod:`vllm_qdq.reference`. With
+``floor`` a block whose amax mantissa is at least ``max_normal / 2**emax`` (1.5 for E2M1, 1.75
+for E4M3) saturates its largest elements; ``rceil`` never saturates. NVFP4 has no scale rule.
+
 Inputs bf16, fp16 or fp32 (computed from their fp32 values). Non-finite inputs give NaN
 rows (not matched bit for bit). An MX block whose amax is below ``2**-100`` may round
 differently in the kernel (its quantum would be an fp32 subnormal); such values are below
@@ -65,7 +70,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..formats import FORMATS, Family, FormatSpec
+from ..formats import FORMATS, Family, FormatSpec, check_scale_rule
 from ..reference import _decode, qdq_reference, quantize_reference
 
 __all__ = [
@@ -132,7 +137,11 @@ def _bf16(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_operand_reference(
-    x: torch.Tensor, spec: FormatSpec, axis: int, global_amax: float | torch.Tensor | None = None
+    x: torch.Tensor,
+    spec: FormatSpec,
+    axis: int,
+    global_amax: float | torch.Tensor | None = None,
+    scale_rule: str = "floor",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """QDQ ``x`` (fp32 values) per block along ``axis``; returns ``(raw, inv_global)``.
 
@@ -142,7 +151,7 @@ def quantize_operand_reference(
     """
     x = x.to(torch.float32)
     if spec.family is Family.MX:
-        return qdq_reference(x, spec, axis=axis), torch.ones((), dtype=torch.float32, device=x.device)
+        return qdq_reference(x, spec, scale_rule, axis=axis), torch.ones((), dtype=torch.float32, device=x.device)
     if spec.family is not Family.NVFP4:
         raise ValueError(f"sage3 quantizes with MX or NVFP4 recipes, not {spec.name!r}")
     qt = quantize_reference(x, spec, axis=axis, global_amax=global_amax)
@@ -183,14 +192,16 @@ def smooth_k(k: torch.Tensor) -> torch.Tensor:
     return k.to(torch.float32) - k_mean(k).unsqueeze(1)
 
 
-def quantize_qkv_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fmt: Sage3Format):
+def quantize_qkv_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fmt: Sage3Format, scale_rule: str = "floor"
+):
     """Steps 1-2: raw Q, smoothed K, V (``[B, S, H, D]`` fp32) and their ``1/gs`` factors."""
     spec = fmt.qkv
     ks = smooth_k(k)
     out = []
     for x, axis in ((q.to(torch.float32), -1), (ks, -1), (v.to(torch.float32), 1)):
         gamax = nvfp4_global_amax(x) if spec.family is Family.NVFP4 else None
-        out.append(quantize_operand_reference(x, spec, axis, gamax))
+        out.append(quantize_operand_reference(x, spec, axis, gamax, scale_rule))
     return out
 
 
@@ -200,13 +211,13 @@ def logit_factor(sm_scale: float, inv_gq: torch.Tensor, inv_gk: torch.Tensor) ->
     return (base * inv_gq * inv_gk).reshape(1)
 
 
-def quantize_p_reference(p: torch.Tensor, fmt: Sage3Format) -> torch.Tensor:
+def quantize_p_reference(p: torch.Tensor, fmt: Sage3Format, scale_rule: str = "floor") -> torch.Tensor:
     """Raw quantized P (``[..., keys]``, fp32 in [0, 1]) per block along the last axis."""
     if fmt.p.family is Family.NVFP4:
         raw, _ = quantize_operand_reference(p, fmt.p, -1, global_amax=1.0)
         return raw
     x = p * fmt.p_factor if fmt.p_factor != 1.0 else p
-    return qdq_reference(x, fmt.p, axis=-1)
+    return qdq_reference(x, fmt.p, scale_rule, axis=-1)
 
 
 def sage3_attention_reference(
@@ -218,6 +229,7 @@ def sage3_attention_reference(
     acc_dtype: str = "fp32",
     causal: bool = False,
     sm_scale: float | None = None,
+    scale_rule: str = "floor",
 ) -> torch.Tensor:
     """sage3 attention of ``q [B, S, Hq, D]``, ``k, v [B, S, Hkv, D]``; see the module docstring.
 
@@ -225,6 +237,7 @@ def sage3_attention_reference(
     """
     fmt = get_sage3_format(quant_format)
     check_acc_dtype(acc_dtype)
+    check_scale_rule(fmt.qkv, scale_rule)
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"expected q [B,S,Hq,D], k/v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}")
     if q.shape[1] != k.shape[1]:
@@ -234,7 +247,7 @@ def sage3_attention_reference(
     if hq % hkv:
         raise ValueError(f"query heads {hq} are not a multiple of key/value heads {hkv}")
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    (qr, iq), (kr, ik), (vr, iv) = quantize_qkv_reference(q, k, v, fmt)
+    (qr, iq), (kr, ik), (vr, iv) = quantize_qkv_reference(q, k, v, fmt, scale_rule)
     c = logit_factor(scale, iq, ik)
     # [B, H, S, D], KV heads expanded for GQA.
     rep = hq // hkv
@@ -259,7 +272,7 @@ def sage3_attention_reference(
         m_new = torch.maximum(m, st.amax(dim=-1))
         alpha = torch.exp2(m - m_new)
         p = torch.exp2(st - m_new.unsqueeze(-1))
-        praw = quantize_p_reference(p, fmt)
+        praw = quantize_p_reference(p, fmt, scale_rule)
         lsum = lsum * alpha + praw.sum(dim=-1)
         pv = praw @ vh[:, :, n0:n1]
         if bf_pv:
