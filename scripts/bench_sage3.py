@@ -84,22 +84,23 @@ def main() -> int:
         torch.cuda.empty_cache()
 
     print("\n## Accuracy vs fp32 SDPA, B=1 H=24 S=4096 D=128, random normal bf16 inputs")
-    print("| format | acc | cosine | rel L2 | old cosine | old rel L2 |")
-    print("|---|---|---|---|---|---|")
+    print("| format | acc | scale rule | cosine | rel L2 | old cosine | old rel L2 | d cos | d rel L2 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     q, k, v = _inputs(4096)
     ref = torch.nn.functional.scaled_dot_product_attention(
         *(x.float().transpose(1, 2) for x in (q, k, v))
     ).transpose(1, 2).double().flatten()
-    for fmt in FORMATS:
-        for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
-            o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc).double().flatten()
-            cos = torch.nn.functional.cosine_similarity(o, ref, dim=0).item()
-            rel = ((o - ref).norm() / ref.norm()).item()
-            old = OLD["accuracy"].get(fmt) if acc == "fp32" else None
-            olds = f"{old[0]:.4f} | {old[1]:.3f}" if old else "- | -"
-            print(f"| {fmt} | {acc} | {cos:.4f} | {rel:.4f} | {olds} |")
-            if old and (cos < old[0] or rel > old[1]):
-                failures.append(f"{fmt}: cos {cos:.4f} / rel {rel:.4f} worse than old {old}")
+    rows = [(f, a, "floor") for f in FORMATS for a in ("fp32", "bf16_both_dot", "bf16_pv_only")]
+    rows += [(f, "fp32", r) for f in FORMATS if f != "nvfp4" for r in ("even", "rceil")]
+    for fmt, acc, rule in rows:
+        o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, scale_rule=rule).double().flatten()
+        cos = torch.nn.functional.cosine_similarity(o, ref, dim=0).item()
+        rel = ((o - ref).norm() / ref.norm()).item()
+        old = OLD["accuracy"].get(fmt) if acc == "fp32" else None
+        olds = f"{old[0]:.4f} | {old[1]:.3f} | {cos - old[0]:+.4f} | {rel - old[1]:+.4f}" if old else "- | - | - | -"
+        print(f"| {fmt} | {acc} | {rule} | {cos:.4f} | {rel:.4f} | {olds} |")
+        if old and rule == "floor" and (cos < old[0] or rel > old[1]):
+            failures.append(f"{fmt} (floor): cos {cos:.4f} / rel {rel:.4f} worse than old {old}")
     if failures:
         print("\nTARGETS MISSED:\n  " + "\n  ".join(failures))
         return 0 if args.no_check else 1
