@@ -13,6 +13,7 @@ Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case
 ``VLLM_SAGE3_TRITON``         register the sage3 attention kernel over vllm-omni SAGE_ATTN
 ``SAGE3_QUANT_FORMAT``        ``mxfp4`` | ``nvfp4`` | ``mxfp8_s1`` | ``mxfp4_s1``
 ``SAGE3_ACC_DTYPE``           ``fp32`` | ``bf16_both_dot`` | ``bf16_pv_only``
+``SAGE3_SCALE_RULE``          MX shared-scale rule for sage3: ``floor`` (OCP) | ``ceil`` | ``even`` | ``rceil``
 ============================  ===========================================================
 
 ``VLLM_QDQ_CONFIG`` schema (every key optional; unknown keys are errors)::
@@ -52,7 +53,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from .formats import FORMATS, check_scale_rule, get_format
+from .formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
 
 __all__ = [
     "ENV_VARS",
@@ -91,6 +92,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "VLLM_SAGE3_TRITON": ("0", "register the sage3 attention kernel over SAGE_ATTN"),
     "SAGE3_QUANT_FORMAT": ("mxfp4", "sage3: " + " | ".join(SAGE3_FORMATS)),
     "SAGE3_ACC_DTYPE": ("fp32", "sage3: " + " | ".join(SAGE3_ACC_DTYPES)),
+    "SAGE3_SCALE_RULE": ("floor", "sage3 MX scale rule: " + " | ".join(SCALE_RULES)),
 }
 
 _TRUE = ("1", "true", "yes", "on")
@@ -210,6 +212,7 @@ class Sage3Config:
     enabled: bool = False
     quant_format: str = "mxfp4"
     acc_dtype: str = "fp32"
+    scale_rule: str = "floor"
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -374,4 +377,12 @@ def load_sage3_config(env: Mapping[str, str] | None = None) -> Sage3Config:
     acc = (env.get("SAGE3_ACC_DTYPE") or "fp32").strip().lower()
     if acc not in SAGE3_ACC_DTYPES:
         raise ConfigError(f"SAGE3_ACC_DTYPE={acc!r}; accepted: {', '.join(SAGE3_ACC_DTYPES)}")
-    return Sage3Config(enabled, fmt, acc)
+    rule = (env.get("SAGE3_SCALE_RULE") or "floor").strip().lower()
+    if rule not in SCALE_RULES:
+        raise ConfigError(f"SAGE3_SCALE_RULE={rule!r}; accepted: {', '.join(SCALE_RULES)}")
+    if fmt == "nvfp4" and rule != "floor":
+        raise ConfigError(
+            f"SAGE3_SCALE_RULE={rule!r} does not apply to SAGE3_QUANT_FORMAT='nvfp4' (E4M3 block scales); "
+            f"scale rules apply to: {', '.join(f for f in SAGE3_FORMATS if f != 'nvfp4')}"
+        )
+    return Sage3Config(enabled, fmt, acc, rule)

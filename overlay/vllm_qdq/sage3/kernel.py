@@ -1,0 +1,402 @@
+"""Triton forward kernel of sage3 quantized attention (CUDA, or ``TRITON_INTERPRET=1`` on CPU).
+
+Numerics: exactly the algorithm of :mod:`vllm_qdq.sage3.reference` (read its docstring), in
+the same order:
+
+1. K smoothing: ``Ks = K - mean_s(K)`` (fp32 mean over the key sequence per batch, KV head,
+   channel; exact for softmax).
+2. A fused pre-pass kernel (:func:`_qdq_prepass_kernel`, one launch per operand) quantizes
+   Q and Ks per block along the head dim and V per block along the token dim (32 tokens of one
+   channel; 16 for NVFP4) once, writing ``element * block scale`` ("raw", exact in bf16) to a
+   ``[B, H, S, D]`` buffer; NVFP4's per-tensor factors ``1/gs`` are folded into the logit
+   factor ``c`` (Q, K) and the epilogue (V).
+3. The attention kernel (:func:`_sage3_fwd_kernel`) runs online softmax over key tiles of
+   ``BLOCK_N = 64`` keys and quantizes only P inside the loop: per row, per block of 32 (16)
+   keys, relative to the running max; two-level for ``mxfp4`` (P * 6, then MX E8M0) and
+   ``nvfp4`` (fixed tensor amax 1, i.e. ``gs = 2688``, then E4M3 per 16), single level for
+   ``_s1``. Keys past the sequence end and causally masked keys give ``p = 0`` exactly.
+4. Accumulation: ``fp32`` (bf16 MMA operands - exact - with fp32 accumulators),
+   ``bf16_pv_only`` (``Praw @ Vraw`` rounded to bf16, running accumulator held in bf16),
+   ``bf16_both_dot`` (also each ``Qraw @ Ksraw^T`` tile rounded to bf16).
+
+Element rounding: RNE on the element grid with quantum ``2**(max(floor(log2|x|), e + emin) -
+mbits)`` in the scaled domain (``e`` the block exponent), via ``(t + 1.5*2**23) - 1.5*2**23``
+(exact RNE to an integer for ``0 <= t < 2**22``), saturating at ``max_normal * 2**e``; OCP
+``floor`` scale rule ``e = floor(log2 amax) - emax`` from the fp32 exponent bits, clamped to
+[-127, 127] (or the ``ceil`` / ``even`` / ``rceil`` rule from ``SAGE3_SCALE_RULE``, same bit
+arithmetic as :func:`vllm_qdq.reference.mx_scale_exponent`). The E4M3 NVFP4 block scale uses the same rounding with E4M3's ``emin``/``mbits``.
+All constants come from :mod:`vllm_qdq.formats`.
+
+Under ``TRITON_INTERPRET=1`` the MMA operands are fp32 (the interpreter's bf16 ``tl.dot`` is
+not usable); the values are the same, since every raw operand is exactly representable in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import ELEMENTS, Family, check_scale_rule
+from .reference import (
+    BLOCK_N,
+    LOG2E,
+    check_acc_dtype,
+    get_sage3_format,
+    k_mean,
+    nvfp4_global_amax,
+    nvfp4_global_scales,
+)
+
+__all__ = ["SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "interpreting", "sage3_attention", "sage3_prepass"]
+
+#: Head dims the kernel runs (others fall back to SDPA in the backend).
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+
+_MAGIC = 12582912.0  # 1.5 * 2**23: (t + M) - M rounds t >= 0 to an integer, ties to even
+_E2M1 = ELEMENTS["e2m1"]
+_E4M3 = ELEMENTS["e4m3"]
+_NVFP4_P_GS = 448.0 * 6.0  # NVFP4 global scale of P (tensor amax fixed to 1)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in interpreter mode (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _flog2(a):
+    """floor(log2(a)) of fp32 a >= 0 from its exponent bits (-127 for 0 and subnormals)."""
+    return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _pow2(e):
+    """2**e as fp32 for int32 e in [-126, 127]."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rne_grid(a, qe_min, MBITS: tl.constexpr):
+    """RNE of a >= 0 (already saturated) with quantum 2**(max(floor(log2 a), qe_min) - MBITS)."""
+    e = tl.maximum(tl.maximum(_flog2(a), qe_min) - MBITS, -126)
+    return ((a * _pow2(-e) + 12582912.0) - 12582912.0) * _pow2(e)
+
+
+@triton.jit
+def _bf16_rne(x):
+    """Round fp32 to the nearest bf16 value, ties to even, kept in fp32 (finite inputs)."""
+    u = x.to(tl.uint32, bitcast=True)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mx_exp(amax, RULE: tl.constexpr, EMAX: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr):
+    """Shared exponent of MX blocks from their fp32 amax (RULE 0 floor, 1 ceil, 2 even, 3 rceil)."""
+    u = amax.to(tl.int32, bitcast=True)
+    fl = ((u >> 23) & 0xFF) - 127
+    mant = u & 0x7FFFFF
+    if RULE == 0:
+        e = fl - EMAX
+    elif RULE == 1:
+        e = fl + (mant != 0).to(tl.int32) - EMAX
+    elif RULE == 2:  # amax rounded to MBITS+1 significant bits (ties up), then floor
+        e = fl + (mant >= (0x800000 - (0x800000 >> (MBITS + 1)))).to(tl.int32) - EMAX
+    else:  # ceil(log2(fp32(amax / max_normal)))
+        w = tl.math.div_rn(amax, tl.full(amax.shape, MAXN, tl.float32)).to(tl.int32, bitcast=True)
+        we = (w >> 23) & 0xFF
+        e = tl.where(we == 0, -127, we - 127 + ((w & 0x7FFFFF) != 0).to(tl.int32))
+    return tl.minimum(tl.maximum(e, -127), 127)
+
+
+@triton.jit
+def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+            MAXN: tl.constexpr, RULE: tl.constexpr):
+    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule ``RULE``)."""
+    a = tl.abs(x3)
+    e = _mx_exp(tl.max(a, axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    e = tl.expand_dims(e, AXIS)
+    top = MAXN * _pow2(tl.maximum(e, -126))
+    r = _rne_grid(tl.minimum(a, top), e + EMIN, MBITS)
+    return tl.where(x3 < 0, -r, r)
+
+
+@triton.jit
+def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr):
+    """NVFP4 of blocks along ``AXIS``: returns e2m1 * e4m3 block scale (without 1/gs)."""
+    a = tl.abs(x3)
+    s = tl.minimum(gs * (tl.max(a, axis=AXIS) * 0.16666666666666666), 448.0)
+    s8 = _rne_grid(s, -6, 3)  # E4M3: emin -6, 3 mantissa bits (s <= 448 already)
+    nz = s8 != 0
+    inv = tl.where(nz, tl.math.div_rn(tl.full(s8.shape, 1.0, tl.float32), tl.where(nz, s8, 1.0) * inv_gs), 0.0)
+    xs = tl.minimum(a * tl.expand_dims(inv, AXIS), 6.0)
+    r = _rne_grid(xs, 0, 1) * tl.expand_dims(s8, AXIS)  # E2M1: emin 0, 1 mantissa bit
+    return tl.where(x3 < 0, -r, r)
+
+
+# ----------------------------------------------------------------------------- pre-pass
+
+
+@triton.jit
+def _qdq_prepass_kernel(
+    x_ptr, mean_ptr, g_ptr, out_ptr,
+    S, H, sxb, sxs, sxh,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr,
+    SEQ_AXIS: tl.constexpr, SMOOTH: tl.constexpr, NVFP4: tl.constexpr,
+    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+):
+    """QDQ one ``[BLOCK_S, D]`` tile of ``x [B, S, H, D]`` into ``out [B, H, S, D]`` (raw)."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_s[:, None] < S
+    x = tl.load(x_ptr + b.to(tl.int64) * sxb + h * sxh + offs_s[:, None] * sxs + offs_d[None, :], mask=row_ok, other=0.0)
+    x = x.to(tl.float32)
+    if SMOOTH:
+        mean = tl.load(mean_ptr + pid_bh * D + offs_d)
+        x = tl.where(row_ok, x - mean[None, :], 0.0)
+    gs = tl.load(g_ptr)
+    inv_gs = tl.load(g_ptr + 1)
+    if SEQ_AXIS:  # V: blocks of BLK tokens per channel
+        x3 = tl.reshape(x, (BLOCK_S // BLK, BLK, D))
+        if NVFP4:
+            r3 = _nvfp4_raw(x3, gs, inv_gs, 1)
+        else:
+            r3 = _mx_qdq(x3, 1, EMAX, EMIN, MBITS, MAXN, RULE)
+    else:  # Q, K: blocks of BLK channels per token
+        x3 = tl.reshape(x, (BLOCK_S, D // BLK, BLK))
+        if NVFP4:
+            r3 = _nvfp4_raw(x3, gs, inv_gs, 2)
+        else:
+            r3 = _mx_qdq(x3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+    r = tl.reshape(r3, (BLOCK_S, D))
+    dst = out_ptr + pid_bh.to(tl.int64) * S * D + offs_s[:, None] * D + offs_d[None, :]
+    tl.store(dst, r.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@triton.jit
+def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
+             P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
+             EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
+    """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys."""
+    p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
+    if P_NVFP4:
+        r3 = _nvfp4_raw(p3, 2688.0, 0.00037202380952380953, 2)  # gs = 448*6/1, fp32(1/gs)
+    else:
+        if P_FACTOR != 1.0:
+            p3 = p3 * P_FACTOR
+        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+    return tl.reshape(r3, (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _sage3_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, c_ptr, inv_gv_ptr,
+    S, H, HKV, GROUP, sob, sos, soh, S_KEY,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
+    EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+    BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr,
+):
+    """One ``BLOCK_M`` query tile of one (batch, head); raw Q/K/V in ``[B, H, S, D]``."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kv_bh = b * HKV + h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    q = tl.load(q_ptr + pid_bh.to(tl.int64) * S * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < S,
+                other=0.0)
+    k_base = k_ptr + kv_bh.to(tl.int64) * S * D
+    v_base = v_ptr + kv_bh.to(tl.int64) * S * D
+    c = tl.load(c_ptr)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(S, (pid_m + 1) * BLOCK_M)
+    else:
+        hi = S
+    for n0 in range(0, hi, BLOCK_N):
+        cols = n0 + offs_n
+        kv_ok = cols < S
+        k = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        if OP_BF16:
+            s = tl.dot(q, tl.trans(k))
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        if BF16_QK:
+            s = _bf16_rne(s)
+        s = s * c
+        ok = kv_ok[None, :]
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= offs_m[:, None])
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
+        l_i = l_i * alpha + tl.sum(praw, 1)
+        v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        if OP_BF16:
+            pv_in = praw.to(tl.bfloat16)
+        else:
+            pv_in = praw
+        if BF16_PV:
+            if OP_BF16:
+                pv = tl.dot(pv_in, v)
+            else:
+                pv = tl.dot(pv_in, v, input_precision="ieee")
+            acc = _bf16_rne(_bf16_rne(acc * alpha[:, None]) + _bf16_rne(pv))
+        else:
+            acc = acc * alpha[:, None]
+            if OP_BF16:
+                acc = tl.dot(pv_in, v, acc)
+            else:
+                acc = tl.dot(pv_in, v, acc, input_precision="ieee")
+        m_i = m_new
+    inv_gv = tl.load(inv_gv_ptr)
+    o = acc / l_i[:, None] * inv_gv
+    dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    tl.store(dst, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S)
+
+
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
+]
+
+_sage3_fwd_tuned = triton.autotune(
+    configs=_FWD_CONFIGS,
+    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE"],
+)(_sage3_fwd_kernel)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _elem_consts(spec) -> dict:
+    e = spec.elem
+    return {"EMAX": e.emax, "EMIN": e.emin, "MBITS": e.mbits, "MAXN": float(e.max_normal)}
+
+
+_RULES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}
+
+
+def sage3_prepass(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor"
+):
+    """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
+
+    Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX.
+    """
+    fmt = get_sage3_format(quant_format)
+    spec = fmt.qkv
+    nv = spec.family is Family.NVFP4
+    op_dtype = torch.float32 if interpreting() else torch.bfloat16
+    b, s, hq, d = q.shape
+    hkv = k.shape[2]
+    mean = k_mean(k).contiguous()  # [B, Hkv, D] fp32
+    gs = []
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if nv:
+            src = x.to(torch.float32) - mean.unsqueeze(1) if name == "k" else x
+            gs.append(nvfp4_global_scales(nvfp4_global_amax(src)))
+        else:
+            gs.append(torch.ones(2, dtype=torch.float32, device=q.device))
+    outs = []
+    block_s = 64
+    for name, x, heads in (("q", q, hq), ("k", k, hkv), ("v", v, hkv)):
+        out = torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device)
+        grid = (triton.cdiv(s, block_s), b * heads)
+        _qdq_prepass_kernel[grid](
+            x, mean, gs[len(outs)], out,
+            s, heads, x.stride(0), x.stride(1), x.stride(2),
+            D=d, BLOCK_S=block_s, BLK=fmt.block, SEQ_AXIS=name == "v", SMOOTH=name == "k",
+            NVFP4=nv, **_elem_consts(spec), RULE=_RULES[scale_rule], num_warps=4,
+        )
+        outs.append(out)
+    return outs, gs
+
+
+def sage3_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    quant_format: str = "mxfp4",
+    acc_dtype: str = "fp32",
+    causal: bool = False,
+    sm_scale: float | None = None,
+    block_m: int | None = None,
+    scale_rule: str = "floor",
+) -> torch.Tensor:
+    """sage3 attention on the Triton kernels; ``q [B, S, Hq, D]``, ``k, v [B, S, Hkv, D]``.
+
+    Returns ``[B, S, Hq, D]`` in ``q.dtype``. Raises ``ValueError`` for inputs the kernel does
+    not run (the backend checks these first and falls back to SDPA). ``block_m`` pins the
+    query tile (default: autotuned on CUDA, 64 under the interpreter).
+    """
+    fmt = get_sage3_format(quant_format)
+    check_acc_dtype(acc_dtype)
+    check_scale_rule(fmt.qkv, scale_rule)
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"expected q [B,S,Hq,D], k/v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}")
+    b, s, hq, d = q.shape
+    if k.shape[0] != b or k.shape[1] != s or k.shape[3] != d:
+        raise ValueError(f"sage3 needs self-attention shapes; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    hkv = k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"query heads {hq} are not a multiple of key/value heads {hkv}")
+    if d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim {d} unsupported; accepted: {SUPPORTED_HEAD_DIMS}")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"dtypes {q.dtype}/{k.dtype}/{v.dtype} unsupported; accepted: {SUPPORTED_DTYPES}")
+    if s == 0:
+        return torch.empty_like(q)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule)
+    scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
+    base = torch.full((1,), scale * LOG2E, dtype=torch.float32, device=q.device)
+    c = base * gq[1:2] * gk[1:2]
+    out = torch.empty_like(q)
+    p_elem = fmt.p.elem
+    consts = dict(
+        D=d, BLOCK_N=BLOCK_N, CAUSAL=bool(causal), BLK=fmt.block,
+        P_NVFP4=fmt.p.family is Family.NVFP4, P_FACTOR=float(fmt.p_factor),
+        EMAX=p_elem.emax, EMIN=p_elem.emin, MBITS=p_elem.mbits, MAXN=float(p_elem.max_normal),
+        RULE=_RULES[scale_rule],
+        BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
+        OP_BF16=qr.dtype == torch.bfloat16,
+    )
+    args = (qr, kr, vr, out, c, gv[1:2], s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2),
+            triton.next_power_of_2(s))
+    if block_m is None and not interpreting():
+        def grid(meta):
+            return (triton.cdiv(s, meta["BLOCK_M"]), b * hq)
+
+        _sage3_fwd_tuned[grid](*args, **consts)
+    else:
+        bm = block_m or 64
+        nw = 8 if bm >= 128 else 4
+        _sage3_fwd_kernel[(triton.cdiv(s, bm), b * hq)](*args, BLOCK_M=bm, **consts, num_warps=nw, num_stages=2)
+    return out

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Benchmark sage3 against torch SDPA on one CUDA GPU, and print an accuracy table.
+
+Timing: B=1, H=24, D=128, bf16, non-causal, S = 1k, 4k, 16k; fp32 accumulation (plus the bf16
+accumulators with ``--all-acc``). The sage3 time is the whole call: K mean, Q/K/V quantization
+pre-pass, attention kernel. SDPA is ``torch.nn.functional.scaled_dot_product_attention`` on the
+same bf16 tensors (whatever backend PyTorch picks). Median of ``triton.testing.do_bench``.
+
+Accuracy: S=4096 random normal inputs, cosine similarity and relative L2 against SDPA computed
+in fp32, per format (fp32 accumulation), next to the previous plugin's figures.
+
+Exit status 1 when a target is missed: any format slower than 2x SDPA at 16k with fp32
+accumulation, or less accurate than the old figures at equal format (``--no-check`` to skip).
+
+    python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+OLD = {  # the previous plugin's sage3 on the H100 (host-side Q/K/V quantization included)
+    "time_x_sdpa": {("mxfp4", 16384): 13.1, ("mxfp4", 4096): 20.7, ("mxfp4", 1024): 62.0, ("mxfp8_s1", 16384): 9.6},
+    "accuracy": {"mxfp4": (0.9696, 0.257), "mxfp8_s1": (0.9986, 0.053)},
+}
+FORMATS = ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")
+
+
+def _inputs(s: int, h: int = 24, d: int = 128, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(1, s, h, d, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3)]
+
+
+def _time_row(s: int, accs: tuple[str, ...], sage3_attention) -> tuple[float, list[str], list[str]]:
+    """SDPA time and one cell per (format, acc) at sequence length ``s``; plus missed targets."""
+    import triton.testing
+
+    q, k, v = _inputs(s)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    t_sdpa = triton.testing.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
+    cells, missed = [], []
+    for fmt in FORMATS:
+        for acc in accs:
+            def call(fmt=fmt, acc=acc):
+                return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc)
+
+            call()  # compile + autotune outside the timing
+            t = triton.testing.do_bench(call)
+            ratio = t / t_sdpa
+            old = OLD["time_x_sdpa"].get((fmt, s))
+            cells.append(f"{t:.3f} ({ratio:.2f}x" + (f"; old {old}x)" if old and acc == "fp32" else ")"))
+            if acc == "fp32" and s >= 16384 and ratio > 2.0:
+                missed.append(f"{fmt} at S={s}: {ratio:.2f}x SDPA > 2x")
+    return t_sdpa, cells, missed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seqs", default="1024,4096,16384")
+    ap.add_argument("--all-acc", action="store_true", help="also time bf16_both_dot and bf16_pv_only")
+    ap.add_argument("--no-check", action="store_true", help="print only; exit 0 even if a target is missed")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_sage3: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton.testing
+    from vllm_qdq.sage3.kernel import sage3_attention
+
+    accs = ("fp32", "bf16_both_dot", "bf16_pv_only") if args.all_acc else ("fp32",)
+    seqs = [int(x) for x in args.seqs.split(",")]
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    print("\n## Time (ms, median), B=1 H=24 D=128 bf16, non-causal; ratio = sage3 / SDPA")
+    cols = [f"{f}/{a}" for f in FORMATS for a in accs]
+    print("| S | SDPA | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    failures = []
+    for s in seqs:
+        t_sdpa, cells, missed = _time_row(s, accs, sage3_attention)
+        failures += missed
+        print(f"| {s} | {t_sdpa:.3f} | " + " | ".join(cells) + " |")
+        torch.cuda.empty_cache()
+
+    print("\n## Accuracy vs fp32 SDPA, B=1 H=24 S=4096 D=128, random normal bf16 inputs")
+    print("| format | acc | scale rule | cosine | rel L2 | old cosine | old rel L2 | d cos | d rel L2 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    q, k, v = _inputs(4096)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        *(x.float().transpose(1, 2) for x in (q, k, v))
+    ).transpose(1, 2).double().flatten()
+    rows = [(f, a, "floor") for f in FORMATS for a in ("fp32", "bf16_both_dot", "bf16_pv_only")]
+    rows += [(f, "fp32", r) for f in FORMATS if f != "nvfp4" for r in ("even", "rceil")]
+    for fmt, acc, rule in rows:
+        o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, scale_rule=rule).double().flatten()
+        cos = torch.nn.functional.cosine_similarity(o, ref, dim=0).item()
+        rel = ((o - ref).norm() / ref.norm()).item()
+        old = OLD["accuracy"].get(fmt) if acc == "fp32" else None
+        olds = f"{old[0]:.4f} | {old[1]:.3f} | {cos - old[0]:+.4f} | {rel - old[1]:+.4f}" if old else "- | - | - | -"
+        print(f"| {fmt} | {acc} | {rule} | {cos:.4f} | {rel:.4f} | {olds} |")
+        if old and rule == "floor" and (cos < old[0] or rel > old[1]):
+            failures.append(f"{fmt} (floor): cos {cos:.4f} / rel {rel:.4f} worse than old {old}")
+    if failures:
+        print("\nTARGETS MISSED:\n  " + "\n  ".join(failures))
+        return 0 if args.no_check else 1
+    print("\nall targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

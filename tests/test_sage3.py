@@ -1,0 +1,197 @@
+"""sage3 numerics on CPU: the Triton kernels under TRITON_INTERPRET=1 against the torch reference,
+the pre-pass against the project QDQ oracle, and the reference against SDPA.
+
+The kernel runs in ONE subprocess (Triton decides interpret mode when a kernel is decorated, so
+the variable must be set before ``vllm_qdq.sage3.kernel`` is imported; a subprocess keeps it out
+of this pytest process). Shapes are tiny: the interpreter is slow.
+
+Tolerances: kernel vs reference ``max |diff| <= 1e-5 * max(1, max |ref|)`` (both compute the
+same quantized operands bit for bit - checked separately - and differ only in fp32 summation
+order); observed ~1e-7.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from vllm_qdq.sage3.reference import (
+    SAGE3_FORMATS,
+    quantize_p_reference,
+    sage3_attention_reference,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (name, fmt, acc, causal, B, S, Hq, Hkv, D, dtype[, scale_rule])
+KERNEL_CASES = [
+    ("mxfp4-fp32-gqa", "mxfp4", "fp32", False, 1, 100, 4, 2, 64, "float32"),
+    ("nvfp4-fp32-d128", "nvfp4", "fp32", False, 1, 70, 2, 2, 128, "float32"),
+    ("mxfp8_s1-fp32-mqa", "mxfp8_s1", "fp32", False, 1, 100, 4, 1, 64, "float32"),
+    ("mxfp4_s1-fp32-d32", "mxfp4_s1", "fp32", False, 2, 65, 2, 2, 32, "float32"),
+    ("mxfp4-causal", "mxfp4", "fp32", True, 1, 130, 2, 1, 64, "float32"),
+    ("nvfp4-causal-bf16pv", "nvfp4", "bf16_pv_only", True, 1, 100, 2, 2, 64, "float32"),
+    ("mxfp4-bf16both", "mxfp4", "bf16_both_dot", False, 1, 100, 2, 2, 64, "float32"),
+    ("mxfp8_s1-bf16both-causal", "mxfp8_s1", "bf16_both_dot", True, 1, 90, 2, 2, 128, "float32"),
+    ("mxfp4-bf16-input", "mxfp4", "fp32", False, 1, 64, 2, 2, 64, "bfloat16"),
+    ("nvfp4-fp16-input", "nvfp4", "fp32", False, 1, 40, 2, 2, 64, "float16"),
+    ("mxfp4-s1-token", "mxfp4", "fp32", True, 1, 1, 2, 2, 64, "float32"),
+    ("mxfp8_s1-rceil", "mxfp8_s1", "fp32", False, 1, 80, 2, 1, 64, "float32", "rceil"),
+    ("mxfp4-even-causal", "mxfp4", "bf16_pv_only", True, 1, 80, 2, 2, 64, "float32", "even"),
+    ("mxfp4_s1-ceil", "mxfp4_s1", "fp32", False, 1, 80, 2, 2, 128, "float32", "ceil"),
+]
+RULE_CASES = [("mxfp4", r) for r in ("ceil", "even", "rceil")] + [("mxfp8_s1", r) for r in ("ceil", "even", "rceil")]
+
+_SCRIPT = r"""
+import json, os, sys
+assert os.environ.get("TRITON_INTERPRET") == "1"
+import torch
+from vllm_qdq.sage3.kernel import sage3_attention, sage3_prepass
+from vllm_qdq.sage3.reference import get_sage3_format, quantize_qkv_reference, sage3_attention_reference
+cases = json.loads(sys.argv[1])
+rule_cases = [tuple(c) for c in json.loads(sys.argv[2])]
+out = {}
+for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")] + rule_cases:
+    torch.manual_seed(1)
+    q = torch.randn(2, 67, 3, 64) * 3
+    q[0, 0, 0, :32] = torch.tensor([1.75, 1.5, 7.0, 6.0, 448.0, 480.0, 0.25] + [0.1] * 25)  # rule edges
+    k = torch.randn(2, 67, 3, 64) + 0.7
+    v = torch.randn(2, 67, 3, 64) * torch.logspace(-3, 3, 64)  # many binades
+    (qr, kr, vr), gs = sage3_prepass(q, k, v, fmt, rule)
+    ref = quantize_qkv_reference(q, k, v, get_sage3_format(fmt), rule)
+    out["prepass-" + fmt + "-" + rule] = {
+        "raw_equal": [bool(torch.equal(a.permute(0, 2, 1, 3), r[0])) for a, r in zip((qr, kr, vr), ref)],
+        "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
+    }
+for name, fmt, acc, causal, b, s, hq, hkv, d, dt, *rule in cases:
+    rule = rule[0] if rule else "floor"
+    torch.manual_seed(0)
+    dtype = getattr(torch, dt)
+    q = torch.randn(b, s, hq, d).to(dtype)
+    k = (torch.randn(b, s, hkv, d) + 0.5).to(dtype)
+    v = torch.randn(b, s, hkv, d).to(dtype)
+    o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
+    r = sage3_attention_reference(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
+    out[name] = {
+        "max_diff": (o.float() - r.float()).abs().max().item(),
+        "max_ref": r.float().abs().max().item(),
+        "dtype": str(o.dtype), "shape": list(o.shape), "finite": bool(torch.isfinite(o).all()),
+    }
+print("JSON" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def interp_results() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "overlay"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(KERNEL_CASES), json.dumps(RULE_CASES)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1]
+    return json.loads(line[4:])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rule"), [(f, "floor") for f in SAGE3_FORMATS] + RULE_CASES, ids=lambda x: str(x)
+)
+def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str) -> None:
+    """Q, smoothed K, V from the Triton pre-pass equal the oracle's element*scale exactly."""
+    r = interp_results["prepass-" + fmt + "-" + rule]
+    assert r["raw_equal"] == [True, True, True]
+    assert r["inv_gs_equal"] == [True, True, True]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[c[0] for c in KERNEL_CASES])
+def test_kernel_matches_reference(interp_results: dict, case: tuple) -> None:
+    name, _fmt, _acc, _causal, b, s, hq, _hkv, d, dt = case[:10]
+    r = interp_results[name]
+    assert r["shape"] == [b, s, hq, d]
+    assert r["dtype"] == f"torch.{dt}"
+    assert r["finite"]
+    tol = 1e-5 * max(1.0, r["max_ref"])
+    if dt != "float32":  # output rounded to the input dtype (the interpreter's cast is not RNE): one ulp
+        tol += r["max_ref"] * (2.0**-7 if dt == "bfloat16" else 2.0**-10)
+    assert r["max_diff"] <= tol, r
+
+
+# ----------------------------------------------------------------------------- reference only
+
+
+def _sdpa(q, k, v, causal):
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2).double(), k.transpose(1, 2).double(), v.transpose(1, 2).double(),
+        is_causal=causal, enable_gqa=q.shape[2] != k.shape[2],
+    ).transpose(1, 2)
+
+
+def _metrics(o, ref):
+    o, ref = o.double().flatten(), ref.double().flatten()
+    cos = torch.nn.functional.cosine_similarity(o, ref, dim=0).item()
+    return cos, ((o - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "min_cos"), [("mxfp4", 0.96), ("nvfp4", 0.97), ("mxfp4_s1", 0.96), ("mxfp8_s1", 0.997)]
+)
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_close_to_sdpa(fmt: str, min_cos: float, causal: bool) -> None:
+    q, k, v = torch.randn(1, 256, 2, 64), torch.randn(1, 256, 2, 64) + 1.0, torch.randn(1, 256, 2, 64)
+    cos, rel = _metrics(sage3_attention_reference(q, k, v, quant_format=fmt, causal=causal), _sdpa(q, k, v, causal))
+    assert cos > min_cos, (cos, rel)
+
+
+def test_two_level_p_beats_single_level() -> None:
+    """The global factor on P (mxfp4) is more accurate than plain MX on P (mxfp4_s1)."""
+    q, k, v = torch.randn(1, 512, 2, 64), torch.randn(1, 512, 2, 64), torch.randn(1, 512, 2, 64)
+    ref = _sdpa(q, k, v, False)
+    _, rel2 = _metrics(sage3_attention_reference(q, k, v, quant_format="mxfp4"), ref)
+    _, rel1 = _metrics(sage3_attention_reference(q, k, v, quant_format="mxfp4_s1"), ref)
+    assert rel2 < rel1, (rel2, rel1)
+
+
+def test_k_smoothing_is_exact_for_softmax() -> None:
+    """Adding a per-channel constant to K changes nothing: the smoothed K is the same."""
+    q, k, v = torch.randn(1, 64, 2, 64), torch.randn(1, 64, 2, 64), torch.randn(1, 64, 2, 64)
+    shift = torch.full((1, 1, 2, 64), 8.0)
+    a = sage3_attention_reference(q, k, v, quant_format="mxfp4")
+    b = sage3_attention_reference(q, k + shift, v, quant_format="mxfp4")
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_p_quantization_grids() -> None:
+    """P QDQ lands on the format grids: the row max (p = 1) stays exact; small p flush as RNE says."""
+    p = torch.tensor([[1.0, 0.5, 0.3, 0.01] + [0.0] * 28])
+    mx = quantize_p_reference(p, SAGE3_FORMATS["mxfp4"])  # raw = qdq(6p): 6, 3, 1.8->2, 0.06->0
+    assert mx[0, :4].tolist() == [6.0, 3.0, 2.0, 0.0]
+    s1 = quantize_p_reference(p, SAGE3_FORMATS["mxfp4_s1"])  # scale 1/4: 1, .5, .3->.25, 0
+    assert s1[0, :4].tolist() == [1.0, 0.5, 0.25, 0.0]
+    nv = quantize_p_reference(p[:, :16], SAGE3_FORMATS["nvfp4"])  # block scale e4m3(2688/6)=448
+    assert nv[0, 0].item() == 6.0 * 448.0
+
+
+def test_reference_rejects_bad_arguments() -> None:
+    q = torch.randn(1, 8, 2, 64)
+    with pytest.raises(ValueError, match="accepted: mxfp4, nvfp4, mxfp8_s1, mxfp4_s1"):
+        sage3_attention_reference(q, q, q, quant_format="fp3")
+    with pytest.raises(ValueError, match="accepted: fp32, bf16_both_dot, bf16_pv_only"):
+        sage3_attention_reference(q, q, q, acc_dtype="fp16")
+    with pytest.raises(ValueError, match="self-attention"):
+        sage3_attention_reference(q, torch.randn(1, 9, 2, 64), torch.randn(1, 9, 2, 64))
+
+
+def test_scale_rule_setting_validated() -> None:
+    from vllm_qdq.config import ConfigError, load_sage3_config
+
+    assert load_sage3_config({}).scale_rule == "floor"
+    assert load_sage3_config({"SAGE3_SCALE_RULE": "rceil", "SAGE3_QUANT_FORMAT": "mxfp8_s1"}).scale_rule == "rceil"
+    with pytest.raises(ConfigError, match="SAGE3_SCALE_RULE='round'; accepted: floor, ceil, even, rceil"):
+        load_sage3_config({"SAGE3_SCALE_RULE": "round"})
+    with pytest.raises(ConfigError, match="does not apply to SAGE3_QUANT_FORMAT='nvfp4'"):
+        load_sage3_config({"SAGE3_SCALE_RULE": "rceil", "SAGE3_QUANT_FORMAT": "nvfp4"})
