@@ -54,7 +54,9 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   contract only promises equality outside fp32 tie cases.
 * SCALED: the group scale is computed in float64 exactly as the reference does
   (``max(amax, amax_floor) / qmax``, ``max(., scale_floor)``, optional ``2**ceil(log2 .)``
-  from the float64 bits). ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
+  from the float64 bits). Power-of-two recipes (ue8m0): ``s = 2**c`` with ``c`` in
+  [-42, 119] (amax_floor 1e-10 below, FLT_MAX above), so ``x * 2**-c`` and ``q * 2**c`` are
+  exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
   (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
   of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2),
   ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64, held in fp32 for FP8
@@ -224,7 +226,14 @@ if triton is not None:
     @triton.jit
     def _scaled_qdq(x, s, SPEC: tl.constexpr):
         """QDQ of fp32 ``x`` with a float64 group scale ``s`` broadcast to it (fp32 result)."""
-        if SPEC.fp32_math:
+        if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
+            # s = 2**c, c in [-100, 119] (ue8m0: [-42, 119]): x * 2**-c and q * 2**c are exact in fp32
+            s32 = s.to(tl.float32)
+            pos = s32 > 0
+            v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
+            q = tl.where(pos, _round_elem_f32(v, SPEC.elem), 0.0)
+            y = q * s32
+        elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = tl.div_rn(x, tl.where(pos, s32, 1.0))
