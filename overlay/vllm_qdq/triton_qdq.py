@@ -11,6 +11,10 @@ the axis), so batched tensors, ``axis != -1`` and strided rows are read in place
 tensor whose leading dimensions cannot be folded into two strides is copied first. Offsets
 are int64. Row padding is a load mask with ``other=0`` and never changes a scale.
 
+The kernels call only Triton builtins and their own helpers (no ``triton.language.standard``
+jit functions), so the module can be reloaded under ``TRITON_INTERPRET=1`` in a process that
+imported Triton earlier (the CPU tests do).
+
 Kernels (one program per ``[BLOCK_R, BLOCK_K]`` tile, tile shape and ``num_warps`` from a
 static table keyed on the format and ``K``, never on the number of rows):
 
@@ -165,6 +169,15 @@ if triton is not None:
         return tl.full(x.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _to_f32(x):
+        """Input dtype -> fp32, exact. bf16 by moving its bits up (the interpreter's bf16
+        cast mishandles subnormals; on the GPU this is what the cast does anyway)."""
+        if x.dtype == tl.bfloat16:
+            return (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        else:
+            return x.to(tl.float32)
+
+    @triton.jit
     def _to_out(y, OUT: tl.constexpr):
         """fp32 -> output dtype, RNE. bf16 is rounded with integer ops (NaN kept), so the
         interpreter (whose bf16 cast truncates) and the GPU give the same bits."""
@@ -177,12 +190,16 @@ if triton is not None:
             return y.to(OUT)
 
     @triton.jit
+    def _max_combine(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
     def _group_stats(x, AXIS: tl.constexpr):
         """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS."""
         ax = tl.abs(x)
         finite = ax <= 3.4028234663852886e38
-        amax = tl.max(tl.where(finite, ax, 0.0), axis=AXIS)
-        bad = tl.max(tl.where(finite, 0, 1), axis=AXIS) > 0
+        amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, _max_combine)
+        bad = tl.reduce(tl.where(finite, 0, 1), AXIS, _max_combine) > 0
         return amax, bad
 
     @triton.jit
@@ -257,9 +274,9 @@ if triton is not None:
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, REVERSE: tl.constexpr,
     ):
         """Row numbers, first column and int64 row offsets of this program's tile."""
-        n_k = tl.cdiv(K, BLOCK_K)
+        n_k = (K + BLOCK_K - 1) // BLOCK_K
         if REVERSE:
-            pid = tl.cdiv(n_rows, BLOCK_R) * n_k - 1 - pid
+            pid = ((n_rows + BLOCK_R - 1) // BLOCK_R) * n_k - 1 - pid
         pid_r = pid // n_k
         k0 = (pid - pid_r * n_k) * BLOCK_K
         rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -284,7 +301,7 @@ if triton is not None:
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
         x = tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0)
-        amax, bad = _group_stats(tl.reshape(x.to(tl.float32), [BLOCK_R * BLOCK_K]), 0)
+        amax, bad = _group_stats(tl.reshape(_to_f32(x), [BLOCK_R * BLOCK_K]), 0)
         tl.atomic_max(buf_ptr, amax.to(tl.int32, bitcast=True))
         tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
 
@@ -314,8 +331,7 @@ if triton is not None:
         yr = outer * sy_outer + (rows - outer * inner_rows) * sy_inner
         cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
         mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
-        x = tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0)
-        x = x.to(tl.float32)
+        x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
 
         if SPEC.granularity.value == "tensor":
             amax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
@@ -371,19 +387,19 @@ if triton is not None:
         c = tl.arange(0, BLOCK_K).to(tl.int64)
         if SINGLE:
             mask = rmask & (c < K)[None, :]
-            x = tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
             amax, bad = _group_stats(x, 1)
             y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], SPEC)
             y = tl.where(bad[:, None], _nan_like(y), y)
             tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
         else:
-            amax = tl.zeros([BLOCK_R], tl.float32)
-            nbad = tl.zeros([BLOCK_R], tl.int32)
+            amax = tl.full([BLOCK_R], 0.0, tl.float32)
+            nbad = tl.full([BLOCK_R], 0, tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 cols = k0 + c
                 mask = rmask & (cols < K)[None, :]
                 x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                a, b = _group_stats(x.to(tl.float32), 1)
+                a, b = _group_stats(_to_f32(x), 1)
                 amax = tl.maximum(amax, a)
                 nbad += b.to(tl.int32)
             s = _scaled_scale(amax, SPEC)[:, None]
@@ -392,7 +408,7 @@ if triton is not None:
                 cols = k0 + c
                 mask = rmask & (cols < K)[None, :]
                 x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                y = _scaled_qdq(x.to(tl.float32), s, SPEC)
+                y = _scaled_qdq(_to_f32(x), s, SPEC)
                 y = tl.where(bad, _nan_like(y), y)
                 tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
                          mask=mask)
