@@ -12,7 +12,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from vllm_qdq.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
 from vllm_qdq.reference import qdq_reference
 

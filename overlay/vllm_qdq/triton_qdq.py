@@ -493,7 +493,9 @@ def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global
 def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax) -> None:
     per_tensor = spec.granularity is Granularity.TENSOR
     two_pass = per_tensor or (spec.family is Family.NVFP4 and global_amax is None)
-    buf = torch.zeros(2, dtype=torch.int32, device=x.device)
+    buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
+    if two_pass or spec.family is Family.NVFP4:
+        buf = torch.zeros(2, dtype=torch.int32, device=x.device)
     if spec.family is Family.NVFP4 and global_amax is not None:
         if isinstance(global_amax, torch.Tensor):
             buf[:1].view(torch.float32).copy_(global_amax.reshape(1))
