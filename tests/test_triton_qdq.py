@@ -73,7 +73,7 @@ def _tie_row(spec: FormatSpec, k: int) -> torch.Tensor:
 
 
 def nasty(spec: FormatSpec, dtype: torch.dtype, k: int, seed: int = 0) -> torch.Tensor:
-    """Rows: wide-range normals, NaN, +-Inf, signed zeros, subnormals, saturation, ties."""
+    """Rows: wide-range normals, NaN, +-Inf, signed zeros, subnormals, saturation, ties, tiny."""
     g = torch.Generator().manual_seed(seed)
     info = torch.finfo(dtype)
     rows = []
@@ -95,6 +95,8 @@ def nasty(spec: FormatSpec, dtype: torch.dtype, k: int, seed: int = 0) -> torch.
     big[::5] = -info.max
     rows.append(big)
     rows.append(_tie_row(spec, k))
+    # tiny values: amax under FP8 per-group's amax floor (1e-10), exact f64 constants matter
+    rows.append(torch.randn(k, generator=g, dtype=torch.float64) * 3e-11)
     # a row whose one large element sits in the padded tail's group
     r = torch.randn(k, generator=g, dtype=torch.float64) * 1e-3
     r[-1] = 300.0

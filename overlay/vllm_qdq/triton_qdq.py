@@ -12,7 +12,8 @@ tensor whose leading dimensions cannot be folded into two strides is copied firs
 are int64. Row padding is a load mask with ``other=0`` and never changes a scale.
 
 The kernels call only Triton builtins and their own helpers (no ``triton.language.standard``
-jit functions), so the module can be reloaded under ``TRITON_INTERPRET=1`` in a process that
+jit function is called; ``tl.reduce`` gets the stdlib max combiner, which the interpreter
+recognises without calling it), so the module can be reloaded under ``TRITON_INTERPRET=1`` in a process that
 imported Triton earlier (the CPU tests do).
 
 Kernels (one program per ``[BLOCK_R, BLOCK_K]`` tile, tile shape and ``num_warps`` from a
@@ -190,16 +191,14 @@ if triton is not None:
             return y.to(OUT)
 
     @triton.jit
-    def _max_combine(a, b):
-        return tl.maximum(a, b)
-
-    @triton.jit
     def _group_stats(x, AXIS: tl.constexpr):
         """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS."""
         ax = tl.abs(x)
         finite = ax <= 3.4028234663852886e38
-        amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, _max_combine)
-        bad = tl.reduce(tl.where(finite, 0, 1), AXIS, _max_combine) > 0
+        # tl.reduce with the stdlib combine function tl.max uses: the interpreter runs it as
+        # np.nanmax (a custom combine function would be called element by element there).
+        amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, tl.standard._elementwise_max)
+        bad = tl.reduce(tl.where(finite, 0, 1), AXIS, tl.standard._elementwise_max) > 0
         return amax, bad
 
     @triton.jit
