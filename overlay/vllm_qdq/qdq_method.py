@@ -251,33 +251,13 @@ def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None
     return out
 
 
-def _act_impl(x: torch.Tensor, fmt: str, scale_rule: str) -> torch.Tensor:
-    from .qdq import quantize_dequantize
-
-    kw = {"scale_rule": scale_rule} if FORMATS[fmt].takes_scale_rule else {}
-    return quantize_dequantize(x, fmt, axis=-1, **kw)
-
-
-def _define_act_op() -> None:
-    """``torch.ops.vllm_qdq.method_act_qdq``: opaque to torch.compile (the QDQ is not traced)."""
-    if hasattr(torch.ops, "vllm_qdq") and hasattr(torch.ops.vllm_qdq, "method_act_qdq"):
-        return
-
-    @torch.library.custom_op("vllm_qdq::method_act_qdq", mutates_args=())
-    def method_act_qdq(x: torch.Tensor, fmt: str, scale_rule: str) -> torch.Tensor:
-        return _act_impl(x, fmt, scale_rule)
-
-    @method_act_qdq.register_fake
-    def _(x: torch.Tensor, fmt: str, scale_rule: str) -> torch.Tensor:
-        return torch.empty_like(x)
-
-
 def qdq_act(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is)."""
     if not spec.enabled or x.numel() == 0:
         return x
-    _define_act_op()
-    return torch.ops.vllm_qdq.method_act_qdq(x, spec.format, spec.scale_rule)
+    from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq)
+
+    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
 
 
 # ----------------------------------------------------------------------------- vLLM glue

@@ -13,7 +13,7 @@ function that, per call:
 3. picks the activation format from the settings (:func:`build_table`): ``force`` if set, else
    the layer kind's spec (``linear`` or ``moe``) when it names a format, else ``route[kind]``
    when the spec is ``auto``; ``off`` leaves the call unchanged;
-4. replaces the activation by ``torch.ops.vllm_qdq.qdq(x, fmt, scale_rule, -1, 0.0)`` (blocks
+4. replaces the activation by ``torch.ops.vllm_qdq.qdq(x, fmt, scale_rule, -1, None, None)`` (blocks
    along the last, reduction, dimension; NVFP4's per-tensor scale from the activation's own
    amax) and calls the wrapped function with every other argument as given, returning its
    result unchanged.
@@ -382,7 +382,7 @@ def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
         if choice is None:
             return inner(*args, **kwargs)
         fmt, rule = choice
-        y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, 0.0)
+        y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, None, None)
         if st.stats_hook is not None:
             st.stats_hook(name, x, y, fmt)
         if len(args) > pos:

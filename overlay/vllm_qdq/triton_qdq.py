@@ -1,0 +1,555 @@
+"""Fused Triton QDQ kernels: one kernel family for every recipe of :mod:`vllm_qdq.formats`.
+
+Bit-exact with :func:`vllm_qdq.reference.qdq_reference` (the numeric contract is stated there).
+Every format fact (element bits, bias, emax, max_normal, block size, floors, the power-of-two
+flag, fp32 vs float64 math) is read from the :class:`~vllm_qdq.formats.FormatSpec` /
+:class:`~vllm_qdq.formats.ElemSpec` records, which reach the kernels as ``tl.constexpr``.
+
+Layout. The scaling axis is moved last *logically*: the launcher describes the tensor as rows
+``row = outer * inner_rows + inner`` of ``K`` elements with three strides (outer, inner, along
+the axis), so batched tensors, ``axis != -1`` and strided rows are read in place; only a
+tensor whose leading dimensions cannot be folded into two strides is copied first. Offsets
+are int64. Row padding is a load mask with ``other=0`` and never changes a scale.
+
+The kernels call only Triton builtins and their own helpers (no ``triton.language.standard``
+jit function is called; ``tl.reduce`` gets the stdlib max combiner, which the interpreter
+recognises without calling it), so the module can be reloaded under ``TRITON_INTERPRET=1`` in a process that
+imported Triton earlier (the CPU tests do).
+
+Kernels (one program per ``[BLOCK_R, BLOCK_K]`` tile, tile shape and ``num_warps`` from a
+static table keyed on the format and ``K``, never on the number of rows):
+
+* ``_qdq_block_kernel``: block recipes (MX, NVFP4, FP8 per-group128[/ue8m0]) and per-tensor
+  recipes; every scale group lies inside one tile, so x is read once and y written once.
+* ``_qdq_row_kernel``: per-row recipes (FP8 per-token / per-channel, INT8). A row of up to
+  ``_ROW_SINGLE_MAX`` elements is one tile (one read); longer rows are swept twice (amax,
+  then QDQ; the second sweep mostly hits L2).
+* ``_amax_kernel``: first pass of the per-tensor recipes (FP8 per-tensor, NVFP4 without
+  ``global_amax``): reads x once (2 B/elem for bf16), reduces finite ``|x|`` and a NaN/Inf
+  flag per tile, and folds them into a 2-word int32 buffer with ``atomic_max`` (the fp32 bit
+  pattern of a non-negative float orders like the float). The QDQ pass then walks the tiles in
+  reverse order so that its first reads hit what the amax pass left in L2.
+
+Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
+
+* Load: x -> fp32 (exact for bf16/fp16/fp32). Group ``bad`` = some ``|x| > FLT_MAX`` or NaN;
+  ``amax`` = max of ``|x|`` over the finite elements. A bad group is stored as NaN at the end.
+* MX: shared exponent ``e`` from the bits of ``amax`` (subnormal amax is first scaled by
+  2**64, exactly): floor: ``floor(log2 amax) - emax``; ceil: ``ceil(log2 amax) - emax``;
+  even: floor after rounding the significand to ``mbits + 1`` bits (ties up), read as an
+  integer compare on the mantissa field; rceil: ``ceil(log2(div_rn(amax, max_normal)))``
+  (a quotient that underflows to 0 gives ``e = 0``, as the reference's frexp does);
+  ``amax == 0`` gives -127; then clamp to [-127, 127]. ``2**e`` and ``2**-e`` are built
+  from exponent bits (``e = -127`` is the subnormal ``0x00400000``). ``v = x * 2**-e`` is
+  exact (a power-of-two scaling; a result below 2**-126 is far under half the smallest
+  element step, so it rounds to a signed zero either way), the element rounding is exact
+  (below), and ``q * 2**e`` is exact in fp32 (at most 7 significant bits, exponent within
+  [-149, 127]). So fp32 equals the reference's float64 bit for bit, and the single RNE to
+  the output dtype happens last.
+* Element rounding (:func:`_round_elem_f32`): ``a = |v|`` saturated at ``max_normal`` (NaN
+  kept), quantum ``2**(max(floor(log2 a), emin) - mbits)`` (``2**-mbits`` for integers),
+  ``rne(a / quantum) * quantum`` with ``rne(t) = (t + 2**23) - 2**23`` (exact RNE for
+  ``0 <= t < 2**23``; the kernels are compiled with FP fusion off), sign copied from ``v``
+  (zeros keep theirs).
+* NVFP4 (the reference's fp32 order): ``gs = div_rn(2688, gamax)`` (1 when ``gamax == 0``,
+  2688 = e4m3.max_normal * e2m1.max_normal), ``s = e4m3(min(gs * (amax * fp32(1/6)), 448))``,
+  ``inv = div_rn(1, s * div_rn(1, gs))`` (0 when ``s == 0``), ``q = e2m1(x * inv)``
+  (saturating), ``q = +0`` when ``gamax == 0``, ``y = q * div_rn(s, gs)``. Same fp32 ops
+  as the reference, each correctly rounded, so equal bits are expected everywhere; the
+  contract only promises equality outside fp32 tie cases.
+* SCALED: the group scale is computed in float64 exactly as the reference does
+  (``max(amax, amax_floor) / qmax``, ``max(., scale_floor)``, optional ``2**ceil(log2 .)``
+  from the float64 bits). Power-of-two recipes (ue8m0): ``s = 2**c`` with ``c`` in
+  [-42, 119] (amax_floor 1e-10 below, FLT_MAX above), so ``x * 2**-c`` and ``q * 2**c`` are
+  exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
+  (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
+  of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2),
+  ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64, held in fp32 for FP8
+  elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
+  cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` gives
+  +0. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
+* Store: fp32 -> output dtype, RNE (bf16 by integer rounding of the fp32 bits).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_scale_rule
+from .reference import SUPPORTED_DTYPES
+
+try:  # Triton is optional: without it the reference backend serves every call.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where Triton is missing
+    triton = None
+    tl = None
+
+__all__ = ["available", "qdq"]
+
+#: Element encoding of the NVFP4 block scales.
+_NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
+
+#: Per-row recipes keep a whole row in one tile up to this many elements.
+_ROW_SINGLE_MAX = 8192
+
+#: Target elements per tile and warps per program, by kernel math (static, keyed on K only
+#: through the tile shape derived from it).
+_TILE_ELEMS = 4096
+_WARPS_FP32 = 4
+_WARPS_FP64 = 8
+
+
+def available() -> bool:
+    """Triton importable, and a CUDA device present or ``TRITON_INTERPRET=1`` set."""
+    if triton is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ============================================================================ kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _pow2_f32(e):
+        """Exact fp32 ``2**e`` for int32 ``e`` in [-127, 127] (-127: subnormal 0x00400000)."""
+        bits = tl.where(e >= -126, (e + 127) << 23, 1 << 22)
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _log2_parts(a):
+        """``(floor(log2 a), mantissa field != 0)`` of positive finite fp32 ``a``, exact.
+
+        Subnormals are scaled by 2**64 first (exact), so the mantissa test means "not a power
+        of two" for them too.
+        """
+        sub = a < 1.1754943508222875e-38  # 2**-126
+        a = tl.where(sub, a * 18446744073709551616.0, a)  # * 2**64
+        bits = a.to(tl.int32, bitcast=True)
+        ex = ((bits >> 23) & 0xFF) - 127 - tl.where(sub, 64, 0)
+        return ex, (bits & 0x7FFFFF) != 0
+
+    @triton.jit
+    def _rne_f32(t):
+        """Round half to even to an integer, for ``0 <= t < 2**23`` (NaN stays NaN)."""
+        return (t + 8388608.0) - 8388608.0
+
+    @triton.jit
+    def _rne_f64(t):
+        """Round half to even to an integer, for ``0 <= t < 2**52`` (float64)."""
+        return (t + 4503599627370496.0) - 4503599627370496.0
+
+    @triton.jit
+    def _round_elem_f32(v, ELEM: tl.constexpr):
+        """RNE of fp32 ``v`` onto ELEM's grid, saturating at max_normal, sign (of 0) kept."""
+        a = tl.abs(v)
+        a = tl.where(a > ELEM.max_normal, ELEM.max_normal, a)
+        if ELEM.is_int:
+            r = _rne_f32(a * (2.0**ELEM.mbits)) * (2.0**-ELEM.mbits)
+        else:
+            ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            ex = tl.maximum(ex, 1 - ELEM.bias)
+            r = _rne_f32(a * _pow2_f32(ELEM.mbits - ex)) * _pow2_f32(ex - ELEM.mbits)
+        return tl.where(v.to(tl.int32, bitcast=True) < 0, -r, r)
+
+    @triton.jit
+    def _round_int_f64(v, ELEM: tl.constexpr):
+        """RNE of float64 ``v`` onto an integer element's grid, saturating, sign kept."""
+        a = tl.abs(v)
+        a = tl.where(a > ELEM.max_normal, ELEM.max_normal, a)
+        r = _rne_f64(a * (2.0**ELEM.mbits)) * (2.0**-ELEM.mbits)
+        return tl.where(v.to(tl.int64, bitcast=True) < 0, -r, r)
+
+    @triton.jit
+    def _nan_like(x):
+        return tl.full(x.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _to_f32(x):
+        """Input dtype -> fp32, exact. bf16 by moving its bits up (the interpreter's bf16
+        cast mishandles subnormals; on the GPU this is what the cast does anyway)."""
+        if x.dtype == tl.bfloat16:
+            return (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        else:
+            return x.to(tl.float32)
+
+    @triton.jit
+    def _to_out(y, OUT: tl.constexpr):
+        """fp32 -> output dtype, RNE. bf16 is rounded with integer ops (NaN kept), so the
+        interpreter (whose bf16 cast truncates) and the GPU give the same bits."""
+        if OUT == tl.bfloat16:
+            bits = y.to(tl.int32, bitcast=True)
+            r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            r = tl.where(y != y, 0x7FC0, r)
+            return r.to(tl.int16).to(tl.bfloat16, bitcast=True)
+        else:
+            return y.to(OUT)
+
+    @triton.jit
+    def _group_stats(x, AXIS: tl.constexpr):
+        """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS."""
+        ax = tl.abs(x)
+        finite = ax <= 3.4028234663852886e38
+        # tl.reduce with the stdlib combine function tl.max uses: the interpreter runs it as
+        # np.nanmax (a custom combine function would be called element by element there).
+        amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, tl.standard._elementwise_max)
+        bad = tl.reduce(tl.where(finite, 0, 1), AXIS, tl.standard._elementwise_max) > 0
+        return amax, bad
+
+    @triton.jit
+    def _mx_exponent(amax, ELEM: tl.constexpr, RULE: tl.constexpr):
+        """Unbiased E8M0 exponent of blocks with finite ``amax >= 0`` (int32, [-127, 127])."""
+        pos = amax > 0
+        a = tl.where(pos, amax, 1.0)
+        if RULE == "rceil":
+            qt = tl.div_rn(a, tl.full(a.shape, ELEM.max_normal, tl.float32))
+            ex, frac = _log2_parts(tl.where(qt > 0, qt, 1.0))
+            e = tl.where(qt > 0, ex + frac.to(tl.int32), 0)
+        else:
+            ex, frac = _log2_parts(a)
+            if RULE == "floor":
+                e = ex - ELEM.emax
+            elif RULE == "ceil":
+                e = ex + frac.to(tl.int32) - ELEM.emax
+            else:  # "even": significand rounded to mbits + 1 bits, ties up (to 2.0)
+                sub = a < 1.1754943508222875e-38
+                bits = tl.where(sub, a * 18446744073709551616.0, a).to(tl.int32, bitcast=True)
+                bump = (bits & 0x7FFFFF) >= (1 << 23) - (1 << (22 - ELEM.mbits))
+                e = ex + bump.to(tl.int32) - ELEM.emax
+        e = tl.where(pos, e, -127)
+        return tl.minimum(tl.maximum(e, -127), 127)
+
+    @triton.jit
+    def _scaled_scale(amax, SPEC: tl.constexpr):
+        """float64 scale of a SCALED recipe from fp32 group amax (the reference's float64 order)."""
+        a = amax.to(tl.float64)
+        if SPEC.amax_floor > 0:
+            a = tl.where(a < SPEC.amax_floor, SPEC.amax_floor, a)
+        s = a / SPEC.elem.max_normal
+        if SPEC.scale_floor > 0:
+            s = tl.where(s < SPEC.scale_floor, SPEC.scale_floor, s)
+        if SPEC.pow2_scale:
+            bits = tl.where(s > 0, s, 1.0).to(tl.int64, bitcast=True)
+            c = ((bits >> 52) & 0x7FF) - 1023 + ((bits & 0xFFFFFFFFFFFFF) != 0).to(tl.int64)
+            s = tl.where(s > 0, ((c + 1023) << 52).to(tl.float64, bitcast=True), s)
+        return s
+
+    @triton.jit
+    def _scaled_qdq(x, s, SPEC: tl.constexpr):
+        """QDQ of fp32 ``x`` with a float64 group scale ``s`` broadcast to it (fp32 result)."""
+        if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
+            # s = 2**c, c in [-100, 119] (ue8m0: [-42, 119]): x * 2**-c and q * 2**c are exact in fp32
+            s32 = s.to(tl.float32)
+            pos = s32 > 0
+            v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
+            q = tl.where(pos, _round_elem_f32(v, SPEC.elem), 0.0)
+            y = q * s32
+        elif SPEC.fp32_math:
+            s32 = s.to(tl.float32)
+            pos = s32 > 0
+            v = tl.div_rn(x, tl.where(pos, s32, 1.0))
+            q = tl.where(pos, _round_elem_f32(v, SPEC.elem), 0.0)
+            y = q * s32
+        else:
+            pos = s > 0
+            v = x.to(tl.float64) / tl.where(pos, s, 1.0)
+            if SPEC.elem.is_int:
+                q = _round_int_f64(v, SPEC.elem)
+            else:
+                q = _round_elem_f32(v.to(tl.float32), SPEC.elem).to(tl.float64)
+            q = tl.where(pos, q, 0.0)
+            y = (q * s).to(tl.float32)
+        return y
+
+    @triton.jit
+    def _tile_coords(
+        pid, n_rows, inner_rows, K,
+        s_outer, s_inner,
+        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, REVERSE: tl.constexpr,
+    ):
+        """Row numbers, first column and int64 row offsets of this program's tile."""
+        n_k = (K + BLOCK_K - 1) // BLOCK_K
+        if REVERSE:
+            pid = ((n_rows + BLOCK_R - 1) // BLOCK_R) * n_k - 1 - pid
+        pid_r = pid // n_k
+        k0 = (pid - pid_r * n_k) * BLOCK_K
+        rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        outer = rows // inner_rows
+        row_off = outer * s_outer + (rows - outer * inner_rows) * s_inner
+        return rows, k0, row_off
+
+    @triton.jit
+    def _amax_kernel(
+        # pointers
+        x_ptr, buf_ptr,
+        # sizes
+        n_rows, inner_rows, K,
+        # strides (elements)
+        sx_outer, sx_inner, sx_k,
+        # meta
+        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Per tile: max finite |x| and a NaN/Inf flag, folded into int32 ``buf[0:2]``."""
+        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, K, sx_outer, sx_inner,
+                                    BLOCK_R, BLOCK_K, False)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+        x = tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0)
+        amax, bad = _group_stats(tl.reshape(_to_f32(x), [BLOCK_R * BLOCK_K]), 0)
+        tl.atomic_max(buf_ptr, amax.to(tl.int32, bitcast=True))
+        tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
+
+    @triton.jit
+    def _qdq_block_kernel(
+        # pointers
+        x_ptr, y_ptr, buf_ptr,
+        # sizes
+        n_rows, inner_rows, K,
+        # strides (elements)
+        sx_outer, sx_inner, sx_k,
+        sy_outer, sy_inner, sy_k,
+        # meta
+        SPEC: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr,
+        BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr, REVERSE: tl.constexpr,
+        SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr,
+    ):
+        """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
+
+        Block recipes reduce each group in registers; per-tensor recipes (and NVFP4's global
+        amax) read ``amax`` / ``bad`` from ``buf_ptr`` (int32 words: fp32 bits, flag).
+        """
+        BLOCK_K: tl.constexpr = N_GROUPS * GROUP
+        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, K, sx_outer, sx_inner,
+                                    BLOCK_R, BLOCK_K, REVERSE)
+        outer = rows // inner_rows
+        yr = outer * sy_outer + (rows - outer * inner_rows) * sy_inner
+        cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
+        mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
+        x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
+
+        if SPEC.granularity.value == "tensor":
+            amax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
+            bad = tl.load(buf_ptr + 1) > 0
+            s = _scaled_scale(amax, SPEC)
+            y = _scaled_qdq(x, s, SPEC)
+        else:
+            amax, bad = _group_stats(x, 2)
+            bad = bad[:, :, None]
+            if SPEC.family.value == "mx":
+                e = _mx_exponent(amax, SPEC.elem, RULE)[:, :, None]
+                q = _round_elem_f32(x * _pow2_f32(-e), SPEC.elem)
+                y = q * _pow2_f32(e)
+            elif SPEC.family.value == "nvfp4":
+                gamax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
+                zero_tensor = gamax == 0
+                one = tl.full([1, 1], 1.0, tl.float32)
+                gs = tl.where(zero_tensor, one,
+                              tl.div_rn(tl.full([1, 1], SCALE_ELEM.max_normal * SPEC.elem.max_normal,
+                                                tl.float32), gamax + 0.0 * one))
+                s = gs * (amax * INV_EMAX)
+                s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
+                s = _round_elem_f32(s, SCALE_ELEM)
+                inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
+                q = _round_elem_f32(x * inv[:, :, None], SPEC.elem)
+                q = tl.where(zero_tensor, 0.0, q)
+                y = q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
+            else:
+                s = _scaled_scale(amax, SPEC)[:, :, None]
+                y = _scaled_qdq(x, s, SPEC)
+        y = tl.where(bad, _nan_like(y), y)
+        tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
+                 _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _qdq_row_kernel(
+        # pointers
+        x_ptr, y_ptr,
+        # sizes
+        n_rows, inner_rows, K,
+        # strides (elements)
+        sx_outer, sx_inner, sx_k,
+        sy_outer, sy_inner, sy_k,
+        # meta
+        SPEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+    ):
+        """QDQ of BLOCK_R whole rows with one scale per row (SCALED per-token / per-channel)."""
+        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, BLOCK_K, sx_outer,
+                                    sx_inner, BLOCK_R, BLOCK_K, False)
+        outer = rows // inner_rows
+        yr = outer * sy_outer + (rows - outer * inner_rows) * sy_inner
+        rmask = (rows < n_rows)[:, None]
+        c = tl.arange(0, BLOCK_K).to(tl.int64)
+        if SINGLE:
+            mask = rmask & (c < K)[None, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
+            amax, bad = _group_stats(x, 1)
+            y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], SPEC)
+            y = tl.where(bad[:, None], _nan_like(y), y)
+            tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+        else:
+            amax = tl.full([BLOCK_R], 0.0, tl.float32)
+            nbad = tl.full([BLOCK_R], 0, tl.int32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + c
+                mask = rmask & (cols < K)[None, :]
+                x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+                a, b = _group_stats(_to_f32(x), 1)
+                amax = tl.maximum(amax, a)
+                nbad += b.to(tl.int32)
+            s = _scaled_scale(amax, SPEC)[:, None]
+            bad = (nbad > 0)[:, None]
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + c
+                mask = rmask & (cols < K)[None, :]
+                x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+                y = _scaled_qdq(_to_f32(x), s, SPEC)
+                y = tl.where(bad, _nan_like(y), y)
+                tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
+                         mask=mask)
+
+
+# ============================================================================ launcher
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """``[n_rows, K]`` view of a tensor: row = outer * inner_rows + inner, three strides."""
+
+    n_rows: int
+    inner_rows: int
+    k: int
+    strides_x: tuple[int, int, int]
+    strides_y: tuple[int, int, int]
+
+
+def _fold_rows(x: torch.Tensor, y: torch.Tensor, axis: int) -> _Rows | None:
+    """Describe x and y (same shape) as rows along ``axis`` with two leading strides each.
+
+    Leading dimensions are folded where both tensors allow it; ``None`` when more than two
+    remain (the caller then copies).
+    """
+    dims = [d for d in range(x.ndim) if d != axis and x.shape[d] != 1]
+    groups: list[list[int]] = []  # [size, stride_x, stride_y], outermost first
+    for d in dims:
+        size, sx, sy = x.shape[d], x.stride(d), y.stride(d)
+        if groups and groups[-1][1] == sx * size and groups[-1][2] == sy * size:
+            groups[-1] = [groups[-1][0] * size, sx, sy]
+        else:
+            groups.append([size, sx, sy])
+    if len(groups) > 2:
+        return None
+    while len(groups) < 2:
+        groups.insert(0, [1, 0, 0])
+    (n_out, sxo, syo), (n_in, sxi, syi) = groups
+    return _Rows(
+        n_out * n_in, n_in, x.shape[axis],
+        (sxo, sxi, x.stride(axis)), (syo, syi, y.stride(axis)),
+    )
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _block_tile(k: int, group: int) -> tuple[int, int]:
+    """(BLOCK_R, N_GROUPS) for a block recipe: up to 1024 columns, ~_TILE_ELEMS per tile."""
+    block_k = max(group, min(_pow2_at_least(k), 1024))
+    return max(1, _TILE_ELEMS // block_k), block_k // group
+
+
+def _row_tile(k: int) -> tuple[int, int, bool]:
+    """(BLOCK_R, BLOCK_K, single) for a per-row recipe."""
+    if k <= _ROW_SINGLE_MAX:
+        block_k = _pow2_at_least(k)
+        return max(1, _TILE_ELEMS // block_k), block_k, True
+    return 1, 2048, False
+
+
+def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global_amax) -> int:
+    if not available():
+        raise RuntimeError(
+            "the Triton QDQ backend needs Triton and a CUDA device (or TRITON_INTERPRET=1); "
+            "use backend='reference'"
+        )
+    if not isinstance(x, torch.Tensor) or x.dtype not in SUPPORTED_DTYPES:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"unsupported input {got}; accepted dtypes: {', '.join(map(str, SUPPORTED_DTYPES))}")
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis={axis} is out of range for a {x.ndim}-d tensor")
+    check_scale_rule(spec, scale_rule)
+    if global_amax is not None and spec.family is not Family.NVFP4:
+        raise ValueError(f"global_amax applies to format 'nvfp4' only, not {spec.name!r}")
+    if spec.granularity is Granularity.BLOCK and spec.block_size not in (16, 32, 64, 128):
+        raise ValueError(f"block_size={spec.block_size} unsupported by the Triton kernels; accepted: 16, 32, 64, 128")
+    return axis % x.ndim
+
+
+def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax) -> None:
+    per_tensor = spec.granularity is Granularity.TENSOR
+    two_pass = per_tensor or (spec.family is Family.NVFP4 and global_amax is None)
+    buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
+    if two_pass or spec.family is Family.NVFP4:
+        buf = torch.zeros(2, dtype=torch.int32, device=x.device)
+    if spec.family is Family.NVFP4 and global_amax is not None:
+        if isinstance(global_amax, torch.Tensor):
+            buf[:1].view(torch.float32).copy_(global_amax.reshape(1))
+        else:
+            buf[:1].view(torch.float32).fill_(float(global_amax))
+    warps = _WARPS_FP32 if spec.family is not Family.SCALED or spec.fp32_math else _WARPS_FP64
+    if spec.granularity is Granularity.ROW:
+        block_r, block_k, single = _row_tile(r.k)
+        grid = (triton.cdiv(r.n_rows, block_r),)
+        _qdq_row_kernel[grid](
+            x, y, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
+            SPEC=spec, BLOCK_R=block_r, BLOCK_K=block_k, SINGLE=single,
+            num_warps=warps, enable_fp_fusion=False,
+        )
+        return
+    group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
+    block_r, n_groups = _block_tile(r.k, group)
+    block_k = n_groups * group
+    grid = (triton.cdiv(r.n_rows, block_r) * triton.cdiv(r.k, block_k),)
+    if two_pass:
+        _amax_kernel[grid](
+            x, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x,
+            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=_WARPS_FP32,
+        )
+    _qdq_block_kernel[grid](
+        x, y, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
+        SPEC=spec, RULE=rule, GROUP=group, BLOCK_R=block_r, N_GROUPS=n_groups,
+        REVERSE=two_pass, SCALE_ELEM=_NVFP4_SCALE_ELEM,
+        INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)),
+        num_warps=warps, enable_fp_fusion=False,
+    )
+
+
+def qdq(
+    x: torch.Tensor,
+    spec: FormatSpec,
+    scale_rule: str = "floor",
+    axis: int = -1,
+    global_amax: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused quantize-dequantize of ``x`` (same shape, dtype and strides where x is dense).
+
+    Same numbers as :func:`vllm_qdq.reference.qdq_reference` (see the module docstring for
+    the operation order). ``x`` must live where Triton runs: a CUDA tensor, or a CPU tensor
+    under ``TRITON_INTERPRET=1``.
+    """
+    axis = _check(x, spec, scale_rule, axis, global_amax)
+    if x.numel() == 0:
+        return x.clone()
+    y = torch.empty_like(x)
+    rows = _fold_rows(x, y, axis)
+    if rows is None:  # leading dims not expressible with two strides: work on a copy
+        xc = x.movedim(axis, -1).contiguous()
+        yc = torch.empty_like(xc)
+        _launch(xc, yc, _fold_rows(xc, yc, xc.ndim - 1), spec, scale_rule, global_amax)
+        return y.copy_(yc.movedim(-1, axis))
+    _launch(x, y, rows, spec, scale_rule, global_amax)
+    return y

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Throughput of the fused Triton QDQ kernels against a same-size device copy (CUDA only).
+
+For each format: GB/s of a QDQ of a bf16 tensor with 16M (4096 x 4096) and 64M (8192 x 8192)
+elements, counting 2 x the tensor's bytes (one read + one write, the traffic of ``y.copy_(x)``;
+per-tensor recipes read x twice but are charged the same), and the ratio to a device copy
+``y.copy_(x)`` of the same tensor timed in the same run. Then the latency (us) of
+decode-sized calls (1, 16, 64, 256 rows x 4096).
+
+    python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor]
+
+``--check`` exits 1 when a single-pass format is below 0.90 of copy speed at 16M+ elements,
+or a two-pass (per-tensor amax) format is below 0.90 of its traffic bound, 4/6 of copy speed
+(it moves 6 bytes per element where the copy moves 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+SIZES = ((4096, 4096), (8192, 8192))
+DECODE_ROWS = (1, 16, 64, 256)
+TARGET = 0.90
+
+
+def bench_ms(fn, reps: int = 50) -> float:
+    """Median milliseconds per call (triton.testing.do_bench: warm-up, L2 flush, CUDA events)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 below the target ratios")
+    ap.add_argument("--formats", default="", help="comma-separated subset (default: all)")
+    ap.add_argument("--rule", default="floor", help="MX scale rule to time (default floor)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    from vllm_qdq import triton_qdq
+    from vllm_qdq.formats import FORMATS, Family, Granularity
+
+    names = [n for n in args.formats.split(",") if n] or list(FORMATS)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        print(f"unknown formats {unknown}; accepted: {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print("GB/s counts 2 x bytes of the bf16 tensor (read + write); ratio = QDQ GB/s / copy GB/s\n")
+
+    failures = []
+    header = f"{'format':30s} {'passes':>6s}"
+    for r, c in SIZES:
+        header += f" {f'{r}x{c} GB/s':>17s} {'ratio':>6s}"
+    print(header)
+    results = {}
+    copies = {}
+    for r, c in SIZES:
+        x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+        y = torch.empty_like(x)
+        ms = bench_ms(lambda: y.copy_(x))  # noqa: B023
+        copies[(r, c)] = 2 * x.numel() * 2 / ms / 1e6
+    print(f"{'copy_ (y.copy_(x))':30s} {'':>6s}" + "".join(
+        f" {copies[s]:17.0f} {1.0:6.2f}" for s in SIZES))
+    for name in names:
+        spec = FORMATS[name]
+        two_pass = spec.granularity is Granularity.TENSOR or spec.family is Family.NVFP4
+        rule = args.rule if spec.takes_scale_rule else "floor"
+        line = f"{name:30s} {2 if two_pass else 1:6d}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            ms = bench_ms(lambda: triton_qdq.qdq(x, spec, rule, -1, None))  # noqa: B023
+            gbs = 2 * x.numel() * 2 / ms / 1e6
+            ratio = gbs / copies[(r, c)]
+            results[(name, r, c)] = ratio
+            line += f" {gbs:17.0f} {ratio:6.2f}"
+            need = TARGET * (4 / 6 if two_pass else 1.0)
+            if ratio < need:
+                failures.append(f"{name} {r}x{c}: {ratio:.2f} of copy < {need:.2f}")
+        print(line, flush=True)
+
+    print(f"\ndecode latency (us, median), rows x 4096 bf16, MX rule {args.rule}")
+    print(f"{'format':30s}" + "".join(f" {f'{n} rows':>9s}" for n in DECODE_ROWS))
+    line = f"{'copy_':30s}"
+    for n in DECODE_ROWS:
+        x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
+        y = torch.empty_like(x)
+        line += f" {bench_ms(lambda: y.copy_(x)) * 1e3:9.1f}"  # noqa: B023
+    print(line)
+    for name in names:
+        spec = FORMATS[name]
+        rule = args.rule if spec.takes_scale_rule else "floor"
+        line = f"{name:30s}"
+        for n in DECODE_ROWS:
+            x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
+            line += f" {bench_ms(lambda: triton_qdq.qdq(x, spec, rule, -1, None)) * 1e3:9.1f}"  # noqa: B023
+        print(line, flush=True)
+
+    if failures:
+        print("\nbelow target:\n  " + "\n  ".join(failures))
+        if args.check:
+            return 1
+    elif args.check:
+        print("\ncheck passed: every format at or above its target at 16M+ elements")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The Triton QDQ kernels, run on CPU under ``TRITON_INTERPRET=1``, against the reference.
+
+Same kernel source as on the GPU; every comparison is bit for bit (integer views of the
+outputs, NaN positions equal). Shapes are small because the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from vllm_qdq.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
+from vllm_qdq.reference import qdq_reference
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+CASES = [
+    (name, rule)
+    for name, spec in FORMATS.items()
+    for rule in (SCALE_RULES if spec.takes_scale_rule else ("floor",))
+]
+
+
+@pytest.fixture(scope="module")
+def tq():
+    """``vllm_qdq.triton_qdq`` with its kernels built for the interpreter (restored after)."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton's first import where possible
+    pytest.importorskip("triton")
+    import vllm_qdq.triton_qdq as mod
+
+    mod = importlib.reload(mod)  # re-decorate the kernels as interpreted functions
+    assert mod.available()
+    np_err = np.seterr(divide="ignore", invalid="ignore", over="ignore")  # numpy warnings of masked lanes
+    yield mod
+    np.seterr(**np_err)
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+    importlib.reload(mod)
+
+
+def assert_same_bits(y: torch.Tensor, r: torch.Tensor) -> None:
+    assert y.shape == r.shape and y.dtype == r.dtype
+    ny, nr = torch.isnan(y), torch.isnan(r)
+    assert torch.equal(ny, nr), f"NaN positions differ: {(ny != nr).sum().item()} elements"
+    ity = torch.int16 if y.element_size() == 2 else torch.int32
+    yb, rb = y.contiguous().view(ity)[~ny], r.contiguous().view(ity)[~nr]
+    diff = yb != rb
+    assert not diff.any(), (
+        f"{diff.sum().item()} elements differ, e.g. triton {y[~ny][diff][:4].tolist()} "
+        f"vs reference {r[~nr][diff][:4].tolist()}"
+    )
+
+
+def _tie_row(spec: FormatSpec, k: int) -> torch.Tensor:
+    """Grid midpoints (exact RNE ties) next to the group maximum, so the scale is known."""
+    grid = torch.tensor(spec.elem.grid(), dtype=torch.float64)
+    mids = (grid[:-1] + grid[1:]) / 2
+    top = spec.elem.max_normal
+    if spec.family.value == "scaled":  # scale = amax / qmax = 1 with amax = qmax
+        scale = 1.0
+    elif spec.family.value == "nvfp4":
+        scale = 1.0
+    else:  # MX floor/even: 2**e with e = floor(log2 amax) - emax = 0 when amax = max_normal
+        scale = 1.0
+    vals = torch.cat([torch.tensor([top]), mids, -mids]) * scale
+    reps = vals.repeat(k // vals.numel() + 1)[:k]
+    return reps
+
+
+def nasty(spec: FormatSpec, dtype: torch.dtype, k: int, seed: int = 0) -> torch.Tensor:
+    """Rows: wide-range normals, NaN, +-Inf, signed zeros, subnormals, saturation, ties, tiny."""
+    g = torch.Generator().manual_seed(seed)
+    info = torch.finfo(dtype)
+    rows = []
+    mag = torch.logspace(-4, 4, k, dtype=torch.float64)
+    rows.append(torch.randn(k, generator=g, dtype=torch.float64) * mag[torch.randperm(k, generator=g)])
+    rows.append(torch.randn(k, generator=g, dtype=torch.float64))
+    r = torch.randn(k, generator=g, dtype=torch.float64)
+    r[k // 2] = float("nan")
+    rows.append(r)
+    r = torch.randn(k, generator=g, dtype=torch.float64)
+    r[1], r[-1] = float("inf"), float("-inf")
+    rows.append(r)
+    r = torch.zeros(k, dtype=torch.float64)
+    r[::3] = -0.0
+    rows.append(r)
+    sub = info.smallest_normal * torch.rand(k, generator=g, dtype=torch.float64)
+    rows.append(torch.where(torch.arange(k) % 2 == 0, sub, -sub))
+    big = info.max * (0.5 + 0.5 * torch.rand(k, generator=g, dtype=torch.float64))
+    big[::5] = -info.max
+    rows.append(big)
+    rows.append(_tie_row(spec, k))
+    # tiny values: amax under FP8 per-group's amax floor (1e-10), exact f64 constants matter
+    rows.append(torch.randn(k, generator=g, dtype=torch.float64) * 3e-11)
+    # a row whose one large element sits in the padded tail's group
+    r = torch.randn(k, generator=g, dtype=torch.float64) * 1e-3
+    r[-1] = 300.0
+    rows.append(r)
+    return torch.stack(rows).to(dtype)
+
+
+def _run(tq, x, spec, rule="floor", axis=-1, global_amax=None):
+    y = tq.qdq(x, spec, rule, axis, global_amax)
+    r = qdq_reference(x, spec, rule, axis, global_amax)
+    assert_same_bits(y, r)
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("name,rule", CASES, ids=[f"{n}-{r}" for n, r in CASES])
+def test_every_format_rule_dtype(tq, name: str, rule: str, dtype: torch.dtype) -> None:
+    spec = FORMATS[name]
+    _run(tq, nasty(spec, dtype, 77), spec, rule)
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_layouts(tq, name: str) -> None:
+    """Odd K, multi-tile K, strided rows, batched axis != -1, 1-D, unfoldable strides."""
+    spec = FORMATS[name]
+    rule = "even" if spec.takes_scale_rule else "floor"
+    g = torch.Generator().manual_seed(1)
+
+    def rnd(*shape, dtype=torch.bfloat16):
+        return (torch.randn(*shape, generator=g) * 3).to(dtype)
+
+    _run(tq, rnd(2, 33), spec, rule)
+    _run(tq, rnd(2, 1100), spec, rule)  # several K tiles for block recipes
+    _run(tq, rnd(1, 300, dtype=torch.float16), spec, rule)  # a decode row
+    _run(tq, rnd(3, 200)[:, ::2], spec, rule)  # element stride 2
+    _run(tq, rnd(3, 160)[:, 5:105], spec, rule)  # row stride != K
+    _run(tq, rnd(40, 3).t(), spec, rule)  # transposed: K runs along stride 3
+    _run(tq, rnd(50, 4), spec, rule, axis=0)  # scale along the first axis
+    _run(tq, rnd(2, 45, 3), spec, rule, axis=1)  # batched, axis in the middle
+    _run(tq, rnd(2, 3, 37).permute(1, 0, 2), spec, rule, axis=-1)  # permuted leading dims
+    _run(tq, rnd(4, 3, 5, 40)[::2, :, ::2], spec, rule, axis=-1)  # unfoldable: copy path
+    _run(tq, rnd(70), spec, rule, axis=0)  # 1-D
+    y = tq.qdq(rnd(2, 33).t().contiguous().t(), spec, rule, -1, None)
+    assert y.stride() == (1, 2)  # output keeps a dense input's layout
+
+
+def test_long_rows_two_sweeps(tq) -> None:
+    """Per-row recipes above the single-tile limit sweep the row twice."""
+    x = (torch.randn(2, tq._ROW_SINGLE_MAX + 300) * 5).to(torch.bfloat16)
+    x[1, tq._ROW_SINGLE_MAX + 100] = float("nan")
+    for name in ("fp8_e4m3_per_token", "int8_per_channel"):
+        y = _run(tq, x, FORMATS[name])
+        assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_mx_block_sizes(tq, block: int) -> None:
+    spec = get_format("mxfp8_e4m3", block)
+    _run(tq, nasty(spec, torch.bfloat16, 100), spec, "rceil")
+
+
+def test_nvfp4_global_amax(tq) -> None:
+    spec = FORMATS["nvfp4"]
+    x = nasty(spec, torch.bfloat16, 50)
+    _run(tq, x, spec, global_amax=3.0)
+    _run(tq, x, spec, global_amax=torch.tensor(1e4))
+    _run(tq, torch.zeros(2, 32, dtype=torch.float16), spec)  # amax 0: zeros
+    z = torch.zeros(2, 32)
+    z[0, 3] = float("nan")  # NaN block only; the rest of the (all-zero) tensor gives zeros
+    y = _run(tq, z, spec)
+    assert torch.isnan(y[0, :16]).all() and not torch.isnan(y[0, 16:]).any()
+
+
+def test_per_tensor_nan_poisons_whole_tensor(tq) -> None:
+    x = torch.randn(3, 40, dtype=torch.bfloat16)
+    x[2, 7] = float("inf")
+    y = _run(tq, x, FORMATS["fp8_e4m3_per_tensor"])
+    assert torch.isnan(y).all()
+
+
+def test_mx_scale_extremes(tq) -> None:
+    """amax at the fp32 top (e clamps at +127 - emax region) and at 2**-127 (e = -127)."""
+    x = torch.zeros(2, 64, dtype=torch.float32)
+    x[0, :32] = 3.0e38
+    x[0, 32:] = torch.linspace(-1e38, 1e38, 32)
+    x[1, :32] = 2.0**-127  # subnormal amax
+    x[1, 32:] = 2.0**-149 * torch.arange(32)
+    for name in ("mxfp4", "mxfp8_e5m2", "mxint8"):
+        for rule in SCALE_RULES:
+            _run(tq, x, FORMATS[name], rule)
+
+
+def test_errors(tq) -> None:
+    spec = FORMATS["mxfp4"]
+    with pytest.raises(ValueError, match="unsupported input"):
+        tq.qdq(torch.zeros(2, 32, dtype=torch.int32), spec)
+    with pytest.raises(ValueError, match="global_amax"):
+        tq.qdq(torch.zeros(2, 32), spec, "floor", -1, 1.0)
+    with pytest.raises(ValueError, match="scale_rule"):
+        tq.qdq(torch.zeros(2, 32), FORMATS["int8_per_token"], "ceil")
+    with pytest.raises(ValueError, match="axis"):
+        tq.qdq(torch.zeros(2, 32), spec, "floor", 2)
+    assert tq.qdq(torch.zeros(0, 32), spec).shape == (0, 32)
+
+
+def test_dispatch_switch(tq) -> None:
+    """``backend="triton"`` reaches the kernels; the answer equals the reference backend's."""
+    from vllm_qdq.qdq import quantize_dequantize
+
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    a = quantize_dequantize(x, "mxfp6_e3m2", scale_rule="ceil", backend="triton")
+    b = quantize_dequantize(x, "mxfp6_e3m2", scale_rule="ceil", backend="reference")
+    assert_same_bits(a, b)
+
+
+def test_custom_op_in_compiled_graph() -> None:
+    """``torch.ops.vllm_qdq.qdq`` inside ``torch.compile(fullgraph=True)`` gives the same bits."""
+    import vllm_qdq.ops  # noqa: F401  (registers the op)
+    from vllm_qdq.qdq import quantize_dequantize
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.vllm_qdq.qdq(x * 2, "mxfp4", "even", -1, None, None) + 1
+
+    x = torch.randn(4, 70, dtype=torch.bfloat16)
+    y = torch.compile(f, fullgraph=True)(x)
+    assert_same_bits(y, quantize_dequantize(x * 2, "mxfp4", scale_rule="even") + 1)
+    xt = torch.randn(64, 3).t()  # non-contiguous input: output strides match the fake impl
+    y = torch.ops.vllm_qdq.qdq(xt, "nvfp4", "floor", -1, 2.0, None)
+    assert y.stride() == torch.empty_like(xt).stride()
+    assert_same_bits(y, quantize_dequantize(xt, "nvfp4", global_amax=2.0))
+    torch.library.opcheck(torch.ops.vllm_qdq.qdq.default, (x, "int8_per_token", "floor", -1, None, None))
