@@ -55,6 +55,8 @@ def _mx_exp(amax: float, emax: int, maxv: float, mbits: int, rule: str) -> int:
         e = floor_l2 + (1 if rounded >= 2.0 else 0) - emax
     elif rule == "rceil":
         q = float(np.float32(amax) / np.float32(maxv))
+        if q == 0.0:  # the fp32 quotient underflowed: the smallest scale
+            return -127
         mq, exq = math.frexp(q)
         e = exq - 1 if mq == 0.5 else exq
     else:

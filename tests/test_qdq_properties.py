@@ -257,3 +257,12 @@ def test_oracle_table_matches_format_table() -> None:
     for fmt, (_, emax, maxv, mbits) in MX.items():
         e = FORMATS[fmt].elem
         assert (e.emax, e.max_normal, e.mbits) == (emax, maxv, mbits)
+
+
+def test_rceil_quotient_underflow_takes_smallest_scale() -> None:
+    x = torch.zeros(1, 32)
+    x[0, 0] = 2.0**-140  # amax / 57344 underflows fp32
+    q = quantize(x, "mxfp8_e5m2", scale_rule="rceil")
+    assert q.scales.item() == 0  # E8M0 code 0 = 2**-127
+    assert_same(quantize_dequantize(x, "mxfp8_e5m2", scale_rule="rceil"),
+                oracle_mx(_np(x), "mxfp8_e5m2", "rceil", "float32"))

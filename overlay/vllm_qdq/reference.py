@@ -190,8 +190,9 @@ def mx_scale_exponent(amax: torch.Tensor, elem: ElemSpec, rule: str) -> torch.Te
         bump = (m >= 1.0 - 2.0 ** -(elem.mbits + 2)).to(torch.int64)
         e = ex.to(torch.int64) - 1 + bump - elem.emax
     elif rule == "rceil":
-        q = safe.to(torch.float32) / torch.tensor(elem.max_normal, dtype=torch.float32)
-        e = _ceil_log2(q.to(torch.float64))
+        q = (safe.to(torch.float32) / torch.tensor(elem.max_normal, dtype=torch.float32)).to(torch.float64)
+        # a quotient that underflows fp32 (amax < ~2**-133 with E5M2) takes the smallest scale
+        e = torch.where(q > 0, _ceil_log2(torch.where(q > 0, q, torch.ones_like(q))), -E8M0_BIAS)
     else:  # validated by callers; kept for direct use
         raise ValueError(f"unknown scale_rule {rule!r}")
     e = torch.where(pos, e, torch.full_like(e, -E8M0_BIAS))

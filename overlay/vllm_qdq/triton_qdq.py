@@ -38,7 +38,7 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   2**64, exactly): floor: ``floor(log2 amax) - emax``; ceil: ``ceil(log2 amax) - emax``;
   even: floor after rounding the significand to ``mbits + 1`` bits (ties up), read as an
   integer compare on the mantissa field; rceil: ``ceil(log2(div_rn(amax, max_normal)))``
-  (a quotient that underflows to 0 gives ``e = 0``, as the reference's frexp does);
+  (a quotient that underflows to 0 gives ``e = -127``);
   ``amax == 0`` gives -127; then clamp to [-127, 127]. ``2**e`` and ``2**-e`` are built
   from exponent bits (``e = -127`` is the subnormal ``0x00400000``). ``v = x * 2**-e`` is
   exact (a power-of-two scaling; a result below 2**-126 is far under half the smallest
@@ -54,7 +54,7 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 * NVFP4 (the reference's fp32 order): ``gs = div_rn(2688, gamax)`` (1 when ``gamax == 0``,
   2688 = e4m3.max_normal * e2m1.max_normal), ``s = e4m3(min(gs * (amax * fp32(1/6)), 448))``,
   ``inv = div_rn(1, s * div_rn(1, gs))`` (0 when ``s == 0``), ``q = e2m1(x * inv)``
-  (saturating), ``q = +0`` when ``gamax == 0``, ``y = q * div_rn(s, gs)``. Same fp32 ops
+  (saturating; ``gamax == 0`` gives ``s = 0`` and signed zeros), ``y = q * div_rn(s, gs)``. Same fp32 ops
   as the reference, each correctly rounded, so equal bits are expected everywhere; the
   contract only promises equality outside fp32 tie cases.
 * SCALED: the group scale is computed in float64 exactly as the reference does
@@ -66,8 +66,8 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2),
   ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64, held in fp32 for FP8
   elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
-  cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` gives
-  +0. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
+  cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` (all
+  zeros) keeps its signed zeros. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
 * Store: fp32 -> output dtype, RNE (bf16 by integer rounding of the fp32 bits).
 """
 
@@ -209,7 +209,7 @@ if triton is not None:
         if RULE == "rceil":
             qt = tl.div_rn(a, tl.full(a.shape, ELEM.max_normal, tl.float32))
             ex, frac = _log2_parts(tl.where(qt > 0, qt, 1.0))
-            e = tl.where(qt > 0, ex + frac.to(tl.int32), 0)
+            e = tl.where(qt > 0, ex + frac.to(tl.int32), -127)  # quotient underflow: smallest scale
         else:
             ex, frac = _log2_parts(a)
             if RULE == "floor":
@@ -247,13 +247,13 @@ if triton is not None:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
-            q = tl.where(pos, _round_elem_f32(v, SPEC.elem), 0.0)
+            q = _round_elem_f32(v, SPEC.elem)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = tl.div_rn(x, tl.where(pos, s32, 1.0))
-            q = tl.where(pos, _round_elem_f32(v, SPEC.elem), 0.0)
+            q = _round_elem_f32(v, SPEC.elem)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
             pos = s > 0
@@ -262,7 +262,6 @@ if triton is not None:
                 q = _round_int_f64(v, SPEC.elem)
             else:
                 q = _round_elem_f32(v.to(tl.float32), SPEC.elem).to(tl.float64)
-            q = tl.where(pos, q, 0.0)
             y = (q * s).to(tl.float32)
         return y
 
@@ -356,7 +355,6 @@ if triton is not None:
                 s = _round_elem_f32(s, SCALE_ELEM)
                 inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
                 q = _round_elem_f32(x * inv[:, :, None], SPEC.elem)
-                q = tl.where(zero_tensor, 0.0, q)
                 y = q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
