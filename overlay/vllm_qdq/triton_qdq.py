@@ -91,6 +91,11 @@ except ImportError:  # pragma: no cover - exercised only where Triton is missing
 
 __all__ = ["available", "qdq"]
 
+#: Wraps a format record that one jit function hands to another. Compiled Triton (3.6 at
+#: least) passes an object to a nested jit function only as ``tl.constexpr``; the interpreter
+#: must get the bare object (its constexpr does not forward attribute reads).
+_cx = (lambda v: v) if os.environ.get("TRITON_INTERPRET", "0") == "1" or tl is None else tl.constexpr
+
 #: Element encoding of the NVFP4 block scales.
 _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 
@@ -247,21 +252,21 @@ if triton is not None:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
-            q = _round_elem_f32(v, SPEC.elem)  # s == 0: an all-zero group, q = its signed zeros
+            q = _round_elem_f32(v, _cx(SPEC.elem))  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = tl.div_rn(x, tl.where(pos, s32, 1.0))
-            q = _round_elem_f32(v, SPEC.elem)  # s == 0: an all-zero group, q = its signed zeros
+            q = _round_elem_f32(v, _cx(SPEC.elem))  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
             pos = s > 0
             v = x.to(tl.float64) / tl.where(pos, s, 1.0)
             if SPEC.elem.is_int:
-                q = _round_int_f64(v, SPEC.elem)
+                q = _round_int_f64(v, _cx(SPEC.elem))
             else:
-                q = _round_elem_f32(v.to(tl.float32), SPEC.elem).to(tl.float64)
+                q = _round_elem_f32(v.to(tl.float32), _cx(SPEC.elem)).to(tl.float64)
             y = (q * s).to(tl.float32)
         return y
 
@@ -340,8 +345,8 @@ if triton is not None:
             amax, bad = _group_stats(x, 2)
             bad = bad[:, :, None]
             if SPEC.family.value == "mx":
-                e = _mx_exponent(amax, SPEC.elem, RULE)[:, :, None]
-                q = _round_elem_f32(x * _pow2_f32(-e), SPEC.elem)
+                e = _mx_exponent(amax, _cx(SPEC.elem), RULE)[:, :, None]
+                q = _round_elem_f32(x * _pow2_f32(-e), _cx(SPEC.elem))
                 y = q * _pow2_f32(e)
             elif SPEC.family.value == "nvfp4":
                 gamax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
@@ -354,7 +359,7 @@ if triton is not None:
                 s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
                 s = _round_elem_f32(s, SCALE_ELEM)
                 inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
-                q = _round_elem_f32(x * inv[:, :, None], SPEC.elem)
+                q = _round_elem_f32(x * inv[:, :, None], _cx(SPEC.elem))
                 y = q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]

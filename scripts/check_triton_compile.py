@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Compile every Triton kernel of vllm_qdq (QDQ and sage3) for a GPU target, without a GPU.
+
+Catches front-end incompatibilities between Triton releases (the GPU image ships Triton 3.6,
+the CPU wheel 3.9) before a GPU is at hand: each launch the package would make is captured,
+turned into an ``ASTSource`` and compiled for ``--arch`` (default sm_90) down to a cubin.
+
+    python scripts/check_triton_compile.py            # every QDQ recipe x rule x dtype
+    PYTHONPATH=/path/to/triton-3.6 python scripts/check_triton_compile.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from vllm_qdq import triton_qdq
+from vllm_qdq.formats import FORMATS, SCALE_RULES
+
+_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
+        torch.uint8: "*u8", torch.int8: "*i8"}
+_seen: set = set()
+
+
+def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
+    names = fn.arg_names
+    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+    values = dict(zip(names, args, strict=False)) | kwargs
+    sig, cx = {}, {}
+    for i, n in enumerate(names):
+        v = values[n]
+        if fn.params[i].is_constexpr:
+            sig[n], cx[(i,)] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[n] = _PTR[v.dtype]
+        elif isinstance(v, bool):
+            sig[n] = "i1"
+        elif isinstance(v, int):
+            sig[n] = "i64" if abs(v) >= 2**31 else "i32"
+        else:
+            sig[n] = "fp32"
+    key = (fn.__name__, tuple(sig.items()), tuple(sorted((k, repr(v)) for k, v in cx.items())))
+    if key in _seen:
+        return
+    _seen.add(key)
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=target, options=opts)
+
+
+class _Capture:
+    def __init__(self, fn, target):
+        self.fn, self.target = fn, target
+
+    def __getitem__(self, grid):
+        return lambda *a, **k: _compile(self.fn, a, dict(k), self.target)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    target = GPUTarget("cuda", args.arch, 32)
+    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
+        setattr(triton_qdq, name, _Capture(getattr(triton_qdq, name), target))
+    failures = 0
+    for fmt, spec in FORMATS.items():
+        for rule in SCALE_RULES if spec.takes_scale_rule else ("floor",):
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                for k in (64, 4096, 20000):
+                    x = torch.empty(4, k, dtype=dtype)
+                    try:
+                        triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule,
+                                           None)
+                    except Exception as e:  # report every failing variant, then exit non-zero
+                        failures += 1
+                        print(f"FAIL {fmt} {rule} {dtype} K={k}: {str(e).strip().splitlines()[-1][:300]}")
+    from vllm_qdq.sage3 import kernel as sage3_kernel
+
+    for name in ("_qdq_prepass_kernel", "_sage3_fwd_kernel"):
+        setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))
+    for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
+        for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
+            for d, bm, causal, dtype in ((128, 128, False, torch.bfloat16), (64, 64, True, torch.float16),
+                                         (128, 64, False, torch.float32)):
+                q = torch.zeros(1, 256, 4, d, dtype=dtype)
+                kv = torch.zeros(1, 256, 2, d, dtype=dtype)
+                try:
+                    sage3_kernel.sage3_attention(q, kv, kv, quant_format=fmt, acc_dtype=acc, causal=causal,
+                                                 block_m=bm)
+                except Exception as e:
+                    failures += 1
+                    print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm}: {str(e).strip().splitlines()[-1][:300]}")
+    print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch}, "
+          f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
