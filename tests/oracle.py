@@ -147,7 +147,8 @@ def oracle_nvfp4_exact(x: np.ndarray, dtype: str, global_amax: float | None = No
     """NVFP4 in exact float64 math; also returns a mask of elements at an E2M1 rounding tie.
 
     The package fixes vLLM's fp32 operation order instead, so the two agree except near ties
-    (within one E2M1 step) and in the last bit of the final rounding.
+    (an element at an E2M1 tie, or a whole block whose E4M3 scale is at a tie: within one E2M1
+    step) and in the last bit of the final rounding.
     """
     fin = np.where(np.isfinite(x), np.abs(x), 0.0)
     gamax = float(fin.max()) if global_amax is None else float(global_amax)
@@ -164,11 +165,14 @@ def oracle_nvfp4_exact(x: np.ndarray, dtype: str, global_amax: float | None = No
                 continue
             if gs == 0:
                 continue
-            s = float(np.array(min(gs * np.abs(blk).max() / 6.0, 448.0)).astype(ml_dtypes.float8_e4m3fn))
+            raw = min(gs * np.abs(blk).max() / 6.0, 448.0)
+            s = float(np.array(raw).astype(ml_dtypes.float8_e4m3fn))
+            # the block scale itself at an E4M3 tie: fp32 order may round it the other way
+            lo, hi = (float(np.array(raw * f).astype(ml_dtypes.float8_e4m3fn)) for f in (1 - 1e-6, 1 + 1e-6))
             if s == 0:
                 continue
             v = np.clip(blk * gs / s, -6.0, 6.0)
             near = np.min(np.abs(np.abs(v)[:, None] - mids[None, :]), axis=1) <= 1e-5 * np.maximum(np.abs(v), 1)
-            tie[r, b] = near
+            tie[r, b] = near | (lo != hi)
             y[r, b] = _elem_round(v, "e2m1", 6.0) * (s / gs)
     return _out(y.reshape(x.shape[0], -1)[:, :k], dtype), tie.reshape(x.shape[0], -1)[:, :k]

@@ -57,7 +57,11 @@ def assert_same(out: torch.Tensor, want: np.ndarray) -> None:
     assert not bad.any(), f"{int(bad.sum())} differ; first at {np.argwhere(bad)[0]}: got {got[bad][0]}, want {want[bad][0]}"
 
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same 200 examples every time (a failure reproduces); explore locally
+# with `pytest --hypothesis-seed=random`.
+FAST = settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FAST
@@ -92,6 +96,18 @@ def test_nvfp4_near_exact_math(data) -> None:
     assert (err[~tie_ok] <= 2 * eps * mult[~tie_ok] + 1e-38).all()
     # at ties: within one E2M1 step (at most 2 grid units, i.e. a third of the block max)
     assert (err[tie_ok] <= mult[tie_ok] + 1e-38).all()
+
+
+def test_nvfp4_scale_tie_block() -> None:
+    """Found by hypothesis in CI: the block scale 3.125/6 * (2688/3.5) = 400 is an exact E4M3
+    tie in float64 (384 | 416) but not in vLLM's fp32 order; the oracle must mark that block."""
+    x = torch.zeros(2, 100, dtype=torch.bfloat16)
+    x[1, 95], x[1, 99] = 3.5, 3.125
+    out = _np(quantize_dequantize(x, "nvfp4"))
+    want, tie = oracle_nvfp4_exact(_np(x), "bfloat16")
+    assert tie[1, 96:].all() and not tie[1, 80:96].any()
+    assert np.abs(out - want).max() <= 0.25
+    assert out[1, 95] == 3.5
 
 
 @pytest.mark.parametrize("fmt", MX_FORMATS)

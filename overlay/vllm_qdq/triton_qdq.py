@@ -160,7 +160,9 @@ if triton is not None:
             ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
             ex = tl.maximum(ex, 1 - ELEM.bias)
             r = _rne_f32(a * _pow2_f32(ELEM.mbits - ex)) * _pow2_f32(ex - ELEM.mbits)
-        return tl.where(v.to(tl.int32, bitcast=True) < 0, -r, r)
+        # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
+        sign = v.to(tl.int32, bitcast=True) & -2147483648
+        return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _round_int_f64(v, ELEM: tl.constexpr):
@@ -168,7 +170,8 @@ if triton is not None:
         a = tl.abs(v)
         a = tl.where(a > ELEM.max_normal, ELEM.max_normal, a)
         r = _rne_f64(a * (2.0**ELEM.mbits)) * (2.0**-ELEM.mbits)
-        return tl.where(v.to(tl.int64, bitcast=True) < 0, -r, r)
+        sign = v.to(tl.int64, bitcast=True) & -9223372036854775808
+        return (r.to(tl.int64, bitcast=True) | sign).to(tl.float64, bitcast=True)
 
     @triton.jit
     def _nan_like(x):
