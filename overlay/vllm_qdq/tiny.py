@@ -89,3 +89,11 @@ def build_tiny_llama(path: str | Path, *, seed: int = 0, dtype: str = "bfloat16"
     model.save_pretrained(str(path))
     marker.write_text(json.dumps(want))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m vllm_qdq.tiny OUTPUT_DIR")
+    print(build_tiny_llama(sys.argv[1]))
