@@ -25,6 +25,9 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
     docker.io debootstrap >/dev/null
 fi
 
+# `docker compose` (v2 plugin, pinned) for compose.yaml and its tests.
+bash "$(dirname "$0")/install-compose.sh"
+
 if answers; then
   log "engine already answers"
   exit 0

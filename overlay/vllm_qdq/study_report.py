@@ -208,8 +208,9 @@ def _divergence(res: dict, plots: Path) -> tuple[str, Path | None]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     kls = [x for p in lp["prompts"] for x in p["kl"]]
     floor = 1e-6
-    a1.hist([max(x, floor) for x in kls], bins=30, color=COLORS["qdq"],
-            log=False)
+    top = max([10.0, *kls])
+    bins = [floor * (top / floor) ** (i / 40) for i in range(41)]  # log-spaced, fixed from 1e-6
+    a1.hist([max(x, floor) for x in kls], bins=bins, color=COLORS["qdq"])
     a1.set_xscale("log")
     a1.set_xlabel(f"KL per position (nats, values < {floor:g} shown at {floor:g})")
     a1.set_ylabel("positions")
