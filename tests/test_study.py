@@ -260,7 +260,7 @@ def test_report_says_what_is_missing(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
     """Two real `vllm serve` CPU servers of a tiny random Llama; the whole study; the report."""
-    from vllm_qdq.demo import run_study
+    from vllm_qdq.demo import QDQ_SERVER, run_study
 
     report = run_study(tmp_path, num_prompts=4, input_len=16, output_len=8, limit=4)
     text = report.read_text()
@@ -272,6 +272,10 @@ def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
         assert 0.0 <= e["results"]["qdq_tiny_mc"]["acc"]["value"] <= 1.0
     s = json.loads((tmp_path / "logprobs" / "divergence.json").read_text())["summary"]
     assert s["positions"] > 100 and 0.0 <= s["top1_agreement"] <= 1.0 and s["kl_mean"] >= 0.0
+    if QDQ_SERVER == "method":  # weights and activations QDQ'd: the two servers must disagree
+        assert s["kl_mean"] > 1e-3 and s["top1_agreement"] < 1.0
+    else:  # VLLM_QDQ=1 alone has no quantized GEMM to act on in this unquantized model
+        assert s["kl_mean"] == 0.0 and s["top1_agreement"] == 1.0
     assert "| qdq_tiny_mc | acc |" in text and "| TTFT p99 |" in text and "KL mean" in text
     for name in ("accuracy", "throughput", "latency", "kl"):
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG
