@@ -85,7 +85,8 @@ def test_config_every_profile_gpu(compose: list[str], profiles: list[str]) -> No
     qdq = services["serve-qdq"]
     assert qdq["environment"]["VLLM_QDQ"] == "1" and qdq["environment"]["VLLM_QDQ_STATS"] == "/out/stats/qdq"
     assert services["serve-baseline"]["environment"]["VLLM_QDQ"] == "0"
-    assert "--quantization" in qdq["command"] and "--quantization" not in services["serve-baseline"]["command"]
+    assert "--quantization qdq" in " ".join(qdq["command"])
+    assert "--quantization" not in " ".join(services["serve-baseline"]["command"])
 
 
 @pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
