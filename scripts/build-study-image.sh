@@ -55,7 +55,7 @@ for _ in $(seq 1 50); do
 done
 log "docker build $TAG from $BASE (wheelhouse on 127.0.0.1:$PORT)"
 docker build --network host -f docker/study/Dockerfile --build-arg QDQ_IMAGE="$BASE" \
-  --build-arg PIP_FIND_LINKS="http://127.0.0.1:$PORT/" --build-arg PIP_NO_INDEX=1 \
+  --build-arg PIP_FIND_LINKS="http://127.0.0.1:$PORT/" \
   -t "$TAG" docker/study >&2
 log "built $TAG in $(( $(date +%s) - t0 )) s"
 echo "$TAG"
