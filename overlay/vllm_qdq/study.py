@@ -1,0 +1,424 @@
+"""The side-by-side study: one model served with QDQ on and off, compared for speed and accuracy.
+
+Runs against any two OpenAI-compatible endpoints (``--qdq URL --baseline URL``, base URLs
+without ``/v1``) and writes everything under ``--out DIR``::
+
+    DIR/meta.json                       endpoints, model, sizes, versions
+    DIR/bench/{qdq,baseline}.json       ``vllm bench serve --save-result`` output, unchanged
+    DIR/eval/{qdq,baseline}.json        lm-eval-harness ``local-completions`` results per task
+    DIR/logprobs/divergence.json        per-position KL and top-1 agreement (see below)
+    DIR/stats/**/qdq-stats-*.jsonl      per-layer QDQ error statistics (``VLLM_QDQ_STATS``)
+    DIR/report.md, DIR/plots/*.png      written by ``report``
+
+Subcommands (``python -m vllm_qdq.study SUB ...`` or ``scripts/study.py SUB ...``):
+``bench``, ``eval``, ``logprobs`` (one measurement each), ``run`` (all three, then the
+report) and ``report DIR``.
+
+Accuracy tasks: ``--tasks local`` (default) runs the two tasks shipped in
+:mod:`vllm_qdq.study_tasks` (``qdq_tiny_mc``: multiple choice by log-likelihood;
+``qdq_tiny_gen``: greedy exact match), which need no download; any other value is a
+comma-separated list of lm-eval task names (e.g. ``gsm8k,mmlu_abstract_algebra``), read from
+the Hugging Face cache (``HF_HOME``) or downloaded when the host allows.
+
+Logprob divergence: each prompt of the fixed set (``study_tasks/logprob_prompts.jsonl``) is
+sent once to each endpoint with ``echo``, ``max_tokens=1`` and ``logprobs=k``, so both score
+the *same* token sequence (teacher forcing) and return, at every position, their ``k`` most
+likely next tokens (by id). Per position, with ``P`` the baseline and ``Q`` the QDQ server:
+
+* support ``S`` = the baseline's top-``k`` tokens plus the actual next token (known exactly
+  on both sides), and one bin for everything else (``1 - sum_S``);
+* ``Q`` of a token of ``S`` missing from the QDQ server's list is taken as the QDQ server's
+  smallest listed probability (an upper bound on it);
+* ``KL(P || Q)`` is computed over ``S`` plus the rest bin. Merging tokens into one bin never
+  increases KL, so with exact ``Q`` values this is a lower bound of the full-vocabulary KL;
+  the imputation makes it an approximation (exact when both lists cover the same tokens).
+* top-1 agreement: the two servers' most likely next tokens are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = [
+    "ENDPOINTS",
+    "LOCAL_TASKS",
+    "TASKS_DIR",
+    "main",
+    "position_divergence",
+    "run_bench",
+    "run_eval",
+    "run_logprobs",
+    "summarize_divergence",
+    "wait_healthy",
+]
+
+#: The two servers of the study, in report order.
+ENDPOINTS: tuple[str, ...] = ("baseline", "qdq")
+TASKS_DIR = Path(__file__).resolve().parent / "study_tasks"
+#: The tasks ``--tasks local`` runs (shipped with the package, no download).
+LOCAL_TASKS: tuple[str, ...] = ("qdq_tiny_mc", "qdq_tiny_gen")
+PROMPTS_FILE = TASKS_DIR / "logprob_prompts.jsonl"
+PERCENTILES = (50, 90, 99)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _post(url: str, body: dict, timeout: float = 120.0) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"POST {url} -> HTTP {e.code}: {e.read()[:500]!r}") from None
+
+
+def wait_healthy(url: str, timeout: float = 600.0) -> None:
+    """Wait until ``url/health`` answers 200; raises ``TimeoutError`` naming the URL."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/health did not answer 200 within {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def _endpoints(args: argparse.Namespace) -> dict[str, str]:
+    eps = {"baseline": args.baseline.rstrip("/"), "qdq": args.qdq.rstrip("/")}
+    for name, url in eps.items():
+        if not url.startswith(("http://", "https://")) or url.endswith("/v1"):
+            raise ValueError(f"--{name}={url!r}: give the server's base URL, e.g. http://localhost:8000")
+    return eps
+
+
+def _write_json(path: Path, obj: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | None = None,
+              num_prompts: int = 16, input_len: int = 32, output_len: int = 16,
+              max_concurrency: int | None = None) -> Path:
+    """``vllm bench serve`` (random prompts, fixed lengths) against ``url``; returns its JSON."""
+    from .vllm_cli import vllm_command
+
+    result_dir = out / "bench"
+    result_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        *vllm_command(), "bench", "serve",
+        "--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", model, "--tokenizer", tokenizer or model,
+        "--dataset-name", "random", "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len), "--ignore-eos",
+        "--num-prompts", str(num_prompts), "--seed", "0",
+        "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", ",".join(map(str, PERCENTILES)),
+        "--save-result", "--result-dir", str(result_dir), "--result-filename", f"{label}.json",
+        "--label", label, "--disable-tqdm",
+    ]
+    if max_concurrency:
+        cmd += ["--max-concurrency", str(max_concurrency)]
+    print(f"study: bench {label}: {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    (result_dir / f"{label}.log").write_text(proc.stdout + proc.stderr)
+    path = result_dir / f"{label}.json"
+    if proc.returncode != 0 or not path.is_file():
+        raise RuntimeError(
+            f"vllm bench serve against {url} failed (exit {proc.returncode}); "
+            f"last output:\n{(proc.stdout + proc.stderr)[-3000:]}"
+        )
+    data = json.loads(path.read_text())
+    if not data.get("completed"):
+        raise RuntimeError(f"vllm bench serve against {url}: no request completed ({path})")
+    return path
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _task_list(tasks: str) -> list[str]:
+    if tasks.strip() == "local":
+        return list(LOCAL_TASKS)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--tasks={tasks!r}: give 'local' or a comma-separated list of lm-eval tasks")
+    return names
+
+
+def run_eval(url: str, label: str, model: str, out: Path, *, tasks: str = "local",
+             tokenizer: str | None = None, limit: int | None = None, num_concurrent: int = 4,
+             num_fewshot: int | None = None) -> Path:
+    """lm-eval-harness ``local-completions`` on ``tasks`` against ``url``; writes a condensed JSON."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    names = _task_list(tasks)
+    model_args = {
+        "model": model,
+        "base_url": f"{url}/v1/completions",
+        "tokenizer_backend": "huggingface",
+        "tokenizer": tokenizer or model,
+        "num_concurrent": num_concurrent,
+        "max_retries": 3,
+        "tokenized_requests": False,
+        "seed": 0,
+    }
+    print(f"study: eval {label}: tasks={names} limit={limit} url={url}", flush=True)
+    t0 = time.monotonic()
+    res = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=model_args,
+        tasks=names,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=TaskManager(include_path=str(TASKS_DIR)),
+        log_samples=False,
+        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+    )
+    if res is None:
+        raise RuntimeError(f"lm-eval returned no results for {label} ({url})")
+    condensed: dict[str, dict] = {}
+    for task, metrics in res["results"].items():
+        row = {}
+        for key, value in metrics.items():
+            if key == "alias" or not isinstance(value, (int, float)) or key.startswith("sample_len"):
+                continue
+            metric, _, filt = key.partition(",")
+            if metric.endswith("_stderr"):
+                row.setdefault(metric[: -len("_stderr")], {})["stderr"] = value
+            else:
+                row.setdefault(metric, {}).update(value=value, filter=filt)
+        condensed[task] = {m: v for m, v in row.items() if "value" in v}
+    n_samples = {t: (v.get("effective") if isinstance(v, dict) else v) for t, v in res.get("n-samples", {}).items()}
+    doc = {"label": label, "url": url, "model": model, "tasks": names, "limit": limit,
+           "results": condensed, "n_samples": n_samples, "seconds": round(time.monotonic() - t0, 1)}
+    return _write_json(out / "eval" / f"{label}.json", doc)
+
+
+# ----------------------------------------------------------------------------- logprobs
+
+
+def _top(d: dict[str, float] | None, k: int) -> list[tuple[str, float]]:
+    if not d:
+        return []
+    return sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def position_divergence(base: dict[str, float], qdq: dict[str, float], actual: str,
+                        base_actual_lp: float, qdq_actual_lp: float, k: int) -> tuple[float, bool]:
+    """KL(P_base || P_qdq) on the top-k support plus a rest bin, and top-1 agreement (see module doc).
+
+    ``base``/``qdq``: token -> logprob as returned (may include the actual token beyond top-k).
+    """
+    btop = _top(base, k)
+    qtop = _top(qdq, k)
+    if not btop or not qtop:
+        raise ValueError("position_divergence: empty logprob lists")
+    p = {t: math.exp(lp) for t, lp in btop}
+    q_known = {t: math.exp(lp) for t, lp in qdq.items()}
+    p[actual] = math.exp(base_actual_lp)
+    q_known[actual] = math.exp(qdq_actual_lp)
+    q_floor = min(math.exp(lp) for _, lp in qtop)
+    q = {t: q_known.get(t, q_floor) for t in p}
+    eps = 1e-12
+    p_rest = max(0.0, 1.0 - sum(p.values()))
+    q_rest = max(eps, 1.0 - sum(q.values()))
+    kl = sum(pv * math.log(pv / max(q[t], eps)) for t, pv in p.items() if pv > 0)
+    if p_rest > 0:
+        kl += p_rest * math.log(p_rest / q_rest)
+    return max(kl, 0.0), btop[0][0] == qtop[0][0]
+
+
+def _score(url: str, model: str, prompt: str, k: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": k, "echo": True, "return_tokens_as_token_ids": True}
+    lp = _post(f"{url}/v1/completions", body)["choices"][0]["logprobs"]
+    return {"tokens": lp["tokens"], "token_logprobs": lp["token_logprobs"], "top": lp["top_logprobs"]}
+
+
+def run_logprobs(eps: dict[str, str], model: str, out: Path, *, k: int = 10,
+                 prompts_file: Path = PROMPTS_FILE) -> Path:
+    """Score the fixed prompt set on both endpoints and write per-position divergence."""
+    prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines() if line.strip()]
+    per_prompt = []
+    for i, prompt in enumerate(prompts):
+        b = _score(eps["baseline"], model, prompt, k)
+        q = _score(eps["qdq"], model, prompt, k)
+        # The prompt's own tokens must match; the last (generated) token may differ.
+        n = len(b["tokens"]) - 1
+        if b["tokens"][:n] != q["tokens"][:n]:
+            raise RuntimeError(f"prompt {i}: the two servers tokenized it differently")
+        kls, agree = [], []
+        for pos in range(1, n):  # position 0 has no prediction; scored positions: 1..n-1
+            kl, same = position_divergence(
+                b["top"][pos], q["top"][pos], b["tokens"][pos],
+                b["token_logprobs"][pos], q["token_logprobs"][pos], k,
+            )
+            kls.append(kl)
+            agree.append(same)
+        # the generated token's position: top-1 agreement from the generated tokens themselves
+        per_prompt.append({"prompt": prompt, "kl": kls, "top1": agree,
+                           "next_same": b["tokens"][n] == q["tokens"][n]})
+    doc = {"k": k, "model": model, "endpoints": eps, "prompts": per_prompt,
+           "summary": summarize_divergence(per_prompt)}
+    return _write_json(out / "logprobs" / "divergence.json", doc)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return math.nan
+    i = (len(s) - 1) * p / 100.0
+    lo, hi = math.floor(i), math.ceil(i)
+    return s[lo] + (s[hi] - s[lo]) * (i - lo)
+
+
+def summarize_divergence(per_prompt: list[dict]) -> dict:
+    """Mean / median / p90 / max KL and top-1 agreement over every scored position."""
+    kls = [x for p in per_prompt for x in p["kl"]]
+    top1 = [x for p in per_prompt for x in p["top1"]]
+    return {
+        "positions": len(kls),
+        "prompts": len(per_prompt),
+        "kl_mean": sum(kls) / len(kls) if kls else math.nan,
+        "kl_median": _pct(kls, 50),
+        "kl_p90": _pct(kls, 90),
+        "kl_max": max(kls) if kls else math.nan,
+        "top1_agreement": sum(top1) / len(top1) if top1 else math.nan,
+        "greedy_next_agreement": (sum(p["next_same"] for p in per_prompt) / len(per_prompt))
+        if per_prompt else math.nan,
+    }
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qdq", required=True, help="base URL of the server with QDQ on (no /v1)")
+    p.add_argument("--baseline", required=True, help="base URL of the server with QDQ off")
+    p.add_argument("--model", required=True, help="model name as served (and tokenizer, by default)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path or id (default: --model)")
+    p.add_argument("--out", required=True, type=Path, help="result directory")
+    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many s for /health")
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-prompts", type=int, default=int(os.environ.get("STUDY_NUM_PROMPTS", 16)))
+    p.add_argument("--input-len", type=int, default=int(os.environ.get("STUDY_INPUT_LEN", 32)))
+    p.add_argument("--output-len", type=int, default=int(os.environ.get("STUDY_OUTPUT_LEN", 16)))
+    p.add_argument("--max-concurrency", type=int, default=None)
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=os.environ.get("STUDY_TASKS", "local"),
+                   help="'local' (shipped tasks) or comma-separated lm-eval task names")
+    lim = os.environ.get("STUDY_LIMIT")
+    p.add_argument("--limit", type=int, default=int(lim) if lim else None,
+                   help="at most this many documents per task")
+    p.add_argument("--num-concurrent", type=int, default=4)
+    p.add_argument("--num-fewshot", type=int, default=None)
+
+
+def _add_logprobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--logprobs-k", type=int, default=10, help="top-k logprobs per position (<= 20)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="study", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, adders, help_ in (
+        ("bench", (_add_bench,), "throughput and latency (vllm bench serve) on both endpoints"),
+        ("eval", (_add_eval,), "accuracy (lm-eval local-completions) on both endpoints"),
+        ("logprobs", (_add_logprobs,), "KL and top-1 agreement on the fixed prompt set"),
+        ("run", (_add_bench, _add_eval, _add_logprobs), "bench + eval + logprobs, then report"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        _add_common(p)
+        for add in adders:
+            add(p)
+    p = sub.add_parser("report", help="write DIR/report.md and DIR/plots/*.png from the results")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--stats", type=Path, default=None,
+                   help="VLLM_QDQ_STATS directory of the QDQ server (default: DIR/stats)")
+    return ap
+
+
+def _meta(args: argparse.Namespace, eps: dict[str, str]) -> None:
+    path = args.out / "meta.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        import vllm
+
+        vllm_version = vllm.__version__
+    except Exception as e:
+        vllm_version = f"unavailable ({e.__class__.__name__})"
+    from . import __version__
+
+    meta.update(model=args.model, tokenizer=args.tokenizer or args.model, endpoints=eps,
+                vllm=vllm_version, vllm_qdq=__version__)
+    meta.setdefault("steps", {})[args.cmd] = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cmd"
+    }
+    _write_json(path, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "report":
+        from .study_report import write_report
+
+        path = write_report(args.dir, stats_dir=args.stats)
+        print(f"study: report written to {path}")
+        return 0
+    eps = _endpoints(args)
+    if args.wait:
+        for url in eps.values():
+            wait_healthy(url, args.wait)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _meta(args, eps)
+    if args.cmd in ("bench", "run"):
+        for label in ENDPOINTS:
+            run_bench(eps[label], label, args.model, args.out, tokenizer=args.tokenizer,
+                      num_prompts=args.num_prompts, input_len=args.input_len,
+                      output_len=args.output_len, max_concurrency=args.max_concurrency)
+    if args.cmd in ("eval", "run"):
+        for label in ENDPOINTS:
+            run_eval(eps[label], label, args.model, args.out, tasks=args.tasks,
+                     tokenizer=args.tokenizer, limit=args.limit,
+                     num_concurrent=args.num_concurrent, num_fewshot=args.num_fewshot)
+    if args.cmd in ("logprobs", "run"):
+        path = run_logprobs(eps, args.model, args.out, k=args.logprobs_k)
+        s = json.loads(path.read_text())["summary"]
+        print(f"study: logprobs: KL mean {s['kl_mean']:.3g} over {s['positions']} positions, "
+              f"top-1 agreement {s['top1_agreement']:.3f}")
+    if args.cmd == "run":
+        from .study_report import write_report
+
+        print(f"study: report written to {write_report(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

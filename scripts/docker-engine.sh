@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers on this machine (idempotent; safe to call from several processes).
+#   - installs Debian's docker.io (engine + CLI) and debootstrap when dockerd / debootstrap are missing;
+#   - starts dockerd in the mode this sandbox supports (no iptables, no bridge, vfs storage), detached,
+#     logging to $DOCKERD_LOG, unless `docker info` already answers;
+#   - waits (up to $DOCKER_WAIT_S seconds, default 120) until `docker info` answers, else exits non-zero.
+# Containers and builds must use host networking (`--network host`) since there is no bridge.
+set -euo pipefail
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd-vllm-qdq.log}
+DOCKER_WAIT_S=${DOCKER_WAIT_S:-120}
+LOCK=${DOCKER_ENGINE_LOCK:-/tmp/vllm-qdq-docker-engine.flock}
+
+log() { echo "docker-engine: $*" >&2; }
+answers() { docker info >/dev/null 2>&1; }
+
+exec 9>"$LOCK"
+flock 9   # one installer/starter at a time; the others wait, then find the engine up (dockerd gets 9>&-)
+
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  SUDO=()
+  [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  log "installing docker.io and debootstrap from Debian packages"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
+    docker.io debootstrap >/dev/null
+fi
+
+# `docker compose` (v2 plugin, pinned) for compose.yaml and its tests.
+bash "$(dirname "$0")/install-compose.sh"
+
+if answers; then
+  log "engine already answers"
+  exit 0
+fi
+
+log "starting dockerd (log: $DOCKERD_LOG)"
+# setsid + nohup: the daemon outlives the calling shell / pytest session on purpose (it is shared).
+setsid nohup dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+  >>"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
+for _ in $(seq 1 "$DOCKER_WAIT_S"); do
+  if answers; then
+    log "engine up: $(docker version --format '{{.Server.Version}}')"
+    exit 0
+  fi
+  sleep 1
+done
+log "dockerd did not answer within ${DOCKER_WAIT_S}s; last log lines:"
+[ -f "$DOCKERD_LOG" ] && tail -n 30 "$DOCKERD_LOG" >&2
+exit 1

@@ -1,0 +1,173 @@
+"""compose.yaml / compose.cpu.yaml on a real Docker engine with the Compose v2 plugin.
+
+* `docker compose config` validates every profile, GPU file alone and with the CPU override, and the
+  resolved services carry what the study needs (GPU reservation, ipc: host, HF cache volume,
+  healthchecks on /health, depends_on: service_healthy, profiles).
+* `docker compose -f compose.yaml -f compose.cpu.yaml up`: make-model builds the tiny random model,
+  both CPU servers become healthy, bench / eval / logprobs complete against them, and the report is
+  written with non-empty tables and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, _script
+
+pytestmark = pytest.mark.docker
+
+GPU = ["-f", str(REPO / "compose.yaml")]
+CPU = [*GPU, "-f", str(REPO / "compose.cpu.yaml")]
+PROFILES = ([], ["study"], ["diffusion"], ["study", "diffusion"])
+SERVERS = {"serve-qdq", "serve-baseline"}
+STUDY = {"bench", "eval", "logprobs", "report"}
+DIFFUSION = {"serve-diffusion-sage3", "serve-diffusion-baseline"}
+PNG = b"\x89PNG\r\n\x1a\n"
+PROJECT = "vllm-qdq-study-test"
+QDQ_PORT, BASELINE_PORT = 18441, 18442  # the study helper's range (18400-18499)
+
+
+@pytest.fixture(scope="module")
+def compose() -> list[str]:
+    subprocess.run(["bash", str(REPO / "scripts" / "install-compose.sh")], check=True)
+    return ["docker", "compose"]
+
+
+def _config(compose: list[str], files: list[str], profiles: list[str], env: dict | None = None) -> dict:
+    args = [*compose, *files]
+    for p in profiles:
+        args += ["--profile", p]
+    r = subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, cwd=REPO)
+    assert r.returncode == 0, f"docker compose {' '.join(args[2:])} config failed:\n{r.stderr}"
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
+def test_config_every_profile_gpu(compose: list[str], profiles: list[str]) -> None:
+    cfg = _config(compose, GPU, profiles)
+    want = set(SERVERS)
+    if "study" in profiles:
+        want |= STUDY
+    if "diffusion" in profiles:
+        want |= DIFFUSION
+    services = cfg["services"]
+    assert set(services) == want
+    for name in want & (SERVERS | DIFFUSION):
+        s = services[name]
+        assert s["ipc"] == "host"
+        (dev,) = s["deploy"]["resources"]["reservations"]["devices"]
+        assert dev["capabilities"] == ["gpu"] and dev["driver"] == "nvidia"
+        assert "/health" in " ".join(s["healthcheck"]["test"])
+        assert any(v["target"] == "/root/.cache/huggingface" and v["type"] == "volume" for v in s["volumes"])
+        assert "depends_on" not in s  # `docker compose up serve-qdq` starts that server alone
+    if "study" in profiles:
+        for name in ("bench", "eval", "logprobs"):
+            deps = services[name]["depends_on"]
+            assert deps["serve-qdq"]["condition"] == deps["serve-baseline"]["condition"] == "service_healthy"
+        assert {d: c["condition"] for d, c in services["report"]["depends_on"].items()} == {
+            "bench": "service_completed_successfully", "eval": "service_completed_successfully",
+            "logprobs": "service_completed_successfully"}
+    if "diffusion" in profiles:
+        on, off = services["serve-diffusion-sage3"], services["serve-diffusion-baseline"]
+        assert on["environment"]["VLLM_SAGE3_TRITON"] == "1"
+        assert on["environment"]["DIFFUSION_ATTENTION_BACKEND"] == "SAGE_ATTN"
+        assert off["environment"]["VLLM_SAGE3_TRITON"] == "0"
+        assert "--omni" in on["command"] and "--omni" in off["command"]
+    qdq = services["serve-qdq"]
+    assert qdq["environment"]["VLLM_QDQ"] == "1" and qdq["environment"]["VLLM_QDQ_STATS"] == "/out/stats/qdq"
+    assert services["serve-baseline"]["environment"]["VLLM_QDQ"] == "0"
+    assert "--quantization qdq" in " ".join(qdq["command"])
+    assert "--quantization" not in " ".join(services["serve-baseline"]["command"])
+
+
+@pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
+def test_config_every_profile_cpu(compose: list[str], profiles: list[str]) -> None:
+    cfg = _config(compose, CPU, profiles)
+    services = cfg["services"]
+    want = SERVERS | STUDY | {"make-model"} | (DIFFUSION if "diffusion" in profiles else set())
+    assert set(services) == want
+    for name, s in services.items():
+        assert s.get("network_mode") == "host", name
+        assert not s.get("ports"), name
+        assert "deploy" not in s, name  # no GPU reservation on the CPU stand-in
+    for name in SERVERS:
+        assert services[name]["depends_on"]["make-model"]["condition"] == "service_completed_successfully"
+    assert services["eval"]["environment"]["STUDY_TASKS"] == "local"
+
+
+def test_compose_files_parse_as_yaml() -> None:
+    for f in ("compose.yaml", "compose.cpu.yaml"):
+        text = (REPO / f).read_text()
+        assert yaml.load(text, Loader=_ResetLoader), f
+
+
+class _ResetLoader(yaml.SafeLoader):
+    """SafeLoader that accepts compose's `!reset` tag."""
+
+
+_ResetLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_cpu_study_up(compose: list[str], image: str, tmp_path: Path) -> None:
+    """The CPU study on the real engine, service by service.
+
+    `up -d --wait` brings make-model and both servers up (healthy); each study service then runs with
+    `docker compose run --rm` (its depends_on are satisfied: the servers are up, and the steps run in
+    the order of their depends_on chain). One study container at a time: under the vfs storage driver
+    every container is a full copy of its ~5 GB image, and `up` would create all of them at once.
+    """
+    study_image = _script("build-study-image.sh", image)
+    out = tmp_path / "study"
+    out.mkdir()
+    env = {**os.environ, "QDQ_IMAGE": image, "QDQ_STUDY_IMAGE": study_image, "STUDY_OUT": str(out),
+           "CPU_QDQ_PORT": str(QDQ_PORT), "CPU_BASELINE_PORT": str(BASELINE_PORT), "CPU_NUM_PROMPTS": "8"}
+    base = [*compose, *CPU, "-p", PROJECT]
+
+    def dc(*args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+        r = subprocess.run([*base, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if check:
+            logs = subprocess.run([*base, "logs", "--no-color", "--tail", "40"], env=env, cwd=REPO,
+                                  capture_output=True, text=True).stdout
+            assert r.returncode == 0, (f"docker compose {' '.join(args)}: exit {r.returncode}\n{r.stdout[-4000:]}\n"
+                                       f"{r.stderr[-4000:]}\n--- logs ---\n{logs[-6000:]}")
+        return r
+
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        dc("up", "-d", "--no-build", "--wait", "--wait-timeout", "900", "serve-qdq", "serve-baseline")
+        timings["servers healthy"] = time.monotonic() - t0
+        ps = [json.loads(line) for line in dc("ps", "-a", "--format", "json").stdout.splitlines() if line.strip()]
+        state = {r["Service"]: (r["State"], r.get("ExitCode"), r.get("Health", "")) for r in ps}
+        assert state["make-model"][:2] == ("exited", 0), state
+        for svc in SERVERS:
+            assert state[svc][0] == "running" and state[svc][2] == "healthy", state
+        dc("rm", "-f", "make-model")
+        for svc in ("bench", "eval", "logprobs", "report"):
+            t1 = time.monotonic()
+            dc("run", "--rm", "--no-deps", svc)
+            timings[svc] = time.monotonic() - t1
+    finally:
+        dc("down", "-v", "--remove-orphans", "-t", "20", check=False)
+        print("\n[compose] CPU study timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+              file=sys.stderr)
+    text = (out / "report.md").read_text()
+    for label in ("baseline", "qdq"):
+        assert json.loads((out / "bench" / f"{label}.json").read_text())["completed"] == 8
+        assert json.loads((out / "eval" / f"{label}.json").read_text())["results"]
+    assert "| qdq_tiny_mc | acc |" in text and "| requests/s |" in text and "| TTFT p50 |" in text
+    assert "| KL mean (nats) |" in text and "Not run" not in text
+    for name in ("accuracy", "throughput", "latency", "kl"):
+        png = out / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name

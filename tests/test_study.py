@@ -1,0 +1,284 @@
+"""The study (vllm_qdq.study, study_report, stats): divergence math, stats writer, report, and one
+real run against two CPU `vllm serve` servers (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from vllm_qdq import study
+from vllm_qdq.qdq import quantize_dequantize
+from vllm_qdq.stats import OTHER, KeyStats, QDQStats, load_stats
+from vllm_qdq.study_report import write_report
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _lp(probs: dict[str, float]) -> dict[str, float]:
+    return {t: math.log(p) for t, p in probs.items()}
+
+
+# ----------------------------------------------------------------------------- KL / top-1
+
+
+def test_kl_equals_exact_kl_when_lists_cover_the_vocabulary() -> None:
+    p = {"a": 0.5, "b": 0.25, "c": 0.15, "d": 0.1}
+    q = {"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1}
+    exact = sum(p[t] * math.log(p[t] / q[t]) for t in p)
+    kl, same = study.position_divergence(_lp(p), _lp(q), "b", math.log(p["b"]), math.log(q["b"]), k=4)
+    assert kl == pytest.approx(exact, rel=1e-12)
+    assert same
+
+
+def test_kl_zero_for_identical_and_top1_disagreement() -> None:
+    p = _lp({"a": 0.6, "b": 0.3})
+    kl, same = study.position_divergence(p, p, "a", p["a"], p["a"], k=2)
+    assert kl == pytest.approx(0.0, abs=1e-15) and same
+    q = _lp({"b": 0.6, "a": 0.3})
+    kl, same = study.position_divergence(p, q, "a", p["a"], q["a"], k=2)
+    assert not same
+    # support {a, b} plus a rest bin of 0.1 on both sides
+    assert kl == pytest.approx(0.6 * math.log(2) + 0.3 * math.log(0.5), rel=1e-12)
+
+
+def test_kl_missing_token_takes_the_smallest_listed_probability() -> None:
+    # k=2: baseline lists a, b; the QDQ server lists a, c; b is imputed with min(q_a, q_c) = 0.2
+    p = {"a": 0.7, "b": 0.2}
+    q = {"a": 0.5, "c": 0.2}
+    kl, _ = study.position_divergence(_lp(p), _lp(q), "a", math.log(0.7), math.log(0.5), k=2)
+    p_rest, q_rest = 1 - 0.9, 1 - 0.7
+    want = 0.7 * math.log(0.7 / 0.5) + 0.2 * math.log(0.2 / 0.2) + p_rest * math.log(p_rest / q_rest)
+    assert kl == pytest.approx(want, rel=1e-12)
+
+
+def test_kl_uses_the_actual_token_beyond_top_k() -> None:
+    # the scored token "z" is outside both top-1 lists but its logprob is known on both sides
+    p = _lp({"a": 0.9, "z": 0.05})
+    q = _lp({"a": 0.8, "z": 0.15})
+    kl, _ = study.position_divergence(p, q, "z", p["z"], q["z"], k=1)
+    want = 0.9 * math.log(0.9 / 0.8) + 0.05 * math.log(0.05 / 0.15) + 0.05 * math.log(0.05 / 0.05)
+    assert kl == pytest.approx(want, rel=1e-9)
+
+
+def test_summarize_divergence() -> None:
+    s = study.summarize_divergence([
+        {"kl": [0.0, 0.2], "top1": [True, False], "next_same": True},
+        {"kl": [0.4], "top1": [True], "next_same": False},
+    ])
+    assert s["positions"] == 3 and s["prompts"] == 2
+    assert s["kl_mean"] == pytest.approx(0.2) and s["kl_median"] == pytest.approx(0.2)
+    assert s["kl_max"] == pytest.approx(0.4)
+    assert s["top1_agreement"] == pytest.approx(2 / 3)
+    assert s["greedy_next_agreement"] == pytest.approx(0.5)
+
+
+def test_endpoint_and_task_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="base URL"):
+        study.main(["bench", "--qdq", "http://x:1/v1", "--baseline", "http://y:2", "--model", "m",
+                    "--out", "/tmp/never"])
+    with pytest.raises(ValueError, match="--tasks"):
+        study._task_list(" , ")
+    assert study._task_list("local") == list(study.LOCAL_TASKS)
+    assert study._task_list("gsm8k, mmlu_anatomy") == ["gsm8k", "mmlu_anatomy"]
+
+
+def test_shipped_study_files_exist() -> None:
+    for name in study.LOCAL_TASKS:
+        assert (study.TASKS_DIR / f"{name}.yaml").is_file()
+        assert (study.TASKS_DIR / f"{name}.jsonl").is_file()
+    prompts = study.PROMPTS_FILE.read_text().splitlines()
+    assert len(prompts) >= 8 and all(json.loads(p)["prompt"] for p in prompts)
+    # the study image pins new packages by the same lock as the CPU environment
+    assert (REPO / "docker/study/constraints.txt").read_bytes() == (REPO / "scripts/constraints-cpu.txt").read_bytes()
+
+
+# ----------------------------------------------------------------------------- stats writer
+
+
+def test_stats_figures_match_direct_computation(tmp_path: Path) -> None:
+    x = torch.randn(8, 64) * 3
+    y = quantize_dequantize(x, "mxfp8_e4m3")
+    rec = QDQStats(tmp_path, flush_every=1000)
+    rec.record("model.layers.0.qkv_proj", "mxfp8_e4m3", x, y)
+    rec.record("model.layers.0.qkv_proj", "mxfp8_e4m3", x, y)
+    path = rec.flush()
+    assert path.name == f"qdq-stats-{os.getpid()}.jsonl"
+    (ks,) = load_stats(tmp_path)
+    err = (x.double() - y.double())
+    assert ks.calls == 2 and ks.numel == 2 * x.numel()
+    assert ks.sqnr_db == pytest.approx(10 * math.log10(float(x.double().square().sum() / err.square().sum())))
+    assert ks.max_abs_err == pytest.approx(float(err.abs().max()))
+    assert ks.max_abs_x == pytest.approx(float(x.abs().max()))
+
+
+def test_stats_saturation_counts_clipped_elements_only(tmp_path: Path) -> None:
+    # one MX block: amax 7 -> floor scale 2^0, E2M1 max 6: 7 clips (saturated); 5 rounds to 4 (not).
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1], x[0, 2] = 7.0, 5.0, -6.0
+    rec = QDQStats(tmp_path)
+    rec.record("blk", "mxfp4", x, quantize_dequantize(x, "mxfp4"))
+    # per-token INT8 / FP8: the amax lands exactly on the largest code -> no clipping at all
+    w = torch.randn(4, 64)
+    for fmt in ("int8_per_token", "fp8_e4m3_per_token"):
+        rec.record("row", fmt, w, quantize_dequantize(w, fmt))
+    # mxfp4 with the `ceil` rule never clips
+    rec.record("blk_ceil", "mxfp4", x, quantize_dequantize(x, "mxfp4", scale_rule="ceil"), scale_rule="ceil")
+    got = {(k.op, k.fmt): k.saturated for k in rec.snapshot()}
+    assert got == {("blk", "mxfp4"): 1, ("row", "int8_per_token"): 0, ("row", "fp8_e4m3_per_token"): 0,
+                   ("blk_ceil", "mxfp4"): 0}
+
+
+def test_stats_nan_groups_and_exact_qdq(tmp_path: Path) -> None:
+    x = torch.randn(2, 32)
+    x[1, 3] = float("nan")
+    y = quantize_dequantize(x, "mxfp4")
+    rec = QDQStats(tmp_path)
+    rec.record("n", "mxfp4", x, y)
+    (ks,) = rec.snapshot()
+    assert ks.nonfinite == 32 and ks.numel == 32  # the NaN block is counted apart, not in SQNR
+    z = torch.tensor([[1.0, 2.0, 0.5, 0.0]])
+    rec.record("exact", "int8_per_token", z, z.clone())
+    exact = next(k for k in rec.snapshot() if k.op == "exact")
+    assert exact.sqnr_db == math.inf and exact.max_abs_err == 0.0
+
+
+def test_stats_bounded_keys_flush_cadence_and_merge(tmp_path: Path) -> None:
+    rec = QDQStats(tmp_path / "a", flush_every=2, max_keys=2)
+    x = torch.randn(4, 32)
+    y = quantize_dequantize(x, "mxfp4")
+    for op in ("l0", "l1", "l2", "l3"):
+        rec.record(op, "mxfp4", x, y)
+    assert rec.path.is_file()  # flushed after the 2nd and 4th calls, without an explicit flush
+    ops = {json.loads(line)["op"]: json.loads(line)["calls"] for line in rec.path.read_text().splitlines()}
+    assert ops == {"l0": 1, "l1": 1, OTHER: 2}
+    # a second process's file in the same directory: totals add up per key
+    other = tmp_path / "a" / "qdq-stats-999999.jsonl"
+    d = KeyStats("l0", "mxfp4", 3, 10, 1.0, 0.5, 2.0, 3.0, 1, 0).to_json()
+    other.write_text(json.dumps(d) + "\n")
+    merged = {k.op: k for k in load_stats(tmp_path / "a")}
+    assert merged["l0"].calls == 4 and merged["l0"].max_abs_x >= 3.0
+    with pytest.raises(ValueError, match="shape"):
+        rec.record("bad", "mxfp4", x, y[:2])
+    with pytest.raises(ValueError, match="flush_every"):
+        QDQStats(tmp_path, flush_every=0)
+
+
+def test_record_is_a_no_op_without_stats_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_qdq import stats
+
+    monkeypatch.delenv("VLLM_QDQ_STATS", raising=False)
+    monkeypatch.setattr(stats, "_RECORDER", None)
+    stats.record("l", "mxfp4", torch.ones(1, 32), torch.ones(1, 32))
+    assert stats._RECORDER is None
+    monkeypatch.setenv("VLLM_QDQ_STATS", str(tmp_path / "s"))
+    stats.record("l", "mxfp4", torch.ones(1, 32), torch.ones(1, 32))
+    assert stats.get_recorder() is not None
+    stats.get_recorder().flush()
+    assert [k.op for k in load_stats(tmp_path / "s")] == ["l"]
+    monkeypatch.setattr(stats, "_RECORDER", None)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _bench(scale: float) -> dict:
+    d = {"completed": 16, "failed": 0, "num_prompts": 16, "total_input_tokens": 512,
+         "total_output_tokens": 256, "request_rate": "inf", "duration": 4.0 * scale,
+         "request_throughput": 4.0 / scale, "output_throughput": 64.0 / scale,
+         "total_token_throughput": 192.0 / scale}
+    for i, m in enumerate(("ttft", "tpot", "itl", "e2el")):
+        for p in (50, 90, 99):
+            d[f"p{p}_{m}_ms"] = (10.0 * (i + 1) + p / 10) * scale
+    return d
+
+
+def _eval(acc: float) -> dict:
+    return {"label": "x", "limit": None, "n_samples": {"qdq_tiny_mc": 32},
+            "results": {"qdq_tiny_mc": {"acc": {"value": acc, "stderr": 0.07, "filter": "none"},
+                                        "sample_len": {"value": 32, "filter": ""}}}}
+
+
+def _synthetic(d: Path) -> None:
+    (d / "bench").mkdir(parents=True)
+    (d / "eval").mkdir()
+    (d / "logprobs").mkdir()
+    (d / "bench/baseline.json").write_text(json.dumps(_bench(1.0)))
+    (d / "bench/qdq.json").write_text(json.dumps(_bench(1.25)))
+    (d / "eval/baseline.json").write_text(json.dumps(_eval(0.50)))
+    (d / "eval/qdq.json").write_text(json.dumps(_eval(0.4375)))
+    prompts = [{"prompt": "p", "kl": [0.01, 0.2, 0.0], "top1": [True, False, True], "next_same": True}]
+    (d / "logprobs/divergence.json").write_text(json.dumps(
+        {"k": 10, "prompts": prompts, "summary": study.summarize_divergence(prompts)}))
+    rec = QDQStats(d / "stats" / "qdq")
+    for layer in range(3):
+        x = torch.randn(8, 64) * (layer + 1)
+        for fmt in ("mxfp4", "fp8_e4m3_per_token"):
+            rec.record(f"model.layers.{layer}.mlp.down_proj", fmt, x, quantize_dequantize(x, fmt))
+    rec.flush()
+
+
+def test_report_from_synthetic_results(tmp_path: Path) -> None:
+    _synthetic(tmp_path)
+    text = write_report(tmp_path).read_text()
+    assert "| qdq_tiny_mc | acc | 0.500 | 0.438 | -0.062 |" in text
+    assert "sample_len" not in text
+    assert "| requests/s | 4.000 | 3.200 | 0.800 |" in text
+    for m in ("TTFT", "TPOT", "ITL", "E2EL"):
+        for p in (50, 90, 99):
+            assert f"| {m} p{p} |" in text
+    assert "| top-1 agreement (teacher-forced) | 0.667 |" in text
+    assert "| mxfp4 | 3 | 3 |" in text and "| fp8_e4m3_per_token | 3 | 3 |" in text
+    assert "Not run" not in text and "No per-layer" not in text
+    for name in ("accuracy", "throughput", "latency", "kl", "layer_sqnr"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
+        assert f"(plots/{name}.png)" in text
+
+
+def test_report_says_what_is_missing(tmp_path: Path) -> None:
+    _synthetic(tmp_path)
+    (tmp_path / "eval/qdq.json").unlink()
+    for f in (tmp_path / "stats/qdq").iterdir():
+        f.unlink()
+    text = write_report(tmp_path).read_text()
+    assert "_Not run: no eval results for qdq" in text
+    assert "_No per-layer statistics" in text
+    assert "| requests/s |" in text
+    with pytest.raises(ValueError, match="does not exist"):
+        write_report(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
+    """Two real `vllm serve` CPU servers of a tiny random Llama; the whole study; the report."""
+    from vllm_qdq.demo import QDQ_SERVER, run_study
+
+    report = run_study(tmp_path, num_prompts=4, input_len=16, output_len=8, limit=4)
+    text = report.read_text()
+    for label in ("baseline", "qdq"):
+        b = json.loads((tmp_path / "bench" / f"{label}.json").read_text())
+        assert b["completed"] == 4 and b["failed"] == 0
+        e = json.loads((tmp_path / "eval" / f"{label}.json").read_text())
+        assert set(e["results"]) == set(study.LOCAL_TASKS)
+        assert 0.0 <= e["results"]["qdq_tiny_mc"]["acc"]["value"] <= 1.0
+    s = json.loads((tmp_path / "logprobs" / "divergence.json").read_text())["summary"]
+    assert s["positions"] > 100 and 0.0 <= s["top1_agreement"] <= 1.0 and s["kl_mean"] >= 0.0
+    if QDQ_SERVER == "method":  # weights and activations QDQ'd: the two servers must disagree
+        assert s["kl_mean"] > 1e-3 and s["top1_agreement"] < 1.0
+    else:  # VLLM_QDQ=1 alone has no quantized GEMM to act on in this unquantized model
+        assert s["kl_mean"] == 0.0 and s["top1_agreement"] == 1.0
+    assert "| qdq_tiny_mc | acc |" in text and "| TTFT p99 |" in text and "KL mean" in text
+    for name in ("accuracy", "throughput", "latency", "kl"):
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG
+    # both servers are gone
+    for log in (tmp_path / "logs").glob("serve-*.log"):
+        assert "Application startup complete" in log.read_text()
