@@ -27,10 +27,10 @@ import torch
 __all__ = ["QDQ_SERVER", "format_table", "main", "serve"]
 
 #: How the QDQ server is switched on: "method" serves the model with ``--quantization qdq``
-#: (weights and activations QDQ'd by the ``qdq`` quantization method); "env" sets
-#: ``VLLM_QDQ=1`` (the activation plugin, which acts only on already-quantized GEMMs — on this
-#: unquantized tiny model it changes nothing). Flip to "method" once the method is merged.
-QDQ_SERVER = "env"
+#: (weights and activations QDQ'd by the ``qdq`` quantization method, MXFP4 by default); "env"
+#: sets ``VLLM_QDQ=1`` (the activation plugin, which acts only on already-quantized GEMMs — on
+#: this unquantized tiny model it would change nothing).
+QDQ_SERVER = "method"
 
 #: Formats and sizes of the demo tensor.
 DEMO_SHAPE = (64, 256)

@@ -20,23 +20,11 @@ logged and swallowed by vLLM, silently disabling the plugin).
 
 from __future__ import annotations
 
-import logging
 import os
 
-logger = logging.getLogger("vllm_qdq")
+from .log import ensure_log_handler, logger
 
 _logged = False
-
-
-def _ensure_handler() -> None:
-    """Make INFO lines of ``vllm_qdq`` visible when nobody configured logging for them."""
-    if logger.handlers or logging.getLogger().handlers:
-        return
-    h = logging.StreamHandler()
-    h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [vllm_qdq] %(message)s", "%m-%d %H:%M:%S"))
-    logger.addHandler(h)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
 
 
 def register() -> None:
@@ -59,12 +47,21 @@ def register() -> None:
     from .vllm_patch import install
 
     report = install(cfg)
+    if cfg.stats_dir:
+        from .stats import op_hook
+        from .vllm_patch import set_stats_hook
+
+        set_stats_hook(op_hook)
+        if not _logged:
+            from .stats import warn_if_compiled
+
+            warn_if_compiled("activation plugin")
     factors = register_compile_factors(cfg)
     if _logged:
         logger.debug("vllm-qdq: register() again in pid %d; settings refreshed", os.getpid())
         return
     _logged = True
-    _ensure_handler()
+    ensure_log_handler()
     logger.info(
         "vllm-qdq: activation QDQ enabled in pid %d: wrapped %d op wrappers of vllm._custom_ops (%s)%s%s; "
         "rebound %d by-name imports%s; settings: %s; digest %s; compile-cache factors %s",

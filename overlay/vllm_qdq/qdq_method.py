@@ -33,7 +33,7 @@ the environment's.
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import re
 from collections import defaultdict
@@ -63,7 +63,7 @@ __all__ = [
     "weight_format_problem",
 ]
 
-logger = logging.getLogger("vllm_qdq")
+from .log import ensure_log_handler, logger
 
 QDQ_METHOD_NAME = "qdq"
 #: Keys the per-run quantization config (hf_overrides / config.json) accepts.
@@ -251,29 +251,31 @@ def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None
     return out
 
 
-def qdq_act(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is)."""
+def qdq_act(x: torch.Tensor, spec: QuantSpec, name: str | None = None) -> torch.Tensor:
+    """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is).
+
+    With ``VLLM_QDQ_STATS`` set, eager calls are recorded under ``name`` (the layer prefix).
+    """
     if not spec.enabled or x.numel() == 0:
         return x
     from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq)
 
-    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
+    y = torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
+    if name is not None and _stats_on():
+        from .stats import record_eager
+
+        record_eager(name, spec.format, x, y, scale_rule=spec.scale_rule)
+    return y
+
+
+@functools.lru_cache(maxsize=1)
+def _stats_on() -> bool:
+    from .config import load_config
+
+    return bool(load_config().stats_dir)
 
 
 # ----------------------------------------------------------------------------- vLLM glue
-
-
-def _ensure_log_handler() -> None:
-    """Make INFO lines of logger ``vllm_qdq`` visible where vLLM's own lines go."""
-    if logger.handlers:
-        return
-    vlog = logging.getLogger("vllm")
-    for h in vlog.handlers:
-        logger.addHandler(h)
-    if logger.handlers:
-        logger.propagate = False
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
 
 
 def _generalize(prefix: str) -> str:
@@ -312,7 +314,7 @@ class QDQLinearMethod(UnquantizedLinearMethod):
 
     def apply(self, layer, x, bias=None):
         if self.plan.act.enabled and not self.plan.skipped:
-            x = qdq_act(x, self.plan.act)
+            x = qdq_act(x, self.plan.act, self.plan.prefix)
         return super().apply(layer, x, bias)
 
 
@@ -415,8 +417,12 @@ class QDQQuantConfig(QuantizationConfig):
                 f"layers offered to the method: {', '.join(seen)} (embeddings, lm_head and "
                 "attention are never quantized: only skip rules match them)"
             )
-        _ensure_log_handler()
+        ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
+        if _stats_on():
+            from .stats import warn_if_compiled
+
+            warn_if_compiled("qdq method")
         groups: dict[str, list[str]] = defaultdict(list)
         for p, plan in self.plans.items():
             groups[plan.label()].append(p)

@@ -55,7 +55,7 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
         from .qdq_method import qdq_act
 
         if self.plan.act.enabled and not self.plan.skipped:
-            return qdq_act(x, self.plan.act)
+            return qdq_act(x, self.plan.act, self.plan.prefix)
         return x
 
     def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "get_recorder", "load_stats", "record"]
+__all__ = [
+    "FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "get_recorder", "load_stats", "op_hook", "record", "record_eager",
+]
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -214,6 +216,39 @@ def record(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
     rec = get_recorder()
     if rec is not None:
         rec.record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
+
+
+def record_eager(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
+                 scale_rule: str = "floor", axis: int = -1) -> None:
+    """:func:`record` outside compiled graphs; inside one (Dynamo tracing) it does nothing.
+
+    Statistics need host round trips, which a compiled graph or a CUDA graph replay cannot
+    make; :func:`warn_if_compiled` tells the user at start-up to run ``--enforce-eager``.
+    """
+    if torch.compiler.is_compiling():
+        return
+    record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
+
+
+def op_hook(op_name: str, x: torch.Tensor, y: torch.Tensor, fmt: str) -> None:
+    """The activation plugin's stats hook (:func:`vllm_qdq.vllm_patch.set_stats_hook`)."""
+    record_eager(op_name, fmt, x, y)
+
+
+def warn_if_compiled(where: str) -> None:
+    """One start-up line, unless vLLM's current config says ``enforce_eager``: statistics
+    come from eager calls only."""
+    try:
+        from vllm.config import get_current_vllm_config
+
+        if get_current_vllm_config().model_config.enforce_eager:
+            return
+    except Exception:  # no current config (e.g. the API process): say it anyway
+        pass
+    logger.warning(
+        "vllm-qdq stats (%s): VLLM_QDQ_STATS records QDQ calls that run eagerly; calls inside "
+        "torch.compile graphs and CUDA graph replays are not recorded. Serve with --enforce-eager "
+        "for complete per-layer statistics.", where)
 
 
 def load_stats(stats_dir: str | os.PathLike) -> list[KeyStats]:

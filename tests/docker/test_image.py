@@ -6,10 +6,6 @@ Container starts are few (each `vllm serve` takes about a minute on 2 cores):
   2. QDQ server, VLLM_QDQ=1 (+ `--quantization qdq`), started as `docker run IMAGE vllm serve MODEL ...`;
   3. a bad VLLM_QDQ_CONFIG: the container must exit non-zero with the message;
   plus short non-server containers (entry points, sage3 fallback).
-
-Pending features are gated by an explicit check inside the image, with a reason starting
-"PENDING-MERGE" (never a silent skip): the ``qdq`` method (vllm_qdq.qdq_method, plugin helper's
-branch) and the sage3 backend (vllm_qdq.sage3.kernel). Once merged, the checks pass and the tests run.
 """
 
 from __future__ import annotations
@@ -92,13 +88,6 @@ def _in_image(client, image: str, args: list[str], env: dict[str, str] | None = 
         c.remove(force=True)
 
 
-def _has_module(client, image: str, module: str) -> bool:
-    code, out = _in_image(client, image, [
-        "python3", "-c", f"import importlib.util as u; print(u.find_spec({module!r}) is not None)"])
-    assert code == 0, out
-    return out.strip().splitlines()[-1] == "True"
-
-
 # ---------------------------------------------------------------- (c) labels and entry points
 
 
@@ -168,13 +157,8 @@ class TestBaseline:
 
 
 @pytest.fixture(scope="class")
-def qdq_available(docker_client, image: str) -> bool:
-    return _has_module(docker_client, image, "vllm_qdq.qdq_method")
-
-
-@pytest.fixture(scope="class")
-def qdq_server(docker_client, image: str, tiny_model: Path, qdq_available: bool) -> Iterator:
-    extra = ["--quantization", "qdq"] if qdq_available else []
+def qdq_server(docker_client, image: str, tiny_model: Path) -> Iterator:
+    extra = ["--quantization", "qdq"]
     # `docker run IMAGE vllm serve MODEL ...`: passed through as given (vllm-omni's `vllm` command).
     c = _serve(docker_client, image, ["vllm", "serve", MODEL_IN, "--port", str(PORT_QDQ), *SERVE_ARGS, *extra],
                {"VLLM_QDQ": "1"}, tiny_model, PORT_QDQ)
@@ -186,14 +170,13 @@ class TestQDQ:
     def test_plugin_loads_in_engine_and_serves(self, qdq_server) -> None:
         logs = _logs(qdq_server)
         assert ENGINE_LINE.search(logs), f"no vllm-qdq line from the engine process:\n{logs[-6000:]}"
+        # the server log names the quantized layers and their formats (qdq method start-up summary)
+        assert re.search(r"vllm-qdq: qdq .*mxfp4.* -> \d+ layer\(s\)", logs), logs[-6000:]
         out = _complete(PORT_QDQ)
         assert len(out["tokens"]) == 12
         RESULTS["qdq"] = out
 
-    def test_qdq_method_changes_outputs(self, qdq_server, qdq_available: bool) -> None:
-        if not qdq_available:
-            pytest.skip("PENDING-MERGE: vllm_qdq.qdq_method is not in this image yet (method helper's "
-                        "branch); after the merge this test runs with --quantization qdq")
+    def test_qdq_method_changes_outputs(self, qdq_server) -> None:
         assert "baseline" in RESULTS and "qdq" in RESULTS, "needs the baseline and QDQ completions above"
         base, qdq = RESULTS["baseline"], RESULTS["qdq"]
         print(f"baseline {base['text']!r}\nqdq      {qdq['text']!r}")
@@ -216,9 +199,6 @@ def test_bad_config_exits_nonzero(docker_client, image: str, tiny_model: Path) -
 
 
 def test_sage3_without_cuda_keeps_in_tree_backend(docker_client, image: str) -> None:
-    if not _has_module(docker_client, image, "vllm_qdq.sage3.kernel"):
-        pytest.skip("PENDING-MERGE: the sage3 backend (vllm_qdq.sage3.kernel, sage3 helper's branch) is "
-                    "not in this image yet")
     code, out = _in_image(docker_client, image, ["python3", "-c", (
         "import logging; logging.basicConfig(level=logging.INFO)\n"
         "from vllm_omni.plugins import load_omni_general_plugins\n"
