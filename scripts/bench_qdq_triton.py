@@ -5,7 +5,7 @@ For each format: GB/s of a QDQ of a bf16 tensor with 16M (4096 x 4096) and 64M (
 elements, counting 2 x the tensor's bytes (one read + one write, the traffic of ``y.copy_(x)``;
 per-tensor recipes read x twice but are charged the same), and the ratio to a device copy
 ``y.copy_(x)`` of the same tensor timed in the same run. Then the latency (us) of
-decode-sized calls (1, 16, 64, 256 rows x 4096).
+decode-sized calls (1, 16, 64, 256 rows x 4096), eager and from a CUDA graph.
 
     python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor]
 
@@ -31,6 +31,29 @@ def bench_ms(fn, reps: int = 50) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median")
+
+
+def graph_us(fn, calls: int = 20) -> float:
+    """Microseconds per call when ``calls`` calls replay from one CUDA graph (median of 20)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
 
 
 def main() -> int:
@@ -85,21 +108,22 @@ def main() -> int:
                 failures.append(f"{name} {r}x{c}: {ratio:.2f} of copy < {need:.2f}")
         print(line, flush=True)
 
-    print(f"\ndecode latency (us, median), rows x 4096 bf16, MX rule {args.rule}")
-    print(f"{'format':30s}" + "".join(f" {f'{n} rows':>9s}" for n in DECODE_ROWS))
-    line = f"{'copy_':30s}"
-    for n in DECODE_ROWS:
-        x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
-        y = torch.empty_like(x)
-        line += f" {bench_ms(lambda: y.copy_(x)) * 1e3:9.1f}"  # noqa: B023
-    print(line)
-    for name in names:
-        spec = FORMATS[name]
-        rule = args.rule if spec.takes_scale_rule else "floor"
+    print(f"\ndecode latency (us, median) of one call, rows x 4096 bf16, MX rule {args.rule}: "
+          "'eager' = a Python call (includes the launch overhead), 'graph' = replay of a CUDA graph "
+          "holding 20 calls, per call (GPU time, what vLLM's CUDA graphs see)")
+    print(f"{'format':30s}" + "".join(f" {f'{n} eager':>9s} {f'{n} graph':>9s}" for n in DECODE_ROWS))
+    for name in ["copy_", *names]:
         line = f"{name:30s}"
         for n in DECODE_ROWS:
             x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
-            line += f" {bench_ms(lambda: triton_qdq.qdq(x, spec, rule, -1, None)) * 1e3:9.1f}"  # noqa: B023
+            if name == "copy_":
+                y = torch.empty_like(x)
+                fn = lambda: y.copy_(x)  # noqa: B023, E731
+            else:
+                spec = FORMATS[name]
+                rule = args.rule if spec.takes_scale_rule else "floor"
+                fn = lambda: triton_qdq.qdq(x, spec, rule, -1, None)  # noqa: B023, E731
+            line += f" {bench_ms(fn) * 1e3:9.1f} {graph_us(fn):9.1f}"
         print(line, flush=True)
 
     if failures:

@@ -5,7 +5,8 @@
 #   bash scripts/gpu-smoke.sh tests bench-qdq # chosen steps
 #
 # Steps: tests (pytest -m gpu, one line per test file), bench-qdq (Triton QDQ vs device copy),
-# bench-sage3 (sage3 vs SDPA), bench-plugin (vLLM throughput, QDQ off vs on).
+# serve (vllm serve, QDQ on/off, OpenAI API round trip: tiny MXFP4 gpt-oss with Marlin MoE and
+# a dense FP8-Marlin Llama), bench-sage3 (sage3 vs SDPA), bench-plugin (vLLM throughput, QDQ off vs on).
 # Logs go to $SMOKE_OUT (default ./gpu-smoke-out); prints a summary table; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests bench-qdq bench-sage3 bench-plugin)
+[ ${#steps[@]} -eq 0 ] && steps=(tests serve bench-qdq bench-sage3 bench-plugin)
 declare -a rows
 fail=0
 
@@ -36,10 +37,11 @@ for step in "${steps[@]}"; do
       for f in tests/gpu/test_*.py; do
         run "pytest-$(basename "$f" .py)" "$PY" -m pytest -m gpu -q -p no:cacheprovider "$f"
       done ;;
+    serve) run serve "$PY" scripts/gpu_serve_check.py --out "$OUT/serve" ;;
     bench-qdq) run bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
     bench-sage3) run bench-sage3 "$PY" scripts/bench_sage3.py ;;
     bench-plugin) run bench-plugin "$PY" scripts/bench_plugin_throughput.py ;;
-    *) echo "unknown step $step; accepted: tests bench-qdq bench-sage3 bench-plugin"; exit 2 ;;
+    *) echo "unknown step $step; accepted: tests serve bench-qdq bench-sage3 bench-plugin"; exit 2 ;;
   esac
 done
 echo

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import traceback
 
@@ -24,6 +25,9 @@ def run_one(run: dict, prompts: list[list[int]]) -> dict:
     from vllm.inputs import TokensPrompt
 
     kw = {}
+    if os.environ.get("QDQ_TEST_GPU_UTIL"):  # GPU: share the device with other test engines
+        kw["gpu_memory_utilization"] = float(os.environ["QDQ_TEST_GPU_UTIL"])
+        kw["compilation_config"] = {"cudagraph_capture_sizes": [1, 2, 4]}
     if run.get("quantization"):
         kw["quantization"] = run["quantization"]
     if run.get("hf_overrides"):

@@ -9,7 +9,8 @@ Layout. The scaling axis is moved last *logically*: the launcher describes the t
 ``row = outer * inner_rows + inner`` of ``K`` elements with three strides (outer, inner, along
 the axis), so batched tensors, ``axis != -1`` and strided rows are read in place; only a
 tensor whose leading dimensions cannot be folded into two strides is copied first. Offsets
-are int64. Row padding is a load mask with ``other=0`` and never changes a scale.
+are int64. When there is one outer group (``FLAT``, every 2-D tensor) the row offset is
+``row * stride``, which lets Triton prove 16-byte alignment and vectorize loads and stores. Row padding is a load mask with ``other=0`` and never changes a scale.
 
 The kernels call only Triton builtins and their own helpers (no ``triton.language.standard``
 jit function is called; ``tl.reduce`` gets the stdlib max combiner, which the interpreter
@@ -89,7 +90,7 @@ except ImportError:  # pragma: no cover - exercised only where Triton is missing
     triton = None
     tl = None
 
-__all__ = ["available", "qdq"]
+__all__ = ["TILE_CONFIG", "available", "kernel_class", "qdq"]
 
 #: Wraps a format record that one jit function hands to another. Compiled Triton (3.6 at
 #: least) passes an object to a nested jit function only as ``tl.constexpr``; the interpreter
@@ -102,11 +103,29 @@ _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 #: Per-row recipes keep a whole row in one tile up to this many elements.
 _ROW_SINGLE_MAX = 8192
 
-#: Target elements per tile and warps per program, by kernel math (static, keyed on K only
-#: through the tile shape derived from it).
-_TILE_ELEMS = 4096
-_WARPS_FP32 = 4
-_WARPS_FP64 = 8
+#: (target elements per tile, warps per program) by kernel class: static, keyed on the format
+#: only (the tile shape then follows from K, never from the number of rows). Chosen on the H100
+#: with ``scripts/tune_qdq_triton.py`` (a sweep at 16M and 64M bf16 elements).
+TILE_CONFIG: dict[str, tuple[int, int]] = {
+    "mx": (4096, 4),  # MX formats, mxint8
+    "nvfp4": (8192, 8),
+    "scaled_fp32": (8192, 8),  # per-group/per-tensor FP8 with fp32 or power-of-two math
+    "scaled_fp64": (4096, 8),  # recipes whose scale division is float64 (see the docstring)
+    "row_fp32": (4096, 8),  # per-row recipes
+    "row_fp64": (8192, 16),
+    "amax": (16384, 16),  # first pass of per-tensor recipes
+}
+
+
+def kernel_class(spec: FormatSpec) -> str:
+    """The :data:`TILE_CONFIG` key of a recipe."""
+    if spec.family is Family.MX:
+        return "mx"
+    if spec.family is Family.NVFP4:
+        return "nvfp4"
+    fp32 = spec.fp32_math or (spec.pow2_scale and spec.amax_floor / spec.elem.max_normal > 2.0**-100)
+    prefix = "row" if spec.granularity is Granularity.ROW else "scaled"
+    return f"{prefix}_{'fp32' if fp32 else 'fp64'}"
 
 
 def available() -> bool:
@@ -274,21 +293,24 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _tile_coords(
-        pid, n_rows, inner_rows, K,
-        s_outer, s_inner,
-        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, REVERSE: tl.constexpr,
-    ):
-        """Row numbers, first column and int64 row offsets of this program's tile."""
+    def _row_offsets(rows, inner_rows, s_outer, s_inner, FLAT: tl.constexpr):
+        """int64 element offsets of ``rows``. FLAT (one outer group): ``rows * s_inner``, a form
+        whose divisibility Triton can see, so loads and stores vectorize."""
+        if FLAT:
+            return rows * s_inner
+        outer = rows // inner_rows
+        return outer * s_outer + (rows - outer * inner_rows) * s_inner
+
+    @triton.jit
+    def _tile_coords(pid, n_rows, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, REVERSE: tl.constexpr):
+        """Row numbers (int64) and first column of this program's tile."""
         n_k = (K + BLOCK_K - 1) // BLOCK_K
         if REVERSE:
             pid = ((n_rows + BLOCK_R - 1) // BLOCK_R) * n_k - 1 - pid
         pid_r = pid // n_k
         k0 = (pid - pid_r * n_k) * BLOCK_K
         rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        outer = rows // inner_rows
-        row_off = outer * s_outer + (rows - outer * inner_rows) * s_inner
-        return rows, k0, row_off
+        return rows, k0
 
     @triton.jit
     def _amax_kernel(
@@ -299,11 +321,11 @@ if triton is not None:
         # strides (elements)
         sx_outer, sx_inner, sx_k,
         # meta
-        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
     ):
         """Per tile: max finite |x| and a NaN/Inf flag, folded into int32 ``buf[0:2]``."""
-        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, K, sx_outer, sx_inner,
-                                    BLOCK_R, BLOCK_K, False)
+        rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
+        xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
         x = tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0)
@@ -323,7 +345,7 @@ if triton is not None:
         # meta
         SPEC: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr, REVERSE: tl.constexpr,
-        SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr,
+        SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -331,10 +353,9 @@ if triton is not None:
         amax) read ``amax`` / ``bad`` from ``buf_ptr`` (int32 words: fp32 bits, flag).
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
-        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, K, sx_outer, sx_inner,
-                                    BLOCK_R, BLOCK_K, REVERSE)
-        outer = rows // inner_rows
-        yr = outer * sy_outer + (rows - outer * inner_rows) * sy_inner
+        rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
+        xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+        yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
         mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
         x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
@@ -382,12 +403,12 @@ if triton is not None:
         sy_outer, sy_inner, sy_k,
         # meta
         SPEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+        FLAT: tl.constexpr,
     ):
         """QDQ of BLOCK_R whole rows with one scale per row (SCALED per-token / per-channel)."""
-        rows, k0, xr = _tile_coords(tl.program_id(0), n_rows, inner_rows, BLOCK_K, sx_outer,
-                                    sx_inner, BLOCK_R, BLOCK_K, False)
-        outer = rows // inner_rows
-        yr = outer * sy_outer + (rows - outer * inner_rows) * sy_inner
+        rows, k0 = _tile_coords(tl.program_id(0), n_rows, BLOCK_K, BLOCK_R, BLOCK_K, False)
+        xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+        yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         rmask = (rows < n_rows)[:, None]
         c = tl.arange(0, BLOCK_K).to(tl.int64)
         if SINGLE:
@@ -462,17 +483,17 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _block_tile(k: int, group: int) -> tuple[int, int]:
-    """(BLOCK_R, N_GROUPS) for a block recipe: up to 1024 columns, ~_TILE_ELEMS per tile."""
+def _block_tile(k: int, group: int, tile: int) -> tuple[int, int]:
+    """(BLOCK_R, N_GROUPS) for a block recipe: up to 1024 columns, ~``tile`` elements per tile."""
     block_k = max(group, min(_pow2_at_least(k), 1024))
-    return max(1, _TILE_ELEMS // block_k), block_k // group
+    return max(1, tile // block_k), block_k // group
 
 
-def _row_tile(k: int) -> tuple[int, int, bool]:
+def _row_tile(k: int, tile: int) -> tuple[int, int, bool]:
     """(BLOCK_R, BLOCK_K, single) for a per-row recipe."""
     if k <= _ROW_SINGLE_MAX:
         block_k = _pow2_at_least(k)
-        return max(1, _TILE_ELEMS // block_k), block_k, True
+        return max(1, tile // block_k), block_k, True
     return 1, 2048, False
 
 
@@ -506,30 +527,34 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             buf[:1].view(torch.float32).copy_(global_amax.reshape(1))
         else:
             buf[:1].view(torch.float32).fill_(float(global_amax))
-    warps = _WARPS_FP32 if spec.family is not Family.SCALED or spec.fp32_math else _WARPS_FP64
+    tile, warps = TILE_CONFIG[kernel_class(spec)]
+    flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
     if spec.granularity is Granularity.ROW:
-        block_r, block_k, single = _row_tile(r.k)
+        block_r, block_k, single = _row_tile(r.k, tile)
         grid = (triton.cdiv(r.n_rows, block_r),)
         _qdq_row_kernel[grid](
             x, y, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
-            SPEC=spec, BLOCK_R=block_r, BLOCK_K=block_k, SINGLE=single,
+            SPEC=spec, BLOCK_R=block_r, BLOCK_K=block_k, SINGLE=single, FLAT=flat,
             num_warps=warps, enable_fp_fusion=False,
         )
         return
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
-    block_r, n_groups = _block_tile(r.k, group)
+    block_r, n_groups = _block_tile(r.k, group, tile)
     block_k = n_groups * group
     grid = (triton.cdiv(r.n_rows, block_r) * triton.cdiv(r.k, block_k),)
     if two_pass:
-        _amax_kernel[grid](
+        a_tile, a_warps = TILE_CONFIG["amax"]
+        a_r, a_groups = _block_tile(r.k, group, a_tile)
+        a_k = a_groups * group
+        _amax_kernel[(triton.cdiv(r.n_rows, a_r) * triton.cdiv(r.k, a_k),)](
             x, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x,
-            BLOCK_R=block_r, BLOCK_K=block_k, num_warps=_WARPS_FP32,
+            BLOCK_R=a_r, BLOCK_K=a_k, FLAT=flat, num_warps=a_warps,
         )
     _qdq_block_kernel[grid](
         x, y, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
         SPEC=spec, RULE=rule, GROUP=group, BLOCK_R=block_r, N_GROUPS=n_groups,
         REVERSE=two_pass, SCALE_ELEM=_NVFP4_SCALE_ELEM,
-        INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)),
+        INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)), FLAT=flat,
         num_warps=warps, enable_fp_fusion=False,
     )
 
