@@ -2,7 +2,7 @@
 """`vllm serve` round trips with activation QDQ on and off, on a CUDA GPU (part of the smoke suite).
 
 For each tiny model built on the spot (scripts/tiny_models.py) two servers start side by side on
-the one GPU (``--gpu-memory-utilization 0.12`` each), one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``,
+the one GPU (``--gpu-memory-utilization 0.4`` each), one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``,
 one with ``VLLM_QDQ=0``, under vLLM's defaults (torch.compile, CUDA graphs). Checked per model:
 
 * ``/health`` answers and ``/v1/completions`` returns the asked number of tokens on both;
@@ -52,7 +52,7 @@ def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path) -> sub
     env = dict(os.environ, VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1" if qdq else "0")
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--port", str(port),
            "--host", "127.0.0.1", "--max-model-len", "256", "--max-num-seqs", "8", "--seed", "0",
-           "--gpu-memory-utilization", "0.12", "--max-logprobs", "5",
+           "--gpu-memory-utilization", "0.4", "--max-logprobs", "5",
            "--compilation-config", json.dumps({"cudagraph_capture_sizes": [1, 2, 4, 8]}), *extra]
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -282,3 +282,28 @@ def test_rceil_quotient_underflow_takes_smallest_scale() -> None:
     assert q.scales.item() == 0  # E8M0 code 0 = 2**-127
     assert_same(quantize_dequantize(x, "mxfp8_e5m2", scale_rule="rceil"),
                 oracle_mx(_np(x), "mxfp8_e5m2", "rceil", "float32"))
+
+
+class _NoScalarDivisor(torch.overrides.TorchFunctionMode):
+    """Fails on ``float_tensor / python_number``: on CUDA PyTorch computes that as a multiply by
+    the reciprocal, not the correctly rounded quotient, so a reference using it is device-dependent."""
+
+    DIVS = (torch.Tensor.__truediv__, torch.Tensor.div, torch.div, torch.true_divide)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.DIVS and len(args) > 1 and isinstance(args[1], (int, float)):
+            if isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                raise AssertionError(f"reference divides a tensor by the Python number {args[1]!r}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_reference_divides_by_tensors_only(fmt: str) -> None:
+    """Regression (H200, torch 2.11): ``int8_per_token`` on CUDA rounded x/s = 63.5 - 1ulp to 64
+    because ``amax / 127.0`` was a reciprocal multiply there; the CPU gives -1328 below."""
+    x = torch.randn(4, 300, dtype=torch.bfloat16)
+    x[0, :2] = torch.tensor([2672.0, -1336.0])
+    with _NoScalarDivisor():
+        y = quantize_dequantize(x, fmt, backend="reference")
+    if fmt in ("int8_per_token", "int8_per_channel"):
+        assert y[0, 1].item() == -1328.0

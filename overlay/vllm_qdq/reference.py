@@ -281,7 +281,11 @@ def _scaled_scale(amax: torch.Tensor, spec: FormatSpec) -> torch.Tensor:
     """float64 scale of a SCALED recipe from float64 group amax."""
     qmax = spec.elem.max_normal
     a = amax.clamp(min=spec.amax_floor) if spec.amax_floor else amax
-    s = a / qmax
+    # A tensor divisor, never a Python number: PyTorch's CUDA ``div`` turns ``t / python_float``
+    # into ``t * (1 / python_float)``, which is not the correctly rounded quotient (measured on
+    # an H200: ``int8_per_token`` ties such as x/s = 63.5 - 1ulp then rounded the wrong way,
+    # so the CUDA reference disagreed with the CPU reference and the Triton kernel).
+    s = a / torch.full_like(a, qmax)
     if spec.scale_floor:
         s = s.clamp(min=spec.scale_floor)
     if spec.pow2_scale:

@@ -38,7 +38,7 @@ TRACE = "[vllm_qdq trace]"
 def run(model: Path, llm: dict, *, qdq: bool, cache: Path, extra_env: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update(VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache),
-               QDQ_TEST_GPU_UTIL="0.15")
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.15"))
     env.update(extra_env or {})
     spec = json.dumps({"model": str(model), "llm": llm})
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), spec],

@@ -49,7 +49,8 @@ def test_qdq_method_cuda(kind, tmp_path):
         {"name": "plain", "model": str(model), "dtype": "bfloat16", "enforce_eager": False},
     ]
     out = tmp_path / "out.json"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", QDQ_TEST_GPU_UTIL="0.15")
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.15"))
     p = subprocess.run(
         [
             sys.executable,
