@@ -14,6 +14,7 @@ tests exercise vLLM's own Python path from ``vllm._custom_ops.<name>(...)`` to t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -163,9 +164,25 @@ def _exists(ns: str, name: str) -> bool:
 
 
 def ensure_ops() -> None:
-    """Define every stand-in that is not an op yet (idempotent within a process)."""
+    """Define every stand-in that is not an op yet (idempotent within a process).
+
+    ``vllm._custom_ops`` is imported first: it loads ``vllm._C``, whose own definitions abort the
+    process if a stand-in of the same name was defined before it.
+    """
+    import vllm._custom_ops  # noqa: F401
+
     for d in OPDEFS.values():
-        if d.name in _LIBS or _exists(d.ns, d.name):
+        if d.name in _LIBS:
+            continue
+        if _exists(d.ns, d.name):
+            # Built into this machine's vllm._C (which CPU kernels it has depends on the ISA:
+            # AVX512-BF16 builds carry the sgl CPU GEMM/MoE kernels). The stand-in replaces its CPU
+            # kernel in this process, so every machine runs the same checks.
+            lib = torch.library.Library(d.ns, "IMPL")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
+                lib.impl(d.name, _make_impl(d), "CPU")
+            _LIBS[d.name] = lib
             continue
         lib = torch.library.Library(d.ns, "FRAGMENT")
         lib.define(d.schema)
