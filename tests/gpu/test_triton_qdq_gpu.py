@@ -11,6 +11,8 @@ import torch
 from vllm_qdq.formats import FORMATS, SCALE_RULES, get_format
 from vllm_qdq.reference import qdq_reference
 
+from tests.bits import assert_same_bits
+
 pytestmark = pytest.mark.gpu
 
 CASES = [
@@ -19,19 +21,6 @@ CASES = [
     for rule in (SCALE_RULES if spec.takes_scale_rule else ("floor",))
 ]
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def assert_same_bits(y: torch.Tensor, r: torch.Tensor) -> None:
-    assert y.shape == r.shape and y.dtype == r.dtype
-    ny, nr = torch.isnan(y), torch.isnan(r)
-    assert torch.equal(ny, nr), f"NaN positions differ: {(ny != nr).sum().item()} elements"
-    ity = torch.int16 if y.element_size() == 2 else torch.int32
-    yb, rb = y.contiguous().view(ity)[~ny], r.contiguous().view(ity)[~nr]
-    diff = yb != rb
-    assert not diff.any(), (
-        f"{diff.sum().item()} of {yb.numel()} elements differ, e.g. triton "
-        f"{y[~ny][diff][:4].tolist()} vs reference {r[~nr][diff][:4].tolist()}"
-    )
 
 
 def check(x, spec, rule="floor", axis=-1, global_amax=None):
