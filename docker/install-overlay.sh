@@ -37,6 +37,7 @@ fi
 cat "$dst/build-info.json"
 cp -r "$src/patches" "$dst/patches"
 install -m 0755 "$src/scripts/apply-patches.sh" "$dst/apply-patches.sh"
+install -m 0644 "$src/docker/check-image.py" "$dst/check-image.py"  # pip-check for images built on this one
 install -m 0755 "$src/docker/entrypoint.sh" /usr/local/bin/vllm-qdq-entrypoint
 rm -rf "$src"
 log "done: vllm-qdq $QDQ_OVERLAY_VERSION, patches: $series"

@@ -110,6 +110,27 @@ def test_compose_files_parse_as_yaml() -> None:
         assert yaml.load(text, Loader=_ResetLoader), f
 
 
+def test_build_contexts_hold_what_their_dockerfiles_copy() -> None:
+    """Every `build:` in the compose files names a context that holds each COPY source of its Dockerfile
+    (compose builds the study image on a GPU host; CI builds it with scripts/build-study-image.sh)."""
+    seen = 0
+    for f in ("compose.yaml", "compose.cpu.yaml"):
+        doc = yaml.load((REPO / f).read_text(), Loader=_ResetLoader)
+        blocks = [v.get("build") for v in {**doc.get("services", {}), **{k: v for k, v in doc.items()
+                                                                          if k.startswith("x-")}}.values()
+                  if isinstance(v, dict) and isinstance(v.get("build"), dict)]
+        for b in blocks:
+            ctx = REPO / b["context"]
+            dockerfile = ctx / b.get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), (f, b)
+            for line in dockerfile.read_text().splitlines():
+                if line.startswith("COPY ") and "--from" not in line:
+                    for src in line.split()[1:-1]:
+                        assert (ctx / src).exists(), f"{f}: {src} is not in build context {b['context']}"
+                        seen += 1
+    assert seen, "no COPY checked: the compose files lost their study build"
+
+
 class _ResetLoader(yaml.SafeLoader):
     """SafeLoader that accepts compose's `!reset` tag."""
 
