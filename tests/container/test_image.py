@@ -29,7 +29,6 @@ SERVE_ARGS = ["--served-model-name", "tiny", "--max-model-len", "128", "--max-nu
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
 # Log lines the plugin writes (logger "vllm_qdq"; vLLM prefixes engine-core lines "(EngineCore... pid=N)").
 ENGINE_LINE = re.compile(r"\(EngineCore[^)]*\).*vllm[-_]qdq", re.IGNORECASE)
-NOTHING_PATCHED = re.compile(r"vllm[-_]qdq.*nothing patched", re.IGNORECASE)
 RESULTS: dict[str, dict] = {}
 
 
@@ -135,8 +134,10 @@ class TestBaseline:
         RESULTS["baseline"] = out
 
     def test_plugin_off_nothing_patched(self, baseline_server) -> None:
+        # The off path says "nothing patched" at DEBUG only (not shown at vLLM's default level), so
+        # the check is that no process of the server logged the enabled line or any patch.
         logs = _logs(baseline_server)
-        assert NOTHING_PATCHED.search(logs), "plugin off: expected a 'vllm-qdq ... nothing patched' line"
+        assert "activation QDQ enabled" not in logs, "plugin off, yet a process logged 'activation QDQ enabled'"
         assert not re.search(r"vllm[-_]qdq.*\bpatched\b(?!.*nothing)", logs.replace("nothing patched", ""))
 
     def test_vllm_bench_serve(self, docker_client, image: str, tiny_model: Path, baseline_server) -> None:
