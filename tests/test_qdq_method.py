@@ -114,3 +114,10 @@ def test_act_qdq_is_a_compilable_op(qm):
     f = torch.compile(lambda t: qm.qdq_act(t, QuantSpec("mxfp4")) * 2, backend="eager", fullgraph=True)
     assert torch.equal(f(x), want * 2)
     assert qm.qdq_act(x, QuantSpec("off")) is x
+
+
+def test_log_names_compact_indices_and_name_the_unnamed(qm):
+    """The start-up log groups numbered layers; a layer vLLM built without a prefix shows as
+    ``<unnamed>``, never as an empty name."""
+    names = qm._compact(["", "lm_head", "model.layers.0.mlp", "model.layers.1.mlp", "model.layers.0.attn"])
+    assert names == ["<unnamed>", "lm_head", "model.layers.*.mlp (2)", "model.layers.0.attn"]

@@ -168,6 +168,33 @@ def test_stats_bounded_keys_flush_cadence_and_merge(tmp_path: Path) -> None:
         QDQStats(tmp_path, flush_every=0)
 
 
+def test_stats_write_failure_keeps_serving_and_loses_nothing(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk (here: the stats directory replaced by a file) must not raise into the forward
+    pass: the error is logged, totals are kept, and the next flush that can write has every call."""
+    d = tmp_path / "stats"
+    rec = QDQStats(d, flush_every=1)
+    x = torch.randn(4, 32)
+    y = quantize_dequantize(x, "mxfp4")
+    rec.record("l0", "mxfp4", x, y)
+    rec.path.unlink()
+    d.rmdir()
+    d.write_text("not a directory")  # every open() under it now fails with an OSError
+    with caplog.at_level("ERROR", logger="vllm_qdq"):
+        for _ in range(3):
+            rec.record("l0", "mxfp4", x, y)  # flushes each call, and must not raise
+        assert rec.flush() is None
+    assert rec.failed_flushes == 4
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "cannot write" in errors[0].getMessage()  # once, not per call
+    d.unlink()
+    d.mkdir()
+    assert rec.flush() == rec.path
+    (row,) = [json.loads(line) for line in rec.path.read_text().splitlines()]
+    assert row["calls"] == 4
+    assert not list(d.glob("*.tmp*"))
+
+
 def test_record_is_a_no_op_without_stats_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm_qdq import stats
 
@@ -277,6 +304,7 @@ def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
     else:  # VLLM_QDQ=1 alone has no quantized GEMM to act on in this unquantized model
         assert s["kl_mean"] == 0.0 and s["top1_agreement"] == 1.0
     assert "| qdq_tiny_mc | acc |" in text and "| TTFT p99 |" in text and "KL mean" in text
+    assert "each after 4 untimed warm-up requests" in text  # default: one full batch
     for name in ("accuracy", "throughput", "latency", "kl"):
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG
     # both servers are gone

@@ -287,10 +287,7 @@ def _compact(prefixes: list[str]) -> list[str]:
     by: dict[str, list[str]] = defaultdict(list)
     for p in prefixes:
         by[_generalize(p) or "<unnamed>"].append(p)
-    return sorted(
-        g if len(v) == 1 and g == v[0] else (v[0] if len(v) == 1 else f"{g} ({len(v)})")
-        for g, v in by.items()
-    )
+    return sorted((v[0] or "<unnamed>") if len(v) == 1 else f"{g} ({len(v)})" for g, v in by.items())
 
 
 class QDQLinearMethod(UnquantizedLinearMethod):

@@ -24,6 +24,7 @@ a complete snapshot. :func:`load_stats` merges the files of every process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -131,6 +132,8 @@ class QDQStats:
         self._calls = 0
         self._lock = threading.Lock()
         self._warned_full = False
+        self.failed_flushes = 0
+        self._told_recovered = False
 
     def record(self, op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
                scale_rule: str = "floor", axis: int = -1) -> None:
@@ -173,17 +176,36 @@ class QDQStats:
         with self._lock:
             return [KeyStats(**asdict(k)) for k in self._keys.values()]
 
-    def flush(self) -> Path:
-        """Rewrite this process's file with the current totals (atomic replace)."""
+    def flush(self) -> Path | None:
+        """Rewrite this process's file with the current totals (atomic replace).
+
+        The file is a cumulative snapshot, so a failed write (disk full, directory gone) loses
+        nothing that a later flush cannot write: the error is logged (the first one, then every
+        100th, with the count) and serving goes on; returns None then, else the file's path.
+        """
         rows = self.snapshot()
         tmp = self.path.with_suffix(f".tmp{threading.get_ident()}")
         now = time.time()
-        with open(tmp, "w", encoding="utf-8") as f:
-            for ks in rows:
-                d = ks.to_json()
-                d.update(pid=os.getpid(), time=now)
-                f.write(json.dumps(d) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for ks in rows:
+                    d = ks.to_json()
+                    d.update(pid=os.getpid(), time=now)
+                    f.write(json.dumps(d) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self.failed_flushes += 1
+            if self.failed_flushes % 100 == 1:
+                logger.error("vllm-qdq stats: cannot write %s (%s); %d write(s) failed so far, the "
+                             "totals are kept and the next flush retries", self.path, e,
+                             self.failed_flushes)
+            return None
+        if self.failed_flushes and not self._told_recovered:
+            logger.warning("vllm-qdq stats: %s written again after %d failed write(s); nothing lost",
+                           self.path, self.failed_flushes)
+            self._told_recovered = True
         return self.path
 
 

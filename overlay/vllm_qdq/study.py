@@ -120,8 +120,16 @@ def _write_json(path: Path, obj: object) -> Path:
 
 def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | None = None,
               num_prompts: int = 16, input_len: int = 32, output_len: int = 16,
-              max_concurrency: int | None = None) -> Path:
-    """``vllm bench serve`` (random prompts, fixed lengths) against ``url``; returns its JSON."""
+              max_concurrency: int | None = None, num_warmups: int = 0) -> Path:
+    """``vllm bench serve`` (random prompts, fixed lengths) against ``url``; returns its JSON.
+
+    ``num_warmups`` untimed requests run first, concurrently (at most ``max_concurrency``): a
+    server's first batch of a new size pays one-off costs (kernel selection, weight repacking on
+    the CPU engine, allocator growth) that would otherwise land in the first timed requests of
+    whichever server happens to be measured cold.
+    """
+    if num_warmups < 0:
+        raise ValueError(f"num_warmups={num_warmups!r}; accepted: an integer >= 0")
     from .vllm_cli import vllm_command
 
     result_dir = out / "bench"
@@ -136,7 +144,7 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
         "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", ",".join(map(str, PERCENTILES)),
         "--save-result", "--result-dir", str(result_dir), "--result-filename", f"{label}.json",
-        "--label", label, "--disable-tqdm",
+        "--label", label, "--disable-tqdm", "--num-warmups", str(num_warmups),
     ]
     if max_concurrency:
         cmd += ["--max-concurrency", str(max_concurrency)]
@@ -329,6 +337,10 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-len", type=int, default=int(os.environ.get("STUDY_INPUT_LEN", 32)))
     p.add_argument("--output-len", type=int, default=int(os.environ.get("STUDY_OUTPUT_LEN", 16)))
     p.add_argument("--max-concurrency", type=int, default=None)
+    w = os.environ.get("STUDY_NUM_WARMUPS")
+    p.add_argument("--num-warmups", type=int, default=int(w) if w else None,
+                   help="untimed requests before each server's timed run (default: one full batch, "
+                        "min(num-prompts, max-concurrency))")
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -397,12 +409,16 @@ def main(argv: list[str] | None = None) -> int:
         for url in eps.values():
             wait_healthy(url, args.wait)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.cmd in ("bench", "run"):
+        if args.num_warmups is None:
+            args.num_warmups = min(args.num_prompts, args.max_concurrency or args.num_prompts)
     _meta(args, eps)
     if args.cmd in ("bench", "run"):
         for label in ENDPOINTS:
             run_bench(eps[label], label, args.model, args.out, tokenizer=args.tokenizer,
                       num_prompts=args.num_prompts, input_len=args.input_len,
-                      output_len=args.output_len, max_concurrency=args.max_concurrency)
+                      output_len=args.output_len, max_concurrency=args.max_concurrency,
+                      num_warmups=args.num_warmups)
     if args.cmd in ("eval", "run"):
         for label in ENDPOINTS:
             run_eval(eps[label], label, args.model, args.out, tasks=args.tasks,

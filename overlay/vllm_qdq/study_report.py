@@ -153,16 +153,22 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
     text += "\n\nLatency (ms):\n\n" + _table(["metric", "baseline", "QDQ", "QDQ / baseline"], lrows)
     text += (f"\n\nWorkload: {b.get('num_prompts')} prompts, {b.get('total_input_tokens')} input and "
              f"{b.get('total_output_tokens')} output tokens per server, request rate "
-             f"{b.get('request_rate')}, durations {_fmt(b.get('duration'))} s / {_fmt(q.get('duration'))} s.")
+             f"{b.get('request_rate')}, durations {_fmt(b.get('duration'))} s / {_fmt(q.get('duration'))} s")
+    warm = res["meta"].get("steps", {}).get("bench", {}).get("num_warmups")
+    text += (f", each after {warm} untimed warm-up requests." if warm is not None
+             else "; warm-up requests: not recorded.")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    xs = range(len(THROUGHPUT_KEYS))
-    for i, lb in enumerate(LABELS):
-        ax.bar([x + (i - 0.5) * 0.38 for x in xs], [bn[lb].get(k) or 0.0 for k, _ in THROUGHPUT_KEYS],
-               0.38, label=lb, color=COLORS[lb])
-    ax.set_xticks(list(xs), [lab for _, lab in THROUGHPUT_KEYS])
-    ax.set_title("Throughput (higher is better)")
-    ax.legend()
+    # one panel a metric: requests/s and tokens/s differ by the output length, one axis hides one
+    fig, axes = plt.subplots(1, len(THROUGHPUT_KEYS), figsize=(3.2 * len(THROUGHPUT_KEYS), 3.4))
+    for ax, (k, lab) in zip(axes, THROUGHPUT_KEYS, strict=True):
+        vals = [bn[lb].get(k) or 0.0 for lb in LABELS]
+        ax.bar(range(len(LABELS)), vals, 0.6, color=[COLORS[lb] for lb in LABELS])
+        ax.set_xticks(range(len(LABELS)), list(LABELS))
+        ax.set_title(lab)
+        if vals[0]:
+            ax.annotate(f"x{vals[1] / vals[0]:.2f}", (1, vals[1]), ha="center", va="bottom", fontsize=9)
+        ax.margins(y=0.15)
+    fig.suptitle("Throughput (higher is better; xN = QDQ / baseline)")
     fig.tight_layout()
     p1 = plots / "throughput.png"
     fig.savefig(p1, dpi=110)
