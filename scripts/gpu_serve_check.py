@@ -48,12 +48,15 @@ def build(kind: str, root: Path) -> Path:
     return build_tiny_llama(root / "llama", hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)
 
 
-def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1" if qdq else "0")
+def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path, *, trace: bool = True,
+          max_model_len: int = 256, max_num_seqs: int = 8, max_logprobs: int = 5) -> subprocess.Popen:
+    """``vllm serve`` under vLLM's defaults (torch.compile, CUDA graphs up to ``max_num_seqs``)."""
+    env = dict(os.environ, VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1" if qdq and trace else "0")
+    sizes = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_num_seqs]
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--port", str(port),
-           "--host", "127.0.0.1", "--max-model-len", "256", "--max-num-seqs", "8", "--seed", "0",
-           "--gpu-memory-utilization", "0.4", "--max-logprobs", "5",
-           "--compilation-config", json.dumps({"cudagraph_capture_sizes": [1, 2, 4, 8]}), *extra]
+           "--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+           "--seed", "0", "--gpu-memory-utilization", "0.4", "--max-logprobs", str(max_logprobs),
+           "--compilation-config", json.dumps({"cudagraph_capture_sizes": sizes}), *extra]
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The QDQ study on one CUDA GPU without Docker: two `vllm serve` side by side, then the study.
+
+What `docker compose --profile study up` does, for a host with vLLM 0.30.0 and no Docker (and a
+way to get a GPU example report when nothing can be downloaded): a tiny model is built on the
+spot (scripts/tiny_models.py; default: a gpt-oss with MXFP4 MoE weights in the checkpoint
+layout, served with the Marlin MoE backend, so the activation plugin turns its W4A16 MoE GEMMs
+into W4A4), two servers start on the one GPU (``--gpu-memory-utilization 0.4`` each, vLLM's
+defaults: torch.compile and CUDA graphs), one with ``VLLM_QDQ=1`` (settings from the
+environment: ``VLLM_QDQ_CONFIG``, ...), one with ``VLLM_QDQ=0``, and ``vllm_qdq.study run``
+measures both (bench, lm-eval on the shipped local tasks, logprob divergence) and writes
+OUT/report.md with its plots. Per-layer statistics are off: they need ``--enforce-eager``,
+which would distort the speed figures.
+
+    python scripts/gpu_study.py [--model gptoss|fp8] [--out DIR] [--num-prompts N] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "overlay"))
+
+from gpu_serve_check import MODELS, build, start, stop, wait_healthy
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gptoss", choices=sorted(MODELS))
+    ap.add_argument("--out", type=Path, default=Path("out/gpu-study"))
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--port", type=int, default=18650)
+    args = ap.parse_args()
+    from vllm_qdq import study
+
+    kind, extra, *_ = MODELS[args.model]
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = build(kind, args.out / "models")
+    ports = {"qdq": args.port, "baseline": args.port + 1}
+    logs = {k: args.out / "logs" / f"serve-{k}.log" for k in ports}
+    logs["qdq"].parent.mkdir(parents=True, exist_ok=True)
+    max_len = max(1024, 2 * (args.input_len + args.output_len))
+    t0 = time.monotonic()
+    procs = {k: start(model, ports[k], extra, k == "qdq", logs[k], trace=False, max_model_len=max_len,
+                      max_num_seqs=args.max_num_seqs, max_logprobs=20) for k in ports}
+    try:
+        for k, proc in procs.items():
+            if not wait_healthy(ports[k], proc, timeout=900):
+                print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
+                return 1
+        print(f"gpu_study: both servers healthy after {time.monotonic() - t0:.0f} s", flush=True)
+        rc = study.main(["run", "--qdq", f"http://127.0.0.1:{ports['qdq']}",
+                         "--baseline", f"http://127.0.0.1:{ports['baseline']}", "--model", str(model),
+                         "--out", str(args.out), "--tasks", "local", "--num-prompts", str(args.num_prompts),
+                         "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+                         "--max-concurrency", str(args.max_num_seqs)])
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    qlog = logs["qdq"].read_text()
+    if "activation QDQ enabled" not in qlog:
+        print("gpu_study: the QDQ server's log has no 'activation QDQ enabled' line")
+        return 1
+    print(f"gpu_study: report {args.out / 'report.md'}; {time.monotonic() - t0:.0f} s in all")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
