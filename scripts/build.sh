@@ -13,6 +13,8 @@
 # "none") and QDQ_OVERLAY_VERSION (overlay/pyproject.toml); the Dockerfile re-checks the series.
 # Cache: the image is also tagged vllm-qdq-cache:<key>, key = hash of the base image id, the mode and
 # every file of the build context; a build whose key exists is skipped (SKIP_CACHE=1 forces a build).
+# Cache images made stale by this one are removed (scripts/prune-image-cache.sh; QDQ_KEEP_OLD_IMAGES=1
+# keeps them).
 # The last stdout line is the tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +81,7 @@ else
   log "built in $(( $(date +%s) - t0 )) s"
 fi
 docker tag "$CACHE" "$TAG"
+bash scripts/prune-image-cache.sh "$CACHE" "$BASE"
 rm -f docker/wheelhouse/*.whl
 size=$(docker image inspect -f '{{.Size}}' "$TAG")
 log "image $TAG ($CACHE): $(awk -v s="$size" 'BEGIN{printf "%.2f GB", s/1e9}')"

@@ -180,9 +180,11 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
                    [bn[lb].get(f"p{p}_{m}_ms") or 0.0 for p in PCTS], 0.38, label=lb, color=COLORS[lb])
         ax.set_xticks(range(len(PCTS)), [f"p{p}" for p in PCTS])
         ax.set_title(f"{m.upper()} (ms)")
-    axes[0].legend()
+    # one legend for the figure, beside the title: inside a panel it covers bars
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper right", ncol=len(LABELS), frameon=False)
     fig.suptitle("Latency percentiles (lower is better)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     p2 = plots / "latency.png"
     fig.savefig(p2, dpi=110)
     plt.close(fig)

@@ -211,3 +211,40 @@ def test_sage3_without_cuda_keeps_in_tree_backend(docker_client, image: str) -> 
     assert "overridden False" in out and "vllm_omni.diffusion" in out, out
     why = [ln for ln in out.splitlines() if "sage3" in ln.lower() and "cuda" in ln.lower()]
     assert len(why) == 1, f"expected one clear line saying why sage3 stays off:\n{out}"
+
+
+def test_stale_cache_images_are_pruned(docker_client, image: str, cpu_base: str) -> None:
+    """scripts/prune-image-cache.sh (run by build.sh) removes cache tags a newer build made stale and
+    keeps the current image, its base, and study images built on it; QDQ_KEEP_OLD_IMAGES=1 keeps all.
+    The stale tags here are extra names of an image that stays tagged, so no layer is removed."""
+    import os
+    import subprocess
+
+    from .conftest import REPO
+
+    img_id = docker_client.images.get(image).id.removeprefix("sha256:")
+    (cache,) = [t for t in docker_client.images.get(image).tags if t.startswith("vllm-qdq-cache:")]
+    donor = docker_client.images.get(cpu_base)
+    stale = ["vllm-qdq-cache:stale-test", "vllm-qdq-study:0000-000000000000"]
+    fresh = f"vllm-qdq-study:test-{img_id[:12]}"
+    for ref in (*stale, fresh):
+        donor.tag(*ref.split(":"))
+
+    def prune(**env: str) -> None:
+        subprocess.run(["bash", str(REPO / "scripts" / "prune-image-cache.sh"), cache, cpu_base],
+                       check=True, env={**os.environ, **env})
+
+    def tags() -> set[str]:
+        return {t for i in docker_client.images.list() for t in i.tags}
+
+    try:
+        prune(QDQ_KEEP_OLD_IMAGES="1")
+        assert set(stale) <= tags()
+        prune()
+        now = tags()
+        assert not set(stale) & now, now
+        assert {cache, image, cpu_base, fresh} <= now
+    finally:
+        for ref in (*stale, fresh):
+            if ref in tags():
+                docker_client.images.remove(ref)
