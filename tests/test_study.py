@@ -87,6 +87,19 @@ def test_endpoint_and_task_arguments_are_checked() -> None:
     assert study._task_list("gsm8k, mmlu_anatomy") == ["gsm8k", "mmlu_anatomy"]
 
 
+def test_warmup_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--num-warmups / STUDY_NUM_WARMUPS (empty: the default, one full batch); negative is refused
+    before any request is sent."""
+    base = ["bench", "--qdq", "http://a:1", "--baseline", "http://b:2", "--model", "m", "--out", str(tmp_path)]
+    monkeypatch.setenv("STUDY_NUM_WARMUPS", "")
+    assert study._parser().parse_args(base).num_warmups is None
+    monkeypatch.setenv("STUDY_NUM_WARMUPS", "3")
+    assert study._parser().parse_args(base).num_warmups == 3
+    assert study._parser().parse_args([*base, "--num-warmups", "0"]).num_warmups == 0
+    with pytest.raises(ValueError, match="num_warmups=-1"):
+        study.run_bench("http://a:1", "qdq", "m", tmp_path, num_warmups=-1)
+
+
 def test_shipped_study_files_exist() -> None:
     for name in study.LOCAL_TASKS:
         assert (study.TASKS_DIR / f"{name}.yaml").is_file()
