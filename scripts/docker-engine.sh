@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers on this machine (idempotent; safe to call from several processes).
 #   - installs Debian's docker.io (engine + CLI) and debootstrap when dockerd / debootstrap are missing;
-#   - starts dockerd in the mode this sandbox supports (no iptables, no bridge, vfs storage), detached,
+#   - starts dockerd in the mode this sandbox supports (no iptables, no bridge), detached, with the
+#     storage driver $DOCKER_STORAGE_DRIVER, default overlay2 when an overlay mount works on the data
+#     root's filesystem (layers shared: a container costs only what it writes), else vfs (every layer
+#     and every container a full copy of its image: ~10 GB a container here, and minutes per build step),
 #     logging to $DOCKERD_LOG, unless `docker info` already answers;
 #   - waits (up to $DOCKER_WAIT_S seconds, default 120) until `docker info` answers, else exits non-zero.
 # Containers and builds must use host networking (`--network host`) since there is no bridge.
@@ -33,9 +36,26 @@ if answers; then
   exit 0
 fi
 
-log "starting dockerd (log: $DOCKERD_LOG)"
+# overlay2 needs a working overlay mount on the data root's filesystem; try one there.
+overlay_works() {
+  local root=/var/lib/docker t
+  mkdir -p "$root"
+  t=$(mktemp -d "$root/.overlay-probe.XXXXXX")
+  mkdir -p "$t/l" "$t/u" "$t/w" "$t/m"
+  local ok=1
+  if mount -t overlay overlay -o "lowerdir=$t/l,upperdir=$t/u,workdir=$t/w" "$t/m" 2>/dev/null; then
+    umount "$t/m" && ok=0
+  fi
+  rm -rf "$t"
+  return $ok
+}
+DRIVER=${DOCKER_STORAGE_DRIVER:-}
+if [ -z "$DRIVER" ]; then
+  if overlay_works; then DRIVER=overlay2; else DRIVER=vfs; fi
+fi
+log "starting dockerd, storage driver $DRIVER (log: $DOCKERD_LOG)"
 # setsid + nohup: the daemon outlives the calling shell / pytest session on purpose (it is shared).
-setsid nohup dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+setsid nohup dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver="$DRIVER" \
   >>"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
 for _ in $(seq 1 "$DOCKER_WAIT_S"); do
   if answers; then
