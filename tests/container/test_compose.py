@@ -210,9 +210,8 @@ def test_cpu_study_up(compose: list[str], image: str, tmp_path: Path) -> None:
         if driver != "vfs":
             dc("up", "-d", "--no-build", timeout=2400)  # returns once report has started
             timings["up (through report start)"] = time.monotonic() - t0
-            r = dc("wait", "report", check=False, timeout=600)
+            dc("wait", "report", check=False, timeout=600)  # its exit code is checked in the states below
             timings["report"] = time.monotonic() - t0 - timings["up (through report start)"]
-            assert r.stdout.strip().splitlines()[-1:] == ["0"], f"report exited {r.stdout!r} {r.stderr[-2000:]}"
             state = states()
             for svc in ("make-model", *sorted(STUDY)):
                 assert state[svc][:2] == ("exited", 0), state
