@@ -274,6 +274,15 @@ def test_report_from_synthetic_results(tmp_path: Path) -> None:
     assert "| top-1 agreement (teacher-forced) | 0.667 |" in text
     assert "| mxfp4 | 3 | 3 |" in text and "| fp8_e4m3_per_token | 3 | 3 |" in text
     assert "Not run" not in text and "No per-layer" not in text
+    assert "warm-up requests: not recorded." in text  # _bench() results carry no warm-up count
+    for lb, n in (("baseline", 4), ("qdq", 4)):
+        b = json.loads((tmp_path / f"bench/{lb}.json").read_text())
+        (tmp_path / f"bench/{lb}.json").write_text(json.dumps({**b, "study_num_warmups": n}))
+    assert "each after 4 untimed warm-up requests." in write_report(tmp_path).read_text()
+    b = json.loads((tmp_path / "bench/qdq.json").read_text())
+    (tmp_path / "bench/qdq.json").write_text(json.dumps({**b, "study_num_warmups": 0}))
+    assert "after 4 (baseline) / 0 (QDQ) untimed warm-up requests: not comparable." in (
+        write_report(tmp_path).read_text())
     for name in ("accuracy", "throughput", "latency", "kl", "layer_sqnr"):
         png = tmp_path / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name

@@ -160,6 +160,8 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
     data = json.loads(path.read_text())
     if not data.get("completed"):
         raise RuntimeError(f"vllm bench serve against {url}: no request completed ({path})")
+    data["study_num_warmups"] = num_warmups  # kept with the result it qualifies (the report reads it)
+    _write_json(path, data)
     return path
 
 

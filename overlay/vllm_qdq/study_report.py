@@ -154,9 +154,14 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
     text += (f"\n\nWorkload: {b.get('num_prompts')} prompts, {b.get('total_input_tokens')} input and "
              f"{b.get('total_output_tokens')} output tokens per server, request rate "
              f"{b.get('request_rate')}, durations {_fmt(b.get('duration'))} s / {_fmt(q.get('duration'))} s")
-    warm = res["meta"].get("steps", {}).get("bench", {}).get("num_warmups")
-    text += (f", each after {warm} untimed warm-up requests." if warm is not None
-             else "; warm-up requests: not recorded.")
+    warm = {b.get("study_num_warmups"), q.get("study_num_warmups")}
+    if None in warm:
+        text += "; warm-up requests: not recorded."
+    elif len(warm) == 1:
+        text += f", each after {warm.pop()} untimed warm-up requests."
+    else:
+        text += (f", after {b['study_num_warmups']} (baseline) / {q['study_num_warmups']} (QDQ) untimed "
+                 "warm-up requests: not comparable.")
     plt = _plt()
     # one panel a metric: requests/s and tokens/s differ by the output length, one axis hides one
     fig, axes = plt.subplots(1, len(THROUGHPUT_KEYS), figsize=(3.2 * len(THROUGHPUT_KEYS), 3.4))
