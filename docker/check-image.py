@@ -39,6 +39,11 @@ def _pip_problems() -> list[str]:
     return sorted(ln for ln in lines if not ln.startswith("No broken requirements"))
 
 
+def _new_pip_problems(before: list[str]) -> list[str]:
+    """`pip check` lines that the base snapshot (``before``) did not have."""
+    return sorted(set(_pip_problems()) - set(before))
+
+
 def snapshot(path: str) -> None:
     data = {"versions": _versions(), "pip_check": _pip_problems()}
     with open(path, "w") as f:
@@ -59,7 +64,7 @@ def verify(before_path: str) -> None:
     after = _versions()
     if after != before["versions"]:
         errors.append(f"versions changed by the overlay: before {before['versions']}, after {after}")
-    new = sorted(set(_pip_problems()) - set(before["pip_check"]))
+    new = _new_pip_problems(before["pip_check"])
     if new:
         errors.append("pip check reports new problems: " + "; ".join(new))
     overlay = metadata.version("vllm-qdq")
@@ -81,8 +86,8 @@ def verify(before_path: str) -> None:
 
 def pip_check(before_path: str) -> None:
     with open(before_path) as f:
-        before = set(json.load(f)["pip_check"])
-    new = sorted(set(_pip_problems()) - before)
+        before = json.load(f)["pip_check"]
+    new = _new_pip_problems(before)
     if new:
         sys.exit("check-image: pip check reports new problems: " + "; ".join(new))
     print(f"check-image: pip check: no problem beyond the {len(before)} inherited from the base")
