@@ -3,8 +3,9 @@
 # disk (under the vfs storage driver every layer of every image is a full copy: ~5 GB a layer).
 #   scripts/prune-image-cache.sh IMAGE_CACHE_TAG BASE_IMAGE
 # removes every vllm-qdq-cache:* other than IMAGE_CACHE_TAG, every vllm-qdq/cpu-base:* other than
-# BASE_IMAGE (when BASE_IMAGE is one: the CPU stand-in of scripts/build-cpu-base.sh), and every vllm-qdq-study:* not built on IMAGE_CACHE_TAG's image (its tag ends with that
-# image id's first 12 hex digits). Images a container still uses are kept (docker says why), and so
+# BASE_IMAGE (when BASE_IMAGE is one: the CPU stand-in of scripts/build-cpu-base.sh), and every
+# vllm-qdq-study:* not built on IMAGE_CACHE_TAG's image (its tag ends with that image id's first 12
+# hex digits). Images a container still uses are kept (docker says why), and so
 # is everything when QDQ_KEEP_OLD_IMAGES=1. Prints what it removed.
 set -euo pipefail
 CACHE=${1:?usage: scripts/prune-image-cache.sh IMAGE_CACHE_TAG BASE_IMAGE}
