@@ -16,6 +16,12 @@ LOCK=${DOCKER_ENGINE_LOCK:-/tmp/vllm-qdq-docker-engine.flock}
 log() { echo "docker-engine: $*" >&2; }
 answers() { docker info >/dev/null 2>&1; }
 
+DRIVER=${DOCKER_STORAGE_DRIVER:-}
+case $DRIVER in
+  ""|overlay2|vfs) ;;
+  *) log "DOCKER_STORAGE_DRIVER=$DRIVER; accepted: overlay2, vfs (or unset: overlay2 where it works)"; exit 2 ;;
+esac
+
 exec 9>"$LOCK"
 flock 9   # one installer/starter at a time; the others wait, then find the engine up (dockerd gets 9>&-)
 
@@ -49,7 +55,6 @@ overlay_works() {
   rm -rf "$t"
   return $ok
 }
-DRIVER=${DOCKER_STORAGE_DRIVER:-}
 if [ -z "$DRIVER" ]; then
   if overlay_works; then DRIVER=overlay2; else DRIVER=vfs; fi
 fi

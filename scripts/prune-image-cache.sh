@@ -10,7 +10,12 @@
 set -euo pipefail
 CACHE=${1:?usage: scripts/prune-image-cache.sh IMAGE_CACHE_TAG BASE_IMAGE}
 BASE=${2:?usage: scripts/prune-image-cache.sh IMAGE_CACHE_TAG BASE_IMAGE}
-[ "${QDQ_KEEP_OLD_IMAGES:-0}" = 1 ] && exit 0
+case ${QDQ_KEEP_OLD_IMAGES:-0} in
+  1) exit 0 ;;
+  0) ;;
+  *) echo "prune-image-cache: QDQ_KEEP_OLD_IMAGES=$QDQ_KEEP_OLD_IMAGES; accepted: 0 (prune, default) or 1 (keep)" >&2
+     exit 2 ;;
+esac
 id=$(docker image inspect -f '{{.Id}}' "$CACHE")
 id=${id#sha256:}
 stale=()

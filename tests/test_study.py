@@ -98,6 +98,13 @@ def test_warmup_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert study._parser().parse_args([*base, "--num-warmups", "0"]).num_warmups == 0
     with pytest.raises(ValueError, match="num_warmups=-1"):
         study.run_bench("http://a:1", "qdq", "m", tmp_path, num_warmups=-1)
+    monkeypatch.setenv("STUDY_NUM_WARMUPS", "a few")
+    with pytest.raises(ValueError, match=r"STUDY_NUM_WARMUPS='a few'; accepted: an integer or empty"):
+        study._parser()
+    monkeypatch.delenv("STUDY_NUM_WARMUPS")
+    monkeypatch.setenv("STUDY_NUM_PROMPTS", "")  # a required size: empty is not a value
+    with pytest.raises(ValueError, match=r"STUDY_NUM_PROMPTS=''; accepted: an integer$"):
+        study._parser()
 
 
 def test_shipped_study_files_exist() -> None:

@@ -334,13 +334,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=0.0, help="wait up to this many s for /health")
 
 
+def _env_int(name: str, default: int | None, *, optional: bool = False) -> int | None:
+    """An integer setting from the environment (the CLI flag's default): ``default`` when unset, and
+    when empty for an ``optional`` one (compose passes ``${X:-}``); anything else not an integer is
+    an error naming the variable, raised when the parser is built (before any request)."""
+    raw = os.environ.get(name)
+    if raw is None or (optional and raw == ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}; accepted: an integer" + (" or empty" if optional else "")) from None
+
+
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-prompts", type=int, default=int(os.environ.get("STUDY_NUM_PROMPTS", 16)))
-    p.add_argument("--input-len", type=int, default=int(os.environ.get("STUDY_INPUT_LEN", 32)))
-    p.add_argument("--output-len", type=int, default=int(os.environ.get("STUDY_OUTPUT_LEN", 16)))
+    p.add_argument("--num-prompts", type=int, default=_env_int("STUDY_NUM_PROMPTS", 16))
+    p.add_argument("--input-len", type=int, default=_env_int("STUDY_INPUT_LEN", 32))
+    p.add_argument("--output-len", type=int, default=_env_int("STUDY_OUTPUT_LEN", 16))
     p.add_argument("--max-concurrency", type=int, default=None)
-    w = os.environ.get("STUDY_NUM_WARMUPS")
-    p.add_argument("--num-warmups", type=int, default=int(w) if w else None,
+    p.add_argument("--num-warmups", type=int, default=_env_int("STUDY_NUM_WARMUPS", None, optional=True),
                    help="untimed requests before each server's timed run (default: one full batch, "
                         "min(num-prompts, max-concurrency))")
 
@@ -348,8 +360,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=os.environ.get("STUDY_TASKS", "local"),
                    help="'local' (shipped tasks) or comma-separated lm-eval task names")
-    lim = os.environ.get("STUDY_LIMIT")
-    p.add_argument("--limit", type=int, default=int(lim) if lim else None,
+    p.add_argument("--limit", type=int, default=_env_int("STUDY_LIMIT", None, optional=True),
                    help="at most this many documents per task")
     p.add_argument("--num-concurrent", type=int, default=4)
     p.add_argument("--num-fewshot", type=int, default=None)

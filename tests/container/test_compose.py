@@ -143,11 +143,12 @@ def _assert_disk_for_containers(image: str, study_image: str) -> str:
 
     Under the vfs storage driver every container is two full copies of its image (the init layer
     and the writable layer). The peak is make-model + both servers (3 containers of the image), or
-    both servers + one study container (the vfs path of test_cpu_study_up). Returns the driver. A full disk does not fail where it should: in a run of
-    2026-12-01 every streamed request to the QDQ server (the one that writes VLLM_QDQ_STATS) failed
-    while ~17 GB of orphaned vfs layers filled the disk; the stats writer raised OSError into the
-    forward pass then (it now logs the error and goes on), and a later run there ran out of disk
-    creating a study container.
+    both servers + one study container (the vfs path of test_cpu_study_up). Returns the driver.
+
+    A full disk does not fail where it should: in a run of 2026-12-01 every streamed request to the
+    QDQ server (the one that writes VLLM_QDQ_STATS) failed while ~17 GB of orphaned vfs layers
+    filled the disk; the stats writer raised OSError into the forward pass then (it now logs the
+    error and goes on), and a later run there ran out of disk creating a study container.
     """
     info = subprocess.run(["docker", "info", "-f", "{{.Driver}} {{.DockerRootDir}}"], capture_output=True,
                           text=True, check=True).stdout.split()

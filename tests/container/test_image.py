@@ -11,13 +11,17 @@ Container starts are few (each `vllm serve` takes about a minute on 2 cores):
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+
+from .conftest import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -217,11 +221,6 @@ def test_stale_cache_images_are_pruned(docker_client, image: str, cpu_base: str)
     """scripts/prune-image-cache.sh (run by build.sh) removes cache tags a newer build made stale and
     keeps the current image, its base, and study images built on it; QDQ_KEEP_OLD_IMAGES=1 keeps all.
     The stale tags here are extra names of an image that stays tagged, so no layer is removed."""
-    import os
-    import subprocess
-
-    from .conftest import REPO
-
     img_id = docker_client.images.get(image).id.removeprefix("sha256:")
     (cache,) = [t for t in docker_client.images.get(image).tags if t.startswith("vllm-qdq-cache:")]
     donor = docker_client.images.get(cpu_base)
