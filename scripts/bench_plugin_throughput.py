@@ -1,15 +1,29 @@
-"""vLLM throughput with activation QDQ off vs on, Marlin MXFP4 MoE, gpt-oss-shaped model (GPU).
+"""vLLM throughput with activation QDQ off vs on, measured interleaved on one GPU.
 
-    python scripts/bench_plugin_throughput.py [--out /tmp/bench-gptoss] [--target 0.95]
+    python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 3] [--target 0.97]
+                                              [--out DIR] [--json FILE]
 
-Builds (once, under ``--out``) a random gpt-oss-shaped MXFP4 checkpoint: hidden 2880,
-intermediate 2880, 32 experts, top-4, 4 layers, 64 query / 8 KV heads of 64, random MXFP4
-expert weights in the gpt-oss layout (scripts/tiny_models.py). Then, each configuration in its
-own process, runs ``LLM(model, moe_backend="marlin")`` with vLLM's defaults (torch.compile +
-CUDA graphs) on 256 prompts of 512 random token ids, 128 generated tokens each
-(``ignore_eos``), after a short warm-up, and times ``llm.generate``. Prints tok/s (generated and
-total) for ``VLLM_QDQ=0`` and ``VLLM_QDQ=1`` (defaults: MXFP4 weights -> mxfp4 activations) and
-the on/off ratio of generated tok/s; exits 1 when the ratio is below ``--target``.
+Models (random weights, built once under ``--out``, scripts/tiny_models.py):
+
+* ``gptoss``: gpt-oss-shaped MXFP4 MoE (hidden 2880, intermediate 2880, 32 experts, top-4,
+  4 layers, 64 query / 8 KV heads of 64) served with ``moe_backend="marlin"``: the plugin wraps
+  ``moe_wna16_marlin_gemm`` (W4A16 -> W4A4 mxfp4);
+* ``dense``: Llama-shaped dense model (hidden 4096, MLP 14336, 32 / 8 heads of 128, 4 layers)
+  quantized online to FP8 with ``linear_backend="marlin"``: the plugin wraps ``marlin_gemm``
+  (FP8 weight-only -> mxfp8_e4m3 activations).
+
+Shapes: ``prefill`` (256 prompts x 512 tokens in, 128 out) and ``decode`` (64 prompts x 128
+in, 1024 out), ``ignore_eos``, random token ids (the same for both engines).
+
+How it measures on a machine whose speed drifts (~30% between runs here): per model, two
+engines with vLLM's defaults (torch.compile + CUDA graphs), ``VLLM_QDQ=0`` and ``VLLM_QDQ=1``,
+each in its own worker process, stay up side by side (``--gpu-memory-utilization`` 0.4 each;
+the second starts only once the first is up, so vLLM's memory profiler never sees the other
+engine start). After one untimed warm-up per shape on each, ``--pairs`` rounds time one
+``generate`` per shape on each engine, alternating which goes first (off-on, on-off, ...), with
+the other engine idle. The ratio per pair is ``t_off / t_on`` (= on/off throughput); a row
+reports the median ratio with min and max and the median tok/s of each engine. Exit 1 when a
+row's median ratio is below ``--target``.
 """
 
 from __future__ import annotations
@@ -17,81 +31,194 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-N_PROMPTS, PROMPT_LEN, GEN_LEN = 256, 512, 128
+
+#: shape -> (prompts, input tokens, output tokens)
+SHAPES: dict[str, tuple[int, int, int]] = {"prefill": (256, 512, 128), "decode": (64, 128, 1024)}
+#: model -> (description, LLM keyword arguments)
+MODELS: dict[str, tuple[str, dict]] = {
+    "gptoss": ("gpt-oss-shaped MXFP4 MoE (hidden 2880, 32 experts top-4, 4 layers), moe_backend=marlin",
+               {"moe_backend": "marlin"}),
+    "dense": ("Llama-shaped dense (hidden 4096, MLP 14336, 4 layers), online FP8, linear_backend=marlin",
+              {"quantization": "fp8", "linear_backend": "marlin"}),
+}
 
 
-def worker(model: str, n_prompts: int, prompt_len: int, gen_len: int) -> dict:
+def build(name: str, root: Path) -> Path:
+    """Build (once; a ``.done`` marker says it is complete) the benchmark model ``name``."""
+    sys.path.insert(0, str(HERE))
+    from tiny_models import build_tiny_gptoss_mxfp4, build_tiny_llama
+
+    path = root / f"bench-{name}"
+    if (path / ".done").exists():
+        return path
+    if name == "gptoss":
+        build_tiny_gptoss_mxfp4(path, hidden=2880, experts=32, layers=4, intermediate=2880, top_k=4,
+                                heads=64, kv_heads=8, head_dim=64)
+    else:
+        build_tiny_llama(path, hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128, layers=4,
+                         std=0.02)
+    (path / ".done").write_text("")
+    return path
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def worker(model: str, llm_kwargs: dict) -> int:
+    """One engine; commands on stdin (one JSON shape name a line, or ``quit``), results on stdout."""
     import random
 
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model, moe_backend="marlin", max_model_len=prompt_len + gen_len + 16, seed=0)
-    vocab = len(llm.get_tokenizer())
-    rng = random.Random(0)
-    prompts = [{"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(prompt_len)]}
-               for _ in range(n_prompts)]
-    sp = SamplingParams(max_tokens=gen_len, temperature=0.0, ignore_eos=True)
-    llm.generate(prompts[:8], SamplingParams(max_tokens=8, ignore_eos=True))  # warm-up
+    max_len = max(i + o for _, i, o in SHAPES.values()) + 16
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, sp)
-    dt = time.perf_counter() - t0
-    gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"seconds": dt, "generated": gen, "gen_tok_s": gen / dt,
-            "total_tok_s": (gen + n_prompts * prompt_len) / dt}
+    llm = LLM(model=model, max_model_len=max_len, seed=0,
+              gpu_memory_utilization=float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4")), **llm_kwargs)
+    vocab = len(llm.get_tokenizer())
+    prompts = {}
+    for shape, (n, i, _) in SHAPES.items():
+        rng = random.Random(f"{shape}-{n}-{i}")
+        prompts[shape] = [{"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(i)]} for _ in range(n)]
+    for shape, (_, _, o) in SHAPES.items():  # untimed warm-up of each shape
+        llm.generate(prompts[shape][:16], SamplingParams(max_tokens=min(o, 32), ignore_eos=True), use_tqdm=False)
+    print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1)}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            break
+        n, i, o = SHAPES[cmd]
+        sp = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True)
+        t = time.perf_counter()
+        outs = llm.generate(prompts[cmd], sp, use_tqdm=False)
+        dt = time.perf_counter() - t
+        gen = sum(len(x.outputs[0].token_ids) for x in outs)
+        print("BENCH " + json.dumps({"shape": cmd, "seconds": dt, "generated": gen, "gen_tok_s": gen / dt,
+                                     "total_tok_s": (gen + n * i) / dt}), flush=True)
+    return 0
 
 
-def run_config(model: Path, qdq: bool, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, VLLM_QDQ="1" if qdq else "0")
-    cmd = [sys.executable, __file__, "--worker", str(model), "--prompts", str(args.prompts),
-           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    out = r.stdout + r.stderr
-    if r.returncode != 0:
-        sys.stderr.write(out[-6000:])
-        raise SystemExit(f"the {'QDQ on' if qdq else 'QDQ off'} run failed (rc {r.returncode})")
-    if qdq and "activation QDQ enabled" not in out:
-        raise SystemExit("QDQ on run: the plugin did not register (no 'activation QDQ enabled' line)")
-    return json.loads(re.search(r"^BENCH (.*)$", out, re.M).group(1))
+class Engine:
+    """A worker process holding one engine (QDQ on or off)."""
+
+    def __init__(self, model: Path, llm_kwargs: dict, qdq: bool, log: Path) -> None:
+        env = dict(os.environ, VLLM_QDQ="1" if qdq else "0")
+        env.pop("VLLM_QDQ_TRACE", None)
+        self.name = "on" if qdq else "off"
+        self.log = log
+        self.err = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(model), "--llm", json.dumps(llm_kwargs)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.ready = self._read("READY")
+
+    def _read(self, tag: str) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # vLLM logs to stdout: keep its lines in the log too
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+            self.err.write(line)
+            self.err.flush()
+        self.err.flush()
+        raise SystemExit(f"QDQ {self.name} engine exited (rc {self.proc.wait()}); log {self.log}:\n"
+                         + self.log.read_text()[-4000:])
+
+    def run(self, shape: str) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(shape + "\n")
+        self.proc.stdin.flush()
+        return self._read("BENCH")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="/tmp/bench-gptoss-mxfp4")
-    ap.add_argument("--target", type=float, default=0.95)
-    ap.add_argument("--prompts", type=int, default=N_PROMPTS)
-    ap.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
-    ap.add_argument("--gen-len", type=int, default=GEN_LEN)
+def bench_model(name: str, root: Path, pairs: int) -> list[dict]:
+    model = build(name, root)
+    desc, kwargs = MODELS[name]
+    engines: dict[str, Engine] = {}
+    rows = []
+    try:
+        for qdq in (False, True):  # one after the other: the second starts once the first is up
+            e = Engine(model, kwargs, qdq, root / f"bench-{name}-qdq-{'on' if qdq else 'off'}.log")
+            engines[e.name] = e
+            print(f"{name}: QDQ {e.name} engine up in {e.ready['start_s']} s", flush=True)
+        if "activation QDQ enabled" not in engines["on"].log.read_text():
+            raise SystemExit(f"{name}: the QDQ-on engine's log has no 'activation QDQ enabled' line")
+        raw: dict[str, list[dict]] = {s: [] for s in SHAPES}
+        for p in range(pairs):
+            order = ("off", "on") if p % 2 == 0 else ("on", "off")
+            for shape in SHAPES:
+                got = {k: engines[k].run(shape) for k in order}
+                raw[shape].append({**{k: got[k] for k in ("off", "on")}, "first": order[0],
+                                   "ratio": got["off"]["seconds"] / got["on"]["seconds"]})
+                print(f"{name} {shape} pair {p + 1} ({order[0]} first): off {got['off']['seconds']:.2f} s, "
+                      f"on {got['on']['seconds']:.2f} s, ratio {raw[shape][-1]['ratio']:.3f}", flush=True)
+        for shape, (n, i, o) in SHAPES.items():
+            ratios = [r["ratio"] for r in raw[shape]]
+            rows.append({
+                "model": name, "description": desc, "shape": shape, "prompts": n, "input_len": i, "output_len": o,
+                "pairs": pairs, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in raw[shape]),
+                "on_tok_s": statistics.median(r["on"]["total_tok_s"] for r in raw[shape]),
+                "raw": raw[shape],
+            })
+    finally:
+        for e in engines.values():
+            e.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved off/on pairs per shape (>= 3)")
+    ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--llm", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
     if args.worker:
-        res = worker(args.worker, args.prompts, args.prompt_len, args.gen_len)
-        print("BENCH " + json.dumps(res), flush=True)
-        return 0
-
-    sys.path.insert(0, str(HERE))
-    from tiny_models import build_tiny_gptoss_mxfp4
-
-    model = Path(args.out)
-    if not (model / "model.safetensors").exists():
-        build_tiny_gptoss_mxfp4(model, hidden=2880, experts=32, layers=4, intermediate=2880, top_k=4,
-                                heads=64, kv_heads=8, head_dim=64)
-    off = run_config(model, False, args)
-    on = run_config(model, True, args)
-    ratio = on["gen_tok_s"] / off["gen_tok_s"]
-    print(f"model: gpt-oss-shaped MXFP4 (hidden 2880, 32 experts, top-4, 4 layers), moe_backend=marlin, "
-          f"{args.prompts} prompts x {args.prompt_len} tokens, {args.gen_len} generated each")
-    for name, r in (("QDQ off", off), ("QDQ on ", on)):
-        print(f"{name}: {r['gen_tok_s']:10.1f} generated tok/s  {r['total_tok_s']:10.1f} total tok/s  "
-              f"({r['seconds']:.2f} s)")
-    print(f"ratio on/off (generated tok/s): {ratio:.3f}  (target >= {args.target})")
-    return 0 if ratio >= args.target else 1
+        return worker(args.worker, json.loads(args.llm))
+    names = [m for m in args.models.split(",") if m]
+    bad = [m for m in names if m not in MODELS]
+    if bad or not names:
+        ap.error(f"--models {args.models!r}: unknown {bad}; accepted: {', '.join(MODELS)}")
+    if args.pairs < 3:
+        ap.error(f"--pairs {args.pairs}: at least 3 interleaved pairs are needed for a median with a spread")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        rows += bench_model(name, args.out, args.pairs)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(f"\n{'model':<8} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
+          f"{'on/off median':>14} {'min':>6} {'max':>6}  verdict (target >= {args.target})")
+    ok = True
+    for r in rows:
+        good = r["ratio_median"] >= args.target
+        ok &= good
+        print(f"{r['model']:<8} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
+              f"{r['on_tok_s']:>11.0f} {r['ratio_median']:>14.3f} {r['ratio_min']:>6.3f} {r['ratio_max']:>6.3f}  "
+              f"{'PASS' if good else 'BELOW TARGET'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,50 +1,133 @@
 #!/usr/bin/env bash
-# GPU smoke suite: one command on a host with a CUDA GPU and vLLM 0.30.0 (or inside the image).
+# GPU smoke suite: on a host with a CUDA GPU and vLLM 0.30.0 (or inside the image).
 #
-#   bash scripts/gpu-smoke.sh                 # every step
-#   bash scripts/gpu-smoke.sh tests bench-qdq # chosen steps
+#   bash scripts/gpu-smoke.sh                     # every step, then the summary
+#   bash scripts/gpu-smoke.sh kernels plugin      # chosen steps (e.g. one per CI job or call)
+#   bash scripts/gpu-smoke.sh summary             # the table from the logs already written
 #
-# Steps: tests (pytest -m gpu, one line per test file), bench-qdq (Triton QDQ vs device copy),
-# serve (vllm serve, QDQ on/off, OpenAI API round trip: tiny MXFP4 gpt-oss with Marlin MoE and
-# a dense FP8-Marlin Llama), bench-sage3 (sage3 vs SDPA), bench-plugin (vLLM throughput, QDQ off vs on).
-# Logs go to $SMOKE_OUT (default ./gpu-smoke-out); prints a summary table; exits non-zero on any failure.
+# Steps (each well inside 10 minutes on one H200; see the README for measured times):
+#   kernels       pytest -m gpu: Triton QDQ bit-exactness + sage3 kernels (tests/gpu/test_triton_qdq_gpu.py,
+#                 tests/gpu/test_sage3_gpu.py)
+#   plugin        pytest -m gpu tests/gpu/test_plugin_gpu.py: activation QDQ in Marlin MoE / Marlin dense,
+#                 eager and compiled + CUDA graphs, trace from the engine process, compile cache
+#   method        pytest -m gpu tests/gpu/test_qdq_method_gpu.py: the qdq method on CUDA (Llama, MoE)
+#   serve         scripts/gpu_serve_check.py: vllm serve round trips, QDQ on / off
+#   bench-qdq     scripts/bench_qdq_triton.py --check: Triton QDQ vs device copy (figures)
+#   bench-sage3   scripts/bench_sage3.py: sage3 vs SDPA (figures)
+#   bench-plugin-gptoss, bench-plugin-dense
+#                 scripts/bench_plugin_throughput.py: throughput QDQ on / off, interleaved pairs; fails
+#                 below the median-ratio target (SMOKE_PLUGIN_TARGET, default 0.97)
+#   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
+#   summary       print the table of every step's result so far; exit 1 if any FAILED
+#
+# Every step writes $SMOKE_OUT/<step>.log and a one-line $SMOKE_OUT/<step>.result
+# ("PASS|FAIL <seconds> s <detail>") and prints that line last. Models are built once under
+# $SMOKE_OUT/models; one VLLM_CACHE_ROOT ($SMOKE_OUT/vllm-cache unless set) is shared by the steps.
+# Exit status: non-zero when a step failed, when there is no usable GPU (the reason is printed), or
+# for an unknown step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${SMOKE_OUT:-gpu-smoke-out}
-mkdir -p "$OUT"
+mkdir -p "$OUT/models"
+OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
+STEPS=(kernels plugin method serve bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense study)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests serve bench-qdq bench-sage3 bench-plugin)
-declare -a rows
+[ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
 
-run() {  # run NAME CMD...: time it, log it, record pass/fail
-  local name=$1; shift
-  local t0=$(date +%s.%N)
-  echo "=== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  local dt=$(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)")
-  tail -n 40 "$OUT/$name.log"
-  if [ $rc -eq 0 ]; then rows+=("$name|PASS|$dt"); else rows+=("$name|FAIL (rc=$rc)|$dt"); fail=1; fi
+for s in "${steps[@]}"; do
+  if [ "$s" != summary ] && [[ " ${STEPS[*]} " != *" $s "* ]]; then
+    echo "gpu-smoke: unknown step '$s'; accepted: ${STEPS[*]} summary" >&2
+    exit 2
+  fi
+done
+
+summary() {
+  printf '%-22s %-6s %9s  %s\n' step result seconds detail
+  local any=0 s line
+  for s in "${STEPS[@]}"; do
+    if [ -f "$OUT/$s.result" ]; then
+      line=$(cat "$OUT/$s.result")
+      read -r res secs _unit detail <<<"$line"
+      printf '%-22s %-6s %9s  %s\n' "$s" "$res" "$secs" "$detail"
+      [ "$res" = PASS ] || any=1
+    else
+      printf '%-22s %-6s %9s  %s\n' "$s" "-" "-" "not run"
+    fi
+  done
+  return $any
 }
 
-"$PY" -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__, 'gpu', torch.cuda.get_device_name())"
-for step in "${steps[@]}"; do
-  case $step in
-    tests)
-      for f in tests/gpu/test_*.py; do
-        run "pytest-$(basename "$f" .py)" "$PY" -m pytest -m gpu -q -p no:cacheprovider "$f"
-      done ;;
-    serve) run serve "$PY" scripts/gpu_serve_check.py --out "$OUT/serve" ;;
-    bench-qdq) run bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
-    bench-sage3) run bench-sage3 "$PY" scripts/bench_sage3.py ;;
-    bench-plugin) run bench-plugin "$PY" scripts/bench_plugin_throughput.py ;;
-    *) echo "unknown step $step; accepted: tests serve bench-qdq bench-sage3 bench-plugin"; exit 2 ;;
+gpu_check() {  # prints the GPU line or the reason there is none; exit status says which
+  "$PY" - <<'PY'
+import sys
+try:
+    import torch
+except Exception as e:
+    sys.exit(f"gpu-smoke: no GPU: torch does not import ({e})")
+if not torch.cuda.is_available():
+    sys.exit(f"gpu-smoke: no GPU: torch {torch.__version__} sees no CUDA device "
+             f"(torch.version.cuda={torch.version.cuda}); run on a GPU host, e.g. docker run --gpus all ...")
+try:
+    import vllm
+except Exception as e:
+    sys.exit(f"gpu-smoke: vLLM does not import ({e})")
+print(f"gpu-smoke: torch {torch.__version__}, vllm {vllm.__version__}, {torch.cuda.device_count()} x "
+      f"{torch.cuda.get_device_name()}")
+PY
+}
+
+step() {  # step NAME CMD...: log, time, one-line result
+  local name=$1; shift
+  local t0 t1 rc detail
+  t0=$(date +%s.%N)
+  echo "=== $name: $*"
+  "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  t1=$(date +%s.%N)
+  tail -n 25 "$OUT/$name.log"
+  detail=$(grep -E '^(=+ .*(passed|failed|error).* =+|[0-9]+ (passed|failed).*)$' "$OUT/$name.log" | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//')
+  [ -n "$detail" ] || detail=$(grep -v '^\s*$' "$OUT/$name.log" | tail -n 1 | cut -c1-100)
+  local secs
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", b-a}')
+  if [ $rc -eq 0 ]; then echo "PASS $secs s $detail" > "$OUT/$name.result"
+  else echo "FAIL $secs s rc=$rc: $detail" > "$OUT/$name.result"; fail=1; fi
+  echo "gpu-smoke: $name $(cat "$OUT/$name.result")"
+}
+
+pytest_args=(-m gpu -q -p no:cacheprovider -rfE)
+xdist=()
+"$PY" -c "import xdist" 2>/dev/null && xdist=(-n "${SMOKE_XDIST:-8}")
+
+for s in "${steps[@]}"; do
+  if [ "$s" = summary ]; then
+    summary || fail=1
+    continue
+  fi
+  if ! gpu_check; then
+    echo "FAIL 0 s no GPU (see the line above)" > "$OUT/$s.result"
+    exit 3
+  fi
+  case $s in
+    kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_sage3_gpu.py ;;
+    plugin) step plugin "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py ;;
+    method) step method "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py ;;
+    serve) step serve "$PY" scripts/gpu_serve_check.py --out "$OUT/models" ;;
+    bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py --check ;;
+    bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py ;;
+    bench-plugin-gptoss|bench-plugin-dense)
+      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$OUT/models" \
+        --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" ;;
+    study)
+      if "$PY" -c "import lm_eval" 2>/dev/null; then
+        step study "$PY" scripts/gpu_study.py --out "$OUT/study"
+      else
+        echo "=== study: lm_eval is not installed (pip install 'lm_eval[api]'); the step fails rather than pass unrun"
+        echo "FAIL 0 s lm_eval not installed" > "$OUT/study.result"; fail=1
+      fi ;;
   esac
 done
-echo
-printf '%-40s %-14s %8s\n' check result wall_s
-for r in "${rows[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-40s %-14s %8s\n' "$a" "$b" "$c"; done
 exit $fail

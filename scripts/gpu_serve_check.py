@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`vllm serve` round trips with activation QDQ on and off, on a CUDA GPU (part of the smoke suite).
 
-For each tiny model built on the spot (scripts/tiny_models.py) two servers start side by side on
-the one GPU (``--gpu-memory-utilization 0.4`` each), one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``,
+For each tiny model built on the spot (scripts/tiny_models.py) two servers run side by side on
+the one GPU (``--gpu-memory-utilization 0.4`` each; the second starts once the first is up: vLLM
+0.30's memory profiler fails while another engine starts), one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``,
 one with ``VLLM_QDQ=0``, under vLLM's defaults (torch.compile, CUDA graphs). Checked per model:
 
 * ``/health`` answers and ``/v1/completions`` returns the asked number of tokens on both;
@@ -41,11 +42,18 @@ MODELS = {
 
 
 def build(kind: str, root: Path) -> Path:
+    """The tiny model ``kind`` under ``root``, built once (a ``.done`` marker says it is complete)."""
     from tiny_models import build_tiny_gptoss_mxfp4, build_tiny_llama
 
+    path = root / ("gptoss" if kind == "gptoss" else "llama")
+    if (path / ".done").exists():
+        return path
     if kind == "gptoss":
-        return build_tiny_gptoss_mxfp4(root / "gptoss", hidden=256, experts=4, layers=2)
-    return build_tiny_llama(root / "llama", hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)
+        build_tiny_gptoss_mxfp4(path, hidden=256, experts=4, layers=2)
+    else:
+        build_tiny_llama(path, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)
+    (path / ".done").write_text("")
+    return path
 
 
 def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path, *, trace: bool = True,
@@ -97,10 +105,15 @@ def check_model(name: str, root: Path, port: int) -> list[tuple[str, bool, str]]
     kind, extra, op, weight, fmt = MODELS[name]
     model = build(kind, root)
     logs = {k: root / f"serve-{name}-{k}.log" for k in ("qdq", "base")}
-    procs = {"qdq": start(model, port, extra, True, logs["qdq"]), "base": start(model, port + 1, extra, False, logs["base"])}
+    # one engine starting at a time: vLLM 0.30's memory profiler fails when another engine
+    # starts beside it, so the baseline starts once the QDQ server is up
+    procs = {"qdq": start(model, port, extra, True, logs["qdq"])}
     rows = []
     try:
-        up = {k: wait_healthy(port + (k == "base"), p) for k, p in procs.items()}
+        up = {"qdq": wait_healthy(port, procs["qdq"])}
+        if up["qdq"]:
+            procs["base"] = start(model, port + 1, extra, False, logs["base"])
+            up["base"] = wait_healthy(port + 1, procs["base"])
         rows.append((f"{name}: both servers healthy", all(up.values()), str(up)))
         if not all(up.values()):
             for k in procs:

@@ -5,7 +5,7 @@ What `docker compose --profile study up` does, for a host with vLLM 0.30.0 and n
 way to get a GPU example report when nothing can be downloaded): a tiny model is built on the
 spot (scripts/tiny_models.py; default: a gpt-oss with MXFP4 MoE weights in the checkpoint
 layout, served with the Marlin MoE backend, so the activation plugin turns its W4A16 MoE GEMMs
-into W4A4), two servers start on the one GPU (``--gpu-memory-utilization 0.4`` each, vLLM's
+into W4A4), two servers start on the one GPU, one after the other (``--gpu-memory-utilization 0.4`` each, vLLM's
 defaults: torch.compile and CUDA graphs), one with ``VLLM_QDQ=1`` (settings from the
 environment: ``VLLM_QDQ_CONFIG``, ...), one with ``VLLM_QDQ=0``, and ``vllm_qdq.study run``
 measures both (bench, lm-eval on the shipped local tasks, logprob divergence) and writes
@@ -48,11 +48,12 @@ def main() -> int:
     logs["qdq"].parent.mkdir(parents=True, exist_ok=True)
     max_len = max(1024, 2 * (args.input_len + args.output_len))
     t0 = time.monotonic()
-    procs = {k: start(model, ports[k], extra, k == "qdq", logs[k], trace=False, max_model_len=max_len,
-                      max_num_seqs=args.max_num_seqs, max_logprobs=20) for k in ports}
+    procs = {}
     try:
-        for k, proc in procs.items():
-            if not wait_healthy(ports[k], proc, timeout=900):
+        for k in ports:  # one after the other: vLLM's memory profiler fails beside a starting engine
+            procs[k] = start(model, ports[k], extra, k == "qdq", logs[k], trace=False, max_model_len=max_len,
+                             max_num_seqs=args.max_num_seqs, max_logprobs=20)
+            if not wait_healthy(ports[k], procs[k], timeout=900):
                 print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
                 return 1
         print(f"gpu_study: both servers healthy after {time.monotonic() - t0:.0f} s", flush=True)

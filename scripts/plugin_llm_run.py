@@ -1,20 +1,30 @@
-"""Run one vLLM ``LLM()`` configuration and print its prompt logprobs as one JSON line.
+"""Run vLLM ``LLM()`` configurations one after the other and print their prompt logprobs.
 
-    python scripts/plugin_llm_run.py '{"model": "/tmp/m", "llm": {"moe_backend": "marlin"}}'
+    python scripts/plugin_llm_run.py '{"model": "/tmp/m", "runs": [{"name": "eager", "llm": {...}}, ...]}'
 
-The JSON argument: ``model`` (path), ``llm`` (extra ``LLM(...)`` keyword arguments),
-``prompts`` (token-id lists; default: three fixed prompts). The environment (``VLLM_QDQ``, ...)
-is the caller's. Prints ``DRIVER_PID <pid>`` then ``RESULT {"logprobs": [[...], ...]}``: the
+The JSON argument: ``model`` (path), ``runs`` (a list of ``{"name", "llm"}``: extra ``LLM(...)``
+keyword arguments per run; the older single-run form ``{"llm": {...}}`` is one run named
+``run``), ``prompts`` (token-id lists; default: three fixed prompts). The environment
+(``VLLM_QDQ``, ...) is the caller's and the same for every run of the process (the plugin
+registers once per process: runs with QDQ on and off belong in different processes).
+
+Prints ``DRIVER_PID <pid>`` then, per run, ``RESULT <name> {"logprobs": [[...], ...]}``: the
 logprob of every prompt token after the first (a deterministic function of the weights and the
-numerics, independent of sampling). One configuration per process, so each run loads plugins,
-compiles and captures CUDA graphs afresh (or from the compile cache under ``VLLM_CACHE_ROOT``).
+numerics, independent of sampling).
+
+One engine on the GPU at a time: vLLM 0.30's memory profiler fails when another engine starts
+or frees memory while it profiles ("Error in memory profiling"), so each run's engine is shut
+down, and the GPU's used memory has settled, before the next one starts.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
 import os
-import sys
+import subprocess
+import time
 
 DEFAULT_PROMPTS = [
     [5, 17, 42, 99, 7, 123, 64, 200, 31, 8, 77, 150, 12, 250, 3, 90],
@@ -23,24 +33,82 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def main(spec: dict) -> dict:
+def gpu_used_mib() -> int | None:
+    """Used memory of GPU 0 in MiB from ``nvidia-smi`` (no CUDA context here), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                              "-i", "0"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        return int(out.stdout.strip().splitlines()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def wait_gpu_settled(timeout: float = 60.0, step: float = 1.0) -> None:
+    """Wait until the GPU's used memory stops changing (two equal readings in a row)."""
+    last = gpu_used_mib()
+    if last is None:
+        time.sleep(5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = gpu_used_mib()
+        if now is not None and abs(now - last) < 64:
+            return
+        last = now
+
+
+def shutdown(llm) -> None:
+    """Stop ``llm``'s engine processes now (not at garbage collection)."""
+    for fn in (getattr(llm, "shutdown", None), getattr(getattr(llm.llm_engine, "engine_core", None), "shutdown", None)):
+        if callable(fn):
+            fn()
+            break
+
+
+def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
     from vllm import LLM, SamplingParams
 
-    prompts = spec.get("prompts", DEFAULT_PROMPTS)
     # few CUDA graph sizes: a tiny model's start is dominated by capture otherwise
-    kwargs = {"max_model_len": 256, "seed": 0, "gpu_memory_utilization": float(os.environ.get("QDQ_TEST_GPU_UTIL", "0.5")), "max_num_seqs": 8,
-              "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8]}, **spec.get("llm", {})}
-    llm = LLM(model=spec["model"], **kwargs)
-    sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp)
-    result = []
-    for p, o in zip(prompts, outs, strict=True):
-        lp = [None if d is None else d[t].logprob for d, t in zip(o.prompt_logprobs, p, strict=True)]
-        result.append([x for x in lp if x is not None])
-    return {"logprobs": result}
+    kwargs = {"max_model_len": 256, "seed": 0, "max_num_seqs": 8,
+              "gpu_memory_utilization": float(os.environ.get("QDQ_TEST_GPU_UTIL", "0.5")),
+              "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8]}, **llm_kwargs}
+    t0 = time.monotonic()
+    llm = LLM(model=model, **kwargs)
+    start_s = time.monotonic() - t0
+    try:
+        sp = SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=0)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        result, tokens = [], []
+        for p, o in zip(prompts, outs, strict=True):
+            lp = [None if d is None else d[t].logprob for d, t in zip(o.prompt_logprobs, p, strict=True)]
+            result.append([x for x in lp if x is not None])
+            tokens.append(list(o.outputs[0].token_ids))
+    finally:
+        shutdown(llm)
+        del llm
+        gc.collect()
+    return {"logprobs": result, "generated": tokens, "start_s": round(start_s, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help='JSON: {"model": PATH, "runs": [{"name": ..., "llm": {...}}], "prompts": [[ids]]}')
+    args = ap.parse_args(argv)
+    spec = json.loads(args.spec)
+    runs = spec.get("runs") or [{"name": "run", "llm": spec.get("llm", {})}]
+    prompts = spec.get("prompts", DEFAULT_PROMPTS)
+    print("DRIVER_PID", os.getpid(), flush=True)
+    for i, r in enumerate(runs):
+        if i:
+            wait_gpu_settled()
+        res = run_one(spec["model"], r.get("llm", {}), prompts)
+        print(f"RESULT {r['name']} " + json.dumps(res), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    print("DRIVER_PID", os.getpid(), flush=True)
-    res = main(json.loads(sys.argv[1]))
-    print("RESULT " + json.dumps(res), flush=True)
+    raise SystemExit(main())

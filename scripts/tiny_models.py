@@ -56,10 +56,12 @@ def build_tiny_llama(
     heads: int = 2,
     kv_heads: int = 1,
     head_dim: int = 32,
+    layers: int = 2,
+    std: float = 0.1,
 ) -> Path:
-    """A 2-layer random LlamaForCausalLM (default: hidden 64, 2 heads / 1 KV head, head_dim 32,
-    MLP 128), bf16. GPU kernels with tile constraints (Marlin) want larger sizes, e.g.
-    ``hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64``."""
+    """A random LlamaForCausalLM (default: 2 layers, hidden 64, 2 heads / 1 KV head, head_dim 32,
+    MLP 128; matrices drawn from N(0, std)), bf16. GPU kernels with tile constraints (Marlin)
+    want larger sizes, e.g. ``hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -70,7 +72,7 @@ def build_tiny_llama(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=intermediate,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
@@ -86,7 +88,7 @@ def build_tiny_llama(
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim >= 2:
-                p.normal_(0.0, 0.1)
+                p.normal_(0.0, std)
     model.to(torch.bfloat16).save_pretrained(str(path))
     return path
 

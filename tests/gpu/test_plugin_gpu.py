@@ -7,12 +7,15 @@ Models are built on the spot (scripts/tiny_models.py):
 * a tiny random Llama quantized online to FP8 with ``linear_backend="marlin"`` ->
   ``marlin_gemm`` (FP8 weight-only Marlin) for every dense layer.
 
-Each configuration runs in its own process (scripts/plugin_llm_run.py). Checked, per model:
+One engine on the GPU at a time (vLLM 0.30's memory profiler fails beside another engine):
+QDQ off runs eager then compiled in one driver process, then QDQ on does the same in a second
+one (scripts/plugin_llm_run.py). Checked, per model:
 QDQ on changes the prompt logprobs vs off; the trace lines come from the engine process (not
 the driver); and with vLLM's defaults (torch.compile + CUDA graphs) QDQ changes the results as
 under ``enforce_eager`` (compiled-on matches eager-on as closely as compiled-off matches
-eager-off, and is far from compiled-off). Off and on share one ``VLLM_CACHE_ROOT``, so a compile
-artifact cached without QDQ being reused with it would show up as "on == off".
+eager-off, and is far from compiled-off). Off and on share one ``VLLM_CACHE_ROOT``: the QDQ-on
+compiled run must add a compile-cache directory of its own (an artifact cached without QDQ
+reused with it would also show up as "on == off").
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,21 +37,30 @@ pytestmark = pytest.mark.gpu
 TRACE = "[vllm_qdq trace]"
 
 
-def run(model: Path, llm: dict, *, qdq: bool, cache: Path, extra_env: dict | None = None) -> dict:
+def run(model: Path, runs: dict[str, dict], *, qdq: bool, cache: Path) -> dict[str, dict]:
+    """Run each ``LLM(**kwargs)`` of ``runs`` in turn in ONE driver process (one engine on the GPU
+    at a time, see scripts/plugin_llm_run.py); ``{name: {"logprobs", "trace", "driver"}}``."""
     env = dict(os.environ)
     env.update(VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache),
-               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.15"))
-    env.update(extra_env or {})
-    spec = json.dumps({"model": str(model), "llm": llm})
+               VLLM_WORKER_MULTIPROC_METHOD="spawn",
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
+    spec = json.dumps({"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]})
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), spec],
                        env=env, capture_output=True, text=True, timeout=900)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
-    res = json.loads(re.search(r"^RESULT (.*)$", out, re.M).group(1))
-    res["driver"] = int(re.search(r"DRIVER_PID (\d+)", out).group(1))
-    # engine-process lines carry vLLM's "(EngineCore pid=...)" prefix: keep from the marker on
-    res["trace"] = [ln[ln.index(TRACE):] for ln in out.splitlines() if TRACE in ln]
-    res["log"] = out
+    driver = int(re.search(r"DRIVER_PID (\d+)", out).group(1))
+    res = {}
+    # the trace of each run: the lines between its predecessor's RESULT line and its own
+    chunks = re.split(r"^RESULT (\S+) (.*)$", out, flags=re.M)
+    for i in range(1, len(chunks) - 1, 3):
+        name, payload, before = chunks[i], chunks[i + 1], chunks[i - 1]
+        res[name] = json.loads(payload)
+        res[name]["driver"] = driver
+        # engine-process lines carry vLLM's "(EngineCore pid=...)" prefix: keep from the marker on
+        res[name]["trace"] = [ln[ln.index(TRACE):] for ln in before.splitlines() if TRACE in ln]
+        res[name]["log"] = before
+    assert set(res) == set(runs), out[-6000:]
     return res
 
 
@@ -59,30 +70,40 @@ def diff(a: dict, b: dict) -> float:
                for x, y in zip(ra, rb, strict=True))
 
 
+def compile_dirs(cache: Path) -> set[str]:
+    """The compiled-artifact directories (one per compile-cache hash) under ``VLLM_CACHE_ROOT``."""
+    root = cache / "torch_compile_cache"
+    return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+
 def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> dict:
     cache = tmp / "cache"
-    # three engines side by side on the GPU (a small memory share each), then the compiled QDQ
-    # run alone, after the compiled QDQ-off run has filled the shared compile cache
-    with ThreadPoolExecutor(3) as pool:
-        jobs = [pool.submit(run, model, {**llm, "enforce_eager": True}, qdq=False, cache=cache),
-                pool.submit(run, model, {**llm, "enforce_eager": True}, qdq=True, cache=cache),
-                pool.submit(run, model, llm, qdq=False, cache=cache)]
-        off_e, on_e, off_c = (j.result() for j in jobs)
-    on_c = run(model, llm, qdq=True, cache=cache)
+    runs = {"eager": {**llm, "enforce_eager": True}, "compiled": llm}
+    # QDQ off first (eager, then compiled: fills the shared compile cache), then QDQ on in a
+    # second process: a compile artifact made without QDQ must not be reused with it
+    off = run(model, runs, qdq=False, cache=cache)
+    dirs_off = compile_dirs(cache)
+    on = run(model, runs, qdq=True, cache=cache)
+    dirs_new = compile_dirs(cache) - dirs_off
+    off_e, off_c, on_e, on_c = off["eager"], off["compiled"], on["eager"], on["compiled"]
     figures = {
         "eager: |on-off|": diff(on_e, off_e),
         "compiled: |on-off|": diff(on_c, off_c),
         "on: |compiled-eager|": diff(on_c, on_e),
         "off: |compiled-eager|": diff(off_c, off_e),
     }
-    print(f"\n{op}: " + ", ".join(f"{k} = {v:.4g}" for k, v in figures.items()))
-    # trace: wrapped calls, in the engine process, with the expected routing
+    print(f"\n{op}: " + ", ".join(f"{k} = {v:.4g}" for k, v in figures.items())
+          + f"; engine start s: off {off_e['start_s']}/{off_c['start_s']}, on {on_e['start_s']}/{on_c['start_s']}")
+    assert dirs_off, "the compiled QDQ-off run left no compile cache"
+    assert dirs_new, f"QDQ on reused the compile cache made without it ({sorted(dirs_off)})"
+    # trace: wrapped calls, in the engine process, with the expected routing, eager and compiled
     want = f"{op} "
-    lines = [ln for ln in on_e["trace"] if want in ln and f"weight={weight}" in ln and f"fmt={fmt}" in ln]
-    assert lines, "no trace line for " + want + "\n" + "\n".join(on_e["trace"][:20])
-    pids = {int(re.search(r"pid=(\d+)", ln).group(1)) for ln in lines}
-    assert pids - {on_e["driver"]}, "trace lines only from the driver process"
-    assert not off_e["trace"], "QDQ off must not wrap anything"
+    for name, r in (("eager", on_e), ("compiled", on_c)):
+        lines = [ln for ln in r["trace"] if want in ln and f"weight={weight}" in ln and f"fmt={fmt}" in ln]
+        assert lines, f"{name}: no trace line for {want}\n" + "\n".join(r["trace"][:20])
+        pids = {int(re.search(r"pid=(\d+)", ln).group(1)) for ln in lines}
+        assert pids - {r["driver"]}, f"{name}: trace lines only from the driver process"
+    assert not off_e["trace"] and not off_c["trace"], "QDQ off must not wrap anything"
     # QDQ changes results, eagerly and compiled
     assert figures["eager: |on-off|"] > 1e-3
     assert figures["compiled: |on-off|"] > 1e-3

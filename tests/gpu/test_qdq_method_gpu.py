@@ -1,15 +1,17 @@
 """The ``qdq`` method on CUDA (Triton QDQ when present), with torch.compile and CUDA graphs.
 
-Run on the GPU host: ``pytest -m gpu tests/gpu/test_qdq_method_gpu.py -q``. One engine per
-subprocess (tests/qdq_method_engine.py), bf16. Checks: generation works, QDQ changes the
-logprobs, and they track the CPU-reference QDQ of the transformers model (float32 forward) to
-within bf16 noise.
+Run on the GPU host: ``pytest -m gpu tests/gpu/test_qdq_method_gpu.py -q``. The engines of a
+test run one after the other in one driver process (scripts/plugin_llm_run.py: one engine on
+the GPU at a time), bf16. Checks: generation works, QDQ changes the logprobs, they track the
+CPU-reference QDQ of the transformers model (float32 forward) to within bf16 noise, and the
+compiled + CUDA-graph engine tracks the ``enforce_eager`` one as closely.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,49 +34,46 @@ def _mean(a, b):
     return sum(d) / len(d)
 
 
+def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dict]:
+    """Each run's ``LLM()`` in turn, one engine on the GPU at a time (scripts/plugin_llm_run.py)."""
+    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "cache"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
+    env.pop("VLLM_QDQ", None)
+    spec = {"model": str(model), "prompts": PROMPTS, "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), json.dumps(spec)],
+                       env=env, capture_output=True, text=True, timeout=900)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-6000:]
+    res = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^RESULT (\S+) (.*)$", out, re.M)}
+    assert set(res) == set(runs), out[-6000:]
+    return res
+
+
 @pytest.mark.parametrize("kind", ["llama", "moe"])
 def test_qdq_method_cuda(kind, tmp_path):
+    """vLLM's defaults (torch.compile + CUDA graphs) and eager, QDQ'd by the method, vs the
+    reference and vs the unquantized model."""
     from qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
     from tiny_models import build_tiny_llama, build_tiny_moe
 
     model = (build_tiny_llama if kind == "llama" else build_tiny_moe)(tmp_path / kind)
-    runs = [
-        {
-            "name": "qdq",
-            "model": str(model),
-            "quantization": "qdq",
-            "dtype": "bfloat16",
-            "enforce_eager": False,
-        },
-        {"name": "plain", "model": str(model), "dtype": "bfloat16", "enforce_eager": False},
-    ]
-    out = tmp_path / "out.json"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.15"))
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "qdq_method_engine.py"),
-            str(out),
-            json.dumps(runs),
-            json.dumps(PROMPTS),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.exists(), p.stderr[-4000:]
-    res = json.loads(out.read_text())
-    for r in runs:
-        assert "error" not in res.get(r["name"], {"error": "missing"}), (res, p.stderr[-4000:])
-    got = [r["prompt_logprobs"] for r in res["qdq"]["results"]]
-    plain = [r["prompt_logprobs"] for r in res["plain"]["results"]]
+    res = _engine_runs(model, {
+        "plain": {"dtype": "bfloat16"},
+        "qdq": {"quantization": "qdq", "dtype": "bfloat16"},
+        "qdq_eager": {"quantization": "qdq", "dtype": "bfloat16", "enforce_eager": True},
+    }, tmp_path)
+    got, eager, plain = (res[k]["logprobs"] for k in ("qdq", "qdq_eager", "plain"))
     m = load_fp32(str(model))
     apply_qdq(m, weight="mxfp4", act="mxfp4")
     ref = [prompt_logprobs(m, ids) for ids in PROMPTS]
-    d_ref, d_plain = _mean(got, ref), _mean(got, plain)
-    print(f"{kind}: mean|qdq-ref|={d_ref:.4f} mean|qdq-plain|={d_plain:.4f}")
+    d_ref, d_plain, d_eager = _mean(got, ref), _mean(got, plain), _mean(got, eager)
+    print(f"{kind}: mean|qdq-ref|={d_ref:.4f} mean|qdq-plain|={d_plain:.4f} "
+          f"mean|compiled-eager|={d_eager:.4f} (engine start s: "
+          + ", ".join(f"{k} {v['start_s']}" for k, v in res.items()) + ")")
     assert d_ref <= BF16_TOL
     assert d_plain > d_ref
-    assert all(len(r["generated"]) == 4 for r in res["qdq"]["results"])
+    # compiled + CUDA graphs QDQ as eager does: within the bf16 tolerance, and far closer to
+    # eager than to the unquantized model
+    assert d_eager <= BF16_TOL
+    assert d_eager < d_plain
+    assert all(len(g) == 4 for g in res["qdq"]["generated"])
