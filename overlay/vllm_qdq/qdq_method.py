@@ -33,7 +33,6 @@ the environment's.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections import defaultdict
@@ -254,25 +253,21 @@ def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None
 def qdq_act(x: torch.Tensor, spec: QuantSpec, name: str | None = None) -> torch.Tensor:
     """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is).
 
-    With ``VLLM_QDQ_STATS`` set, eager calls are recorded under ``name`` (the layer prefix).
+    ``name`` (the layer prefix): record this call in the per-layer statistics under that name.
+    Callers pass it only while ``VLLM_QDQ_STATS`` is set, a setting they resolved when the
+    layer's method was built: this function reads no setting, so it traces under
+    ``torch.compile`` (vLLM's default mode) with ``spec`` and ``name`` as constants.
     """
     if not spec.enabled or x.numel() == 0:
         return x
     from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq)
 
     y = torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
-    if name is not None and _stats_on():
+    if name is not None:
         from .stats import record_eager
 
         record_eager(name, spec.format, x, y, scale_rule=spec.scale_rule)
     return y
-
-
-@functools.lru_cache(maxsize=1)
-def _stats_on() -> bool:
-    from .config import load_config
-
-    return bool(load_config().stats_dir)
 
 
 # ----------------------------------------------------------------------------- vLLM glue
@@ -297,6 +292,9 @@ class QDQLinearMethod(UnquantizedLinearMethod):
         super().__init__()
         self.qconfig = qconfig
         self.plan = plan
+        # Plain attributes, resolved now: the traced forward reads no setting.
+        self._act: QuantSpec | None = plan.act if plan.act.enabled and not plan.skipped else None
+        self._stats_name: str | None = plan.prefix if qconfig.stats_dir else None
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, *args, **kw):
         super().create_weights(layer, input_size_per_partition, output_partition_sizes, *args, **kw)
@@ -310,8 +308,8 @@ class QDQLinearMethod(UnquantizedLinearMethod):
         super().process_weights_after_loading(layer)
 
     def apply(self, layer, x, bias=None):
-        if self.plan.act.enabled and not self.plan.skipped:
-            x = qdq_act(x, self.plan.act, self.plan.prefix)
+        if self._act is not None:
+            x = qdq_act(x, self._act, self._stats_name)
         return super().apply(layer, x, bias)
 
 
@@ -323,6 +321,8 @@ class QDQQuantConfig(QuantizationConfig):
         super().__init__()
         self.run = dict(run) if run else {}
         self.settings = settings_from_run(self.run)
+        #: ``VLLM_QDQ_STATS`` (validated by load_config), read here once: never in a forward.
+        self.stats_dir: str | None = load_config().stats_dir
         self.plans: dict[str, LayerPlan] = {}
         self.rule_hits: dict[str, int] = defaultdict(int)
         self._finalized = False
@@ -416,7 +416,7 @@ class QDQQuantConfig(QuantizationConfig):
             )
         ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
-        if _stats_on():
+        if self.stats_dir:
             from .stats import warn_if_compiled
 
             warn_if_compiled("qdq method")

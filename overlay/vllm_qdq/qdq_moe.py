@@ -36,6 +36,9 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
         super().__init__(moe)
         self.qconfig = qconfig
         self.plan = plan
+        # Plain attributes, resolved now: the traced forward reads no setting.
+        self._act = plan.act if plan.act.enabled and not plan.skipped else None
+        self._stats_name: str | None = plan.prefix if qconfig.stats_dir else None
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         from .qdq_method import qdq_weight
@@ -54,8 +57,8 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
     def _qdq_input(self, x: torch.Tensor) -> torch.Tensor:
         from .qdq_method import qdq_act
 
-        if self.plan.act.enabled and not self.plan.skipped:
-            return qdq_act(x, self.plan.act, self.plan.prefix)
+        if self._act is not None:
+            return qdq_act(x, self._act, self._stats_name)
         return x
 
     def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
