@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one RUN step of the Dockerfile (kept in a file so it can be read and linted):
 # snapshot the base -> apply patches/ -> check the series against the label -> install the overlay
-# (--no-deps; offline: only from docker/wheelhouse, no index) -> verify -> install the entrypoint.
+# (--no-deps; offline: only from docker/wheelhouse, no index) -> verify -> install the entrypoint ->
+# the GPU smoke suite under /opt/vllm-qdq/smoke (docker/smoke-files.txt) with pytest + pytest-xdist
+# (docker/smoke-requirements.txt; offline: from docker/wheelhouse).
 # Inputs (env from build args): BUILD_MODE online|offline, QDQ_OVERLAY_VERSION, QDQ_PATCH_SERIES.
 set -euo pipefail
 src=/tmp/vllm-qdq
@@ -32,6 +34,12 @@ if [ "$BUILD_MODE" = offline ]; then
 else
   "${pip[@]}" install --no-deps "$src/overlay"
 fi
+# pytest + pytest-xdist for the smoke suite (before verify: it checks versions and pip check after them too)
+if [ "$BUILD_MODE" = offline ]; then
+  "${pip[@]}" install --no-index --find-links "$src/docker/wheelhouse" -r "$src/docker/smoke-requirements.txt"
+else
+  "${pip[@]}" install -r "$src/docker/smoke-requirements.txt"
+fi
 
 "$PY" "$src/docker/check-image.py" verify "$dst/base-snapshot.json" > "$dst/build-info.json"
 cat "$dst/build-info.json"
@@ -39,5 +47,21 @@ cp -r "$src/patches" "$dst/patches"
 install -m 0755 "$src/scripts/apply-patches.sh" "$dst/apply-patches.sh"
 install -m 0644 "$src/docker/check-image.py" "$dst/check-image.py"  # pip-check for images built on this one
 install -m 0755 "$src/docker/entrypoint.sh" /usr/local/bin/vllm-qdq-entrypoint
+
+# The GPU smoke suite: a tree where `cd /opt/vllm-qdq/smoke && bash scripts/gpu-smoke.sh` works.
+smoke=$dst/smoke
+rm -rf "$smoke"
+while read -r f; do
+  case $f in ''|'#'*) continue ;; esac
+  if [ ! -e "$src/$f" ]; then
+    echo "install-overlay: $f (docker/smoke-files.txt) is not in the build context; let it in in .dockerignore" >&2
+    exit 1
+  fi
+  mkdir -p "$smoke/$(dirname "${f%/}")"
+  cp -r "$src/${f%/}" "$smoke/${f%/}"
+done < "$src/docker/smoke-files.txt"
+find "$smoke" -name __pycache__ -prune -exec rm -rf {} +
+"$PY" -c 'import pytest, xdist; print("install-overlay: smoke suite: pytest", pytest.__version__, "xdist", xdist.__version__)'
+log "smoke suite in $smoke: $(find "$smoke" -type f | wc -l) files"
 rm -rf "$src"
 log "done: vllm-qdq $QDQ_OVERLAY_VERSION, patches: $series"

@@ -4,8 +4,10 @@
 #   scripts/build.sh [--online | --offline] [--base IMAGE] [--tag TAG]
 #
 # --online   (default) pip may reach the package index (only for the overlay's build backend).
-# --offline  the overlay is built into a wheel on this host first (docker/wheelhouse/) and the image
-#            installs it with `pip install --no-index --find-links`: the build reaches no index.
+# --offline  the overlay is built into a wheel on this host first (docker/wheelhouse/), beside the
+#            wheels of the smoke suite's pytest + pytest-xdist and their dependencies (downloaded here,
+#            docker/smoke-requirements.txt pinned by scripts/constraints-cpu.txt), and the image installs
+#            them with `pip install --no-index --find-links`: the build reaches no index.
 # --base     BASE_IMAGE (default vllm/vllm-omni:v0.30.0; pin it as NAME@sha256:DIGEST for a
 #            reproducible build; CI passes the CPU stand-in from scripts/build-cpu-base.sh).
 # --tag      image tag (default vllm-qdq:<overlay version>).
@@ -52,17 +54,24 @@ if [ "$MODE" = offline ]; then
   "$PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation --no-index \
     -w docker/wheelhouse "$tmp/overlay" 2> >(grep -v "is ignored: it is neither a file" >&2)
   rm -rf "$tmp"
-  log "overlay wheel: $(basename docker/wheelhouse/*.whl)"
+  log "overlay wheel: $(basename docker/wheelhouse/vllm_qdq-*.whl)"
+  "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: -d docker/wheelhouse \
+    -c scripts/constraints-cpu.txt -r docker/smoke-requirements.txt 2> >(grep -v "is ignored: it is neither a file" >&2)
+  log "smoke suite wheels: $(cd docker/wheelhouse && ls -- *.whl | grep -v '^vllm_qdq-' | paste -sd ' ' -)"
 fi
 
-# Content key over exactly what .dockerignore lets into the context (wheels hashed by content too).
+# Content key over exactly what .dockerignore lets into the context (wheels hashed by content too),
+# the smoke suite's files (docker/smoke-files.txt) included.
+mapfile -t smoke_files < <(grep -Ev '^[[:space:]]*(#|$)' docker/smoke-files.txt)
 ctx_files=$( { find patches overlay docker/entrypoint.sh docker/install-overlay.sh docker/check-image.py \
+  docker/smoke-files.txt docker/smoke-requirements.txt "${smoke_files[@]%/}" \
   docker/wheelhouse scripts/apply-patches.sh Dockerfile .dockerignore -type f \
-  ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -path '*/build/*'; } | LC_ALL=C sort)
+  ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -path '*/build/*'; } | LC_ALL=C sort -u)
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE")
 if [ "$MODE" = offline ]; then
-  # the wheel embeds build timestamps; its source is already hashed, so leave the wheel bytes out
-  ctx_files=$(grep -v '\.whl$' <<<"$ctx_files")
+  # the overlay wheel embeds build timestamps; its source is already hashed, so leave its bytes out
+  # (the downloaded smoke-suite wheels are hashed like any file)
+  ctx_files=$(grep -v '^docker/wheelhouse/vllm_qdq-.*\.whl$' <<<"$ctx_files")
 fi
 key=$( { echo "$base_id $MODE $SERIES $VERSION"; while read -r f; do echo "$f $(sha256sum "$f" | cut -d' ' -f1)"; done <<<"$ctx_files"; } \
   | sha256sum | cut -c1-16)

@@ -8,6 +8,8 @@
 #     logging to $DOCKERD_LOG, unless `docker info` already answers;
 #   - waits (up to $DOCKER_WAIT_S seconds, default 120) until `docker info` answers, else exits non-zero.
 # Containers and builds must use host networking (`--network host`) since there is no bridge.
+# QDQ_DOCKER_ENGINE=external (e.g. a GPU CI runner with its own Docker and the NVIDIA Container Toolkit):
+# use the engine that answers as it is, install and start nothing; exit non-zero if none answers.
 set -euo pipefail
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd-vllm-qdq.log}
 DOCKER_WAIT_S=${DOCKER_WAIT_S:-120}
@@ -20,6 +22,12 @@ DRIVER=${DOCKER_STORAGE_DRIVER:-}
 case $DRIVER in
   ""|overlay2|vfs) ;;
   *) log "DOCKER_STORAGE_DRIVER=$DRIVER; accepted: overlay2, vfs (or unset: overlay2 where it works)"; exit 2 ;;
+esac
+
+case ${QDQ_DOCKER_ENGINE:-managed} in
+  managed) ;;
+  external) answers && exit 0; log "QDQ_DOCKER_ENGINE=external but \`docker info\` does not answer"; exit 1 ;;
+  *) log "QDQ_DOCKER_ENGINE=$QDQ_DOCKER_ENGINE; accepted: managed (default), external"; exit 2 ;;
 esac
 
 exec 9>"$LOCK"
