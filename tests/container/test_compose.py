@@ -172,6 +172,7 @@ _ResetLoader.add_constructor("!reset", lambda loader, node: None)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cpu_mode_only")  # the CPU stand-in image (tests/container/conftest.py)
 @pytest.mark.timeout(2400, func_only=True)  # the image builds in the fixtures have their own budget
 def test_cpu_study_up(compose: list[str], image: str, tmp_path: Path) -> None:
     """The CPU study on the real engine: `docker compose -f compose.yaml -f compose.cpu.yaml up`.
