@@ -240,7 +240,17 @@ def build_tiny_gptoss_mxfp4(
 
 _BUILDERS = {"llama": build_tiny_llama, "moe": build_tiny_moe, "gptoss-mxfp4": build_tiny_gptoss_mxfp4}
 
+def main(argv: list[str] | None = None) -> int:
+    """``tiny_models.py KIND OUT_DIR``: build one checkpoint, print its path."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kind", choices=list(_BUILDERS), help="which checkpoint")
+    ap.add_argument("out_dir", type=Path, help="directory to write (created)")
+    args = ap.parse_args(argv)
+    print(_BUILDERS[args.kind](args.out_dir))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in _BUILDERS:
-        sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(_BUILDERS)}}} OUT_DIR")
-    print(_BUILDERS[sys.argv[1]](sys.argv[2]))
+    sys.exit(main())

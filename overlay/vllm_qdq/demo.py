@@ -125,20 +125,66 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait(10)
 
 
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    from .study import wait_healthy
+#: Seconds between the progress lines printed while the servers start.
+HEARTBEAT_S = 15.0
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server {url} exited with {proc.returncode}; log {log}:\n"
-                               + log.read_text()[-3000:])
-        try:
-            wait_healthy(url, 2.0)
+
+def _last_line(log: Path, width: int = 110) -> str:
+    """The last non-empty line of ``log`` (shortened), or ``""``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    if not lines:
+        return ""
+    return lines[-1] if len(lines[-1]) <= width else lines[-1][:width - 3] + "..."
+
+
+def _healthy(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(servers: dict[str, tuple[str, subprocess.Popen, Path]], timeout: float,
+          heartbeat: float = HEARTBEAT_S) -> None:
+    """Wait until every server (``label -> (url, process, log)``) answers ``/health``.
+
+    Every ``heartbeat`` seconds prints one line per server still starting: elapsed time, its log
+    path and the log's last line. Raises ``RuntimeError`` with the log's tail when a server exits,
+    ``TimeoutError`` naming the log when ``timeout`` passes.
+    """
+    t0 = time.monotonic()
+    next_beat = t0 + heartbeat
+    pending = dict(servers)
+    while pending:
+        for label, (url, proc, log) in list(pending.items()):
+            if proc.poll() is not None:
+                raise RuntimeError(f"server {label} ({url}) exited with {proc.returncode}; log {log}, last lines:\n"
+                                   + log.read_text(errors="replace")[-3000:])
+            if _healthy(url):
+                print(f"demo: server {label} healthy after {time.monotonic() - t0:.0f} s ({url})", flush=True)
+                del pending[label]
+        if not pending:
             return
-        except TimeoutError:
-            continue
-    raise TimeoutError(f"server {url} not healthy after {timeout:.0f} s; log {log}")
+        now = time.monotonic()
+        if now - t0 > timeout:
+            label, (url, _, log) = next(iter(pending.items()))
+            raise TimeoutError(f"server {label} ({url}) not healthy after {timeout:.0f} s; log {log}, "
+                               f"last line: {_last_line(log)!r}")
+        if now >= next_beat:
+            next_beat = now + heartbeat
+            for label, (_, _, log) in pending.items():
+                print(f"demo: waiting for server {label}, {now - t0:.0f} s so far; log {log}: "
+                      f"{_last_line(log) or '(empty)'}", flush=True)
+        time.sleep(1.0)
 
 
 def run_study(out: Path, *, num_prompts: int = 16, input_len: int = 32, output_len: int = 16,
@@ -158,11 +204,14 @@ def run_study(out: Path, *, num_prompts: int = 16, input_len: int = 32, output_l
     procs: dict[str, subprocess.Popen] = {}
     t0 = time.monotonic()
     try:
+        logs = {label: out / "logs" / f"serve-{label}.log" for label in ("qdq", "baseline")}
         for i, label in enumerate(("qdq", "baseline")):
-            procs[label] = serve(model, ports[label], qdq=label == "qdq", log=out / "logs" / f"serve-{label}.log",
+            procs[label] = serve(model, ports[label], qdq=label == "qdq", log=logs[label],
                                  cpus=cpus[i], stats_dir=stats if label == "qdq" else None)
-        for label, proc in procs.items():
-            _wait(f"http://127.0.0.1:{ports[label]}", proc, out / "logs" / f"serve-{label}.log", timeout)
+        print(f"demo: starting 2 vLLM CPU servers (usually 1-3 min; a line every {HEARTBEAT_S:.0f} s): "
+              + ", ".join(f"{label} on :{ports[label]}, log {logs[label]}" for label in procs), flush=True)
+        _wait({label: (f"http://127.0.0.1:{ports[label]}", proc, logs[label]) for label, proc in procs.items()},
+              timeout)
         print(f"demo: both servers healthy after {time.monotonic() - t0:.0f} s "
               f"(QDQ via {'--quantization qdq' if QDQ_SERVER == 'method' else 'VLLM_QDQ=1'})", flush=True)
         args = ["run", "--qdq", f"http://127.0.0.1:{ports['qdq']}",

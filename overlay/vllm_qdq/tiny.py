@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["TINY_CONFIG", "build_tiny_llama"]
+__all__ = ["TINY_CONFIG", "build_tiny_llama", "main"]
 
 #: Architecture of the tiny model (LlamaConfig keyword arguments).
 TINY_CONFIG: dict = {
@@ -91,9 +91,24 @@ def build_tiny_llama(path: str | Path, *, seed: int = 0, dtype: str = "bfloat16"
     return path
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vllm_qdq.tiny OUTPUT_DIR [--seed N] [--dtype D]``: build, print the path."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vllm_qdq.tiny", description=__doc__.split("\n\n")[0])
+    ap.add_argument("output_dir", type=Path,
+                    help="model directory to write (created; left as is if it holds this tiny model already)")
+    ap.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="weight dtype (default bfloat16)")
+    args = ap.parse_args(argv)
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        ap.error(f"output_dir {str(args.output_dir)!r} exists and is not a directory")
+    print(build_tiny_llama(args.output_dir, seed=args.seed, dtype=args.dtype))
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m vllm_qdq.tiny OUTPUT_DIR")
-    print(build_tiny_llama(sys.argv[1]))
+    sys.exit(main())
