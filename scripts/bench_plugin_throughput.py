@@ -1,6 +1,6 @@
 """vLLM throughput with activation QDQ off vs on, measured interleaved on one GPU.
 
-    python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 3] [--target 0.97]
+    python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--target 0.97]
                                               [--out DIR] [--json FILE]
 
 Models (random weights, built once under ``--out``, scripts/tiny_models.py):
@@ -21,8 +21,9 @@ each in its own worker process, stay up side by side (``--gpu-memory-utilization
 the second starts only once the first is up, so vLLM's memory profiler never sees the other
 engine start). After one untimed warm-up per shape on each, ``--pairs`` rounds time one
 ``generate`` per shape on each engine, alternating which goes first (off-on, on-off, ...), with
-the other engine idle. The ratio per pair is ``t_off / t_on`` (= on/off throughput); a row
-reports the median ratio with min and max and the median tok/s of each engine. Exit 1 when a
+the other engine idle; each measurement repeats the shape's batch back to back until it lasts
+about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200). The ratio per
+pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and max and the median tok/s of each engine. Exit 1 when a
 row's median ratio is below ``--target``.
 """
 
@@ -90,17 +91,20 @@ def worker(model: str, llm_kwargs: dict) -> int:
         llm.generate(prompts[shape][:16], SamplingParams(max_tokens=min(o, 32), ignore_eos=True), use_tqdm=False)
     print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1)}), flush=True)
     for line in sys.stdin:
-        cmd = line.strip()
+        cmd, _, reps = line.strip().partition(" ")
         if cmd == "quit":
             break
         n, i, o = SHAPES[cmd]
         sp = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True)
         t = time.perf_counter()
-        outs = llm.generate(prompts[cmd], sp, use_tqdm=False)
+        gen = 0
+        for _ in range(int(reps or 1)):  # the batch, repeated back to back
+            outs = llm.generate(prompts[cmd], sp, use_tqdm=False)
+            gen += sum(len(x.outputs[0].token_ids) for x in outs)
         dt = time.perf_counter() - t
-        gen = sum(len(x.outputs[0].token_ids) for x in outs)
-        print("BENCH " + json.dumps({"shape": cmd, "seconds": dt, "generated": gen, "gen_tok_s": gen / dt,
-                                     "total_tok_s": (gen + n * i) / dt}), flush=True)
+        print("BENCH " + json.dumps({"shape": cmd, "reps": int(reps or 1), "seconds": dt, "generated": gen,
+                                     "gen_tok_s": gen / dt, "total_tok_s": (gen + int(reps or 1) * n * i) / dt}),
+              flush=True)
     return 0
 
 
@@ -129,9 +133,9 @@ class Engine:
         raise SystemExit(f"QDQ {self.name} engine exited (rc {self.proc.wait()}); log {self.log}:\n"
                          + self.log.read_text()[-4000:])
 
-    def run(self, shape: str) -> dict:
+    def run(self, shape: str, reps: int = 1) -> dict:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(shape + "\n")
+        self.proc.stdin.write(f"{shape} {reps}\n")
         self.proc.stdin.flush()
         return self._read("BENCH")
 
@@ -148,7 +152,7 @@ class Engine:
         self.err.close()
 
 
-def bench_model(name: str, root: Path, pairs: int) -> list[dict]:
+def bench_model(name: str, root: Path, pairs: int, min_seconds: float) -> list[dict]:
     model = build(name, root)
     desc, kwargs = MODELS[name]
     engines: dict[str, Engine] = {}
@@ -160,11 +164,17 @@ def bench_model(name: str, root: Path, pairs: int) -> list[dict]:
             print(f"{name}: QDQ {e.name} engine up in {e.ready['start_s']} s", flush=True)
         if "activation QDQ enabled" not in engines["on"].log.read_text():
             raise SystemExit(f"{name}: the QDQ-on engine's log has no 'activation QDQ enabled' line")
+        # repetitions per measurement: enough for >= min_seconds (a 1-s run's noise hides the effect)
+        reps = {}
+        for shape in SHAPES:
+            one = engines["off"].run(shape)["seconds"]
+            reps[shape] = max(1, -(-min_seconds // one))
+            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} per measurement", flush=True)
         raw: dict[str, list[dict]] = {s: [] for s in SHAPES}
         for p in range(pairs):
             order = ("off", "on") if p % 2 == 0 else ("on", "off")
             for shape in SHAPES:
-                got = {k: engines[k].run(shape) for k in order}
+                got = {k: engines[k].run(shape, int(reps[shape])) for k in order}
                 raw[shape].append({**{k: got[k] for k in ("off", "on")}, "first": order[0],
                                    "ratio": got["off"]["seconds"] / got["on"]["seconds"]})
                 print(f"{name} {shape} pair {p + 1} ({order[0]} first): off {got['off']['seconds']:.2f} s, "
@@ -173,7 +183,7 @@ def bench_model(name: str, root: Path, pairs: int) -> list[dict]:
             ratios = [r["ratio"] for r in raw[shape]]
             rows.append({
                 "model": name, "description": desc, "shape": shape, "prompts": n, "input_len": i, "output_len": o,
-                "pairs": pairs, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+                "pairs": pairs, "reps": int(reps[shape]), "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in raw[shape]),
                 "on_tok_s": statistics.median(r["on"]["total_tok_s"] for r in raw[shape]),
@@ -188,7 +198,9 @@ def bench_model(name: str, root: Path, pairs: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    ap.add_argument("--pairs", type=int, default=3, help="interleaved off/on pairs per shape (>= 3)")
+    ap.add_argument("--pairs", type=int, default=5, help="interleaved off/on pairs per shape (>= 3)")
+    ap.add_argument("--min-seconds", type=float, default=4.0,
+                    help="each measurement repeats the shape's batch until it lasts about this long")
     ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
-        rows += bench_model(name, args.out, args.pairs)
+        rows += bench_model(name, args.out, args.pairs, args.min_seconds)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"\n{'model':<8} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
