@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -307,6 +311,188 @@ def test_report_says_what_is_missing(tmp_path: Path) -> None:
     assert "| requests/s |" in text
     with pytest.raises(ValueError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+_QDQ_LOG = """\
+(APIServer pid=11) INFO 12-02 04:02:43 [api_utils.py:347]  \u2584\u2584 \u2584\u2588  version 0.30.0
+(APIServer pid=11) INFO 12-02 04:02:43 [api_utils.py:286] non-default args: {'model_tag': '/m', 'model': '/m', \
+'dtype': 'bfloat16', 'quantization': 'qdq', 'api_key': '***', 'max_num_seqs': 16}
+(APIServer pid=11) INFO 12-02 04:02:50 [plugin.py:65] vllm-qdq: activation QDQ enabled in pid 11: wrapped 14 op \
+wrappers of vllm._custom_ops (marlin_gemm, gptq_gemm); rebound 2 by-name imports; settings: linear=auto \
+moe=auto; digest ab12; compile-cache factors VLLM_QDQ
+(EngineCore pid=12) INFO 12-02 04:02:51 [plugin.py:65] vllm-qdq: activation QDQ enabled in pid 12: wrapped 14 op \
+wrappers of vllm._custom_ops (marlin_gemm, gptq_gemm); rebound 2 by-name imports; settings: linear=auto \
+moe=auto; digest ab12; compile-cache factors VLLM_QDQ
+(EngineCore pid=12) INFO 12-02 04:03:01 [qdq_method.py:418] vllm-qdq: qdq method w=mxfp4/floor a=nvfp4 layers=1 \
+(VLLM_QDQ_CONFIG)
+(EngineCore pid=12) INFO 12-02 04:03:01 [qdq_method.py:430] vllm-qdq: qdq w=mxfp4/floor a=nvfp4 -> 8 layer(s): \
+model.layers.*.mlp.down_proj
+"""
+
+
+def test_report_settings_floors_and_caveats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 item 5: settings, model and caveats head the report, from what the servers logged
+    and the study detected (nothing assumed); a latency ratio under the floor is n/a with the reason."""
+    _synthetic(tmp_path)
+    b = json.loads((tmp_path / "bench/baseline.json").read_text())
+    b.update(p50_itl_ms=0.011, duration=0.047, itls=[[1e-5, 2e-5, 1.4e-3], [1e-5, 1.2e-3]])
+    (tmp_path / "bench/baseline.json").write_text(json.dumps(b))
+    meta = {"model": "/m", "endpoints": {"baseline": "http://127.0.0.1:1", "qdq": "http://127.0.0.1:2"},
+            "model_provenance": {"random_weights": False, "source": "no marker"},
+            "steps": {"run": {"num_prompts": 16, "input_len": 32, "output_len": 16}}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    text = write_report(tmp_path).read_text()
+    head = text.split("## Accuracy")[0]
+    assert "## Settings, model and caveats" in head
+    # no logs: says so, guesses nothing
+    assert "QDQ (http://127.0.0.1:2): settings not recorded: no `logs/serve-qdq.log`" in head
+    assert "random weights" not in text  # not a random model: no such caveat
+    assert "16 requests of random prompts of about 32 tokens, each generating 16 tokens" in head
+    assert "512 input and 256 output tokens in all per server" in head
+    # the floor: ratio n/a, the reason, the share of sub-floor gaps; other rows keep their ratio
+    assert "| ITL p50 | 0.011 | 43.750 | n/a (under 0.5 ms) |" in text
+    assert "| TPOT p50 | 25.000 | 31.250 | 1.250 |" in text
+    assert "baseline 3 of 5 (60%)" in text and "parsed microseconds apart" in text
+    assert "The timed runs are short (0.047 s baseline, 5.000 s QDQ" in head
+    assert "Both servers and the benchmark client ran on this one machine" in head
+    assert "| qdq_tiny_mc | acc | 0.500 | 0.438 | -0.062 | 0.070 / 0.070 | 0.63 |" in text
+    # logs and a random model: what the servers ran heads the report
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/serve-qdq.log").write_text(_QDQ_LOG.replace("\\\n", ""))
+    (tmp_path / "logs/serve-baseline.log").write_text(
+        "(APIServer pid=9) INFO 12-02 04:02:44 [api_utils.py:286] non-default args: {'model': '/m', 'dtype': 'bfloat16'}\n")
+    meta["model_provenance"] = study.model_provenance(str(_tiny_marker_dir(tmp_path / "tiny")))
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    head = write_report(tmp_path).read_text().split("## Accuracy")[0]
+    assert "vLLM 0.30.0; arguments `model='/m', dtype='bfloat16', quantization='qdq', api_key='***'" in head
+    assert "  - `qdq method w=mxfp4/floor a=nvfp4 layers=1 (VLLM_QDQ_CONFIG)`" in head
+    assert "  - `qdq w=mxfp4/floor a=nvfp4 -> 8 layer(s): model.layers.*.mlp.down_proj`" in head
+    assert head.count("activation QDQ enabled (14 op wrappers wrapped); settings: linear=auto moe=auto") == 1
+    assert "baseline (http://127.0.0.1:1): vLLM (version not logged); arguments `model='/m', dtype='bfloat16'`; " \
+           "no vllm-qdq line (QDQ off)." in head
+    assert "**random weights** (built by vllm_qdq.tiny: 2 layers, hidden 128)" in head
+    assert "**The model has random weights**" in head and "chance level" in head
+
+
+def _tiny_marker_dir(d: Path) -> Path:
+    d.mkdir()
+    (d / study.TINY_MARKER).write_text(json.dumps({"config": {"num_hidden_layers": 2, "hidden_size": 128}}))
+    return d
+
+
+def test_model_provenance(tmp_path: Path) -> None:
+    assert study.model_provenance(str(_tiny_marker_dir(tmp_path / "t")))["random_weights"] is True
+    assert study.model_provenance(str(tmp_path))["random_weights"] is False
+    assert study.model_provenance("Qwen/Qwen2.5-7B-Instruct")["random_weights"] is None
+
+
+# ----------------------------------------------------------------------------- API key
+
+
+KEY = "study-test-key-5c1e"
+
+
+class _KeyServer(BaseHTTPRequestHandler):
+    """A small OpenAI-style completions server that requires ``Authorization: Bearer KEY`` on /v1
+    (401 otherwise, like vLLM's --api-key) and answers what the study's clients ask: /v1/models,
+    streamed completions (vllm bench serve), echo + logprobs (lm-eval log-likelihood, the logprob
+    divergence) and plain generations (lm-eval generate_until). Records (path, authorized) per request."""
+
+    seen: ClassVar[list[tuple[str, bool]]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        ok = self.headers.get("Authorization") == f"Bearer {KEY}"
+        self.seen.append((self.path, ok))
+        if not ok:
+            self._send(401, b'{"error": "Unauthorized"}')
+        return ok
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/v1/"):  # vLLM guards /v1 only: /health, /metrics stay open
+            return self._send(200 if self.path == "/health" else 404, b"")
+        if self._authorized():
+            self._send(200, json.dumps({"data": [{"id": "m", "root": "m", "max_model_len": 1024}]}).encode())
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self.path.startswith("/v1/"):  # e.g. the bench's /tokenize probe: not offered here
+            return self._send(404, b"")
+        if not self._authorized():
+            return
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        n = body.get("max_tokens") or 1
+        if body.get("stream"):
+            events = [{"choices": [{"index": 0, "text": "a"}]} for _ in range(n)]
+            events.append({"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": n}})
+            data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return self._send(200, data.encode(), "text/event-stream")
+        choices = []
+        for i, prompt in enumerate(prompts):
+            if body.get("echo"):  # one "token" a byte, plus the generated one; every list long enough
+                toks = [f"token_id:{b}" for b in str(prompt).encode()] + ["token_id:97"]
+                lps = [None] + [-1.0] * (len(toks) - 1)
+                tops = [None] + [{t: -1.0, "token_id:98": -2.0} for t in toks[1:]]
+                lp = {"tokens": toks, "token_logprobs": lps, "top_logprobs": tops}
+                choices.append({"index": i, "text": "a", "logprobs": lp})
+            else:
+                choices.append({"index": i, "text": " 14"})
+        self._send(200, json.dumps({"choices": choices}).encode())
+
+
+@pytest.fixture()
+def key_server() -> Iterator[str]:
+    _KeyServer.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _KeyServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.slow  # about a minute: one `vllm bench serve` and one lm-eval run (no engine)
+def test_study_clients_send_the_api_key(key_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With VLLM_API_KEY set, every request of the study (GET /v1/models, the logprob requests,
+    `vllm bench serve`, lm-eval) carries `Authorization: Bearer <key>`; without it the first /v1
+    request fails naming VLLM_API_KEY; the key is written to no result file."""
+    from vllm_qdq.tiny import build_tiny_llama
+
+    model = str(build_tiny_llama(tmp_path / "model"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv(study.API_KEY_ENV, raising=False)
+    base = ["--qdq", key_server, "--baseline", key_server, "--model", model]
+    with pytest.raises(RuntimeError, match=r"HTTP 401 .*set VLLM_API_KEY"):
+        study.main(["logprobs", *base, "--out", str(tmp_path / "nokey")])
+    monkeypatch.setenv(study.API_KEY_ENV, KEY)
+    out = tmp_path / "out"
+    counts = {}
+    for step, run in (
+        ("logprobs", lambda: study.main(["logprobs", *base, "--out", str(out)])),  # + GET /v1/models
+        ("bench", lambda: study.run_bench(key_server, "qdq", model, out, num_prompts=2, input_len=8, output_len=4)),
+        ("eval", lambda: study.run_eval(key_server, "qdq", model, out, limit=1)),
+    ):
+        _KeyServer.seen = []
+        run()
+        assert _KeyServer.seen and all(ok for _, ok in _KeyServer.seen), (step, _KeyServer.seen)
+        counts[step] = sum(p == "/v1/completions" for p, _ in _KeyServer.seen)
+    assert "OPENAI_API_KEY" not in os.environ  # set for the clients only while they ran
+    assert counts["logprobs"] == 2 * len(study.PROMPTS_FILE.read_text().splitlines())
+    assert counts["bench"] >= 2 and counts["eval"] >= 2, counts
+    assert json.loads((out / "bench" / "qdq.json").read_text())["completed"] == 2
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["api_key_sent"] is True and meta["served"]["qdq"]["models"][0]["root"] == "m"
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text(errors="replace"), f
 
 
 # ----------------------------------------------------------------------------- the real thing

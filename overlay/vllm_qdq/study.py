@@ -4,7 +4,9 @@ Runs against any two OpenAI-compatible endpoints (``--qdq URL --baseline URL``, 
 without ``/v1``) and writes everything under ``--out DIR``::
 
     DIR/meta.json                       endpoints, model, sizes, versions
-    DIR/bench/{qdq,baseline}.json       ``vllm bench serve --save-result`` output, unchanged
+    DIR/bench/{qdq,baseline}.json       ``vllm bench serve --save-result --save-detailed`` output
+                                        (plus ``study_num_warmups``)
+    DIR/logs/serve-{qdq,baseline}.log   the servers' logs, where the demo and compose write them
     DIR/eval/{qdq,baseline}.json        lm-eval-harness ``local-completions`` results per task
     DIR/logprobs/divergence.json        per-position KL and top-1 agreement (see below)
     DIR/stats/**/qdq-stats-*.jsonl      per-layer QDQ error statistics (``VLLM_QDQ_STATS``)
@@ -19,6 +21,15 @@ Accuracy tasks: ``--tasks local`` (default) runs the two tasks shipped in
 ``qdq_tiny_gen``: greedy exact match), which need no download; any other value is a
 comma-separated list of lm-eval task names (e.g. ``gsm8k,mmlu_abstract_algebra``), read from
 the Hugging Face cache (``HF_HOME``) or downloaded when the host allows.
+
+API key: when ``VLLM_API_KEY`` is set and not empty (the variable ``vllm serve`` reads for its
+own key), every request of the study sends ``Authorization: Bearer <key>``: the logprob and
+``/v1/models`` requests directly, ``vllm bench serve`` and lm-eval through the
+``OPENAI_API_KEY`` they read (set for them only). The key is never written to a result file.
+
+``meta.json`` also records what each server says it serves (``GET /v1/models``: id, root,
+max_model_len) and the model's provenance: a model directory built by :mod:`vllm_qdq.tiny`
+(marker file :data:`TINY_MARKER`) has random weights, which the report states.
 
 Logprob divergence: each prompt of the fixed set (``study_tasks/logprob_prompts.jsonl``) is
 sent once to each endpoint with ``echo``, ``max_tokens=1`` and ``logprobs=k``, so both score
@@ -38,6 +49,7 @@ likely next tokens (by id). Per position, with ``P`` the baseline and ``Q`` the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,13 +58,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "API_KEY_ENV",
     "ENDPOINTS",
     "LOCAL_TASKS",
     "TASKS_DIR",
+    "TINY_MARKER",
+    "api_key",
     "main",
+    "model_provenance",
     "position_divergence",
     "run_bench",
     "run_eval",
@@ -68,20 +85,97 @@ TASKS_DIR = Path(__file__).resolve().parent / "study_tasks"
 LOCAL_TASKS: tuple[str, ...] = ("qdq_tiny_mc", "qdq_tiny_gen")
 PROMPTS_FILE = TASKS_DIR / "logprob_prompts.jsonl"
 PERCENTILES = (50, 90, 99)
+#: The variable holding the servers' API key (``vllm serve`` reads the same one).
+API_KEY_ENV = "VLLM_API_KEY"
+#: The file :func:`vllm_qdq.tiny.build_tiny_llama` writes into the model directory it builds.
+TINY_MARKER = ".tiny-llama.json"
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
+def api_key() -> str | None:
+    """The servers' API key from ``VLLM_API_KEY``; ``None`` when unset or empty (no key)."""
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def _headers(json_body: bool = False) -> dict[str, str]:
+    h = {"Content-Type": "application/json"} if json_body else {}
+    if key := api_key():
+        h["Authorization"] = f"Bearer {key}"
+    return h
+
+
+def _http_error(method: str, url: str, e: urllib.error.HTTPError) -> RuntimeError:
+    hint = ""
+    if e.code == 401:
+        hint = (f" (the server wants an API key: set {API_KEY_ENV} to the servers' key)" if not api_key()
+                else f" (the server refused the key in {API_KEY_ENV})")
+    return RuntimeError(f"{method} {url} -> HTTP {e.code}{hint}: {e.read()[:500]!r}")
+
+
 def _post(url: str, body: dict, timeout: float = 120.0) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(json_body=True))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
-        raise RuntimeError(f"POST {url} -> HTTP {e.code}: {e.read()[:500]!r}") from None
+        raise _http_error("POST", url, e) from None
+
+
+def _get(url: str, timeout: float = 30.0) -> dict:
+    req = urllib.request.Request(url, headers=_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise _http_error("GET", url, e) from None
+
+
+@contextlib.contextmanager
+def _client_key_env() -> Iterator[dict[str, str]]:
+    """``OPENAI_API_KEY`` = the servers' key while the block runs (what ``vllm bench serve`` and lm-eval's
+    ``local-completions`` send as ``Authorization: Bearer``); yields the environment for a subprocess.
+    Without a key nothing changes."""
+    key = api_key()
+    if key is None:
+        yield dict(os.environ)
+        return
+    old = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = key
+    try:
+        yield dict(os.environ)
+    finally:
+        if old is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = old
+
+
+def model_provenance(model: str) -> dict:
+    """What the study can tell about ``model`` from where it runs: ``random_weights`` is True for a
+    directory built by :mod:`vllm_qdq.tiny` (its marker :data:`TINY_MARKER`), False for a directory
+    without it, None when ``model`` is not a directory here (a hub id: unknown)."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"random_weights": None, "source": f"{model!r} is not a directory here"}
+    marker = path / TINY_MARKER
+    if marker.is_file():
+        try:
+            built = json.loads(marker.read_text())
+        except (OSError, ValueError) as e:
+            built = {"unreadable": f"{e.__class__.__name__}: {e}"}
+        return {"random_weights": True, "source": f"{marker} (written by vllm_qdq.tiny)", "tiny": built}
+    return {"random_weights": False, "source": f"no {TINY_MARKER} in {path}"}
+
+
+def served_models(url: str) -> dict:
+    """``GET url/v1/models``, condensed to id / root / max_model_len per model (or the error)."""
+    try:
+        data = _get(f"{url}/v1/models")
+        return {"models": [{k: m.get(k) for k in ("id", "root", "max_model_len")} for m in data.get("data", [])]}
+    except (RuntimeError, urllib.error.URLError, OSError, ValueError) as e:
+        return {"error": f"{e.__class__.__name__}: {e}"}
 
 
 def wait_healthy(url: str, timeout: float = 600.0) -> None:
@@ -145,11 +239,13 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
         "--metric-percentiles", ",".join(map(str, PERCENTILES)),
         "--save-result", "--result-dir", str(result_dir), "--result-filename", f"{label}.json",
         "--label", label, "--disable-tqdm", "--num-warmups", str(num_warmups),
+        "--save-detailed",  # per-request TTFTs and inter-token gaps: the report checks the latency floor
     ]
     if max_concurrency:
         cmd += ["--max-concurrency", str(max_concurrency)]
     print(f"study: bench {label}: {' '.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with _client_key_env() as env:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (result_dir / f"{label}.log").write_text(proc.stdout + proc.stderr)
     path = result_dir / f"{label}.json"
     if proc.returncode != 0 or not path.is_file():
@@ -197,16 +293,17 @@ def run_eval(url: str, label: str, model: str, out: Path, *, tasks: str = "local
     }
     print(f"study: eval {label}: tasks={names} limit={limit} url={url}", flush=True)
     t0 = time.monotonic()
-    res = lm_eval.simple_evaluate(
-        model="local-completions",
-        model_args=model_args,
-        tasks=names,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=TaskManager(include_path=str(TASKS_DIR)),
-        log_samples=False,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
-    )
+    with _client_key_env():  # local-completions sends OPENAI_API_KEY (a model arg would be logged)
+        res = lm_eval.simple_evaluate(
+            model="local-completions",
+            model_args=model_args,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=TaskManager(include_path=str(TASKS_DIR)),
+            log_samples=False,
+            random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+        )
     if res is None:
         raise RuntimeError(f"lm-eval returned no results for {label} ({url})")
     condensed: dict[str, dict] = {}
@@ -387,6 +484,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--stats", type=Path, default=None,
                    help="VLLM_QDQ_STATS directory of the QDQ server (default: DIR/stats)")
+    p.add_argument("--logs", type=Path, default=None,
+                   help="directory of the servers' logs serve-baseline.log / serve-qdq.log, read for the "
+                        "settings they ran (default: DIR/logs)")
     return ap
 
 
@@ -402,7 +502,9 @@ def _meta(args: argparse.Namespace, eps: dict[str, str]) -> None:
     from . import __version__
 
     meta.update(model=args.model, tokenizer=args.tokenizer or args.model, endpoints=eps,
-                vllm=vllm_version, vllm_qdq=__version__)
+                vllm=vllm_version, vllm_qdq=__version__, model_provenance=model_provenance(args.model),
+                served={label: served_models(url) for label, url in eps.items()},
+                api_key_sent=api_key() is not None)
     meta.setdefault("steps", {})[args.cmd] = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cmd"
     }
@@ -414,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "report":
         from .study_report import write_report
 
-        path = write_report(args.dir, stats_dir=args.stats)
+        path = write_report(args.dir, stats_dir=args.stats, logs_dir=args.logs)
         print(f"study: report written to {path}")
         return 0
     eps = _endpoints(args)

@@ -3,11 +3,19 @@
 Sections, each from its own result files; a section whose files are missing says so in the
 report (it is never dropped silently):
 
+* Settings, model and caveats (first): what each server ran, from its start-up log
+  ``logs/serve-{baseline,qdq}.log`` beside the results (vLLM's ``non-default args`` line and
+  every ``vllm-qdq:`` start-up line: the qdq method's formats and layer plan, the activation
+  plugin's settings), what it serves (``GET /v1/models``, in ``meta.json``), whether the model
+  has random weights (``meta.json``'s ``model_provenance``, detected by the study), the workload,
+  and the caveats the figures below need. Nothing is assumed: a missing log says so.
 * Accuracy: every task and metric of ``eval/{baseline,qdq}.json``, delta = QDQ - baseline,
-  with lm-eval's standard errors; plot ``plots/accuracy.png``.
+  with lm-eval's standard errors and ``|delta| / sigma`` (``sigma`` the two standard errors
+  combined; under 2 the delta is within sampling noise); plot ``plots/accuracy.png``.
 * Throughput and latency: from ``bench/{baseline,qdq}.json`` (``vllm bench serve``): request
   and token throughput, TTFT / TPOT / ITL / E2EL at p50 / p90 / p99 (ms), QDQ / baseline
-  ratios; plots ``plots/throughput.png`` and ``plots/latency.png``.
+  ratios; a ratio where either figure is under :data:`LATENCY_FLOOR_MS` is ``n/a`` with the
+  reason (see there); plots ``plots/throughput.png`` and ``plots/latency.png``.
 * Logprob divergence: ``logprobs/divergence.json``: KL (top-k approximation) and top-1
   agreement; plot ``plots/kl.png``.
 * Per-layer numerics: ``qdq-stats-*.jsonl`` files under the stats directory (default
@@ -18,11 +26,14 @@ report (it is never dropped silently):
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
+import re
 from pathlib import Path
 
-__all__ = ["load_results", "write_report"]
+__all__ = ["LATENCY_FLOOR_MS", "SHORT_RUN_S", "load_results", "server_settings", "write_report"]
 
 LABELS = ("baseline", "qdq")
 LAT_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -33,6 +44,15 @@ THROUGHPUT_KEYS = (
     ("total_token_throughput", "total tokens/s"),
 )
 COLORS = {"baseline": "#4C72B0", "qdq": "#DD8452"}
+NAMES = {"baseline": "baseline", "qdq": "QDQ"}
+#: A latency figure (ms) under this is not server time, and a ratio of it is shown as n/a.
+#: ``vllm bench serve`` timestamps each streamed message when it parses it; messages that reach
+#: it in one network read (a server that falls behind flushes several tokens at once) are
+#: parsed microseconds apart, so a percentile that lands on those gaps measures the client.
+#: A vLLM decode step plus its streamed response take longer than 0.5 ms.
+LATENCY_FLOOR_MS = 0.5
+#: A timed run shorter than this (s) gets a caveat: its figures move from run to run.
+SHORT_RUN_S = 1.0
 
 
 def _load(path: Path) -> dict | None:
@@ -75,6 +95,176 @@ def _plt():
     return plt
 
 
+# ----------------------------------------------------------------------------- settings
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ACT_LINE = re.compile(r"activation QDQ enabled in pid \d+: wrapped (\d+) op wrappers.*?settings: (.*?); digest (\S+)")
+#: At most this many distinct ``vllm-qdq:`` lines of one log go into the report.
+QDQ_LINES_MAX = 16
+
+
+def server_settings(log: Path) -> dict:
+    """What one server ran, read from its start-up log ``log``.
+
+    Returns ``{"log": str, "found": bool, "version": str | None, "args": dict | str | None,
+    "qdq": [str, ...]}``: the vLLM version of its banner, its ``non-default args`` line (a dict,
+    or the raw text when it is not a literal), and its distinct ``vllm-qdq:`` lines (the prefix,
+    process ids and the activation plugin's op list left out), in order. ``found`` is False when
+    the file does not exist; nothing is guessed then.
+    """
+    out: dict = {"log": str(log), "found": log.is_file(), "version": None, "args": None, "qdq": []}
+    if not out["found"]:
+        return out
+    seen: set[str] = set()
+    for raw in log.read_text(errors="replace").splitlines():
+        line = _ANSI.sub("", raw)
+        if out["version"] is None and (m := re.search(r"\bversion (\d+\.\d+\S*)", line)) and "api_utils" in line:
+            out["version"] = m.group(1)
+        if out["args"] is None and "non-default args: " in line:
+            text = line.split("non-default args: ", 1)[1].strip()
+            try:
+                out["args"] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                out["args"] = text
+        if "vllm-qdq: " in line:
+            msg = line.split("vllm-qdq: ", 1)[1].strip()
+            if m := _ACT_LINE.search(msg):
+                msg = f"activation QDQ enabled ({m.group(1)} op wrappers wrapped); settings: {m.group(2)}; digest {m.group(3)}"
+            msg = re.sub(r"\bpid \d+", "pid N", msg)
+            if msg not in seen and len(seen) < QDQ_LINES_MAX:
+                seen.add(msg)
+                out["qdq"].append(msg)
+    return out
+
+
+def _redact(text: str) -> str:
+    key = os.environ.get("VLLM_API_KEY")
+    return text.replace(key, "***") if key else text
+
+
+def _args_text(args: dict | str | None) -> str:
+    if args is None:
+        return "no `non-default args` line"
+    if isinstance(args, str):
+        return f"`{_redact(args)}`"
+    return "`" + _redact(", ".join(f"{k}={v!r}" for k, v in args.items() if k != "model_tag")) + "`"
+
+
+def _step_args(meta: dict) -> dict:
+    """The bench arguments the study ran with (``run`` or ``bench`` step of meta.json)."""
+    steps = meta.get("steps", {})
+    return steps.get("bench") or steps.get("run") or {}
+
+
+def _workload(res: dict) -> str:
+    b, q = res["bench"]["baseline"], res["bench"]["qdq"]
+    meta = res["meta"]
+    parts = []
+    if b and q:
+        a = _step_args(meta)
+        n = b.get("num_prompts")
+        in_len = a.get("input_len") or (round(b["total_input_tokens"] / n) if n and b.get("total_input_tokens") else None)
+        out_len = a.get("output_len") or (round(b["total_output_tokens"] / n) if n and b.get("total_output_tokens") else None)
+        conc = b.get("max_concurrency") or a.get("max_concurrency")
+        parts.append(
+            f"bench (`vllm bench serve`, the same on each server): {n} requests of random prompts of about "
+            f"{in_len} tokens, each generating {out_len} tokens (EOS ignored); "
+            f"{b.get('total_input_tokens')} input and {b.get('total_output_tokens')} output tokens in all per "
+            f"server; request rate {b.get('request_rate')}, "
+            + (f"at most {conc} at once" if conc else "all requests in flight at once")
+            + "; baseline measured first, then QDQ")
+    ev = res["eval"]["baseline"] or res["eval"]["qdq"]
+    if ev:
+        parts.append(f"accuracy (lm-eval `local-completions`): tasks {', '.join(ev.get('tasks') or ['(not recorded)'])}, "
+                     f"limit {ev.get('limit') or 'none'}")
+    lp = res["logprobs"]
+    if lp:
+        s = lp["summary"]
+        parts.append(f"logprobs: {s['prompts']} prompts scored teacher-forced, top-{lp['k']}")
+    return "; ".join(parts) + "." if parts else "no results."
+
+
+def _caveats(res: dict) -> list[str]:
+    meta, bn = res["meta"], res["bench"]
+    out = []
+    prov = meta.get("model_provenance") or {}
+    if prov.get("random_weights"):
+        out.append("**The model has random weights** (" + prov.get("source", "?") + "): its answers are noise, "
+                   "so accuracy is chance level on both servers and the accuracy deltas say nothing about the "
+                   "format. KL, top-1 agreement and the per-layer figures still measure what QDQ does to this "
+                   "model's numbers; speed figures show the pipeline, not a production model's cost.")
+    b, q = bn["baseline"], bn["qdq"]
+    if b and q:
+        under = [f"{m.upper()} p{p}" for m in LAT_METRICS for p in PCTS
+                 if any((x.get(f"p{p}_{m}_ms") is not None and x[f"p{p}_{m}_ms"] < LATENCY_FLOOR_MS) for x in (b, q))]
+        if under:
+            out.append(f"Latency figures under {LATENCY_FLOOR_MS:g} ms measure the benchmark client, not a server "
+                       f"({', '.join(under)}): their ratios are n/a (why: under the latency table).")
+        durs = [x.get("duration") for x in (b, q)]
+        if any(d is not None and d < SHORT_RUN_S for d in durs):
+            out.append(f"The timed runs are short ({_fmt(durs[0])} s baseline, {_fmt(durs[1])} s QDQ, under "
+                       f"{SHORT_RUN_S:g} s): a few milliseconds of scheduling noise move their figures by "
+                       "percents; more prompts (`--num-prompts`, STUDY_NUM_PROMPTS) steady them.")
+        eps = meta.get("endpoints", {})
+        hosts = {str(u).split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0] for u in eps.values()}
+        if len(eps) == 2 and len(hosts) == 1 and hosts & {"127.0.0.1", "localhost", "::1"}:
+            out.append("Both servers and the benchmark client ran on this one machine: the idle server and "
+                       "the client share its CPUs with the server measured.")
+    return out
+
+
+def _settings(res: dict, logs: Path) -> str:
+    meta = res["meta"]
+    eps = meta.get("endpoints", {})
+    lines = []
+    prov = meta.get("model_provenance") or {}
+    model = f"**Model** `{meta.get('model', '?')}`"
+    if prov.get("random_weights"):
+        tiny = (prov.get("tiny") or {}).get("config", {})
+        arch = (f": {tiny.get('num_hidden_layers')} layers, hidden {tiny.get('hidden_size')}"
+                if tiny else "")
+        model += f", **random weights** (built by vllm_qdq.tiny{arch})"
+    elif prov.get("random_weights") is None and prov:
+        model += " (provenance not checked: not a directory where the study ran)"
+    served = meta.get("served") or {}
+    if served:
+        desc = {}
+        for lb in LABELS:
+            sv = served.get(lb) or {}
+            if "error" in sv:
+                desc[lb] = f"not answered ({sv['error'][:200]})"
+            else:
+                desc[lb] = ", ".join(f"`{m.get('id')}` (root `{m.get('root')}`, max_model_len {m.get('max_model_len')})"
+                                     for m in sv.get("models", [])) or "no model"
+        model += "; served (GET /v1/models): " + "; ".join(f"{NAMES[lb]} {desc[lb]}" for lb in LABELS)
+        roots = [tuple(m.get("root") for m in (served.get(lb) or {}).get("models", [])) for lb in LABELS]
+        if all(roots) and roots[0] != roots[1]:
+            model += " — **the two servers serve different models**"
+    lines += [model + ".", ""]
+    lines += [f"**Servers**, as their start-up logs (`{logs.name}/serve-<label>.log`) record them"
+              + ("; requests carried an API key (VLLM_API_KEY)" if meta.get("api_key_sent") else "") + ":", ""]
+    for lb in LABELS:
+        st = server_settings(logs / f"serve-{lb}.log")
+        head = f"- {NAMES[lb]} ({eps.get(lb, 'endpoint not recorded')}): "
+        if not st["found"]:
+            lines.append(head + f"settings not recorded: no `{logs.name}/serve-{lb}.log` beside the results "
+                         "(the demo and the compose files write it; for servers started otherwise, copy each "
+                         "server's log there and run `report` again).")
+            continue
+        head += f"vLLM {st['version'] or '(version not logged)'}; arguments {_args_text(st['args'])}; "
+        if st["qdq"]:
+            lines.append(head + "vllm-qdq:")
+            lines += [f"  - `{_redact(m)}`" for m in st["qdq"]]
+        else:
+            lines.append(head + "no vllm-qdq line (QDQ off).")
+    lines += ["", f"**Workload**: {_workload(res)}", ""]
+    cav = _caveats(res)
+    if cav:
+        lines += ["**Caveats**:", ""] + [f"- {c}" for c in cav] + [""]
+    lines.append(f"Study client: vLLM {meta.get('vllm', '?')}, vllm-qdq {meta.get('vllm_qdq', '?')}.")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 
@@ -95,13 +285,16 @@ def _accuracy(res: dict, plots: Path) -> tuple[str, Path | None]:
             filt = (b.get(metric) or q.get(metric) or {}).get("filter", "")
             rows.append([task, metric + (f" ({filt})" if filt and filt != "none" else ""),
                          _fmt(bv), _fmt(qv), ("+" if (delta or 0) >= 0 else "") + _fmt(delta),
-                         " / ".join(_fmt(s) for s in se)])
+                         " / ".join(_fmt(s) for s in se), _noise(delta, se)])
             bars.append((f"{task}\n{metric}", bv, qv, delta))
     ns = ev["baseline"].get("n_samples", {})
-    text = _table(["task", "metric", "baseline", "QDQ", "delta (QDQ - baseline)", "stderr (b / q)"], rows)
+    text = _table(["task", "metric", "baseline", "QDQ", "delta (QDQ - baseline)", "stderr (b / q)",
+                   "abs(delta) / sigma"], rows)
     text += "\n\nDocuments per task: " + ", ".join(f"{t}: {n}" for t, n in sorted(ns.items()))
     if ev["baseline"].get("limit"):
         text += f" (limit {ev['baseline']['limit']})"
+    text += (". sigma = sqrt(stderr_b² + stderr_q²); abs(delta) / sigma under 2 is within "
+             "sampling noise (n/a: a standard error is missing or zero).")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(bars) + 2), 4))
     xs = range(len(bars))
@@ -125,13 +318,56 @@ def _accuracy(res: dict, plots: Path) -> tuple[str, Path | None]:
     return text, path
 
 
+def _noise(delta: float | None, se: list[float | None]) -> str:
+    """``|delta| / sigma`` with sigma the two standard errors combined; n/a without both."""
+    if delta is None or any(x is None or not math.isfinite(x) for x in se):
+        return "n/a"
+    sigma = math.sqrt(se[0] ** 2 + se[1] ** 2)
+    if sigma == 0:
+        return "n/a"
+    return f"{abs(delta) / sigma:.2f}"
+
+
 # ----------------------------------------------------------------------------- speed
 
 
-def _ratio(b: float | None, q: float | None) -> str:
-    if not b or q is None:
-        return "n/a"
+def _ratio(b: float | None, q: float | None, floor: float | None = None) -> str:
+    """QDQ / baseline, or n/a with the reason (a figure missing, zero or under ``floor``)."""
+    if b is None or q is None:
+        return "n/a (missing)"
+    if floor is not None and min(b, q) < floor:
+        return f"n/a (under {floor:g} ms)"
+    if not b:
+        return "n/a (baseline 0)"
     return f"{q / b:.3f}"
+
+
+def _detail_itl(d: dict) -> list[float] | None:
+    """Every inter-token gap (ms) of a result saved with ``--save-detailed``, else None."""
+    itls = d.get("itls")
+    if not isinstance(itls, list):
+        return None
+    return [1000.0 * x for per_request in itls if isinstance(per_request, list) for x in per_request]
+
+
+def _under_floor_note(under: list[str], bn: dict) -> str:
+    """Why the ratios of ``under`` are n/a, with the share of sub-floor inter-token gaps when the
+    results carry them (``--save-detailed``)."""
+    shares = []
+    for lb in LABELS:
+        gaps = _detail_itl(bn[lb])
+        if gaps:
+            n = sum(g < LATENCY_FLOOR_MS for g in gaps)
+            shares.append(f"{NAMES[lb]} {n} of {len(gaps)} ({100 * n / len(gaps):.0f}%)")
+    why = (f"n/a (under {LATENCY_FLOOR_MS:g} ms): {', '.join(under)} of at least one server is under "
+           f"{LATENCY_FLOOR_MS:g} ms, which is not server time: `vllm bench serve` timestamps each streamed "
+           "message as it parses it, and messages that reach it in one network read (a server that falls "
+           "behind flushes several tokens at once) are parsed microseconds apart. A ratio of such figures "
+           "compares the client with itself. TPOT (each request's decode time / its output tokens) is not "
+           "affected.")
+    if shares:
+        why += f" Inter-token gaps under {LATENCY_FLOOR_MS:g} ms: " + "; ".join(shares) + "."
+    return why
 
 
 def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
@@ -144,16 +380,19 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
     rows.append(["completed / failed requests", f"{b.get('completed')} / {b.get('failed')}",
                  f"{q.get('completed')} / {q.get('failed')}", ""])
     text = "Throughput:\n\n" + _table(["metric", "baseline", "QDQ", "QDQ / baseline"], rows)
-    lrows = []
+    lrows, under = [], []
     for m in LAT_METRICS:
         for p in PCTS:
             k = f"p{p}_{m}_ms"
             if k in b or k in q:
-                lrows.append([f"{m.upper()} p{p}", _fmt(b.get(k)), _fmt(q.get(k)), _ratio(b.get(k), q.get(k))])
+                r = _ratio(b.get(k), q.get(k), LATENCY_FLOOR_MS)
+                if r.startswith("n/a (under"):
+                    under.append(f"{m.upper()} p{p}")
+                lrows.append([f"{m.upper()} p{p}", _fmt(b.get(k)), _fmt(q.get(k)), r])
     text += "\n\nLatency (ms):\n\n" + _table(["metric", "baseline", "QDQ", "QDQ / baseline"], lrows)
-    text += (f"\n\nWorkload: {b.get('num_prompts')} prompts, {b.get('total_input_tokens')} input and "
-             f"{b.get('total_output_tokens')} output tokens per server, request rate "
-             f"{b.get('request_rate')}, durations {_fmt(b.get('duration'))} s / {_fmt(q.get('duration'))} s")
+    if under:
+        text += "\n\n" + _under_floor_note(under, bn)
+    text += f"\n\nTimed runs: {_fmt(b.get('duration'))} s (baseline), {_fmt(q.get('duration'))} s (QDQ)"
     warm = {b.get("study_num_warmups"), q.get("study_num_warmups")}
     if None in warm:
         text += "; warm-up requests: not recorded."
@@ -162,6 +401,7 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
     else:
         text += (f", after {b['study_num_warmups']} (baseline) / {q['study_num_warmups']} (QDQ) untimed "
                  "warm-up requests: not comparable.")
+    text += " Workload and caveats: see the first section."
     plt = _plt()
     # one panel a metric: requests/s and tokens/s differ by the output length, one axis hides one
     fig, axes = plt.subplots(1, len(THROUGHPUT_KEYS), figsize=(3.2 * len(THROUGHPUT_KEYS), 3.4))
@@ -301,8 +541,13 @@ def _numerics(stats_dir: Path, plots: Path) -> tuple[str, Path | None]:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(d: str | Path, stats_dir: str | Path | None = None) -> Path:
-    """Write ``d/report.md`` and ``d/plots/*.png``; returns the report path."""
+def write_report(d: str | Path, stats_dir: str | Path | None = None, logs_dir: str | Path | None = None) -> Path:
+    """Write ``d/report.md`` and ``d/plots/*.png``; returns the report path.
+
+    ``stats_dir``: the QDQ server's ``VLLM_QDQ_STATS`` directory (default ``d/stats``);
+    ``logs_dir``: where the servers' logs ``serve-{baseline,qdq}.log`` are (default ``d/logs``).
+    Raises ``ValueError`` naming ``d`` when it is not a directory or holds no results.
+    """
     d = Path(d)
     if not d.is_dir():
         raise ValueError(f"study directory {str(d)!r} does not exist")
@@ -311,12 +556,8 @@ def write_report(d: str | Path, stats_dir: str | Path | None = None) -> Path:
         raise ValueError(f"{d}: no results (bench/, eval/ or logprobs/); run the study first")
     plots = d / "plots"
     plots.mkdir(exist_ok=True)
-    meta = res["meta"]
-    parts = ["# QDQ study report", ""]
-    if meta:
-        eps = meta.get("endpoints", {})
-        parts += [f"Model `{meta.get('model')}`; baseline {eps.get('baseline')}, QDQ {eps.get('qdq')}; "
-                  f"vLLM {meta.get('vllm')}, vllm-qdq {meta.get('vllm_qdq')}.", ""]
+    parts = ["# QDQ study report", "", "## Settings, model and caveats", "",
+             _settings(res, Path(logs_dir) if logs_dir else d / "logs"), ""]
     acc, acc_png = _accuracy(res, plots)
     spd, spd_pngs = _speed(res, plots)
     div, div_png = _divergence(res, plots)
