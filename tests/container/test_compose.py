@@ -105,6 +105,32 @@ def test_config_every_profile_cpu(compose: list[str], profiles: list[str]) -> No
     assert services["eval"]["environment"]["STUDY_TASKS"] == "local"
 
 
+@pytest.mark.parametrize("files", [GPU, CPU], ids=["gpu", "cpu"])
+def test_exposure_defaults_and_opt_ins(compose: list[str], files: list[str]) -> None:
+    """Published ports bind to 127.0.0.1 unless QDQ_BIND_ADDR says otherwise (CPU: the servers' --host on
+    the host network); VLLM_API_KEY reaches every server and every study client (empty when unset: vLLM
+    then requires no key); each study server writes its log to /out/logs/serve-<name>.log for the report."""
+    profiles = ["study", "diffusion"]
+    servers = SERVERS | DIFFUSION
+    for env, addr, key in (({"QDQ_BIND_ADDR": "", "VLLM_API_KEY": ""}, "127.0.0.1", ""),
+                           ({"QDQ_BIND_ADDR": "0.0.0.0", "VLLM_API_KEY": "k-123"}, "0.0.0.0", "k-123")):
+        services = _config(compose, files, profiles, env)["services"]
+        for name in servers | STUDY:
+            assert services[name]["environment"]["VLLM_API_KEY"] == key, (name, env)
+        if files == GPU:
+            for name in servers:
+                (port,) = services[name]["ports"]
+                assert port["host_ip"] == addr, (name, port)
+        else:
+            for name in SERVERS:
+                assert f"--host {addr} " in " ".join(services[name]["command"]), name
+        for name in SERVERS:
+            label = name.removeprefix("serve-")
+            cmd = " ".join(services[name]["command"])
+            assert f"tee /out/logs/serve-{label}.log" in cmd and " exec vllm serve " in cmd, cmd
+            assert any(v["target"] == "/out" for v in services[name]["volumes"]), name
+
+
 def test_compose_files_parse_as_yaml() -> None:
     for f in ("compose.yaml", "compose.cpu.yaml"):
         text = (REPO / f).read_text()
