@@ -500,11 +500,30 @@ def test_study_clients_send_the_api_key(key_server: str, tmp_path: Path, monkeyp
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
-    """Two real `vllm serve` CPU servers of a tiny random Llama; the whole study; the report."""
+def test_study_against_two_cpu_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real `vllm serve` CPU servers of a tiny random Llama, both requiring an API key
+    (VLLM_API_KEY, which vLLM reads); the whole study; the report, headed by what the servers ran."""
+    import urllib.error
+    import urllib.request
+
     from vllm_qdq.demo import QDQ_SERVER, run_study
 
+    monkeypatch.setenv(study.API_KEY_ENV, KEY)
+    refused: list[int] = []
+    run_logprobs = study.run_logprobs
+
+    def probe_then_run(eps: dict[str, str], *args: object, **kw: object) -> Path:
+        # the servers are up here: a request without the key must be refused by both
+        for url in eps.values():
+            req = urllib.request.Request(f"{url}/v1/models")
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=30)
+            refused.append(e.value.code)
+        return run_logprobs(eps, *args, **kw)
+
+    monkeypatch.setattr(study, "run_logprobs", probe_then_run)
     report = run_study(tmp_path, num_prompts=4, input_len=16, output_len=8, limit=4)
+    assert refused == [401, 401]
     text = report.read_text()
     for label in ("baseline", "qdq"):
         b = json.loads((tmp_path / "bench" / f"{label}.json").read_text())
@@ -525,3 +544,17 @@ def test_study_against_two_cpu_servers(tmp_path: Path) -> None:
     # both servers are gone
     for log in (tmp_path / "logs").glob("serve-*.log"):
         assert "Application startup complete" in log.read_text()
+    # the report's head: what the servers ran (from their logs), the random model, the caveats
+    head = text.split("## Accuracy")[0]
+    assert "**random weights** (built by vllm_qdq.tiny: 2 layers, hidden 128)" in head
+    assert "**The model has random weights**" in head
+    assert "requests carried an API key (VLLM_API_KEY)" in head and KEY not in text
+    qdq_log = (tmp_path / "logs" / "serve-qdq.log").read_text()
+    method_line = next(line for line in qdq_log.splitlines() if "vllm-qdq: qdq method " in line)
+    assert f"`{method_line.split('vllm-qdq: ', 1)[1].strip()}`" in head
+    assert "quantization='qdq'" in head.split("- QDQ (")[1] and "quantization" not in head.split("- QDQ (")[0]
+    assert "no vllm-qdq line (QDQ off)" in head.split("- QDQ (")[0]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for label in ("baseline", "qdq"):
+        assert meta["served"][label]["models"][0]["root"] == str(tmp_path / "model")
+        assert json.loads((tmp_path / "bench" / f"{label}.json").read_text())["itls"]  # --save-detailed
