@@ -335,8 +335,16 @@ def test_report_settings_floors_and_caveats(tmp_path: Path, monkeypatch: pytest.
     and the study detected (nothing assumed); a latency ratio under the floor is n/a with the reason."""
     _synthetic(tmp_path)
     b = json.loads((tmp_path / "bench/baseline.json").read_text())
-    b.update(p50_itl_ms=0.011, duration=0.047, itls=[[1e-5, 2e-5, 1.4e-3], [1e-5, 1.2e-3]])
+    b.update(p50_itl_ms=0.011, duration=0.047, itls=[[1e-5, 2e-5, 1.4e-3], [1e-5, 1.2e-3]], output_lens=[16, 16],
+             mean_ttft_ms=40.0, mean_e2el_ms=60.0,
+             study_server_metrics={"requests": 16, "queue_ms": 0.02, "prefill_ms": 5.0, "decode_ms": 20.0,
+                                   "ttft_ms": 9.0, "e2e_ms": 30.0})
     (tmp_path / "bench/baseline.json").write_text(json.dumps(b))
+    q = json.loads((tmp_path / "bench/qdq.json").read_text())
+    q.update(mean_ttft_ms=30.0, mean_e2el_ms=90.0, itls=[[0.01] * 15], output_lens=[16],
+             study_server_metrics={"requests": 16, "queue_ms": 0.03, "prefill_ms": 20.0, "decode_ms": 60.0,
+                                   "ttft_ms": 25.0, "e2e_ms": 85.0})
+    (tmp_path / "bench/qdq.json").write_text(json.dumps(q))
     meta = {"model": "/m", "endpoints": {"baseline": "http://127.0.0.1:1", "qdq": "http://127.0.0.1:2"},
             "model_provenance": {"random_weights": False, "source": "no marker"},
             "steps": {"run": {"num_prompts": 16, "input_len": 32, "output_len": 16}}}
@@ -353,7 +361,16 @@ def test_report_settings_floors_and_caveats(tmp_path: Path, monkeypatch: pytest.
     assert "| ITL p50 | 0.011 | 43.750 | n/a (under 0.5 ms) |" in text
     assert "| TPOT p50 | 25.000 | 31.250 | 1.250 |" in text
     assert "baseline 3 of 5 (60%)" in text and "parsed microseconds apart" in text
-    assert "The timed runs are short (0.047 s baseline, 5.000 s QDQ" in head
+    assert "A timed run shorter than 1 s (baseline 0.047 s, QDQ 5.000 s)" in head
+    # where the time goes: the engine's own figures beside the client's, and what they say
+    assert "| engine prefill (scheduled -> first token) | 5.000 | 20.000 | 4.000 |" in text
+    assert "| engine queue (waiting to be scheduled) | 0.020 | 0.030 | n/a (under 0.5 ms) |" in text
+    assert "| streamed messages / output tokens per request | 3.5 / 16.0 | 16.0 / 16.0 |  |" in text
+    assert "baseline 34.980 ms, QDQ 9.970 ms" in text  # client TTFT - (queue + prefill)
+    assert "ranks the servers the other way round from their engines' queue + prefill" in head
+    assert "The baseline server streamed 3.5 messages per 16-token request" in head
+    assert "The QDQ server streamed" not in head
+    assert "recorded per-layer statistics (VLLM_QDQ_STATS, files found)" in head  # _synthetic() wrote some
     assert "Both servers and the benchmark client ran on this one machine" in head
     assert "| qdq_tiny_mc | acc | 0.500 | 0.438 | -0.062 | 0.070 / 0.070 | 0.63 |" in text
     # logs and a random model: what the servers ran heads the report
@@ -557,4 +574,8 @@ def test_study_against_two_cpu_servers(tmp_path: Path, monkeypatch: pytest.Monke
     meta = json.loads((tmp_path / "meta.json").read_text())
     for label in ("baseline", "qdq"):
         assert meta["served"][label]["models"][0]["root"] == str(tmp_path / "model")
-        assert json.loads((tmp_path / "bench" / f"{label}.json").read_text())["itls"]  # --save-detailed
+        bench = json.loads((tmp_path / "bench" / f"{label}.json").read_text())
+        assert bench["itls"]  # --save-detailed
+        sm = bench["study_server_metrics"]  # /metrics around the timed run only: its 4 requests
+        assert sm["requests"] == 4 and sm["prefill_ms"] > 0 and sm["e2e_ms"] > sm["prefill_ms"], sm
+    assert "| engine prefill (scheduled -> first token) |" in text

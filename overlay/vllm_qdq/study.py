@@ -53,6 +53,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -212,15 +213,74 @@ def _write_json(path: Path, obj: object) -> Path:
 # ----------------------------------------------------------------------------- bench
 
 
+#: vLLM's per-request histograms read around the timed run (``/metrics``): key -> metric name.
+SERVER_METRICS: dict[str, str] = {
+    "queue_ms": "vllm:request_queue_time_seconds",       # engine: waiting to be scheduled
+    "prefill_ms": "vllm:request_prefill_time_seconds",   # engine: scheduled -> first token
+    "decode_ms": "vllm:request_decode_time_seconds",     # engine: first token -> last token
+    "ttft_ms": "vllm:time_to_first_token_seconds",       # API server: arrival -> first token processed
+    "e2e_ms": "vllm:e2e_request_latency_seconds",        # API server: arrival -> finished
+}
+_PROM_LINE = re.compile(r"^(vllm:[A-Za-z0-9_:]+)_(sum|count)(?:\{[^}]*\})? (\S+)$", re.M)
+_WARMUP_WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "study", "model", "server",
+                 "number", "format", "layer", "token", "value")
+
+
+def _metrics_snapshot(url: str) -> dict[str, float]:
+    """The ``_sum`` / ``_count`` of every ``vllm:`` histogram at ``url/metrics``, summed over labels."""
+    req = urllib.request.Request(f"{url}/metrics", headers=_headers())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read().decode(errors="replace")
+    snap: dict[str, float] = {}
+    for name, kind, value in _PROM_LINE.findall(text):
+        try:
+            snap[f"{name}_{kind}"] = snap.get(f"{name}_{kind}", 0.0) + float(value)
+        except ValueError:
+            continue
+    return snap
+
+
+def _server_means(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Per-request means (ms) of :data:`SERVER_METRICS` between two snapshots, and the request count."""
+    out: dict = {}
+    for key, name in SERVER_METRICS.items():
+        n = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+        if f"{name}_sum" in after and n > 0:
+            out[key] = 1000.0 * (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / n
+        if key == "e2e_ms":
+            out["requests"] = int(n)
+    return out
+
+
+def _warm_up(url: str, model: str, n: int, input_len: int, output_len: int, concurrency: int) -> None:
+    """``n`` untimed completions of distinct prompts of about ``input_len`` tokens (no shared prefix),
+    ``output_len`` tokens each, at most ``concurrency`` at once; raises on the first failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        words = " ".join(_WARMUP_WORDS[(i * 7 + j) % len(_WARMUP_WORDS)] for j in range(max(1, input_len - 1)))
+        _post(f"{url}/v1/completions", {"model": model, "prompt": f"{i} {words}", "max_tokens": output_len,
+                                        "temperature": 0.0, "ignore_eos": True}, timeout=600.0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(n, concurrency))) as pool:
+        list(pool.map(one, range(n)))
+
+
 def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | None = None,
               num_prompts: int = 16, input_len: int = 32, output_len: int = 16,
               max_concurrency: int | None = None, num_warmups: int = 0) -> Path:
     """``vllm bench serve`` (random prompts, fixed lengths) against ``url``; returns its JSON.
 
-    ``num_warmups`` untimed requests run first, concurrently (at most ``max_concurrency``): a
-    server's first batch of a new size pays one-off costs (kernel selection, weight repacking on
-    the CPU engine, allocator growth) that would otherwise land in the first timed requests of
-    whichever server happens to be measured cold.
+    ``num_warmups`` untimed requests run first, concurrently (at most ``max_concurrency``), with
+    distinct prompts of the same sizes: a server's first batch of a new size pays one-off costs
+    (kernel selection, weight repacking on the CPU engine, allocator growth) that would otherwise
+    land in the first timed requests of whichever server happens to be measured cold.
+
+    Around the timed run (and only it: the warm-up is done by then and the bench's own ready-check
+    request is off) the server's ``/metrics`` histograms are read, and their per-request means are
+    kept in the result as ``study_server_metrics`` (:data:`SERVER_METRICS`; ``{"error": ...}`` when
+    the server has no such metrics): the engine's queue / prefill / decode times beside the
+    client's TTFT tell the model's time from the front-ends' (API server, benchmark client).
     """
     if num_warmups < 0:
         raise ValueError(f"num_warmups={num_warmups!r}; accepted: an integer >= 0")
@@ -238,11 +298,21 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
         "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", ",".join(map(str, PERCENTILES)),
         "--save-result", "--result-dir", str(result_dir), "--result-filename", f"{label}.json",
-        "--label", label, "--disable-tqdm", "--num-warmups", str(num_warmups),
+        "--label", label, "--disable-tqdm",
+        "--num-warmups", "0", "--ready-check-timeout-sec", "0",  # both done here, before the /metrics snapshot
         "--save-detailed",  # per-request TTFTs and inter-token gaps: the report checks the latency floor
     ]
     if max_concurrency:
         cmd += ["--max-concurrency", str(max_concurrency)]
+    if num_warmups:
+        print(f"study: bench {label}: {num_warmups} untimed warm-up requests", flush=True)
+        _warm_up(url, model, num_warmups, input_len, output_len, max_concurrency or num_warmups)
+    means: dict = {}
+    metrics_error: str | None = None
+    try:
+        before: dict[str, float] | None = _metrics_snapshot(url)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        before, metrics_error = None, f"{e.__class__.__name__}: {e}"
     print(f"study: bench {label}: {' '.join(cmd)}", flush=True)
     with _client_key_env() as env:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -256,6 +326,13 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
     data = json.loads(path.read_text())
     if not data.get("completed"):
         raise RuntimeError(f"vllm bench serve against {url}: no request completed ({path})")
+    if before is not None:
+        try:
+            means = _server_means(before, _metrics_snapshot(url))
+            metrics_error = None if means.get("requests") else "no vLLM request histograms at /metrics"
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            metrics_error = f"{e.__class__.__name__}: {e}"
+    data["study_server_metrics"] = {"error": metrics_error} if metrics_error else means
     data["study_num_warmups"] = num_warmups  # kept with the result it qualifies (the report reads it)
     _write_json(path, data)
     return path

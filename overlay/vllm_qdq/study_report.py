@@ -184,7 +184,7 @@ def _workload(res: dict) -> str:
     return "; ".join(parts) + "." if parts else "no results."
 
 
-def _caveats(res: dict) -> list[str]:
+def _caveats(res: dict, stats_on: bool) -> list[str]:
     meta, bn = res["meta"], res["bench"]
     out = []
     prov = meta.get("model_provenance") or {}
@@ -202,9 +202,29 @@ def _caveats(res: dict) -> list[str]:
                        f"({', '.join(under)}): their ratios are n/a (why: under the latency table).")
         durs = [x.get("duration") for x in (b, q)]
         if any(d is not None and d < SHORT_RUN_S for d in durs):
-            out.append(f"The timed runs are short ({_fmt(durs[0])} s baseline, {_fmt(durs[1])} s QDQ, under "
-                       f"{SHORT_RUN_S:g} s): a few milliseconds of scheduling noise move their figures by "
-                       "percents; more prompts (`--num-prompts`, STUDY_NUM_PROMPTS) steady them.")
+            out.append(f"A timed run shorter than {SHORT_RUN_S:g} s (baseline {_fmt(durs[0])} s, QDQ {_fmt(durs[1])} s): "
+                       "a few milliseconds of scheduling noise move its figures by percents; more prompts "
+                       "(`--num-prompts`, STUDY_NUM_PROMPTS) steady them.")
+        if stats_on:
+            out.append("The QDQ server recorded per-layer statistics (VLLM_QDQ_STATS, files found): each QDQ "
+                       "call then also re-runs the reference quantizer to count saturated elements, and its "
+                       "speed figures include that work.")
+        sb, sq = _server_metrics(b), _server_metrics(q)
+        if sb and sq and "prefill_ms" in sb and "prefill_ms" in sq and b.get("mean_ttft_ms") and q.get("mean_ttft_ms"):
+            eng = [x.get("queue_ms", 0.0) + x["prefill_ms"] for x in (sb, sq)]
+            if (b["mean_ttft_ms"] > q["mean_ttft_ms"]) != (eng[0] > eng[1]):
+                fe = [_front_end_ms(x) for x in (b, q)]
+                out.append(f"The client TTFT ({_fmt(b['mean_ttft_ms'])} ms baseline, {_fmt(q['mean_ttft_ms'])} ms "
+                           f"QDQ) ranks the servers the other way round from their engines' queue + prefill "
+                           f"({_fmt(eng[0])} ms, {_fmt(eng[1])} ms): the difference is in the front-ends "
+                           f"({_fmt(fe[0])} ms, {_fmt(fe[1])} ms of the client TTFT), i.e. the API server and "
+                           "the benchmark client (Python processes) competing for CPU, not in the model.")
+        for lb, x in (("baseline", b), ("qdq", q)):
+            mpr = _messages_per_request(x)
+            if mpr and mpr[0] < 0.9 * mpr[1]:
+                out.append(f"The {NAMES[lb]} server streamed {mpr[0]:.1f} messages per {mpr[1]:.0f}-token request: its "
+                           "API server fell behind the engine and sent several tokens per message, so its TTFT "
+                           "includes decode steps and its inter-token gaps are not per token.")
         eps = meta.get("endpoints", {})
         hosts = {str(u).split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0] for u in eps.values()}
         if len(eps) == 2 and len(hosts) == 1 and hosts & {"127.0.0.1", "localhost", "::1"}:
@@ -213,7 +233,7 @@ def _caveats(res: dict) -> list[str]:
     return out
 
 
-def _settings(res: dict, logs: Path) -> str:
+def _settings(res: dict, logs: Path, stats_on: bool) -> str:
     meta = res["meta"]
     eps = meta.get("endpoints", {})
     lines = []
@@ -258,7 +278,7 @@ def _settings(res: dict, logs: Path) -> str:
         else:
             lines.append(head + "no vllm-qdq line (QDQ off).")
     lines += ["", f"**Workload**: {_workload(res)}", ""]
-    cav = _caveats(res)
+    cav = _caveats(res, stats_on)
     if cav:
         lines += ["**Caveats**:", ""] + [f"- {c}" for c in cav] + [""]
     lines.append(f"Study client: vLLM {meta.get('vllm', '?')}, vllm-qdq {meta.get('vllm_qdq', '?')}.")
@@ -350,6 +370,65 @@ def _detail_itl(d: dict) -> list[float] | None:
     return [1000.0 * x for per_request in itls if isinstance(per_request, list) for x in per_request]
 
 
+#: Rows of the "where the time goes" table: (label, source, key); source "client" = the bench
+#: result's own field, "server" = its ``study_server_metrics`` (vLLM's /metrics, see vllm_qdq.study).
+TIME_ROWS = (
+    ("client TTFT", "client", "mean_ttft_ms"),
+    ("API server TTFT (arrival -> first token processed)", "server", "ttft_ms"),
+    ("engine queue (waiting to be scheduled)", "server", "queue_ms"),
+    ("engine prefill (scheduled -> first token)", "server", "prefill_ms"),
+    ("engine decode (first -> last token)", "server", "decode_ms"),
+    ("API server end-to-end", "server", "e2e_ms"),
+    ("client E2EL", "client", "mean_e2el_ms"),
+)
+
+
+def _server_metrics(d: dict) -> dict | None:
+    sm = d.get("study_server_metrics")
+    return sm if isinstance(sm, dict) and "error" not in sm and sm.get("requests") else None
+
+
+def _messages_per_request(d: dict) -> tuple[float, float] | None:
+    """(streamed messages, output tokens) per request, mean, from a ``--save-detailed`` result."""
+    itls, outs = d.get("itls"), d.get("output_lens")
+    if not isinstance(itls, list) or not itls or not isinstance(outs, list) or len(outs) != len(itls):
+        return None
+    return (sum(len(x) + 1 for x in itls) / len(itls), sum(outs) / len(outs))
+
+
+def _front_end_ms(d: dict) -> float | None:
+    """Client TTFT minus the engine's queue + prefill: the front-ends' share of the TTFT (ms)."""
+    sm = _server_metrics(d)
+    if sm is None or d.get("mean_ttft_ms") is None or "prefill_ms" not in sm:
+        return None
+    return d["mean_ttft_ms"] - sm.get("queue_ms", 0.0) - sm["prefill_ms"]
+
+
+def _where_time_goes(bn: dict) -> str:
+    sms = {lb: _server_metrics(bn[lb]) for lb in LABELS}
+    if not all(sms.values()):
+        why = "; ".join(f"{NAMES[lb]}: {(bn[lb].get('study_server_metrics') or {}).get('error', 'not recorded')}"
+                        for lb in LABELS if not sms[lb])
+        return f"Server-side times: not recorded ({why})."
+    rows = []
+    for name, src, key in TIME_ROWS:
+        vals = [(bn[lb].get(key) if src == "client" else sms[lb].get(key)) for lb in LABELS]
+        rows.append([name, _fmt(vals[0]), _fmt(vals[1]), _ratio(vals[0], vals[1], LATENCY_FLOOR_MS)])
+    mpr = {lb: _messages_per_request(bn[lb]) for lb in LABELS}
+    if all(mpr.values()):
+        rows.append(["streamed messages / output tokens per request",
+                     *(f"{mpr[lb][0]:.1f} / {mpr[lb][1]:.1f}" for lb in LABELS), ""])
+    fe = {lb: _front_end_ms(bn[lb]) for lb in LABELS}
+    text = ("Where the time goes (ms, mean per request over the timed run; client: `vllm bench serve`; "
+            f"server: vLLM's /metrics histograms, {sms['baseline']['requests']} / {sms['qdq']['requests']} "
+            "requests):\n\n" + _table(["", "baseline", "QDQ", "QDQ / baseline"], rows))
+    if all(v is not None for v in fe.values()):
+        text += (f"\n\nClient TTFT minus the engine's queue and prefill, i.e. the front-ends' share (the API "
+                 f"server's HTTP, tokenization and streaming, and the benchmark client): baseline "
+                 f"{_fmt(fe['baseline'])} ms, QDQ {_fmt(fe['qdq'])} ms.")
+    return text
+
+
 def _under_floor_note(under: list[str], bn: dict) -> str:
     """Why the ratios of ``under`` are n/a, with the share of sub-floor inter-token gaps when the
     results carry them (``--save-detailed``)."""
@@ -392,6 +471,7 @@ def _speed(res: dict, plots: Path) -> tuple[str, list[Path]]:
     text += "\n\nLatency (ms):\n\n" + _table(["metric", "baseline", "QDQ", "QDQ / baseline"], lrows)
     if under:
         text += "\n\n" + _under_floor_note(under, bn)
+    text += "\n\n" + _where_time_goes(bn)
     text += f"\n\nTimed runs: {_fmt(b.get('duration'))} s (baseline), {_fmt(q.get('duration'))} s (QDQ)"
     warm = {b.get("study_num_warmups"), q.get("study_num_warmups")}
     if None in warm:
@@ -556,12 +636,16 @@ def write_report(d: str | Path, stats_dir: str | Path | None = None, logs_dir: s
         raise ValueError(f"{d}: no results (bench/, eval/ or logprobs/); run the study first")
     plots = d / "plots"
     plots.mkdir(exist_ok=True)
+    stats = Path(stats_dir) if stats_dir else d / "stats"
+    from .stats import FILE_GLOB
+
+    stats_on = stats.is_dir() and any(stats.rglob(FILE_GLOB))
     parts = ["# QDQ study report", "", "## Settings, model and caveats", "",
-             _settings(res, Path(logs_dir) if logs_dir else d / "logs"), ""]
+             _settings(res, Path(logs_dir) if logs_dir else d / "logs", stats_on), ""]
     acc, acc_png = _accuracy(res, plots)
     spd, spd_pngs = _speed(res, plots)
     div, div_png = _divergence(res, plots)
-    num, num_png = _numerics(Path(stats_dir) if stats_dir else d / "stats", plots)
+    num, num_png = _numerics(stats, plots)
 
     def img(p: Path | None, alt: str) -> list[str]:
         return [f"![{alt}](plots/{p.name})", ""] if p else []
