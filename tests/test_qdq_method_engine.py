@@ -4,6 +4,12 @@ Each engine runs in a subprocess (tests/qdq_method_engine.py). Its prompt logpro
 are compared with an independent pure-PyTorch QDQ of the same ``transformers`` model
 (tests/qdq_method_reference.py). Measured on the tiny models: |vLLM - reference| <= 5e-7,
 QDQ effect (QDQ vs unquantized) 0.1-0.5 nats mean; the stated tolerance is :data:`TOL`.
+
+Engines run in vLLM's default mode (torch.compile, Inductor on CPU) beside ``enforce_eager``
+ones, each with a fresh compile cache (``VLLM_CACHE_ROOT`` under the test's tmp dir): the
+compiled and eager prompt logprobs must agree within :data:`TOL_COMPILED`, and the server test
+runs compiled with ``VLLM_QDQ_STATS`` and checks the statistics call by call after a plain
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 #: Largest |logprob(vLLM qdq) - logprob(reference qdq)| accepted, nats (float32 runs).
 TOL = 1e-4
+#: Largest |logprob(compiled) - logprob(eager)|, nats, both with QDQ on. The QDQ op is the same
+#: opaque custom op in both graphs, fed the same float32 activations up to the rounding of the
+#: elementwise / reduction kernels Inductor fuses (norms, rotary, SiLU: ~1e-7 relative); a QDQ
+#: can turn such a difference into one grid step of one element, which the reference check
+#: above bounds by TOL. Measured: 0.0 (bit-identical) on the tiny Llama and Mixtral.
+TOL_COMPILED = TOL
 #: Smallest mean |logprob(qdq) - logprob(unquantized)| that shows QDQ is active, nats.
 MIN_EFFECT = 0.02
 PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
@@ -63,7 +75,7 @@ def _env() -> dict[str, str]:
 
 def _engines(tmp: Path, name: str, runs: list[dict], env: dict | None = None) -> dict:
     out = tmp / f"{name}.json"
-    e = _env() | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} | (env or {})
+    e = _env() | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp / "vllm-cache")} | (env or {})
     p = subprocess.run(
         [
             sys.executable,
@@ -121,6 +133,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {"llama": llama, "llama_ckpt": ckpt, "moe": build_tiny_moe(root / "moe")}
 
 
+FP8_OVERRIDES = {"quant_method": "qdq", "weight": "mxfp8_e4m3", "act": "mxfp8_e4m3"}
+
+
 @pytest.fixture(scope="module")
 def llama_runs(models, tmp_path_factory) -> dict:
     m = str(models["llama"])
@@ -131,6 +146,16 @@ def llama_runs(models, tmp_path_factory) -> dict:
             {"name": "qdq", "model": m, "quantization": "qdq"},
             {"name": "plain", "model": m},
             {"name": "ckpt", "model": str(models["llama_ckpt"])},
+            # vLLM's default mode; then other settings on the same model and compile cache:
+            # vLLM's own cache key does not see hf_overrides, our VLLM_QDQ_METHOD factor does
+            {"name": "qdq_compiled", "model": m, "quantization": "qdq", "enforce_eager": False},
+            {
+                "name": "fp8_compiled",
+                "model": m,
+                "quantization": "qdq",
+                "enforce_eager": False,
+                "hf_overrides": {"quantization_config": FP8_OVERRIDES},
+            },
             # construction-time failure last (the process's engines share global state)
             {
                 "name": "bad_pattern",
@@ -177,6 +202,13 @@ def moe_runs(models, tmp_path_factory) -> dict:
                 "hf_overrides": {"quantization_config": q | {"moe_weight": "fp8_e4m3_per_tensor"}},
             },
             {"name": "qdq", "model": m, "quantization": "qdq", "hf_overrides": MOE_OVERRIDES},
+            {
+                "name": "qdq_compiled",
+                "model": m,
+                "quantization": "qdq",
+                "hf_overrides": MOE_OVERRIDES,
+                "enforce_eager": False,
+            },
             {"name": "plain", "model": m},
             {
                 "name": "bad_moe_inherited",
@@ -196,6 +228,24 @@ def test_llama_default_mxfp4_matches_reference(models, llama_runs):
     assert _maxdiff(got, ref) <= TOL, f"vLLM qdq vs reference: {_maxdiff(got, ref)}"
     assert _meandiff(got, plain) >= MIN_EFFECT, "QDQ made no difference to the logprobs"
     assert all(len(r["generated"]) == 4 for r in llama_runs["qdq"]["results"])
+
+
+def test_llama_compiled_equals_eager(models, llama_runs):
+    """vLLM's default mode (torch.compile): the method traces (no setting read in the forward)
+    and computes what eager mode computes."""
+    got, eager, plain = _lp(llama_runs, "qdq_compiled"), _lp(llama_runs, "qdq"), _lp(llama_runs, "plain")
+    assert _maxdiff(got, eager) <= TOL_COMPILED, f"compiled vs eager: {_maxdiff(got, eager)}"
+    assert _maxdiff(got, _ref(models["llama"], weight="mxfp4", act="mxfp4")) <= TOL
+    assert _meandiff(got, plain) >= MIN_EFFECT, "QDQ made no difference to the compiled logprobs"
+    assert llama_runs["qdq_compiled"]["results"][0]["generated"] == llama_runs["qdq"]["results"][0]["generated"]
+
+
+def test_compile_cache_key_follows_method_settings(models, llama_runs):
+    """A second compiled engine on the same model and compile cache with other formats (through
+    hf_overrides, which vLLM's cache key ignores) computes its own formats, not the first graph's."""
+    got = _lp(llama_runs, "fp8_compiled")
+    ref = _ref(models["llama"], weight="mxfp8_e4m3", act="mxfp8_e4m3")
+    assert _maxdiff(got, ref) <= TOL, f"compiled mxfp8 vs reference: {_maxdiff(got, ref)}"
 
 
 def test_checkpoint_quantization_config(models, llama_runs):
@@ -218,6 +268,12 @@ def test_moe_matches_reference(models, moe_runs):
     assert _meandiff(got, plain) >= MIN_EFFECT
 
 
+def test_moe_compiled_equals_eager(moe_runs):
+    got, eager = _lp(moe_runs, "qdq_compiled"), _lp(moe_runs, "qdq")
+    assert _maxdiff(got, eager) <= TOL_COMPILED, f"compiled vs eager: {_maxdiff(got, eager)}"
+    assert _meandiff(got, _lp(moe_runs, "plain")) >= MIN_EFFECT
+
+
 def test_pattern_matching_nothing_fails(llama_runs):
     err = llama_runs["bad_pattern"].get("error", "")
     assert "model.layers.7.*" in err and "matched no layer" in err, err
@@ -232,72 +288,77 @@ def test_bad_formats_fail(moe_runs):
     assert "fp8_e4m3_per_tensor" in err and "block_sparse_moe.experts" in err, err
 
 
-def test_vllm_serve(models, tmp_path):
+def _serve_cmd(model: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", SERVE_SHIM, "serve", str(model), "--quantization", "qdq", "--dtype", "float32",
+            "--max-model-len", "128", "--port", str(PORT), "--host", "127.0.0.1", *args]
+
+
+def _wait_healthy(proc: subprocess.Popen, log: Path, timeout: float = 420) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"server exited:\n{log.read_text()[-4000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(2)
+    pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
+
+
+def _complete(model: Path, prompt: list[int], max_tokens: int) -> dict:
+    body = {"model": str(model), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "echo": True,
+            "logprobs": 0, "ignore_eos": True}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+#: Prompts the server test sends, one request after the other (no two share a KV block, so
+#: prefix caching computes every token of each).
+SERVE_PROMPTS = [PROMPTS[0], PROMPTS[1], [9, 8, 7, 6, 5, 4]]
+SERVE_MAX_TOKENS = 2
+
+
+def test_vllm_serve_compiled_with_stats(models, tmp_path):
+    """``vllm serve --quantization qdq`` in vLLM's default (compiled) mode with ``VLLM_QDQ_STATS``:
+    served logprobs equal the reference; after a plain SIGTERM to the server's process group
+    (Ctrl-C, ``docker stop``: vLLM then force-kills its engine core at once) the statistics file
+    holds exactly the calls the requests made, and none of vLLM's start-up forwards."""
     log = tmp_path / "serve.log"
+    stats_dir = tmp_path / "stats"
     cfg = {
         "method": {"weight": "fp8_e4m3_per_channel", "act": "fp8_e4m3_per_token"},
         "layers": [{"pattern": "model.layers.1.mlp.*", "skip": True}],
     }
     # VLLM_TARGET_DEVICE: the shim's version string has no "+cpu" for platform detection.
-    env = _env() | {"VLLM_QDQ_CONFIG": json.dumps(cfg), "VLLM_TARGET_DEVICE": "cpu"}
-    cmd = [
-        sys.executable,
-        "-c",
-        SERVE_SHIM,
-        "serve",
-        str(models["llama"]),
-        "--quantization",
-        "qdq",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "128",
-        "--enforce-eager",
-        "--port",
-        str(PORT),
-        "--host",
-        "127.0.0.1",
-    ]
+    env = _env() | {
+        "VLLM_QDQ_CONFIG": json.dumps(cfg),
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_QDQ_STATS": str(stats_dir),
+        "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"),
+    }
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, f"server exited:\n{log.read_text()[-4000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(2)
-        else:
-            pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
-        body = {
-            "model": str(models["llama"]),
-            "prompt": PROMPTS[0],
-            "max_tokens": 2,
-            "temperature": 0,
-            "echo": True,
-            "logprobs": 0,
-        }
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{PORT}/v1/completions",
-            json.dumps(body).encode(),
-            {"Content-Type": "application/json"},
+        proc = subprocess.Popen(
+            _serve_cmd(models["llama"]), env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
-        with urllib.request.urlopen(req, timeout=120) as r:
-            ans = json.loads(r.read())
+    answers = []
+    try:
+        _wait_healthy(proc, log)
+        answers = [_complete(models["llama"], p, SERVE_MAX_TOKENS) for p in SERVE_PROMPTS]
+        os.killpg(proc.pid, signal.SIGTERM)  # the default stop: no --shutdown-timeout
+        proc.wait(60)
     finally:
         if proc.poll() is None:  # stop the server group this test started
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
     text = log.read_text()
+    assert "enforce_eager=False" in text and "CompilationMode.NONE" not in text, text[-4000:]
     assert "vllm-qdq: qdq linear: w=fp8_e4m3_per_channel a=fp8_e4m3_per_token" in text, text[-4000:]
     assert "unquantized (rule 'model.layers.1.mlp.*')" in text, text[-4000:]
-    choice = ans["choices"][0]
+    choice = answers[0]["choices"][0]
     assert choice["text"]
     served = choice["logprobs"]["token_logprobs"][1 : len(PROMPTS[0])]
     ref = _ref(
@@ -307,3 +368,47 @@ def test_vllm_serve(models, tmp_path):
         skip=lambda n: n.startswith("model.layers.1.mlp."),
     )[0]
     assert _maxdiff([served], [ref]) <= TOL, f"served vs reference: {_maxdiff([served], [ref])}"
+
+    from vllm_qdq.stats import load_stats
+
+    # Each request: one prefill step over its prompt, then one decode step per further token;
+    # every QDQ'd layer runs once per step on that step's tokens.
+    steps = len(SERVE_PROMPTS) * SERVE_MAX_TOKENS
+    tokens = sum(len(p) + SERVE_MAX_TOKENS - 1 for p in SERVE_PROMPTS)
+    hidden, mlp = 64, 128  # tiny Llama: hidden 64 = 2 heads x 32 (o_proj input), MLP 128
+    want = {
+        "model.layers.0.self_attn.qkv_proj": hidden,
+        "model.layers.0.self_attn.o_proj": hidden,
+        "model.layers.0.mlp.gate_up_proj": hidden,
+        "model.layers.0.mlp.down_proj": mlp,
+        "model.layers.1.self_attn.qkv_proj": hidden,
+        "model.layers.1.self_attn.o_proj": hidden,
+    }  # model.layers.1.mlp.* skipped by the rule
+    got = {k.op: (k.fmt, k.calls, k.numel) for k in load_stats(stats_dir)}
+    assert got == {op: ("fp8_e4m3_per_token", steps, tokens * k) for op, k in want.items()}, (
+        f"{got}\n{text[-3000:]}"
+    )
+
+
+def test_stats_path_that_is_a_file_fails_at_start_up(models, tmp_path):
+    """``VLLM_QDQ_STATS`` naming a file stops ``vllm serve`` before the engine starts (it used to
+    pass start-up and take the server down at the first request), with the message last."""
+    log = tmp_path / "serve.log"
+    bad = tmp_path / "stats-file"
+    bad.write_text("not a directory")
+    env = _env() | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_QDQ_STATS": str(bad)}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            _serve_cmd(models["llama"]), env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        rc = proc.wait(240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert rc != 0, text[-4000:]
+    assert "Initializing a V1 LLM engine" not in text, text[-4000:]
+    assert f"VLLM_QDQ_STATS={str(bad)!r} exists and is not a directory" in lines[-1], text[-4000:]

@@ -19,6 +19,13 @@ process before the model is compiled, so it adds:
 A cache written without the plugin (or with it disabled, which adds nothing) lacks these
 factors and can never be picked up with it enabled, and two different settings never share a
 key. The wrapper's own source file is also hashed by vLLM when Dynamo inlines it (traced files).
+
+The ``qdq`` method needs a factor of its own, ``VLLM_QDQ_METHOD`` (:func:`register_method_factors`,
+added by the method's config in the process that builds the model): vLLM's key holds only the
+method's name (``quantization="qdq"``); the per-run ``quantization_config`` comes through
+``hf_overrides``, which vLLM leaves out of the hash, and ``VLLM_QDQ_CONFIG`` / ``VLLM_QDQ_STATS``
+are hashed only while the plugin is enabled. Without it, a graph compiled for one format (or
+without statistics) would be loaded for another.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ import os
 from . import __version__
 from .config import ENV_VARS, QDQConfig
 
-__all__ = ["DIGEST_VAR", "factor_value", "register_compile_factors"]
+__all__ = ["DIGEST_VAR", "METHOD_VAR", "factor_value", "method_factor_value", "register_compile_factors",
+           "register_method_factors"]
 
 #: The computed factor's name in ``vllm.envs.environment_variables``.
 DIGEST_VAR = "VLLM_QDQ_DIGEST"
+#: The ``qdq`` method's computed factor.
+METHOD_VAR = "VLLM_QDQ_METHOD"
 
 
 def factor_value(cfg: QDQConfig) -> str:
@@ -60,3 +70,22 @@ def register_compile_factors(cfg: QDQConfig) -> list[str]:
     envs.environment_variables[DIGEST_VAR] = lambda: value
     names.append(DIGEST_VAR)
     return names
+
+
+def method_factor_value(settings: object, stats_dir: str | None) -> str:
+    """The ``VLLM_QDQ_METHOD`` value: package version, the method's merged settings (their
+    ``repr``: frozen dataclasses of strings and booleans) and whether statistics are on (the
+    graph then holds ``vllm_qdq::qdq_stats`` nodes instead of ``vllm_qdq::qdq``)."""
+    return json.dumps(
+        {"version": __version__, "settings": repr(settings), "stats": bool(stats_dir)}, sort_keys=True
+    )
+
+
+def register_method_factors(settings: object, stats_dir: str | None) -> str:
+    """Set ``VLLM_QDQ_METHOD`` in ``vllm.envs.environment_variables`` (the last model built
+    in the process wins: vLLM computes the key right after building it); returns the value."""
+    import vllm.envs as envs
+
+    value = method_factor_value(settings, stats_dir)
+    envs.environment_variables[METHOD_VAR] = lambda: value
+    return value

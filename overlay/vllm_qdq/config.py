@@ -65,6 +65,7 @@ __all__ = [
     "QDQConfig",
     "QuantSpec",
     "Sage3Config",
+    "check_stats_dir",
     "load_config",
     "load_sage3_config",
     "parse_bool",
@@ -336,6 +337,35 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     return QDQConfig(enabled, linear, moe, route, force, method, tuple(layers), trace, stats_dir, backend)
 
 
+def check_stats_dir(path: str, name: str) -> None:
+    """Check that ``path`` is, or can be created as, a directory this process can write to.
+
+    Nothing is created here (the stats writer creates it at its first write); this only makes
+    a path that can never work fail at start-up, in the first process that loads the settings,
+    instead of in the first served request.
+
+    Raises:
+        ConfigError: naming ``name``, the value and what is wrong with it.
+    """
+    accepted = "accepted: a directory this process can write to, or a path where one can be created"
+    p = os.path.abspath(path)
+    if os.path.exists(p):
+        if not os.path.isdir(p):
+            raise ConfigError(f"{name}={path!r} exists and is not a directory; {accepted}")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name}={path!r} is a directory this process (uid {os.getuid()}) cannot write to; {accepted}")
+        return
+    parent = os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{name}={path!r} cannot be created: {parent!r} is not a directory; {accepted}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{name}={path!r} cannot be created: this process (uid {os.getuid()}) cannot write to {parent!r}; {accepted}"
+        )
+
+
 def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
     """Read and validate every QDQ setting from ``env`` (default: ``os.environ``).
 
@@ -359,6 +389,9 @@ def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
         cfg = replace(cfg, trace=parse_bool("VLLM_QDQ_TRACE", env["VLLM_QDQ_TRACE"]))
     if env.get("VLLM_QDQ_STATS"):
         cfg = replace(cfg, stats_dir=env["VLLM_QDQ_STATS"])
+        check_stats_dir(cfg.stats_dir, "VLLM_QDQ_STATS")
+    elif cfg.stats_dir:
+        check_stats_dir(cfg.stats_dir, "VLLM_QDQ_CONFIG stats_dir")
     if env.get("VLLM_QDQ_BACKEND"):
         b = env["VLLM_QDQ_BACKEND"].strip().lower()
         if b not in BACKENDS:

@@ -8,8 +8,17 @@ int? block_size) -> Tensor``. It returns :func:`vllm_qdq.qdq.quantize_dequantize
 Being a custom op with a fake implementation, it traces under Dynamo / AOT autograd /
 Inductor as a single opaque node and runs inside compiled graphs and CUDA-graph captures.
 The activation plugin (:mod:`vllm_qdq.vllm_patch`) and the ``qdq`` method
-(:mod:`vllm_qdq.qdq_method`) both call it. Importing this module registers the op once per
+(:mod:`vllm_qdq.qdq_method`) both call it. Importing this module registers the ops once per
 process.
+
+``torch.ops.vllm_qdq.qdq_stats(Tensor x, str fmt, str scale_rule, int axis, str name) ->
+Tensor``: the same QDQ (no global amax, the format's block), and the call recorded under
+``name`` in the per-layer statistics (:func:`vllm_qdq.stats.record_call`) by the op's real
+implementation. A compiled graph calls that implementation at run time like any other
+opaque op, so statistics are recorded eagerly and under ``torch.compile`` alike; a CUDA
+graph replays the captured kernels without running Python, so calls replayed from CUDA
+graphs are not recorded (and the capture itself records nothing). Callers use it instead of
+``qdq`` only while ``VLLM_QDQ_STATS`` is set, decided when they are built.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import torch
 
 from .qdq import quantize_dequantize
 
-__all__ = ["qdq", "set_backend"]
+__all__ = ["qdq", "qdq_stats", "set_backend"]
 
 #: Backend the op uses (``None``: ``VLLM_QDQ_BACKEND`` / automatic, see :mod:`vllm_qdq.qdq`).
 _BACKEND: str | None = None
@@ -40,6 +49,17 @@ def qdq(
     block_size: int | None = None,
 ) -> torch.Tensor:
     """Quantize ``x`` to ``fmt`` and back (see :func:`vllm_qdq.qdq.quantize_dequantize`)."""
+    return _qdq_impl(x, fmt, scale_rule, axis, global_amax, block_size)
+
+
+def _qdq_impl(
+    x: torch.Tensor,
+    fmt: str,
+    scale_rule: str,
+    axis: int,
+    global_amax: float | None,
+    block_size: int | None,
+) -> torch.Tensor:
     y = quantize_dequantize(
         x, fmt, scale_rule=scale_rule, axis=axis, global_amax=global_amax, block_size=block_size,
         backend=_BACKEND,
@@ -59,4 +79,22 @@ def _qdq_fake(
     global_amax: float | None = None,
     block_size: int | None = None,
 ) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("vllm_qdq::qdq_stats", mutates_args=())
+def qdq_stats(x: torch.Tensor, fmt: str, scale_rule: str, axis: int, name: str) -> torch.Tensor:
+    """:func:`qdq` of ``x``, with the call recorded under ``name`` (see the module docstring).
+
+    Recording never raises into the forward pass (:func:`vllm_qdq.stats.record_call`).
+    """
+    from .stats import record_call
+
+    y = _qdq_impl(x, fmt, scale_rule, axis, None, None)
+    record_call(name, fmt, x, y, scale_rule=scale_rule, axis=axis)
+    return y
+
+
+@qdq_stats.register_fake
+def _qdq_stats_fake(x: torch.Tensor, fmt: str, scale_rule: str, axis: int, name: str) -> torch.Tensor:
     return torch.empty_like(x)

@@ -253,21 +253,19 @@ def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None
 def qdq_act(x: torch.Tensor, spec: QuantSpec, name: str | None = None) -> torch.Tensor:
     """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is).
 
-    ``name`` (the layer prefix): record this call in the per-layer statistics under that name.
-    Callers pass it only while ``VLLM_QDQ_STATS`` is set, a setting they resolved when the
-    layer's method was built: this function reads no setting, so it traces under
-    ``torch.compile`` (vLLM's default mode) with ``spec`` and ``name`` as constants.
+    ``name`` (the layer prefix): record this call in the per-layer statistics under that name
+    (through the ``vllm_qdq::qdq_stats`` op, which records at run time, eagerly and in compiled
+    graphs). Callers pass it only while ``VLLM_QDQ_STATS`` is set, a setting they resolved when
+    the layer's method was built: this function reads no setting, so it traces under
+    ``torch.compile`` (vLLM's default mode) as one op node with constant arguments.
     """
     if not spec.enabled or x.numel() == 0:
         return x
-    from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq)
+    from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq / qdq_stats)
 
-    y = torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
     if name is not None:
-        from .stats import record_eager
-
-        record_eager(name, spec.format, x, y, scale_rule=spec.scale_rule)
-    return y
+        return torch.ops.vllm_qdq.qdq_stats(x, spec.format, spec.scale_rule, -1, name)
+    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
 
 
 # ----------------------------------------------------------------------------- vLLM glue
@@ -323,6 +321,7 @@ class QDQQuantConfig(QuantizationConfig):
         self.settings = settings_from_run(self.run)
         #: ``VLLM_QDQ_STATS`` (validated by load_config), read here once: never in a forward.
         self.stats_dir: str | None = load_config().stats_dir
+        self._setup_pid: int | None = None
         self.plans: dict[str, LayerPlan] = {}
         self.rule_hits: dict[str, int] = defaultdict(int)
         self._finalized = False
@@ -373,7 +372,23 @@ class QDQQuantConfig(QuantizationConfig):
                 raise ConfigError(f"qdq method: MoE layer {prefix}: weight format {p}")
         return LayerPlan(prefix, kind, weight, act, rule.pattern if rule else None)
 
+    def _worker_setup(self) -> None:
+        """Once per process that builds the model (a vLLM worker), before it is compiled: fold
+        the settings into vLLM's compile-cache key (vLLM hashes neither ``hf_overrides`` nor
+        this config) and, with statistics on, hook them into the worker's engine steps."""
+        if self._setup_pid == os.getpid():
+            return
+        self._setup_pid = os.getpid()
+        from .compile_cache import register_method_factors
+
+        register_method_factors(self.settings, self.stats_dir)
+        if self.stats_dir:
+            from .stats import enable
+
+            enable(in_worker=True)
+
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        self._worker_setup()
         if isinstance(layer, LinearBase):
             plan = self._plan(prefix, "linear")
             self.plans[prefix] = plan
@@ -417,9 +432,9 @@ class QDQQuantConfig(QuantizationConfig):
         ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
         if self.stats_dir:
-            from .stats import warn_if_compiled
+            from .stats import warn_if_cuda_graphs
 
-            warn_if_compiled("qdq method")
+            warn_if_cuda_graphs("qdq method")
         groups: dict[str, list[str]] = defaultdict(list)
         for p, plan in self.plans.items():
             groups[plan.label()].append(p)

@@ -17,27 +17,44 @@ Each (op name, format) key accumulates, in float64 on the host:
 Memory is bounded: at most :data:`MAX_KEYS` keys per process (later keys are pooled under
 ``op="<other>"``) of a fixed-size record each. Every process writes its own file
 ``qdq-stats-<pid>.jsonl`` in the directory: one JSON object per key holding the running
-totals, rewritten atomically every ``flush_every`` calls and at exit, so a reader always sees
-a complete snapshot. :func:`load_stats` merges the files of every process.
+totals, rewritten atomically (so a reader always sees a complete snapshot) every
+``flush_every`` calls, at exit, and, inside vLLM, after every engine step that recorded
+something. :func:`load_stats` merges the files of every process.
+
+Inside vLLM (:func:`enable`): the ``qdq`` method and the activation plugin record through the
+``vllm_qdq::qdq_stats`` op (:mod:`vllm_qdq.ops`), whose implementation calls
+:func:`record_call` at run time, eagerly and inside ``torch.compile`` graphs alike; CUDA-graph
+replays run no Python and are not recorded (:func:`warn_if_cuda_graphs`). Only the forwards
+of served engine steps (vLLM's ``execute_model``) are counted, not vLLM's start-up profiling,
+compile warm-up or CUDA-graph capture forwards, so the totals are exactly the calls the served
+requests made (e.g. ``calls`` of one layer = the engine steps that ran it). The file is
+rewritten at the end of each such step, before its outputs leave the worker: a server stopped
+by a plain SIGTERM (vLLM force-kills its engine core at once unless ``--shutdown-timeout`` is
+set) or killed outright has written every step a client has seen.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = [
-    "FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "get_recorder", "load_stats", "op_hook", "record", "record_eager",
+    "FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "enable", "flush_if_dirty", "get_recorder", "load_stats",
+    "op_hook", "record", "record_call", "record_eager", "served_steps_only", "set_hook", "warn_if_compiled",
+    "warn_if_cuda_graphs",
 ]
 
 logger = logging.getLogger("vllm_qdq")
@@ -115,7 +132,11 @@ def _saturated_count(x: torch.Tensor, y: torch.Tensor, fmt: str, scale_rule: str
 
 
 class QDQStats:
-    """Accumulates :class:`KeyStats` per (op, format) and flushes them to ``out_dir``."""
+    """Accumulates :class:`KeyStats` per (op, format) and flushes them to ``out_dir``.
+
+    ``out_dir`` is created by the first flush (a failure there is a failed flush: logged,
+    retried, never raised); :func:`vllm_qdq.config.load_config` has checked it at start-up.
+    """
 
     def __init__(self, out_dir: str | os.PathLike, *, flush_every: int = FLUSH_EVERY,
                  max_keys: int = MAX_KEYS) -> None:
@@ -124,7 +145,6 @@ class QDQStats:
         if max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r}; accepted: an integer >= 1")
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.max_keys = max_keys
         self.path = self.out_dir / f"qdq-stats-{os.getpid()}.jsonl"
@@ -134,6 +154,8 @@ class QDQStats:
         self._warned_full = False
         self.failed_flushes = 0
         self._told_recovered = False
+        #: calls recorded since the last successful flush
+        self.unflushed = 0
 
     def record(self, op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
                scale_rule: str = "floor", axis: int = -1) -> None:
@@ -168,6 +190,7 @@ class QDQStats:
                     ks = self._keys[key] = KeyStats(key[0], fmt)
             ks.merge(KeyStats(op_name, fmt, 1, n_ok, sig_sq, err_sq, max_err, max_x, sat, nonfinite))
             self._calls += 1
+            self.unflushed += 1
             due = self._calls % self.flush_every == 0
         if due:
             self.flush()
@@ -183,10 +206,13 @@ class QDQStats:
         nothing that a later flush cannot write: the error is logged (the first one, then every
         100th, with the count) and serving goes on; returns None then, else the file's path.
         """
-        rows = self.snapshot()
+        with self._lock:
+            rows = [KeyStats(**asdict(k)) for k in self._keys.values()]
+            pending = self.unflushed
         tmp = self.path.with_suffix(f".tmp{threading.get_ident()}")
         now = time.time()
         try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as f:
                 for ks in rows:
                     d = ks.to_json()
@@ -202,6 +228,8 @@ class QDQStats:
                              "totals are kept and the next flush retries", self.path, e,
                              self.failed_flushes)
             return None
+        with self._lock:
+            self.unflushed -= pending
         if self.failed_flushes and not self._told_recovered:
             logger.warning("vllm-qdq stats: %s written again after %d failed write(s); nothing lost",
                            self.path, self.failed_flushes)
@@ -242,35 +270,155 @@ def record(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
 
 def record_eager(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
                  scale_rule: str = "floor", axis: int = -1) -> None:
-    """:func:`record` outside compiled graphs; inside one (Dynamo tracing) it does nothing.
+    """:func:`record` from plain Python code that Dynamo may trace: under tracing it does nothing.
 
-    Statistics need host round trips, which a compiled graph or a CUDA graph replay cannot
-    make; :func:`warn_if_compiled` tells the user at start-up to run ``--enforce-eager``.
+    vLLM's paths do not use it: they record through the ``vllm_qdq::qdq_stats`` op, which
+    records in compiled graphs too (:func:`record_call`).
     """
     if torch.compiler.is_compiling():
         return
     record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
 
 
+# ----------------------------------------------------------------------------- inside vLLM
+
+#: Test hook replacing the recorder in :func:`record_call`: ``hook(name, x, y, fmt)``.
+_HOOK: Callable[[str, torch.Tensor, torch.Tensor, str], None] | None = None
+#: Count only calls inside served engine steps (set once this process runs a vLLM worker).
+_SERVED_ONLY = False
+#: Depth of ``execute_model`` calls running now in this process.
+_IN_STEP = 0
+_SENTINEL = "__vllm_qdq_stats_step__"
+_hooks_installed = False
+
+
+def set_hook(hook: Callable[[str, torch.Tensor, torch.Tensor, str], None] | None) -> None:
+    """Send :func:`record_call`'s calls to ``hook(name, x, y, fmt)`` instead of the recorder
+    (``None`` or :func:`op_hook`: the recorder)."""
+    global _HOOK
+    _HOOK = None if hook is None or hook is op_hook else hook
+
+
+def record_call(name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
+                scale_rule: str = "floor", axis: int = -1) -> None:
+    """Run-time body of the ``vllm_qdq::qdq_stats`` op: record one QDQ call.
+
+    Skipped: while a CUDA graph is being captured (the capture is not a served call, and host
+    reads are illegal there) and, in a vLLM worker, outside served engine steps (profiling and
+    warm-up forwards). Never raises into the forward pass: an unexpected error is logged once.
+    """
+    if _SERVED_ONLY and _IN_STEP <= 0:
+        return
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    try:
+        if _HOOK is not None:
+            _HOOK(name, x, y, fmt)
+        else:
+            record(name, fmt, x, y, scale_rule=scale_rule, axis=axis)
+    except Exception:  # statistics must never take the server down
+        _log_record_error(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _log_record_error(name: str) -> None:
+    logger.exception("vllm-qdq stats: recording a call of %s failed; statistics may be incomplete", name)
+
+
+def flush_if_dirty() -> Path | None:
+    """Flush this process's recorder if it recorded calls since its last successful flush."""
+    rec = _RECORDER
+    if rec is None or not rec.unflushed or not rec.path.name.endswith(f"-{os.getpid()}.jsonl"):
+        return None
+    return rec.flush()
+
+
+def served_steps_only() -> None:
+    """From now on :func:`record_call` counts only calls inside served engine steps."""
+    global _SERVED_ONLY
+    _SERVED_ONLY = True
+
+
+def enable(*, in_worker: bool = False) -> bool:
+    """Hook statistics into vLLM's worker (idempotent); returns whether the hooks are in place.
+
+    Wraps ``WorkerWrapperBase.execute_model`` (one served engine step, in every process that
+    runs a worker) to count the calls inside it and to flush the file after it, and
+    ``WorkerWrapperBase.init_device`` (a worker starting in this process, before any profiling
+    forward) to call :func:`served_steps_only`. ``in_worker``: the caller runs inside a worker
+    already (the ``qdq`` method building its layers): :func:`served_steps_only` at once.
+    """
+    global _hooks_installed
+    if in_worker:
+        served_steps_only()
+    if _hooks_installed:
+        return True
+    try:
+        from vllm.v1.worker.worker_base import WorkerWrapperBase
+    except ImportError:  # not inside vLLM: record every call, flush by count and at exit
+        return False
+    execute_model = WorkerWrapperBase.execute_model
+    init_device = WorkerWrapperBase.init_device
+    if not getattr(execute_model, _SENTINEL, False):
+
+        @functools.wraps(execute_model)
+        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+            global _IN_STEP
+            _IN_STEP += 1
+            try:
+                return execute_model(self, *args, **kwargs)
+            finally:
+                _IN_STEP -= 1
+                if _IN_STEP == 0:
+                    flush_if_dirty()
+
+        setattr(step, _SENTINEL, True)
+        WorkerWrapperBase.execute_model = step
+    if not getattr(init_device, _SENTINEL, False):
+
+        @functools.wraps(init_device)
+        def start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            served_steps_only()
+            return init_device(self, *args, **kwargs)
+
+        setattr(start, _SENTINEL, True)
+        WorkerWrapperBase.init_device = start
+    _hooks_installed = True
+    return True
+
+
 def op_hook(op_name: str, x: torch.Tensor, y: torch.Tensor, fmt: str) -> None:
-    """The activation plugin's stats hook (:func:`vllm_qdq.vllm_patch.set_stats_hook`)."""
-    record_eager(op_name, fmt, x, y)
+    """The activation plugin's default stats hook (:func:`vllm_qdq.vllm_patch.set_stats_hook`):
+    the recorder."""
+    record(op_name, fmt, x, y)
 
 
-def warn_if_compiled(where: str) -> None:
-    """One start-up line, unless vLLM's current config says ``enforce_eager``: statistics
-    come from eager calls only."""
+def _cuda_graphs_replay() -> bool:
+    """Whether this process's vLLM config replays CUDA graphs (no config: a CUDA device exists)."""
     try:
         from vllm.config import get_current_vllm_config
 
-        if get_current_vllm_config().model_config.enforce_eager:
-            return
-    except Exception:  # no current config (e.g. the API process): say it anyway
-        pass
+        cfg = get_current_vllm_config()
+    except Exception:  # no current config (e.g. the API process)
+        return torch.cuda.is_available()
+    if cfg.model_config is not None and cfg.model_config.enforce_eager:
+        return False
+    mode = getattr(cfg.compilation_config, "cudagraph_mode", None)
+    return mode is not None and str(getattr(mode, "name", mode)).upper() != "NONE"
+
+
+def warn_if_cuda_graphs(where: str) -> None:
+    """One start-up line when CUDA graphs replay: those calls are not recorded."""
+    if not _cuda_graphs_replay():
+        return
     logger.warning(
-        "vllm-qdq stats (%s): VLLM_QDQ_STATS records QDQ calls that run eagerly; calls inside "
-        "torch.compile graphs and CUDA graph replays are not recorded. Serve with --enforce-eager "
-        "for complete per-layer statistics.", where)
+        "vllm-qdq stats (%s): VLLM_QDQ_STATS records QDQ calls run eagerly and inside torch.compile "
+        "graphs, but not calls replayed from CUDA graphs (a replay runs no Python). Serve with "
+        "--enforce-eager or -cc.cudagraph_mode=NONE for complete per-layer statistics.", where)
+
+
+#: Former name of :func:`warn_if_cuda_graphs`.
+warn_if_compiled = warn_if_cuda_graphs
 
 
 def load_stats(stats_dir: str | os.PathLike) -> list[KeyStats]:

@@ -16,7 +16,9 @@ function that, per call:
 4. replaces the activation by ``torch.ops.vllm_qdq.qdq(x, fmt, scale_rule, -1, None, None)`` (blocks
    along the last, reduction, dimension; NVFP4's per-tensor scale from the activation's own
    amax) and calls the wrapped function with every other argument as given, returning its
-   result unchanged.
+   result unchanged. With ``stats_dir`` set, the op is ``torch.ops.vllm_qdq.qdq_stats(x, fmt,
+   scale_rule, -1, op_name)`` instead: the same QDQ, recorded under the wrapper's name by the
+   op's implementation, in compiled graphs too (:mod:`vllm_qdq.stats`).
 
 The wrapper is plain Python that Dynamo inlines: routing reads only trace-time constants
 (scalar-type ids, dtypes, ``is None``), the QDQ is one custom-op node, and the trace line goes
@@ -291,16 +293,12 @@ def build_table(cfg: QDQConfig) -> dict[tuple[str, str], tuple[str, str] | None]
     return table
 
 
-def _noop_stats(op_name: str, x: torch.Tensor, y: torch.Tensor, fmt: str) -> None:
-    """Default statistics hook (``stats_dir`` set, nothing registered): does nothing."""
-
-
 @dataclass
 class _State:
     cfg: QDQConfig
     table: dict[tuple[str, str], tuple[str, str] | None]
     trace: bool
-    stats_hook: StatsHook | None
+    stats: bool
 
 
 _STATE: _State | None = None
@@ -311,19 +309,16 @@ _REBOUND: list[tuple[Any, str, Callable]] = []
 
 
 def set_stats_hook(hook: StatsHook | None) -> None:
-    """Install the per-call statistics hook: ``hook(op_name, x, y, fmt)`` after each QDQ.
+    """Send recorded calls to ``hook(op_name, x, y, fmt)`` (``None`` or
+    :func:`vllm_qdq.stats.op_hook`: the per-process recorder).
 
-    Called only while settings have ``stats_dir``. Under ``torch.compile`` it is inlined by
-    Dynamo like the rest of the wrapper, so it must be traceable (torch ops / custom ops) or
-    return early when ``torch.compiler.is_compiling()``.
+    Called only while settings have ``stats_dir``, from the run-time implementation of the
+    ``vllm_qdq::qdq_stats`` op (eagerly and inside compiled graphs; never while Dynamo traces),
+    so it may be any Python. Process-wide: the ``qdq`` method's calls go to it too.
     """
-    global _STATS_HOOK
-    _STATS_HOOK = hook
-    if _STATE is not None and _STATE.cfg.stats_dir:
-        _STATE.stats_hook = hook or _noop_stats
+    from .stats import set_hook
 
-
-_STATS_HOOK: StatsHook | None = None
+    set_hook(hook)
 
 
 # ----------------------------------------------------------------------------- wrapping
@@ -382,9 +377,10 @@ def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
         if choice is None:
             return inner(*args, **kwargs)
         fmt, rule = choice
-        y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, None, None)
-        if st.stats_hook is not None:
-            st.stats_hook(name, x, y, fmt)
+        if st.stats:
+            y = torch.ops.vllm_qdq.qdq_stats(x, fmt, rule, -1, name)
+        else:
+            y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, None, None)
         if len(args) > pos:
             args = (*args[:pos], y, *args[pos + 1:])
         else:
@@ -441,8 +437,11 @@ def install(cfg: QDQConfig) -> PatchReport:
     import vllm._custom_ops as vllm_ops
 
     _init_scalar_table()
-    hook = (_STATS_HOOK or _noop_stats) if cfg.stats_dir else None
-    _STATE = _State(cfg, table, cfg.trace, hook)
+    if cfg.stats_dir:
+        from .stats import enable
+
+        enable()
+    _STATE = _State(cfg, table, cfg.trace, bool(cfg.stats_dir))
     report = PatchReport()
     for spec in COVERED:
         cur = getattr(vllm_ops, spec.name, None)
