@@ -100,8 +100,14 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-class ConfigError(ValueError):
-    """A setting has a value this package does not accept; the message names both."""
+class ConfigError(Exception):
+    """A setting has a value this package does not accept; the message names both.
+
+    Not a ``ValueError`` on purpose: vLLM builds its configs (``VllmConfig``, which creates the
+    ``qdq`` quantization config) as pydantic dataclasses, and pydantic turns a ``ValueError``
+    raised inside them into a ``ValidationError`` that buries the message; any other exception
+    passes through as itself. How the error reaches the user: :mod:`vllm_qdq.errors`.
+    """
 
 
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:

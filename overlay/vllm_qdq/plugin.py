@@ -7,13 +7,18 @@ logged and swallowed by vLLM, silently disabling the plugin).
 
 :func:`register`:
 
-0. registers the ``qdq`` quantization method with vLLM (always; it is selected by
+0. in the front process (the ``vllm serve`` API server or the program calling ``LLM()``, where
+   vLLM registers plugins before it starts any engine process), installs the error reporting
+   of :mod:`vllm_qdq.errors`: a vllm-qdq error, wherever it is found, is the last thing printed
+   (``vllm serve`` exits with status 2 and the message, no traceback);
+1. registers the ``qdq`` quantization method with vLLM (always; it is selected by
    ``quantization="qdq"``, see :mod:`vllm_qdq.qdq_method`);
-1. loads and validates every setting (:func:`vllm_qdq.config.load_config`); a bad value raises
-   :class:`vllm_qdq.config.ConfigError`, which vLLM does not catch, so start-up stops with a
-   message naming the value and the accepted ones;
-2. with ``VLLM_QDQ`` off, returns without touching anything;
-3. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.vllm_patch`), folds the
+2. loads and validates every setting (:func:`vllm_qdq.config.load_config`); a bad value raises
+   :class:`vllm_qdq.config.ConfigError`, which vLLM does not catch, so start-up stops in the
+   front process, before any engine starts, with a message naming the value and the accepted
+   ones;
+3. with ``VLLM_QDQ`` off, returns without touching anything;
+4. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.vllm_patch`), folds the
    settings into vLLM's compile-cache key (:mod:`vllm_qdq.compile_cache`) and logs once per
    process what was patched and with which settings.
 """
@@ -33,6 +38,9 @@ def register() -> None:
     Idempotent: a second call in the same process wraps nothing twice and logs at debug level.
     """
     global _logged
+    from .errors import install_front_hooks
+
+    install_front_hooks()  # first: the settings below may be bad
     # The `qdq` quantization method is registered always (it is chosen by quantization="qdq").
     from .qdq_method import register_qdq_method
 

@@ -37,7 +37,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
@@ -46,8 +46,12 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
 from .config import ConfigError, LayerRule, QuantSpec, config_from_dict, load_config
+from .errors import clear_recorded, reported
 from .formats import FORMATS, Family, Granularity
 from .qdq_moe import QDQFusedMoEMethod
+
+if TYPE_CHECKING:
+    from vllm.model_executor.models.utils import WeightsMapper
 
 __all__ = [
     "QDQ_METHOD_NAME",
@@ -176,7 +180,11 @@ def settings_from_run(run: dict[str, Any] | None, env: dict[str, str] | None = N
         if qm != QDQ_METHOD_NAME:
             raise ConfigError(f"qdq quantization_config: quant_method={qm!r}; accepted: {QDQ_METHOD_NAME}")
         method = {k: run[k] for k in ("weight", "act", "moe_weight", "moe_act") if k in run}
-        parsed = config_from_dict({"method": method, "layers": run.get("layers", [])})
+        try:
+            parsed = config_from_dict({"method": method, "layers": run.get("layers", [])})
+        except ConfigError as e:  # name the run config's own keys (act.format, not method.act.format)
+            msg = str(e)
+            raise ConfigError(f"qdq quantization_config: {msg.removeprefix('method.')}") from None
         pm = parsed.method
         weight = pm.weight if "weight" in run else weight
         act = pm.act if "act" in run else act
@@ -318,6 +326,9 @@ class QDQQuantConfig(QuantizationConfig):
     def __init__(self, run: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.run = dict(run) if run else {}
+        # vLLM builds this config in the front process (VllmConfig), before any engine starts:
+        # a bad run config stops start-up here, as a ConfigError (see vllm_qdq.errors).
+        clear_recorded()  # an engine error recorded for an earlier engine of this process
         self.settings = settings_from_run(self.run)
         #: ``VLLM_QDQ_STATS`` (validated by load_config), read here once: never in a forward.
         self.stats_dir: str | None = load_config().stats_dir
@@ -369,7 +380,7 @@ class QDQQuantConfig(QuantizationConfig):
         if kind == "moe":
             p = moe_weight_format_problem(weight.format)
             if p is not None:
-                raise ConfigError(f"qdq method: MoE layer {prefix}: weight format {p}")
+                raise reported(ConfigError(f"qdq method: MoE layer {prefix}: weight format {p}"))
         return LayerPlan(prefix, kind, weight, act, rule.pattern if rule else None)
 
     def _worker_setup(self) -> None:
@@ -414,21 +425,40 @@ class QDQQuantConfig(QuantizationConfig):
         )
         return None
 
-    # -- start-up check and log (model construction is over when any layer's
-    #    process_weights_after_loading runs)
+    # -- start-up check and log, once the model is built. The earliest call vLLM makes into
+    #    this config after model construction is the weight loader's mapper query (vLLM's
+    #    AutoWeightsLoader, which nearly every model's load_weights uses, asks the model's quant
+    #    config for its weight-name mappers before it reads the first tensor); the fallback is
+    #    the first process_weights_after_loading, after every weight is read.
+
+    def get_cache_scale_mapper(self) -> WeightsMapper:
+        """vLLM's mapper, unchanged; being asked means the model is built: :meth:`finalize`."""
+        self.finalize()
+        return QuantizationConfig.get_cache_scale_mapper()
+
+    def get_checkpoint_weight_mapper(self) -> WeightsMapper:
+        """vLLM's mapper, unchanged; being asked means the model is built: :meth:`finalize`."""
+        self.finalize()
+        return QuantizationConfig.get_checkpoint_weight_mapper()
 
     def finalize(self) -> None:
+        """Check every layer pattern against the built model and log the plan (once).
+
+        Raises:
+            ConfigError: a pattern that matched no layer, naming the layers there are; recorded
+                for the front process (:func:`vllm_qdq.errors.reported`), which prints it last.
+        """
         if self._finalized:
             return
         self._finalized = True
         unmatched = [r.pattern for r in self.settings.layers if self.rule_hits.get(r.pattern, 0) == 0]
         if unmatched:
             seen = sorted({_generalize(p) or "<unnamed>" for p in self.plans})
-            raise ConfigError(
+            raise reported(ConfigError(
                 f"qdq method: layer pattern(s) {unmatched} matched no layer of this model; "
                 f"layers offered to the method: {', '.join(seen)} (embeddings, lm_head and "
                 "attention are never quantized: only skip rules match them)"
-            )
+            ))
         ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
         if self.stats_dir:
