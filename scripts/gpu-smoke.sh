@@ -5,13 +5,16 @@
 #   bash scripts/gpu-smoke.sh kernels plugin      # chosen steps (e.g. one per CI job or call)
 #   bash scripts/gpu-smoke.sh summary             # the table from the logs already written
 #
-# Steps (each well inside 10 minutes on one H200; see the README for measured times):
+# Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-80 s, most
+# of it process start-up and imports; measured times are in results/ and the README):
 #   kernels       pytest -m gpu: Triton QDQ bit-exactness + sage3 kernels (tests/gpu/test_triton_qdq_gpu.py,
 #                 tests/gpu/test_sage3_gpu.py)
 #   plugin-gptoss, plugin-dense
 #                 pytest -m gpu tests/gpu/test_plugin_gpu.py (one model each): activation QDQ in Marlin MoE /
 #                 Marlin dense, eager and compiled + CUDA graphs, trace from the engine process, compile cache
-#   method        pytest -m gpu tests/gpu/test_qdq_method_gpu.py: the qdq method on CUDA (Llama, MoE)
+#   method-llama, method-moe
+#                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
+#                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
 #   serve         scripts/gpu_serve_check.py: vllm serve round trips, QDQ on / off
 #   bench-qdq     scripts/bench_qdq_triton.py: Triton QDQ vs device copy (figures; the bandwidth targets
 #                 are checked by its --check, not by the smoke suite)
@@ -38,7 +41,7 @@ export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-STEPS=(kernels plugin-gptoss plugin-dense method serve bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense study)
+STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe serve bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense study)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
@@ -120,7 +123,8 @@ for s in "${steps[@]}"; do
     kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_sage3_gpu.py ;;
     plugin-gptoss) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k gptoss ;;
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
-    method) step method "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py ;;
+    method-llama|method-moe)
+      step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py -k "${s#method-}" ;;
     serve) step serve "$PY" scripts/gpu_serve_check.py --out "$OUT/models" ;;
     bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
     bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py ;;

@@ -69,6 +69,33 @@ def shutdown(llm) -> None:
             break
 
 
+def run_streamed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output line by line as it comes (so a log shows progress even
+    when the caller is killed at a time limit); ``(return code, whole output)``, -9 on timeout."""
+    import sys
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = -9
+    t.join(10)
+    return rc, "".join(lines)
+
+
 def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
     from vllm import LLM, SamplingParams
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,10 +44,10 @@ def run(model: Path, runs: dict[str, dict], *, qdq: bool, cache: Path) -> dict[s
                VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
     spec = json.dumps({"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]})
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), spec],
-                       env=env, capture_output=True, text=True, timeout=900)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-6000:]
+    from plugin_llm_run import run_streamed
+
+    rc, out = run_streamed([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), spec], env, 900)
+    assert rc == 0, out[-6000:]
     driver = int(re.search(r"DRIVER_PID (\d+)", out).group(1))
     res = {}
     # the trace of each run: the lines between its predecessor's RESULT line and its own

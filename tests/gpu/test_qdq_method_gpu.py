@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,10 +39,11 @@ def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dic
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
     env.pop("VLLM_QDQ", None)
     spec = {"model": str(model), "prompts": PROMPTS, "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), json.dumps(spec)],
-                       env=env, capture_output=True, text=True, timeout=900)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-6000:]
+    from plugin_llm_run import run_streamed
+
+    rc, out = run_streamed([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), json.dumps(spec)],
+                           env, 900)
+    assert rc == 0, out[-6000:]
     res = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^RESULT (\S+) (.*)$", out, re.M)}
     assert set(res) == set(runs), out[-6000:]
     return res
