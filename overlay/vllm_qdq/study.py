@@ -254,13 +254,22 @@ def _server_means(before: dict[str, float], after: dict[str, float]) -> dict:
 
 def _warm_up(url: str, model: str, n: int, input_len: int, output_len: int, concurrency: int) -> None:
     """``n`` untimed completions of distinct prompts of about ``input_len`` tokens (no shared prefix),
-    ``output_len`` tokens each, at most ``concurrency`` at once; raises on the first failure."""
+    ``output_len`` tokens each, at most ``concurrency`` at once, shaped like the bench's own requests
+    (streamed with a usage chunk, ``repetition_penalty`` 1, the server's default sampling, EOS
+    ignored), so the timed run meets no code path the warm-up did not; raises on the first failure."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> None:
         words = " ".join(_WARMUP_WORDS[(i * 7 + j) % len(_WARMUP_WORDS)] for j in range(max(1, input_len - 1)))
-        _post(f"{url}/v1/completions", {"model": model, "prompt": f"{i} {words}", "max_tokens": output_len,
-                                        "temperature": 0.0, "ignore_eos": True}, timeout=600.0)
+        body = {"model": model, "prompt": f"{i} {words}", "max_tokens": output_len, "repetition_penalty": 1.0,
+                "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+        req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                     headers=_headers(json_body=True))
+        try:
+            with urllib.request.urlopen(req, timeout=600.0) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            raise _http_error("POST", f"{url}/v1/completions", e) from None
 
     with ThreadPoolExecutor(max_workers=max(1, min(n, concurrency))) as pool:
         list(pool.map(one, range(n)))

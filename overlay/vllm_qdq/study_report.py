@@ -216,9 +216,9 @@ def _caveats(res: dict, stats_on: bool) -> list[str]:
                 fe = [_front_end_ms(x) for x in (b, q)]
                 out.append(f"The client TTFT ({_fmt(b['mean_ttft_ms'])} ms baseline, {_fmt(q['mean_ttft_ms'])} ms "
                            f"QDQ) ranks the servers the other way round from their engines' queue + prefill "
-                           f"({_fmt(eng[0])} ms, {_fmt(eng[1])} ms): the difference is in the front-ends "
-                           f"({_fmt(fe[0])} ms, {_fmt(fe[1])} ms of the client TTFT), i.e. the API server and "
-                           "the benchmark client (Python processes) competing for CPU, not in the model.")
+                           f"({_fmt(eng[0])} ms, {_fmt(eng[1])} ms): the difference lies outside the engine's "
+                           f"scheduler ({_fmt(fe[0])} ms, {_fmt(fe[1])} ms of the client TTFT: the API server, the "
+                           "benchmark client, Python processes competing for CPU), not in the model.")
         for lb, x in (("baseline", b), ("qdq", q)):
             mpr = _messages_per_request(x)
             if mpr and mpr[0] < 0.9 * mpr[1]:
@@ -423,8 +423,9 @@ def _where_time_goes(bn: dict) -> str:
             f"server: vLLM's /metrics histograms, {sms['baseline']['requests']} / {sms['qdq']['requests']} "
             "requests):\n\n" + _table(["", "baseline", "QDQ", "QDQ / baseline"], rows))
     if all(v is not None for v in fe.values()):
-        text += (f"\n\nClient TTFT minus the engine's queue and prefill, i.e. the front-ends' share (the API "
-                 f"server's HTTP, tokenization and streaming, and the benchmark client): baseline "
+        text += (f"\n\nClient TTFT minus the engine's queue and prefill, i.e. time outside the engine's "
+                 "scheduler (the API server's HTTP, tokenization and streaming, the benchmark client, and any "
+                 "wait before the engine core took the request in): baseline "
                  f"{_fmt(fe['baseline'])} ms, QDQ {_fmt(fe['qdq'])} ms.")
     return text
 
