@@ -87,8 +87,9 @@ def _cpu_sets(n: int) -> list[str]:
 
 
 def serve(model: Path, port: int, *, qdq: bool, log: Path, cpus: str, stats_dir: Path | None = None,
-          max_model_len: int = 1024) -> subprocess.Popen:
-    """Start ``vllm serve`` on the CPU engine (own process group, output to ``log``)."""
+          max_model_len: int = 1024, enforce_eager: bool = True) -> subprocess.Popen:
+    """Start ``vllm serve`` on the CPU engine (own process group, output to ``log``);
+    ``enforce_eager=False``: vLLM's default torch.compile mode."""
     from .vllm_cli import vllm_command
 
     env = dict(os.environ)
@@ -97,7 +98,8 @@ def serve(model: Path, port: int, *, qdq: bool, log: Path, cpus: str, stats_dir:
     for k in ("VLLM_QDQ", "VLLM_QDQ_STATS"):
         env.pop(k, None)
     cmd = [*vllm_command(), "serve", str(model), "--port", str(port), "--host", "127.0.0.1",
-           "--max-model-len", str(max_model_len), "--dtype", "bfloat16", "--enforce-eager",
+           "--max-model-len", str(max_model_len), "--dtype", "bfloat16",
+           *(["--enforce-eager"] if enforce_eager else []),
            "--seed", "0", "--max-num-seqs", "16", "--max-logprobs", "20"]
     if qdq:
         if QDQ_SERVER == "method":
