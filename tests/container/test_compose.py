@@ -102,6 +102,7 @@ def test_config_every_profile_cpu(compose: list[str], profiles: list[str]) -> No
         assert "deploy" not in s, name  # no GPU reservation on the CPU stand-in
     for name in SERVERS:
         assert services[name]["depends_on"]["make-model"]["condition"] == "service_completed_successfully"
+        assert "--enforce-eager" not in " ".join(services[name]["command"]), name  # vLLM's default: compiled
     assert services["eval"]["environment"]["STUDY_TASKS"] == "local"
 
 
