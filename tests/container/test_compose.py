@@ -274,6 +274,14 @@ def test_cpu_study_up(compose: list[str], image: str, tmp_path: Path) -> None:
     assert list((out / "stats" / "qdq").glob("qdq-stats-*.jsonl"))
     log = (out / "logs" / "compose.log").read_text()
     assert "vllm-qdq stats: cannot write" not in log and "activation QDQ enabled" in log
+    # the report's head: what the servers ran, from the logs they wrote to /out/logs; the random model
+    head = text.split("## Accuracy")[0]
+    qdq_log = (out / "logs" / "serve-qdq.log").read_text()
+    method = next(line for line in qdq_log.splitlines() if "vllm-qdq: qdq method " in line)
+    assert f"`{method.split('vllm-qdq: ', 1)[1].strip()}`" in head, head
+    assert "quantization='qdq'" in head and "enforce_eager" not in head  # compiled, as users run it
+    assert "no vllm-qdq line (QDQ off)" in head and "**The model has random weights**" in head
+    assert "| engine prefill (scheduled -> first token) |" in text
     for name in ("accuracy", "throughput", "latency", "kl"):
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
