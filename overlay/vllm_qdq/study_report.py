@@ -443,8 +443,9 @@ def _under_floor_note(under: list[str], bn: dict) -> str:
            f"{LATENCY_FLOOR_MS:g} ms, which is not server time: `vllm bench serve` timestamps each streamed "
            "message as it parses it, and messages that reach it in one network read (a server that falls "
            "behind flushes several tokens at once) are parsed microseconds apart. A ratio of such figures "
-           "compares the client with itself. TPOT (each request's decode time / its output tokens) is not "
-           "affected.")
+           "compares the client with itself. TPOT (a request's first-to-last-message time over its tokens) "
+           "averages over the whole request and falls under the floor only when most of its tokens arrive "
+           "at once.")
     if shares:
         why += f" Inter-token gaps under {LATENCY_FLOOR_MS:g} ms: " + "; ".join(shares) + "."
     return why
