@@ -121,3 +121,31 @@ def test_log_names_compact_indices_and_name_the_unnamed(qm):
     ``<unnamed>``, never as an empty name."""
     names = qm._compact(["", "lm_head", "model.layers.0.mlp", "model.layers.1.mlp", "model.layers.0.attn"])
     assert names == ["<unnamed>", "lm_head", "model.layers.*.mlp (2)", "model.layers.0.attn"]
+
+
+def test_compile_cache_key_follows_method_settings(qm, monkeypatch, tmp_path):
+    """vLLM's compile-cache key (``vllm.envs.compile_factors()``) changes with the method's
+    environment settings and with statistics on/off while the plugin is disabled: vLLM's own
+    key holds only ``quantization='qdq'``, and ``VLLM_QDQ_CONFIG`` / ``VLLM_QDQ_STATS`` entered it
+    only through the plugin's factors, so a graph compiled with other formats (or with the
+    ``qdq`` op where statistics need ``qdq_stats``) could be loaded from the cache."""
+    import vllm.envs as envs
+    from vllm_qdq import stats
+    from vllm_qdq.compile_cache import METHOD_VAR
+
+    for var in ("VLLM_QDQ", "VLLM_QDQ_CONFIG", "VLLM_QDQ_STATS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(envs, "environment_variables", dict(envs.environment_variables))
+    monkeypatch.setattr(stats, "enable", lambda **kw: True)  # no worker hooks in the test process
+
+    def key(**env: str) -> str:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        qm.QDQQuantConfig()._worker_setup()
+        return envs.compile_factors()[METHOD_VAR]
+
+    base = key()
+    assert key() == base  # deterministic
+    fp8 = key(VLLM_QDQ_CONFIG=json.dumps({"method": {"act": "mxfp8_e4m3"}}))
+    with_stats = key(VLLM_QDQ_STATS=str(tmp_path / "stats"))
+    assert len({base, fp8, with_stats}) == 3

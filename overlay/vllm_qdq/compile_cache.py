@@ -21,11 +21,12 @@ factors and can never be picked up with it enabled, and two different settings n
 key. The wrapper's own source file is also hashed by vLLM when Dynamo inlines it (traced files).
 
 The ``qdq`` method needs a factor of its own, ``VLLM_QDQ_METHOD`` (:func:`register_method_factors`,
-added by the method's config in the process that builds the model): vLLM's key holds only the
-method's name (``quantization="qdq"``); the per-run ``quantization_config`` comes through
-``hf_overrides``, which vLLM leaves out of the hash, and ``VLLM_QDQ_CONFIG`` / ``VLLM_QDQ_STATS``
-are hashed only while the plugin is enabled. Without it, a graph compiled for one format (or
-without statistics) would be loaded for another.
+added by the method's config in the process that builds the model): vLLM's key covers
+``quantization="qdq"`` and the model's config (a per-run ``quantization_config`` included), but
+``VLLM_QDQ_CONFIG`` and ``VLLM_QDQ_STATS`` only through the plugin's factors, which a disabled
+plugin does not add. Without it, a graph compiled for other environment settings (activation
+formats are constants in the graph; with statistics on it holds ``vllm_qdq::qdq_stats`` nodes)
+could be loaded from the cache.
 """
 
 from __future__ import annotations

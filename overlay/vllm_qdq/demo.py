@@ -87,9 +87,9 @@ def _cpu_sets(n: int) -> list[str]:
 
 
 def serve(model: Path, port: int, *, qdq: bool, log: Path, cpus: str, stats_dir: Path | None = None,
-          max_model_len: int = 1024, enforce_eager: bool = True) -> subprocess.Popen:
-    """Start ``vllm serve`` on the CPU engine (own process group, output to ``log``);
-    ``enforce_eager=False``: vLLM's default torch.compile mode."""
+          max_model_len: int = 1024, enforce_eager: bool = False) -> subprocess.Popen:
+    """Start ``vllm serve`` on the CPU engine (own process group, output to ``log``), in vLLM's
+    default torch.compile mode (the mode users run); ``enforce_eager=True``: eager mode."""
     from .vllm_cli import vllm_command
 
     env = dict(os.environ)

@@ -385,8 +385,8 @@ class QDQQuantConfig(QuantizationConfig):
 
     def _worker_setup(self) -> None:
         """Once per process that builds the model (a vLLM worker), before it is compiled: fold
-        the settings into vLLM's compile-cache key (vLLM hashes neither ``hf_overrides`` nor
-        this config) and, with statistics on, hook them into the worker's engine steps."""
+        the settings into vLLM's compile-cache key (:mod:`vllm_qdq.compile_cache`) and, with
+        statistics on, hook them into the worker's engine steps (:func:`vllm_qdq.stats.enable`)."""
         if self._setup_pid == os.getpid():
             return
         self._setup_pid = os.getpid()
