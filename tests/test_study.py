@@ -389,6 +389,13 @@ def test_report_settings_floors_and_caveats(tmp_path: Path, monkeypatch: pytest.
            "no vllm-qdq line (QDQ off)." in head
     assert "**random weights** (built by vllm_qdq.tiny: 2 layers, hidden 128)" in head
     assert "**The model has random weights**" in head and "chance level" in head
+    # a QDQ engine faster than the baseline's (QDQ only adds work): the load changed between the runs
+    assert "only adds work" not in head
+    q["study_server_metrics"].update(prefill_ms=2.0, decode_ms=10.0)
+    (tmp_path / "bench/qdq.json").write_text(json.dumps(q))
+    head = write_report(tmp_path).read_text().split("## Accuracy")[0]
+    assert "The QDQ server's engine took less time per request than the baseline's (prefill + decode 12.000 ms " \
+           "vs 25.000 ms)" in head
 
 
 def _tiny_marker_dir(d: Path) -> Path:

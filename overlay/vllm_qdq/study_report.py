@@ -219,6 +219,13 @@ def _caveats(res: dict, stats_on: bool) -> list[str]:
                            f"({_fmt(eng[0])} ms, {_fmt(eng[1])} ms): the difference lies outside the engine's "
                            f"scheduler ({_fmt(fe[0])} ms, {_fmt(fe[1])} ms of the client TTFT: the API server, the "
                            "benchmark client, Python processes competing for CPU), not in the model.")
+        if sb and sq and all(k in sb and k in sq for k in ("prefill_ms", "decode_ms")):
+            eb, eq = sb["prefill_ms"] + sb["decode_ms"], sq["prefill_ms"] + sq["decode_ms"]
+            if eq < eb:
+                out.append(f"The QDQ server's engine took less time per request than the baseline's (prefill + decode "
+                           f"{_fmt(eq)} ms vs {_fmt(eb)} ms) although QDQ only adds work to the same model: the "
+                           "machine's load changed between the two timed runs (the baseline ran first), so the "
+                           "speed comparison of this run is not sound; repeat the bench on a quiet machine.")
         for lb, x in (("baseline", b), ("qdq", q)):
             mpr = _messages_per_request(x)
             if mpr and mpr[0] < 0.9 * mpr[1]:
