@@ -222,8 +222,6 @@ SERVER_METRICS: dict[str, str] = {
     "e2e_ms": "vllm:e2e_request_latency_seconds",        # API server: arrival -> finished
 }
 _PROM_LINE = re.compile(r"^(vllm:[A-Za-z0-9_:]+)_(sum|count)(?:\{[^}]*\})? (\S+)$", re.M)
-_WARMUP_WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "study", "model", "server",
-                 "number", "format", "layer", "token", "value")
 
 
 def _metrics_snapshot(url: str) -> dict[str, float]:
@@ -252,44 +250,25 @@ def _server_means(before: dict[str, float], after: dict[str, float]) -> dict:
     return out
 
 
-def _warm_up(url: str, model: str, n: int, input_len: int, output_len: int, concurrency: int) -> None:
-    """``n`` untimed completions of distinct prompts of about ``input_len`` tokens (no shared prefix),
-    ``output_len`` tokens each, at most ``concurrency`` at once, shaped like the bench's own requests
-    (streamed with a usage chunk, ``repetition_penalty`` 1, the server's default sampling, EOS
-    ignored), so the timed run meets no code path the warm-up did not; raises on the first failure."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(i: int) -> None:
-        words = " ".join(_WARMUP_WORDS[(i * 7 + j) % len(_WARMUP_WORDS)] for j in range(max(1, input_len - 1)))
-        body = {"model": model, "prompt": f"{i} {words}", "max_tokens": output_len, "repetition_penalty": 1.0,
-                "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-        req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
-                                     headers=_headers(json_body=True))
-        try:
-            with urllib.request.urlopen(req, timeout=600.0) as r:
-                r.read()
-        except urllib.error.HTTPError as e:
-            raise _http_error("POST", f"{url}/v1/completions", e) from None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(n, concurrency))) as pool:
-        list(pool.map(one, range(n)))
-
-
 def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | None = None,
               num_prompts: int = 16, input_len: int = 32, output_len: int = 16,
               max_concurrency: int | None = None, num_warmups: int = 0) -> Path:
     """``vllm bench serve`` (random prompts, fixed lengths) against ``url``; returns its JSON.
 
-    ``num_warmups`` untimed requests run first, concurrently (at most ``max_concurrency``), with
-    distinct prompts of the same sizes: a server's first batch of a new size pays one-off costs
-    (kernel selection, weight repacking on the CPU engine, allocator growth) that would otherwise
-    land in the first timed requests of whichever server happens to be measured cold.
+    ``num_warmups`` untimed requests run first, concurrently (at most ``max_concurrency``): a
+    ``vllm bench serve`` of its own with the same sizes and request shape but other prompts
+    (``--seed 1``: no prefix shared with the timed ones), whose result is not kept (its output:
+    ``bench/<label>-warmup.log``). A server's first batch of a new size pays one-off costs (kernel
+    selection, weight repacking on the CPU engine, allocator growth, first-use code paths) that
+    would otherwise land in the first timed requests of whichever server happens to be measured
+    cold.
 
-    Around the timed run (and only it: the warm-up is done by then and the bench's own ready-check
-    request is off) the server's ``/metrics`` histograms are read, and their per-request means are
-    kept in the result as ``study_server_metrics`` (:data:`SERVER_METRICS`; ``{"error": ...}`` when
-    the server has no such metrics): the engine's queue / prefill / decode times beside the
-    client's TTFT tell the model's time from the front-ends' (API server, benchmark client).
+    Around the timed run (and only it: the warm-up is over by then and the timed bench's own
+    warm-up and ready-check request are off) the server's ``/metrics`` histograms are read, and
+    their per-request means are kept in the result as ``study_server_metrics``
+    (:data:`SERVER_METRICS`; ``{"error": ...}`` when the server has no such metrics): the engine's
+    queue / prefill / decode times beside the client's TTFT tell the model's time from the
+    front-ends' (API server, benchmark client).
     """
     if num_warmups < 0:
         raise ValueError(f"num_warmups={num_warmups!r}; accepted: an integer >= 0")
@@ -297,25 +276,34 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
 
     result_dir = out / "bench"
     result_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
+    common = [
         *vllm_command(), "bench", "serve",
         "--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions",
         "--model", model, "--tokenizer", tokenizer or model,
         "--dataset-name", "random", "--random-input-len", str(input_len),
         "--random-output-len", str(output_len), "--ignore-eos",
-        "--num-prompts", str(num_prompts), "--seed", "0",
+        "--disable-tqdm", "--num-warmups", "0",
+    ]
+    if max_concurrency:
+        common += ["--max-concurrency", str(max_concurrency)]
+    cmd = [
+        *common, "--num-prompts", str(num_prompts), "--seed", "0",
         "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", ",".join(map(str, PERCENTILES)),
         "--save-result", "--result-dir", str(result_dir), "--result-filename", f"{label}.json",
-        "--label", label, "--disable-tqdm",
-        "--num-warmups", "0", "--ready-check-timeout-sec", "0",  # both done here, before the /metrics snapshot
+        "--label", label,
+        "--ready-check-timeout-sec", "0",  # the warm-up checked readiness; no extra request in /metrics
         "--save-detailed",  # per-request TTFTs and inter-token gaps: the report checks the latency floor
     ]
-    if max_concurrency:
-        cmd += ["--max-concurrency", str(max_concurrency)]
     if num_warmups:
-        print(f"study: bench {label}: {num_warmups} untimed warm-up requests", flush=True)
-        _warm_up(url, model, num_warmups, input_len, output_len, max_concurrency or num_warmups)
+        warm = [*common, "--num-prompts", str(num_warmups), "--seed", "1"]
+        print(f"study: bench {label}: warm-up, {num_warmups} untimed requests: {' '.join(warm)}", flush=True)
+        with _client_key_env() as env:
+            proc = subprocess.run(warm, capture_output=True, text=True, env=env)
+        (result_dir / f"{label}-warmup.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"warm-up (vllm bench serve) against {url} failed (exit {proc.returncode}); "
+                               f"last output:\n{(proc.stdout + proc.stderr)[-3000:]}")
     means: dict = {}
     metrics_error: str | None = None
     try:
