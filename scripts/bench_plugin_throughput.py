@@ -23,8 +23,8 @@ engine start). After one untimed warm-up per shape on each, ``--pairs`` rounds t
 ``generate`` per shape on each engine, alternating which goes first (off-on, on-off, ...), with
 the other engine idle; each measurement repeats the shape's batch back to back until it lasts
 about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200). The ratio per
-pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and max and the median tok/s of each engine. Exit 1 when a
-row's median ratio is below ``--target``.
+pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and
+max and the median tok/s of each engine. Exit 1 when a row's median ratio is below ``--target``.
 """
 
 from __future__ import annotations
@@ -54,19 +54,13 @@ MODELS: dict[str, tuple[str, dict]] = {
 def build(name: str, root: Path) -> Path:
     """Build (once; a ``.done`` marker says it is complete) the benchmark model ``name``."""
     sys.path.insert(0, str(HERE))
-    from tiny_models import build_tiny_gptoss_mxfp4, build_tiny_llama
+    from tiny_models import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
 
-    path = root / f"bench-{name}"
-    if (path / ".done").exists():
-        return path
     if name == "gptoss":
-        build_tiny_gptoss_mxfp4(path, hidden=2880, experts=32, layers=4, intermediate=2880, top_k=4,
-                                heads=64, kv_heads=8, head_dim=64)
-    else:
-        build_tiny_llama(path, hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128, layers=4,
-                         std=0.02)
-    (path / ".done").write_text("")
-    return path
+        return build_once(root / "bench-gptoss", build_tiny_gptoss_mxfp4, hidden=2880, experts=32, layers=4,
+                          intermediate=2880, top_k=4, heads=64, kv_heads=8, head_dim=64)
+    return build_once(root / "bench-dense", build_tiny_llama, hidden=4096, intermediate=14336, heads=32,
+                      kv_heads=8, head_dim=128, layers=4, std=0.02)
 
 
 # ----------------------------------------------------------------------------- worker

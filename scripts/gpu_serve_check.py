@@ -43,17 +43,12 @@ MODELS = {
 
 def build(kind: str, root: Path) -> Path:
     """The tiny model ``kind`` under ``root``, built once (a ``.done`` marker says it is complete)."""
-    from tiny_models import build_tiny_gptoss_mxfp4, build_tiny_llama
+    from tiny_models import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
 
-    path = root / ("gptoss" if kind == "gptoss" else "llama")
-    if (path / ".done").exists():
-        return path
     if kind == "gptoss":
-        build_tiny_gptoss_mxfp4(path, hidden=256, experts=4, layers=2)
-    else:
-        build_tiny_llama(path, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)
-    (path / ".done").write_text("")
-    return path
+        return build_once(root / "gptoss", build_tiny_gptoss_mxfp4, hidden=256, experts=4, layers=2)
+    return build_once(root / "llama", build_tiny_llama, hidden=256, intermediate=512, heads=4, kv_heads=2,
+                      head_dim=64)
 
 
 def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path, *, trace: bool = True,

@@ -23,6 +23,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -94,6 +95,30 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[i
         rc = -9
     t.join(10)
     return rc, "".join(lines)
+
+
+def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], *,
+          prompts: list[list[int]] | None = None, timeout: float = 900) -> tuple[int, str, dict[str, dict]]:
+    """Run this script on ``runs`` (``{name: LLM kwargs}``) in a driver process of its own.
+
+    Returns ``(return code, whole output, {name: result})``; each result also carries
+    ``driver`` (the driver's pid) and ``log``: the output lines between the previous run's
+    ``RESULT`` line and its own, i.e. what this run's engine printed.
+    """
+    import sys
+
+    spec: dict = {"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
+    if prompts is not None:
+        spec["prompts"] = prompts
+    rc, out = run_streamed([sys.executable, os.path.abspath(__file__), json.dumps(spec)], env, timeout)
+    m = re.search(r"DRIVER_PID (\d+)", out)
+    driver = int(m.group(1)) if m else -1
+    res: dict[str, dict] = {}
+    chunks = re.split(r"^RESULT (\S+) (.*)$", out, flags=re.M)
+    for i in range(1, len(chunks) - 1, 3):
+        name, payload, before = chunks[i], chunks[i + 1], chunks[i - 1]
+        res[name] = {**json.loads(payload), "driver": driver, "log": before}
+    return rc, out, res
 
 
 def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:

@@ -238,6 +238,16 @@ def build_tiny_gptoss_mxfp4(
     return path
 
 
+def build_once(path: str | Path, builder, **kwargs) -> Path:
+    """``builder(path, **kwargs)`` unless an earlier call completed it (a ``.done`` marker in
+    ``path``, written last), so steps of a suite share one build."""
+    path = Path(path)
+    if not (path / ".done").exists():
+        builder(path, **kwargs)
+        (path / ".done").write_text("")
+    return path
+
+
 _BUILDERS = {"llama": build_tiny_llama, "moe": build_tiny_moe, "gptoss-mxfp4": build_tiny_gptoss_mxfp4}
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ reused with it would also show up as "on == off").
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -43,22 +42,13 @@ def run(model: Path, runs: dict[str, dict], *, qdq: bool, cache: Path) -> dict[s
     env.update(VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache),
                VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
-    spec = json.dumps({"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]})
-    from plugin_llm_run import run_streamed
+    from plugin_llm_run import drive
 
-    rc, out = run_streamed([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), spec], env, 900)
+    rc, out, res = drive(model, runs, env)
     assert rc == 0, out[-6000:]
-    driver = int(re.search(r"DRIVER_PID (\d+)", out).group(1))
-    res = {}
-    # the trace of each run: the lines between its predecessor's RESULT line and its own
-    chunks = re.split(r"^RESULT (\S+) (.*)$", out, flags=re.M)
-    for i in range(1, len(chunks) - 1, 3):
-        name, payload, before = chunks[i], chunks[i + 1], chunks[i - 1]
-        res[name] = json.loads(payload)
-        res[name]["driver"] = driver
+    for r in res.values():
         # engine-process lines carry vLLM's "(EngineCore pid=...)" prefix: keep from the marker on
-        res[name]["trace"] = [ln[ln.index(TRACE):] for ln in before.splitlines() if TRACE in ln]
-        res[name]["log"] = before
+        r["trace"] = [ln[ln.index(TRACE):] for ln in r["log"].splitlines() if TRACE in ln]
     assert set(res) == set(runs), out[-6000:]
     return res
 

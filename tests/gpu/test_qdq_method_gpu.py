@@ -9,9 +9,7 @@ compiled + CUDA-graph engine tracks the ``enforce_eager`` one as closely.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -38,13 +36,10 @@ def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dic
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "cache"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
     env.pop("VLLM_QDQ", None)
-    spec = {"model": str(model), "prompts": PROMPTS, "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
-    from plugin_llm_run import run_streamed
+    from plugin_llm_run import drive
 
-    rc, out = run_streamed([sys.executable, str(REPO / "scripts" / "plugin_llm_run.py"), json.dumps(spec)],
-                           env, 900)
+    rc, out, res = drive(model, runs, env, prompts=PROMPTS)
     assert rc == 0, out[-6000:]
-    res = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^RESULT (\S+) (.*)$", out, re.M)}
     assert set(res) == set(runs), out[-6000:]
     return res
 
