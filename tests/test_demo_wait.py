@@ -6,7 +6,6 @@ delay, one that exits), so :func:`vllm_qdq.demo._wait` runs its real polling loo
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +32,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return demo._free_port()
 
 
 def _start(tmp_path: Path, label: str, mode: str, delay: float) -> tuple[str, subprocess.Popen, Path]:

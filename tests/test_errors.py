@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from vllm_qdq.config import ConfigError
+from vllm_qdq.demo import _free_port
 from vllm_qdq.vllm_cli import vllm_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def _check_common(case: str, out: str, lines: list[str]) -> None:
 def test_vllm_serve_exits_with_the_message(model, case):
     extra, overrides, msg, front = CASES[case]
     cmd = [*vllm_command(), "serve", str(model), "--quantization", "qdq", "--dtype", "float32",
-           "--max-model-len", "128", "--enforce-eager", "--host", "127.0.0.1", "--port", "18231"]
+           "--max-model-len", "128", "--enforce-eager", "--host", "127.0.0.1", "--port", str(_free_port())]
     if overrides is not None:
         cmd += ["--hf-overrides", json.dumps(overrides)]
     rc, out, secs = _run(cmd, _env(extra))

@@ -61,9 +61,9 @@ def register() -> None:
 
         set_stats_hook(op_hook)
         if not _logged:
-            from .stats import warn_if_compiled
+            from .stats import warn_if_cuda_graphs
 
-            warn_if_compiled("activation plugin")
+            warn_if_cuda_graphs("activation plugin")
     factors = register_compile_factors(cfg)
     if _logged:
         logger.debug("vllm-qdq: register() again in pid %d; settings refreshed", os.getpid())

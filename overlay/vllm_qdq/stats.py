@@ -53,7 +53,7 @@ import torch
 
 __all__ = [
     "FILE_GLOB", "MAX_KEYS", "KeyStats", "QDQStats", "enable", "flush_if_dirty", "get_recorder", "load_stats",
-    "op_hook", "record", "record_call", "record_eager", "served_steps_only", "set_hook", "warn_if_compiled",
+    "op_hook", "record", "record_call", "served_steps_only", "set_hook",
     "warn_if_cuda_graphs",
 ]
 
@@ -268,18 +268,6 @@ def record(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
         rec.record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
 
 
-def record_eager(op_name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
-                 scale_rule: str = "floor", axis: int = -1) -> None:
-    """:func:`record` from plain Python code that Dynamo may trace: under tracing it does nothing.
-
-    vLLM's paths do not use it: they record through the ``vllm_qdq::qdq_stats`` op, which
-    records in compiled graphs too (:func:`record_call`).
-    """
-    if torch.compiler.is_compiling():
-        return
-    record(op_name, fmt, x, y, scale_rule=scale_rule, axis=axis)
-
-
 # ----------------------------------------------------------------------------- inside vLLM
 
 #: Test hook replacing the recorder in :func:`record_call`: ``hook(name, x, y, fmt)``.
@@ -320,8 +308,15 @@ def record_call(name: str, fmt: str, x: torch.Tensor, y: torch.Tensor, *,
         _log_record_error(name)
 
 
-@functools.lru_cache(maxsize=1)
+_record_error_logged = False
+
+
 def _log_record_error(name: str) -> None:
+    """Log the first failed recording of this process (with its traceback), and only that one."""
+    global _record_error_logged
+    if _record_error_logged:
+        return
+    _record_error_logged = True
     logger.exception("vllm-qdq stats: recording a call of %s failed; statistics may be incomplete", name)
 
 
@@ -416,9 +411,6 @@ def warn_if_cuda_graphs(where: str) -> None:
         "graphs, but not calls replayed from CUDA graphs (a replay runs no Python). Serve with "
         "--enforce-eager or -cc.cudagraph_mode=NONE for complete per-layer statistics.", where)
 
-
-#: Former name of :func:`warn_if_cuda_graphs`.
-warn_if_compiled = warn_if_cuda_graphs
 
 
 def load_stats(stats_dir: str | os.PathLike) -> list[KeyStats]:

@@ -62,6 +62,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from .tiny import MARKER as _TINY_MARKER
+
 __all__ = [
     "API_KEY_ENV",
     "ENDPOINTS",
@@ -89,7 +91,7 @@ PERCENTILES = (50, 90, 99)
 #: The variable holding the servers' API key (``vllm serve`` reads the same one).
 API_KEY_ENV = "VLLM_API_KEY"
 #: The file :func:`vllm_qdq.tiny.build_tiny_llama` writes into the model directory it builds.
-TINY_MARKER = ".tiny-llama.json"
+TINY_MARKER = _TINY_MARKER
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -137,17 +136,13 @@ def server_settings(log: Path) -> dict:
     return out
 
 
-def _redact(text: str) -> str:
-    key = os.environ.get("VLLM_API_KEY")
-    return text.replace(key, "***") if key else text
-
-
 def _args_text(args: dict | str | None) -> str:
     if args is None:
         return "no `non-default args` line"
     if isinstance(args, str):
-        return f"`{_redact(args)}`"
-    return "`" + _redact(", ".join(f"{k}={v!r}" for k, v in args.items() if k != "model_tag")) + "`"
+        return f"`{args}`"
+    # vLLM's log line has redacted api_key already (redact_sensitive_args)
+    return "`" + ", ".join(f"{k}={v!r}" for k, v in args.items() if k != "model_tag") + "`"
 
 
 def _step_args(meta: dict) -> dict:
@@ -281,7 +276,7 @@ def _settings(res: dict, logs: Path, stats_on: bool) -> str:
         head += f"vLLM {st['version'] or '(version not logged)'}; arguments {_args_text(st['args'])}; "
         if st["qdq"]:
             lines.append(head + "vllm-qdq:")
-            lines += [f"  - `{_redact(m)}`" for m in st["qdq"]]
+            lines += [f"  - `{m}`" for m in st["qdq"]]
         else:
             lines.append(head + "no vllm-qdq line (QDQ off).")
     lines += ["", f"**Workload**: {_workload(res)}", ""]

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["TINY_CONFIG", "build_tiny_llama", "main"]
+__all__ = ["MARKER", "TINY_CONFIG", "build_tiny_llama", "main"]
+
+#: File written into every model this module builds: it says the weights are random.
+MARKER = ".tiny-llama.json"
 
 #: Architecture of the tiny model (LlamaConfig keyword arguments).
 TINY_CONFIG: dict = {
@@ -64,7 +67,7 @@ def build_tiny_llama(path: str | Path, *, seed: int = 0, dtype: str = "bfloat16"
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
-    marker = path / ".tiny-llama.json"
+    marker = path / MARKER
     want = {"config": TINY_CONFIG, "seed": seed, "dtype": dtype}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return path
