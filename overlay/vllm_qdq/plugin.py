@@ -11,6 +11,8 @@ logged and swallowed by vLLM, silently disabling the plugin).
    vLLM registers plugins before it starts any engine process), installs the error reporting
    of :mod:`vllm_qdq.errors`: a vllm-qdq error, wherever it is found, is the last thing printed
    (``vllm serve`` exits with status 2 and the message, no traceback);
+   It also asks Linux for AMX tile state where the CPU has AMX (:mod:`vllm_qdq.cpu_compat`:
+   vLLM's eager CPU attention uses AMX without asking and can die by SIGILL);
 1. registers the ``qdq`` quantization method with vLLM (always; it is selected by
    ``quantization="qdq"``, see :mod:`vllm_qdq.qdq_method`);
 2. loads and validates every setting (:func:`vllm_qdq.config.load_config`); a bad value raises
@@ -41,6 +43,10 @@ def register() -> None:
     from .errors import install_front_hooks
 
     install_front_hooks()  # first: the settings below may be bad
+    from .cpu_compat import request_amx_permission
+
+    if request_amx_permission():
+        logger.info("vllm-qdq: requested AMX tile permission in pid %d (vllm_qdq.cpu_compat)", os.getpid())
     # The `qdq` quantization method is registered always (it is chosen by quantization="qdq").
     from .qdq_method import register_qdq_method
 
