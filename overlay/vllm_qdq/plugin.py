@@ -45,8 +45,8 @@ def register() -> None:
     install_front_hooks()  # first: the settings below may be bad
     from .cpu_compat import request_amx_permission
 
-    if request_amx_permission():
-        logger.info("vllm-qdq: requested AMX tile permission in pid %d (vllm_qdq.cpu_compat)", os.getpid())
+    if request_amx_permission():  # at debug level: the one INFO line is the patch summary below
+        logger.debug("vllm-qdq: requested AMX tile permission in pid %d (vllm_qdq.cpu_compat)", os.getpid())
     # The `qdq` quantization method is registered always (it is chosen by quantization="qdq").
     from .qdq_method import register_qdq_method
 
