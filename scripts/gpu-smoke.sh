@@ -27,7 +27,13 @@
 #
 # Every step writes $SMOKE_OUT/<step>.log and a one-line $SMOKE_OUT/<step>.result
 # ("PASS|FAIL <seconds> s <detail>") and prints that line last. Models are built once under
-# $SMOKE_OUT/models; one VLLM_CACHE_ROOT ($SMOKE_OUT/vllm-cache unless set) is shared by the steps.
+# $SMOKE_OUT/models (SMOKE_MODELS) and shared by the steps; each step keeps its compile cache in
+# $VLLM_CACHE_ROOT/<step> (default $SMOKE_OUT/vllm-cache), so a step run again starts warm.
+#
+# SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
+# study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
+# skips the memory profiling that fails beside another engine). The bench-* steps always run
+# alone, after the checks started before them have finished: they measure time.
 # Exit status: non-zero when a step failed, when there is no usable GPU (the reason is printed), or
 # for an unknown step.
 set -uo pipefail
@@ -37,11 +43,14 @@ mkdir -p "$OUT/models"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
+CACHE_BASE=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
+export SMOKE_MODELS=${SMOKE_MODELS:-$OUT/models}
+JOBS=${SMOKE_JOBS:-1}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_JOBS='$JOBS' is not a positive integer" >&2; exit 2; }
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe serve bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense study)
+STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
@@ -93,10 +102,10 @@ step() {  # step NAME CMD...: log, time, one-line result
   local t0 t1 rc detail
   t0=$(date +%s.%N)
   echo "=== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
+  VLLM_CACHE_ROOT="$CACHE_BASE/$name" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
-  tail -n 25 "$OUT/$name.log"
+  [ "$JOBS" -gt 1 ] || tail -n 25 "$OUT/$name.log"
   detail=$(grep -E '^(=+ .*(passed|failed|error).* =+|[0-9]+ (passed|failed).*)$' "$OUT/$name.log" | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//')
   [ -n "$detail" ] || detail=$(grep -v '^\s*$' "$OUT/$name.log" | tail -n 1 | cut -c1-100)
   local secs
@@ -110,34 +119,56 @@ pytest_args=(-m gpu -q -p no:cacheprovider -rfE)
 xdist=()
 "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "${SMOKE_XDIST:-8}")
 
-for s in "${steps[@]}"; do
-  if [ "$s" = summary ]; then
-    summary || fail=1
-    continue
-  fi
-  if ! gpu_check; then
-    echo "FAIL 0 s no GPU (see the line above)" > "$OUT/$s.result"
-    exit 3
-  fi
+run_step() {
+  local s=$1
   case $s in
     kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_sage3_gpu.py ;;
     plugin-gptoss) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k gptoss ;;
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
     method-llama|method-moe)
       step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py -k "${s#method-}" ;;
-    serve) step serve "$PY" scripts/gpu_serve_check.py --out "$OUT/models" ;;
+    serve) step serve "$PY" scripts/gpu_serve_check.py --out "$SMOKE_MODELS" ;;
     bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
     bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py ;;
     bench-plugin-gptoss|bench-plugin-dense)
-      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$OUT/models" \
+      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" ;;
     study)
       if "$PY" -c "import lm_eval" 2>/dev/null; then
         step study "$PY" scripts/gpu_study.py --out "$OUT/study"
       else
         echo "=== study: lm_eval is not installed (pip install 'lm_eval[api]'); the step fails rather than pass unrun"
-        echo "FAIL 0 s lm_eval not installed" > "$OUT/study.result"; fail=1
+        echo "FAIL 0 s lm_eval not installed" > "$OUT/study.result"; return 1
       fi ;;
   esac
+}
+
+ran=()
+for s in "${steps[@]}"; do
+  if [ "$s" = summary ]; then
+    wait
+    summary || fail=1
+    continue
+  fi
+  if [ -z "${gpu_ok:-}" ] && ! gpu_check; then
+    wait
+    echo "FAIL 0 s no GPU (see the line above)" > "$OUT/$s.result"
+    exit 3
+  fi
+  gpu_ok=1
+  rm -f "$OUT/$s.result"
+  ran+=("$s")
+  if [ "$JOBS" -gt 1 ] && [[ $s != bench-* ]]; then
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    run_step "$s" &
+  else
+    wait  # a bench step measures time: nothing else on the GPU
+    run_step "$s"
+  fi
+done
+wait
+for s in "${ran[@]}"; do
+  read -r res _ < "$OUT/$s.result" 2>/dev/null || res=FAIL
+  [ "$res" = PASS ] || fail=1
 done
 exit $fail

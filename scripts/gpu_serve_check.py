@@ -2,9 +2,12 @@
 """`vllm serve` round trips with activation QDQ on and off, on a CUDA GPU (part of the smoke suite).
 
 For each tiny model built on the spot (scripts/tiny_models.py) two servers run side by side on
-the one GPU (``--gpu-memory-utilization 0.4`` each; the second starts once the first is up: vLLM
-0.30's memory profiler fails while another engine starts), one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``,
-one with ``VLLM_QDQ=0``, under vLLM's defaults (torch.compile, CUDA graphs). Checked per model:
+the one GPU, one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``, one with ``VLLM_QDQ=0``, under vLLM's
+defaults (torch.compile, CUDA graphs); the models are checked at the same time. Every server
+gets a fixed KV-cache size (``--kv-cache-memory-bytes``, 1 GiB: ``QDQ_TEST_KV_BYTES``), with
+which vLLM skips the memory profiling that fails while another engine starts beside it
+(``QDQ_TEST_KV_BYTES=0``: profiled, 0.4 of the GPU each, started one after the other). Checked
+per model:
 
 * ``/health`` answers and ``/v1/completions`` returns the asked number of tokens on both;
 * the QDQ server's log has trace lines of the expected op, weight type and format, from the
@@ -51,14 +54,27 @@ def build(kind: str, root: Path) -> Path:
                       head_dim=64)
 
 
+def kv_bytes() -> int:
+    """The fixed KV-cache size of every server (``QDQ_TEST_KV_BYTES``, default 1 GiB); 0: profiled."""
+    return int(os.environ.get("QDQ_TEST_KV_BYTES", str(1 << 30)))
+
+
+def side_by_side() -> bool:
+    """Whether servers may start at once (a fixed KV-cache size: no memory profiling to upset)."""
+    return kv_bytes() > 0
+
+
 def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path, *, trace: bool = True,
           max_model_len: int = 256, max_num_seqs: int = 8, max_logprobs: int = 5) -> subprocess.Popen:
     """``vllm serve`` under vLLM's defaults (torch.compile, CUDA graphs up to ``max_num_seqs``)."""
     env = dict(os.environ, VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1" if qdq and trace else "0")
     sizes = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_num_seqs]
+    kv = kv_bytes()
+    mem = ["--gpu-memory-utilization", "0.1", "--kv-cache-memory-bytes", str(kv)] if kv else \
+        ["--gpu-memory-utilization", "0.4"]
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--port", str(port),
            "--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-           "--seed", "0", "--gpu-memory-utilization", "0.4", "--max-logprobs", str(max_logprobs),
+           "--seed", "0", *mem, "--max-logprobs", str(max_logprobs),
            "--compilation-config", json.dumps({"cudagraph_capture_sizes": sizes}), *extra]
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -100,14 +116,17 @@ def check_model(name: str, root: Path, port: int) -> list[tuple[str, bool, str]]
     kind, extra, op, weight, fmt = MODELS[name]
     model = build(kind, root)
     logs = {k: root / f"serve-{name}-{k}.log" for k in ("qdq", "base")}
-    # one engine starting at a time: vLLM 0.30's memory profiler fails when another engine
-    # starts beside it, so the baseline starts once the QDQ server is up
+    # side by side with a fixed KV-cache size; otherwise the baseline starts once the QDQ server
+    # is up (vLLM 0.30's memory profiler fails when another engine starts beside it)
     procs = {"qdq": start(model, port, extra, True, logs["qdq"])}
+    if side_by_side():
+        procs["base"] = start(model, port + 1, extra, False, logs["base"])
     rows = []
     try:
         up = {"qdq": wait_healthy(port, procs["qdq"])}
-        if up["qdq"]:
+        if up["qdq"] and "base" not in procs:
             procs["base"] = start(model, port + 1, extra, False, logs["base"])
+        if "base" in procs:
             up["base"] = wait_healthy(port + 1, procs["base"])
         rows.append((f"{name}: both servers healthy", all(up.values()), str(up)))
         if not all(up.values()):
@@ -140,14 +159,22 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="qdq-serve-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, name in enumerate(n for n in args.models.split(",") if n):
+    names = [n for n in args.models.split(",") if n]
+    for name in names:
         if name not in MODELS:
             print(f"unknown model {name!r}; accepted: {', '.join(MODELS)}")
             return 2
-        t0 = time.time()
-        rows += check_model(name, root, 18600 + 10 * i)
+    t0 = time.time()
+
+    def one(i: int, name: str) -> list[tuple[str, bool, str]]:
+        got = check_model(name, root, 18600 + 10 * i)
         print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+        return got
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(names) if side_by_side() else 1) as pool:
+        rows = [r for got in pool.map(one, range(len(names)), names) for r in got]
     for what, ok, detail in rows:
         print(f"{'PASS' if ok else 'FAIL'}  {what}  {detail}")
     return 0 if all(ok for _, ok, _ in rows) else 1

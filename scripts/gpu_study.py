@@ -5,8 +5,9 @@ What `docker compose --profile study up` does, for a host with vLLM 0.30.0 and n
 way to get a GPU example report when nothing can be downloaded): a tiny model is built on the
 spot (scripts/tiny_models.py; default: a gpt-oss with MXFP4 MoE weights in the checkpoint
 layout, served with the Marlin MoE backend, so the activation plugin turns its W4A16 MoE GEMMs
-into W4A4), two servers start on the one GPU, one after the other (``--gpu-memory-utilization 0.4`` each, vLLM's
-defaults: torch.compile and CUDA graphs), one with ``VLLM_QDQ=1`` (settings from the
+into W4A4), two servers start side by side on the one GPU (a fixed KV-cache size each, see
+scripts/gpu_serve_check.py; vLLM's defaults: torch.compile and CUDA graphs), one with
+``VLLM_QDQ=1`` (settings from the
 environment: ``VLLM_QDQ_CONFIG``, ...), one with ``VLLM_QDQ=0``, and ``vllm_qdq.study run``
 measures both (bench, lm-eval on the shipped local tasks, logprob divergence) and writes
 OUT/report.md with its plots. Per-layer statistics are off: they need ``--enforce-eager``,
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "overlay"))
 
-from gpu_serve_check import MODELS, build, start, stop, wait_healthy
+from gpu_serve_check import MODELS, build, side_by_side, start, stop, wait_healthy
 
 
 def main() -> int:
@@ -50,9 +51,15 @@ def main() -> int:
     t0 = time.monotonic()
     procs = {}
     try:
-        for k in ports:  # one after the other: vLLM's memory profiler fails beside a starting engine
+        for k in ports:  # side by side, or one after the other where vLLM profiles memory
             procs[k] = start(model, ports[k], extra, k == "qdq", logs[k], trace=False, max_model_len=max_len,
                              max_num_seqs=args.max_num_seqs, max_logprobs=20)
+            if side_by_side():
+                continue
+            if not wait_healthy(ports[k], procs[k], timeout=900):
+                print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
+                return 1
+        for k in ports:
             if not wait_healthy(ports[k], procs[k], timeout=900):
                 print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
                 return 1

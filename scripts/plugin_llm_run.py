@@ -12,9 +12,12 @@ Prints ``DRIVER_PID <pid>`` then, per run, ``RESULT <name> {"logprobs": [[...], 
 logprob of every prompt token after the first (a deterministic function of the weights and the
 numerics, independent of sampling).
 
-One engine on the GPU at a time: vLLM 0.30's memory profiler fails when another engine starts
-or frees memory while it profiles ("Error in memory profiling"), so each run's engine is shut
-down, and the GPU's used memory has settled, before the next one starts.
+Engines beside each other on one GPU: vLLM 0.30's memory profiler fails when another engine
+starts or frees memory while it profiles ("Error in memory profiling"). On CUDA every run
+therefore gets a fixed KV-cache size (``kv_cache_memory_bytes``: ``QDQ_TEST_KV_BYTES``, default
+1 GiB), with which vLLM skips that profiling, so engines of several drivers (``drive_many``) can
+start side by side. ``QDQ_TEST_KV_BYTES=0`` restores the profiled size: each run's engine is then
+shut down, and the GPU's used memory has settled, before the next one starts.
 """
 
 from __future__ import annotations
@@ -70,9 +73,20 @@ def shutdown(llm) -> None:
             break
 
 
-def run_streamed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+def kv_bytes() -> int | None:
+    """The fixed KV-cache size for CUDA engines (``QDQ_TEST_KV_BYTES``, default 1 GiB; 0: let
+    vLLM profile), or None without CUDA (the CPU engine sizes its cache from
+    ``VLLM_CPU_KVCACHE_SPACE``)."""
+    import torch
+
+    n = int(os.environ.get("QDQ_TEST_KV_BYTES", str(1 << 30)))
+    return n if n > 0 and torch.cuda.is_available() else None
+
+
+def run_streamed(cmd: list[str], env: dict[str, str], timeout: float, tag: str = "") -> tuple[int, str]:
     """Run ``cmd``, echoing its output line by line as it comes (so a log shows progress even
-    when the caller is killed at a time limit); ``(return code, whole output)``, -9 on timeout."""
+    when the caller is killed at a time limit), each echoed line prefixed with ``tag`` (drivers
+    running side by side); ``(return code, whole output)``, -9 on timeout."""
     import sys
     import threading
 
@@ -83,7 +97,7 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[i
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            sys.stdout.write(line)
+            sys.stdout.write(f"[{tag}] {line}" if tag else line)
             sys.stdout.flush()
 
     t = threading.Thread(target=pump, daemon=True)
@@ -98,7 +112,8 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[i
 
 
 def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], *,
-          prompts: list[list[int]] | None = None, timeout: float = 900) -> tuple[int, str, dict[str, dict]]:
+          prompts: list[list[int]] | None = None, timeout: float = 900,
+          tag: str = "") -> tuple[int, str, dict[str, dict]]:
     """Run this script on ``runs`` (``{name: LLM kwargs}``) in a driver process of its own.
 
     Returns ``(return code, whole output, {name: result})``; each result also carries
@@ -110,7 +125,7 @@ def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], 
     spec: dict = {"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
     if prompts is not None:
         spec["prompts"] = prompts
-    rc, out = run_streamed([sys.executable, os.path.abspath(__file__), json.dumps(spec)], env, timeout)
+    rc, out = run_streamed([sys.executable, os.path.abspath(__file__), json.dumps(spec)], env, timeout, tag)
     m = re.search(r"DRIVER_PID (\d+)", out)
     driver = int(m.group(1)) if m else -1
     res: dict[str, dict] = {}
@@ -121,6 +136,18 @@ def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], 
     return rc, out, res
 
 
+def drive_many(jobs: dict[str, tuple], *, prompts: list[list[int]] | None = None,
+               timeout: float = 900) -> dict[str, tuple[int, str, dict[str, dict]]]:
+    """``drive`` for each ``{tag: (model, runs, env)}`` at once, one driver process each (their
+    engines side by side on the GPU: see the module text); ``{tag: drive's result}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futs = {tag: pool.submit(drive, model, runs, env, prompts=prompts, timeout=timeout, tag=tag)
+                for tag, (model, runs, env) in jobs.items()}
+        return {tag: f.result() for tag, f in futs.items()}
+
+
 def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
     from vllm import LLM, SamplingParams
 
@@ -128,6 +155,8 @@ def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
     kwargs = {"max_model_len": 256, "seed": 0, "max_num_seqs": 8,
               "gpu_memory_utilization": float(os.environ.get("QDQ_TEST_GPU_UTIL", "0.5")),
               "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8]}, **llm_kwargs}
+    if (kv := kv_bytes()) is not None:
+        kwargs.setdefault("kv_cache_memory_bytes", kv)
     t0 = time.monotonic()
     llm = LLM(model=model, **kwargs)
     start_s = time.monotonic() - t0
@@ -155,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = spec.get("prompts", DEFAULT_PROMPTS)
     print("DRIVER_PID", os.getpid(), flush=True)
     for i, r in enumerate(runs):
-        if i:
+        if i and kv_bytes() is None:
             wait_gpu_settled()
         res = run_one(spec["model"], r.get("llm", {}), prompts)
         print(f"RESULT {r['name']} " + json.dumps(res), flush=True)

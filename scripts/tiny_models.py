@@ -239,12 +239,25 @@ def build_tiny_gptoss_mxfp4(
 
 
 def build_once(path: str | Path, builder, **kwargs) -> Path:
-    """``builder(path, **kwargs)`` unless an earlier call completed it (a ``.done`` marker in
-    ``path``, written last), so steps of a suite share one build."""
+    """``builder(path, **kwargs)`` unless an earlier call completed it with the same builder and
+    arguments (a ``.done`` marker in ``path`` that records them, written last), so steps of a
+    suite share one build. Builders running at once (steps side by side) take turns on a lock
+    file beside ``path``; a marker for other arguments means a rebuild."""
+    import fcntl
+    import json
+    import shutil
+
     path = Path(path)
-    if not (path / ".done").exists():
-        builder(path, **kwargs)
-        (path / ".done").write_text("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    want = json.dumps({"builder": builder.__name__, **kwargs}, sort_keys=True, default=str)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = path / ".done"
+        if not done.exists() or done.read_text() != want:
+            if path.exists():
+                shutil.rmtree(path)
+            builder(path, **kwargs)
+            done.write_text(want)
     return path
 
 

@@ -7,15 +7,18 @@ Models are built on the spot (scripts/tiny_models.py):
 * a tiny random Llama quantized online to FP8 with ``linear_backend="marlin"`` ->
   ``marlin_gemm`` (FP8 weight-only Marlin) for every dense layer.
 
-One engine on the GPU at a time (vLLM 0.30's memory profiler fails beside another engine):
-QDQ off runs eager then compiled in one driver process, then QDQ on does the same in a second
-one (scripts/plugin_llm_run.py). Checked, per model:
-QDQ on changes the prompt logprobs vs off; the trace lines come from the engine process (not
-the driver); and with vLLM's defaults (torch.compile + CUDA graphs) QDQ changes the results as
-under ``enforce_eager`` (compiled-on matches eager-on as closely as compiled-off matches
+QDQ off and QDQ on run in two driver processes side by side (scripts/plugin_llm_run.py: a fixed
+KV-cache size lets their engines share the GPU), each running eager then compiled. Checked, per
+model: QDQ on changes the prompt logprobs vs off; the trace lines come from the engine process
+(not the driver); and with vLLM's defaults (torch.compile + CUDA graphs) QDQ changes the results
+as under ``enforce_eager`` (compiled-on matches eager-on as closely as compiled-off matches
 eager-off, and is far from compiled-off). Off and on share one ``VLLM_CACHE_ROOT``: the QDQ-on
-compiled run must add a compile-cache directory of its own (an artifact cached without QDQ
-reused with it would also show up as "on == off").
+compiled engine must use a compile-cache directory of its own, read from each engine's
+"Using cache directory" line (an artifact cached without QDQ reused with it would also show up
+as "on == off").
+
+Tiny models go to ``SMOKE_MODELS`` when set (the smoke suite: built once, shared with its serve
+step), else to pytest's temporary directory.
 """
 
 from __future__ import annotations
@@ -35,22 +38,28 @@ pytestmark = pytest.mark.gpu
 TRACE = "[vllm_qdq trace]"
 
 
-def run(model: Path, runs: dict[str, dict], *, qdq: bool, cache: Path) -> dict[str, dict]:
-    """Run each ``LLM(**kwargs)`` of ``runs`` in turn in ONE driver process (one engine on the GPU
-    at a time, see scripts/plugin_llm_run.py); ``{name: {"logprobs", "trace", "driver"}}``."""
+def _env(qdq: bool, cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache),
                VLLM_WORKER_MULTIPROC_METHOD="spawn",
-               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
-    from plugin_llm_run import drive
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
+    return env
 
-    rc, out, res = drive(model, runs, env)
-    assert rc == 0, out[-6000:]
-    for r in res.values():
-        # engine-process lines carry vLLM's "(EngineCore pid=...)" prefix: keep from the marker on
-        r["trace"] = [ln[ln.index(TRACE):] for ln in r["log"].splitlines() if TRACE in ln]
-    assert set(res) == set(runs), out[-6000:]
-    return res
+
+def run_off_on(model: Path, runs: dict[str, dict], cache: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each ``LLM(**kwargs)`` of ``runs`` in turn, QDQ off in one driver process and QDQ on in
+    another, the two side by side; ``(off, on)``, each ``{name: {"logprobs", "trace", "driver",
+    "log", "start_s"}}``."""
+    from plugin_llm_run import drive_many
+
+    got = drive_many({"qdq-off": (model, runs, _env(False, cache)), "qdq-on": (model, runs, _env(True, cache))})
+    for tag, (rc, out, res) in got.items():
+        assert rc == 0, f"{tag} driver failed:\n" + out[-6000:]
+        assert set(res) == set(runs), out[-6000:]
+        for r in res.values():
+            # engine-process lines carry vLLM's "(EngineCore pid=...)" prefix: keep from the marker on
+            r["trace"] = [ln[ln.index(TRACE):] for ln in r["log"].splitlines() if TRACE in ln]
+    return got["qdq-off"][2], got["qdq-on"][2]
 
 
 def diff(a: dict, b: dict) -> float:
@@ -59,21 +68,24 @@ def diff(a: dict, b: dict) -> float:
                for x, y in zip(ra, rb, strict=True))
 
 
-def compile_dirs(cache: Path) -> set[str]:
+def compile_hashes(cache: Path) -> set[str]:
     """The compiled-artifact directories (one per compile-cache hash) under ``VLLM_CACHE_ROOT``."""
     root = cache / "torch_compile_cache"
     return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
 
 
+def used_hash(run: dict) -> str | None:
+    """The compile-cache hash an engine used, from its "Using cache directory" log line."""
+    m = re.search(r"Using cache directory: \S*torch_compile_cache/([0-9a-f]+)/", run["log"])
+    return m.group(1) if m else None
+
+
 def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> dict:
     cache = tmp / "cache"
     runs = {"eager": {**llm, "enforce_eager": True}, "compiled": llm}
-    # QDQ off first (eager, then compiled: fills the shared compile cache), then QDQ on in a
-    # second process: a compile artifact made without QDQ must not be reused with it
-    off = run(model, runs, qdq=False, cache=cache)
-    dirs_off = compile_dirs(cache)
-    on = run(model, runs, qdq=True, cache=cache)
-    dirs_new = compile_dirs(cache) - dirs_off
+    # QDQ off and on side by side, one shared compile cache: a compile artifact made without
+    # QDQ must not be used with it
+    off, on = run_off_on(model, runs, cache)
     off_e, off_c, on_e, on_c = off["eager"], off["compiled"], on["eager"], on["compiled"]
     figures = {
         "eager: |on-off|": diff(on_e, off_e),
@@ -83,8 +95,11 @@ def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> 
     }
     print(f"\n{op}: " + ", ".join(f"{k} = {v:.4g}" for k, v in figures.items())
           + f"; engine start s: off {off_e['start_s']}/{off_c['start_s']}, on {on_e['start_s']}/{on_c['start_s']}")
-    assert dirs_off, "the compiled QDQ-off run left no compile cache"
-    assert dirs_new, f"QDQ on reused the compile cache made without it ({sorted(dirs_off)})"
+    h_off, h_on = used_hash(off["compiled"]), used_hash(on["compiled"])
+    print(f"compile-cache hash: off {h_off}, on {h_on}; under the root: {sorted(compile_hashes(cache))}")
+    assert h_off and h_off in compile_hashes(cache), "the compiled QDQ-off engine used no compile cache"
+    assert h_on and h_on in compile_hashes(cache), "the compiled QDQ-on engine used no compile cache"
+    assert h_on != h_off, f"QDQ on used the compile cache of QDQ off ({h_off})"
     # trace: wrapped calls, in the engine process, with the expected routing, eager and compiled
     want = f"{op} "
     for name, r in (("eager", on_e), ("compiled", on_c)):
@@ -106,17 +121,21 @@ def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> 
     return figures
 
 
-def test_gptoss_mxfp4_marlin_moe(tmp_path):
-    from tiny_models import build_tiny_gptoss_mxfp4
+def models_dir(tmp: Path) -> Path:
+    return Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp
 
-    model = build_tiny_gptoss_mxfp4(tmp_path / "gptoss", hidden=256, experts=4, layers=2)
+
+def test_gptoss_mxfp4_marlin_moe(tmp_path):
+    from gpu_serve_check import build
+
+    model = build("gptoss", models_dir(tmp_path))
     check(model, {"moe_backend": "marlin"}, tmp_path, "moe_wna16_marlin_gemm",
           "float4_e2m1f/mxfp4", "mxfp4/floor")
 
 
 def test_dense_fp8_marlin_gemm(tmp_path):
-    from tiny_models import build_tiny_llama
+    from gpu_serve_check import build
 
-    model = build_tiny_llama(tmp_path / "llama", hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)
+    model = build("llama", models_dir(tmp_path))
     check(model, {"quantization": "fp8", "linear_backend": "marlin"}, tmp_path, "marlin_gemm",
           "float8_e4m3fn", "mxfp8_e4m3/floor")

@@ -1,8 +1,8 @@
 """The ``qdq`` method on CUDA (Triton QDQ when present), with torch.compile and CUDA graphs.
 
 Run on the GPU host: ``pytest -m gpu tests/gpu/test_qdq_method_gpu.py -q``. The engines of a
-test run one after the other in one driver process (scripts/plugin_llm_run.py: one engine on
-the GPU at a time), bf16. Checks: generation works, QDQ changes the logprobs, they track the
+test run side by side, one driver process each (scripts/plugin_llm_run.py: a fixed KV-cache
+size lets them share the GPU), bf16. Checks: generation works, QDQ changes the logprobs, they track the
 CPU-reference QDQ of the transformers model (float32 forward) to within bf16 noise, and the
 compiled + CUDA-graph engine tracks the ``enforce_eager`` one as closely.
 """
@@ -32,15 +32,19 @@ def _mean(a, b):
 
 
 def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dict]:
-    """Each run's ``LLM()`` in turn, one engine on the GPU at a time (scripts/plugin_llm_run.py)."""
+    """Each run's ``LLM()`` in a driver process of its own, the engines side by side
+    (scripts/plugin_llm_run.py); ``{name: result}``."""
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "cache"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
-               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.3"))
+               QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
     env.pop("VLLM_QDQ", None)
-    from plugin_llm_run import drive
+    from plugin_llm_run import drive_many
 
-    rc, out, res = drive(model, runs, env, prompts=PROMPTS)
-    assert rc == 0, out[-6000:]
-    assert set(res) == set(runs), out[-6000:]
+    got = drive_many({name: (model, {name: llm}, env) for name, llm in runs.items()}, prompts=PROMPTS)
+    res = {}
+    for name, (rc, out, r) in got.items():
+        assert rc == 0, f"{name} driver failed:\n" + out[-6000:]
+        assert set(r) == {name}, out[-6000:]
+        res.update(r)
     return res
 
 
@@ -49,9 +53,10 @@ def test_qdq_method_cuda(kind, tmp_path):
     """vLLM's defaults (torch.compile + CUDA graphs) and eager, QDQ'd by the method, vs the
     reference and vs the unquantized model."""
     from qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
-    from tiny_models import build_tiny_llama, build_tiny_moe
+    from tiny_models import build_once, build_tiny_llama, build_tiny_moe
 
-    model = (build_tiny_llama if kind == "llama" else build_tiny_moe)(tmp_path / kind)
+    root = Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp_path
+    model = build_once(root / f"method-{kind}", build_tiny_llama if kind == "llama" else build_tiny_moe)
     res = _engine_runs(model, {
         "plain": {"dtype": "bfloat16"},
         "qdq": {"quantization": "qdq", "dtype": "bfloat16"},
