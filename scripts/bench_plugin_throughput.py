@@ -74,7 +74,8 @@ def worker(model: str, llm_kwargs: dict) -> int:
 
     max_len = max(i + o for _, i, o in SHAPES.values()) + 16
     t0 = time.perf_counter()
-    llm = LLM(model=model, max_model_len=max_len, seed=0,
+    # no prefix caching: every repetition of a batch must prefill again
+    llm = LLM(model=model, max_model_len=max_len, seed=0, enable_prefix_caching=False,
               gpu_memory_utilization=float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4")), **llm_kwargs)
     vocab = len(llm.get_tokenizer())
     prompts = {}
