@@ -134,11 +134,12 @@ run_step() {
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" ;;
     study)
-      if "$PY" -c "import lm_eval" 2>/dev/null; then
+      # lm-eval's API model (what the study drives the servers with) needs its [api] extras
+      if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then
         step study "$PY" scripts/gpu_study.py --out "$OUT/study"
       else
-        echo "=== study: lm_eval is not installed (pip install 'lm_eval[api]'); the step fails rather than pass unrun"
-        echo "FAIL 0 s lm_eval not installed" > "$OUT/study.result"; return 1
+        echo "=== study: lm_eval[api] is not installed (pip install 'lm_eval[api]'; offline: scripts/stage-gpu-study.sh); the step fails rather than pass unrun"
+        echo "FAIL 0 s lm_eval[api] not installed" > "$OUT/study.result"; return 1
       fi ;;
   esac
 }

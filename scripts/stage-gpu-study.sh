@@ -12,7 +12,8 @@ OUT=${1:?usage: stage-gpu-study.sh OUT}
 HOST_HAS=${HOST_HAS:-../shared/gpu/host-has.txt}
 LOCK=scripts/constraints-cpu.txt
 rm -rf "$OUT"; mkdir -p "$OUT/wheels"
-PKGS=(lm_eval datasets evaluate dill multiprocess sacrebleu rouge_score scikit-learn sqlitedict pytablewriter
+# lm_eval[api] (the study drives servers through lm-eval's API model): tenacity aiohttp requests tiktoken
+PKGS=(lm_eval tenacity aiohttp requests tiktoken datasets evaluate dill multiprocess sacrebleu rouge_score scikit-learn sqlitedict pytablewriter
       word2number jsonlines more-itertools zstandard tqdm-multiprocess pybind11 nltk absl-py portalocker
       colorama lxml chardet DataProperty mbstrdecoder pathvalidate tabledata tcolorpy typepy joblib threadpoolctl
       scipy)
