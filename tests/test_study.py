@@ -117,7 +117,10 @@ def test_shipped_study_files_exist() -> None:
         assert (study.TASKS_DIR / f"{name}.jsonl").is_file()
     prompts = study.PROMPTS_FILE.read_text().splitlines()
     assert len(prompts) >= 8 and all(json.loads(p)["prompt"] for p in prompts)
-    # the study image pins new packages by the same lock as the CPU environment
+    # the study image pins new packages by the same lock as the CPU environment: one file, which
+    # scripts/constraints-cpu.txt links to (a Docker build context cannot reach outside itself)
+    link = REPO / "scripts/constraints-cpu.txt"
+    assert link.is_symlink() and link.resolve() == (REPO / "docker/study/constraints.txt").resolve()
     assert (REPO / "docker/study/constraints.txt").read_bytes() == (REPO / "scripts/constraints-cpu.txt").read_bytes()
 
 
