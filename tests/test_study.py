@@ -1,4 +1,4 @@
-"""The study (vllm_qdq.study, study_report, stats): divergence math, stats writer, report, and one
+"""The study (vllm_qdq.study.run, .report, stats): divergence math, stats writer, report, and one
 real run against two CPU `vllm serve` servers (slow)."""
 
 from __future__ import annotations
