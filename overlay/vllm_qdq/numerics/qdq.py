@@ -5,18 +5,18 @@
 >>> y = quantize_dequantize(torch.randn(4, 64, dtype=torch.bfloat16), "mxfp4")
 
 The numeric contract (rounding, saturation, scale rules, NaN/Inf, zeros, padding) is stated
-in :mod:`vllm_qdq.reference`; every backend meets it bit for bit (NVFP4: bit for bit outside
+in :mod:`vllm_qdq.numerics.reference`; every backend meets it bit for bit (NVFP4: bit for bit outside
 fp32 ties, see there).
 
 Backends: ``"reference"`` (pure torch, any device) and ``"triton"`` (fused kernels,
-:mod:`vllm_qdq.triton_qdq`, CUDA tensors or ``TRITON_INTERPRET=1``). ``backend=None`` picks
-Triton for CUDA tensors when it is importable and the reference otherwise; the environment
-variable ``VLLM_QDQ_BACKEND`` (``auto`` | ``reference`` | ``triton``) sets the default.
+:mod:`vllm_qdq.numerics.triton_qdq`, CUDA tensors or ``TRITON_INTERPRET=1``). ``backend=None`` picks
+Triton for CUDA tensors when it is importable and the reference otherwise, unless
+:func:`set_default_backend` chose another default for the process (the settings of
+:mod:`vllm_qdq.config` do, from ``VLLM_QDQ_BACKEND``, in every vLLM process the plugin loads in).
+This module reads no environment variable.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -38,10 +38,27 @@ __all__ = [
     "quantize",
     "quantize_dequantize",
     "resolve",
+    "set_default_backend",
 ]
 
-#: Accepted values of ``backend`` / ``VLLM_QDQ_BACKEND``.
+#: Accepted values of ``backend`` / ``VLLM_QDQ_BACKEND`` (the one definition of the list).
 BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
+
+#: The backend used when a call passes ``backend=None`` (see :func:`set_default_backend`).
+_default_backend = "auto"
+
+
+def set_default_backend(backend: str | None) -> None:
+    """Set the process's default backend (``None`` means ``"auto"``).
+
+    Raises:
+        ValueError: a name not in :data:`BACKENDS`.
+    """
+    global _default_backend
+    choice = backend or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown QDQ backend {choice!r}; accepted: {', '.join(BACKENDS)}")
+    _default_backend = choice
 
 
 def resolve(
@@ -71,7 +88,7 @@ def _check_axis(x: torch.Tensor, axis: int) -> int:
 
 
 def _backend(x: torch.Tensor, backend: str | None) -> str:
-    choice = backend or os.environ.get("VLLM_QDQ_BACKEND", "auto").strip().lower() or "auto"
+    choice = backend or _default_backend
     if choice not in BACKENDS:
         raise ValueError(f"unknown QDQ backend {choice!r}; accepted: {', '.join(BACKENDS)}")
     if choice == "auto":
@@ -122,7 +139,8 @@ def quantize_dequantize(
         axis: the dimension the blocks / rows run along.
         global_amax: NVFP4 only: the per-tensor amax to use instead of ``x``'s own.
         block_size: another block size where the format allows one (MX: 16, 32, 64).
-        backend: ``reference``, ``triton`` or ``None`` (see module docstring).
+        backend: ``reference``, ``triton``, ``auto`` or ``None`` (the process default, see
+            the module docstring).
 
     Raises:
         ValueError: unknown format, rule or backend, unsupported dtype, forbidden block size,
