@@ -9,7 +9,7 @@ env:
 
 ## The main job on the embedded CPU default.
 demo: env
-	$(PY) -m vllm_qdq.demo
+	$(PY) -m vllm_qdq.study.demo
 
 ## The whole CPU test suite (what CI runs).
 test: env

@@ -3,7 +3,7 @@
     python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--target 0.97]
                                               [--out DIR] [--json FILE]
 
-Models (random weights, built once under ``--out``, scripts/tiny_models.py):
+Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
 
 * ``gptoss``: gpt-oss-shaped MXFP4 MoE (hidden 2880, intermediate 2880, 32 experts, top-4,
   4 layers, 64 query / 8 KV heads of 64) served with ``moe_backend="marlin"``: the plugin wraps
@@ -38,8 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 #: shape -> (prompts, input tokens, output tokens)
 SHAPES: dict[str, tuple[int, int, int]] = {"prefill": (256, 512, 128), "decode": (64, 128, 1024)}
 #: model -> (description, LLM keyword arguments)
@@ -53,8 +51,7 @@ MODELS: dict[str, tuple[str, dict]] = {
 
 def build(name: str, root: Path) -> Path:
     """Build (once; a ``.done`` marker says it is complete) the benchmark model ``name``."""
-    sys.path.insert(0, str(HERE))
-    from tiny_models import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
+    from vllm_qdq.study.tiny import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
 
     if name == "gptoss":
         return build_once(root / "bench-gptoss", build_tiny_gptoss_mxfp4, hidden=2880, experts=32, layers=4,

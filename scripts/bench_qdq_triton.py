@@ -66,8 +66,8 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
 
-    from vllm_qdq import triton_qdq
-    from vllm_qdq.formats import FORMATS, Family, Granularity
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS, Family, Granularity
 
     names = [n for n in args.formats.split(",") if n] or list(FORMATS)
     unknown = [n for n in names if n not in FORMATS]

@@ -67,7 +67,7 @@ def main() -> int:
         print("bench_sage3: needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton.testing
-    from vllm_qdq.sage3.kernel import sage3_attention
+    from vllm_qdq.sage3.numerics.kernel import sage3_attention
 
     accs = ("fp32", "bf16_both_dot", "bf16_pv_only") if args.all_acc else ("fp32",)
     seqs = [int(x) for x in args.seqs.split(",")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the study image (docker/study/Dockerfile) on top of the vllm-qdq image, without any index
 # access from inside the build: the distributions the image lacks are resolved on the host against
-# scripts/constraints-cpu.txt, downloaded into .wheelhouse/study-<key>, and served on 127.0.0.1.
+# the lock (docker/study/constraints.txt = scripts/constraints-cpu.txt, a link), downloaded into .wheelhouse/study-<key>, and served on 127.0.0.1.
 # Usage: scripts/build-study-image.sh QDQ_IMAGE [TAG]   (prints TAG, default vllm-qdq-study:<key>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,8 @@ log() { echo "build-study-image: $*" >&2; }
 BASE=${1:?usage: scripts/build-study-image.sh QDQ_IMAGE [TAG]}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-cmp -s scripts/constraints-cpu.txt docker/study/constraints.txt \
-  || { log "docker/study/constraints.txt differs from scripts/constraints-cpu.txt: copy it"; exit 1; }
+[ "$(readlink -f scripts/constraints-cpu.txt)" = "$(readlink -f docker/study/constraints.txt)" ] \
+  || { log "scripts/constraints-cpu.txt is not the link to docker/study/constraints.txt (the one lock)"; exit 1; }
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE")
 key=$(cat docker/study/* scripts/build-study-image.sh | sha256sum | cut -c1-8)-${base_id#sha256:}
 key=${key:0:21}

@@ -18,8 +18,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from vllm_qdq import triton_qdq
-from vllm_qdq.formats import FORMATS, SCALE_RULES
+from vllm_qdq.numerics import triton_qdq
+from vllm_qdq.numerics.formats import FORMATS, SCALE_RULES
 
 _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
         torch.uint8: "*u8", torch.int8: "*i8"}
@@ -77,7 +77,7 @@ def main() -> int:
                     except Exception as e:  # report every failing variant, then exit non-zero
                         failures += 1
                         print(f"FAIL {fmt} {rule} {dtype} K={k}: {str(e).strip().splitlines()[-1][:300]}")
-    from vllm_qdq.sage3 import kernel as sage3_kernel
+    from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
     for name in ("_qdq_prepass_kernel", "_sage3_fwd_kernel"):
         setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """`vllm serve` round trips with activation QDQ on and off, on a CUDA GPU (part of the smoke suite).
 
-For each tiny model built on the spot (scripts/tiny_models.py) two servers run side by side on
+For each tiny model built on the spot (:func:`vllm_qdq.study.tiny.build_gpu_model`) two servers run side by side on
 the one GPU, one with ``VLLM_QDQ=1 VLLM_QDQ_TRACE=1``, one with ``VLLM_QDQ=0``, under vLLM's
 defaults (torch.compile, CUDA graphs); the models are checked at the same time. Every server
 gets a fixed KV-cache size (``--kv-cache-memory-bytes``, 1 GiB: ``QDQ_TEST_KV_BYTES``), with
 which vLLM skips the memory profiling that fails while another engine starts beside it
-(``QDQ_TEST_KV_BYTES=0``: profiled, 0.4 of the GPU each, started one after the other). Checked
+(``QDQ_TEST_KV_BYTES=0``: profiled, 0.4 of the GPU each, started one after the other; see
+:mod:`vllm_qdq.study.server`, which starts, waits for and stops the servers). Checked
 per model:
 
 * ``/health`` answers and ``/v1/completions`` returns the asked number of tokens on both;
@@ -31,7 +32,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_qdq.study import server
+from vllm_qdq.study.server import gpu_args, side_by_side
+from vllm_qdq.study.tiny import build_gpu_model
 
 TRACE = "[vllm_qdq trace]"
 PROMPT = "The capital of France is Paris. Numbers: 12345"
@@ -44,54 +47,18 @@ MODELS = {
 }
 
 
-def build(kind: str, root: Path) -> Path:
-    """The tiny model ``kind`` under ``root``, built once (a ``.done`` marker says it is complete)."""
-    from tiny_models import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
-
-    if kind == "gptoss":
-        return build_once(root / "gptoss", build_tiny_gptoss_mxfp4, hidden=256, experts=4, layers=2)
-    return build_once(root / "llama", build_tiny_llama, hidden=256, intermediate=512, heads=4, kv_heads=2,
-                      head_dim=64)
-
-
-def kv_bytes() -> int:
-    """The fixed KV-cache size of every server (``QDQ_TEST_KV_BYTES``, default 1 GiB); 0: profiled."""
-    return int(os.environ.get("QDQ_TEST_KV_BYTES", str(1 << 30)))
-
-
-def side_by_side() -> bool:
-    """Whether servers may start at once (a fixed KV-cache size: no memory profiling to upset)."""
-    return kv_bytes() > 0
-
-
 def start(model: Path, port: int, extra: list[str], qdq: bool, log: Path, *, trace: bool = True,
           max_model_len: int = 256, max_num_seqs: int = 8, max_logprobs: int = 5) -> subprocess.Popen:
-    """``vllm serve`` under vLLM's defaults (torch.compile, CUDA graphs up to ``max_num_seqs``)."""
+    """``vllm serve`` under vLLM's defaults (:func:`vllm_qdq.study.server.gpu_args`), QDQ on or off."""
     env = dict(os.environ, VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1" if qdq and trace else "0")
-    sizes = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_num_seqs]
-    kv = kv_bytes()
-    mem = ["--gpu-memory-utilization", "0.1", "--kv-cache-memory-bytes", str(kv)] if kv else \
-        ["--gpu-memory-utilization", "0.4"]
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--port", str(port),
-           "--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-           "--seed", "0", *mem, "--max-logprobs", str(max_logprobs),
-           "--compilation-config", json.dumps({"cudagraph_capture_sizes": sizes}), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    args = gpu_args(max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_logprobs=max_logprobs)
+    return server.start(model, port, [*args, *extra], log, env)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 540) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(2)
-    return False
+def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 540) -> bool:
+    """Whether the server on ``port`` answers ``/health`` within ``timeout`` s (a heartbeat line
+    naming ``log`` meanwhile; the reason printed when not)."""
+    return server.wait_healthy(f":{port}", port, proc, log, timeout, tag="gpu_serve_check")
 
 
 def complete(port: int, model: Path) -> dict:
@@ -103,18 +70,9 @@ def complete(port: int, model: Path) -> dict:
         return json.loads(r.read())
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-
-
 def check_model(name: str, root: Path, port: int) -> list[tuple[str, bool, str]]:
     kind, extra, op, weight, fmt = MODELS[name]
-    model = build(kind, root)
+    model = build_gpu_model(kind, root)
     logs = {k: root / f"serve-{name}-{k}.log" for k in ("qdq", "base")}
     # side by side with a fixed KV-cache size; otherwise the baseline starts once the QDQ server
     # is up (vLLM 0.30's memory profiler fails when another engine starts beside it)
@@ -123,11 +81,11 @@ def check_model(name: str, root: Path, port: int) -> list[tuple[str, bool, str]]
         procs["base"] = start(model, port + 1, extra, False, logs["base"])
     rows = []
     try:
-        up = {"qdq": wait_healthy(port, procs["qdq"])}
+        up = {"qdq": wait_healthy(port, procs["qdq"], logs["qdq"])}
         if up["qdq"] and "base" not in procs:
             procs["base"] = start(model, port + 1, extra, False, logs["base"])
         if "base" in procs:
-            up["base"] = wait_healthy(port + 1, procs["base"])
+            up["base"] = wait_healthy(port + 1, procs["base"], logs["base"])
         rows.append((f"{name}: both servers healthy", all(up.values()), str(up)))
         if not all(up.values()):
             for k in procs:
@@ -141,7 +99,7 @@ def check_model(name: str, root: Path, port: int) -> list[tuple[str, bool, str]]
         rows.append((f"{name}: prompt logprobs differ with QDQ on", d > 1e-3, f"max |on-off| = {d:.4f}"))
     finally:
         for p in procs.values():
-            stop(p)
+            server.stop(p)
     text = {k: logs[k].read_text() for k in logs}
     lines = [ln[ln.index(TRACE):] for ln in text["qdq"].splitlines() if TRACE in ln]
     want = [ln for ln in lines if f"{op} " in ln and f"weight={weight}" in ln and f"fmt={fmt}" in ln]

@@ -3,7 +3,7 @@
 
 What `docker compose --profile study up` does, for a host with vLLM 0.30.0 and no Docker (and a
 way to get a GPU example report when nothing can be downloaded): a tiny model is built on the
-spot (scripts/tiny_models.py; default: a gpt-oss with MXFP4 MoE weights in the checkpoint
+spot (:func:`vllm_qdq.study.tiny.build_gpu_model`; default: a gpt-oss with MXFP4 MoE weights in the checkpoint
 layout, served with the Marlin MoE backend, so the activation plugin turns its W4A16 MoE GEMMs
 into W4A4), two servers start side by side on the one GPU (a fixed KV-cache size each, see
 scripts/gpu_serve_check.py; vLLM's defaults: torch.compile and CUDA graphs), one with
@@ -19,14 +19,20 @@ which would distort the speed figures.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "overlay"))
+from vllm_qdq.study import server
+from vllm_qdq.study.server import gpu_args, side_by_side
+from vllm_qdq.study.tiny import build_gpu_model
 
-from gpu_serve_check import MODELS, build, side_by_side, start, stop, wait_healthy
+#: name -> (tiny model kind, extra serve args); the models of scripts/gpu_serve_check.py.
+MODELS = {
+    "gptoss": ("gptoss", ["--moe-backend", "marlin"]),
+    "fp8": ("llama", ["--quantization", "fp8", "--linear-backend", "marlin"]),
+}
 
 
 def main() -> int:
@@ -39,11 +45,11 @@ def main() -> int:
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--port", type=int, default=18650)
     args = ap.parse_args()
-    from vllm_qdq import study
+    from vllm_qdq.study import run as study
 
-    kind, extra, *_ = MODELS[args.model]
+    kind, extra = MODELS[args.model]
     args.out.mkdir(parents=True, exist_ok=True)
-    model = build(kind, args.out / "models")
+    model = build_gpu_model(kind, args.out / "models")
     ports = {"qdq": args.port, "baseline": args.port + 1}
     logs = {k: args.out / "logs" / f"serve-{k}.log" for k in ports}
     logs["qdq"].parent.mkdir(parents=True, exist_ok=True)
@@ -52,16 +58,15 @@ def main() -> int:
     procs = {}
     try:
         for k in ports:  # side by side, or one after the other where vLLM profiles memory
-            procs[k] = start(model, ports[k], extra, k == "qdq", logs[k], trace=False, max_model_len=max_len,
-                             max_num_seqs=args.max_num_seqs, max_logprobs=20)
+            env = dict(os.environ, VLLM_QDQ="1" if k == "qdq" else "0", VLLM_QDQ_TRACE="0")
+            serve_args = gpu_args(max_model_len=max_len, max_num_seqs=args.max_num_seqs, max_logprobs=20)
+            procs[k] = server.start(model, ports[k], [*serve_args, *extra], logs[k], env)
             if side_by_side():
                 continue
-            if not wait_healthy(ports[k], procs[k], timeout=900):
-                print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
+            if not server.wait_healthy(k, ports[k], procs[k], logs[k], 900, tag="gpu_study"):
                 return 1
         for k in ports:
-            if not wait_healthy(ports[k], procs[k], timeout=900):
-                print(f"gpu_study: {k} server did not come up; log {logs[k]}:\n{logs[k].read_text()[-3000:]}")
+            if not server.wait_healthy(k, ports[k], procs[k], logs[k], 900, tag="gpu_study"):
                 return 1
         print(f"gpu_study: both servers healthy after {time.monotonic() - t0:.0f} s", flush=True)
         rc = study.main(["run", "--qdq", f"http://127.0.0.1:{ports['qdq']}",
@@ -71,7 +76,7 @@ def main() -> int:
                          "--max-concurrency", str(args.max_num_seqs)])
     finally:
         for proc in procs.values():
-            stop(proc)
+            server.stop(proc)
     qlog = logs["qdq"].read_text()
     if "activation QDQ enabled" not in qlog:
         print("gpu_study: the QDQ server's log has no 'activation QDQ enabled' line")

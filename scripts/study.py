@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The QDQ-on / QDQ-off study against any two OpenAI-compatible endpoints.
 
-Thin wrapper of :mod:`vllm_qdq.study` (the code lives in the overlay package so the image
-ships it). Examples::
+Thin command-line front of :mod:`vllm_qdq.study.run` (``python -m vllm_qdq.study`` is the same;
+the code lives in the overlay package so the image ships it; the overlay must be installed,
+as ``make env`` and the image do). Examples::
 
     scripts/study.py run --qdq http://localhost:8001 --baseline http://localhost:8002 \\
         --model meta-llama/Llama-3.1-8B-Instruct --out out/study --tasks gsm8k --limit 200
@@ -10,13 +11,8 @@ ships it). Examples::
 """
 
 import sys
-from pathlib import Path
 
-try:
-    from vllm_qdq.study import main
-except ImportError:  # running from a checkout without the overlay installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "overlay"))
-    from vllm_qdq.study import main
+from vllm_qdq.study.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

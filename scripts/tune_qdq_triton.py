@@ -4,7 +4,7 @@
 For each kernel class, one representative format is timed on bf16 tensors of 16M (4096 x 4096)
 and 64M (8192 x 8192) elements for every (elements per tile, warps) pair; the table prints the
 ratio to a same-size ``y.copy_(x)`` and the best pair by the mean of the two ratios, then a
-``TILE_CONFIG`` literal to paste into ``overlay/vllm_qdq/triton_qdq.py``.
+``TILE_CONFIG`` literal to paste into ``overlay/vllm_qdq/numerics/triton_qdq.py``.
 
     python scripts/tune_qdq_triton.py [--classes mx,nvfp4] [--tiles 2048,4096,8192,16384] [--warps 4,8,16]
 """
@@ -44,8 +44,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    from vllm_qdq import triton_qdq
-    from vllm_qdq.formats import FORMATS
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
 
     tiles = [int(t) for t in args.tiles.split(",")]
     warps = [int(w) for w in args.warps.split(",")]

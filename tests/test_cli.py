@@ -97,7 +97,7 @@ def test_every_main_answers_help(tmp_path: Path) -> None:
     """``--help`` of each: exit 0, a usage text, nothing created in the working directory (no
     GPU needed: the GPU scripts parse their arguments before they touch CUDA)."""
     cmds = _main_commands()
-    assert "vllm_qdq.tiny" in cmds and "scripts/tiny_models.py" in cmds, sorted(cmds)
+    assert "vllm_qdq.study.tiny" in cmds and "scripts/gpu_serve_check.py" in cmds, sorted(cmds)
 
     def one(item: tuple[str, list[str]]) -> str | None:
         name, argv = item

@@ -8,14 +8,9 @@ CPU without AMX the request is a no-op and the engine runs either way.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from vllm_qdq.cpu_compat import request_amx_permission
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 def test_request_is_made_once_per_process():
@@ -25,8 +20,8 @@ def test_request_is_made_once_per_process():
 
 @pytest.mark.slow
 def test_eager_cpu_engine_runs_its_first_forward(tmp_path):
-    from plugin_llm_run import drive
-    from tiny_models import build_tiny_llama
+    from vllm_qdq.study.llm_run import drive
+    from vllm_qdq.study.tiny import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "llama")
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp_path / "cache"))

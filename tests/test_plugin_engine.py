@@ -19,9 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys
-    sys.path.insert(0, {scripts!r})
-    from tiny_models import build_tiny_llama
+    import os
+    from vllm_qdq.study.tiny import build_tiny_llama
 
     if __name__ == "__main__":
         path = build_tiny_llama({model!r})
@@ -39,7 +38,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_engine_processes_register_plugin(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(scripts=str(REPO / "scripts"), model=str(tmp_path / "llama")))
+    script.write_text(SCRIPT.format(model=str(tmp_path / "llama")))
     env = dict(os.environ)
     env.update(
         VLLM_QDQ="1",

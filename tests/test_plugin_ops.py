@@ -1,7 +1,7 @@
 """The op-wrapper QDQ against vLLM 0.30.0's own ``vllm._custom_ops`` Python path (CPU).
 
 The kernels behind the wrappers are CPU stand-ins registered with ``torch.library``
-(:mod:`tests.plugin_cpu_ops`): they record what they receive and return a deterministic
+(:mod:`tests.support.plugin_cpu_ops`): they record what they receive and return a deterministic
 function of the activation. Everything between ``vllm._custom_ops.<name>(...)`` and the op is
 vLLM's real code plus our wrapper.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from vllm_qdq import vllm_patch
+from vllm_qdq.activation import vllm_patch
+from vllm_qdq.activation.trace import TRACER
 from vllm_qdq.config import ConfigError, QDQConfig, QuantSpec, config_from_dict
 from vllm_qdq.qdq import quantize_dequantize
-from vllm_qdq.trace import TRACER
 
-from tests import plugin_cpu_ops as P
+from tests.support import plugin_cpu_ops as P
 
 P.ensure_ops()
 import vllm._custom_ops as ops  # noqa: E402

@@ -10,10 +10,11 @@ import pytest
 import vllm.envs as envs
 import vllm.plugins as vplugins
 from vllm.config.utils import hash_factors
-from vllm_qdq import plugin, vllm_patch
+from vllm_qdq import plugin
+from vllm_qdq.activation import vllm_patch
 from vllm_qdq.config import ConfigError
 
-from tests import plugin_cpu_ops as P
+from tests.support import plugin_cpu_ops as P
 
 P.ensure_ops()
 import vllm._custom_ops as ops  # noqa: E402

@@ -1,15 +1,10 @@
-"""scripts/tiny_models.py: the gpt-oss MXFP4 builder writes exactly the tensors transformers'
+"""vllm_qdq.study.tiny: the gpt-oss MXFP4 builder writes exactly the tensors transformers'
 GptOss model has, with the experts in the gpt-oss MXFP4 layout transformers itself decodes."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from tiny_models import build_tiny_gptoss_mxfp4
+from vllm_qdq.study.tiny import build_tiny_gptoss_mxfp4
 
 
 def test_gptoss_mxfp4_layout(tmp_path):

@@ -6,15 +6,17 @@ import json
 
 import pytest
 import torch
-from vllm_qdq.config import ConfigError, QuantSpec
+from vllm_qdq.config import ConfigError, QuantSpec, load_config
+from vllm_qdq.method.policy import compact_names, moe_weight_format_problem, settings_from_run
+from vllm_qdq.method.qdq_tensors import qdq_act, qdq_weight
 from vllm_qdq.qdq import quantize_dequantize
 
 
 @pytest.fixture(scope="module")
 def qm():
-    from vllm_qdq import qdq_method
+    from vllm_qdq.method import quant_config
 
-    return qdq_method
+    return quant_config
 
 
 def test_registered_by_plugin_even_when_off(qm, monkeypatch):
@@ -29,7 +31,7 @@ def test_registered_by_plugin_even_when_off(qm, monkeypatch):
 
 
 def test_defaults_are_mxfp4_floor(qm):
-    s = qm.settings_from_run(None, env={})
+    s = settings_from_run(None, load_config({}))
     assert (s.weight, s.act) == (QuantSpec("mxfp4", "floor"), QuantSpec("mxfp4", "floor"))
     assert s.moe_weight is None and s.layers == ()
 
@@ -43,9 +45,9 @@ def test_precedence_run_over_env_over_defaults(qm):
             }
         )
     }
-    s = qm.settings_from_run(None, env=env)
+    s = settings_from_run(None, load_config(env))
     assert s.weight.format == "nvfp4" and s.act == QuantSpec("mxfp8_e4m3", "even")
-    s = qm.settings_from_run({"quant_method": "qdq", "act": "off", "layers": []}, env=env)
+    s = settings_from_run({"quant_method": "qdq", "act": "off", "layers": []}, load_config(env))
     assert s.weight.format == "nvfp4"  # from the environment
     assert not s.act.enabled  # per-run wins: weight-only
     assert s.layers == ()  # per-run list replaces the environment's
@@ -66,7 +68,7 @@ def test_precedence_run_over_env_over_defaults(qm):
 )
 def test_bad_run_config_names_the_value(qm, run, needle):
     with pytest.raises(ConfigError, match=needle):
-        qm.settings_from_run(run, env={})
+        settings_from_run(run, load_config({}))
 
 
 def test_moe_weight_formats(qm):
@@ -82,44 +84,44 @@ def test_moe_weight_formats(qm):
             "off",
         )
     ]
-    assert all(qm.moe_weight_format_problem(f) is None for f in accepted)
-    assert "per tensor" in qm.moe_weight_format_problem("fp8_e4m3_per_tensor")
-    assert qm.moe_weight_format_problem("int8_per_token") is not None
+    assert all(moe_weight_format_problem(f) is None for f in accepted)
+    assert "per tensor" in moe_weight_format_problem("fp8_e4m3_per_tensor")
+    assert moe_weight_format_problem("int8_per_token") is not None
 
 
 def test_weight_qdq_runs_along_k_per_shard(qm):
     w = torch.randn(48, 64, dtype=torch.float32)
     w[:16] *= 100.0  # shard 0 has a much larger amax than shard 1
-    got = qm.qdq_weight(w, QuantSpec("nvfp4"), shards=[16, 32])
+    got = qdq_weight(w, QuantSpec("nvfp4"), shards=[16, 32])
     want = torch.cat([quantize_dequantize(w[:16], "nvfp4"), quantize_dequantize(w[16:], "nvfp4")])
     assert torch.equal(got, want)
     assert not torch.equal(got, quantize_dequantize(w, "nvfp4"))  # one global scale would differ
     # block formats: along K, independent of shards; per-channel: one scale per output row
     assert torch.equal(
-        qm.qdq_weight(w, QuantSpec("mxfp4"), [16, 32]), quantize_dequantize(w, "mxfp4", axis=-1)
+        qdq_weight(w, QuantSpec("mxfp4"), [16, 32]), quantize_dequantize(w, "mxfp4", axis=-1)
     )
-    pc = qm.qdq_weight(w, QuantSpec("fp8_e4m3_per_channel"))
+    pc = qdq_weight(w, QuantSpec("fp8_e4m3_per_channel"))
     assert torch.equal(pc[3], quantize_dequantize(w[3:4], "fp8_e4m3_per_channel")[0])
     # experts [E, N, K]: each expert is its own tensor
     we = torch.randn(3, 8, 32)
     we[1] *= 50
-    ge = qm.qdq_weight(we, QuantSpec("nvfp4"))
+    ge = qdq_weight(we, QuantSpec("nvfp4"))
     assert all(torch.equal(ge[e], quantize_dequantize(we[e], "nvfp4")) for e in range(3))
 
 
 def test_act_qdq_is_a_compilable_op(qm):
     x = torch.randn(5, 64, dtype=torch.bfloat16)
     want = quantize_dequantize(x, "mxfp4", scale_rule="floor")
-    assert torch.equal(qm.qdq_act(x, QuantSpec("mxfp4")), want)
-    f = torch.compile(lambda t: qm.qdq_act(t, QuantSpec("mxfp4")) * 2, backend="eager", fullgraph=True)
+    assert torch.equal(qdq_act(x, QuantSpec("mxfp4")), want)
+    f = torch.compile(lambda t: qdq_act(t, QuantSpec("mxfp4")) * 2, backend="eager", fullgraph=True)
     assert torch.equal(f(x), want * 2)
-    assert qm.qdq_act(x, QuantSpec("off")) is x
+    assert qdq_act(x, QuantSpec("off")) is x
 
 
 def test_log_names_compact_indices_and_name_the_unnamed(qm):
     """The start-up log groups numbered layers; a layer vLLM built without a prefix shows as
     ``<unnamed>``, never as an empty name."""
-    names = qm._compact(["", "lm_head", "model.layers.0.mlp", "model.layers.1.mlp", "model.layers.0.attn"])
+    names = compact_names(["", "lm_head", "model.layers.0.mlp", "model.layers.1.mlp", "model.layers.0.attn"])
     assert names == ["<unnamed>", "lm_head", "model.layers.*.mlp (2)", "model.layers.0.attn"]
 
 
@@ -131,7 +133,7 @@ def test_compile_cache_key_follows_method_settings(qm, monkeypatch, tmp_path):
     ``qdq`` op where statistics need ``qdq_stats``) could be loaded from the cache."""
     import vllm.envs as envs
     from vllm_qdq import stats
-    from vllm_qdq.compile_cache import METHOD_VAR
+    from vllm_qdq.activation.compile_cache import METHOD_VAR
 
     for var in ("VLLM_QDQ", "VLLM_QDQ_CONFIG", "VLLM_QDQ_STATS"):
         monkeypatch.delenv(var, raising=False)

@@ -1,8 +1,8 @@
 """End-to-end: the ``qdq`` method in the real vLLM CPU engine and server (marked ``slow``).
 
-Each engine runs in a subprocess (tests/qdq_method_engine.py). Its prompt logprobs (float32)
+Each engine runs in a subprocess (:mod:`vllm_qdq.study.llm_run`, its file form). Its prompt logprobs (float32)
 are compared with an independent pure-PyTorch QDQ of the same ``transformers`` model
-(tests/qdq_method_reference.py). Measured on the tiny models: |vLLM - reference| <= 5e-7,
+(tests/support/qdq_method_reference.py). Measured on the tiny models: |vLLM - reference| <= 5e-7,
 QDQ effect (QDQ vs unquantized) 0.1-0.5 nats mean; the stated tolerance is :data:`TOL`.
 
 Engines run in vLLM's default mode (torch.compile, Inductor on CPU) beside ``enforce_eager``
@@ -28,8 +28,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests"))
 
 #: Largest |logprob(vLLM qdq) - logprob(reference qdq)| accepted, nats (float32 runs).
 TOL = 1e-4
@@ -68,23 +66,29 @@ main()
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "overlay"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "overlay"), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     env.pop("VLLM_QDQ_CONFIG", None)
     return env
 
 
+def _llm_kwargs(run: dict) -> dict:
+    """``LLM()`` keyword arguments of one run ``{"name", "model", "quantization", "hf_overrides",
+    "dtype", "enforce_eager"}``: float32, eager, context 128, seed 0 unless the run says otherwise."""
+    kw = {"model": run["model"], "dtype": run.get("dtype", "float32"), "max_model_len": 128,
+          "enforce_eager": run.get("enforce_eager", True), "seed": 0}
+    for k in ("quantization", "hf_overrides"):
+        if run.get(k):
+            kw[k] = run[k]
+    return kw
+
+
 def _engines(tmp: Path, name: str, runs: list[dict], env: dict | None = None) -> dict:
     out = tmp / f"{name}.json"
     e = _env() | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp / "vllm-cache")} | (env or {})
+    spec = {"out": str(out), "prompts": PROMPTS, "runs": [{"name": r["name"], "llm": _llm_kwargs(r)} for r in runs]}
     p = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "qdq_method_engine.py"),
-            str(out),
-            json.dumps(runs),
-            json.dumps(PROMPTS),
-        ],
+        [sys.executable, "-m", "vllm_qdq.study.llm_run", json.dumps(spec)],
         env=e,
         capture_output=True,
         text=True,
@@ -103,7 +107,7 @@ def _lp(res: dict, name: str) -> list[list[float]]:
 
 
 def _ref(model: Path, **kw) -> list[list[float]]:
-    from qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
+    from tests.support.qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
 
     m = load_fp32(str(model))
     counts = apply_qdq(m, **kw)
@@ -122,7 +126,7 @@ def _meandiff(a: list[list[float]], b: list[list[float]]) -> float:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from tiny_models import build_tiny_llama, build_tiny_moe
+    from vllm_qdq.study.tiny import build_tiny_llama, build_tiny_moe
 
     root = tmp_path_factory.mktemp("qdq_models")
     llama = build_tiny_llama(root / "llama")

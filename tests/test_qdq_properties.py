@@ -1,4 +1,4 @@
-"""Reference QDQ against the independent oracle (tests/oracle.py), by hypothesis and by edge case."""
+"""Reference QDQ against the independent oracle (tests/support/oracle.py), by hypothesis and by edge case."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vllm_qdq.formats import ELEMENTS, FORMATS, SCALE_RULES, Family
+from vllm_qdq.numerics.formats import ELEMENTS, FORMATS, SCALE_RULES, Family
 from vllm_qdq.qdq import dequantize, quantize, quantize_dequantize
 
-from .oracle import MX, oracle_mx, oracle_nvfp4_exact, oracle_scaled
+from tests.support.oracle import MX, oracle_mx, oracle_nvfp4_exact, oracle_scaled
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 MX_FORMATS = [n for n, f in FORMATS.items() if f.family is Family.MX]

@@ -2,7 +2,7 @@
 the pre-pass against the project QDQ oracle, and the reference against SDPA.
 
 The kernel runs in ONE subprocess (Triton decides interpret mode when a kernel is decorated, so
-the variable must be set before ``vllm_qdq.sage3.kernel`` is imported; a subprocess keeps it out
+the variable must be set before ``vllm_qdq.sage3.numerics.kernel`` is imported; a subprocess keeps it out
 of this pytest process). Shapes are tiny: the interpreter is slow.
 
 Tolerances: kernel vs reference ``max |diff| <= 1e-5 * max(1, max |ref|)`` (both compute the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vllm_qdq.sage3.reference import (
+from vllm_qdq.sage3.numerics.reference import (
     SAGE3_FORMATS,
     quantize_p_reference,
     sage3_attention_reference,
@@ -51,8 +51,8 @@ _SCRIPT = r"""
 import json, os, sys
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch
-from vllm_qdq.sage3.kernel import sage3_attention, sage3_prepass
-from vllm_qdq.sage3.reference import get_sage3_format, quantize_qkv_reference, sage3_attention_reference
+from vllm_qdq.sage3.numerics.kernel import sage3_attention, sage3_prepass
+from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_qkv_reference, sage3_attention_reference
 cases = json.loads(sys.argv[1])
 rule_cases = [tuple(c) for c in json.loads(sys.argv[2])]
 out = {}

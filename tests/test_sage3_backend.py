@@ -1,6 +1,6 @@
 """sage3 registration and fallback rules against the real vllm-omni 0.30.0 (CPU).
 
-One subprocess (``tests/sage3_omni_script.py``, TRITON_INTERPRET=1) walks through: the entry
+One subprocess (``tests/support/sage3_omni_script.py``, TRITON_INTERPRET=1) walks through: the entry
 point with ``VLLM_SAGE3_TRITON`` unset (vllm-omni untouched, the in-tree CUDA platform check
 still demands ``sageattention``), bad settings (ConfigError at registration), enabled without a
 usable device (in-tree kept, one warning), enabled (registry, selector and CUDA platform resolve
@@ -29,7 +29,7 @@ def omni() -> dict:
     for var in ("VLLM_SAGE3_TRITON", "SAGE3_QUANT_FORMAT", "SAGE3_ACC_DTYPE", "VLLM_PLUGINS"):
         env.pop(var, None)
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "sage3_omni_script.py")],
+        [sys.executable, str(REPO / "tests" / "support" / "sage3_omni_script.py")],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,8 +1,8 @@
 """The QDQ server under load and bad input (issue 13; marked ``slow``).
 
-One server for the module: the tiny random Llama (:func:`vllm_qdq.tiny.build_tiny_llama`)
+One server for the module: the tiny random Llama (:func:`vllm_qdq.study.tiny.build_study_llama`)
 served by the real vLLM CPU engine with ``--quantization qdq`` in vLLM's default compiled mode,
-``VLLM_QDQ_STATS`` on, on 127.0.0.1 only (started by :func:`vllm_qdq.demo.serve`).
+``VLLM_QDQ_STATS`` on, on 127.0.0.1 only (started by :func:`vllm_qdq.study.demo.serve`).
 
 * The bad-input battery (:data:`BAD`): each request gets a 4xx whose message names what was
   wrong, never a 5xx; after each one the server is alive, ``/health`` answers 200 and a normal
@@ -31,9 +31,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_qdq import demo, study
 from vllm_qdq.stats import FILE_GLOB, KeyStats, load_stats
-from vllm_qdq.tiny import TINY_CONFIG, build_tiny_llama
+from vllm_qdq.study import demo
+from vllm_qdq.study import run as study
+from vllm_qdq.study import server as servers
+from vllm_qdq.study.tiny import TINY_CONFIG, build_study_llama
 
 #: Bounds (seconds): server start-up, one HTTP request, one battery test, the soak, the stop.
 START_TIMEOUT = 420.0
@@ -46,7 +48,7 @@ STOP_TIMEOUT = 60.0
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT, func_only=True)]
 
 HOST = "127.0.0.1"
-#: Server sizes (see :func:`vllm_qdq.demo.serve`): context and logprob limits the battery hits.
+#: Server sizes (see :func:`vllm_qdq.study.demo.serve`): context and logprob limits the battery hits.
 MAX_MODEL_LEN = 1024
 MAX_LOGPROBS = 20
 #: The soak: requests, concurrency, prompt and output tokens per request.
@@ -138,20 +140,20 @@ def _assert_serving(server: Server, after: str) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     out = tmp_path_factory.mktemp("serve_load")
-    model = build_tiny_llama(out / "model")
+    model = build_study_llama(out / "model")
     stats_dir = out / "stats"
     log = out / "serve.log"
-    port = demo._free_port()
+    port = servers.free_port()
     t0 = time.monotonic()
-    proc = demo.serve(model, port, qdq=True, log=log, cpus=demo._cpu_sets(1)[0], stats_dir=stats_dir,
+    proc = demo.serve(model, port, qdq=True, log=log, cpus=servers.cpu_sets(1)[0], stats_dir=stats_dir,
                       max_model_len=MAX_MODEL_LEN, enforce_eager=False)
     srv = Server(proc, port, model, stats_dir, log, out)
     try:
-        demo._wait({"qdq": (srv.url, proc, log)}, START_TIMEOUT)
+        servers.wait({"qdq": (srv.url, proc, log)}, START_TIMEOUT, tag="demo")
         srv.timings["start_s"] = time.monotonic() - t0
         yield srv
     finally:
-        demo._stop(proc, STOP_TIMEOUT)
+        servers.stop(proc, STOP_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------- the battery
@@ -387,7 +389,7 @@ def test_soak_then_graceful_stop_keeps_complete_stats(server: Server) -> None:
     _assert_serving(server, "the soak")
     stats_live = _by_layer(load_stats(server.stats_dir))
     t0 = time.monotonic()
-    demo._stop(server.proc, STOP_TIMEOUT)
+    servers.stop(server.proc, STOP_TIMEOUT)
     server.timings |= {"stop_s": time.monotonic() - t0, "exit_code": server.proc.returncode}
     assert server.proc.returncode != -9, "the server needed SIGKILL to stop"
     files = sorted(p.name for p in server.stats_dir.iterdir())

@@ -1,4 +1,4 @@
-"""The study (vllm_qdq.study, study_report, stats): divergence math, stats writer, report, and one
+"""The study (vllm_qdq.study.run, .report, stats): divergence math, stats writer, report, and one
 real run against two CPU `vllm serve` servers (slow)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import pytest
 import torch
-from vllm_qdq import study
 from vllm_qdq.qdq import quantize_dequantize
 from vllm_qdq.stats import OTHER, KeyStats, QDQStats, load_stats
-from vllm_qdq.study_report import write_report
+from vllm_qdq.study import run as study
+from vllm_qdq.study.report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,7 +117,10 @@ def test_shipped_study_files_exist() -> None:
         assert (study.TASKS_DIR / f"{name}.jsonl").is_file()
     prompts = study.PROMPTS_FILE.read_text().splitlines()
     assert len(prompts) >= 8 and all(json.loads(p)["prompt"] for p in prompts)
-    # the study image pins new packages by the same lock as the CPU environment
+    # the study image pins new packages by the same lock as the CPU environment: one file, which
+    # scripts/constraints-cpu.txt links to (a Docker build context cannot reach outside itself)
+    link = REPO / "scripts/constraints-cpu.txt"
+    assert link.is_symlink() and link.resolve() == (REPO / "docker/study/constraints.txt").resolve()
     assert (REPO / "docker/study/constraints.txt").read_bytes() == (REPO / "scripts/constraints-cpu.txt").read_bytes()
 
 
@@ -387,7 +390,7 @@ def test_report_settings_floors_and_caveats(tmp_path: Path, monkeypatch: pytest.
     assert head.count("activation QDQ enabled (14 op wrappers wrapped); settings: linear=auto moe=auto") == 1
     assert "baseline (http://127.0.0.1:1): vLLM (version not logged); arguments `model='/m', dtype='bfloat16'`; " \
            "no vllm-qdq line (QDQ off)." in head
-    assert "**random weights** (built by vllm_qdq.tiny: 2 layers, hidden 128)" in head
+    assert "**random weights** (built by vllm_qdq.study.tiny: 2 layers, hidden 128)" in head
     assert "**The model has random weights**" in head and "chance level" in head
     # a QDQ engine faster than the baseline's (QDQ only adds work): the load changed between the runs
     assert "only adds work" not in head
@@ -488,9 +491,9 @@ def test_study_clients_send_the_api_key(key_server: str, tmp_path: Path, monkeyp
     """With VLLM_API_KEY set, every request of the study (GET /v1/models, the logprob requests,
     `vllm bench serve`, lm-eval) carries `Authorization: Bearer <key>`; without it the first /v1
     request fails naming VLLM_API_KEY; the key is written to no result file."""
-    from vllm_qdq.tiny import build_tiny_llama
+    from vllm_qdq.study.tiny import build_study_llama
 
-    model = str(build_tiny_llama(tmp_path / "model"))
+    model = str(build_study_llama(tmp_path / "model"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv(study.API_KEY_ENV, raising=False)
     base = ["--qdq", key_server, "--baseline", key_server, "--model", model]
@@ -530,7 +533,7 @@ def test_study_against_two_cpu_servers(tmp_path: Path, monkeypatch: pytest.Monke
     import urllib.error
     import urllib.request
 
-    from vllm_qdq.demo import QDQ_SERVER, run_study
+    from vllm_qdq.study.demo import QDQ_SERVER, run_study
 
     monkeypatch.setenv(study.API_KEY_ENV, KEY)
     refused: list[int] = []
@@ -570,7 +573,7 @@ def test_study_against_two_cpu_servers(tmp_path: Path, monkeypatch: pytest.Monke
         assert "Application startup complete" in log.read_text()
     # the report's head: what the servers ran (from their logs), the random model, the caveats
     head = text.split("## Accuracy")[0]
-    assert "**random weights** (built by vllm_qdq.tiny: 2 layers, hidden 128)" in head
+    assert "**random weights** (built by vllm_qdq.study.tiny: 2 layers, hidden 128)" in head
     assert "**The model has random weights**" in head
     assert "requests carried an API key (VLLM_API_KEY)" in head and KEY not in text
     qdq_log = (tmp_path / "logs" / "serve-qdq.log").read_text()

@@ -12,10 +12,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from vllm_qdq.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
-from vllm_qdq.reference import qdq_reference
+from vllm_qdq.numerics.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
+from vllm_qdq.numerics.reference import qdq_reference
 
-from tests.bits import assert_same_bits
+from tests.support.bits import assert_same_bits
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CASES = [
@@ -27,13 +27,15 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def tq():
-    """``vllm_qdq.triton_qdq`` with its kernels built for the interpreter (restored after)."""
+    """``vllm_qdq.numerics.triton_qdq`` with its kernels built for the interpreter (restored after)."""
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # before Triton's first import where possible
     pytest.importorskip("triton")
-    import vllm_qdq.triton_qdq as mod
+    import vllm_qdq.numerics.triton_primitives as prims
+    import vllm_qdq.numerics.triton_qdq as mod
 
-    mod = importlib.reload(mod)  # re-decorate the kernels as interpreted functions
+    importlib.reload(prims)  # re-decorate the shared helpers, then the kernels that call them,
+    mod = importlib.reload(mod)  # as interpreted functions
     assert mod.available()
     np_err = np.seterr(divide="ignore", invalid="ignore", over="ignore")  # numpy warnings of masked lanes
     yield mod
@@ -42,6 +44,7 @@ def tq():
         del os.environ["TRITON_INTERPRET"]
     else:
         os.environ["TRITON_INTERPRET"] = old
+    importlib.reload(prims)
     importlib.reload(mod)
 
 
@@ -203,7 +206,7 @@ def test_dispatch_switch(tq) -> None:
 
 def test_custom_op_in_compiled_graph() -> None:
     """``torch.ops.vllm_qdq.qdq`` inside ``torch.compile(fullgraph=True)`` gives the same bits."""
-    import vllm_qdq.ops  # noqa: F401  (registers the op)
+    import vllm_qdq.activation.ops  # noqa: F401  (registers the op)
     from vllm_qdq.qdq import quantize_dequantize
 
     def f(x: torch.Tensor) -> torch.Tensor:

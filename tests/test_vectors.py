@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from vllm_qdq.formats import ELEMENTS
+from vllm_qdq.numerics.formats import ELEMENTS
 from vllm_qdq.qdq import quantize, quantize_dequantize
 
 from .conftest import VECTORS

@@ -36,7 +36,7 @@ Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case
       "trace": false, "stats_dir": null, "backend": "auto"
     }
 
-A ``format`` is a name in :data:`vllm_qdq.formats.FORMATS`, ``"off"``, or (activation
+A ``format`` is a name in :data:`vllm_qdq.numerics.formats.FORMATS`, ``"off"``, or (activation
 specs of the plugin only) ``"auto"``. Layer patterns are shell globs on vLLM's layer prefix
 (``fnmatch``), or regular expressions when written ``"re:..."``. Environment variables win
 over the JSON for the keys they name.
@@ -53,7 +53,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from .formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
+from .numerics.formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
+from .numerics.qdq import BACKENDS, set_default_backend
+from .sage3.numerics.reference import ACC_DTYPES as SAGE3_ACC_DTYPES
+from .sage3.numerics.reference import SAGE3_FORMATS
 
 __all__ = [
     "ENV_VARS",
@@ -66,9 +69,13 @@ __all__ = [
     "QuantSpec",
     "Sage3Config",
     "check_stats_dir",
+    "error_file",
     "load_config",
     "load_sage3_config",
     "parse_bool",
+    "raw_value",
+    "sage3_settings",
+    "settings",
 ]
 
 logger = logging.getLogger("vllm_qdq")
@@ -78,9 +85,9 @@ WEIGHT_KINDS: tuple[str, ...] = ("mxfp4", "nvfp4", "fp8", "int")
 #: Lines ``VLLM_QDQ_TRACE`` prints per process at most.
 TRACE_LIMIT = 200
 
-SAGE3_FORMATS: tuple[str, ...] = ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")
-SAGE3_ACC_DTYPES: tuple[str, ...] = ("fp32", "bf16_both_dot", "bf16_pv_only")
-BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
+#: Environment variable naming the file where engine processes record a vllm-qdq error
+#: (internal: set by the front process for its children, see :mod:`vllm_qdq.errors`).
+ERROR_FILE_ENV = "_VLLM_QDQ_ERROR_FILE"
 
 #: Every environment variable this package reads, with its default and meaning.
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -180,6 +187,8 @@ class QDQConfig:
     trace: bool = False
     stats_dir: str | None = None
     backend: str = "auto"
+    #: Where the JSON settings came from (``defaults`` or ``VLLM_QDQ_CONFIG``): for the log, not hashed.
+    source: str = "defaults"
 
     def rule_for(self, prefix: str) -> LayerRule | None:
         """The first layer rule matching ``prefix``, if any."""
@@ -196,7 +205,7 @@ class QDQConfig:
     def digest(self) -> str:
         """A stable hash of every setting that changes numerics (for compile-cache keys)."""
         d = self.to_json()
-        for k in ("trace", "stats_dir"):
+        for k in ("trace", "stats_dir", "source"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -253,8 +262,8 @@ def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None =
             check_scale_rule(spec, rule)
         except ValueError as e:
             raise ConfigError(f"{where}.scale_rule: {e}") from None
-    elif rule not in ("floor", "ceil", "even", "rceil"):
-        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: floor, ceil, even, rceil")
+    elif rule not in SCALE_RULES:
+        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: {', '.join(SCALE_RULES)}")
     return QuantSpec(fmt, rule)
 
 
@@ -382,6 +391,8 @@ def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
     enabled = parse_bool("VLLM_QDQ", env.get("VLLM_QDQ"))
     raw = env.get("VLLM_QDQ_CONFIG")
     cfg = config_from_dict(_read_json(raw) if raw and raw.strip() else {}, enabled=enabled)
+    if raw and raw.strip():
+        cfg = replace(cfg, source="VLLM_QDQ_CONFIG")
     mode = env.get("VLLM_MARLIN_MOE_QDQ_MODE")
     if mode is not None and mode.strip():
         m = mode.strip().upper()
@@ -425,3 +436,68 @@ def load_sage3_config(env: Mapping[str, str] | None = None) -> Sage3Config:
             f"scale rules apply to: {', '.join(f for f in SAGE3_FORMATS if f != 'nvfp4')}"
         )
     return Sage3Config(enabled, fmt, acc, rule)
+
+
+# ----------------------------------------------------------------------------- the process's settings
+
+#: Variables each cached settings object was built from (a change rebuilds it).
+_QDQ_VARS: tuple[str, ...] = tuple(n for n in ENV_VARS if not n.startswith(("VLLM_SAGE3", "SAGE3_")))
+_SAGE3_VARS: tuple[str, ...] = tuple(n for n in ENV_VARS if n not in _QDQ_VARS)
+_CACHE: dict[str, tuple[tuple, object]] = {}
+
+
+def _fingerprint(names: tuple[str, ...]) -> tuple:
+    """The raw values of ``names`` (and a ``VLLM_QDQ_CONFIG`` file's mtime and size)."""
+    values: list[object] = [os.environ.get(n) for n in names]
+    raw = (os.environ.get("VLLM_QDQ_CONFIG") or "").strip() if "VLLM_QDQ_CONFIG" in names else ""
+    if raw and not raw.startswith("{") and os.path.isfile(raw):
+        st = os.stat(raw)
+        values.append((st.st_mtime_ns, st.st_size))
+    return tuple(values)
+
+
+def settings() -> QDQConfig:
+    """The process's QDQ settings: read from ``os.environ`` and validated once, then reused.
+
+    Every consumer (the plugin, the ``qdq`` method, the statistics recorder) takes them from
+    here, or is handed them, and reads no variable itself. The object is rebuilt only when one
+    of the variables it was built from changes (never inside vLLM; tests change them). Building
+    it also sets the QDQ API's default backend (:func:`vllm_qdq.numerics.qdq.set_default_backend`)
+    to ``backend``.
+
+    Raises:
+        ConfigError: any bad name or value (see :func:`load_config`); nothing is cached then.
+    """
+    key = _fingerprint(_QDQ_VARS)
+    hit = _CACHE.get("qdq")
+    if hit is not None and hit[0] == key:
+        return hit[1]  # type: ignore[return-value]
+    cfg = load_config()
+    set_default_backend(cfg.backend)
+    _CACHE["qdq"] = (key, cfg)
+    return cfg
+
+
+def sage3_settings() -> Sage3Config:
+    """The process's sage3 settings (:func:`load_sage3_config`), validated once and reused like
+    :func:`settings`. Raises :class:`ConfigError` naming a bad value."""
+    key = _fingerprint(_SAGE3_VARS)
+    hit = _CACHE.get("sage3")
+    if hit is not None and hit[0] == key:
+        return hit[1]  # type: ignore[return-value]
+    cfg = load_sage3_config()
+    _CACHE["sage3"] = (key, cfg)
+    return cfg
+
+
+def raw_value(name: str) -> str | None:
+    """The unparsed text of one of :data:`ENV_VARS` (for vLLM's compile-cache key, which hashes
+    what the user set); the validated values are :func:`settings`'."""
+    if name not in ENV_VARS:
+        raise KeyError(f"{name!r} is not a vllm-qdq variable; known: {', '.join(ENV_VARS)}")
+    return os.environ.get(name)
+
+
+def error_file() -> str | None:
+    """The path in :data:`ERROR_FILE_ENV` (the front process's error file), or ``None``."""
+    return os.environ.get(ERROR_FILE_ENV) or None

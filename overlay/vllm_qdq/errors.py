@@ -56,6 +56,8 @@ import tempfile
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .config import ERROR_FILE_ENV, error_file
+
 __all__ = [
     "ERROR_FILE_ENV",
     "EXIT_CODE",
@@ -67,8 +69,6 @@ __all__ = [
     "take_recorded",
 ]
 
-#: Environment variable naming the file where engine processes record a vllm-qdq error.
-ERROR_FILE_ENV = "_VLLM_QDQ_ERROR_FILE"
 #: Exit status of a vLLM command stopped by a vllm-qdq error.
 EXIT_CODE = 2
 #: Prefix of the one line a vLLM command prints for a vllm-qdq error.
@@ -109,7 +109,7 @@ def reported(exc: E) -> E:
     core or worker. In the front process itself, or without a front process that registered
     (no :data:`ERROR_FILE_ENV`), nothing is written. Never raises.
     """
-    path = os.environ.get(ERROR_FILE_ENV)
+    path = error_file()
     if _front or not path:
         return exc
     record = {
@@ -129,7 +129,7 @@ def reported(exc: E) -> E:
 
 def take_recorded() -> dict[str, Any] | None:
     """The error an engine process recorded for this front process (removed), or ``None``."""
-    path = os.environ.get(ERROR_FILE_ENV)
+    path = error_file()
     if not path:
         return None
     try:
@@ -144,7 +144,7 @@ def take_recorded() -> dict[str, Any] | None:
 
 def clear_recorded() -> None:
     """Forget a recorded error (a new engine is about to start in this front process)."""
-    path = os.environ.get(ERROR_FILE_ENV)
+    path = error_file()
     if path and _front:
         try:
             os.unlink(path)

@@ -14,14 +14,14 @@ logged and swallowed by vLLM, silently disabling the plugin).
    It also asks Linux for AMX tile state where the CPU has AMX (:mod:`vllm_qdq.cpu_compat`:
    vLLM's eager CPU attention uses AMX without asking and can die by SIGILL);
 1. registers the ``qdq`` quantization method with vLLM (always; it is selected by
-   ``quantization="qdq"``, see :mod:`vllm_qdq.qdq_method`);
-2. loads and validates every setting (:func:`vllm_qdq.config.load_config`); a bad value raises
+   ``quantization="qdq"``, see :mod:`vllm_qdq.method`);
+2. loads and validates every setting (:func:`vllm_qdq.config.settings`); a bad value raises
    :class:`vllm_qdq.config.ConfigError`, which vLLM does not catch, so start-up stops in the
    front process, before any engine starts, with a message naming the value and the accepted
    ones;
 3. with ``VLLM_QDQ`` off, returns without touching anything;
-4. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.vllm_patch`), folds the
-   settings into vLLM's compile-cache key (:mod:`vllm_qdq.compile_cache`) and logs once per
+4. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.activation.vllm_patch`), folds the
+   settings into vLLM's compile-cache key (:mod:`vllm_qdq.activation.compile_cache`) and logs once per
    process what was patched and with which settings.
 """
 
@@ -48,22 +48,22 @@ def register() -> None:
     if request_amx_permission():  # at debug level: the one INFO line is the patch summary below
         logger.debug("vllm-qdq: requested AMX tile permission in pid %d (vllm_qdq.cpu_compat)", os.getpid())
     # The `qdq` quantization method is registered always (it is chosen by quantization="qdq").
-    from .qdq_method import register_qdq_method
+    from .method.quant_config import register_qdq_method
 
     register_qdq_method()
-    from .config import load_config
+    from .config import settings
 
-    cfg = load_config()
+    cfg = settings()  # built and validated once per process, then passed down
     if not cfg.enabled:
         logger.debug("vllm-qdq: VLLM_QDQ is off; nothing patched")
         return
-    from .compile_cache import register_compile_factors
-    from .vllm_patch import install
+    from .activation.compile_cache import register_compile_factors
+    from .activation.vllm_patch import install
 
     report = install(cfg)
     if cfg.stats_dir:
+        from .activation.vllm_patch import set_stats_hook
         from .stats import op_hook
-        from .vllm_patch import set_stats_hook
 
         set_stats_hook(op_hook)
         if not _logged:

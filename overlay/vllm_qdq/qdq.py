@@ -1,32 +1,21 @@
-"""Public QDQ API: quantize-dequantize a tensor in any format of the table.
+"""``vllm_qdq.qdq``: the public QDQ API at its documented path (README "Using it").
 
->>> import torch
->>> from vllm_qdq.qdq import quantize_dequantize, FORMATS
->>> y = quantize_dequantize(torch.randn(4, 64, dtype=torch.bfloat16), "mxfp4")
-
-The numeric contract (rounding, saturation, scale rules, NaN/Inf, zeros, padding) is stated
-in :mod:`vllm_qdq.reference`; every backend meets it bit for bit (NVFP4: bit for bit outside
-fp32 ties, see there).
-
-Backends: ``"reference"`` (pure torch, any device) and ``"triton"`` (fused kernels,
-:mod:`vllm_qdq.triton_qdq`, CUDA tensors or ``TRITON_INTERPRET=1``). ``backend=None`` picks
-Triton for CUDA tensors when it is importable and the reference otherwise; the environment
-variable ``VLLM_QDQ_BACKEND`` (``auto`` | ``reference`` | ``triton``) sets the default.
+A compatibility re-export kept on purpose: the implementation is :mod:`vllm_qdq.numerics.qdq`,
+and ``from vllm_qdq.qdq import quantize_dequantize, quantize, dequantize, FORMATS`` is the
+import path the README gives users. Code inside the package imports ``vllm_qdq.numerics.qdq``.
 """
 
 from __future__ import annotations
 
-import os
-
-import torch
-
-from .formats import FORMATS, SCALE_RULES, FormatSpec, check_scale_rule, get_format
-from .reference import (
-    SUPPORTED_DTYPES,
+from .numerics.qdq import (
+    BACKENDS,
+    FORMATS,
+    SCALE_RULES,
     QuantizedTensor,
-    dequantize_reference,
-    qdq_reference,
-    quantize_reference,
+    dequantize,
+    quantize,
+    quantize_dequantize,
+    resolve,
 )
 
 __all__ = [
@@ -39,103 +28,3 @@ __all__ = [
     "quantize_dequantize",
     "resolve",
 ]
-
-#: Accepted values of ``backend`` / ``VLLM_QDQ_BACKEND``.
-BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
-
-
-def resolve(
-    x: torch.Tensor,
-    fmt: str,
-    scale_rule: str = "floor",
-    block_size: int | None = None,
-) -> FormatSpec:
-    """Validate a call's arguments and return the recipe; raises ``ValueError`` naming the value."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"unsupported dtype {x.dtype}; accepted: {', '.join(map(str, SUPPORTED_DTYPES))}"
-        )
-    spec = get_format(fmt, block_size)
-    check_scale_rule(spec, scale_rule)
-    return spec
-
-
-def _check_axis(x: torch.Tensor, axis: int) -> int:
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for a {x.ndim}-d tensor")
-    return axis % x.ndim
-
-
-def _backend(x: torch.Tensor, backend: str | None) -> str:
-    choice = backend or os.environ.get("VLLM_QDQ_BACKEND", "auto").strip().lower() or "auto"
-    if choice not in BACKENDS:
-        raise ValueError(f"unknown QDQ backend {choice!r}; accepted: {', '.join(BACKENDS)}")
-    if choice == "auto":
-        if x.is_cuda:
-            from . import triton_qdq
-
-            return "triton" if triton_qdq.available() else "reference"
-        return "reference"
-    return choice
-
-
-def quantize(
-    x: torch.Tensor,
-    fmt: str,
-    *,
-    scale_rule: str = "floor",
-    axis: int = -1,
-    global_amax: float | torch.Tensor | None = None,
-    block_size: int | None = None,
-) -> QuantizedTensor:
-    """Quantize ``x``: element codes and scales apart (see :class:`QuantizedTensor`)."""
-    spec = resolve(x, fmt, scale_rule, block_size)
-    axis = _check_axis(x, axis)
-    return quantize_reference(x, spec, scale_rule, axis, global_amax)
-
-
-def dequantize(q: QuantizedTensor) -> torch.Tensor:
-    """Values of a :class:`QuantizedTensor` in its original dtype and shape."""
-    return dequantize_reference(q)
-
-
-def quantize_dequantize(
-    x: torch.Tensor,
-    fmt: str,
-    *,
-    scale_rule: str = "floor",
-    axis: int = -1,
-    global_amax: float | torch.Tensor | None = None,
-    block_size: int | None = None,
-    backend: str | None = None,
-) -> torch.Tensor:
-    """Quantize ``x`` to ``fmt`` and back; same shape and dtype as ``x``.
-
-    Args:
-        x: bf16, fp16 or fp32 tensor, any shape with at least one dimension.
-        fmt: a name in :data:`FORMATS`.
-        scale_rule: MX formats: ``floor`` (OCP), ``ceil``, ``even``, ``rceil``.
-        axis: the dimension the blocks / rows run along.
-        global_amax: NVFP4 only: the per-tensor amax to use instead of ``x``'s own.
-        block_size: another block size where the format allows one (MX: 16, 32, 64).
-        backend: ``reference``, ``triton`` or ``None`` (see module docstring).
-
-    Raises:
-        ValueError: unknown format, rule or backend, unsupported dtype, forbidden block size,
-            or ``global_amax`` given to a format that has no global scale.
-    """
-    spec = resolve(x, fmt, scale_rule, block_size)
-    axis = _check_axis(x, axis)
-    if global_amax is not None and spec.name != "nvfp4":
-        raise ValueError(f"global_amax applies to format 'nvfp4' only, not {fmt!r}")
-    if x.numel() == 0:
-        return x.clone()
-    if _backend(x, backend) == "triton":
-        from . import triton_qdq
-
-        return triton_qdq.qdq(x, spec, scale_rule, axis, global_amax)
-    return qdq_reference(x, spec, scale_rule, axis, global_amax)

@@ -12,7 +12,7 @@ Each (op name, format) key accumulates, in float64 on the host:
   the machine epsilon of ``y``'s dtype (so the final rounding of ``y`` is not taken for
   clipping; clipping by less than that is not counted). The reference
   quantizer is re-run on ``x`` to get the codes — exact, and only paid when stats are on),
-* ``nonfinite``: elements of ``y`` that are NaN (NaN/Inf groups, see :mod:`vllm_qdq.reference`).
+* ``nonfinite``: elements of ``y`` that are NaN (NaN/Inf groups, see :mod:`vllm_qdq.numerics.reference`).
 
 Memory is bounded: at most :data:`MAX_KEYS` keys per process (later keys are pooled under
 ``op="<other>"``) of a fixed-size record each. Every process writes its own file
@@ -22,7 +22,7 @@ totals, rewritten atomically (so a reader always sees a complete snapshot) every
 something. :func:`load_stats` merges the files of every process.
 
 Inside vLLM (:func:`enable`): the ``qdq`` method and the activation plugin record through the
-``vllm_qdq::qdq_stats`` op (:mod:`vllm_qdq.ops`), whose implementation calls
+``vllm_qdq::qdq_stats`` op (:mod:`vllm_qdq.activation.ops`), whose implementation calls
 :func:`record_call` at run time, eagerly and inside ``torch.compile`` graphs alike; CUDA-graph
 replays run no Python and are not recorded (:func:`warn_if_cuda_graphs`). Only the forwards
 of served engine steps (vLLM's ``execute_model``) are counted, not vLLM's start-up profiling,
@@ -111,9 +111,9 @@ class KeyStats:
 
 def _saturated_count(x: torch.Tensor, y: torch.Tensor, fmt: str, scale_rule: str, axis: int) -> int:
     """Elements whose code is the largest finite element magnitude while ``|x| > |y| (1 + eps)``."""
-    from .formats import Granularity
-    from .qdq import quantize
-    from .reference import to_rows
+    from .numerics.formats import Granularity
+    from .numerics.qdq import quantize
+    from .numerics.reference import to_rows
 
     q = quantize(x, fmt, scale_rule=scale_rule, axis=axis)
     elem = q.spec.elem
@@ -135,7 +135,7 @@ class QDQStats:
     """Accumulates :class:`KeyStats` per (op, format) and flushes them to ``out_dir``.
 
     ``out_dir`` is created by the first flush (a failure there is a failed flush: logged,
-    retried, never raised); :func:`vllm_qdq.config.load_config` has checked it at start-up.
+    retried, never raised); :func:`vllm_qdq.config.settings` has checked it at start-up.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, flush_every: int = FLUSH_EVERY,
@@ -247,9 +247,9 @@ def get_recorder(out_dir: str | os.PathLike | None = None) -> QDQStats | None:
     if _RECORDER is not None and _RECORDER.path.name.endswith(f"-{os.getpid()}.jsonl"):
         return _RECORDER
     if out_dir is None:
-        from .config import load_config
+        from .config import settings
 
-        out_dir = load_config().stats_dir
+        out_dir = settings().stats_dir
         if not out_dir:
             return None
     with _RECORDER_LOCK:
@@ -383,7 +383,7 @@ def enable(*, in_worker: bool = False) -> bool:
 
 
 def op_hook(op_name: str, x: torch.Tensor, y: torch.Tensor, fmt: str) -> None:
-    """The activation plugin's default stats hook (:func:`vllm_qdq.vllm_patch.set_stats_hook`):
+    """The activation plugin's default stats hook (:func:`vllm_qdq.activation.vllm_patch.set_stats_hook`):
     the recorder."""
     record(op_name, fmt, x, y)
 

@@ -277,7 +277,7 @@ import vllm._custom_ops as ops
 import vllm.envs as envs
 from vllm.plugins import load_general_plugins
 load_general_plugins()
-from vllm_qdq.vllm_patch import COVERED, is_wrapped
+from vllm_qdq.activation.vllm_patch import COVERED, is_wrapped
 print("JSON" + json.dumps({
     "present": [s.name for s in COVERED if hasattr(ops, s.name)],
     "wrapped": [s.name for s in COVERED if is_wrapped(getattr(ops, s.name, None))],
@@ -363,22 +363,22 @@ def test_smoke_suite_without_gpu_says_so_and_fails(docker_client, image: str) ->
 
 # ---------------------------------------------------------------- GPU mode: the real image with a GPU
 
-#: scripts/plugin_llm_run.py runs under vLLM's defaults (torch.compile + CUDA graphs: no enforce_eager)
+#: vllm_qdq.study.llm_run runs under vLLM's defaults (torch.compile + CUDA graphs: no enforce_eager)
 ACTIVATION_SPEC = {"model": "/tmp/gptoss", "runs": [{"name": "defaults", "llm": {"moe_backend": "marlin"}}]}
 TRACE = "[vllm_qdq trace]"
 
 
 @pytest.mark.usefixtures("gpu_mode_only")
 def test_gpu_activation_qdq_in_the_engine_process(docker_client, image: str) -> None:
-    """A tiny gpt-oss with MXFP4 experts (scripts/tiny_models.py) on Marlin MoE, inside the image with
+    """A tiny gpt-oss with MXFP4 experts (vllm_qdq.study.tiny) on Marlin MoE, inside the image with
     the GPUs, QDQ on then off in one container (one engine on the GPU at a time): QDQ on prints trace
     lines for moe_wna16_marlin_gemm from the engine process (not the driver), QDQ off none, and
     the prompt logprobs differ."""
     script = (
         "set -e\n"
-        "python3 -c 'import sys; sys.path.insert(0, \"scripts\"); from tiny_models import build_tiny_gptoss_mxfp4; "
+        "python3 -c 'from vllm_qdq.study.tiny import build_tiny_gptoss_mxfp4; "
         "build_tiny_gptoss_mxfp4(\"/tmp/gptoss\", hidden=256, experts=4, layers=2)'\n"
-        "for q in 1 0; do echo \"=== VLLM_QDQ=$q\"; VLLM_QDQ=$q python3 scripts/plugin_llm_run.py \"$SPEC\" 2>&1; done\n")
+        "for q in 1 0; do echo \"=== VLLM_QDQ=$q\"; VLLM_QDQ=$q python3 -m vllm_qdq.study.llm_run \"$SPEC\" 2>&1; done\n")
     code, out = _in_image(docker_client, image, ["bash", "-c", script],
                           {"VLLM_QDQ_TRACE": "1", "SPEC": json.dumps(ACTIVATION_SPEC), "QDQ_TEST_GPU_UTIL": "0.3",
                            "VLLM_WORKER_MULTIPROC_METHOD": "spawn"},

@@ -1,13 +1,13 @@
 """GPU end-to-end: activation QDQ inside vLLM 0.30.0's Marlin kernels (H100, ``pytest -m gpu``).
 
-Models are built on the spot (scripts/tiny_models.py):
+Models are built on the spot (vllm_qdq.study.tiny):
 
 * a tiny random gpt-oss with MXFP4 experts in the gpt-oss checkpoint layout, run with
   ``moe_backend="marlin"`` -> ``moe_wna16_marlin_gemm`` (gate-up and down);
 * a tiny random Llama quantized online to FP8 with ``linear_backend="marlin"`` ->
   ``marlin_gemm`` (FP8 weight-only Marlin) for every dense layer.
 
-QDQ off and QDQ on run in two driver processes side by side (scripts/plugin_llm_run.py: a fixed
+QDQ off and QDQ on run in two driver processes side by side (vllm_qdq.study.llm_run: a fixed
 KV-cache size lets their engines share the GPU), each running eager then compiled. Checked, per
 model: QDQ on changes the prompt logprobs vs off; the trace lines come from the engine process
 (not the driver); and with vLLM's defaults (torch.compile + CUDA graphs) QDQ changes the results
@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
 
 pytestmark = pytest.mark.gpu
 
@@ -50,7 +46,7 @@ def run_off_on(model: Path, runs: dict[str, dict], cache: Path) -> tuple[dict[st
     """Each ``LLM(**kwargs)`` of ``runs`` in turn, QDQ off in one driver process and QDQ on in
     another, the two side by side; ``(off, on)``, each ``{name: {"logprobs", "trace", "driver",
     "log", "start_s"}}``."""
-    from plugin_llm_run import drive_many
+    from vllm_qdq.study.llm_run import drive_many
 
     got = drive_many({"qdq-off": (model, runs, _env(False, cache)), "qdq-on": (model, runs, _env(True, cache))})
     for tag, (rc, out, res) in got.items():
@@ -126,16 +122,16 @@ def models_dir(tmp: Path) -> Path:
 
 
 def test_gptoss_mxfp4_marlin_moe(tmp_path):
-    from gpu_serve_check import build
+    from vllm_qdq.study.tiny import build_gpu_model
 
-    model = build("gptoss", models_dir(tmp_path))
+    model = build_gpu_model("gptoss", models_dir(tmp_path))
     check(model, {"moe_backend": "marlin"}, tmp_path, "moe_wna16_marlin_gemm",
           "float4_e2m1f/mxfp4", "mxfp4/floor")
 
 
 def test_dense_fp8_marlin_gemm(tmp_path):
-    from gpu_serve_check import build
+    from vllm_qdq.study.tiny import build_gpu_model
 
-    model = build("llama", models_dir(tmp_path))
+    model = build_gpu_model("llama", models_dir(tmp_path))
     check(model, {"quantization": "fp8", "linear_backend": "marlin"}, tmp_path, "marlin_gemm",
           "float8_e4m3fn", "mxfp8_e4m3/floor")

@@ -1,7 +1,7 @@
 """The ``qdq`` method on CUDA (Triton QDQ when present), with torch.compile and CUDA graphs.
 
 Run on the GPU host: ``pytest -m gpu tests/gpu/test_qdq_method_gpu.py -q``. The engines of a
-test run side by side, one driver process each (scripts/plugin_llm_run.py: a fixed KV-cache
+test run side by side, one driver process each (vllm_qdq.study.llm_run: a fixed KV-cache
 size lets them share the GPU), bf16. Checks: generation works, QDQ changes the logprobs, they track the
 CPU-reference QDQ of the transformers model (float32 forward) to within bf16 noise, and the
 compiled + CUDA-graph engine tracks the ``enforce_eager`` one as closely.
@@ -10,14 +10,9 @@ compiled + CUDA-graph engine tracks the ``enforce_eager`` one as closely.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests"))
 
 PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
 #: bf16 engine vs float32 reference, mean nats (bf16 rounding of activations flips 4-bit QDQ
@@ -35,11 +30,11 @@ def _mean(a, b):
 
 def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dict]:
     """Each run's ``LLM()`` in a driver process of its own, the engines side by side
-    (scripts/plugin_llm_run.py); ``{name: result}``."""
+    (vllm_qdq.study.llm_run); ``{name: result}``."""
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "cache"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
     env.pop("VLLM_QDQ", None)
-    from plugin_llm_run import drive_many
+    from vllm_qdq.study.llm_run import drive_many
 
     got = drive_many({name: (model, {name: llm}, env) for name, llm in runs.items()}, prompts=PROMPTS)
     res = {}
@@ -54,8 +49,9 @@ def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dic
 def test_qdq_method_cuda(kind, tmp_path):
     """vLLM's defaults (torch.compile + CUDA graphs) and eager, QDQ'd by the method, vs the
     reference and vs the unquantized model."""
-    from qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
-    from tiny_models import build_once, build_tiny_llama, build_tiny_moe
+    from vllm_qdq.study.tiny import build_once, build_tiny_llama, build_tiny_moe
+
+    from tests.support.qdq_method_reference import apply_qdq, load_fp32, prompt_logprobs
 
     root = Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp_path
     model = build_once(root / f"method-{kind}", build_tiny_llama if kind == "llama" else build_tiny_moe)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm_qdq.sage3.kernel import sage3_attention
-from vllm_qdq.sage3.reference import ACC_DTYPES, SAGE3_FORMATS, sage3_attention_reference
+from vllm_qdq.sage3.numerics.kernel import sage3_attention
+from vllm_qdq.sage3.numerics.reference import ACC_DTYPES, SAGE3_FORMATS, sage3_attention_reference
 
 pytestmark = pytest.mark.gpu
 

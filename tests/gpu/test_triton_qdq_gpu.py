@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm_qdq.formats import FORMATS, SCALE_RULES, get_format
-from vllm_qdq.reference import qdq_reference
+from vllm_qdq.numerics.formats import FORMATS, SCALE_RULES, get_format
+from vllm_qdq.numerics.reference import qdq_reference
 
-from tests.bits import assert_same_bits
+from tests.support.bits import assert_same_bits
 
 pytestmark = pytest.mark.gpu
 
@@ -24,7 +24,7 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def check(x, spec, rule="floor", axis=-1, global_amax=None):
-    from vllm_qdq import triton_qdq
+    from vllm_qdq.numerics import triton_qdq
 
     y = triton_qdq.qdq(x, spec, rule, axis, global_amax)
     torch.cuda.synchronize()
@@ -87,7 +87,7 @@ def test_mx_block_sizes_and_global_amax() -> None:
 
 
 def test_dispatch_and_custom_op() -> None:
-    import vllm_qdq.ops  # noqa: F401
+    import vllm_qdq.activation.ops  # noqa: F401
     from vllm_qdq.qdq import quantize_dequantize
 
     x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)

@@ -6,18 +6,18 @@ its :class:`Sage3AttentionImpl` with ``(num_heads, head_size, softmax_scale, cau
 num_kv_heads, ...)`` and calls ``forward(query, key, value, attn_metadata)`` with
 ``[B, S, H, D]`` (NHD) tensors.
 
-The Triton kernel (:mod:`vllm_qdq.sage3.kernel`) runs when all of these hold; otherwise the
+The Triton kernel (:mod:`vllm_qdq.sage3.numerics.kernel`) runs when all of these hold; otherwise the
 call goes to ``torch.nn.functional.scaled_dot_product_attention`` (same mask handling as
 vllm-omni's SDPA backend) and one log line per reason says why (once per process):
 
 * no attention mask in ``attn_metadata`` (masks are not simulated);
 * self-attention: query and key lengths equal (cross-attention falls back);
-* head dim in :data:`~vllm_qdq.sage3.kernel.SUPPORTED_HEAD_DIMS` (32, 64, 128);
+* head dim in :data:`~vllm_qdq.sage3.numerics.kernel.SUPPORTED_HEAD_DIMS` (32, 64, 128);
 * dtype bf16, fp16 or fp32 (all of q, k, v the same);
 * 4-D inputs with query heads a multiple of key/value heads (GQA/MQA run in the kernel);
 * tensors on CUDA, or ``TRITON_INTERPRET=1``.
 
-The quantization format and accumulator come from :func:`vllm_qdq.config.load_sage3_config`
+The quantization format and accumulator come from :func:`vllm_qdq.config.sage3_settings`
 (``SAGE3_QUANT_FORMAT``, ``SAGE3_ACC_DTYPE``, ``SAGE3_SCALE_RULE``), read when the layer is built.
 """
 
@@ -33,8 +33,8 @@ from vllm_omni.diffusion.attention.backends.abstract import (
     AttentionMetadata,
 )
 
-from ..config import load_sage3_config
-from .kernel import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreting, sage3_attention
+from ..config import sage3_settings
+from .numerics.kernel import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreting, sage3_attention
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -115,7 +115,7 @@ class Sage3AttentionImpl(AttentionImpl):
         backend_kwargs: dict[str, Any] | None = None,
         **extra_impl_args: Any,
     ) -> None:
-        cfg = load_sage3_config()
+        cfg = sage3_settings()
         self.num_heads = num_heads
         self.head_size = head_size
         self.softmax_scale = softmax_scale

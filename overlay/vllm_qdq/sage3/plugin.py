@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -41,8 +40,10 @@ def unusable_reason() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     import torch
+    import triton  # its knob, not vllm_qdq.numerics.triton_primitives: importing that here would
+    # decorate the kernels' helpers for the mode of this moment, which may change before they run
 
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
         return "no CUDA device (and TRITON_INTERPRET is not 1)"
     return None
 
@@ -81,9 +82,9 @@ def _patch_cuda_platform_check() -> bool:
 
 def register_omni() -> None:
     """Register sage3 over SAGE_ATTN when ``VLLM_SAGE3_TRITON=1``; otherwise do nothing."""
-    from ..config import load_sage3_config
+    from ..config import sage3_settings
 
-    cfg = load_sage3_config()  # raises ConfigError naming a bad value
+    cfg = sage3_settings()  # validated once per process; raises ConfigError naming a bad value
     if not cfg.enabled:
         logger.debug("vllm-qdq sage3: VLLM_SAGE3_TRITON is off; vllm-omni untouched")
         return

@@ -32,10 +32,10 @@ could be loaded from the cache.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 
-from . import __version__
-from .config import ENV_VARS, QDQConfig
+from .. import __version__
+from ..config import ENV_VARS, QDQConfig, raw_value
 
 __all__ = ["DIGEST_VAR", "METHOD_VAR", "factor_value", "method_factor_value", "register_compile_factors",
            "register_method_factors"]
@@ -54,8 +54,8 @@ def factor_value(cfg: QDQConfig) -> str:
     )
 
 
-def _env_getter(name: str):
-    return lambda: os.environ.get(name)
+def _env_getter(name: str) -> Callable[[], str | None]:
+    return lambda: raw_value(name)
 
 
 def register_compile_factors(cfg: QDQConfig) -> list[str]:

@@ -1,9 +1,9 @@
 """Pure-PyTorch reference of sage3 quantized attention (no Triton): the numeric contract.
 
-The Triton kernel (:mod:`vllm_qdq.sage3.kernel`) computes the same numbers; the tests compare
+The Triton kernel (:mod:`vllm_qdq.sage3.numerics.kernel`) computes the same numbers; the tests compare
 the two on small shapes. Every per-block quantize-dequantize (QDQ) here goes through the
-project oracle :mod:`vllm_qdq.reference` (element rounding RNE on the true E2M1 / E4M3 grids,
-OCP MX scale rule ``floor``, NVFP4 fp32 operation order), read from :mod:`vllm_qdq.formats`.
+project oracle :mod:`vllm_qdq.numerics.reference` (element rounding RNE on the true E2M1 / E4M3 grids,
+OCP MX scale rule ``floor``, NVFP4 fp32 operation order), read from :mod:`vllm_qdq.numerics.formats`.
 
 Layout: ``q [B, Sq, Hq, D]``, ``k, v [B, Sk, Hkv, D]`` (vllm-omni's NHD), ``Hq % Hkv == 0``
 (GQA/MQA: query head ``h`` reads key/value head ``h // (Hq // Hkv)``). Self-attention only
@@ -53,7 +53,7 @@ product ``Praw @ Vraw`` is rounded to bf16 and the running ``acc`` is held in bf
 ``Qraw @ Ksraw^T`` tile is rounded to bf16 before ``* c``. ``m``, ``l`` stay fp32.
 
 MX scale rule (``SAGE3_SCALE_RULE``): ``floor`` (OCP v1.0, the default) for every MX QDQ (Q, K,
-V and P); ``ceil``, ``even`` and ``rceil`` as defined in :mod:`vllm_qdq.reference`. With
+V and P); ``ceil``, ``even`` and ``rceil`` as defined in :mod:`vllm_qdq.numerics.reference`. With
 ``floor`` a block whose amax mantissa is at least ``max_normal / 2**emax`` (1.5 for E2M1, 1.75
 for E4M3) saturates its largest elements; ``rceil`` never saturates. NVFP4 has no scale rule.
 
@@ -70,8 +70,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..formats import FORMATS, Family, FormatSpec, check_scale_rule
-from ..reference import _decode, qdq_reference, quantize_reference
+from ...numerics.formats import FORMATS, Family, FormatSpec, check_scale_rule
+from ...numerics.reference import _decode, qdq_reference, quantize_reference
 
 __all__ = [
     "ACC_DTYPES",

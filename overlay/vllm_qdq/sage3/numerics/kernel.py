@@ -1,6 +1,6 @@
 """Triton forward kernel of sage3 quantized attention (CUDA, or ``TRITON_INTERPRET=1`` on CPU).
 
-Numerics: exactly the algorithm of :mod:`vllm_qdq.sage3.reference` (read its docstring), in
+Numerics: exactly the algorithm of :mod:`vllm_qdq.sage3.numerics.reference` (read its docstring), in
 the same order:
 
 1. K smoothing: ``Ks = K - mean_s(K)`` (fp32 mean over the key sequence per batch, KV head,
@@ -19,13 +19,14 @@ the same order:
    ``bf16_pv_only`` (``Praw @ Vraw`` rounded to bf16, running accumulator held in bf16),
    ``bf16_both_dot`` (also each ``Qraw @ Ksraw^T`` tile rounded to bf16).
 
-Element rounding: RNE on the element grid with quantum ``2**(max(floor(log2|x|), e + emin) -
-mbits)`` in the scaled domain (``e`` the block exponent), via ``(t + 1.5*2**23) - 1.5*2**23``
-(exact RNE to an integer for ``0 <= t < 2**22``), saturating at ``max_normal * 2**e``; OCP
-``floor`` scale rule ``e = floor(log2 amax) - emax`` from the fp32 exponent bits, clamped to
-[-127, 127] (or the ``ceil`` / ``even`` / ``rceil`` rule from ``SAGE3_SCALE_RULE``, same bit
-arithmetic as :func:`vllm_qdq.reference.mx_scale_exponent`). The E4M3 NVFP4 block scale uses the same rounding with E4M3's ``emin``/``mbits``.
-All constants come from :mod:`vllm_qdq.formats`.
+Element rounding and MX exponents: the shared primitives of
+:mod:`vllm_qdq.numerics.triton_primitives` (the QDQ kernels use the same ones): ``v = x * 2**-e``
+(``e`` the block exponent, exact), RNE of ``v`` onto the element grid saturating at
+``max_normal``, then ``* 2**e``; the exponent from the ``SAGE3_SCALE_RULE`` rule (OCP ``floor``
+by default; ``ceil`` / ``even`` / ``rceil``) with the bit arithmetic of
+:func:`vllm_qdq.numerics.reference.mx_scale_exponent`, clamped to [-127, 127]. The E4M3 NVFP4
+block scale uses the same rounding with E4M3's ``emin`` / ``mbits``.
+All constants come from :mod:`vllm_qdq.numerics.formats`.
 
 Under ``TRITON_INTERPRET=1`` the MMA operands are fp32 (the interpreter's bf16 ``tl.dot`` is
 not usable); the values are the same, since every raw operand is exactly representable in bf16.
@@ -34,13 +35,20 @@ not usable); the values are the same, since every raw operand is exactly represe
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..formats import ELEMENTS, Family, check_scale_rule
+from ...numerics.formats import ELEMENTS, Family, check_scale_rule
+from ...numerics.triton_primitives import (
+    bf16_rne_f32,
+    interpreting,
+    mx_exponent,
+    pow2_f32,
+    round_elem_f32,
+    rule_code,
+)
 from .reference import (
     BLOCK_N,
     LOG2E,
@@ -57,76 +65,24 @@ __all__ = ["SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "interpreting", "sage3_att
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 
-_MAGIC = 12582912.0  # 1.5 * 2**23: (t + M) - M rounds t >= 0 to an integer, ties to even
 _E2M1 = ELEMENTS["e2m1"]
 _E4M3 = ELEMENTS["e4m3"]
 _NVFP4_P_GS = 448.0 * 6.0  # NVFP4 global scale of P (tensor amax fixed to 1)
 
 
-def interpreting() -> bool:
-    """Whether Triton runs in interpreter mode (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # ----------------------------------------------------------------------------- device helpers
-
-
-@triton.jit
-def _flog2(a):
-    """floor(log2(a)) of fp32 a >= 0 from its exponent bits (-127 for 0 and subnormals)."""
-    return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-
-
-@triton.jit
-def _pow2(e):
-    """2**e as fp32 for int32 e in [-126, 127]."""
-    return ((e + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _rne_grid(a, qe_min, MBITS: tl.constexpr):
-    """RNE of a >= 0 (already saturated) with quantum 2**(max(floor(log2 a), qe_min) - MBITS)."""
-    e = tl.maximum(tl.maximum(_flog2(a), qe_min) - MBITS, -126)
-    return ((a * _pow2(-e) + 12582912.0) - 12582912.0) * _pow2(e)
-
-
-@triton.jit
-def _bf16_rne(x):
-    """Round fp32 to the nearest bf16 value, ties to even, kept in fp32 (finite inputs)."""
-    u = x.to(tl.uint32, bitcast=True)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    return u.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mx_exp(amax, RULE: tl.constexpr, EMAX: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr):
-    """Shared exponent of MX blocks from their fp32 amax (RULE 0 floor, 1 ceil, 2 even, 3 rceil)."""
-    u = amax.to(tl.int32, bitcast=True)
-    fl = ((u >> 23) & 0xFF) - 127
-    mant = u & 0x7FFFFF
-    if RULE == 0:
-        e = fl - EMAX
-    elif RULE == 1:
-        e = fl + (mant != 0).to(tl.int32) - EMAX
-    elif RULE == 2:  # amax rounded to MBITS+1 significant bits (ties up), then floor
-        e = fl + (mant >= (0x800000 - (0x800000 >> (MBITS + 1)))).to(tl.int32) - EMAX
-    else:  # ceil(log2(fp32(amax / max_normal)))
-        w = tl.math.div_rn(amax, tl.full(amax.shape, MAXN, tl.float32)).to(tl.int32, bitcast=True)
-        we = (w >> 23) & 0xFF
-        e = tl.where(we == 0, -127, we - 127 + ((w & 0x7FFFFF) != 0).to(tl.int32))
-    return tl.minimum(tl.maximum(e, -127), 127)
+# The MX exponent, the element rounding and 2**e are the shared primitives of
+# vllm_qdq.numerics.triton_primitives (the QDQ kernels use the same ones).
 
 
 @triton.jit
 def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
             MAXN: tl.constexpr, RULE: tl.constexpr):
-    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule ``RULE``)."""
-    a = tl.abs(x3)
-    e = _mx_exp(tl.max(a, axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``)."""
+    e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
     e = tl.expand_dims(e, AXIS)
-    top = MAXN * _pow2(tl.maximum(e, -126))
-    r = _rne_grid(tl.minimum(a, top), e + EMIN, MBITS)
-    return tl.where(x3 < 0, -r, r)
+    q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
+    return q * pow2_f32(e)
 
 
 @triton.jit
@@ -134,12 +90,11 @@ def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr):
     """NVFP4 of blocks along ``AXIS``: returns e2m1 * e4m3 block scale (without 1/gs)."""
     a = tl.abs(x3)
     s = tl.minimum(gs * (tl.max(a, axis=AXIS) * 0.16666666666666666), 448.0)
-    s8 = _rne_grid(s, -6, 3)  # E4M3: emin -6, 3 mantissa bits (s <= 448 already)
+    s8 = round_elem_f32(s, 448.0, -6, 3, False)  # E4M3: emin -6, 3 mantissa bits (s <= 448 already)
     nz = s8 != 0
     inv = tl.where(nz, tl.math.div_rn(tl.full(s8.shape, 1.0, tl.float32), tl.where(nz, s8, 1.0) * inv_gs), 0.0)
-    xs = tl.minimum(a * tl.expand_dims(inv, AXIS), 6.0)
-    r = _rne_grid(xs, 0, 1) * tl.expand_dims(s8, AXIS)  # E2M1: emin 0, 1 mantissa bit
-    return tl.where(x3 < 0, -r, r)
+    q = round_elem_f32(x3 * tl.expand_dims(inv, AXIS), 6.0, 0, 1, False)  # E2M1: emin 0, 1 mantissa bit
+    return q * tl.expand_dims(s8, AXIS)
 
 
 # ----------------------------------------------------------------------------- pre-pass
@@ -242,7 +197,7 @@ def _sage3_fwd_kernel(
         else:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         if BF16_QK:
-            s = _bf16_rne(s)
+            s = bf16_rne_f32(s)
         s = s * c
         ok = kv_ok[None, :]
         if CAUSAL:
@@ -263,7 +218,7 @@ def _sage3_fwd_kernel(
                 pv = tl.dot(pv_in, v)
             else:
                 pv = tl.dot(pv_in, v, input_precision="ieee")
-            acc = _bf16_rne(_bf16_rne(acc * alpha[:, None]) + _bf16_rne(pv))
+            acc = bf16_rne_f32(bf16_rne_f32(acc * alpha[:, None]) + bf16_rne_f32(pv))
         else:
             acc = acc * alpha[:, None]
             if OP_BF16:
@@ -299,9 +254,6 @@ def _elem_consts(spec) -> dict:
     return {"EMAX": e.emax, "EMIN": e.emin, "MBITS": e.mbits, "MAXN": float(e.max_normal)}
 
 
-_RULES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}
-
-
 def sage3_prepass(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor"
 ):
@@ -332,7 +284,7 @@ def sage3_prepass(
             x, mean, gs[len(outs)], out,
             s, heads, x.stride(0), x.stride(1), x.stride(2),
             D=d, BLOCK_S=block_s, BLK=fmt.block, SEQ_AXIS=name == "v", SMOOTH=name == "k",
-            NVFP4=nv, **_elem_consts(spec), RULE=_RULES[scale_rule], num_warps=4,
+            NVFP4=nv, **_elem_consts(spec), RULE=rule_code(scale_rule), num_warps=4,
         )
         outs.append(out)
     return outs, gs
@@ -384,7 +336,7 @@ def sage3_attention(
         D=d, BLOCK_N=BLOCK_N, CAUSAL=bool(causal), BLK=fmt.block,
         P_NVFP4=fmt.p.family is Family.NVFP4, P_FACTOR=float(fmt.p_factor),
         EMAX=p_elem.emax, EMIN=p_elem.emin, MBITS=p_elem.mbits, MAXN=float(p_elem.max_normal),
-        RULE=_RULES[scale_rule],
+        RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=qr.dtype == torch.bfloat16,
     )

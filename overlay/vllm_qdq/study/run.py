@@ -17,7 +17,7 @@ Subcommands (``python -m vllm_qdq.study SUB ...`` or ``scripts/study.py SUB ...`
 report) and ``report DIR``.
 
 Accuracy tasks: ``--tasks local`` (default) runs the two tasks shipped in
-:mod:`vllm_qdq.study_tasks` (``qdq_tiny_mc``: multiple choice by log-likelihood;
+:mod:`vllm_qdq.study.tasks` (``qdq_tiny_mc``: multiple choice by log-likelihood;
 ``qdq_tiny_gen``: greedy exact match), which need no download; any other value is a
 comma-separated list of lm-eval task names (e.g. ``gsm8k,mmlu_abstract_algebra``), read from
 the Hugging Face cache (``HF_HOME``) or downloaded when the host allows.
@@ -28,10 +28,10 @@ own key), every request of the study sends ``Authorization: Bearer <key>``: the 
 ``OPENAI_API_KEY`` they read (set for them only). The key is never written to a result file.
 
 ``meta.json`` also records what each server says it serves (``GET /v1/models``: id, root,
-max_model_len) and the model's provenance: a model directory built by :mod:`vllm_qdq.tiny`
+max_model_len) and the model's provenance: a model directory built by :mod:`vllm_qdq.study.tiny`
 (marker file :data:`TINY_MARKER`) has random weights, which the report states.
 
-Logprob divergence: each prompt of the fixed set (``study_tasks/logprob_prompts.jsonl``) is
+Logprob divergence: each prompt of the fixed set (``study/tasks/logprob_prompts.jsonl``) is
 sent once to each endpoint with ``echo``, ``max_tokens=1`` and ``logprobs=k``, so both score
 the *same* token sequence (teacher forcing) and return, at every position, their ``k`` most
 likely next tokens (by id). Per position, with ``P`` the baseline and ``Q`` the QDQ server:
@@ -83,14 +83,14 @@ __all__ = [
 
 #: The two servers of the study, in report order.
 ENDPOINTS: tuple[str, ...] = ("baseline", "qdq")
-TASKS_DIR = Path(__file__).resolve().parent / "study_tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 #: The tasks ``--tasks local`` runs (shipped with the package, no download).
 LOCAL_TASKS: tuple[str, ...] = ("qdq_tiny_mc", "qdq_tiny_gen")
 PROMPTS_FILE = TASKS_DIR / "logprob_prompts.jsonl"
 PERCENTILES = (50, 90, 99)
 #: The variable holding the servers' API key (``vllm serve`` reads the same one).
 API_KEY_ENV = "VLLM_API_KEY"
-#: The file :func:`vllm_qdq.tiny.build_tiny_llama` writes into the model directory it builds.
+#: The file :func:`vllm_qdq.study.tiny.build_study_llama` writes into the model directory it builds.
 TINY_MARKER = _TINY_MARKER
 
 
@@ -157,7 +157,7 @@ def _client_key_env() -> Iterator[dict[str, str]]:
 
 def model_provenance(model: str) -> dict:
     """What the study can tell about ``model`` from where it runs: ``random_weights`` is True for a
-    directory built by :mod:`vllm_qdq.tiny` (its marker :data:`TINY_MARKER`), False for a directory
+    directory built by :mod:`vllm_qdq.study.tiny` (its marker :data:`TINY_MARKER`), False for a directory
     without it, None when ``model`` is not a directory here (a hub id: unknown)."""
     path = Path(model)
     if not path.is_dir():
@@ -168,7 +168,7 @@ def model_provenance(model: str) -> dict:
             built = json.loads(marker.read_text())
         except (OSError, ValueError) as e:
             built = {"unreadable": f"{e.__class__.__name__}: {e}"}
-        return {"random_weights": True, "source": f"{marker} (written by vllm_qdq.tiny)", "tiny": built}
+        return {"random_weights": True, "source": f"{marker} (written by vllm_qdq.study.tiny)", "tiny": built}
     return {"random_weights": False, "source": f"no {TINY_MARKER} in {path}"}
 
 
@@ -274,7 +274,7 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
     """
     if num_warmups < 0:
         raise ValueError(f"num_warmups={num_warmups!r}; accepted: an integer >= 0")
-    from .vllm_cli import vllm_command
+    from ..vllm_cli import vllm_command
 
     result_dir = out / "bench"
     result_dir.mkdir(parents=True, exist_ok=True)
@@ -575,7 +575,7 @@ def _meta(args: argparse.Namespace, eps: dict[str, str]) -> None:
         vllm_version = vllm.__version__
     except Exception as e:
         vllm_version = f"unavailable ({e.__class__.__name__})"
-    from . import __version__
+    from .. import __version__
 
     meta.update(model=args.model, tokenizer=args.tokenizer or args.model, endpoints=eps,
                 vllm=vllm_version, vllm_qdq=__version__, model_provenance=model_provenance(args.model),
@@ -590,7 +590,7 @@ def _meta(args: argparse.Namespace, eps: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "report":
-        from .study_report import write_report
+        from .report import write_report
 
         path = write_report(args.dir, stats_dir=args.stats, logs_dir=args.logs)
         print(f"study: report written to {path}")
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: logprobs: KL mean {s['kl_mean']:.3g} over {s['positions']} positions, "
               f"top-1 agreement {s['top1_agreement']:.3f}")
     if args.cmd == "run":
-        from .study_report import write_report
+        from .report import write_report
 
         print(f"study: report written to {write_report(args.out)}")
     return 0

@@ -106,7 +106,7 @@ from vllm_omni.diffusion.attention.backends.abstract import AttentionMetadata
 from vllm_omni.diffusion.attention.layer import Attention
 from vllm_omni.diffusion.config import set_current_diffusion_config
 from vllm_qdq.sage3.backend import Sage3AttentionImpl
-from vllm_qdq.sage3.reference import sage3_attention_reference
+from vllm_qdq.sage3.numerics.reference import sage3_attention_reference
 
 od_cfg = SimpleNamespace(
     diffusion_attention_config=attn_cfg, model_class_name=None, parallel_config=SimpleNamespace(ring_degree=1)

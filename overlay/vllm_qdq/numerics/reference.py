@@ -1,6 +1,6 @@
 """Pure-torch reference QDQ: the numeric contract every kernel in this package must meet.
 
-No Triton here. Everything reads :mod:`vllm_qdq.formats`. Works on any device torch runs on.
+No Triton here. Everything reads :mod:`vllm_qdq.numerics.formats`. Works on any device torch runs on.
 
 Numeric contract (all recipes):
 

@@ -1,14 +1,14 @@
 """``torch.ops.vllm_qdq.qdq``: quantize-dequantize as one torch custom op.
 
 Schema: ``qdq(Tensor x, str fmt, str scale_rule, int axis, float? global_amax,
-int? block_size) -> Tensor``. It returns :func:`vllm_qdq.qdq.quantize_dequantize` of ``x``
+int? block_size) -> Tensor``. It returns :func:`vllm_qdq.numerics.qdq.quantize_dequantize` of ``x``
 (same shape, dtype and strides as ``x``, never an alias of it); numerics are those of
-:mod:`vllm_qdq.reference` (the Triton kernels on CUDA, bit-exact with it).
+:mod:`vllm_qdq.numerics.reference` (the Triton kernels on CUDA, bit-exact with it).
 
 Being a custom op with a fake implementation, it traces under Dynamo / AOT autograd /
 Inductor as a single opaque node and runs inside compiled graphs and CUDA-graph captures.
-The activation plugin (:mod:`vllm_qdq.vllm_patch`) and the ``qdq`` method
-(:mod:`vllm_qdq.qdq_method`) both call it. Importing this module registers the ops once per
+The activation plugin (:mod:`vllm_qdq.activation.vllm_patch`) and the ``qdq`` method
+(:mod:`vllm_qdq.method`) both call it. Importing this module registers the ops once per
 process.
 
 ``torch.ops.vllm_qdq.qdq_stats(Tensor x, str fmt, str scale_rule, int axis, str name) ->
@@ -25,18 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from .qdq import quantize_dequantize
+from ..numerics.qdq import quantize_dequantize
 
-__all__ = ["qdq", "qdq_stats", "set_backend"]
-
-#: Backend the op uses (``None``: ``VLLM_QDQ_BACKEND`` / automatic, see :mod:`vllm_qdq.qdq`).
-_BACKEND: str | None = None
-
-
-def set_backend(backend: str | None) -> None:
-    """Pin the backend the op uses (``"auto"`` or ``None``: the automatic choice)."""
-    global _BACKEND
-    _BACKEND = None if backend in (None, "auto") else backend
+__all__ = ["qdq", "qdq_stats"]
 
 
 @torch.library.custom_op("vllm_qdq::qdq", mutates_args=())
@@ -48,7 +39,7 @@ def qdq(
     global_amax: float | None = None,
     block_size: int | None = None,
 ) -> torch.Tensor:
-    """Quantize ``x`` to ``fmt`` and back (see :func:`vllm_qdq.qdq.quantize_dequantize`)."""
+    """Quantize ``x`` to ``fmt`` and back (see :func:`vllm_qdq.numerics.qdq.quantize_dequantize`)."""
     return _qdq_impl(x, fmt, scale_rule, axis, global_amax, block_size)
 
 
@@ -62,8 +53,7 @@ def _qdq_impl(
 ) -> torch.Tensor:
     y = quantize_dequantize(
         x, fmt, scale_rule=scale_rule, axis=axis, global_amax=global_amax, block_size=block_size,
-        backend=_BACKEND,
-    )
+    )  # backend: the process default (vllm_qdq.numerics.qdq.set_default_backend)
     out = torch.empty_like(x)
     if y.stride() == out.stride() and (y.data_ptr() != x.data_ptr() or not x.numel()):
         return y
@@ -88,7 +78,7 @@ def qdq_stats(x: torch.Tensor, fmt: str, scale_rule: str, axis: int, name: str) 
 
     Recording never raises into the forward pass (:func:`vllm_qdq.stats.record_call`).
     """
-    from .stats import record_call
+    from ..stats import record_call
 
     y = _qdq_impl(x, fmt, scale_rule, axis, None, None)
     record_call(name, fmt, x, y, scale_rule=scale_rule, axis=axis)

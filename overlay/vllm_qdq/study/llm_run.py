@@ -1,23 +1,37 @@
-"""Run vLLM ``LLM()`` configurations one after the other and print their prompt logprobs.
+"""Run vLLM ``LLM()`` configurations in a driver process and report their prompt logprobs.
 
-    python scripts/plugin_llm_run.py '{"model": "/tmp/m", "runs": [{"name": "eager", "llm": {...}}, ...]}'
+The one engine-run helper of the tests, the GPU suite and the scripts. Two forms of the JSON
+argument of ``python -m vllm_qdq.study.llm_run SPEC``:
 
-The JSON argument: ``model`` (path), ``runs`` (a list of ``{"name", "llm"}``: extra ``LLM(...)``
-keyword arguments per run; the older single-run form ``{"llm": {...}}`` is one run named
-``run``), ``prompts`` (token-id lists; default: three fixed prompts). The environment
-(``VLLM_QDQ``, ...) is the caller's and the same for every run of the process (the plugin
-registers once per process: runs with QDQ on and off belong in different processes).
+**Batch form** (the GPU suite; :func:`drive` / :func:`drive_many` launch it): ``model`` (path),
+``runs`` (a list of ``{"name", "llm"}``: extra ``LLM(...)`` keyword arguments per run, over
+defaults sized for a tiny model: :func:`run_one`; the older single-run form ``{"llm": {...}}`` is
+one run named ``run``), ``prompts`` (token-id lists; default: three fixed prompts). Prints
+``DRIVER_PID <pid>`` then, per run, ``RESULT <name> {"logprobs": [[...], ...], "generated": ...,
+"start_s": ...}``: the logprob of every prompt token after the first (a deterministic function of
+the weights and the numerics, independent of sampling) and 4 greedy tokens, all prompts in one
+``generate``.
 
-Prints ``DRIVER_PID <pid>`` then, per run, ``RESULT <name> {"logprobs": [[...], ...]}``: the
-logprob of every prompt token after the first (a deterministic function of the weights and the
-numerics, independent of sampling).
+**File form** (the CPU engine tests; the spec has ``out``): ``runs`` (a list of ``{"name",
+"llm"}`` with the *whole* ``LLM(...)`` keyword arguments, ``model`` included, nothing added),
+``prompts``, ``sampling`` (``SamplingParams`` keyword arguments; default greedy, 4 tokens,
+``prompt_logprobs=0, logprobs=0``) and optional hooks ``setup`` (called once before the first
+engine), ``before_prompt`` and ``after_prompt`` (around each prompt's ``generate``; the latter
+returns a dict merged into that prompt's result), each ``"module:function"``. Each prompt gets
+a ``generate`` call of its own (batch-wide activation scales then see one prompt, as a reference
+model does). After every run ``out`` is rewritten as ``{name: {"results": [{"prompt_logprobs",
+"generated", ...}, ...]}}``, or ``{name: {"error", "traceback"}}`` when the engine failed to
+start (the test reads the message).
+
+The environment (``VLLM_QDQ``, ...) is the caller's and the same for every run of the process
+(the plugin registers once per process: runs with QDQ on and off belong in different processes).
 
 Engines beside each other on one GPU: vLLM 0.30's memory profiler fails when another engine
-starts or frees memory while it profiles ("Error in memory profiling"). On CUDA every run
-therefore gets a fixed KV-cache size (``kv_cache_memory_bytes``: ``QDQ_TEST_KV_BYTES``, default
-1 GiB), with which vLLM skips that profiling, so engines of several drivers (``drive_many``) can
-start side by side. ``QDQ_TEST_KV_BYTES=0`` restores the profiled size: each run's engine is then
-shut down, and the GPU's used memory has settled, before the next one starts.
+starts or frees memory while it profiles ("Error in memory profiling"). On CUDA every batch-form
+run therefore gets a fixed KV-cache size (``kv_cache_memory_bytes``: ``QDQ_TEST_KV_BYTES``,
+default 1 GiB), with which vLLM skips that profiling, so engines of several drivers
+(``drive_many``) can start side by side. ``QDQ_TEST_KV_BYTES=0`` restores the profiled size: each
+run's engine is then shut down, and the GPU's used memory has settled, before the next one starts.
 """
 
 from __future__ import annotations
@@ -29,6 +43,8 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
 DEFAULT_PROMPTS = [
     [5, 17, 42, 99, 7, 123, 64, 200, 31, 8, 77, 150, 12, 250, 3, 90],
@@ -114,7 +130,7 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float, tag: str =
 def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], *,
           prompts: list[list[int]] | None = None, timeout: float = 900,
           tag: str = "") -> tuple[int, str, dict[str, dict]]:
-    """Run this script on ``runs`` (``{name: LLM kwargs}``) in a driver process of its own.
+    """Run this module (batch form) on ``runs`` (``{name: LLM kwargs}``) in a driver process of its own.
 
     Returns ``(return code, whole output, {name: result})``; each result also carries
     ``driver`` (the driver's pid) and ``log``: the output lines between the previous run's
@@ -125,7 +141,7 @@ def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], 
     spec: dict = {"model": str(model), "runs": [{"name": k, "llm": v} for k, v in runs.items()]}
     if prompts is not None:
         spec["prompts"] = prompts
-    rc, out = run_streamed([sys.executable, os.path.abspath(__file__), json.dumps(spec)], env, timeout, tag)
+    rc, out = run_streamed([sys.executable, "-m", "vllm_qdq.study.llm_run", json.dumps(spec)], env, timeout, tag)
     m = re.search(r"DRIVER_PID (\d+)", out)
     driver = int(m.group(1)) if m else -1
     res: dict[str, dict] = {}
@@ -149,6 +165,8 @@ def drive_many(jobs: dict[str, tuple], *, prompts: list[list[int]] | None = None
 
 
 def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
+    """One batch-form run: ``LLM(model, **defaults | llm_kwargs)``, all ``prompts`` in one greedy
+    ``generate`` of 4 tokens; the engine shut down before returning."""
     from vllm import LLM, SamplingParams
 
     # few CUDA graph sizes: a tiny model's start is dominated by capture otherwise
@@ -175,11 +193,75 @@ def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
     return {"logprobs": result, "generated": tokens, "start_s": round(start_s, 1)}
 
 
+def _hook(ref: str | None) -> Callable[..., Any] | None:
+    """``"module:function"`` -> the function (None -> None)."""
+    if not ref:
+        return None
+    import importlib
+
+    mod, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+#: The file form's default sampling: greedy, 4 tokens, the prompt's logprobs.
+FILE_SAMPLING: dict[str, Any] = {"temperature": 0.0, "max_tokens": 4, "prompt_logprobs": 0, "logprobs": 0}
+
+
+def run_per_prompt(llm_kwargs: dict, prompts: list[list[int]], sampling: dict[str, Any],
+                   before: Callable[[], Any] | None = None,
+                   after: Callable[[], dict] | None = None) -> dict:
+    """One file-form run: ``LLM(**llm_kwargs)``, one ``generate`` per prompt; ``{"results":
+    [{"prompt_logprobs", "generated", **after()}, ...]}`` or ``{"error", "traceback"}`` when the
+    engine failed to start."""
+    import traceback
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    try:
+        llm = LLM(**llm_kwargs)
+    except Exception as e:  # the test reads the message
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    try:
+        sp = SamplingParams(**sampling)
+        res = []
+        for ids in prompts:
+            if before is not None:
+                before()
+            out = llm.generate([TokensPrompt(prompt_token_ids=ids)], sp, use_tqdm=False)[0]
+            plp = [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)]
+            res.append({"prompt_logprobs": plp, "generated": list(out.outputs[0].token_ids),
+                        **(after() if after is not None else {})})
+    finally:
+        del llm
+        gc.collect()
+    return {"results": res}
+
+
+def run_file_form(spec: dict) -> int:
+    """The file form of the spec (see the module text): every run, ``spec["out"]`` rewritten after each."""
+    setup = _hook(spec.get("setup"))
+    if setup is not None:
+        setup()
+    before, after = _hook(spec.get("before_prompt")), _hook(spec.get("after_prompt"))
+    sampling = spec.get("sampling", FILE_SAMPLING)
+    out: dict[str, dict] = {}
+    for r in spec["runs"]:
+        out[r["name"]] = run_per_prompt(r["llm"], spec["prompts"], sampling, before, after)
+        with open(spec["out"], "w") as f:
+            json.dump(out, f)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", help='JSON: {"model": PATH, "runs": [{"name": ..., "llm": {...}}], "prompts": [[ids]]}')
+    """``python -m vllm_qdq.study.llm_run SPEC``: the batch or the file form (module text)."""
+    ap = argparse.ArgumentParser(prog="python -m vllm_qdq.study.llm_run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help='JSON: {"model": PATH, "runs": [{"name": ..., "llm": {...}}], "prompts": [[ids]]}; '
+                    'with "out": the file form')
     args = ap.parse_args(argv)
     spec = json.loads(args.spec)
+    if "out" in spec:
+        return run_file_form(spec)
     runs = spec.get("runs") or [{"name": "run", "llm": spec.get("llm", {})}]
     prompts = spec.get("prompts", DEFAULT_PROMPTS)
     print("DRIVER_PID", os.getpid(), flush=True)

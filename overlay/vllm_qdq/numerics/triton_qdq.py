@@ -1,9 +1,9 @@
-"""Fused Triton QDQ kernels: one kernel family for every recipe of :mod:`vllm_qdq.formats`.
+"""Fused Triton QDQ kernels: one kernel family for every recipe of :mod:`vllm_qdq.numerics.formats`.
 
-Bit-exact with :func:`vllm_qdq.reference.qdq_reference` (the numeric contract is stated there).
+Bit-exact with :func:`vllm_qdq.numerics.reference.qdq_reference` (the numeric contract is stated there).
 Every format fact (element bits, bias, emax, max_normal, block size, floors, the power-of-two
-flag, fp32 vs float64 math) is read from the :class:`~vllm_qdq.formats.FormatSpec` /
-:class:`~vllm_qdq.formats.ElemSpec` records, which reach the kernels as ``tl.constexpr``.
+flag, fp32 vs float64 math) is read from the :class:`~vllm_qdq.numerics.formats.FormatSpec` /
+:class:`~vllm_qdq.numerics.formats.ElemSpec` records, which reach the kernels as ``tl.constexpr``.
 
 Layout. The scaling axis is moved last *logically*: the launcher describes the tensor as rows
 ``row = outer * inner_rows + inner`` of ``K`` elements with three strides (outer, inner, along
@@ -47,7 +47,7 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   (below), and ``q * 2**e`` is exact in fp32 (at most 7 significant bits, exponent within
   [-149, 127]). So fp32 equals the reference's float64 bit for bit, and the single RNE to
   the output dtype happens last.
-* Element rounding (:func:`_round_elem_f32`): ``a = |v|`` saturated at ``max_normal`` (NaN
+* Element rounding (:func:`~vllm_qdq.numerics.triton_primitives.round_elem_f32`, shared with sage3): ``a = |v|`` saturated at ``max_normal`` (NaN
   kept), quantum ``2**(max(floor(log2 a), emin) - mbits)`` (``2**-mbits`` for integers),
   ``rne(a / quantum) * quantum`` with ``rne(t) = (t + 2**23) - 2**23`` (exact RNE for
   ``0 <= t < 2**23``; the kernels are compiled with FP fusion off), sign copied from ``v``
@@ -74,7 +74,6 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +81,7 @@ import torch
 
 from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_scale_rule
 from .reference import SUPPORTED_DTYPES
+from .triton_primitives import interpreting, rule_code
 
 try:  # Triton is optional: without it the reference backend serves every call.
     import triton
@@ -95,7 +95,7 @@ __all__ = ["TILE_CONFIG", "available", "kernel_class", "qdq"]
 #: Wraps a format record that one jit function hands to another. Compiled Triton (3.6 at
 #: least) passes an object to a nested jit function only as ``tl.constexpr``; the interpreter
 #: must get the bare object (its constexpr does not forward attribute reads).
-_cx = (lambda v: v) if os.environ.get("TRITON_INTERPRET", "0") == "1" or tl is None else tl.constexpr
+_cx = (lambda v: v) if tl is None or interpreting() else tl.constexpr
 
 #: Element encoding of the NVFP4 block scales.
 _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
@@ -132,56 +132,18 @@ def available() -> bool:
     """Triton importable, and a CUDA device present or ``TRITON_INTERPRET=1`` set."""
     if triton is None:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return torch.cuda.is_available() or interpreting()
 
 
 # ============================================================================ kernels
 
 if triton is not None:
-
-    @triton.jit
-    def _pow2_f32(e):
-        """Exact fp32 ``2**e`` for int32 ``e`` in [-127, 127] (-127: subnormal 0x00400000)."""
-        bits = tl.where(e >= -126, (e + 127) << 23, 1 << 22)
-        return bits.to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _log2_parts(a):
-        """``(floor(log2 a), mantissa field != 0)`` of positive finite fp32 ``a``, exact.
-
-        Subnormals are scaled by 2**64 first (exact), so the mantissa test means "not a power
-        of two" for them too.
-        """
-        sub = a < 1.1754943508222875e-38  # 2**-126
-        a = tl.where(sub, a * 18446744073709551616.0, a)  # * 2**64
-        bits = a.to(tl.int32, bitcast=True)
-        ex = ((bits >> 23) & 0xFF) - 127 - tl.where(sub, 64, 0)
-        return ex, (bits & 0x7FFFFF) != 0
-
-    @triton.jit
-    def _rne_f32(t):
-        """Round half to even to an integer, for ``0 <= t < 2**23`` (NaN stays NaN)."""
-        return (t + 8388608.0) - 8388608.0
+    from .triton_primitives import mx_exponent, pow2_f32, round_elem_f32
 
     @triton.jit
     def _rne_f64(t):
         """Round half to even to an integer, for ``0 <= t < 2**52`` (float64)."""
         return (t + 4503599627370496.0) - 4503599627370496.0
-
-    @triton.jit
-    def _round_elem_f32(v, ELEM: tl.constexpr):
-        """RNE of fp32 ``v`` onto ELEM's grid, saturating at max_normal, sign (of 0) kept."""
-        a = tl.abs(v)
-        a = tl.where(a > ELEM.max_normal, ELEM.max_normal, a)
-        if ELEM.is_int:
-            r = _rne_f32(a * (2.0**ELEM.mbits)) * (2.0**-ELEM.mbits)
-        else:
-            ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-            ex = tl.maximum(ex, 1 - ELEM.bias)
-            r = _rne_f32(a * _pow2_f32(ELEM.mbits - ex)) * _pow2_f32(ex - ELEM.mbits)
-        # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
-        sign = v.to(tl.int32, bitcast=True) & -2147483648
-        return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
     @triton.jit
     def _round_int_f64(v, ELEM: tl.constexpr):
@@ -229,29 +191,6 @@ if triton is not None:
         return amax, bad
 
     @triton.jit
-    def _mx_exponent(amax, ELEM: tl.constexpr, RULE: tl.constexpr):
-        """Unbiased E8M0 exponent of blocks with finite ``amax >= 0`` (int32, [-127, 127])."""
-        pos = amax > 0
-        a = tl.where(pos, amax, 1.0)
-        if RULE == "rceil":
-            qt = tl.div_rn(a, tl.full(a.shape, ELEM.max_normal, tl.float32))
-            ex, frac = _log2_parts(tl.where(qt > 0, qt, 1.0))
-            e = tl.where(qt > 0, ex + frac.to(tl.int32), -127)  # quotient underflow: smallest scale
-        else:
-            ex, frac = _log2_parts(a)
-            if RULE == "floor":
-                e = ex - ELEM.emax
-            elif RULE == "ceil":
-                e = ex + frac.to(tl.int32) - ELEM.emax
-            else:  # "even": significand rounded to mbits + 1 bits, ties up (to 2.0)
-                sub = a < 1.1754943508222875e-38
-                bits = tl.where(sub, a * 18446744073709551616.0, a).to(tl.int32, bitcast=True)
-                bump = (bits & 0x7FFFFF) >= (1 << 23) - (1 << (22 - ELEM.mbits))
-                e = ex + bump.to(tl.int32) - ELEM.emax
-        e = tl.where(pos, e, -127)
-        return tl.minimum(tl.maximum(e, -127), 127)
-
-    @triton.jit
     def _scaled_scale(amax, SPEC: tl.constexpr):
         """float64 scale of a SCALED recipe from fp32 group amax (the reference's float64 order)."""
         a = amax.to(tl.float64)
@@ -274,13 +213,13 @@ if triton is not None:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
-            q = _round_elem_f32(v, _cx(SPEC.elem))  # s == 0: an all-zero group, q = its signed zeros
+            q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = tl.div_rn(x, tl.where(pos, s32, 1.0))
-            q = _round_elem_f32(v, _cx(SPEC.elem))  # s == 0: an all-zero group, q = its signed zeros
+            q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
             pos = s > 0
@@ -288,7 +227,7 @@ if triton is not None:
             if SPEC.elem.is_int:
                 q = _round_int_f64(v, _cx(SPEC.elem))
             else:
-                q = _round_elem_f32(v.to(tl.float32), _cx(SPEC.elem)).to(tl.float64)
+                q = round_elem_f32(v.to(tl.float32), SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int).to(tl.float64)
             y = (q * s).to(tl.float32)
         return y
 
@@ -369,9 +308,9 @@ if triton is not None:
             amax, bad = _group_stats(x, 2)
             bad = bad[:, :, None]
             if SPEC.family.value == "mx":
-                e = _mx_exponent(amax, _cx(SPEC.elem), RULE)[:, :, None]
-                q = _round_elem_f32(x * _pow2_f32(-e), _cx(SPEC.elem))
-                y = q * _pow2_f32(e)
+                e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
+                q = round_elem_f32(x * pow2_f32(-e), SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
+                y = q * pow2_f32(e)
             elif SPEC.family.value == "nvfp4":
                 gamax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
                 zero_tensor = gamax == 0
@@ -381,9 +320,9 @@ if triton is not None:
                                                 tl.float32), gamax + 0.0 * one))
                 s = gs * (amax * INV_EMAX)
                 s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
-                s = _round_elem_f32(s, SCALE_ELEM)
+                s = round_elem_f32(s, SCALE_ELEM.max_normal, SCALE_ELEM.emin, SCALE_ELEM.mbits, SCALE_ELEM.is_int)
                 inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
-                q = _round_elem_f32(x * inv[:, :, None], _cx(SPEC.elem))
+                q = round_elem_f32(x * inv[:, :, None], SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
                 y = q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
@@ -552,7 +491,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         )
     _qdq_block_kernel[grid](
         x, y, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
-        SPEC=spec, RULE=rule, GROUP=group, BLOCK_R=block_r, N_GROUPS=n_groups,
+        SPEC=spec, RULE=rule_code(rule), GROUP=group, BLOCK_R=block_r, N_GROUPS=n_groups,
         REVERSE=two_pass, SCALE_ELEM=_NVFP4_SCALE_ELEM,
         INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)), FLAT=flat,
         num_warps=warps, enable_fp_fusion=False,
@@ -568,7 +507,7 @@ def qdq(
 ) -> torch.Tensor:
     """Fused quantize-dequantize of ``x`` (same shape, dtype and strides where x is dense).
 
-    Same numbers as :func:`vllm_qdq.reference.qdq_reference` (see the module docstring for
+    Same numbers as :func:`vllm_qdq.numerics.reference.qdq_reference` (see the module docstring for
     the operation order). ``x`` must live where Triton runs: a CUDA tensor, or a CPU tensor
     under ``TRITON_INTERPRET=1``.
     """

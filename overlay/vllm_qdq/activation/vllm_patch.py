@@ -22,7 +22,7 @@ function that, per call:
 
 The wrapper is plain Python that Dynamo inlines: routing reads only trace-time constants
 (scalar-type ids, dtypes, ``is None``), the QDQ is one custom-op node, and the trace line goes
-through :func:`vllm_qdq.trace.emit_traced`; so it runs inside ``torch.compile(fullgraph=True)``
+through :func:`vllm_qdq.activation.trace.emit_traced`; so it runs inside ``torch.compile(fullgraph=True)``
 graphs and CUDA-graph captures, not only eagerly.
 
 Re-entrancy and chaining: a wrapper carries the attribute :data:`SENTINEL`; :func:`install`
@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
-from .config import WEIGHT_KINDS, ConfigError, QDQConfig
-from .formats import FORMATS, check_scale_rule
+from ..config import WEIGHT_KINDS, ConfigError, QDQConfig
+from ..numerics.formats import FORMATS, check_scale_rule
 
 __all__ = [
     "COVERED",
@@ -316,7 +316,7 @@ def set_stats_hook(hook: StatsHook | None) -> None:
     ``vllm_qdq::qdq_stats`` op (eagerly and inside compiled graphs; never while Dynamo traces),
     so it may be any Python. Process-wide: the ``qdq`` method's calls go to it too.
     """
-    from .stats import set_hook
+    from ..stats import set_hook
 
     set_hook(hook)
 
@@ -431,14 +431,15 @@ def install(cfg: QDQConfig) -> PatchReport:
     """
     global _STATE
     table = build_table(cfg)
-    from . import ops as qdq_ops  # registers torch.ops.vllm_qdq.qdq
+    from ..numerics.qdq import set_default_backend
+    from . import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq / qdq_stats)
 
-    qdq_ops.set_backend(cfg.backend)
+    set_default_backend(cfg.backend)
     import vllm._custom_ops as vllm_ops
 
     _init_scalar_table()
     if cfg.stats_dir:
-        from .stats import enable
+        from ..stats import enable
 
         enable()
     _STATE = _State(cfg, table, cfg.trace, bool(cfg.stats_dir))

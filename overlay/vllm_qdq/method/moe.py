@@ -1,6 +1,6 @@
 """MoE experts under the ``qdq`` method: vLLM's unquantized MoE path on QDQ'd weights and inputs.
 
-Numeric contract (see :mod:`vllm_qdq.qdq_method` for the whole method):
+Numeric contract (see :mod:`vllm_qdq.method.quant_config` for the whole method):
 
 * At load, before vLLM's own post-processing (CPU: padding and prepacking), ``w13 [E, 2I, H]``
   and ``w2 [E, H, I]`` are quantize-dequantized along their last dimension (K): each expert,
@@ -23,8 +23,11 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
     UnquantizedFusedMoEMethod,
 )
 
+from .policy import LayerPlan
+from .qdq_tensors import qdq_act, qdq_weight
+
 if TYPE_CHECKING:
-    from .qdq_method import LayerPlan, QDQQuantConfig
+    from .quant_config import QDQQuantConfig
 
 __all__ = ["QDQFusedMoEMethod"]
 
@@ -41,8 +44,6 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
         self._stats_name: str | None = plan.prefix if qconfig.stats_dir else None
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        from .qdq_method import qdq_weight
-
         self.qconfig.finalize()
         spec = self.plan.weight
         if spec.enabled and not self.plan.skipped:
@@ -55,8 +56,6 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
         super().process_weights_after_loading(layer)
 
     def _qdq_input(self, x: torch.Tensor) -> torch.Tensor:
-        from .qdq_method import qdq_act
-
         if self._act is not None:
             return qdq_act(x, self._act, self._stats_name)
         return x

@@ -245,7 +245,7 @@ def _settings(res: dict, logs: Path, stats_on: bool) -> str:
         tiny = (prov.get("tiny") or {}).get("config", {})
         arch = (f": {tiny.get('num_hidden_layers')} layers, hidden {tiny.get('hidden_size')}"
                 if tiny else "")
-        model += f", **random weights** (built by vllm_qdq.tiny{arch})"
+        model += f", **random weights** (built by vllm_qdq.study.tiny{arch})"
     elif prov.get("random_weights") is None and prov:
         model += " (provenance not checked: not a directory where the study ran)"
     served = meta.get("served") or {}
@@ -569,7 +569,7 @@ def _divergence(res: dict, plots: Path) -> tuple[str, Path | None]:
 
 
 def _numerics(stats_dir: Path, plots: Path) -> tuple[str, Path | None]:
-    from .stats import FILE_GLOB, KeyStats, load_stats
+    from ..stats import FILE_GLOB, KeyStats, load_stats
 
     files = sorted(stats_dir.rglob(FILE_GLOB)) if stats_dir.is_dir() else []
     if not files:
@@ -641,7 +641,7 @@ def write_report(d: str | Path, stats_dir: str | Path | None = None, logs_dir: s
     plots = d / "plots"
     plots.mkdir(exist_ok=True)
     stats = Path(stats_dir) if stats_dir else d / "stats"
-    from .stats import FILE_GLOB
+    from ..stats import FILE_GLOB
 
     stats_on = stats.is_dir() and any(stats.rglob(FILE_GLOB))
     parts = ["# QDQ study report", "", "## Settings, model and caveats", "",

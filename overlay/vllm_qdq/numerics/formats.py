@@ -1,8 +1,8 @@
 """The format table: every number format and QDQ recipe this package knows, as data.
 
 One frozen :class:`ElemSpec` per element encoding and one frozen :class:`FormatSpec` per named
-recipe. The torch reference (:mod:`vllm_qdq.reference`), the Triton kernels
-(:mod:`vllm_qdq.triton_qdq`) and the tests all read these records; nothing else in the
+recipe. The torch reference (:mod:`vllm_qdq.numerics.reference`), the Triton kernels
+(:mod:`vllm_qdq.numerics.triton_qdq`) and the tests all read these records; nothing else in the
 package restates a bit width, a bias or a maximum.
 
 Sources:
@@ -24,6 +24,7 @@ __all__ = [
     "FORMATS",
     "MX_BLOCK_SIZES",
     "SCALE_RULES",
+    "SCALE_RULE_CODES",
     "ElemSpec",
     "Family",
     "FormatSpec",
@@ -118,8 +119,10 @@ class Granularity(str, enum.Enum):
     TENSOR = "tensor"  # the whole tensor
 
 
-#: MX shared-scale rules (see :func:`vllm_qdq.reference.mx_scale_exponent` for the formulas).
+#: MX shared-scale rules (see :func:`vllm_qdq.numerics.reference.mx_scale_exponent` for the formulas).
 SCALE_RULES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
+#: The one integer encoding of :data:`SCALE_RULES` (what Triton kernels get as ``tl.constexpr``).
+SCALE_RULE_CODES: dict[str, int] = {rule: code for code, rule in enumerate(SCALE_RULES)}
 
 #: Block sizes an MX recipe accepts; 32 is the OCP v1.0 value and the default.
 MX_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64)
@@ -142,7 +145,7 @@ class FormatSpec:
             (vLLM's per-group FP8 uses ``1e-10``).
         fp32_math: SCALED recipes only: scale, quotient and product in fp32, as vLLM's
             per-token FP8 CUDA kernel computes them; otherwise float64 (see
-            :mod:`vllm_qdq.reference`).
+            :mod:`vllm_qdq.numerics.reference`).
         description: one line for listings and errors.
     """
 

@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from .config import TRACE_LIMIT
+from ..config import TRACE_LIMIT
 
 __all__ = ["TRACER", "Tracer", "emit", "emit_traced", "format_line"]
 

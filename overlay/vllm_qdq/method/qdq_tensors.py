@@ -1,0 +1,69 @@
+"""QDQ of the ``qdq`` method's tensors: weights once at load, activations on every forward.
+
+Numeric contract: :mod:`vllm_qdq.numerics.reference` (through the public API for weights and
+the ``vllm_qdq::qdq`` custom op for activations, :mod:`vllm_qdq.activation.ops`). Blocks and
+rows run along the last dimension (K, the GEMM's reduction dimension). Weights whose recipe
+has a per-tensor scale (NVFP4's global scale, ``*_per_tensor``) get one per logical shard of
+a fused layer and per expert. No vLLM import.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activation import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq / qdq_stats)
+from ..config import QuantSpec
+from ..numerics.formats import FORMATS, Family, Granularity
+from ..numerics.qdq import quantize_dequantize
+
+__all__ = ["qdq_act", "qdq_weight"]
+
+
+def _spec_args(spec: QuantSpec) -> dict[str, str]:
+    return {"scale_rule": spec.scale_rule} if FORMATS[spec.format].takes_scale_rule else {}
+
+
+def _has_global_scale(fmt: str) -> bool:
+    f = FORMATS[fmt]
+    return f.family is Family.NVFP4 or f.granularity is Granularity.TENSOR
+
+
+@torch.no_grad()
+def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None) -> torch.Tensor:
+    """QDQ a weight ``[..., N, K]`` along K; tensors with a global scale per shard of N.
+
+    ``shards`` splits the N dimension into the logical layers of a fused layer (q/k/v,
+    gate/up); leading dimensions (MoE experts) are separate tensors too.
+    """
+    if not spec.enabled:
+        return w
+    if not _has_global_scale(spec.format):
+        return quantize_dequantize(w, spec.format, axis=-1, **_spec_args(spec))
+    out = torch.empty_like(w)
+    lead = w.reshape(-1, w.shape[-2], w.shape[-1])
+    dst = out.view(-1, w.shape[-2], w.shape[-1])
+    sizes = shards if shards and sum(shards) == w.shape[-2] else [w.shape[-2]]
+    for e in range(lead.shape[0]):
+        start = 0
+        for n in sizes:
+            dst[e, start : start + n] = quantize_dequantize(
+                lead[e, start : start + n], spec.format, axis=-1, **_spec_args(spec)
+            )
+            start += n
+    return out
+
+
+def qdq_act(x: torch.Tensor, spec: QuantSpec, name: str | None = None) -> torch.Tensor:
+    """QDQ an activation ``[..., K]`` along K (a new tensor; ``x`` is left as it is).
+
+    ``name`` (the layer prefix): record this call in the per-layer statistics under that name
+    (through the ``vllm_qdq::qdq_stats`` op, which records at run time, eagerly and in compiled
+    graphs). Callers pass it only while ``VLLM_QDQ_STATS`` is set, a setting they resolved when
+    the layer's method was built: this function reads no setting, so it traces under
+    ``torch.compile`` (vLLM's default mode) as one op node with constant arguments.
+    """
+    if not spec.enabled or x.numel() == 0:
+        return x
+    if name is not None:
+        return torch.ops.vllm_qdq.qdq_stats(x, spec.format, spec.scale_rule, -1, name)
+    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)

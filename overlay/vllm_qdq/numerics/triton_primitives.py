@@ -1,0 +1,144 @@
+"""The Triton helpers every vllm-qdq kernel shares: MX exponent, RNE onto an element grid, 2**e.
+
+Used by the QDQ kernels (:mod:`vllm_qdq.numerics.triton_qdq`) and the sage3 attention kernel
+(:mod:`vllm_qdq.sage3.numerics.kernel`); tested once, bit for bit against the torch reference
+(``tests/test_triton_primitives.py``). Format facts reach them as ``tl.constexpr`` scalars read
+from :mod:`vllm_qdq.numerics.formats`; the scale rule as its integer code
+(:data:`~vllm_qdq.numerics.formats.SCALE_RULE_CODES`: floor 0, ceil 1, even 2, rceil 3).
+
+Numeric contract (all fp32, exact unless said):
+
+* :func:`pow2_f32` ``(e)``: ``2**e`` for int32 ``e`` in [-127, 127], built from exponent bits
+  (``e = -127`` is the subnormal ``0x00400000``).
+* :func:`mx_exponent` ``(amax, RULE, EMAX, MBITS, MAXN)``: the E8M0 shared exponent of blocks
+  with finite ``amax >= 0``, as :func:`vllm_qdq.numerics.reference.mx_scale_exponent`: floor
+  ``floor(log2 amax) - emax``; ceil ``ceil(log2 amax) - emax``; even: floor after rounding the
+  significand to ``mbits + 1`` bits (ties up); rceil ``ceil(log2(div_rn(amax, max_normal)))``
+  (a quotient that underflows to 0 gives -127). Subnormal ``amax`` is scaled by 2**64 first
+  (exact); ``amax == 0`` gives -127; the result is clamped to [-127, 127].
+* :func:`round_elem_f32` ``(v, MAXN, EMIN, MBITS, IS_INT)``: RNE of ``v`` onto the element grid
+  (quantum ``2**(max(floor(log2 |v|), emin) - mbits)``, ``2**-mbits`` for integer elements),
+  saturating at ``max_normal``, NaN kept, the sign copied from ``v`` by bits (zeros keep theirs).
+  ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for ``0 <= t < 2**23`` (kernels are compiled
+  with FP fusion off).
+* :func:`bf16_rne_f32` ``(x)``: fp32 rounded to the nearest bf16 value, ties to even, kept in
+  fp32 (finite inputs).
+
+No Triton standard-library jit function is called, so the module can be reloaded under
+``TRITON_INTERPRET=1`` in a process that imported Triton earlier (reload this module before
+the kernels that use it).
+"""
+
+from __future__ import annotations
+
+from .formats import SCALE_RULE_CODES
+
+try:  # Triton is optional: without it the reference backend serves every call.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where Triton is missing
+    triton = None
+    tl = None
+
+__all__ = [
+    "SCALE_RULE_CODES",
+    "bf16_rne_f32",
+    "interpreting",
+    "mx_exponent",
+    "pow2_f32",
+    "round_elem_f32",
+    "rule_code",
+]
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, read by Triton)."""
+    if triton is None:
+        return False
+    return bool(triton.knobs.runtime.interpret)
+
+
+def rule_code(scale_rule: str) -> int:
+    """The integer code of an (already validated) MX scale rule."""
+    return SCALE_RULE_CODES[scale_rule]
+
+
+if triton is not None:
+
+    @triton.jit
+    def pow2_f32(e):
+        """Exact fp32 ``2**e`` for int32 ``e`` in [-127, 127] (-127: subnormal 0x00400000)."""
+        bits = tl.where(e >= -126, (e + 127) << 23, 1 << 22)
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _log2_parts(a):
+        """``(floor(log2 a), mantissa field != 0)`` of positive finite fp32 ``a``, exact.
+
+        Subnormals are scaled by 2**64 first (exact), so the mantissa test means "not a power
+        of two" for them too.
+        """
+        sub = a < 1.1754943508222875e-38  # 2**-126
+        a = tl.where(sub, a * 18446744073709551616.0, a)  # * 2**64
+        bits = a.to(tl.int32, bitcast=True)
+        ex = ((bits >> 23) & 0xFF) - 127 - tl.where(sub, 64, 0)
+        return ex, (bits & 0x7FFFFF) != 0
+
+    @triton.jit
+    def _rne_f32(t):
+        """Round half to even to an integer, for ``0 <= t < 2**23`` (NaN stays NaN)."""
+        return (t + 8388608.0) - 8388608.0
+
+    @triton.jit
+    def mx_exponent(amax, RULE: tl.constexpr, EMAX: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr):
+        """Unbiased E8M0 exponent (int32, [-127, 127]) of blocks with finite ``amax >= 0``.
+
+        ``RULE``: 0 floor, 1 ceil, 2 even, 3 rceil; ``EMAX``, ``MBITS``, ``MAXN``: the element's
+        largest normal exponent, mantissa bits and max_normal.
+        """
+        pos = amax > 0
+        a = tl.where(pos, amax, 1.0)
+        if RULE == 3:  # rceil: ceil(log2(fp32(amax / max_normal)))
+            qt = tl.div_rn(a, tl.full(a.shape, MAXN, tl.float32))
+            ex, frac = _log2_parts(tl.where(qt > 0, qt, 1.0))
+            e = tl.where(qt > 0, ex + frac.to(tl.int32), -127)  # quotient underflow: smallest scale
+        else:
+            ex, frac = _log2_parts(a)
+            if RULE == 0:
+                e = ex - EMAX
+            elif RULE == 1:
+                e = ex + frac.to(tl.int32) - EMAX
+            else:  # even: significand rounded to mbits + 1 bits, ties up (to 2.0)
+                sub = a < 1.1754943508222875e-38
+                bits = tl.where(sub, a * 18446744073709551616.0, a).to(tl.int32, bitcast=True)
+                bump = (bits & 0x7FFFFF) >= 0x800000 - (0x800000 >> (MBITS + 1))
+                e = ex + bump.to(tl.int32) - EMAX
+        e = tl.where(pos, e, -127)
+        return tl.minimum(tl.maximum(e, -127), 127)
+
+    @triton.jit
+    def round_elem_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, IS_INT: tl.constexpr):
+        """RNE of fp32 ``v`` onto an element grid, saturating at ``MAXN``, sign (of 0) kept.
+
+        ``EMIN``: smallest normal exponent (``1 - bias``; unused for integers); ``MBITS``:
+        mantissa bits (integers: the grid step is ``2**-MBITS``); ``IS_INT``: integer element.
+        """
+        a = tl.abs(v)
+        a = tl.where(a > MAXN, MAXN, a)
+        if IS_INT:
+            k = tl.full(a.shape, MBITS, tl.int32)  # constant-folded; powers of two: exact
+            r = _rne_f32(a * pow2_f32(k)) * pow2_f32(-k)
+        else:
+            ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            q = tl.maximum(ex, EMIN) - MBITS  # the quantum's exponent
+            r = _rne_f32(a * pow2_f32(-q)) * pow2_f32(q)
+        # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
+        sign = v.to(tl.int32, bitcast=True) & -2147483648
+        return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def bf16_rne_f32(x):
+        """Round fp32 to the nearest bf16 value, ties to even, kept in fp32 (finite inputs)."""
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True)
