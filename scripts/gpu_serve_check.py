@@ -124,7 +124,7 @@ def main() -> int:
             return 2
     t0 = time.time()
     for name in names:  # built here, one at a time: transformers' lazy imports are not thread-safe
-        build(MODELS[name][0], root)
+        build_gpu_model(MODELS[name][0], root)
 
     def one(i: int, name: str) -> list[tuple[str, bool, str]]:
         got = check_model(name, root, 18600 + 10 * i)
