@@ -44,13 +44,14 @@ over the JSON for the keys they name.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 from .numerics.formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
@@ -501,3 +502,87 @@ def raw_value(name: str) -> str | None:
 def error_file() -> str | None:
     """The path in :data:`ERROR_FILE_ENV` (the front process's error file), or ``None``."""
     return os.environ.get(ERROR_FILE_ENV) or None
+
+
+# ----------------------------------------------------------------------------- tooling settings
+# The study, the demo and the GPU suite's engine drivers (vllm_qdq.study) read their environment
+# here too: command-line defaults (``STUDY_*``), the servers' API key, and the GPU test engines'
+# memory (``QDQ_TEST_KV_BYTES``, ``QDQ_TEST_GPU_UTIL``).
+
+#: The servers' API key variable (``vllm serve`` reads the same one).
+API_KEY_ENV = "VLLM_API_KEY"
+#: A GPU test engine's fixed KV-cache size in bytes (default 1 GiB; 0: vLLM profiles memory).
+TEST_KV_BYTES_ENV = "QDQ_TEST_KV_BYTES"
+#: A GPU test engine's ``gpu_memory_utilization`` (checked against free memory at its start).
+TEST_GPU_UTIL_ENV = "QDQ_TEST_GPU_UTIL"
+
+
+def process_env() -> dict[str, str]:
+    """A copy of the process environment, to start a child process with (settings travel there
+    as the environment, read again by the child's own :func:`settings`)."""
+    return dict(os.environ)
+
+
+def env_str(name: str, default: str) -> str:
+    """A text setting of the tooling (a command-line flag's default): ``default`` when unset."""
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int | None, *, optional: bool = False) -> int | None:
+    """An integer setting of the tooling (a command-line flag's default): ``default`` when unset,
+    and when empty for an ``optional`` one (compose passes ``${X:-}``); anything else that is not
+    an integer raises ``ValueError`` naming the variable and the value."""
+    raw = os.environ.get(name)
+    if raw is None or (optional and raw == ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}; accepted: an integer" + (" or empty" if optional else "")) from None
+
+
+def api_key() -> str | None:
+    """The servers' API key from :data:`API_KEY_ENV`; ``None`` when unset or empty (no key)."""
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def engine_kv_bytes() -> int:
+    """:data:`TEST_KV_BYTES_ENV` (default ``1 << 30``): a non-negative integer, else ``ValueError``
+    naming it."""
+    n = env_int(TEST_KV_BYTES_ENV, 1 << 30)
+    if n is None or n < 0:
+        raise ValueError(f"{TEST_KV_BYTES_ENV}={n!r}; accepted: an integer >= 0 (0: let vLLM profile memory)")
+    return n
+
+
+def engine_gpu_util(default: float) -> float:
+    """:data:`TEST_GPU_UTIL_ENV` (``default`` when unset): a fraction in (0, 1], else ``ValueError``."""
+    raw = os.environ.get(TEST_GPU_UTIL_ENV)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"{TEST_GPU_UTIL_ENV}={raw!r}; accepted: a fraction in (0, 1]")
+    return v
+
+
+@contextlib.contextmanager
+def client_key_env(key: str | None) -> Iterator[dict[str, str]]:
+    """``OPENAI_API_KEY`` = ``key`` in this process while the block runs (what ``vllm bench
+    serve`` and lm-eval's ``local-completions``, run in this process or started from it, send as
+    ``Authorization: Bearer``); yields the environment for a subprocess. ``None``: nothing changes."""
+    if key is None:
+        yield dict(os.environ)
+        return
+    old = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = key
+    try:
+        yield dict(os.environ)
+    finally:
+        if old is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = old

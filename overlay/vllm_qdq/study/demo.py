@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .. import config
 from . import server
 
 __all__ = ["QDQ_SERVER", "format_table", "main", "serve"]
@@ -77,7 +77,7 @@ def serve(model: Path, port: int, *, qdq: bool, log: Path, cpus: str, stats_dir:
     """Start ``vllm serve`` on the CPU engine (:func:`vllm_qdq.study.server.start`: own process
     group, output to ``log``), in vLLM's default torch.compile mode (the mode users run);
     ``enforce_eager=True``: eager mode."""
-    env = dict(os.environ)
+    env = config.process_env()
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env["VLLM_CPU_OMP_THREADS_BIND"] = cpus
     for k in ("VLLM_QDQ", "VLLM_QDQ_STATS"):

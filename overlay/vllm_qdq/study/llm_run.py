@@ -46,6 +46,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import config
+
 DEFAULT_PROMPTS = [
     [5, 17, 42, 99, 7, 123, 64, 200, 31, 8, 77, 150, 12, 250, 3, 90],
     [11, 22, 33, 44, 55, 66, 77, 88, 99, 110, 121, 132],
@@ -95,7 +97,7 @@ def kv_bytes() -> int | None:
     ``VLLM_CPU_KVCACHE_SPACE``)."""
     import torch
 
-    n = int(os.environ.get("QDQ_TEST_KV_BYTES", str(1 << 30)))
+    n = config.engine_kv_bytes()
     return n if n > 0 and torch.cuda.is_available() else None
 
 
@@ -171,7 +173,7 @@ def run_one(model: str, llm_kwargs: dict, prompts: list[list[int]]) -> dict:
 
     # few CUDA graph sizes: a tiny model's start is dominated by capture otherwise
     kwargs = {"max_model_len": 256, "seed": 0, "max_num_seqs": 8,
-              "gpu_memory_utilization": float(os.environ.get("QDQ_TEST_GPU_UTIL", "0.5")),
+              "gpu_memory_utilization": config.engine_gpu_util(0.5),
               "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8]}, **llm_kwargs}
     if (kv := kv_bytes()) is not None:
         kwargs.setdefault("kv_cache_memory_bytes", kv)

@@ -49,7 +49,6 @@ likely next tokens (by id). Per position, with ``P`` the baseline and ``Q`` the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -59,9 +58,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
+from .. import config
 from .tiny import MARKER as _TINY_MARKER
 
 __all__ = [
@@ -89,7 +88,7 @@ LOCAL_TASKS: tuple[str, ...] = ("qdq_tiny_mc", "qdq_tiny_gen")
 PROMPTS_FILE = TASKS_DIR / "logprob_prompts.jsonl"
 PERCENTILES = (50, 90, 99)
 #: The variable holding the servers' API key (``vllm serve`` reads the same one).
-API_KEY_ENV = "VLLM_API_KEY"
+API_KEY_ENV = config.API_KEY_ENV
 #: The file :func:`vllm_qdq.study.tiny.build_study_llama` writes into the model directory it builds.
 TINY_MARKER = _TINY_MARKER
 
@@ -99,7 +98,7 @@ TINY_MARKER = _TINY_MARKER
 
 def api_key() -> str | None:
     """The servers' API key from ``VLLM_API_KEY``; ``None`` when unset or empty (no key)."""
-    return os.environ.get(API_KEY_ENV) or None
+    return config.api_key()
 
 
 def _headers(json_body: bool = False) -> dict[str, str]:
@@ -133,26 +132,6 @@ def _get(url: str, timeout: float = 30.0) -> dict:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise _http_error("GET", url, e) from None
-
-
-@contextlib.contextmanager
-def _client_key_env() -> Iterator[dict[str, str]]:
-    """``OPENAI_API_KEY`` = the servers' key while the block runs (what ``vllm bench serve`` and lm-eval's
-    ``local-completions`` send as ``Authorization: Bearer``); yields the environment for a subprocess.
-    Without a key nothing changes."""
-    key = api_key()
-    if key is None:
-        yield dict(os.environ)
-        return
-    old = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = key
-    try:
-        yield dict(os.environ)
-    finally:
-        if old is None:
-            os.environ.pop("OPENAI_API_KEY", None)
-        else:
-            os.environ["OPENAI_API_KEY"] = old
 
 
 def model_provenance(model: str) -> dict:
@@ -300,7 +279,7 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
     if num_warmups:
         warm = [*common, "--num-prompts", str(num_warmups), "--seed", "1"]
         print(f"study: bench {label}: warm-up, {num_warmups} untimed requests: {' '.join(warm)}", flush=True)
-        with _client_key_env() as env:
+        with config.client_key_env(api_key()) as env:
             proc = subprocess.run(warm, capture_output=True, text=True, env=env)
         (result_dir / f"{label}-warmup.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
@@ -313,7 +292,7 @@ def run_bench(url: str, label: str, model: str, out: Path, *, tokenizer: str | N
     except (urllib.error.URLError, OSError, ValueError) as e:
         before, metrics_error = None, f"{e.__class__.__name__}: {e}"
     print(f"study: bench {label}: {' '.join(cmd)}", flush=True)
-    with _client_key_env() as env:
+    with config.client_key_env(api_key()) as env:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (result_dir / f"{label}.log").write_text(proc.stdout + proc.stderr)
     path = result_dir / f"{label}.json"
@@ -369,7 +348,7 @@ def run_eval(url: str, label: str, model: str, out: Path, *, tasks: str = "local
     }
     print(f"study: eval {label}: tasks={names} limit={limit} url={url}", flush=True)
     t0 = time.monotonic()
-    with _client_key_env():  # local-completions sends OPENAI_API_KEY (a model arg would be logged)
+    with config.client_key_env(api_key()):  # local-completions sends OPENAI_API_KEY (a model arg would be logged)
         res = lm_eval.simple_evaluate(
             model="local-completions",
             model_args=model_args,
@@ -507,33 +486,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=0.0, help="wait up to this many s for /health")
 
 
-def _env_int(name: str, default: int | None, *, optional: bool = False) -> int | None:
-    """An integer setting from the environment (the CLI flag's default): ``default`` when unset, and
-    when empty for an ``optional`` one (compose passes ``${X:-}``); anything else not an integer is
-    an error naming the variable, raised when the parser is built (before any request)."""
-    raw = os.environ.get(name)
-    if raw is None or (optional and raw == ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}; accepted: an integer" + (" or empty" if optional else "")) from None
-
-
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-prompts", type=int, default=_env_int("STUDY_NUM_PROMPTS", 16))
-    p.add_argument("--input-len", type=int, default=_env_int("STUDY_INPUT_LEN", 32))
-    p.add_argument("--output-len", type=int, default=_env_int("STUDY_OUTPUT_LEN", 16))
+    p.add_argument("--num-prompts", type=int, default=config.env_int("STUDY_NUM_PROMPTS", 16))
+    p.add_argument("--input-len", type=int, default=config.env_int("STUDY_INPUT_LEN", 32))
+    p.add_argument("--output-len", type=int, default=config.env_int("STUDY_OUTPUT_LEN", 16))
     p.add_argument("--max-concurrency", type=int, default=None)
-    p.add_argument("--num-warmups", type=int, default=_env_int("STUDY_NUM_WARMUPS", None, optional=True),
+    p.add_argument("--num-warmups", type=int, default=config.env_int("STUDY_NUM_WARMUPS", None, optional=True),
                    help="untimed requests before each server's timed run (default: one full batch, "
                         "min(num-prompts, max-concurrency))")
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", default=os.environ.get("STUDY_TASKS", "local"),
+    p.add_argument("--tasks", default=config.env_str("STUDY_TASKS", "local"),
                    help="'local' (shipped tasks) or comma-separated lm-eval task names")
-    p.add_argument("--limit", type=int, default=_env_int("STUDY_LIMIT", None, optional=True),
+    p.add_argument("--limit", type=int, default=config.env_int("STUDY_LIMIT", None, optional=True),
                    help="at most this many documents per task")
     p.add_argument("--num-concurrent", type=int, default=4)
     p.add_argument("--num-fewshot", type=int, default=None)

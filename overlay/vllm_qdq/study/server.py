@@ -24,6 +24,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import config
+
 __all__ = [
     "HEARTBEAT_S",
     "cpu_sets",
@@ -69,7 +71,7 @@ def start(model: str | os.PathLike, port: int, args: list[str], log: Path,
     cmd = [*vllm_command(), "serve", str(model), "--port", str(port), "--host", "127.0.0.1", *args]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
-        return subprocess.Popen(cmd, env=dict(os.environ if env is None else env), stdout=fh,
+        return subprocess.Popen(cmd, env=config.process_env() if env is None else dict(env), stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -161,8 +163,9 @@ def wait_healthy(label: str, port: int, proc: subprocess.Popen, log: Path, timeo
 
 
 def gpu_kv_bytes() -> int:
-    """The fixed KV-cache size of every GPU server (``QDQ_TEST_KV_BYTES``, default 1 GiB); 0: profiled."""
-    return int(os.environ.get("QDQ_TEST_KV_BYTES", str(1 << 30)))
+    """The fixed KV-cache size of every GPU server (:func:`vllm_qdq.config.engine_kv_bytes`:
+    ``QDQ_TEST_KV_BYTES``, default 1 GiB); 0: profiled."""
+    return config.engine_kv_bytes()
 
 
 def side_by_side() -> bool:
