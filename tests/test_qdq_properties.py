@@ -251,7 +251,7 @@ def test_mxint8_grid() -> None:
         ({"fmt": "mxfp4", "block_size": 48}, r"block_size=48 is not allowed for format 'mxfp4'; accepted: 16, 32, 64"),
         ({"fmt": "nvfp4", "block_size": 32}, r"block_size=32 is not allowed for format 'nvfp4'; accepted: 16"),
         ({"fmt": "fp8_e4m3_per_token", "block_size": 32}, r"accepted: none \(the format has no block\)"),
-        ({"fmt": "mxfp4", "global_amax": 1.0}, r"global_amax applies to format 'nvfp4' only"),
+        ({"fmt": "mxfp4", "global_amax": 1.0}, r"global_amax applies to the NVFP4 family only"),
         ({"fmt": "mxfp4", "axis": 3}, r"axis=3 is out of range"),
         ({"fmt": "mxfp4", "backend": "cuda"}, r"unknown QDQ backend 'cuda'; accepted: auto, reference, triton"),
     ],

@@ -10,6 +10,14 @@ Sources:
 * OCP Microscaling Formats (MX) Specification v1.0, section 5 (element types E2M1, E2M3,
   E3M2, E4M3, E5M2, INT8), section 6.3 (shared-scale computation ``floor``).
 * NVIDIA NVFP4: E2M1 elements, 16-element blocks, E4M3 block scale, FP32 per-tensor scale.
+* UE5M3 block scales (``nvfp4_e5m3``): NVIDIA CUDA Math API 13.4 (developer preview),
+  ``__nv_fp8x2_ue5m3`` / ``__nv_fp8x4_ue5m3``: no sign bit, 5 exponent bits, 3 mantissa bits,
+  no infinities, only ``0xFF`` is NaN; conversions round to nearest (even) and saturate to the
+  largest finite value (``__NV_SATFINITE``). With the IEEE-style bias 15 that gives subnormals
+  ``m * 2**-17``, smallest normal ``2**-14``, largest finite ``0xFE = 1.75 * 2**16 = 114688``
+  (AutoRound's ``FLOAT8_UE5M3_MAX = 114688`` for its ``nvfp4_v2`` / UE5M3 simulation agrees).
+* "Four over six" NVFP4 block scaling: arXiv 2512.02010 (per block, the block max mapped to 6 or
+  to 4, whichever gives the lower squared error).
 * vLLM 0.30.0 dynamic activation quantization (``scaled_fp8_quant``,
   ``per_token_group_quant_fp8``, ``scaled_int8_quant``) for the FP8 / INT8 recipes.
 """
@@ -20,15 +28,19 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
+    "ALL_SCALE_RULES",
     "ELEMENTS",
     "FORMATS",
     "MX_BLOCK_SIZES",
+    "NVFP4_SCALE_RULES",
+    "ROUNDINGS",
     "SCALE_RULES",
     "SCALE_RULE_CODES",
     "ElemSpec",
     "Family",
     "FormatSpec",
     "Granularity",
+    "check_rounding",
     "check_scale_rule",
     "get_format",
 ]
@@ -95,6 +107,9 @@ ELEMENTS: dict[str, ElemSpec] = {
         ElemSpec("e4m3", bits=8, ebits=4, mbits=3, bias=7, emax=8, max_normal=448.0),
         # E5M2 keeps IEEE infinities; QDQ saturates to the largest finite value instead.
         ElemSpec("e5m2", bits=8, ebits=5, mbits=2, bias=15, emax=15, max_normal=57344.0),
+        # UE5M3 (unsigned block scale of nvfp4_e5m3): 8 bits, no sign, no Inf, 0xFF = NaN, so
+        # the top finite code 0xFE is 1.75 * 2**16; bias 15, subnormal quantum 2**-17.
+        ElemSpec("ue5m3", bits=8, ebits=5, mbits=3, bias=15, emax=16, max_normal=114688.0),
         # OCP MXINT8: two's complement with an implicit 2**-6, so |k|/64 <= 127/64.
         ElemSpec("mxint8", bits=8, ebits=0, mbits=6, bias=0, emax=0, max_normal=127 / 64, is_int=True),
         # Plain symmetric INT8 (vLLM's per-token activation quantization): |k| <= 127.
@@ -107,7 +122,7 @@ class Family(str, enum.Enum):
     """How a recipe computes its scales."""
 
     MX = "mx"  # OCP MX: power-of-two E8M0 scale per block, chosen by a scale rule
-    NVFP4 = "nvfp4"  # E4M3 block scale under an FP32 per-tensor scale
+    NVFP4 = "nvfp4"  # E4M3 (or UE5M3) block scale under an FP32 per-tensor scale
     SCALED = "scaled"  # one real-valued (or power-of-two) scale per group from amax / qmax
 
 
@@ -123,6 +138,15 @@ class Granularity(str, enum.Enum):
 SCALE_RULES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
 #: The one integer encoding of :data:`SCALE_RULES` (what Triton kernels get as ``tl.constexpr``).
 SCALE_RULE_CODES: dict[str, int] = {rule: code for code, rule in enumerate(SCALE_RULES)}
+
+#: NVFP4-family block-scale rules: ``floor`` is the standard one (the block max mapped to the
+#: largest element, 6), ``four_over_six`` tries 6 and 4 per block and keeps the lower squared
+#: error, 6 on a tie (see :mod:`vllm_qdq.numerics.reference`).
+NVFP4_SCALE_RULES: tuple[str, ...] = ("floor", "four_over_six")
+#: Every scale rule name of any family.
+ALL_SCALE_RULES: tuple[str, ...] = SCALE_RULES + tuple(r for r in NVFP4_SCALE_RULES if r not in SCALE_RULES)
+#: Element rounding modes: round half to even, or unbiased stochastic rounding (MX / NVFP4).
+ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 
 #: Block sizes an MX recipe accepts; 32 is the OCP v1.0 value and the default.
 MX_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64)
@@ -147,6 +171,8 @@ class FormatSpec:
             per-token FP8 CUDA kernel computes them; otherwise float64 (see
             :mod:`vllm_qdq.numerics.reference`).
         description: one line for listings and errors.
+        scale_elem: NVFP4 family only: the block-scale encoding (E4M3 or UE5M3); the tensor
+            scale maps the tensor amax to ``scale_elem.max_normal * elem.max_normal``.
     """
 
     name: str
@@ -159,6 +185,7 @@ class FormatSpec:
     scale_floor: float = 0.0
     amax_floor: float = 0.0
     fp32_math: bool = False
+    scale_elem: ElemSpec | None = None
 
     @property
     def allowed_block_sizes(self) -> tuple[int, ...]:
@@ -169,8 +196,22 @@ class FormatSpec:
 
     @property
     def takes_scale_rule(self) -> bool:
-        """Only MX recipes choose between scale rules."""
+        """Only MX recipes choose between the MX scale rules (:data:`SCALE_RULES`)."""
         return self.family is Family.MX
+
+    @property
+    def scale_rules(self) -> tuple[str, ...]:
+        """The scale rules the recipe accepts (its first is the default)."""
+        if self.family is Family.MX:
+            return SCALE_RULES
+        if self.family is Family.NVFP4:
+            return NVFP4_SCALE_RULES
+        return ("floor",)
+
+    @property
+    def takes_rounding(self) -> bool:
+        """Stochastic rounding applies to MX and NVFP4-family recipes (fp32 element math)."""
+        return self.family in (Family.MX, Family.NVFP4)
 
 
 def _mx(name: str, elem: str) -> FormatSpec:
@@ -194,6 +235,12 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(
             "nvfp4", Family.NVFP4, ELEMENTS["e2m1"], Granularity.BLOCK, 16,
             "NVIDIA NVFP4: E2M1 elements, E4M3 scale per 16, FP32 per-tensor scale",
+            scale_elem=ELEMENTS["e4m3"],
+        ),
+        FormatSpec(
+            "nvfp4_e5m3", Family.NVFP4, ELEMENTS["e2m1"], Granularity.BLOCK, 16,
+            "NVFP4 with UE5M3 block scales: E2M1 elements, UE5M3 scale per 16, FP32 per-tensor scale",
+            scale_elem=ELEMENTS["ue5m3"],
         ),
         FormatSpec(
             "fp8_e4m3_per_tensor", Family.SCALED, ELEMENTS["e4m3"], Granularity.TENSOR, None,
@@ -256,17 +303,34 @@ def get_format(name: str, block_size: int | None = None) -> FormatSpec:
 def check_scale_rule(spec: FormatSpec, scale_rule: str) -> str:
     """Validate ``scale_rule`` for ``spec`` and return it.
 
-    MX recipes accept every rule in :data:`SCALE_RULES`; other recipes have a fixed scale
-    computation and accept only the default ``"floor"`` (which they ignore).
+    MX recipes accept every rule in :data:`SCALE_RULES`; NVFP4-family recipes those in
+    :data:`NVFP4_SCALE_RULES`; other recipes have a fixed scale computation and accept only the
+    default ``"floor"`` (which they ignore).
     """
-    if scale_rule not in SCALE_RULES:
+    if scale_rule not in ALL_SCALE_RULES:
         raise ValueError(
-            f"unknown scale_rule {scale_rule!r}; accepted: {', '.join(SCALE_RULES)}"
+            f"unknown scale_rule {scale_rule!r}; accepted: {', '.join(ALL_SCALE_RULES)}"
         )
-    if not spec.takes_scale_rule and scale_rule != "floor":
+    if scale_rule not in spec.scale_rules:
+        takers = [n for n, f in FORMATS.items() if scale_rule in f.scale_rules]
         raise ValueError(
             f"scale_rule={scale_rule!r} does not apply to format {spec.name!r} "
-            f"(its scale is fixed: {spec.description}); scale rules apply to MX formats: "
-            f"{', '.join(n for n, f in FORMATS.items() if f.takes_scale_rule)}"
+            f"({spec.description}; accepted: {', '.join(spec.scale_rules)}); "
+            f"{scale_rule!r} applies to: {', '.join(takers)}"
         )
     return scale_rule
+
+
+def check_rounding(spec: FormatSpec, rounding: str) -> str:
+    """Validate an element ``rounding`` mode for ``spec`` and return it.
+
+    ``nearest`` applies everywhere; ``stochastic`` to MX and NVFP4-family recipes.
+    """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+    if rounding != "nearest" and not spec.takes_rounding:
+        raise ValueError(
+            f"rounding={rounding!r} does not apply to format {spec.name!r}; it applies to: "
+            f"{', '.join(n for n, f in FORMATS.items() if f.takes_rounding)}"
+        )
+    return rounding

@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import torch
 
-from .formats import FORMATS, SCALE_RULES, FormatSpec, check_scale_rule, get_format
+from .formats import FORMATS, ROUNDINGS, SCALE_RULES, Family, FormatSpec, check_rounding, check_scale_rule, get_format
 from .reference import (
     SUPPORTED_DTYPES,
     QuantizedTensor,
     dequantize_reference,
     qdq_reference,
+    qdq_rotated_reference,
     quantize_reference,
 )
+from .rotation import Rotation, parse_rotation
 
 __all__ = [
     "BACKENDS",
     "FORMATS",
+    "ROUNDINGS",
     "SCALE_RULES",
+    "Rotation",
     "QuantizedTensor",
     "dequantize",
     "quantize",
@@ -79,6 +83,12 @@ def resolve(
     return spec
 
 
+def _check_seed(seed: object) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}; accepted: null or an integer in [0, 2**63)")
+    return seed
+
+
 def _check_axis(x: torch.Tensor, axis: int) -> int:
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension")
@@ -108,11 +118,14 @@ def quantize(
     axis: int = -1,
     global_amax: float | torch.Tensor | None = None,
     block_size: int | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
 ) -> QuantizedTensor:
     """Quantize ``x``: element codes and scales apart (see :class:`QuantizedTensor`)."""
     spec = resolve(x, fmt, scale_rule, block_size)
     axis = _check_axis(x, axis)
-    return quantize_reference(x, spec, scale_rule, axis, global_amax)
+    check_rounding(spec, rounding)
+    return quantize_reference(x, spec, scale_rule, axis, global_amax, rounding, _check_seed(seed))
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
@@ -129,31 +142,50 @@ def quantize_dequantize(
     global_amax: float | torch.Tensor | None = None,
     block_size: int | None = None,
     backend: str | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    rotate: Rotation | dict | None = None,
 ) -> torch.Tensor:
     """Quantize ``x`` to ``fmt`` and back; same shape and dtype as ``x``.
 
     Args:
         x: bf16, fp16 or fp32 tensor, any shape with at least one dimension.
         fmt: a name in :data:`FORMATS`.
-        scale_rule: MX formats: ``floor`` (OCP), ``ceil``, ``even``, ``rceil``.
+        scale_rule: MX formats: ``floor`` (OCP), ``ceil``, ``even``, ``rceil``; NVFP4 family:
+            ``floor`` (block max to 6) or ``four_over_six``.
         axis: the dimension the blocks / rows run along.
         global_amax: NVFP4 only: the per-tensor amax to use instead of ``x``'s own.
         block_size: another block size where the format allows one (MX: 16, 32, 64).
         backend: ``reference``, ``triton``, ``auto`` or ``None`` (the process default, see
             the module docstring).
+        rounding: ``nearest`` (RNE) or ``stochastic`` (MX and NVFP4 family; see
+            :mod:`vllm_qdq.numerics.reference` for the generator and the index).
+        seed: stochastic rounding's Philox key (``None``: 0).
+        rotate: a :class:`~vllm_qdq.numerics.rotation.Rotation` (or its JSON mapping): return
+            ``R^T QDQ(R x)`` along ``axis`` (:func:`~vllm_qdq.numerics.reference.qdq_rotated_reference`).
 
     Raises:
-        ValueError: unknown format, rule or backend, unsupported dtype, forbidden block size,
-            or ``global_amax`` given to a format that has no global scale.
+        ValueError: unknown format, rule, rounding or backend, unsupported dtype, forbidden
+            block size, a bad rotation or a K it does not divide, or ``global_amax`` given to a
+            format that has no global scale.
     """
     spec = resolve(x, fmt, scale_rule, block_size)
     axis = _check_axis(x, axis)
-    if global_amax is not None and spec.name != "nvfp4":
-        raise ValueError(f"global_amax applies to format 'nvfp4' only, not {fmt!r}")
+    check_rounding(spec, rounding)
+    seed = _check_seed(seed)
+    rot = parse_rotation(rotate) if rotate is not None else None
+    if global_amax is not None and spec.family is not Family.NVFP4:
+        raise ValueError(f"global_amax applies to the NVFP4 family only, not {fmt!r}")
+    if rot is not None:
+        from .rotation import check_length
+
+        check_length(rot, x.shape[axis])
     if x.numel() == 0:
         return x.clone()
     if _backend(x, backend) == "triton":
         from . import triton_qdq
 
-        return triton_qdq.qdq(x, spec, scale_rule, axis, global_amax)
-    return qdq_reference(x, spec, scale_rule, axis, global_amax)
+        return triton_qdq.qdq(x, spec, scale_rule, axis, global_amax, rounding=rounding, seed=seed, rotate=rot)
+    if rot is not None:
+        return qdq_rotated_reference(x, spec, rot, scale_rule, axis, global_amax, rounding, seed)
+    return qdq_reference(x, spec, scale_rule, axis, global_amax, rounding, seed)
