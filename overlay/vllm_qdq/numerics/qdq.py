@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from .formats import FORMATS, ROUNDINGS, SCALE_RULES, Family, FormatSpec, check_rounding, check_scale_rule, get_format
+from .formats import (
+    FORMATS,
+    ROUNDINGS,
+    SCALE_RULES,
+    Family,
+    FormatSpec,
+    check_rounding,
+    check_scale_rule,
+    get_format,
+)
 from .reference import (
     SUPPORTED_DTYPES,
     QuantizedTensor,
@@ -36,8 +45,8 @@ __all__ = [
     "FORMATS",
     "ROUNDINGS",
     "SCALE_RULES",
-    "Rotation",
     "QuantizedTensor",
+    "Rotation",
     "dequantize",
     "quantize",
     "quantize_dequantize",
