@@ -14,6 +14,10 @@ Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case
 ``SAGE3_QUANT_FORMAT``        ``mxfp4`` | ``nvfp4`` | ``mxfp8_s1`` | ``mxfp4_s1``
 ``SAGE3_ACC_DTYPE``           ``fp32`` | ``bf16_both_dot`` | ``bf16_pv_only``
 ``SAGE3_SCALE_RULE``          MX shared-scale rule for sage3: ``floor`` (OCP) | ``ceil`` | ``even`` | ``rceil``
+``SAGE3_ROUTE``               sage3 formats per layer and denoising step: JSON, inline or a file
+                              path (schema: :mod:`vllm_qdq.sage3_route`)
+``SAGE3_TRACE``               print the step, layer and format of each sage3 call, at most
+                              :data:`TRACE_LIMIT` lines per process
 ============================  ===========================================================
 
 ``VLLM_QDQ_CONFIG`` schema (every key optional; unknown keys are errors)::
@@ -58,6 +62,7 @@ from .numerics.formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
 from .numerics.qdq import BACKENDS, set_default_backend
 from .sage3.numerics.reference import ACC_DTYPES as SAGE3_ACC_DTYPES
 from .sage3.numerics.reference import SAGE3_FORMATS
+from .sage3_route import Route, RouteError, read_route
 
 __all__ = [
     "ENV_VARS",
@@ -102,6 +107,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "SAGE3_QUANT_FORMAT": ("mxfp4", "sage3: " + " | ".join(SAGE3_FORMATS)),
     "SAGE3_ACC_DTYPE": ("fp32", "sage3: " + " | ".join(SAGE3_ACC_DTYPES)),
     "SAGE3_SCALE_RULE": ("floor", "sage3 MX scale rule: " + " | ".join(SCALE_RULES)),
+    "SAGE3_ROUTE": (None, "sage3 formats per layer and denoising step: JSON, inline or a file path"),
+    "SAGE3_TRACE": ("0", f"trace each sage3 call's step, layer and format (at most {TRACE_LIMIT} lines)"),
 }
 
 _TRUE = ("1", "true", "yes", "on")
@@ -230,6 +237,10 @@ class Sage3Config:
     quant_format: str = "mxfp4"
     acc_dtype: str = "fp32"
     scale_rule: str = "floor"
+    #: ``SAGE3_ROUTE``: formats per layer and denoising step (None: ``quant_format`` everywhere).
+    route: Route | None = None
+    #: ``SAGE3_TRACE``: one line per sage3 call (step, layer, format), capped at :data:`TRACE_LIMIT`.
+    trace: bool = False
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -436,7 +447,15 @@ def load_sage3_config(env: Mapping[str, str] | None = None) -> Sage3Config:
             f"SAGE3_SCALE_RULE={rule!r} does not apply to SAGE3_QUANT_FORMAT='nvfp4' (E4M3 block scales); "
             f"scale rules apply to: {', '.join(f for f in SAGE3_FORMATS if f != 'nvfp4')}"
         )
-    return Sage3Config(enabled, fmt, acc, rule)
+    route = None
+    raw_route = env.get("SAGE3_ROUTE")
+    if raw_route is not None and raw_route.strip():
+        try:  # the scale rule applies to the MX formats a route picks; nvfp4 keeps its E4M3 scales
+            route = read_route(raw_route, default_format=fmt)
+        except RouteError as e:
+            raise ConfigError(f"SAGE3_ROUTE: {e}") from None
+    trace = parse_bool("SAGE3_TRACE", env.get("SAGE3_TRACE"))
+    return Sage3Config(enabled, fmt, acc, rule, route, trace)
 
 
 # ----------------------------------------------------------------------------- the process's settings
@@ -448,12 +467,13 @@ _CACHE: dict[str, tuple[tuple, object]] = {}
 
 
 def _fingerprint(names: tuple[str, ...]) -> tuple:
-    """The raw values of ``names`` (and a ``VLLM_QDQ_CONFIG`` file's mtime and size)."""
+    """The raw values of ``names`` (and a ``VLLM_QDQ_CONFIG`` / ``SAGE3_ROUTE`` file's mtime and size)."""
     values: list[object] = [os.environ.get(n) for n in names]
-    raw = (os.environ.get("VLLM_QDQ_CONFIG") or "").strip() if "VLLM_QDQ_CONFIG" in names else ""
-    if raw and not raw.startswith("{") and os.path.isfile(raw):
-        st = os.stat(raw)
-        values.append((st.st_mtime_ns, st.st_size))
+    for var in ("VLLM_QDQ_CONFIG", "SAGE3_ROUTE"):
+        raw = (os.environ.get(var) or "").strip() if var in names else ""
+        if raw and not raw.startswith("{") and os.path.isfile(raw):
+            st = os.stat(raw)
+            values.append((st.st_mtime_ns, st.st_size))
     return tuple(values)
 
 

@@ -19,6 +19,16 @@ vllm-omni's SDPA backend) and one log line per reason says why (once per process
 
 The quantization format and accumulator come from :func:`vllm_qdq.config.sage3_settings`
 (``SAGE3_QUANT_FORMAT``, ``SAGE3_ACC_DTYPE``, ``SAGE3_SCALE_RULE``), read when the layer is built.
+
+**Routing.** With ``SAGE3_ROUTE`` set, each call's format comes from the route
+(:class:`vllm_qdq.sage3_route.Route`) given the call's denoising step and layer, which
+:func:`vllm_qdq.sage3.route.locate` reads from vllm-omni's forward context or infers. ``off``
+runs vllm-omni's in-tree ``TORCH_SDPA`` implementation (``SDPAImpl``, built with this layer's
+arguments; its CUDA path, whose mask handling is ``broadcast_k``), unquantized. The scale rule
+applies to the MX formats a route picks; ``nvfp4`` keeps its E4M3 block scales. A routed (or
+``SAGE3_TRACE``d) call runs outside ``torch.compile`` (``torch.compiler.disable``: a graph break
+per attention call), because its format depends on Python state that changes every step; without
+a route or trace the call is traced as before.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from vllm_omni.diffusion.attention.backends.abstract import (
 
 from ..config import sage3_settings
 from .numerics.kernel import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreting, sage3_attention
+from .route import TRACER, layer_index_from_prefix, locate, new_layer_serial
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -125,6 +136,15 @@ class Sage3AttentionImpl(AttentionImpl):
         self.quant_format = cfg.quant_format
         self.acc_dtype = cfg.acc_dtype
         self.scale_rule = cfg.scale_rule
+        self.route = cfg.route
+        self.trace = cfg.trace
+        self._init_args = {
+            "num_heads": num_heads, "head_size": head_size, "softmax_scale": softmax_scale, "causal": causal,
+            "num_kv_heads": num_kv_heads, "prefix": prefix,
+        }
+        self._serial = new_layer_serial()
+        self._prefix_layer = layer_index_from_prefix(prefix)
+        self._in_tree: AttentionImpl | None = None
         if backend_kwargs:
             _log_once("kwargs", "vllm-qdq sage3: ignoring backend_kwargs %s", sorted(backend_kwargs))
         if head_size not in SUPPORTED_HEAD_DIMS:
@@ -142,6 +162,8 @@ class Sage3AttentionImpl(AttentionImpl):
         attn_metadata: AttentionMetadata | None = None,
     ) -> torch.Tensor:
         """Run sage3 on any platform the kernel supports (CUDA, or the Triton interpreter)."""
+        if self.route is not None or self.trace:
+            return self._routed_forward(query, key, value, attn_metadata)
         why = fallback_reason(query, key, value, attn_metadata)
         if why is not None:
             _log_once(why[0], "vllm-qdq sage3: falling back to torch SDPA: %s", why[1])
@@ -153,6 +175,60 @@ class Sage3AttentionImpl(AttentionImpl):
             quant_format=self.quant_format, acc_dtype=self.acc_dtype,
             causal=self.causal, sm_scale=self.softmax_scale, scale_rule=self.scale_rule,
         )
+
+    def in_tree_impl(self) -> AttentionImpl:
+        """vllm-omni's in-tree ``TORCH_SDPA`` implementation with this layer's arguments (built once)."""
+        if self._in_tree is None:
+            from vllm_omni.diffusion.attention.backends.registry import DiffusionAttentionBackendEnum
+
+            impl_cls = DiffusionAttentionBackendEnum.TORCH_SDPA.get_class().get_impl_cls()
+            self._in_tree = impl_cls(**self._init_args)
+        return self._in_tree
+
+    @torch.compiler.disable
+    def _routed_forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_metadata: AttentionMetadata | None,
+    ) -> torch.Tensor:
+        """One call with the route's format for its step and layer (and its trace line)."""
+        route = self.route
+        site = locate(
+            self._serial, self._prefix_layer, self.prefix,
+            passes_per_step=route.passes_per_step if route is not None else 1,
+            total_steps=route.total_steps if route is not None else None,
+        )
+        if route is not None:
+            fmt, rule = route.pick(site.step, site.total, site.layer, self.prefix)
+        else:
+            fmt, rule = self.quant_format, None
+        if fmt == "off":
+            ran = "in-tree TORCH_SDPA"
+            out = self.in_tree_impl().forward_cuda(query, key, value, attn_metadata)
+        else:
+            why = fallback_reason(query, key, value, attn_metadata)
+            if why is not None:
+                ran = f"SDPA fallback ({why[0]})"
+                _log_once(why[0], "vllm-qdq sage3: falling back to torch SDPA: %s", why[1])
+                out = sdpa_fallback(
+                    query, key, value, attn_metadata, causal=self.causal, softmax_scale=self.softmax_scale
+                )
+            else:
+                ran = "sage3"
+                out = sage3_attention(
+                    query, key, value,
+                    quant_format=fmt, acc_dtype=self.acc_dtype, causal=self.causal, sm_scale=self.softmax_scale,
+                    scale_rule="floor" if fmt == "nvfp4" else self.scale_rule,
+                )
+        if self.trace:
+            shape = "(" + ", ".join(str(int(d)) for d in query.shape) + ")"
+            TRACER.emit(
+                f"{site.describe()} q={shape} {str(query.dtype).replace('torch.', '')} format={fmt} "
+                f"rule={'default' if rule is None else rule} ran={ran}"
+            )
+        return out
 
     forward_cuda = forward
     forward_hip = forward

@@ -6,7 +6,8 @@ diffusion worker) before the model, and so any ``Attention`` layer, is built.
 
 With ``VLLM_SAGE3_TRITON=1``, :func:`register_omni`:
 
-1. validates ``SAGE3_QUANT_FORMAT`` / ``SAGE3_ACC_DTYPE`` / ``SAGE3_SCALE_RULE`` (``ConfigError`` naming the bad value);
+1. validates ``SAGE3_QUANT_FORMAT`` / ``SAGE3_ACC_DTYPE`` / ``SAGE3_SCALE_RULE`` / ``SAGE3_ROUTE`` /
+   ``SAGE3_TRACE`` (``ConfigError`` naming the bad value);
 2. checks the kernel can run (Triton importable; CUDA available or ``TRITON_INTERPRET=1``);
    if not, vllm-omni's in-tree ``SAGE_ATTN`` stays and one warning says why;
 3. registers :class:`vllm_qdq.sage3.backend.Sage3AttentionBackend` in the ``SAGE_ATTN`` slot
@@ -108,7 +109,9 @@ def register_omni() -> None:
     if not _state["registered"]:
         _state["registered"] = True
         logger.info(
-            "vllm-qdq sage3: SAGE_ATTN -> %s (format=%s, acc=%s, scale_rule=%s%s)",
+            "vllm-qdq sage3: SAGE_ATTN -> %s (format=%s, acc=%s, scale_rule=%s%s%s%s)",
             SAGE3_BACKEND_PATH, cfg.quant_format, cfg.acc_dtype, cfg.scale_rule,
             "; CUDA platform sageattention check bypassed for SAGE_ATTN" if patched else "",
+            f"; {cfg.route.summary()}" if cfg.route is not None else "",
+            "; SAGE3_TRACE on" if cfg.trace else "",
         )
