@@ -162,3 +162,98 @@ def test_step_inference_with_the_real_forward_context() -> None:
     with set_forward_context(omni_diffusion_config=SimpleNamespace(step_execution=True)):
         assert one_pass()[0][:2] == (None, "unknown")  # step execution without a published index
     tracker.reset()
+
+
+# ----------------------------------------------------------------------------- real vllm-omni layers
+
+
+@pytest.fixture(scope="module")
+def routed() -> dict:
+    """tests/support/sage3_route_script.py in a subprocess (TRITON_INTERPRET=1, the real vllm-omni)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(repo / "overlay"))
+    for var in ("VLLM_SAGE3_TRITON", "SAGE3_QUANT_FORMAT", "SAGE3_ACC_DTYPE", "SAGE3_SCALE_RULE", "SAGE3_ROUTE",
+                "SAGE3_TRACE", "VLLM_PLUGINS"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "tests" / "support" / "sage3_route_script.py")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1]
+    return json.loads(line[4:])
+
+
+def test_bad_route_stops_registration(routed: dict) -> None:
+    assert routed["bad_route"].startswith(
+        "ConfigError: SAGE3_ROUTE: rules[0].steps[0]=[3, 1] is not a valid range; accepted: an index i >= 0"
+    )
+
+
+def test_registration_logs_the_route(routed: dict) -> None:
+    assert routed["on_path"] == "vllm_qdq.sage3.backend.Sage3AttentionBackend"
+    assert routed["impls"] == ["Sage3AttentionImpl"]
+    (line,) = routed["register_lines"]
+    assert ("route from inline: rules [0] steps 0 -> off; [1] steps last 1 -> off; [2] layers 1 -> nvfp4; "
+            "[3] name blocks.2.attn -> mxfp8_s1; default mxfp4; passes_per_step=2 total_steps=3") in line
+    assert "SAGE3_TRACE on" in line
+
+
+def test_published_steps_route_each_call(routed: dict) -> None:
+    """Steps from vllm-omni's DenoiseProgressMixin (total 4 published, beating the route's 3);
+    layers from the prefix; each call's format read from its output (off: bit-equal to vllm-omni's
+    in-tree SDPA impl; sage3 formats: the torch reference within 1e-5, candidates >= 0.1 apart)."""
+    assert routed["candidate_gap"] > 0.05
+    assert routed["published"] == [
+        ["off", "off", "off"],
+        ["mxfp4", "nvfp4", "mxfp8_s1"],
+        ["mxfp4", "nvfp4", "mxfp8_s1"],
+        ["off", "off", "off"],
+    ]
+    assert routed["fallback_lines"] == []
+
+
+def test_trace_lines_say_step_layer_and_format(routed: dict) -> None:
+    lines = routed["published_trace"]
+    assert len(lines) == 12
+    assert lines[0].endswith(
+        "#1 step=0/4 (published) layer=0 (prefix) prefix='blocks.0.attn' q=(1, 40, 2, 64) float32 "
+        "format=off rule=0 ran=in-tree TORCH_SDPA"
+    )
+    assert lines[4].endswith(
+        "#5 step=1/4 (published) layer=1 (prefix) prefix='blocks.1.attn' q=(1, 40, 2, 64) float32 "
+        "format=nvfp4 rule=2 ran=sage3"
+    )
+    assert "step=3/4 (published)" in lines[11] and "format=off rule=1" in lines[11]
+    for line, fmt in zip(lines, [f for step in routed["published"] for f in step], strict=True):
+        assert f" format={fmt} " in line
+
+
+def test_inferred_steps_count_passes_per_forward_context(routed: dict) -> None:
+    """No published index: two passes per step (passes_per_step=2), the route's total_steps=3 for
+    "last 1", prefix-less layers numbered by call order; a new forward context restarts at step 0."""
+    assert routed["inferred"] == [["off", "off"]] * 2 + [["mxfp4", "nvfp4"]] * 2 + [["off", "off"]] * 3
+    steps = [ln.split(" step=")[1].split(" ")[0] for ln in routed["inferred_trace"]]
+    assert steps == ["0/3"] * 4 + ["1/3"] * 4 + ["2/3"] * 4 + ["0/3"] * 2
+    assert all("(inferred)" in ln and "(order)" in ln for ln in routed["inferred_trace"])
+    assert [ln.split(" layer=")[1].split(" ")[0] for ln in routed["inferred_trace"][:4]] == ["0", "1", "0", "1"]
+
+
+def test_step_execution_without_index_leaves_steps_unknown(routed: dict) -> None:
+    assert routed["unknown"] == [["mxfp4", "nvfp4", "mxfp8_s1"]] * 2  # steps rules skipped, layer rules apply
+    assert len(routed["unknown_lines"]) == 1
+
+
+def test_compiled_calls_follow_the_step(routed: dict) -> None:
+    assert routed["compiled"] == ["off", "mxfp4", "mxfp4", "off"]
+
+
+def test_trace_is_capped(routed: dict) -> None:
+    lines = routed["capped_trace"]
+    assert len(lines) == 3
+    assert lines[-1].endswith("(trace limit reached: later calls are not traced)")
