@@ -35,8 +35,10 @@ Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case
       },
       "layers": [                                            # first match wins
         {"pattern": "lm_head", "skip": true},
-        {"pattern": "model.layers.0.*", "act": {"format": "mxfp8_e4m3"}}
+        {"pattern": "model.layers.0.*", "act": {"format": "mxfp8_e4m3"}},
+        {"pattern": "model.layers.1.self_attn.attn", "kv_cache": "off"}
       ],
+      "kv_cache": null,                                      # KV-cache QDQ, e.g. "nvfp4" (plugin and method)
       "trace": false, "stats_dir": null, "backend": "auto"
     }
 
@@ -59,6 +61,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 from .numerics.formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
+from .numerics.kv import check_kv_format
 from .numerics.qdq import BACKENDS, set_default_backend
 from .sage3.numerics.reference import ACC_DTYPES as SAGE3_ACC_DTYPES
 from .sage3.numerics.reference import SAGE3_FORMATS
@@ -149,7 +152,7 @@ class QuantSpec:
         return self.format != "off"
 
     def __str__(self) -> str:
-        if self.format in ("off", "auto") or not FORMATS[self.format].takes_scale_rule:
+        if self.format not in FORMATS or not FORMATS[self.format].takes_scale_rule:  # off, auto, KV-only
             return self.format
         return f"{self.format}/{self.scale_rule}"
 
@@ -162,6 +165,8 @@ class LayerRule:
     skip: bool = False
     act: QuantSpec | None = None
     weight: QuantSpec | None = None
+    #: KV-cache spec of the attention layers this rule matches (``None``: the default one).
+    kv_cache: QuantSpec | None = None
 
     def matches(self, prefix: str) -> bool:
         if self.pattern.startswith("re:"):
@@ -195,6 +200,9 @@ class QDQConfig:
     trace: bool = False
     stats_dir: str | None = None
     backend: str = "auto"
+    #: KV-cache QDQ (:mod:`vllm_qdq.numerics.kv`): the keys and values each attention layer writes
+    #: to the paged cache (plugin with ``VLLM_QDQ=1``; the ``qdq`` method's default).
+    kv_cache: QuantSpec = QuantSpec("off")
     #: Where the JSON settings came from (``defaults`` or ``VLLM_QDQ_CONFIG``): for the log, not hashed.
     source: str = "defaults"
 
@@ -226,6 +234,7 @@ class QDQConfig:
         return (
             f"{acts} method=(w={self.method.weight}, a={self.method.act}) "
             f"layers={len(self.layers)} backend={self.backend} trace={self.trace}"
+            + (f" kv_cache={self.kv_cache}" if self.kv_cache.enabled else "")
         )
 
 
@@ -279,6 +288,22 @@ def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None =
     return QuantSpec(fmt, rule)
 
 
+def kv_spec(where: str, obj: object) -> QuantSpec:
+    """A KV-cache spec (``"nvfp4"`` or ``{"format", "scale_rule"}``), checked against
+    :data:`vllm_qdq.numerics.kv.KV_FORMATS`; raises :class:`ConfigError` naming the value."""
+    if isinstance(obj, str):
+        obj = {"format": obj}
+    d = _keys(where, obj, ("format", "scale_rule"))
+    fmt, rule = d.get("format", "off"), d.get("scale_rule", "floor")
+    if not isinstance(fmt, str) or not isinstance(rule, str):
+        raise ConfigError(f"{where} format and scale_rule must be strings, got {json.dumps(obj)}")
+    try:
+        check_kv_format(fmt, rule)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return QuantSpec(fmt, rule)
+
+
 def _format_name(where: str, value: object, extra: tuple[str, ...] = ("off",)) -> str:
     if value in extra or value in FORMATS:
         return value  # type: ignore[return-value]
@@ -307,7 +332,7 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     """Build and validate a :class:`QDQConfig` from the JSON schema in the module docstring."""
     top = _keys(
         "VLLM_QDQ_CONFIG", obj,
-        ("linear", "moe", "route", "force", "method", "layers", "trace", "stats_dir", "backend"),
+        ("linear", "moe", "route", "force", "method", "layers", "trace", "stats_dir", "backend", "kv_cache"),
     )
     base = QDQConfig(enabled=enabled)
     linear = _spec("linear", top["linear"], allow_auto=True, base=base.linear) if "linear" in top else base.linear
@@ -335,7 +360,7 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     if not isinstance(raw_layers, list):
         raise ConfigError(f"layers must be a JSON list, got {json.dumps(raw_layers)}")
     for i, item in enumerate(raw_layers):
-        d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight"))
+        d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight", "kv_cache"))
         pat = d.get("pattern")
         if not isinstance(pat, str) or not pat:
             raise ConfigError(f"layers[{i}].pattern must be a non-empty string, got {pat!r}")
@@ -349,9 +374,10 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
             raise ConfigError(f"layers[{i}].skip must be true or false, got {skip!r}")
         act = _spec(f"layers[{i}].act", d["act"], allow_auto=True) if "act" in d else None
         weight = _spec(f"layers[{i}].weight", d["weight"], allow_auto=False) if "weight" in d else None
-        if not skip and act is None and weight is None:
-            raise ConfigError(f"layers[{i}] ({pat!r}) needs \"skip\": true, \"act\" or \"weight\"")
-        layers.append(LayerRule(pat, skip, act, weight))
+        kv = kv_spec(f"layers[{i}].kv_cache", d["kv_cache"]) if "kv_cache" in d else None
+        if not skip and act is None and weight is None and kv is None:
+            raise ConfigError(f"layers[{i}] ({pat!r}) needs \"skip\": true, \"act\", \"weight\" or \"kv_cache\"")
+        layers.append(LayerRule(pat, skip, act, weight, kv))
     trace = top.get("trace", False)
     if not isinstance(trace, bool):
         raise ConfigError(f"trace must be true or false, got {trace!r}")
@@ -361,7 +387,9 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     backend = top.get("backend", "auto")
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
-    return QDQConfig(enabled, linear, moe, route, force, method, tuple(layers), trace, stats_dir, backend)
+    kv_cache = kv_spec("kv_cache", top["kv_cache"]) if top.get("kv_cache") is not None else QuantSpec("off")
+    return QDQConfig(enabled, linear, moe, route, force, method, tuple(layers), trace, stats_dir, backend,
+                     kv_cache=kv_cache)
 
 
 def check_stats_dir(path: str, name: str) -> None:

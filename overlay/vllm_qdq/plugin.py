@@ -20,7 +20,9 @@ logged and swallowed by vLLM, silently disabling the plugin).
    front process, before any engine starts, with a message naming the value and the accepted
    ones;
 3. with ``VLLM_QDQ`` off, returns without touching anything;
-4. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.activation.vllm_patch`), folds the
+4. otherwise wraps the quantized-GEMM op wrappers (:mod:`vllm_qdq.activation.vllm_patch`), with a
+   ``kv_cache`` spec hooks the attention layers' cache writes of every model built in the process
+   (:mod:`vllm_qdq.activation.kv_cache`), folds the
    settings into vLLM's compile-cache key (:mod:`vllm_qdq.activation.compile_cache`) and logs once per
    process what was patched and with which settings.
 """
@@ -61,6 +63,9 @@ def register() -> None:
     from .activation.vllm_patch import install
 
     report = install(cfg)
+    from .activation.kv_cache import install_plugin_hook
+
+    kv_on = install_plugin_hook(cfg)  # KV-cache QDQ: attention layers hooked as each model is built
     if cfg.stats_dir:
         from .activation.vllm_patch import set_stats_hook
         from .stats import op_hook
@@ -95,6 +100,8 @@ def register() -> None:
     if cfg.layers:
         logger.warning(
             "vllm-qdq: %d layer rule(s) in VLLM_QDQ_CONFIG 'layers' are not applied by the op "
-            "plugin (op wrappers do not see layer names); they apply to the qdq method",
+            "plugin's GEMM wrappers (op wrappers do not see layer names); they apply to the qdq "
+            "method%s",
             len(cfg.layers),
+            ", and their kv_cache / skip to the plugin's KV-cache QDQ" if kv_on else "",
         )

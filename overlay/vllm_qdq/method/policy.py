@@ -6,9 +6,9 @@
   :func:`moe_weight_format_problem`).
 * :func:`settings_from_run`: the process settings (:func:`vllm_qdq.config.settings`, passed in)
   merged with one model's ``quantization_config``; lowest to highest precedence: built-in
-  defaults (MXFP4 weights and activations, ``floor``), ``VLLM_QDQ_CONFIG`` ``method`` /
-  ``layers``, the run config's ``weight``, ``act``, ``moe_weight``, ``moe_act`` (one by one) and
-  ``layers`` (replaces the list).
+  defaults (MXFP4 weights and activations, ``floor``, KV cache off), ``VLLM_QDQ_CONFIG``
+  ``method`` / ``layers`` / ``kv_cache``, the run config's ``weight``, ``act``, ``moe_weight``,
+  ``moe_act``, ``kv_cache`` (one by one) and ``layers`` (replaces the list).
 * :class:`LayerPlan`: what the method does to one layer, and the log's grouping of layer names.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError, LayerRule, QDQConfig, QuantSpec, config_from_dict
@@ -37,7 +37,7 @@ __all__ = [
 
 QDQ_METHOD_NAME = "qdq"
 #: Keys the per-run quantization config (hf_overrides / config.json) accepts.
-RUN_KEYS: tuple[str, ...] = ("quant_method", "weight", "act", "moe_weight", "moe_act", "layers")
+RUN_KEYS: tuple[str, ...] = ("quant_method", "weight", "act", "moe_weight", "moe_act", "layers", "kv_cache")
 
 
 def weight_format_problem(fmt: str) -> str | None:
@@ -91,12 +91,15 @@ class QDQSettings:
     moe_act: QuantSpec | None
     layers: tuple[LayerRule, ...]
     source: str = "defaults"
+    #: KV-cache QDQ of every attention layer (layer rules' ``kv_cache`` / ``skip`` override it).
+    kv_cache: QuantSpec = field(default_factory=QuantSpec)  # QuantSpec() is "off"
 
     def summary(self) -> str:
         moe = ""
         if self.moe_weight is not None or self.moe_act is not None:
             moe = f" moe_weight={self.moe_weight or self.weight} moe_act={self.moe_act or self.act}"
-        return f"w={self.weight} a={self.act}{moe} layers={len(self.layers)} ({self.source})"
+        kv = f" kv_cache={self.kv_cache}" if self.kv_cache.enabled else ""
+        return f"w={self.weight} a={self.act}{moe}{kv} layers={len(self.layers)} ({self.source})"
 
 
 def _check_specs(s: QDQSettings) -> None:
@@ -131,6 +134,7 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
     weight, act, moe_weight, moe_act = m.weight, m.act, m.moe_weight, m.moe_act
     layers = base.layers
     source = base.source
+    kv_cache = base.kv_cache
     if run:
         if not isinstance(run, dict):
             raise ConfigError(f"qdq quantization_config must be a JSON object, got {run!r}")
@@ -144,7 +148,8 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
             raise ConfigError(f"qdq quantization_config: quant_method={qm!r}; accepted: {QDQ_METHOD_NAME}")
         method = {k: run[k] for k in ("weight", "act", "moe_weight", "moe_act") if k in run}
         try:
-            parsed = config_from_dict({"method": method, "layers": run.get("layers", [])})
+            parsed = config_from_dict({"method": method, "layers": run.get("layers", []),
+                                       "kv_cache": run.get("kv_cache")})
         except ConfigError as e:  # name the run config's own keys (act.format, not method.act.format)
             msg = str(e)
             raise ConfigError(f"qdq quantization_config: {msg.removeprefix('method.')}") from None
@@ -155,9 +160,11 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
         moe_act = pm.moe_act if "moe_act" in run else moe_act
         if "layers" in run:
             layers = parsed.layers
+        if "kv_cache" in run:
+            kv_cache = parsed.kv_cache
         keys = [k for k in run if k != "quant_method"]
         source = f"{source} + quantization_config {keys}" if keys else source
-    s = QDQSettings(weight, act, moe_weight, moe_act, tuple(layers), source)
+    s = QDQSettings(weight, act, moe_weight, moe_act, tuple(layers), source, kv_cache)
     _check_specs(s)
     return s
 

@@ -19,6 +19,9 @@ What is QDQ'd (numeric contract):
   every forward. vLLM's unquantized MoE path then runs unchanged. The intermediate
   activation between the expert GEMMs (input of down_proj) is NOT QDQ'd: on the CPU engine
   the two GEMMs and the activation are one fused kernel (``cpu_fused_moe``).
+* The KV cache (``kv_cache``, off by default): the keys and values every attention layer
+  writes to the paged cache, QDQ'd once as they are written (:mod:`vllm_qdq.activation.kv_cache`,
+  numerics in :mod:`vllm_qdq.numerics.kv`); layer rules' ``kv_cache`` / ``skip`` apply.
 * Never QDQ'd: embeddings and ``lm_head`` (vLLM offers them to the method as embedding
   layers; they stay in the model dtype), attention, norms, routers the model builds without
   a quantization config (e.g. Mixtral's ``gate``).
@@ -31,8 +34,8 @@ Settings, lowest to highest precedence: built-in defaults (MXFP4 weights and act
 ``floor`` scale rule); ``VLLM_QDQ_CONFIG`` ``method`` and ``layers`` (see
 :mod:`vllm_qdq.config`); the per-run quantization config (``hf_overrides={"quantization_config":
 {"quant_method": "qdq", ...}}`` or the checkpoint's ``config.json``), whose keys ``weight``,
-``act``, ``moe_weight``, ``moe_act`` override one by one and whose ``layers`` list replaces
-the environment's.
+``act``, ``moe_weight``, ``moe_act``, ``kv_cache`` override one by one and whose ``layers`` list
+replaces the environment's.
 """
 
 from __future__ import annotations
@@ -42,11 +45,15 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import torch
+from vllm.model_executor.layers.attention.attention import Attention
+from vllm.model_executor.layers.attention.mla_attention import MLAAttention
 from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
 from vllm.model_executor.layers.linear import LinearBase
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
+from ..activation.kv_cache import KVReport
+from ..activation.kv_cache import plan_layer as plan_kv_layer
 from ..config import ConfigError, QuantSpec, settings
 from ..errors import clear_recorded, reported
 from ..log import ensure_log_handler, logger
@@ -89,6 +96,8 @@ class QDQQuantConfig(QuantizationConfig):
         self._setup_pid: int | None = None
         self.plans: dict[str, LayerPlan] = {}
         self.rule_hits: dict[str, int] = defaultdict(int)
+        #: KV-cache QDQ decisions per attention layer (:func:`vllm_qdq.activation.kv_cache.plan_layer`).
+        self.kv = KVReport()
         self._finalized = False
 
     def __repr__(self) -> str:
@@ -165,10 +174,19 @@ class QDQQuantConfig(QuantizationConfig):
             self.plans[prefix] = plan
             return QDQFusedMoEMethod(layer.moe_config, self, plan)
         # Embeddings, lm_head, attention: vLLM's own methods, never QDQ'd. Only skip rules
-        # count as matching them (a format rule on them would be silently unused).
+        # count as matching them (a format rule on them would be silently unused), and
+        # kv_cache rules matching attention layers, whose cache writes get KV QDQ here.
         rule = next((r for r in self.settings.layers if r.matches(prefix)), None)
         if rule is not None and rule.skip:
             self.rule_hits[rule.pattern] += 1
+        if isinstance(layer, Attention | MLAAttention):
+            try:
+                plan_kv_layer(layer, prefix, self.settings.kv_cache, self.settings.layers, self.kv,
+                              stats=bool(self.stats_dir))
+            except ConfigError as e:
+                raise reported(ConfigError(f"qdq method: {e}")) from None
+            if rule is not None and rule.kv_cache is not None and not rule.skip:
+                self.rule_hits[rule.pattern] += 1
         self.plans[prefix] = LayerPlan(
             prefix,
             "other",
@@ -211,10 +229,13 @@ class QDQQuantConfig(QuantizationConfig):
             raise reported(ConfigError(
                 f"qdq method: layer pattern(s) {unmatched} matched no layer of this model; "
                 f"layers offered to the method: {', '.join(seen)} (embeddings, lm_head and "
-                "attention are never quantized: only skip rules match them)"
+                "attention are never quantized: only skip rules match them, and kv_cache rules "
+                "match attention layers)"
             ))
         ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
+        if self.kv.hooked():
+            logger.info("vllm-qdq: qdq KV-cache QDQ: %s", self.kv.summary())
         if self.stats_dir:
             from ..stats import warn_if_cuda_graphs
 

@@ -1,0 +1,284 @@
+"""KV-cache QDQ inside vLLM 0.30: keys and values QDQ'd once, as they are written to the cache.
+
+**Where.** Every vLLM 0.30 attention backend whose ``forward_includes_kv_cache_update`` is false
+writes the paged cache in one method, ``AttentionImpl.do_kv_cache_update(layer, key, value,
+kv_cache, slot_mapping)``, called once per layer and step by the opaque custom op
+``vllm::unified_kv_cache_update`` (``vllm/model_executor/layers/attention/attention.py``); the
+method then calls the backend's cache-write op (``cpu_attn_reshape_and_cache`` on CPU,
+``reshape_and_cache_flash`` for FlashAttention / FlashInfer / FlexAttention / ROCm AITER,
+``triton_reshape_and_cache_flash`` for the Triton backend, ...: the table in the README).
+:func:`install_layer` replaces that method *on the layer's impl instance* by one that QDQs
+``key`` and ``value`` (:func:`vllm_qdq.numerics.kv.qdq_kv`, blocks along the head dimension) and
+calls the original with the QDQ'd tensors. Hooking there rather than in each op wrapper covers
+every backend that writes through it, whatever op it calls (several call
+``torch.ops._C_cache_ops.reshape_and_cache_flash`` directly, which no Python wrapper sees), and
+sees the layer's name, so layer rules apply (``layers[i].kv_cache`` / ``skip``) with the plugin
+too. Every later read (prefill of the rest of the prompt, each decode step, prefix-cache hits)
+sees the QDQ'd values and pays nothing.
+
+**Numerics.** Only the first ``slot_mapping.shape[0]`` rows carry tokens (vLLM pads ``key`` /
+``value`` for CUDA graphs but not ``slot_mapping``, and the cache-write ops write that many
+rows); slots ``-1`` (padding in full CUDA-graph batches) are masked out of scales that span
+tokens. What is written equals ``qdq_kv(key[:n], fmt, rule, valid=slot_mapping >= 0)`` in the
+input dtype, before any FP8 cache conversion of vLLM's own (``kv_cache_dtype``), which then
+applies to the QDQ'd values.
+
+**Compile and CUDA graphs.** The hook runs inside ``unified_kv_cache_update``'s real
+implementation: torch.compile never traces it (the op is opaque and a splitting op of vLLM's
+piecewise graphs), so it runs eagerly in piecewise CUDA-graph mode and is captured with the
+rest in full CUDA graphs (the QDQ is plain tensor work, no host read).
+
+**Statistics.** With ``VLLM_QDQ_STATS`` each write is recorded (:func:`vllm_qdq.stats.record_call`)
+under ``<layer>.k_cache`` and ``<layer>.v_cache``: per-layer SQNR of K and V, like the GEMM
+activations (``fp8_e4m3_per_head`` is recorded as per-channel FP8 of the ``[heads, tokens *
+head_size]`` view, which it is).
+
+**Which layers.** :func:`layer_status` says why a layer's writes are or are not hooked: MLA
+layers (latent cache, ``concat_and_cache_mla``), backends that write the cache inside their
+forward (``forward_includes_kv_cache_update``: cross-attention, ``HPC_ATTN``) and impls without
+``do_kv_cache_update`` are not covered, and a KV spec that reaches one of them stops start-up
+(:class:`vllm_qdq.config.ConfigError`, naming the layer, the reason and the ``skip`` rule that
+would leave it out); encoder self-attention has no cache, and a layer sharing another's cache
+(``kv_sharing_target_layer_name``) reads what that layer wrote.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, LayerRule, QDQConfig, QuantSpec
+from ..numerics.kv import qdq_kv, spans_tokens
+
+__all__ = [
+    "HOOK_ATTR",
+    "KVReport",
+    "install_layer",
+    "install_model",
+    "install_plugin_hook",
+    "kv_spec_for",
+    "layer_status",
+    "plan_layer",
+]
+
+logger = logging.getLogger("vllm_qdq")
+
+#: Attribute set on a hooked ``do_kv_cache_update`` (its value: the :class:`QuantSpec`).
+HOOK_ATTR = "_vllm_qdq_kv_spec"
+#: Marker on the wrapped ``BaseModelLoader.create_model`` (:func:`install_plugin_hook`).
+_LOADER_ATTR = "_vllm_qdq_kv_loader"
+
+#: :func:`layer_status` results that need no hook and are no error.
+NOTHING_TO_DO = ("no-cache", "shared")
+
+
+def kv_spec_for(prefix: str, default: QuantSpec, layers: Iterable[LayerRule]) -> tuple[QuantSpec, LayerRule | None]:
+    """The KV spec of attention layer ``prefix``: the first matching layer rule decides (``skip``:
+    off; its ``kv_cache`` if it has one; else ``default``), no match gives ``default``. Returns
+    the spec and the rule that set it (``None`` when the default applies)."""
+    for rule in layers:
+        if rule.matches(prefix):
+            if rule.skip:
+                return QuantSpec("off"), rule
+            if rule.kv_cache is not None:
+                return rule.kv_cache, rule
+            return default, None
+    return default, None
+
+
+def layer_status(layer: torch.nn.Module) -> str:
+    """``"ok"`` (hookable), ``"no-cache"``, ``"shared"`` or why the layer's cache writes cannot be
+    hooked (a sentence naming the layer's class or backend)."""
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.v1.attention.backend import AttentionType
+
+    if not isinstance(layer, Attention):
+        return (f"{type(layer).__name__} is not covered (MLA and other non-standard attention write a "
+                "latent or otherwise shaped cache, e.g. concat_and_cache_mla)")
+    if getattr(layer, "attn_type", None) in (AttentionType.ENCODER_ONLY, AttentionType.ENCODER):
+        return "no-cache"
+    if getattr(layer, "kv_sharing_target_layer_name", None) is not None:
+        return "shared"
+    backend = getattr(layer, "attn_backend", None)
+    if backend is not None and getattr(backend, "forward_includes_kv_cache_update", False):
+        return (f"attention backend {backend.get_name()} writes the cache inside its forward "
+                "(forward_includes_kv_cache_update), which has no hook point")
+    if not callable(getattr(layer.impl, "do_kv_cache_update", None)):
+        return f"{type(layer.impl).__name__} has no do_kv_cache_update"
+    return "ok"
+
+
+def _stats_view(x: torch.Tensor, y: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``(x, y, fmt)`` as the stats recorder can re-quantize them (per-head FP8 = per-channel FP8
+    of the ``[heads, tokens * head_size]`` view)."""
+    if fmt == "fp8_e4m3_per_head":
+        h = x.shape[1]
+        return (x.transpose(0, 1).reshape(h, -1), y.transpose(0, 1).reshape(h, -1), "fp8_e4m3_per_channel")
+    return x, y, fmt
+
+
+def _record(name: str, spec: QuantSpec, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> None:
+    """Record one write (its token rows only) in the statistics; nothing while a CUDA graph is
+    captured (a host read is illegal there; :func:`vllm_qdq.stats.record_call` skips it too)."""
+    from ..stats import record_call
+
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if not bool(valid.all()):
+        x, y = x[valid], y[valid]
+    xs, ys, fmt = _stats_view(x, y, spec.format)
+    record_call(name, fmt, xs, ys, scale_rule=spec.scale_rule)
+
+
+def _make_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool) -> Callable[..., Any]:
+    fmt, rule = spec.format, spec.scale_rule
+    mask = spans_tokens(fmt)
+
+    @functools.wraps(orig)
+    def do_kv_cache_update(layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
+                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> Any:
+        n = slot_mapping.shape[0]
+        k, v = key[:n], value[:n]
+        valid = slot_mapping >= 0 if (mask or stats) else None
+        kq = qdq_kv(k, fmt, rule, valid=valid if mask else None)
+        vq = qdq_kv(v, fmt, rule, valid=valid if mask else None)
+        if stats:
+            assert valid is not None
+            _record(f"{name}.k_cache", spec, k, kq, valid)
+            _record(f"{name}.v_cache", spec, v, vq, valid)
+        return orig(layer, kq, vq, kv_cache, slot_mapping)
+
+    setattr(do_kv_cache_update, HOOK_ATTR, spec)
+    return do_kv_cache_update
+
+
+def install_layer(layer: torch.nn.Module, name: str, spec: QuantSpec, *, stats: bool = False) -> bool:
+    """Hook ``layer.impl.do_kv_cache_update`` (on the instance) to QDQ what it writes with ``spec``.
+
+    Returns whether a hook is in place now (False: ``spec`` is off, or the layer was hooked
+    already, by the ``qdq`` method or an earlier call: the first hook wins). The caller checks
+    :func:`layer_status` first.
+    """
+    if not spec.enabled:
+        return False
+    impl = layer.impl
+    current = impl.do_kv_cache_update
+    if getattr(current, HOOK_ATTR, None) is not None:
+        return False
+    impl.do_kv_cache_update = _make_hook(current, name, spec, stats)
+    return True
+
+
+class KVReport:
+    """What :func:`plan_layer` decided per attention layer (a layer planned twice, as vLLM asks
+    the quantization config twice, counts once), and which layer rules matched which layers."""
+
+    def __init__(self) -> None:
+        #: layer name -> ``str(spec)`` (hooked), ``"off"``, ``"no-cache"`` or ``"shared"``
+        self.outcome: dict[str, str] = {}
+        self.rule_layers: dict[str, set[str]] = defaultdict(set)
+
+    def hooked(self) -> list[str]:
+        return [n for n, o in self.outcome.items() if o not in ("off", *NOTHING_TO_DO)]
+
+    def summary(self) -> str:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for name, outcome in self.outcome.items():
+            groups[outcome].append(name)
+        return "; ".join(f"{o}: {len(ns)} layer(s)" for o, ns in groups.items()) or "no attention layer"
+
+
+def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, layers: Iterable[LayerRule],
+               report: KVReport, *, stats: bool) -> None:
+    """Resolve one attention layer's KV spec, check it can be applied and hook it.
+
+    Raises:
+        ConfigError: the spec is on for a layer whose writes cannot be hooked (the message names
+            the layer, the reason and a ``skip`` rule that leaves it out).
+    """
+    spec, rule = kv_spec_for(name, default, layers)
+    if rule is not None:
+        report.rule_layers[rule.pattern].add(name)
+    status = layer_status(layer)
+    if status in NOTHING_TO_DO:
+        report.outcome[name] = status
+        return
+    if not spec.enabled:
+        report.outcome[name] = "off"
+        return
+    if status != "ok":
+        raise ConfigError(
+            f"kv_cache={spec} reaches attention layer {name!r}, whose cache writes cannot be QDQ'd: "
+            f"{status}; leave it out with a layer rule such as "
+            f'{{"pattern": "{name}", "kv_cache": "off"}}'
+        )
+    install_layer(layer, name, spec, stats=stats)
+    report.outcome[name] = str(spec)
+
+
+def install_model(model: torch.nn.Module, cfg: QDQConfig) -> KVReport:
+    """The plugin's KV QDQ on a built model: every attention layer of ``model`` gets
+    ``cfg.kv_cache`` or its layer rule's spec (layers the ``qdq`` method hooked keep theirs).
+
+    Raises:
+        ConfigError: a layer that cannot take its spec (:func:`plan_layer`), or a layer rule with
+            a ``kv_cache`` key that matched no attention layer.
+    """
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.model_executor.layers.attention.mla_attention import MLAAttention
+
+    report = KVReport()
+    for name, mod in model.named_modules():
+        if isinstance(mod, Attention | MLAAttention):
+            label = getattr(mod, "layer_name", None) or name
+            plan_layer(mod, label, cfg.kv_cache, cfg.layers, report, stats=bool(cfg.stats_dir))
+    unmatched = [r.pattern for r in cfg.layers if r.kv_cache is not None and not report.rule_layers.get(r.pattern)]
+    if unmatched:
+        names = sorted(report.outcome)
+        raise ConfigError(
+            f"kv_cache layer rule(s) {unmatched} matched no attention layer of this model; "
+            f"attention layers: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+        )
+    return report
+
+
+def install_plugin_hook(cfg: QDQConfig) -> bool:
+    """With the plugin on and a KV spec anywhere in ``cfg``: wrap vLLM's
+    ``BaseModelLoader.create_model`` so that each model this process builds gets
+    :func:`install_model` right after construction (before weights load and before
+    torch.compile). Idempotent (the settings of the latest call are used). Returns whether KV
+    QDQ is configured at all."""
+    if not (cfg.kv_cache.enabled or any(r.kv_cache is not None and r.kv_cache.enabled for r in cfg.layers)):
+        return False
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+
+    current = BaseModelLoader.create_model
+    if getattr(current, _LOADER_ATTR, None) is not None:
+        setattr(current, _LOADER_ATTR, cfg)
+        return True
+
+    @functools.wraps(current)
+    def create_model(self: Any, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        from ..errors import reported
+
+        model = current(self, *args, **kwargs)
+        settings = getattr(create_model, _LOADER_ATTR)
+        try:
+            report = install_model(model, settings)
+        except ConfigError as e:
+            raise reported(e) from None
+        if settings.stats_dir:
+            from ..stats import enable
+
+            enable(in_worker=True)
+        logger.info("vllm-qdq: KV-cache QDQ (plugin): %s", report.summary())
+        return model
+
+    setattr(create_model, _LOADER_ATTR, cfg)
+    BaseModelLoader.create_model = create_model
+    return True
