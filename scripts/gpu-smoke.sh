@@ -138,7 +138,7 @@ run_step() {
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then
         step study "$PY" scripts/gpu_study.py --out "$OUT/study"
       else
-        echo "=== study: lm_eval[api] is not installed (pip install 'lm_eval[api]'; offline: scripts/stage-gpu-study.sh); the step fails rather than pass unrun"
+        echo "=== study: lm_eval[api] is not installed (pip install 'lm_eval[api]'; offline: the wheels stage-gpu-study.sh stages); the step fails rather than pass unrun"
         echo "FAIL 0 s lm_eval[api] not installed" > "$OUT/study.result"; return 1
       fi ;;
   esac
