@@ -1,0 +1,144 @@
+"""KV-cache QDQ in the real vLLM CPU engine (marked ``slow``): the cache is read back.
+
+Each engine runs in a subprocess (:mod:`vllm_qdq.study.llm_run`'s file form) with the engine in
+that process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the hooks of
+``tests/support/kv_cache_engine.py`` see the model: they record the raw keys / values each
+attention layer hands to its backend's cache write (outside the QDQ hook), then read the cache
+rows back through the backend's own layout and compare them, bit for bit, with the reference
+KV QDQ of those raw values (:func:`vllm_qdq.numerics.kv.qdq_kv`, reference backend) for the
+layers the *test* expects QDQ'd (``QDQ_TEST_KV_EXPECT``), with the raw values for the others.
+Prefill and decode writes (4 generated tokens) are all checked.
+
+Runs: the plugin (``VLLM_QDQ=1``, ``kv_cache`` in ``VLLM_QDQ_CONFIG``, a layer rule turning
+one layer off) eager and compiled (vLLM's default mode: the hook runs inside the opaque
+``vllm::unified_kv_cache_update``), the plugin off (cache = raw values, no hook), the ``qdq``
+method (weights and activations off, ``kv_cache`` from the run config), and a layer rule that
+matches no attention layer (start-up error naming it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
+HOOKS = "tests.support.kv_cache_engine"
+#: Smallest mean |logprob(KV QDQ) - logprob(off)| that shows the cache QDQ reached attention, nats.
+MIN_EFFECT = 0.005
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp: Path, tag: str, model: Path, runs: list[dict], env: dict[str, str], expect: dict) -> tuple[dict, str]:
+    out = tmp / f"{tag}.json"
+    e = dict(os.environ)
+    e.pop("VLLM_QDQ_CONFIG", None)
+    e.update(
+        PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        VLLM_CACHE_ROOT=str(tmp / f"vllm-cache-{tag}"),
+        QDQ_TEST_KV_EXPECT=json.dumps(expect),
+        **env,
+    )
+    spec = {"out": str(out), "prompts": PROMPTS,
+            "sampling": {"temperature": 0.0, "max_tokens": 4, "prompt_logprobs": 0},
+            "setup": f"{HOOKS}:stash_models", "before_prompt": f"{HOOKS}:record_writes",
+            "after_prompt": f"{HOOKS}:check_writes",
+            "runs": [{"name": r["name"], "llm": {"model": str(model), "dtype": "float32", "max_model_len": 128,
+                                                 "enforce_eager": r.get("enforce_eager", True), "seed": 0,
+                                                 **r.get("llm", {})}} for r in runs]}
+    p = subprocess.run([sys.executable, "-m", "vllm_qdq.study.llm_run", json.dumps(spec)],
+                       env=e, capture_output=True, text=True, timeout=900)
+    log = p.stdout + p.stderr
+    assert out.exists(), f"engine process failed (rc={p.returncode}):\n{log[-4000:]}"
+    res = json.loads(out.read_text())
+    for r in runs:
+        assert r["name"] in res, f"run {r['name']} did not finish:\n{log[-4000:]}"
+    return res, log
+
+
+def _ok(res: dict, name: str) -> list[dict]:
+    assert "error" not in res[name], res[name].get("traceback")
+    return res[name]["results"]
+
+
+def _check_cache(results: list[dict], *, qdq: bool) -> None:
+    for r in results:
+        assert r["kv_writes"] == 2 * 4, r  # 2 layers x (prefill + 3 decode steps)
+        assert r["kv_rows"] > 0
+        assert r["kv_mismatch"] == {}, f"cached K/V differ from the expectation: {r['kv_mismatch']}"
+        if qdq:
+            assert r["kv_changed"] > 0, "the expected QDQ changed nothing: the check would not see a missing hook"
+        else:
+            assert r["kv_changed"] == 0
+
+
+def _mean_diff(a: list[dict], b: list[dict]) -> float:
+    d = [abs(x - y) for ra, rb in zip(a, b, strict=True)
+         for x, y in zip(ra["prompt_logprobs"], rb["prompt_logprobs"], strict=True)]
+    return sum(d) / len(d)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    from vllm_qdq.study.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("kv_models") / "llama")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, llama: Path) -> list[dict]:
+    """The plugin off (nothing in the environment): the cache holds the raw K/V."""
+    tmp = tmp_path_factory.mktemp("kv_off")
+    res, log = _run(tmp, "off", llama, [{"name": "off"}], {"VLLM_QDQ": "0"}, {"default": "off"})
+    results = _ok(res, "off")
+    _check_cache(results, qdq=False)
+    assert "KV-cache QDQ" not in log
+    return results
+
+
+def test_plugin_kv_cache_qdq_eager_and_compiled(tmp_path: Path, llama: Path, baseline: list[dict]) -> None:
+    """Plugin, NVFP4 keys/values, layer 1 off by a layer rule: the cache of layer 0 holds the
+    reference QDQ of what the model wrote, layer 1 the raw values; eager and compiled alike;
+    logprobs move away from the plugin-off run."""
+    cfg = {"kv_cache": "nvfp4", "layers": [{"pattern": "model.layers.1.self_attn.attn", "kv_cache": "off"}]}
+    expect = {"default": "nvfp4", "layers": {"model.layers.1.self_attn.attn": "off"}}
+    res, log = _run(tmp_path, "plugin", llama, [{"name": "eager"}, {"name": "compiled", "enforce_eager": False}],
+                    {"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": json.dumps(cfg)}, expect)
+    eager, compiled = _ok(res, "eager"), _ok(res, "compiled")
+    _check_cache(eager, qdq=True)
+    _check_cache(compiled, qdq=True)
+    assert "KV-cache QDQ (plugin): nvfp4: 1 layer(s); off: 1 layer(s)" in log
+    assert _mean_diff(eager, baseline) > MIN_EFFECT
+    # Same model, same QDQ'd cache: compiled matches eager up to Inductor's fp32 reassociation.
+    assert _mean_diff(eager, compiled) < 1e-3
+
+
+def test_method_kv_cache_qdq(tmp_path: Path, llama: Path, baseline: list[dict]) -> None:
+    """The ``qdq`` method with weights and activations off and ``kv_cache`` per head FP8 from
+    the run config (the plugin off): the cache holds the reference QDQ; logprobs move."""
+    qc = {"quant_method": "qdq", "weight": "off", "act": "off", "kv_cache": "fp8_e4m3_per_head"}
+    res, log = _run(tmp_path, "method", llama,
+                    [{"name": "method", "llm": {"quantization": "qdq", "hf_overrides": {"quantization_config": qc}}}],
+                    {"VLLM_QDQ": "0"}, {"default": "fp8_e4m3_per_head"})
+    results = _ok(res, "method")
+    _check_cache(results, qdq=True)
+    assert "qdq KV-cache QDQ: fp8_e4m3_per_head: 2 layer(s)" in log
+    assert _mean_diff(results, baseline) > MIN_EFFECT / 10  # FP8 moves far less than NVFP4
+
+
+def test_kv_rule_matching_no_layer_stops_start_up(tmp_path: Path, llama: Path) -> None:
+    """A ``kv_cache`` layer rule that matches no attention layer stops the plugin's start-up,
+    naming the pattern and the attention layers there are."""
+    cfg = {"kv_cache": "mxfp4", "layers": [{"pattern": "model.layers.*.mlp", "kv_cache": "off"}]}
+    res, _ = _run(tmp_path, "bad", llama, [{"name": "bad"}],
+                  {"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": json.dumps(cfg)}, {"default": "mxfp4"})
+    err = res["bad"].get("error", "")
+    assert "ConfigError" in err and "model.layers.*.mlp" in err and "model.layers.0.self_attn.attn" in err, err
