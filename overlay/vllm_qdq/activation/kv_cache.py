@@ -76,6 +76,57 @@ _LOADER_ATTR = "_vllm_qdq_kv_loader"
 #: :func:`layer_status` results that need no hook and are no error.
 NOTHING_TO_DO = ("no-cache", "shared")
 
+#: Attention impls of vLLM 0.30 whose ``do_kv_cache_update`` is hooked: impl class -> (backend,
+#: the cache-write op it calls). A test fails when vLLM has an impl with its own
+#: ``do_kv_cache_update`` in neither this table nor :data:`LEFT_OUT`.
+COVERED: dict[str, tuple[str, str]] = {
+    "CPUAttentionBackendImpl": ("CPU_ATTN", "vllm._custom_ops.cpu_attn_reshape_and_cache"),
+    "FlashAttentionImpl": ("FLASH_ATTN (FA2/FA3/FA4)", "reshape_and_cache_flash (vllm._custom_ops, via fa_utils)"),
+    "FlashAttentionDiffKVImpl": ("FLASH_ATTN_DIFFKV", "triton_reshape_and_cache_flash_diffkv"),
+    "TritonAttentionImpl": ("TRITON_ATTN", "triton_reshape_and_cache_flash (per-token-head quant variant for "
+                            "per-token-head KV dtypes)"),
+    "TritonAttentionDiffKVImpl": ("TRITON_ATTN_DIFFKV", "triton_reshape_and_cache_flash_diffkv"),
+    "FlashInferImpl": ("FLASHINFER", "torch.ops._C_cache_ops.reshape_and_cache_flash"),
+    "FlexAttentionImpl": ("FLEX_ATTENTION", "torch.ops._C_cache_ops.reshape_and_cache_flash"),
+    "B12xPagedAttentionImpl": ("B12X", "torch.ops._C_cache_ops.reshape_and_cache_flash"),
+    "RocmAttentionImpl": ("ROCM_ATTN", "triton_reshape_and_cache_flash / reshape_and_cache"),
+    "RocmAiterUnifiedAttentionImpl": ("ROCM_AITER_UNIFIED_ATTN", "vllm._custom_ops.reshape_and_cache_flash"),
+    "AiterFlashAttentionImpl": ("ROCM_AITER_FA", "reshape_and_cache_shuffle_triton / _C_cache_ops.reshape_and_cache_flash"),
+    "TurboQuantAttentionImpl": ("TURBOQUANT", "its own compressed store (_store_kv): QDQ'd values are then compressed"),
+    "CompositeAttentionImpl": ("composite (MM prefix)", "the general impl's do_kv_cache_update"),
+}
+
+#: What is not covered, and why (impl or layer class -> reason).
+LEFT_OUT: dict[str, str] = {
+    "MLAAttentionImpl": "MLA: the cache holds the compressed latent and the RoPE key (concat_and_cache_mla), "
+                        "not per-head K/V; a kv_cache spec reaching an MLA layer stops start-up",
+    "CPUMLAImpl": "MLA on CPU (latent cache), as MLAAttentionImpl",
+    "AMXMLAImpl": "MLA on AMX CPUs (amx_mla_concat_and_cache, latent cache), as MLAAttentionImpl",
+    "HpcAttentionImpl": "HPC_ATTN writes the cache inside its forward (forward_includes_kv_cache_update): no hook "
+                        "point; stops start-up",
+    "CrossAttention": "encoder-decoder cross-attention writes the encoder's K/V inside its forward; stops start-up",
+    "WhisperCausalAttentionWithBlockPoolingImpl": "writes inside its forward (forward_includes_kv_cache_update)",
+    "StaticSinkAttention": "the sink tokens' K/V (populate_sink_kv, written once) are not QDQ'd; the model's "
+                           "own tokens are (through do_kv_cache_update)",
+    "fuse_rope_kvcache": "ROCm compile passes fuse RoPE with the cache write (do_rope_and_kv_cache_update, "
+                         "do_qk_norm_rope_kvcache_update): with either pass on, a kv_cache spec stops start-up",
+    "EncoderOnlyAttention": "no KV cache (encoder self-attention): nothing to QDQ",
+}
+
+#: vLLM compile passes that write the cache through another path than ``do_kv_cache_update``.
+_FUSED_WRITE_PASSES: tuple[str, ...] = ("fuse_rope_kvcache", "fuse_qk_norm_rope_kvcache")
+
+
+def fused_write_passes() -> list[str]:
+    """The passes of :data:`_FUSED_WRITE_PASSES` on in the current vLLM config (none: empty)."""
+    try:
+        from vllm.config import get_current_vllm_config
+
+        pc = get_current_vllm_config().compilation_config.pass_config
+    except Exception:  # no current config (a unit test building a layer by hand)
+        return []
+    return [name for name in _FUSED_WRITE_PASSES if getattr(pc, name, False)]
+
 
 def kv_spec_for(prefix: str, default: QuantSpec, layers: Iterable[LayerRule]) -> tuple[QuantSpec, LayerRule | None]:
     """The KV spec of attention layer ``prefix``: the first matching layer rule decides (``skip``:
@@ -211,6 +262,10 @@ def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, layers: It
     if not spec.enabled:
         report.outcome[name] = "off"
         return
+    fused = fused_write_passes()
+    if status == "ok" and fused:
+        status = (f"the compile pass(es) {fused} write the cache in a fused RoPE kernel; turn them off "
+                  f"(-cc.pass_config.{fused[0]}=false)")
     if status != "ok":
         raise ConfigError(
             f"kv_cache={spec} reaches attention layer {name!r}, whose cache writes cannot be QDQ'd: "
