@@ -58,6 +58,35 @@ class _Capture:
         return lambda *a, **k: _compile(self.fn, a, dict(k), self.target)
 
 
+def _extras(target: GPUTarget, only: str | None = None) -> int:
+    """The issue-18 options: rotation (every block, plain and random), stochastic rounding,
+    four over six, nvfp4_e5m3 (launches already captured by main)."""
+    from vllm_qdq.numerics.formats import get_format
+    from vllm_qdq.numerics.rotation import ROTATION_BLOCKS, Rotation, hadamard_signs
+
+    failures = 0
+    variants = [("mxfp4", "floor", None, None, b, s) for b in ROTATION_BLOCKS for s in (None, 1)]
+    variants += [("mxfp4", "floor", "stochastic", 1, None, None), ("mxfp8_e4m3", "floor", None, None, 128, None),
+                 ("nvfp4", "four_over_six", None, None, None, None), ("nvfp4", "floor", "stochastic", 1, 16, 1),
+                 ("nvfp4_e5m3", "four_over_six", "stochastic", 1, None, None),
+                 ("fp8_e4m3_per_tensor", "floor", None, None, 128, None)]
+    for fmt, rule, rounding, seed, block, sseed in variants:
+        spec = get_format(fmt)
+        for dtype in (torch.bfloat16, torch.float32):
+            for k in (256, 4096):
+                x = torch.empty(4, k, dtype=dtype)
+                rot = Rotation(block=block, seed=sseed) if block else None
+                ex = triton_qdq._Extras(rot, hadamard_signs(rot, k) if rot else None, k,
+                                        seed if rounding else None, rule == "four_over_six")
+                try:
+                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
+                except Exception as e:  # report every failing variant
+                    failures += 1
+                    print(f"FAIL {fmt} {rule} {rounding} rot={rot} {dtype} K={k}: "
+                          f"{str(e).strip().splitlines()[-1][:300]}")
+    return failures
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
@@ -77,9 +106,10 @@ def main() -> int:
                     except Exception as e:  # report every failing variant, then exit non-zero
                         failures += 1
                         print(f"FAIL {fmt} {rule} {dtype} K={k}: {str(e).strip().splitlines()[-1][:300]}")
+    failures += _extras(target)
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
-    for name in ("_qdq_prepass_kernel", "_sage3_fwd_kernel"):
+    for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):
         setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))
     for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
         for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):

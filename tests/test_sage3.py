@@ -68,6 +68,24 @@ for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1
         "raw_equal": [bool(torch.equal(a.permute(0, 2, 1, 3), r[0])) for a, r in zip((qr, kr, vr), ref)],
         "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
     }
+# NVFP4 tensor amax on the device: NaN / +-Inf excluded, an all-zero operand (amax 0: gs = 1), GQA heads.
+torch.manual_seed(2)
+q = torch.randn(1, 130, 4, 64) * 5
+q[0, 3, 1, 7], q[0, 100, 2, 0], q[0, 129, 3, 63] = float("nan"), float("inf"), -float("inf")
+k = torch.randn(1, 130, 2, 64) * 1e-3
+k[0, 5, 0, 0] = 2.0**-140  # a subnormal among normals
+v = torch.zeros(1, 130, 2, 64)
+(qr, kr, vr), gs = sage3_prepass(q, k, v, "nvfp4")
+ref = quantize_qkv_reference(q, k, v, get_sage3_format("nvfp4"))
+def same(a, b, x):  # blocks of 16 channels holding a NaN / Inf are left out: see the test's docstring
+    fin = torch.isfinite(x).reshape(*x.shape[:-1], -1, 16).all(-1, keepdim=True).expand(*x.shape[:-1], -1, 16)
+    fin = fin.reshape(x.shape)
+    return bool(torch.equal(a[fin], b[fin]))
+out["prepass-nvfp4-nonfinite"] = {
+    "raw_equal": [same(a.permute(0, 2, 1, 3), r[0], x) for a, r, x in zip((qr, kr, vr), ref, (q, k, v))],
+    "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
+    "gs": [g.tolist() for g in gs],
+}
 for name, fmt, acc, causal, b, s, hq, hkv, d, dt, *rule in cases:
     rule = rule[0] if rule else "floor"
     torch.manual_seed(0)
@@ -106,6 +124,19 @@ def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str
     r = interp_results["prepass-" + fmt + "-" + rule]
     assert r["raw_equal"] == [True, True, True]
     assert r["inv_gs_equal"] == [True, True, True]
+
+
+def test_prepass_nvfp4_amax_on_device(interp_results: dict) -> None:
+    """The device amax (atomic max of fp32 bits) skips NaN / Inf like the reference; amax 0 gives gs 1.
+
+    Raw values are compared outside the blocks that hold a NaN / Inf: there the pre-pass kernel and
+    the reference already disagreed before the amax moved to the device (the kernel writes finite
+    values, the reference zeros: a known gap, not this test's subject)."""
+    r = interp_results["prepass-nvfp4-nonfinite"]
+    assert r["raw_equal"] == [True, True, True]
+    assert r["inv_gs_equal"] == [True, True, True]
+    assert r["gs"][2] == [1.0, 1.0]  # V all zeros
+    assert 0 < r["gs"][0][0] < 2688.0 / 5  # finite amax of Q (|q| > 5 somewhere), NaN/Inf ignored
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[c[0] for c in KERNEL_CASES])

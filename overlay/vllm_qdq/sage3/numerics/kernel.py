@@ -55,8 +55,6 @@ from .reference import (
     check_acc_dtype,
     get_sage3_format,
     k_mean,
-    nvfp4_global_amax,
-    nvfp4_global_scales,
 )
 
 __all__ = ["SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "interpreting", "sage3_attention", "sage3_prepass"]
@@ -101,16 +99,9 @@ def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr):
 
 
 @triton.jit
-def _qdq_prepass_kernel(
-    x_ptr, mean_ptr, g_ptr, out_ptr,
-    S, H, sxb, sxs, sxh,
-    D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr,
-    SEQ_AXIS: tl.constexpr, SMOOTH: tl.constexpr, NVFP4: tl.constexpr,
-    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
-):
-    """QDQ one ``[BLOCK_S, D]`` tile of ``x [B, S, H, D]`` into ``out [B, H, S, D]`` (raw)."""
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+def _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh,
+               D: tl.constexpr, BLOCK_S: tl.constexpr, SMOOTH: tl.constexpr):
+    """``[BLOCK_S, D]`` fp32 tile of ``x [B, S, H, D]`` (rows past S are 0), smoothed when SMOOTH."""
     b = pid_bh // H
     h = pid_bh % H
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -121,8 +112,59 @@ def _qdq_prepass_kernel(
     if SMOOTH:
         mean = tl.load(mean_ptr + pid_bh * D + offs_d)
         x = tl.where(row_ok, x - mean[None, :], 0.0)
-    gs = tl.load(g_ptr)
-    inv_gs = tl.load(g_ptr + 1)
+    return x, offs_s, offs_d, row_ok
+
+
+@triton.jit
+def _nvfp4_amax_kernel(
+    x_ptr, mean_ptr, amax_ptr,
+    S, H, sxb, sxs, sxh,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, SMOOTH: tl.constexpr,
+):
+    """NVFP4 tensor amax (finite values only, of ``x - mean`` when SMOOTH) into ``amax_ptr`` (int32, the
+    fp32 bits): each tile's max through ``atomic_max`` on the bit pattern, which orders like the value
+    for non-negative floats, so the result is exact and independent of the order tiles finish in."""
+    x, _, _, _ = _load_tile(x_ptr, mean_ptr, tl.program_id(0), tl.program_id(1), S, H, sxb, sxs, sxh,
+                            D, BLOCK_S, SMOOTH)
+    a = tl.abs(x)
+    a = tl.where(a < float("inf"), a, 0.0)  # NaN and +-Inf do not count
+    tl.atomic_max(amax_ptr, tl.max(tl.max(a, 1), 0).to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _nvfp4_global_scales(amax_ptr):
+    """``(gs, 1/gs)`` from the tensor amax bits: ``gs = 2688 / amax`` (1 for amax 0), both divisions
+    correctly rounded, as :func:`vllm_qdq.sage3.numerics.reference.nvfp4_global_scales` computes them."""
+    a = tl.load(amax_ptr).to(tl.float32, bitcast=True)
+    one = tl.full((), 1.0, tl.float32)
+    gs = tl.where(a == 0.0, one, tl.math.div_rn(tl.full((), 2688.0, tl.float32), tl.where(a == 0.0, one, a)))
+    return gs, tl.math.div_rn(one, gs)
+
+
+@triton.jit
+def _qdq_prepass_kernel(
+    x_ptr, mean_ptr, g_ptr, out_ptr,
+    S, H, sxb, sxs, sxh,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr,
+    SEQ_AXIS: tl.constexpr, SMOOTH: tl.constexpr, NVFP4: tl.constexpr,
+    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+):
+    """QDQ one ``[BLOCK_S, D]`` tile of ``x [B, S, H, D]`` into ``out [B, H, S, D]`` (raw).
+
+    NVFP4: ``g_ptr`` holds the tensor amax bits (int32, from :func:`_nvfp4_amax_kernel`); the
+    global scales are computed here, and program (0, 0) writes ``[gs, 1/gs]`` (fp32 bits) over
+    ``g_ptr[1:3]`` for the attention kernel and the caller."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    x, offs_s, offs_d, row_ok = _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh, D, BLOCK_S, SMOOTH)
+    if NVFP4:
+        gs, inv_gs = _nvfp4_global_scales(g_ptr)
+        if (pid_s == 0) & (pid_bh == 0):
+            tl.store(g_ptr + 1, gs.to(tl.int32, bitcast=True))
+            tl.store(g_ptr + 2, inv_gs.to(tl.int32, bitcast=True))
+    else:
+        gs = 1.0
+        inv_gs = 1.0
     if SEQ_AXIS:  # V: blocks of BLK tokens per channel
         x3 = tl.reshape(x, (BLOCK_S // BLK, BLK, D))
         if NVFP4:
@@ -160,7 +202,7 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
 
 @triton.jit
 def _sage3_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, c_ptr, inv_gv_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr,
     S, H, HKV, GROUP, sob, sos, soh, S_KEY,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
@@ -180,7 +222,7 @@ def _sage3_fwd_kernel(
                 other=0.0)
     k_base = k_ptr + kv_bh.to(tl.int64) * S * D
     v_base = v_ptr + kv_bh.to(tl.int64) * S * D
-    c = tl.load(c_ptr)
+    c = (c_base * tl.load(inv_gq_ptr)) * tl.load(inv_gk_ptr)  # fp32(sm_scale log2 e) / gs_q / gs_k, fp32 products
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -254,12 +296,26 @@ def _elem_consts(spec) -> dict:
     return {"EMAX": e.emax, "EMIN": e.emin, "MBITS": e.mbits, "MAXN": float(e.max_normal)}
 
 
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
+def _ones2(device: torch.device) -> torch.Tensor:
+    """A cached ``[1, 1]`` fp32 buffer per device: the MX formats' ``[gs, 1/gs]`` (read only)."""
+    t = _ONES.get(device)
+    if t is None:
+        t = _ONES[device] = torch.ones(2, dtype=torch.float32, device=device)
+    return t
+
+
 def sage3_prepass(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor"
 ):
     """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
 
-    Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX.
+    Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX (one cached,
+    read-only buffer). NVFP4's tensor amax (of the smoothed K for K) is taken on the device by
+    :func:`_nvfp4_amax_kernel` and the global scales computed in the pre-pass kernel: no host-side
+    torch passes over the operands (they were ~7 full-tensor fp32 ops per operand).
     """
     fmt = get_sage3_format(quant_format)
     spec = fmt.qkv
@@ -268,25 +324,30 @@ def sage3_prepass(
     b, s, hq, d = q.shape
     hkv = k.shape[2]
     mean = k_mean(k).contiguous()  # [B, Hkv, D] fp32
-    gs = []
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if nv:
-            src = x.to(torch.float32) - mean.unsqueeze(1) if name == "k" else x
-            gs.append(nvfp4_global_scales(nvfp4_global_amax(src)))
-        else:
-            gs.append(torch.ones(2, dtype=torch.float32, device=q.device))
-    outs = []
     block_s = 64
-    for name, x, heads in (("q", q, hq), ("k", k, hkv), ("v", v, hkv)):
+    ops = (("q", q, hq), ("k", k, hkv), ("v", v, hkv))
+    if nv:  # per operand [amax bits, gs bits, 1/gs bits] (int32)
+        gbuf = torch.zeros((3, 3), dtype=torch.int32, device=q.device)
+        for i, (name, x, heads) in enumerate(ops):
+            _nvfp4_amax_kernel[(triton.cdiv(s, block_s), b * heads)](
+                x, mean, gbuf[i], s, heads, x.stride(0), x.stride(1), x.stride(2),
+                D=d, BLOCK_S=block_s, SMOOTH=name == "k", num_warps=4,
+            )
+        g_args = [gbuf[i] for i in range(3)]
+    else:
+        g_args = [_ones2(q.device)] * 3
+    outs = []
+    for (name, x, heads), g in zip(ops, g_args, strict=True):
         out = torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device)
         grid = (triton.cdiv(s, block_s), b * heads)
         _qdq_prepass_kernel[grid](
-            x, mean, gs[len(outs)], out,
+            x, mean, g, out,
             s, heads, x.stride(0), x.stride(1), x.stride(2),
             D=d, BLOCK_S=block_s, BLK=fmt.block, SEQ_AXIS=name == "v", SMOOTH=name == "k",
             NVFP4=nv, **_elem_consts(spec), RULE=rule_code(scale_rule), num_warps=4,
         )
         outs.append(out)
+    gs = [gbuf.view(torch.float32)[i, 1:3] for i in range(3)] if nv else g_args
     return outs, gs
 
 
@@ -328,8 +389,7 @@ def sage3_attention(
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule)
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    base = torch.full((1,), scale * LOG2E, dtype=torch.float32, device=q.device)
-    c = base * gq[1:2] * gk[1:2]
+    base = float(torch.tensor(scale * LOG2E, dtype=torch.float32))  # fp32(sm_scale * log2 e), exact as a kernel fp32
     out = torch.empty_like(q)
     p_elem = fmt.p.elem
     consts = dict(
@@ -340,7 +400,7 @@ def sage3_attention(
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=qr.dtype == torch.bfloat16,
     )
-    args = (qr, kr, vr, out, c, gv[1:2], s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2),
+    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2),
             triton.next_power_of_2(s))
     if block_m is None and not interpreting():
         def grid(meta):
