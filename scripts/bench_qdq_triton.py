@@ -12,6 +12,11 @@ decode-sized calls (1, 16, 64, 256 rows x 4096), eager and from a CUDA graph.
 ``--check`` exits 1 when a single-pass format is below 0.90 of copy speed at 16M+ elements,
 or a two-pass (per-tensor amax) format is below 0.90 of its traffic bound, 4/6 of copy speed
 (it moves 6 bytes per element where the copy moves 4).
+
+Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
+plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
+time at 64M elements (:data:`ROTATION_BUDGET`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,49 @@ import torch
 SIZES = ((4096, 4096), (8192, 8192))
 DECODE_ROWS = (1, 16, 64, 256)
 TARGET = 0.90
+#: A rotation may add at most this fraction to its format's time at 64M elements.
+ROTATION_BUDGET = 0.25
+#: (label, format, qdq keyword arguments) of the timed options; the plain format is the baseline.
+OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    *((f"mxfp4 + hadamard{b}", "mxfp4", {"rotate": {"block": b}}) for b in (16, 32, 64, 128, 256)),
+    ("mxfp4 + hadamard128 random", "mxfp4", {"rotate": {"block": 128, "seed": 1}}),
+    ("nvfp4 + hadamard16", "nvfp4", {"rotate": {"block": 16}}),
+    ("nvfp4 + hadamard128 random", "nvfp4", {"rotate": {"block": 128, "seed": 1}}),
+    ("mxfp4 stochastic", "mxfp4", {"rounding": "stochastic", "seed": 1}),
+    ("nvfp4 stochastic", "nvfp4", {"rounding": "stochastic", "seed": 1}),
+    ("nvfp4 four_over_six", "nvfp4", {"scale_rule": "four_over_six"}),
+    ("nvfp4_e5m3", "nvfp4_e5m3", {}),
+    ("nvfp4_e5m3 four_over_six", "nvfp4_e5m3", {"scale_rule": "four_over_six"}),
+)
+
+
+def bench_options(failures: list[str]) -> None:
+    """Time every entry of :data:`OPTIONS` beside its plain format (ms and the ratio)."""
+    from vllm_qdq.numerics.formats import FORMATS
+    from vllm_qdq.numerics.rotation import parse_rotation
+
+    print("\noptions (issue 18): ms per call and time / plain format's time")
+    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" for r, c in SIZES))
+    for label, fmt, kw in OPTIONS:
+        spec = FORMATS[fmt]
+        kw = dict(kw)
+        rot = parse_rotation(kw.pop("rotate")) if "rotate" in kw else None
+        rule = kw.pop("scale_rule", "floor")
+        line = f"{label:30s}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            plain = bench_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
+            ms = bench_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
+            line += f" {ms:14.3f} {ms / plain:8.2f}"
+            if rot is not None and r * c >= 64 * 2**20 and ms / plain > 1 + ROTATION_BUDGET:
+                failures.append(f"{label} {r}x{c}: {ms / plain:.2f} x plain > {1 + ROTATION_BUDGET:.2f}")
+        print(line, flush=True)
+
+
+def triton_qdq_call(x: torch.Tensor, spec, rule: str, **kw) -> torch.Tensor:
+    from vllm_qdq.numerics import triton_qdq
+
+    return triton_qdq.qdq(x, spec, rule, -1, None, **kw)
 
 
 def bench_ms(fn, reps: int = 50) -> float:
@@ -61,6 +109,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 below the target ratios")
     ap.add_argument("--formats", default="", help="comma-separated subset (default: all)")
     ap.add_argument("--rule", default="floor", help="MX scale rule to time (default floor)")
+    ap.add_argument("--no-options", action="store_true", help="skip the issue-18 options table")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -125,6 +174,9 @@ def main() -> int:
                 fn = lambda: triton_qdq.qdq(x, spec, rule, -1, None)  # noqa: B023, E731
             line += f" {bench_ms(fn) * 1e3:9.1f} {graph_us(fn):9.1f}"
         print(line, flush=True)
+
+    if not args.no_options:
+        bench_options(failures)
 
     if failures:
         print("\nbelow target:\n  " + "\n  ".join(failures))

@@ -21,6 +21,12 @@ Numeric contract (all fp32, exact unless said):
   saturating at ``max_normal``, NaN kept, the sign copied from ``v`` by bits (zeros keep theirs).
   ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for ``0 <= t < 2**23`` (kernels are compiled
   with FP fusion off).
+* :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
+  same grid with uniform draws ``u``: ``t = a / quantum`` (exact), ``floor(t) + (u < t - floor(t))``
+  (:func:`vllm_qdq.numerics.reference.round_to_elem_stochastic`).
+* :func:`philox_uniform_f32` ``(seed_lo, seed_hi, idx)``: ``(philox(seed, idx) >> 8) * 2**-24``,
+  Philox-4x32-10 with counter ``(idx lo, idx hi, 0, 0)`` and key ``(seed lo, seed hi)``, the first
+  output word (:func:`vllm_qdq.numerics.reference.philox_uniform`; Triton's ``tl.randint``).
 * :func:`bf16_rne_f32` ``(x)``: fp32 rounded to the nearest bf16 value, ties to even, kept in
   fp32 (finite inputs).
 
@@ -45,8 +51,10 @@ __all__ = [
     "bf16_rne_f32",
     "interpreting",
     "mx_exponent",
+    "philox_uniform_f32",
     "pow2_f32",
     "round_elem_f32",
+    "round_elem_sr_f32",
     "rule_code",
 ]
 
@@ -135,6 +143,43 @@ if triton is not None:
         # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
         sign = v.to(tl.int32, bitcast=True) & -2147483648
         return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def round_elem_sr_f32(v, u, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, IS_INT: tl.constexpr):
+        """Stochastic rounding of fp32 ``v`` onto an element grid with draws ``u`` in [0, 1):
+        up iff ``u < frac(|v| / quantum)``; saturating at ``MAXN`` first; sign (of 0) kept."""
+        a = tl.abs(v)
+        a = tl.where(a > MAXN, MAXN, a)
+        if IS_INT:
+            q = tl.full(a.shape, -MBITS, tl.int32)
+        else:
+            ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            q = tl.maximum(ex, EMIN) - MBITS
+        t = a * pow2_f32(-q)
+        f = _rne_f32(t)
+        f = tl.where(f > t, f - 1.0, f)  # floor(t), exact
+        r = (f + tl.where(u < t - f, 1.0, 0.0)) * pow2_f32(q)
+        sign = v.to(tl.int32, bitcast=True) & -2147483648
+        return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def philox_uniform_f32(seed_lo, seed_hi, idx):
+        """fp32 uniforms in [0, 1) from Philox-4x32-10 keyed by the seed words, counter ``idx`` (int64)."""
+        c0 = idx.to(tl.uint32)
+        c1 = (idx >> 32).to(tl.uint32)
+        c2 = c0 * 0
+        c3 = c0 * 0
+        k0 = seed_lo.to(tl.uint32)
+        k1 = seed_hi.to(tl.uint32)
+        for _ in tl.static_range(10):
+            _c0, _c2 = c0, c2
+            c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
+            c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
+            c1 = _c2 * 0xCD9E8D57
+            c3 = _c0 * 0xD2511F53
+            k0 = k0 + 0x9E3779B9
+            k1 = k1 + 0xBB67AE85
+        return (c0 >> 8).to(tl.float32) * 5.960464477539063e-08  # 2**-24
 
     @triton.jit
     def bf16_rne_f32(x):

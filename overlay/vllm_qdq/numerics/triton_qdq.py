@@ -70,6 +70,23 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` (all
   zeros) keeps its signed zeros. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
 * Store: fp32 -> output dtype, RNE (bf16 by integer rounding of the fp32 bits).
+
+Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.reference` and
+:mod:`vllm_qdq.numerics.rotation`):
+
+* NVFP4 family: the block-scale element (E4M3 or UE5M3) is ``SCALE_ELEM``, the tensor scale
+  ``div_rn(SCALE_ELEM.max_normal * 6, gamax)``; ``FOUR6`` computes both candidates (``m = 1/6``
+  and ``1/4``) and keeps the 4-candidate where its fp32 pairwise-tree squared error is strictly
+  lower.
+* ``STOCH``: stochastic element rounding with ``philox_uniform_f32(seed, row * KP + col)``
+  (:mod:`~vllm_qdq.numerics.triton_primitives`): the draw of an element depends on its
+  position in the logical rows only, never on the tile it falls in.
+* ``ROT_LOG2 > 0``: the loaded tile (whole rotation blocks: ``BLOCK_K`` is a multiple of the
+  rotation block) is rotated in registers (signs, ``log2 b`` butterfly stages as
+  reshape / permute / split / join, ``* fp32(1/sqrt(b))``), QDQ'd, rotated back and stored: one
+  read and one write. Masked columns load as 0, which is the reference's zero padding to ``KP``.
+  The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
+  Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
 
 from __future__ import annotations
@@ -79,8 +96,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_scale_rule
-from .reference import SUPPORTED_DTYPES
+from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_rounding, check_scale_rule
+from .reference import DEFAULT_SEED, SUPPORTED_DTYPES, qdq_rotated_reference
+from .rotation import Rotation, check_length, hadamard_signs, inv_sqrt_f32
 from .triton_primitives import interpreting, rule_code
 
 try:  # Triton is optional: without it the reference backend serves every call.
@@ -138,7 +156,70 @@ def available() -> bool:
 # ============================================================================ kernels
 
 if triton is not None:
-    from .triton_primitives import mx_exponent, pow2_f32, round_elem_f32
+    from .triton_primitives import (
+        mx_exponent,
+        philox_uniform_f32,
+        pow2_f32,
+        round_elem_f32,
+        round_elem_sr_f32,
+    )
+
+    @triton.jit
+    def _butterfly(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr):
+        """Unnormalized Walsh-Hadamard butterfly of ``[BLOCK_R, BLOCK_K]`` fp32 rows in blocks of
+        ``2**LOG2_B``: stage ``h`` maps each aligned ``[u, v]`` (halves of ``h``) to ``[u + v, u - v]``
+        (:func:`vllm_qdq.numerics.rotation.butterfly`, same order and roundings)."""
+        for st in tl.static_range(LOG2_B):
+            x = _butterfly_stage(x, BLOCK_R, BLOCK_K, 1 << st)
+        return x
+
+    @triton.jit
+    def _butterfly_stage(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, H: tl.constexpr):
+        """One butterfly stage: halves of ``H`` in aligned segments of ``2H``."""
+        v = tl.permute(tl.reshape(x, [BLOCK_R, BLOCK_K // (2 * H), 2, H]), [0, 1, 3, 2])
+        a, b = tl.split(v)
+        return tl.reshape(tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2]), [BLOCK_R, BLOCK_K])
+
+    @triton.jit
+    def _rotate(x, sgn, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr,
+                HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, INVERSE: tl.constexpr):
+        """``R x`` (or ``R^T x``) of a ``[BLOCK_R, BLOCK_K]`` tile; ``sgn``: ``[BLOCK_K]`` signs."""
+        if HAS_SIGNS and not INVERSE:
+            x = x * sgn[None, :]
+        x = _butterfly(x, BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+        if HAS_SIGNS and INVERSE:
+            x = x * sgn[None, :]
+        return x
+
+    @triton.jit
+    def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
+        """fp32 sum of ``[BLOCK_R, N_GROUPS, 16]`` over the last axis by the fixed pairwise tree."""
+        e = tl.reshape(e, [BLOCK_R, N_GROUPS, 8, 2])
+        a, b = tl.split(e)
+        e = tl.reshape(a + b, [BLOCK_R, N_GROUPS, 4, 2])
+        a, b = tl.split(e)
+        e = tl.reshape(a + b, [BLOCK_R, N_GROUPS, 2, 2])
+        a, b = tl.split(e)
+        a, b = tl.split(a + b)
+        return a + b
+
+    @triton.jit
+    def _elem(v, u, ELEM: tl.constexpr, STOCH: tl.constexpr):
+        """Element rounding: RNE, or stochastic with draws ``u``."""
+        if STOCH:
+            return round_elem_sr_f32(v, u, ELEM.max_normal, ELEM.emin, ELEM.mbits, ELEM.is_int)
+        return round_elem_f32(v, ELEM.max_normal, ELEM.emin, ELEM.mbits, ELEM.is_int)
+
+    @triton.jit
+    def _nvfp4_candidate(x, amax, gs, one, MULT: tl.constexpr, SPEC: tl.constexpr, SCALE_ELEM: tl.constexpr,
+                         u, STOCH: tl.constexpr):
+        """One NVFP4-family candidate: ``(y, s)`` with the block max mapped by ``MULT`` (1/6 or 1/4)."""
+        s = gs * (amax * MULT)
+        s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
+        s = round_elem_f32(s, SCALE_ELEM.max_normal, SCALE_ELEM.emin, SCALE_ELEM.mbits, SCALE_ELEM.is_int)
+        inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
+        q = _elem(x * inv[:, :, None], u, _cx(SPEC.elem), STOCH)
+        return q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
 
     @triton.jit
     def _rne_f64(t):
@@ -254,42 +335,57 @@ if triton is not None:
     @triton.jit
     def _amax_kernel(
         # pointers
-        x_ptr, buf_ptr,
+        x_ptr, buf_ptr, sign_ptr,
         # sizes
-        n_rows, inner_rows, K,
+        n_rows, inner_rows, K, KP,
         # strides (elements)
         sx_outer, sx_inner, sx_k,
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
+        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
     ):
-        """Per tile: max finite |x| and a NaN/Inf flag, folded into int32 ``buf[0:2]``."""
+        """Per tile: max finite |x| (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag, folded
+        into int32 ``buf[0:2]``."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-        x = tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0)
-        amax, bad = _group_stats(tl.reshape(_to_f32(x), [BLOCK_R * BLOCK_K]), 0)
+        x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
+        if ROT_LOG2 > 0:
+            if HAS_SIGNS:
+                sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0)
+            else:
+                sgn = tl.full([BLOCK_K], 1.0, tl.float32)
+            x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
+        amax, bad = _group_stats(tl.reshape(x, [BLOCK_R * BLOCK_K]), 0)
         tl.atomic_max(buf_ptr, amax.to(tl.int32, bitcast=True))
         tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
 
     @triton.jit
     def _qdq_block_kernel(
         # pointers
-        x_ptr, y_ptr, buf_ptr,
-        # sizes
-        n_rows, inner_rows, K,
+        x_ptr, y_ptr, buf_ptr, sign_ptr,
+        # sizes (KP: the row length of the QDQ'd rows: K, or K padded to the rotation block)
+        n_rows, inner_rows, K, KP,
         # strides (elements)
         sx_outer, sx_inner, sx_k,
         sy_outer, sy_inner, sy_k,
+        # stochastic rounding: the two 32-bit words of the seed
+        seed_lo, seed_hi,
         # meta
         SPEC: tl.constexpr, RULE: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr, REVERSE: tl.constexpr,
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
+        FOUR6: tl.constexpr, STOCH: tl.constexpr,
+        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
         Block recipes reduce each group in registers; per-tensor recipes (and NVFP4's global
         amax) read ``amax`` / ``bad`` from ``buf_ptr`` (int32 words: fp32 bits, flag).
+        ``ROT_LOG2 > 0``: the tile is rotated (``R x``, blocks of ``2**ROT_LOG2`` inside the
+        tile) before the QDQ and rotated back after it. ``STOCH``: stochastic element rounding
+        with draws indexed ``row * KP + col``. ``FOUR6``: NVFP4's four-over-six block scales.
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -298,6 +394,19 @@ if triton is not None:
         cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
         mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
         x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
+        if ROT_LOG2 > 0:
+            cols1 = k0 + tl.arange(0, BLOCK_K)
+            if HAS_SIGNS:
+                sgn = tl.load(sign_ptr + cols1, mask=cols1 < KP, other=1.0)
+            else:
+                sgn = tl.full([BLOCK_K], 1.0, tl.float32)  # unused
+            x = _rotate(tl.reshape(x, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
+                        ROT_SCALE, False)
+            x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
+        if STOCH:
+            u = philox_uniform_f32(seed_lo, seed_hi, rows[:, None, None] * KP + cols[None, :, :])
+        else:
+            u = x
 
         if SPEC.granularity.value == "tensor":
             amax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
@@ -309,7 +418,7 @@ if triton is not None:
             bad = bad[:, :, None]
             if SPEC.family.value == "mx":
                 e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
-                q = round_elem_f32(x * pow2_f32(-e), SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
+                q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
                 y = q * pow2_f32(e)
             elif SPEC.family.value == "nvfp4":
                 gamax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
@@ -318,16 +427,21 @@ if triton is not None:
                 gs = tl.where(zero_tensor, one,
                               tl.div_rn(tl.full([1, 1], SCALE_ELEM.max_normal * SPEC.elem.max_normal,
                                                 tl.float32), gamax + 0.0 * one))
-                s = gs * (amax * INV_EMAX)
-                s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
-                s = round_elem_f32(s, SCALE_ELEM.max_normal, SCALE_ELEM.emin, SCALE_ELEM.mbits, SCALE_ELEM.is_int)
-                inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
-                q = round_elem_f32(x * inv[:, :, None], SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
-                y = q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
+                y = _nvfp4_candidate(x, amax, gs, one, INV_EMAX, SPEC, SCALE_ELEM, u, STOCH)
+                if FOUR6:  # keep the 4-candidate only when its error is strictly lower
+                    y4 = _nvfp4_candidate(x, amax, gs, one, 0.25, SPEC, SCALE_ELEM, u, STOCH)
+                    d6 = y - x
+                    d4 = y4 - x
+                    use4 = _tree_sum16(d4 * d4, BLOCK_R, N_GROUPS) < _tree_sum16(d6 * d6, BLOCK_R, N_GROUPS)
+                    y = tl.where(use4[:, :, None], y4, y)
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
                 y = _scaled_qdq(x, s, SPEC)
         y = tl.where(bad, _nan_like(y), y)
+        if ROT_LOG2 > 0:
+            y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
+                        ROT_SCALE, True)
+            y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
         tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
                  _to_out(y, y_ptr.dtype.element_ty), mask=mask)
 
@@ -422,9 +536,10 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _block_tile(k: int, group: int, tile: int) -> tuple[int, int]:
-    """(BLOCK_R, N_GROUPS) for a block recipe: up to 1024 columns, ~``tile`` elements per tile."""
-    block_k = max(group, min(_pow2_at_least(k), 1024))
+def _block_tile(k: int, group: int, tile: int, min_k: int = 1) -> tuple[int, int]:
+    """(BLOCK_R, N_GROUPS) for a block recipe: up to 1024 columns (at least ``min_k``, the
+    rotation block), ~``tile`` elements per tile."""
+    block_k = max(group, min_k, min(_pow2_at_least(k), 1024))
     return max(1, tile // block_k), block_k // group
 
 
@@ -436,7 +551,7 @@ def _row_tile(k: int, tile: int) -> tuple[int, int, bool]:
     return 1, 2048, False
 
 
-def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global_amax) -> int:
+def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global_amax, rounding: str) -> int:
     if not available():
         raise RuntimeError(
             "the Triton QDQ backend needs Triton and a CUDA device (or TRITON_INTERPRET=1); "
@@ -448,14 +563,28 @@ def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global
     if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis={axis} is out of range for a {x.ndim}-d tensor")
     check_scale_rule(spec, scale_rule)
+    check_rounding(spec, rounding)
     if global_amax is not None and spec.family is not Family.NVFP4:
-        raise ValueError(f"global_amax applies to format 'nvfp4' only, not {spec.name!r}")
+        raise ValueError(f"global_amax applies to the NVFP4 family only, not {spec.name!r}")
     if spec.granularity is Granularity.BLOCK and spec.block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size={spec.block_size} unsupported by the Triton kernels; accepted: 16, 32, 64, 128")
     return axis % x.ndim
 
 
-def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax) -> None:
+@dataclass(frozen=True)
+class _Extras:
+    """The issue-18 options of one launch: rotation, stochastic rounding, four over six."""
+
+    rot: Rotation | None = None
+    signs: torch.Tensor | None = None
+    kp: int = 0  # row length of the QDQ'd rows (K, or K padded to the rotation block)
+    seed: int | None = None  # stochastic rounding when not None
+    four6: bool = False
+
+
+def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax,
+            ex: _Extras | None = None) -> None:
+    ex = ex or _Extras(kp=r.k)
     per_tensor = spec.granularity is Granularity.TENSOR
     two_pass = per_tensor or (spec.family is Family.NVFP4 and global_amax is None)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
@@ -477,23 +606,34 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             num_warps=warps, enable_fp_fusion=False,
         )
         return
+    rot_b = ex.rot.block if ex.rot is not None else 1
+    rot = {
+        "ROT_LOG2": rot_b.bit_length() - 1,
+        "HAS_SIGNS": ex.signs is not None,
+        "ROT_SCALE": inv_sqrt_f32(rot_b) if ex.rot is not None else 1.0,
+    }
+    signs = ex.signs if ex.signs is not None else buf
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
-    block_r, n_groups = _block_tile(r.k, group, tile)
+    block_r, n_groups = _block_tile(r.k, group, tile, rot_b)
     block_k = n_groups * group
     grid = (triton.cdiv(r.n_rows, block_r) * triton.cdiv(r.k, block_k),)
     if two_pass:
         a_tile, a_warps = TILE_CONFIG["amax"]
-        a_r, a_groups = _block_tile(r.k, group, a_tile)
+        a_r, a_groups = _block_tile(r.k, group, a_tile, rot_b)
         a_k = a_groups * group
         _amax_kernel[(triton.cdiv(r.n_rows, a_r) * triton.cdiv(r.k, a_k),)](
-            x, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x,
-            BLOCK_R=a_r, BLOCK_K=a_k, FLAT=flat, num_warps=a_warps,
+            x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x,
+            BLOCK_R=a_r, BLOCK_K=a_k, FLAT=flat, num_warps=a_warps, **rot,
         )
+    seed = ex.seed or 0
     _qdq_block_kernel[grid](
-        x, y, buf, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
-        SPEC=spec, RULE=rule_code(rule), GROUP=group, BLOCK_R=block_r, N_GROUPS=n_groups,
-        REVERSE=two_pass, SCALE_ELEM=_NVFP4_SCALE_ELEM,
+        x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x, *r.strides_y,
+        seed & 0xFFFFFFFF, seed >> 32,
+        SPEC=spec, RULE=rule_code(rule) if spec.family is Family.MX else 0, GROUP=group,
+        BLOCK_R=block_r, N_GROUPS=n_groups,
+        REVERSE=two_pass, SCALE_ELEM=spec.scale_elem or _NVFP4_SCALE_ELEM,
         INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)), FLAT=flat,
+        FOUR6=ex.four6, STOCH=ex.seed is not None, **rot,
         num_warps=warps, enable_fp_fusion=False,
     )
 
@@ -504,22 +644,40 @@ def qdq(
     scale_rule: str = "floor",
     axis: int = -1,
     global_amax: float | torch.Tensor | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    rotate: Rotation | None = None,
 ) -> torch.Tensor:
     """Fused quantize-dequantize of ``x`` (same shape, dtype and strides where x is dense).
 
     Same numbers as :func:`vllm_qdq.numerics.reference.qdq_reference` (see the module docstring for
-    the operation order). ``x`` must live where Triton runs: a CUDA tensor, or a CPU tensor
-    under ``TRITON_INTERPRET=1``.
+    the operation order); with ``rotate``, as :func:`~vllm_qdq.numerics.reference.qdq_rotated_reference`
+    (block recipes: the rotation is fused into the QDQ kernel, one read and one write; per-row
+    recipes: rotated in torch around the kernel, the same fp32 operations). ``rounding`` /
+    ``seed``: stochastic rounding (MX and NVFP4 family). ``x`` must live where Triton runs: a
+    CUDA tensor, or a CPU tensor under ``TRITON_INTERPRET=1``.
     """
-    axis = _check(x, spec, scale_rule, axis, global_amax)
+    axis = _check(x, spec, scale_rule, axis, global_amax, rounding)
     if x.numel() == 0:
         return x.clone()
+    sr_seed = (seed if seed is not None else DEFAULT_SEED) if rounding == "stochastic" else None
+    kp = x.shape[axis]
+    signs = None
+    if rotate is not None:
+        kp = check_length(rotate, x.shape[axis])
+        if spec.granularity is Granularity.ROW:
+            def inner(v, spec_, rule_, axis_, gamax_, rounding_, seed_):
+                return qdq(v, spec_, rule_, axis_, gamax_, rounding_, seed_)
+
+            return qdq_rotated_reference(x, spec, rotate, scale_rule, axis, global_amax, rounding, seed, qdq_fn=inner)
+        signs = hadamard_signs(rotate, kp, x.device)
+    ex = _Extras(rotate, signs, kp, sr_seed, scale_rule == "four_over_six")
     y = torch.empty_like(x)
     rows = _fold_rows(x, y, axis)
     if rows is None:  # leading dims not expressible with two strides: work on a copy
         xc = x.movedim(axis, -1).contiguous()
         yc = torch.empty_like(xc)
-        _launch(xc, yc, _fold_rows(xc, yc, xc.ndim - 1), spec, scale_rule, global_amax)
+        _launch(xc, yc, _fold_rows(xc, yc, xc.ndim - 1), spec, scale_rule, global_amax, ex)
         return y.copy_(yc.movedim(-1, axis))
-    _launch(x, y, rows, spec, scale_rule, global_amax)
+    _launch(x, y, rows, spec, scale_rule, global_amax, ex)
     return y

@@ -1,0 +1,90 @@
+"""Issue 18 options in the Triton kernels (CPU interpreter): bit for bit with the oracle's vectors
+and with the reference (rotation fused into block kernels, composed around per-row kernels;
+stochastic rounding independent of the tiling; four over six; nvfp4_e5m3)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from vllm_qdq.numerics.qdq import quantize_dequantize
+
+from tests.support.bits import assert_same_bits
+
+from .test_recipe_vectors import DATA, bf16, bits
+from .test_triton_qdq import tq  # noqa: F401  (the interpreter fixture)
+
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("entry", MANIFEST["files"], ids=lambda e: e["file"])
+def test_triton_matches_oracle_vectors(tq, entry: dict) -> None:  # noqa: F811
+    d = np.load(DATA / entry["file"])
+    x, y = bf16(d["x_bf16_bits"]), bf16(d["y_bf16_bits"])
+    recipe = dict(entry["recipe"])
+    fmt = recipe.pop("fmt")
+    out = quantize_dequantize(x, fmt, backend="triton", **recipe)
+    differ = bits(out) != bits(y)
+    assert not differ.any(), f"{int(differ.sum())} of {differ.numel()} elements differ"
+
+
+CASES = [
+    ("mxfp4", {"rotate": {"block": 128, "seed": 3}}),
+    ("mxfp8_e4m3", {"rotate": {"block": 16}, "scale_rule": "rceil"}),
+    ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),  # tensor amax of R x: the rotating amax pass
+    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 8}),
+    ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
+    ("fp8_e4m3_per_token", {"rotate": {"block": 32, "pad": True}}),  # per-row: composed in torch
+    ("fp8_e4m3_per_group128", {"rotate": {"block": 256, "pad": True}}),
+    ("mxint8", {"rounding": "stochastic", "seed": 2**40 + 3}),
+    ("mxfp6_e2m3", {"rounding": "stochastic", "rotate": {"block": 32, "seed": 0}}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("fmt", "kw"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype) -> None:  # noqa: F811
+    torch.manual_seed(0)
+    k = 300 if kw.get("rotate", {}).get("pad") else 256
+    x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)
+    x[0, 0, 7] = 0.0
+    x[1, 2, 5:40] = 0.0
+    for axis in (-1,):
+        ref = quantize_dequantize(x, fmt, backend="reference", axis=axis, **kw)
+        out = quantize_dequantize(x, fmt, backend="triton", axis=axis, **kw)
+        assert_same_bits(out, ref)
+    # a strided view (rows not contiguous) and the blocks along axis 0
+    xs = x.transpose(0, 2)
+    assert_same_bits(
+        quantize_dequantize(xs, fmt, backend="triton", axis=0, **kw),
+        quantize_dequantize(xs, fmt, backend="reference", axis=0, **kw),
+    )
+
+
+def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    x[0, 3] = float("nan")
+    x[1, 200] = float("inf")
+    ref = quantize_dequantize(x, "mxfp4", backend="reference", rotate={"block": 64})
+    out = quantize_dequantize(x, "mxfp4", backend="triton", rotate={"block": 64})
+    assert_same_bits(out, ref)
+    assert torch.isnan(out[0, :64]).all() and not torch.isnan(out[0, 64:]).any()
+    assert torch.isnan(out[1, 192:]).all() and not torch.isnan(out[1, :192]).any()
+
+
+def test_stochastic_rounding_does_not_depend_on_the_tiling(tq, monkeypatch) -> None:  # noqa: F811
+    torch.manual_seed(1)
+    x = torch.randn(33, 512, dtype=torch.bfloat16)
+    for fmt in ("mxfp4", "nvfp4"):
+        a = quantize_dequantize(x, fmt, backend="triton", rounding="stochastic", seed=77)
+        cfg = dict(tq.TILE_CONFIG)
+        cfg.update(mx=(64, 4), nvfp4=(32, 4))  # other tiles: fewer rows and columns per program
+        monkeypatch.setattr(tq, "TILE_CONFIG", cfg)
+        b = quantize_dequantize(x, fmt, backend="triton", rounding="stochastic", seed=77)
+        monkeypatch.undo()
+        assert_same_bits(a, b)
+        c = quantize_dequantize(x[5:9], fmt, backend="triton", rounding="stochastic", seed=77)
+        if fmt == "mxfp4":  # per-block scales: the same rows, other row indices, other draws
+            assert not torch.equal(c, a[5:9])
