@@ -389,7 +389,9 @@ def sage3_attention(
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule)
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    base = float(torch.tensor(scale * LOG2E, dtype=torch.float32))  # fp32(sm_scale * log2 e), exact as a kernel fp32
+    # sm_scale * log2 e goes in as a Triton fp32 scalar: the launcher rounds it to fp32 (RNE), the value
+    # torch.full(..., dtype=float32) held before; plain Python, so Dynamo can trace this call.
+    base = scale * LOG2E
     out = torch.empty_like(q)
     p_elem = fmt.p.elem
     consts = dict(
