@@ -60,9 +60,18 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from .numerics.formats import FORMATS, SCALE_RULES, check_scale_rule, get_format
+from .numerics.formats import (
+    ALL_SCALE_RULES,
+    FORMATS,
+    ROUNDINGS,
+    SCALE_RULES,
+    check_rounding,
+    check_scale_rule,
+    get_format,
+)
 from .numerics.kv import check_kv_format
 from .numerics.qdq import BACKENDS, set_default_backend
+from .numerics.rotation import Rotation, parse_rotation
 from .sage3.numerics.reference import ACC_DTYPES as SAGE3_ACC_DTYPES
 from .sage3.numerics.reference import SAGE3_FORMATS
 from .sage3_route import Route, RouteError, read_route
@@ -142,19 +151,44 @@ def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One format and scale rule. ``format`` may be ``"off"`` (and ``"auto"`` where allowed)."""
+    """One format and scale rule. ``format`` may be ``"off"`` (and ``"auto"`` where allowed).
+
+    Issue-18 options (JSON keys of the same name, validated by :func:`config_from_dict`):
+    ``rounding`` ``"nearest"`` | ``"stochastic"`` (MX and NVFP4 family) with its Philox ``seed``
+    (``None``: 0); ``rotate``: a block Hadamard rotation along K
+    (:class:`vllm_qdq.numerics.rotation.Rotation`): activations become ``R^T QDQ(R x)``, weights
+    of the ``qdq`` method ``QDQ(W R^T) R``.
+    """
 
     format: str = "off"
     scale_rule: str = "floor"
+    rounding: str = "nearest"
+    seed: int | None = None
+    rotate: Rotation | None = None
 
     @property
     def enabled(self) -> bool:
         return self.format != "off"
 
+    @property
+    def rotate_arg(self) -> str | None:
+        """``rotate`` as the custom op's string argument (``None``: no rotation)."""
+        return self.rotate.encode() if self.rotate is not None else None
+
+    def options_str(self) -> str:
+        """``+hadamard128,seed=1+stochastic(seed=0)``-style suffix of the options set ('' if none)."""
+        out = f"+{self.rotate}" if self.rotate is not None else ""
+        if self.rounding != "nearest":
+            out += f"+{self.rounding}(seed={self.seed or 0})"
+        return out
+
     def __str__(self) -> str:
         if self.format not in FORMATS or not FORMATS[self.format].takes_scale_rule:  # off, auto, KV-only
-            return self.format
-        return f"{self.format}/{self.scale_rule}"
+            shown = self.format
+            if self.format in FORMATS and self.scale_rule != "floor":  # nvfp4/four_over_six
+                shown += f"/{self.scale_rule}"
+            return shown + self.options_str()
+        return f"{self.format}/{self.scale_rule}" + self.options_str()
 
 
 @dataclass(frozen=True)
@@ -267,9 +301,10 @@ def _keys(where: str, obj: object, allowed: tuple[str, ...]) -> Mapping:
 def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None = None) -> QuantSpec:
     if isinstance(obj, str):
         obj = {"format": obj}
-    d = _keys(where, obj, ("format", "scale_rule"))
+    d = _keys(where, obj, ("format", "scale_rule", "rounding", "seed", "rotate"))
     fmt = d.get("format", base.format if base else "off")
     rule = d.get("scale_rule", base.scale_rule if base else "floor")
+    rounding, seed, rotate = _spec_options(where, d, fmt, base)
     special = ("off", "auto") if allow_auto else ("off",)
     if fmt not in special:
         try:
@@ -283,9 +318,36 @@ def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None =
             check_scale_rule(spec, rule)
         except ValueError as e:
             raise ConfigError(f"{where}.scale_rule: {e}") from None
-    elif rule not in SCALE_RULES:
-        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: {', '.join(SCALE_RULES)}")
-    return QuantSpec(fmt, rule)
+    elif rule not in ALL_SCALE_RULES:
+        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: {', '.join(ALL_SCALE_RULES)}")
+    return QuantSpec(fmt, rule, rounding, seed, rotate)
+
+
+def _spec_options(where: str, d: Mapping, fmt: str, base: QuantSpec | None) -> tuple[str, int | None, Rotation | None]:
+    """``rounding``, ``seed`` and ``rotate`` of a spec (inherited from ``base`` where not given).
+
+    A named format must accept the rounding (:func:`vllm_qdq.numerics.formats.check_rounding`);
+    with ``"auto"`` it applies where the routed format accepts it (see
+    :func:`vllm_qdq.activation.vllm_patch.build_table`).
+    """
+    rounding = d.get("rounding", base.rounding if base else "nearest")
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"{where}.rounding={rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+    if fmt in FORMATS:
+        try:
+            check_rounding(FORMATS[fmt], rounding)
+        except ValueError as e:
+            raise ConfigError(f"{where}.rounding: {e}") from None
+    seed = d.get("seed", base.seed if base else None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ConfigError(f"{where}.seed={seed!r}; accepted: null or an integer in [0, 2**63)")
+    rotate = base.rotate if base else None
+    if "rotate" in d:
+        try:
+            rotate = parse_rotation(d["rotate"], f"{where}.rotate") if d["rotate"] is not None else None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return rounding, seed, rotate
 
 
 def kv_spec(where: str, obj: object) -> QuantSpec:

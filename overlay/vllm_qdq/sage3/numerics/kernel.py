@@ -5,7 +5,7 @@ the same order:
 
 1. K smoothing: ``Ks = K - mean_s(K)`` (fp32 mean over the key sequence per batch, KV head,
    channel; exact for softmax).
-2. A fused pre-pass kernel (:func:`_qdq_prepass_kernel`, one launch per operand) quantizes
+2. A fused pre-pass kernel (:func:`_qdq_prepass_kernel`, one launch for all three operands) quantizes
    Q and Ks per block along the head dim and V per block along the token dim (32 tokens of one
    channel; 16 for NVFP4) once, writing ``element * block scale`` ("raw", exact in bf16) to a
    ``[B, H, S, D]`` buffer; NVFP4's per-tensor factors ``1/gs`` are folded into the logit
@@ -116,19 +116,35 @@ def _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh,
 
 
 @triton.jit
-def _nvfp4_amax_kernel(
-    x_ptr, mean_ptr, amax_ptr,
-    S, H, sxb, sxs, sxh,
-    D: tl.constexpr, BLOCK_S: tl.constexpr, SMOOTH: tl.constexpr,
-):
-    """NVFP4 tensor amax (finite values only, of ``x - mean`` when SMOOTH) into ``amax_ptr`` (int32, the
-    fp32 bits): each tile's max through ``atomic_max`` on the bit pattern, which orders like the value
-    for non-negative floats, so the result is exact and independent of the order tiles finish in."""
-    x, _, _, _ = _load_tile(x_ptr, mean_ptr, tl.program_id(0), tl.program_id(1), S, H, sxb, sxs, sxh,
-                            D, BLOCK_S, SMOOTH)
+def _amax_tile(x_ptr, mean_ptr, amax_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh,
+               D: tl.constexpr, BLOCK_S: tl.constexpr, SMOOTH: tl.constexpr):
+    x, _, _, _ = _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh, D, BLOCK_S, SMOOTH)
     a = tl.abs(x)
     a = tl.where(a < float("inf"), a, 0.0)  # NaN and +-Inf do not count
     tl.atomic_max(amax_ptr, tl.max(tl.max(a, 1), 0).to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _nvfp4_amax_kernel(
+    # pointers: q [B, S, HQ, D], k / v [B, S, HKV, D], mean [B, HKV, D] fp32, g [3, 3] int32
+    q_ptr, k_ptr, v_ptr, mean_ptr, g_ptr,
+    # sizes and strides (elements; the head dim is contiguous)
+    S, HQ, HKV, BHQ, BHKV, sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
+    D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """NVFP4 tensor amax of Q, smoothed K and V (finite values only) into ``g[i, 0]`` (int32, the fp32
+    bits), all three in one launch (axis 1: Q's ``B*HQ`` programs, then K's and V's ``B*HKV``).
+
+    Each tile's max goes through ``atomic_max`` on the bit pattern, which orders like the value for
+    non-negative floats: the result is exact and independent of the order tiles finish in."""
+    pid_s = tl.program_id(0)
+    pid = tl.program_id(1)
+    if pid < BHQ:
+        _amax_tile(q_ptr, mean_ptr, g_ptr, pid_s, pid, S, HQ, sqb, sqs, sqh, D, BLOCK_S, False)
+    elif pid < BHQ + BHKV:
+        _amax_tile(k_ptr, mean_ptr, g_ptr + 3, pid_s, pid - BHQ, S, HKV, skb, sks, skh, D, BLOCK_S, True)
+    else:
+        _amax_tile(v_ptr, mean_ptr, g_ptr + 6, pid_s, pid - BHQ - BHKV, S, HKV, svb, svs, svh, D, BLOCK_S, False)
 
 
 @triton.jit
@@ -142,8 +158,8 @@ def _nvfp4_global_scales(amax_ptr):
 
 
 @triton.jit
-def _qdq_prepass_kernel(
-    x_ptr, mean_ptr, g_ptr, out_ptr,
+def _prepass_tile(
+    x_ptr, mean_ptr, g_ptr, out_ptr, pid_s, pid_bh,
     S, H, sxb, sxs, sxh,
     D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr,
     SEQ_AXIS: tl.constexpr, SMOOTH: tl.constexpr, NVFP4: tl.constexpr,
@@ -152,10 +168,8 @@ def _qdq_prepass_kernel(
     """QDQ one ``[BLOCK_S, D]`` tile of ``x [B, S, H, D]`` into ``out [B, H, S, D]`` (raw).
 
     NVFP4: ``g_ptr`` holds the tensor amax bits (int32, from :func:`_nvfp4_amax_kernel`); the
-    global scales are computed here, and program (0, 0) writes ``[gs, 1/gs]`` (fp32 bits) over
-    ``g_ptr[1:3]`` for the attention kernel and the caller."""
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    global scales are computed here, and the operand's program (0, 0) writes ``[gs, 1/gs]`` (fp32
+    bits) over ``g_ptr[1:3]`` for the attention kernel and the caller."""
     x, offs_s, offs_d, row_ok = _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh, D, BLOCK_S, SMOOTH)
     if NVFP4:
         gs, inv_gs = _nvfp4_global_scales(g_ptr)
@@ -180,6 +194,32 @@ def _qdq_prepass_kernel(
     r = tl.reshape(r3, (BLOCK_S, D))
     dst = out_ptr + pid_bh.to(tl.int64) * S * D + offs_s[:, None] * D + offs_d[None, :]
     tl.store(dst, r.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _qdq_prepass_kernel(
+    # pointers: inputs q [B, S, HQ, D], k / v [B, S, HKV, D]; mean [B, HKV, D] fp32; NVFP4 g [3, 3]
+    # int32 (MX: unused); outputs oq [B, HQ, S, D], ok / ov [B, HKV, S, D]
+    q_ptr, k_ptr, v_ptr, mean_ptr, g_ptr, oq_ptr, ok_ptr, ov_ptr,
+    # sizes and strides (elements; the head dim is contiguous)
+    S, HQ, HKV, BHQ, BHKV, sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
+    # meta-parameters
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr, NVFP4: tl.constexpr,
+    EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+):
+    """The whole pre-pass in one launch: axis 1 runs Q's ``B*HQ`` programs (blocks along the head
+    dim), then K's ``B*HKV`` (smoothed, blocks along the head dim), then V's (blocks along the tokens)."""
+    pid_s = tl.program_id(0)
+    pid = tl.program_id(1)
+    if pid < BHQ:
+        _prepass_tile(q_ptr, mean_ptr, g_ptr, oq_ptr, pid_s, pid, S, HQ, sqb, sqs, sqh,
+                      D, BLOCK_S, BLK, False, False, NVFP4, EMAX, EMIN, MBITS, MAXN, RULE)
+    elif pid < BHQ + BHKV:
+        _prepass_tile(k_ptr, mean_ptr, g_ptr + 3, ok_ptr, pid_s, pid - BHQ, S, HKV, skb, sks, skh,
+                      D, BLOCK_S, BLK, False, True, NVFP4, EMAX, EMIN, MBITS, MAXN, RULE)
+    else:
+        _prepass_tile(v_ptr, mean_ptr, g_ptr + 6, ov_ptr, pid_s, pid - BHQ - BHKV, S, HKV, svb, svs, svh,
+                      D, BLOCK_S, BLK, True, False, NVFP4, EMAX, EMIN, MBITS, MAXN, RULE)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -313,9 +353,9 @@ def sage3_prepass(
     """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
 
     Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX (one cached,
-    read-only buffer). NVFP4's tensor amax (of the smoothed K for K) is taken on the device by
-    :func:`_nvfp4_amax_kernel` and the global scales computed in the pre-pass kernel: no host-side
-    torch passes over the operands (they were ~7 full-tensor fp32 ops per operand).
+    read-only buffer). Launches: the K mean (torch), then for NVFP4 :func:`_nvfp4_amax_kernel`
+    (the tensor amax of Q, smoothed K and V on the device: no host-side passes over the operands),
+    then :func:`_qdq_prepass_kernel` for all three operands (the global scales computed there).
     """
     fmt = get_sage3_format(quant_format)
     spec = fmt.qkv
@@ -325,29 +365,20 @@ def sage3_prepass(
     hkv = k.shape[2]
     mean = k_mean(k).contiguous()  # [B, Hkv, D] fp32
     block_s = 64
-    ops = (("q", q, hq), ("k", k, hkv), ("v", v, hkv))
+    grid = (triton.cdiv(s, block_s), b * (hq + 2 * hkv))
+    sizes = (s, hq, hkv, b * hq, b * hkv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     if nv:  # per operand [amax bits, gs bits, 1/gs bits] (int32)
-        gbuf = torch.zeros((3, 3), dtype=torch.int32, device=q.device)
-        for i, (name, x, heads) in enumerate(ops):
-            _nvfp4_amax_kernel[(triton.cdiv(s, block_s), b * heads)](
-                x, mean, gbuf[i], s, heads, x.stride(0), x.stride(1), x.stride(2),
-                D=d, BLOCK_S=block_s, SMOOTH=name == "k", num_warps=4,
-            )
-        g_args = [gbuf[i] for i in range(3)]
+        g = torch.zeros((3, 3), dtype=torch.int32, device=q.device)
+        _nvfp4_amax_kernel[grid](q, k, v, mean, g, *sizes, D=d, BLOCK_S=block_s, num_warps=4)
     else:
-        g_args = [_ones2(q.device)] * 3
-    outs = []
-    for (name, x, heads), g in zip(ops, g_args, strict=True):
-        out = torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device)
-        grid = (triton.cdiv(s, block_s), b * heads)
-        _qdq_prepass_kernel[grid](
-            x, mean, g, out,
-            s, heads, x.stride(0), x.stride(1), x.stride(2),
-            D=d, BLOCK_S=block_s, BLK=fmt.block, SEQ_AXIS=name == "v", SMOOTH=name == "k",
-            NVFP4=nv, **_elem_consts(spec), RULE=rule_code(scale_rule), num_warps=4,
-        )
-        outs.append(out)
-    gs = [gbuf.view(torch.float32)[i, 1:3] for i in range(3)] if nv else g_args
+        g = _ones2(q.device)
+    outs = [torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device) for heads in (hq, hkv, hkv)]
+    _qdq_prepass_kernel[grid](
+        q, k, v, mean, g, *outs, *sizes,
+        D=d, BLOCK_S=block_s, BLK=fmt.block, NVFP4=nv, **_elem_consts(spec), RULE=rule_code(scale_rule),
+        num_warps=4,
+    )
+    gs = [g.view(torch.float32)[i, 1:3] for i in range(3)] if nv else [g] * 3
     return outs, gs
 
 
