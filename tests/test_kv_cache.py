@@ -101,6 +101,24 @@ def test_kv_cache_settings_parse_and_validate() -> None:
             config_from_dict(bad)
 
 
+def test_attn_q_settings_parse_validate_and_reach_the_digests() -> None:
+    from vllm_qdq.activation.compile_cache import factor_value, method_factor_value
+    from vllm_qdq.activation.kv_cache import spec_for
+    from vllm_qdq.method.policy import settings_from_run
+
+    cfg = config_from_dict({"attn_q": "mxfp8_e4m3", "layers": [{"pattern": "a.*", "attn_q": "off"}]})
+    assert cfg.attn_q == QuantSpec("mxfp8_e4m3") and cfg.layers[0].attn_q == QuantSpec("off")
+    assert spec_for("a.attn", cfg.attn_q, cfg.layers, "attn_q") == (QuantSpec("off"), cfg.layers[0])
+    assert spec_for("a.attn", cfg.kv_cache, cfg.layers, "kv_cache") == (QuantSpec("off"), None)
+    assert "attn_q=mxfp8_e4m3" in cfg.summary()
+    with pytest.raises(ConfigError, match="attn_q: 'fp8_e4m3_per_channel' is a per-output"):
+        config_from_dict({"attn_q": "fp8_e4m3_per_channel"})
+    assert len({factor_value(config_from_dict(d, enabled=True)) for d in ({}, {"attn_q": "mxfp4"})}) == 2
+    s = settings_from_run({"attn_q": "nvfp4"}, config_from_dict({}))
+    assert s.attn_q == QuantSpec("nvfp4") and "attn_q=nvfp4" in s.summary()
+    assert method_factor_value(s, None) != method_factor_value(settings_from_run({}, config_from_dict({})), None)
+
+
 def test_kv_cache_changes_the_plugin_digest() -> None:
     """The plugin's compile-cache factor changes with the KV spec and with a KV layer rule."""
     from vllm_qdq.activation.compile_cache import factor_value
@@ -128,18 +146,18 @@ def test_method_run_config_kv_cache_overrides_and_reaches_the_digest() -> None:
 
 
 def test_layer_rules_decide_the_kv_spec() -> None:
-    from vllm_qdq.activation.kv_cache import kv_spec_for
+    from vllm_qdq.activation.kv_cache import spec_for
 
     default = QuantSpec("nvfp4")
     rules = (LayerRule("model.layers.0.*", act=QuantSpec("mxfp8_e4m3")),
              LayerRule("model.layers.1.*", kv_cache=QuantSpec("mxfp4")),
              LayerRule("model.layers.2.*", skip=True),
              LayerRule("model.layers.*", kv_cache=QuantSpec("off")))
-    assert kv_spec_for("model.layers.0.self_attn.attn", default, rules) == (default, None)  # first match, no kv key
-    assert kv_spec_for("model.layers.1.self_attn.attn", default, rules) == (QuantSpec("mxfp4"), rules[1])
-    assert kv_spec_for("model.layers.2.self_attn.attn", default, rules) == (QuantSpec("off"), rules[2])
-    assert kv_spec_for("model.layers.3.self_attn.attn", default, rules) == (QuantSpec("off"), rules[3])
-    assert kv_spec_for("lm_head", default, rules) == (default, None)
+    assert spec_for("model.layers.0.self_attn.attn", default, rules) == (default, None)  # first match, no kv key
+    assert spec_for("model.layers.1.self_attn.attn", default, rules) == (QuantSpec("mxfp4"), rules[1])
+    assert spec_for("model.layers.2.self_attn.attn", default, rules) == (QuantSpec("off"), rules[2])
+    assert spec_for("model.layers.3.self_attn.attn", default, rules) == (QuantSpec("off"), rules[3])
+    assert spec_for("lm_head", default, rules) == (default, None)
 
 
 # ----------------------------------------------------------------------------- the hook on a real impl
@@ -186,9 +204,9 @@ def test_layer_status_of_real_vllm_classes() -> None:
     status = layer_status(NotAttention())
     assert "NotAttention is not covered" in status and "concat_and_cache_mla" in status
     with pytest.raises(ConfigError, match=r"kv_cache=mxfp4/floor reaches attention layer 'm.attn'.*\"kv_cache\": \"off\""):
-        plan_layer(NotAttention(), "m.attn", QuantSpec("mxfp4"), (), KVReport(), stats=False)
+        plan_layer(NotAttention(), "m.attn", QuantSpec("mxfp4"), QuantSpec("off"), (), KVReport(), stats=False)
     report = KVReport()
-    plan_layer(NotAttention(), "m.attn", QuantSpec("off"), (), report, stats=False)  # off: no error
+    plan_layer(NotAttention(), "m.attn", QuantSpec("off"), QuantSpec("off"), (), report, stats=False)  # off: no error
     assert report.outcome == {"m.attn": "off"} and report.hooked() == []
 
 

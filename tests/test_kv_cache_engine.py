@@ -7,10 +7,11 @@ attention layer hands to its backend's cache write (outside the QDQ hook), then 
 rows back through the backend's own layout and compare them, bit for bit, with the reference
 KV QDQ of those raw values (:func:`vllm_qdq.numerics.kv.qdq_kv`, reference backend) for the
 layers the *test* expects QDQ'd (``QDQ_TEST_KV_EXPECT``), with the raw values for the others.
-Prefill and decode writes (4 generated tokens) are all checked.
+Prefill and decode writes (4 generated tokens) are all checked. The attention query likewise:
+the query the CPU attention kernel receives is compared with the reference QDQ of the raw one.
 
-Runs: the plugin (``VLLM_QDQ=1``, ``kv_cache`` in ``VLLM_QDQ_CONFIG``, a layer rule turning
-one layer off) eager and compiled (vLLM's default mode: the hook runs inside the opaque
+Runs: the plugin (``VLLM_QDQ=1``, ``kv_cache`` and ``attn_q`` in ``VLLM_QDQ_CONFIG``, layer rules
+turning one layer's cache and the other's query off) eager and compiled (vLLM's default mode: the hook runs inside the opaque
 ``vllm::unified_kv_cache_update``), the plugin off (cache = raw values, no hook), the ``qdq``
 method (weights and activations off, ``kv_cache`` from the run config), and a layer rule that
 matches no attention layer (start-up error naming it).
@@ -70,8 +71,11 @@ def _ok(res: dict, name: str) -> list[dict]:
     return res[name]["results"]
 
 
-def _check_cache(results: list[dict], *, qdq: bool) -> None:
+def _check_cache(results: list[dict], *, qdq: bool, q_qdq: bool = False) -> None:
     for r in results:
+        assert r["q_calls"] == 2 * 4, r  # every attention forward's query was seen, raw and at the kernel
+        assert r["q_mismatch"] == {}, f"the query the kernel got differs from the expectation: {r['q_mismatch']}"
+        assert (r["q_changed"] > 0) == q_qdq, r
         assert r["kv_writes"] == 2 * 4, r  # 2 layers x (prefill + 3 decode steps)
         assert r["kv_rows"] > 0
         assert r["kv_mismatch"] == {}, f"cached K/V differ from the expectation: {r['kv_mismatch']}"
@@ -106,17 +110,22 @@ def baseline(tmp_path_factory, llama: Path) -> list[dict]:
 
 
 def test_plugin_kv_cache_qdq_eager_and_compiled(tmp_path: Path, llama: Path, baseline: list[dict]) -> None:
-    """Plugin, NVFP4 keys/values, layer 1 off by a layer rule: the cache of layer 0 holds the
-    reference QDQ of what the model wrote, layer 1 the raw values; eager and compiled alike;
-    logprobs move away from the plugin-off run."""
-    cfg = {"kv_cache": "nvfp4", "layers": [{"pattern": "model.layers.1.self_attn.attn", "kv_cache": "off"}]}
-    expect = {"default": "nvfp4", "layers": {"model.layers.1.self_attn.attn": "off"}}
+    """Plugin, NVFP4 keys/values with layer 1's cache off, MXFP4 queries with layer 0's off (layer
+    rules): the cache of layer 0 holds the reference QDQ of what the model wrote, layer 1 the raw
+    values; layer 1's attention kernel gets the reference QDQ of its query, layer 0's the raw one;
+    eager and compiled alike; logprobs move away from the plugin-off run."""
+    cfg = {"kv_cache": "nvfp4", "attn_q": "mxfp4",
+           "layers": [{"pattern": "model.layers.1.self_attn.attn", "kv_cache": "off"},
+                      {"pattern": "model.layers.0.*", "attn_q": "off"}]}
+    expect = {"default": "nvfp4", "layers": {"model.layers.1.self_attn.attn": "off"},
+              "q_default": "mxfp4", "q_layers": {"model.layers.0.self_attn.attn": "off"}}
     res, log = _run(tmp_path, "plugin", llama, [{"name": "eager"}, {"name": "compiled", "enforce_eager": False}],
                     {"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": json.dumps(cfg)}, expect)
     eager, compiled = _ok(res, "eager"), _ok(res, "compiled")
-    _check_cache(eager, qdq=True)
-    _check_cache(compiled, qdq=True)
-    assert re.search(r"KV-cache QDQ \(plugin\): nvfp4(/floor)?: 1 layer\(s\); off: 1 layer\(s\)", log), log[-3000:]
+    _check_cache(eager, qdq=True, q_qdq=True)
+    _check_cache(compiled, qdq=True, q_qdq=True)
+    assert re.search(r"KV-cache QDQ \(plugin\): nvfp4(/floor)?: 1 layer\(s\); off: 1 layer\(s\); "
+                     r"attn_q off: 1 layer\(s\); attn_q mxfp4/floor: 1 layer\(s\)", log), log[-3000:]
     assert _mean_diff(eager, baseline) > MIN_EFFECT
     # Same model, same QDQ'd cache: compiled matches eager up to Inductor's fp32 reassociation.
     assert _mean_diff(eager, compiled) < 1e-3
@@ -131,7 +140,7 @@ def test_method_kv_cache_qdq(tmp_path: Path, llama: Path, baseline: list[dict]) 
                     {"VLLM_QDQ": "0"}, {"default": "fp8_e4m3_per_head"})
     results = _ok(res, "method")
     _check_cache(results, qdq=True)
-    assert "qdq KV-cache QDQ: fp8_e4m3_per_head: 2 layer(s)" in log
+    assert "qdq KV-cache / attention-query QDQ: fp8_e4m3_per_head: 2 layer(s)" in log
     assert _mean_diff(results, baseline) > MIN_EFFECT / 10  # FP8 moves far less than NVFP4
 
 

@@ -39,6 +39,7 @@ Environment variables (booleans accept 1/0, true/false, yes/no, on/off, any case
         {"pattern": "model.layers.1.self_attn.attn", "kv_cache": "off"}
       ],
       "kv_cache": null,                                      # KV-cache QDQ, e.g. "nvfp4" (plugin and method)
+      "attn_q": null,                                        # attention query QDQ, same formats
       "trace": false, "stats_dir": null, "backend": "auto"
     }
 
@@ -201,6 +202,8 @@ class LayerRule:
     weight: QuantSpec | None = None
     #: KV-cache spec of the attention layers this rule matches (``None``: the default one).
     kv_cache: QuantSpec | None = None
+    #: attention-query spec of the attention layers this rule matches (``None``: the default one).
+    attn_q: QuantSpec | None = None
 
     def matches(self, prefix: str) -> bool:
         if self.pattern.startswith("re:"):
@@ -237,6 +240,8 @@ class QDQConfig:
     #: KV-cache QDQ (:mod:`vllm_qdq.numerics.kv`): the keys and values each attention layer writes
     #: to the paged cache (plugin with ``VLLM_QDQ=1``; the ``qdq`` method's default).
     kv_cache: QuantSpec = QuantSpec("off")
+    #: Attention-query QDQ (same formats as ``kv_cache``, blocks along the head dimension).
+    attn_q: QuantSpec = QuantSpec("off")
     #: Where the JSON settings came from (``defaults`` or ``VLLM_QDQ_CONFIG``): for the log, not hashed.
     source: str = "defaults"
 
@@ -269,6 +274,7 @@ class QDQConfig:
             f"{acts} method=(w={self.method.weight}, a={self.method.act}) "
             f"layers={len(self.layers)} backend={self.backend} trace={self.trace}"
             + (f" kv_cache={self.kv_cache}" if self.kv_cache.enabled else "")
+            + (f" attn_q={self.attn_q}" if self.attn_q.enabled else "")
         )
 
 
@@ -351,7 +357,7 @@ def _spec_options(where: str, d: Mapping, fmt: str, base: QuantSpec | None) -> t
 
 
 def kv_spec(where: str, obj: object) -> QuantSpec:
-    """A KV-cache spec (``"nvfp4"`` or ``{"format", "scale_rule"}``), checked against
+    """A KV-cache or attention-query spec (``"nvfp4"`` or ``{"format", "scale_rule"}``), checked against
     :data:`vllm_qdq.numerics.kv.KV_FORMATS`; raises :class:`ConfigError` naming the value."""
     if isinstance(obj, str):
         obj = {"format": obj}
@@ -394,7 +400,8 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     """Build and validate a :class:`QDQConfig` from the JSON schema in the module docstring."""
     top = _keys(
         "VLLM_QDQ_CONFIG", obj,
-        ("linear", "moe", "route", "force", "method", "layers", "trace", "stats_dir", "backend", "kv_cache"),
+        ("linear", "moe", "route", "force", "method", "layers", "trace", "stats_dir", "backend", "kv_cache",
+         "attn_q"),
     )
     base = QDQConfig(enabled=enabled)
     linear = _spec("linear", top["linear"], allow_auto=True, base=base.linear) if "linear" in top else base.linear
@@ -422,7 +429,7 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     if not isinstance(raw_layers, list):
         raise ConfigError(f"layers must be a JSON list, got {json.dumps(raw_layers)}")
     for i, item in enumerate(raw_layers):
-        d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight", "kv_cache"))
+        d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight", "kv_cache", "attn_q"))
         pat = d.get("pattern")
         if not isinstance(pat, str) or not pat:
             raise ConfigError(f"layers[{i}].pattern must be a non-empty string, got {pat!r}")
@@ -437,9 +444,12 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
         act = _spec(f"layers[{i}].act", d["act"], allow_auto=True) if "act" in d else None
         weight = _spec(f"layers[{i}].weight", d["weight"], allow_auto=False) if "weight" in d else None
         kv = kv_spec(f"layers[{i}].kv_cache", d["kv_cache"]) if "kv_cache" in d else None
-        if not skip and act is None and weight is None and kv is None:
-            raise ConfigError(f"layers[{i}] ({pat!r}) needs \"skip\": true, \"act\", \"weight\" or \"kv_cache\"")
-        layers.append(LayerRule(pat, skip, act, weight, kv))
+        q = kv_spec(f"layers[{i}].attn_q", d["attn_q"]) if "attn_q" in d else None
+        if not skip and act is None and weight is None and kv is None and q is None:
+            raise ConfigError(
+                f"layers[{i}] ({pat!r}) needs \"skip\": true, \"act\", \"weight\", \"kv_cache\" or \"attn_q\""
+            )
+        layers.append(LayerRule(pat, skip, act, weight, kv, q))
     trace = top.get("trace", False)
     if not isinstance(trace, bool):
         raise ConfigError(f"trace must be true or false, got {trace!r}")
@@ -450,8 +460,9 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
     kv_cache = kv_spec("kv_cache", top["kv_cache"]) if top.get("kv_cache") is not None else QuantSpec("off")
+    attn_q = kv_spec("attn_q", top["attn_q"]) if top.get("attn_q") is not None else QuantSpec("off")
     return QDQConfig(enabled, linear, moe, route, force, method, tuple(layers), trace, stats_dir, backend,
-                     kv_cache=kv_cache)
+                     kv_cache=kv_cache, attn_q=attn_q)
 
 
 def check_stats_dir(path: str, name: str) -> None:

@@ -16,7 +16,11 @@ The engine must run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one w
   reference KV QDQ of the raw keys / values (:func:`vllm_qdq.numerics.kv.qdq_kv`, reference
   backend) for layers the test expects QDQ'd, the raw values themselves for the others. The
   expectation is the test's, not the code's: ``QDQ_TEST_KV_EXPECT`` = JSON ``{"default":
-  "nvfp4" | {"format", "scale_rule"} | "off", "layers": {layer name: spec}}``.
+  "nvfp4" | {"format", "scale_rule"} | "off", "layers": {layer name: spec}, "q_default": ...,
+  "q_layers": {...}}`` (``q_``: the attention query).
+* The query: the CPU impl's class ``forward`` is wrapped in ``setup`` (innermost: what the
+  attention kernel receives) and each layer's instance ``forward`` in ``before_prompt``
+  (outermost: the raw query); ``check_writes`` compares the two through the reference QDQ.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ import torch
 from vllm_qdq.numerics.kv import qdq_kv
 
 MODELS: list[torch.nn.Module] = []
+#: per attention forward with metadata: (layer name, raw query rows, query rows the kernel got)
+QUERIES: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+#: the raw query of the forward running now (set by the outer recorder, read by the inner one)
+_RAW_Q: list[tuple[str, torch.Tensor]] = []
 #: per write: (layer name, raw key, raw value, slot mapping, impl, layer, cache tensor)
 WRITES: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, Any, Any, torch.Tensor]] = []
 _WRAPPED: set[int] = set()
@@ -51,6 +59,21 @@ def stash_models() -> None:
 
     load_model._kv_test_stash = True  # type: ignore[attr-defined]
     BaseModelLoader.load_model = load_model
+    # Innermost query recorder: the CPU impl's own forward (class level, in place before any
+    # layer is built, so the query hook wraps it): what the attention kernel receives.
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+    kernel_forward = CPUAttentionBackendImpl.forward
+
+    @functools.wraps(kernel_forward)
+    def forward(self: Any, layer: Any, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if _RAW_Q:
+            name, raw = _RAW_Q.pop()
+            n = args[3].num_actual_tokens
+            QUERIES.append((name, raw[:n], query[:n].clone()))
+        return kernel_forward(self, layer, query, *args, **kwargs)
+
+    CPUAttentionBackendImpl.forward = forward
 
 
 def _probe(impl: Any, layer: Any, kv_cache: torch.Tensor, which: int, code: Any) -> torch.Tensor:
@@ -137,12 +160,22 @@ def record_writes() -> None:
             return _inner(lyr, key, value, kv_cache, slot_mapping)
 
         impl.do_kv_cache_update = recorder
+        outer = impl.forward
+
+        def q_recorder(lyr: Any, query: torch.Tensor, key: Any, value: Any, kv_cache: Any, attn_metadata: Any,
+                       *args: Any, _outer: Any = outer, _name: str = name, **kwargs: Any) -> Any:
+            if attn_metadata is not None:
+                _RAW_Q.append((_name, query.clone()))
+            return _outer(lyr, query, key, value, kv_cache, attn_metadata, *args, **kwargs)
+
+        impl.forward = q_recorder
     WRITES.clear()
+    QUERIES.clear()
 
 
-def _expected_spec(layer: str) -> tuple[str, str]:
+def _expected_spec(layer: str, prefix: str = "") -> tuple[str, str]:
     expect = json.loads(os.environ.get("QDQ_TEST_KV_EXPECT", '{"default": "off"}'))
-    spec = expect.get("layers", {}).get(layer, expect.get("default", "off"))
+    spec = expect.get(f"{prefix}layers", {}).get(layer, expect.get(f"{prefix}default", "off"))
     if isinstance(spec, str):
         return spec, "floor"
     return spec["format"], spec.get("scale_rule", "floor")
@@ -166,4 +199,14 @@ def check_writes() -> dict[str, Any]:
                 mismatch[name] = mismatch.get(name, 0) + int(bad.sum())
             changed += int((exp != raw[valid].to(got.dtype)).flatten(1).any(1).sum())
         rows += int(valid.sum())
-    return {"kv_writes": len(WRITES), "kv_rows": rows, "kv_mismatch": mismatch, "kv_changed": changed}
+    q_mismatch: dict[str, int] = {}
+    q_changed = 0
+    for name, raw, got in QUERIES:
+        fmt, rule = _expected_spec(name, "q_")
+        exp = raw if fmt == "off" else qdq_kv(raw, fmt, rule, backend="reference")
+        bad = int((got != exp).flatten(1).any(1).sum())
+        if bad:
+            q_mismatch[name] = q_mismatch.get(name, 0) + bad
+        q_changed += int((exp != raw).flatten(1).any(1).sum())
+    return {"kv_writes": len(WRITES), "kv_rows": rows, "kv_mismatch": mismatch, "kv_changed": changed,
+            "q_calls": len(QUERIES), "q_mismatch": q_mismatch, "q_changed": q_changed}

@@ -61,9 +61,10 @@ __all__ = [
     "install_layer",
     "install_model",
     "install_plugin_hook",
-    "kv_spec_for",
+    "install_query",
     "layer_status",
     "plan_layer",
+    "spec_for",
 ]
 
 logger = logging.getLogger("vllm_qdq")
@@ -128,16 +129,19 @@ def fused_write_passes() -> list[str]:
     return [name for name in _FUSED_WRITE_PASSES if getattr(pc, name, False)]
 
 
-def kv_spec_for(prefix: str, default: QuantSpec, layers: Iterable[LayerRule]) -> tuple[QuantSpec, LayerRule | None]:
-    """The KV spec of attention layer ``prefix``: the first matching layer rule decides (``skip``:
-    off; its ``kv_cache`` if it has one; else ``default``), no match gives ``default``. Returns
-    the spec and the rule that set it (``None`` when the default applies)."""
+def spec_for(prefix: str, default: QuantSpec, layers: Iterable[LayerRule],
+             key: str = "kv_cache") -> tuple[QuantSpec, LayerRule | None]:
+    """The ``key`` spec (``kv_cache`` or ``attn_q``) of attention layer ``prefix``: the first
+    matching layer rule decides (``skip``: off; its ``key`` spec if it has one; else
+    ``default``), no match gives ``default``. Returns the spec and the rule that set it (``None``
+    when the default applies)."""
     for rule in layers:
         if rule.matches(prefix):
             if rule.skip:
                 return QuantSpec("off"), rule
-            if rule.kv_cache is not None:
-                return rule.kv_cache, rule
+            own = getattr(rule, key)
+            if own is not None:
+                return own, rule
             return default, None
     return default, None
 
@@ -208,6 +212,52 @@ def _make_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool
     return do_kv_cache_update
 
 
+#: Query dtypes the query hook QDQs (an FP8 query, quantized by vLLM itself, passes unchanged).
+_Q_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _make_query_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool,
+                     heads: int) -> Callable[..., Any]:
+    fmt, rule = spec.format, spec.scale_rule
+    mask = spans_tokens(fmt)
+
+    @functools.wraps(orig)
+    def forward(layer: torch.nn.Module, query: torch.Tensor, key: Any, value: Any, kv_cache: Any,
+                attn_metadata: Any, *args: Any, **kwargs: Any) -> Any:
+        if attn_metadata is None or query.dtype not in _Q_DTYPES:  # warm-up, or vLLM's FP8 query
+            return orig(layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs)
+        q3 = query if query.ndim == 3 else query.view(query.shape[0], heads, -1)
+        n = getattr(attn_metadata, "num_actual_tokens", q3.shape[0])
+        valid = torch.arange(q3.shape[0], device=q3.device) < n if (mask or stats) else None
+        qq = qdq_kv(q3, fmt, rule, valid=valid if mask else None)
+        if stats:
+            assert valid is not None
+            _record(f"{name}.q", spec, q3, qq, valid)
+        return orig(layer, qq.view(query.shape), key, value, kv_cache, attn_metadata, *args, **kwargs)
+
+    setattr(forward, HOOK_ATTR, spec)
+    return forward
+
+
+def install_query(layer: torch.nn.Module, name: str, spec: QuantSpec, *, stats: bool = False) -> bool:
+    """Hook ``layer.impl.forward`` (on the instance) to QDQ the attention query with ``spec``.
+
+    The query ``[num_tokens, num_heads, head_size]`` is QDQ'd like keys and values
+    (:func:`vllm_qdq.numerics.kv.qdq_kv`: blocks along the head dimension; rows past
+    ``attn_metadata.num_actual_tokens`` masked out of scales that span tokens) on every forward
+    that has attention metadata (not vLLM's warm-up), when it is bf16 / fp16 / fp32 (vLLM's own
+    FP8 query, with an FP8 KV cache on backends that take one, passes unchanged). Returns
+    whether a hook is in place now (the first hook wins)."""
+    if not spec.enabled:
+        return False
+    impl = layer.impl
+    current = impl.forward
+    if getattr(current, HOOK_ATTR, None) is not None:
+        return False
+    impl.forward = _make_query_hook(current, name, spec, stats, impl.num_heads)
+    return True
+
+
 def install_layer(layer: torch.nn.Module, name: str, spec: QuantSpec, *, stats: bool = False) -> bool:
     """Hook ``layer.impl.do_kv_cache_update`` (on the instance) to QDQ what it writes with ``spec``.
 
@@ -232,27 +282,38 @@ class KVReport:
     def __init__(self) -> None:
         #: layer name -> ``str(spec)`` (hooked), ``"off"``, ``"no-cache"`` or ``"shared"``
         self.outcome: dict[str, str] = {}
+        #: layer name -> ``str(spec)`` of the query hook, or ``"off"``
+        self.q_outcome: dict[str, str] = {}
         self.rule_layers: dict[str, set[str]] = defaultdict(set)
 
     def hooked(self) -> list[str]:
-        return [n for n, o in self.outcome.items() if o not in ("off", *NOTHING_TO_DO)]
+        """Layers with a KV or query hook."""
+        kv = [n for n, o in self.outcome.items() if o not in ("off", *NOTHING_TO_DO)]
+        return kv + [n for n, o in self.q_outcome.items() if o != "off" and n not in kv]
 
     def summary(self) -> str:
-        groups: dict[str, list[str]] = defaultdict(list)
-        for name, outcome in self.outcome.items():
-            groups[outcome].append(name)
-        return "; ".join(f"{o}: {len(ns)} layer(s)" for o, ns in groups.items()) or "no attention layer"
+        parts = []
+        for label, table in (("", self.outcome), ("attn_q ", self.q_outcome)):
+            groups: dict[str, list[str]] = defaultdict(list)
+            for name, outcome in table.items():
+                groups[outcome].append(name)
+            if label and set(groups) == {"off"}:
+                continue
+            parts += [f"{label}{o}: {len(ns)} layer(s)" for o, ns in groups.items()]
+        return "; ".join(parts) or "no attention layer"
 
 
-def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, layers: Iterable[LayerRule],
-               report: KVReport, *, stats: bool) -> None:
-    """Resolve one attention layer's KV spec, check it can be applied and hook it.
+def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, q_default: QuantSpec,
+               layers: Iterable[LayerRule], report: KVReport, *, stats: bool) -> None:
+    """Resolve one attention layer's KV and query specs, check they can be applied, hook them.
 
     Raises:
-        ConfigError: the spec is on for a layer whose writes cannot be hooked (the message names
-            the layer, the reason and a ``skip`` rule that leaves it out).
+        ConfigError: a spec is on for a layer it cannot reach (the message names the layer, the
+            reason and a layer rule that leaves it out).
     """
-    spec, rule = kv_spec_for(name, default, layers)
+    layers = tuple(layers)
+    _plan_query(layer, name, q_default, layers, report, stats=stats)
+    spec, rule = spec_for(name, default, layers)
     if rule is not None:
         report.rule_layers[rule.pattern].add(name)
     status = layer_status(layer)
@@ -276,13 +337,34 @@ def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, layers: It
     report.outcome[name] = str(spec)
 
 
+def _plan_query(layer: torch.nn.Module, name: str, default: QuantSpec, layers: tuple[LayerRule, ...],
+                report: KVReport, *, stats: bool) -> None:
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    spec, rule = spec_for(name, default, layers, "attn_q")
+    if rule is not None and rule.attn_q is not None:
+        report.rule_layers[rule.pattern].add(name)
+    if not spec.enabled:
+        report.q_outcome[name] = "off"
+        return
+    if not isinstance(layer, Attention):
+        raise ConfigError(
+            f"attn_q={spec} reaches attention layer {name!r}, whose query cannot be QDQ'd: "
+            f"{type(layer).__name__} is not covered (MLA splits its query into latent and RoPE parts); "
+            f'leave it out with a layer rule such as {{"pattern": "{name}", "attn_q": "off"}}'
+        )
+    install_query(layer, name, spec, stats=stats)
+    report.q_outcome[name] = str(spec)
+
+
 def install_model(model: torch.nn.Module, cfg: QDQConfig) -> KVReport:
-    """The plugin's KV QDQ on a built model: every attention layer of ``model`` gets
-    ``cfg.kv_cache`` or its layer rule's spec (layers the ``qdq`` method hooked keep theirs).
+    """The plugin's KV and query QDQ on a built model: every attention layer of ``model`` gets
+    ``cfg.kv_cache`` / ``cfg.attn_q`` or its layer rule's spec (layers the ``qdq`` method hooked
+    keep theirs).
 
     Raises:
         ConfigError: a layer that cannot take its spec (:func:`plan_layer`), or a layer rule with
-            a ``kv_cache`` key that matched no attention layer.
+            a ``kv_cache`` or ``attn_q`` key that matched no attention layer.
     """
     from vllm.model_executor.layers.attention.attention import Attention
     from vllm.model_executor.layers.attention.mla_attention import MLAAttention
@@ -291,12 +373,13 @@ def install_model(model: torch.nn.Module, cfg: QDQConfig) -> KVReport:
     for name, mod in model.named_modules():
         if isinstance(mod, Attention | MLAAttention):
             label = getattr(mod, "layer_name", None) or name
-            plan_layer(mod, label, cfg.kv_cache, cfg.layers, report, stats=bool(cfg.stats_dir))
-    unmatched = [r.pattern for r in cfg.layers if r.kv_cache is not None and not report.rule_layers.get(r.pattern)]
+            plan_layer(mod, label, cfg.kv_cache, cfg.attn_q, cfg.layers, report, stats=bool(cfg.stats_dir))
+    unmatched = [r.pattern for r in cfg.layers
+                 if (r.kv_cache is not None or r.attn_q is not None) and not report.rule_layers.get(r.pattern)]
     if unmatched:
         names = sorted(report.outcome)
         raise ConfigError(
-            f"kv_cache layer rule(s) {unmatched} matched no attention layer of this model; "
+            f"kv_cache / attn_q layer rule(s) {unmatched} matched no attention layer of this model; "
             f"attention layers: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
         )
     return report
@@ -308,7 +391,8 @@ def install_plugin_hook(cfg: QDQConfig) -> bool:
     :func:`install_model` right after construction (before weights load and before
     torch.compile). Idempotent (the settings of the latest call are used). Returns whether KV
     QDQ is configured at all."""
-    if not (cfg.kv_cache.enabled or any(r.kv_cache is not None and r.kv_cache.enabled for r in cfg.layers)):
+    specs = [cfg.kv_cache, cfg.attn_q, *(s for r in cfg.layers for s in (r.kv_cache, r.attn_q) if s is not None)]
+    if not any(s.enabled for s in specs):
         return False
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 

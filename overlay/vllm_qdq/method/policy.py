@@ -8,7 +8,7 @@
   merged with one model's ``quantization_config``; lowest to highest precedence: built-in
   defaults (MXFP4 weights and activations, ``floor``, KV cache off), ``VLLM_QDQ_CONFIG``
   ``method`` / ``layers`` / ``kv_cache``, the run config's ``weight``, ``act``, ``moe_weight``,
-  ``moe_act``, ``kv_cache`` (one by one) and ``layers`` (replaces the list).
+  ``moe_act``, ``kv_cache``, ``attn_q`` (one by one) and ``layers`` (replaces the list).
 * :class:`LayerPlan`: what the method does to one layer, and the log's grouping of layer names.
 """
 
@@ -37,7 +37,7 @@ __all__ = [
 
 QDQ_METHOD_NAME = "qdq"
 #: Keys the per-run quantization config (hf_overrides / config.json) accepts.
-RUN_KEYS: tuple[str, ...] = ("quant_method", "weight", "act", "moe_weight", "moe_act", "layers", "kv_cache")
+RUN_KEYS: tuple[str, ...] = ("quant_method", "weight", "act", "moe_weight", "moe_act", "layers", "kv_cache", "attn_q")
 
 
 def weight_format_problem(fmt: str) -> str | None:
@@ -93,12 +93,15 @@ class QDQSettings:
     source: str = "defaults"
     #: KV-cache QDQ of every attention layer (layer rules' ``kv_cache`` / ``skip`` override it).
     kv_cache: QuantSpec = field(default_factory=QuantSpec)  # QuantSpec() is "off"
+    #: attention-query QDQ of every attention layer (layer rules' ``attn_q`` / ``skip`` override it).
+    attn_q: QuantSpec = field(default_factory=QuantSpec)
 
     def summary(self) -> str:
         moe = ""
         if self.moe_weight is not None or self.moe_act is not None:
             moe = f" moe_weight={self.moe_weight or self.weight} moe_act={self.moe_act or self.act}"
         kv = f" kv_cache={self.kv_cache}" if self.kv_cache.enabled else ""
+        kv += f" attn_q={self.attn_q}" if self.attn_q.enabled else ""
         return f"w={self.weight} a={self.act}{moe}{kv} layers={len(self.layers)} ({self.source})"
 
 
@@ -134,7 +137,7 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
     weight, act, moe_weight, moe_act = m.weight, m.act, m.moe_weight, m.moe_act
     layers = base.layers
     source = base.source
-    kv_cache = base.kv_cache
+    kv_cache, attn_q = base.kv_cache, base.attn_q
     if run:
         if not isinstance(run, dict):
             raise ConfigError(f"qdq quantization_config must be a JSON object, got {run!r}")
@@ -149,7 +152,7 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
         method = {k: run[k] for k in ("weight", "act", "moe_weight", "moe_act") if k in run}
         try:
             parsed = config_from_dict({"method": method, "layers": run.get("layers", []),
-                                       "kv_cache": run.get("kv_cache")})
+                                       "kv_cache": run.get("kv_cache"), "attn_q": run.get("attn_q")})
         except ConfigError as e:  # name the run config's own keys (act.format, not method.act.format)
             msg = str(e)
             raise ConfigError(f"qdq quantization_config: {msg.removeprefix('method.')}") from None
@@ -162,9 +165,11 @@ def settings_from_run(run: dict[str, Any] | None, base: QDQConfig) -> QDQSetting
             layers = parsed.layers
         if "kv_cache" in run:
             kv_cache = parsed.kv_cache
+        if "attn_q" in run:
+            attn_q = parsed.attn_q
         keys = [k for k in run if k != "quant_method"]
         source = f"{source} + quantization_config {keys}" if keys else source
-    s = QDQSettings(weight, act, moe_weight, moe_act, tuple(layers), source, kv_cache)
+    s = QDQSettings(weight, act, moe_weight, moe_act, tuple(layers), source, kv_cache, attn_q)
     _check_specs(s)
     return s
 

@@ -21,7 +21,8 @@ What is QDQ'd (numeric contract):
   the two GEMMs and the activation are one fused kernel (``cpu_fused_moe``).
 * The KV cache (``kv_cache``, off by default): the keys and values every attention layer
   writes to the paged cache, QDQ'd once as they are written (:mod:`vllm_qdq.activation.kv_cache`,
-  numerics in :mod:`vllm_qdq.numerics.kv`); layer rules' ``kv_cache`` / ``skip`` apply.
+  numerics in :mod:`vllm_qdq.numerics.kv`); layer rules' ``kv_cache`` / ``skip`` apply. The
+  attention query (``attn_q``, off by default), QDQ'd the same way on every attention forward.
 * Never QDQ'd: embeddings and ``lm_head`` (vLLM offers them to the method as embedding
   layers; they stay in the model dtype), attention, norms, routers the model builds without
   a quantization config (e.g. Mixtral's ``gate``).
@@ -181,11 +182,11 @@ class QDQQuantConfig(QuantizationConfig):
             self.rule_hits[rule.pattern] += 1
         if isinstance(layer, Attention | MLAAttention):
             try:
-                plan_kv_layer(layer, prefix, self.settings.kv_cache, self.settings.layers, self.kv,
-                              stats=bool(self.stats_dir))
+                plan_kv_layer(layer, prefix, self.settings.kv_cache, self.settings.attn_q, self.settings.layers,
+                              self.kv, stats=bool(self.stats_dir))
             except ConfigError as e:
                 raise reported(ConfigError(f"qdq method: {e}")) from None
-            if rule is not None and rule.kv_cache is not None and not rule.skip:
+            if rule is not None and not rule.skip and (rule.kv_cache is not None or rule.attn_q is not None):
                 self.rule_hits[rule.pattern] += 1
         self.plans[prefix] = LayerPlan(
             prefix,
@@ -235,7 +236,7 @@ class QDQQuantConfig(QuantizationConfig):
         ensure_log_handler()
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
         if self.kv.hooked():
-            logger.info("vllm-qdq: qdq KV-cache QDQ: %s", self.kv.summary())
+            logger.info("vllm-qdq: qdq KV-cache / attention-query QDQ: %s", self.kv.summary())
         if self.stats_dir:
             from ..stats import warn_if_cuda_graphs
 
