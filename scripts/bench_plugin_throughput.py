@@ -1,7 +1,8 @@
 """vLLM throughput with activation QDQ off vs on, measured interleaved on one GPU.
 
     python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--target 0.97]
-                                              [--out DIR] [--json FILE]
+                                              [--out DIR] [--json FILE] [--shapes prefill,decode]
+                                              [--kv-cache FORMAT [--attn-q FORMAT]]
 
 Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
 
@@ -25,6 +26,12 @@ the other engine idle; each measurement repeats the shape's batch back to back u
 about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200). The ratio per
 pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and
 max and the median tok/s of each engine. Exit 1 when a row's median ratio is below ``--target``.
+
+``--kv-cache FORMAT`` measures KV-cache QDQ instead of activation QDQ (issue 19): the "on" engine
+gets ``VLLM_QDQ=1`` with ``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q``
+adds the query QDQ), so the ratio is the cost of QDQ'ing each layer's keys and values as they are
+written to the paged cache (and of the query, with ``--attn-q``); its target row is the decode
+shape: ``--shapes decode``.
 """
 
 from __future__ import annotations
@@ -103,9 +110,12 @@ def worker(model: str, llm_kwargs: dict) -> int:
 class Engine:
     """A worker process holding one engine (QDQ on or off)."""
 
-    def __init__(self, model: Path, llm_kwargs: dict, qdq: bool, log: Path) -> None:
+    def __init__(self, model: Path, llm_kwargs: dict, qdq: bool, log: Path, qdq_config: dict | None = None) -> None:
         env = dict(os.environ, VLLM_QDQ="1" if qdq else "0")
         env.pop("VLLM_QDQ_TRACE", None)
+        env.pop("VLLM_QDQ_CONFIG", None)
+        if qdq and qdq_config:
+            env["VLLM_QDQ_CONFIG"] = json.dumps(qdq_config)
         self.name = "on" if qdq else "off"
         self.log = log
         self.err = log.open("w")
@@ -144,37 +154,43 @@ class Engine:
         self.err.close()
 
 
-def bench_model(name: str, root: Path, pairs: int, min_seconds: float) -> list[dict]:
+def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
+                qdq_config: dict | None = None) -> list[dict]:
+    """One model's rows: QDQ off vs on (``qdq_config``: the on engine's ``VLLM_QDQ_CONFIG``)."""
     model = build(name, root)
     desc, kwargs = MODELS[name]
+    shapes = shapes or list(SHAPES)
+    mode = "kv" if qdq_config and "kv_cache" in qdq_config else "act"
     engines: dict[str, Engine] = {}
     rows = []
     try:
         for qdq in (False, True):  # one after the other: the second starts once the first is up
-            e = Engine(model, kwargs, qdq, root / f"bench-{name}-qdq-{'on' if qdq else 'off'}.log")
+            e = Engine(model, kwargs, qdq, root / f"bench-{name}-{mode}-qdq-{'on' if qdq else 'off'}.log", qdq_config)
             engines[e.name] = e
             print(f"{name}: QDQ {e.name} engine up in {e.ready['start_s']} s", flush=True)
-        if "activation QDQ enabled" not in engines["on"].log.read_text():
-            raise SystemExit(f"{name}: the QDQ-on engine's log has no 'activation QDQ enabled' line")
+        want = "KV-cache QDQ (plugin)" if mode == "kv" else "activation QDQ enabled"
+        if want not in engines["on"].log.read_text():
+            raise SystemExit(f"{name}: the QDQ-on engine's log has no {want!r} line")
         # repetitions per measurement: enough for >= min_seconds (a 1-s run's noise hides the effect)
         reps = {}
-        for shape in SHAPES:
+        for shape in shapes:
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} per measurement", flush=True)
-        raw: dict[str, list[dict]] = {s: [] for s in SHAPES}
+        raw: dict[str, list[dict]] = {s: [] for s in shapes}
         for p in range(pairs):
             order = ("off", "on") if p % 2 == 0 else ("on", "off")
-            for shape in SHAPES:
+            for shape in shapes:
                 got = {k: engines[k].run(shape, int(reps[shape])) for k in order}
                 raw[shape].append({**{k: got[k] for k in ("off", "on")}, "first": order[0],
                                    "ratio": got["off"]["seconds"] / got["on"]["seconds"]})
                 print(f"{name} {shape} pair {p + 1} ({order[0]} first): off {got['off']['seconds']:.2f} s, "
                       f"on {got['on']['seconds']:.2f} s, ratio {raw[shape][-1]['ratio']:.3f}", flush=True)
-        for shape, (n, i, o) in SHAPES.items():
+        for shape in shapes:
+            n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in raw[shape]]
             rows.append({
-                "model": name, "description": desc, "shape": shape, "prompts": n, "input_len": i, "output_len": o,
+                "model": name, "description": desc, "mode": mode, "qdq_config": qdq_config, "shape": shape, "prompts": n, "input_len": i, "output_len": o,
                 "pairs": pairs, "reps": int(reps[shape]), "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in raw[shape]),
@@ -196,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
+    ap.add_argument("--kv-cache", default=None, metavar="FORMAT",
+                    help="measure KV-cache QDQ in FORMAT (e.g. nvfp4) instead of activation QDQ")
+    ap.add_argument("--attn-q", default=None, metavar="FORMAT", help="with --kv-cache: QDQ the attention query too")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--llm", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -205,14 +225,32 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in names if m not in MODELS]
     if bad or not names:
         ap.error(f"--models {args.models!r}: unknown {bad}; accepted: {', '.join(MODELS)}")
+    shapes = [s for s in args.shapes.split(",") if s]
+    if not shapes or [s for s in shapes if s not in SHAPES]:
+        ap.error(f"--shapes {args.shapes!r}; accepted: {', '.join(SHAPES)}")
+    qdq_config = None
+    if args.attn_q and not args.kv_cache:
+        ap.error("--attn-q needs --kv-cache")
+    if args.kv_cache:
+        from vllm_qdq.config import ConfigError, config_from_dict
+
+        qdq_config = {"kv_cache": args.kv_cache, "linear": "off", "moe": "off"}
+        if args.attn_q:
+            qdq_config["attn_q"] = args.attn_q
+        try:
+            config_from_dict(qdq_config)
+        except ConfigError as e:
+            ap.error(str(e))
     if args.pairs < 3:
         ap.error(f"--pairs {args.pairs}: at least 3 interleaved pairs are needed for a median with a spread")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
-        rows += bench_model(name, args.out, args.pairs, args.min_seconds)
+        rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if qdq_config:
+        print(f"\nQDQ on = {json.dumps(qdq_config)}")
     print(f"\n{'model':<8} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
           f"{'on/off median':>14} {'min':>6} {'max':>6}  verdict (target >= {args.target})")
     ok = True

@@ -15,6 +15,8 @@
 #   method-llama, method-moe
 #                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
 #                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
+#   kv-cache      pytest -m gpu tests/gpu/test_kv_cache_gpu.py: KV-cache + query QDQ (plugin) on the gpt-oss-
+#                 and Llama-shaped models, eager / piecewise / default graphs, cache read back (issue 19)
 #   serve         scripts/gpu_serve_check.py: vllm serve round trips, QDQ on / off
 #   bench-qdq     scripts/bench_qdq_triton.py: Triton QDQ vs device copy (figures; the bandwidth targets
 #                 are checked by its --check, not by the smoke suite)
@@ -22,6 +24,9 @@
 #   bench-plugin-gptoss, bench-plugin-dense
 #                 scripts/bench_plugin_throughput.py: throughput QDQ on / off, interleaved pairs; fails
 #                 below the median-ratio target (SMOKE_PLUGIN_TARGET, default 0.97)
+#   bench-kv-gptoss, bench-kv-dense
+#                 the same with --kv-cache nvfp4 --shapes decode: KV-cache QDQ on / off on the decode-heavy
+#                 shape (64 x 128 in / 1024 out); fails below SMOKE_KV_TARGET (default 0.97)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
 #
@@ -50,7 +55,7 @@ JOBS=${SMOKE_JOBS:-1}
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense)
+STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe kv-cache serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense bench-kv-gptoss bench-kv-dense)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
@@ -127,12 +132,16 @@ run_step() {
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
     method-llama|method-moe)
       step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py -k "${s#method-}" ;;
+    kv-cache) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py ;;
     serve) step serve "$PY" scripts/gpu_serve_check.py --out "$SMOKE_MODELS" ;;
     bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
     bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py --no-check ;;
     bench-plugin-gptoss|bench-plugin-dense)
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" ;;
+    bench-kv-gptoss|bench-kv-dense)
+      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-kv-}" --out "$SMOKE_MODELS" \
+        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --shapes decode --target "${SMOKE_KV_TARGET:-0.97}" --json "$OUT/$s.json" ;;
     study)
       # lm-eval's API model (what the study drives the servers with) needs its [api] extras
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then

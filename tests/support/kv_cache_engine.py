@@ -18,7 +18,7 @@ The engine must run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one w
   expectation is the test's, not the code's: ``QDQ_TEST_KV_EXPECT`` = JSON ``{"default":
   "nvfp4" | {"format", "scale_rule"} | "off", "layers": {layer name: spec}, "q_default": ...,
   "q_layers": {...}}`` (``q_``: the attention query).
-* The query: the CPU impl's class ``forward`` is wrapped in ``setup`` (innermost: what the
+* The query: the impls' class ``forward`` (:data:`IMPLS`) is wrapped in ``setup`` (innermost: what the
   attention kernel receives) and each layer's instance ``forward`` in ``before_prompt``
   (outermost: the raw query); ``check_writes`` compares the two through the reference QDQ.
 """
@@ -59,21 +59,37 @@ def stash_models() -> None:
 
     load_model._kv_test_stash = True  # type: ignore[attr-defined]
     BaseModelLoader.load_model = load_model
-    # Innermost query recorder: the CPU impl's own forward (class level, in place before any
-    # layer is built, so the query hook wraps it): what the attention kernel receives.
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+    # Innermost query recorders: the impls' own forward (class level, in place before any layer
+    # is built, so the query hook wraps them): what the attention kernel receives.
+    import importlib
 
-    kernel_forward = CPUAttentionBackendImpl.forward
+    for module, cls_name in IMPLS:
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError, RuntimeError):  # a GPU backend on a CPU-only install
+            continue
+        cls.forward = _kernel_recorder(cls.forward)
 
+
+#: Impl classes whose ``forward`` gets the innermost query recorder (the backends the tests use).
+IMPLS: tuple[tuple[str, str], ...] = (
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionImpl"),
+    ("vllm.v1.attention.backends.triton_attn", "TritonAttentionImpl"),
+)
+
+
+def _kernel_recorder(kernel_forward: Any) -> Any:
     @functools.wraps(kernel_forward)
     def forward(self: Any, layer: Any, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if _RAW_Q:
             name, raw = _RAW_Q.pop()
-            n = args[3].num_actual_tokens
+            meta = args[3] if len(args) > 3 else kwargs.get("attn_metadata")
+            n = meta.num_actual_tokens
             QUERIES.append((name, raw[:n], query[:n].clone()))
         return kernel_forward(self, layer, query, *args, **kwargs)
 
-    CPUAttentionBackendImpl.forward = forward
+    return forward
 
 
 def _probe(impl: Any, layer: Any, kv_cache: torch.Tensor, which: int, code: Any) -> torch.Tensor:
@@ -129,9 +145,8 @@ def layout_map(impl: Any, layer: Any, kv_cache: torch.Tensor) -> tuple[torch.Ten
 def read_slots(impl: Any, layer: Any, kv_cache: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached keys and values of ``slots`` (``[n, heads, head_size]`` each)."""
     pos_k, pos_v, bs = layout_map(impl, layer, kv_cache)
-    blocks = kv_cache.reshape(kv_cache.shape[0], -1)
     b, t = slots // bs, slots % bs
-    rows = blocks[b]  # [n, per_block]
+    rows = kv_cache[b].reshape(len(slots), -1)  # [n, per_block]: only the blocks needed
     k = torch.gather(rows, 1, pos_k[t].flatten(1)).view(len(slots), *pos_k.shape[1:])
     v = torch.gather(rows, 1, pos_v[t].flatten(1)).view(len(slots), *pos_v.shape[1:])
     return k, v
