@@ -237,11 +237,13 @@ def test_build_table_errors():
         vllm_patch.build_table(bad)
     # auto routing applies a non-floor MX rule only where the format takes one
     t = vllm_patch.build_table(config_from_dict({"linear": {"format": "auto", "scale_rule": "ceil"}}))
-    assert t[("linear", "mxfp4")] == ("mxfp4", "ceil") and t[("linear", "nvfp4")] == ("nvfp4", "floor")
-    assert t[("linear", "int")] is None and t[("moe", "mxfp4")] == ("mxfp4", "floor")
+    nearest = ("nearest", None, None)  # rounding, seed, rotation (issue 18 options, unset)
+    assert t[("linear", "mxfp4")] == ("mxfp4", "ceil", *nearest)
+    assert t[("linear", "nvfp4")] == ("nvfp4", "floor", *nearest)
+    assert t[("linear", "int")] is None and t[("moe", "mxfp4")] == ("mxfp4", "floor", *nearest)
     # force wins over layer specs, including "off"
     t = vllm_patch.build_table(config_from_dict({"force": "nvfp4", "moe": "off"}))
-    assert set(t.values()) == {("nvfp4", "floor")}
+    assert set(t.values()) == {("nvfp4", "floor", *nearest)}
 
 
 def test_idempotent_and_chaining(install):

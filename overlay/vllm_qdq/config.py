@@ -47,6 +47,14 @@ A ``format`` is a name in :data:`vllm_qdq.numerics.formats.FORMATS`, ``"off"``, 
 specs of the plugin only) ``"auto"``. Layer patterns are shell globs on vLLM's layer prefix
 (``fnmatch``), or regular expressions when written ``"re:..."``. Environment variables win
 over the JSON for the keys they name.
+
+Every spec (``linear``, ``moe``, ``method.*``, ``layers[].act`` / ``.weight``) also takes
+``"scale_rule": "four_over_six"`` (NVFP4 family), ``"rounding": "nearest" | "stochastic"`` with
+``"seed": int | null`` (MX and NVFP4 family; ``auto`` applies it where the routed format takes
+it) and ``"rotate": {"kind": "hadamard", "block": 16|32|64|128|256, "seed": int | null,
+"pad": bool}`` (activations ``R^T QDQ(R x)``, ``qdq``-method weights ``QDQ(W R^T) R``; a K the
+block does not divide stops start-up naming the layer unless ``pad``). See
+:mod:`vllm_qdq.numerics.rotation` and :mod:`vllm_qdq.numerics.reference` for the numerics.
 """
 
 from __future__ import annotations

@@ -14,13 +14,18 @@ from torch import nn
 from vllm_qdq.qdq import quantize_dequantize
 
 
-def _q(x: torch.Tensor, fmt: str | None) -> torch.Tensor:
+def _q(x: torch.Tensor, fmt: str | dict | None) -> torch.Tensor:
+    """QDQ along the last axis; ``fmt`` a format name or a spec ``{"format", "scale_rule",
+    "rounding", "seed", "rotate"}`` (the method's JSON keys, passed to the public API as they are)."""
     if fmt is None or fmt == "off":
         return x
+    if isinstance(fmt, dict):
+        kw = {k: v for k, v in fmt.items() if k != "format"}
+        return quantize_dequantize(x, fmt["format"], axis=-1, backend="reference", **kw)
     return quantize_dequantize(x, fmt, axis=-1, backend="reference")
 
 
-def _pre_hook(fmt: str | None):
+def _pre_hook(fmt: str | dict | None):
     def hook(_mod: nn.Module, args: tuple):
         return (_q(args[0], fmt), *args[1:])
 
@@ -30,10 +35,10 @@ def _pre_hook(fmt: str | None):
 @torch.no_grad()
 def apply_qdq(
     model: nn.Module,
-    weight: str | None,
-    act: str | None,
-    moe_weight: str | None = None,
-    moe_act: str | None = None,
+    weight: str | dict | None,
+    act: str | dict | None,
+    moe_weight: str | dict | None = None,
+    moe_act: str | dict | None = None,
     skip: Callable[[str], bool] = lambda name: False,
 ) -> dict[str, int]:
     """QDQ every ``nn.Linear`` but ``lm_head`` and every Mixtral expert block; returns counts."""

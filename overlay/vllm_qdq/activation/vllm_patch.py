@@ -13,7 +13,9 @@ function that, per call:
 3. picks the activation format from the settings (:func:`build_table`): ``force`` if set, else
    the layer kind's spec (``linear`` or ``moe``) when it names a format, else ``route[kind]``
    when the spec is ``auto``; ``off`` leaves the call unchanged;
-4. replaces the activation by ``torch.ops.vllm_qdq.qdq(x, fmt, scale_rule, -1, None, None)`` (blocks
+4. replaces the activation by ``torch.ops.vllm_qdq.qdq(x, fmt, scale_rule, -1, None, None,
+   rounding, seed, rotate)`` (with a ``rotate`` spec: ``R^T QDQ(R x)``, which with the
+   checkpoint's unrotated weights is what a rotated system computes, ``W R^T . QDQ(R x)``; blocks
    along the last, reduction, dimension; NVFP4's per-tensor scale from the activation's own
    amax) and calls the wrapped function with every other argument as given, returning its
    result unchanged. With ``stats_dir`` set, the op is ``torch.ops.vllm_qdq.qdq_stats(x, fmt,
@@ -46,7 +48,8 @@ from typing import Any
 import torch
 
 from ..config import WEIGHT_KINDS, ConfigError, QDQConfig
-from ..numerics.formats import FORMATS, check_scale_rule
+from ..numerics.formats import FORMATS, check_rounding, check_scale_rule
+from ..numerics.rotation import Rotation
 
 __all__ = [
     "COVERED",
@@ -257,18 +260,26 @@ LEFT_OUT: dict[str, str] = {
 # ----------------------------------------------------------------------------- settings
 
 
-def build_table(cfg: QDQConfig) -> dict[tuple[str, str], tuple[str, str] | None]:
-    """``(layer kind, weight kind) -> (format, scale rule)`` or ``None`` (off), validated.
+#: One routing-table entry: (format, scale rule, rounding, seed, rotation as the op's string).
+Choice = tuple[str, str, str, "int | None", "str | None"]
+
+
+def build_table(cfg: QDQConfig) -> dict[tuple[str, str], Choice | None]:
+    """``(layer kind, weight kind) -> (format, scale rule, rounding, seed, rotate)`` or ``None``
+    (off), validated.
 
     ``force`` wins over everything; a layer spec naming a format applies to every weight kind;
     ``auto`` takes ``route[weight kind]``. With ``auto`` or ``force``, the layer spec's scale
-    rule applies where the chosen format takes one (MX formats) and other formats use their
-    fixed scale computation; a format named in the layer spec must accept the rule given.
+    rule applies where the chosen format accepts it (MX rules on MX formats, ``four_over_six`` on
+    the NVFP4 family) and other formats use their default; likewise ``rounding: stochastic``
+    applies where the chosen format takes it (MX, NVFP4 family) and the others round to
+    nearest. A format named in the layer spec must accept the rule and rounding given. The
+    layer spec's ``rotate`` applies to every format it routes to.
 
     Raises:
-        ConfigError: a format / scale rule combination the format table rejects.
+        ConfigError: a format / scale rule / rounding combination the format table rejects.
     """
-    table: dict[tuple[str, str], tuple[str, str] | None] = {}
+    table: dict[tuple[str, str], Choice | None] = {}
     for layer in LAYER_KINDS:
         spec = cfg.linear if layer == "linear" else cfg.moe
         for kind in WEIGHT_KINDS:
@@ -284,21 +295,29 @@ def build_table(cfg: QDQConfig) -> dict[tuple[str, str], tuple[str, str] | None]
             if fmt not in FORMATS:
                 raise ConfigError(f"{where}={fmt!r} is not a known format; accepted: off, {', '.join(FORMATS)}")
             explicit = where == f"{layer}.format"
-            rule = spec.scale_rule if explicit or FORMATS[fmt].takes_scale_rule else "floor"
+            rule = spec.scale_rule if explicit or spec.scale_rule in FORMATS[fmt].scale_rules else "floor"
+            rounding = spec.rounding if explicit or FORMATS[fmt].takes_rounding else "nearest"
             try:
                 check_scale_rule(FORMATS[fmt], rule)
             except ValueError as e:
                 raise ConfigError(f"{layer}.scale_rule with {where}={fmt!r}: {e}") from None
-            table[(layer, kind)] = (fmt, rule)
+            try:
+                check_rounding(FORMATS[fmt], rounding)
+            except ValueError as e:
+                raise ConfigError(f"{layer}.rounding with {where}={fmt!r}: {e}") from None
+            table[(layer, kind)] = (fmt, rule, rounding, spec.seed if rounding != "nearest" else None,
+                                    spec.rotate_arg)
     return table
 
 
 @dataclass
 class _State:
     cfg: QDQConfig
-    table: dict[tuple[str, str], tuple[str, str] | None]
+    table: dict[tuple[str, str], Choice | None]
     trace: bool
     stats: bool
+    #: rotation string -> (block, pad), parsed once (the traced wrapper only reads it)
+    rotations: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
 
 _STATE: _State | None = None
@@ -335,11 +354,16 @@ def is_wrapped(fn: Any) -> bool:
     return False
 
 
-def _fmt_str(choice: tuple[str, str] | None) -> str:
+def _fmt_str(choice: Choice | None) -> str:
     if choice is None:
         return "off"
-    fmt, rule = choice
-    return f"{fmt}/{rule}" if FORMATS[fmt].takes_scale_rule else fmt
+    fmt, rule, rounding, seed, rot = choice
+    shown = f"{fmt}/{rule}" if FORMATS[fmt].takes_scale_rule or rule != "floor" else fmt
+    if rot:
+        shown += f"+{Rotation.decode(rot)}"
+    if rounding != "nearest":
+        shown += f"+{rounding}(seed={seed or 0})"
+    return shown
 
 
 def _trace(name: str, layer: str, x: torch.Tensor, wdesc: str, fmt: str) -> None:
@@ -349,6 +373,16 @@ def _trace(name: str, layer: str, x: torch.Tensor, wdesc: str, fmt: str) -> None
         emit_traced(name, layer, x, wdesc, fmt)
     else:
         emit(name, layer, x, wdesc, fmt)
+
+
+def _check_rot_k(name: str, k: int, block: int, pad: bool) -> None:
+    """The first call of a wrapper (vLLM's profiling run, at start-up) with a K the rotation
+    block does not divide stops the engine, naming the op and K (the plugin sees ops, not layers)."""
+    if k % block and not pad:
+        raise ConfigError(
+            f"activation QDQ in {name}: rotate.block={block} does not divide the activation's "
+            f"K={k}; accepted: a block dividing K, or \"pad\": true"
+        )
 
 
 def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
@@ -376,11 +410,13 @@ def _make_wrapper(spec: OpSpec, inner: Callable) -> Callable:
             _trace(name, layer, x, wdesc, _fmt_str(choice))
         if choice is None:
             return inner(*args, **kwargs)
-        fmt, rule = choice
+        fmt, rule, rounding, seed, rot = choice
+        if rot is not None:
+            _check_rot_k(name, x.shape[-1], *st.rotations[rot])
         if st.stats:
-            y = torch.ops.vllm_qdq.qdq_stats(x, fmt, rule, -1, name)
+            y = torch.ops.vllm_qdq.qdq_stats(x, fmt, rule, -1, name, rounding, seed, rot)
         else:
-            y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, None, None)
+            y = torch.ops.vllm_qdq.qdq(x, fmt, rule, -1, None, None, rounding, seed, rot)
         if len(args) > pos:
             args = (*args[:pos], y, *args[pos + 1:])
         else:
@@ -442,7 +478,9 @@ def install(cfg: QDQConfig) -> PatchReport:
         from ..stats import enable
 
         enable()
-    _STATE = _State(cfg, table, cfg.trace, bool(cfg.stats_dir))
+    rotations = {c[4]: (Rotation.decode(c[4]).block, Rotation.decode(c[4]).pad)
+                 for c in table.values() if c is not None and c[4] is not None}
+    _STATE = _State(cfg, table, cfg.trace, bool(cfg.stats_dir), rotations)
     report = PatchReport()
     for spec in COVERED:
         cur = getattr(vllm_ops, spec.name, None)

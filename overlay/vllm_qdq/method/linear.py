@@ -14,7 +14,7 @@ from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
 from ..config import QuantSpec
 from .policy import LayerPlan
-from .qdq_tensors import qdq_act, qdq_weight
+from .qdq_tensors import check_rotation, qdq_act, qdq_weight
 
 if TYPE_CHECKING:
     from .quant_config import QDQQuantConfig
@@ -34,6 +34,9 @@ class QDQLinearMethod(UnquantizedLinearMethod):
         self._stats_name: str | None = plan.prefix if qconfig.stats_dir else None
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, *args, **kw):
+        if not self.plan.skipped:
+            check_rotation(self.plan.weight, input_size_per_partition, f"layer {self.plan.prefix!r} weight")
+            check_rotation(self.plan.act, input_size_per_partition, f"layer {self.plan.prefix!r} act")
         super().create_weights(layer, input_size_per_partition, output_partition_sizes, *args, **kw)
         self._shards = list(output_partition_sizes)
 

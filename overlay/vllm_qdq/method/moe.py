@@ -10,7 +10,9 @@ Numeric contract (see :mod:`vllm_qdq.method.quant_config` for the whole method):
   them unquantized) are quantize-dequantized along H. With a monolithic kernel (routing
   inside the kernel) the router sees the QDQ'd states too.
 * Not QDQ'd: the intermediate activation between the expert GEMMs (input of down_proj); on
-  the CPU engine both GEMMs and the activation run inside one fused kernel.
+  the CPU engine both GEMMs and the activation run inside one fused kernel. So with a
+  ``rotate`` spec, w2 is QDQ'd in its rotated basis (``QDQ(W R^T) R``) while its input is not
+  rotated: the product equals a rotated system's for w13 only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
 )
 
 from .policy import LayerPlan
-from .qdq_tensors import qdq_act, qdq_weight
+from .qdq_tensors import check_rotation, qdq_act, qdq_weight
 
 if TYPE_CHECKING:
     from .quant_config import QDQQuantConfig
@@ -46,6 +48,11 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         self.qconfig.finalize()
         spec = self.plan.weight
+        if not self.plan.skipped:
+            hidden, inter = layer.w13_weight.shape[-1], layer.w2_weight.shape[-1]
+            check_rotation(spec, hidden, f"layer {self.plan.prefix!r} weight (w13, K=hidden)")
+            check_rotation(spec, inter, f"layer {self.plan.prefix!r} weight (w2, K=intermediate)")
+            check_rotation(self.plan.act, hidden, f"layer {self.plan.prefix!r} act")
         if spec.enabled and not self.plan.skipped:
             w13 = layer.w13_weight.data
             n = w13.shape[-2]

@@ -4,7 +4,10 @@ Numeric contract: :mod:`vllm_qdq.numerics.reference` (through the public API for
 the ``vllm_qdq::qdq`` custom op for activations, :mod:`vllm_qdq.activation.ops`). Blocks and
 rows run along the last dimension (K, the GEMM's reduction dimension). Weights whose recipe
 has a per-tensor scale (NVFP4's global scale, ``*_per_tensor``) get one per logical shard of
-a fused layer and per expert. No vLLM import.
+a fused layer and per expert. A spec's ``rotate`` makes weights ``QDQ(W R^T) R`` (every row
+``R^T QDQ(R w)``) and activations ``R^T QDQ(R x)``, so the GEMM sees ``QDQ(R x) . QDQ(R w)``; its
+``rounding`` / ``seed`` select stochastic rounding (draws indexed within the tensor QDQ'd: a
+weight shard, an expert, an activation). No vLLM import.
 """
 
 from __future__ import annotations
@@ -12,20 +15,39 @@ from __future__ import annotations
 import torch
 
 from ..activation import ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq / qdq_stats)
-from ..config import QuantSpec
+from ..config import ConfigError, QuantSpec
 from ..numerics.formats import FORMATS, Family, Granularity
 from ..numerics.qdq import quantize_dequantize
 
-__all__ = ["qdq_act", "qdq_weight"]
+__all__ = ["check_rotation", "qdq_act", "qdq_weight"]
 
 
-def _spec_args(spec: QuantSpec) -> dict[str, str]:
-    return {"scale_rule": spec.scale_rule} if FORMATS[spec.format].takes_scale_rule else {}
+def _spec_args(spec: QuantSpec) -> dict:
+    args: dict = {"scale_rule": spec.scale_rule} if len(FORMATS[spec.format].scale_rules) > 1 else {}
+    if spec.rounding != "nearest":
+        args.update(rounding=spec.rounding, seed=spec.seed)
+    if spec.rotate is not None:
+        args["rotate"] = spec.rotate
+    return args
 
 
 def _has_global_scale(fmt: str) -> bool:
     f = FORMATS[fmt]
     return f.family is Family.NVFP4 or f.granularity is Granularity.TENSOR
+
+
+def check_rotation(spec: QuantSpec | None, k: int, where: str) -> None:
+    """Refuse, at start-up, a rotation whose block does not divide ``k`` (the layer's K) unless
+    the spec pads; the :class:`~vllm_qdq.config.ConfigError` names ``where`` (layer and role)."""
+    if spec is None or not spec.enabled or spec.rotate is None:
+        return
+    rot = spec.rotate
+    if k % rot.block and not rot.pad:
+        dividing = [b for b in (16, 32, 64, 128, 256) if k % b == 0]
+        raise ConfigError(
+            f"{where}: rotate.block={rot.block} does not divide K={k}; accepted: a block dividing K "
+            f"({', '.join(map(str, dividing)) or 'none'}), or \"pad\": true"
+        )
 
 
 @torch.no_grad()
@@ -65,5 +87,8 @@ def qdq_act(x: torch.Tensor, spec: QuantSpec, name: str | None = None) -> torch.
     if not spec.enabled or x.numel() == 0:
         return x
     if name is not None:
-        return torch.ops.vllm_qdq.qdq_stats(x, spec.format, spec.scale_rule, -1, name)
-    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None)
+        return torch.ops.vllm_qdq.qdq_stats(
+            x, spec.format, spec.scale_rule, -1, name, spec.rounding, spec.seed, spec.rotate_arg
+        )
+    return torch.ops.vllm_qdq.qdq(x, spec.format, spec.scale_rule, -1, None, None, spec.rounding, spec.seed,
+                                  spec.rotate_arg)
