@@ -250,3 +250,38 @@ def test_coverage_table_names_every_cache_writer_of_vllm() -> None:
     assert "CrossAttention" in LEFT_OUT and "WhisperCausalAttentionWithBlockPoolingImpl" in LEFT_OUT
     assert not set(COVERED) & set(LEFT_OUT)
     json.dumps(COVERED)
+
+
+def test_hook_records_k_and_v_statistics_of_the_token_rows() -> None:
+    """With statistics on, a write is recorded as ``<layer>.k_cache`` / ``.v_cache``: the token
+    rows only (slot -1 padding left out), the QDQ the cache got; per-head FP8 as per-channel FP8
+    of the [heads, tokens * head_size] view."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, _get_attn_isa
+    from vllm_qdq import stats
+    from vllm_qdq.activation.kv_cache import install_layer
+
+    h, d = 2, 32
+    calls: list[tuple[str, torch.Tensor, torch.Tensor, str]] = []
+    stats.set_hook(lambda name, x, y, fmt: calls.append((name, x, y, fmt)))
+    try:
+        for fmt, stat_fmt in (("mxfp4", "mxfp4"), ("fp8_e4m3_per_head", "fp8_e4m3_per_channel")):
+            calls.clear()
+            impl = CPUAttentionBackendImpl(4, d, d ** -0.5, h, None, None, "auto", None, "decoder", None)
+            layer = torch.nn.Module()
+            layer.impl, layer._k_scale_float, layer._v_scale_float = impl, 1.0, 1.0
+            layer.isa = _get_attn_isa(torch.float32, 32, d)
+            assert install_layer(layer, "m.attn", QuantSpec(fmt), stats=True)
+            key, value = _kv(4, h, d), _kv(4, h, d) * 2
+            slots = torch.tensor([5, -1, 6, 7])
+            impl.do_kv_cache_update(layer, key, value, torch.zeros(1, h, 32, 2 * d), slots)
+            assert [(c[0], c[3]) for c in calls] == [("m.attn.k_cache", stat_fmt), ("m.attn.v_cache", stat_fmt)]
+            valid = slots >= 0
+            for (_, x, y, _), raw in zip(calls, (key, value), strict=True):
+                want_x = raw[valid]
+                want_y = qdq_kv(raw, fmt, valid=valid)[valid]
+                if fmt == "fp8_e4m3_per_head":
+                    want_x, want_y = (t.transpose(0, 1).reshape(h, -1) for t in (want_x, want_y))
+                assert torch.equal(x, want_x) and torch.equal(y, want_y)
+                assert torch.equal(y, quantize_dequantize(x, stat_fmt))  # the recorder re-quantizes alike
+    finally:
+        stats.set_hook(None)

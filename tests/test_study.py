@@ -589,3 +589,31 @@ def test_study_against_two_cpu_servers(tmp_path: Path, monkeypatch: pytest.Monke
         sm = bench["study_server_metrics"]  # /metrics around the timed run only: its 4 requests
         assert sm["requests"] == 4 and sm["prefill_ms"] > 0 and sm["e2e_ms"] > sm["prefill_ms"], sm
     assert "| engine prefill (scheduled -> first token) |" in text
+
+
+def test_report_kv_cache_and_query_table(tmp_path: Path) -> None:
+    """KV-cache / query statistics (``<layer>.k_cache``, ``.v_cache``, ``.q``, issue 19) get a
+    table of their own, one row per attention layer in layer order, with the SQNR of K, V and Q,
+    and stay out of the GEMM activation rows."""
+    from vllm_qdq.numerics.kv import qdq_kv
+    from vllm_qdq.stats import load_stats
+
+    _synthetic(tmp_path)
+    rec = QDQStats(tmp_path / "stats" / "qdq-kv")
+    for layer in (0, 1, 10):
+        name = f"model.layers.{layer}.self_attn.attn"
+        k, v, q = (torch.randn(5, 2, 64) * (layer + 1) for _ in range(3))
+        rec.record(f"{name}.k_cache", "nvfp4", k, qdq_kv(k, "nvfp4"))
+        rec.record(f"{name}.v_cache", "nvfp4", v, qdq_kv(v, "nvfp4"))
+        if layer:
+            rec.record(f"{name}.q", "mxfp8_e4m3", q, qdq_kv(q, "mxfp8_e4m3"))
+    rec.flush()
+    text = write_report(tmp_path).read_text()
+    assert "| mxfp4 | 3 | 3 |" in text and "| nvfp4 |" not in text.split("KV cache and attention query")[0]
+    stats = {k.op: k for k in load_stats(tmp_path / "stats" / "qdq-kv")}
+    k0, v0 = stats["model.layers.0.self_attn.attn.k_cache"], stats["model.layers.0.self_attn.attn.v_cache"]
+    row0 = f"| model.layers.0.self_attn.attn | {k0.sqnr_db:.3f} (nvfp4) | {v0.sqnr_db:.3f} (nvfp4) | – | 1 |"
+    assert row0 in text, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("| model.layers.") and "self_attn.attn |" in ln]
+    assert [ln.split(" | ")[0] for ln in lines] == [f"| model.layers.{i}.self_attn.attn" for i in (0, 1, 10)]
+    assert "(mxfp8_e4m3)" in lines[1] and "| all layers |" in text

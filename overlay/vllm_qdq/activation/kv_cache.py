@@ -57,6 +57,7 @@ from ..numerics.kv import qdq_kv, spans_tokens
 
 __all__ = [
     "HOOK_ATTR",
+    "STAT_SUFFIXES",
     "KVReport",
     "install_layer",
     "install_model",
@@ -71,6 +72,8 @@ logger = logging.getLogger("vllm_qdq")
 
 #: Attribute set on a hooked ``do_kv_cache_update`` (its value: the :class:`QuantSpec`).
 HOOK_ATTR = "_vllm_qdq_kv_spec"
+#: Suffixes of the statistics keys of the attention hooks: ``<layer>.k_cache``, ``.v_cache``, ``.q``.
+STAT_SUFFIXES: tuple[str, ...] = (".k_cache", ".v_cache", ".q")
 #: Marker on the wrapped ``BaseModelLoader.create_model`` (:func:`install_plugin_hook`).
 _LOADER_ATTR = "_vllm_qdq_kv_loader"
 

@@ -583,7 +583,11 @@ def _numerics(stats_dir: Path, plots: Path) -> tuple[str, Path | None]:
                 merged[key].merge(ks)
             else:
                 merged[key] = ks
-    keys = sorted(merged.values(), key=lambda k: (k.fmt, k.op))
+    every = sorted(merged.values(), key=lambda k: (k.fmt, k.op))
+    from ..activation.kv_cache import STAT_SUFFIXES
+
+    attn = [k for k in every if k.op.endswith(STAT_SUFFIXES)]
+    keys = [k for k in every if not k.op.endswith(STAT_SUFFIXES)]  # the GEMM activations
     rows = []
     for fmt in sorted({k.fmt for k in keys}):
         ks = [k for k in keys if k.fmt == fmt]
@@ -594,14 +598,17 @@ def _numerics(stats_dir: Path, plots: Path) -> tuple[str, Path | None]:
         rows.append([fmt, str(len(ks)), str(tot.calls), _fmt(tot.sqnr_db), f"{_fmt(worst.sqnr_db)} ({worst.op})",
                      _fmt(tot.max_abs_err), f"{tot.frac_saturated:.2e}", str(tot.nonfinite)])
     text = _table(["format", "layers", "calls", "SQNR dB (all)", "worst layer SQNR dB", "max abs err",
-                   "saturated fraction", "NaN outputs"], rows)
+                   "saturated fraction", "NaN outputs"], rows) if keys else "_No GEMM activation QDQ recorded._"
     worst = sorted(keys, key=lambda k: k.sqnr_db)[:10]
+    if attn:
+        text += "\n\n" + _attention_numerics(attn)
     text += "\n\nWorst layers:\n\n" + _table(
         ["layer / op", "format", "calls", "SQNR dB", "max abs err", "max abs x", "saturated fraction"],
         [[k.op, k.fmt, str(k.calls), _fmt(k.sqnr_db), _fmt(k.max_abs_err), _fmt(k.max_abs_x),
           f"{k.frac_saturated:.2e}"] for k in worst])
     text += f"\n\nFrom {len(files)} file(s) under `{stats_dir}`."
     plt = _plt()
+    keys = every
     shown = keys[:60]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(shown) + 2), 4))
     fmts = sorted({k.fmt for k in shown})
@@ -620,6 +627,39 @@ def _numerics(stats_dir: Path, plots: Path) -> tuple[str, Path | None]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return text, path
+
+
+def _attention_numerics(attn: list) -> str:
+    """The KV-cache and attention-query statistics (``<layer>.k_cache``, ``.v_cache``, ``.q``):
+    one row per attention layer with the SQNR of K, V and Q, and a total row (energy-weighted
+    over every layer)."""
+    from ..stats import KeyStats
+
+    parts = {".k_cache": "K", ".v_cache": "V", ".q": "Q"}
+    by_layer: dict[str, dict[str, KeyStats]] = {}
+    totals: dict[str, KeyStats] = {}
+    for k in attn:
+        suffix = next(x for x in parts if k.op.endswith(x))
+        layer = k.op[: -len(suffix)]
+        by_layer.setdefault(layer, {})[parts[suffix]] = k
+        tot = totals.setdefault(parts[suffix], KeyStats("*", k.fmt))
+        tot.merge(k)
+
+    def cell(ks: KeyStats | None) -> str:
+        return f"{_fmt(ks.sqnr_db)} ({ks.fmt})" if ks is not None else "–"
+
+    def natural(name: str) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    rows = [[layer, cell(d.get("K")), cell(d.get("V")), cell(d.get("Q")), str(d["K"].calls if "K" in d else 0),
+             _fmt(max((x.max_abs_err for x in d.values()), default=0.0))]
+            for layer, d in sorted(by_layer.items(), key=lambda kv: natural(kv[0]))]
+    rows.append(["all layers", cell(totals.get("K")), cell(totals.get("V")), cell(totals.get("Q")),
+                 str(totals["K"].calls if "K" in totals else 0),
+                 _fmt(max((x.max_abs_err for x in totals.values()), default=0.0))])
+    return ("KV cache and attention query (SQNR dB of the keys and values as written to the paged "
+            "cache, and of the query; format in brackets):\n\n"
+            + _table(["attention layer", "K SQNR dB", "V SQNR dB", "Q SQNR dB", "cache writes", "max abs err"], rows))
 
 
 # ----------------------------------------------------------------------------- report
