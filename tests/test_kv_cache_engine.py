@@ -119,8 +119,9 @@ def test_plugin_kv_cache_qdq_eager_and_compiled(tmp_path: Path, llama: Path, bas
                       {"pattern": "model.layers.0.*", "attn_q": "off"}]}
     expect = {"default": "nvfp4", "layers": {"model.layers.1.self_attn.attn": "off"},
               "q_default": "mxfp4", "q_layers": {"model.layers.0.self_attn.attn": "off"}}
+    stats_dir = tmp_path / "stats"
     res, log = _run(tmp_path, "plugin", llama, [{"name": "eager"}, {"name": "compiled", "enforce_eager": False}],
-                    {"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": json.dumps(cfg)}, expect)
+                    {"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": json.dumps(cfg), "VLLM_QDQ_STATS": str(stats_dir)}, expect)
     eager, compiled = _ok(res, "eager"), _ok(res, "compiled")
     _check_cache(eager, qdq=True, q_qdq=True)
     _check_cache(compiled, qdq=True, q_qdq=True)
@@ -129,6 +130,17 @@ def test_plugin_kv_cache_qdq_eager_and_compiled(tmp_path: Path, llama: Path, bas
     assert _mean_diff(eager, baseline) > MIN_EFFECT
     # Same model, same QDQ'd cache: compiled matches eager up to Inductor's fp32 reassociation.
     assert _mean_diff(eager, compiled) < 1e-3
+    # The study's per-layer statistics: K and V of layer 0 (layer 1's cache is off), Q of layer 1
+    # (layer 0's query is off), one call per served step: 2 runs x 2 prompts x 4 steps.
+    from vllm_qdq.stats import load_stats
+
+    got = {(k.op, k.fmt): k for k in load_stats(stats_dir)}
+    a0, a1 = "model.layers.0.self_attn.attn", "model.layers.1.self_attn.attn"
+    nv = next(f for (op, f) in got if op == f"{a0}.k_cache")
+    assert set(got) == {(f"{a0}.k_cache", nv), (f"{a0}.v_cache", nv), (f"{a1}.q", "mxfp4")}, sorted(got)
+    for k in got.values():
+        assert k.calls == 2 * 2 * 4, k
+        assert 5.0 < k.sqnr_db < 40.0, k  # 4-bit QDQ of random activations: ~10-20 dB
 
 
 def test_method_kv_cache_qdq(tmp_path: Path, llama: Path, baseline: list[dict]) -> None:
