@@ -2,7 +2,8 @@
 
 ``vllm serve`` (the real CLI, ``vllm_qdq.vllm_cli.vllm_command()``) and ``LLM()`` in a user's
 script (a subprocess, vLLM's default multiprocess engine), each with a bad ``VLLM_QDQ_CONFIG``,
-a bad ``qdq`` quantization config (``hf_overrides``) and a layer pattern that matches no layer:
+a bad ``qdq`` quantization config (``hf_overrides``), a layer pattern that matches no layer, a bad
+``kv_cache`` format and a KV layer rule that matches no attention layer:
 non-zero exit, the message is the last non-empty line; the CLI exits with status 2 and prints
 no traceback after it (none at all when the front process found the error); the first two
 never start an engine; the pattern is checked before any weight is read. The time to fail of
@@ -40,12 +41,20 @@ BAD_RUN = {"quantization_config": {"quant_method": "qdq", "act": "mxfp5"}}
 BAD_RUN_MSG = "qdq quantization_config: act.format='mxfp5' is not a known format; accepted: off, mxfp4"
 BAD_PATTERN = {"quantization_config": {"quant_method": "qdq", "layers": [{"pattern": "model.layers.7.*", "skip": True}]}}
 BAD_PATTERN_MSG = "qdq method: layer pattern(s) ['model.layers.7.*'] matched no layer of this model"
+BAD_KV_ENV = '{"kv_cache": "fp8_e4m3_per_channel"}'
+BAD_KV_ENV_MSG = "kv_cache: 'fp8_e4m3_per_channel' is a per-output-channel weight recipe"
+BAD_KV_PATTERN = '{"kv_cache": "mxfp4", "layers": [{"pattern": "model.layers.*.mlp", "kv_cache": "off"}]}'
+BAD_KV_PATTERN_MSG = "kv_cache / attn_q layer rule(s) ['model.layers.*.mlp'] matched no attention layer of this model"
 
 #: case -> (extra environment, hf_overrides or None, message, found in the front process)
 CASES = {
     "env": ({"VLLM_QDQ_CONFIG": BAD_ENV}, None, BAD_ENV_MSG, True),
     "run_config": ({}, BAD_RUN, BAD_RUN_MSG, True),
     "pattern": ({}, BAD_PATTERN, BAD_PATTERN_MSG, False),
+    # issue 19: a bad KV format (front process), a KV layer rule matching no attention layer
+    # (the plugin, in the worker, right after the model is built)
+    "kv_env": ({"VLLM_QDQ_CONFIG": BAD_KV_ENV}, None, BAD_KV_ENV_MSG, True),
+    "kv_pattern": ({"VLLM_QDQ": "1", "VLLM_QDQ_CONFIG": BAD_KV_PATTERN}, None, BAD_KV_PATTERN_MSG, False),
 }
 
 USER_SCRIPT = """
