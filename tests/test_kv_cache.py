@@ -285,3 +285,61 @@ def test_hook_records_k_and_v_statistics_of_the_token_rows() -> None:
                 assert torch.equal(y, quantize_dequantize(x, stat_fmt))  # the recorder re-quantizes alike
     finally:
         stats.set_hook(None)
+
+
+# ----------------------------------------------------------------------------- issue-18 options
+
+
+def test_rotated_kv_is_rotate_qdq_unrotate_along_the_head_dimension() -> None:
+    """``rotate``: each head vector becomes ``R^T QDQ(R k)`` (the table's rotated QDQ along the
+    head dimension), so attention scores are those of the rotated system: ``q . k_sim =
+    (R q) . QDQ(R k)`` up to fp32 rounding."""
+    from vllm_qdq.numerics.rotation import Rotation, hadamard_signs, rotate_rows
+
+    rot = Rotation("hadamard", 32, 3, False)
+    k = _kv(6, 2, 64)
+    ks = qdq_kv(k, "mxfp4", rotate=rot)
+    assert torch.equal(ks, quantize_dequantize(k, "mxfp4", axis=-1, rotate=rot))
+    assert not torch.equal(ks, qdq_kv(k, "mxfp4"))
+    signs = hadamard_signs(rot, 64)
+    rk = rotate_rows(k.reshape(-1, 64), rot, signs)
+    q = torch.randn(12, 64)
+    lhs = (q * ks.reshape(-1, 64)).sum(-1)
+    rhs = (rotate_rows(q, rot, signs) * quantize_dequantize(rk, "mxfp4")).sum(-1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-5, atol=1e-5)
+    # stochastic rounding is keyed by its seed
+    a = qdq_kv(k, "mxfp4", rounding="stochastic", seed=1)
+    assert torch.equal(a, qdq_kv(k, "mxfp4", rounding="stochastic", seed=1))
+    assert not torch.equal(a, qdq_kv(k, "mxfp4", rounding="stochastic", seed=2))
+
+
+def test_kv_options_are_validated_at_start_up() -> None:
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+    from vllm_qdq.activation.kv_cache import KVReport, plan_layer
+
+    cfg = config_from_dict({"kv_cache": {"format": "nvfp4", "rotate": {"kind": "hadamard", "block": 64}},
+                            "attn_q": {"format": "mxfp4", "rounding": "stochastic", "seed": 5}})
+    assert str(cfg.kv_cache) == "nvfp4+hadamard64" and cfg.attn_q.seed == 5
+    for bad, msg in [({"kv_cache": {"format": "fp8_e4m3_per_head", "rotate": {"kind": "hadamard", "block": 32}}},
+                      "'fp8_e4m3_per_head' takes no rotate / rounding options"),
+                     ({"kv_cache": {"format": "fp8_e4m3_per_token", "rounding": "stochastic"}},
+                      "rounding='stochastic' does not apply to format 'fp8_e4m3_per_token'"),
+                     ({"attn_q": {"format": "mxfp4", "rotate": {"kind": "hadamard", "block": 48}}},
+                      r"attn_q.rotate.block=48"),
+                     ({"kv_cache": {"format": "mxfp4", "seed": -1}}, r"kv_cache.seed=-1")]:
+        with pytest.raises(ConfigError, match=msg):
+            config_from_dict(bad)
+    # vLLM's real Attention layer (CPU backend): a block that does not divide its head size stops
+    # start-up, naming the layer; one that does is hooked
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    with set_current_vllm_config(VllmConfig()):
+        layer = Attention(4, 32, 32 ** -0.5, num_kv_heads=2, prefix="m.attn")
+    assert isinstance(layer.impl, CPUAttentionBackendImpl)
+    with pytest.raises(ConfigError, match=r"kv_cache of attention layer 'm.attn' \(head size\): K=32 is not a multiple"):
+        plan_layer(layer, "m.attn", cfg.kv_cache, QuantSpec("off"), (), KVReport(), stats=False)
+    report = KVReport()
+    ok = config_from_dict({"kv_cache": {"format": "nvfp4", "rotate": {"kind": "hadamard", "block": 32}}}).kv_cache
+    plan_layer(layer, "m.attn", ok, cfg.attn_q, (), report, stats=False)
+    assert report.outcome == {"m.attn": "nvfp4+hadamard32"} and report.q_outcome == {"m.attn": str(cfg.attn_q)}

@@ -156,6 +156,23 @@ def test_method_kv_cache_qdq(tmp_path: Path, llama: Path, baseline: list[dict]) 
     assert _mean_diff(results, baseline) > MIN_EFFECT / 10  # FP8 moves far less than NVFP4
 
 
+def test_method_rotated_kv_and_query(tmp_path: Path, llama: Path, baseline: list[dict]) -> None:
+    """Issue-18 options through the method's run config: random-Hadamard-32 MXFP4 keys / values
+    (the cache holds ``R^T QDQ(R k)``) and a plain-Hadamard-32 MXFP4 query; both bit for bit
+    against the reference, and the cache is not the unrotated MXFP4 QDQ."""
+    kv = {"format": "mxfp4", "rotate": {"kind": "hadamard", "block": 32, "seed": 7}}
+    q = {"format": "mxfp4", "rotate": {"kind": "hadamard", "block": 32}}
+    qc = {"quant_method": "qdq", "weight": "off", "act": "off", "kv_cache": kv, "attn_q": q}
+    run = [{"name": "rot", "llm": {"quantization": "qdq", "hf_overrides": {"quantization_config": qc}}}]
+    res, log = _run(tmp_path, "rot", llama, run, {"VLLM_QDQ": "0"}, {"default": kv, "q_default": q})
+    _check_cache(_ok(res, "rot"), qdq=True, q_qdq=True)
+    assert "mxfp4/floor+hadamard32" in log, log[-3000:]
+    # the same run checked against plain MXFP4: the rotation must show
+    res2, _ = _run(tmp_path, "rot-vs-plain", llama, run, {"VLLM_QDQ": "0"}, {"default": "mxfp4", "q_default": q})
+    assert all(r["kv_mismatch"] for r in _ok(res2, "rot")), "a rotated cache equal to the unrotated QDQ"
+    assert _mean_diff(_ok(res, "rot"), baseline) > MIN_EFFECT
+
+
 def test_kv_rule_matching_no_layer_stops_start_up(tmp_path: Path, llama: Path) -> None:
     """A ``kv_cache`` layer rule that matches no attention layer stops the plugin's start-up,
     naming the pattern and the attention layers there are."""

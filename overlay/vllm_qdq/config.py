@@ -365,11 +365,12 @@ def _spec_options(where: str, d: Mapping, fmt: str, base: QuantSpec | None) -> t
 
 
 def kv_spec(where: str, obj: object) -> QuantSpec:
-    """A KV-cache or attention-query spec (``"nvfp4"`` or ``{"format", "scale_rule"}``), checked against
-    :data:`vllm_qdq.numerics.kv.KV_FORMATS`; raises :class:`ConfigError` naming the value."""
+    """A KV-cache or attention-query spec (``"nvfp4"`` or ``{"format", "scale_rule", "rounding",
+    "seed", "rotate"}``), checked against :data:`vllm_qdq.numerics.kv.KV_FORMATS`; raises
+    :class:`ConfigError` naming the value."""
     if isinstance(obj, str):
         obj = {"format": obj}
-    d = _keys(where, obj, ("format", "scale_rule"))
+    d = _keys(where, obj, ("format", "scale_rule", "rounding", "seed", "rotate"))
     fmt, rule = d.get("format", "off"), d.get("scale_rule", "floor")
     if not isinstance(fmt, str) or not isinstance(rule, str):
         raise ConfigError(f"{where} format and scale_rule must be strings, got {json.dumps(obj)}")
@@ -377,7 +378,12 @@ def kv_spec(where: str, obj: object) -> QuantSpec:
         check_kv_format(fmt, rule)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-    return QuantSpec(fmt, rule)
+    rounding, seed, rotate = _spec_options(where, d, fmt, None)
+    try:
+        check_kv_format(fmt, rule, rounding, rotate)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return QuantSpec(fmt, rule, rounding, seed, rotate)
 
 
 def _format_name(where: str, value: object, extra: tuple[str, ...] = ("off",)) -> str:

@@ -188,12 +188,19 @@ def record_writes() -> None:
     QUERIES.clear()
 
 
-def _expected_spec(layer: str, prefix: str = "") -> tuple[str, str]:
+def _expected_spec(layer: str, prefix: str = "") -> tuple[str, dict[str, Any]]:
+    """``(format, qdq_kv keyword arguments)`` the test expects for ``layer``."""
+    from vllm_qdq.numerics.rotation import parse_rotation
+
     expect = json.loads(os.environ.get("QDQ_TEST_KV_EXPECT", '{"default": "off"}'))
     spec = expect.get(f"{prefix}layers", {}).get(layer, expect.get(f"{prefix}default", "off"))
     if isinstance(spec, str):
-        return spec, "floor"
-    return spec["format"], spec.get("scale_rule", "floor")
+        return spec, {}
+    kw: dict[str, Any] = {"scale_rule": spec.get("scale_rule", "floor"), "rounding": spec.get("rounding", "nearest"),
+                          "seed": spec.get("seed")}
+    if spec.get("rotate") is not None:
+        kw["rotate"] = parse_rotation(spec["rotate"])
+    return spec["format"], kw
 
 
 def check_writes() -> dict[str, Any]:
@@ -203,11 +210,11 @@ def check_writes() -> dict[str, Any]:
     mismatch: dict[str, int] = {}
     rows = changed = 0
     for name, k, v, slots, impl, layer, kv_cache in WRITES:
-        fmt, rule = _expected_spec(name)
+        fmt, kw = _expected_spec(name)
         valid = slots >= 0
         got_k, got_v = read_slots(impl, layer, kv_cache, slots[valid].long())
         for raw, got in ((k, got_k), (v, got_v)):
-            exp = raw if fmt == "off" else qdq_kv(raw, fmt, rule, valid=valid, backend="reference")
+            exp = raw if fmt == "off" else qdq_kv(raw, fmt, valid=valid, backend="reference", **kw)
             exp = exp[valid].to(got.dtype)
             bad = (got != exp).flatten(1).any(1)
             if int(bad.sum()):
@@ -217,8 +224,8 @@ def check_writes() -> dict[str, Any]:
     q_mismatch: dict[str, int] = {}
     q_changed = 0
     for name, raw, got in QUERIES:
-        fmt, rule = _expected_spec(name, "q_")
-        exp = raw if fmt == "off" else qdq_kv(raw, fmt, rule, backend="reference")
+        fmt, kw = _expected_spec(name, "q_")
+        exp = raw if fmt == "off" else qdq_kv(raw, fmt, backend="reference", **kw)
         bad = int((got != exp).flatten(1).any(1).sum())
         if bad:
             q_mismatch[name] = q_mismatch.get(name, 0) + bad

@@ -194,8 +194,7 @@ def _record(name: str, spec: QuantSpec, x: torch.Tensor, y: torch.Tensor, valid:
 
 
 def _make_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool) -> Callable[..., Any]:
-    fmt, rule = spec.format, spec.scale_rule
-    mask = spans_tokens(fmt)
+    mask = spans_tokens(spec.format)
 
     @functools.wraps(orig)
     def do_kv_cache_update(layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
@@ -203,8 +202,8 @@ def _make_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool
         n = slot_mapping.shape[0]
         k, v = key[:n], value[:n]
         valid = slot_mapping >= 0 if (mask or stats) else None
-        kq = qdq_kv(k, fmt, rule, valid=valid if mask else None)
-        vq = qdq_kv(v, fmt, rule, valid=valid if mask else None)
+        kq = _qdq(k, spec, valid if mask else None)
+        vq = _qdq(v, spec, valid if mask else None)
         if stats:
             assert valid is not None
             _record(f"{name}.k_cache", spec, k, kq, valid)
@@ -219,10 +218,15 @@ def _make_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool
 _Q_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def _qdq(x: torch.Tensor, spec: QuantSpec, valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`vllm_qdq.numerics.kv.qdq_kv` with every option of ``spec``."""
+    return qdq_kv(x, spec.format, spec.scale_rule, valid=valid, rounding=spec.rounding, seed=spec.seed,
+                  rotate=spec.rotate)
+
+
 def _make_query_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool,
                      heads: int) -> Callable[..., Any]:
-    fmt, rule = spec.format, spec.scale_rule
-    mask = spans_tokens(fmt)
+    mask = spans_tokens(spec.format)
 
     @functools.wraps(orig)
     def forward(layer: torch.nn.Module, query: torch.Tensor, key: Any, value: Any, kv_cache: Any,
@@ -232,7 +236,7 @@ def _make_query_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats
         q3 = query if query.ndim == 3 else query.view(query.shape[0], heads, -1)
         n = getattr(attn_metadata, "num_actual_tokens", q3.shape[0])
         valid = torch.arange(q3.shape[0], device=q3.device) < n if (mask or stats) else None
-        qq = qdq_kv(q3, fmt, rule, valid=valid if mask else None)
+        qq = _qdq(q3, spec, valid if mask else None)
         if stats:
             assert valid is not None
             _record(f"{name}.q", spec, q3, qq, valid)
@@ -336,8 +340,21 @@ def plan_layer(layer: torch.nn.Module, name: str, default: QuantSpec, q_default:
             f"{status}; leave it out with a layer rule such as "
             f'{{"pattern": "{name}", "kv_cache": "off"}}'
         )
+    _check_rotation(spec, layer, name, "kv_cache")
     install_layer(layer, name, spec, stats=stats)
     report.outcome[name] = str(spec)
+
+
+def _check_rotation(spec: QuantSpec, layer: torch.nn.Module, name: str, key: str) -> None:
+    """A rotation block must divide the layer's head size (or pad): checked at start-up."""
+    if spec.rotate is None:
+        return
+    from ..numerics.rotation import check_length
+
+    try:
+        check_length(spec.rotate, layer.impl.head_size, f"{key} of attention layer {name!r} (head size)")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _plan_query(layer: torch.nn.Module, name: str, default: QuantSpec, layers: tuple[LayerRule, ...],
@@ -356,6 +373,7 @@ def _plan_query(layer: torch.nn.Module, name: str, default: QuantSpec, layers: t
             f"{type(layer).__name__} is not covered (MLA splits its query into latent and RoPE parts); "
             f'leave it out with a layer rule such as {{"pattern": "{name}", "attn_q": "off"}}'
         )
+    _check_rotation(spec, layer, name, "attn_q")
     install_query(layer, name, spec, stats=stats)
     report.q_outcome[name] = str(spec)
 

@@ -24,6 +24,14 @@ MX formats (``mx*``)           ``block`` consecutive elements of one token's hea
 The ``*_per_channel`` recipes are weight recipes and are refused (:func:`kv_format_problem`);
 for keys and values their per-row counterpart is ``*_per_token``.
 
+Options of the format table (issue 18), along the head dimension too: ``rotate`` (a block
+Hadamard rotation :class:`~vllm_qdq.numerics.rotation.Rotation`: the cache holds
+``R^T QDQ(R k)``, so ``q . k_sim = (R q) . QDQ(R k)`` and ``p . v_sim = (p . QDQ(R v)) R^T``:
+what a rotated low-precision cache computes, with the inverse rotation folded into the reader;
+the block must divide the head size unless ``pad``), ``rounding="stochastic"`` with its
+``seed``. ``fp8_e4m3_per_head`` takes neither (its scale spans the head's tokens; rotations are
+for block formats).
+
 Scopes that span tokens (``fp8_e4m3_per_tensor``, ``fp8_e4m3_per_head``, the NVFP4 family's global scale)
 are *dynamic per write*: a prefill's keys share one scale, a decode step's keys (one token per
 running sequence) another, so these depend on how the scheduler batches tokens, as a dynamic
@@ -41,8 +49,9 @@ from __future__ import annotations
 
 import torch
 
-from .formats import FORMATS, Family, Granularity, check_scale_rule, get_format
+from .formats import FORMATS, Family, Granularity, check_rounding, check_scale_rule, get_format
 from .qdq import quantize_dequantize
+from .rotation import Rotation
 
 __all__ = ["KV_FORMATS", "KV_ONLY_FORMATS", "check_kv_format", "kv_format_problem", "qdq_kv", "spans_tokens"]
 
@@ -62,14 +71,19 @@ def kv_format_problem(fmt: str) -> str | None:
     return f"{fmt!r} is not a KV-cache format; accepted: off, {', '.join(KV_FORMATS)}"
 
 
-def check_kv_format(fmt: str, scale_rule: str) -> None:
+def check_kv_format(fmt: str, scale_rule: str, rounding: str = "nearest", rotate: Rotation | None = None) -> None:
     """Validate a KV spec; raises ``ValueError`` naming the value and the accepted ones."""
     p = kv_format_problem(fmt)
     if p is not None:
         raise ValueError(p)
     if fmt == "off":
         return
-    check_scale_rule(get_format("fp8_e4m3_per_channel" if fmt == "fp8_e4m3_per_head" else fmt), scale_rule)
+    spec = get_format("fp8_e4m3_per_channel" if fmt == "fp8_e4m3_per_head" else fmt)
+    check_scale_rule(spec, scale_rule)
+    if fmt in KV_ONLY_FORMATS and (rotate is not None or rounding != "nearest"):
+        raise ValueError(f"{fmt!r} takes no rotate / rounding options; they apply to the table formats: "
+                         f"{', '.join(f for f in KV_FORMATS if f not in KV_ONLY_FORMATS)}")
+    check_rounding(spec, rounding)
 
 
 def spans_tokens(fmt: str) -> bool:
@@ -88,6 +102,9 @@ def qdq_kv(
     *,
     valid: torch.Tensor | None = None,
     backend: str | None = None,
+    rounding: str = "nearest",
+    seed: int | None = None,
+    rotate: Rotation | None = None,
 ) -> torch.Tensor:
     """QDQ of one write of keys or values, ``x`` of shape ``[num_tokens, num_kv_heads, head_size]``.
 
@@ -98,14 +115,17 @@ def qdq_kv(
         valid: optional bool ``[num_tokens]``: rows that hold a token. For the formats whose
             scale spans tokens (:func:`spans_tokens`) the other rows are zeroed first.
         backend: as for :func:`vllm_qdq.numerics.qdq.quantize_dequantize`.
+        rounding, seed, rotate: the table formats' options (module text), along the head
+            dimension.
 
     Returns:
         A new tensor, same shape and dtype (see the module text for the scaling groups).
 
     Raises:
-        ValueError: a format or rule the KV cache does not take, or ``x`` not 3-D.
+        ValueError: a format, rule or option the KV cache does not take, a rotation block that
+            does not divide the head size, or ``x`` not 3-D.
     """
-    check_kv_format(fmt, scale_rule)
+    check_kv_format(fmt, scale_rule, rounding, rotate)
     if fmt == "off":
         return x
     if x.ndim != 3:
@@ -117,4 +137,5 @@ def qdq_kv(
         rows = x.transpose(0, 1).reshape(h, t * d)
         y = quantize_dequantize(rows, "fp8_e4m3_per_channel", axis=-1, backend=backend)
         return y.view(h, t, d).transpose(0, 1).contiguous()
-    return quantize_dequantize(x, fmt, scale_rule=scale_rule, axis=-1, backend=backend)
+    return quantize_dequantize(x, fmt, scale_rule=scale_rule, axis=-1, backend=backend, rounding=rounding,
+                               seed=seed, rotate=rotate)
