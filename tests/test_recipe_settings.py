@@ -177,3 +177,32 @@ def test_method_rotation_k_error_names_the_layer() -> None:
     with pytest.raises(ConfigError, match=r"layer 'model.layers.0.mlp.down_proj' weight: rotate.block=256 does not divide K=192"):
         check_rotation(spec, 192, "layer 'model.layers.0.mlp.down_proj' weight")
     check_rotation(QuantSpec("mxfp4", rotate=Rotation(block=256, pad=True)), 192, "x")
+
+
+def test_rotated_stochastic_wrapper_runs_inside_fullgraph_compile(install) -> None:
+    """Dynamo inlines the wrapper with the options (the K check and the op's extra constant
+    arguments): no graph break, one QDQ node, the same numbers as eager."""
+    install({"linear": {"format": "mxfp4", "rotate": ROT, "rounding": "stochastic", "seed": 7}})
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    make = P._marlin("float4_e2m1f", torch.uint8, False)
+
+    def fn(x):
+        args, kw = make(x)
+        return ops.marlin_gemm(*args, **kw) * 2
+
+    torch._dynamo.reset()
+    cfn = torch.compile(fn, fullgraph=True, backend=backend, dynamic=True)
+    for m in (5, 7):
+        x = (torch.randn(m, 64) * torch.logspace(-2, 2, 64)).to(torch.bfloat16)
+        out = cfn(x)
+        args, kw = make(quantize_dequantize(x, "mxfp4", rotate=ROT, rounding="stochastic", seed=7))
+        assert torch.equal(out, vllm_patch._ORIGINALS["marlin_gemm"](*args, **kw) * 2)
+    targets = [str(n.target).removesuffix(".default") for g in graphs for n in g.graph.nodes
+               if n.op == "call_function"]
+    assert targets.count("vllm_qdq.qdq") == 1
+    torch._dynamo.reset()
