@@ -436,6 +436,9 @@ def install_plugin_hook(cfg: QDQConfig) -> bool:
             from ..stats import enable
 
             enable(in_worker=True)
+        from ..log import ensure_log_handler
+
+        ensure_log_handler()
         logger.info("vllm-qdq: KV-cache QDQ (plugin): %s", report.summary())
         return model
 
