@@ -19,7 +19,7 @@ sees the QDQ'd values and pays nothing.
 **Numerics.** Only the first ``slot_mapping.shape[0]`` rows carry tokens (vLLM pads ``key`` /
 ``value`` for CUDA graphs but not ``slot_mapping``, and the cache-write ops write that many
 rows); slots ``-1`` (padding in full CUDA-graph batches) are masked out of scales that span
-tokens. What is written equals ``qdq_kv(key[:n], fmt, rule, valid=slot_mapping >= 0)`` in the
+tokens. What is written equals ``qdq_kv(key[:n], fmt, rule, valid=slot_mapping >= 0, **options)`` in the
 input dtype, before any FP8 cache conversion of vLLM's own (``kv_cache_dtype``), which then
 applies to the QDQ'd values.
 
