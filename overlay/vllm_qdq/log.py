@@ -1,10 +1,14 @@
-"""The package logger ``vllm_qdq`` and the one rule that makes its INFO lines visible."""
+"""The package logger ``vllm_qdq``, the one rule that makes its INFO lines visible, and the
+capped stderr tracer behind ``VLLM_QDQ_TRACE`` and ``SAGE3_TRACE``."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 
-__all__ = ["ensure_log_handler", "logger"]
+__all__ = ["CappedTracer", "ensure_log_handler", "logger"]
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -28,3 +32,32 @@ def ensure_log_handler() -> None:
         logger.addHandler(h)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+class CappedTracer:
+    """One stderr line per call, at most ``limit`` per process; thread-safe.
+
+    Each line is ``{PREFIX} pid=P #N body``; the ``limit``-th line says that later calls are not
+    traced. Subclasses set :attr:`PREFIX`.
+    """
+
+    PREFIX = "[vllm_qdq trace]"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def reset(self, limit: int) -> None:
+        with self._lock:
+            self.limit, self.count = limit, 0
+
+    def emit(self, line: str) -> bool:
+        """Print ``line`` unless the cap is reached; returns whether it was printed."""
+        with self._lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            tail = " (trace limit reached: later calls are not traced)" if self.count == self.limit else ""
+            print(f"{self.PREFIX} pid={os.getpid()} #{self.count} {line}{tail}", file=sys.stderr, flush=True)
+        return True

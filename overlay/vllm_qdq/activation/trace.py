@@ -17,42 +17,27 @@ at trace time (``assume_constant_result``), so the tracer never breaks a ``fullg
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-
 import torch
 
 from ..config import TRACE_LIMIT
+from ..log import CappedTracer
 
 __all__ = ["TRACER", "Tracer", "emit", "emit_traced", "format_line"]
 
 PREFIX = "[vllm_qdq trace]"
 
 
-class Tracer:
-    """A line counter with a hard cap; thread-safe; writes to ``sys.stderr``."""
+class Tracer(CappedTracer):
+    """``VLLM_QDQ_TRACE``'s line counter (:class:`vllm_qdq.log.CappedTracer`, prefix
+    :data:`PREFIX`)."""
+
+    PREFIX = PREFIX
 
     def __init__(self, limit: int = TRACE_LIMIT) -> None:
-        self.limit = limit
-        self.count = 0
-        self._lock = threading.Lock()
+        super().__init__(limit)
 
     def reset(self, limit: int = TRACE_LIMIT) -> None:
-        with self._lock:
-            self.limit = limit
-            self.count = 0
-
-    def emit(self, line: str) -> bool:
-        """Print ``line`` unless the cap is reached; returns whether it was printed."""
-        with self._lock:
-            if self.count >= self.limit:
-                return False
-            self.count += 1
-            n = self.count
-            tail = " (trace limit reached: later calls are not traced)" if n == self.limit else ""
-            print(f"{PREFIX} pid={os.getpid()} #{n} {line}{tail}", file=sys.stderr, flush=True)
-        return True
+        super().reset(limit)
 
 
 #: The process-wide tracer.

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import sys
 import threading
 import weakref
 from dataclasses import dataclass
 
 from ..config import TRACE_LIMIT
+from ..log import CappedTracer
 
 logger = logging.getLogger("vllm_qdq")
 
@@ -189,8 +188,9 @@ def locate(
     return CallSite(step, total, source, layer, layer_source, prefix)
 
 
-class Tracer:
-    """``SAGE3_TRACE``: one stderr line per sage3 call, at most ``limit`` per process; thread-safe.
+class Tracer(CappedTracer):
+    """``SAGE3_TRACE``: one stderr line per sage3 call, at most ``limit`` per process
+    (:class:`vllm_qdq.log.CappedTracer`).
 
     Line: ``[vllm_qdq sage3 trace] pid=P #N step=S/T (source) layer=L (source) prefix='...'
     q=(B, S, H, D) dtype format=F rule=R ran=WHAT`` (``rule=default`` where no rule matched;
@@ -200,23 +200,10 @@ class Tracer:
     PREFIX = "[vllm_qdq sage3 trace]"
 
     def __init__(self, limit: int = TRACE_LIMIT) -> None:
-        self.limit = limit
-        self.count = 0
-        self._lock = threading.Lock()
+        super().__init__(limit)
 
     def reset(self, limit: int = TRACE_LIMIT) -> None:
-        with self._lock:
-            self.limit, self.count = limit, 0
-
-    def emit(self, line: str) -> bool:
-        """Print ``line`` unless the cap is reached; returns whether it was printed."""
-        with self._lock:
-            if self.count >= self.limit:
-                return False
-            self.count += 1
-            tail = " (trace limit reached: later calls are not traced)" if self.count == self.limit else ""
-            print(f"{self.PREFIX} pid={os.getpid()} #{self.count} {line}{tail}", file=sys.stderr, flush=True)
-        return True
+        super().reset(limit)
 
 
 #: The process-wide sage3 tracer.
