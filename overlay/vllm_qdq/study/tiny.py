@@ -138,6 +138,24 @@ def build_study_llama(path: str | Path, *, seed: int = 0, dtype: str = "bfloat16
     return path
 
 
+#: Config fields the random test-suite models share (``build_tiny_llama``, ``build_tiny_moe``).
+_TINY_CONFIG: dict[str, Any] = {"max_position_embeddings": 256, "bos_token_id": 0, "eos_token_id": 1,
+                                "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+def _save_random(path: Path, model: Any, std: float) -> Path:
+    """Draw every matrix of ``model`` (ndim >= 2) from N(0, std) with torch's global generator
+    (seeded by the caller before it built ``model``), save it as bf16 under ``path``."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, std)
+    model.to(torch.bfloat16).save_pretrained(str(path))
+    return path
+
+
 def build_tiny_llama(
     path: str | Path,
     seed: int = 0,
@@ -167,21 +185,11 @@ def build_tiny_llama(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        **_TINY_CONFIG,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    # Larger-than-default init so QDQ changes the logits visibly.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, std)
-    model.to(torch.bfloat16).save_pretrained(str(path))
-    return path
+    # larger-than-default init so QDQ changes the logits visibly
+    torch.manual_seed(seed)  # the model's construction, then _save_random, draw from it
+    return _save_random(path, LlamaForCausalLM(cfg), std)
 
 
 def build_tiny_moe(path: str | Path, seed: int = 0) -> Path:
@@ -202,20 +210,10 @@ def build_tiny_moe(path: str | Path, seed: int = 0) -> Path:
         head_dim=32,
         num_local_experts=4,
         num_experts_per_tok=2,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        **_TINY_CONFIG,
     )
-    torch.manual_seed(seed)
-    model = MixtralForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.1)
-    model.to(torch.bfloat16).save_pretrained(str(path))
-    return path
+    torch.manual_seed(seed)  # the model's construction, then _save_random, draw from it
+    return _save_random(path, MixtralForCausalLM(cfg), 0.1)
 
 
 def _e2m1_blocks(gen: torch.Generator, *shape: int) -> torch.Tensor:
