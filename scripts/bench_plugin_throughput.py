@@ -18,9 +18,12 @@ in, 1024 out), ``ignore_eos``, random token ids (the same for both engines).
 
 How it measures on a machine whose speed drifts (~30% between runs here): per model, two
 engines with vLLM's defaults (torch.compile + CUDA graphs), ``VLLM_QDQ=0`` and ``VLLM_QDQ=1``,
-each in its own worker process, stay up side by side (``--gpu-memory-utilization`` 0.4 each;
-the second starts only once the first is up, so vLLM's memory profiler never sees the other
-engine start). After one untimed warm-up per shape on each, ``--pairs`` rounds time one
+each in its own worker process, stay up side by side. Each engine gets a fixed KV cache
+(``kv_cache_memory_bytes``: ``QDQ_BENCH_KV_BYTES``, default 8 GiB, room for every token of
+both shapes at once on both models), with which vLLM skips its memory profiling, so the two
+start at the same time; ``QDQ_BENCH_KV_BYTES=0``: profiled (``QDQ_BENCH_GPU_UTIL``, 0.4 each),
+the second engine starting once the first is up (vLLM's profiler fails beside a starting
+engine). After one untimed warm-up per shape on each, ``--pairs`` rounds time one
 ``generate`` per shape on each engine, alternating which goes first (off-on, on-off, ...), with
 the other engine idle; each measurement repeats the shape's batch back to back until it lasts
 about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200). The ratio per
@@ -56,6 +59,16 @@ MODELS: dict[str, tuple[str, dict]] = {
 }
 
 
+def kv_bytes() -> int:
+    """Each engine's fixed KV-cache size (``QDQ_BENCH_KV_BYTES``, default 8 GiB; 0: profiled)."""
+    from vllm_qdq.config import env_int
+
+    n = env_int("QDQ_BENCH_KV_BYTES", 8 << 30)
+    if n is None or n < 0:
+        raise SystemExit(f"QDQ_BENCH_KV_BYTES={n!r}; accepted: an integer >= 0 (0: vLLM profiles memory)")
+    return n
+
+
 def build(name: str, root: Path) -> Path:
     """Build (once; a ``.done`` marker says it is complete) the benchmark model ``name``."""
     from vllm_qdq.study.tiny import build_once, build_tiny_gptoss_mxfp4, build_tiny_llama
@@ -78,9 +91,11 @@ def worker(model: str, llm_kwargs: dict) -> int:
 
     max_len = max(i + o for _, i, o in SHAPES.values()) + 16
     t0 = time.perf_counter()
+    kv = kv_bytes()
+    mem = {"kv_cache_memory_bytes": kv, "gpu_memory_utilization": 0.1} if kv else \
+        {"gpu_memory_utilization": float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4"))}
     # no prefix caching: every repetition of a batch must prefill again
-    llm = LLM(model=model, max_model_len=max_len, seed=0, enable_prefix_caching=False,
-              gpu_memory_utilization=float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4")), **llm_kwargs)
+    llm = LLM(model=model, max_model_len=max_len, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs)
     vocab = len(llm.get_tokenizer())
     prompts = {}
     for shape, (n, i, _) in SHAPES.items():
@@ -122,7 +137,12 @@ class Engine:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", str(model), "--llm", json.dumps(llm_kwargs)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.ready: dict = {}
+
+    def wait_ready(self) -> dict:
+        """Block until the engine is up and warmed up; its ``READY`` figures."""
         self.ready = self._read("READY")
+        return self.ready
 
     def _read(self, tag: str) -> dict:
         assert self.proc.stdout is not None
@@ -164,10 +184,15 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
     engines: dict[str, Engine] = {}
     rows = []
     try:
-        for qdq in (False, True):  # one after the other: the second starts once the first is up
+        side_by_side = kv_bytes() > 0  # a fixed KV cache: no memory profiling to upset
+        for qdq in (False, True):  # else one after the other: the second starts once the first is up
             e = Engine(model, kwargs, qdq, root / f"bench-{name}-{mode}-qdq-{'on' if qdq else 'off'}.log", qdq_config)
             engines[e.name] = e
-            print(f"{name}: QDQ {e.name} engine up in {e.ready['start_s']} s", flush=True)
+            if not side_by_side:
+                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s", flush=True)
+        if side_by_side:
+            for e in engines.values():
+                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side)", flush=True)
         want = "KV-cache QDQ (plugin)" if mode == "kv" else "activation QDQ enabled"
         if want not in engines["on"].log.read_text():
             raise SystemExit(f"{name}: the QDQ-on engine's log has no {want!r} line")
