@@ -116,6 +116,9 @@ TRACE_LIMIT = 200
 #: (internal: set by the front process for its children, see :mod:`vllm_qdq.errors`).
 ERROR_FILE_ENV = "_VLLM_QDQ_ERROR_FILE"
 
+#: ``VLLM_QDQ_TP_AMAX`` values (issue 20).
+TP_AMAX_MODES: tuple[str, ...] = ("shard", "layer")
+
 #: Every environment variable this package reads, with its default and meaning.
 ENV_VARS: dict[str, tuple[str | None, str]] = {
     "VLLM_QDQ": ("0", "enable activation QDQ in vLLM's quantized GEMM ops"),
@@ -123,6 +126,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "VLLM_QDQ_TRACE": ("0", f"trace QDQ'd calls (at most {TRACE_LIMIT} lines per process)"),
     "VLLM_QDQ_BACKEND": ("auto", "QDQ implementation: auto | reference | triton"),
     "VLLM_QDQ_STATS": (None, "directory for per-layer QDQ error statistics"),
+    "VLLM_QDQ_TP_AMAX": ("shard", "qdq method under tensor parallelism: per-tensor weight scales from the "
+                         "rank's shard (shard) or the unsharded layer's amax, all-reduced (layer)"),
     "VLLM_MARLIN_MOE_QDQ_MODE": (None, "compatibility: FORCE_MXFP4 forces mxfp4 everywhere"),
     "VLLM_SAGE3_TRITON": ("0", "register the sage3 attention kernel over SAGE_ATTN"),
     "SAGE3_QUANT_FORMAT": ("mxfp4", "sage3: " + " | ".join(SAGE3_FORMATS)),
@@ -250,6 +255,10 @@ class QDQConfig:
     kv_cache: QuantSpec = QuantSpec("off")
     #: Attention-query QDQ (same formats as ``kv_cache``, blocks along the head dimension).
     attn_q: QuantSpec = QuantSpec("off")
+    #: ``qdq`` method under tensor parallelism (issue 20, :mod:`vllm_qdq.method.tp`): the amax of
+    #: a weight's per-tensor scale (NVFP4 global, ``*_per_tensor``): ``shard`` (each rank's own) or
+    #: ``layer`` (the unsharded layer's, all-reduced with MAX over the TP group at load).
+    tp_amax: str = "shard"
     #: Where the JSON settings came from (``defaults`` or ``VLLM_QDQ_CONFIG``): for the log, not hashed.
     source: str = "defaults"
 
@@ -536,6 +545,11 @@ def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
         check_stats_dir(cfg.stats_dir, "VLLM_QDQ_STATS")
     elif cfg.stats_dir:
         check_stats_dir(cfg.stats_dir, "VLLM_QDQ_CONFIG stats_dir")
+    if env.get("VLLM_QDQ_TP_AMAX"):
+        t = env["VLLM_QDQ_TP_AMAX"].strip().lower()
+        if t not in TP_AMAX_MODES:
+            raise ConfigError(f"VLLM_QDQ_TP_AMAX={env['VLLM_QDQ_TP_AMAX']!r}; accepted: {', '.join(TP_AMAX_MODES)}")
+        cfg = replace(cfg, tp_amax=t)
     if env.get("VLLM_QDQ_BACKEND"):
         b = env["VLLM_QDQ_BACKEND"].strip().lower()
         if b not in BACKENDS:

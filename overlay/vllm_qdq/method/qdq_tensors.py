@@ -19,7 +19,7 @@ from ..config import ConfigError, QuantSpec
 from ..numerics.formats import FORMATS, Family, Granularity
 from ..numerics.qdq import quantize_dequantize
 
-__all__ = ["check_rotation", "qdq_act", "qdq_weight"]
+__all__ = ["check_rotation", "qdq_act", "qdq_weight", "shard_amax"]
 
 
 def _spec_args(spec: QuantSpec) -> dict:
@@ -50,12 +50,39 @@ def check_rotation(spec: QuantSpec | None, k: int, where: str) -> None:
         )
 
 
+def shard_amax(w: torch.Tensor, shards: list[int] | None = None) -> torch.Tensor:
+    """``max |w|`` per leading index (expert) and logical shard of N: fp32 ``[E, len(shards)]``
+    (``E`` = 1 for a 2-D weight); what a per-tensor scale is computed from."""
+    lead = w.reshape(-1, w.shape[-2], w.shape[-1])
+    sizes = shards if shards and sum(shards) == w.shape[-2] else [w.shape[-2]]
+    parts = torch.split(lead, sizes, dim=1)
+    return torch.stack([p.abs().amax(dim=(1, 2)).to(torch.float32) for p in parts], dim=1)
+
+
+def _qdq_given_amax(t: torch.Tensor, spec: QuantSpec, amax: torch.Tensor) -> torch.Tensor:
+    """QDQ ``t`` with its per-tensor scale taken from ``amax`` (>= ``t``'s own) instead of ``t``.
+
+    NVFP4 family: the public API's ``global_amax``. Per-tensor FP8: ``t`` flattened with one
+    extra element equal to ``amax`` appended (exact: ``amax`` is a value of the unsharded weight,
+    so representable in its dtype) and dropped after, so the scale is ``amax / 448``.
+    """
+    if FORMATS[spec.format].family is Family.NVFP4:
+        return quantize_dequantize(t, spec.format, axis=-1, global_amax=amax, **_spec_args(spec))
+    flat = torch.cat([t.reshape(-1), amax.reshape(1).to(t.dtype)])
+    return quantize_dequantize(flat, spec.format, axis=-1, **_spec_args(spec))[:-1].reshape(t.shape)
+
+
 @torch.no_grad()
-def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None) -> torch.Tensor:
+def qdq_weight(
+    w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None, amax: torch.Tensor | None = None
+) -> torch.Tensor:
     """QDQ a weight ``[..., N, K]`` along K; tensors with a global scale per shard of N.
 
     ``shards`` splits the N dimension into the logical layers of a fused layer (q/k/v,
-    gate/up); leading dimensions (MoE experts) are separate tensors too.
+    gate/up); leading dimensions (MoE experts) are separate tensors too. ``amax`` (formats with
+    a per-tensor scale only; fp32 ``[E, len(shards)]`` as :func:`shard_amax` gives): the amax
+    each per-tensor scale is computed from, instead of the tensor's own (tensor parallelism with
+    ``VLLM_QDQ_TP_AMAX=layer``: the unsharded layer's, all-reduced over the ranks).
     """
     if not spec.enabled:
         return w
@@ -67,10 +94,12 @@ def qdq_weight(w: torch.Tensor, spec: QuantSpec, shards: list[int] | None = None
     sizes = shards if shards and sum(shards) == w.shape[-2] else [w.shape[-2]]
     for e in range(lead.shape[0]):
         start = 0
-        for n in sizes:
-            dst[e, start : start + n] = quantize_dequantize(
-                lead[e, start : start + n], spec.format, axis=-1, **_spec_args(spec)
-            )
+        for i, n in enumerate(sizes):
+            part = lead[e, start : start + n]
+            if amax is None:
+                dst[e, start : start + n] = quantize_dequantize(part, spec.format, axis=-1, **_spec_args(spec))
+            else:
+                dst[e, start : start + n] = _qdq_given_amax(part, spec, amax[e, i])
             start += n
     return out
 

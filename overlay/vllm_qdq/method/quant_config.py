@@ -58,6 +58,7 @@ from ..activation.kv_cache import plan_layer as plan_kv_layer
 from ..config import ConfigError, QuantSpec, settings
 from ..errors import clear_recorded, reported
 from ..log import ensure_log_handler, logger
+from ..numerics.formats import FORMATS, Family, Granularity
 from .linear import QDQLinearMethod, SkippedLinearMethod
 from .moe import QDQFusedMoEMethod
 from .policy import (
@@ -68,6 +69,7 @@ from .policy import (
     moe_weight_format_problem,
     settings_from_run,
 )
+from .tp import Style, shard_effect
 
 if TYPE_CHECKING:
     from vllm.model_executor.models.utils import WeightsMapper
@@ -99,6 +101,11 @@ class QDQQuantConfig(QuantizationConfig):
         self.rule_hits: dict[str, int] = defaultdict(int)
         #: KV-cache QDQ decisions per attention layer (:func:`vllm_qdq.activation.kv_cache.plan_layer`).
         self.kv = KVReport()
+        #: ``VLLM_QDQ_TP_AMAX`` (tensor parallelism: :mod:`vllm_qdq.method.tp`).
+        self.tp_amax: str = base.tp_amax
+        #: Tensor-parallel shards whose QDQ differs from the unsharded layer's: reason -> prefixes.
+        self.tp_notes: dict[str, list[str]] = defaultdict(list)
+        self.tp_size = 1
         self._finalized = False
 
     def __repr__(self) -> str:
@@ -198,6 +205,34 @@ class QDQQuantConfig(QuantizationConfig):
         )
         return None
 
+    def note_tp(self, plan: LayerPlan, style: Style, k: int, tp: int) -> None:
+        """Record what QDQ of this rank's shard of layer ``plan`` means (:func:`shard_effect` for
+        the weight and the activation); :meth:`finalize` logs one line per distinct reason."""
+        self.tp_size = max(self.tp_size, tp)
+        for role, spec in (("weight", plan.weight), ("act", plan.act)):
+            if not spec.enabled:
+                continue
+            fx = shard_effect(spec.format, style, k, tp, role)
+            if fx.exact or (fx.layer_amax_fixes and self.tp_amax == "layer"):
+                continue
+            hint = " (VLLM_QDQ_TP_AMAX=layer makes it the unsharded layer's)" if fx.layer_amax_fixes else ""
+            self.tp_notes[f"{style.value}-parallel {role}: {fx.reason}{hint}"].append(plan.prefix)
+
+    def layer_amax(self, amax: torch.Tensor, spec: QuantSpec) -> torch.Tensor | None:
+        """``VLLM_QDQ_TP_AMAX=layer``: ``amax`` (per logical shard, :func:`shard_amax`) all-reduced
+        with MAX over the tensor-parallel group, i.e. the unsharded layer's; ``None`` for formats
+        without a per-tensor scale."""
+        fmt = FORMATS[spec.format]
+        if not (fmt.family is Family.NVFP4 or fmt.granularity is Granularity.TENSOR):
+            return None
+        import torch.distributed as dist
+        from vllm.distributed import get_tp_group
+
+        group = get_tp_group()
+        out = amax.to(group.device).contiguous()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=group.device_group)
+        return out.to(amax.device)
+
     # -- start-up check and log, once the model is built. The earliest call vLLM makes into
     #    this config after model construction is the weight loader's mapper query (vLLM's
     #    AutoWeightsLoader, which nearly every model's load_weights uses, asks the model's quant
@@ -237,6 +272,14 @@ class QDQQuantConfig(QuantizationConfig):
         logger.info("vllm-qdq: qdq method %s", self.settings.summary())
         if self.kv.hooked():
             logger.info("vllm-qdq: qdq KV-cache / attention-query QDQ: %s", self.kv.summary())
+        if self.tp_size > 1:
+            logger.info("vllm-qdq: qdq method in pid %d, tensor-parallel rank %s of %d (TP amax: %s)",
+                        os.getpid(), _tp_rank(), self.tp_size, self.tp_amax)
+        for reason, prefixes in self.tp_notes.items():
+            names = compact_names(prefixes)
+            logger.warning("vllm-qdq: qdq TP: %s -> %d layer(s): %s: the simulation is of a TP deployment "
+                           "quantizing each rank's shard on its own, not of the unsharded model",
+                           reason, len(prefixes), ", ".join(names[:8]) + (" ..." if len(names) > 8 else ""))
         if self.stats_dir:
             from ..stats import warn_if_cuda_graphs
 
@@ -253,6 +296,16 @@ class QDQQuantConfig(QuantizationConfig):
             if lines >= SUMMARY_LIMIT and len(groups) > lines:
                 logger.info("vllm-qdq: qdq ... %d more group(s)", len(groups) - lines)
                 break
+
+
+def _tp_rank() -> str:
+    """This worker's tensor-parallel rank (``?`` before vLLM's groups exist)."""
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return str(get_tensor_model_parallel_rank())
+    except (AssertionError, RuntimeError):
+        return "?"
 
 
 def register_qdq_method() -> None:
