@@ -17,6 +17,9 @@
 #                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
 #   kv-cache      pytest -m gpu tests/gpu/test_kv_cache_gpu.py: KV-cache + query QDQ (plugin) on the gpt-oss-
 #                 and Llama-shaped models, eager / piecewise / default graphs, cache read back (issue 19)
+#   tp2           pytest -m gpu tests/gpu/test_tp2_gpu.py: TP=1 vs TP=2 with QDQ on (gpt-oss plugin, Llama
+#                 qdq method), trace lines from both workers, QDQ on vs off; SKIP (with the reason) on
+#                 fewer than two GPUs (issue 20)
 #   serve         scripts/gpu_serve_check.py: vllm serve round trips, QDQ on / off
 #   bench-qdq     scripts/bench_qdq_triton.py: Triton QDQ vs device copy (figures; the bandwidth targets
 #                 are checked by its --check, not by the smoke suite)
@@ -55,7 +58,7 @@ JOBS=${SMOKE_JOBS:-1}
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe kv-cache serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense bench-kv-gptoss bench-kv-dense)
+STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe kv-cache tp2 serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense bench-kv-gptoss bench-kv-dense)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
@@ -75,7 +78,7 @@ summary() {
       line=$(cat "$OUT/$s.result")
       read -r res secs _unit detail <<<"$line"
       printf '%-22s %-6s %9s  %s\n' "$s" "$res" "$secs" "$detail"
-      [ "$res" = PASS ] || any=1
+      [ "$res" = PASS ] || [ "$res" = SKIP ] || any=1
     else
       printf '%-22s %-6s %9s  %s\n' "$s" "-" "-" "not run"
     fi
@@ -132,6 +135,14 @@ run_step() {
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
     method-llama|method-moe)
       step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py -k "${s#method-}" ;;
+    tp2)
+      local n
+      n=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+      if [ "${n:-0}" -lt 2 ]; then
+        echo "SKIP 0 s needs two GPUs (tensor_parallel_size=2); this host has ${n:-0}" > "$OUT/tp2.result"
+        echo "gpu-smoke: tp2 $(cat "$OUT/tp2.result")"; return 0
+      fi
+      step tp2 "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_tp2_gpu.py ;;
     kv-cache) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py ;;
     serve) step serve "$PY" scripts/gpu_serve_check.py --out "$SMOKE_MODELS" ;;
     bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
@@ -179,6 +190,6 @@ done
 wait
 for s in "${ran[@]}"; do
   read -r res _ < "$OUT/$s.result" 2>/dev/null || res=FAIL
-  [ "$res" = PASS ] || fail=1
+  [ "$res" = PASS ] || [ "$res" = SKIP ] || fail=1
 done
 exit $fail
