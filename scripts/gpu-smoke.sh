@@ -7,8 +7,9 @@
 #
 # Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-80 s, most
 # of it process start-up and imports; measured times are in results/ and the README):
-#   kernels       pytest -m gpu: Triton QDQ bit-exactness + sage3 kernels (tests/gpu/test_triton_qdq_gpu.py,
-#                 tests/gpu/test_sage3_gpu.py)
+#   kernels       pytest -m gpu: Triton QDQ bit-exactness, the rotation / stochastic-rounding / FP4
+#                 recipes, sage3 kernels and per-step routing (tests/gpu/test_triton_qdq_gpu.py,
+#                 test_triton_recipes_gpu.py, test_sage3_gpu.py, test_sage3_route_gpu.py)
 #   plugin-gptoss, plugin-dense
 #                 pytest -m gpu tests/gpu/test_plugin_gpu.py (one model each): activation QDQ in Marlin MoE /
 #                 Marlin dense, eager and compiled + CUDA graphs, trace from the engine process, compile cache
@@ -130,7 +131,8 @@ xdist=()
 run_step() {
   local s=$1
   case $s in
-    kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_sage3_gpu.py ;;
+    kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py \
+      tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_sage3_gpu.py tests/gpu/test_sage3_route_gpu.py ;;
     plugin-gptoss) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k gptoss ;;
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
     method-llama|method-moe)
