@@ -37,8 +37,9 @@ def ensure_log_handler() -> None:
 class CappedTracer:
     """One stderr line per call, at most ``limit`` per process; thread-safe.
 
-    Each line is ``{PREFIX} pid=P #N body``; the ``limit``-th line says that later calls are not
-    traced. Subclasses set :attr:`PREFIX`.
+    Each line is ``{PREFIX} pid=P #N body``, with `` rank=R`` after the pid in a process of a
+    multi-process ``torch.distributed`` group (tensor-parallel workers); the ``limit``-th line says
+    that later calls are not traced. Subclasses set :attr:`PREFIX`.
     """
 
     PREFIX = "[vllm_qdq trace]"
@@ -59,5 +60,18 @@ class CappedTracer:
                 return False
             self.count += 1
             tail = " (trace limit reached: later calls are not traced)" if self.count == self.limit else ""
-            print(f"{self.PREFIX} pid={os.getpid()} #{self.count} {line}{tail}", file=sys.stderr, flush=True)
+            print(f"{self.PREFIX} pid={os.getpid()}{_rank()} #{self.count} {line}{tail}", file=sys.stderr,
+                  flush=True)
         return True
+
+
+def _rank() -> str:
+    """`` rank=R`` in a process of an initialized ``torch.distributed`` group of more than one
+    process, else empty."""
+    dist = sys.modules.get("torch.distributed")  # imported by whoever runs distributed, never here
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return f" rank={dist.get_rank()}"
+    except (RuntimeError, ValueError):
+        pass
+    return ""

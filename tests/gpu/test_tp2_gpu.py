@@ -72,3 +72,5 @@ def test_tp2_matches_tp1_and_traces_both_workers(kind, tmp_path):
     lines = [ln for ln in logs["tp2"].splitlines() if "[vllm_qdq trace]" in ln]
     pids = {int(re.search(r"\] pid=(\d+)", ln).group(1)) for ln in lines if re.search(r"\] pid=(\d+)", ln)}
     assert len(pids) >= 2, f"trace lines from {len(pids)} worker process(es) at TP=2:\n" + "\n".join(lines[:20])
+    ranks = {int(m.group(1)) for ln in lines if (m := re.search(r"\] pid=\d+ rank=(\d+)", ln))}
+    assert ranks == {0, 1}, f"trace lines name ranks {sorted(ranks)} at TP=2, want [0, 1]:\n" + "\n".join(lines[:20])
