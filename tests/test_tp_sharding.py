@@ -159,3 +159,43 @@ def test_tp_amax_setting():
     assert load_config({"VLLM_QDQ_TP_AMAX": " Layer "}).tp_amax == "layer"
     with pytest.raises(ConfigError, match=r"VLLM_QDQ_TP_AMAX='global'; accepted: shard, layer"):
         load_config({"VLLM_QDQ_TP_AMAX": "global"})
+
+
+def _qconfig(monkeypatch, tp_amax: str):
+    from vllm_qdq import config
+    from vllm_qdq.method.quant_config import QDQQuantConfig
+
+    monkeypatch.setenv("VLLM_QDQ_TP_AMAX", tp_amax)
+    monkeypatch.delenv("VLLM_QDQ_CONFIG", raising=False)
+    assert config.settings().tp_amax == tp_amax
+    return QDQQuantConfig()
+
+
+def test_layer_amax_refuses_a_rotated_weight(monkeypatch):
+    """VLLM_QDQ_TP_AMAX=layer would take the amax before the rotation: a start-up error naming the
+    layer and the accepted settings, not a wrong scale."""
+    from vllm_qdq.method.policy import LayerPlan
+    from vllm_qdq.numerics.rotation import parse_rotation
+
+    rot = parse_rotation({"kind": "hadamard", "block": 64}, "rotate")
+    plan = LayerPlan("model.layers.0.mlp.down_proj", "linear", QuantSpec("nvfp4", rotate=rot), QuantSpec("off"))
+    qc = _qconfig(monkeypatch, "layer")
+    with pytest.raises(ConfigError, match=r"layer 'model.layers.0.mlp.down_proj': VLLM_QDQ_TP_AMAX=layer with a "
+                                          r"rotated weight spec .*accepted: VLLM_QDQ_TP_AMAX=shard"):
+        qc.note_tp(plan, Style.COLUMN, 256, TP)
+    qc = _qconfig(monkeypatch, "shard")
+    qc.note_tp(plan, Style.COLUMN, 256, TP)  # per-shard amax of the rotated shard: allowed, noted
+
+
+def test_seeded_rotation_under_row_parallelism_is_noted(monkeypatch):
+    from vllm_qdq.method.policy import LayerPlan
+    from vllm_qdq.numerics.rotation import parse_rotation
+
+    plain = parse_rotation({"kind": "hadamard", "block": 32}, "rotate")
+    seeded = parse_rotation({"kind": "hadamard", "block": 32, "seed": 3}, "rotate")
+    qc = _qconfig(monkeypatch, "shard")
+    qc.note_tp(LayerPlan("a", "linear", QuantSpec("mxfp4", rotate=plain), QuantSpec("off")), Style.ROW, 256, TP)
+    qc.note_tp(LayerPlan("b", "linear", QuantSpec("mxfp4", rotate=seeded), QuantSpec("off")), Style.COLUMN, 256, TP)
+    assert not qc.tp_notes
+    qc.note_tp(LayerPlan("c", "linear", QuantSpec("mxfp4", rotate=seeded), QuantSpec("off")), Style.ROW, 256, TP)
+    assert [v for k, v in qc.tp_notes.items() if "random-sign rotation" in k] == [["c"]]

@@ -213,6 +213,15 @@ class QDQQuantConfig(QuantizationConfig):
             if not spec.enabled:
                 continue
             fx = shard_effect(spec.format, style, k, tp, role)
+            if spec.rotate is not None and spec.rotate.seed is not None and style is Style.ROW:
+                self.tp_notes[f"row-parallel {role}: a random-sign rotation takes the first K/tp signs on "
+                              "every rank, not the rank's slice of the layer's: a consistent rotated "
+                              "system, not the TP=1 one"].append(plan.prefix)
+            if role == "weight" and spec.rotate is not None and fx.layer_amax_fixes and self.tp_amax == "layer":
+                raise ConfigError(
+                    f"layer {plan.prefix!r}: VLLM_QDQ_TP_AMAX=layer with a rotated weight spec ({spec}) is not "
+                    "supported (the layer's amax would be taken before the rotation); accepted: "
+                    "VLLM_QDQ_TP_AMAX=shard, or a weight spec without rotate")
             if fx.exact or (fx.layer_amax_fixes and self.tp_amax == "layer"):
                 continue
             hint = " (VLLM_QDQ_TP_AMAX=layer makes it the unsharded layer's)" if fx.layer_amax_fixes else ""

@@ -133,11 +133,20 @@ def _signs_cpu(seed: int, kp: int) -> torch.Tensor:
     return (torch.randint(0, 2, (kp,), generator=g) * 2 - 1).to(torch.float32)
 
 
+@lru_cache(maxsize=256)
+def _signs_on(seed: int, kp: int, device: str) -> torch.Tensor:
+    return _signs_cpu(seed, kp).to(device)
+
+
 def hadamard_signs(rot: Rotation, kp: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """The fp32 sign vector ``d`` (length ``kp``) of a random Hadamard, or ``None`` (plain)."""
+    """The fp32 sign vector ``d`` (length ``kp``) of a random Hadamard, or ``None`` (plain).
+
+    Cached per (seed, length, device): a call inside CUDA-graph capture (vLLM's default mode)
+    must not copy from the host, and vLLM's warm-up runs every shape's first call before it
+    captures. The tensor is shared: read it, never write it."""
     if rot.seed is None:
         return None
-    return _signs_cpu(rot.seed, kp).to(device)
+    return _signs_on(rot.seed, kp, str(torch.device(device)))
 
 
 def inv_sqrt_f32(block: int) -> float:

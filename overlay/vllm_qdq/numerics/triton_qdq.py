@@ -361,7 +361,9 @@ if triton is not None:
         tl.atomic_max(buf_ptr, amax.to(tl.int32, bitcast=True))
         tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
 
-    @triton.jit
+    # the seed words are never compile-time constants: Triton specializes an int argument equal
+    # to 1 into a constexpr, which has no .to() (seed 1, or 2**32)
+    @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _qdq_block_kernel(
         # pointers
         x_ptr, y_ptr, buf_ptr, sign_ptr,
