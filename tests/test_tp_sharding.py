@@ -199,3 +199,30 @@ def test_seeded_rotation_under_row_parallelism_is_noted(monkeypatch):
     assert not qc.tp_notes
     qc.note_tp(LayerPlan("c", "linear", QuantSpec("mxfp4", rotate=seeded), QuantSpec("off")), Style.ROW, 256, TP)
     assert [v for k, v in qc.tp_notes.items() if "random-sign rotation" in k] == [["c"]]
+
+
+def test_moe_experts_are_noted_under_tp(monkeypatch):
+    """Fused MoE under TP: w13 column-parallel (whole K), w2 row-parallel (K = intermediate split):
+    the start-up note names the MoE layer where a shard's QDQ is not the whole layer's, and says
+    that VLLM_QDQ_TP_AMAX=layer is not applied to expert weights."""
+    from types import SimpleNamespace
+
+    from vllm_qdq.method.moe import QDQFusedMoEMethod
+    from vllm_qdq.method.policy import LayerPlan
+
+    def notes(fmt: str, tp_amax: str, inter: int, use_ep: bool = False) -> dict:
+        qc = _qconfig(monkeypatch, tp_amax)
+        m = SimpleNamespace(plan=LayerPlan("model.layers.0.mlp.experts", "moe", QuantSpec(fmt), QuantSpec("mxfp4")),
+                            qconfig=qc)
+        moe = SimpleNamespace(moe_parallel_config=SimpleNamespace(tp_size=TP, use_ep=use_ep), hidden_dim=256,
+                              intermediate_size=inter)
+        QDQFusedMoEMethod._note_tp(m, moe)
+        return dict(qc.tp_notes)
+
+    assert notes("mxfp4", "shard", 512) == {}  # 256 per rank: whole 32-blocks, activation whole
+    straddle = notes("mxfp4", "shard", 2 * 48)  # 48 per rank: a 32-block straddles the split
+    assert list(straddle.values()) == [["model.layers.0.mlp.experts"]] and "row-parallel weight" in next(iter(straddle))
+    assert any("row-parallel weight" in k for k in notes("nvfp4", "shard", 512))  # per-rank global amax
+    layer = notes("nvfp4", "layer", 512)
+    assert any("not applied to expert weights" in k for k in layer)
+    assert notes("nvfp4", "shard", 512, use_ep=True) == {}  # expert parallelism: whole experts

@@ -224,6 +224,19 @@ def _qdq(x: torch.Tensor, spec: QuantSpec, valid: torch.Tensor | None) -> torch.
                   rotate=spec.rotate)
 
 
+def _query_rows(attn_metadata: Any, q3: torch.Tensor) -> torch.Tensor:
+    """The query rows of real tokens: below ``num_actual_tokens`` and, where the metadata has a
+    slot mapping, with a cache slot (``>= 0``). Under full CUDA graphs vLLM pads decode batches
+    and sets ``num_actual_tokens`` to the padded count; the padding rows' slots are ``-1``, and
+    the slot mapping is a persistent device buffer, so the mask stays right on graph replay."""
+    t = q3.shape[0]
+    valid = torch.arange(t, device=q3.device) < getattr(attn_metadata, "num_actual_tokens", t)
+    sm = getattr(attn_metadata, "slot_mapping", None)
+    if isinstance(sm, torch.Tensor) and sm.ndim == 1 and sm.shape[0] >= t and sm.device == q3.device:
+        valid &= sm[:t] >= 0
+    return valid
+
+
 def _make_query_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats: bool,
                      heads: int) -> Callable[..., Any]:
     mask = spans_tokens(spec.format)
@@ -234,8 +247,7 @@ def _make_query_hook(orig: Callable[..., Any], name: str, spec: QuantSpec, stats
         if attn_metadata is None or query.dtype not in _Q_DTYPES:  # warm-up, or vLLM's FP8 query
             return orig(layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs)
         q3 = query if query.ndim == 3 else query.view(query.shape[0], heads, -1)
-        n = getattr(attn_metadata, "num_actual_tokens", q3.shape[0])
-        valid = torch.arange(q3.shape[0], device=q3.device) < n if (mask or stats) else None
+        valid = _query_rows(attn_metadata, q3) if (mask or stats) else None
         qq = _qdq(q3, spec, valid if mask else None)
         if stats:
             assert valid is not None

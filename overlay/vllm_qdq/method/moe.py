@@ -17,6 +17,7 @@ Numeric contract (see :mod:`vllm_qdq.method.quant_config` for the whole method):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +45,26 @@ class QDQFusedMoEMethod(UnquantizedFusedMoEMethod):
         # Plain attributes, resolved now: the traced forward reads no setting.
         self._act = plan.act if plan.act.enabled and not plan.skipped else None
         self._stats_name: str | None = plan.prefix if qconfig.stats_dir else None
+        self._note_tp(moe)
+
+    def _note_tp(self, moe: FusedMoEConfig) -> None:
+        """Under tensor parallelism (not expert parallelism) each rank holds every expert's slice:
+        ``w13`` column-parallel (K = hidden, whole), ``w2`` row-parallel (K = intermediate split);
+        the activation QDQ'd is ``w13``'s input (whole on every rank). Recorded for the start-up
+        note like linear layers'; ``VLLM_QDQ_TP_AMAX=layer`` is not applied to experts (their
+        per-tensor scales stay the rank's slice's), which the note says."""
+        par = moe.moe_parallel_config
+        tp = par.tp_size
+        if tp <= 1 or par.use_ep or self.plan.skipped:
+            return
+        from ..config import QuantSpec
+        from .tp import Style
+
+        self.qconfig.note_tp(self.plan, Style.COLUMN, moe.hidden_dim, tp)
+        self.qconfig.note_tp(replace(self.plan, act=QuantSpec("off")), Style.ROW, moe.intermediate_size, tp)
+        if self.qconfig.tp_amax == "layer" and self.plan.weight.enabled:
+            self.qconfig.tp_notes["MoE experts: VLLM_QDQ_TP_AMAX=layer is not applied to expert weights "
+                                  "(per-tensor / NVFP4 global scales from the rank's slice)"].append(self.plan.prefix)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         self.qconfig.finalize()
