@@ -206,3 +206,17 @@ def test_rotated_stochastic_wrapper_runs_inside_fullgraph_compile(install) -> No
                if n.op == "call_function"]
     assert targets.count("vllm_qdq.qdq") == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(("obj", "msg"), [
+    ({"linear": {"format": ["x"]}}, "linear.format=['x'] is not a known format; accepted: off, auto, mxfp4"),
+    ({"route": {"mxfp4": ["x"]}}, "route.mxfp4=['x'] is not a known format; accepted: off, mxfp4"),
+    ({"force": {}}, "force={} is not a known format; accepted: mxfp4"),
+    ({"linear": {"format": "mxfp4", "scale_rule": ["x"]}}, "linear.scale_rule=['x']; accepted: floor"),
+    ({"method": {"weight": {"format": {}}}}, "method.weight.format={} is not a known format; accepted: off, mxfp4"),
+])
+def test_values_of_the_wrong_json_type_are_config_errors(obj: dict, msg: str) -> None:
+    """A list or object where a name belongs is a ConfigError naming it (not a TypeError)."""
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(obj)
+    assert str(e.value).startswith(msg), str(e.value)

@@ -327,8 +327,13 @@ def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None =
     d = _keys(where, obj, ("format", "scale_rule", "rounding", "seed", "rotate"))
     fmt = d.get("format", base.format if base else "off")
     rule = d.get("scale_rule", base.scale_rule if base else "floor")
-    rounding, seed, rotate = _spec_options(where, d, fmt, base)
     special = ("off", "auto") if allow_auto else ("off",)
+    if not isinstance(fmt, str):  # a list or object: not hashable, never a name
+        raise ConfigError(f"{where}.format={fmt!r} is not a known format; accepted: "
+                          f"{', '.join(special + tuple(FORMATS))}")
+    if not isinstance(rule, str):
+        raise ConfigError(f"{where}.scale_rule={rule!r}; accepted: {', '.join(ALL_SCALE_RULES)}")
+    rounding, seed, rotate = _spec_options(where, d, fmt, base)
     if fmt not in special:
         try:
             spec = get_format(fmt)
@@ -396,7 +401,7 @@ def kv_spec(where: str, obj: object) -> QuantSpec:
 
 
 def _format_name(where: str, value: object, extra: tuple[str, ...] = ("off",)) -> str:
-    if value in extra or value in FORMATS:
+    if isinstance(value, str) and (value in extra or value in FORMATS):
         return value  # type: ignore[return-value]
     raise ConfigError(f"{where}={value!r} is not a known format; accepted: {', '.join(extra + tuple(FORMATS))}")
 

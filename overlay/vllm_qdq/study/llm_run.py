@@ -108,7 +108,9 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float, tag: str =
     import sys
     import threading
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a process group of its own: on timeout the driver's engine processes go with it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     lines: list[str] = []
 
     def pump() -> None:
@@ -123,10 +125,26 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float, tag: str =
     try:
         rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
         rc = -9
+    finally:  # timed out, died, done, or the caller interrupted: nothing of the driver stays
+        _kill_group(proc)
     t.join(10)
     return rc, "".join(lines)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of ``proc``'s process group (``proc`` itself and its children), then
+    reap ``proc``."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], *,
@@ -235,6 +253,7 @@ def run_per_prompt(llm_kwargs: dict, prompts: list[list[int]], sampling: dict[st
             res.append({"prompt_logprobs": plp, "generated": list(out.outputs[0].token_ids),
                         **(after() if after is not None else {})})
     finally:
+        shutdown(llm)  # now, not at garbage collection: the next run's engine starts after it
         del llm
         gc.collect()
     return {"results": res}

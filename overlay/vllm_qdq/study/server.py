@@ -76,18 +76,22 @@ def start(model: str | os.PathLike, port: int, args: list[str], log: Path,
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM to ``proc``'s process group, SIGKILL after ``timeout`` s; no-op when it has exited."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    """SIGTERM to ``proc``'s process group, then SIGKILL to what is left of it (after ``timeout``
+    s for ``proc`` itself): an API server that exited can leave its engine process behind."""
+    if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
         proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def last_line(log: Path, width: int = 110) -> str:
