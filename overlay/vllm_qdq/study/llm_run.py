@@ -253,7 +253,6 @@ def run_per_prompt(llm_kwargs: dict, prompts: list[list[int]], sampling: dict[st
             res.append({"prompt_logprobs": plp, "generated": list(out.outputs[0].token_ids),
                         **(after() if after is not None else {})})
     finally:
-        shutdown(llm)  # now, not at garbage collection: the next run's engine starts after it
         del llm
         gc.collect()
     return {"results": res}
