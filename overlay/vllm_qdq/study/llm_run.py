@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import config
+from .server import kill_group
 
 DEFAULT_PROMPTS = [
     [5, 17, 42, 99, 7, 123, 64, 200, 31, 8, 77, 150, 12, 250, 3, 90],
@@ -127,24 +128,9 @@ def run_streamed(cmd: list[str], env: dict[str, str], timeout: float, tag: str =
     except subprocess.TimeoutExpired:
         rc = -9
     finally:  # timed out, died, done, or the caller interrupted: nothing of the driver stays
-        _kill_group(proc)
+        kill_group(proc)
     t.join(10)
     return rc, "".join(lines)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL what is left of ``proc``'s process group (``proc`` itself and its children), then
-    reap ``proc``."""
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def drive(model: str | os.PathLike, runs: dict[str, dict], env: dict[str, str], *,

@@ -33,6 +33,7 @@ __all__ = [
     "gpu_args",
     "gpu_kv_bytes",
     "healthy",
+    "kill_group",
     "last_line",
     "side_by_side",
     "start",
@@ -84,6 +85,12 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
             proc.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
+    kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of ``proc``'s process group (``proc`` itself and its children: started
+    with ``start_new_session=True``), then reap ``proc``."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
