@@ -2,7 +2,8 @@
 
     python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--target 0.97]
                                               [--out DIR] [--json FILE] [--shapes prefill,decode]
-                                              [--kv-cache FORMAT [--attn-q FORMAT]]
+                                              [--kv-cache FORMAT [--attn-q FORMAT] [--kv-shapes decode]
+                                               [--no-act]]
 
 Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
 
@@ -30,11 +31,12 @@ about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200).
 pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and
 max and the median tok/s of each engine. Exit 1 when a row's median ratio is below ``--target``.
 
-``--kv-cache FORMAT`` measures KV-cache QDQ instead of activation QDQ (issue 19): the "on" engine
-gets ``VLLM_QDQ=1`` with ``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q``
-adds the query QDQ), so the ratio is the cost of QDQ'ing each layer's keys and values as they are
-written to the paged cache (and of the query, with ``--attn-q``); its target row is the decode
-shape: ``--shapes decode``.
+``--kv-cache FORMAT`` adds a third engine, ``kv`` (issue 19): ``VLLM_QDQ=1`` with
+``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q`` adds the query QDQ), up
+beside the other two and timed in the same rounds on ``--kv-shapes`` (default: the decode
+shape), the order rotated (off-on-kv, on-kv-off, ...); its rows' ratio is the cost of QDQ'ing
+each layer's keys and values as they are written to the paged cache (and of the query, with
+``--attn-q``), against the same ``off`` engine. ``--no-act`` leaves the activation engine out.
 """
 
 from __future__ import annotations
@@ -123,15 +125,15 @@ def worker(model: str, llm_kwargs: dict) -> int:
 
 
 class Engine:
-    """A worker process holding one engine (QDQ on or off)."""
+    """A worker process holding one engine: ``name`` is ``off`` (``VLLM_QDQ=0``), ``on`` or ``kv``."""
 
-    def __init__(self, model: Path, llm_kwargs: dict, qdq: bool, log: Path, qdq_config: dict | None = None) -> None:
-        env = dict(os.environ, VLLM_QDQ="1" if qdq else "0")
+    def __init__(self, model: Path, llm_kwargs: dict, name: str, log: Path, qdq_config: dict | None = None) -> None:
+        env = dict(os.environ, VLLM_QDQ="0" if name == "off" else "1")
         env.pop("VLLM_QDQ_TRACE", None)
         env.pop("VLLM_QDQ_CONFIG", None)
-        if qdq and qdq_config:
+        if name != "off" and qdq_config:
             env["VLLM_QDQ_CONFIG"] = json.dumps(qdq_config)
-        self.name = "on" if qdq else "off"
+        self.name = name
         self.log = log
         self.err = log.open("w")
         self.proc = subprocess.Popen(
@@ -174,53 +176,72 @@ class Engine:
         self.err.close()
 
 
+#: what each QDQ engine's log must say (else the ratio would measure nothing)
+LOG_LINE = {"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}
+
+
 def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
-                qdq_config: dict | None = None) -> list[dict]:
-    """One model's rows: QDQ off vs on (``qdq_config``: the on engine's ``VLLM_QDQ_CONFIG``)."""
+                kv_config: dict | None = None, kv_shapes: list[str] | None = None,
+                act: bool = True) -> list[dict]:
+    """One model's rows, each a QDQ engine against the ``off`` engine on one shape.
+
+    ``on``: activation QDQ (the plugin's defaults) on ``shapes`` (with ``act``); ``kv`` (with
+    ``kv_config``, its ``VLLM_QDQ_CONFIG``): KV-cache QDQ on ``kv_shapes``. All engines stay up
+    side by side; each round runs a shape on every engine that measures it, in an order rotated
+    round by round, the others idle.
+    """
     model = build(name, root)
     desc, kwargs = MODELS[name]
-    shapes = shapes or list(SHAPES)
-    mode = "kv" if qdq_config and "kv_cache" in qdq_config else "act"
+    shapes = list(shapes or SHAPES) if act else []
+    kv_shapes = list(kv_shapes or ["decode"]) if kv_config else []
+    measured = {"on": shapes, "kv": kv_shapes}
+    names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else [])
     engines: dict[str, Engine] = {}
     rows = []
     try:
         side_by_side = kv_bytes() > 0  # a fixed KV cache: no memory profiling to upset
-        for qdq in (False, True):  # else one after the other: the second starts once the first is up
-            e = Engine(model, kwargs, qdq, root / f"bench-{name}-{mode}-qdq-{'on' if qdq else 'off'}.log", qdq_config)
-            engines[e.name] = e
+        for n in names:  # else one after the other: the next starts once the last is up
+            e = Engine(model, kwargs, n, root / f"bench-{name}-qdq-{n}.log", kv_config if n == "kv" else None)
+            engines[n] = e
             if not side_by_side:
-                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s", flush=True)
+                print(f"{name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s", flush=True)
         if side_by_side:
             for e in engines.values():
                 print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side)", flush=True)
-        want = "KV-cache QDQ (plugin)" if mode == "kv" else "activation QDQ enabled"
-        if want not in engines["on"].log.read_text():
-            raise SystemExit(f"{name}: the QDQ-on engine's log has no {want!r} line")
+        for n in names[1:]:
+            if LOG_LINE[n] not in engines[n].log.read_text():
+                raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
+        all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
         # repetitions per measurement: enough for >= min_seconds (a 1-s run's noise hides the effect)
         reps = {}
-        for shape in shapes:
+        for shape in all_shapes:
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} per measurement", flush=True)
-        raw: dict[str, list[dict]] = {s: [] for s in shapes}
+        raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         for p in range(pairs):
-            order = ("off", "on") if p % 2 == 0 else ("on", "off")
-            for shape in shapes:
+            for shape in all_shapes:
+                who = ["off"] + [q for q in names[1:] if shape in measured[q]]
+                order = who[p % len(who):] + who[:p % len(who)]
                 got = {k: engines[k].run(shape, int(reps[shape])) for k in order}
-                raw[shape].append({**{k: got[k] for k in ("off", "on")}, "first": order[0],
-                                   "ratio": got["off"]["seconds"] / got["on"]["seconds"]})
-                print(f"{name} {shape} pair {p + 1} ({order[0]} first): off {got['off']['seconds']:.2f} s, "
-                      f"on {got['on']['seconds']:.2f} s, ratio {raw[shape][-1]['ratio']:.3f}", flush=True)
-        for shape in shapes:
+                line = []
+                for q in who[1:]:
+                    raw[q, shape].append({"off": got["off"], q: got[q], "order": order,
+                                          "ratio": got["off"]["seconds"] / got[q]["seconds"]})
+                    line.append(f"{q} {got[q]['seconds']:.2f} s (ratio {raw[q, shape][-1]['ratio']:.3f})")
+                print(f"{name} {shape} round {p + 1} (order {'-'.join(order)}): off {got['off']['seconds']:.2f} s, "
+                      + ", ".join(line), flush=True)
+        for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
-            ratios = [r["ratio"] for r in raw[shape]]
+            ratios = [r["ratio"] for r in got]
             rows.append({
-                "model": name, "description": desc, "mode": mode, "qdq_config": qdq_config, "shape": shape, "prompts": n, "input_len": i, "output_len": o,
-                "pairs": pairs, "reps": int(reps[shape]), "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-                "ratio_max": max(ratios),
-                "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in raw[shape]),
-                "on_tok_s": statistics.median(r["on"]["total_tok_s"] for r in raw[shape]),
-                "raw": raw[shape],
+                "model": name, "description": desc, "mode": "act" if q == "on" else "kv",
+                "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
+                "output_len": o, "pairs": pairs, "reps": int(reps[shape]), "ratio_median": statistics.median(ratios),
+                "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
+                "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
+                "raw": got,
             })
     finally:
         for e in engines.values():
@@ -239,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
     ap.add_argument("--kv-cache", default=None, metavar="FORMAT",
-                    help="measure KV-cache QDQ in FORMAT (e.g. nvfp4) instead of activation QDQ")
+                    help="also measure KV-cache QDQ in FORMAT (e.g. nvfp4): a third engine")
+    ap.add_argument("--kv-shapes", default="decode", help="with --kv-cache: the shapes its engine is timed on")
+    ap.add_argument("--no-act", action="store_true", help="with --kv-cache: no activation-QDQ engine")
     ap.add_argument("--attn-q", default=None, metavar="FORMAT", help="with --kv-cache: QDQ the attention query too")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--llm", default="{}", help=argparse.SUPPRESS)
@@ -254,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     if not shapes or [s for s in shapes if s not in SHAPES]:
         ap.error(f"--shapes {args.shapes!r}; accepted: {', '.join(SHAPES)}")
     qdq_config = None
-    if args.attn_q and not args.kv_cache:
-        ap.error("--attn-q needs --kv-cache")
+    if (args.attn_q or args.no_act) and not args.kv_cache:
+        ap.error(f"{'--attn-q' if args.attn_q else '--no-act'} needs --kv-cache")
+    kv_shapes = [s for s in args.kv_shapes.split(",") if s]
+    if not kv_shapes or [s for s in kv_shapes if s not in SHAPES]:
+        ap.error(f"--kv-shapes {args.kv_shapes!r}; accepted: {', '.join(SHAPES)}")
     if args.kv_cache:
         from vllm_qdq.config import ConfigError, config_from_dict
 
@@ -271,18 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
-        rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config)
+        rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config, kv_shapes,
+                            act=not args.no_act)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    if qdq_config:
-        print(f"\nQDQ on = {json.dumps(qdq_config)}")
-    print(f"\n{'model':<8} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
+    print("\nqdq: act = VLLM_QDQ=1 (the plugin's defaults)"
+          + (f"; kv = VLLM_QDQ=1 with VLLM_QDQ_CONFIG={json.dumps(qdq_config)}" if qdq_config else ""))
+    print(f"\n{'model':<8} {'qdq':<4} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
           f"{'on/off median':>14} {'min':>6} {'max':>6}  verdict (target >= {args.target})")
     ok = True
     for r in rows:
         good = r["ratio_median"] >= args.target
         ok &= good
-        print(f"{r['model']:<8} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
+        print(f"{r['model']:<8} {r['mode']:<4} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
               f"{r['on_tok_s']:>11.0f} {r['ratio_median']:>14.3f} {r['ratio_min']:>6.3f} {r['ratio_max']:>6.3f}  "
               f"{'PASS' if good else 'BELOW TARGET'}")
     return 0 if ok else 1
