@@ -60,6 +60,9 @@ MODELS: dict[str, tuple[str, dict]] = {
               {"quantization": "fp8", "linear_backend": "marlin"}),
 }
 
+#: every engine's max_model_len: the longest shape, and a margin
+MAX_LEN = max(i + o for _, i, o in SHAPES.values()) + 16
+
 
 def kv_bytes() -> int:
     """Each engine's fixed KV-cache size (``QDQ_BENCH_KV_BYTES``, default 8 GiB; 0: profiled)."""
@@ -79,7 +82,7 @@ def build(name: str, root: Path) -> Path:
         return build_once(root / "bench-gptoss", build_tiny_gptoss_mxfp4, hidden=2880, experts=32, layers=4,
                           intermediate=2880, top_k=4, heads=64, kv_heads=8, head_dim=64)
     return build_once(root / "bench-dense", build_tiny_llama, hidden=4096, intermediate=14336, heads=32,
-                      kv_heads=8, head_dim=128, layers=4, std=0.02)
+                      kv_heads=8, head_dim=128, layers=4, std=0.02, max_position=MAX_LEN)
 
 
 # ----------------------------------------------------------------------------- worker
@@ -91,13 +94,12 @@ def worker(model: str, llm_kwargs: dict) -> int:
 
     from vllm import LLM, SamplingParams
 
-    max_len = max(i + o for _, i, o in SHAPES.values()) + 16
     t0 = time.perf_counter()
     kv = kv_bytes()
     mem = {"kv_cache_memory_bytes": kv, "gpu_memory_utilization": 0.1} if kv else \
         {"gpu_memory_utilization": float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4"))}
     # no prefix caching: every repetition of a batch must prefill again
-    llm = LLM(model=model, max_model_len=max_len, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs)
+    llm = LLM(model=model, max_model_len=MAX_LEN, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs)
     vocab = len(llm.get_tokenizer())
     prompts = {}
     for shape, (n, i, _) in SHAPES.items():

@@ -9,7 +9,8 @@
 # of it process start-up and imports; measured times are in results/ and the README):
 #   kernels       pytest -m gpu: Triton QDQ bit-exactness, the rotation / stochastic-rounding / FP4
 #                 recipes, sage3 kernels and per-step routing (tests/gpu/test_triton_qdq_gpu.py,
-#                 test_triton_recipes_gpu.py, test_sage3_gpu.py, test_sage3_route_gpu.py)
+#                 test_triton_recipes_gpu.py, test_sage3_gpu.py, test_sage3_route_gpu.py; the last needs
+#                 vllm_omni: offline, stage it with scripts/stage-gpu-extras.sh)
 #   plugin-gptoss, plugin-dense
 #                 pytest -m gpu tests/gpu/test_plugin_gpu.py (one model each): activation QDQ in Marlin MoE /
 #                 Marlin dense, eager and compiled + CUDA graphs, trace from the engine process, compile cache
@@ -130,8 +131,14 @@ xdist=()
 run_step() {
   local s=$1
   case $s in
-    kernels) step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py \
-      tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_sage3_gpu.py tests/gpu/test_sage3_route_gpu.py ;;
+    kernels)
+      # the sage3 route test builds a real vllm-omni attention layer
+      if ! "$PY" -c "import vllm_omni.diffusion.attention.layer" >/dev/null 2>&1; then
+        echo "=== kernels: vllm_omni does not import (pip install vllm-omni==0.30.0; offline: the wheels stage-gpu-extras.sh omni stages); the step fails rather than pass part-run"
+        echo "FAIL 0 s vllm_omni not installed (tests/gpu/test_sage3_route_gpu.py needs it)" > "$OUT/kernels.result"; return 1
+      fi
+      step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" tests/gpu/test_triton_qdq_gpu.py \
+        tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_sage3_gpu.py tests/gpu/test_sage3_route_gpu.py ;;
     plugin-gptoss) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k gptoss ;;
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
     method-llama|method-moe)
@@ -156,7 +163,7 @@ run_step() {
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then
         step study "$PY" scripts/gpu_study.py --out "$OUT/study"
       else
-        echo "=== study: lm_eval[api] is not installed (pip install 'lm_eval[api]'; offline: the wheels stage-gpu-study.sh stages); the step fails rather than pass unrun"
+        echo "=== study: lm_eval[api] is not installed (pip install 'lm_eval[api]'; offline: the wheels stage-gpu-extras.sh study stages); the step fails rather than pass unrun"
         echo "FAIL 0 s lm_eval[api] not installed" > "$OUT/study.result"; return 1
       fi ;;
   esac

@@ -25,3 +25,27 @@ def test_every_gpu_test_file_has_a_step() -> None:
 def test_every_named_file_exists() -> None:
     gone = sorted(n for n in _named() if not (REPO / n).is_file())
     assert not gone, f"scripts/gpu-smoke.sh names missing files {gone}"
+
+
+def test_throughput_bench_models_hold_its_longest_shape(tmp_path: Path, monkeypatch) -> None:
+    """Every model ``scripts/bench_plugin_throughput.py`` builds takes its ``max_model_len``
+    (a 256-token Llama made the dense bench's engines refuse to start on the H200): built here
+    with the bench's own builder and arguments, the sizes shrunk, the context kept."""
+    import importlib.util
+    import json
+
+    import vllm_qdq.study.tiny as tiny
+
+    spec = importlib.util.spec_from_file_location("bench_plugin_throughput", REPO / "scripts" / "bench_plugin_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small = {"hidden": 64, "intermediate": 64, "heads": 2, "kv_heads": 1, "head_dim": 32, "layers": 1,
+             "experts": 4, "top_k": 2}
+
+    def build_small(path: Path, fn, **kw):
+        return fn(path, **{k: small.get(k, v) for k, v in kw.items()})
+
+    monkeypatch.setattr(tiny, "build_once", build_small)
+    for name in bench.MODELS:
+        cfg = json.loads((bench.build(name, tmp_path) / "config.json").read_text())
+        assert cfg["max_position_embeddings"] >= bench.MAX_LEN, (name, cfg["max_position_embeddings"], bench.MAX_LEN)

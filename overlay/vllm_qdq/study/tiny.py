@@ -167,9 +167,11 @@ def build_tiny_llama(
     head_dim: int = 32,
     layers: int = 2,
     std: float = 0.1,
+    max_position: int = 256,
 ) -> Path:
     """A random LlamaForCausalLM (default: 2 layers, hidden 64, 2 heads / 1 KV head, head_dim 32,
-    MLP 128; matrices drawn from N(0, std)), bf16. GPU kernels with tile constraints (Marlin)
+    MLP 128; matrices drawn from N(0, std)), bf16, ``max_position`` tokens of context (what vLLM
+    takes as the longest ``max_model_len``). GPU kernels with tile constraints (Marlin)
     want larger sizes, e.g. ``hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -185,7 +187,7 @@ def build_tiny_llama(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        **_TINY_CONFIG,
+        **{**_TINY_CONFIG, "max_position_embeddings": max_position},
     )
     # larger-than-default init so QDQ changes the logits visibly
     torch.manual_seed(seed)  # the model's construction, then _save_random, draw from it
