@@ -220,3 +220,33 @@ def test_custom_op_in_compiled_graph() -> None:
     assert y.stride() == torch.empty_like(xt).stride()
     assert_same_bits(y, quantize_dequantize(xt, "nvfp4", global_amax=2.0))
     torch.library.opcheck(torch.ops.vllm_qdq.qdq.default, (x, "int8_per_token", "floor", -1, None, None))
+
+
+def test_contiguous_rows_match_the_stride_walk(tq):
+    """The eager fast path (contiguous, last axis) describes the rows exactly as ``_fold_rows``."""
+    for shape in [(1, 64), (7, 64), (2, 3, 64), (1, 1, 64), (64,), (5, 1, 32)]:
+        x = torch.zeros(shape)
+        k = shape[-1]
+        n = x.numel() // k
+        s = (0, k if n > 1 else 0, 1)
+        assert tq._Rows(n, n, k, s, s) == tq._fold_rows(x, torch.empty_like(x), x.ndim - 1), shape
+
+
+def test_bad_recipe_raises_every_time_and_names_it(tq):
+    """The recipe checks are cached per recipe, errors are not: a bad rule fails on every call,
+    an unhashable one with the same ValueError, and a CPU tensor outside the interpreter says so."""
+    x = torch.zeros(2, 32)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="unknown scale_rule 'nope'"):
+            tq.qdq(x, get_format("mxfp4"), "nope")
+    with pytest.raises(ValueError, match="unknown scale_rule"):
+        tq.qdq(x, get_format("mxfp4"), ["floor"])
+    with pytest.raises(ValueError, match="global_amax applies to the NVFP4 family only"):
+        tq.qdq(x, get_format("mxfp4"), global_amax=1.0)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tq, "interpreting", lambda: False)
+    try:
+        with pytest.raises(RuntimeError, match=r"needs Triton and a CUDA tensor .*got a cpu tensor"):
+            tq.qdq(x, get_format("mxfp4"))
+    finally:
+        mp.undo()

@@ -92,6 +92,7 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -554,23 +555,32 @@ def _row_tile(k: int, tile: int) -> tuple[int, int, bool]:
 
 
 def _check(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, global_amax, rounding: str) -> int:
-    if not available():
-        raise RuntimeError(
-            "the Triton QDQ backend needs Triton and a CUDA device (or TRITON_INTERPRET=1); "
-            "use backend='reference'"
-        )
     if not isinstance(x, torch.Tensor) or x.dtype not in SUPPORTED_DTYPES:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"unsupported input {got}; accepted dtypes: {', '.join(map(str, SUPPORTED_DTYPES))}")
+    if triton is None or not (x.is_cuda or interpreting()):  # a CUDA tensor: Triton runs
+        raise RuntimeError(
+            f"the Triton QDQ backend needs Triton and a CUDA tensor (or TRITON_INTERPRET=1); got a "
+            f"{x.device.type} tensor{'' if triton is not None else ' and no Triton'}; use backend='reference'"
+        )
     if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis={axis} is out of range for a {x.ndim}-d tensor")
+    if isinstance(scale_rule, str) and isinstance(rounding, str):
+        _check_recipe(spec, scale_rule, rounding, global_amax is not None)
+    else:  # not hashable: checked uncached, which names the value
+        _check_recipe.__wrapped__(spec, scale_rule, rounding, global_amax is not None)
+    return axis % x.ndim
+
+
+@lru_cache(maxsize=1024)
+def _check_recipe(spec: FormatSpec, scale_rule: str, rounding: str, has_global_amax: bool) -> None:
+    """The checks that depend on the recipe alone: once per recipe (an error is not cached)."""
     check_scale_rule(spec, scale_rule)
     check_rounding(spec, rounding)
-    if global_amax is not None and spec.family is not Family.NVFP4:
+    if has_global_amax and spec.family is not Family.NVFP4:
         raise ValueError(f"global_amax applies to the NVFP4 family only, not {spec.name!r}")
     if spec.granularity is Granularity.BLOCK and spec.block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size={spec.block_size} unsupported by the Triton kernels; accepted: 16, 32, 64, 128")
-    return axis % x.ndim
 
 
 @dataclass(frozen=True)
@@ -584,59 +594,75 @@ class _Extras:
     four6: bool = False
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@lru_cache(maxsize=4096)
+def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
+          tile: tuple[int, int], amax_tile: tuple[int, int]) -> tuple:
+    """Everything a launch needs that follows from the recipe and the row length alone, worked
+    out once per key (the eager hot path then does no lookups but this one): per-row recipes
+    ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
+    kwargs) or None, constexpr kwargs)``. ``tile`` / ``amax_tile``: the :data:`TILE_CONFIG` entries
+    in force (part of the key, so a changed table takes effect)."""
+    size, warps = tile
+    if spec.granularity is Granularity.ROW:
+        block_r, block_k, single = _row_tile(k, size)
+        return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
+                         "num_warps": warps, "enable_fp_fusion": False}
+    rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
+           "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0}
+    group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
+    block_r, n_groups = _block_tile(k, group, size, rot_block)
+    amax = None
+    if two_pass:
+        a_r, a_groups = _block_tile(k, group, amax_tile[0], rot_block)
+        amax = (a_r, a_groups * group, {"BLOCK_R": a_r, "BLOCK_K": a_groups * group, "num_warps": amax_tile[1], **rot})
+    consts = {
+        "SPEC": spec, "RULE": rule_code(rule) if spec.family is Family.MX else 0, "GROUP": group,
+        "BLOCK_R": block_r, "N_GROUPS": n_groups, "REVERSE": two_pass,
+        "SCALE_ELEM": spec.scale_elem or _NVFP4_SCALE_ELEM,
+        "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
+        "FOUR6": rule == "four_over_six", "STOCH": stoch, **rot, "num_warps": warps, "enable_fp_fusion": False,
+    }
+    return block_r, n_groups * group, amax, consts
+
+
 def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax,
             ex: _Extras | None = None) -> None:
     ex = ex or _Extras(kp=r.k)
     per_tensor = spec.granularity is Granularity.TENSOR
-    two_pass = per_tensor or (spec.family is Family.NVFP4 and global_amax is None)
+    nvfp4 = spec.family is Family.NVFP4
+    two_pass = per_tensor or (nvfp4 and global_amax is None)
+    flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
+    tile = TILE_CONFIG[kernel_class(spec)]
+    if spec.granularity is Granularity.ROW:
+        block_r, consts = _plan(spec, rule, r.k, 1, False, False, False, tile, tile)
+        _qdq_row_kernel[(_cdiv(r.n_rows, block_r),)](
+            x, y, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y, FLAT=flat, **consts)
+        return
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
-    if two_pass or spec.family is Family.NVFP4:
+    if two_pass or nvfp4:
         buf = torch.zeros(2, dtype=torch.int32, device=x.device)
-    if spec.family is Family.NVFP4 and global_amax is not None:
+    if nvfp4 and global_amax is not None:
         if isinstance(global_amax, torch.Tensor):
             buf[:1].view(torch.float32).copy_(global_amax.reshape(1))
         else:
             buf[:1].view(torch.float32).fill_(float(global_amax))
-    tile, warps = TILE_CONFIG[kernel_class(spec)]
-    flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
-    if spec.granularity is Granularity.ROW:
-        block_r, block_k, single = _row_tile(r.k, tile)
-        grid = (triton.cdiv(r.n_rows, block_r),)
-        _qdq_row_kernel[grid](
-            x, y, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y,
-            SPEC=spec, BLOCK_R=block_r, BLOCK_K=block_k, SINGLE=single, FLAT=flat,
-            num_warps=warps, enable_fp_fusion=False,
-        )
-        return
     rot_b = ex.rot.block if ex.rot is not None else 1
-    rot = {
-        "ROT_LOG2": rot_b.bit_length() - 1,
-        "HAS_SIGNS": ex.signs is not None,
-        "ROT_SCALE": inv_sqrt_f32(rot_b) if ex.rot is not None else 1.0,
-    }
+    block_r, block_k, amax, consts = _plan(
+        spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
+        TILE_CONFIG["amax"] if two_pass else tile)
     signs = ex.signs if ex.signs is not None else buf
-    group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
-    block_r, n_groups = _block_tile(r.k, group, tile, rot_b)
-    block_k = n_groups * group
-    grid = (triton.cdiv(r.n_rows, block_r) * triton.cdiv(r.k, block_k),)
-    if two_pass:
-        a_tile, a_warps = TILE_CONFIG["amax"]
-        a_r, a_groups = _block_tile(r.k, group, a_tile, rot_b)
-        a_k = a_groups * group
-        _amax_kernel[(triton.cdiv(r.n_rows, a_r) * triton.cdiv(r.k, a_k),)](
-            x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x,
-            BLOCK_R=a_r, BLOCK_K=a_k, FLAT=flat, num_warps=a_warps, **rot,
-        )
+    if amax is not None:
+        a_r, a_k, a_consts = amax
+        _amax_kernel[(_cdiv(r.n_rows, a_r) * _cdiv(r.k, a_k),)](
+            x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x, FLAT=flat, **a_consts)
     seed = ex.seed or 0
-    _qdq_block_kernel[grid](
+    _qdq_block_kernel[(_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)](
         x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x, *r.strides_y,
-        seed & 0xFFFFFFFF, seed >> 32,
-        SPEC=spec, RULE=rule_code(rule) if spec.family is Family.MX else 0, GROUP=group,
-        BLOCK_R=block_r, N_GROUPS=n_groups,
-        REVERSE=two_pass, SCALE_ELEM=spec.scale_elem or _NVFP4_SCALE_ELEM,
-        INV_EMAX=float(np.float32(1.0 / spec.elem.max_normal)), FLAT=flat,
-        FOUR6=ex.four6, STOCH=ex.seed is not None, **rot,
-        num_warps=warps, enable_fp_fusion=False,
+        seed & 0xFFFFFFFF, seed >> 32, FLAT=flat, **consts,
     )
 
 
@@ -675,7 +701,13 @@ def qdq(
         signs = hadamard_signs(rotate, kp, x.device)
     ex = _Extras(rotate, signs, kp, sr_seed, scale_rule == "four_over_six")
     y = torch.empty_like(x)
-    rows = _fold_rows(x, y, axis)
+    if axis == x.ndim - 1 and x.is_contiguous() and y.is_contiguous():  # the common case, no stride walk
+        k = x.shape[-1]
+        n = x.numel() // k
+        s = (0, k if n > 1 else 0, 1)
+        rows = _Rows(n, n, k, s, s)
+    else:
+        rows = _fold_rows(x, y, axis)
     if rows is None:  # leading dims not expressible with two strides: work on a copy
         xc = x.movedim(axis, -1).contiguous()
         yc = torch.empty_like(xc)
