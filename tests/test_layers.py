@@ -29,6 +29,7 @@ LAYER_OF: dict[str, str] = {
     "vllm_qdq.log": "base",
     "vllm_qdq.errors": "base",
     "vllm_qdq.sage3_route": "base",
+    "vllm_qdq.schema": "base",
     "vllm_qdq.stats": "stats",
     "vllm_qdq.activation": "activation",
     "vllm_qdq.method": "method",

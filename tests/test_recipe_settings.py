@@ -54,6 +54,10 @@ def test_spec_keys_parse_per_kind_and_pattern() -> None:
     ({"method": {"act": {"format": "nvfp4", "scale_rule": "rceil"}}}, r"method.act.scale_rule: .*accepted: floor, four_over_six"),
     ({"layers": [{"pattern": "x", "weight": {"format": "mxfp4", "rotate": {"block": 32, "seed": "a"}}}]},
      r"layers\[0\].weight.rotate.seed='a'"),
+    ({"layers": [{"pattern": "", "skip": True}]}, r'layers\[0\].pattern="" must be a non-empty glob or "re:REGEX"'),
+    ({"layers": [{"pattern": "re:", "skip": True}]}, r'layers\[0\].pattern="re:" must be a non-empty glob'),
+    ({"layers": [{"pattern": "re:(", "skip": True}]}, r"layers\[0\].pattern='re:\(' is not a valid regex"),
+    ({"layers": [{"pattern": 3, "skip": True}]}, r"layers\[0\].pattern=3 must be a non-empty glob"),
 ])
 def test_bad_values_name_the_key_and_the_accepted_ones(obj: dict, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):

@@ -60,12 +60,10 @@ block does not divide stops start-up naming the layer unless ``pad``). See
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
@@ -84,6 +82,7 @@ from .numerics.rotation import Rotation, parse_rotation
 from .sage3.numerics.reference import ACC_DTYPES as SAGE3_ACC_DTYPES
 from .sage3.numerics.reference import SAGE3_FORMATS
 from .sage3_route import Route, RouteError, read_route
+from .schema import check_keys, check_pattern, pattern_matches
 
 __all__ = [
     "ENV_VARS",
@@ -219,9 +218,7 @@ class LayerRule:
     attn_q: QuantSpec | None = None
 
     def matches(self, prefix: str) -> bool:
-        if self.pattern.startswith("re:"):
-            return re.fullmatch(self.pattern[3:], prefix) is not None
-        return fnmatch.fnmatchcase(prefix, self.pattern)
+        return pattern_matches(self.pattern, prefix)
 
 
 @dataclass(frozen=True)
@@ -313,12 +310,7 @@ class Sage3Config:
 
 
 def _keys(where: str, obj: object, allowed: tuple[str, ...]) -> Mapping:
-    if not isinstance(obj, Mapping):
-        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(obj)}")
-    unknown = [k for k in obj if k not in allowed]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; accepted: {', '.join(allowed)}")
-    return obj
+    return check_keys(where, obj, allowed, ConfigError)
 
 
 def _spec(where: str, obj: object, *, allow_auto: bool, base: QuantSpec | None = None) -> QuantSpec:
@@ -458,14 +450,7 @@ def config_from_dict(obj: Mapping, *, enabled: bool = False) -> QDQConfig:
         raise ConfigError(f"layers must be a JSON list, got {json.dumps(raw_layers)}")
     for i, item in enumerate(raw_layers):
         d = _keys(f"layers[{i}]", item, ("pattern", "skip", "act", "weight", "kv_cache", "attn_q"))
-        pat = d.get("pattern")
-        if not isinstance(pat, str) or not pat:
-            raise ConfigError(f"layers[{i}].pattern must be a non-empty string, got {pat!r}")
-        if pat.startswith("re:"):
-            try:
-                re.compile(pat[3:])
-            except re.error as e:
-                raise ConfigError(f"layers[{i}].pattern {pat!r} is not a valid regex: {e}") from None
+        pat = check_pattern(f"layers[{i}].pattern", d.get("pattern"), ConfigError)
         skip = d.get("skip", False)
         if not isinstance(skip, bool):
             raise ConfigError(f"layers[{i}].skip must be true or false, got {skip!r}")

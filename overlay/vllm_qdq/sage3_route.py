@@ -36,14 +36,13 @@ layer built without a prefix. Such a call goes on to the next rule (and to ``def
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .sage3.numerics.reference import SAGE3_FORMATS
+from .schema import check_keys, check_pattern, pattern_matches
 
 __all__ = ["ROUTE_FORMATS", "Route", "RouteError", "RouteRule", "Span", "parse_route", "read_route"]
 
@@ -104,9 +103,7 @@ class RouteRule:
         if self.name is not None:
             if not prefix:
                 return False
-            if self.name.startswith("re:"):
-                return re.fullmatch(self.name[3:], prefix) is not None
-            return fnmatch.fnmatchcase(prefix, self.name)
+            return pattern_matches(self.name, prefix)
         return True
 
     def __str__(self) -> str:
@@ -160,12 +157,7 @@ def _is_int(x: object) -> bool:
 
 
 def _keys(where: str, obj: object, allowed: tuple[str, ...]) -> Mapping:
-    if not isinstance(obj, Mapping):
-        raise RouteError(f"{where} must be a JSON object, got {json.dumps(obj)}")
-    unknown = [k for k in obj if k not in allowed]
-    if unknown:
-        raise RouteError(f"{where}: unknown key(s) {unknown}; accepted: {', '.join(allowed)}")
-    return obj
+    return check_keys(where, obj, allowed, RouteError)
 
 
 def _format(where: str, value: object) -> str:
@@ -239,13 +231,7 @@ def parse_route(obj: object, *, default_format: str, source: str = "inline") -> 
         layers = _spans(f"{where}.layers", d["layers"], allow_last=False) if "layers" in d else None
         name = d.get("name")
         if name is not None:
-            if not isinstance(name, str) or not name or name == "re:":
-                raise RouteError(f"{where}.name={json.dumps(name)} must be a non-empty glob or \"re:REGEX\"")
-            if name.startswith("re:"):
-                try:
-                    re.compile(name[3:])
-                except re.error as e:
-                    raise RouteError(f"{where}.name={name!r} is not a valid regex: {e}") from None
+            check_pattern(f"{where}.name", name, RouteError)
         rules.append(RouteRule(fmt, steps, layers, name))
     pps = top.get("passes_per_step", 1)
     if not _is_int(pps) or pps < 1:
