@@ -260,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
-    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
+    ap.add_argument("--shapes", default=None, help=f"comma-separated: {', '.join(SHAPES)} (default: all)")
     ap.add_argument("--kv-cache", default=None, metavar="FORMAT",
                     help="also measure KV-cache QDQ in FORMAT (e.g. nvfp4): a third engine")
-    ap.add_argument("--kv-shapes", default="decode", help="with --kv-cache: the shapes its engine is timed on")
+    ap.add_argument("--kv-shapes", default=None, help="with --kv-cache: the shapes its engine is timed on (default: decode)")
     ap.add_argument("--no-act", action="store_true", help="with --kv-cache: no activation-QDQ engine")
     ap.add_argument("--attn-q", default=None, metavar="FORMAT", help="with --kv-cache: QDQ the attention query too")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -275,15 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in names if m not in MODELS]
     if bad or not names:
         ap.error(f"--models {args.models!r}: unknown {bad}; accepted: {', '.join(MODELS)}")
-    shapes = [s for s in args.shapes.split(",") if s]
+    for opt, given in (("--attn-q", args.attn_q), ("--no-act", args.no_act), ("--kv-shapes", args.kv_shapes)):
+        if given and not args.kv_cache:
+            ap.error(f"{opt} needs --kv-cache")
+    if args.no_act and args.shapes:
+        ap.error("--shapes times the activation engine, which --no-act leaves out: use --kv-shapes")
+    shapes = [s for s in (args.shapes or ",".join(SHAPES)).split(",") if s]
     if not shapes or [s for s in shapes if s not in SHAPES]:
         ap.error(f"--shapes {args.shapes!r}; accepted: {', '.join(SHAPES)}")
-    qdq_config = None
-    if (args.attn_q or args.no_act) and not args.kv_cache:
-        ap.error(f"{'--attn-q' if args.attn_q else '--no-act'} needs --kv-cache")
-    kv_shapes = [s for s in args.kv_shapes.split(",") if s]
+    kv_shapes = [s for s in (args.kv_shapes or "decode").split(",") if s]
     if not kv_shapes or [s for s in kv_shapes if s not in SHAPES]:
         ap.error(f"--kv-shapes {args.kv_shapes!r}; accepted: {', '.join(SHAPES)}")
+    qdq_config = None
     if args.kv_cache:
         from vllm_qdq.config import ConfigError, config_from_dict
 

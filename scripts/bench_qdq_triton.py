@@ -5,9 +5,9 @@ For each format: GB/s of a QDQ of a bf16 tensor with 16M (4096 x 4096) and 64M (
 elements, counting 2 x the tensor's bytes (one read + one write, the traffic of ``y.copy_(x)``;
 per-tensor recipes read x twice but are charged the same), and the ratio to a device copy
 ``y.copy_(x)`` of the same tensor timed the same way in the same run. "kernel" times one call
-replayed from a CUDA graph (what the kernels cost, without the host's launch path); "eager" times
-the Python call (``triton.testing.do_bench``: the host path shows where it is longer than the
-kernel). Both flush L2 before each call. Then decode-sized calls (1, 16, 64, 256 rows x 4096), us
+replayed from a CUDA graph with L2 flushed before it (what the kernels cost, without the host's
+launch path); "eager" is the wall time per call of back-to-back Python calls (kernels and the host
+path together, L2 not flushed). Then decode-sized calls (1, 16, 64, 256 rows x 4096), us
 per call: "eager" = wall time per call of 200 back-to-back Python calls (what an eager caller
 pays), "graph" = GPU time per call of 20 calls replayed from one CUDA graph.
 
@@ -174,7 +174,7 @@ def main() -> int:
     for r, c in SIZES:
         x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
         y = torch.empty_like(x)
-        copies[(r, c)] = (kernel_ms(lambda: y.copy_(x)), bench_ms(lambda: y.copy_(x)))  # noqa: B023
+        copies[(r, c)] = (kernel_ms(lambda: y.copy_(x)), host_us(lambda: y.copy_(x), calls=20) / 1e3)  # noqa: B023
     print(f"{'copy_ (y.copy_(x))':30s} {'':>6s}" + "".join(
         f" {2 * r * c * 2 / copies[(r, c)][0] / 1e6:17.0f} {1.0:7.2f} {1.0:6.2f}" for r, c in SIZES))
     two_passes = {}
@@ -186,7 +186,7 @@ def main() -> int:
         for r, c in SIZES:
             x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
             fn = lambda: triton_qdq.qdq(x, spec, rule, -1, None)  # noqa: B023, E731
-            k_ms, e_ms = kernel_ms(fn), bench_ms(fn)
+            k_ms, e_ms = kernel_ms(fn), host_us(fn, calls=20) / 1e3
             ratio, eager = copies[(r, c)][0] / k_ms, copies[(r, c)][1] / e_ms
             line += f" {2 * x.numel() * 2 / k_ms / 1e6:17.0f} {ratio:7.2f} {eager:6.2f}"
             need = TARGETS[(r, c)][1 if two_pass else 0]

@@ -56,7 +56,9 @@ done
 rm -rf "$OUT"; mkdir -p "$OUT"
 # parts of at most 45 MiB, largest wheels first
 limit=$((45 << 20)); k=0; declare -A size=()
+stamp=$(date +%s)  # names this staging's markers on the host (older stagings' do not count)
 while read -r bytes w; do
+  [ "$bytes" -le $limit ] || echo "stage-gpu-extras: warning: $(basename "$w") is $((bytes >> 20)) MiB, over the part limit: a part of its own" >&2
   placed=
   for ((i = 1; i <= k; i++)); do
     if [ $((size[$i] + bytes)) -le $limit ]; then placed=$i; break; fi
@@ -74,9 +76,12 @@ set -e
 here=\$(cd "\$(dirname "\$0")" && pwd)
 target=\${1:?usage: install.sh TARGET}
 python3 -m pip install -q --no-index --no-deps --no-compile --target "\$target" "\$here"/wheels/*.whl
-touch "\$target/.extras-p$i"
-if [ "\$(ls "\$target"/.extras-p* | wc -l)" -ge $k ]; then python3 -c "$check"; fi
+touch "\$target/.extras-$stamp-p$i"
+if [ "\$(ls "\$target"/.extras-$stamp-p* | wc -l)" -ge $k ]; then python3 -c "$check"; fi
 SH
 done
+if [ "$k" -eq 0 ]; then
+  echo "stage-gpu-extras: nothing to stage: the host has every package of ${groups[*]}" >&2; exit 0
+fi
 du -sh "$OUT"/p* >&2
 echo "staged $k parts in $OUT: on the GPU host, bash $OUT/pN/install.sh /opt/gpu-site/deps for N=1..$k" >&2

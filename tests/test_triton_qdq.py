@@ -224,12 +224,12 @@ def test_custom_op_in_compiled_graph() -> None:
 
 def test_contiguous_rows_match_the_stride_walk(tq):
     """The eager fast path (contiguous, last axis) describes the rows exactly as ``_fold_rows``."""
-    for shape in [(1, 64), (7, 64), (2, 3, 64), (1, 1, 64), (64,), (5, 1, 32)]:
+    for shape in [(1, 64), (7, 64), (2, 3, 64), (1, 1, 64), (64,), (5, 1, 32), (3, 1), (1, 4, 1, 16)]:
         x = torch.zeros(shape)
-        k = shape[-1]
-        n = x.numel() // k
-        s = (0, k if n > 1 else 0, 1)
-        assert tq._Rows(n, n, k, s, s) == tq._fold_rows(x, torch.empty_like(x), x.ndim - 1), shape
+        y = torch.empty_like(x)
+        assert tq._rows(x, y, x.ndim - 1) == tq._fold_rows(x, y, x.ndim - 1), shape
+    x = torch.zeros(1, 4).t()  # contiguous, last dim 1 with stride 4
+    assert tq._rows(x, torch.empty_like(x), 1) == tq._fold_rows(x, torch.empty_like(x), 1)
 
 
 def test_bad_recipe_raises_every_time_and_names_it(tq):

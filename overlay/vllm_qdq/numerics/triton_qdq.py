@@ -535,6 +535,16 @@ def _fold_rows(x: torch.Tensor, y: torch.Tensor, axis: int) -> _Rows | None:
     )
 
 
+def _rows(x: torch.Tensor, y: torch.Tensor, axis: int) -> _Rows | None:
+    """:func:`_fold_rows`, without the stride walk in the common case (both contiguous, last axis)."""
+    if axis == x.ndim - 1 and x.is_contiguous() and y.is_contiguous() and x.stride(-1) == 1:
+        k = x.shape[-1]
+        n = x.numel() // k
+        s = (0, k if n > 1 else 0, 1)
+        return _Rows(n, n, k, s, s)
+    return _fold_rows(x, y, axis)
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -636,7 +646,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     nvfp4 = spec.family is Family.NVFP4
     two_pass = per_tensor or (nvfp4 and global_amax is None)
     flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
-    tile = TILE_CONFIG[kernel_class(spec)]
+    tile = tuple(TILE_CONFIG[kernel_class(spec)])
     if spec.granularity is Granularity.ROW:
         block_r, consts = _plan(spec, rule, r.k, 1, False, False, False, tile, tile)
         _qdq_row_kernel[(_cdiv(r.n_rows, block_r),)](
@@ -653,7 +663,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     rot_b = ex.rot.block if ex.rot is not None else 1
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        TILE_CONFIG["amax"] if two_pass else tile)
+        tuple(TILE_CONFIG["amax"]) if two_pass else tile)
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None:
         a_r, a_k, a_consts = amax
@@ -701,13 +711,7 @@ def qdq(
         signs = hadamard_signs(rotate, kp, x.device)
     ex = _Extras(rotate, signs, kp, sr_seed, scale_rule == "four_over_six")
     y = torch.empty_like(x)
-    if axis == x.ndim - 1 and x.is_contiguous() and y.is_contiguous():  # the common case, no stride walk
-        k = x.shape[-1]
-        n = x.numel() // k
-        s = (0, k if n > 1 else 0, 1)
-        rows = _Rows(n, n, k, s, s)
-    else:
-        rows = _fold_rows(x, y, axis)
+    rows = _rows(x, y, axis)
     if rows is None:  # leading dims not expressible with two strides: work on a copy
         xc = x.movedim(axis, -1).contiguous()
         yc = torch.empty_like(xc)
