@@ -30,6 +30,7 @@ import argparse
 import sys
 
 import torch
+from vllm_qdq.study.gpu_timing import graph_us, host_us, kernel_ms
 
 SIZES = ((4096, 4096), (8192, 8192))
 DECODE_ROWS = (1, 16, 64, 256)
@@ -82,65 +83,6 @@ def triton_qdq_call(x: torch.Tensor, spec, rule: str, **kw) -> torch.Tensor:
     from vllm_qdq.numerics import triton_qdq
 
     return triton_qdq.qdq(x, spec, rule, -1, None, **kw)
-
-
-def bench_ms(fn, reps: int = 50) -> float:
-    """Median milliseconds per call (triton.testing.do_bench: warm-up, L2 flush, CUDA events)."""
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median")
-
-
-def _capture(fn, calls: int) -> torch.cuda.CUDAGraph:
-    """A CUDA graph holding ``calls`` calls of ``fn`` (warmed up on a side stream first)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    return g
-
-
-def kernel_ms(fn) -> float:
-    """Median ms of one call replayed from a CUDA graph (do_bench: L2 flushed before each)."""
-    return bench_ms(_capture(fn, 1).replay)
-
-
-def graph_us(fn, calls: int = 20) -> float:
-    """Microseconds per call when ``calls`` calls replay from one CUDA graph (median of 20)."""
-    g = _capture(fn, calls)
-    times = []
-    for _ in range(20):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
-
-
-def host_us(fn, calls: int = 200) -> float:
-    """Wall microseconds per call of ``calls`` back-to-back eager calls, then one synchronize
-    (median of 5 rounds): host-bound when the kernel is shorter than the launch path."""
-    import time
-
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - t0) * 1e6 / calls)
-    return sorted(rounds)[2]
 
 
 def main() -> int:

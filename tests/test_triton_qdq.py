@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -250,3 +251,34 @@ def test_bad_recipe_raises_every_time_and_names_it(tq):
             tq.qdq(x, get_format("mxfp4"))
     finally:
         mp.undo()
+
+
+def test_tile_tables_by_architecture(tq, tmp_path, monkeypatch):
+    """The shipped tile tables load and name known classes; the first CUDA launch's architecture
+    picks its table once per process (classes it leaves out keep the defaults); an unknown
+    architecture keeps the defaults; a bad entry is a ValueError naming it."""
+    import json
+
+    shipped = tq.tile_configs()
+    assert "sm_90" in shipped and all(set(t) <= set(tq.TILE_CONFIG) for t in shipped.values())
+    f = tmp_path / "tiles.json"
+    f.write_text(json.dumps({"_about": "x", "sm_100": {"mx": [8192, 8]}}))
+    defaults = dict(tq.TILE_CONFIG)
+    monkeypatch.setattr(tq, "TILE_CONFIG", dict(defaults))
+    real = tq.tile_configs
+    monkeypatch.setattr(tq, "tile_configs", lambda path=f: real(path))
+    monkeypatch.setattr(tq, "_tiles_arch", [])
+    monkeypatch.setattr(tq, "arch_key", lambda device=None: "sm_100")
+    assert tq.use_tiles_for() == "sm_100"
+    assert tq.TILE_CONFIG == {**defaults, "mx": (8192, 8)}
+    monkeypatch.setattr(tq, "arch_key", lambda device=None: "sm_90")
+    assert tq.use_tiles_for() == "sm_100"  # once per process
+    monkeypatch.setattr(tq, "TILE_CONFIG", dict(defaults))
+    monkeypatch.setattr(tq, "_tiles_arch", [])
+    monkeypatch.setattr(tq, "arch_key", lambda device=None: "sm_75")
+    assert tq.use_tiles_for() is None and tq.TILE_CONFIG == defaults
+    for bad, name in (({"sm_90": {"mx": [0, 4]}}, "sm_90.mx=[0, 4]"), ({"sm_90": {"mix": [4096, 4]}}, "sm_90.mix"),
+                      ({"sm_90": [1]}, "sm_90 must be an object")):
+        f.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=re.escape(name)):
+            real(f)

@@ -91,8 +91,10 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,7 +111,7 @@ except ImportError:  # pragma: no cover - exercised only where Triton is missing
     triton = None
     tl = None
 
-__all__ = ["TILE_CONFIG", "available", "kernel_class", "qdq"]
+__all__ = ["TILE_CONFIG", "arch_key", "available", "kernel_class", "qdq", "tile_configs", "use_tiles_for"]
 
 #: Wraps a format record that one jit function hands to another. Compiled Triton (3.6 at
 #: least) passes an object to a nested jit function only as ``tl.constexpr``; the interpreter
@@ -123,8 +125,10 @@ _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 _ROW_SINGLE_MAX = 8192
 
 #: (target elements per tile, warps per program) by kernel class: static, keyed on the format
-#: only (the tile shape then follows from K, never from the number of rows). Chosen on the H100
-#: with ``scripts/tune_qdq_triton.py`` (a sweep at 16M and 64M bf16 elements).
+#: only (the tile shape then follows from K, never from the number of rows). The table in force:
+#: these defaults (chosen on the H100 with ``scripts/tune_qdq_triton.py``, a sweep at 16M and 64M
+#: bf16 elements), updated once per process, at the first CUDA launch, with the entry of the GPU's
+#: architecture in ``tile_configs.json`` (:func:`use_tiles_for`; the sweep writes it).
 TILE_CONFIG: dict[str, tuple[int, int]] = {
     "mx": (4096, 4),  # MX formats, mxint8
     "nvfp4": (8192, 8),
@@ -134,6 +138,46 @@ TILE_CONFIG: dict[str, tuple[int, int]] = {
     "row_fp64": (8192, 16),
     "amax": (16384, 16),  # first pass of per-tensor recipes
 }
+TILE_FILE = Path(__file__).with_name("tile_configs.json")
+_tiles_arch: list[str | None] = []  # [] until use_tiles_for ran: then [the arch whose table is in force, or None]
+
+
+def tile_configs(path: Path = TILE_FILE) -> dict[str, dict[str, tuple[int, int]]]:
+    """The tuned tables on disk: ``{"sm_90": {kernel class: (tile, warps)}}``; each checked
+    (a known class, two positive integers), a bad entry a ``ValueError`` naming it."""
+    raw = json.loads(path.read_text())
+    out = {}
+    for arch, table in raw.items():
+        if arch.startswith("_"):
+            continue
+        if not isinstance(table, dict):
+            raise ValueError(f"{path.name}: {arch} must be an object of kernel class -> [tile, warps]")
+        for cls, v in table.items():
+            ok = isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v)
+            if cls not in TILE_CONFIG or not ok:
+                raise ValueError(f"{path.name}: {arch}.{cls}={json.dumps(v)}; accepted: a class of "
+                                 f"{', '.join(TILE_CONFIG)} with [tile, warps], positive integers")
+        out[arch] = {cls: (v[0], v[1]) for cls, v in table.items()}
+    return out
+
+
+def arch_key(device: torch.device | int | None = None) -> str:
+    """``sm_XY`` of a CUDA device (compute capability X.Y)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def use_tiles_for(device: torch.device | int | None = None) -> str | None:
+    """Once per process: put the ``tile_configs.json`` entry of ``device``'s architecture into
+    :data:`TILE_CONFIG` (classes it does not name keep their defaults). The architecture whose
+    table is in force, or ``None`` (no entry: the defaults)."""
+    if not _tiles_arch:
+        arch = arch_key(device)
+        table = tile_configs().get(arch)
+        if table:
+            TILE_CONFIG.update(table)
+        _tiles_arch.append(arch if table else None)
+    return _tiles_arch[0]
 
 
 def kernel_class(spec: FormatSpec) -> str:
@@ -646,6 +690,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     nvfp4 = spec.family is Family.NVFP4
     two_pass = per_tensor or (nvfp4 and global_amax is None)
     flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
+    if not _tiles_arch and x.is_cuda:
+        use_tiles_for(x.device)
     tile = tuple(TILE_CONFIG[kernel_class(spec)])
     if spec.granularity is Granularity.ROW:
         block_r, consts = _plan(spec, rule, r.k, 1, False, False, False, tile, tile)
