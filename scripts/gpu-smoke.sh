@@ -14,6 +14,9 @@
 #   plugin-gptoss, plugin-dense
 #                 pytest -m gpu tests/gpu/test_plugin_gpu.py (one model each): activation QDQ in Marlin MoE /
 #                 Marlin dense, eager and compiled + CUDA graphs, trace from the engine process, compile cache
+#   plugin-exact  pytest -m gpu tests/gpu/test_plugin_exact_gpu.py: with QDQ on, compiled + CUDA graphs equal
+#                 eager once both round alike (PyTorch forms of vLLM's ops, Inductor emulating eager's
+#                 bf16 casts), both models side by side
 #   method-llama, method-moe
 #                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
 #                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
@@ -59,7 +62,7 @@ JOBS=${SMOKE_JOBS:-1}
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-STEPS=(kernels plugin-gptoss plugin-dense method-llama method-moe kv-cache tp2 serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense)
+STEPS=(kernels plugin-gptoss plugin-dense plugin-exact method-llama method-moe kv-cache tp2 serve study bench-qdq bench-sage3 bench-plugin-gptoss bench-plugin-dense)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${STEPS[@]}" summary)
 fail=0
@@ -144,6 +147,7 @@ run_step() {
       fi ;;
     plugin-gptoss) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k gptoss ;;
     plugin-dense) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_gpu.py -k dense ;;
+    plugin-exact) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_plugin_exact_gpu.py ;;
     method-llama|method-moe)
       step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_qdq_method_gpu.py -k "${s#method-}" ;;
     tp2)
