@@ -639,13 +639,13 @@ def _check_recipe(spec: FormatSpec, scale_rule: str, rounding: str, has_global_a
 
 @dataclass(frozen=True)
 class _Extras:
-    """The issue-18 options of one launch: rotation, stochastic rounding, four over six."""
+    """The issue-18 options of one launch: rotation and stochastic rounding (four over six is a
+    scale rule: the launch plan reads it from the rule)."""
 
     rot: Rotation | None = None
     signs: torch.Tensor | None = None
     kp: int = 0  # row length of the QDQ'd rows (K, or K padded to the rotation block)
     seed: int | None = None  # stochastic rounding when not None
-    four6: bool = False
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -755,7 +755,7 @@ def qdq(
 
             return qdq_rotated_reference(x, spec, rotate, scale_rule, axis, global_amax, rounding, seed, qdq_fn=inner)
         signs = hadamard_signs(rotate, kp, x.device)
-    ex = _Extras(rotate, signs, kp, sr_seed, scale_rule == "four_over_six")
+    ex = _Extras(rotate, signs, kp, sr_seed)
     y = torch.empty_like(x)
     rows = _rows(x, y, axis)
     if rows is None:  # leading dims not expressible with two strides: work on a copy
