@@ -24,12 +24,17 @@ each in its own worker process, stay up side by side. Each engine gets a fixed K
 both shapes at once on both models), with which vLLM skips its memory profiling, so the two
 start at the same time; ``QDQ_BENCH_KV_BYTES=0``: profiled (``QDQ_BENCH_GPU_UTIL``, 0.4 each),
 the second engine starting once the first is up (vLLM's profiler fails beside a starting
-engine). After one untimed warm-up per shape on each, ``--pairs`` rounds time one
-``generate`` per shape on each engine, alternating which goes first (off-on, on-off, ...), with
-the other engine idle; each measurement repeats the shape's batch back to back until it lasts
-about ``--min-seconds`` (4 s: single 1-4 s runs scattered by +-10% on the H200). The ratio per
-pair is ``t_off / t_on`` (= on/off throughput); a row reports the median ratio with min and
-max and the median tok/s of each engine. Exit 1 when a row's median ratio is below ``--target``.
+engine). Each engine runs every shape's whole batch once, untimed, before it reports ready (its
+first batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growth). Then
+``--pairs`` rounds; in a round each shape runs ``reps`` batches on each engine (``reps``: enough
+for about ``--min-seconds`` per engine, 4 s: single 1-4 s runs scattered by +-10% on the H200),
+one batch at a time, the engines taking turns batch by batch with the order rotated at every
+turn (off-on, on-off, ...; the others idle). Each turn gives a pair of adjacent batches, timed
+seconds apart, so the machine's drift (~30% between runs minutes apart, 2026-12-02d: one
+round's 4-s measurements moved 0.77-1.08 for the same engines) cancels in its ratio
+``t_off / t_on`` (= on/off throughput); a row reports the median of its ``pairs x reps`` ratios
+with min and max, and the median tok/s of each engine. Exit 1 when a row's median ratio is
+below ``--target``.
 
 ``--kv-cache FORMAT`` adds a third engine, ``kv`` (issue 19): ``VLLM_QDQ=1`` with
 ``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q`` adds the query QDQ), up
@@ -105,8 +110,8 @@ def worker(model: str, llm_kwargs: dict) -> int:
     for shape, (n, i, _) in SHAPES.items():
         rng = random.Random(f"{shape}-{n}-{i}")
         prompts[shape] = [{"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(i)]} for _ in range(n)]
-    for shape, (_, _, o) in SHAPES.items():  # untimed warm-up of each shape
-        llm.generate(prompts[shape][:16], SamplingParams(max_tokens=min(o, 32), ignore_eos=True), use_tqdm=False)
+    for shape, (_, _, o) in SHAPES.items():  # untimed warm-up: each shape's whole batch once
+        llm.generate(prompts[shape], SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True), use_tqdm=False)
     print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1)}), flush=True)
     for line in sys.stdin:
         cmd, _, reps = line.strip().partition(" ")
@@ -182,6 +187,14 @@ class Engine:
 LOG_LINE = {"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}
 
 
+def turns(who: list[str], n: int, start: int = 0) -> list[list[str]]:
+    """The engine order of ``n`` consecutive turns, turn ``start`` first: ``who`` rotated by one
+    at every turn (two engines: off-on, on-off, ...; three: off-on-kv, on-kv-off, kv-off-on),
+    so each engine goes first, and follows each other, equally often over ``len(who)`` turns."""
+    k = len(who)
+    return [who[(start + t) % k:] + who[:(start + t) % k] for t in range(n)]
+
+
 def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
                 kv_config: dict | None = None, kv_shapes: list[str] | None = None,
                 act: bool = True) -> list[dict]:
@@ -189,8 +202,9 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
 
     ``on``: activation QDQ (the plugin's defaults) on ``shapes`` (with ``act``); ``kv`` (with
     ``kv_config``, its ``VLLM_QDQ_CONFIG``): KV-cache QDQ on ``kv_shapes``. All engines stay up
-    side by side; each round runs a shape on every engine that measures it, in an order rotated
-    round by round, the others idle.
+    side by side; in each round every engine that measures a shape runs its batch ``reps`` times,
+    one batch per engine per turn, in an order rotated turn by turn (:func:`turns`), the others
+    idle; one ratio per turn.
     """
     model = build(name, root)
     desc, kwargs = MODELS[name]
@@ -214,32 +228,36 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             if LOG_LINE[n] not in engines[n].log.read_text():
                 raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
         all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
-        # repetitions per measurement: enough for >= min_seconds (a 1-s run's noise hides the effect)
+        # turns per round: enough batches for >= min_seconds per engine and round
         reps = {}
         for shape in all_shapes:
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
-            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} per measurement", flush=True)
+            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         for p in range(pairs):
             for shape in all_shapes:
                 who = ["off"] + [q for q in names[1:] if shape in measured[q]]
-                order = who[p % len(who):] + who[:p % len(who)]
-                got = {k: engines[k].run(shape, int(reps[shape])) for k in order}
-                line = []
-                for q in who[1:]:
-                    raw[q, shape].append({"off": got["off"], q: got[q], "order": order,
-                                          "ratio": got["off"]["seconds"] / got[q]["seconds"]})
-                    line.append(f"{q} {got[q]['seconds']:.2f} s (ratio {raw[q, shape][-1]['ratio']:.3f})")
-                print(f"{name} {shape} round {p + 1} (order {'-'.join(order)}): off {got['off']['seconds']:.2f} s, "
-                      + ", ".join(line), flush=True)
+                this_round: dict[str, list[float]] = {q: [] for q in who[1:]}
+                first = p * int(reps[shape])  # the rotation goes on across rounds
+                for r, order in enumerate(turns(who, int(reps[shape]), start=first)):
+                    got = {k: engines[k].run(shape, 1) for k in order}
+                    for q in who[1:]:
+                        ratio = got["off"]["seconds"] / got[q]["seconds"]
+                        raw[q, shape].append({"round": p + 1, "turn": r + 1, "off": got["off"], q: got[q],
+                                              "order": order, "ratio": ratio})
+                        this_round[q].append(ratio)
+                print(f"{name} {shape} round {p + 1} ({int(reps[shape])} turns, first order "
+                      f"{'-'.join(turns(who, 1, first)[0])}): "
+                      + ", ".join(f"{q} ratios {' '.join(f'{x:.3f}' for x in v)}" for q, v in this_round.items()),
+                      flush=True)
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
             rows.append({
                 "model": name, "description": desc, "mode": "act" if q == "on" else "kv",
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
-                "output_len": o, "pairs": pairs, "reps": int(reps[shape]), "ratio_median": statistics.median(ratios),
+                "output_len": o, "pairs": pairs, "reps": int(reps[shape]), "samples": len(ratios), "ratio_median": statistics.median(ratios),
                 "ratio_min": min(ratios), "ratio_max": max(ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
                 "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
@@ -254,7 +272,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    ap.add_argument("--pairs", type=int, default=5, help="interleaved off/on pairs per shape (>= 3)")
+    ap.add_argument("--pairs", type=int, default=5, help="rounds per shape (>= 3), each of reps turns that time one batch per engine")
     ap.add_argument("--min-seconds", type=float, default=4.0,
                     help="each measurement repeats the shape's batch until it lasts about this long")
     ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
@@ -298,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             ap.error(str(e))
     if args.pairs < 3:
-        ap.error(f"--pairs {args.pairs}: at least 3 interleaved pairs are needed for a median with a spread")
+        ap.error(f"--pairs {args.pairs}: at least 3 rounds are needed for a median with a spread")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:

@@ -39,8 +39,9 @@
 #
 # Every step writes $SMOKE_OUT/<step>.log and a one-line $SMOKE_OUT/<step>.result
 # ("PASS|FAIL <seconds> s <detail>") and prints that line last. Models are built once under
-# $SMOKE_OUT/models (SMOKE_MODELS) and shared by the steps; each step keeps its compile cache in
-# $VLLM_CACHE_ROOT/<step> (default $SMOKE_OUT/vllm-cache), so a step run again starts warm.
+# $SMOKE_OUT/models (SMOKE_MODELS) and shared by the steps; each step keeps its compile caches (vLLM's,
+# Triton's, Inductor's) in $VLLM_CACHE_ROOT/<step> (default $SMOKE_OUT/vllm-cache), so a step run
+# again starts warm and steps run side by side share no cache.
 #
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
@@ -114,7 +115,11 @@ step() {  # step NAME CMD...: log, time, one-line result
   local t0 t1 rc detail
   t0=$(date +%s.%N)
   echo "=== $name: $*"
-  VLLM_CACHE_ROOT="$CACHE_BASE/$name" "$@" > "$OUT/$name.log" 2>&1
+  # each step's caches its own: vLLM's compile cache, and Triton's and Inductor's (which default to
+  # one per machine, ~/.triton/cache and /tmp/torchinductor_$USER, shared by steps run side by side)
+  mkdir -p "$CACHE_BASE/$name"
+  VLLM_CACHE_ROOT="$CACHE_BASE/$name" TRITON_CACHE_DIR="$CACHE_BASE/$name/triton" \
+    TORCHINDUCTOR_CACHE_DIR="$CACHE_BASE/$name/inductor" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
   [ "$JOBS" -gt 1 ] || tail -n 25 "$OUT/$name.log"

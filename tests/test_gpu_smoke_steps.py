@@ -49,3 +49,28 @@ def test_throughput_bench_models_hold_its_longest_shape(tmp_path: Path, monkeypa
     for name in bench.MODELS:
         cfg = json.loads((bench.build(name, tmp_path) / "config.json").read_text())
         assert cfg["max_position_embeddings"] >= bench.MAX_LEN, (name, cfg["max_position_embeddings"], bench.MAX_LEN)
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plugin_throughput", REPO / "scripts" / "bench_plugin_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_throughput_bench_turns_alternate_batch_by_batch() -> None:
+    """The bench times one batch per engine per turn, the order rotated at every turn and on
+    across rounds: with two engines off-on, on-off, ...; over len(who) turns each engine goes
+    first once, and every turn holds every engine once."""
+    turns = _bench_module().turns
+    assert turns(["off", "on"], 4) == [["off", "on"], ["on", "off"], ["off", "on"], ["on", "off"]]
+    # round 2 of 3 turns goes on from turn 3: an odd turn count does not restart the rotation
+    assert turns(["off", "on"], 3, start=3) == [["on", "off"], ["off", "on"], ["on", "off"]]
+    three = turns(["off", "on", "kv"], 6, start=2)
+    assert three[0] == ["kv", "off", "on"]
+    for t in three:
+        assert sorted(t) == ["kv", "off", "on"]
+    for k in range(3):  # each engine first, second and last equally often
+        assert sorted(t[k] for t in three) == ["kv", "kv", "off", "off", "on", "on"]

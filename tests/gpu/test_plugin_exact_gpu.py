@@ -4,20 +4,28 @@ the two round alike (``pytest -m gpu tests/gpu/test_plugin_exact_gpu.py -s``).
 tests/gpu/test_plugin_gpu.py compares vLLM's defaults with ``enforce_eager`` and finds, with QDQ
 on, compiled-vs-eager differences as large as the QDQ effect itself (gpt-oss 0.72 nats max, dense
 0.34, against 0.035 / 0.048 with QDQ off, H200 2026-12-02). Two rounding differences explain that
-without any fault in the plugin: eager mode runs vLLM's CUDA custom ops (RMSNorm, rotary, SiLU)
+without any fault in the plugin: eager mode runs vLLM's CUDA kernels (RMSNorm, rotary, SiLU)
 where the compiled graph runs their PyTorch forms, and Inductor rounds a fused pointwise chain to
 bf16 once where eager PyTorch rounds after each op; 4-bit activation QDQ turns such 1-ulp
 differences into whole grid steps. This test removes both (the method of the CPU suite's
 test_plugin_compiled_engine, which then measures compiled = eager bit for bit):
 
-* ``eager-native``: ``enforce_eager`` with ``custom_ops: ["none"]`` (PyTorch forms, op by op);
+* ``eager-native``: ``enforce_eager`` with ``custom_ops: ["none"]`` (rotary, SiLU-and-mul in
+  PyTorch form) and ``ir_op_priority`` ``native`` for ``rms_norm`` / ``fused_add_rms_norm``
+  (vLLM 0.30 picks the RMSNorm kernel by its IR-op priority, not by ``custom_ops``: on CUDA the
+  default is ``vllm_c``, which the 2026-12-02d run kept in eager and measured 0.12 / 0.085
+  nats mean against compiled);
 * ``compiled-exact``: vLLM's default compilation (Dynamo + Inductor, piecewise CUDA graphs) with
-  Inductor's ``emulate_precision_casts`` (bf16 rounding after each op, as eager).
+  Inductor's ``emulate_precision_casts`` (bf16 rounding after each op, as eager) and the same
+  ``ir_op_priority``.
 
-Both with QDQ on (trace lines say the compiled engine ran the wrapper), for the gpt-oss Marlin
-MoE and the FP8 Marlin dense model side by side (one driver each). Checked: the mean
-|logprob(compiled-exact) - logprob(eager-native)| is at most :data:`TOL_MEAN` nats (a QDQ missing
-or different in the compiled graph moves them by the QDQ effect, ~0.1-0.7 nats).
+Both with QDQ on and, as the control that says how exact the pair is without QDQ, both with
+QDQ off, for the gpt-oss Marlin MoE and the FP8 Marlin dense model (four drivers side by side).
+Checked: trace lines say the compiled QDQ-on engine ran the wrapper (dense; gpt-oss's MoE GEMM
+runs inside vLLM's opaque ``moe_forward`` op, outside the traced graph), and the mean
+|logprob(compiled-exact) - logprob(eager-native)| is at most :data:`TOL_MEAN` nats with QDQ on
+and with QDQ off (a QDQ missing or different in the compiled graph moves them by the QDQ effect,
+~0.1-0.7 nats).
 """
 
 from __future__ import annotations
@@ -33,13 +41,15 @@ pytestmark = pytest.mark.gpu
 #: (RMSNorm's mean) may still sum in another order than PyTorch's CUDA kernels, and a 1-ulp
 #: difference before a 4-bit QDQ can move one element by a grid step.
 TOL_MEAN = 0.02
+#: PyTorch-form RMSNorm in both engines (vLLM 0.30: ``kernel_config.ir_op_priority``)
+NATIVE_NORM = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
 CAPTURE = {"cudagraph_capture_sizes": [1, 2, 4, 8]}  # as vllm_qdq.study.llm_run's default
 TRACE = "[vllm_qdq trace]"
 
 
-def _env(cache: Path) -> dict[str, str]:
+def _env(cache: Path, qdq: bool) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(VLLM_QDQ="1", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache), VLLM_WORKER_MULTIPROC_METHOD="spawn",
+    env.update(VLLM_QDQ="1" if qdq else "0", VLLM_QDQ_TRACE="1", VLLM_CACHE_ROOT=str(cache), VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
     return env
 
@@ -61,25 +71,34 @@ def test_compiled_equals_eager_with_qdq_on(tmp_path):
     jobs = {}
     for name, (model, llm, _) in models.items():
         runs = {
-            "eager-native": {**llm, "enforce_eager": True, "compilation_config": {"custom_ops": ["none"]}},
-            "compiled-exact": {**llm, "compilation_config": {
+            "eager-native": {**llm, "enforce_eager": True, "ir_op_priority": NATIVE_NORM,
+                             "compilation_config": {"custom_ops": ["none"]}},
+            "compiled-exact": {**llm, "ir_op_priority": NATIVE_NORM, "compilation_config": {
                 **CAPTURE, "inductor_compile_config": {"emulate_precision_casts": True}}},
         }
-        jobs[name] = (model, runs, _env(tmp_path / f"cache-{name}"))
+        for qdq in (True, False):
+            tag = f"{name}-{'on' if qdq else 'off'}"
+            jobs[tag] = (model, runs, _env(tmp_path / f"cache-{tag}", qdq))
     got = drive_many(jobs)
     failures = []
-    for name, (rc, out, res) in got.items():
-        assert rc == 0, f"{name} driver failed:\n" + out[-6000:]
+    for tag, (rc, out, res) in got.items():
+        assert rc == 0, f"{tag} driver failed:\n" + out[-6000:]
         assert set(res) == {"eager-native", "compiled-exact"}, out[-6000:]
+        name, qdq = tag.rsplit("-", 1)
         op = models[name][2]
-        for run in ("eager-native", "compiled-exact"):
-            lines = [ln for ln in res[run]["log"].splitlines() if TRACE in ln and f" {op} " in ln]
-            assert lines, f"{name} {run}: no trace line for {op}"
-        assert any("[compiled]" in ln for ln in res["compiled-exact"]["log"].splitlines() if TRACE in ln), \
-            f"{name}: the compiled engine's wrapper calls were not traced as compiled"
+        if qdq == "on":
+            for run in ("eager-native", "compiled-exact"):
+                lines = [ln for ln in res[run]["log"].splitlines() if TRACE in ln and f" {op} " in ln]
+                assert lines, f"{tag} {run}: no trace line for {op}"
+            compiled = any("[compiled]" in ln for ln in res["compiled-exact"]["log"].splitlines() if TRACE in ln)
+            if name == "dense":  # gpt-oss's MoE GEMM runs inside vLLM's opaque moe_forward op
+                assert compiled, f"{tag}: the compiled engine's wrapper calls were not traced as compiled"
+        else:
+            assert not any(TRACE in ln for r in res.values() for ln in r["log"].splitlines()), \
+                f"{tag}: QDQ off wrapped something"
         mean, mx = _mean_max(res["compiled-exact"], res["eager-native"])
-        print(f"\n{name} ({op}), QDQ on: |compiled-exact - eager-native| mean {mean:.4g}, max {mx:.4g} nats "
+        print(f"\n{name} ({op}), QDQ {qdq}: |compiled-exact - eager-native| mean {mean:.4g}, max {mx:.4g} nats "
               f"(engine start s: {res['eager-native']['start_s']} / {res['compiled-exact']['start_s']})")
         if mean > TOL_MEAN:
-            failures.append(f"{name}: mean {mean:.4g} > {TOL_MEAN} (max {mx:.4g})")
+            failures.append(f"{tag}: mean {mean:.4g} > {TOL_MEAN} (max {mx:.4g})")
     assert not failures, failures

@@ -64,6 +64,17 @@ def diff(a: dict, b: dict) -> float:
                for x, y in zip(ra, rb, strict=True))
 
 
+def per_prompt(a: dict, b: dict) -> str:
+    """Each prompt's largest |difference| and the position where it is (a diagnosis aid: one bad
+    prompt or position vs differences everywhere)."""
+    out = []
+    for ra, rb in zip(a["logprobs"], b["logprobs"], strict=True):
+        d = [abs(x - y) for x, y in zip(ra, rb, strict=True)]
+        k = max(range(len(d)), key=d.__getitem__)
+        out.append(f"{d[k]:.3g}@{k}/{len(d)}")
+    return " ".join(out)
+
+
 def compile_hashes(cache: Path) -> set[str]:
     """The compiled-artifact directories (one per compile-cache hash) under ``VLLM_CACHE_ROOT``."""
     root = cache / "torch_compile_cache"
@@ -91,6 +102,9 @@ def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> 
     }
     print(f"\n{op}: " + ", ".join(f"{k} = {v:.4g}" for k, v in figures.items())
           + f"; engine start s: off {off_e['start_s']}/{off_c['start_s']}, on {on_e['start_s']}/{on_c['start_s']}")
+    for label, (x, y) in {"off compiled-eager": (off_c, off_e), "on compiled-eager": (on_c, on_e),
+                          "compiled on-off": (on_c, off_c)}.items():
+        print(f"per prompt, {label}: {per_prompt(x, y)}; generated {x.get('generated')} / {y.get('generated')}")
     h_off, h_on = used_hash(off["compiled"]), used_hash(on["compiled"])
     print(f"compile-cache hash: off {h_off}, on {h_on}; under the root: {sorted(compile_hashes(cache))}")
     assert h_off and h_off in compile_hashes(cache), "the compiled QDQ-off engine used no compile cache"
