@@ -14,7 +14,7 @@ demo: env
 ## The whole CPU test suite (what CI runs).
 test: env
 	$(VENV)/bin/ruff check overlay scripts tests
-	$(PY) -m pytest tests -m "not gpu" -q
+	$(PY) -m pytest tests -m "not gpu" -q --durations=40
 
 lint: env
 	$(VENV)/bin/ruff check overlay scripts tests

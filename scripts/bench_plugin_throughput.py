@@ -17,29 +17,35 @@ Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
 Shapes: ``prefill`` (256 prompts x 512 tokens in, 128 out) and ``decode`` (64 prompts x 128
 in, 1024 out), ``ignore_eos``, random token ids (the same for both engines).
 
-How it measures on a machine whose speed drifts (~30% between runs here): per model, two
-engines with vLLM's defaults (torch.compile + CUDA graphs), ``VLLM_QDQ=0`` and ``VLLM_QDQ=1``,
-each in its own worker process, stay up side by side. Each engine gets a fixed KV cache
+How it measures on a machine whose speed drifts (~30% between runs here): per model, engines
+with vLLM's defaults (torch.compile + CUDA graphs), ``VLLM_QDQ=0`` (``off``) and ``VLLM_QDQ=1``
+(``on``), each in its own worker process, stay up side by side, with a second ``VLLM_QDQ=0``
+engine, ``aa``, as the A/A control (``--no-aa`` leaves it out): its ratio to ``off`` would be 1
+on a perfect bench, so its row shows the bench's own noise and any bias tied to an engine's
+slot (start order, memory placement). Each engine gets a fixed KV cache
 (``kv_cache_memory_bytes``: ``QDQ_BENCH_KV_BYTES``, default 8 GiB, room for every token of
-both shapes at once on both models), with which vLLM skips its memory profiling, so the two
+both shapes at once on both models), with which vLLM skips its memory profiling, so they
 start at the same time; ``QDQ_BENCH_KV_BYTES=0``: profiled (``QDQ_BENCH_GPU_UTIL``, 0.4 each),
-the second engine starting once the first is up (vLLM's profiler fails beside a starting
-engine). Each engine runs every shape's whole batch once, untimed, before it reports ready (its
-first batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growth). Then
-``--pairs`` rounds; in a round each shape runs ``reps`` batches on each engine (``reps``: enough
-for about ``--min-seconds`` per engine, 4 s: single 1-4 s runs scattered by +-10% on the H200),
-one batch at a time, the engines taking turns batch by batch with the order rotated at every
-turn (off-on, on-off, ...; the others idle). Each turn gives a pair of adjacent batches, timed
-seconds apart, so the machine's drift (~30% between runs minutes apart, 2026-12-02d: one
-round's 4-s measurements moved 0.77-1.08 for the same engines) cancels in its ratio
-``t_off / t_on`` (= on/off throughput); a row reports the median of its ``pairs x reps`` ratios
-with min and max, and the median tok/s of each engine. Exit 1 when a row's median ratio is
-below ``--target``.
+each engine starting once the last is up (vLLM's profiler fails beside a starting engine).
+Each engine runs every shape's whole batch once, untimed, before it reports ready (its first
+batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growth). Then
+``--pairs`` rounds; in a round each shape runs ``reps`` batches on each engine (``reps``:
+enough for about ``--min-seconds`` per engine, 4 s), one batch per engine per turn, the order
+cycling through every permutation of the engines turn by turn (off-on, on-off, ... with two),
+the others idle. A turn's batches are seconds apart, so slow drift cancels in its ratio
+``t_off / t_q`` (= throughput of ``q`` over ``off``); a row reports the median of its
+``pairs x reps`` ratios with a 95% bootstrap interval of that median, min and max, and the
+median tok/s of each engine. Exit 1 when a QDQ row's median ratio is below ``--target``; the
+A/A row is reported, not judged, with a warning when it sits outside the target's margin or
+its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
+this design: five 4-s measurements per engine (dense prefill) gave ratios 0.77-1.08 and
+gpt-oss prefill a median of 1.112 (QDQ faster than off): noise or a bias, which that bench
+could not tell apart.
 
-``--kv-cache FORMAT`` adds a third engine, ``kv`` (issue 19): ``VLLM_QDQ=1`` with
+``--kv-cache FORMAT`` adds an engine, ``kv`` (issue 19): ``VLLM_QDQ=1`` with
 ``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q`` adds the query QDQ), up
-beside the other two and timed in the same rounds on ``--kv-shapes`` (default: the decode
-shape), the order rotated (off-on-kv, on-kv-off, ...); its rows' ratio is the cost of QDQ'ing
+beside the others and timed in the same turns on ``--kv-shapes`` (default: the decode
+shape); its rows' ratio is the cost of QDQ'ing
 each layer's keys and values as they are written to the paged cache (and of the query, with
 ``--attn-q``), against the same ``off`` engine. ``--no-act`` leaves the activation engine out.
 """
@@ -47,8 +53,10 @@ each layer's keys and values as they are written to the paged cache (and of the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -95,7 +103,6 @@ def build(name: str, root: Path) -> Path:
 
 def worker(model: str, llm_kwargs: dict) -> int:
     """One engine; commands on stdin (one JSON shape name a line, or ``quit``), results on stdout."""
-    import random
 
     from vllm import LLM, SamplingParams
 
@@ -132,10 +139,10 @@ def worker(model: str, llm_kwargs: dict) -> int:
 
 
 class Engine:
-    """A worker process holding one engine: ``name`` is ``off`` (``VLLM_QDQ=0``), ``on`` or ``kv``."""
+    """A worker process holding one engine: ``name`` is ``off`` or ``aa`` (``VLLM_QDQ=0``), ``on`` or ``kv``."""
 
     def __init__(self, model: Path, llm_kwargs: dict, name: str, log: Path, qdq_config: dict | None = None) -> None:
-        env = dict(os.environ, VLLM_QDQ="0" if name == "off" else "1")
+        env = dict(os.environ, VLLM_QDQ="0" if name in ("off", "aa") else "1")
         env.pop("VLLM_QDQ_TRACE", None)
         env.pop("VLLM_QDQ_CONFIG", None)
         if name != "off" and qdq_config:
@@ -188,30 +195,44 @@ LOG_LINE = {"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}
 
 
 def turns(who: list[str], n: int, start: int = 0) -> list[list[str]]:
-    """The engine order of ``n`` consecutive turns, turn ``start`` first: ``who`` rotated by one
-    at every turn (two engines: off-on, on-off, ...; three: off-on-kv, on-kv-off, kv-off-on),
-    so each engine goes first, and follows each other, equally often over ``len(who)`` turns."""
-    k = len(who)
-    return [who[(start + t) % k:] + who[:(start + t) % k] for t in range(n)]
+    """The engine order of ``n`` consecutive turns, turn ``start`` first: the orders of ``who``
+    (every permutation, lexicographic in ``who``'s order) taken in a cycle, so over
+    ``len(who)!`` turns each engine runs in each position, and before each other engine, equally
+    often (two engines: off-on, on-off, ...)."""
+    orders = [list(o) for o in itertools.permutations(who)]
+    return [orders[(start + t) % len(orders)] for t in range(n)]
+
+
+def median_ci(x: list[float], level: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``x`` (``draws`` resamples, seeded: the same
+    figures give the same interval)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(x, k=len(x))) for _ in range(draws))
+    lo = meds[int((1 - level) / 2 * draws)]
+    hi = meds[min(draws - 1, int((1 + level) / 2 * draws))]
+    return lo, hi
 
 
 def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
                 kv_config: dict | None = None, kv_shapes: list[str] | None = None,
-                act: bool = True) -> list[dict]:
+                act: bool = True, aa: bool = True) -> list[dict]:
     """One model's rows, each a QDQ engine against the ``off`` engine on one shape.
 
     ``on``: activation QDQ (the plugin's defaults) on ``shapes`` (with ``act``); ``kv`` (with
-    ``kv_config``, its ``VLLM_QDQ_CONFIG``): KV-cache QDQ on ``kv_shapes``. All engines stay up
-    side by side; in each round every engine that measures a shape runs its batch ``reps`` times,
-    one batch per engine per turn, in an order rotated turn by turn (:func:`turns`), the others
-    idle; one ratio per turn.
+    ``kv_config``, its ``VLLM_QDQ_CONFIG``): KV-cache QDQ on ``kv_shapes``; ``aa`` (with
+    ``aa``): a second QDQ-off engine on every shape, the A/A control (its ratio to ``off`` is 1
+    up to the bench's own noise and bias). All engines stay up side by side; in each round every
+    engine that measures a shape runs its batch ``reps`` times, one batch per engine per turn,
+    the order cycling through every permutation turn by turn (:func:`turns`), the others idle;
+    one ratio per engine and turn.
     """
     model = build(name, root)
     desc, kwargs = MODELS[name]
     shapes = list(shapes or SHAPES) if act else []
     kv_shapes = list(kv_shapes or ["decode"]) if kv_config else []
     measured = {"on": shapes, "kv": kv_shapes}
-    names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else [])
+    measured["aa"] = [s for s in SHAPES if s in shapes or s in kv_shapes] if aa else []
+    names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else []) + (["aa"] if aa else [])
     engines: dict[str, Engine] = {}
     rows = []
     try:
@@ -225,7 +246,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             for e in engines.values():
                 print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side)", flush=True)
         for n in names[1:]:
-            if LOG_LINE[n] not in engines[n].log.read_text():
+            if n in LOG_LINE and LOG_LINE[n] not in engines[n].log.read_text():
                 raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
         all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
         # turns per round: enough batches for >= min_seconds per engine and round
@@ -254,10 +275,12 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
+            lo, hi = median_ci(ratios)
             rows.append({
-                "model": name, "description": desc, "mode": "act" if q == "on" else "kv",
+                "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
-                "output_len": o, "pairs": pairs, "reps": int(reps[shape]), "samples": len(ratios), "ratio_median": statistics.median(ratios),
+                "output_len": o, "rounds": pairs, "turns_per_round": int(reps[shape]), "samples": len(ratios),
+                "ratio_median": statistics.median(ratios), "ratio_ci95": [lo, hi],
                 "ratio_min": min(ratios), "ratio_max": max(ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
                 "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
@@ -272,9 +295,11 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    ap.add_argument("--pairs", type=int, default=5, help="rounds per shape (>= 3), each of reps turns that time one batch per engine")
+    ap.add_argument("--pairs", type=int, default=5,
+                    help="rounds per shape (>= 3), each of enough turns (one batch per engine) for --min-seconds")
     ap.add_argument("--min-seconds", type=float, default=4.0,
-                    help="each measurement repeats the shape's batch until it lasts about this long")
+                    help="a round gives each engine about this many seconds of batches of a shape")
+    ap.add_argument("--no-aa", action="store_true", help="leave out the A/A control (a second QDQ-off engine)")
     ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per row")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
@@ -321,20 +346,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config, kv_shapes,
-                            act=not args.no_act)
+                            act=not args.no_act, aa=not args.no_aa)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("\nqdq: act = VLLM_QDQ=1 (the plugin's defaults)"
-          + (f"; kv = VLLM_QDQ=1 with VLLM_QDQ_CONFIG={json.dumps(qdq_config)}" if qdq_config else ""))
+          + (f"; kv = VLLM_QDQ=1 with VLLM_QDQ_CONFIG={json.dumps(qdq_config)}" if qdq_config else "")
+          + ("; aa = a second VLLM_QDQ=0 engine (A/A control: 1 but for the bench's own noise and bias)"
+             if not args.no_aa else ""))
     print(f"\n{'model':<8} {'qdq':<4} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
-          f"{'on/off median':>14} {'min':>6} {'max':>6}  verdict (target >= {args.target})")
+          f"{'on/off median':>14} {'95% CI':>13} {'min':>6} {'max':>6}  n  verdict (target >= {args.target})")
     ok = True
+    loose = []
     for r in rows:
-        good = r["ratio_median"] >= args.target
-        ok &= good
+        lo, hi = r["ratio_ci95"]
+        if r["mode"] == "aa":
+            verdict = "control"
+            if not (args.target <= r["ratio_median"] <= 1 / args.target) or not lo <= 1 <= hi:
+                loose.append(f"{r['model']} {r['shape']}")
+        else:
+            good = r["ratio_median"] >= args.target
+            ok &= good
+            verdict = ("PASS" if good else "BELOW TARGET") + (" (target within the 95% CI)" if lo < args.target <= hi else "")
         print(f"{r['model']:<8} {r['mode']:<4} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
-              f"{r['on_tok_s']:>11.0f} {r['ratio_median']:>14.3f} {r['ratio_min']:>6.3f} {r['ratio_max']:>6.3f}  "
-              f"{'PASS' if good else 'BELOW TARGET'}")
+              f"{r['on_tok_s']:>11.0f} {r['ratio_median']:>14.3f} {f'{lo:.3f}-{hi:.3f}':>13} {r['ratio_min']:>6.3f} "
+              f"{r['ratio_max']:>6.3f} {r['samples']:>2}  {verdict}")
+    if loose:
+        print(f"\nA/A control off 1 beyond the target's margin, or its 95% CI misses 1 ({', '.join(loose)}): "
+              "two identical engines measure apart by as much as the target allows, so the verdicts of "
+              "those rows are within the bench's own noise or bias on this machine now.")
     return 0 if ok else 1
 
 

@@ -41,7 +41,7 @@
 # ("PASS|FAIL <seconds> s <detail>") and prints that line last. Models are built once under
 # $SMOKE_OUT/models (SMOKE_MODELS) and shared by the steps; each step keeps its compile caches (vLLM's,
 # Triton's, Inductor's) in $VLLM_CACHE_ROOT/<step> (default $SMOKE_OUT/vllm-cache), so a step run
-# again starts warm and steps run side by side share no cache.
+# again starts warm and steps run side by side share no compile cache.
 #
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
@@ -115,8 +115,9 @@ step() {  # step NAME CMD...: log, time, one-line result
   local t0 t1 rc detail
   t0=$(date +%s.%N)
   echo "=== $name: $*"
-  # each step's caches its own: vLLM's compile cache, and Triton's and Inductor's (which default to
-  # one per machine, ~/.triton/cache and /tmp/torchinductor_$USER, shared by steps run side by side)
+  # each step's caches its own: vLLM's compile cache (vLLM points Inductor's cache inside it, per
+  # compile hash) and Triton's, which is otherwise one per machine (~/.triton/cache), shared by steps
+  # run side by side; TORCHINDUCTOR_CACHE_DIR covers what compiles before vLLM sets its own
   mkdir -p "$CACHE_BASE/$name"
   VLLM_CACHE_ROOT="$CACHE_BASE/$name" TRITON_CACHE_DIR="$CACHE_BASE/$name/triton" \
     TORCHINDUCTOR_CACHE_DIR="$CACHE_BASE/$name/inductor" "$@" > "$OUT/$name.log" 2>&1

@@ -61,16 +61,81 @@ def _bench_module():
 
 
 def test_throughput_bench_turns_alternate_batch_by_batch() -> None:
-    """The bench times one batch per engine per turn, the order rotated at every turn and on
-    across rounds: with two engines off-on, on-off, ...; over len(who) turns each engine goes
-    first once, and every turn holds every engine once."""
-    turns = _bench_module().turns
+    """The bench times one batch per engine per turn, the order cycling through every
+    permutation and on across rounds: with two engines off-on, on-off, ...; over len(who)! turns
+    each engine runs in each position, and before each other engine, equally often."""
+    import itertools
+    from collections import Counter
+
+    bench = _bench_module()
+    turns = bench.turns
     assert turns(["off", "on"], 4) == [["off", "on"], ["on", "off"], ["off", "on"], ["on", "off"]]
-    # round 2 of 3 turns goes on from turn 3: an odd turn count does not restart the rotation
+    # round 2 of 3 turns goes on from turn 3: an odd turn count does not restart the cycle
     assert turns(["off", "on"], 3, start=3) == [["on", "off"], ["off", "on"], ["on", "off"]]
-    three = turns(["off", "on", "kv"], 6, start=2)
-    assert three[0] == ["kv", "off", "on"]
-    for t in three:
-        assert sorted(t) == ["kv", "off", "on"]
-    for k in range(3):  # each engine first, second and last equally often
-        assert sorted(t[k] for t in three) == ["kv", "kv", "off", "off", "on", "on"]
+    for who in (["off", "on", "kv"], ["off", "on", "kv", "aa"]):
+        n = len(list(itertools.permutations(who)))
+        cycle = turns(who, n, start=5)
+        assert sorted(map(tuple, cycle)) == sorted(itertools.permutations(who))
+        for k in range(len(who)):  # each engine in each position equally often
+            assert set(Counter(t[k] for t in cycle).values()) == {n // len(who)}
+        before = Counter((a, b) for t in cycle for i, a in enumerate(t) for b in t[i + 1:])
+        assert set(before.values()) == {n // 2}  # each engine before each other one half the time
+
+
+def test_throughput_bench_median_interval() -> None:
+    """The bootstrap interval holds the median, is seeded (same figures, same interval) and
+    narrows with more samples of the same spread."""
+    ci = _bench_module().median_ci
+    few = [0.9, 1.0, 1.1, 0.95, 1.05]
+    lo, hi = ci(few)
+    assert lo <= 1.0 <= hi and ci(few) == (lo, hi)
+    lo2, hi2 = ci(few * 6)
+    assert hi2 - lo2 < hi - lo
+
+
+def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The bench's schedule, statistics and verdicts, its engines replaced by stand-ins with set
+    speeds (the engines themselves run on the GPU only): ``on`` 10% slower than ``off`` fails the
+    target, ``kv`` as fast passes, the A/A control is reported, not judged; every turn runs each
+    engine once; the JSON holds one ratio per turn."""
+    import json
+
+    bench = _bench_module()
+    speed = {"off": 1.0, "aa": 1.0, "on": 1.1, "kv": 1.0}
+    calls: list[tuple[str, str, int]] = []
+
+    class StandIn:
+        def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
+            self.name, self.log = name, log
+            log.write_text({"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}.get(name, ""))
+
+        def wait_ready(self):
+            return {"start_s": 0.0}
+
+        def run(self, shape, reps=1):
+            calls.append((self.name, shape, reps))
+            n, i, o = bench.SHAPES[shape]
+            secs = speed[self.name] * (1.0 if shape == "prefill" else 2.0) * reps
+            return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench, "Engine", StandIn)
+    monkeypatch.setattr(bench, "build", lambda name, root: root)
+    monkeypatch.setattr(bench, "kv_bytes", lambda: 1 << 30)
+    out = tmp_path / "rows.json"
+    rc = bench.main(["--models", "dense", "--out", str(tmp_path), "--kv-cache", "nvfp4", "--pairs", "3",
+                     "--min-seconds", "3", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1, text  # on is 10% slower: below 0.97
+    rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {("act", "prefill"), ("act", "decode"), ("kv", "decode"), ("aa", "prefill"), ("aa", "decode")}
+    assert abs(rows["act", "prefill"]["ratio_median"] - 1 / 1.1) < 1e-9
+    assert rows["kv", "decode"]["ratio_median"] == 1.0 and rows["aa", "decode"]["ratio_median"] == 1.0
+    assert rows["act", "prefill"]["samples"] == 3 * 3 and rows["act", "decode"]["samples"] == 3 * 2
+    assert rows["act", "prefill"]["turns_per_round"] == 3 and rows["act", "prefill"]["rounds"] == 3
+    timed = [c for c in calls if c[2] == 1][2:]  # after the two calibration batches of off
+    assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
+    assert {c[0] for c in timed if c[1] == "prefill"} == {"off", "on", "aa"}
+    assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text

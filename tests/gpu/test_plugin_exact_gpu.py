@@ -59,7 +59,7 @@ def _mean_max(a: dict, b: dict) -> tuple[float, float]:
     return sum(d) / len(d), max(d)
 
 
-def test_compiled_equals_eager_with_qdq_on(tmp_path):
+def test_compiled_equals_eager_rounding_alike(tmp_path):
     from vllm_qdq.study.llm_run import drive_many
     from vllm_qdq.study.tiny import build_gpu_model
 
@@ -81,9 +81,14 @@ def test_compiled_equals_eager_with_qdq_on(tmp_path):
             jobs[tag] = (model, runs, _env(tmp_path / f"cache-{tag}", qdq))
     got = drive_many(jobs)
     failures = []
-    for tag, (rc, out, res) in got.items():
+    # QDQ off first: how exact the pair is without QDQ, the floor of the QDQ-on figure
+    for tag, (rc, out, res) in sorted(got.items(), key=lambda kv: kv[0].endswith("-on")):
         assert rc == 0, f"{tag} driver failed:\n" + out[-6000:]
         assert set(res) == {"eager-native", "compiled-exact"}, out[-6000:]
+        # vLLM logs the RMSNorm choice it settled on, once per engine: native in both, else the
+        # pair is not like for like (the 2026-12-02d run)
+        prio = [ln for ln in out.splitlines() if "Final IR op priority" in ln]
+        assert len(prio) >= 2 and all("rms_norm=['native'" in ln for ln in prio), f"{tag}: {prio}"
         name, qdq = tag.rsplit("-", 1)
         op = models[name][2]
         if qdq == "on":
