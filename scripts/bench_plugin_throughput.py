@@ -230,8 +230,8 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
     desc, kwargs = MODELS[name]
     shapes = list(shapes or SHAPES) if act else []
     kv_shapes = list(kv_shapes or ["decode"]) if kv_config else []
-    measured = {"on": shapes, "kv": kv_shapes}
-    measured["aa"] = [s for s in SHAPES if s in shapes or s in kv_shapes] if aa else []
+    all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
+    measured = {"on": shapes, "kv": kv_shapes, "aa": all_shapes if aa else []}
     names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else []) + (["aa"] if aa else [])
     engines: dict[str, Engine] = {}
     rows = []
@@ -248,7 +248,6 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         for n in names[1:]:
             if n in LOG_LINE and LOG_LINE[n] not in engines[n].log.read_text():
                 raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
-        all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
         # turns per round: enough batches for >= min_seconds per engine and round
         reps = {}
         for shape in all_shapes:
@@ -259,19 +258,16 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         for p in range(pairs):
             for shape in all_shapes:
                 who = ["off"] + [q for q in names[1:] if shape in measured[q]]
-                this_round: dict[str, list[float]] = {q: [] for q in who[1:]}
-                first = p * int(reps[shape])  # the rotation goes on across rounds
-                for r, order in enumerate(turns(who, int(reps[shape]), start=first)):
+                # the cycle of orders goes on across rounds
+                orders = turns(who, int(reps[shape]), start=p * int(reps[shape]))
+                for r, order in enumerate(orders):
                     got = {k: engines[k].run(shape, 1) for k in order}
                     for q in who[1:]:
-                        ratio = got["off"]["seconds"] / got[q]["seconds"]
                         raw[q, shape].append({"round": p + 1, "turn": r + 1, "off": got["off"], q: got[q],
-                                              "order": order, "ratio": ratio})
-                        this_round[q].append(ratio)
-                print(f"{name} {shape} round {p + 1} ({int(reps[shape])} turns, first order "
-                      f"{'-'.join(turns(who, 1, first)[0])}): "
-                      + ", ".join(f"{q} ratios {' '.join(f'{x:.3f}' for x in v)}" for q, v in this_round.items()),
-                      flush=True)
+                                              "order": order, "ratio": got["off"]["seconds"] / got[q]["seconds"]})
+                print(f"{name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
+                      + ", ".join(f"{q} ratios " + " ".join(f"{x['ratio']:.3f}" for x in raw[q, shape][-len(orders):])
+                                  for q in who[1:]), flush=True)
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]

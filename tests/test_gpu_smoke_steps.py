@@ -31,14 +31,11 @@ def test_throughput_bench_models_hold_its_longest_shape(tmp_path: Path, monkeypa
     """Every model ``scripts/bench_plugin_throughput.py`` builds takes its ``max_model_len``
     (a 256-token Llama made the dense bench's engines refuse to start on the H200): built here
     with the bench's own builder and arguments, the sizes shrunk, the context kept."""
-    import importlib.util
     import json
 
     import vllm_qdq.study.tiny as tiny
 
-    spec = importlib.util.spec_from_file_location("bench_plugin_throughput", REPO / "scripts" / "bench_plugin_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     small = {"hidden": 64, "intermediate": 64, "heads": 2, "kv_heads": 1, "head_dim": 32, "layers": 1,
              "experts": 4, "top_k": 2}
 
@@ -107,7 +104,7 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     class StandIn:
         def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
             self.name, self.log = name, log
-            log.write_text({"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}.get(name, ""))
+            log.write_text(bench.LOG_LINE.get(name, ""))
 
         def wait_ready(self):
             return {"start_s": 0.0}
@@ -135,7 +132,8 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert rows["kv", "decode"]["ratio_median"] == 1.0 and rows["aa", "decode"]["ratio_median"] == 1.0
     assert rows["act", "prefill"]["samples"] == 3 * 3 and rows["act", "decode"]["samples"] == 3 * 2
     assert rows["act", "prefill"]["turns_per_round"] == 3 and rows["act", "prefill"]["rounds"] == 3
-    timed = [c for c in calls if c[2] == 1][2:]  # after the two calibration batches of off
+    assert {c[2] for c in calls} == {1}  # one batch a call
+    timed = calls[2:]  # after the two calibration batches of off
     assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
     assert {c[0] for c in timed if c[1] == "prefill"} == {"off", "on", "aa"}
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
