@@ -14,9 +14,9 @@
 #   plugin-gptoss, plugin-dense
 #                 pytest -m gpu tests/gpu/test_plugin_gpu.py (one model each): activation QDQ in Marlin MoE /
 #                 Marlin dense, eager and compiled + CUDA graphs, trace from the engine process, compile cache
-#   plugin-exact  pytest -m gpu tests/gpu/test_plugin_exact_gpu.py: with QDQ on, compiled + CUDA graphs equal
-#                 eager once both round alike (PyTorch forms of vLLM's ops, Inductor emulating eager's
-#                 bf16 casts), both models side by side
+#   plugin-exact  pytest -m gpu tests/gpu/test_plugin_exact_gpu.py: compiled + CUDA graphs against eager once
+#                 both round alike (PyTorch forms of vLLM's ops, Inductor emulating eager's bf16 casts),
+#                 QDQ off (agree to 0.02 nats) and on (nearer eager-on than eager-off by 3x), both models
 #   method-llama, method-moe
 #                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
 #                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model

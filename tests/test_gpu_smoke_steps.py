@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "scripts" / "gpu-smoke.sh"
 
@@ -137,3 +139,46 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
     assert {c[0] for c in timed if c[1] == "prefill"} == {"off", "on", "aa"}
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
+
+
+def _repro_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_compile_repro", REPO / "scripts" / "gpu_compile_repro.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compile_repro_report_names_the_driver_whose_compiled_run_moved() -> None:
+    """scripts/gpu_compile_repro.py's verdict, on logprobs made up here: a driver whose compiled
+    runs sit 1 nat from its eager run is named (with its compiled-vs-compiled-again figure, which
+    tells a compile-time choice from a run-time fault); drivers within the threshold are not."""
+    repro = _repro_module()
+    base = [[-1.0, -2.0, -3.0], [-4.0, -5.0]]
+    near = [[x + 0.01 for x in p] for p in base]
+    far = [[x + 1.0 for x in p] for p in base]
+    results = {"off0": {"compiled": near, "compiled-again": near, "eager": base},
+               "off1": {"compiled": far, "compiled-again": far, "eager": base},
+               "on": {"compiled": base, "compiled-again": near, "eager": base}}
+    lines, anomalies = repro.report(results, threshold=0.1)
+    assert anomalies == ["off1"]
+    off1 = next(ln for ln in lines if ln.startswith("off1:"))
+    assert "compiled vs eager mean 1 max 1" in off1 and "compiled vs compiled-again mean 0 " in off1 and "ANOMALY" in off1
+    assert not any("ANOMALY" in ln for ln in lines if not ln.startswith("off1:"))
+    # across the QDQ-off drivers, run by run (the QDQ-on neighbour differs by its QDQ: left out)
+    assert "compiled: off0 vs off1 mean 0.99 max 0.99" in lines and not any(" on " in ln for ln in lines[3:])
+    # a driver without one of the runs is an error naming it, not a silent pass
+    with pytest.raises(ValueError, match="'off0' reported no \\['eager'\\]"):
+        repro.report({"off0": {"compiled": base, "compiled-again": base}}, 0.1)
+
+
+@pytest.mark.parametrize("argv, msg", [(["--caches", "both"], "--caches 'both'; accepted: shared, separate"),
+                                       (["--drivers", "9"], "--drivers 9; accepted: 1 to 6"),
+                                       (["--model", "qwen"], "--model 'qwen'; accepted: gptoss, llama")])
+def test_compile_repro_bad_arguments(tmp_path: Path, capsys, argv: list[str], msg: str) -> None:
+    repro = _repro_module()
+    with pytest.raises(SystemExit) as e:
+        repro.main(["--out", str(tmp_path), *argv])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(msg)

@@ -22,10 +22,15 @@ test_plugin_compiled_engine, which then measures compiled = eager bit for bit):
 Both with QDQ on and, as the control that says how exact the pair is without QDQ, both with
 QDQ off, for the gpt-oss Marlin MoE and the FP8 Marlin dense model (four drivers side by side).
 Checked: trace lines say the compiled QDQ-on engine ran the wrapper (dense; gpt-oss's MoE GEMM
-runs inside vLLM's opaque ``moe_forward`` op, outside the traced graph), and the mean
-|logprob(compiled-exact) - logprob(eager-native)| is at most :data:`TOL_MEAN` nats with QDQ on
-and with QDQ off (a QDQ missing or different in the compiled graph moves them by the QDQ effect,
-~0.1-0.7 nats).
+runs inside vLLM's opaque ``moe_forward`` op, outside the traced graph); with QDQ off the pair
+agrees to :data:`TOL_OFF` nats mean; with QDQ on, compiled-exact is at least 1 / :data:`ON_RATIO`
+times nearer eager-native with QDQ on than eager-native with QDQ off (a QDQ missing from the
+compiled graph puts it next to QDQ off; a different QDQ puts it about as far from both).
+
+Not bit for bit, unlike the CPU suite: on the H200 (2026-12-02e) the QDQ-off pair differs by
+0.006 nats mean (dense; Inductor's reductions still sum in another order than eager PyTorch's CUDA
+kernels) and 4-bit QDQ turns those 1-ulp differences into grid steps: 0.042 (dense) and 0.036
+(gpt-oss) with QDQ on, against 0.21 / 0.18 from QDQ on to QDQ off (ratio 0.19 both).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-#: Largest mean |compiled-exact - eager-native| accepted, nats. Not 0: Inductor's reductions
-#: (RMSNorm's mean) may still sum in another order than PyTorch's CUDA kernels, and a 1-ulp
-#: difference before a 4-bit QDQ can move one element by a grid step.
-TOL_MEAN = 0.02
+#: Largest mean |compiled-exact - eager-native| accepted with QDQ off, nats (the dense pair: 0.006
+#: on the H200): Inductor's reductions may sum in another order than PyTorch's CUDA kernels.
+TOL_OFF = 0.02
+#: With QDQ on, mean |compiled-exact(on) - eager-native(on)| must be at most this fraction of
+#: mean |compiled-exact(on) - eager-native(off)| (0.19 for both models on the H200, 2026-12-02e).
+ON_RATIO = 1 / 3
 #: PyTorch-form RMSNorm in both engines (vLLM 0.30: ``kernel_config.ir_op_priority``)
 NATIVE_NORM = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
 CAPTURE = {"cudagraph_capture_sizes": [1, 2, 4, 8]}  # as vllm_qdq.study.llm_run's default
@@ -104,6 +111,15 @@ def test_compiled_equals_eager_rounding_alike(tmp_path):
         mean, mx = _mean_max(res["compiled-exact"], res["eager-native"])
         print(f"\n{name} ({op}), QDQ {qdq}: |compiled-exact - eager-native| mean {mean:.4g}, max {mx:.4g} nats "
               f"(engine start s: {res['eager-native']['start_s']} / {res['compiled-exact']['start_s']})")
-        if mean > TOL_MEAN:
-            failures.append(f"{tag}: mean {mean:.4g} > {TOL_MEAN} (max {mx:.4g})")
+        if qdq == "off":
+            if mean > TOL_OFF:
+                failures.append(f"{tag}: mean {mean:.4g} > {TOL_OFF} (max {mx:.4g}); QDQ off wraps nothing, so "
+                                "this is vLLM's compiled run against its eager run without the plugin")
+            continue
+        to_off, _ = _mean_max(res["compiled-exact"], got[f"{name}-off"][2]["eager-native"])
+        print(f"{name}: QDQ on, compiled-exact is {mean:.4g} nats (mean) from eager-native QDQ on and "
+              f"{to_off:.4g} from eager-native QDQ off: ratio {mean / to_off:.3f} (at most {ON_RATIO:.3f})")
+        if mean > ON_RATIO * to_off:
+            failures.append(f"{tag}: compiled-exact {mean:.4g} nats from eager QDQ on, {to_off:.4g} from eager QDQ "
+                            f"off: ratio {mean / to_off:.3f} > {ON_RATIO:.3f}")
     assert not failures, failures
