@@ -1,5 +1,6 @@
-"""GPU: with QDQ on, vLLM's compiled + CUDA-graph engine gives the eager engine's logprobs once
-the two round alike (``pytest -m gpu tests/gpu/test_plugin_exact_gpu.py -s``).
+"""GPU: with QDQ on, vLLM's compiled + CUDA-graph engine gives the eager engine's logprobs, up to
+the grid steps that reduction-order ulps become under 4-bit QDQ, once the two round alike
+(``pytest -m gpu tests/gpu/test_plugin_exact_gpu.py -s``).
 
 tests/gpu/test_plugin_gpu.py compares vLLM's defaults with ``enforce_eager`` and finds, with QDQ
 on, compiled-vs-eager differences as large as the QDQ effect itself (gpt-oss 0.72 nats max, dense
@@ -23,14 +24,17 @@ Both with QDQ on and, as the control that says how exact the pair is without QDQ
 QDQ off, for the gpt-oss Marlin MoE and the FP8 Marlin dense model (four drivers side by side).
 Checked: trace lines say the compiled QDQ-on engine ran the wrapper (dense; gpt-oss's MoE GEMM
 runs inside vLLM's opaque ``moe_forward`` op, outside the traced graph); with QDQ off the pair
-agrees to :data:`TOL_OFF` nats mean; with QDQ on, compiled-exact is at least 1 / :data:`ON_RATIO`
-times nearer eager-native with QDQ on than eager-native with QDQ off (a QDQ missing from the
-compiled graph puts it next to QDQ off; a different QDQ puts it about as far from both).
+agrees to :data:`TOL_OFF` nats mean; with QDQ on, eager-on moves at least :data:`MIN_EFFECT` from
+eager-off, compiled-exact is within :data:`TOL_ON` of eager-on and at least 1 / :data:`ON_RATIO`
+times nearer eager-on than eager-off (a QDQ missing from the compiled graph puts it next to QDQ
+off; a different QDQ, another rule or a layer left out, adds its own distance to the ~0.04 of
+rounding noise, and is caught once the two pass :data:`TOL_ON`: a difference much smaller than the
+QDQ effect can hide in that margin).
 
 Not bit for bit, unlike the CPU suite: on the H200 (2026-12-02e) the QDQ-off pair differs by
 0.006 nats mean (dense; Inductor's reductions still sum in another order than eager PyTorch's CUDA
 kernels) and 4-bit QDQ turns those 1-ulp differences into grid steps: 0.042 (dense) and 0.036
-(gpt-oss) with QDQ on, against 0.21 / 0.18 from QDQ on to QDQ off (ratio 0.19 both).
+(gpt-oss) with QDQ on, against 0.214 / 0.185 from compiled-on to eager-off (ratio 0.19 both).
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ TOL_OFF = 0.02
 #: With QDQ on, mean |compiled-exact(on) - eager-native(on)| must be at most this fraction of
 #: mean |compiled-exact(on) - eager-native(off)| (0.19 for both models on the H200, 2026-12-02e).
 ON_RATIO = 1 / 3
+#: Largest mean |compiled-exact - eager-native| accepted with QDQ on, nats (0.042 / 0.036 measured).
+TOL_ON = 0.08
+#: Smallest mean |eager-native(on) - eager-native(off)| for the QDQ-on checks to mean anything
+#: (0.212 / 0.180 measured).
+MIN_EFFECT = 0.05
 #: PyTorch-form RMSNorm in both engines (vLLM 0.30: ``kernel_config.ir_op_priority``)
 NATIVE_NORM = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
 CAPTURE = {"cudagraph_capture_sizes": [1, 2, 4, 8]}  # as vllm_qdq.study.llm_run's default
@@ -116,10 +125,15 @@ def test_compiled_equals_eager_rounding_alike(tmp_path):
                 failures.append(f"{tag}: mean {mean:.4g} > {TOL_OFF} (max {mx:.4g}); QDQ off wraps nothing, so "
                                 "this is vLLM's compiled run against its eager run without the plugin")
             continue
-        to_off, _ = _mean_max(res["compiled-exact"], got[f"{name}-off"][2]["eager-native"])
-        print(f"{name}: QDQ on, compiled-exact is {mean:.4g} nats (mean) from eager-native QDQ on and "
-              f"{to_off:.4g} from eager-native QDQ off: ratio {mean / to_off:.3f} (at most {ON_RATIO:.3f})")
-        if mean > ON_RATIO * to_off:
-            failures.append(f"{tag}: compiled-exact {mean:.4g} nats from eager QDQ on, {to_off:.4g} from eager QDQ "
-                            f"off: ratio {mean / to_off:.3f} > {ON_RATIO:.3f}")
+        off_eager = got[f"{name}-off"][2]["eager-native"]
+        effect, _ = _mean_max(res["eager-native"], off_eager)
+        to_off, _ = _mean_max(res["compiled-exact"], off_eager)
+        print(f"{name}: QDQ effect (eager on vs off) {effect:.4g} nats mean; compiled-exact on is {mean:.4g} from "
+              f"eager on (at most {TOL_ON}) and {to_off:.4g} from eager off (ratio at most {ON_RATIO:.3f})")
+        if effect < MIN_EFFECT:
+            failures.append(f"{tag}: QDQ moved the eager logprobs by {effect:.4g} nats mean < {MIN_EFFECT}: "
+                            "nothing to compare the compiled run against")
+        elif mean > TOL_ON or mean > ON_RATIO * to_off:
+            failures.append(f"{tag}: compiled-exact {mean:.4g} nats from eager QDQ on (at most {TOL_ON}), "
+                            f"{to_off:.4g} from eager QDQ off (ratio {mean / max(to_off, 1e-12):.3f}, at most {ON_RATIO:.3f})")
     assert not failures, failures
