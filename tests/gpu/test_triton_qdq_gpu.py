@@ -99,3 +99,34 @@ def test_dispatch_and_custom_op() -> None:
 
     y = torch.compile(f, fullgraph=True)(x)
     assert_same_bits(y, quantize_dequantize(x, "nvfp4", backend="reference") * 2)
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_eager_replay(name: str, monkeypatch) -> None:
+    """The eager fast path (``triton_qdq._FastCall``, ``FAST_LAUNCH``): the second call of a recipe on a layout
+    replays the compiled kernels with the new tensors, bit for bit with the reference; a view 2
+    bytes off (another pointer specialization) and a new shape go through Triton again."""
+    from vllm_qdq.numerics import triton_qdq
+
+    replays = []
+    real = triton_qdq._FastCall.__call__
+
+    def counting(self, x):
+        y = real(self, x)
+        replays.append(y is not None)
+        return y
+
+    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
+    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
+    spec = FORMATS[name]
+    rule = "even" if spec.takes_scale_rule else "floor"
+    base = torch.randn(64 * 4096 + 8, device="cuda", dtype=torch.bfloat16)
+    for i in range(3):
+        check(torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1), spec, rule)
+    assert replays == [True, True], replays
+    shifted = base[1:1 + 64 * 4096].view(64, 4096)  # 2 bytes off: another pointer class, Triton again
+    check(shifted, spec, rule)
+    base.mul_(3)
+    check(shifted, spec, rule)  # replayed in its own class
+    check(torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16), spec, rule)  # new shape: Triton
+    assert replays == [True, True, True], replays
