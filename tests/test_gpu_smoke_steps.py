@@ -50,13 +50,18 @@ def test_throughput_bench_models_hold_its_longest_shape(tmp_path: Path, monkeypa
         assert cfg["max_position_embeddings"] >= bench.MAX_LEN, (name, cfg["max_position_embeddings"], bench.MAX_LEN)
 
 
-def _bench_module():
+def _script_module(name: str):
+    """``scripts/<name>.py`` loaded as a module (the scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_plugin_throughput", REPO / "scripts" / "bench_plugin_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _bench_module():
+    return _script_module("bench_plugin_throughput")
 
 
 def test_throughput_bench_turns_alternate_batch_by_batch() -> None:
@@ -142,12 +147,7 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
 
 
 def _repro_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_compile_repro", REPO / "scripts" / "gpu_compile_repro.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _script_module("gpu_compile_repro")
 
 
 def test_compile_repro_report_names_the_driver_whose_compiled_run_moved() -> None:
