@@ -15,6 +15,11 @@ starting Inductor cache (as two engines of one user share ``~/.triton`` and ``/t
 by default), ``separate`` gives each its own; vLLM's compile cache is per driver (and vLLM moves
 Inductor's cache under it, per compile hash: the report lists where cache files landed).
 
+``--fresh-compile`` makes ``compiled-again`` compile anew (``VLLM_DISABLE_COMPILE_CACHE=1``), and
+``--inductor KEY=VALUE`` passes Inductor options to the compiled runs (e.g. ``combo_kernels=false``):
+elsewhere, vLLM 0.28 users saw each boot's compile settle on its own kernels and its own greedy
+outputs, with the compile cache freezing whichever draw came first.
+
 What the figures say: a compiled run far from its eager run in one driver only -> the anomaly
 reproduced; ``compiled`` and ``compiled-again`` equal in that driver -> it lives in the compiled
 artifact (a compile-time choice), different -> it happens at run time; seen with ``shared`` and not
@@ -28,6 +33,7 @@ there is no GPU or a driver failed (every driver's output is in ``OUT/<tag>.log`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from itertools import combinations
@@ -79,7 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="gptoss", help=f"one of {', '.join(MODELS)} (default gptoss)")
     ap.add_argument("--threshold", type=float, default=0.1, help="nats, mean |compiled - eager| (default 0.1)")
     ap.add_argument("--timeout", type=float, default=420, help="seconds per driver (default 420)")
+    ap.add_argument("--fresh-compile", action="store_true",
+                    help="VLLM_DISABLE_COMPILE_CACHE=1: compiled-again compiles anew instead of loading the "
+                    "first artifact (a per-compile draw shows as compiled != compiled-again)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="an Inductor option for the compiled runs (compilation_config.inductor_compile_config; "
+                    "VALUE a JSON literal, e.g. combo_kernels=false); repeatable")
     args = ap.parse_args(argv)
+    inductor = {}
+    for item in args.inductor:
+        key, sep, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not sep or not key.isidentifier() or not isinstance(value, (bool, int, float, str)):
+            ap.error(f"--inductor {item!r}: expected KEY=VALUE with VALUE a JSON number, string or true/false "
+                     "(e.g. combo_kernels=false)")
+        inductor[key] = value
     if args.caches not in ("shared", "separate"):
         ap.error(f"--caches {args.caches!r}; accepted: shared, separate")
     if not 1 <= args.drivers <= 6:
@@ -100,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = build_gpu_model(args.model, args.out / "models")
     llm = MODELS[args.model]
-    runs = {"eager": {**llm, "enforce_eager": True}, "compiled": llm, "compiled-again": llm}
+    compiled = {**llm, "compilation_config": {"inductor_compile_config": inductor}} if inductor else llm
+    runs = {"eager": {**llm, "enforce_eager": True}, "compiled": compiled, "compiled-again": compiled}
     tags = [f"off{i}" for i in range(args.drivers)] + (["on"] if args.with_on else [])
     jobs = {}
     for tag in tags:
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, VLLM_QDQ="1" if tag == "on" else "0", VLLM_CACHE_ROOT=str(args.out / tag / "vllm"),
                    TORCHINDUCTOR_CACHE_DIR=str(cdir / "inductor"), TRITON_CACHE_DIR=str(cdir / "triton"),
                    VLLM_WORKER_MULTIPROC_METHOD="spawn", QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
+        if args.fresh_compile:
+            env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
         jobs[tag] = (model, runs, env)
     got = drive_many(jobs, timeout=args.timeout)
     failed = []
@@ -118,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"{tag} (rc {rc}, runs {sorted(res)})")
         else:
             results[tag] = {name: r["logprobs"] for name, r in res.items()}
-    print(f"model {args.model}, caches {args.caches}, drivers {', '.join(tags)}")
+    print(f"model {args.model}, caches {args.caches}, drivers {', '.join(tags)}, "
+          f"{'fresh compiles' if args.fresh_compile else 'compile cache on'}, inductor options {inductor or 'none'}")
     for d in sorted({p.parent for p in args.out.rglob("*") if p.is_file() and p.parent.name in ("inductor", "triton",
                      "inductor_cache", "triton_cache")}):
         print(f"cache files: {sum(1 for _ in d.rglob('*'))} under {d.relative_to(args.out)}")

@@ -184,7 +184,10 @@ def test_compile_repro_report_names_the_driver_whose_compiled_run_moved() -> Non
 
 @pytest.mark.parametrize("argv, msg", [(["--caches", "both"], "--caches 'both'; accepted: shared, separate"),
                                        (["--drivers", "9"], "--drivers 9; accepted: 1 to 6"),
-                                       (["--model", "qwen"], "--model 'qwen'; accepted: gptoss, llama")])
+                                       (["--model", "qwen"], "--model 'qwen'; accepted: gptoss, llama"),
+                                       (["--inductor", "combo_kernels"], "--inductor 'combo_kernels': expected KEY=VALUE with VALUE a JSON "
+                                        "number, string or true/false (e.g. combo_kernels=false)"),
+                                       (["--inductor", "combo_kernels=nope"], "(e.g. combo_kernels=false)")])
 def test_compile_repro_bad_arguments(tmp_path: Path, capsys, argv: list[str], msg: str) -> None:
     repro = _repro_module()
     (tmp_path / "out").mkdir()
