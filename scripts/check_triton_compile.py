@@ -77,7 +77,7 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
                 x = torch.empty(4, k, dtype=dtype)
                 rot = Rotation(block=block, seed=sseed) if block else None
                 ex = triton_qdq._Extras(rot, hadamard_signs(rot, k) if rot else None, k,
-                                        seed if rounding else None, rule == "four_over_six")
+                                        seed if rounding else None)
                 try:
                     triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
                 except Exception as e:  # report every failing variant

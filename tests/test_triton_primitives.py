@@ -79,7 +79,8 @@ def test_mx_exponent_matches_reference(prims, elem: str, rule: str) -> None:
 @pytest.mark.parametrize("elem", list(ELEMENTS))
 def test_round_elem_matches_reference(prims, elem: str) -> None:
     """Every grid point, every midpoint (ties), their fp32 neighbours, both signs, signed
-    zeros, values past max_normal (saturation) and random values across the element's range."""
+    zeros, values past max_normal (saturation), NaNs of any payload (kept NaN) and random values
+    across the element's range."""
     _, _, round_kernel, _ = prims
     spec = ELEMENTS[elem]
     grid = torch.tensor(spec.grid(), dtype=torch.float64)
@@ -89,7 +90,8 @@ def test_round_elem_matches_reference(prims, elem: str) -> None:
     base = torch.cat([grid, mids, rnd, torch.tensor([spec.max_normal * 4, 1e30, 1e-30, 1e-45])]).to(torch.float32)
     base = torch.cat([base, torch.nextafter(base, torch.zeros_like(base)),
                       torch.nextafter(base, torch.full_like(base, 3e38))])
-    v = torch.cat([base, -base, torch.tensor([0.0, -0.0])])
+    nans = torch.tensor([0x7F810000, -0x3FFFFF, 0x7FC00000, 0x7F800001], dtype=torch.int32).view(torch.float32)
+    v = torch.cat([base, -base, torch.tensor([0.0, -0.0]), nans])
     v = torch.cat([v, torch.zeros((-v.numel()) % N)])
     want = round_to_elem(v, spec)
     got = torch.empty_like(v)

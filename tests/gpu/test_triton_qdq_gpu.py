@@ -130,3 +130,65 @@ def test_eager_replay(name: str, monkeypatch) -> None:
     check(shifted, spec, rule)  # replayed in its own class
     check(torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16), spec, rule)  # new shape: Triton
     assert replays == [True, True, True], replays
+
+
+@pytest.mark.parametrize("elem", ["e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "ue5m3", "mxint8", "int8"])
+def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
+    """The shared element rounding (integer-op RNE above 2**emin, the fixed subnormal quantum
+    below) as compiled for the GPU: every bf16 and every fp16 bit pattern (NaN and Inf included),
+    read as fp32 and scaled by 2**k for k in -8..8, plus 4M random fp32 bit patterns, against the
+    torch reference, bit for bit."""
+    from vllm_qdq.numerics.formats import ELEMENTS
+    from vllm_qdq.numerics.reference import round_to_elem
+
+    from tests.support.triton_primitive_kernels import round_grid_kernel
+
+    spec = ELEMENTS[elem]
+    pats = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    base = torch.cat([pats.view(torch.bfloat16).float(), pats.view(torch.float16).float()])
+    v = torch.cat([base * 2.0**k for k in range(-8, 9)])
+    g = torch.Generator().manual_seed(3)
+    v = torch.cat([v, torch.randint(-2**31, 2**31 - 1, (4 << 20,), generator=g, dtype=torch.int32).view(torch.float32)])
+    v = v.cuda()
+    got = torch.empty_like(v)
+    round_grid_kernel[(triton_cdiv(v.numel(), 1024),)](
+        v, got, v.numel(), MAXN=float(spec.max_normal), EMIN=0 if spec.is_int else spec.emin,
+        MBITS=spec.mbits, IS_INT=spec.is_int, BLOCK=1024)
+    assert_same_bits(got, round_to_elem(v, spec))
+
+
+def test_div_rn_f64_is_division() -> None:
+    """The float64 quotient of the scaled recipes (``triton_qdq._div_rn_f64``: reciprocal, product,
+    FMA remainder, one correction) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
+    the whole range (signed zeros included), positive scales of random and near-1 / near-2
+    significands."""
+    import triton
+    import triton.language as tl
+    from vllm_qdq.numerics import triton_qdq
+
+    @triton.jit
+    def div_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        a = tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float64)
+        b = tl.load(b_ptr + i, mask=m, other=1.0)
+        tl.store(q_ptr + i, triton_qdq._div_rn_f64(a, b, 1.0 / b), mask=m)
+
+    n = 16 << 20
+    g = torch.Generator(device="cuda").manual_seed(4)
+    a = torch.randint(-2**31, 2**31 - 1, (n,), generator=g, device="cuda", dtype=torch.int32).view(torch.float32)
+    a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
+    a[:1000] = 0.0
+    a[1000:2000] = -0.0
+    sig = torch.rand(n, generator=g, device="cuda", dtype=torch.float64) + 1.0
+    k = torch.randint(0, 60, (n,), generator=g, device="cuda").double()
+    sig[: n // 4] = 2.0 - torch.exp2(-k[: n // 4] % 53)
+    sig[n // 4: n // 2] = 1.0 + torch.exp2(-k[n // 4: n // 2] % 53)
+    b = sig * torch.exp2(torch.randint(-160, 130, (n,), generator=g, device="cuda").double())
+    q = torch.empty(n, device="cuda", dtype=torch.float64)
+    div_kernel[(triton_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024)
+    assert_same_bits(q, a.double() / b)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

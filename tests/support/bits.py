@@ -10,7 +10,7 @@ def assert_same_bits(y: torch.Tensor, r: torch.Tensor) -> None:
     assert y.shape == r.shape and y.dtype == r.dtype
     ny, nr = torch.isnan(y), torch.isnan(r)
     assert torch.equal(ny, nr), f"NaN positions differ: {(ny != nr).sum().item()} elements"
-    ity = torch.int16 if y.element_size() == 2 else torch.int32
+    ity = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
     yb, rb = y.contiguous().view(ity)[~ny], r.contiguous().view(ity)[~nr]
     diff = yb != rb
     assert not diff.any(), (

@@ -32,3 +32,12 @@ def pow2_kernel(e_ptr, p_ptr, BLOCK: tl.constexpr):
     """``p[i] = 2**e[i]``."""
     i = tl.arange(0, BLOCK)
     tl.store(p_ptr + i, P.pow2_f32(tl.load(e_ptr + i)))
+
+
+@triton.jit
+def round_grid_kernel(v_ptr, r_ptr, n, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+                      IS_INT: tl.constexpr, BLOCK: tl.constexpr):
+    """``r[i] = round_elem_f32(v[i])`` over ``n`` elements, BLOCK per program (GPU tests)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    tl.store(r_ptr + i, P.round_elem_f32(tl.load(v_ptr + i, mask=m, other=0.0), MAXN, EMIN, MBITS, IS_INT), mask=m)

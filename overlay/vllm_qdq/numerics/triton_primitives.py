@@ -19,8 +19,11 @@ Numeric contract (all fp32, exact unless said):
 * :func:`round_elem_f32` ``(v, MAXN, EMIN, MBITS, IS_INT)``: RNE of ``v`` onto the element grid
   (quantum ``2**(max(floor(log2 |v|), emin) - mbits)``, ``2**-mbits`` for integer elements),
   saturating at ``max_normal``, NaN kept, the sign copied from ``v`` by bits (zeros keep theirs).
-  ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for ``0 <= t < 2**23`` (kernels are compiled
-  with FP fusion off).
+  Float elements: at or above ``2**emin`` the fp32 bits are rounded to ``mbits`` mantissa bits
+  with integer ops (round half to even; a carry moves into the exponent), below it
+  ``(a + C) - C`` with ``C = 2**(23 + emin - mbits)`` rounds at the fixed subnormal quantum;
+  integers: ``rne(a * 2**mbits) * 2**-mbits``. ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for
+  ``0 <= t < 2**23`` (kernels are compiled with FP fusion off).
 * :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
   same grid with uniform draws ``u``: ``t = a / quantum`` (exact), ``floor(t) + (u < t - floor(t))``
   (:func:`vllm_qdq.numerics.reference.round_to_elem_stochastic`).
@@ -137,9 +140,15 @@ if triton is not None:
             k = tl.full(a.shape, MBITS, tl.int32)  # constant-folded; powers of two: exact
             r = _rne_f32(a * pow2_f32(k)) * pow2_f32(-k)
         else:
-            ex = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-            q = tl.maximum(ex, EMIN) - MBITS  # the quantum's exponent
-            r = _rne_f32(a * pow2_f32(-q)) * pow2_f32(q)
+            # normal range (a >= 2**EMIN): RNE of the fp32 bits to MBITS mantissa bits, a carry
+            # moving into the exponent field (a <= MAXN, which is on the grid, so never past it);
+            # below 2**EMIN, and NaN (the compare is false), the fixed quantum 2**(EMIN - MBITS)
+            # by (a + C) - C, C = 2**(23 + EMIN - MBITS), which keeps NaN
+            SH: tl.constexpr = 23 - MBITS
+            bits = a.to(tl.int32, bitcast=True)
+            rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
+            C: tl.constexpr = 2.0 ** (23 + EMIN - MBITS)
+            r = tl.where(a >= 2.0**EMIN, rn.to(tl.float32, bitcast=True), (a + C) - C)
         # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
         sign = v.to(tl.int32, bitcast=True) & -2147483648
         return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)

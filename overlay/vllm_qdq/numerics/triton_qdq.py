@@ -118,6 +118,10 @@ __all__ = ["TILE_CONFIG", "arch_key", "available", "kernel_class", "qdq", "tile_
 #: must get the bare object (its constexpr does not forward attribute reads).
 _cx = (lambda v: v) if tl is None or interpreting() else tl.constexpr
 
+#: Whether the kernels run in Triton's interpreter (fixed at import: the CPU tests reload the
+#: module under ``TRITON_INTERPRET=1``); selects the output cast of :func:`_to_out`.
+_INTERPRETED = None if tl is None else tl.constexpr(interpreting())
+
 #: Element encoding of the NVFP4 block scales.
 _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 
@@ -295,19 +299,20 @@ if triton is not None:
 
     @triton.jit
     def _to_out(y, OUT: tl.constexpr):
-        """fp32 -> output dtype, RNE. bf16 is rounded with integer ops (NaN kept), so the
-        interpreter (whose bf16 cast truncates) and the GPU give the same bits."""
-        if OUT == tl.bfloat16:
+        """fp32 -> output dtype, RNE. On the GPU the hardware conversion (``cvt.rn``); in the
+        interpreter (whose bf16 cast truncates) bf16 is rounded with integer ops (NaN kept),
+        which gives the same bits (NaN payloads aside)."""
+        if OUT == tl.bfloat16 and _INTERPRETED:
             bits = y.to(tl.int32, bitcast=True)
             r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
             r = tl.where(y != y, 0x7FC0, r)
             return r.to(tl.int16).to(tl.bfloat16, bitcast=True)
         else:
-            return y.to(OUT)
+            return y.to(OUT, fp_downcast_rounding="rtne") if OUT != tl.float32 else y
 
     @triton.jit
     def _group_stats(x, AXIS: tl.constexpr):
-        """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS."""
+        """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS (two reductions)."""
         ax = tl.abs(x)
         finite = ax <= 3.4028234663852886e38
         # tl.reduce with the stdlib combine function tl.max uses: the interpreter runs it as
@@ -315,6 +320,19 @@ if triton is not None:
         amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, tl.standard._elementwise_max)
         bad = tl.reduce(tl.where(finite, 0, 1), AXIS, tl.standard._elementwise_max) > 0
         return amax, bad
+
+    @triton.jit
+    def _group_max_bits(x, AXIS: tl.constexpr):
+        """The largest ``|x|`` bit pattern (int32) along AXIS: one reduction. A non-negative fp32
+        orders like its bits, and +Inf / NaN patterns lie above every finite one."""
+        return tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, AXIS, tl.standard._elementwise_max)
+
+    @triton.jit
+    def _stats_of_bits(m):
+        """``(amax, bad)`` from :func:`_group_max_bits`: ``bad`` = a NaN/Inf in the group. A bad
+        group's ``amax`` is that NaN/Inf (it is stored as NaN whatever its scale), so the amax of
+        the finite elements is not needed and one reduction serves both."""
+        return m.to(tl.float32, bitcast=True), m > 0x7F7FFFFF
 
     @triton.jit
     def _scaled_scale(amax, SPEC: tl.constexpr):
@@ -330,6 +348,18 @@ if triton is not None:
             c = ((bits >> 52) & 0x7FF) - 1023 + ((bits & 0xFFFFFFFFFFFFF) != 0).to(tl.int64)
             s = tl.where(s > 0, ((c + 1023) << 52).to(tl.float64, bitcast=True), s)
         return s
+
+    @triton.jit
+    def _div_rn_f64(a, b, rb):
+        """``a / b`` correctly rounded (float64), from ``rb = RN(1 / b)``: ``q = RN(a * rb)`` is
+        within one ulp of the quotient, the remainder ``a - q * b`` is exact by FMA, and
+        ``RN(q + rem * rb)`` is the correctly rounded quotient (Markstein's correction step; no
+        underflow here: ``a`` is an fp32 value and ``b`` a group scale, both far inside the
+        float64 range). A zero remainder keeps ``q``, so ``a = -0`` gives ``-0`` as ``a / b``
+        does. Three float64 multiply-adds instead of a division per element."""
+        q = a * rb
+        rem = tl.fma(0.0 - q, b, a)
+        return tl.where(rem == 0, q, tl.fma(rem, rb, q))
 
     @triton.jit
     def _scaled_qdq(x, s, SPEC: tl.constexpr):
@@ -348,8 +378,8 @@ if triton is not None:
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
-            pos = s > 0
-            v = x.to(tl.float64) / tl.where(pos, s, 1.0)
+            sd = tl.where(s > 0, s, 1.0)
+            v = _div_rn_f64(x.to(tl.float64), sd, 1.0 / sd)  # 1 / sd: once per group
             if SPEC.elem.is_int:
                 q = _round_int_f64(v, _cx(SPEC.elem))
             else:
@@ -461,7 +491,7 @@ if triton is not None:
             s = _scaled_scale(amax, SPEC)
             y = _scaled_qdq(x, s, SPEC)
         else:
-            amax, bad = _group_stats(x, 2)
+            amax, bad = _stats_of_bits(_group_max_bits(x, 2))
             bad = bad[:, :, None]
             if SPEC.family.value == "mx":
                 e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
@@ -514,22 +544,20 @@ if triton is not None:
         if SINGLE:
             mask = rmask & (c < K)[None, :]
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
-            amax, bad = _group_stats(x, 1)
+            amax, bad = _stats_of_bits(_group_max_bits(x, 1))
             y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], SPEC)
             y = tl.where(bad[:, None], _nan_like(y), y)
             tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
         else:
-            amax = tl.full([BLOCK_R], 0.0, tl.float32)
-            nbad = tl.full([BLOCK_R], 0, tl.int32)
+            m = tl.full([BLOCK_R], 0, tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 cols = k0 + c
                 mask = rmask & (cols < K)[None, :]
                 x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                a, b = _group_stats(_to_f32(x), 1)
-                amax = tl.maximum(amax, a)
-                nbad += b.to(tl.int32)
+                m = tl.maximum(m, _group_max_bits(_to_f32(x), 1))
+            amax, bad = _stats_of_bits(m)
             s = _scaled_scale(amax, SPEC)[:, None]
-            bad = (nbad > 0)[:, None]
+            bad = bad[:, None]
             for k0 in range(0, K, BLOCK_K):
                 cols = k0 + c
                 mask = rmask & (cols < K)[None, :]
