@@ -181,10 +181,11 @@ def test_div_rn_f64_is_division() -> None:
     a[:1000] = 0.0
     a[1000:2000] = -0.0
     sig = torch.rand(n, generator=g, device="cuda", dtype=torch.float64) + 1.0
-    k = torch.randint(0, 60, (n,), generator=g, device="cuda").double()
-    sig[: n // 4] = 2.0 - torch.exp2(-k[: n // 4] % 53)
-    sig[n // 4: n // 2] = 1.0 + torch.exp2(-k[n // 4: n // 2] % 53)
+    m = torch.randint(1, 53, (n,), generator=g, device="cuda").double()  # 2**-52 .. 2**-1
+    sig[: n // 4] = 2.0 - torch.exp2(-m[: n // 4])  # up to the all-ones significand
+    sig[n // 4: n // 2] = 1.0 + torch.exp2(-m[n // 4: n // 2])
     b = sig * torch.exp2(torch.randint(-160, 130, (n,), generator=g, device="cuda").double())
+    assert bool((b > 0).all())  # the kernels divide by positive group scales only
     q = torch.empty(n, device="cuda", dtype=torch.float64)
     div_kernel[(triton_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024)
     assert_same_bits(q, a.double() / b)

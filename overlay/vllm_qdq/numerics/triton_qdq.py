@@ -760,12 +760,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         rec.append((_qdq_block_kernel, grid, args, {"FLAT": flat, **consts}, k, buf))
 
 
-#: The eager fast path (:class:`_FastCall`): off until measured on a GPU (issue 16). When on, the
-#: second and later calls of a recipe on the same tensor layout skip Triton's per-call argument
-#: binding and replay the compiled kernels' launchers (``CompiledKernel[grid](*args)``, the
-#: arguments ``JITFunction.run`` would pass); the numbers are the same kernels'. Set
-#: ``triton_qdq.FAST_LAUNCH = True`` to try it (``scripts/bench_qdq_triton.py`` times both).
-FAST_LAUNCH = False
+#: The eager fast path (:class:`_FastCall`), on by default (issue 16; measured on an H200,
+#: ``results/h200-2026-12-03``: 13-17 us a one-pass call instead of 29-41 us, bit for bit with
+#: the reference in ``tests/gpu/test_triton_qdq_gpu.py::test_eager_replay``). The second and later
+#: calls of a recipe on the same tensor layout skip Triton's per-call argument binding and replay
+#: the compiled kernels' launchers (``CompiledKernel[grid](*args)``, the arguments
+#: ``JITFunction.run`` would pass); the numbers are the same kernels'. ``triton_qdq.FAST_LAUNCH =
+#: False`` binds through Triton on every call (``scripts/bench_qdq_triton.py`` times both).
+FAST_LAUNCH = True
 #: Alignment classes of a pointer the eager fast path keys on: ``data_ptr() & _ALIGN`` (Triton
 #: specializes a pointer on 16-byte divisibility; 128 is a finer partition, so a replayed launch
 #: never meets a pointer of another specialization).
@@ -824,7 +826,7 @@ class _FastCall:
                           if isinstance(a, torch.Tensor) and (a is x or a is y or a is buf))
             if sum(isinstance(a, torch.Tensor) for a in full) != len(slots):
                 raise AssertionError(f"{fn.__name__}: a tensor argument that is not x, y or the buffer")
-            self.launches.append((compiled[grid], tuple(None if isinstance(a, torch.Tensor) else a for a in full), slots))
+            self.launches.append((compiled[tuple(grid) + (1,) * (3 - len(grid))], tuple(None if isinstance(a, torch.Tensor) else a for a in full), slots))
 
     def valid(self) -> bool:
         """The tile table entries the launches were planned with are still the ones in force."""
