@@ -149,10 +149,49 @@ def test_other_alignment_and_unreplayable_calls_take_the_full_path(fake) -> None
     assert tq._FAST.keys() == before.keys()
 
 
-def test_on_by_default_and_off_records_nothing(fake, monkeypatch) -> None:
-    """``FAST_LAUNCH`` is on by default; switched off, every call binds through Triton."""
-    tq, call = fake
+def test_on_by_default() -> None:
+    """``FAST_LAUNCH`` is on by default (read before any fixture patches it)."""
+    pytest.importorskip("triton")
+    import vllm_qdq.numerics.triton_qdq as tq
+
     assert tq.FAST_LAUNCH is True
+
+
+def test_block_size_recipe_is_one_object() -> None:
+    """A recipe with another block size is one object per (recipe, block size), so the fast
+    path's identity key meets it again instead of recording it on every call."""
+    from vllm_qdq.numerics.formats import get_format
+
+    assert get_format("mxfp4", 16) is get_format("mxfp4", 16)
+    assert get_format("mxfp4", 16) == get_format("mxfp4", 16) != get_format("mxfp4", 64)
+
+
+def test_a_refused_recording_keeps_the_call_and_is_not_retried(fake, monkeypatch, caplog) -> None:
+    """A launch the replay cannot rebuild (``_FastCall`` raises) leaves the call's result alone,
+    is logged once, and the key is not recorded again."""
+    tq, call = fake
+    tries = []
+
+    def refuse(*args):
+        tries.append(1)
+        raise AssertionError("a tensor argument that is not x, y or the buffer")
+
+    monkeypatch.setattr(tq, "_FastCall", refuse)
+    monkeypatch.setattr(tq, "_FAST_REFUSED", set())
+    monkeypatch.setattr(tq, "_FAST_LOGGED", [])
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            y, log = call(x, "mxfp4")
+            assert {k for k, *_ in log} == {"jit"}
+            assert_same_bits(y, qdq_reference(x, FORMATS["mxfp4"], "floor"))
+    assert len(tries) == 1 and not tq._FAST
+    assert sum("eager fast path not used" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_off_records_nothing(fake, monkeypatch) -> None:
+    """Switched off, every call binds through Triton and nothing is recorded."""
+    tq, call = fake
     monkeypatch.setattr(tq, "FAST_LAUNCH", False)
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     for _ in range(3):

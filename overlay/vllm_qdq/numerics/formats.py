@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "ALL_SCALE_RULES",
@@ -295,6 +296,13 @@ def get_format(name: str, block_size: int | None = None) -> FormatSpec:
         raise ValueError(
             f"block_size={block_size!r} is not allowed for format {name!r}; accepted: {accepted}"
         )
+    return _with_block(spec, block_size)
+
+
+@lru_cache(maxsize=256)
+def _with_block(spec: FormatSpec, block_size: int) -> FormatSpec:
+    """``spec`` with another block size: one object per (recipe, block size), so callers that
+    cache by identity (the Triton launcher's eager fast path) meet the same recipe again."""
     from dataclasses import replace
 
     return replace(spec, block_size=block_size)

@@ -35,7 +35,9 @@ static table keyed on the format and ``K``, never on the number of rows):
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
 * Load: x -> fp32 (exact for bf16/fp16/fp32). Group ``bad`` = some ``|x| > FLT_MAX`` or NaN;
-  ``amax`` = max of ``|x|`` over the finite elements. A bad group is stored as NaN at the end.
+  ``amax`` = max of ``|x|`` (one integer max of the ``|x|`` bit patterns gives both: a bad
+  group's amax is clamped to FLT_MAX and never used, since a bad group is stored as NaN at the
+  end; per-tensor amaxes, from the amax pass, are over the finite elements).
 * MX: shared exponent ``e`` from the bits of ``amax`` (subnormal amax is first scaled by
   2**64, exactly): floor: ``floor(log2 amax) - emax``; ceil: ``ceil(log2 amax) - emax``;
   even: floor after rounding the significand to ``mbits + 1`` bits (ties up), read as an
@@ -49,10 +51,11 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   [-149, 127]). So fp32 equals the reference's float64 bit for bit, and the single RNE to
   the output dtype happens last.
 * Element rounding (:func:`~vllm_qdq.numerics.triton_primitives.round_elem_f32`, shared with sage3): ``a = |v|`` saturated at ``max_normal`` (NaN
-  kept), quantum ``2**(max(floor(log2 a), emin) - mbits)`` (``2**-mbits`` for integers),
-  ``rne(a / quantum) * quantum`` with ``rne(t) = (t + 2**23) - 2**23`` (exact RNE for
-  ``0 <= t < 2**23``; the kernels are compiled with FP fusion off), sign copied from ``v``
-  (zeros keep theirs).
+  kept), quantum ``2**(max(floor(log2 a), emin) - mbits)`` (``2**-mbits`` for integers):
+  at or above ``2**emin`` the fp32 bits are rounded half to even to ``mbits`` mantissa bits
+  with integer ops, below it ``(a + C) - C`` with ``C = 2**(23 + emin - mbits)``, integers
+  ``rne(a * 2**mbits) * 2**-mbits`` with ``rne(t) = (t + 2**23) - 2**23`` (the kernels are
+  compiled with FP fusion off); sign copied from ``v`` (zeros keep theirs).
 * NVFP4 (the reference's fp32 order): ``gs = div_rn(2688, gamax)`` (1 when ``gamax == 0``,
   2688 = e4m3.max_normal * e2m1.max_normal), ``s = e4m3(min(gs * (amax * fp32(1/6)), 448))``,
   ``inv = div_rn(1, s * div_rn(1, gs))`` (0 when ``s == 0``), ``q = e2m1(x * inv)``
@@ -66,11 +69,13 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
   (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
   of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2),
-  ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64, held in fp32 for FP8
+  ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64 (correctly rounded, from
+  ``1 / s`` once per group and one FMA correction per element: :func:`_div_rn_f64`), held in fp32 for FP8
   elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
   cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` (all
   zeros) keeps its signed zeros. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
-* Store: fp32 -> output dtype, RNE (bf16 by integer rounding of the fp32 bits).
+* Store: fp32 -> output dtype, RNE (the hardware conversion; in the interpreter, whose bf16
+  cast truncates, bf16 by integer rounding of the fp32 bits).
 
 Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.reference` and
 :mod:`vllm_qdq.numerics.rotation`):
@@ -312,17 +317,6 @@ if triton is not None:
             return y.to(OUT, fp_downcast_rounding="rtne") if OUT != tl.float32 else y
 
     @triton.jit
-    def _group_stats(x, AXIS: tl.constexpr):
-        """``(amax over finite |x|, any NaN/Inf)`` reduced along AXIS (two reductions)."""
-        ax = tl.abs(x)
-        finite = ax <= 3.4028234663852886e38
-        # tl.reduce with the stdlib combine function tl.max uses: the interpreter runs it as
-        # np.nanmax (a custom combine function would be called element by element there).
-        amax = tl.reduce(tl.where(finite, ax, 0.0), AXIS, tl.standard._elementwise_max)
-        bad = tl.reduce(tl.where(finite, 0, 1), AXIS, tl.standard._elementwise_max) > 0
-        return amax, bad
-
-    @triton.jit
     def _group_max_bits(x, AXIS: tl.constexpr):
         """The largest ``|x|`` bit pattern (int32) along AXIS: one reduction. A non-negative fp32
         orders like its bits, and +Inf / NaN patterns lie above every finite one."""
@@ -331,9 +325,11 @@ if triton is not None:
     @triton.jit
     def _stats_of_bits(m):
         """``(amax, bad)`` from :func:`_group_max_bits`: ``bad`` = a NaN/Inf in the group. A bad
-        group's ``amax`` is that NaN/Inf (it is stored as NaN whatever its scale), so the amax of
-        the finite elements is not needed and one reduction serves both."""
-        return m.to(tl.float32, bitcast=True), m > 0x7F7FFFFF
+        group is stored as NaN whatever its scale, so the amax of its finite elements is not
+        needed and one reduction serves both; its amax is clamped to FLT_MAX, so the scale math
+        of the discarded lanes stays finite (no overflow / invalid-operation warnings in the
+        interpreter)."""
+        return tl.minimum(m, 0x7F7FFFFF).to(tl.float32, bitcast=True), m > 0x7F7FFFFF
 
     @triton.jit
     def _scaled_scale(amax, SPEC: tl.constexpr):
@@ -427,8 +423,8 @@ if triton is not None:
         per tile. The order of the reads does not change the result (a max)."""
         FINITE_MAX: tl.constexpr = 0x7F7FFFFF  # bits of FLT_MAX; +Inf and NaN lie above
         n_tiles = ((n_rows + BLOCK_R - 1) // BLOCK_R) * ((K + BLOCK_K - 1) // BLOCK_K)
-        fin = tl.zeros([BLOCK_R, BLOCK_K], tl.int32)
-        every = tl.zeros([BLOCK_R, BLOCK_K], tl.int32)
+        fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full, not tl.zeros: a builtin (see the module docstring)
+        every = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
         for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
             rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
             xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
@@ -803,6 +799,8 @@ _ALIGN = 127
 #: Most entries kept by :data:`_FAST` (cleared whole when full: serving sees few shapes per layer).
 _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
+_FAST_REFUSED: set[tuple] = set()  # keys that could not be recorded: not tried again
+_FAST_LOGGED: list[bool] = []  # the refusal is logged once per process
 _SIGNATURES: dict[object, list[tuple[str, object]]] = {}
 
 
@@ -937,10 +935,29 @@ def qdq(
         yc = torch.empty_like(xc)
         _launch(xc, yc, _fold_rows(xc, yc, xc.ndim - 1), spec, scale_rule, global_amax, ex)
         return y.copy_(yc.movedim(-1, axis))
-    rec: list | None = [] if key is not None else None  # launches that return no kernel (interpreter): not kept
+    # launches that return no kernel (interpreter): not kept
+    rec: list | None = [] if key is not None and key not in _FAST_REFUSED else None
     _launch(x, y, rows, spec, scale_rule, global_amax, ex, rec)
     if rec and all(k is not None for *_, k, _b in rec):
-        if len(_FAST) >= _FAST_MAX:
-            _FAST.clear()
-        _FAST[key] = _FastCall(spec, x, y, rec)
+        try:
+            hit = _FastCall(spec, x, y, rec)
+        except AssertionError as e:  # a launch the replay cannot rebuild: this key stays on the full path
+            _fast_refused(key, e)
+        else:
+            if len(_FAST) >= _FAST_MAX:
+                _FAST.clear()
+            _FAST[key] = hit
     return y
+
+
+def _fast_refused(key: tuple, why: Exception) -> None:
+    """Log, once per process, that a call could not be recorded for the eager fast path (the call
+    itself already ran through Triton and is unaffected)."""
+    if not _FAST_LOGGED:
+        _FAST_LOGGED.append(True)
+        import logging
+
+        logging.getLogger(__name__).warning("vllm_qdq: eager fast path not used for %s: %s", key[1:6], why)
+    if len(_FAST_REFUSED) >= _FAST_MAX:
+        _FAST_REFUSED.clear()
+    _FAST_REFUSED.add(key)
