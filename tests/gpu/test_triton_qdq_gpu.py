@@ -162,17 +162,7 @@ def test_div_rn_f64_is_division() -> None:
     FMA remainder, one correction) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
     the whole range (signed zeros included), positive scales of random and near-1 / near-2
     significands."""
-    import triton
-    import triton.language as tl
-    from vllm_qdq.numerics import triton_qdq
-
-    @triton.jit
-    def div_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = i < n
-        a = tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float64)
-        b = tl.load(b_ptr + i, mask=m, other=1.0)
-        tl.store(q_ptr + i, triton_qdq._div_rn_f64(a, b, 1.0 / b), mask=m)
+    from tests.support.triton_qdq_kernels import div_f64_kernel
 
     n = 16 << 20
     g = torch.Generator(device="cuda").manual_seed(4)
@@ -187,7 +177,7 @@ def test_div_rn_f64_is_division() -> None:
     b = sig * torch.exp2(torch.randint(-160, 130, (n,), generator=g, device="cuda").double())
     assert bool((b > 0).all())  # the kernels divide by positive group scales only
     q = torch.empty(n, device="cuda", dtype=torch.float64)
-    div_kernel[(triton_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
+    div_f64_kernel[(triton_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
     assert_same_bits(q, a.double() / b)
 
 
