@@ -1,4 +1,4 @@
-"""One-line Triton kernels around each shared primitive, for ``tests/test_triton_primitives.py``.
+"""One-line Triton kernels around each shared primitive, for the primitive tests (CPU interpreter and GPU).
 
 Import (or reload) after ``vllm_qdq.numerics.triton_primitives`` was (re)loaded for the mode
 the test runs in: the interpreter resolves a kernel's callees from its module's globals.

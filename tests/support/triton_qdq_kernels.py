@@ -1,4 +1,4 @@
-"""Test kernels around helpers of :mod:`vllm_qdq.numerics.triton_qdq` (``tests/test_triton_qdq.py``).
+"""Test kernels around helpers of :mod:`vllm_qdq.numerics.triton_qdq` (the QDQ kernel tests, CPU and GPU).
 
 Import (or reload) after ``triton_qdq`` was (re)loaded for the mode the test runs in: the
 interpreter resolves a kernel's callees from its module's globals.
