@@ -140,6 +140,7 @@ def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
     torch reference, bit for bit."""
     from vllm_qdq.numerics.formats import ELEMENTS
     from vllm_qdq.numerics.reference import round_to_elem
+    from vllm_qdq.numerics.triton_qdq import _cdiv
 
     from tests.support.triton_primitive_kernels import round_grid_kernel
 
@@ -151,7 +152,7 @@ def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
     v = torch.cat([v, torch.randint(-2**31, 2**31 - 1, (4 << 20,), generator=g, dtype=torch.int32).view(torch.float32)])
     v = v.cuda()
     got = torch.empty_like(v)
-    round_grid_kernel[(triton_cdiv(v.numel(), 1024),)](
+    round_grid_kernel[(_cdiv(v.numel(), 1024),)](
         v, got, v.numel(), MAXN=float(spec.max_normal), EMIN=0 if spec.is_int else spec.emin,
         MBITS=spec.mbits, IS_INT=spec.is_int, BLOCK=1024, enable_fp_fusion=False)
     assert_same_bits(got, round_to_elem(v, spec))
@@ -162,6 +163,8 @@ def test_div_rn_f64_is_division() -> None:
     FMA remainder, one correction) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
     the whole range (signed zeros included), positive scales of random and near-1 / near-2
     significands."""
+    from vllm_qdq.numerics.triton_qdq import _cdiv
+
     from tests.support.triton_qdq_kernels import div_f64_kernel
 
     n = 16 << 20
@@ -177,9 +180,5 @@ def test_div_rn_f64_is_division() -> None:
     b = sig * torch.exp2(torch.randint(-160, 130, (n,), generator=g, device="cuda").double())
     assert bool((b > 0).all())  # the kernels divide by positive group scales only
     q = torch.empty(n, device="cuda", dtype=torch.float64)
-    div_f64_kernel[(triton_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
+    div_f64_kernel[(_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
     assert_same_bits(q, a.double() / b)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)

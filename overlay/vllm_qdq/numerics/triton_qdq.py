@@ -785,7 +785,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
 
 
 #: The eager fast path (:class:`_FastCall`), on by default (issue 16; measured on an H200,
-#: ``results/h200-2026-12-03``: 13-17 us a one-pass call instead of 29-41 us, bit for bit with
+#: ``results/h200-2026-12-03``: 13-17 us a one-pass call instead of 28-41 us, bit for bit with
 #: the reference in ``tests/gpu/test_triton_qdq_gpu.py::test_eager_replay``). The second and later
 #: calls of a recipe on the same tensor layout skip Triton's per-call argument binding and replay
 #: the compiled kernels' launchers (``CompiledKernel[grid](*args)``, the arguments
