@@ -16,8 +16,10 @@ three ways:
   graphs, in which the hooks were captured at start-up): the writes that run outside a graph
   (prefill) are recorded and checked the same way.
 
-A second driver runs the plugin off (``default``): the cache holds the raw K/V; QDQ on moves
-the prompt logprobs away from it, compiled as eagerly.
+A second driver runs the plugin off (``eager`` and ``default``): the cache holds the raw K/V; QDQ
+on moves the prompt logprobs away from it, compiled as eagerly. Printed beside the figures: QDQ
+off compiled vs eager, and what Inductor built per compiled engine
+(tests/support/inductor_fingerprint.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.inductor_fingerprint import print_fingerprint
 
 pytestmark = pytest.mark.gpu
 
@@ -93,7 +97,8 @@ def test_kv_cache_and_query_qdq_cuda(kind: str, tmp_path: Path) -> None:
     llm = {"moe_backend": "marlin"} if kind == "gptoss" else {}
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
     on = _run(tmp_path, f"{kind}-on", model, llm, RUNS, qdq=True)
-    off = _run(tmp_path, f"{kind}-off", model, llm, {"default": {}}, qdq=False)
+    # eager too: when the QDQ effect moves, says whether the compiled QDQ-off run moved with it
+    off = _run(tmp_path, f"{kind}-off", model, llm, {"eager": {"enforce_eager": True}, "default": {}}, qdq=False)
     for name, results in on.items():
         for r in results:
             assert r["kv_mismatch"] == {}, f"{name}: cached K/V differ from the reference QDQ: {r}"
@@ -106,5 +111,8 @@ def test_kv_cache_and_query_qdq_cuda(kind: str, tmp_path: Path) -> None:
     for r in off["default"]:
         assert r["kv_mismatch"] == {} and r["kv_changed"] == 0 and r["q_changed"] == 0, r
     eff = {name: _mean_diff(on[name], off["default"]) for name in on}
-    print(f"\n{kind}: mean |logprob(KV+Q QDQ) - logprob(off)| = {eff}")
+    print(f"\n{kind}: mean |logprob(KV+Q QDQ) - logprob(off)| = {eff}; QDQ off, compiled vs eager: "
+          f"{_mean_diff(off['default'], off['eager']):.4f}")
+    for tag in ("on", "off"):
+        print_fingerprint(f"{kind}-{tag}", tmp_path / f"cache-{kind}-{tag}")
     assert min(eff.values()) > 0.01, eff

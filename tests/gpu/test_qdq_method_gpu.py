@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.inductor_fingerprint import print_fingerprint
+
 PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
 #: bf16 engine vs float32 reference, mean nats (bf16 rounding of activations flips 4-bit QDQ
 #: codes). Measured on one H200, 2026-12-02: llama 0.164, moe 0.089 (compiled vs eager alone:
@@ -68,6 +70,7 @@ def test_qdq_method_cuda(kind, tmp_path):
     print(f"{kind}: mean|qdq-ref|={d_ref:.4f} mean|qdq-plain|={d_plain:.4f} "
           f"mean|compiled-eager|={d_eager:.4f} (engine start s: "
           + ", ".join(f"{k} {v['start_s']}" for k, v in res.items()) + ")")
+    print_fingerprint(kind, tmp_path / "cache")
     assert d_ref <= BF16_TOL
     assert d_plain > d_ref
     # compiled + CUDA graphs QDQ as eager does: within the bf16 tolerance, and far closer to
