@@ -1,6 +1,7 @@
 """vLLM throughput with activation QDQ off vs on, measured interleaved on one GPU.
 
-    python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--target 0.97]
+    python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--budget-s S]
+                                              [--target 0.97]
                                               [--out DIR] [--json FILE] [--shapes prefill,decode]
                                               [--kv-cache FORMAT [--attn-q FORMAT] [--kv-shapes decode]
                                                [--no-act]]
@@ -29,7 +30,8 @@ start at the same time; ``QDQ_BENCH_KV_BYTES=0``: profiled (``QDQ_BENCH_GPU_UTIL
 each engine starting once the last is up (vLLM's profiler fails beside a starting engine).
 Each engine runs every shape's whole batch once, untimed, before it reports ready (its first
 batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growth). Then
-``--pairs`` rounds; in a round each shape runs ``reps`` batches on each engine (``reps``:
+``--pairs`` rounds (with ``--budget-s``, as many of them as fit in that many seconds per model,
+engine starts included, and at least 3: the smoke suite's steps must end inside a call); in a round each shape runs ``reps`` batches on each engine (``reps``:
 enough for about ``--min-seconds`` per engine, 4 s), one batch per engine per turn, the order
 cycling through every permutation of the engines turn by turn (off-on, on-off, ... with two),
 the others idle. A turn's batches are seconds apart, so slow drift cancels in its ratio
@@ -213,9 +215,13 @@ def median_ci(x: list[float], level: float = 0.95, draws: int = 2000, seed: int 
     return lo, hi
 
 
+#: the bench's clock (a test replaces it)
+_now = time.monotonic
+
+
 def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
                 kv_config: dict | None = None, kv_shapes: list[str] | None = None,
-                act: bool = True, aa: bool = True) -> list[dict]:
+                act: bool = True, aa: bool = True, budget_s: float | None = None) -> list[dict]:
     """One model's rows, each a QDQ engine against the ``off`` engine on one shape.
 
     ``on``: activation QDQ (the plugin's defaults) on ``shapes`` (with ``act``); ``kv`` (with
@@ -225,7 +231,12 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
     engine that measures a shape runs its batch ``reps`` times, one batch per engine per turn,
     the order cycling through every permutation turn by turn (:func:`turns`), the others idle;
     one ratio per engine and turn.
+
+    ``budget_s`` (seconds from this call, model build and engine starts included): no round
+    starts that would end past it (by the longest round so far), so ``pairs`` is then at most;
+    fewer than 3 rounds in the budget is an error naming both.
     """
+    t_start = _now()
     model = build(name, root)
     desc, kwargs = MODELS[name]
     shapes = list(shapes or SHAPES) if act else []
@@ -255,7 +266,13 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
+        done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):
+            t_round = _now()
+            if budget_s is not None and p and t_round + longest > t_start + budget_s:
+                print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to {longest:.0f} s)",
+                      flush=True)
+                break
             for shape in all_shapes:
                 who = ["off"] + [q for q in names[1:] if shape in measured[q]]
                 # the cycle of orders goes on across rounds
@@ -268,6 +285,10 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 print(f"{name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
                       + ", ".join(f"{q} ratios " + " ".join(f"{x['ratio']:.3f}" for x in raw[q, shape][-len(orders):])
                                   for q in who[1:]), flush=True)
+            done, longest = p + 1, max(longest, _now() - t_round)
+        if done < 3:
+            raise SystemExit(f"{name}: only {done} round(s) fit in --budget-s {budget_s:g} (one takes up to "
+                             f"{longest:.0f} s after {t_rounds - t_start:.0f} s of start-up); at least 3 are needed")
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
@@ -275,7 +296,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             rows.append({
                 "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
-                "output_len": o, "rounds": pairs, "turns_per_round": int(reps[shape]), "samples": len(ratios),
+                "output_len": o, "rounds": done, "turns_per_round": int(reps[shape]), "samples": len(ratios),
                 "ratio_median": statistics.median(ratios), "ratio_ci95": [lo, hi],
                 "ratio_min": min(ratios), "ratio_max": max(ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
@@ -292,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     ap.add_argument("--pairs", type=int, default=5,
-                    help="rounds per shape (>= 3), each of enough turns (one batch per engine) for --min-seconds")
+                    help="rounds per shape (>= 3), each of enough turns (one batch per engine) for --min-seconds; "
+                         "with --budget-s, the most rounds")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="seconds per model, engine starts included: rounds stop before one would end past it "
+                         "(at least 3 must fit)")
     ap.add_argument("--min-seconds", type=float, default=4.0,
                     help="a round gives each engine about this many seconds of batches of a shape")
     ap.add_argument("--no-aa", action="store_true", help="leave out the A/A control (a second QDQ-off engine)")
@@ -338,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
     if args.pairs < 3:
         ap.error(f"--pairs {args.pairs}: at least 3 rounds are needed for a median with a spread")
+    if args.budget_s is not None and not args.budget_s > 0:
+        ap.error(f"--budget-s {args.budget_s:g}; accepted: a number of seconds > 0")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
         rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config, kv_shapes,
-                            act=not args.no_act, aa=not args.no_aa)
+                            act=not args.no_act, aa=not args.no_aa, budget_s=args.budget_s)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("\nqdq: act = VLLM_QDQ=1 (the plugin's defaults)"

@@ -32,7 +32,9 @@
 #   bench-plugin-gptoss, bench-plugin-dense
 #                 scripts/bench_plugin_throughput.py --kv-cache nvfp4: throughput of activation QDQ
 #                 (prefill- and decode-heavy) and KV-cache QDQ (SMOKE_KV_FORMAT, decode-heavy: issue 19)
-#                 against QDQ off, three engines side by side, interleaved rounds; fails when a row's
+#                 against QDQ off, four engines side by side (off, act, kv, a second off as the A/A
+#                 control), interleaved rounds: as many as fit in SMOKE_BENCH_BUDGET seconds (default
+#                 450, engine starts included; at most SMOKE_BENCH_ROUNDS, default 20); fails when a row's
 #                 median ratio is below SMOKE_PLUGIN_TARGET (default 0.97)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
@@ -170,7 +172,8 @@ run_step() {
     bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py --no-check ;;
     bench-plugin-gptoss|bench-plugin-dense)
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
-        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" ;;
+        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" \
+        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" ;;
     study)
       # lm-eval's API model (what the study drives the servers with) needs its [api] extras
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then

@@ -146,6 +146,62 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
 
 
+def _stand_in_bench(bench, monkeypatch, clock: list[float], start_s: float):
+    """``bench`` with stand-in engines on a fake clock: an engine start takes ``start_s``, a
+    prefill batch 1 s, a decode batch 2 s, every engine as fast."""
+
+    class StandIn:
+        def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
+            self.name, self.log = name, log
+            log.write_text(bench.LOG_LINE.get(name, ""))
+
+        def wait_ready(self):
+            clock[0] += start_s
+            return {"start_s": start_s}
+
+        def run(self, shape, reps=1):
+            n, i, o = bench.SHAPES[shape]
+            secs = (1.0 if shape == "prefill" else 2.0) * reps
+            clock[0] += secs
+            return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench, "Engine", StandIn)
+    monkeypatch.setattr(bench, "build", lambda name, root: root)
+    monkeypatch.setattr(bench, "kv_bytes", lambda: 1 << 30)
+    monkeypatch.setattr(bench, "_now", lambda: clock[0])
+
+
+def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--budget-s``: rounds stop before one would end past the budget (engine starts count), the
+    rows say how many ran; fewer than 3 in the budget is an error naming it."""
+    import json
+
+    bench = _bench_module()
+    clock = [0.0]
+    _stand_in_bench(bench, monkeypatch, clock, start_s=10.0)
+    out = tmp_path / "rows.json"
+    # two engines (off, on): start 20 s, calibration 3 s, a round 2 x (3 x 1 s + 2 x 2 s) = 14 s
+    argv = ["--models", "dense", "--out", str(tmp_path), "--no-aa", "--pairs", "50", "--min-seconds", "3",
+            "--json", str(out)]
+    assert bench.main([*argv, "--budget-s", "100"]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert {r["rounds"] for r in rows} == {5} and clock[0] <= 100, (clock, text)  # 23 + 5 x 14 = 93
+    assert "dense: 5 rounds in the 100-s budget (a round takes up to 14 s)" in text
+    assert rows[0]["samples"] == 5 * 3
+    clock[0] = 0.0
+    with pytest.raises(SystemExit, match=r"dense: only 2 round\(s\) fit in --budget-s 60 \(one takes up to 14 s "
+                                         r"after 23 s of start-up\); at least 3 are needed"):
+        bench.main([*argv, "--budget-s", "60"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--budget-s", "0"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--budget-s 0; accepted: a number of seconds > 0")
+
+
 def _repro_module():
     return _script_module("gpu_compile_repro")
 
