@@ -26,10 +26,12 @@ static table keyed on the format and ``K``, never on the number of rows):
   ``_ROW_SINGLE_MAX`` elements is one tile (one read); longer rows are swept twice (amax,
   then QDQ; the second sweep mostly hits L2).
 * ``_amax_kernel``: first pass of the per-tensor recipes (FP8 per-tensor, NVFP4 without
-  ``global_amax``): reads x once (2 B/elem for bf16) in a grid-stride loop (a few programs per
-  SM), keeps the running max of finite ``|x|`` and of all ``|x|`` (the NaN/Inf flag) as fp32 bit
-  patterns, and folds them once per program into a 2-word int32 buffer with ``atomic_max`` (the
-  fp32 bit pattern of a non-negative float orders like the float). The QDQ pass then walks the tiles in
+  ``global_amax``): reads x once (2 B/elem for bf16), reduces the max of finite ``|x|`` and of
+  all ``|x|`` (the NaN/Inf flag) per tile as fp32 bit patterns, and folds them into a 2-word
+  int32 buffer with ``atomic_max`` (the fp32 bit pattern of a non-negative float orders like
+  the float). One tile per program: a grid-stride loop over a few programs per SM (one atomic
+  pair per program) measured slower on an H200 (``results/h200-2026-12-03b``: nvfp4 0.43-0.45
+  of a copy against 0.50-0.51). The QDQ pass then walks the tiles in
   reverse order so that its first reads hit what the amax pass left in L2.
 
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
@@ -416,32 +418,24 @@ if triton is not None:
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
     ):
-        """Max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag, folded into
-        int32 ``buf[0:2]``. Grid-stride: program ``p`` of ``P`` reads tiles ``p, p + P, ...``,
-        keeping an elementwise running max of the ``|x|`` bit patterns (finite ones, and all) in
-        registers, and reduces and folds them once at the end: one atomic pair per program, not
-        per tile. The order of the reads does not change the result (a max)."""
-        FINITE_MAX: tl.constexpr = 0x7F7FFFFF  # bits of FLT_MAX; +Inf and NaN lie above
-        n_tiles = ((n_rows + BLOCK_R - 1) // BLOCK_R) * ((K + BLOCK_K - 1) // BLOCK_K)
-        fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full, not tl.zeros: a builtin (see the module docstring)
-        every = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
-        for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-            rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
-            xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
-            cols = k0 + tl.arange(0, BLOCK_K)
-            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
-            if ROT_LOG2 > 0:
-                if HAS_SIGNS:
-                    sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0)
-                else:
-                    sgn = tl.full([BLOCK_K], 1.0, tl.float32)
-                x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
-            b = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-            fin = tl.maximum(fin, tl.where(b <= FINITE_MAX, b, 0))
-            every = tl.maximum(every, b)
-        amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
-        bad = tl.reduce(tl.reshape(every, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > FINITE_MAX
+        """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
+        (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), folded into int32
+        ``buf[0:2]``."""
+        FINITE_MAX: tl.constexpr = 0x7F7FFFFF  # bits of FLT_MAX
+        rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
+        xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+        x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
+        if ROT_LOG2 > 0:
+            if HAS_SIGNS:
+                sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0)
+            else:
+                sgn = tl.full([BLOCK_K], 1.0, tl.float32)
+            x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
+        b = tl.reshape(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, [BLOCK_R * BLOCK_K])
+        amax = tl.reduce(tl.where(b <= FINITE_MAX, b, 0), 0, tl.standard._elementwise_max)
+        bad = tl.reduce(b, 0, tl.standard._elementwise_max) > FINITE_MAX
         tl.atomic_max(buf_ptr, amax)
         tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
 
@@ -689,21 +683,6 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-#: Programs of the grid-stride amax pass per streaming multiprocessor (enough resident programs
-#: to keep the loads in flight; each folds its result with one atomic pair).
-AMAX_PROGRAMS_PER_SM = 4
-#: Programs of the amax pass in Triton's interpreter: a few, so the CPU tests walk the loop.
-_AMAX_PROGRAMS_INTERPRETED = 3
-
-
-@lru_cache(maxsize=16)
-def _amax_programs(device: torch.device) -> int:
-    """Most programs of the amax pass on ``device``: :data:`AMAX_PROGRAMS_PER_SM` per SM (CUDA)."""
-    if device.type != "cuda":
-        return _AMAX_PROGRAMS_INTERPRETED
-    return AMAX_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int]) -> tuple:
@@ -770,7 +749,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None:
         a_r, a_k, a_consts = amax
-        grid = (min(_cdiv(r.n_rows, a_r) * _cdiv(r.k, a_k), _amax_programs(x.device)),)
+        grid = (_cdiv(r.n_rows, a_r) * _cdiv(r.k, a_k),)
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[grid](*args, FLAT=flat, **a_consts)
         if rec is not None:
