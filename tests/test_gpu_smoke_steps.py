@@ -97,16 +97,12 @@ def test_throughput_bench_median_interval() -> None:
     assert hi2 - lo2 < hi - lo
 
 
-def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys) -> None:
-    """The bench's schedule, statistics and verdicts, its engines replaced by stand-ins with set
-    speeds (the engines themselves run on the GPU only): ``on`` 10% slower than ``off`` fails the
-    target, ``kv`` as fast passes, the A/A control is reported, not judged; every turn runs each
-    engine once; the JSON holds one ratio per turn."""
-    import json
-
-    bench = _bench_module()
-    speed = {"off": 1.0, "aa": 1.0, "on": 1.1, "kv": 1.0}
-    calls: list[tuple[str, str, int]] = []
+def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, calls: list | None = None,
+                    clock: list[float] | None = None, start_s: float = 0.0) -> None:
+    """``bench`` with stand-in engines (the engines themselves run on the GPU only): a prefill
+    batch takes ``speed[engine]`` s (default 1), a decode batch twice that, an engine start
+    ``start_s``; with ``clock``, the bench's clock is ``clock[0]``, advanced by each of those;
+    ``calls`` collects ``(engine, shape, reps)``."""
 
     class StandIn:
         def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
@@ -114,12 +110,17 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
             log.write_text(bench.LOG_LINE.get(name, ""))
 
         def wait_ready(self):
-            return {"start_s": 0.0}
+            if clock is not None:
+                clock[0] += start_s
+            return {"start_s": start_s}
 
         def run(self, shape, reps=1):
-            calls.append((self.name, shape, reps))
+            if calls is not None:
+                calls.append((self.name, shape, reps))
             n, i, o = bench.SHAPES[shape]
-            secs = speed[self.name] * (1.0 if shape == "prefill" else 2.0) * reps
+            secs = (speed or {}).get(self.name, 1.0) * (1.0 if shape == "prefill" else 2.0) * reps
+            if clock is not None:
+                clock[0] += secs
             return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
 
         def close(self):
@@ -128,6 +129,20 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     monkeypatch.setattr(bench, "Engine", StandIn)
     monkeypatch.setattr(bench, "build", lambda name, root: root)
     monkeypatch.setattr(bench, "kv_bytes", lambda: 1 << 30)
+    if clock is not None:
+        monkeypatch.setattr(bench, "_now", lambda: clock[0])
+
+
+def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The bench's schedule, statistics and verdicts, its engines replaced by stand-ins with set
+    speeds (the engines themselves run on the GPU only): ``on`` 10% slower than ``off`` fails the
+    target, ``kv`` as fast passes, the A/A control is reported, not judged; every turn runs each
+    engine once; the JSON holds one ratio per turn."""
+    import json
+
+    bench = _bench_module()
+    calls: list[tuple[str, str, int]] = []
+    _stand_in_bench(bench, monkeypatch, speed={"off": 1.0, "aa": 1.0, "on": 1.1, "kv": 1.0}, calls=calls)
     out = tmp_path / "rows.json"
     rc = bench.main(["--models", "dense", "--out", str(tmp_path), "--kv-cache", "nvfp4", "--pairs", "3",
                      "--min-seconds", "3", "--json", str(out)])
@@ -146,34 +161,6 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
 
 
-def _stand_in_bench(bench, monkeypatch, clock: list[float], start_s: float):
-    """``bench`` with stand-in engines on a fake clock: an engine start takes ``start_s``, a
-    prefill batch 1 s, a decode batch 2 s, every engine as fast."""
-
-    class StandIn:
-        def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
-            self.name, self.log = name, log
-            log.write_text(bench.LOG_LINE.get(name, ""))
-
-        def wait_ready(self):
-            clock[0] += start_s
-            return {"start_s": start_s}
-
-        def run(self, shape, reps=1):
-            n, i, o = bench.SHAPES[shape]
-            secs = (1.0 if shape == "prefill" else 2.0) * reps
-            clock[0] += secs
-            return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(bench, "Engine", StandIn)
-    monkeypatch.setattr(bench, "build", lambda name, root: root)
-    monkeypatch.setattr(bench, "kv_bytes", lambda: 1 << 30)
-    monkeypatch.setattr(bench, "_now", lambda: clock[0])
-
-
 def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatch, capsys) -> None:
     """``--budget-s``: rounds stop before one would end past the budget (engine starts count), the
     rows say how many ran; fewer than 3 in the budget is an error naming it."""
@@ -181,7 +168,7 @@ def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatc
 
     bench = _bench_module()
     clock = [0.0]
-    _stand_in_bench(bench, monkeypatch, clock, start_s=10.0)
+    _stand_in_bench(bench, monkeypatch, clock=clock, start_s=10.0)
     out = tmp_path / "rows.json"
     # two engines (off, on): start 20 s, calibration 3 s, a round 2 x (3 x 1 s + 2 x 2 s) = 14 s
     argv = ["--models", "dense", "--out", str(tmp_path), "--no-aa", "--pairs", "50", "--min-seconds", "3",
