@@ -31,12 +31,13 @@ each engine starting once the last is up (vLLM's profiler fails beside a startin
 Each engine runs every shape's whole batch once, untimed, before it reports ready (its first
 batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growth). Then
 ``--pairs`` rounds (with ``--budget-s``, as many of them as fit in that many seconds per model,
-engine starts included, and at least 3: the smoke suite's steps must end inside a call); in a round each shape runs ``reps`` batches on each engine (``reps``:
+engine starts included, and at least 3: the smoke suite's steps must end inside a call); in a
+round each shape runs ``reps`` batches on each engine (``reps``:
 enough for about ``--min-seconds`` per engine, 4 s), one batch per engine per turn, the order
 cycling through every permutation of the engines turn by turn (off-on, on-off, ... with two),
 the others idle. A turn's batches are seconds apart, so slow drift cancels in its ratio
 ``t_off / t_q`` (= throughput of ``q`` over ``off``); a row reports the median of its
-``pairs x reps`` ratios with a 95% bootstrap interval of that median, min and max, and the
+``rounds x reps`` ratios with a 95% bootstrap interval of that median, min and max, and the
 median tok/s of each engine. Exit 1 when a QDQ row's median ratio is below ``--target``; the
 A/A row is reported, not judged, with a warning when it sits outside the target's margin or
 its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
@@ -179,17 +180,34 @@ class Engine:
         self.proc.stdin.flush()
         return self._read("BENCH")
 
-    def close(self) -> None:
+    def quit(self) -> None:
+        """Ask the worker to stop (it shuts its engine down); :meth:`close` waits for it."""
         if self.proc.poll() is None:
             try:
                 assert self.proc.stdin is not None
                 self.proc.stdin.write("quit\n")
                 self.proc.stdin.flush()
-                self.proc.wait(60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+            except OSError:
+                pass
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the worker: ``quit``, then wait up to ``timeout`` s, then kill it."""
+        self.quit()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.err.close()
+
+
+def close_all(engines: list[Engine], timeout: float = 60.0) -> None:
+    """Stop every worker at once (their engines shut down side by side, not one after another)."""
+    for e in engines:
+        e.quit()
+    t_end = _now() + timeout
+    for e in engines:
+        e.close(max(0.0, t_end - _now()))
 
 
 #: what each QDQ engine's log must say (else the ratio would measure nothing)
@@ -269,10 +287,20 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):
             t_round = _now()
-            if budget_s is not None and p and t_round + longest > t_start + budget_s:
-                print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to {longest:.0f} s)",
-                      flush=True)
-                break
+            if budget_s is not None:
+                left = t_start + budget_s - t_round
+                if not p and left <= 0:
+                    raise SystemExit(f"{name}: start-up took {t_rounds - t_start:.0f} s, the whole --budget-s "
+                                     f"{budget_s:g}: no round fits; at least 3 are needed")
+                # not even 3 rounds: say so now rather than after the rounds that fit
+                if p and p + int(left // longest) < 3:
+                    raise SystemExit(f"{name}: only {p + int(left // longest)} round(s) fit in --budget-s "
+                                     f"{budget_s:g} (one takes up to {longest:.0f} s after {t_rounds - t_start:.0f} s "
+                                     "of start-up); at least 3 are needed")
+                if p and t_round + longest > t_start + budget_s:
+                    print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to {longest:.0f} s)",
+                          flush=True)
+                    break
             for shape in all_shapes:
                 who = ["off"] + [q for q in names[1:] if shape in measured[q]]
                 # the cycle of orders goes on across rounds
@@ -286,9 +314,6 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                       + ", ".join(f"{q} ratios " + " ".join(f"{x['ratio']:.3f}" for x in raw[q, shape][-len(orders):])
                                   for q in who[1:]), flush=True)
             done, longest = p + 1, max(longest, _now() - t_round)
-        if done < 3:
-            raise SystemExit(f"{name}: only {done} round(s) fit in --budget-s {budget_s:g} (one takes up to "
-                             f"{longest:.0f} s after {t_rounds - t_start:.0f} s of start-up); at least 3 are needed")
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
@@ -304,8 +329,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 "raw": got,
             })
     finally:
-        for e in engines.values():
-            e.close()
+        close_all(list(engines.values()))
     return rows
 
 

@@ -123,7 +123,10 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
                 clock[0] += secs
             return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
 
-        def close(self):
+        def quit(self):
+            pass
+
+        def close(self, timeout=60.0):
             pass
 
     monkeypatch.setattr(bench, "Engine", StandIn)
@@ -179,10 +182,20 @@ def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatc
     assert {r["rounds"] for r in rows} == {5} and clock[0] <= 100, (clock, text)  # 23 + 5 x 14 = 93
     assert "dense: 5 rounds in the 100-s budget (a round takes up to 14 s)" in text
     assert rows[0]["samples"] == 5 * 3
+    # fewer rounds asked than fit: the rounds asked, no budget line
+    clock[0] = 0.0
+    assert bench.main([*argv[:-4], "--pairs", "3", "--json", str(out), "--budget-s", "100"]) == 0
+    assert {r["rounds"] for r in json.loads(out.read_text())} == {3}
+    assert "budget" not in capsys.readouterr().out
+    # 60 s: after round 1 (23 + 14 = 37 s) only one more fits: stopped there, not after round 2
     clock[0] = 0.0
     with pytest.raises(SystemExit, match=r"dense: only 2 round\(s\) fit in --budget-s 60 \(one takes up to 14 s "
                                          r"after 23 s of start-up\); at least 3 are needed"):
         bench.main([*argv, "--budget-s", "60"])
+    assert clock[0] == 37.0
+    clock[0] = 0.0
+    with pytest.raises(SystemExit, match=r"dense: start-up took 23 s, the whole --budget-s 20: no round fits"):
+        bench.main([*argv, "--budget-s", "20"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         bench.main([*argv, "--budget-s", "0"])

@@ -97,8 +97,13 @@ def test_kv_cache_and_query_qdq_cuda(kind: str, tmp_path: Path) -> None:
     llm = {"moe_backend": "marlin"} if kind == "gptoss" else {}
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
     on = _run(tmp_path, f"{kind}-on", model, llm, RUNS, qdq=True)
-    # eager too: when the QDQ effect moves, says whether the compiled QDQ-off run moved with it
-    off = _run(tmp_path, f"{kind}-off", model, llm, {"eager": {"enforce_eager": True}, "default": {}}, qdq=False)
+    # eager too (after the compiled engine, which keeps the conditions of the runs before it
+    # was added: first in a fresh process): when the QDQ effect moves, says whether the compiled
+    # QDQ-off run moved with it
+    off = _run(tmp_path, f"{kind}-off", model, llm, {"default": {}, "eager": {"enforce_eager": True}}, qdq=False)
+    for tag in ("on", "off"):
+        print_fingerprint(f"{kind}-{tag}", tmp_path / f"cache-{kind}-{tag}",
+                          {f"{kind}-{tag}": (tmp_path / f"{kind}-{tag}.log").read_text()})
     for name, results in on.items():
         for r in results:
             assert r["kv_mismatch"] == {}, f"{name}: cached K/V differ from the reference QDQ: {r}"
@@ -113,6 +118,4 @@ def test_kv_cache_and_query_qdq_cuda(kind: str, tmp_path: Path) -> None:
     eff = {name: _mean_diff(on[name], off["default"]) for name in on}
     print(f"\n{kind}: mean |logprob(KV+Q QDQ) - logprob(off)| = {eff}; QDQ off, compiled vs eager: "
           f"{_mean_diff(off['default'], off['eager']):.4f}")
-    for tag in ("on", "off"):
-        print_fingerprint(f"{kind}-{tag}", tmp_path / f"cache-{kind}-{tag}")
     assert min(eff.values()) > 0.01, eff

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.inductor_fingerprint import print_fingerprint
+
 pytestmark = pytest.mark.gpu
 
 #: Largest mean |compiled-exact - eager-native| accepted with QDQ off, nats (the dense pair: 0.006
@@ -120,6 +122,7 @@ def test_compiled_equals_eager_rounding_alike(tmp_path):
         mean, mx = _mean_max(res["compiled-exact"], res["eager-native"])
         print(f"\n{name} ({op}), QDQ {qdq}: |compiled-exact - eager-native| mean {mean:.4g}, max {mx:.4g} nats "
               f"(engine start s: {res['eager-native']['start_s']} / {res['compiled-exact']['start_s']})")
+        print_fingerprint(tag, tmp_path / f"cache-{tag}", {"compiled-exact": res["compiled-exact"]["log"]})
         if qdq == "off":
             if mean > TOL_OFF:
                 failures.append(f"{tag}: mean {mean:.4g} > {TOL_OFF} (max {mx:.4g}); QDQ off wraps nothing, so "

@@ -109,7 +109,7 @@ def check(model: Path, llm: dict, tmp: Path, op: str, weight: str, fmt: str) -> 
         print(f"per prompt, {label}: {per_prompt(x, y)}; generated {x.get('generated')} / {y.get('generated')}")
     h_off, h_on = used_hash(off["compiled"]), used_hash(on["compiled"])
     print(f"compile-cache hash: off {h_off}, on {h_on}; under the root: {sorted(compile_hashes(cache))}")
-    print_fingerprint(op, cache)
+    print_fingerprint(op, cache, {"off": off_c["log"], "on": on_c["log"]})
     assert h_off and h_off in compile_hashes(cache), "the compiled QDQ-off engine used no compile cache"
     assert h_on and h_on in compile_hashes(cache), "the compiled QDQ-on engine used no compile cache"
     assert h_on != h_off, f"QDQ on used the compile cache of QDQ off ({h_off})"

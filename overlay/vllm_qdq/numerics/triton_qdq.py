@@ -30,8 +30,9 @@ static table keyed on the format and ``K``, never on the number of rows):
   all ``|x|`` (the NaN/Inf flag) per tile as fp32 bit patterns, and folds them into a 2-word
   int32 buffer with ``atomic_max`` (the fp32 bit pattern of a non-negative float orders like
   the float). One tile per program: a grid-stride loop over a few programs per SM (one atomic
-  pair per program) measured slower on an H200 (``results/h200-2026-12-03b``: nvfp4 0.43-0.45
-  of a copy against 0.50-0.51). The QDQ pass then walks the tiles in
+  pair per program) measured slower on an H200 (nvfp4 0.43-0.45 of a copy in
+  ``results/h200-2026-12-03b``, against 0.50-0.51 for a per-tile pass with float reductions in
+  ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then walks the tiles in
   reverse order so that its first reads hit what the amax pass left in L2.
 
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
