@@ -181,7 +181,7 @@ class Engine:
         return self._read("BENCH")
 
     def quit(self) -> None:
-        """Ask the worker to stop (it shuts its engine down); :meth:`close` waits for it."""
+        """Ask the worker to stop (it shuts its engine down); :meth:`reap` waits for it."""
         if self.proc.poll() is None:
             try:
                 assert self.proc.stdin is not None
@@ -190,9 +190,8 @@ class Engine:
             except OSError:
                 pass
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Stop the worker: ``quit``, then wait up to ``timeout`` s, then kill it."""
-        self.quit()
+    def reap(self, timeout: float = 60.0) -> None:
+        """Wait up to ``timeout`` s for the worker asked to :meth:`quit`, then kill it."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -207,7 +206,7 @@ def close_all(engines: list[Engine], timeout: float = 60.0) -> None:
         e.quit()
     t_end = _now() + timeout
     for e in engines:
-        e.close(max(0.0, t_end - _now()))
+        e.reap(max(0.0, t_end - _now()))
 
 
 #: what each QDQ engine's log must say (else the ratio would measure nothing)
@@ -292,15 +291,16 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 if not p and left <= 0:
                     raise SystemExit(f"{name}: start-up took {t_rounds - t_start:.0f} s, the whole --budget-s "
                                      f"{budget_s:g}: no round fits; at least 3 are needed")
-                # not even 3 rounds: say so now rather than after the rounds that fit
-                if p and p + int(left // longest) < 3:
-                    raise SystemExit(f"{name}: only {p + int(left // longest)} round(s) fit in --budget-s "
-                                     f"{budget_s:g} (one takes up to {longest:.0f} s after {t_rounds - t_start:.0f} s "
-                                     "of start-up); at least 3 are needed")
-                if p and t_round + longest > t_start + budget_s:
-                    print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to {longest:.0f} s)",
-                          flush=True)
-                    break
+                if p:
+                    fit = p + max(0, int(left // longest))
+                    if fit < 3:  # not even 3 rounds: say so now rather than after the rounds that fit
+                        raise SystemExit(f"{name}: only {fit} round(s) fit in --budget-s {budget_s:g} (one takes "
+                                         f"up to {longest:.0f} s after {t_rounds - t_start:.0f} s of start-up); "
+                                         "at least 3 are needed")
+                    if longest > left:
+                        print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to "
+                              f"{longest:.0f} s)", flush=True)
+                        break
             for shape in all_shapes:
                 who = ["off"] + [q for q in names[1:] if shape in measured[q]]
                 # the cycle of orders goes on across rounds

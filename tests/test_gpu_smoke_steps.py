@@ -126,7 +126,7 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
         def quit(self):
             pass
 
-        def close(self, timeout=60.0):
+        def reap(self, timeout=60.0):
             pass
 
     monkeypatch.setattr(bench, "Engine", StandIn)

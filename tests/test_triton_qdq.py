@@ -175,11 +175,13 @@ def test_amax_pass_reads_every_tile(tq, name: str) -> None:
     """The amax pass folds every tile's result: a tensor of many tiles whose largest element, and
     then a NaN, sit in the last tile still gets the whole tensor's amax and flag."""
     spec = FORMATS[name]
-    x = torch.randn(40, 2048, dtype=torch.bfloat16)  # the default amax tile (16384): 5 x 2 tiles
-    assert tq._cdiv(40, tq.TILE_CONFIG["amax"][0] // 1024) * 2 > 1
+    x = torch.randn(40, 2048, dtype=torch.bfloat16)
+    tiles = tuple(tq.TILE_CONFIG[tq.kernel_class(spec)]), tuple(tq.TILE_CONFIG["amax"])
+    a_r, a_k, _ = tq._plan(spec, "floor", 2048, 1, False, False, True, *tiles)[2]  # the amax pass's tile
+    assert tq._cdiv(40, a_r) * tq._cdiv(2048, a_k) > 1
     x[-1, -1] = 900.0
     _run(tq, x, spec)
-    x[0, 0] = 1000.0  # first tile, first program
+    x[0, 0] = 1000.0  # first tile
     _run(tq, x, spec)
     x[-1, -2] = float("nan")
     y = _run(tq, x, spec)

@@ -78,7 +78,11 @@ def fingerprint(cache_root: Path, logs: dict[str, str] | None = None) -> list[st
     def key(d: Path) -> str:
         return d.parent.name
 
-    dirs.sort(key=lambda d: (text.find(key(d)) if key(d) in text else len(text) + 1, str(d)))
+    def first_named(d: Path) -> int:
+        i = text.find(key(d))
+        return i if i >= 0 else len(text) + 1
+
+    dirs.sort(key=lambda d: (first_named(d), str(d)))
     lines = []
     for d in dirs:
         kernels = launched_kernels(d)

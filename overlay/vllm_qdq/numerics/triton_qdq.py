@@ -32,8 +32,8 @@ static table keyed on the format and ``K``, never on the number of rows):
   the float). One tile per program: a grid-stride loop over a few programs per SM (one atomic
   pair per program) measured slower on an H200 (nvfp4 0.43-0.45 of a copy in
   ``results/h200-2026-12-03b``, against 0.50-0.51 for a per-tile pass with float reductions in
-  ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then walks the tiles in
-  reverse order so that its first reads hit what the amax pass left in L2.
+  ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then
+  walks the tiles in reverse order so that its first reads hit what the amax pass left in L2.
 
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
