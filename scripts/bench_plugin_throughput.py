@@ -34,8 +34,9 @@ batch of a shape pays one-time costs: kernel JIT and autotuning, allocator growt
 engine starts included, and at least 3: the smoke suite's steps must end inside a call); in a
 round each shape runs ``reps`` batches on each engine (``reps``:
 enough for about ``--min-seconds`` per engine, 4 s), one batch per engine per turn, the order
-cycling through every permutation of the engines turn by turn (off-on, on-off, ... with two),
-the others idle. A turn's batches are seconds apart, so slow drift cancels in its ratio
+cycling turn by turn through a balanced set of orders (each engine in each position, and
+directly after each other engine, equally often within ``len(engines)`` turns, twice that for an
+odd count; off-on, on-off, ... with two), the others idle. A turn's batches are seconds apart, so slow drift cancels in its ratio
 ``t_off / t_q`` (= throughput of ``q`` over ``off``); a row reports the median of its
 ``rounds x reps`` ratios with a 95% bootstrap interval of that median, min and max, and the
 median tok/s of each engine. Exit 1 when a QDQ row's median ratio is below ``--target``; the
@@ -56,7 +57,6 @@ each layer's keys and values as they are written to the paged cache (and of the 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -104,10 +104,20 @@ def build(name: str, root: Path) -> Path:
 # ----------------------------------------------------------------------------- worker
 
 
+def _params(max_tokens: int):
+    """Greedy, ``max_tokens`` exactly (``ignore_eos``), no detokenization: the token ids are
+    random and their text is never read, so the engine's throughput is timed without the
+    front end's string work (vLLM's own throughput bench offers the same switch); it makes
+    QDQ's share of the time larger, not smaller."""
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+
+
 def worker(model: str, llm_kwargs: dict) -> int:
     """One engine; commands on stdin (one JSON shape name a line, or ``quit``), results on stdout."""
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     t0 = time.perf_counter()
     kv = kv_bytes()
@@ -121,14 +131,14 @@ def worker(model: str, llm_kwargs: dict) -> int:
         rng = random.Random(f"{shape}-{n}-{i}")
         prompts[shape] = [{"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(i)]} for _ in range(n)]
     for shape, (_, _, o) in SHAPES.items():  # untimed warm-up: each shape's whole batch once
-        llm.generate(prompts[shape], SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True), use_tqdm=False)
+        llm.generate(prompts[shape], _params(o), use_tqdm=False)
     print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1)}), flush=True)
     for line in sys.stdin:
         cmd, _, reps = line.strip().partition(" ")
         if cmd == "quit":
             break
         n, i, o = SHAPES[cmd]
-        sp = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True)
+        sp = _params(o)
         t = time.perf_counter()
         gen = 0
         for _ in range(int(reps or 1)):  # the batch, repeated back to back
@@ -214,12 +224,25 @@ LOG_LINE = {"on": "activation QDQ enabled", "kv": "KV-cache QDQ (plugin)"}
 
 
 def turns(who: list[str], n: int, start: int = 0) -> list[list[str]]:
-    """The engine order of ``n`` consecutive turns, turn ``start`` first: the orders of ``who``
-    (every permutation, lexicographic in ``who``'s order) taken in a cycle, so over
-    ``len(who)!`` turns each engine runs in each position, and before each other engine, equally
-    often (two engines: off-on, on-off, ...)."""
-    orders = [list(o) for o in itertools.permutations(who)]
-    return [orders[(start + t) % len(orders)] for t in range(n)]
+    """The engine order of ``n`` consecutive turns, turn ``start`` first, from a cycle of
+    balanced orders (a Williams design): over one cycle (``len(who)`` turns, twice that for an
+    odd count) each engine runs in each position equally often and follows each other engine
+    directly equally often. So position effects (the first batch after the other shape's, a
+    slot's warmth) and carry-over from the batch before cancel within a few rounds, not only
+    after every permutation (24 turns for four engines). Two engines: off-on, on-off, ..."""
+    k = len(who)
+    first = [0]  # 0, 1, k-1, 2, k-2, ...: each difference between neighbours once, mod k
+    lo, hi = 1, k - 1
+    while len(first) < k:
+        first.append(lo)
+        lo += 1
+        if len(first) < k:
+            first.append(hi)
+            hi -= 1
+    rows = [[who[(i + j) % k] for j in first] for i in range(k)]
+    if k % 2:  # odd: the mirrored square balances the neighbours too
+        rows += [r[::-1] for r in rows]
+    return [rows[(start + t) % len(rows)] for t in range(n)]
 
 
 def median_ci(x: list[float], level: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -246,7 +269,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
     ``aa``): a second QDQ-off engine on every shape, the A/A control (its ratio to ``off`` is 1
     up to the bench's own noise and bias). All engines stay up side by side; in each round every
     engine that measures a shape runs its batch ``reps`` times, one batch per engine per turn,
-    the order cycling through every permutation turn by turn (:func:`turns`), the others idle;
+    the order cycling through balanced orders turn by turn (:func:`turns`), the others idle;
     one ratio per engine and turn.
 
     ``budget_s`` (seconds from this call, model build and engine starts included): no round
