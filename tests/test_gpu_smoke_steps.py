@@ -103,11 +103,16 @@ def test_throughput_bench_median_interval() -> None:
 
 
 def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, calls: list | None = None,
-                    clock: list[float] | None = None, start_s: float = 0.0) -> None:
+                    clock: list[float] | None = None, start_s: float = 0.0,
+                    hiccup: dict[str, float] | None = None) -> None:
     """``bench`` with stand-in engines (the engines themselves run on the GPU only): a prefill
     batch takes ``speed[engine]`` s (default 1), a decode batch twice that, an engine start
     ``start_s``; with ``clock``, the bench's clock is ``clock[0]``, advanced by each of those;
-    ``calls`` collects ``(engine, shape, reps)``."""
+    ``calls`` collects ``(engine, shape, reps)``. A batch's median core step is its time over
+    100 steps; ``hiccup[engine]``: every other batch of that engine and shape also loses that
+    many seconds to the host (wall time only: a few stretched steps leave the median step as it
+    was)."""
+    seen: dict[tuple[str, str], int] = {}
 
     class StandIn:
         def __init__(self, model, llm_kwargs, name, log, qdq_config=None):
@@ -124,9 +129,13 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
                 calls.append((self.name, shape, reps))
             n, i, o = bench.SHAPES[shape]
             secs = (speed or {}).get(self.name, 1.0) * (1.0 if shape == "prefill" else 2.0) * reps
+            step = secs / reps / 100
+            seen[self.name, shape] = seen.get((self.name, shape), 0) + 1
+            if seen[self.name, shape] % 2:
+                secs += (hiccup or {}).get(self.name, 0.0)
             if clock is not None:
                 clock[0] += secs
-            return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
+            return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs, "step_s": step, "steps": 100 * reps}
 
         def quit(self):
             pass
@@ -167,6 +176,37 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
     assert {c[0] for c in timed if c[1] == "prefill"} == {"off", "on", "aa"}
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
+    # decode rows are judged on the median core step, prefill rows on wall time
+    assert {k: r["judged_on"] for k, r in rows.items()} == {
+        ("act", "prefill"): "wall", ("act", "decode"): "step", ("kv", "decode"): "step",
+        ("aa", "prefill"): "wall", ("aa", "decode"): "step"}
+    assert abs(rows["act", "decode"]["step_ratio_median"] - 1 / 1.1) < 1e-9
+    assert rows["kv", "decode"]["step_ratio_ci95"] == [1.0, 1.0]
+
+
+def test_throughput_bench_judges_decode_on_the_core_step(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A host that stretches every other batch of the QDQ engine by seconds: its decode row,
+    judged on the median core step, sees it as fast as off and passes while the wall ratios
+    shown beside it swing; its prefill row, judged on wall time, fails on the same hiccups."""
+    import json
+
+    bench = _bench_module()
+    _stand_in_bench(bench, monkeypatch, hiccup={"on": 3.0})
+    out = tmp_path / "rows.json"
+    rc = bench.main(["--models", "gptoss", "--out", str(tmp_path), "--kv-cache", "nvfp4", "--pairs", "4",
+                     "--min-seconds", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
+    dec = rows["act", "decode"]
+    assert dec["step_ratio_median"] == 1.0 and sorted({round(r["ratio"], 3) for r in dec["raw"]}) == [0.4, 1.0]
+    pre = rows["act", "prefill"]
+    assert pre["judged_on"] == "wall" and sorted({r["ratio"] for r in pre["raw"]}) == [0.25, 1.0]
+    lines = {tuple(ln.split()[:3]): ln for ln in text.splitlines() if ln.startswith("gptoss ")}
+    assert "1.000*" in lines["gptoss", "act", "decode"] and "PASS" in lines["gptoss", "act", "decode"]
+    assert "BELOW TARGET" in lines["gptoss", "act", "prefill"] and "0.625*" in lines["gptoss", "act", "prefill"]
+    assert "PASS" in lines["gptoss", "kv", "decode"] and "A/A control off 1" not in text
+    assert "[1.000]" in text  # the rounds' lines show each turn's step ratio beside its wall ratio
 
 
 def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -267,3 +307,45 @@ def test_compile_repro_refuses_a_used_out_directory(tmp_path: Path, capsys) -> N
         repro.main(["--out", str(tmp_path)])
     assert e.value.code == 2
     assert f"--out {str(tmp_path)!r} is not empty" in capsys.readouterr().err
+
+
+_CORE_STEPS_DRIVER = r"""
+import importlib.util, json, sys
+from vllm import LLM
+from vllm_qdq.study.tiny import build_tiny_llama
+spec = importlib.util.spec_from_file_location("bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+model = build_tiny_llama(sys.argv[2])
+llm = LLM(model=str(model), dtype="float32", max_model_len=64, enforce_eager=True, seed=0,
+          enable_prefix_caching=False)
+steps = bench.CoreSteps(llm)
+prompts = [{"prompt_token_ids": [5 + k, 10, 20, 30, 40, 50, 60, 70]} for k in range(4)]
+got = bench.timed_generate(llm, steps, prompts, bench._params(12), reps=2)
+print("RESULT " + json.dumps(got), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
+    """The bench's core-step clock on the real vLLM CPU engine, its engine core in its own
+    process as with vLLM's defaults: a batch of 4 prompts x 12 greedy tokens returns tokens in
+    at least 12 core steps (the prefill's, then 11 decode steps) and at most 12 + 3 (a prompt
+    that reaches the core after the first step is scheduled has its prefill in a later step),
+    so two batches give 2 x 11 to 2 x 14 intervals (none across the two); the median step is
+    positive and the steps fit in the wall time."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="1",
+               VLLM_CACHE_ROOT=str(tmp_path / "cache"), VLLM_QDQ="0",
+               PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", _CORE_STEPS_DRIVER, str(REPO / "scripts" / "bench_plugin_throughput.py"),
+                        str(tmp_path / "llama")], env=env, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, (p.stdout + p.stderr)[-4000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert got["generated"] == 2 * 4 * 12 and 2 * 11 <= got["steps"] <= 2 * 14, got
+    assert 0 < got["step_s"] <= got["step_p90_s"] and got["steps"] * got["step_s"] < got["seconds"], got
