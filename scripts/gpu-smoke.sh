@@ -35,7 +35,8 @@
 #                 against QDQ off, four engines side by side (off, act, kv, a second off as the A/A
 #                 control), interleaved rounds: as many as fit in SMOKE_BENCH_BUDGET seconds (default
 #                 450, engine starts included; at most SMOKE_BENCH_ROUNDS, default 20); fails when a row's
-#                 median ratio is below SMOKE_PLUGIN_TARGET (default 0.97)
+#                 median ratio is below SMOKE_PLUGIN_TARGET (default 0.97): wall time for prefill-heavy
+#                 rows, the median engine-core step for decode-heavy ones (the bench's JUDGED_ON)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
 #
