@@ -156,7 +156,8 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1) 
     ``intervals`` between the batches' core steps (:meth:`CoreSteps.intervals`; a batch's first
     step starts none). On a decode-heavy batch nearly every interval is one decode step of the
     whole batch, so ``1 / step_s`` is its decode rate with the steps that a minority of host
-    hiccups stretched left out; the mean keeps them (and any cost that only some steps pay)."""
+    hiccups stretched left out; the mean keeps them (and any cost that only some steps pay).
+    ``intervals_us``: every interval (µs, in order), kept in the bench's JSON."""
     t = time.perf_counter()
     gen, ivs = 0, []
     for _ in range(reps):
@@ -168,7 +169,9 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1) 
     return {"seconds": dt, "generated": gen, "gen_tok_s": gen / dt, "intervals": len(ivs),
             "step_s": statistics.median(ivs) if ivs else None,
             "step_mean_s": statistics.fmean(ivs) if ivs else None,
-            "step_p90_s": sorted(ivs)[int(0.9 * (len(ivs) - 1))] if ivs else None}
+            "step_p90_s": sorted(ivs)[int(0.9 * (len(ivs) - 1))] if ivs else None,
+            # every interval, in µs: where a slow batch lost its time (a few steps or all of them)
+            "intervals_us": [round(1e6 * v) for v in ivs]}
 
 
 def worker(model: str, llm_kwargs: dict) -> int:

@@ -281,6 +281,7 @@ def test_core_steps_intervals_per_batch() -> None:
     assert abs(got["step_s"] - 0.01) < 1e-9  # the median leaves the late step out
     assert abs(got["step_mean_s"] - (3 * 0.01 + 0.51) / 4) < 1e-9  # the mean keeps it
     assert abs(got["step_p90_s"] - 0.01) < 1e-9 or abs(got["step_p90_s"] - 0.51) < 1e-9
+    assert got["intervals_us"] == [10000, 10000, 510000, 10000] * 2
     assert steps.intervals() == []
 
 
