@@ -179,6 +179,7 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
     assert {c[0] for c in timed if c[1] == "prefill"} == {"off", "on", "aa"}
     assert "BELOW TARGET" in text and "control" in text and "A/A control off 1" not in text
+    assert text.strip().splitlines()[-1] == "verdict: FAIL: below 0.97: dense act prefill 0.909 (wall), dense act decode 0.909 (step)"
     # decode rows are judged on the median core step, prefill rows on wall time
     assert {k: r["judged_on"] for k, r in rows.items()} == {
         ("act", "prefill"): "wall", ("act", "decode"): "step", ("kv", "decode"): "step",
@@ -227,6 +228,7 @@ def test_throughput_bench_aa_control_and_fallback(tmp_path: Path, monkeypatch, c
     assert bench.main(argv) == 0
     text = capsys.readouterr().out
     assert "A/A control off 1 beyond the target's margin (gptoss prefill (wall)):" in text, text
+    assert text.strip().splitlines()[-1] == "verdict: PASS: 3 rows >= 0.97 (A/A beyond the margin: within noise)"
     assert "Judged on wall time" not in text
     # a steady 1% slot bias: within the margin, its interval missing 1, said as such
     _stand_in_bench(bench, monkeypatch, speed={"aa": 1.01})
