@@ -289,6 +289,20 @@ def close_all(engines: list[Engine], timeout: float = 60.0) -> None:
 JUDGED_ON = {"prefill": "wall", "decode": "step"}
 
 
+def _ratio(off: dict, q: dict, key: str) -> float | None:
+    """``off[key] / q[key]`` (a time ratio: q's speed over off's), None when either is missing."""
+    a, b = off.get(key), q.get(key)
+    return a / b if a and b else None
+
+
+def _summary(prefix: str, xs: list[float]) -> dict:
+    """A row's figures of the per-turn ratios ``xs``: ``<prefix>_median``, ``_ci95`` (the
+    median's bootstrap interval), ``_min``, ``_max``."""
+    lo, hi = median_ci(xs)
+    return {f"{prefix}_median": statistics.median(xs), f"{prefix}_ci95": [lo, hi],
+            f"{prefix}_min": min(xs), f"{prefix}_max": max(xs)}
+
+
 def _turn_text(x: dict) -> str:
     """A turn's wall ratio, and its core-step ratio in brackets when both engines have one."""
     return f"{x['ratio']:.3f}" + (f" [{x['step_ratio']:.3f}]" if x.get("step_ratio") else "")
@@ -407,12 +421,10 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 for r, order in enumerate(orders):
                     got = {k: engines[k].run(shape, 1) for k in order}
                     for q in who[1:]:
-                        s_off, s_q = got["off"].get("step_s"), got[q].get("step_s")
-                        m_off, m_q = got["off"].get("step_mean_s"), got[q].get("step_mean_s")
                         raw[q, shape].append({"round": p + 1, "turn": r + 1, "off": got["off"], q: got[q],
                                               "order": order, "ratio": got["off"]["seconds"] / got[q]["seconds"],
-                                              "step_ratio": s_off / s_q if s_off and s_q else None,
-                                              "step_mean_ratio": m_off / m_q if m_off and m_q else None})
+                                              "step_ratio": _ratio(got["off"], got[q], "step_s"),
+                                              "step_mean_ratio": _ratio(got["off"], got[q], "step_mean_s")})
                 print(f"{name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
                       + ", ".join(f"{q} ratios " + " ".join(_turn_text(x) for x in raw[q, shape][-len(orders):])
                                   for q in who[1:]), flush=True)
@@ -420,15 +432,11 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
-            lo, hi = median_ci(ratios)
             steps = [r["step_ratio"] for r in got if r.get("step_ratio")]
             means = [r["step_mean_ratio"] for r in got if r.get("step_mean_ratio")]
             step = {}
             if len(steps) == len(got) and len(means) == len(got):
-                slo, shi = median_ci(steps)
-                step = {"step_ratio_median": statistics.median(steps), "step_ratio_ci95": [slo, shi],
-                        "step_ratio_min": min(steps), "step_ratio_max": max(steps),
-                        "step_mean_ratio_median": statistics.median(means),
+                step = {**_summary("step_ratio", steps), "step_mean_ratio_median": statistics.median(means),
                         "off_step_ms": 1e3 * statistics.median(r["off"]["step_s"] for r in got),
                         "on_step_ms": 1e3 * statistics.median(r[q]["step_s"] for r in got)}
             elif JUDGED_ON.get(shape) == "step":  # said, not skipped: the row falls back to wall time
@@ -438,8 +446,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
                 "output_len": o, "rounds": done, "turns_per_round": int(reps[shape]), "samples": len(ratios),
-                "ratio_median": statistics.median(ratios), "ratio_ci95": [lo, hi],
-                "ratio_min": min(ratios), "ratio_max": max(ratios),
+                **_summary("ratio", ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
                 "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
                 **step,
@@ -464,8 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=4.0,
                     help="a round gives each engine about this many seconds of batches of a shape")
     ap.add_argument("--no-aa", action="store_true", help="leave out the A/A control (a second QDQ-off engine)")
-    ap.add_argument("--target", type=float, default=0.97, help="minimum median on/off ratio per QDQ row, of the figure it is judged on (JUDGED_ON: wall time, "
-                         "or the median core step)")
+    ap.add_argument("--target", type=float, default=0.97,
+                    help="minimum median on/off ratio per QDQ row, of the figure it is judged on "
+                         "(JUDGED_ON: wall time, or the median core step)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-plugin"), help="models and engine logs")
     ap.add_argument("--json", type=Path, default=None, help="write every figure (and raw timings) here")
     ap.add_argument("--shapes", default=None, help=f"comma-separated: {', '.join(SHAPES)} (default: all)")
