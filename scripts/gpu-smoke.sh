@@ -35,8 +35,10 @@
 #                 against QDQ off, four engines side by side (off, act, kv, a second off as the A/A
 #                 control), interleaved rounds: as many as fit in SMOKE_BENCH_BUDGET seconds (default
 #                 450, engine starts included; at most SMOKE_BENCH_ROUNDS, default 20); fails when a row's
-#                 median ratio is below SMOKE_PLUGIN_TARGET (default 0.97): wall time for prefill-heavy
-#                 rows, the median engine-core step for decode-heavy ones (the bench's JUDGED_ON)
+#                 ratio is below SMOKE_PLUGIN_TARGET (default 0.97): the median over turns of wall times
+#                 for prefill-heavy rows, the engines' best batches' median core steps for decode-heavy
+#                 ones (the bench's JUDGED_ON); SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
+#                 engines there (--cpus; default unpinned)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
 #
@@ -174,7 +176,8 @@ run_step() {
     bench-plugin-gptoss|bench-plugin-dense)
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" \
-        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" ;;
+        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
+        ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"} ;;
     study)
       # lm-eval's API model (what the study drives the servers with) needs its [api] extras
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then
