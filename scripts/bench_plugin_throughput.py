@@ -440,6 +440,40 @@ def _best(got: list[dict], q: str, key: str = "step_s", draws: int = 2000, seed:
             "ci95": [ratios[int(0.025 * draws)], ratios[min(draws - 1, int(0.975 * draws))]]}
 
 
+def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15) -> str | None:
+    """One line on the host states of ``shape``'s batches (:class:`HostProbe` figures): a batch is
+    slow when its median step exceeds ``slow`` x its engine's best; slow and quiet batches are
+    compared on the engine core's preemptions per second and on how often its busy CPUs were
+    ones its front end's busy threads were on too. None without probe figures."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        if r["shape"] != shape:
+            continue
+        q = {"act": "on"}.get(r["mode"], r["mode"])
+        for t in r["raw"]:
+            for e in ("off", q):
+                seen[r["model"], e, t["round"], t["turn"]] = t[e]
+    batches = [(k, b) for k, b in seen.items() if b.get("step_s") and (b.get("host") or {}).get("core")]
+    if not batches:
+        return None
+    best: dict[tuple, float] = {}
+    for (m, e, *_), b in batches:
+        best[m, e] = min(best.get((m, e), b["step_s"]), b["step_s"])
+    groups: dict[bool, list[dict]] = {True: [], False: []}
+    for (m, e, *_), b in batches:
+        groups[b["step_s"] > slow * best[m, e]].append(b)
+
+    def figures(bs: list[dict]) -> str:
+        if not bs:
+            return "none"
+        pre = statistics.median(b["host"]["core"]["nvcsw"] / b["seconds"] for b in bs)
+        shared = sum(bool(set(b["host"]["core"]["busy_cpus"]) & set(b["host"]["front"]["busy_cpus"])) for b in bs)
+        return f"core preemptions {pre:.0f}/s (median), core on a CPU of the front end's in {shared} of {len(bs)}"
+
+    return (f"{shape} host states: {len(groups[True])} of {len(batches)} batches slow (median step > {slow:g}x "
+            f"its engine's best); slow: {figures(groups[True])}; quiet: {figures(groups[False])}")
+
+
 def _turn_text(x: dict) -> str:
     """A turn's wall ratio, and its core-step ratio in brackets when both engines have one."""
     return f"{x['ratio']:.3f}" + (f" [{x['step_ratio']:.3f}]" if x.get("step_ratio") else "")
@@ -741,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
           "their mean step times, each one ratio per turn and the median over turns; best step: of each engine's "
           "best batch (its least median step time). Decode-heavy rows are judged on the best step, prefill-heavy "
           "rows on wall time: see JUDGED_ON in this script.")
+    note = host_states(rows)
+    if note:
+        print(f"\n{note}.")
     if fallback:
         print(f"\nJudged on wall time for want of core-step times: {', '.join(fallback)}.")
     if spread:

@@ -359,6 +359,34 @@ def test_throughput_bench_cpu_lists_and_pinning_errors(tmp_path: Path, monkeypat
     assert "QDQ_BENCH_CPUS" not in os.environ
 
 
+def test_throughput_bench_host_states_line() -> None:
+    """The host-state line compares a shape's slow batches (median step > 1.15x the engine's
+    best) with its quiet ones on the engine core's preemptions and CPU sharing, counts each batch
+    once however many rows hold it (``off``'s are in every row), and is absent without probe
+    figures."""
+    bench = _bench_module()
+
+    def batch(step: float, nv: int, shared: bool) -> dict:
+        return {"step_s": step, "seconds": 1.0, "host": {
+            "front": {"pid": 1, "cpu_s": 0.5, "nvcsw": 0, "busy_cpus": [1]},
+            "core": {"pid": 2, "cpu_s": 0.9, "nvcsw": nv, "busy_cpus": [1] if shared else [3]}}}
+
+    raw = [{"round": 1, "turn": 1, "off": batch(2.5, 10, False), "on": batch(2.5, 20, False), "aa": batch(4.0, 300, True)},
+           {"round": 1, "turn": 2, "off": batch(3.9, 200, True), "on": batch(2.6, 30, False), "aa": batch(2.5, 10, False)}]
+    rows = [{"model": "m", "mode": "act", "shape": "decode", "raw": [{k: v for k, v in r.items() if k != "aa"} for r in raw]},
+            {"model": "m", "mode": "aa", "shape": "decode", "raw": [{k: v for k, v in r.items() if k != "on"} for r in raw]},
+            {"model": "m", "mode": "act", "shape": "prefill", "raw": [{**r, "off": batch(9.0, 999, True)} for r in raw]}]
+    assert bench.host_states(rows) == (
+        "decode host states: 2 of 6 batches slow (median step > 1.15x its engine's best); slow: core preemptions "
+        "250/s (median), core on a CPU of the front end's in 2 of 2; quiet: core preemptions 15/s (median), core "
+        "on a CPU of the front end's in 0 of 4")
+    for r in raw:
+        for b in r.values():
+            if isinstance(b, dict):
+                b.pop("host")
+    assert bench.host_states(rows) is None
+
+
 def test_host_probe_sees_a_busy_thread_and_its_cpu() -> None:
     """HostProbe on this process: a thread that spins for 0.3 CPU-s shows as CPU seconds of the
     probed (``front``) process and as a busy thread on one of this process's CPUs; with no
@@ -372,17 +400,20 @@ def test_host_probe_sees_a_busy_thread_and_its_cpu() -> None:
     before = probe.snapshot()
     assert os.getpid() in before and before[os.getpid()]
 
+    spun, release = threading.Event(), threading.Event()
+
     def spin() -> None:  # 0.3 s of this thread's CPU time, however busy the machine
         while time.thread_time() < 0.3:
             pass
+        spun.set()
+        release.wait()  # alive (a finished thread leaves /proc/PID/task) and off the GIL while read
 
     t0 = time.perf_counter()
     th = threading.Thread(target=spin)
     th.start()
-    snap = None
-    while th.is_alive():  # read while the thread lives: a finished thread leaves /proc/PID/task
-        snap = probe.snapshot()
-        time.sleep(0.05)
+    assert spun.wait(60)
+    snap = probe.snapshot()
+    release.set()
     th.join()
     got = bench.HostProbe.delta(before, snap, time.perf_counter() - t0)
     assert got["front"]["pid"] == os.getpid() and got["front"]["cpu_s"] >= 0.1, got
