@@ -192,9 +192,9 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert abs(rows["act", "decode"]["step_ratio_median"] - 1 / 1.1) < 1e-9
     assert abs(rows["act", "decode"]["best_ratio"] - 1 / 1.1) < 1e-9
     assert abs(rows["act", "decode"]["best_wall_ratio"] - 1 / 1.1) < 1e-9
-    assert rows["kv", "decode"]["step_ratio_ci95"] == [1.0, 1.0] and rows["kv", "decode"]["best_ratio_ci95"] == [1.0, 1.0]
+    assert rows["kv", "decode"]["step_ratio_ci95"] == [1.0, 1.0] and rows["kv", "decode"]["best2_ratio"] == 1.0
     assert rows["act", "decode"]["off_best_step_ms"] == 20.0 and abs(rows["act", "decode"]["on_best_step_ms"] - 22.0) < 1e-9
-    assert all(set(r["host"]) == {"allowed", "numa_nodes", "smt_siblings", "gpu_local_cpus", "pinned"}
+    assert all(set(r["host_topology"]) == {"allowed", "numa_nodes", "smt_siblings", "gpu_local_cpus", "pinned"}
                for r in rows.values())
     assert text.startswith("host: CPUs ") and "engines pinned to - (unpinned)" in text
 
@@ -248,7 +248,8 @@ def test_throughput_bench_best_batch_beats_a_slow_host_state(tmp_path: Path, mon
     assert round(dec["ratio_median"], 3) == round(dec["step_ratio_median"], 3) == 0.667, dec
     assert dec["best_ratio"] == 1.0 and dec["judged_on"] == "best"
     line = next(ln for ln in text.splitlines() if ln.startswith("dense    act  decode"))
-    assert "1.000*" in line and "PASS" in line, line
+    assert "1.000*" in line and "PASS (2nd best below the target)" in line, line  # one quiet batch of three
+    assert round(dec["best2_ratio"], 3) == 0.667
     assert "Judged figure at target, the median over turns below it (dense act decode: step median 0.667)" in text
     assert text.strip().splitlines()[-1] == "verdict: FAIL: below 0.97: dense act prefill 0.667 (wall)"
     _stand_in_bench(bench, monkeypatch, slow={"on": 1.5}, speed={"on": 1.04})
@@ -273,8 +274,10 @@ def test_throughput_bench_aa_control_and_fallback(tmp_path: Path, monkeypatch, c
     _stand_in_bench(bench, monkeypatch, speed={"aa": 1.01})
     assert bench.main(argv) == 0
     text = capsys.readouterr().out
+    # (decode rows are judged on a minimum, which has no interval: their A/A row is only held to the margin)
     assert ("A/A control within the target's margin, its 95% CI missing 1 (gptoss prefill (wall): 0.990, CI "
-            "0.990-0.990; gptoss decode (best): 0.990, CI 0.990-0.990)") in text, text
+            "0.990-0.990)") in text, text
+    assert "0.990*" in next(ln for ln in text.splitlines() if ln.startswith("gptoss   aa   decode"))
     assert "A/A control off" not in text
     _stand_in_bench(bench, monkeypatch, no_steps="kv")
     assert bench.main(argv) == 0
@@ -336,7 +339,7 @@ def test_throughput_bench_cpu_lists_and_pinning_errors(tmp_path: Path, monkeypat
     bench = _bench_module()
     assert bench.parse_cpus("0-2,5, 7") == {0, 1, 2, 5, 7} and bench.cpu_ranges({0, 1, 2, 5, 7}) == "0-2,5,7"
     assert bench.cpu_ranges(bench.parse_cpus("3")) == "3"
-    for bad in ("", "a", "1-", "-3", "1,,2"):
+    for bad in ("", "a", "1-", "-3", "1,,2", "0-1,7-3"):
         with pytest.raises(ValueError):
             bench.parse_cpus(bad)
     allowed = os.sched_getaffinity(0)
@@ -354,7 +357,7 @@ def test_throughput_bench_cpu_lists_and_pinning_errors(tmp_path: Path, monkeypat
     out = tmp_path / "rows.json"
     bench.main([*argv, "--cpus", one, "--json", str(out)])
     assert os.environ["QDQ_BENCH_CPUS"] == one and f"engines pinned to {one}" in capsys.readouterr().out
-    assert {r["host"]["pinned"] for r in json.loads(out.read_text())} == {one}
+    assert {r["host_topology"]["pinned"] for r in json.loads(out.read_text())} == {one}
     bench.main(argv)  # not given: unpinned, whatever the environment said before
     assert "QDQ_BENCH_CPUS" not in os.environ
 
@@ -389,8 +392,9 @@ def test_throughput_bench_host_states_line() -> None:
 
 def test_host_probe_sees_a_busy_thread_and_its_cpu() -> None:
     """HostProbe on this process: a thread that spins for 0.3 CPU-s shows as CPU seconds of the
-    probed (``front``) process and as a busy thread on one of this process's CPUs; with no
-    child process there is no ``core``."""
+    probed (``front``) process and as a busy thread on one of this process's CPUs; the ``core``
+    (the busiest descendant) is none, or a child an earlier test left (a resource tracker) that
+    used less."""
     import os
     import threading
     import time
@@ -418,7 +422,8 @@ def test_host_probe_sees_a_busy_thread_and_its_cpu() -> None:
     got = bench.HostProbe.delta(before, snap, time.perf_counter() - t0)
     assert got["front"]["pid"] == os.getpid() and got["front"]["cpu_s"] >= 0.1, got
     assert got["front"]["busy_cpus"] and set(got["front"]["busy_cpus"]) <= os.sched_getaffinity(0), got
-    assert got["core"] is None
+    # no busy child: none, or a helper another test left behind (a resource tracker) that idled
+    assert got["core"] is None or got["core"]["cpu_s"] < got["front"]["cpu_s"], got
 
 
 def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatch, capsys) -> None:
