@@ -443,11 +443,13 @@ def _best(got: list[dict], q: str, key: str = "step_s") -> dict:
     return {"ratio": off[0] / on[0], "second": off[min(1, len(off) - 1)] / on[min(1, len(on) - 1)]}
 
 
-def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15) -> str | None:
+def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
+                numa: dict[str, str] | None = None) -> str | None:
     """One line on the host states of ``shape``'s batches (:class:`HostProbe` figures): a batch is
     slow when its median step exceeds ``slow`` x its engine's best; slow and quiet batches are
-    compared on the engine core's preemptions per second and on how often its busy CPUs were
-    ones its front end's busy threads were on too. None without probe figures."""
+    compared on the engine core's preemptions per second, on how often its busy CPUs were ones
+    its front end's busy threads were on too and, with ``numa`` (node -> CPU list) of more than
+    one node, on the nodes its busy CPUs belonged to. None without probe figures."""
     seen: dict[tuple, dict] = {}
     for r in rows:
         if r["shape"] != shape:
@@ -466,12 +468,22 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15) -> 
     for (m, e, *_), b in batches:
         groups[b["step_s"] > slow * best[m, e]].append(b)
 
+    with_cpus = {n: cpus for n, cpus in (numa or {}).items() if cpus}  # memory-only nodes list none
+    node_of = {c: n for n, cpus in with_cpus.items() for c in parse_cpus(cpus)} if len(with_cpus) > 1 else {}
+
     def figures(bs: list[dict]) -> str:
         if not bs:
             return "none"
         pre = statistics.median(b["host"]["core"]["nvcsw"] / b["seconds"] for b in bs)
         shared = sum(bool(set(b["host"]["core"]["busy_cpus"]) & set(b["host"]["front"]["busy_cpus"])) for b in bs)
-        return f"core preemptions {pre:.0f}/s (median), core on a CPU of the front end's in {shared} of {len(bs)}"
+        text = f"core preemptions {pre:.0f}/s (median), core on a CPU of the front end's in {shared} of {len(bs)}"
+        if node_of:
+            nodes: dict[str, int] = {}
+            for b in bs:
+                key = "+".join(sorted({node_of.get(c, "?") for c in b["host"]["core"]["busy_cpus"]})) or "-"
+                nodes[key] = nodes.get(key, 0) + 1
+            text += ", core's NUMA node(s) " + " ".join(f"{k} x{v}" for k, v in sorted(nodes.items()))
+        return text
 
     return (f"{shape} host states: {len(groups[True])} of {len(batches)} batches slow (median step > {slow:g}x "
             f"its engine's best); slow: {figures(groups[True])}; quiet: {figures(groups[False])}")
@@ -782,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
           "their mean step times, each one ratio per turn and the median over turns; best step: of each engine's "
           "best batch (its least median step time), 2nd best: of their second-least. Decode-heavy rows are judged on the best step, prefill-heavy "
           "rows on wall time: see JUDGED_ON in this script.")
-    note = host_states(rows)
+    note = host_states(rows, numa=topo["numa_nodes"])
     if note:
         print(f"\n{note}.")
     if fallback:

@@ -383,6 +383,12 @@ def test_throughput_bench_host_states_line() -> None:
         "decode host states: 2 of 6 batches slow (median step > 1.15x its engine's best); slow: core preemptions "
         "250/s (median), core on a CPU of the front end's in 2 of 2; quiet: core preemptions 15/s (median), core "
         "on a CPU of the front end's in 0 of 4")
+    # two NUMA nodes: where the core's busy CPUs were, per group (CPU 1 on node0, CPU 3 on node1)
+    assert bench.host_states(rows, numa={"node0": "0-1", "node1": "2-3"}).endswith(
+        "slow: core preemptions 250/s (median), core on a CPU of the front end's in 2 of 2, core's NUMA node(s) "
+        "node0 x2; quiet: core preemptions 15/s (median), core on a CPU of the front end's in 0 of 4, core's "
+        "NUMA node(s) node1 x4")
+    assert "NUMA" not in bench.host_states(rows, numa={"node0": "0-3", "node1": ""})  # one node with CPUs
     for r in raw:
         for b in r.values():
             if isinstance(b, dict):
