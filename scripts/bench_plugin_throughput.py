@@ -157,9 +157,8 @@ def host_topology() -> dict:
 class HostProbe:
     """Where a process tree's threads ran during a batch, from ``/proc`` (read before and after
     the timed call, never inside it): per process, CPU seconds used, involuntary context switches
-    (preemptions by other work) and the CPUs its busy threads were last seen on. The engine
-    core is the child that used the most CPU. Linux only; elsewhere (or for a process gone
-    meanwhile) the figures are simply absent. ``children`` of a task is what ``/proc`` lists
+    (preemptions by other work) and the CPUs its busy threads were last seen on. Linux only;
+    elsewhere (or for a process gone meanwhile) the figures are simply absent. ``children`` of a task is what ``/proc`` lists
     (exact for the long-lived engine core; a process started and gone between two reads is
     missed). The ``core`` is the busiest descendant at any depth: the engine core, whose busy
     loop outruns any helper process (resource tracker, compile workers) during a batch."""
@@ -205,10 +204,14 @@ class HostProbe:
         procs = {}
         for pid, threads in after.items():
             old = before.get(pid, {})
-            cpu = sum(c - old.get(t, (0.0, 0, 0))[0] for t, (c, _, _) in threads.items())
-            nv = sum(n - old.get(t, (0.0, 0, 0))[2] for t, (_, _, n) in threads.items())
-            busy = sorted({k for t, (c, k, _) in threads.items() if c - old.get(t, (0.0, 0, 0))[0] >= 0.05 * seconds})
-            procs[pid] = {"pid": pid, "cpu_s": round(cpu, 3), "nvcsw": nv, "busy_cpus": busy}
+            cpu, nv, busy = 0.0, 0, set()
+            for t, (c, k, n) in threads.items():
+                c0, _, n0 = old.get(t, (0.0, 0, 0))  # a thread started meanwhile counts from zero
+                cpu += c - c0
+                nv += n - n0
+                if c - c0 >= 0.05 * seconds:
+                    busy.add(k)
+            procs[pid] = {"pid": pid, "cpu_s": round(cpu, 3), "nvcsw": nv, "busy_cpus": sorted(busy)}
         if not procs:
             return {}
         front = procs.pop(next(iter(after)))  # the probed process: the tree's root, listed first
@@ -279,7 +282,7 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
         gen += sum(len(x.outputs[0].token_ids) for x in outs)
         ivs += steps.intervals()
     dt = time.perf_counter() - t
-    host = HostProbe.delta(before, probe.snapshot(), dt) if probe and before is not None else None
+    host = HostProbe.delta(before, probe.snapshot(), dt) if probe else None
     return {"seconds": dt, "generated": gen, "gen_tok_s": gen / dt, "intervals": len(ivs),
             "step_s": statistics.median(ivs) if ivs else None,
             "step_mean_s": statistics.fmean(ivs) if ivs else None,
