@@ -218,6 +218,42 @@ class HostProbe:
         core = max(procs.values(), key=lambda d: d["cpu_s"], default=None)
         return {"front": front, "core": core}
 
+    @staticmethod
+    def cpus() -> dict[int, tuple[float, float | None]]:
+        """Every CPU's state now: CPU -> (seconds stolen from it so far, ``steal`` of
+        ``/proc/stat``: time a hypervisor ran something else while this guest's CPU had work;
+        its clock in MHz, ``cpu MHz`` of ``/proc/cpuinfo``, None where not listed). ``{}`` off
+        Linux."""
+        steal: dict[int, float] = {}
+        for line in _read("/proc/stat").splitlines():
+            f = line.split()
+            if len(f) > 8 and f[0].startswith("cpu") and f[0][3:].isdigit():
+                steal[int(f[0][3:])] = int(f[8]) / HostProbe._TICK
+        mhz: dict[int, float] = {}
+        cpu = None
+        for line in _read("/proc/cpuinfo").splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "processor":
+                cpu = int(val)
+            elif key.strip() == "cpu MHz" and cpu is not None:
+                mhz[cpu] = float(val)
+        return {c: (s, mhz.get(c)) for c, s in steal.items()}
+
+    @staticmethod
+    def cpu_state(before: dict, after: dict, cpus: list[int], seconds: float) -> dict:
+        """What ``cpus`` (a thread's busy CPUs) went through in ``seconds`` between two
+        :meth:`cpus` readings: ``steal``, the share of that time stolen from them (their stolen
+        seconds over ``seconds`` x their count), and ``mhz``, their mean clock at the end (where
+        listed). ``{}`` without readings for them."""
+        have = [c for c in cpus if c in before and c in after]
+        if not have or seconds <= 0:
+            return {}
+        out = {"steal": round(sum(after[c][0] - before[c][0] for c in have) / (seconds * len(have)), 4)}
+        clocks = [after[c][1] for c in have if after[c][1] is not None]
+        if clocks:
+            out["mhz"] = round(statistics.fmean(clocks))
+        return out
+
 
 # ----------------------------------------------------------------------------- worker
 
@@ -272,8 +308,9 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
     hiccups stretched left out; the mean keeps them (and any cost that only some steps pay).
     ``intervals_us``: every interval (µs, in order), kept in the bench's JSON. With ``probe``,
     ``host``: where the front end's and the engine core's threads ran meanwhile
-    (:meth:`HostProbe.delta`, read outside the timed call)."""
-    before = probe.snapshot() if probe else None
+    (:meth:`HostProbe.delta`, read outside the timed call), and for the engine core's busy CPUs
+    the share of the time stolen from them and their clock (:meth:`HostProbe.cpu_state`)."""
+    before, cpus0 = (probe.snapshot(), HostProbe.cpus()) if probe else (None, None)
     t = time.perf_counter()
     gen, ivs = 0, []
     for _ in range(reps):
@@ -283,6 +320,8 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
         ivs += steps.intervals()
     dt = time.perf_counter() - t
     host = HostProbe.delta(before, probe.snapshot(), dt) if probe else None
+    if host and host["core"]:  # the engine core's CPUs: stolen time, clock
+        host["core"].update(HostProbe.cpu_state(cpus0, HostProbe.cpus(), host["core"]["busy_cpus"], dt))
     return {"seconds": dt, "generated": gen, "gen_tok_s": gen / dt, "intervals": len(ivs),
             "step_s": statistics.median(ivs) if ivs else None,
             "step_mean_s": statistics.fmean(ivs) if ivs else None,
@@ -415,7 +454,11 @@ def close_all(engines: list[Engine], timeout: float = 60.0) -> None:
 #: pays QDQ's cost; the table keeps the wall and step medians beside it and notes a row whose
 #: best passes while its step median does not. Prefill-heavy batches are judged on wall time:
 #: their cost is in a few long prefill steps, which a median of steps would leave out, and their
-#: A/A control sits within 1-4% of 1.
+#: A/A control sits within 1-4% of 1. The next run (results/h200-2026-12-03e) put the A/A
+#: control's best-batch ratio at 0.923 (gpt-oss) and 0.876 (dense): an engine instance's quiet
+#: speed is its own (its core is one CPU-bound thread whatever the batch), so no figure of one
+#: instance per configuration resolves 3% in decode there; the rule stands until one taken over
+#: several instances replaces it.
 JUDGED_ON = {"prefill": "wall", "decode": "best"}
 
 
@@ -451,7 +494,8 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
     """One line on the host states of ``shape``'s batches (:class:`HostProbe` figures): a batch is
     slow when its median step exceeds ``slow`` x its engine's best; slow and quiet batches are
     compared on the engine core's preemptions per second, on how often its busy CPUs were ones
-    its front end's busy threads were on too and, with ``numa`` (node -> CPU list) of more than
+    its front end's busy threads were on too, on the time stolen from those CPUs and their clock
+    (where the batches have them) and, with ``numa`` (node -> CPU list) of more than
     one node, on the nodes its busy CPUs belonged to. None without probe figures."""
     seen: dict[tuple, dict] = {}
     for r in rows:
@@ -480,6 +524,12 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
         pre = statistics.median(b["host"]["core"]["nvcsw"] / b["seconds"] for b in bs)
         shared = sum(bool(set(b["host"]["core"]["busy_cpus"]) & set(b["host"]["front"]["busy_cpus"])) for b in bs)
         text = f"core preemptions {pre:.0f}/s (median), core on a CPU of the front end's in {shared} of {len(bs)}"
+        steal = [b["host"]["core"]["steal"] for b in bs if "steal" in b["host"]["core"]]
+        if steal:
+            text += f", core CPUs' stolen time {statistics.median(steal):.1%} (median)"
+        mhz = [b["host"]["core"]["mhz"] for b in bs if "mhz" in b["host"]["core"]]
+        if mhz:
+            text += f", their clock {min(mhz):.0f}-{max(mhz):.0f} MHz"
         if node_of:
             nodes: dict[str, int] = {}
             for b in bs:

@@ -396,6 +396,48 @@ def test_throughput_bench_host_states_line() -> None:
     assert bench.host_states(rows) is None
 
 
+def test_throughput_bench_host_states_reads_steal_and_clock() -> None:
+    """Where the engine core's figures hold the stolen share of its CPUs' time and their clock
+    (:meth:`HostProbe.cpu_state`), the host-state line gives the median share and the clock's
+    range per group; a batch without them counts for the other figures only."""
+    bench = _bench_module()
+
+    def batch(step: float, steal: float | None, mhz: float | None = None) -> dict:
+        core = {"pid": 2, "cpu_s": 0.9, "nvcsw": 0, "busy_cpus": [3]}
+        core.update({k: v for k, v in (("steal", steal), ("mhz", mhz)) if v is not None})
+        return {"step_s": step, "seconds": 1.0, "host": {
+            "front": {"pid": 1, "cpu_s": 0.5, "nvcsw": 0, "busy_cpus": [1]}, "core": core}}
+
+    raw = [{"round": 1, "turn": 1, "off": batch(2.5, 0.0, 2000), "on": batch(2.5, 0.01, 2100)},
+           {"round": 1, "turn": 2, "off": batch(4.0, 0.3, 1900), "on": batch(4.0, None)},
+           {"round": 1, "turn": 3, "off": batch(4.0, 0.2, 1800), "on": batch(2.5, 0.0)}]
+    line = bench.host_states([{"model": "m", "mode": "act", "shape": "decode", "raw": raw}])
+    assert line == (
+        "decode host states: 3 of 6 batches slow (median step > 1.15x its engine's best); slow: core preemptions "
+        "0/s (median), core on a CPU of the front end's in 0 of 3, core CPUs' stolen time 25.0% (median), their "
+        "clock 1800-1900 MHz; quiet: core preemptions 0/s (median), core on a CPU of the front end's in 0 of 3, "
+        "core CPUs' stolen time 0.0% (median), their clock 2000-2100 MHz"), line
+
+
+def test_host_probe_cpu_state() -> None:
+    """``HostProbe.cpus`` reads every CPU's stolen seconds (and clock where ``/proc/cpuinfo``
+    lists one) on Linux; ``cpu_state`` turns two readings into the stolen share of the given
+    CPUs' time over the interval and their mean clock at its end, and is empty for CPUs it has
+    no readings of."""
+    import os
+
+    bench = _bench_module()
+    now = bench.HostProbe.cpus()
+    assert set(os.sched_getaffinity(0)) & set(now), now  # this process's CPUs are listed
+    assert all(s >= 0 and (m is None or m > 0) for s, m in now.values()), now
+    before = {0: (10.0, 2000.0), 1: (5.0, None), 2: (1.0, 1500.0)}
+    after = {0: (10.5, 2200.0), 1: (5.1, None), 2: (1.0, 1500.0)}
+    assert bench.HostProbe.cpu_state(before, after, [0, 1], 2.0) == {"steal": 0.15, "mhz": 2200}
+    assert bench.HostProbe.cpu_state(before, after, [1], 2.0) == {"steal": 0.05}  # no clock listed
+    assert bench.HostProbe.cpu_state(before, after, [7], 2.0) == {}
+    assert bench.HostProbe.cpu_state(before, after, [], 2.0) == {}
+
+
 def test_host_probe_sees_a_busy_thread_and_its_cpu() -> None:
     """HostProbe on this process: a thread that spins for 0.3 CPU-s shows as CPU seconds of the
     probed (``front``) process and as a busy thread on one of this process's CPUs; the ``core``
@@ -559,7 +601,8 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     so two batches give 2 x 11 to 2 x 14 intervals (none across the two); the median step is
     positive and the steps fit in the wall time. Pinned to one CPU (``QDQ_BENCH_CPUS``, as
     ``--cpus`` sets it for the workers), the host probe finds the engine core as a separate
-    process that used CPU time, and every busy thread of both processes on that CPU."""
+    process that used CPU time, every busy thread of both processes on that CPU, and the share
+    of that CPU's time stolen meanwhile."""
     import json
     import os
     import subprocess
@@ -581,3 +624,4 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     assert host["core"] and host["core"]["pid"] != host["front"]["pid"] and host["core"]["cpu_s"] > 0, host
     assert set(host["core"]["busy_cpus"]) | set(host["front"]["busy_cpus"]) <= {int(cpu)}, host
     assert host["core"]["busy_cpus"], host
+    assert 0 <= host["core"]["steal"] <= 1, host  # the share of its CPU's time a hypervisor took
