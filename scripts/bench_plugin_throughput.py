@@ -4,7 +4,7 @@
                                               [--target 0.97]
                                               [--out DIR] [--json FILE] [--shapes prefill,decode]
                                               [--kv-cache FORMAT [--attn-q FORMAT] [--kv-shapes decode]
-                                               [--no-act]] [--cpus LIST]
+                                               [--no-act]] [--cpus LIST] [--no-device-steps]
 
 Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
 
@@ -46,8 +46,11 @@ step times, and of the mean ones, too, and the best-batch ratio (each engine's l
 step time over the row's batches, :func:`_best`), on which decode-heavy rows are judged
 (``JUDGED_ON``, which says why and what that leaves out); prefill-heavy rows on the median of
 wall-time ratios. Each batch also records where the front end's and the engine core's threads
-ran (:class:`HostProbe`: CPU seconds, preemptions, CPUs), and ``--cpus`` pins every engine to
-a CPU list. Exit 1 when a QDQ row's judged ratio is below ``--target``; the
+ran (:class:`HostProbe`: CPU seconds, preemptions, CPUs, the time stolen from the engine
+core's CPUs and their clock), and ``--cpus`` pins every engine to a CPU list. Each engine's
+worker carries a step timer (:class:`StepTimer`, a vLLM worker extension; ``--no-device-steps``
+leaves it out) that times every step on the device, so a row also reports the ratio of the
+steps' device times: what QDQ costs the GPU, which a host-bound decode step hides. Exit 1 when a QDQ row's judged ratio is below ``--target``; the
 A/A row is reported, not judged, with a warning when it sits outside the target's margin or
 its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
 this design: five 4-s measurements per engine (dense prefill) gave ratios 0.77-1.08 and
@@ -296,8 +299,79 @@ class CoreSteps:
         return [b - a for a, b in itertools.pairwise(st)]
 
 
+class StepTimer:
+    """A vLLM worker extension (``worker_extension_cls``, mixed into the engine's worker, in the
+    engine-core process): :meth:`qdq_bench_time_steps` wraps the model runner's
+    ``execute_model`` and ``sample_tokens`` so that each call is timed on the device, CUDA events
+    recorded on the current stream at its entry and exit (on a CPU worker, where the forward
+    pass runs synchronously inside the call, the host clock); :meth:`qdq_bench_step_times`
+    returns each step's time (its ``execute_model`` call and the ``sample_tokens`` calls after
+    it, summed) since the last reading and forgets them. On the GPU an event pair spans the
+    step's kernels and any wait inside the call for the host to launch the next (none inside a
+    CUDA graph), not the host work between calls: with the core's step clock beside it, it tells
+    a slow device from a slow host. Two events per call; nothing else changes."""
+
+    def qdq_bench_time_steps(self) -> str:
+        """Install the timers once; says which clock they read."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        if hasattr(runner, "_qdq_bench_marks"):
+            return runner._qdq_bench_clock
+        import torch
+
+        cuda = torch.cuda.is_available() and str(getattr(self, "device", "")).startswith("cuda")
+        marks: list[tuple[str, object, object]] = []
+
+        def wrap(kind: str, fn):
+            def timed(*args, **kwargs):
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    out = fn(*args, **kwargs)
+                    end = torch.cuda.Event(enable_timing=True)
+                    end.record()
+                else:
+                    start = time.perf_counter()
+                    out = fn(*args, **kwargs)
+                    end = time.perf_counter()
+                marks.append((kind, start, end))
+                return out
+            return timed
+
+        for kind in ("execute_model", "sample_tokens"):
+            if hasattr(runner, kind):
+                setattr(runner, kind, wrap(kind, getattr(runner, kind)))
+        runner._qdq_bench_marks = marks
+        runner._qdq_bench_clock = "cuda events" if cuda else "host clock"
+        return runner._qdq_bench_clock
+
+    def qdq_bench_step_times(self) -> list[float]:
+        """Seconds of each step timed since the last call, in order (then forgotten)."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        marks = list(runner._qdq_bench_marks)
+        del runner._qdq_bench_marks[:len(marks)]
+        if marks and not isinstance(marks[0][1], float):
+            marks[-1][2].synchronize()  # type: ignore[attr-defined]
+        out: list[float] = []
+        for kind, start, end in marks:
+            t = (end - start) if isinstance(start, float) else start.elapsed_time(end) / 1e3  # type: ignore[attr-defined]
+            if kind == "execute_model" or not out:
+                out.append(t)
+            else:
+                out[-1] += t
+        return out
+
+
+#: the worker extension's qualified name: the engine core imports it (``scripts/`` is on its path)
+STEP_TIMER = f"{Path(__file__).stem}.StepTimer"
+
+
+def _device_steps(llm) -> list[float] | None:
+    """The engine's :meth:`StepTimer.qdq_bench_step_times` (its one worker's)."""
+    return llm.collective_rpc("qdq_bench_step_times")[0]
+
+
 def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
-                   probe: HostProbe | None = None) -> dict:
+                   probe: HostProbe | None = None, device_steps: bool = False) -> dict:
     """``llm.generate(prompts, params)`` ``reps`` times back to back, timed two ways.
 
     ``seconds``: wall time of the whole (every step, and whatever else the host did meanwhile).
@@ -309,8 +383,13 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
     ``intervals_us``: every interval (µs, in order), kept in the bench's JSON. With ``probe``,
     ``host``: where the front end's and the engine core's threads ran meanwhile
     (:meth:`HostProbe.delta`, read outside the timed call), and for the engine core's busy CPUs
-    the share of the time stolen from them and their clock (:meth:`HostProbe.cpu_state`)."""
+    the share of the time stolen from them and their clock (:meth:`HostProbe.cpu_state`). With
+    ``device_steps`` (the engine has :class:`StepTimer` installed): ``device_step_s`` /
+    ``device_step_mean_s`` / ``device_steps``, the median / mean / count of the steps' device
+    times (read outside the timed call; only figures, no list, go in the JSON)."""
     before, cpus0 = (probe.snapshot(), HostProbe.cpus()) if probe else (None, None)
+    if device_steps:
+        _device_steps(llm)  # forget steps from before this batch
     t = time.perf_counter()
     gen, ivs = 0, []
     for _ in range(reps):
@@ -322,12 +401,15 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
     host = HostProbe.delta(before, probe.snapshot(), dt) if probe else None
     if host and host["core"]:  # the engine core's CPUs: stolen time, clock
         host["core"].update(HostProbe.cpu_state(cpus0, HostProbe.cpus(), host["core"]["busy_cpus"], dt))
+    dev = _device_steps(llm) if device_steps else None
+    device = {"device_step_s": statistics.median(dev), "device_step_mean_s": statistics.fmean(dev),
+              "device_steps": len(dev)} if dev else {}
     return {"seconds": dt, "generated": gen, "gen_tok_s": gen / dt, "intervals": len(ivs),
             "step_s": statistics.median(ivs) if ivs else None,
             "step_mean_s": statistics.fmean(ivs) if ivs else None,
             "step_p90_s": sorted(ivs)[int(0.9 * (len(ivs) - 1))] if ivs else None,
             # every interval, in µs: where a slow batch lost its time (a few steps or all of them)
-            "intervals_us": [round(1e6 * v) for v in ivs], **({"host": host} if host else {})}
+            "intervals_us": [round(1e6 * v) for v in ivs], **({"host": host} if host else {}), **device}
 
 
 def pin_from_env() -> None:
@@ -349,8 +431,11 @@ def worker(model: str, llm_kwargs: dict) -> int:
     kv = kv_bytes()
     mem = {"kv_cache_memory_bytes": kv, "gpu_memory_utilization": 0.1} if kv else \
         {"gpu_memory_utilization": float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4"))}
+    timer = os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0"
+    ext = {"worker_extension_cls": STEP_TIMER} if timer else {}
     # no prefix caching: every repetition of a batch must prefill again
-    llm = LLM(model=model, max_model_len=MAX_LEN, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs)
+    llm = LLM(model=model, max_model_len=MAX_LEN, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs, **ext)
+    clock = llm.collective_rpc("qdq_bench_time_steps")[0] if timer else None
     steps = CoreSteps(llm)
     probe = HostProbe()
     vocab = len(llm.get_tokenizer())
@@ -360,14 +445,14 @@ def worker(model: str, llm_kwargs: dict) -> int:
         prompts[shape] = [{"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(i)]} for _ in range(n)]
     for shape, (_, _, o) in SHAPES.items():  # untimed warm-up: each shape's whole batch once
         llm.generate(prompts[shape], _params(o), use_tqdm=False)
-    print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1)}), flush=True)
+    print("READY " + json.dumps({"start_s": round(time.perf_counter() - t0, 1), "device_clock": clock}), flush=True)
     for line in sys.stdin:
         cmd, _, reps = line.strip().partition(" ")
         if cmd == "quit":
             break
         n, i, o = SHAPES[cmd]
         k = int(reps or 1)
-        got = timed_generate(llm, steps, prompts[cmd], _params(o), k, probe)
+        got = timed_generate(llm, steps, prompts[cmd], _params(o), k, probe, device_steps=timer)
         got.update(shape=cmd, reps=k, total_tok_s=(got["generated"] + k * n * i) / got["seconds"])
         print("BENCH " + json.dumps(got), flush=True)
     return 0
@@ -380,6 +465,9 @@ class Engine:
         env = dict(os.environ, VLLM_QDQ="0" if name in ("off", "aa") else "1")
         env.pop("VLLM_QDQ_TRACE", None)
         env.pop("VLLM_QDQ_CONFIG", None)
+        # the engine core imports the step timer (STEP_TIMER) from this script's folder
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent)]
+                                            + [p for p in [env.get("PYTHONPATH")] if p])
         if name != "off" and qdq_config:
             env["VLLM_QDQ_CONFIG"] = json.dumps(qdq_config)
         self.name = name
@@ -494,8 +582,9 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
     """One line on the host states of ``shape``'s batches (:class:`HostProbe` figures): a batch is
     slow when its median step exceeds ``slow`` x its engine's best; slow and quiet batches are
     compared on the engine core's preemptions per second, on how often its busy CPUs were ones
-    its front end's busy threads were on too, on the time stolen from those CPUs and their clock
-    (where the batches have them) and, with ``numa`` (node -> CPU list) of more than
+    its front end's busy threads were on too, on the time stolen from those CPUs and their clock,
+    on the median device time per step against the engine's least (where the batches have
+    these) and, with ``numa`` (node -> CPU list) of more than
     one node, on the nodes its busy CPUs belonged to. None without probe figures."""
     seen: dict[tuple, dict] = {}
     for r in rows:
@@ -511,8 +600,14 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
     best: dict[tuple, float] = {}
     for (m, e, *_), b in batches:
         best[m, e] = min(best.get((m, e), b["step_s"]), b["step_s"])
+    dev_best: dict[tuple, float] = {}
+    for (m, e, *_), b in batches:
+        if b.get("device_step_s"):
+            dev_best[m, e] = min(dev_best.get((m, e), b["device_step_s"]), b["device_step_s"])
     groups: dict[bool, list[dict]] = {True: [], False: []}
     for (m, e, *_), b in batches:
+        if b.get("device_step_s"):  # how far its device time sits above its engine's least
+            b = {**b, "device_over_best": b["device_step_s"] / dev_best[m, e]}
         groups[b["step_s"] > slow * best[m, e]].append(b)
 
     with_cpus = {n: cpus for n, cpus in (numa or {}).items() if cpus}  # memory-only nodes list none
@@ -530,6 +625,9 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
         mhz = [b["host"]["core"]["mhz"] for b in bs if "mhz" in b["host"]["core"]]
         if mhz:
             text += f", their clock {min(mhz):.0f}-{max(mhz):.0f} MHz"
+        dev = [b["device_over_best"] for b in bs if "device_over_best" in b]
+        if dev:
+            text += f", device time per step {statistics.median(dev):.2f}x its engine's least (median)"
         if node_of:
             nodes: dict[str, int] = {}
             for b in bs:
@@ -683,6 +781,11 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                         "on_step_ms": 1e3 * statistics.median(r[q]["step_s"] for r in got),
                         "off_best_step_ms": 1e3 * min(r["off"]["step_s"] for r in got),
                         "on_best_step_ms": 1e3 * min(r[q]["step_s"] for r in got)}
+            devs = [_ratio(r["off"], r[q], "device_step_s") for r in got]
+            if got and all(devs):  # each step's device time (StepTimer): the device's share of the cost
+                step.update({**_summary("device_ratio", devs),
+                             "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
+                             "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)})
             elif JUDGED_ON.get(shape, "wall") != "wall":  # said, not skipped: the row falls back to wall time
                 print(f"{name} {q} {shape}: {len(got) - len(steps)} of {len(got)} turns have no core-step time "
                       "(no stamps from the engine core): this row is judged on wall time", flush=True)
@@ -730,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="pin every engine (its worker and engine-core processes) to these CPUs, e.g. 0-7 "
                          "(default: unpinned); the bench prints the host's NUMA nodes, SMT siblings and "
                          "GPU-local CPUs to choose from")
+    ap.add_argument("--no-device-steps", action="store_true",
+                    help="leave out the per-step device timer (StepTimer: two CUDA events per model-runner call)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--llm", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -778,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QDQ_BENCH_CPUS"] = cpu_ranges(cpus)  # the workers read it
     else:
         os.environ.pop("QDQ_BENCH_CPUS", None)
+    os.environ["QDQ_BENCH_DEVICE_STEPS"] = "0" if args.no_device_steps else "1"  # the workers read it
     topo = host_topology()
     print(f"host: CPUs {cpu_ranges(set(topo['allowed']))}; NUMA "
           + (", ".join(f"{k} {v}" for k, v in topo["numa_nodes"].items()) or "-")
@@ -800,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
              if not args.no_aa else ""))
     print(f"\n{'model':<8} {'qdq':<4} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
           f"{'wall median':>12} {'95% CI':>13} {'min':>6} {'max':>6} {'step median':>12} {'mean step':>10} "
-          f"{'best step':>10} {'2nd best':>9}  n  verdict (target >= {args.target}, on the figure marked *)")
+          f"{'best step':>10} {'2nd best':>9} {'device':>7}  n  verdict (target >= {args.target}, on the figure marked *)")
     ok = True
     loose, biased, spread, fallback, below = [], [], [], [], []
     for r in rows:
@@ -840,13 +946,16 @@ def main(argv: list[str] | None = None) -> int:
             bci = f"{r['best2_ratio']:.3f}"
         else:
             step, mean, best, bci = "-", "-", "-", "-"
+        dev = f"{r['device_ratio_median']:.3f}" if "device_ratio_median" in r else "-"
         print(f"{r['model']:<8} {r['mode']:<4} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
               f"{r['on_tok_s']:>11.0f} {wall:>12} {wci:>13} {r['ratio_min']:>6.3f} {r['ratio_max']:>6.3f} "
-              f"{step:>12} {mean:>10} {best:>10} {bci:>9} {r['samples']:>2}  {verdict}")
+              f"{step:>12} {mean:>10} {best:>10} {bci:>9} {dev:>7} {r['samples']:>2}  {verdict}")
     print("\nwall: ratio of the batches' wall times, step: of their median engine-core step times, mean step: of "
           "their mean step times, each one ratio per turn and the median over turns; best step: of each engine's "
-          "best batch (its least median step time), 2nd best: of their second-least. Decode-heavy rows are judged on the best step, prefill-heavy "
-          "rows on wall time: see JUDGED_ON in this script.")
+          "best batch (its least median step time), 2nd best: of their second-least; device: of the median device "
+          "time of a step (StepTimer: the kernels and launches inside the model runner's calls, not the host work "
+          "between them), median over turns, reported, not judged. Decode-heavy rows are judged on the best step, "
+          "prefill-heavy rows on wall time: see JUDGED_ON in this script.")
     note = host_states(rows, numa=topo["numa_nodes"])
     if note:
         print(f"\n{note}.")

@@ -105,7 +105,7 @@ def test_throughput_bench_median_interval() -> None:
 def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, calls: list | None = None,
                     clock: list[float] | None = None, start_s: float = 0.0,
                     hiccup: dict[str, float] | None = None, no_steps: str | None = None,
-                    slow: dict[str, float] | None = None) -> None:
+                    slow: dict[str, float] | None = None, device: dict[str, float] | None = None) -> None:
     """``bench`` with stand-in engines (the engines themselves run on the GPU only): a prefill
     batch takes ``speed[engine]`` s (default 1), a decode batch twice that, an engine start
     ``start_s``; with ``clock``, the bench's clock is ``clock[0]``, advanced by each of those;
@@ -114,7 +114,8 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
     many seconds to the host (in the wall and the mean step: a few stretched steps leave the
     median step as it was); ``slow[engine]``: two of every three batches of that engine and
     shape run that many times slower, every step of them (a slow host state holding a whole
-    batch); engine ``no_steps`` reports no core-step times."""
+    batch); engine ``no_steps`` reports no core-step times; with ``device``, a batch's median
+    device step takes ``device[engine]`` ms."""
     seen: dict[tuple[str, str], int] = {}
 
     class StandIn:
@@ -143,7 +144,8 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
             if self.name == no_steps:
                 return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs}
             return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs, "step_s": step,
-                    "step_mean_s": secs / reps / 100, "intervals": 100 * reps}
+                    "step_mean_s": secs / reps / 100, "intervals": 100 * reps,
+                    **({"device_step_s": device[self.name] / 1e3} if device else {})}
 
         def quit(self):
             pass
@@ -197,6 +199,69 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert all(set(r["host_topology"]) == {"allowed", "numa_nodes", "smt_siblings", "gpu_local_cpus", "pinned"}
                for r in rows.values())
     assert text.startswith("host: CPUs ") and "engines pinned to - (unpinned)" in text
+
+
+def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypatch, capsys) -> None:
+    """With the engines' per-step device times (StepTimer), every row reports the median over
+    turns of their ratio and each engine's median device step, in the table's ``device`` column,
+    without judging it: QDQ's device cost (20% here) beside host-bound steps as fast as off
+    passes; ``--no-device-steps`` tells the workers to leave the timer out."""
+    import json
+    import os
+
+    bench = _bench_module()
+    _stand_in_bench(bench, monkeypatch, device={"off": 1.0, "aa": 1.0, "on": 1.2, "kv": 1.1})
+    out = tmp_path / "rows.json"
+    rc = bench.main(["--models", "dense", "--out", str(tmp_path), "--kv-cache", "nvfp4", "--pairs", "3",
+                     "--min-seconds", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert os.environ["QDQ_BENCH_DEVICE_STEPS"] == "1"
+    rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
+    assert abs(rows["act", "decode"]["device_ratio_median"] - 1 / 1.2) < 1e-9
+    assert abs(rows["kv", "decode"]["device_ratio_max"] - 1 / 1.1) < 1e-9 and rows["aa", "prefill"]["device_ratio_median"] == 1.0
+    assert rows["act", "decode"]["off_device_step_us"] == 1000.0 and abs(rows["act", "decode"]["on_device_step_us"] - 1200.0) < 1e-9
+    header = next(ln for ln in text.splitlines() if ln.startswith("model "))
+    line = next(ln for ln in text.splitlines() if ln.startswith("dense    act  decode"))
+    assert header.split().index("device") and " 0.833 " in line and "PASS" in line, (header, line)
+    bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1", "--no-device-steps"])
+    assert os.environ["QDQ_BENCH_DEVICE_STEPS"] == "0"
+    monkeypatch.delenv("QDQ_BENCH_DEVICE_STEPS")
+
+
+def test_step_timer_sums_each_steps_calls() -> None:
+    """``StepTimer`` on a model runner without CUDA (host clock): after ``qdq_bench_time_steps``
+    the runner's ``execute_model`` and ``sample_tokens`` still return what they did, and
+    ``qdq_bench_step_times`` gives one time per ``execute_model`` call with the
+    ``sample_tokens`` calls after it added, then nothing until the next steps; installing twice
+    wraps once."""
+    import time
+
+    bench = _bench_module()
+
+    class Runner:  # a model runner's two entry points, each taking a known host time
+        def execute_model(self, x):
+            time.sleep(0.02)
+            return ("out", x)
+
+        def sample_tokens(self, g):
+            time.sleep(0.01)
+            return ("tok", g)
+
+    class Worker(bench.StepTimer):
+        device = "cpu"
+
+        def __init__(self):
+            self.model_runner = Runner()
+
+    w = Worker()
+    assert w.qdq_bench_time_steps() == "host clock" and w.qdq_bench_time_steps() == "host clock"
+    r = w.model_runner
+    assert r.execute_model(1) == ("out", 1) and r.sample_tokens(2) == ("tok", 2)
+    assert r.execute_model(3) == ("out", 3)  # a step that samples nothing
+    got = w.qdq_bench_step_times()
+    assert len(got) == 2 and 0.03 <= got[0] < 0.03 + 0.5 and 0.02 <= got[1] < 0.02 + 0.5, got
+    assert w.qdq_bench_step_times() == []
 
 
 def test_throughput_bench_judges_decode_on_the_core_step(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -399,7 +464,9 @@ def test_throughput_bench_host_states_line() -> None:
 def test_throughput_bench_host_states_reads_steal_and_clock() -> None:
     """Where the engine core's figures hold the stolen share of its CPUs' time and their clock
     (:meth:`HostProbe.cpu_state`), the host-state line gives the median share and the clock's
-    range per group; a batch without them counts for the other figures only."""
+    range per group; a batch without them counts for the other figures only. With device times
+    per step (StepTimer), it gives each group's median device step over its engine's least: a
+    slow device, or a slow host around a device as fast as ever."""
     bench = _bench_module()
 
     def batch(step: float, steal: float | None, mhz: float | None = None) -> dict:
@@ -412,11 +479,20 @@ def test_throughput_bench_host_states_reads_steal_and_clock() -> None:
            {"round": 1, "turn": 2, "off": batch(4.0, 0.3, 1900), "on": batch(4.0, None)},
            {"round": 1, "turn": 3, "off": batch(4.0, 0.2, 1800), "on": batch(2.5, 0.0)}]
     line = bench.host_states([{"model": "m", "mode": "act", "shape": "decode", "raw": raw}])
+    assert "device time" not in line
     assert line == (
         "decode host states: 3 of 6 batches slow (median step > 1.15x its engine's best); slow: core preemptions "
         "0/s (median), core on a CPU of the front end's in 0 of 3, core CPUs' stolen time 25.0% (median), their "
         "clock 1800-1900 MHz; quiet: core preemptions 0/s (median), core on a CPU of the front end's in 0 of 3, "
         "core CPUs' stolen time 0.0% (median), their clock 2000-2100 MHz"), line
+    # device times per step: a slow batch whose device steps were as fast as its engine's least
+    for r in raw:
+        for e in ("off", "on"):
+            r[e]["device_step_s"] = 0.001
+    raw[1]["off"]["device_step_s"] = raw[2]["off"]["device_step_s"] = 0.002  # two of the three slow ones
+    line = bench.host_states([{"model": "m", "mode": "act", "shape": "decode", "raw": raw}])
+    assert "2000-2100 MHz, device time per step 1.00x its engine's least (median)" in line, line
+    assert "1800-1900 MHz, device time per step 2.00x" in line, line  # slow: 2.0x, 2.0x, 1.0x
 
 
 def test_host_probe_cpu_state() -> None:
@@ -584,11 +660,13 @@ from vllm import LLM
 from vllm_qdq.study.tiny import build_tiny_llama
 model = build_tiny_llama(sys.argv[2])
 llm = LLM(model=str(model), dtype="float32", max_model_len=64, enforce_eager=True, seed=0,
-          enable_prefix_caching=False)
+          enable_prefix_caching=False, worker_extension_cls=bench.STEP_TIMER)
+clock = llm.collective_rpc("qdq_bench_time_steps")[0]
 steps = bench.CoreSteps(llm)
 prompts = [{"prompt_token_ids": [5 + k, 10, 20, 30, 40, 50, 60, 70]} for k in range(4)]
-got = bench.timed_generate(llm, steps, prompts, bench._params(12), reps=2, probe=bench.HostProbe())
-print("RESULT " + json.dumps(got), flush=True)
+got = bench.timed_generate(llm, steps, prompts, bench._params(12), reps=2, probe=bench.HostProbe(),
+                           device_steps=True)
+print("RESULT " + json.dumps({**got, "clock": clock}), flush=True)
 """
 
 
@@ -612,12 +690,13 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="1",
                VLLM_CACHE_ROOT=str(tmp_path / "cache"), VLLM_QDQ="0", QDQ_BENCH_CPUS=cpu,
                VLLM_CPU_OMP_THREADS_BIND=cpu,  # the CPU engine binds its OpenMP threads itself
-               PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(REPO / "overlay"), str(REPO), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-c", _CORE_STEPS_DRIVER, str(REPO / "scripts" / "bench_plugin_throughput.py"),
                         str(tmp_path / "llama")], env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     assert p.returncode == 0 and lines, (p.stdout + p.stderr)[-4000:]
     got = json.loads(lines[-1][len("RESULT "):])
+    clock = got.pop("clock")
     assert got["generated"] == 2 * 4 * 12 and 2 * 11 <= got["intervals"] <= 2 * 14, got
     assert 0 < got["step_s"] <= got["step_p90_s"] and got["intervals"] * got["step_mean_s"] < got["seconds"], got
     host = got["host"]
@@ -625,3 +704,6 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     assert set(host["core"]["busy_cpus"]) | set(host["front"]["busy_cpus"]) <= {int(cpu)}, host
     assert host["core"]["busy_cpus"], host
     assert 0 <= host["core"]["steal"] <= 1, host  # the share of its CPU's time a hypervisor took
+    # the step timer, in the engine core: one device (here host-clock) time per step, each inside its interval
+    assert clock == "host clock" and got["device_steps"] >= got["intervals"], (clock, got)
+    assert 0 < got["device_step_s"] <= got["step_p90_s"], got
