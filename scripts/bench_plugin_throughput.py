@@ -49,8 +49,11 @@ wall-time ratios. Each batch also records where the front end's and the engine c
 ran (:class:`HostProbe`: CPU seconds, preemptions, CPUs, the time stolen from the engine
 core's CPUs and their clock), and ``--cpus`` pins every engine to a CPU list. Each engine's
 worker carries a step timer (:class:`StepTimer`, a vLLM worker extension; ``--no-device-steps``
-leaves it out) that times every step on the device, so a row also reports the ratio of the
-steps' device times: what QDQ costs the GPU, which a host-bound decode step hides. Exit 1 when a QDQ row's judged ratio is below ``--target``; the
+leaves it out) that times every step's model-runner calls on the device's clock, so a row
+also reports the ratio of the steps' device spans: the device's share of a step, which a
+host-bound decode step hides (a span also holds the device's waits for the host inside the
+calls, so a slow host lengthens it too). Exit 1 when a QDQ row's judged ratio is below
+``--target``; the
 A/A row is reported, not judged, with a warning when it sits outside the target's margin or
 its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
 this design: five 4-s measurements per engine (dense prefill) gave ratios 0.77-1.08 and
@@ -225,26 +228,31 @@ class HostProbe:
     def cpus() -> dict[int, tuple[float, float | None]]:
         """Every CPU's state now: CPU -> (seconds stolen from it so far, ``steal`` of
         ``/proc/stat``: time a hypervisor ran something else while this guest's CPU had work;
-        its clock in MHz, ``cpu MHz`` of ``/proc/cpuinfo``, None where not listed). ``{}`` off
-        Linux."""
+        its clock in MHz, ``cpu MHz`` of ``/proc/cpuinfo``, None where not listed: on many
+        virtual machines that is the nominal clock, fixed, not the running one). ``{}`` off
+        Linux; a line that does not parse is left out."""
         steal: dict[int, float] = {}
         for line in _read("/proc/stat").splitlines():
             f = line.split()
-            if len(f) > 8 and f[0].startswith("cpu") and f[0][3:].isdigit():
+            if len(f) > 8 and f[0].startswith("cpu") and f[0][3:].isdigit() and f[8].isdigit():
                 steal[int(f[0][3:])] = int(f[8]) / HostProbe._TICK
         mhz: dict[int, float] = {}
         cpu = None
         for line in _read("/proc/cpuinfo").splitlines():
             key, _, val = line.partition(":")
-            if key.strip() == "processor":
-                cpu = int(val)
-            elif key.strip() == "cpu MHz" and cpu is not None:
-                mhz[cpu] = float(val)
+            try:
+                if key.strip() == "processor":
+                    cpu = int(val)
+                elif key.strip() == "cpu MHz" and cpu is not None:
+                    mhz[cpu] = float(val)
+            except ValueError:
+                continue
         return {c: (s, mhz.get(c)) for c, s in steal.items()}
 
     @staticmethod
     def cpu_state(before: dict, after: dict, cpus: list[int], seconds: float) -> dict:
-        """What ``cpus`` (a thread's busy CPUs) went through in ``seconds`` between two
+        """What ``cpus`` (the CPUs a busy thread was last seen on, :meth:`delta`: where it ran at
+        the end, not necessarily throughout) went through in ``seconds`` between two
         :meth:`cpus` readings: ``steal``, the share of that time stolen from them (their stolen
         seconds over ``seconds`` x their count), and ``mhz``, their mean clock at the end (where
         listed). ``{}`` without readings for them."""
@@ -306,10 +314,13 @@ class StepTimer:
     recorded on the current stream at its entry and exit (on a CPU worker, where the forward
     pass runs synchronously inside the call, the host clock); :meth:`qdq_bench_step_times`
     returns each step's time (its ``execute_model`` call and the ``sample_tokens`` calls after
-    it, summed) since the last reading and forgets them. On the GPU an event pair spans the
-    step's kernels and any wait inside the call for the host to launch the next (none inside a
-    CUDA graph), not the host work between calls: with the core's step clock beside it, it tells
-    a slow device from a slow host. Two events per call; nothing else changes."""
+    it, summed) since the last reading and forgets them. On the GPU an event pair spans, on the
+    device's clock, from the stream reaching the call's first event to its last kernel: the
+    step's kernels and every wait of an idle device for the host inside the call (preparing the
+    inputs before the forward pass, launching what runs outside a CUDA graph), not the host
+    work between calls (scheduling, output processing). So it is a device *span*, not a kernel
+    sum: a slow host lengthens it too, by its share inside the calls. Steps that schedule no
+    token count as steps too. Cost: a Python wrapper and two events per call."""
 
     def qdq_bench_time_steps(self) -> str:
         """Install the timers once; says which clock they read."""
@@ -386,10 +397,10 @@ def timed_generate(llm, steps: CoreSteps, prompts: list, params, reps: int = 1,
     the share of the time stolen from them and their clock (:meth:`HostProbe.cpu_state`). With
     ``device_steps`` (the engine has :class:`StepTimer` installed): ``device_step_s`` /
     ``device_step_mean_s`` / ``device_steps``, the median / mean / count of the steps' device
-    times (read outside the timed call; only figures, no list, go in the JSON)."""
-    before, cpus0 = (probe.snapshot(), HostProbe.cpus()) if probe else (None, None)
+    spans (read outside the timed call; only figures, no list, go in the JSON)."""
     if device_steps:
-        _device_steps(llm)  # forget steps from before this batch
+        _device_steps(llm)  # forget steps from before this batch (before the probe's first reading)
+    before, cpus0 = (probe.snapshot(), HostProbe.cpus()) if probe else (None, None)
     t = time.perf_counter()
     gen, ivs = 0, []
     for _ in range(reps):
@@ -583,7 +594,7 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
     slow when its median step exceeds ``slow`` x its engine's best; slow and quiet batches are
     compared on the engine core's preemptions per second, on how often its busy CPUs were ones
     its front end's busy threads were on too, on the time stolen from those CPUs and their clock,
-    on the median device time per step against the engine's least (where the batches have
+    on the median device span per step against the engine's least (where the batches have
     these) and, with ``numa`` (node -> CPU list) of more than
     one node, on the nodes its busy CPUs belonged to. None without probe figures."""
     seen: dict[tuple, dict] = {}
@@ -606,7 +617,7 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
             dev_best[m, e] = min(dev_best.get((m, e), b["device_step_s"]), b["device_step_s"])
     groups: dict[bool, list[dict]] = {True: [], False: []}
     for (m, e, *_), b in batches:
-        if b.get("device_step_s"):  # how far its device time sits above its engine's least
+        if b.get("device_step_s"):  # how far its device span sits above its engine's least
             b = {**b, "device_over_best": b["device_step_s"] / dev_best[m, e]}
         groups[b["step_s"] > slow * best[m, e]].append(b)
 
@@ -627,7 +638,7 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
             text += f", their clock {min(mhz):.0f}-{max(mhz):.0f} MHz"
         dev = [b["device_over_best"] for b in bs if "device_over_best" in b]
         if dev:
-            text += f", device time per step {statistics.median(dev):.2f}x its engine's least (median)"
+            text += f", device span per step {statistics.median(dev):.2f}x its engine's least (median)"
         if node_of:
             nodes: dict[str, int] = {}
             for b in bs:
@@ -781,14 +792,15 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                         "on_step_ms": 1e3 * statistics.median(r[q]["step_s"] for r in got),
                         "off_best_step_ms": 1e3 * min(r["off"]["step_s"] for r in got),
                         "on_best_step_ms": 1e3 * min(r[q]["step_s"] for r in got)}
-            devs = [_ratio(r["off"], r[q], "device_step_s") for r in got]
-            if got and all(devs):  # each step's device time (StepTimer): the device's share of the cost
-                step.update({**_summary("device_ratio", devs),
-                             "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
-                             "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)})
             elif JUDGED_ON.get(shape, "wall") != "wall":  # said, not skipped: the row falls back to wall time
                 print(f"{name} {q} {shape}: {len(got) - len(steps)} of {len(got)} turns have no core-step time "
                       "(no stamps from the engine core): this row is judged on wall time", flush=True)
+            devs = [_ratio(r["off"], r[q], "device_step_s") for r in got]
+            dev = {}
+            if got and all(devs):  # the steps' device spans (StepTimer): reported, never judged
+                dev = {**_summary("device_ratio", devs),
+                       "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
+                       "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)}
             rows.append({
                 "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
@@ -796,7 +808,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 **_summary("ratio", ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
                 "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
-                **step,
+                **step, **dev,
                 # what the verdict reads (JUDGED_ON): decode-heavy rows the best batches' core steps
                 "judged_on": JUDGED_ON.get(shape, "wall") if step else "wall",
                 "raw": got,
@@ -953,8 +965,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nwall: ratio of the batches' wall times, step: of their median engine-core step times, mean step: of "
           "their mean step times, each one ratio per turn and the median over turns; best step: of each engine's "
           "best batch (its least median step time), 2nd best: of their second-least; device: of the median device "
-          "time of a step (StepTimer: the kernels and launches inside the model runner's calls, not the host work "
-          "between them), median over turns, reported, not judged. Decode-heavy rows are judged on the best step, "
+          "span of a step (StepTimer: the model runner's calls on the device's clock, kernels and the device's "
+          "waits for the host inside the calls, not the host work between them), median over turns, reported, "
+          "not judged. Decode-heavy rows are judged on the best step, "
           "prefill-heavy rows on wall time: see JUDGED_ON in this script.")
     note = host_states(rows, numa=topo["numa_nodes"])
     if note:
