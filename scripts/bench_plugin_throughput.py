@@ -52,7 +52,10 @@ worker carries a step timer (:class:`StepTimer`, a vLLM worker extension; ``--no
 leaves it out) that times every step's model-runner calls on the device's clock, so a row
 also reports the ratio of the steps' device spans: the device's share of a step, which a
 host-bound decode step hides (a span also holds the device's waits for the host inside the
-calls, so a slow host lengthens it too). Exit 1 when a QDQ row's judged ratio is below
+calls, so a slow host lengthens it too). Before the rounds, each engine also runs two untimed
+decode-shape batches under the torch profiler (:func:`profile_batch`), whose difference gives
+the device's busy time per decode step, kernels only: the ``kernel`` column, QDQ's device cost
+with no host state in it. Exit 1 when a QDQ row's judged ratio is below
 ``--target``; the
 A/A row is reported, not judged, with a warning when it sits outside the target's margin or
 its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
@@ -355,6 +358,30 @@ class StepTimer:
         runner._qdq_bench_clock = "cuda events" if cuda else "host clock"
         return runner._qdq_bench_clock
 
+    def qdq_bench_profile(self, start: bool) -> dict | None:
+        """Start (``start``) or stop the torch profiler in this process (installs the timers
+        first), recording the device's activity on a GPU worker (kernels, copies, memsets; the
+        host's ops on a CPU one). On stop: ``device_us``, the summed durations of the device
+        records (µs; no host work in them), ``records``, their count, and ``steps``, the
+        ``execute_model`` calls meanwhile."""
+        import torch
+
+        clock = self.qdq_bench_time_steps()
+        runner = self.model_runner  # type: ignore[attr-defined]
+        if start:
+            act = torch.profiler.ProfilerActivity
+            prof = torch.profiler.profile(activities=[act.CUDA] if clock == "cuda events" else [act.CPU])
+            prof.__enter__()
+            runner._qdq_bench_prof = (prof, len(runner._qdq_bench_marks))
+            return None
+        prof, n0 = runner._qdq_bench_prof
+        prof.__exit__(None, None, None)
+        del runner._qdq_bench_prof
+        steps = sum(kind == "execute_model" for kind, _, _ in runner._qdq_bench_marks[n0:])
+        dev = [e for e in prof.events() if e.device_type != torch.autograd.DeviceType.CPU]
+        return {"device_us": round(sum(e.time_range.elapsed_us() for e in dev), 1), "records": len(dev),
+                "steps": steps}
+
     def qdq_bench_step_times(self) -> list[float]:
         """Seconds of each step timed since the last call, in order (then forgotten)."""
         runner = self.model_runner  # type: ignore[attr-defined]
@@ -370,6 +397,50 @@ class StepTimer:
             else:
                 out[-1] += t
         return out
+
+
+#: decode steps profiled per engine (:func:`profile_batch`)
+PROFILE_TOKENS = 256
+
+
+def _profiled(llm, prompts: list, tokens: int) -> dict:
+    """:meth:`StepTimer.qdq_bench_profile`'s figures of one batch of ``prompts`` x ``tokens``."""
+    llm.collective_rpc("qdq_bench_profile", args=(True,))
+    try:
+        llm.generate(prompts, _params(tokens), use_tqdm=False)
+    finally:
+        got = llm.collective_rpc("qdq_bench_profile", args=(False,))[0]
+    return got
+
+
+def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
+    """The device's busy time per decode step of ``prompts`` (µs of kernels, copies and memsets,
+    which no host state lengthens), from two untimed batches under the profiler in the engine
+    core: ``prompts`` x 1 token (the prefill) and x ``1 + tokens``; their difference is
+    ``tokens`` decode steps of the whole batch, contexts from the prompt's length to ``tokens``
+    more. Returns ``us_per_step``, ``records_per_step``, ``steps`` and ``device_us`` of that
+    difference; a failure (no profiler on the host, say) comes back as ``error``, its text, for
+    the bench to print."""
+    try:
+        a = _profiled(llm, prompts, 1)
+        b = _profiled(llm, prompts, 1 + tokens)
+    except Exception as e:  # said by the bench, not skipped
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+    k = b["steps"] - a["steps"]
+    us, rec = b["device_us"] - a["device_us"], b["records"] - a["records"]
+    return {"steps": k, "device_us": round(us, 1), "us_per_step": us / k if k > 0 else None,
+            "records_per_step": rec / k if k > 0 else None}
+
+
+def _profile_text(p: dict) -> str:
+    """One engine's :func:`profile_batch` figures, or why it has none."""
+    if p.get("error"):
+        return f"none ({p['error']})"
+    if p.get("us_per_step") is None:
+        return "none (no decode steps between the two batches)"
+    if not p["us_per_step"]:
+        return "none (no device records: a CPU engine)"
+    return f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records)"
 
 
 #: the worker extension's qualified name: the engine core imports it (``scripts/`` is on its path)
@@ -461,6 +532,10 @@ def worker(model: str, llm_kwargs: dict) -> int:
         cmd, _, reps = line.strip().partition(" ")
         if cmd == "quit":
             break
+        if cmd == "profile":  # "profile SHAPE": the shape's prompts, PROFILE_TOKENS tokens, profiled
+            got = profile_batch(llm, prompts[reps]) if timer else {"error": "no step timer (--no-device-steps)"}
+            print("PROFILE " + json.dumps(got), flush=True)
+            continue
         n, i, o = SHAPES[cmd]
         k = int(reps or 1)
         got = timed_generate(llm, steps, prompts[cmd], _params(o), k, probe, device_steps=timer)
@@ -510,6 +585,13 @@ class Engine:
         self.proc.stdin.write(f"{shape} {reps}\n")
         self.proc.stdin.flush()
         return self._read("BENCH")
+
+    def profile(self, shape: str) -> dict:
+        """:func:`profile_batch` of ``shape``'s prompts in this engine."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"profile {shape}\n")
+        self.proc.stdin.flush()
+        return self._read("PROFILE")
 
     def quit(self) -> None:
         """Ask the worker to stop (it shuts its engine down); :meth:`reap` waits for it."""
@@ -743,6 +825,14 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
+        # the device's busy time per decode step, each engine once (untimed; kernel time, no host state in it)
+        prof: dict[tuple[str, str], dict] = {}
+        if os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0":
+            for shape in [s for s in all_shapes if s == "decode"]:
+                for k in ["off"] + [q for q in names[1:] if shape in measured[q]]:
+                    prof[k, shape] = engines[k].profile(shape)
+                print(f"{name} {shape}: device time per step (profiler, {PROFILE_TOKENS} tokens): " + ", ".join(
+                    f"{k} {_profile_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):
@@ -801,6 +891,12 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 dev = {**_summary("device_ratio", devs),
                        "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
                        "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)}
+            po, pq = prof.get(("off", shape), {}), prof.get((q, shape), {})
+            if po.get("us_per_step") and pq.get("us_per_step"):  # reported, never judged
+                dev.update(kernel_ratio=po["us_per_step"] / pq["us_per_step"],
+                           off_kernel_us=po["us_per_step"], on_kernel_us=pq["us_per_step"])
+            if po or pq:
+                dev["profile"] = {"off": po, q: pq}
             rows.append({
                 "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
                 "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
@@ -918,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
              if not args.no_aa else ""))
     print(f"\n{'model':<8} {'qdq':<4} {'shape':<8} {'in/out':>9} {'off tok/s':>11} {'on tok/s':>11} "
           f"{'wall median':>12} {'95% CI':>13} {'min':>6} {'max':>6} {'step median':>12} {'mean step':>10} "
-          f"{'best step':>10} {'2nd best':>9} {'device':>7}  n  verdict (target >= {args.target}, on the figure marked *)")
+          f"{'best step':>10} {'2nd best':>9} {'device':>7} {'kernel':>7}  n  verdict (target >= {args.target}, on the figure marked *)")
     ok = True
     loose, biased, spread, fallback, below = [], [], [], [], []
     for r in rows:
@@ -959,15 +1055,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             step, mean, best, bci = "-", "-", "-", "-"
         dev = f"{r['device_ratio_median']:.3f}" if "device_ratio_median" in r else "-"
+        ker = f"{r['kernel_ratio']:.3f}" if "kernel_ratio" in r else "-"
         print(f"{r['model']:<8} {r['mode']:<4} {r['shape']:<8} {r['input_len']:>4}/{r['output_len']:<4} {r['off_tok_s']:>11.0f} "
               f"{r['on_tok_s']:>11.0f} {wall:>12} {wci:>13} {r['ratio_min']:>6.3f} {r['ratio_max']:>6.3f} "
-              f"{step:>12} {mean:>10} {best:>10} {bci:>9} {dev:>7} {r['samples']:>2}  {verdict}")
+              f"{step:>12} {mean:>10} {best:>10} {bci:>9} {dev:>7} {ker:>7} {r['samples']:>2}  {verdict}")
     print("\nwall: ratio of the batches' wall times, step: of their median engine-core step times, mean step: of "
           "their mean step times, each one ratio per turn and the median over turns; best step: of each engine's "
           "best batch (its least median step time), 2nd best: of their second-least; device: of the median device "
           "span of a step (StepTimer: the model runner's calls on the device's clock, kernels and the device's "
-          "waits for the host inside the calls, not the host work between them), median over turns, reported, "
-          "not judged. Decode-heavy rows are judged on the best step, "
+          "waits for the host inside the calls, not the host work between them), median over turns; kernel: of the "
+          "device's busy time per step in one profiled batch per engine (decode; no host state in it); both "
+          "reported, not judged. Decode-heavy rows are judged on the best step, "
           "prefill-heavy rows on wall time: see JUDGED_ON in this script.")
     note = host_states(rows, numa=topo["numa_nodes"])
     if note:

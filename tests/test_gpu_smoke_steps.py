@@ -105,7 +105,8 @@ def test_throughput_bench_median_interval() -> None:
 def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, calls: list | None = None,
                     clock: list[float] | None = None, start_s: float = 0.0,
                     hiccup: dict[str, float] | None = None, no_steps: str | None = None,
-                    slow: dict[str, float] | None = None, device: dict[str, float] | None = None) -> None:
+                    slow: dict[str, float] | None = None, device: dict[str, float] | None = None,
+                    kernel: dict[str, float] | None = None) -> None:
     """``bench`` with stand-in engines (the engines themselves run on the GPU only): a prefill
     batch takes ``speed[engine]`` s (default 1), a decode batch twice that, an engine start
     ``start_s``; with ``clock``, the bench's clock is ``clock[0]``, advanced by each of those;
@@ -115,7 +116,8 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
     median step as it was); ``slow[engine]``: two of every three batches of that engine and
     shape run that many times slower, every step of them (a slow host state holding a whole
     batch); engine ``no_steps`` reports no core-step times; with ``device``, a batch's median
-    device step takes ``device[engine]`` ms."""
+    device step takes ``device[engine]`` ms; ``kernel[engine]``: the profiled device time of a
+    decode step, µs (else the profile fails, as without a profiler)."""
     seen: dict[tuple[str, str], int] = {}
 
     class StandIn:
@@ -147,6 +149,14 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
             return {"seconds": secs, "total_tok_s": n * (i + o) * reps / secs, "step_s": step,
                     "step_mean_s": secs / reps / 100, "intervals": 100 * reps,
                     **({"device_step_s": device[self.name] / 1e3} if device else {})}
+
+        def profile(self, shape):
+            if calls is not None:
+                calls.append((self.name, "profile " + shape, 0))
+            if kernel is None:
+                return {"error": "RuntimeError: no profiler in the stand-in"}
+            return {"steps": 256, "device_us": 256 * kernel[self.name], "us_per_step": kernel[self.name],
+                    "records_per_step": 40.0}
 
         def quit(self):
             pass
@@ -182,6 +192,8 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert rows["kv", "decode"]["ratio_median"] == 1.0 and rows["aa", "decode"]["ratio_median"] == 1.0
     assert rows["act", "prefill"]["samples"] == 3 * 3 and rows["act", "decode"]["samples"] == 3 * 2
     assert rows["act", "prefill"]["turns_per_round"] == 3 and rows["act", "prefill"]["rounds"] == 3
+    assert [c[:2] for c in calls[2:6]] == [(e, "profile decode") for e in ("off", "on", "kv", "aa")]
+    calls = [c for c in calls if not c[1].startswith("profile")]
     assert {c[2] for c in calls} == {1}  # one batch a call
     timed = calls[2:]  # after the two calibration batches of off
     assert {c[0] for c in timed if c[1] == "decode"} == {"off", "on", "kv", "aa"}
@@ -206,19 +218,24 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     """With the engines' per-step device times (StepTimer), every row reports the median over
     turns of their ratio and each engine's median device step, in the table's ``device`` column,
     without judging it: QDQ's device cost (20% here) beside host-bound steps as fast as off
-    passes; ``--no-device-steps`` tells the workers to leave the timer out. Device spans
-    present or absent, a row with core steps is judged on them and none says it falls back."""
+    passes; the decode rows also report the profiled device time per step (kernel column),
+    which a failed profile leaves out, saying why; ``--no-device-steps`` tells the workers to
+    leave the timer out and profiles nothing. Device spans present or absent, a row with core
+    steps is judged on them and none says it falls back."""
     import json
     import os
 
     bench = _bench_module()
     monkeypatch.setenv("QDQ_BENCH_DEVICE_STEPS", "unset by main")  # restored (removed) after the test
-    _stand_in_bench(bench, monkeypatch, device={"off": 1.0, "aa": 1.0, "on": 1.2, "kv": 1.1})
+    _stand_in_bench(bench, monkeypatch, device={"off": 1.0, "aa": 1.0, "on": 1.2, "kv": 1.1},
+                    kernel={"off": 500.0, "aa": 500.0, "on": 625.0, "kv": 550.0})
     out = tmp_path / "rows.json"
     rc = bench.main(["--models", "dense", "--out", str(tmp_path), "--kv-cache", "nvfp4", "--pairs", "3",
                      "--min-seconds", "1", "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
+    assert ("dense decode: device time per step (profiler, 256 tokens): off 500 us (40 records), on 625 us "
+            "(40 records), kv 550 us (40 records), aa 500 us (40 records)") in text, text
     assert os.environ["QDQ_BENCH_DEVICE_STEPS"] == "1"
     rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
     assert abs(rows["act", "decode"]["device_ratio_median"] - 1 / 1.2) < 1e-9
@@ -226,7 +243,11 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     assert rows["act", "decode"]["off_device_step_us"] == 1000.0 and abs(rows["act", "decode"]["on_device_step_us"] - 1200.0) < 1e-9
     header = next(ln for ln in text.splitlines() if ln.startswith("model "))
     line = next(ln for ln in text.splitlines() if ln.startswith("dense    act  decode"))
-    assert header.split().index("device") and " 0.833 " in line and "PASS" in line, (header, line)
+    assert header.split().index("kernel") == header.split().index("device") + 1, header
+    assert " 0.833   0.800 " in line and "PASS" in line, (header, line)  # device spans, then kernel time
+    assert rows["kv", "decode"]["kernel_ratio"] == 500 / 550 and rows["act", "decode"]["on_kernel_us"] == 625.0
+    assert "kernel_ratio" not in rows["act", "prefill"]  # the decode shape only
+    assert rows["aa", "decode"]["profile"]["aa"]["us_per_step"] == 500.0
     assert "have no core-step time" not in text and "Judged on wall time" not in text
     assert {r["judged_on"] for r in rows.values() if r["shape"] == "decode"} == {"best"}
     # without device spans (--no-device-steps: the workers leave the timer out) the rows have none
@@ -236,7 +257,14 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     assert os.environ["QDQ_BENCH_DEVICE_STEPS"] == "0"
     text = capsys.readouterr().out
     assert all("device_ratio_median" not in r for r in json.loads(out.read_text()))
-    assert "have no core-step time" not in text
+    assert "have no core-step time" not in text and "device time per step (profiler" not in text
+    # a profile that fails is said, with its reason, and the row goes on without the figure
+    _stand_in_bench(bench, monkeypatch)
+    assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dense decode: device time per step (profiler, 256 tokens): off none (RuntimeError: no profiler" in text
+    assert all("kernel_ratio" not in r for r in json.loads(out.read_text()))
 
 
 def test_step_timer_sums_each_steps_calls() -> None:
@@ -682,7 +710,8 @@ steps = bench.CoreSteps(llm)
 prompts = [{"prompt_token_ids": [5 + k, 10, 20, 30, 40, 50, 60, 70]} for k in range(4)]
 got = bench.timed_generate(llm, steps, prompts, bench._params(12), reps=2, probe=bench.HostProbe(),
                            device_steps=True)
-print("RESULT " + json.dumps({**got, "clock": clock}), flush=True)
+prof = bench.profile_batch(llm, prompts, 8)
+print("RESULT " + json.dumps({**got, "clock": clock, "prof": prof}), flush=True)
 """
 
 
@@ -712,7 +741,7 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     assert p.returncode == 0 and lines, (p.stdout + p.stderr)[-4000:]
     got = json.loads(lines[-1][len("RESULT "):])
-    clock = got.pop("clock")
+    clock, prof = got.pop("clock"), got.pop("prof")
     assert got["generated"] == 2 * 4 * 12 and 2 * 11 <= got["intervals"] <= 2 * 14, got
     assert 0 < got["step_s"] <= got["step_p90_s"] and got["intervals"] * got["step_mean_s"] < got["seconds"], got
     host = got["host"]
@@ -725,3 +754,7 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     # the runner's calls lie inside the batches: their sum within the wall time, their median within a step's
     assert 0 < got["device_step_mean_s"] * got["device_steps"] <= got["seconds"], got
     assert 0 < got["device_step_s"] <= 1.1 * got["step_s"], got
+    # the profiler in the engine core: 8 decode steps between a 1-token and a 9-token batch (a
+    # prompt's prefill may take a step of its own or share one), no device records on a CPU engine
+    assert 5 <= prof["steps"] <= 11 and prof["device_us"] == 0 and prof["us_per_step"] == 0, prof
+    assert _bench_module()._profile_text(prof) == "none (no device records: a CPU engine)"
