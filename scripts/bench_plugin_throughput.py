@@ -370,7 +370,8 @@ class StepTimer:
         runner = self.model_runner  # type: ignore[attr-defined]
         if start:
             act = torch.profiler.ProfilerActivity
-            prof = torch.profiler.profile(activities=[act.CUDA] if clock == "cuda events" else [act.CPU])
+            # the host's ops too on a GPU (the usual pairing; only the device's records are summed)
+            prof = torch.profiler.profile(activities=[act.CPU, act.CUDA] if clock == "cuda events" else [act.CPU])
             prof.__enter__()
             runner._qdq_bench_prof = (prof, len(runner._qdq_bench_marks))
             return None
