@@ -54,8 +54,9 @@ also reports the ratio of the steps' device spans: the device's share of a step,
 host-bound decode step hides (a span also holds the device's waits for the host inside the
 calls, so a slow host lengthens it too). Before the rounds, each engine also runs two untimed
 decode-shape batches under the torch profiler (:func:`profile_batch`), whose difference gives
-the device's busy time per decode step, kernels only: the ``kernel`` column, QDQ's device cost
-with no host state in it. Exit 1 when a QDQ row's judged ratio is below
+the device time per decode step (its records' summed durations: kernels, copies, memsets) over
+contexts of 128 to 384 tokens (the timed batches reach 1,152): the ``kernel`` column, QDQ's
+device cost with no host state in it. Exit 1 when a QDQ row's judged ratio is below
 ``--target``; the
 A/A row is reported, not judged, with a warning when it sits outside the target's margin or
 its interval misses 1 (then the verdicts are within the bench's noise). 2026-12-02d, before
@@ -360,26 +361,33 @@ class StepTimer:
 
     def qdq_bench_profile(self, start: bool) -> dict | None:
         """Start (``start``) or stop the torch profiler in this process (installs the timers
-        first), recording the device's activity on a GPU worker (kernels, copies, memsets; the
-        host's ops on a CPU one). On stop: ``device_us``, the summed durations of the device
-        records (µs; no host work in them), ``records``, their count, and ``steps``, the
-        ``execute_model`` calls meanwhile."""
+        first), recording the device's activity on a GPU worker (kernels, copies, memsets, with
+        the host's ops beside them; the host's ops alone on a CPU one). On stop: ``device_us``,
+        the summed durations of the device records (µs; no host work in them; records that
+        overlap on two streams count twice; user annotations, which span from their first
+        kernel to their last, are left out), ``records``, their count, and ``steps``, the
+        ``execute_model`` calls meanwhile. A start stops a profiler a failed stop left behind."""
         import torch
 
         clock = self.qdq_bench_time_steps()
         runner = self.model_runner  # type: ignore[attr-defined]
+        left = runner.__dict__.pop("_qdq_bench_prof", None)
         if start:
+            if left is not None:
+                left[0].__exit__(None, None, None)
             act = torch.profiler.ProfilerActivity
             # the host's ops too on a GPU (the usual pairing; only the device's records are summed)
             prof = torch.profiler.profile(activities=[act.CPU, act.CUDA] if clock == "cuda events" else [act.CPU])
             prof.__enter__()
             runner._qdq_bench_prof = (prof, len(runner._qdq_bench_marks))
             return None
-        prof, n0 = runner._qdq_bench_prof
+        if left is None:
+            raise RuntimeError("qdq_bench_profile(False) without a profiler started")
+        prof, n0 = left  # taken off first: a stop that fails is not tried again
         prof.__exit__(None, None, None)
-        del runner._qdq_bench_prof
         steps = sum(kind == "execute_model" for kind, _, _ in runner._qdq_bench_marks[n0:])
-        dev = [e for e in prof.events() if e.device_type != torch.autograd.DeviceType.CPU]
+        dev = [e for e in prof.events()
+               if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
         return {"device_us": round(sum(e.time_range.elapsed_us() for e in dev), 1), "records": len(dev),
                 "steps": steps}
 
@@ -415,8 +423,8 @@ def _profiled(llm, prompts: list, tokens: int) -> dict:
 
 
 def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
-    """The device's busy time per decode step of ``prompts`` (µs of kernels, copies and memsets,
-    which no host state lengthens), from two untimed batches under the profiler in the engine
+    """The device time per decode step of ``prompts`` (µs: the summed durations of its kernels,
+    copies and memsets, which no host state lengthens), from two untimed batches under the profiler in the engine
     core: ``prompts`` x 1 token (the prefill) and x ``1 + tokens``; their difference is
     ``tokens`` decode steps of the whole batch, contexts from the prompt's length to ``tokens``
     more. Returns ``us_per_step``, ``records_per_step``, ``steps`` and ``device_us`` of that
@@ -440,7 +448,7 @@ def _profile_text(p: dict) -> str:
     if p.get("us_per_step") is None:
         return "none (no decode steps between the two batches)"
     if not p["us_per_step"]:
-        return "none (no device records: a CPU engine)"
+        return "none (no device records: a CPU engine, or no device tracing)"
     return f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records)"
 
 
@@ -826,7 +834,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
-        # the device's busy time per decode step, each engine once (untimed; kernel time, no host state in it)
+        # the device time per decode step, each engine once (untimed; kernel time, no host state in it)
         prof: dict[tuple[str, str], dict] = {}
         if os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0":
             for shape in [s for s in all_shapes if s == "decode"]:
@@ -1065,8 +1073,9 @@ def main(argv: list[str] | None = None) -> int:
           "best batch (its least median step time), 2nd best: of their second-least; device: of the median device "
           "span of a step (StepTimer: the model runner's calls on the device's clock, kernels and the device's "
           "waits for the host inside the calls, not the host work between them), median over turns; kernel: of the "
-          "device's busy time per step in one profiled batch per engine (decode; no host state in it); both "
-          "reported, not judged. Decode-heavy rows are judged on the best step, "
+          f"summed device time per decode step in {PROFILE_TOKENS} profiled steps per engine (contexts "
+          f"{SHAPES['decode'][1]} to {SHAPES['decode'][1] + PROFILE_TOKENS} tokens; the timed batches reach "
+          f"{sum(SHAPES['decode'][1:])}; no host state in it); both reported, not judged. Decode-heavy rows are judged on the best step, "
           "prefill-heavy rows on wall time: see JUDGED_ON in this script.")
     note = host_states(rows, numa=topo["numa_nodes"])
     if note:
