@@ -53,7 +53,7 @@ leaves it out) that times every step's model-runner calls on the device's clock,
 also reports the ratio of the steps' device spans: the device's share of a step, which a
 host-bound decode step hides (a span also holds the device's waits for the host inside the
 calls, so a slow host lengthens it too). Before the rounds, each engine also runs two untimed
-decode-shape batches under the torch profiler (:func:`profile_batch`), whose difference gives
+decode-shape batches in one torch profiler session (:func:`profile_batch`), whose difference gives
 the device time per decode step (its records' summed durations: kernels, copies, memsets) over
 contexts of 128 to 384 tokens (the timed batches reach 1,152): the ``kernel`` column, QDQ's
 device cost with no host state in it. Exit 1 when a QDQ row's judged ratio is below
@@ -359,37 +359,62 @@ class StepTimer:
         runner._qdq_bench_clock = "cuda events" if cuda else "host clock"
         return runner._qdq_bench_clock
 
-    def qdq_bench_profile(self, start: bool) -> dict | None:
-        """Start (``start``) or stop the torch profiler in this process (installs the timers
-        first), recording the device's activity on a GPU worker (kernels, copies, memsets, with
-        the host's ops beside them; the host's ops alone on a CPU one). On stop: ``device_us``,
-        the summed durations of the device records (µs; no host work in them; records that
-        overlap on two streams count twice; user annotations, which span from their first
-        kernel to their last, are left out), ``records``, their count, and ``steps``, the
-        ``execute_model`` calls meanwhile. A start stops a profiler a failed stop left behind."""
+    def qdq_bench_profile(self, action: str) -> dict | None:
+        """The torch profiler in this process (installs the timers first): ``"start"`` it,
+        recording the device's activity on a GPU worker (kernels, copies, memsets, with the
+        host's ops beside them; the host's ops alone on a CPU one); ``"mark"`` the end of a
+        segment (a host op named ``qdq_bench_mark``: the device's records after it are the next
+        segment's); ``"stop"`` it and return ``segments``, for each: ``device_us``, the summed
+        durations of its device records (µs; no host work in them; records that overlap on two
+        streams count twice; user annotations, which span from their first kernel to their
+        last, are left out), ``records``, their count, ``dropped``, records whose duration is
+        negative or over a second (CUPTI has handed back kernel records with a start ~1e14 ns
+        off: pytorch/pytorch#192021), and ``steps``, the ``execute_model`` calls in it. One
+        session for all segments: CUPTI is set up once. A start stops a profiler a failed stop
+        left behind."""
         import torch
 
         clock = self.qdq_bench_time_steps()
         runner = self.model_runner  # type: ignore[attr-defined]
+        if action == "mark":
+            with torch.profiler.record_function("qdq_bench_mark"):
+                runner._qdq_bench_prof[1].append(len(runner._qdq_bench_marks))
+            return None
         left = runner.__dict__.pop("_qdq_bench_prof", None)
-        if start:
+        if action == "start":
             if left is not None:
                 left[0].__exit__(None, None, None)
             act = torch.profiler.ProfilerActivity
             # the host's ops too on a GPU (the usual pairing; only the device's records are summed)
             prof = torch.profiler.profile(activities=[act.CPU, act.CUDA] if clock == "cuda events" else [act.CPU])
             prof.__enter__()
-            runner._qdq_bench_prof = (prof, len(runner._qdq_bench_marks))
+            runner._qdq_bench_prof = (prof, [len(runner._qdq_bench_marks)])
             return None
+        if action != "stop":
+            raise ValueError(f"qdq_bench_profile({action!r}); accepted: 'start', 'mark', 'stop'")
         if left is None:
-            raise RuntimeError("qdq_bench_profile(False) without a profiler started")
-        prof, n0 = left  # taken off first: a stop that fails is not tried again
+            raise RuntimeError("qdq_bench_profile('stop') without a profiler started")
+        prof, at = left  # taken off first: a stop that fails is not tried again
         prof.__exit__(None, None, None)
-        steps = sum(kind == "execute_model" for kind, _, _ in runner._qdq_bench_marks[n0:])
-        dev = [e for e in prof.events()
-               if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
-        return {"device_us": round(sum(e.time_range.elapsed_us() for e in dev), 1), "records": len(dev),
-                "steps": steps}
+        at = [*at, len(runner._qdq_bench_marks)]
+        events = prof.events()
+        cuts = sorted(e.time_range.start for e in events if e.name == "qdq_bench_mark")
+        if len(cuts) != len(at) - 2:
+            raise RuntimeError(f"{len(cuts)} marks in the profile for {len(at) - 2} made")
+        segs = [{"device_us": 0.0, "records": 0, "dropped": 0,
+                 "steps": sum(k == "execute_model" for k, _, _ in runner._qdq_bench_marks[at[i]:at[i + 1]])}
+                for i in range(len(at) - 1)]
+        for e in events:
+            if e.device_type == torch.autograd.DeviceType.CPU or getattr(e, "is_user_annotation", False):
+                continue
+            seg = segs[sum(e.time_range.start >= c for c in cuts)]
+            us = e.time_range.elapsed_us()
+            if 0 <= us <= 1e6:
+                seg["device_us"] += us
+                seg["records"] += 1
+            else:
+                seg["dropped"] += 1
+        return {"segments": [{**g, "device_us": round(g["device_us"], 1)} for g in segs]}
 
     def qdq_bench_step_times(self) -> list[float]:
         """Seconds of each step timed since the last call, in order (then forgotten)."""
@@ -412,33 +437,29 @@ class StepTimer:
 PROFILE_TOKENS = 256
 
 
-def _profiled(llm, prompts: list, tokens: int) -> dict:
-    """:meth:`StepTimer.qdq_bench_profile`'s figures of one batch of ``prompts`` x ``tokens``."""
-    llm.collective_rpc("qdq_bench_profile", args=(True,))
-    try:
-        llm.generate(prompts, _params(tokens), use_tqdm=False)
-    finally:
-        got = llm.collective_rpc("qdq_bench_profile", args=(False,))[0]
-    return got
-
-
 def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     """The device time per decode step of ``prompts`` (µs: the summed durations of its kernels,
-    copies and memsets, which no host state lengthens), from two untimed batches under the profiler in the engine
-    core: ``prompts`` x 1 token (the prefill) and x ``1 + tokens``; their difference is
-    ``tokens`` decode steps of the whole batch, contexts from the prompt's length to ``tokens``
-    more. Returns ``us_per_step``, ``records_per_step``, ``steps`` and ``device_us`` of that
-    difference; a failure (no profiler on the host, say) comes back as ``error``, its text, for
-    the bench to print."""
+    copies and memsets, which no host state lengthens), from two untimed batches in one
+    profiler session in the engine core (:meth:`StepTimer.qdq_bench_profile`): ``prompts`` x 1
+    token (the prefill), a mark, then x ``1 + tokens``; their difference is ``tokens`` decode
+    steps of the whole batch, contexts from the prompt's length to ``tokens`` more. Returns
+    ``us_per_step``, ``records_per_step``, ``steps``, ``device_us`` of that difference and
+    ``dropped`` (records of implausible duration, left out); a failure (no profiler on the
+    host, say) comes back as ``error``, its text, for the bench to print."""
     try:
-        a = _profiled(llm, prompts, 1)
-        b = _profiled(llm, prompts, 1 + tokens)
+        llm.collective_rpc("qdq_bench_profile", args=("start",))
+        try:
+            llm.generate(prompts, _params(1), use_tqdm=False)
+            llm.collective_rpc("qdq_bench_profile", args=("mark",))
+            llm.generate(prompts, _params(1 + tokens), use_tqdm=False)
+        finally:
+            a, b = llm.collective_rpc("qdq_bench_profile", args=("stop",))[0]["segments"]
     except Exception as e:  # said by the bench, not skipped
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     k = b["steps"] - a["steps"]
     us, rec = b["device_us"] - a["device_us"], b["records"] - a["records"]
     return {"steps": k, "device_us": round(us, 1), "us_per_step": us / k if k > 0 else None,
-            "records_per_step": rec / k if k > 0 else None}
+            "records_per_step": rec / k if k > 0 else None, "dropped": a["dropped"] + b["dropped"]}
 
 
 def _profile_text(p: dict) -> str:
@@ -449,7 +470,8 @@ def _profile_text(p: dict) -> str:
         return "none (no decode steps between the two batches)"
     if not p["us_per_step"]:
         return "none (no device records: a CPU engine, or no device tracing)"
-    return f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records)"
+    return (f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records"
+            + (f"; {p['dropped']} of implausible duration left out" if p.get("dropped") else "") + ")")
 
 
 #: the worker extension's qualified name: the engine core imports it (``scripts/`` is on its path)

@@ -306,10 +306,11 @@ def test_step_timer_sums_each_steps_calls() -> None:
 
 def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
     """``StepTimer.qdq_bench_profile`` with the profiler stood in for (its records are what a GPU
-    profile holds): the stop sums the durations of the device records only, leaving out host ops
-    and user annotations (which span from their first kernel to their last), counts the
-    ``execute_model`` calls since the start, and a stop without a start is an error; a start
-    stops a profiler a failed stop left behind."""
+    profile holds): the stop splits the device records at the marks (by start time) and sums
+    each segment's durations, leaving out host ops, user annotations (which span from their
+    first kernel to their last) and records of implausible duration (counted as dropped), and
+    counts each segment's ``execute_model`` calls; a stop without a start, a mark missing from
+    the profile and an unknown action are errors; a start stops a profiler a failed stop left."""
     from types import SimpleNamespace
 
     import torch
@@ -317,15 +318,18 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
     bench = _bench_module()
     cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
-    def rec(dev, us, ann=False):
-        return SimpleNamespace(device_type=dev, is_user_annotation=ann,
-                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+    def rec(dev, start, us, name="k", ann=False):
+        return SimpleNamespace(name=name, device_type=dev, is_user_annotation=ann,
+                               time_range=SimpleNamespace(start=start, elapsed_us=lambda: us))
 
     made = []
+    records = [rec(cpu, 0, 900.0, "aten::mm"), rec(cuda, 5, 10.0), rec(cuda, 8, 2.5), rec(cuda, 9, 50.0, ann=True),
+               rec(cpu, 20, 1.0, "qdq_bench_mark"), rec(cuda, 25, 4.0), rec(cuda, 30, 1e14), rec(cuda, 31, 6.0)]
 
     class Prof:  # the profiler's context-manager protocol and its records
         def __init__(self, activities):
             self.entered = self.exited = 0
+            self.records = list(records)
             made.append(self)
 
         def __enter__(self):
@@ -336,7 +340,7 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
             self.exited += 1
 
         def events(self):
-            return [rec(cpu, 900.0), rec(cuda, 10.0), rec(cuda, 2.5), rec(cuda, 50.0, ann=True)]
+            return self.records
 
     monkeypatch.setattr(torch.profiler, "profile", Prof)
 
@@ -354,19 +358,30 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
             self.model_runner = Runner()
 
     w = Worker()
-    w.model_runner.execute_model(0)  # before the start: not counted
-    assert w.qdq_bench_profile(True) is None
+    run = w.model_runner
+    run.execute_model(0)  # before the start: not counted
+    assert w.qdq_bench_profile("start") is None
+    run.execute_model(1)
+    run.sample_tokens(1)
+    w.qdq_bench_profile("mark")
     for k in range(3):
-        w.model_runner.execute_model(k)
-        w.model_runner.sample_tokens(k)
-    assert w.qdq_bench_profile(False) == {"device_us": 12.5, "records": 2, "steps": 3}
+        run.execute_model(k)
+        run.sample_tokens(k)
+    assert w.qdq_bench_profile("stop") == {"segments": [
+        {"device_us": 12.5, "records": 2, "dropped": 0, "steps": 1},
+        {"device_us": 10.0, "records": 2, "dropped": 1, "steps": 3}]}
     assert made[0].entered == made[0].exited == 1
     with pytest.raises(RuntimeError, match="without a profiler started"):
-        w.qdq_bench_profile(False)
-    w.qdq_bench_profile(True)
-    w.model_runner._qdq_bench_prof = (made[1], 0)  # as a stop that failed would leave it
-    w.qdq_bench_profile(True)
-    assert made[1].exited == 1 and made[2].entered == 1
+        w.qdq_bench_profile("stop")
+    with pytest.raises(ValueError, match=r"\('pause'\); accepted: 'start', 'mark', 'stop'"):
+        w.qdq_bench_profile("pause")
+    w.qdq_bench_profile("start")  # no mark made, one in the records
+    with pytest.raises(RuntimeError, match="1 marks in the profile for 0 made"):
+        w.qdq_bench_profile("stop")
+    w.qdq_bench_profile("start")
+    w.model_runner._qdq_bench_prof = (made[2], [0])  # as a stop that failed would leave it
+    w.qdq_bench_profile("start")
+    assert made[2].exited == 1 and made[3].entered == 1
 
 
 def test_throughput_bench_judges_decode_on_the_core_step(tmp_path: Path, monkeypatch, capsys) -> None:
