@@ -367,7 +367,9 @@ class StepTimer:
         segment's); ``"stop"`` it and return ``segments``, for each: ``device_us``, the summed
         durations of its device records (µs; no host work in them; records that overlap on two
         streams count twice; user annotations, which span from their first kernel to their
-        last, are left out), ``records``, their count, ``dropped``, records whose duration is
+        last, are left out), ``records``, their count, ``launches``, the host's launch calls
+        (CUDA runtime or driver calls named ``cu*Launch*``: a kernel each, or a whole CUDA graph),
+        ``dropped``, records whose duration is
         negative or over a second (CUPTI has handed back kernel records with a start ~1e14 ns
         off: pytorch/pytorch#192021), and ``steps``, the ``execute_model`` calls in it. One
         session for all segments: CUPTI is set up once. A start stops a profiler a failed stop
@@ -401,13 +403,16 @@ class StepTimer:
         cuts = sorted(e.time_range.start for e in events if e.name == "qdq_bench_mark")
         if len(cuts) != len(at) - 2:
             raise RuntimeError(f"{len(cuts)} marks in the profile for {len(at) - 2} made")
-        segs = [{"device_us": 0.0, "records": 0, "dropped": 0,
+        segs = [{"device_us": 0.0, "records": 0, "dropped": 0, "launches": 0,
                  "steps": sum(k == "execute_model" for k, _, _ in runner._qdq_bench_marks[at[i]:at[i + 1]])}
                 for i in range(len(at) - 1)]
         for e in events:
-            if e.device_type == torch.autograd.DeviceType.CPU or getattr(e, "is_user_annotation", False):
-                continue
             seg = segs[sum(e.time_range.start >= c for c in cuts)]
+            if e.device_type == torch.autograd.DeviceType.CPU:  # the host: count its launch calls
+                seg["launches"] += "Launch" in e.name and e.name.startswith("cu")
+                continue
+            if getattr(e, "is_user_annotation", False):
+                continue
             us = e.time_range.elapsed_us()
             if 0 <= us <= 1e6:
                 seg["device_us"] += us
@@ -443,7 +448,8 @@ def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     profiler session in the engine core (:meth:`StepTimer.qdq_bench_profile`): ``prompts`` x 1
     token (the prefill), a mark, then x ``1 + tokens``; their difference is ``tokens`` decode
     steps of the whole batch, contexts from the prompt's length to ``tokens`` more. Returns
-    ``us_per_step``, ``records_per_step``, ``steps``, ``device_us`` of that difference and
+    ``us_per_step``, ``records_per_step``, ``launches_per_step`` (the host's launch calls: QDQ
+    that adds none adds no host work to a step), ``steps``, ``device_us`` of that difference and
     ``dropped`` (records of implausible duration, left out); a failure (no profiler on the
     host, say) comes back as ``error``, its text, for the bench to print."""
     try:
@@ -457,9 +463,10 @@ def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     except Exception as e:  # said by the bench, not skipped
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     k = b["steps"] - a["steps"]
-    us, rec = b["device_us"] - a["device_us"], b["records"] - a["records"]
+    us, rec, n = b["device_us"] - a["device_us"], b["records"] - a["records"], b["launches"] - a["launches"]
     return {"steps": k, "device_us": round(us, 1), "us_per_step": us / k if k > 0 else None,
-            "records_per_step": rec / k if k > 0 else None, "dropped": a["dropped"] + b["dropped"]}
+            "records_per_step": rec / k if k > 0 else None, "launches_per_step": n / k if k > 0 else None,
+            "dropped": a["dropped"] + b["dropped"]}
 
 
 def _profile_text(p: dict) -> str:
@@ -470,7 +477,8 @@ def _profile_text(p: dict) -> str:
         return "none (no decode steps between the two batches)"
     if not p["us_per_step"]:
         return "none (no device records: a CPU engine, or no device tracing)"
-    return (f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records"
+    return (f"{p['us_per_step']:.0f} us ({p['records_per_step']:.0f} records, "
+            f"{p.get('launches_per_step') or 0:.1f} host launches"
             + (f"; {p['dropped']} of implausible duration left out" if p.get("dropped") else "") + ")")
 
 
@@ -925,7 +933,8 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             po, pq = prof.get(("off", shape), {}), prof.get((q, shape), {})
             if po.get("us_per_step") and pq.get("us_per_step"):  # reported, never judged
                 dev.update(kernel_ratio=po["us_per_step"] / pq["us_per_step"],
-                           off_kernel_us=po["us_per_step"], on_kernel_us=pq["us_per_step"])
+                           off_kernel_us=po["us_per_step"], on_kernel_us=pq["us_per_step"],
+                           off_launches=po.get("launches_per_step"), on_launches=pq.get("launches_per_step"))
             if po or pq:
                 dev["profile"] = {"off": po, q: pq}
             rows.append({

@@ -156,7 +156,7 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
             if kernel is None:
                 return {"error": "RuntimeError: no profiler in the stand-in"}
             return {"steps": 256, "device_us": 256 * kernel[self.name], "us_per_step": kernel[self.name],
-                    "records_per_step": 40.0}
+                    "records_per_step": 40.0, "launches_per_step": 3.0}
 
         def quit(self):
             pass
@@ -236,8 +236,9 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
                      "--min-seconds", "1", "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert ("dense decode: device time per step (profiler, 256 tokens): off 500 us (40 records), on 625 us "
-            "(40 records), kv 550 us (40 records), aa 500 us (40 records)") in text, text
+    assert ("dense decode: device time per step (profiler, 256 tokens): off 500 us (40 records, 3.0 host "
+            "launches), on 625 us (40 records, 3.0 host launches), kv 550 us (40 records, 3.0 host launches), "
+            "aa 500 us (40 records, 3.0 host launches)") in text, text
     assert os.environ["QDQ_BENCH_DEVICE_STEPS"] == "1"
     rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
     assert abs(rows["act", "decode"]["device_ratio_median"] - 1 / 1.2) < 1e-9
@@ -250,6 +251,7 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     assert rows["kv", "decode"]["kernel_ratio"] == 500 / 550 and rows["act", "decode"]["on_kernel_us"] == 625.0
     assert "kernel_ratio" not in rows["act", "prefill"]  # the decode shape only
     assert rows["aa", "decode"]["profile"]["aa"]["us_per_step"] == 500.0
+    assert rows["kv", "decode"]["off_launches"] == rows["kv", "decode"]["on_launches"] == 3.0
     assert "have no core-step time" not in text and "Judged on wall time" not in text
     assert {r["judged_on"] for r in rows.values() if r["shape"] == "decode"} == {"best"}
     # without device spans (--no-device-steps: the workers leave the timer out) the rows have none
@@ -306,8 +308,8 @@ def test_step_timer_sums_each_steps_calls() -> None:
 
 def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
     """``StepTimer.qdq_bench_profile`` with the profiler stood in for (its records are what a GPU
-    profile holds): the stop splits the device records at the marks (by start time) and sums
-    each segment's durations, leaving out host ops, user annotations (which span from their
+    profile holds): the stop splits the records at the marks (by start time), sums each
+    segment's device durations and counts its host launch calls (``cu*Launch*``), leaving out host ops, user annotations (which span from their
     first kernel to their last) and records of implausible duration (counted as dropped), and
     counts each segment's ``execute_model`` calls; a stop without a start, a mark missing from
     the profile and an unknown action are errors; a start stops a profiler a failed stop left."""
@@ -323,8 +325,10 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
                                time_range=SimpleNamespace(start=start, elapsed_us=lambda: us))
 
     made = []
-    records = [rec(cpu, 0, 900.0, "aten::mm"), rec(cuda, 5, 10.0), rec(cuda, 8, 2.5), rec(cuda, 9, 50.0, ann=True),
-               rec(cpu, 20, 1.0, "qdq_bench_mark"), rec(cuda, 25, 4.0), rec(cuda, 30, 1e14), rec(cuda, 31, 6.0)]
+    records = [rec(cpu, 0, 900.0, "aten::mm"), rec(cpu, 1, 3.0, "cudaLaunchKernel"), rec(cuda, 5, 10.0),
+               rec(cuda, 8, 2.5), rec(cuda, 9, 50.0, ann=True), rec(cpu, 20, 1.0, "qdq_bench_mark"),
+               rec(cpu, 21, 3.0, "cudaGraphLaunch"), rec(cpu, 22, 3.0, "cuLaunchKernel"), rec(cpu, 23, 1.0, "cudaMemcpyAsync"),
+               rec(cuda, 25, 4.0), rec(cuda, 30, 1e14), rec(cuda, 31, 6.0)]
 
     class Prof:  # the profiler's context-manager protocol and its records
         def __init__(self, activities):
@@ -368,8 +372,8 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
         run.execute_model(k)
         run.sample_tokens(k)
     assert w.qdq_bench_profile("stop") == {"segments": [
-        {"device_us": 12.5, "records": 2, "dropped": 0, "steps": 1},
-        {"device_us": 10.0, "records": 2, "dropped": 1, "steps": 3}]}
+        {"device_us": 12.5, "records": 2, "dropped": 0, "launches": 1, "steps": 1},
+        {"device_us": 10.0, "records": 2, "dropped": 1, "launches": 2, "steps": 3}]}
     assert made[0].entered == made[0].exited == 1
     with pytest.raises(RuntimeError, match="without a profiler started"):
         w.qdq_bench_profile("stop")
@@ -840,4 +844,5 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     # most, 7 at least: a prompt that reaches the core a step late has its prefill in a step of
     # its own in one batch and beside the others' decode in the other), no device records on a CPU engine
     assert 7 <= prof["steps"] <= 9 and prof["device_us"] == 0 and prof["us_per_step"] == 0, prof
+    assert prof["launches_per_step"] == 0 and prof["dropped"] == 0, prof  # no CUDA launches on a CPU engine
     assert _bench_module()._profile_text(prof) == "none (no device records: a CPU engine, or no device tracing)"
