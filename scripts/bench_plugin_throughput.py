@@ -99,6 +99,12 @@ MODELS: dict[str, tuple[str, dict]] = {
 MAX_LEN = max(i + o for _, i, o in SHAPES.values()) + 16
 
 
+def device_steps_on() -> bool:
+    """Whether the workers carry the step timer and profile (``QDQ_BENCH_DEVICE_STEPS``, set by
+    ``--no-device-steps``; default on)."""
+    return os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0"
+
+
 def kv_bytes() -> int:
     """Each engine's fixed KV-cache size (``QDQ_BENCH_KV_BYTES``, default 8 GiB; 0: profiled)."""
     from vllm_qdq.config import env_int
@@ -168,9 +174,9 @@ class HostProbe:
     """Where a process tree's threads ran during a batch, from ``/proc`` (read before and after
     the timed call, never inside it): per process, CPU seconds used, involuntary context switches
     (preemptions by other work) and the CPUs its busy threads were last seen on. Linux only;
-    elsewhere (or for a process gone meanwhile) the figures are simply absent. ``children`` of a task is what ``/proc`` lists
-    (exact for the long-lived engine core; a process started and gone between two reads is
-    missed). The ``core`` is the busiest descendant at any depth: the engine core, whose busy
+    elsewhere (or for a process gone meanwhile) the figures are simply absent. ``children`` of
+    a task is what ``/proc`` lists (exact for the long-lived engine core; a process started and
+    gone between two reads is missed). The ``core`` is the busiest descendant at any depth: the engine core, whose busy
     loop outruns any helper process (resource tracker, compile workers) during a batch."""
 
     _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -486,7 +492,7 @@ def _profile_text(p: dict) -> str:
 STEP_TIMER = f"{Path(__file__).stem}.StepTimer"
 
 
-def _device_steps(llm) -> list[float] | None:
+def _device_steps(llm) -> list[float]:
     """The engine's :meth:`StepTimer.qdq_bench_step_times` (its one worker's)."""
     return llm.collective_rpc("qdq_bench_step_times")[0]
 
@@ -552,7 +558,7 @@ def worker(model: str, llm_kwargs: dict) -> int:
     kv = kv_bytes()
     mem = {"kv_cache_memory_bytes": kv, "gpu_memory_utilization": 0.1} if kv else \
         {"gpu_memory_utilization": float(os.environ.get("QDQ_BENCH_GPU_UTIL", "0.4"))}
-    timer = os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0"
+    timer = device_steps_on()
     ext = {"worker_extension_cls": STEP_TIMER} if timer else {}
     # no prefix caching: every repetition of a batch must prefill again
     llm = LLM(model=model, max_model_len=MAX_LEN, seed=0, enable_prefix_caching=False, **mem, **llm_kwargs, **ext)
@@ -619,18 +625,19 @@ class Engine:
         raise SystemExit(f"QDQ {self.name} engine exited (rc {self.proc.wait()}); log {self.log}:\n"
                          + self.log.read_text()[-4000:])
 
-    def run(self, shape: str, reps: int = 1) -> dict:
+    def _ask(self, command: str, tag: str) -> dict:
+        """Send the worker one command line; the figures of its reply line tagged ``tag``."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{shape} {reps}\n")
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        return self._read("BENCH")
+        return self._read(tag)
+
+    def run(self, shape: str, reps: int = 1) -> dict:
+        return self._ask(f"{shape} {reps}", "BENCH")
 
     def profile(self, shape: str) -> dict:
         """:func:`profile_batch` of ``shape``'s prompts in this engine."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"profile {shape}\n")
-        self.proc.stdin.flush()
-        return self._read("PROFILE")
+        return self._ask(f"profile {shape}", "PROFILE")
 
     def quit(self) -> None:
         """Ask the worker to stop (it shuts its engine down); :meth:`reap` waits for it."""
@@ -730,10 +737,9 @@ def host_states(rows: list[dict], shape: str = "decode", slow: float = 1.15,
     if not batches:
         return None
     best: dict[tuple, float] = {}
-    for (m, e, *_), b in batches:
-        best[m, e] = min(best.get((m, e), b["step_s"]), b["step_s"])
     dev_best: dict[tuple, float] = {}
     for (m, e, *_), b in batches:
+        best[m, e] = min(best.get((m, e), b["step_s"]), b["step_s"])
         if b.get("device_step_s"):
             dev_best[m, e] = min(dev_best.get((m, e), b["device_step_s"]), b["device_step_s"])
     groups: dict[bool, list[dict]] = {True: [], False: []}
@@ -866,7 +872,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
         # the device time per decode step, each engine once (untimed; kernel time, no host state in it)
         prof: dict[tuple[str, str], dict] = {}
-        if os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0":
+        if device_steps_on():
             for shape in [s for s in all_shapes if s == "decode"]:
                 for k in ["off"] + [q for q in names[1:] if shape in measured[q]]:
                     prof[k, shape] = engines[k].profile(shape)
