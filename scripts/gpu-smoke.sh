@@ -5,8 +5,9 @@
 #   bash scripts/gpu-smoke.sh kernels plugin      # chosen steps (e.g. one per CI job or call)
 #   bash scripts/gpu-smoke.sh summary             # the table from the logs already written
 #
-# Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-80 s, most
-# of it process start-up and imports; measured times are in results/ and the README):
+# Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-160 s, ~105 s
+# of it, in results/h200-2026-12-03f, a wait with nothing in the log (SMOKE_STACK_DUMPS, below, shows
+# where); measured times are in results/ and the README):
 #   kernels       pytest -m gpu: Triton QDQ bit-exactness, the rotation / stochastic-rounding / FP4
 #                 recipes, sage3 kernels and per-step routing (tests/gpu/test_triton_qdq_gpu.py,
 #                 test_triton_recipes_gpu.py, test_sage3_gpu.py, test_sage3_route_gpu.py; the last needs
@@ -36,8 +37,9 @@
 #                 control), interleaved rounds: as many as fit in SMOKE_BENCH_BUDGET seconds (default
 #                 450, engine starts included; at most SMOKE_BENCH_ROUNDS, default 20); fails when a row's
 #                 ratio is below SMOKE_PLUGIN_TARGET (default 0.97): the median over turns of wall times
-#                 for prefill-heavy rows, the engines' best batches' median core steps for decode-heavy
-#                 ones (the bench's JUDGED_ON); SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
+#                 for prefill-heavy rows, for decode-heavy ones the ratio QDQ's profiled device time per
+#                 step allows on the off engine's best step, gated by its A/A control and by QDQ adding no
+#                 host launches (the bench's JUDGED_ON); SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
 #                 engines there (--cpus; default unpinned)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
@@ -47,6 +49,10 @@
 # $SMOKE_OUT/models (SMOKE_MODELS) and shared by the steps; each step keeps its compile caches (vLLM's,
 # Triton's, Inductor's) in $VLLM_CACHE_ROOT/<step> (default $SMOKE_OUT/vllm-cache), so a step run
 # again starts warm and steps run side by side share no compile cache.
+#
+# SMOKE_STACK_DUMPS=60,90,120 (seconds; default unset): every Python process of a step, vLLM's
+# engine cores included, writes all its threads' stacks to the step's logs at those seconds after it
+# started (scripts/stack_dumps/sitecustomize.py): where an engine start waits without a log line.
 #
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
@@ -65,6 +71,11 @@ CACHE_BASE=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
 export SMOKE_MODELS=${SMOKE_MODELS:-$OUT/models}
 JOBS=${SMOKE_JOBS:-1}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_JOBS='$JOBS' is not a positive integer" >&2; exit 2; }
+DUMPS=${SMOKE_STACK_DUMPS:-}
+if [ -n "$DUMPS" ] && ! [[ $DUMPS =~ ^[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*$ && ! $DUMPS =~ (^|,)0*\.?0*(,|$) ]]; then
+  echo "gpu-smoke: SMOKE_STACK_DUMPS='$DUMPS'; accepted: seconds > 0 after each process starts, comma-separated (e.g. 60,90,120)" >&2
+  exit 2
+fi
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -124,7 +135,9 @@ step() {  # step NAME CMD...: log, time, one-line result
   # compile hash) and Triton's, which is otherwise one per machine (~/.triton/cache), shared by steps
   # run side by side; TORCHINDUCTOR_CACHE_DIR covers what compiles before vLLM sets its own
   mkdir -p "$CACHE_BASE/$name"
-  VLLM_CACHE_ROOT="$CACHE_BASE/$name" TRITON_CACHE_DIR="$CACHE_BASE/$name/triton" \
+  local dumps=()
+  [ -z "$DUMPS" ] || dumps=(QDQ_STACK_DUMPS="$DUMPS" PYTHONPATH="$PWD/scripts/stack_dumps${PYTHONPATH:+:$PYTHONPATH}")
+  env ${dumps[@]+"${dumps[@]}"} VLLM_CACHE_ROOT="$CACHE_BASE/$name" TRITON_CACHE_DIR="$CACHE_BASE/$name/triton" \
     TORCHINDUCTOR_CACHE_DIR="$CACHE_BASE/$name/inductor" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)

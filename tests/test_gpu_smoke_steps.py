@@ -936,3 +936,88 @@ def test_core_steps_clock_the_real_engine(tmp_path: Path) -> None:
     assert 7 <= prof["steps"] <= 9 and prof["device_us"] == 0 and prof["us_per_step"] == 0, prof
     assert prof["launches_per_step"] == 0 and prof["dropped"] == 0, prof  # no CUDA launches on a CPU engine
     assert _bench_module()._profile_text(prof) == "none (no device records: a CPU engine, or no device tracing)"
+
+
+STACK_DUMPS = REPO / "scripts" / "stack_dumps"
+
+
+def _python_with_dumps(tmp_path: Path, spec: str, code: str, extra_path: Path | None = None):
+    import os
+    import subprocess
+    import sys
+
+    path = os.pathsep.join(str(p) for p in (STACK_DUMPS, extra_path) if p)
+    env = dict(os.environ, QDQ_STACK_DUMPS=spec, PYTHONPATH=path)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+
+
+def test_stack_dumps_write_each_threads_stack_on_schedule(tmp_path: Path) -> None:
+    """``SMOKE_STACK_DUMPS``' hook (scripts/stack_dumps/sitecustomize.py): a process that lives past
+    the scheduled seconds writes every thread's stack to stderr, headed with its pid and the time,
+    one dump per time it lived to; the stack shows where it waits (here a named function sleeping);
+    its stdout is untouched. A site's own sitecustomize, later on the path, still runs."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['SITE_RAN'] = '1'\n")
+    code = ("import os, time\n"
+            "def waiting_here():\n    time.sleep(1.6)\n"
+            "waiting_here(); print('out', os.environ.get('SITE_RAN'))")
+    r = _python_with_dumps(tmp_path, "0.4,0.8,30", code, extra_path=site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "out 1\n"
+    heads = [ln for ln in r.stderr.splitlines() if ln.startswith("=== qdq stack dump: pid ")]
+    assert [h.split(" at ")[-1] for h in heads] == ["0.4 s ===", "0.8 s ==="], r.stderr  # not 30: it ended
+    assert "in waiting_here" in r.stderr and "qdq-stack-dumps" not in r.stdout
+
+
+@pytest.mark.parametrize("spec", ["0", "a", "60,-1"])
+def test_stack_dumps_bad_schedule_is_said(tmp_path: Path, spec: str) -> None:
+    """A schedule that is not seconds > 0 is said on stderr, naming it, and schedules nothing; the
+    process runs on (gpu-smoke.sh refuses such a value at start-up, tested below)."""
+    r = _python_with_dumps(tmp_path, spec, "print('ran')")
+    assert r.returncode == 0 and r.stdout == "ran\n"
+    assert f"qdq stack dumps: QDQ_STACK_DUMPS={spec!r}; accepted: seconds > 0" in r.stderr
+    assert "=== qdq stack dump" not in r.stderr
+
+
+@pytest.mark.parametrize("spec", ["0", "60,0", "a", "60,", "1e3"])
+def test_gpu_smoke_refuses_a_bad_stack_dump_schedule(tmp_path: Path, spec: str) -> None:
+    """``SMOKE_STACK_DUMPS`` is checked at start-up, before anything runs: exit 2 naming the value
+    and what is accepted, as the last line; a good one passes that check (the unknown step after
+    it is the next error)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SMOKE_STACK_DUMPS=spec, SMOKE_OUT=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(SMOKE), "no-such-step"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"gpu-smoke: SMOKE_STACK_DUMPS='{spec}'; accepted: seconds > 0 after "
+                                                 "each process starts, comma-separated (e.g. 60,90,120)")
+    env["SMOKE_STACK_DUMPS"] = "60,90.5,120"
+    r = subprocess.run(["bash", str(SMOKE), "no-such-step"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown step 'no-such-step'" in r.stderr
+
+
+def test_gpu_smoke_step_passes_the_schedule_to_its_processes(tmp_path: Path) -> None:
+    """gpu-smoke.sh's ``step`` function (taken out of the script and run with a stand-in command,
+    the suite itself needing a GPU): with ``SMOKE_STACK_DUMPS`` set, the step's Python process (and
+    every process it starts, which inherit both variables) writes its scheduled dumps into the
+    step's log, and the step's result line is written as ever; unset, the log holds none."""
+    import subprocess
+    import sys
+
+    text = SMOKE.read_text()
+    func = text[text.index("step() {"):]
+    func = func[:func.index("\n}\n") + 3]
+    cmd = "import time; time.sleep(1.0); print('done')"
+    for dumps, expect in (("0.3", 1), ("", 0)):
+        out = tmp_path / f"out{expect}"
+        out.mkdir()
+        script = (f"set -uo pipefail\ncd {REPO}\n{func}\nOUT={out}; CACHE_BASE={out}/cache; JOBS=2; fail=0\n"
+                  f"DUMPS='{dumps}'\nstep demo {sys.executable} -c \"{cmd}\"\n")
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        log = (out / "demo.log").read_text()
+        assert log.count("=== qdq stack dump: pid ") == expect, log
+        assert "done" in log and (out / "demo.result").read_text().startswith("PASS ")
