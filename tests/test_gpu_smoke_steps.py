@@ -971,6 +971,35 @@ def test_stack_dumps_write_each_threads_stack_on_schedule(tmp_path: Path) -> Non
     assert "in waiting_here" in r.stderr and "qdq-stack-dumps" not in r.stdout
 
 
+def test_stack_dumps_once_with_two_copies_and_a_site_file_compiled_as_its_own(tmp_path: Path) -> None:
+    """Two copies of the hook on the path (a link to it, as a second checkout would put there) run
+    one schedule, not one each nor one per recursion, and the site's own sitecustomize after them
+    runs once, compiled without the hook's compiler flags (an annotation naming nothing fails there
+    as it would alone); a child made by fork dumps on its own schedule."""
+    link = tmp_path / "again"
+    link.symlink_to(STACK_DUMPS, target_is_directory=True)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['SITE_RAN'] = os.environ.get('SITE_RAN', '') + 'x'\n"
+                                           "try:\n    y: undefined_name = 1\n    os.environ['ANN'] = 'lazy'\n"
+                                           "except NameError:\n    os.environ['ANN'] = 'eager'\n")
+    code = ("import os, threading, time\n"
+            "print(os.environ.get('SITE_RAN'), os.environ.get('ANN'), threading.active_count(), flush=True)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    time.sleep(0.8); os._exit(0)\n"
+            "os.waitpid(pid, 0)")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QDQ_STACK_DUMPS="0.3,5", PYTHONPATH=os.pathsep.join(map(str, (STACK_DUMPS, link, site))))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "x eager 2\n", (r.stdout, r.stderr)  # the site file once, its annotation evaluated; one dump thread
+    pids = [ln.split()[5] for ln in r.stderr.splitlines() if ln.startswith("=== qdq stack dump: pid ")]
+    assert len(pids) == 2 and len(set(pids)) == 2, r.stderr  # parent and forked child, 0.3 s each
+
+
 @pytest.mark.parametrize("spec", ["0", "a", "60,-1"])
 def test_stack_dumps_bad_schedule_is_said(tmp_path: Path, spec: str) -> None:
     """A schedule that is not seconds > 0 is said on stderr, naming it, and schedules nothing; the
@@ -994,7 +1023,7 @@ def test_gpu_smoke_refuses_a_bad_stack_dump_schedule(tmp_path: Path, spec: str) 
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (f"gpu-smoke: SMOKE_STACK_DUMPS='{spec}'; accepted: seconds > 0 after "
                                                  "each process starts, comma-separated (e.g. 60,90,120)")
-    env["SMOKE_STACK_DUMPS"] = "60,90.5,120"
+    env["SMOKE_STACK_DUMPS"] = "60,90.5,120,0.5,.25"
     r = subprocess.run(["bash", str(SMOKE), "no-such-step"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown step 'no-such-step'" in r.stderr
 
@@ -1010,14 +1039,14 @@ def test_gpu_smoke_step_passes_the_schedule_to_its_processes(tmp_path: Path) -> 
     text = SMOKE.read_text()
     func = text[text.index("step() {"):]
     func = func[:func.index("\n}\n") + 3]
-    cmd = "import time; time.sleep(1.0); print('done')"
+    cmd = "import os, time; time.sleep(1.0); print('done', os.environ['PYTHONPATH'].split(':')[-1] == '/kept')"
     for dumps, expect in (("0.3", 1), ("", 0)):
         out = tmp_path / f"out{expect}"
         out.mkdir()
-        script = (f"set -uo pipefail\ncd {REPO}\n{func}\nOUT={out}; CACHE_BASE={out}/cache; JOBS=2; fail=0\n"
+        script = (f"set -uo pipefail\ncd {REPO}\nexport PYTHONPATH=/kept\n{func}\nOUT={out}; CACHE_BASE={out}/cache; JOBS=2; fail=0\n"
                   f"DUMPS='{dumps}'\nstep demo {sys.executable} -c \"{cmd}\"\n")
         r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         log = (out / "demo.log").read_text()
         assert log.count("=== qdq stack dump: pid ") == expect, log
-        assert "done" in log and (out / "demo.result").read_text().startswith("PASS ")
+        assert "done True" in log and (out / "demo.result").read_text().startswith("PASS ")  # PYTHONPATH kept
