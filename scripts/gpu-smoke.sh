@@ -54,6 +54,12 @@
 # engine cores included, writes all its threads' stacks to the step's logs at those seconds after it
 # started (scripts/stack_dumps/sitecustomize.py): where an engine start waits without a log line.
 #
+# SMOKE_JIT_WARM=1 (default): before the first step that starts an engine, build FlashInfer's sampling
+# kernels (scripts/gpu_jit_warm.py; vLLM's sampler on CUDA uses them, and where flashinfer-jit-cache is
+# not installed an engine's first start compiles them with nvcc, ~100 s with no log line, every
+# engine starting meanwhile waiting on FlashInfer's lock); its line says built, found, or not needed.
+# 0: leave it to the engines.
+#
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
 # skips the memory profiling that fails beside another engine). The bench-* steps always run
@@ -76,6 +82,8 @@ if [ -n "$DUMPS" ] && ! [[ $DUMPS =~ ^[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*$ && ! $
   echo "gpu-smoke: SMOKE_STACK_DUMPS='$DUMPS'; accepted: seconds > 0 after each process starts, comma-separated (e.g. 60,90,120)" >&2
   exit 2
 fi
+JIT_WARM=${SMOKE_JIT_WARM:-1}
+[[ $JIT_WARM =~ ^[01]$ ]] || { echo "gpu-smoke: SMOKE_JIT_WARM='$JIT_WARM'; accepted: 1 (build FlashInfer's sampling kernels before the first engine step) or 0 (leave it to the engines)" >&2; exit 2; }
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -202,6 +210,22 @@ run_step() {
   esac
 }
 
+# steps that start a vLLM engine (its start builds FlashInfer's sampling kernels where not prebuilt)
+ENGINE_STEPS=" plugin-gptoss plugin-dense plugin-exact method-llama method-moe kv-cache tp2 serve study bench-plugin-gptoss bench-plugin-dense "
+jit_warm() {  # once a run, before its first engine step: the ~100-s nvcc build as a line of its own
+  jit_done=1
+  [ "$JIT_WARM" = 1 ] || return 0
+  local t0=$SECONDS rc line
+  echo "gpu-smoke: FlashInfer sampling kernels for vLLM's sampler (built once per machine where flashinfer-jit-cache is not installed: ~100 s) ..."
+  "$PY" scripts/gpu_jit_warm.py > "$OUT/jit-warm.log" 2>&1
+  rc=$?
+  line=$(grep '^jit-warm:' "$OUT/jit-warm.log" | tail -n 1)
+  [ -n "$line" ] || line=$(grep -v '^\s*$' "$OUT/jit-warm.log" | tail -n 1 | cut -c1-200)
+  echo "gpu-smoke: $line ($((SECONDS - t0)) s in all; log $OUT/jit-warm.log)"
+  # a failed build is not a step's result: the engine steps meet the same error and fail with it
+  [ $rc -eq 0 ] || echo "gpu-smoke: the FlashInfer build failed (rc=$rc); the engine steps will fail on it"
+}
+
 ran=()
 for s in "${steps[@]}"; do
   if [ "$s" = summary ]; then
@@ -215,6 +239,7 @@ for s in "${steps[@]}"; do
     exit 3
   fi
   gpu_ok=1
+  [ -n "${jit_done:-}" ] || [[ $ENGINE_STEPS != *" $s "* ]] || jit_warm
   rm -f "$OUT/$s.result"
   ran+=("$s")
   if [ "$JOBS" -gt 1 ] && [[ $s != bench-* ]]; then

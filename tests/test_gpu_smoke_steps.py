@@ -1050,3 +1050,43 @@ def test_gpu_smoke_step_passes_the_schedule_to_its_processes(tmp_path: Path) -> 
         log = (out / "demo.log").read_text()
         assert log.count("=== qdq stack dump: pid ") == expect, log
         assert "done True" in log and (out / "demo.result").read_text().startswith("PASS ")  # PYTHONPATH kept
+
+
+@pytest.mark.parametrize("value", ["2", "yes", ""])
+def test_gpu_smoke_refuses_a_bad_jit_warm_setting(tmp_path: Path, value: str) -> None:
+    """``SMOKE_JIT_WARM`` is 0 or 1, checked at start-up: exit 2 naming the value as the last line."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SMOKE_JIT_WARM=value, SMOKE_OUT=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(SMOKE), "summary"], env=env, capture_output=True, text=True, timeout=60)
+    if value == "":  # empty is unset: the default (1)
+        assert r.returncode in (0, 1) and "SMOKE_JIT_WARM" not in r.stderr
+        return
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_JIT_WARM='{value}'; accepted: 1 ")
+
+
+def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
+    """gpu-smoke.sh's ``jit_warm`` (taken out of the script, running the real scripts/gpu_jit_warm.py):
+    on a host without CUDA the script builds nothing and says so, and the suite prints that line with
+    the log's path; with SMOKE_JIT_WARM=0 it runs nothing. Either way it marks itself done (once a run)."""
+    import subprocess
+    import sys
+
+    text = SMOKE.read_text()
+    func = text[text.index("jit_warm() {"):]
+    func = func[:func.index("\n}\n") + 3]
+    for warm in ("1", "0"):
+        out = tmp_path / f"out{warm}"
+        out.mkdir()
+        script = (f"set -uo pipefail\ncd {REPO}\n{func}\nOUT={out}; PY={sys.executable}; JIT_WARM={warm}\n"
+                  "jit_warm\necho done=${jit_done:-}\n")
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == "done=1"
+        if warm == "1":
+            assert "gpu-smoke: jit-warm: no CUDA device: nothing to build (" in r.stdout, r.stdout
+            assert f"log {out}/jit-warm.log)" in r.stdout
+        else:
+            assert "jit-warm" not in r.stdout and not (out / "jit-warm.log").exists()
