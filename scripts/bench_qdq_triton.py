@@ -40,6 +40,8 @@ TARGETS = {(4096, 4096): (0.85, 0.80), (8192, 8192): (0.90, 0.60)}
 GRAPH_SLACK_US, GRAPH_FACTOR = 1.5, 2.0
 #: eager per call <= graph per call + this (us)
 EAGER_OVERHEAD_US = 8.0
+#: The global amax the "(global_amax given)" rows of NVFP4 formats pass (a float: one pass).
+GIVEN_AMAX = 4.0
 #: A rotation may add at most this fraction to its format's time at 64M elements.
 ROTATION_BUDGET = 0.25
 #: (label, format, qdq keyword arguments) of the timed options; the plain format is the baseline.
@@ -120,14 +122,18 @@ def main() -> int:
     print(f"{'copy_ (y.copy_(x))':30s} {'':>6s}" + "".join(
         f" {2 * r * c * 2 / copies[(r, c)][0] / 1e6:17.0f} {1.0:7.2f} {1.0:6.2f}" for r, c in SIZES))
     two_passes = {}
-    for name in names:
-        spec = FORMATS[name]
-        two_pass = two_passes[name] = spec.granularity is Granularity.TENSOR or spec.family is Family.NVFP4
+    # (label, format, global amax): NVFP4 with a given global amax is one pass (issue 16)
+    rows = [(n, n, None) for n in names] + [
+        (f"{n} (global_amax given)", n, GIVEN_AMAX) for n in names if FORMATS[n].family is Family.NVFP4]
+    for name, fmt, gamax in rows:
+        spec = FORMATS[fmt]
+        two_pass = two_passes[name] = gamax is None and (
+            spec.granularity is Granularity.TENSOR or spec.family is Family.NVFP4)
         rule = args.rule if spec.takes_scale_rule else "floor"
         line = f"{name:30s} {2 if two_pass else 1:6d}"
         for r, c in SIZES:
             x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
-            fn = lambda: triton_qdq.qdq(x, spec, rule, -1, None)  # noqa: B023, E731
+            fn = lambda: triton_qdq.qdq(x, spec, rule, -1, gamax)  # noqa: B023, E731
             k_ms, e_ms = kernel_ms(fn), host_us(fn, calls=20) / 1e3
             ratio, eager = copies[(r, c)][0] / k_ms, copies[(r, c)][1] / e_ms
             line += f" {2 * x.numel() * 2 / k_ms / 1e6:17.0f} {ratio:7.2f} {eager:6.2f}"
@@ -143,7 +149,7 @@ def main() -> int:
           "calls with FAST_LAUNCH off (Triton binds the arguments on every call)")
     print(f"{'format':30s}" + "".join(f" {f'{n} eager':>9s} {f'{n} bind':>8s} {f'{n} graph':>9s}" for n in DECODE_ROWS))
     copy_graph = {}
-    for name in ["copy_", *names]:
+    for name, fmt, gamax in [("copy_", None, None), *rows]:
         line = f"{name:30s}"
         for n in DECODE_ROWS:
             x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
@@ -151,9 +157,9 @@ def main() -> int:
                 y = torch.empty_like(x)
                 fn = lambda: y.copy_(x)  # noqa: B023, E731
             else:
-                spec = FORMATS[name]
+                spec = FORMATS[fmt]
                 rule = args.rule if spec.takes_scale_rule else "floor"
-                fn = lambda: triton_qdq.qdq(x, spec, rule, -1, None)  # noqa: B023, E731
+                fn = lambda: triton_qdq.qdq(x, spec, rule, -1, gamax)  # noqa: B023, E731
             default = triton_qdq.FAST_LAUNCH
             triton_qdq.FAST_LAUNCH = True
             try:

@@ -10,12 +10,21 @@ checks the real launchers bit for bit.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from vllm_qdq.numerics.formats import FORMATS
-from vllm_qdq.numerics.reference import qdq_reference
+from vllm_qdq.numerics.reference import qdq_reference, qdq_rotated_reference
+from vllm_qdq.numerics.rotation import Rotation
 
 from tests.support.bits import assert_same_bits
+
+
+def _reference(x, spec, rule, rotate=None, rounding="nearest", seed=None, global_amax=None):
+    if rotate is not None:
+        return qdq_rotated_reference(x, spec, rotate, rule, rounding=rounding, seed=seed)
+    return qdq_reference(x, spec, rule, global_amax=global_amax, rounding=rounding, seed=seed)
 
 
 class _Compiled:
@@ -38,8 +47,7 @@ class _Jit:
 
     def compute(self, args) -> None:
         if self.name != "_amax_kernel":  # x_ptr, y_ptr first: y = reference QDQ of x
-            spec, rule = self.spec_of()
-            args[1].copy_(qdq_reference(args[0], spec, rule))
+            args[1].copy_(_reference(args[0], *self.spec_of()))
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
@@ -67,8 +75,11 @@ def fake(monkeypatch):
         monkeypatch.setattr(tq, name, _Jit(getattr(tq, name), log, lambda: state["recipe"]))
     real_key = tq._fast_key
 
-    def cpu_key(x, spec, rule, axis):  # the real key, CPU tensors admitted
-        return (id(spec), rule, axis, x.dtype, x.shape, x.stride(), -1, -1, x.data_ptr() & tq._ALIGN)
+    def cpu_key(x, spec, rule, axis, *opts):  # the real key, CPU tensors admitted
+        with monkeypatch.context() as m:
+            m.setattr(tq.torch.Tensor, "is_cuda", property(lambda t: True))
+            m.setattr(tq.torch._C, "_cuda_getDevice", lambda: -1, raising=False)
+            return real_key(x, spec, rule, axis, *opts)
 
     assert real_key(torch.zeros(2, 32), FORMATS["mxfp4"], "floor", -1) is None  # CPU: no fast path
     monkeypatch.setattr(tq, "_fast_key", cpu_key)
@@ -78,11 +89,12 @@ def fake(monkeypatch):
     # Triton's own pointer specialization, keep a fresh y in the recorded class here
     monkeypatch.setattr(tq, "_ALIGN", 15)
 
-    def call(x, name, rule="floor"):
-        state["recipe"] = (FORMATS[name], rule)
+    def call(x, name, rule="floor", **opts):
+        state["recipe"] = (FORMATS[name], rule, opts.get("rotate"), opts.get("rounding", "nearest"),
+                           opts.get("seed"), opts.get("global_amax"))
         n = len(log)
-        y = tq.qdq(x, FORMATS[name], rule)
-        assert_same_bits(y, qdq_reference(x, FORMATS[name], rule))
+        y = tq.qdq(x, FORMATS[name], rule, **opts)
+        assert_same_bits(y, _reference(x, *state["recipe"]))
         return y, log[n:]
 
     return tq, call
@@ -109,10 +121,49 @@ def test_second_call_replays_with_the_new_tensors(fake, name: str) -> None:
             else:
                 assert v1 == v2 or v1 is v2  # sizes, strides, constexprs as recorded
     two_pass = FORMATS[name].family.name == "NVFP4" or FORMATS[name].granularity.name == "TENSOR"
-    if two_pass:  # a fresh zeroed buffer each call, the same one for both kernels of the call
+    if two_pass:  # a fresh buffer each call, the same one for both kernels of the call: one
+        # partial pair per amax program (a small tensor), so no zeroing
         bufs = [a[2] if n == "_qdq_block_kernel" else a[1] for _, n, _, a in second]
         assert len(bufs) == 2 and bufs[0] is bufs[1] and bufs[0].dtype == torch.int32
+        n_amax = second[0][2][0]
+        assert bufs[0].numel() == 2 * n_amax and second[1][3][8] == n_amax  # n_part
+        assert not next(iter(tq._FAST.values())).buf_zero
     assert len(tq._FAST) == 1
+
+
+def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
+    """With the partial pairs off (``PARTIALS_MAX = 0``), the amax pass folds into a zeroed pair
+    with atomics: the replay hands each call a fresh zeroed pair."""
+    tq, call = fake
+    monkeypatch.setattr(tq, "PARTIALS_MAX", 0)
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    call(x, "nvfp4")
+    entry = next(iter(tq._FAST.values()))
+    assert entry.buf_zero and entry.buf_n == 2
+    _, second = call(x, "nvfp4")
+    buf = second[0][3][1]
+    assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 and second[1][3][8] == 0
+
+
+@pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
+                                  {"rotate": Rotation(block=32, seed=3)}], ids=["sr", "hadamard", "random"])
+def test_options_replay_and_key_on_their_settings(fake, opts) -> None:
+    """Stochastic rounding and a block recipe's rotation are replayed too, keyed on their
+    settings; a random rotation's cached sign vector is passed as recorded (held by the entry)."""
+    tq, call = fake
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    _, first = call(x, "mxfp4", **opts)
+    assert {k for k, *_ in first} == {"jit"}
+    _, second = call(torch.randn(8, 256, dtype=torch.bfloat16), "mxfp4", **opts)
+    assert {k for k, *_ in second} == {"replay"}
+    entry = next(iter(tq._FAST.values()))
+    rot = opts.get("rotate")
+    if rot is not None and rot.seed is not None:
+        signs = second[0][3][3]  # as its address: the launcher reads an int as a pointer
+        assert len(entry.held) == 1 and signs == entry.held[0].data_ptr()
+    other = dict(opts, seed=8) if "seed" in opts else {"rotate": Rotation(block=64, seed=getattr(rot, "seed", None))}
+    assert {k for k, *_ in call(x, "mxfp4", **other)[1]} == {"jit"}  # another seed or block: recorded anew
+    assert len(tq._FAST) == 2
 
 
 def test_a_new_layout_recipe_or_tile_table_goes_through_triton(fake, monkeypatch) -> None:
@@ -142,11 +193,28 @@ def test_other_alignment_and_unreplayable_calls_take_the_full_path(fake) -> None
     entry = next(iter(tq._FAST.values()))
     entry.y_align ^= 16
     assert {k for k, *_ in call(x, "mxfp4")[1]} == {"jit"}
-    # global_amax, stochastic rounding, rotation: never replayed
+    # a global amax of another type than float or one fp32 element (an int, a bf16 tensor): the full path
     before = dict(tq._FAST)
-    tq.qdq(x, FORMATS["nvfp4"], global_amax=3.0)
-    tq.qdq(x, FORMATS["mxfp4"], rounding="stochastic", seed=1)
+    for g in (3, torch.tensor(3.0, dtype=torch.bfloat16), torch.ones(1, dtype=torch.float64)):
+        assert {k for k, *_ in call(x, "nvfp4", global_amax=g)[1]} == {"jit"}
+        assert {k for k, *_ in call(x, "nvfp4", global_amax=g)[1]} == {"jit"}
     assert tq._FAST.keys() == before.keys()
+
+
+def test_given_global_amax_replays(fake) -> None:
+    """NVFP4 with a given global amax is one pass: a float is keyed by value and passed as the
+    kernel's fp32 argument; a one-element fp32 tensor is passed where it lies, a new one each call."""
+    _, call = fake
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    _, first = call(x, "nvfp4", global_amax=3.0)
+    assert [n for _, n, _, _ in first] == ["_qdq_block_kernel"]  # no amax pass
+    _, second = call(x, "nvfp4", global_amax=3.0)
+    assert {k for k, *_ in second} == {"replay"} and second[0][3][9] == 3.0  # gamax_f
+    assert {k for k, *_ in call(x, "nvfp4", global_amax=5.0)[1]} == {"jit"}  # another value
+    g1, g2 = torch.tensor(40.0), torch.tensor([0.5])
+    assert {k for k, *_ in call(x, "nvfp4", global_amax=g1)[1]} == {"jit"}
+    _, second = call(x, "nvfp4", global_amax=g2)
+    assert {k for k, *_ in second} == {"replay"} and second[0][3][2] is g2  # read where it lies
 
 
 def test_on_by_default() -> None:
@@ -197,3 +265,86 @@ def test_off_records_nothing(fake, monkeypatch) -> None:
     for _ in range(3):
         assert {k for k, *_ in call(x, "mxfp4")[1]} == {"jit"}
     assert not tq._FAST
+
+
+def test_direct_replay_calls_the_generated_launcher_with_addresses(fake, monkeypatch) -> None:
+    """Where the compiled launcher is Triton 3.6's ``CudaLauncher`` (no scratch memory) and no
+    launch hook is installed, the replay calls its C ``launch`` with the layout Triton 3.6's
+    ``CudaLauncher.__call__`` uses (grid, stream, function, cooperative and PDL flags, two scratch
+    objects, kernel metadata, launch metadata, two hooks, then the kernel's arguments) and the
+    tensors as integer addresses; a hook installed sends it back through ``CompiledKernel[grid]``."""
+    tq, call = fake
+    launched = []
+
+    class CudaLauncher:  # the name the direct path checks for
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid, launch_pdl = False, True
+
+        def launch(self, *a):
+            launched.append(a)
+
+    def run_prop(self):
+        return CudaLauncher()
+
+    monkeypatch.setattr(tq.triton, "__version__", "3.6.0")
+    monkeypatch.setattr(sys.modules[__name__]._Compiled, "run", property(run_prop), raising=False)
+    monkeypatch.setattr(sys.modules[__name__]._Compiled, "function", 1234, raising=False)
+    monkeypatch.setattr(sys.modules[__name__]._Compiled, "packed_metadata", (4, 1, 0), raising=False)
+    monkeypatch.setattr(tq.torch._C, "_cuda_getCurrentRawStream", lambda dev: 777, raising=False)
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    _, first = call(x, "nvfp4")
+    entry = next(iter(tq._FAST.values()))
+    assert entry.direct
+    x2 = torch.randn(8, 256, dtype=torch.bfloat16)
+    y = tq.qdq(x2, FORMATS["nvfp4"])
+    assert len(launched) == 2  # the amax pass and the QDQ pass, no Python-level runner
+    for a, (_, name, grid, full) in zip(launched, first, strict=True):
+        assert a[:13] == (*(*grid, 1, 1)[:3], 777, 1234, False, True, None, None, (4, 1, 0), None, None, None)
+        kargs = a[13:]
+        assert len(kargs) == len(full)
+        assert kargs[0] == x2.data_ptr()
+        if name == "_qdq_block_kernel":
+            assert kargs[1] == y.data_ptr() and isinstance(kargs[2], int)
+        for k, f in zip(kargs, full, strict=True):
+            if not isinstance(f, torch.Tensor):
+                assert k == f or k is f
+    # a launch hook installed (a profiler): the full launcher path, per call
+    chain = tq.triton.knobs.runtime.launch_enter_hook
+    hook = lambda metadata: None  # noqa: E731
+    chain.add(hook)
+    try:
+        assert not tq._hooks_idle()
+        n = len(launched)
+        _, log = call(torch.randn(8, 256, dtype=torch.bfloat16), "nvfp4")
+        assert len(launched) == n and {k for k, *_ in log} == {"replay"}
+    finally:
+        chain.remove(hook)
+    assert tq._hooks_idle()
+
+
+def test_direct_launcher_only_where_verified(monkeypatch) -> None:
+    """Another Triton version, another launcher class or one that needs scratch memory: no
+    direct replay (the recorded ``CompiledKernel[grid]`` launcher is used)."""
+    pytest.importorskip("triton")
+    import vllm_qdq.numerics.triton_qdq as tq
+
+    class CudaLauncher:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid = launch_pdl = False
+
+        def launch(self, *a):
+            pass
+
+    class Compiled:
+        function, packed_metadata = 1, (1, 1, 0)
+        run = CudaLauncher()
+
+    monkeypatch.setattr(tq.triton, "__version__", "3.6.1")
+    assert tq._direct_launcher(Compiled())[1][0] == 1
+    monkeypatch.setattr(tq.triton, "__version__", "3.7.0")
+    assert tq._direct_launcher(Compiled()) is None
+    monkeypatch.setattr(tq.triton, "__version__", "3.6.1")
+    Compiled.run.global_scratch_size = 64
+    assert tq._direct_launcher(Compiled()) is None
+    Compiled.run = object()
+    assert tq._direct_launcher(Compiled()) is None

@@ -156,6 +156,12 @@ def test_nvfp4_global_amax(tq) -> None:
     x = nasty(spec, torch.bfloat16, 50)
     _run(tq, x, spec, global_amax=3.0)
     _run(tq, x, spec, global_amax=torch.tensor(1e4))
+    # not fp32 values: rounded to fp32 as the reference does (an fp32 argument; a converted tensor)
+    _run(tq, x, spec, global_amax=0.1)
+    _run(tq, x, spec, global_amax=torch.tensor(0.3, dtype=torch.float64))
+    _run(tq, x, spec, global_amax=torch.tensor([7.5], dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="global_amax must hold one value"):
+        tq.qdq(x, spec, global_amax=torch.ones(2))
     _run(tq, torch.zeros(2, 32, dtype=torch.float16), spec)  # amax 0: zeros
     z = torch.zeros(2, 32)
     z[0, 3] = float("nan")  # NaN block only; the rest of the (all-zero) tensor gives zeros
@@ -170,10 +176,14 @@ def test_per_tensor_nan_poisons_whole_tensor(tq) -> None:
     assert torch.isnan(y).all()
 
 
+@pytest.mark.parametrize("partials_max", [256, 0], ids=["partials", "atomics"])
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
-def test_amax_pass_reads_every_tile(tq, name: str) -> None:
+def test_amax_pass_reads_every_tile(tq, name: str, partials_max: int, monkeypatch) -> None:
     """The amax pass folds every tile's result: a tensor of many tiles whose largest element, and
-    then a NaN, sit in the last tile still gets the whole tensor's amax and flag."""
+    then a NaN, sit in the last tile still gets the whole tensor's amax and flag; both ways of
+    folding (one partial pair per program, reduced by the QDQ pass; ``atomic_max`` into a zeroed
+    pair)."""
+    monkeypatch.setattr(tq, "PARTIALS_MAX", partials_max)
     spec = FORMATS[name]
     x = torch.randn(40, 2048, dtype=torch.bfloat16)
     tiles = tuple(tq.TILE_CONFIG[tq.kernel_class(spec)]), tuple(tq.TILE_CONFIG["amax"])

@@ -72,3 +72,45 @@ def test_options_match_reference(fmt: str, kw: dict, shape: tuple[int, ...]) -> 
     ref = quantize_dequantize(x, fmt, backend="reference", **kw)
     torch.cuda.synchronize()
     assert_same_bits(out, ref)
+
+
+REPLAYED = [
+    ("mxfp4", {"rotate": {"block": 32, "seed": 5}}),
+    ("mxfp4", {"rounding": "stochastic", "seed": 123}),
+    ("mxfp4", {"rounding": "stochastic", "seed": 1}),
+    ("nvfp4", {"rotate": {"block": 16}, "rounding": "stochastic", "seed": 9}),
+    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rotate": {"block": 64, "seed": 2}}),
+    ("fp8_e4m3_per_tensor", {}),
+    ("nvfp4", {}),
+]
+
+
+@pytest.mark.parametrize(("fmt", "kw"), REPLAYED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(REPLAYED)])
+@pytest.mark.parametrize("rows", [1, 64, 4096])
+def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> None:
+    """The eager fast path replays rotations, stochastic rounding and two-pass recipes (partial
+    pairs at 1 and 64 rows, atomics at 4096), bit for bit with the reference on every call; on
+    Triton 3.6 through the generated launcher directly (``_FastCall.direct``)."""
+    import triton
+    from vllm_qdq.numerics import triton_qdq
+
+    replays = []
+    real = triton_qdq._FastCall.__call__
+
+    def counting(self, x, gamax=None):
+        y = real(self, x, gamax)
+        replays.append((y is not None, self.direct))
+        return y
+
+    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
+    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    for i in range(3):
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1)
+        x[..., 3] *= 300.0
+        out = quantize_dequantize(x, fmt, backend="triton", **kw)
+        ref = quantize_dequantize(x, fmt, backend="reference", **kw)
+        torch.cuda.synchronize()
+        assert_same_bits(out, ref)
+    direct = triton.__version__.startswith(triton_qdq._DIRECT_TRITON)
+    assert replays == [(True, direct)] * 2, replays

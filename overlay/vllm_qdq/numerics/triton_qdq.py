@@ -27,9 +27,12 @@ static table keyed on the format and ``K``, never on the number of rows):
   then QDQ; the second sweep mostly hits L2).
 * ``_amax_kernel``: first pass of the per-tensor recipes (FP8 per-tensor, NVFP4 without
   ``global_amax``): reads x once (2 B/elem for bf16), reduces the max of finite ``|x|`` and of
-  all ``|x|`` (the NaN/Inf flag) per tile as fp32 bit patterns, and folds them into a 2-word
-  int32 buffer with ``atomic_max`` (the fp32 bit pattern of a non-negative float orders like
-  the float). One tile per program: a grid-stride loop over a few programs per SM (one atomic
+  all ``|x|`` (the NaN/Inf flag) per tile as fp32 bit patterns (the fp32 bit pattern of a
+  non-negative float orders like the float). With at most :data:`PARTIALS_MAX` programs
+  (decode-sized calls) each stores its pair in a buffer the QDQ pass reduces (two launches, no
+  zeroing); above it, the pairs are folded into a zeroed 2-word int32 buffer with
+  ``atomic_max``. NVFP4 with a given ``global_amax`` is one pass: a float reaches the kernel as
+  an fp32 argument, a tensor is read where it lies. One tile per program: a grid-stride loop over a few programs per SM (one atomic
   pair per program) measured slower on an H200 (nvfp4 0.43-0.45 of a copy in
   ``results/h200-2026-12-03b``, against 0.50-0.51 for a per-tile pass with float reductions in
   ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then
@@ -418,10 +421,13 @@ if triton is not None:
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
+        N_PARTIALS: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
-        (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), folded into int32
-        ``buf[0:2]``."""
+        (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
+        ``N_PARTIALS == 0``: folded into ``buf[0:2]`` (zeroed by the caller) with ``atomic_max``;
+        otherwise (at most ``N_PARTIALS`` programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every
+        word written, for the QDQ pass to reduce (:func:`_tensor_stats`): no zeroed buffer."""
         FINITE_MAX: tl.constexpr = 0x7F7FFFFF  # bits of FLT_MAX
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
@@ -437,8 +443,41 @@ if triton is not None:
         b = tl.reshape(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, [BLOCK_R * BLOCK_K])
         amax = tl.reduce(tl.where(b <= FINITE_MAX, b, 0), 0, tl.standard._elementwise_max)
         bad = tl.reduce(b, 0, tl.standard._elementwise_max) > FINITE_MAX
-        tl.atomic_max(buf_ptr, amax)
-        tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
+        if N_PARTIALS > 0:
+            pid = tl.program_id(0)
+            tl.store(buf_ptr + 2 * pid, amax)
+            tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
+        else:
+            tl.atomic_max(buf_ptr, amax)
+            tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
+
+    @triton.jit
+    def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
+        """``(amax, bad)`` of the whole tensor from the amax pass: ``buf[0:2]`` (``N_PARTIALS ==
+        0``: the atomics' words, or a given NVFP4 global amax), or the max over ``n_part`` partial
+        pairs ``buf[2p], buf[2p + 1]`` (the same integer max the atomics take)."""
+        if N_PARTIALS > 0:
+            p = tl.arange(0, N_PARTIALS)
+            m = p < n_part
+            a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0), 0, tl.standard._elementwise_max)
+            b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0), 0, tl.standard._elementwise_max)
+        else:
+            a = tl.load(buf_ptr)
+            b = tl.load(buf_ptr + 1)
+        return a.to(tl.float32, bitcast=True), b > 0
+
+    @triton.jit
+    def _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr):
+        """NVFP4's global amax (fp32): from the amax pass (``GAMAX == 0``, :func:`_tensor_stats`),
+        the fp32 argument ``gamax_f`` (1: a given Python float) or the fp32 word at ``buf_ptr``
+        (2: a given tensor)."""
+        if GAMAX == 1:
+            g = tl.zeros([1, 1], tl.float32) + gamax_f  # the launcher passes fp32 (RN)
+        elif GAMAX == 2:
+            g = tl.load(buf_ptr).to(tl.float32)
+        else:
+            g, _ = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
+        return g
 
     # the seed words are never compile-time constants: Triton specializes an int argument equal
     # to 1 into a constexpr, which has no .to() (seed 1, or 2**32)
@@ -446,8 +485,10 @@ if triton is not None:
     def _qdq_block_kernel(
         # pointers
         x_ptr, y_ptr, buf_ptr, sign_ptr,
-        # sizes (KP: the row length of the QDQ'd rows: K, or K padded to the rotation block)
-        n_rows, inner_rows, K, KP,
+        # sizes (KP: the row length of the QDQ'd rows: K, or K padded to the rotation block;
+        # n_part: partial pairs of the amax pass in buf when N_PARTIALS > 0; gamax_f: a given
+        # NVFP4 global amax when GAMAX == 1)
+        n_rows, inner_rows, K, KP, n_part, gamax_f,
         # strides (elements)
         sx_outer, sx_inner, sx_k,
         sy_outer, sy_inner, sy_k,
@@ -459,6 +500,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
+        N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -490,8 +532,7 @@ if triton is not None:
             u = x
 
         if SPEC.granularity.value == "tensor":
-            amax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
-            bad = tl.load(buf_ptr + 1) > 0
+            amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
             y = _scaled_qdq(x, s, SPEC)
         else:
@@ -502,7 +543,7 @@ if triton is not None:
                 q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
                 y = q * pow2_f32(e)
             elif SPEC.family.value == "nvfp4":
-                gamax = tl.load(buf_ptr).to(tl.float32, bitcast=True)
+                gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX)
                 zero_tensor = gamax == 0
                 one = tl.full([1, 1], 1.0, tl.float32)
                 gs = tl.where(zero_tensor, one,
@@ -735,43 +776,87 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         if rec is not None:
             rec.append((_qdq_row_kernel, grid, args, {"FLAT": flat, **consts}, k, None))
         return
-    buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
-    if two_pass or nvfp4:
-        buf = torch.zeros(2, dtype=torch.int32, device=x.device)
-    if nvfp4 and global_amax is not None:
-        if isinstance(global_amax, torch.Tensor):
-            buf[:1].view(torch.float32).copy_(global_amax.reshape(1))
-        else:
-            buf[:1].view(torch.float32).fill_(float(global_amax))
     rot_b = ex.rot.block if ex.rot is not None else 1
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
         tuple(TILE_CONFIG["amax"]) if two_pass else tile)
+    buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
+    n_part = partials = gamax_mode = 0
+    gamax_f = 0.0
+    if amax is not None:
+        a_grid = (_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]),)
+        n_part, partials = _partials(a_grid[0])
+    if partials:  # every word is written by the amax pass: no zeroing
+        buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
+    elif two_pass:
+        buf = torch.zeros(2, dtype=torch.int32, device=x.device)
+        n_part = 0
+    elif nvfp4:  # a given global amax: an fp32 argument, or read where the tensor lies (no copy)
+        if isinstance(global_amax, torch.Tensor):  # one fp32 word on x's device (qdq converted it)
+            buf, gamax_mode = global_amax, 2
+        else:
+            gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None:
-        a_r, a_k, a_consts = amax
-        grid = (_cdiv(r.n_rows, a_r) * _cdiv(r.k, a_k),)
+        a_consts = {"FLAT": flat, "N_PARTIALS": partials, **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
-        k = _amax_kernel[grid](*args, FLAT=flat, **a_consts)
+        k = _amax_kernel[a_grid](*args, **a_consts)
         if rec is not None:
-            rec.append((_amax_kernel, grid, args, {"FLAT": flat, **a_consts}, k, buf))
+            rec.append((_amax_kernel, a_grid, args, a_consts, k, buf))
     seed = ex.seed or 0
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
-    args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x, *r.strides_y,
-            seed & 0xFFFFFFFF, seed >> 32)
-    k = _qdq_block_kernel[grid](*args, FLAT=flat, **consts)
+    args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
+            *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
+    consts = {"FLAT": flat, "N_PARTIALS": partials, "GAMAX": gamax_mode, **consts}
+    k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
-        rec.append((_qdq_block_kernel, grid, args, {"FLAT": flat, **consts}, k, buf))
+        rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
+
+
+def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A given NVFP4 global amax as one fp32 word on ``device``: the tensor itself (a view) when it
+    is one fp32 element there, else converted (RN to fp32, as the reference's ``as_tensor``)."""
+    if g.numel() != 1:
+        raise ValueError(f"global_amax must hold one value, got a tensor of shape {tuple(g.shape)}")
+    g = g.detach().reshape(1)
+    if g.dtype != torch.float32 or g.device != device:
+        g = g.to(device=device, dtype=torch.float32)
+    return g
+
+
+#: The amax pass of a two-pass recipe with at most this many programs stores one partial pair per
+#: program (no zeroed buffer, no atomics; the QDQ pass reduces them): decode-sized calls then launch
+#: two kernels, not three (the zeroing was a third). Above it, ``atomic_max`` into a zeroed pair
+#: (reducing thousands of partials in every QDQ program would cost more than the zeroing). 0: off.
+PARTIALS_MAX = 256
+
+
+def _partials(n_programs: int) -> tuple[int, int]:
+    """``(n_part, N_PARTIALS)`` for an amax pass of ``n_programs`` programs: ``N_PARTIALS`` the
+    power of two (at least 16, a few compiled variants) that holds them, or ``(0, 0)`` above
+    :data:`PARTIALS_MAX` (atomics)."""
+    if n_programs > PARTIALS_MAX:
+        return 0, 0
+    return n_programs, max(16, _pow2_at_least(n_programs))
 
 
 #: The eager fast path (:class:`_FastCall`), on by default (issue 16; measured on an H200,
 #: ``results/h200-2026-12-03``: 13-17 us a one-pass call instead of 28-41 us, bit for bit with
 #: the reference in ``tests/gpu/test_triton_qdq_gpu.py::test_eager_replay``). The second and later
-#: calls of a recipe on the same tensor layout skip Triton's per-call argument binding and replay
-#: the compiled kernels' launchers (``CompiledKernel[grid](*args)``, the arguments
-#: ``JITFunction.run`` would pass); the numbers are the same kernels'. ``triton_qdq.FAST_LAUNCH =
-#: False`` binds through Triton on every call (``scripts/bench_qdq_triton.py`` times both).
+#: calls of a recipe (format, rule, rotation, rounding, seed) on the same tensor layout skip
+#: Triton's per-call argument binding and replay the compiled kernels with the arguments
+#: ``JITFunction.run`` would pass; the numbers are the same kernels'. Where the compiled launcher is
+#: the one verified (:data:`_DIRECT_TRITON`: Triton 3.6's ``CudaLauncher``, no scratch memory) and
+#: no launch hook is installed, the replay calls the generated C launcher itself with the tensors'
+#: addresses as integers (no ``data_ptr()`` call and no ``cuPointerGetAttribute`` per pointer in
+#: the launcher, no launch-metadata dict); otherwise through ``CompiledKernel[grid]``.
+#: ``triton_qdq.FAST_LAUNCH = False`` binds through Triton on every call
+#: (``scripts/bench_qdq_triton.py`` times both).
 FAST_LAUNCH = True
+#: Triton versions whose generated launcher's argument layout the direct replay was checked
+#: against (grid x3, stream, function, cooperative flag, PDL flag, two scratch objects, kernel
+#: metadata, launch metadata, enter hook, exit hook, the kernel's arguments).
+_DIRECT_TRITON = ("3.6.",)
 #: Alignment classes of a pointer the eager fast path keys on: ``data_ptr() & _ALIGN`` (Triton
 #: specializes a pointer on 16-byte divisibility; 128 is a finer partition, so a replayed launch
 #: never meets a pointer of another specialization).
@@ -804,65 +889,146 @@ def _full_args(fn, args: tuple, kwargs: dict) -> list:
     return out
 
 
+def _direct_launcher(compiled) -> tuple | None:
+    """``(C launch function, the arguments between the stream and the kernel's)`` of a compiled
+    kernel whose launcher the direct replay knows (:data:`_DIRECT_TRITON`), or None."""
+    if triton is None or not triton.__version__.startswith(_DIRECT_TRITON):
+        return None
+    try:
+        run = compiled.run  # Triton's CudaLauncher (the property loads the module)
+        if type(run).__name__ != "CudaLauncher" or run.global_scratch_size or run.profile_scratch_size:
+            return None
+        return run.launch, (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                            compiled.packed_metadata, None, None, None)
+    except AttributeError:
+        return None
+
+
+def _hooks_idle() -> bool:
+    """No Triton launch hook installed (a profiler's hook needs the full launch path): each hook
+    ``None`` or an empty ``HookChain`` (Triton 3.6); anything else counts as installed."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:
+        return False
+    a, b = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    return (a is None or not getattr(a, "calls", True)) and (b is None or not getattr(b, "calls", True))
+
+
 class _FastCall:
-    """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels'
-    launchers get the recorded arguments with ``x``, a fresh ``y`` and (two-pass and NVFP4 recipes)
-    a fresh zeroed scratch buffer put in their places. Valid for the key it is stored under
-    (recipe, dtype, shape, strides, devices, x's alignment class) while the tile table entries it
-    was planned with are in force; a ``y`` or buffer of another alignment class than recorded
-    sends the call back to the full path."""
+    """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels get
+    the recorded arguments with ``x``, a fresh ``y`` and (two-pass and NVFP4 recipes) a fresh
+    scratch buffer (zeroed for the atomics' pair, left as allocated for the partial pairs, every
+    word of which the amax pass writes) put in their places; constant tensors of the call (a
+    random rotation's signs, cached) are held. Valid for the key it is stored under (recipe,
+    dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
+    planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
+    the call back to the full path."""
 
-    __slots__ = ("amax_tile", "buf_align", "cls", "launches", "spec", "tile", "y_align")
+    __slots__ = ("amax_tile", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held", "launches",
+                 "spec", "tile", "y_align")
 
-    def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list) -> None:
+    def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
+                 held: tuple[torch.Tensor, ...] = (), gamax: torch.Tensor | None = None) -> None:
         self.spec = spec  # held: the key's id(spec) cannot be reused while the entry lives
         self.cls = kernel_class(spec)
         self.tile = TILE_CONFIG.get(self.cls)
         self.amax_tile = TILE_CONFIG.get("amax")
+        self.device = x.get_device()
+        self.held = held
         self.y_align = y.data_ptr() & _ALIGN
-        bufs = {id(b): b for *_, b in rec if b is not None and b is not y}
+        bufs = {id(b): b for *_, b in rec if b is not None and b is not y and b is not gamax}
         if len(bufs) > 1:
             raise AssertionError("one scratch buffer per call expected")
         buf = next(iter(bufs.values()), None)
         self.buf_align = None if buf is None else buf.data_ptr() & _ALIGN
+        self.buf_n = 0 if buf is None else buf.numel()
+        self.buf_zero = any(kw.get("N_PARTIALS", 0) == 0 for _, _, _, kw, _, b in rec if b is buf)
         self.launches = []
+        directs = []
         for fn, grid, args, kwargs, compiled, _ in rec:
             full = _full_args(fn, args, kwargs)
-            slots = tuple((i, 0 if a is x else 1 if a is y else 2) for i, a in enumerate(full)
-                          if isinstance(a, torch.Tensor) and (a is x or a is y or a is buf))
-            if sum(isinstance(a, torch.Tensor) for a in full) != len(slots):
-                raise AssertionError(f"{fn.__name__}: a tensor argument that is not x, y or the buffer")
-            self.launches.append((compiled[tuple(grid) + (1,) * (3 - len(grid))], tuple(None if isinstance(a, torch.Tensor) else a for a in full), slots))
+            slots, template = [], []
+            for i, a in enumerate(full):
+                if not isinstance(a, torch.Tensor):
+                    template.append(a)
+                    continue
+                if a is x or a is y or a is buf or a is gamax:
+                    slots.append((i, 0 if a is x else 1 if a is y else 2 if a is buf else 3))
+                elif any(a is h for h in held):
+                    template.append(a.data_ptr())
+                    continue
+                else:
+                    raise AssertionError(f"{fn.__name__}: a tensor argument that is not x, y, the buffer, "
+                                         "the global amax or held")
+                template.append(None)
+            grid3 = tuple(grid) + (1,) * (3 - len(grid))
+            direct = _direct_launcher(compiled)
+            directs.append(direct is not None)
+            self.launches.append((compiled[grid3], grid3, direct, tuple(template), tuple(slots)))
+        self.direct = all(directs)
 
     def valid(self) -> bool:
         """The tile table entries the launches were planned with are still the ones in force."""
         return TILE_CONFIG.get(self.cls) is self.tile and TILE_CONFIG.get("amax") is self.amax_tile
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, gamax: torch.Tensor | None = None) -> torch.Tensor | None:
         y = torch.empty_like(x)
-        if y.data_ptr() & _ALIGN != self.y_align:
+        y_ptr = y.data_ptr()
+        if y_ptr & _ALIGN != self.y_align:
             return None
         buf = None
+        buf_ptr = 0
         if self.buf_align is not None:
-            buf = torch.zeros(2, dtype=torch.int32, device=x.device)
-            if buf.data_ptr() & _ALIGN != self.buf_align:
+            if self.buf_zero:
+                buf = torch.zeros(self.buf_n, dtype=torch.int32, device=x.device)
+            else:
+                buf = torch.empty(self.buf_n, dtype=torch.int32, device=x.device)
+            buf_ptr = buf.data_ptr()
+            if buf_ptr & _ALIGN != self.buf_align:
                 return None
-        t = (x, y, buf)
-        for run, template, slots in self.launches:
-            args = list(template)
-            for i, s in slots:
-                args[i] = t[s]
-            run(*args)
+        if self.direct and _hooks_idle():
+            stream = torch._C._cuda_getCurrentRawStream(self.device)
+            ptrs = (x.data_ptr(), y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
+            for _, (g0, g1, g2), (launch, head), template, slots in self.launches:
+                args = list(template)
+                for i, s in slots:
+                    args[i] = ptrs[s]
+                launch(g0, g1, g2, stream, *head, *args)
+        else:
+            t = (x, y, buf, gamax)
+            for run, _, _, template, slots in self.launches:
+                args = list(template)
+                for i, s in slots:
+                    args[i] = t[s]
+                run(*args)
         return y
 
 
-def _fast_key(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int) -> tuple | None:
+def _fast_key(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, rotate: Rotation | None = None,
+              rounding: str = "nearest", seed: int | None = None, global_amax=None) -> tuple | None:
     """The :data:`_FAST` key of an eager call, or None when the call cannot be replayed (not a
-    plain CUDA tensor, under the interpreter, no Triton)."""
-    if type(x) is not torch.Tensor or not x.is_cuda or triton is None or not isinstance(scale_rule, str):
+    plain CUDA tensor, under the interpreter, no Triton, an argument of a type the key cannot
+    hold: the full path then checks it and names it). A given global amax: a float by value, a
+    tensor (one fp32 element on x's device, passed by address) by its alignment class."""
+    if type(x) is not torch.Tensor or not x.is_cuda or triton is None or type(scale_rule) is not str:
         return None
-    return (id(spec), scale_rule, axis, x.dtype, x.shape, x.stride(), x.get_device(), torch.cuda.current_device(),
-            x.data_ptr() & _ALIGN)
+    g = None
+    if global_amax is not None:
+        if type(global_amax) is float:
+            g = global_amax
+        elif (type(global_amax) is torch.Tensor and global_amax.dtype == torch.float32 and global_amax.numel() == 1
+              and global_amax.device == x.device):
+            g = ("tensor", global_amax.data_ptr() & _ALIGN)
+        else:
+            return None
+    if rounding == "nearest":
+        seed = None
+    elif rounding != "stochastic" or not (seed is None or type(seed) is int):
+        return None
+    if rotate is not None and type(rotate) is not Rotation:
+        return None
+    return (id(spec), scale_rule, axis, rotate, seed, g, x.dtype, x.shape, x.stride(), x.get_device(),
+            torch._C._cuda_getDevice(), x.data_ptr() & _ALIGN)
 
 
 def qdq(
@@ -885,15 +1051,17 @@ def qdq(
     CUDA tensor, or a CPU tensor under ``TRITON_INTERPRET=1``.
     """
     key = None
-    if FAST_LAUNCH and global_amax is None and rotate is None and rounding == "nearest":
-        key = _fast_key(x, spec, scale_rule, axis)
+    if FAST_LAUNCH:
+        key = _fast_key(x, spec, scale_rule, axis, rotate, rounding, seed, global_amax)
         if key is not None:
             hit = _FAST.get(key)
             if hit is not None and hit.spec is spec and hit.valid():
-                y = hit(x)
+                y = hit(x, global_amax if isinstance(global_amax, torch.Tensor) else None)
                 if y is not None:
                     return y
     axis = _check(x, spec, scale_rule, axis, global_amax, rounding)
+    if isinstance(global_amax, torch.Tensor):
+        global_amax = _gamax_tensor(global_amax, x.device)
     if x.numel() == 0:
         return x.clone()
     sr_seed = (seed if seed is not None else DEFAULT_SEED) if rounding == "stochastic" else None
@@ -920,7 +1088,8 @@ def qdq(
     _launch(x, y, rows, spec, scale_rule, global_amax, ex, rec)
     if rec and all(k is not None for *_, k, _b in rec):
         try:
-            hit = _FastCall(spec, x, y, rec)
+            hit = _FastCall(spec, x, y, rec, () if signs is None else (signs,),
+                            global_amax if isinstance(global_amax, torch.Tensor) else None)
         except AssertionError as e:  # a launch the replay cannot rebuild: this key stays on the full path
             _fast_refused(key, e)
         else:
