@@ -145,9 +145,11 @@ def main() -> int:
     print(f"\ndecode latency (us, median) of one call, rows x 4096 bf16, MX rule {args.rule}: "
           "'eager' = wall time per call of 200 back-to-back Python calls, 'graph' = GPU time per call "
           "of 20 calls replayed from one CUDA graph (what vLLM's CUDA graphs see)")
-    print("'eager' replays the recorded launch (triton_qdq.FAST_LAUNCH, the default); 'bind' = the same "
-          "calls with FAST_LAUNCH off (Triton binds the arguments on every call)")
-    print(f"{'format':30s}" + "".join(f" {f'{n} eager':>9s} {f'{n} bind':>8s} {f'{n} graph':>9s}" for n in DECODE_ROWS))
+    print("'eager' replays the recorded launch (triton_qdq.FAST_LAUNCH, the default: the generated C launcher "
+          "called directly where verified); 'runner' = the same replay through Triton's CompiledKernel[grid] "
+          "launcher (direct replay off); 'bind' = FAST_LAUNCH off (Triton binds the arguments on every call)")
+    print(f"{'format':30s}" + "".join(
+        f" {f'{n} eager':>9s} {f'{n} runner':>9s} {f'{n} bind':>8s} {f'{n} graph':>9s}" for n in DECODE_ROWS))
     copy_graph = {}
     for name, fmt, gamax in [("copy_", None, None), *rows]:
         line = f"{name:30s}"
@@ -160,15 +162,24 @@ def main() -> int:
                 spec = FORMATS[fmt]
                 rule = args.rule if spec.takes_scale_rule else "floor"
                 fn = lambda: triton_qdq.qdq(x, spec, rule, -1, gamax)  # noqa: B023, E731
-            default = triton_qdq.FAST_LAUNCH
+            default, direct = triton_qdq.FAST_LAUNCH, getattr(triton_qdq, "_DIRECT_TRITON", None)
             triton_qdq.FAST_LAUNCH = True
             try:
                 eager, graph = host_us(fn), graph_us(fn)
+                runner = eager
+                if name != "copy_" and direct is not None:  # (an older tree has only the runner)
+                    triton_qdq._DIRECT_TRITON = ()  # recorded anew, replayed through CompiledKernel[grid]
+                    triton_qdq._FAST.clear()
+                    runner = host_us(fn)
+                    triton_qdq._DIRECT_TRITON = direct
+                    triton_qdq._FAST.clear()
                 triton_qdq.FAST_LAUNCH = False
                 bind = host_us(fn) if name != "copy_" else eager
             finally:
                 triton_qdq.FAST_LAUNCH = default
-            line += f" {eager:9.1f} {bind:8.1f} {graph:9.1f}"
+                if direct is not None:
+                    triton_qdq._DIRECT_TRITON = direct
+            line += f" {eager:9.1f} {runner:9.1f} {bind:8.1f} {graph:9.1f}"
             if name == "copy_":
                 copy_graph[n] = graph
                 continue

@@ -101,8 +101,9 @@ def fake(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["mxfp4", "fp8_e4m3_per_token", "nvfp4", "fp8_e4m3_per_tensor"])
-def test_second_call_replays_with_the_new_tensors(fake, name: str) -> None:
+def test_second_call_replays_with_the_new_tensors(fake, name: str, monkeypatch) -> None:
     tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes: the amax pass, then the QDQ pass
     x1, x2 = torch.randn(8, 256, dtype=torch.bfloat16), torch.randn(8, 256, dtype=torch.bfloat16)
     y1, first = call(x1, name)
     assert first and {k for k, *_ in first} == {"jit"}
@@ -136,6 +137,7 @@ def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
     with atomics: the replay hands each call a fresh zeroed pair."""
     tq, call = fake
     monkeypatch.setattr(tq, "PARTIALS_MAX", 0)
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     call(x, "nvfp4")
     entry = next(iter(tq._FAST.values()))
@@ -143,6 +145,20 @@ def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
     _, second = call(x, "nvfp4")
     buf = second[0][3][1]
     assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 and second[1][3][8] == 0
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_one_tile_two_pass_is_one_launch(fake, name: str) -> None:
+    """A two-pass recipe's decode-sized call that is one tile: one launch (the QDQ kernel reducing
+    its own amax), no amax pass and no scratch buffer, replayed as such."""
+    tq, call = fake
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    _, first = call(x, name)
+    assert [n for _, n, _, _ in first] == ["_qdq_block_kernel"] and first[0][2] == (1,)
+    _, second = call(torch.randn(2, 256, dtype=torch.bfloat16), name)
+    assert [(k, n) for k, n, _, _ in second] == [("replay", "_qdq_block_kernel")]
+    entry = next(iter(tq._FAST.values()))
+    assert entry.buf_align is None and entry.buf_n == 0
 
 
 @pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
@@ -291,6 +307,7 @@ def test_direct_replay_calls_the_generated_launcher_with_addresses(fake, monkeyp
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "function", 1234, raising=False)
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "packed_metadata", (4, 1, 0), raising=False)
     monkeypatch.setattr(tq.torch._C, "_cuda_getCurrentRawStream", lambda dev: 777, raising=False)
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     _, first = call(x, "nvfp4")
     entry = next(iter(tq._FAST.values()))

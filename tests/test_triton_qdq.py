@@ -331,3 +331,25 @@ def test_div_rn_f64_is_division(tq) -> None:
     k.div_f64_kernel[(16,)](a, b, q, n, BLOCK=n // 16)
     assert_same_bits(q, a.double() / b)
     assert torch.equal(torch.signbit(q[500:1000]), torch.ones(500, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("path", ["one_tile", "partials", "atomics"])
+@pytest.mark.parametrize(("name", "opts"), [
+    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),
+    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 5}),
+    ("fp8_e4m3_per_tensor", {}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
+], ids=["nvfp4", "nvfp4-rot", "e5m3-46-sr", "per-tensor", "per-tensor-rot"])
+def test_two_pass_paths_agree(tq, name: str, opts: dict, path: str, monkeypatch) -> None:
+    """The three ways a two-pass recipe gets its tensor amax (one tile reducing its own amax, an
+    amax pass of partial pairs, an amax pass of atomics) give the reference's bits, NaN/Inf rows
+    included (NVFP4's global amax is over the finite elements)."""
+    from vllm_qdq.numerics.qdq import quantize_dequantize
+
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
+    monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path == "atomics" else 256)
+    spec = FORMATS[name]
+    x = nasty(spec, torch.bfloat16, 256)[:8]  # 8 rows x 256: one tile of 2048 when allowed
+    assert tq._one_tile(spec, 8, 256, 64) == (path == "one_tile")
+    for xi in (x, x[2:], x.abs()[5:7] * 1e-3):
+        assert_same_bits(quantize_dequantize(xi, name, backend="triton", **opts),
+                         quantize_dequantize(xi, name, backend="reference", **opts))

@@ -88,8 +88,8 @@ REPLAYED = [
 @pytest.mark.parametrize(("fmt", "kw"), REPLAYED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(REPLAYED)])
 @pytest.mark.parametrize("rows", [1, 64, 4096])
 def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> None:
-    """The eager fast path replays rotations, stochastic rounding and two-pass recipes (partial
-    pairs at 1 and 64 rows, atomics at 4096), bit for bit with the reference on every call; on
+    """The eager fast path replays rotations, stochastic rounding and two-pass recipes (one tile
+    at 1 row, partial pairs at 64, atomics at 4096), bit for bit with the reference on every call; on
     Triton 3.6 through the generated launcher directly (``_FastCall.direct``)."""
     import triton
     from vllm_qdq.numerics import triton_qdq

@@ -428,7 +428,6 @@ if triton is not None:
         ``N_PARTIALS == 0``: folded into ``buf[0:2]`` (zeroed by the caller) with ``atomic_max``;
         otherwise (at most ``N_PARTIALS`` programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every
         word written, for the QDQ pass to reduce (:func:`_tensor_stats`): no zeroed buffer."""
-        FINITE_MAX: tl.constexpr = 0x7F7FFFFF  # bits of FLT_MAX
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -440,9 +439,7 @@ if triton is not None:
             else:
                 sgn = tl.full([BLOCK_K], 1.0, tl.float32)
             x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
-        b = tl.reshape(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, [BLOCK_R * BLOCK_K])
-        amax = tl.reduce(tl.where(b <= FINITE_MAX, b, 0), 0, tl.standard._elementwise_max)
-        bad = tl.reduce(b, 0, tl.standard._elementwise_max) > FINITE_MAX
+        amax, bad = _tile_amax_bits(x)
         if N_PARTIALS > 0:
             pid = tl.program_id(0)
             tl.store(buf_ptr + 2 * pid, amax)
@@ -450,6 +447,17 @@ if triton is not None:
         else:
             tl.atomic_max(buf_ptr, amax)
             tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
+
+    @triton.jit
+    def _tile_amax_bits(x):
+        """``(max finite |x| as fp32 bits, some |x| not finite)`` of a 2-D fp32 tile: integer
+        maxima of the ``|x|`` bit patterns, along the columns then the rows (no reshape, which
+        can move the tile through shared memory)."""
+        b = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        fin = tl.where(b <= 0x7F7FFFFF, b, 0)
+        mx = tl.standard._elementwise_max
+        amax = tl.reduce(tl.reduce(fin, 1, mx), 0, mx)
+        return amax, tl.reduce(tl.reduce(b, 1, mx), 0, mx) > 0x7F7FFFFF
 
     @triton.jit
     def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
@@ -500,7 +508,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
-        N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr,
+        N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -509,6 +517,9 @@ if triton is not None:
         ``ROT_LOG2 > 0``: the tile is rotated (``R x``, blocks of ``2**ROT_LOG2`` inside the
         tile) before the QDQ and rotated back after it. ``STOCH``: stochastic element rounding
         with draws indexed ``row * KP + col``. ``FOUR6``: NVFP4's four-over-six block scales.
+        ``ONE_TILE``: the whole tensor is this one tile (a decode-sized call of a two-pass recipe):
+        its amax and NaN/Inf flag are reduced from the loaded (rotated) tile as the amax pass
+        would, with no amax pass and no buffer.
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -530,9 +541,15 @@ if triton is not None:
             u = philox_uniform_f32(seed_lo, seed_hi, rows[:, None, None] * KP + cols[None, :, :])
         else:
             u = x
+        if ONE_TILE:  # the amax pass's reduction, over this (the only) tile
+            t_amax, t_bad = _tile_amax_bits(tl.reshape(x, [BLOCK_R * N_GROUPS, GROUP]))
+            t_amax = t_amax.to(tl.float32, bitcast=True)
 
         if SPEC.granularity.value == "tensor":
-            amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
+            if ONE_TILE:
+                amax, bad = t_amax, t_bad
+            else:
+                amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
             y = _scaled_qdq(x, s, SPEC)
         else:
@@ -543,7 +560,10 @@ if triton is not None:
                 q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
                 y = q * pow2_f32(e)
             elif SPEC.family.value == "nvfp4":
-                gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX)
+                if ONE_TILE:
+                    gamax = t_amax
+                else:
+                    gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX)
                 zero_tensor = gamax == 0
                 one = tl.full([1, 1], 1.0, tl.float32)
                 gs = tl.where(zero_tensor, one,
@@ -727,12 +747,13 @@ def _cdiv(a: int, b: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
-          tile: tuple[int, int], amax_tile: tuple[int, int]) -> tuple:
+          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
     kwargs) or None, constexpr kwargs)``. ``tile`` / ``amax_tile``: the :data:`TILE_CONFIG` entries
-    in force (part of the key, so a changed table takes effect)."""
+    in force (part of the key, so a changed table takes effect). ``one_tile_rows``: the rows of a
+    call that is one tile (:func:`_one_tile`), 0 otherwise."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -742,6 +763,10 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0}
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     block_r, n_groups = _block_tile(k, group, size, rot_block)
+    if one_tile_rows:  # the whole tensor in one tile (:func:`_one_tile`)
+        block_k = max(_pow2_at_least(k), group, rot_block)
+        block_r, n_groups = _pow2_at_least(one_tile_rows), block_k // group
+        warps = ONE_TILE_WARPS
     amax = None
     if two_pass:
         a_r, a_groups = _block_tile(k, group, amax_tile[0], rot_block)
@@ -777,27 +802,28 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             rec.append((_qdq_row_kernel, grid, args, {"FLAT": flat, **consts}, k, None))
         return
     rot_b = ex.rot.block if ex.rot is not None else 1
+    one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        tuple(TILE_CONFIG["amax"]) if two_pass else tile)
+        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     n_part = partials = gamax_mode = 0
     gamax_f = 0.0
-    if amax is not None:
+    if amax is not None and not one_tile:
         a_grid = (_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]),)
         n_part, partials = _partials(a_grid[0])
     if partials:  # every word is written by the amax pass: no zeroing
         buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
-    elif two_pass:
+    elif two_pass and not one_tile:
         buf = torch.zeros(2, dtype=torch.int32, device=x.device)
         n_part = 0
-    elif nvfp4:  # a given global amax: an fp32 argument, or read where the tensor lies (no copy)
+    elif nvfp4 and global_amax is not None:  # given: an fp32 argument, or read where it lies (no copy)
         if isinstance(global_amax, torch.Tensor):  # one fp32 word on x's device (qdq converted it)
             buf, gamax_mode = global_amax, 2
         else:
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
-    if amax is not None:
+    if amax is not None and not one_tile:
         a_consts = {"FLAT": flat, "N_PARTIALS": partials, **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[a_grid](*args, **a_consts)
@@ -807,7 +833,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
     args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
-    consts = {"FLAT": flat, "N_PARTIALS": partials, "GAMAX": gamax_mode, **consts}
+    consts = {"FLAT": flat, "N_PARTIALS": partials, "GAMAX": gamax_mode, "ONE_TILE": one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -829,6 +855,21 @@ def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
 #: two kernels, not three (the zeroing was a third). Above it, ``atomic_max`` into a zeroed pair
 #: (reducing thousands of partials in every QDQ program would cost more than the zeroing). 0: off.
 PARTIALS_MAX = 256
+
+
+#: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
+#: (rows and row length each rounded up to a power of two; one or two decode tokens at K = 4096)
+#: is one program of :func:`_qdq_block_kernel` that reduces the tensor amax from its own tile: one
+#: launch instead of two. 0: off.
+ONE_TILE_MAX = 8192
+#: Warps of that one program.
+ONE_TILE_WARPS = 8
+
+
+def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
+    """The call is one tile of at most :data:`ONE_TILE_MAX` elements."""
+    group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
+    return _pow2_at_least(n_rows) * max(_pow2_at_least(k), group, rot_block) <= ONE_TILE_MAX
 
 
 def _partials(n_programs: int) -> tuple[int, int]:
@@ -904,14 +945,43 @@ def _direct_launcher(compiled) -> tuple | None:
         return None
 
 
+def _make_replay(launches: list) -> object:
+    """One generated function ``replay(stream, x_ptr, y_ptr, buf_ptr, gamax_ptr)`` that calls each
+    recorded launch's C launcher with its whole argument list written out (the recorded values
+    as names bound in the function's globals, the four addresses in their slots): no argument
+    list is built per call."""
+    env: dict[str, object] = {}
+    body = []
+    for j, (_, grid3, (launch, head), template, slots) in enumerate(launches):
+        env[f"L{j}"] = launch
+        names = [repr(int(g)) for g in grid3] + ["stream"]
+        for h, v in enumerate(head):
+            env[f"H{j}_{h}"] = v
+            names.append(f"H{j}_{h}")
+        where = dict(slots)
+        for i, v in enumerate(template):
+            if i in where:
+                names.append(("x_ptr", "y_ptr", "buf_ptr", "gamax_ptr")[where[i]])
+            else:
+                env[f"A{j}_{i}"] = v
+                names.append(f"A{j}_{i}")
+        body.append(f"    L{j}({', '.join(names)})")
+    exec("def replay(stream, x_ptr, y_ptr, buf_ptr, gamax_ptr):\n" + "\n".join(body) + "\n", env)
+    return env["replay"]
+
+
 def _hooks_idle() -> bool:
     """No Triton launch hook installed (a profiler's hook needs the full launch path): each hook
     ``None`` or an empty ``HookChain`` (Triton 3.6); anything else counts as installed."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is None:
+    rt = _RUNTIME_KNOBS
+    if rt is None:
         return False
-    a, b = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    a, b = rt.launch_enter_hook, rt.launch_exit_hook
     return (a is None or not getattr(a, "calls", True)) and (b is None or not getattr(b, "calls", True))
+
+
+#: Triton's runtime knobs (the launch hooks live there), or None where Triton has none.
+_RUNTIME_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)
 
 
 class _FastCall:
@@ -925,7 +995,7 @@ class _FastCall:
     the call back to the full path."""
 
     __slots__ = ("amax_tile", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held", "launches",
-                 "spec", "tile", "y_align")
+                 "replay", "spec", "tile", "torch_device", "y_align")
 
     def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
                  held: tuple[torch.Tensor, ...] = (), gamax: torch.Tensor | None = None) -> None:
@@ -934,6 +1004,7 @@ class _FastCall:
         self.tile = TILE_CONFIG.get(self.cls)
         self.amax_tile = TILE_CONFIG.get("amax")
         self.device = x.get_device()
+        self.torch_device = x.device
         self.held = held
         self.y_align = y.data_ptr() & _ALIGN
         bufs = {id(b): b for *_, b in rec if b is not None and b is not y and b is not gamax}
@@ -966,6 +1037,7 @@ class _FastCall:
             directs.append(direct is not None)
             self.launches.append((compiled[grid3], grid3, direct, tuple(template), tuple(slots)))
         self.direct = all(directs)
+        self.replay = _make_replay(self.launches) if self.direct else None
 
     def valid(self) -> bool:
         """The tile table entries the launches were planned with are still the ones in force."""
@@ -980,20 +1052,15 @@ class _FastCall:
         buf_ptr = 0
         if self.buf_align is not None:
             if self.buf_zero:
-                buf = torch.zeros(self.buf_n, dtype=torch.int32, device=x.device)
+                buf = torch.zeros(self.buf_n, dtype=torch.int32, device=self.torch_device)
             else:
-                buf = torch.empty(self.buf_n, dtype=torch.int32, device=x.device)
+                buf = torch.empty(self.buf_n, dtype=torch.int32, device=self.torch_device)
             buf_ptr = buf.data_ptr()
             if buf_ptr & _ALIGN != self.buf_align:
                 return None
-        if self.direct and _hooks_idle():
-            stream = torch._C._cuda_getCurrentRawStream(self.device)
-            ptrs = (x.data_ptr(), y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
-            for _, (g0, g1, g2), (launch, head), template, slots in self.launches:
-                args = list(template)
-                for i, s in slots:
-                    args[i] = ptrs[s]
-                launch(g0, g1, g2, stream, *head, *args)
+        if self.replay is not None and _hooks_idle():
+            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
+                        0 if gamax is None else gamax.data_ptr())
         else:
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
@@ -1055,7 +1122,8 @@ def qdq(
         key = _fast_key(x, spec, scale_rule, axis, rotate, rounding, seed, global_amax)
         if key is not None:
             hit = _FAST.get(key)
-            if hit is not None and hit.spec is spec and hit.valid():
+            if (hit is not None and hit.spec is spec and TILE_CONFIG.get(hit.cls) is hit.tile
+                    and TILE_CONFIG.get("amax") is hit.amax_tile):  # hit.valid(), inlined
                 y = hit(x, global_amax if isinstance(global_amax, torch.Tensor) else None)
                 if y is not None:
                     return y
