@@ -87,6 +87,31 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
     return failures
 
 
+def _two_pass_paths() -> int:
+    """The ways a two-pass recipe gets its tensor amax, each compiled: one tile (a decode-sized
+    call), an amax pass of partial pairs, an amax pass of atomics (many tiles), and NVFP4's given
+    global amax as a float argument and as a tensor read in place."""
+    failures = 0
+    for fmt in ("nvfp4", "nvfp4_e5m3", "fp8_e4m3_per_tensor"):
+        spec = FORMATS[fmt]
+        for dtype in (torch.bfloat16, torch.float32):
+            cases = [(1, 4096, None), (64, 4096, None), (4096, 4096, None)]
+            if fmt.startswith("nvfp4"):
+                cases += [(64, 4096, 4.0), (64, 4096, torch.tensor([4.0]))]
+            for rows, k, gamax in cases:
+                x = torch.empty(rows, k, dtype=dtype)
+                one_tile = triton_qdq.ONE_TILE_MAX
+                triton_qdq.ONE_TILE_MAX = 8192  # the one-tile path, whether or not on by default
+                try:
+                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", gamax)
+                except Exception as e:
+                    failures += 1
+                    print(f"FAIL {fmt} {dtype} {rows}x{k} global_amax={gamax}: {str(e).strip().splitlines()[-1][:300]}")
+                finally:
+                    triton_qdq.ONE_TILE_MAX = one_tile
+    return failures
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
@@ -107,6 +132,7 @@ def main() -> int:
                         failures += 1
                         print(f"FAIL {fmt} {rule} {dtype} K={k}: {str(e).strip().splitlines()[-1][:300]}")
     failures += _extras(target)
+    failures += _two_pass_paths()
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
     for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):

