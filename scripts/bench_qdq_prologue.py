@@ -4,6 +4,10 @@
 Runs ``vllm_qdq.numerics.triton_qdq.qdq`` under ``TRITON_INTERPRET=1`` with the three kernels
 replaced by no-ops, so what is timed is the call's own Python (checks, launch plan, allocation),
 not Triton's launcher nor any kernel. Best of 5 rounds of ``--calls`` calls, microseconds per call.
+Two columns: ``triton_qdq.qdq`` itself, and the ``torch.ops.vllm_qdq.qdq`` op around it (the op's
+dispatch, ``quantize_dequantize``'s checks and the op kernel's layout check: what the plugin and
+the ``qdq`` method call). Under the interpreter the eager fast path is off, so this is the first
+(recording) call's Python, the upper bound of a replayed one.
 
     TRITON_INTERPRET=1 python scripts/bench_qdq_prologue.py [--rows 16] [--k 4096] [--calls 2000]
 """
@@ -38,14 +42,23 @@ def main() -> int:
     if unknown:
         print(f"--formats: unknown {unknown}; accepted: {', '.join(FORMATS)}", file=sys.stderr)
         return 2
+    import vllm_qdq.activation.ops  # noqa: F401  (registers torch.ops.vllm_qdq.qdq)
+    from vllm_qdq.numerics import qdq as api
+
     tq._qdq_block_kernel = tq._qdq_row_kernel = tq._amax_kernel = _NoLaunch()
+    api.set_default_backend("triton")  # the op's path on a GPU: quantize_dequantize -> triton_qdq.qdq
     x = torch.randn(args.rows, args.k, dtype=torch.bfloat16)
+    print(f"{'format':28s} {'triton_qdq.qdq':>15s} {'torch.ops.vllm_qdq.qdq':>23s}   (us per call, Python only, "
+          "kernels stubbed; the op: what the plugin and the qdq method call)")
     for name in args.formats.split(","):
         spec = FORMATS[name]
-        fn = lambda: tq.qdq(x, spec, "floor", -1, None)  # noqa: B023, E731
-        fn()
-        us = min(timeit.repeat(fn, number=args.calls, repeat=5)) / args.calls * 1e6
-        print(f"{name:28s} {us:7.1f} us per call (Python only, kernels stubbed)")
+        fns = (lambda: tq.qdq(x, spec, "floor", -1, None),  # noqa: B023
+               lambda: torch.ops.vllm_qdq.qdq(x, name, "floor", -1, None, None))  # noqa: B023
+        us = []
+        for fn in fns:
+            fn()
+            us.append(min(timeit.repeat(fn, number=args.calls, repeat=5)) / args.calls * 1e6)
+        print(f"{name:28s} {us[0]:15.1f} {us[1]:23.1f}")
     return 0
 
 
