@@ -20,12 +20,14 @@ Exit status: 0 when the kernels are ready (built now or found) or not needed; 1 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     t0 = time.perf_counter()
     import torch
 
