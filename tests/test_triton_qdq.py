@@ -16,6 +16,7 @@ import torch
 from vllm_qdq.numerics.formats import FORMATS, SCALE_RULES, FormatSpec, get_format
 from vllm_qdq.numerics.reference import qdq_reference
 
+from tests.support import two_pass
 from tests.support.bits import assert_same_bits
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -333,20 +334,15 @@ def test_div_rn_f64_is_division(tq) -> None:
     assert torch.equal(torch.signbit(q[500:1000]), torch.ones(500, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("path", ["one_tile", "partials", "atomics"])
-@pytest.mark.parametrize(("name", "opts"), [
-    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),
-    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 5}),
-    ("fp8_e4m3_per_tensor", {}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
-], ids=["nvfp4", "nvfp4-rot", "e5m3-46-sr", "per-tensor", "per-tensor-rot"])
+@pytest.mark.parametrize("path", two_pass.PATHS)
+@pytest.mark.parametrize(("name", "opts"), two_pass.CASES, ids=two_pass.IDS)
 def test_two_pass_paths_agree(tq, name: str, opts: dict, path: str, monkeypatch) -> None:
     """The three ways a two-pass recipe gets its tensor amax (one tile reducing its own amax, an
     amax pass of partial pairs, an amax pass of atomics) give the reference's bits, NaN/Inf rows
     included (NVFP4's global amax is over the finite elements)."""
     from vllm_qdq.numerics.qdq import quantize_dequantize
 
-    monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
-    monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path == "atomics" else 256)
+    two_pass.force_path(tq, path, monkeypatch)
     spec = FORMATS[name]
     x = nasty(spec, torch.bfloat16, 256)[:8]  # 8 rows x 256: one tile of 2048 when allowed
     assert tq._one_tile(spec, 8, 256, 64) == (path == "one_tile")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from vllm_qdq.numerics.qdq import quantize_dequantize
 
+from tests.support import two_pass
 from tests.support.bits import assert_same_bits
 
 pytestmark = pytest.mark.gpu
@@ -116,20 +117,15 @@ def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> 
     assert replays == [(True, direct)] * 2, replays
 
 
-@pytest.mark.parametrize("path", ["one_tile", "partials", "atomics"])
-@pytest.mark.parametrize(("fmt", "kw"), [
-    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),
-    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 5}),
-    ("fp8_e4m3_per_tensor", {}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
-], ids=["nvfp4", "nvfp4-rot", "e5m3-46-sr", "per-tensor", "per-tensor-rot"])
+@pytest.mark.parametrize("path", two_pass.PATHS)
+@pytest.mark.parametrize(("fmt", "kw"), two_pass.CASES, ids=two_pass.IDS)
 def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> None:
     """Each way a two-pass recipe gets its tensor amax, forced, on the shapes that take it (one
     tile: 1-2 rows of 4096; partial pairs and atomics: 2 to 2048 rows), NaN and Inf rows
     included, bit for bit with the reference; eager replays too."""
     from vllm_qdq.numerics import triton_qdq
 
-    monkeypatch.setattr(triton_qdq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
-    monkeypatch.setattr(triton_qdq, "PARTIALS_MAX", 0 if path == "atomics" else 256)
+    two_pass.force_path(triton_qdq, path, monkeypatch)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     shapes = [(1, 4096), (2, 4096), (1, 3000)] if path == "one_tile" else [(2, 4096), (64, 4096), (2048, 4096)]
     for shape in shapes:

@@ -1,0 +1,21 @@
+"""The two-pass recipes (a whole-tensor amax before the QDQ) and the ways the Triton launcher gets
+that amax, shared by the interpreter test (``tests/test_triton_qdq.py``) and the GPU test
+(``tests/gpu/test_triton_recipes_gpu.py``)."""
+
+from __future__ import annotations
+
+#: one tile reducing its own amax (``ONE_TILE_MAX``), an amax pass of partial pairs, of atomics
+PATHS = ("one_tile", "partials", "atomics")
+#: (format, quantize_dequantize options), and their test ids
+CASES = (
+    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),
+    ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 5}),
+    ("fp8_e4m3_per_tensor", {}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
+)
+IDS = ("nvfp4", "nvfp4-rot", "e5m3-46-sr", "per-tensor", "per-tensor-rot")
+
+
+def force_path(tq, path: str, monkeypatch) -> None:
+    """Make the launcher module ``tq`` take ``path`` for the calls these tests make."""
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
+    monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path == "atomics" else 256)
