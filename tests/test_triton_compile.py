@@ -30,3 +30,26 @@ def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
     tail = (out.stdout + out.stderr)[-3000:]
     assert out.returncode == 0, tail
     assert f"triton {GPU_TRITON_VERSION}: compiled" in out.stdout and ", 0 failures" in out.stdout, tail
+
+
+def test_direct_replay_layout_is_the_gpu_images_launcher() -> None:
+    """The eager fast path calls the generated C launcher of Triton 3.6 itself
+    (``triton_qdq._make_replay``): its leading-argument layout is the one that Triton's own
+    ``CudaLauncher.__call__`` passes and its generated ``launch`` parses."""
+    from vllm_qdq.numerics import triton_qdq
+
+    assert (GPU_TRITON / "triton").is_dir(), f"{GPU_TRITON} holds no Triton: run `make env`"
+    assert GPU_TRITON_VERSION.startswith(triton_qdq._DIRECT_TRITON)
+    probe = (
+        "import inspect\n"
+        "from triton.backends.nvidia import driver as d\n"
+        "print(d._BASE_ARGS_FORMAT)\n"
+        "print(' '.join(inspect.getsource(d.CudaLauncher.__call__).split()))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(GPU_TRITON))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fmt, call = out.stdout.splitlines()[:2]
+    assert fmt == triton_qdq._DIRECT_LAYOUT
+    assert ("self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid, self.launch_pdl, "
+            "global_scratch, profile_scratch, *args)") in call, call

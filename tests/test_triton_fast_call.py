@@ -27,6 +27,27 @@ def _reference(x, spec, rule, rotate=None, rounding="nearest", seed=None, global
     return qdq_reference(x, spec, rule, global_amax=global_amax, rounding=rounding, seed=seed)
 
 
+def _check_launch(fn, args, spec, rule, rotate=None, rounding="nearest", seed=None, global_amax=None) -> None:
+    """The launch (recorded or replayed) was built for the recipe the caller asked for: rounding,
+    seed words, rotation and global-amax mode in its arguments. The stand-in computes the result
+    from the caller's recipe, so without this a replay of another recipe's launch would pass."""
+    import inspect
+
+    from vllm_qdq.numerics.reference import DEFAULT_SEED
+
+    a = dict(zip(inspect.signature(fn).parameters, args, strict=False))
+    if "STOCH" in a:
+        assert a["STOCH"] == (rounding == "stochastic"), (a["STOCH"], rounding)
+        if rounding == "stochastic":
+            s = DEFAULT_SEED if seed is None else seed
+            assert (a["seed_lo"], a["seed_hi"]) == (s & 0xFFFFFFFF, s >> 32)
+        assert a["ROT_LOG2"] == (0 if rotate is None else rotate.block.bit_length() - 1)
+        mode = 0 if global_amax is None else 2 if isinstance(global_amax, torch.Tensor) else 1
+        assert a["GAMAX"] == mode, (a["GAMAX"], global_amax)
+        if mode == 1:
+            assert a["gamax_f"] == global_amax
+
+
 class _Compiled:
     def __init__(self, jit: _Jit) -> None:
         self.jit = jit
@@ -47,7 +68,9 @@ class _Jit:
 
     def compute(self, args) -> None:
         if self.name != "_amax_kernel":  # x_ptr, y_ptr first: y = reference QDQ of x
-            args[1].copy_(_reference(args[0], *self.spec_of()))
+            recipe = self.spec_of()
+            _check_launch(self.fn, args, *recipe)
+            args[1].copy_(_reference(args[0], *recipe))
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
@@ -366,3 +389,20 @@ def test_direct_launcher_only_where_verified(monkeypatch) -> None:
     assert tq._direct_launcher(Compiled()) is None
     Compiled.run = object()
     assert tq._direct_launcher(Compiled()) is None
+
+
+def test_rounding_and_seed_are_part_of_the_key(fake) -> None:
+    """A nearest call and a stochastic call (default seed) of one recipe on one layout are two
+    entries; a stochastic call of a recipe that does not take it still raises after a nearest one
+    was recorded (the replay never skips the recipe checks of another recipe)."""
+    tq, call = fake
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    call(x, "mxfp4")
+    assert {k for k, *_ in call(x, "mxfp4", rounding="stochastic")[1]} == {"jit"}
+    assert {k for k, *_ in call(x, "mxfp4", rounding="stochastic")[1]} == {"replay"}
+    assert {k for k, *_ in call(x, "mxfp4", rounding="stochastic", seed=0)[1]} == {"replay"}  # the default seed
+    assert {k for k, *_ in call(x, "mxfp4")[1]} == {"replay"}
+    assert len(tq._FAST) == 2
+    call(x, "fp8_e4m3_per_token")
+    with pytest.raises(ValueError, match="stochastic"):
+        tq.qdq(x, FORMATS["fp8_e4m3_per_token"], rounding="stochastic")

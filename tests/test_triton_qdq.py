@@ -252,6 +252,29 @@ def test_custom_op_in_compiled_graph() -> None:
     torch.library.opcheck(torch.ops.vllm_qdq.qdq.default, (x, "int8_per_token", "floor", -1, None, None))
 
 
+def test_ops_schema_and_no_gradient() -> None:
+    """The ops keep the schema and tags they had as ``torch.library.custom_op`` ops (what compiled
+    graphs and the compile cache's digest see), and refuse an input that needs a gradient with
+    grad mode on, naming the fix; under no_grad the same input is served."""
+    import vllm_qdq.activation.ops  # noqa: F401  (registers the ops)
+
+    qdq, stats = torch.ops.vllm_qdq.qdq.default, torch.ops.vllm_qdq.qdq_stats.default
+    assert str(qdq._schema) == (
+        'vllm_qdq::qdq(Tensor x, str fmt, str scale_rule="floor", SymInt axis=-1, float? global_amax=None, '
+        'SymInt? block_size=None, str rounding="nearest", SymInt? seed=None, str? rotate=None) -> Tensor')
+    assert str(stats._schema) == (
+        'vllm_qdq::qdq_stats(Tensor x, str fmt, str scale_rule, SymInt axis, str name, str rounding="nearest", '
+        'SymInt? seed=None, str? rotate=None) -> Tensor')
+    assert qdq.tags == stats.tags == [torch.Tag.pt2_compliant_tag]
+    x = torch.randn(4, 64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"no gradient.*torch\.no_grad"):
+        torch.ops.vllm_qdq.qdq(x, "mxfp4", "floor", -1, None, None)
+    with torch.no_grad():
+        y = torch.ops.vllm_qdq.qdq(x, "mxfp4", "floor", -1, None, None)
+    assert not y.requires_grad
+    assert_same_bits(y, torch.ops.vllm_qdq.qdq(x.detach(), "mxfp4", "floor", -1, None, None))
+
+
 def test_contiguous_rows_match_the_stride_walk(tq):
     """The eager fast path (contiguous, last axis) describes the rows exactly as ``_fold_rows``."""
     for shape in [(1, 64), (7, 64), (2, 3, 64), (1, 1, 64), (64,), (5, 1, 32), (3, 1), (1, 4, 1, 16)]:

@@ -89,8 +89,9 @@ REPLAYED = [
 @pytest.mark.parametrize(("fmt", "kw"), REPLAYED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(REPLAYED)])
 @pytest.mark.parametrize("rows", [1, 64, 4096])
 def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> None:
-    """The eager fast path replays rotations, stochastic rounding and two-pass recipes (one tile
-    at 1 row, partial pairs at 64, atomics at 4096), bit for bit with the reference on every call; on
+    """The eager fast path replays rotations, stochastic rounding and two-pass recipes (partial
+    pairs at 1 and 64 rows, the one-tile path being off by default; atomics at 4096), bit for bit
+    with the reference on every call; on
     Triton 3.6 through the generated launcher directly (``_FastCall.direct``)."""
     import triton
     from vllm_qdq.numerics import triton_qdq
@@ -121,13 +122,15 @@ def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> 
 @pytest.mark.parametrize(("fmt", "kw"), two_pass.CASES, ids=two_pass.IDS)
 def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> None:
     """Each way a two-pass recipe gets its tensor amax, forced, on the shapes that take it (one
-    tile: 1-2 rows of 4096; partial pairs and atomics: 2 to 2048 rows), NaN and Inf rows
-    included, bit for bit with the reference; eager replays too."""
+    tile: 1-2 rows of 4096; partial pairs: 2-256 rows, at most 256 amax programs with sm_90's
+    amax tile; atomics: 2-2048 rows), NaN and Inf rows included, bit for bit with the reference;
+    eager replays too."""
     from vllm_qdq.numerics import triton_qdq
 
     two_pass.force_path(triton_qdq, path, monkeypatch)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
-    shapes = [(1, 4096), (2, 4096), (1, 3000)] if path == "one_tile" else [(2, 4096), (64, 4096), (2048, 4096)]
+    shapes = {"one_tile": [(1, 4096), (2, 4096), (1, 3000)], "partials": [(2, 4096), (64, 4096), (256, 4096)],
+              "atomics": [(2, 4096), (64, 4096), (2048, 4096)]}[path]
     for shape in shapes:
         for i in range(3):  # the first call records, the others replay
             torch.manual_seed(i)
@@ -141,3 +144,38 @@ def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> No
             ref = quantize_dequantize(x, fmt, backend="reference", **k)
             torch.cuda.synchronize()
             assert_same_bits(out, ref)
+
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4_e5m3"])
+@pytest.mark.parametrize("rows", [1, 64, 4096])
+def test_given_global_amax_replays(fmt: str, rows: int, monkeypatch) -> None:
+    """NVFP4 with a given global amax, replayed in eager: a float (the kernel's fp32 argument) and a
+    one-element fp32 tensor read where it lies, its value changed in place between calls (the
+    replay passes its address, not a copy), bit for bit with the reference on every call."""
+    import triton
+    from vllm_qdq.numerics import triton_qdq
+
+    replays = []
+    real = triton_qdq._FastCall.__call__
+
+    def counting(self, x, gamax=None):
+        y = real(self, x, gamax)
+        replays.append((y is not None, self.direct))
+        return y
+
+    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
+    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    g = torch.tensor([3.0], device="cuda")
+    for given in (2.5, g):
+        for i in range(3):
+            if given is g:
+                g.fill_(1.5 * (i + 1))
+            x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1)
+            out = quantize_dequantize(x, fmt, backend="triton", global_amax=given)
+            ref = quantize_dequantize(x, fmt, backend="reference", global_amax=given)
+            torch.cuda.synchronize()
+            assert_same_bits(out, ref)
+    direct = triton.__version__.startswith(triton_qdq._DIRECT_TRITON)
+    assert replays == [(True, direct)] * 4, replays

@@ -39,7 +39,7 @@ __all__ = ["qdq", "qdq_stats"]
 #: kernel each, not ``torch.library.custom_op``, whose Python dispatch wrapper costs ~10 us more
 #: per eager call (measured on this CPU: 12.9 against 2.9 us for the op alone, and 27 us when a
 #: ``rotate`` string is passed) on the path every eager and every non-graph compiled call takes.
-_LIB = torch.library.Library("vllm_qdq", "DEF")  # held for the process: the ops live as long as it
+_LIB = torch.library.Library("vllm_qdq", "FRAGMENT")  # held for the process: the ops live as long as it
 _LIB.define(
     'qdq(Tensor x, str fmt, str scale_rule="floor", SymInt axis=-1, float? global_amax=None, '
     'SymInt? block_size=None, str rounding="nearest", SymInt? seed=None, str? rotate=None) -> Tensor',
@@ -69,8 +69,14 @@ def _qdq_impl(
     seed: int | None = None,
     rotate: str | None = None,
 ) -> torch.Tensor:
-    """The kernel of ``vllm_qdq::qdq``: :func:`quantize_dequantize` of ``x``, in the layout the
-    fake implementation promises (``torch.empty_like(x)``'s), never an alias of ``x``."""
+    """The kernel of ``vllm_qdq::qdq``: :func:`quantize_dequantize` of ``x`` with ``torch.empty_like
+    (x)``'s strides where ``x`` is not contiguous (a contiguous ``x`` gets a contiguous result:
+    the same strides but, for size-1 dimensions, ones no reader looks at), never an alias of ``x``.
+
+    No gradient: with grad mode on and ``x`` requiring grad the op raises (:func:`_no_gradient`),
+    rather than return a result whose backward would pass nothing to ``x``."""
+    if x.requires_grad and torch.is_grad_enabled():
+        _no_gradient()
     y = quantize_dequantize(
         x, fmt, scale_rule=scale_rule, axis=axis, global_amax=global_amax, block_size=block_size,
         rounding=rounding, seed=seed, rotate=_rotation(rotate) if rotate else None,
@@ -81,6 +87,13 @@ def _qdq_impl(
     if y.stride() == out.stride() and (y.data_ptr() != x.data_ptr() or not x.numel()):
         return y
     return out.copy_(y)
+
+
+def _no_gradient() -> None:
+    raise RuntimeError(
+        "vllm_qdq::qdq has no gradient (a QDQ is piecewise constant and no straight-through estimator is "
+        "implemented), and its input requires grad: call it under torch.no_grad() or torch.inference_mode() "
+        "(vLLM runs its forward passes in inference mode), or pass x.detach()")
 
 
 def _qdq_fake(
@@ -132,6 +145,8 @@ def _qdq_stats_fake(
 
 _LIB.impl("qdq", _qdq_impl, "CompositeExplicitAutograd")
 _LIB.impl("qdq_stats", _qdq_stats_impl, "CompositeExplicitAutograd")
+for _op in ("qdq", "qdq_stats"):  # no autograd kernel: the kernel itself refuses inputs that need one
+    _LIB.impl(_op, torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("vllm_qdq::qdq", _qdq_fake, lib=_LIB)
 torch.library.register_fake("vllm_qdq::qdq_stats", _qdq_stats_fake, lib=_LIB)
 

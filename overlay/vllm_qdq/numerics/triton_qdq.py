@@ -462,8 +462,8 @@ if triton is not None:
     @triton.jit
     def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
         """``(amax, bad)`` of the whole tensor from the amax pass: ``buf[0:2]`` (``N_PARTIALS ==
-        0``: the atomics' words, or a given NVFP4 global amax), or the max over ``n_part`` partial
-        pairs ``buf[2p], buf[2p + 1]`` (the same integer max the atomics take)."""
+        0``: the atomics' words), or the max over ``n_part`` partial pairs ``buf[2p], buf[2p + 1]``
+        (the same integer max the atomics take). A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
         if N_PARTIALS > 0:
             p = tl.arange(0, N_PARTIALS)
             m = p < n_part
@@ -901,6 +901,10 @@ FAST_LAUNCH = True
 #: against (grid x3, stream, function, cooperative flag, PDL flag, two scratch objects, kernel
 #: metadata, launch metadata, enter hook, exit hook, the kernel's arguments).
 _DIRECT_TRITON = ("3.6.",)
+#: That layout as the generated launcher parses it (``PyArg_ParseTuple`` format of the leading
+#: arguments, Triton 3.6's ``triton.backends.nvidia.driver._BASE_ARGS_FORMAT``):
+#: ``tests/test_triton_compile.py`` checks it against the GPU image's Triton.
+_DIRECT_LAYOUT = "iiiKKppOOOOOO"
 #: Alignment classes of a pointer the eager fast path keys on: ``data_ptr() & _ALIGN`` (Triton
 #: specializes a pointer on 16-byte divisibility; 128 is a finer partition, so a replayed launch
 #: never meets a pointer of another specialization).
@@ -989,10 +993,12 @@ _RUNTIME_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)
 
 class _FastCall:
     """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels get
-    the recorded arguments with ``x``, a fresh ``y`` and (two-pass and NVFP4 recipes) a fresh
-    scratch buffer (zeroed for the atomics' pair, left as allocated for the partial pairs, every
-    word of which the amax pass writes) put in their places; constant tensors of the call (a
-    random rotation's signs, cached) are held. Valid for the key it is stored under (recipe,
+    the recorded arguments with ``x``, a fresh ``y``, a given global amax tensor and (two-pass
+    recipes with an amax pass) a fresh scratch buffer (zeroed for the atomics' pair, left as
+    allocated for the partial pairs, every word of which the amax pass writes) put in their
+    places; constant tensors of the call (a random rotation's signs, cached) are held. The
+    module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`_DIRECT_TRITON`)
+    are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
@@ -1001,12 +1007,15 @@ class _FastCall:
                  "replay", "spec", "tile", "torch_device", "y_align")
 
     def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
-                 held: tuple[torch.Tensor, ...] = (), gamax: torch.Tensor | None = None) -> None:
+                 held: tuple[torch.Tensor, ...] = (), gamax: torch.Tensor | None = None,
+                 device: int | None = None) -> None:
         self.spec = spec  # held: the key's id(spec) cannot be reused while the entry lives
         self.cls = kernel_class(spec)
         self.tile = TILE_CONFIG.get(self.cls)
         self.amax_tile = TILE_CONFIG.get("amax")
-        self.device = x.get_device()
+        # the current device when recorded (part of the key): the one whose context and stream
+        # Triton launched on, and loaded the kernels for
+        self.device = x.get_device() if device is None else device
         self.torch_device = x.device
         self.held = held
         self.y_align = y.data_ptr() & _ALIGN
@@ -1040,7 +1049,7 @@ class _FastCall:
             directs.append(direct is not None)
             self.launches.append((compiled[grid3], grid3, direct, tuple(template), tuple(slots)))
         self.direct = all(directs)
-        self.replay = _make_replay(self.launches) if self.direct else None
+        self.replay = None  # generated at the first replay: a key met once never pays for it
 
     def valid(self) -> bool:
         """The tile table entries the launches were planned with are still the ones in force."""
@@ -1061,7 +1070,9 @@ class _FastCall:
             buf_ptr = buf.data_ptr()
             if buf_ptr & _ALIGN != self.buf_align:
                 return None
-        if self.replay is not None and _hooks_idle():
+        if self.direct and _hooks_idle():
+            if self.replay is None:
+                self.replay = _make_replay(self.launches)
             self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
                         0 if gamax is None else gamax.data_ptr())
         else:
@@ -1095,9 +1106,11 @@ def _fast_key(x: torch.Tensor, spec: FormatSpec, scale_rule: str, axis: int, rot
         seed = None
     elif rounding != "stochastic" or not (seed is None or type(seed) is int):
         return None
+    elif seed is None:
+        seed = DEFAULT_SEED  # the seed the full path draws with
     if rotate is not None and type(rotate) is not Rotation:
         return None
-    return (id(spec), scale_rule, axis, rotate, seed, g, x.dtype, x.shape, x.stride(), x.get_device(),
+    return (id(spec), scale_rule, axis, rotate, rounding, seed, g, x.dtype, x.shape, x.stride(), x.get_device(),
             torch._C._cuda_getDevice(), x.data_ptr() & _ALIGN)
 
 
@@ -1160,7 +1173,7 @@ def qdq(
     if rec and all(k is not None for *_, k, _b in rec):
         try:
             hit = _FastCall(spec, x, y, rec, () if signs is None else (signs,),
-                            global_amax if isinstance(global_amax, torch.Tensor) else None)
+                            global_amax if isinstance(global_amax, torch.Tensor) else None, key[-2])
         except AssertionError as e:  # a launch the replay cannot rebuild: this key stays on the full path
             _fast_refused(key, e)
         else:
