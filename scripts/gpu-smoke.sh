@@ -5,9 +5,10 @@
 #   bash scripts/gpu-smoke.sh kernels plugin      # chosen steps (e.g. one per CI job or call)
 #   bash scripts/gpu-smoke.sh summary             # the table from the logs already written
 #
-# Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-160 s, ~105 s
-# of it, in results/h200-2026-12-03f, a wait with nothing in the log (SMOKE_STACK_DUMPS, below, shows
-# where); measured times are in results/ and the README):
+# Steps (each meant to finish inside 10 minutes on one H200: an engine start there is 40-160 s; on a
+# fresh machine ~100 s of the first was FlashInfer building its sampling kernels with no log line
+# (results/h200-2026-12-04: 97.9 s), which the jit-warm line below now does first; SMOKE_STACK_DUMPS
+# shows where any other silent wait is; measured times are in results/ and the README):
 #   kernels       pytest -m gpu: Triton QDQ bit-exactness, the rotation / stochastic-rounding / FP4
 #                 recipes, sage3 kernels and per-step routing (tests/gpu/test_triton_qdq_gpu.py,
 #                 test_triton_recipes_gpu.py, test_sage3_gpu.py, test_sage3_route_gpu.py; the last needs
