@@ -1,6 +1,6 @@
 """The two-pass recipes (a whole-tensor amax before the QDQ) and the ways the Triton launcher gets
-that amax, shared by the interpreter test (``tests/test_triton_qdq.py``) and the GPU test
-(``tests/gpu/test_triton_recipes_gpu.py``)."""
+that amax, shared by the Triton interpreter test of the kernels and the GPU recipe test (the image's
+smoke suite carries this module, not the interpreter test)."""
 
 from __future__ import annotations
 
