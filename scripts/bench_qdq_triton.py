@@ -21,7 +21,9 @@ first: per-tensor recipes, NVFP4 without a given amax); graph replay per call <=
 Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
-time at 64M elements (:data:`ROTATION_BUDGET`).
+time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
+same run: rotation blocks held whole by one thread (the default, ``ROT_TILE_MAX``) and, in the
+"tile layout" column, the tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04).
 """
 
 from __future__ import annotations
@@ -60,11 +62,14 @@ OPTIONS: tuple[tuple[str, str, dict], ...] = (
 
 def bench_options(failures: list[str]) -> None:
     """Time every entry of :data:`OPTIONS` beside its plain format (ms and the ratio)."""
+    from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
     from vllm_qdq.numerics.rotation import parse_rotation
 
-    print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time")
-    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" for r, c in SIZES))
+    print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
+          " rotations also in the tile layout (ROT_TILE_MAX = 0)")
+    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s} {'tile layout':>12s}" for r, c in SIZES))
+    default_max = triton_qdq.ROT_TILE_MAX
     for label, fmt, kw in OPTIONS:
         spec = FORMATS[fmt]
         kw = dict(kw)
@@ -76,6 +81,17 @@ def bench_options(failures: list[str]) -> None:
             plain = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
             ms = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
             line += f" {ms:14.3f} {ms / plain:8.2f}"
+            if rot is not None:  # the same call in the tile layout (recorded eager calls dropped both ways)
+                triton_qdq._FAST.clear()
+                triton_qdq.ROT_TILE_MAX = 0
+                try:
+                    old = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
+                finally:
+                    triton_qdq.ROT_TILE_MAX = default_max
+                    triton_qdq._FAST.clear()
+                line += f" {old / plain:12.2f}"
+            else:
+                line += f" {'':>12s}"
             if rot is not None and r * c >= 64 * 2**20 and ms / plain > 1 + ROTATION_BUDGET:
                 failures.append(f"{label} {r}x{c}: {ms / plain:.2f} x plain > {1 + ROTATION_BUDGET:.2f}")
         print(line, flush=True)

@@ -3,7 +3,9 @@
 
 Catches front-end incompatibilities between Triton releases (the GPU image ships Triton 3.6,
 the CPU wheel 3.9) before a GPU is at hand: each launch the package would make is captured,
-turned into an ``ASTSource`` and compiled for ``--arch`` (default sm_90) down to a cubin.
+turned into an ``ASTSource`` specialized as Triton's JIT specializes that launch (ints equal to 1
+as constants, 16-divisible ints and pointers marked so), and compiled for ``--arch`` (default
+sm_90) down to a cubin.
 
     python scripts/check_triton_compile.py            # every QDQ recipe x rule x dtype
     PYTHONPATH=/path/to/triton-3.6 python scripts/check_triton_compile.py
@@ -26,28 +28,62 @@ _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",
 _seen: set = set()
 
 
+#: With RECORD: (kernel name, constexpr values by name, compile options, compiled kernel) of each
+#: variant compiled, in order (scripts/triton_sass_stats.py reads them)
+RECORD = False
+COMPILED: list[tuple[str, dict, dict, object]] = []
+
+
+def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
+    """``(type, constexpr value or None, divisible by 16)`` of argument ``i`` as Triton's JIT
+    specializes it at a launch: an int equal to 1 becomes a constexpr, ints and pointers divisible
+    by 16 carry ``tt.divisibility`` (what lets loads vectorize), unless the kernel says not to."""
+    p = fn.params[i]
+    try:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.nvidia.compiler import CUDABackend
+    except ImportError:  # another Triton: no specialization (still a compile check)
+        native_specialize_impl = None
+    if native_specialize_impl is not None:
+        ty, spec = native_specialize_impl(CUDABackend, v, False, not p.do_not_specialize,
+                                          not p.do_not_specialize_on_alignment)
+        if ty == "constexpr":
+            return ty, spec, False
+        return ty, None, isinstance(spec, str) and "D" in spec
+    if isinstance(v, torch.Tensor):
+        return _PTR[v.dtype], None, False
+    if isinstance(v, bool):
+        return "i1", None, False
+    if isinstance(v, int):
+        return ("i64" if abs(v) >= 2**31 else "i32"), None, False
+    return "fp32", None, False
+
+
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
     opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
     values = dict(zip(names, args, strict=False)) | kwargs
-    sig, cx = {}, {}
+    sig, cx, attrs = {}, {}, {}
     for i, n in enumerate(names):
         v = values[n]
         if fn.params[i].is_constexpr:
             sig[n], cx[(i,)] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[n] = _PTR[v.dtype]
-        elif isinstance(v, bool):
-            sig[n] = "i1"
-        elif isinstance(v, int):
-            sig[n] = "i64" if abs(v) >= 2**31 else "i32"
-        else:
-            sig[n] = "fp32"
-    key = (fn.__name__, tuple(sig.items()), tuple(sorted((k, repr(v)) for k, v in cx.items())))
+            continue
+        ty, const, div16 = _specialize(fn, i, v)
+        sig[n] = ty
+        if ty == "constexpr":
+            cx[(i,)] = const
+        elif div16:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    key = (fn.__name__, tuple(sig.items()), tuple(sorted((k, repr(v)) for k, v in cx.items())),
+           tuple(sorted(attrs)), tuple(sorted(opts.items())))
     if key in _seen:
         return
     _seen.add(key)
-    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=target, options=opts)
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs), target=target, options=opts)
+    if RECORD:
+        COMPILED.append((fn.__name__, {n: values[n] for i, n in enumerate(names) if fn.params[i].is_constexpr},
+                         opts, kernel))
 
 
 class _Capture:
@@ -69,21 +105,27 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
     variants += [("mxfp4", "floor", "stochastic", 1, None, None), ("mxfp8_e4m3", "floor", None, None, 128, None),
                  ("nvfp4", "four_over_six", None, None, None, None), ("nvfp4", "floor", "stochastic", 1, 16, 1),
                  ("nvfp4_e5m3", "four_over_six", "stochastic", 1, None, None),
-                 ("fp8_e4m3_per_tensor", "floor", None, None, 128, None)]
+                 ("fp8_e4m3_per_tensor", "floor", None, None, 128, None), ("nvfp4", "floor", None, None, 128, 1),
+                 ("mxfp4", "floor", "stochastic", 1, 64, None), ("nvfp4_e5m3", "four_over_six", None, None, 32, None)]
+    default_max = triton_qdq.ROT_TILE_MAX
     for fmt, rule, rounding, seed, block, sseed in variants:
         spec = get_format(fmt)
-        for dtype in (torch.bfloat16, torch.float32):
-            for k in (256, 4096):
-                x = torch.empty(4, k, dtype=dtype)
-                rot = Rotation(block=block, seed=sseed) if block else None
-                ex = triton_qdq._Extras(rot, hadamard_signs(rot, k) if rot else None, k,
-                                        seed if rounding else None)
-                try:
-                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
-                except Exception as e:  # report every failing variant
-                    failures += 1
-                    print(f"FAIL {fmt} {rule} {rounding} rot={rot} {dtype} K={k}: "
-                          f"{str(e).strip().splitlines()[-1][:300]}")
+        for rot_tile_max in (default_max, 0) if block else (default_max,):  # both rotation layouts
+            triton_qdq.ROT_TILE_MAX = rot_tile_max
+            for dtype in (torch.bfloat16, torch.float32):
+                for k in (256, 4096):
+                    x = torch.empty(4, k, dtype=dtype)
+                    rot = Rotation(block=block, seed=sseed) if block else None
+                    ex = triton_qdq._Extras(rot, hadamard_signs(rot, k, "cpu", torch.bfloat16) if rot else None, k,
+                                            seed if rounding else None)
+                    try:
+                        triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None,
+                                           ex)
+                    except Exception as e:  # report every failing variant
+                        failures += 1
+                        print(f"FAIL {fmt} {rule} {rounding} rot={rot} ROT_TILE_MAX={rot_tile_max} {dtype} K={k}: "
+                              f"{str(e).strip().splitlines()[-1][:300]}")
+    triton_qdq.ROT_TILE_MAX = default_max
     return failures
 
 

@@ -43,9 +43,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("rot_tile_max", [128, 0], ids=["blocks-in-thread", "tile-layout"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(("fmt", "kw"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
-def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype) -> None:  # noqa: F811
+def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, rot_tile_max: int,  # noqa: F811
+                                  monkeypatch) -> None:
+    """Both rotation layouts of the kernels (:data:`ROT_TILE_MAX`: blocks loaded whole into one
+    thread, or the tile's own layout) give the reference's bits."""
+    monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     torch.manual_seed(0)
     k = 300 if kw.get("rotate", {}).get("pad") else 256
     x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)

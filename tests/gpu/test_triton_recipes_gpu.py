@@ -75,6 +75,29 @@ def test_options_match_reference(fmt: str, kw: dict, shape: tuple[int, ...]) -> 
     assert_same_bits(out, ref)
 
 
+ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
+
+
+@pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
+def test_rotation_in_the_tile_layout(fmt: str, kw: dict, monkeypatch) -> None:
+    """The rotations with ``ROT_TILE_MAX = 0`` (every block in the tile's own layout, the layout
+    the bench's "tile layout" column times) give the reference's bits too."""
+    from vllm_qdq.numerics import triton_qdq
+
+    monkeypatch.setattr(triton_qdq, "ROT_TILE_MAX", 0)
+    triton_qdq._FAST.clear()  # recorded calls carry the layout they were made with
+    torch.manual_seed(0)
+    for shape in ((257, 4096), (16, 3000)):
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+        x[..., 3] *= 300.0
+        k = {**kw, "rotate": {**kw["rotate"], "pad": True}} if shape[-1] % 256 else kw
+        out = quantize_dequantize(x, fmt, backend="triton", **k)
+        ref = quantize_dequantize(x, fmt, backend="reference", **k)
+        torch.cuda.synchronize()
+        assert_same_bits(out, ref)
+    triton_qdq._FAST.clear()
+
+
 REPLAYED = [
     ("mxfp4", {"rotate": {"block": 32, "seed": 5}}),
     ("mxfp4", {"rounding": "stochastic", "seed": 123}),

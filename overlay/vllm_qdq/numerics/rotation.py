@@ -134,19 +134,22 @@ def _signs_cpu(seed: int, kp: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=256)
-def _signs_on(seed: int, kp: int, device: str) -> torch.Tensor:
-    return _signs_cpu(seed, kp).to(device)
+def _signs_on(seed: int, kp: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    return _signs_cpu(seed, kp).to(device=device, dtype=dtype)
 
 
-def hadamard_signs(rot: Rotation, kp: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """The fp32 sign vector ``d`` (length ``kp``) of a random Hadamard, or ``None`` (plain).
+def hadamard_signs(rot: Rotation, kp: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """The sign vector ``d`` (length ``kp``, values +-1: exact in any float ``dtype``; fp32 by
+    default, bf16 for the Triton kernels, half the bytes to read) of a random Hadamard, or
+    ``None`` (plain).
 
-    Cached per (seed, length, device): a call inside CUDA-graph capture (vLLM's default mode)
-    must not copy from the host, and vLLM's warm-up runs every shape's first call before it
+    Cached per (seed, length, device, dtype): a call inside CUDA-graph capture (vLLM's default
+    mode) must not copy from the host, and vLLM's warm-up runs every shape's first call before it
     captures. The tensor is shared: read it, never write it."""
     if rot.seed is None:
         return None
-    return _signs_on(rot.seed, kp, str(torch.device(device)))
+    return _signs_on(rot.seed, kp, str(torch.device(device)), dtype)
 
 
 def inv_sqrt_f32(block: int) -> float:

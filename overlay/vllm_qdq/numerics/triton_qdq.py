@@ -97,6 +97,10 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
   rotation block) is rotated in registers (signs, ``log2 b`` butterfly stages as
   reshape / permute / split / join, ``* fp32(1/sqrt(b))``), QDQ'd, rotated back and stored: one
   read and one write. Masked columns load as 0, which is the reference's zero padding to ``KP``.
+  ``ROT_TILE`` (blocks up to :data:`ROT_TILE_MAX`): the tile is loaded and stored in a shape
+  that gives each thread whole rotation blocks (:func:`_block_cols`), so the stages are register
+  arithmetic; otherwise Triton exchanges data between lanes for the upper stages. The layout
+  changes which thread does an operation, never the operations: the same bits either way.
   The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
   Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
@@ -251,6 +255,26 @@ if triton is not None:
         if HAS_SIGNS and INVERSE:
             x = x * sgn[None, :]
         return x
+
+    @triton.jit
+    def _block_cols(k0, BLOCK_K: tl.constexpr, RB: tl.constexpr):
+        """Columns of a tile of ``BLOCK_K`` as ``[BLOCK_K // RB, RB // 8, 8]`` (int64): rotation
+        blocks of ``RB``, each as chunks of 8. Loaded in this shape, a tile has only its 8-chunks
+        contiguous, so Triton gives lanes and warps to (row, block) pairs first and the chunks of a
+        block to one thread's registers (when the tile has at least one block per thread): every
+        butterfly stage is then register arithmetic (no shuffles, no shared memory)."""
+        return (k0 + tl.arange(0, BLOCK_K // RB)[:, None, None] * RB + tl.arange(0, RB // 8)[None, :, None] * 8
+                + tl.arange(0, 8)[None, None, :]).to(tl.int64)
+
+    @triton.jit
+    def _block_signs(sign_ptr, c4, rows, KP):
+        """A random Hadamard's signs (fp32) for a tile loaded by :func:`_block_cols`, with the
+        tile's own 4-d shape (each row reads the same signs, from L1): the same layout as the
+        tile, so no data moves between threads (signs ``[1, ...]`` broadcast at use went through
+        shared memory); columns at or past ``KP`` get +1."""
+        offs = c4[None, :, :, :] + 0 * rows[:, None, None, None]
+        mask = (c4 < KP)[None, :, :, :] & (rows >= 0)[:, None, None, None]
+        return tl.load(sign_ptr + offs, mask=mask, other=1.0).to(tl.float32)
 
     @triton.jit
     def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
@@ -420,7 +444,7 @@ if triton is not None:
         sx_outer, sx_inner, sx_k,
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
-        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
+        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         N_PARTIALS: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
@@ -430,12 +454,20 @@ if triton is not None:
         word written, for the QDQ pass to reduce (:func:`_tensor_stats`): no zeroed buffer."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
-        cols = k0 + tl.arange(0, BLOCK_K)
-        mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-        x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
-        if ROT_LOG2 > 0:
+        if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
+            c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
+            mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
             if HAS_SIGNS:
-                sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0)
+                x = x * _block_signs(sign_ptr, c4, rows, KP)
+            x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+        else:
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
+        if ROT_LOG2 > 0 and not ROT_TILE:
+            if HAS_SIGNS:
+                sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0).to(tl.float32)
             else:
                 sgn = tl.full([BLOCK_K], 1.0, tl.float32)
             x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
@@ -507,7 +539,7 @@ if triton is not None:
         BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr, REVERSE: tl.constexpr,
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
-        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr,
+        ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
@@ -525,13 +557,23 @@ if triton is not None:
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
-        cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
-        mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
-        x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
-        if ROT_LOG2 > 0:
+        if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
+            c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
+            mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
+            if HAS_SIGNS:
+                x = x * _block_signs(sign_ptr, c4, rows, KP)
+            x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+            x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
+            cols = tl.reshape(c4, [N_GROUPS, GROUP])
+        else:
+            cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
+            mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
+        if ROT_LOG2 > 0 and not ROT_TILE:
             cols1 = k0 + tl.arange(0, BLOCK_K)
             if HAS_SIGNS:
-                sgn = tl.load(sign_ptr + cols1, mask=cols1 < KP, other=1.0)
+                sgn = tl.load(sign_ptr + cols1, mask=cols1 < KP, other=1.0).to(tl.float32)
             else:
                 sgn = tl.full([BLOCK_K], 1.0, tl.float32)  # unused
             x = _rotate(tl.reshape(x, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
@@ -580,12 +622,20 @@ if triton is not None:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
                 y = _scaled_qdq(x, s, SPEC)
         y = tl.where(bad, _nan_like(y), y)
-        if ROT_LOG2 > 0:
-            y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
-                        ROT_SCALE, True)
-            y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
-        tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
-                 _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+        if ROT_TILE:
+            y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+            y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+            if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
+                y = y * _block_signs(sign_ptr, c4, rows, KP)
+            tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
+                     _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
+        else:
+            if ROT_LOG2 > 0:
+                y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
+                            ROT_SCALE, True)
+                y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
+            tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
+                     _to_out(y, y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _qdq_row_kernel(
@@ -747,20 +797,26 @@ def _cdiv(a: int, b: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
-          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0) -> tuple:
+          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: bool = False) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
     kwargs) or None, constexpr kwargs)``. ``tile`` / ``amax_tile``: the :data:`TILE_CONFIG` entries
     in force (part of the key, so a changed table takes effect). ``one_tile_rows``: the rows of a
-    call that is one tile (:func:`_one_tile`), 0 otherwise."""
+    call that is one tile (:func:`_one_tile`), 0 otherwise. ``rot_tile``: rotation blocks held
+    whole by one thread (:data:`ROT_TILE_MAX`); the tiles then grow to at least one rotation block
+    per thread."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
                          "num_warps": warps, "enable_fp_fusion": False}
+    rot_tile = rot_tile and rot_block > 1
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
-           "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0}
+           "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
+    if rot_tile:  # one block per thread at least
+        size = max(size, rot_block * 32 * warps)
+        amax_tile = (max(amax_tile[0], rot_block * 32 * amax_tile[1]), amax_tile[1])
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     block_r, n_groups = _block_tile(k, group, size, rot_block)
     if one_tile_rows:  # the whole tensor in one tile (:func:`_one_tile`)
@@ -805,7 +861,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0)
+        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, rot_b <= ROT_TILE_MAX)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     n_part = partials = gamax_mode = 0
     gamax_f = 0.0
@@ -867,6 +923,17 @@ PARTIALS_MAX = 256
 ONE_TILE_MAX = 0
 #: Warps of that one program.
 ONE_TILE_WARPS = 8
+
+
+#: Rotation blocks up to this size are held whole by one thread (:func:`_block_cols`): the
+#: butterfly runs in registers, the tiles grow to a block per thread. Larger blocks (and 0: every
+#: block) take the tile's own layout, where Triton moves data between lanes for the butterfly's
+#: upper stages (shuffles, shared memory, barriers). SASS for sm_90, bf16, instructions per element
+#: (``scripts/triton_sass_stats.py``; plain MXFP4 22.2): MXFP4 + Hadamard-16 31.8 this way, 52.8
+#: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.8 / 118.8. At 128 the thread holds
+#: 128 elements: random signs (MXFP4) and NVFP4 spill registers to local memory; GPU timings of
+#: both layouts: ``scripts/bench_qdq_triton.py``'s options table.
+ROT_TILE_MAX = 128
 
 
 def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
@@ -1158,7 +1225,7 @@ def qdq(
                 return qdq(v, spec_, rule_, axis_, gamax_, rounding_, seed_)
 
             return qdq_rotated_reference(x, spec, rotate, scale_rule, axis, global_amax, rounding, seed, qdq_fn=inner)
-        signs = hadamard_signs(rotate, kp, x.device)
+        signs = hadamard_signs(rotate, kp, x.device, torch.bfloat16)  # +-1: exact, half fp32's bytes
     ex = _Extras(rotate, signs, kp, sr_seed)
     y = torch.empty_like(x)
     rows = _rows(x, y, axis)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""SASS figures of the Triton QDQ kernels for a GPU target, without a GPU.
+
+Compiles the launches of one QDQ call per recipe (as ``scripts/check_triton_compile.py`` does:
+specialized like Triton's JIT, for ``--arch``, default sm_90) and counts, in the cubin's SASS
+(``nvdisasm`` from Triton's wheel), what decides a streaming kernel's speed before a GPU is at
+hand: instructions per element a thread handles, lane shuffles, barriers and shared-memory
+accesses (data moved between threads), registers, local-memory spills. Rotations are listed in
+both kernel layouts (``ROT_TILE_MAX``: rotation blocks held whole by one thread, or the tile's
+own layout). Static counts, not timings: a kernel whose instructions per element stay below
+the GPU's issue budget at memory bandwidth (H200: about 36 a thread per bf16 element, from
+132 SMs x 4 schedulers x 1.98 GHz against 2 bytes read + 2 written at ~3.9 TB/s) can run at
+bandwidth; one above it cannot. ``scripts/bench_qdq_triton.py`` measures on the GPU.
+
+    PYTHONPATH=.venv/triton-gpu:overlay python scripts/triton_sass_stats.py [--recipes mxfp4+h16,...]
+
+A recipe is ``format[+h<block>[r]][+sr][+46]``: ``h<block>`` a Hadamard rotation (``r``: random
+signs), ``sr`` stochastic rounding, ``46`` the four-over-six scale rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+DEFAULT_RECIPES = ("mxfp4,mxfp4+h16,mxfp4+h16r,mxfp4+h32,mxfp4+h64,mxfp4+h128,mxfp4+h128r,mxfp4+h256,"
+                   "nvfp4,nvfp4+h16,nvfp4+h64,nvfp4+h128r,mxfp4+sr,nvfp4+46,fp8_e4m3_per_tensor+h128")
+_INSTR = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)")
+
+
+def parse_recipe(text: str) -> tuple[str, str, int | None, int | None, bool]:
+    """``(format, scale rule, rotation block or None, sign seed or None, stochastic)``."""
+    fmt, *opts = text.split("+")
+    rule, block, seed, stoch = "floor", None, None, False
+    for o in opts:
+        if m := re.fullmatch(r"h(\d+)(r?)", o):
+            block, seed = int(m.group(1)), (1 if m.group(2) else None)
+        elif o == "sr":
+            stoch = True
+        elif o == "46":
+            rule = "four_over_six"
+        else:
+            raise SystemExit(f"recipe {text!r}: option {o!r}; accepted: h<block>[r], sr, 46")
+    return fmt, rule, block, seed, stoch
+
+
+def sass_counts(kernel, tool_dir: Path) -> dict[str, int]:
+    """Counts of the SASS of a compiled Triton kernel (and its registers)."""
+    with tempfile.TemporaryDirectory() as d:
+        cubin = os.path.join(d, "k.cubin")
+        Path(cubin).write_bytes(kernel.asm["cubin"])
+        sass = subprocess.run([str(tool_dir / "nvdisasm"), "-c", cubin], capture_output=True, text=True,
+                              check=True).stdout
+        res = subprocess.run([str(tool_dir / "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True,
+                             check=True).stdout
+    ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
+    regs = re.search(r"REG:(\d+)", res)
+    return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"], "smem": ops["LDS"] + ops["STS"],
+            "local": ops["LDL"] + ops["STL"], "regs": int(regs.group(1)) if regs else -1}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
+    ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import check_triton_compile as ctc
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import get_format
+    from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
+
+    tool_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    target = GPUTarget("cuda", args.arch, 32)
+    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
+        setattr(triton_qdq, name, ctc._Capture(getattr(triton_qdq, name), target))
+    ctc.RECORD = True
+    rows, k = (int(v) for v in args.shape.lower().split("x"))
+    tiles = triton_qdq.tile_configs().get(f"sm_{args.arch}")  # the table the GPU would use
+    if tiles:
+        triton_qdq.TILE_CONFIG.update(tiles)
+    print(f"triton {triton.__version__}, sm_{args.arch}, bf16 {rows}x{k}; per kernel: elements a thread handles, "
+          "SASS instructions per element, shuffles, barriers, shared-memory accesses, local (spill) accesses, registers")
+    print(f"{'recipe':24s} {'layout':12s} {'kernel':18s} {'tile':>6s} {'warps':>5s} {'el/thr':>6s} {'instr/el':>8s} "
+          f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s}")
+    default_max = triton_qdq.ROT_TILE_MAX
+    for recipe in args.recipes.split(","):
+        fmt, rule, block, seed, stoch = parse_recipe(recipe.strip())
+        spec = get_format(fmt)
+        x = torch.empty(rows, k, dtype=torch.bfloat16)
+        rot = Rotation(block=block, seed=seed) if block else None
+        for layout, rtm in (("in-thread", default_max), ("tile", 0)) if block else (("-", default_max),):
+            triton_qdq.ROT_TILE_MAX = rtm
+            ctc._seen.clear()
+            ctc.COMPILED.clear()
+            ex = triton_qdq._Extras(rot, hadamard_signs(rot, k, "cpu", torch.bfloat16) if rot else None, k,
+                                    1 if stoch else None)
+            triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
+            for name, cx, opts, kernel in ctc.COMPILED:
+                c = sass_counts(kernel, tool_dir)
+                tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
+                per_thread = tile / (32 * opts["num_warps"])
+                print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
+                      f"{c['instr'] / per_thread:8.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "
+                      f"{c['regs']:4d}", flush=True)
+    triton_qdq.ROT_TILE_MAX = default_max
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
