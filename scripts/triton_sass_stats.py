@@ -16,6 +16,11 @@ bandwidth; one above it cannot. ``scripts/bench_qdq_triton.py`` measures on the 
 
 A recipe is ``format[+h<block>[r]][+sr][+46]``: ``h<block>`` a Hadamard rotation (``r``: random
 signs), ``sr`` stochastic rounding, ``46`` the four-over-six scale rule.
+
+``--sage3 mxfp4,nvfp4,...``: the sage3 attention kernel instead (D=128, BLOCK_M 128, 8 warps, fp32
+accumulation, as the bench runs it): the SASS of its loop over key blocks, per P element a thread
+handles in one iteration (128 x 64 / 256): the softmax and P's quantization are ALU work issued
+beside the tensor cores' (HGMMA) and set the pace when they take longer than the MMAs.
 """
 
 from __future__ import annotations
@@ -65,13 +70,81 @@ def sass_counts(kernel, tool_dir: Path) -> dict[str, int]:
             "local": ops["LDL"] + ops["STL"], "regs": int(regs.group(1)) if regs else -1}
 
 
+def loops(sass: str) -> list[Counter]:
+    """Opcode counts of each loop in ``sass`` (instructions between a backward branch and its
+    target), in code order."""
+    addr_of, instrs, pending = {}, [], []
+    for line in sass.splitlines():
+        if m := re.match(r"^\.L_x_(\d+):", line.strip()):
+            pending.append(m.group(1))
+        elif m := re.match(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line):
+            addr = int(m.group(1), 16)
+            for label in pending:
+                addr_of[label] = addr
+            pending = []
+            instrs.append((addr, m.group(2)))
+    found = []
+    for addr, text in instrs:
+        if (m := re.search(r"\bBRA\b.*\.L_x_(\d+)", text)) and addr_of.get(m.group(1), addr) < addr:
+            body = [t for a, t in instrs if addr_of[m.group(1)] <= a <= addr]
+            found.append(Counter(t.split()[1] if t.startswith("@") else t.split()[0] for t in body))
+    # a loop's body can hold inner backward branches (slow paths): keep the outermost loops
+    return [c for c in found if sum(c.values()) > 200]
+
+
+def sage3_stats(formats: list[str], target, tool_dir: Path) -> None:
+    """Print the loop figures of the sage3 forward kernel per format."""
+    import check_triton_compile as ctc
+    import torch
+    from vllm_qdq.sage3.numerics import kernel as sk
+
+    for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):
+        setattr(sk, name, ctc._Capture(getattr(sk, name), target))
+    ctc.RECORD = True
+    print("sage3 forward kernel, D=128, BLOCK_M 128 x BLOCK_N 64, 8 warps, fp32 accumulation: the loop over key "
+          "blocks, SASS instructions per P element a thread handles (32) in one iteration")
+    print(f"{'format':18s} {'loop instr':>10s} {'per P el':>8s} {'HGMMA':>5s} {'MUFU':>5s} {'shfl':>5s} "
+          f"{'FMUL/FFMA/FADD':>15s} {'int ops':>7s} {'regs':>4s}")
+    for fmt in formats:
+        ctc._seen.clear()
+        ctc.COMPILED.clear()
+        q = torch.zeros(1, 256, 4, 128, dtype=torch.bfloat16)
+        sk.sage3_attention(q, q, q, quant_format=fmt, acc_dtype="fp32", block_m=128)
+        kernel = next(k for n, _, _, k in ctc.COMPILED if n == "_sage3_fwd_kernel")
+        with tempfile.TemporaryDirectory() as d:
+            cubin = os.path.join(d, "k.cubin")
+            Path(cubin).write_bytes(kernel.asm["cubin"])
+            sass = subprocess.run([str(tool_dir / "nvdisasm"), "-c", cubin], capture_output=True, text=True,
+                                  check=True).stdout
+        regs = sass_counts(kernel, tool_dir)["regs"]
+        for i, ops in enumerate(loops(sass)):  # the unmasked tiles' loop first, then the masked tiles'
+            n = sum(ops.values())
+            per = 128 * 64 / 256
+            fp = sum(v for k, v in ops.items() if k.split(".")[0] in ("FMUL", "FFMA", "FADD"))
+            ints = sum(v for k, v in ops.items() if k.split(".")[0] in ("LOP3", "SHF", "SGXT", "IADD3", "IMAD",
+                                                                          "VIADD", "LEA", "PRMT", "ISETP"))
+            print(f"{fmt + ('' if i == 0 else ' (loop ' + str(i + 1) + ')'):18s} {n:10d} {n / per:8.1f} "
+                  f"{sum(v for k, v in ops.items() if 'GMMA' in k):5d} "
+                  f"{sum(v for k, v in ops.items() if k.startswith('MUFU')):5d} "
+                  f"{ops['SHFL.BFLY'] + ops['SHFL.IDX']:5d} {fp:15d} {ints:7d} {regs:4d}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
     ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
+    ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
+                    "attention kernel's loop instead of the QDQ recipes")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.sage3:
+        import triton
+        from triton.backends.compiler import GPUTarget
+
+        sage3_stats(args.sage3.split(","), GPUTarget("cuda", args.arch, 32),
+                    Path(triton.__file__).parent / "backends" / "nvidia" / "bin")
+        return 0
     import check_triton_compile as ctc
     import torch
     import triton

@@ -24,6 +24,9 @@ Numeric contract (all fp32, exact unless said):
   ``(a + C) - C`` with ``C = 2**(23 + emin - mbits)`` rounds at the fixed subnormal quantum;
   integers: ``rne(a * 2**mbits) * 2**-mbits``. ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for
   ``0 <= t < 2**23`` (kernels are compiled with FP fusion off).
+* :func:`round_elem_nonneg_f32` ``(v, MAXN, EMIN, MBITS)``: :func:`round_elem_f32` of float
+  elements for ``v >= +0`` (softmax weights): the same value, without the absolute value and the
+  sign copy (three integer operations an element fewer); NaN stays NaN.
 * :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
   same grid with uniform draws ``u``: ``t = a / quantum`` (exact), ``floor(t) + (u < t - floor(t))``
   (:func:`vllm_qdq.numerics.reference.round_to_elem_stochastic`).
@@ -57,6 +60,7 @@ __all__ = [
     "philox_uniform_f32",
     "pow2_f32",
     "round_elem_f32",
+    "round_elem_nonneg_f32",
     "round_elem_sr_f32",
     "rule_code",
 ]
@@ -152,6 +156,16 @@ if triton is not None:
         # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
         sign = v.to(tl.int32, bitcast=True) & -2147483648
         return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def round_elem_nonneg_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr):
+        """:func:`round_elem_f32` of float elements for ``v >= +0`` (no ``-0``, no negatives)."""
+        a = tl.where(v > MAXN, MAXN, v)
+        SH: tl.constexpr = 23 - MBITS
+        bits = a.to(tl.int32, bitcast=True)
+        rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
+        C: tl.constexpr = 2.0 ** (23 + EMIN - MBITS)
+        return tl.where(a >= 2.0**EMIN, rn.to(tl.float32, bitcast=True), (a + C) - C)
 
     @triton.jit
     def round_elem_sr_f32(v, u, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, IS_INT: tl.constexpr):

@@ -47,6 +47,7 @@ from ...numerics.triton_primitives import (
     mx_exponent,
     pow2_f32,
     round_elem_f32,
+    round_elem_nonneg_f32,
     rule_code,
 )
 from .reference import (
@@ -75,23 +76,37 @@ _NVFP4_P_GS = 448.0 * 6.0  # NVFP4 global scale of P (tensor amax fixed to 1)
 
 @triton.jit
 def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
-            MAXN: tl.constexpr, RULE: tl.constexpr):
-    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``)."""
-    e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
+            MAXN: tl.constexpr, RULE: tl.constexpr, NONNEG: tl.constexpr = False):
+    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``).
+    ``NONNEG``: every value is ``>= +0`` (P), the same numbers with fewer operations."""
+    if NONNEG:
+        e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    else:
+        e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
     e = tl.expand_dims(e, AXIS)
-    q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
+    if NONNEG:
+        q = round_elem_nonneg_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS)
+    else:
+        q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
     return q * pow2_f32(e)
 
 
 @triton.jit
-def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr):
-    """NVFP4 of blocks along ``AXIS``: returns e2m1 * e4m3 block scale (without 1/gs)."""
-    a = tl.abs(x3)
+def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr, NONNEG: tl.constexpr = False):
+    """NVFP4 of blocks along ``AXIS``: returns e2m1 * e4m3 block scale (without 1/gs).
+    ``NONNEG``: every value is ``>= +0`` (P), the same numbers with fewer operations."""
+    if NONNEG:
+        a = x3
+    else:
+        a = tl.abs(x3)
     s = tl.minimum(gs * (tl.max(a, axis=AXIS) * 0.16666666666666666), 448.0)
-    s8 = round_elem_f32(s, 448.0, -6, 3, False)  # E4M3: emin -6, 3 mantissa bits (s <= 448 already)
+    s8 = round_elem_nonneg_f32(s, 448.0, -6, 3)  # E4M3: emin -6, 3 mantissa bits (0 <= s <= 448 already)
     nz = s8 != 0
     inv = tl.where(nz, tl.math.div_rn(tl.full(s8.shape, 1.0, tl.float32), tl.where(nz, s8, 1.0) * inv_gs), 0.0)
-    q = round_elem_f32(x3 * tl.expand_dims(inv, AXIS), 6.0, 0, 1, False)  # E2M1: emin 0, 1 mantissa bit
+    if NONNEG:
+        q = round_elem_nonneg_f32(x3 * tl.expand_dims(inv, AXIS), 6.0, 0, 1)  # E2M1: emin 0, 1 mantissa bit
+    else:
+        q = round_elem_f32(x3 * tl.expand_dims(inv, AXIS), 6.0, 0, 1, False)
     return q * tl.expand_dims(s8, AXIS)
 
 
@@ -232,12 +247,67 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
     """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys."""
     p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
     if P_NVFP4:
-        r3 = _nvfp4_raw(p3, 2688.0, 0.00037202380952380953, 2)  # gs = 448*6/1, fp32(1/gs)
+        r3 = _nvfp4_raw(p3, 2688.0, 0.00037202380952380953, 2, True)  # gs = 448*6/1, fp32(1/gs)
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
-        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE, True)
     return tl.reshape(r3, (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc,
+               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+               BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
+               EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+               BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr, MASKED: tl.constexpr):
+    """One online-softmax step over the ``BLOCK_N`` keys from ``n0``: ``(m_i, l_i, acc)`` updated.
+    ``MASKED``: keys past ``S`` (and, causal, after a row's query) are removed; without it every
+    key of the tile must exist and be visible to every row."""
+    cols = n0 + offs_n
+    if MASKED:
+        kv_ok = cols < S
+        k = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + cols[:, None] * D + offs_d[None, :])
+    if OP_BF16:
+        s = tl.dot(q, tl.trans(k))
+    else:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    if BF16_QK:
+        s = bf16_rne_f32(s)
+    s = s * c
+    if MASKED:
+        ok = kv_ok[None, :]
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= offs_m[:, None])
+        s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
+    l_i = l_i * alpha + tl.sum(praw, 1)
+    if MASKED:
+        v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_base + cols[:, None] * D + offs_d[None, :])
+    if OP_BF16:
+        pv_in = praw.to(tl.bfloat16)
+    else:
+        pv_in = praw
+    if BF16_PV:
+        if OP_BF16:
+            pv = tl.dot(pv_in, v)
+        else:
+            pv = tl.dot(pv_in, v, input_precision="ieee")
+        acc = bf16_rne_f32(bf16_rne_f32(acc * alpha[:, None]) + bf16_rne_f32(pv))
+    else:
+        acc = acc * alpha[:, None]
+        if OP_BF16:
+            acc = tl.dot(pv_in, v, acc)
+        else:
+            acc = tl.dot(pv_in, v, acc, input_precision="ieee")
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -266,48 +336,22 @@ def _sage3_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
+    # key tiles in order; those whose every key exists and is visible to every row of the tile
+    # first, without masks (the same numbers: masks only ever remove keys), then the rest masked
     if CAUSAL:
         hi = tl.minimum(S, (pid_m + 1) * BLOCK_M)
+        full = tl.minimum((pid_m * BLOCK_M + 1) // BLOCK_N, S // BLOCK_N) * BLOCK_N
     else:
         hi = S
-    for n0 in range(0, hi, BLOCK_N):
-        cols = n0 + offs_n
-        kv_ok = cols < S
-        k = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        if OP_BF16:
-            s = tl.dot(q, tl.trans(k))
-        else:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        if BF16_QK:
-            s = bf16_rne_f32(s)
-        s = s * c
-        ok = kv_ok[None, :]
-        if CAUSAL:
-            ok = ok & (cols[None, :] <= offs_m[:, None])
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
-        l_i = l_i * alpha + tl.sum(praw, 1)
-        v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        if OP_BF16:
-            pv_in = praw.to(tl.bfloat16)
-        else:
-            pv_in = praw
-        if BF16_PV:
-            if OP_BF16:
-                pv = tl.dot(pv_in, v)
-            else:
-                pv = tl.dot(pv_in, v, input_precision="ieee")
-            acc = bf16_rne_f32(bf16_rne_f32(acc * alpha[:, None]) + bf16_rne_f32(pv))
-        else:
-            acc = acc * alpha[:, None]
-            if OP_BF16:
-                acc = tl.dot(pv_in, v, acc)
-            else:
-                acc = tl.dot(pv_in, v, acc, input_precision="ieee")
-        m_i = m_new
+        full = (S // BLOCK_N) * BLOCK_N
+    for n0 in range(0, full, BLOCK_N):
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D, BLOCK_M,
+                                   BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE, BF16_QK,
+                                   BF16_PV, OP_BF16, False)
+    for n0 in range(full, hi, BLOCK_N):
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D, BLOCK_M,
+                                   BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE, BF16_QK,
+                                   BF16_PV, OP_BF16, True)
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
     dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
