@@ -18,7 +18,8 @@ for one-pass formats; >= 0.60 at 64M and >= 0.80 at 16M for two-pass ones (a who
 first: per-tensor recipes, NVFP4 without a given amax); graph replay per call <= copy + 1.5 us
 (one-pass) or <= 2 x copy (two-pass); eager per call <= graph + 8 us.
 
-Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+Then the two-pass recipes' ratio by ``ATOMIC_SLOTS`` (the pairs the amax pass's atomics are
+spread over; :data:`SLOT_SWEEP`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -95,6 +96,41 @@ def bench_options(failures: list[str]) -> None:
                 line += f" {'':>12s}"
             if rot is not None and r * c >= 64 * 2**20 and ms / plain > 1 + ROTATION_BUDGET:
                 failures.append(f"{label} {r}x{c}: {ms / plain:.2f} x plain > {1 + ROTATION_BUDGET:.2f}")
+        print(line, flush=True)
+
+
+#: ATOMIC_SLOTS values the amax-pass table times (1: the single pair used before 2026-12-04)
+SLOT_SWEEP = (1, 8, 32, 128)
+
+
+def bench_slots() -> None:
+    """Kernel / copy ratio of the two-pass recipes by ``triton_qdq.ATOMIC_SLOTS`` (the pairs the
+    amax pass's atomics are spread over), at both sizes, interleaved per size."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    default = getattr(triton_qdq, "ATOMIC_SLOTS", None)
+    if default is None:  # an older tree
+        return
+    print("\namax pass (two-pass recipes): kernel time / copy time by ATOMIC_SLOTS, copy ratio as above "
+          f"(default {default})")
+    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} s={n}':>16s}" for r, c in SIZES for n in SLOT_SWEEP))
+    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
+        spec = FORMATS[fmt]
+        line = f"{fmt:30s}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            y = torch.empty_like(x)
+            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
+            for n in SLOT_SWEEP:
+                triton_qdq.ATOMIC_SLOTS = n
+                triton_qdq._FAST.clear()
+                try:
+                    ms = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
+                finally:
+                    triton_qdq.ATOMIC_SLOTS = default
+                    triton_qdq._FAST.clear()
+                line += f" {copy / ms:16.2f}"
         print(line, flush=True)
 
 
@@ -214,6 +250,7 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
+    bench_slots()
     if not args.no_options:
         bench_options(failures)
     return _report(failures, args.check)

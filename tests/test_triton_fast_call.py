@@ -156,18 +156,22 @@ def test_second_call_replays_with_the_new_tensors(fake, name: str, monkeypatch) 
 
 
 def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
-    """With the partial pairs off (``PARTIALS_MAX = 0``), the amax pass folds into a zeroed pair
-    with atomics: the replay hands each call a fresh zeroed pair."""
+    """With the partial pairs off (``PARTIALS_MAX = 0``), the amax pass folds with atomics into
+    ``ATOMIC_SLOTS`` zeroed pairs, which the QDQ pass reduces (``n_part`` of them): the replay
+    hands each call fresh zeroed pairs."""
     tq, call = fake
     monkeypatch.setattr(tq, "PARTIALS_MAX", 0)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    slots = tq.ATOMIC_SLOTS
+    assert slots > 1
     x = torch.randn(8, 256, dtype=torch.bfloat16)
-    call(x, "nvfp4")
+    _, first = call(x, "nvfp4")
+    assert [n for _, n, _, _ in first] == ["_amax_kernel", "_qdq_block_kernel"]
     entry = next(iter(tq._FAST.values()))
-    assert entry.buf_zero and entry.buf_n == 2
+    assert entry.buf_zero and entry.buf_n == 2 * slots
     _, second = call(x, "nvfp4")
     buf = second[0][3][1]
-    assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 and second[1][3][8] == 0
+    assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 * slots and second[1][3][8] == slots
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])

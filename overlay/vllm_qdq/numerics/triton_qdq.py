@@ -445,13 +445,15 @@ if triton is not None:
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        N_PARTIALS: tl.constexpr,
+        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
-        ``N_PARTIALS == 0``: folded into ``buf[0:2]`` (zeroed by the caller) with ``atomic_max``;
-        otherwise (at most ``N_PARTIALS`` programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every
-        word written, for the QDQ pass to reduce (:func:`_tensor_stats`): no zeroed buffer."""
+        ``N_PARTIALS == 0``: folded with ``atomic_max`` into the pair ``buf[2 * slot : 2 * slot + 2]``,
+        ``slot = pid % SLOTS`` (``2 * SLOTS`` words zeroed by the caller; many slots, so that
+        thousands of programs do not queue on one address); otherwise (at most ``N_PARTIALS``
+        programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every word written. Either way the QDQ
+        pass reduces the pairs (:func:`_tensor_stats`)."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
@@ -477,8 +479,9 @@ if triton is not None:
             tl.store(buf_ptr + 2 * pid, amax)
             tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
         else:
-            tl.atomic_max(buf_ptr, amax)
-            tl.atomic_max(buf_ptr + 1, bad.to(tl.int32))
+            slot = tl.program_id(0) % SLOTS
+            tl.atomic_max(buf_ptr + 2 * slot, amax)
+            tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
 
     @triton.jit
     def _tile_amax_bits(x, N: tl.constexpr):
@@ -493,9 +496,9 @@ if triton is not None:
 
     @triton.jit
     def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
-        """``(amax, bad)`` of the whole tensor from the amax pass: ``buf[0:2]`` (``N_PARTIALS ==
-        0``: the atomics' words), or the max over ``n_part`` partial pairs ``buf[2p], buf[2p + 1]``
-        (the same integer max the atomics take). A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
+        """``(amax, bad)`` of the whole tensor from the amax pass: the max over ``n_part`` pairs
+        ``buf[2p], buf[2p + 1]`` (partials, or the atomics' slots: the same integer max), or with
+        ``N_PARTIALS == 0`` the one pair ``buf[0:2]``. A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
         if N_PARTIALS > 0:
             p = tl.arange(0, N_PARTIALS)
             m = p < n_part
@@ -870,9 +873,9 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         n_part, partials = _partials(a_grid[0])
     if partials:  # every word is written by the amax pass: no zeroing
         buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
-    elif two_pass and not one_tile:
-        buf = torch.zeros(2, dtype=torch.int32, device=x.device)
-        n_part = 0
+    elif two_pass and not one_tile:  # atomics into ATOMIC_SLOTS zeroed pairs, reduced as partials
+        buf = torch.zeros(2 * ATOMIC_SLOTS, dtype=torch.int32, device=x.device)
+        n_part = ATOMIC_SLOTS
     elif nvfp4 and global_amax is not None:  # given: an fp32 argument, or read where it lies (no copy)
         if isinstance(global_amax, torch.Tensor):  # one fp32 word on x's device (qdq converted it)
             buf, gamax_mode = global_amax, 2
@@ -880,7 +883,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None and not one_tile:
-        a_consts = {"FLAT": flat, "N_PARTIALS": partials, **amax[2]}
+        a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[a_grid](*args, **a_consts)
         if rec is not None:
@@ -889,6 +892,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
     args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
+    if two_pass and not one_tile and not partials:  # the atomics' slots: reduced like partial pairs
+        partials = max(16, _pow2_at_least(ATOMIC_SLOTS))
     consts = {"FLAT": flat, "N_PARTIALS": partials, "GAMAX": gamax_mode, "ONE_TILE": one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
@@ -911,6 +916,15 @@ def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
 #: two kernels, not three (the zeroing was a third). Above it, ``atomic_max`` into a zeroed pair
 #: (reducing thousands of partials in every QDQ program would cost more than the zeroing). 0: off.
 PARTIALS_MAX = 256
+
+
+#: The amax pass of a larger call (more programs than :data:`PARTIALS_MAX`) folds its tiles with
+#: ``atomic_max`` into this many zeroed pairs (program ``p`` into pair ``p % ATOMIC_SLOTS``), which
+#: the QDQ pass reduces as it reduces partial pairs. One pair made every program's atomics queue on
+#: one address: on the H200 the amax pass of a 64M-element NVFP4 call took ~52 us against ~33 us to
+#: read the tensor (16384 programs, 32768 atomics; results/h200-2026-12-04b, two-pass minus
+#: given-amax time). Not yet timed with slots.
+ATOMIC_SLOTS = 32
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
