@@ -226,3 +226,63 @@ def test_scale_rule_setting_validated() -> None:
         load_sage3_config({"SAGE3_SCALE_RULE": "round"})
     with pytest.raises(ConfigError, match="does not apply to SAGE3_QUANT_FORMAT='nvfp4'"):
         load_sage3_config({"SAGE3_SCALE_RULE": "rceil", "SAGE3_QUANT_FORMAT": "nvfp4"})
+
+
+_P_SCRIPT = r"""
+import json, os, sys
+assert os.environ.get("TRITON_INTERPRET") == "1"
+import torch
+import triton
+import triton.language as tl
+from vllm_qdq.numerics.triton_primitives import rule_code
+from vllm_qdq.sage3.numerics import kernel as K
+from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_p_reference
+
+@triton.jit
+def quant_p_kernel(p_ptr, o_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
+                   P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
+                   MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
+    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    p = tl.load(p_ptr + offs)
+    tl.store(o_ptr + offs, K._quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE))
+
+torch.manual_seed(3)
+m, n = 64, 64
+# P as the kernel makes it: exp2 of (logit - row max) <= 0: 1 on the row max, then spread over
+# many binades; rows with blocks of zeros (masked keys), of tiny values (amax down to 2**-100),
+# of values on the element grid and halfway between grid points (ties)
+p = torch.exp2(-torch.rand(m, n) * torch.logspace(-1, 2, m)[:, None]).float()
+p[1, 32:] = 0.0
+p[2, :16] = 0.0
+p[3] = torch.exp2(-torch.rand(n) * 5 - 95)
+p[4] = torch.exp2(-torch.rand(n) * 3 - 60)
+p[5] = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.3125, 0.4375] * 8)
+p[6] = torch.tensor([1.0, 7 / 12, 5 / 12, 1 / 24, 3 / 24, 5 / 24, 0.99, 0.251] * 8)
+p[7, ::2] = 1.0
+out = {}
+for fmt_name in ("mxfp4", "mxfp4_s1", "mxfp8_s1", "nvfp4"):
+    fmt = get_sage3_format(fmt_name)
+    for rule in (("floor", "ceil", "even", "rceil") if fmt.p.family.value == "mx" else ("floor",)):
+        e = fmt.p.elem
+        o = torch.empty_like(p)
+        quant_p_kernel[(1,)](p, o, BLOCK_M=m, BLOCK_N=n, BLK=fmt.block, P_NVFP4=fmt.p.family.value == "nvfp4",
+                             P_FACTOR=float(fmt.p_factor), EMAX=e.emax, EMIN=e.emin, MBITS=e.mbits,
+                             MAXN=float(e.max_normal), RULE=rule_code(rule))
+        ref = quantize_p_reference(p, fmt, rule)
+        differ = (o.view(torch.int32) != ref.float().view(torch.int32))
+        out[f"{fmt_name}-{rule}"] = [int(differ.sum()), differ.nonzero()[:3].tolist()]
+print("JSON" + json.dumps(out))
+"""
+
+
+def test_kernel_p_quantizer_bit_exact_with_reference() -> None:
+    """The attention kernel's P quantizer (``_quant_p``: MX P rounded where it lies, NVFP4 P) gives
+    :func:`quantize_p_reference`'s bits for P-like rows: many binades, zero blocks, blocks of amax
+    down to ``2**-100``, grid points and ties, every MX scale rule."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "overlay"))
+    proc = subprocess.run([sys.executable, "-c", _P_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
+    assert len(res) == 13, res
+    bad = {k: v for k, v in res.items() if v[0]}
+    assert not bad, bad

@@ -76,19 +76,37 @@ _NVFP4_P_GS = 448.0 * 6.0  # NVFP4 global scale of P (tensor amax fixed to 1)
 
 @triton.jit
 def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
-            MAXN: tl.constexpr, RULE: tl.constexpr, NONNEG: tl.constexpr = False):
-    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``).
-    ``NONNEG``: every value is ``>= +0`` (P), the same numbers with fewer operations."""
-    if NONNEG:
-        e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
-    else:
-        e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
+            MAXN: tl.constexpr, RULE: tl.constexpr):
+    """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``)."""
+    e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
     e = tl.expand_dims(e, AXIS)
-    if NONNEG:
-        q = round_elem_nonneg_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS)
-    else:
-        q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
+    q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
     return q * pow2_f32(e)
+
+
+@triton.jit
+def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+                   MAXN: tl.constexpr, RULE: tl.constexpr):
+    """:func:`_mx_qdq` of values ``>= +0`` (P), rounded where they lie instead of scaled by
+    ``2**-e``, rounded and scaled back: the mantissa bits and the rounding of a value do not change
+    under a power-of-two scaling, so the element grid's thresholds move instead (saturation at
+    ``MAXN * 2**e``, the element's normal range from ``2**(EMIN + e)``, its subnormal quantum from
+    ``C = 2**(23 + EMIN - MBITS + e)``): the same numbers, two multiplies an element fewer. Exact
+    while the values are normal fp32 numbers, which holds for every block of amax at least
+    ``2**-100`` (below that the contract allows other roundings); zeros and NaN as before."""
+    e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    hi = pow2_f32(e + EMAX) * (MAXN / 2.0**EMAX)  # MAXN * 2**e, exact (e + EMAX >= -125)
+    lo = e + EMIN
+    t = tl.where(lo >= -127, pow2_f32(tl.maximum(lo, -127)), 0.0)
+    c = pow2_f32(tl.minimum(e + (23 + EMIN - MBITS), 127))
+    hi = tl.expand_dims(hi, AXIS)
+    t = tl.expand_dims(t, AXIS)
+    c = tl.expand_dims(c, AXIS)
+    a = tl.minimum(x3, hi, propagate_nan=tl.PropagateNan.ALL)  # a NaN stays NaN
+    SH: tl.constexpr = 23 - MBITS
+    bits = a.to(tl.int32, bitcast=True)
+    rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
+    return tl.where(a >= t, rn.to(tl.float32, bitcast=True), (a + c) - c)
 
 
 @triton.jit
@@ -251,7 +269,7 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
-        r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE, True)
+        r3 = _mx_qdq_nonneg(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
     return tl.reshape(r3, (BLOCK_M, BLOCK_N))
 
 
