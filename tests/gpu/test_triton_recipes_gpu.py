@@ -75,6 +75,22 @@ def test_options_match_reference(fmt: str, kw: dict, shape: tuple[int, ...]) -> 
     assert_same_bits(out, ref)
 
 
+def _count_replays(triton_qdq, monkeypatch) -> list[tuple[bool, bool]]:
+    """Fast path on with an empty cache; each replay appends ``(replayed, direct launcher)``."""
+    replays = []
+    real = triton_qdq._FastCall.__call__
+
+    def counting(self, x, gamax=None):
+        y = real(self, x, gamax)
+        replays.append((y is not None, self.direct))
+        return y
+
+    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
+    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    return replays
+
+
 ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 
@@ -119,17 +135,7 @@ def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> 
     import triton
     from vllm_qdq.numerics import triton_qdq
 
-    replays = []
-    real = triton_qdq._FastCall.__call__
-
-    def counting(self, x, gamax=None):
-        y = real(self, x, gamax)
-        replays.append((y is not None, self.direct))
-        return y
-
-    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
-    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
-    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    replays = _count_replays(triton_qdq, monkeypatch)
     for i in range(3):
         x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1)
         x[..., 3] *= 300.0
@@ -179,17 +185,7 @@ def test_given_global_amax_replays(fmt: str, rows: int, monkeypatch) -> None:
     import triton
     from vllm_qdq.numerics import triton_qdq
 
-    replays = []
-    real = triton_qdq._FastCall.__call__
-
-    def counting(self, x, gamax=None):
-        y = real(self, x, gamax)
-        replays.append((y is not None, self.direct))
-        return y
-
-    monkeypatch.setattr(triton_qdq._FastCall, "__call__", counting)
-    monkeypatch.setattr(triton_qdq, "FAST_LAUNCH", True)
-    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    replays = _count_replays(triton_qdq, monkeypatch)
     g = torch.tensor([3.0], device="cuda")
     for given in (2.5, g):
         for i in range(3):

@@ -267,6 +267,21 @@ if triton is not None:
                 + tl.arange(0, 8)[None, None, :]).to(tl.int64)
 
     @triton.jit
+    def _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R: tl.constexpr,
+                      BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
+                      ROT_SCALE: tl.constexpr):
+        """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile loaded with whole rotation
+        blocks per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs,
+        butterfly, ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the
+        ``[BLOCK_R, blocks, chunks, 8]`` shape the store uses."""
+        c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
+        mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
+        x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
+        if HAS_SIGNS:
+            x = x * _block_signs(sign_ptr, c4, rows, KP)
+        return _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE, c4, mask4
+
+    @triton.jit
     def _block_signs(sign_ptr, c4, rows, KP):
         """A random Hadamard's signs (fp32) for a tile loaded by :func:`_block_cols`, with the
         tile's own 4-d shape (each row reads the same signs, from L1): the same layout as the
@@ -457,12 +472,8 @@ if triton is not None:
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
-            c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
-            mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
-            x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
-            if HAS_SIGNS:
-                x = x * _block_signs(sign_ptr, c4, rows, KP)
-            x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+            x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE)
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
@@ -561,12 +572,8 @@ if triton is not None:
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
-            c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
-            mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
-            x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
-            if HAS_SIGNS:
-                x = x * _block_signs(sign_ptr, c4, rows, KP)
-            x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+            x, c4, mask4 = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE)
             x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
             cols = tl.reshape(c4, [N_GROUPS, GROUP])
         else:
