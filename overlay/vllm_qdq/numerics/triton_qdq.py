@@ -951,7 +951,7 @@ ONE_TILE_WARPS = 8
 #: block) take the tile's own layout, where Triton moves data between lanes for the butterfly's
 #: upper stages (shuffles, shared memory, barriers). SASS for sm_90, bf16, instructions per element
 #: (``scripts/triton_sass_stats.py``; plain MXFP4 22.2): MXFP4 + Hadamard-16 31.8 this way, 52.8
-#: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.8 / 118.8. At 128 the thread holds
+#: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.9 / 119.0. At 128 the thread holds
 #: 128 elements: random signs (MXFP4) and NVFP4 spill registers to local memory; GPU timings of
 #: both layouts: ``scripts/bench_qdq_triton.py``'s options table.
 ROT_TILE_MAX = 128
