@@ -359,6 +359,45 @@ def test_div_rn_f64_is_division(tq) -> None:
     assert torch.equal(torch.signbit(q[500:1000]), torch.ones(500, dtype=torch.bool))
 
 
+def test_div_rn_f32_is_division(tq) -> None:
+    """The fp32 quotient of the per-token FP8 recipe (reciprocal once, then a product and two FMA
+    corrections: ``triton_qdq._div_rn_f32``) equals ``a / b`` bit for bit in the interpreter (its
+    FMA is fused): every finite bf16 and fp16 value as ``a`` against 48 scales each, and 1M fp32
+    pairs, all in the recipe's domain (``b = fp32(amax / 448)`` at least its scale floor, ``|a| <=
+    amax``, signed zeros): bit for bit from ``|a / b| >= 2**-60``; below, where the remainders can
+    underflow, within an ulp and of ``a``'s sign (the recipe's grid, from 2**-9, rounds it to zero)."""
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    g = torch.Generator().manual_seed(7)
+    bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    halves = [v for v in (bits.view(torch.bfloat16).float(), bits.view(torch.float16).float())]
+    a_small = torch.cat([v[torch.isfinite(v)] for v in halves])
+    amax = a_small.abs().max().item()
+    n_b = 48  # per value: amax from |a| (the row's largest element) up to 2**20 |a| above it
+    a1 = a_small.repeat(n_b)
+    grow = torch.exp2(torch.empty(a1.numel(), dtype=torch.float64).uniform_(0, 20, generator=g))
+    grow[: a_small.numel()] = 1.0
+    row_amax = torch.where(a1 == 0, torch.tensor(1.0, dtype=torch.float64), a1.abs().double() * grow)
+    b1 = torch.maximum((row_amax.clamp(max=3.4e38) / 448.0).float(), torch.tensor(1.0 / (448.0 * 512.0)))
+    n = 1 << 20
+    amax2 = torch.exp2(torch.empty(n, dtype=torch.float64).uniform_(-120, 120, generator=g)).float()
+    a2 = (amax2 * torch.empty(n).uniform_(-1, 1, generator=g)).float()
+    a2[:500], a2[500:1000] = 0.0, -0.0
+    b2 = torch.maximum((amax2.double() / 448.0).float(), torch.tensor(1.0 / (448.0 * 512.0)))
+    a, b = torch.cat([a1, a2]), torch.cat([b1, b2])
+    q = torch.empty_like(a)
+    block = 1 << 18
+    k.div_f32_kernel[(-(-a.numel() // block),)](a, b, q, a.numel(), BLOCK=block)
+    assert amax > 6e4 and a1.numel() > 6_000_000
+    ref = a / b
+    big = ref.abs() >= 2.0**-60  # below, the remainders can underflow: an ulp off, far under any grid
+    assert big.float().mean() > 0.85  # (bf16 spans 2**-133 .. 2**128: some of its values are tiny)
+    assert_same_bits(q[big], ref[big])
+    assert (q[~big].abs() < 2.0**-59).all() and torch.equal(torch.signbit(q[~big]), torch.signbit(ref[~big]))
+    assert torch.equal(torch.signbit(q[a1.numel() + 500:a1.numel() + 1000]), torch.ones(500, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("path", two_pass.PATHS)
 @pytest.mark.parametrize(("name", "opts"), two_pass.CASES, ids=two_pass.IDS)
 def test_two_pass_paths_agree(tq, name: str, opts: dict, path: str, monkeypatch) -> None:

@@ -19,3 +19,13 @@ def div_f64_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
     a = tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float64)
     b = tl.load(b_ptr + i, mask=m, other=1.0)
     tl.store(q_ptr + i, TQ._div_rn_f64(a, b, 1.0 / b), mask=m)
+
+
+@triton.jit
+def div_f32_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
+    """``q[i] = _div_rn_f32(a[i], b[i], div_rn(1, b[i]))`` (fp32, as the per-token kernel calls it)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    a = tl.load(a_ptr + i, mask=m, other=0.0)
+    b = tl.load(b_ptr + i, mask=m, other=1.0)
+    tl.store(q_ptr + i, TQ._div_rn_f32(a, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b)), mask=m)

@@ -74,7 +74,8 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   [-42, 119] (amax_floor 1e-10 below, FLT_MAX above), so ``x * 2**-c`` and ``q * 2**c`` are
   exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
   (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
-  of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2),
+  of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2; computed from
+  ``1 / s32`` once per group and FMA corrections per element, :func:`_div_rn_f32`),
   ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64 (correctly rounded, from
   ``1 / s`` once per group and one FMA correction per element: :func:`_div_rn_f64`), held in fp32 for FP8
   elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
@@ -404,6 +405,26 @@ if triton is not None:
         return tl.where(rem == 0, q, tl.fma(rem, rb, q))
 
     @triton.jit
+    def _div_rn_f32(a, b, rb):
+        """``a / b`` correctly rounded (fp32), ``b > 0``, from ``rb = RN(1 / b)``: ``q0 = RN(a * rb)``
+        is within 1.5 ulp of the quotient; one correction ``q1 = RN(q0 + RN(a - q0 * b) * rb)``
+        brings it within 1 ulp (half an ulp plus a term of order 2**-23 ulp); Markstein's step on
+        ``q1`` (its remainder ``a - q1 * b`` exact by FMA, ``rb`` within half an ulp of ``1 / b``)
+        then gives the correctly rounded quotient. No overflow here (``|a / b|`` is at most the
+        element's max). The remainders are exact while they stay normal: for quotients of at
+        least 2**-60 (``b`` at least the recipe's scale floor, 2**-17.8); a smaller quotient can
+        come out an ulp off, with ``a``'s sign, and the element grid (from 2**-9) rounds it to that
+        zero either way. A zero remainder keeps the quotient, so ``a = -0`` gives ``-0``. Five
+        fp32 multiply-adds instead of a division (``tests/test_triton_qdq.py::
+        test_div_rn_f32_is_division``: every bf16 and fp16 value and 1M fp32 pairs)."""
+        nb = 0.0 - b  # once per group: the remainders as fma(q, -b, a)
+        q = a * rb
+        r = tl.fma(q, nb, a)
+        q = tl.where(r == 0, q, tl.fma(r, rb, q))
+        r = tl.fma(q, nb, a)
+        return tl.where(r == 0, q, tl.fma(r, rb, q))
+
+    @triton.jit
     def _scaled_qdq(x, s, SPEC: tl.constexpr):
         """QDQ of fp32 ``x`` with a float64 group scale ``s`` broadcast to it (fp32 result)."""
         if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
@@ -415,8 +436,8 @@ if triton is not None:
             y = q * s32
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
-            pos = s32 > 0
-            v = tl.div_rn(x, tl.where(pos, s32, 1.0))
+            b = tl.where(s32 > 0, s32, 1.0)
+            v = _div_rn_f32(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
