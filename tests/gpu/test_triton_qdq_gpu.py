@@ -182,3 +182,32 @@ def test_div_rn_f64_is_division() -> None:
     q = torch.empty(n, device="cuda", dtype=torch.float64)
     div_f64_kernel[(_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
     assert_same_bits(q, a.double() / b)
+
+
+def test_div_rn_f32_is_division() -> None:
+    """The per-token FP8 quotient (``triton_qdq._div_rn_f32``: ``1 / b`` once, a product and two
+    FMA corrections) equals ``a / b`` bit for bit on 16M pairs on the GPU's own FMA: random fp32
+    numerators, every one within its row's scale (``b = fp32(amax / 448)``, ``amax`` from ``|a|``
+    up to ``2**30 |a|``, at least the scale floor; near-2 significands of ``amax`` included), where
+    ``|a / b| >= 2**-60``; below, within an ulp and of ``a``'s sign (the grid rounds it to zero)."""
+    from vllm_qdq.numerics.triton_qdq import _cdiv
+
+    from tests.support.triton_qdq_kernels import div_f32_kernel
+
+    n = 16 << 20
+    g = torch.Generator(device="cuda").manual_seed(6)
+    a = torch.randint(-2**31, 2**31 - 1, (n,), generator=g, device="cuda", dtype=torch.int32).view(torch.float32)
+    a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
+    a[:1000], a[1000:2000] = 0.0, -0.0
+    grow = torch.exp2(torch.rand(n, generator=g, device="cuda", dtype=torch.float64) * 30)
+    grow[: n // 8] = 1.0
+    sig = 2.0 - torch.exp2(-torch.randint(1, 24, (n,), generator=g, device="cuda").double())
+    grow[n // 8: n // 4] = sig[n // 8: n // 4]
+    amax = torch.where(a == 0, torch.ones_like(grow), a.abs().double() * grow).clamp(max=3.4e38)
+    b = torch.clamp((amax / 448.0).float(), min=1.0 / (448.0 * 512.0))
+    q = torch.empty_like(a)
+    div_f32_kernel[(_cdiv(n, 1024),)](a, b, q, n, BLOCK=1024, enable_fp_fusion=False)
+    ref = a / b
+    big = ref.abs() >= 2.0**-60
+    assert_same_bits(q[big], ref[big])
+    assert bool((q[~big].abs() < 2.0**-59).all()) and torch.equal(torch.signbit(q[~big]), torch.signbit(ref[~big]))
