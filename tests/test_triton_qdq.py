@@ -339,8 +339,8 @@ def test_tile_tables_by_architecture(tq, tmp_path, monkeypatch):
 
 
 def test_div_rn_f64_is_division(tq) -> None:
-    """The float64 quotient of the scaled recipes (reciprocal, product, FMA remainder, one
-    correction: ``triton_qdq._div_rn_f64``) equals ``a / b`` bit for bit in the interpreter (its
+    """The float64 quotient of the scaled recipes (reciprocal, product, FMA remainders, two
+    corrections: ``triton_qdq._div_rn``) equals ``a / b`` bit for bit in the interpreter (its
     FMA is fused): 1M pairs in the recipes' domain (``b = amax / qmax``, ``|a| <= amax``, signed
     zeros), where the product alone is off in about a quarter of them."""
     import tests.support.triton_qdq_kernels as k
@@ -361,7 +361,7 @@ def test_div_rn_f64_is_division(tq) -> None:
 
 def test_div_rn_f32_is_division(tq) -> None:
     """The fp32 quotient of the per-token FP8 recipe (reciprocal once, then a product and two FMA
-    corrections: ``triton_qdq._div_rn_f32``) equals ``a / b`` bit for bit in the interpreter (its
+    corrections: ``triton_qdq._div_rn``) equals ``a / b`` bit for bit in the interpreter (its
     FMA is fused): every finite bf16 and fp16 value as ``a`` against 48 scales each, and 1M fp32
     pairs, all in the recipe's domain (``b = fp32(amax / 448)`` at least its scale floor, ``|a| <=
     amax``, signed zeros): bit for bit from ``|a / b| >= 2**-60``; below, where the remainders can

@@ -159,8 +159,8 @@ def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
 
 
 def test_div_rn_f64_is_division() -> None:
-    """The float64 quotient of the scaled recipes (``triton_qdq._div_rn_f64``: reciprocal, product,
-    FMA remainder, one correction) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
+    """The float64 quotient of the scaled recipes (``triton_qdq._div_rn``: reciprocal, product,
+    FMA remainders, two corrections) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
     the whole range (signed zeros included), positive scales of random and near-1 / near-2
     significands."""
     from vllm_qdq.numerics.triton_qdq import _cdiv
@@ -185,7 +185,7 @@ def test_div_rn_f64_is_division() -> None:
 
 
 def test_div_rn_f32_is_division() -> None:
-    """The per-token FP8 quotient (``triton_qdq._div_rn_f32``: ``1 / b`` once, a product and two
+    """The per-token FP8 quotient (``triton_qdq._div_rn``: ``1 / b`` once, a product and two
     FMA corrections) equals ``a / b`` bit for bit on 16M pairs on the GPU's own FMA: random fp32
     numerators, every one within its row's scale (``b = fp32(amax / 448)``, ``amax`` from ``|a|``
     up to ``2**30 |a|``, at least the scale floor; near-2 significands of ``amax`` included), where

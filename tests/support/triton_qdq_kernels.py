@@ -13,19 +13,19 @@ from vllm_qdq.numerics import triton_qdq as TQ
 
 @triton.jit
 def div_f64_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
-    """``q[i] = _div_rn_f64(a[i], b[i], 1 / b[i])`` with fp32 ``a`` (as the kernels call it)."""
+    """``q[i] = _div_rn(a[i], b[i], 1 / b[i])`` in float64 with fp32 ``a`` (as the kernels call it)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     a = tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float64)
     b = tl.load(b_ptr + i, mask=m, other=1.0)
-    tl.store(q_ptr + i, TQ._div_rn_f64(a, b, 1.0 / b), mask=m)
+    tl.store(q_ptr + i, TQ._div_rn(a, b, 1.0 / b), mask=m)
 
 
 @triton.jit
 def div_f32_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
-    """``q[i] = _div_rn_f32(a[i], b[i], div_rn(1, b[i]))`` (fp32, as the per-token kernel calls it)."""
+    """``q[i] = _div_rn(a[i], b[i], div_rn(1, b[i]))`` in fp32 (fp32, as the per-token kernel calls it)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     a = tl.load(a_ptr + i, mask=m, other=0.0)
     b = tl.load(b_ptr + i, mask=m, other=1.0)
-    tl.store(q_ptr + i, TQ._div_rn_f32(a, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b)), mask=m)
+    tl.store(q_ptr + i, TQ._div_rn(a, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b)), mask=m)

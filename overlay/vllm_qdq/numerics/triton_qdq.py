@@ -75,9 +75,9 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
   (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
   of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2; computed from
-  ``1 / s32`` once per group and FMA corrections per element, :func:`_div_rn_f32`),
+  ``1 / s32`` once per group and two FMA corrections per element, :func:`_div_rn`),
   ``y = q * s32`` in fp32. Other recipes: ``v = x / s`` in float64 (correctly rounded, from
-  ``1 / s`` once per group and one FMA correction per element: :func:`_div_rn_f64`), held in fp32 for FP8
+  ``1 / s`` once per group and two FMA corrections per element: :func:`_div_rn`), held in fp32 for FP8
   elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
   cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` (all
   zeros) keeps its signed zeros. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
@@ -393,31 +393,22 @@ if triton is not None:
         return s
 
     @triton.jit
-    def _div_rn_f64(a, b, rb):
-        """``a / b`` correctly rounded (float64), from ``rb = RN(1 / b)``: ``q = RN(a * rb)`` is
-        within one ulp of the quotient, the remainder ``a - q * b`` is exact by FMA, and
-        ``RN(q + rem * rb)`` is the correctly rounded quotient (Markstein's correction step; no
-        underflow here: ``a`` is an fp32 value and ``b`` a group scale, both far inside the
-        float64 range). A zero remainder keeps ``q``, so ``a = -0`` gives ``-0`` as ``a / b``
-        does. Three float64 multiply-adds instead of a division per element."""
-        q = a * rb
-        rem = tl.fma(0.0 - q, b, a)
-        return tl.where(rem == 0, q, tl.fma(rem, rb, q))
-
-    @triton.jit
-    def _div_rn_f32(a, b, rb):
-        """``a / b`` correctly rounded (fp32), ``b > 0``, from ``rb = RN(1 / b)``: ``q0 = RN(a * rb)``
-        is within 1.5 ulp of the quotient; one correction ``q1 = RN(q0 + RN(a - q0 * b) * rb)``
-        brings it within 1 ulp (half an ulp plus a term of order 2**-23 ulp); Markstein's step on
-        ``q1`` (its remainder ``a - q1 * b`` exact by FMA, ``rb`` within half an ulp of ``1 / b``)
-        then gives the correctly rounded quotient. No overflow here (``|a / b|`` is at most the
-        element's max). The remainders are exact while they stay normal: for quotients of at
-        least 2**-60 (``b`` at least the recipe's scale floor, 2**-17.8); a smaller quotient can
-        come out an ulp off, with ``a``'s sign, and the element grid (from 2**-9) rounds it to that
-        zero either way. A zero remainder keeps the quotient, so ``a = -0`` gives ``-0``. Five
-        fp32 multiply-adds instead of a division (``tests/test_triton_qdq.py::
-        test_div_rn_f32_is_division``: every bf16 and fp16 value and 1M fp32 pairs)."""
-        nb = 0.0 - b  # once per group: the remainders as fma(q, -b, a)
+    def _div_rn(a, b, rb):
+        """``a / b`` correctly rounded in ``a``'s float type (fp32, or float64 for an fp32 value
+        ``a``), ``b > 0``, from ``rb = RN(1 / b)``: ``q0 = RN(a * rb)`` is within 1.5 ulp of the
+        quotient (the reciprocal's error and the product's rounding add); one correction
+        ``q1 = RN(q0 + RN(a - q0 * b) * rb)`` brings it within 1 ulp (half an ulp plus a term of
+        order 2**-p ulp); Markstein's step on that faithful ``q1`` (its remainder ``a - q1 * b``
+        exact by FMA, ``rb`` within half an ulp of ``1 / b``) then gives the correctly rounded
+        quotient. (One step from ``q0``, as before 2026-12-04, is not covered by the theorem when
+        ``q0`` is 1-1.5 ulp off; no test ever found such a case.) No overflow here (``|a / b|``
+        is at most the element's max). The remainders are exact while they stay normal: always
+        in float64; in fp32 for quotients of at least 2**-60 (``b`` at least the per-token scale
+        floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
+        the element grid (from 2**-9) rounds it to that zero either way. A zero remainder keeps
+        the quotient, so ``a = -0`` gives ``-0``. Five multiply-adds instead of a division
+        (tests: ``test_div_rn_f32_is_division`` and ``test_div_rn_f64_is_division``)."""
+        nb = 0.0 - b  # the remainders as fma(q, -b, a)
         q = a * rb
         r = tl.fma(q, nb, a)
         q = tl.where(r == 0, q, tl.fma(r, rb, q))
@@ -437,12 +428,12 @@ if triton is not None:
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             b = tl.where(s32 > 0, s32, 1.0)
-            v = _div_rn_f32(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
+            v = _div_rn(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         else:
             sd = tl.where(s > 0, s, 1.0)
-            v = _div_rn_f64(x.to(tl.float64), sd, 1.0 / sd)  # 1 / sd: once per group
+            v = _div_rn(x.to(tl.float64), sd, 1.0 / sd)  # 1 / sd: once per group
             if SPEC.elem.is_int:
                 q = _round_int_f64(v, _cx(SPEC.elem))
             else:
