@@ -112,7 +112,7 @@ def bench_slots() -> None:
     default = getattr(triton_qdq, "ATOMIC_SLOTS", None)
     if default is None:  # an older tree
         return
-    print("\namax pass (two-pass recipes): kernel time / copy time by ATOMIC_SLOTS, copy ratio as above "
+    print("\namax pass (two-pass recipes): copy time / kernel time (the kernel ratio above) by ATOMIC_SLOTS "
           f"(default {default})")
     print(f"{'format':30s}" + "".join(f" {f'{r}x{c} s={n}':>16s}" for r, c in SIZES for n in SLOT_SWEEP))
     for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):

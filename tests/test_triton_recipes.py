@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from vllm_qdq.numerics.formats import FORMATS, Granularity
 from vllm_qdq.numerics.qdq import quantize_dequantize
 
 from tests.support.bits import assert_same_bits
@@ -40,6 +41,8 @@ CASES = [
     ("fp8_e4m3_per_group128", {"rotate": {"block": 256, "pad": True}}),
     ("mxint8", {"rounding": "stochastic", "seed": 2**40 + 3}),
     ("mxfp6_e2m3", {"rounding": "stochastic", "rotate": {"block": 32, "seed": 0}}),
+    ("mxfp4", {"rotate": {"block": 64, "seed": 2, "pad": True}}),  # K = 300: padded, blocks in a thread
+    ("nvfp4", {"rotate": {"block": 32, "pad": True}, "rounding": "stochastic", "seed": 4}),
 ]
 
 
@@ -51,6 +54,15 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, ro
     """Both rotation layouts of the kernels (:data:`ROT_TILE_MAX`: blocks loaded whole into one
     thread, or the tile's own layout) give the reference's bits."""
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
+    layouts = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        layouts.append(out[-1].get("ROT_TILE"))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
     torch.manual_seed(0)
     k = 300 if kw.get("rotate", {}).get("pad") else 256
     x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)
@@ -66,6 +78,9 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, ro
         quantize_dequantize(xs, fmt, backend="triton", axis=0, **kw),
         quantize_dequantize(xs, fmt, backend="reference", axis=0, **kw),
     )
+    fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
+    in_thread = fused and kw["rotate"]["block"] <= rot_tile_max
+    assert (True in layouts) == in_thread and (not fused or (False in layouts) == (not in_thread)), layouts
 
 
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811

@@ -398,11 +398,11 @@ if triton is not None:
         ``a``), ``b > 0``, from ``rb = RN(1 / b)``: ``q0 = RN(a * rb)`` is within 1.5 ulp of the
         quotient (the reciprocal's error and the product's rounding add); one correction
         ``q1 = RN(q0 + RN(a - q0 * b) * rb)`` brings it within 1 ulp (half an ulp plus a term of
-        order 2**-p ulp); Markstein's step on that faithful ``q1`` (its remainder ``a - q1 * b``
-        exact by FMA, ``rb`` within half an ulp of ``1 / b``) then gives the correctly rounded
-        quotient. (One step from ``q0``, as before 2026-12-04, is not covered by the theorem when
+        order 2**-p ulp, whether or not the first remainder is exact); Markstein's step on that
+        faithful ``q1`` (its remainder ``a - q1 * b`` exact by FMA, ``rb`` within half an ulp of
+        ``1 / b``) then gives the correctly rounded quotient. (One step from ``q0``, as before 2026-12-04, is not covered by the theorem when
         ``q0`` is 1-1.5 ulp off; no test ever found such a case.) No overflow here (``|a / b|``
-        is at most the element's max). The remainders are exact while they stay normal: always
+        is at most the element's max). The second remainder is exact while it stays normal: always
         in float64; in fp32 for quotients of at least 2**-60 (``b`` at least the per-token scale
         floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
         the element grid (from 2**-9) rounds it to that zero either way. A zero remainder keeps
@@ -964,8 +964,10 @@ ONE_TILE_WARPS = 8
 #: upper stages (shuffles, shared memory, barriers). SASS for sm_90, bf16, instructions per element
 #: (``scripts/triton_sass_stats.py``; plain MXFP4 22.2): MXFP4 + Hadamard-16 31.8 this way, 52.8
 #: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.9 / 119.0. At 128 the thread holds
-#: 128 elements: random signs (MXFP4) and NVFP4 spill registers to local memory; GPU timings of
-#: both layouts: ``scripts/bench_qdq_triton.py``'s options table.
+#: 128 elements: random signs (MXFP4), NVFP4 and per-tensor FP8 spill registers to local memory
+#: (106, 478, 112 accesses a thread), and a decode-sized call keeps few of a program's threads
+#: busy (the tile grows by rows); GPU timings of both layouts: ``scripts/bench_qdq_triton.py``'s
+#: options table, which decides this default.
 ROT_TILE_MAX = 128
 
 
@@ -1094,11 +1096,12 @@ _RUNTIME_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)
 class _FastCall:
     """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels get
     the recorded arguments with ``x``, a fresh ``y``, a given global amax tensor and (two-pass
-    recipes with an amax pass) a fresh scratch buffer (zeroed for the atomics' pair, left as
+    recipes with an amax pass) a fresh scratch buffer (zeroed for the atomics' slots, left as
     allocated for the partial pairs, every word of which the amax pass writes) put in their
     places; constant tensors of the call (a random rotation's signs, cached) are held. The
-    module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`_DIRECT_TRITON`)
-    are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
+    module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
+    :data:`ROT_TILE_MAX`, :data:`_DIRECT_TRITON`) are read when a call is recorded: change them
+    before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
