@@ -26,7 +26,10 @@ Numeric contract (all fp32, exact unless said):
   ``0 <= t < 2**23`` (kernels are compiled with FP fusion off).
 * :func:`round_elem_nonneg_f32` ``(v, MAXN, EMIN, MBITS)``: :func:`round_elem_f32` of float
   elements for ``v >= +0`` (softmax weights): the same value, without the absolute value and the
-  sign copy (three integer operations an element fewer); NaN stays NaN.
+  sign copy (three integer operations an element fewer); NaN stays NaN. :func:`round_elem_f32`'s
+  float elements are this of ``|v|`` with ``v``'s sign.
+* :func:`rne_mantissa_f32` ``(a, MBITS)``: the normal-range step of both: RNE of a normal fp32
+  ``a`` to ``MBITS`` mantissa bits by integer ops on its bits.
 * :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
   same grid with uniform draws ``u``: ``t = a / quantum`` (exact), ``floor(t) + (u < t - floor(t))``
   (:func:`vllm_qdq.numerics.reference.round_to_elem_stochastic`).
@@ -59,6 +62,7 @@ __all__ = [
     "mx_exponent",
     "philox_uniform_f32",
     "pow2_f32",
+    "rne_mantissa_f32",
     "round_elem_f32",
     "round_elem_nonneg_f32",
     "round_elem_sr_f32",
@@ -138,34 +142,37 @@ if triton is not None:
         ``EMIN``: smallest normal exponent (``1 - bias``; unused for integers); ``MBITS``:
         mantissa bits (integers: the grid step is ``2**-MBITS``); ``IS_INT``: integer element.
         """
-        a = tl.abs(v)
-        a = tl.where(a > MAXN, MAXN, a)
         if IS_INT:
+            a = tl.abs(v)
+            a = tl.where(a > MAXN, MAXN, a)
             k = tl.full(a.shape, MBITS, tl.int32)  # constant-folded; powers of two: exact
             r = _rne_f32(a * pow2_f32(k)) * pow2_f32(-k)
         else:
-            # normal range (a >= 2**EMIN): RNE of the fp32 bits to MBITS mantissa bits, a carry
-            # moving into the exponent field (a <= MAXN, which is on the grid, so never past it);
-            # below 2**EMIN, and NaN (the compare is false), the fixed quantum 2**(EMIN - MBITS)
-            # by (a + C) - C, C = 2**(23 + EMIN - MBITS), which keeps NaN
-            SH: tl.constexpr = 23 - MBITS
-            bits = a.to(tl.int32, bitcast=True)
-            rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
-            C: tl.constexpr = 2.0 ** (23 + EMIN - MBITS)
-            r = tl.where(a >= 2.0**EMIN, rn.to(tl.float32, bitcast=True), (a + C) - C)
+            r = round_elem_nonneg_f32(tl.abs(v), MAXN, EMIN, MBITS)
         # sign by bits: Triton lowers unary minus to 0 - r, which loses the sign of zero
         sign = v.to(tl.int32, bitcast=True) & -2147483648
         return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def round_elem_nonneg_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr):
-        """:func:`round_elem_f32` of float elements for ``v >= +0`` (no ``-0``, no negatives)."""
-        a = tl.where(v > MAXN, MAXN, v)
+    def rne_mantissa_f32(a, MBITS: tl.constexpr):
+        """RNE of the normal fp32 ``a`` to ``MBITS`` mantissa bits, by integer ops on its bits (a
+        carry moves into the exponent field): the float element grid's rounding in its normal
+        range, which a power-of-two scaling of ``a`` does not change."""
         SH: tl.constexpr = 23 - MBITS
         bits = a.to(tl.int32, bitcast=True)
         rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
+        return rn.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def round_elem_nonneg_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr):
+        """:func:`round_elem_f32` of float elements for ``v >= +0`` (no ``-0``, no negatives):
+        saturated at ``MAXN``; in the normal range (``a >= 2**EMIN``) :func:`rne_mantissa_f32` (a
+        carry never passes ``MAXN``, which is on the grid); below it, and for NaN (the compare is
+        false), the fixed quantum ``2**(EMIN - MBITS)`` by ``(a + C) - C``, ``C = 2**(23 + EMIN -
+        MBITS)``, which keeps NaN."""
+        a = tl.where(v > MAXN, MAXN, v)
         C: tl.constexpr = 2.0 ** (23 + EMIN - MBITS)
-        return tl.where(a >= 2.0**EMIN, rn.to(tl.float32, bitcast=True), (a + C) - C)
+        return tl.where(a >= 2.0**EMIN, rne_mantissa_f32(a, MBITS), (a + C) - C)
 
     @triton.jit
     def round_elem_sr_f32(v, u, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, IS_INT: tl.constexpr):

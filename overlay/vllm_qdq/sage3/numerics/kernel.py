@@ -46,6 +46,7 @@ from ...numerics.triton_primitives import (
     interpreting,
     mx_exponent,
     pow2_f32,
+    rne_mantissa_f32,
     round_elem_f32,
     round_elem_nonneg_f32,
     rule_code,
@@ -103,10 +104,7 @@ def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexp
     t = tl.expand_dims(t, AXIS)
     c = tl.expand_dims(c, AXIS)
     a = tl.minimum(x3, hi, propagate_nan=tl.PropagateNan.ALL)  # a NaN stays NaN
-    SH: tl.constexpr = 23 - MBITS
-    bits = a.to(tl.int32, bitcast=True)
-    rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
-    return tl.where(a >= t, rn.to(tl.float32, bitcast=True), (a + c) - c)
+    return tl.where(a >= t, rne_mantissa_f32(a, MBITS), (a + c) - c)
 
 
 @triton.jit
