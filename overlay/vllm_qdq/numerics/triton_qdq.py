@@ -519,17 +519,14 @@ if triton is not None:
 
     @triton.jit
     def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
-        """``(amax, bad)`` of the whole tensor from the amax pass: the max over ``n_part`` pairs
-        ``buf[2p], buf[2p + 1]`` (partials, or the atomics' slots: the same integer max), or with
-        ``N_PARTIALS == 0`` the one pair ``buf[0:2]``. A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
-        if N_PARTIALS > 0:
-            p = tl.arange(0, N_PARTIALS)
-            m = p < n_part
-            a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0), 0, tl.standard._elementwise_max)
-            b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0), 0, tl.standard._elementwise_max)
-        else:
-            a = tl.load(buf_ptr)
-            b = tl.load(buf_ptr + 1)
+        """``(amax, bad)`` of the whole tensor from the amax pass: the max over its ``n_part``
+        pairs ``buf[2p], buf[2p + 1]`` (``n_part <= N_PARTIALS``; partials, or the atomics' slots:
+        the same integer max). A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
+        tl.static_assert(N_PARTIALS > 0, "an amax pass leaves at least one pair")
+        p = tl.arange(0, N_PARTIALS)
+        m = p < n_part
+        a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0), 0, tl.standard._elementwise_max)
+        b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0), 0, tl.standard._elementwise_max)
         return a.to(tl.float32, bitcast=True), b > 0
 
     @triton.jit
@@ -885,16 +882,19 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
         tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, rot_b <= ROT_TILE_MAX)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
-    n_part = partials = gamax_mode = 0
+    # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
+    # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
+    n_part = partials = pairs = gamax_mode = 0
     gamax_f = 0.0
     if amax is not None and not one_tile:
         a_grid = (_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]),)
         n_part, partials = _partials(a_grid[0])
-    if partials:  # every word is written by the amax pass: no zeroing
-        buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
-    elif two_pass and not one_tile:  # atomics into ATOMIC_SLOTS zeroed pairs, reduced as partials
-        buf = torch.zeros(2 * ATOMIC_SLOTS, dtype=torch.int32, device=x.device)
-        n_part = ATOMIC_SLOTS
+        if partials:  # every word is written by the amax pass: no zeroing
+            buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
+            pairs = partials
+        else:  # atomics into zeroed slots
+            n_part, pairs = ATOMIC_SLOTS, _pairs_held(ATOMIC_SLOTS)
+            buf = torch.zeros(2 * n_part, dtype=torch.int32, device=x.device)
     elif nvfp4 and global_amax is not None:  # given: an fp32 argument, or read where it lies (no copy)
         if isinstance(global_amax, torch.Tensor):  # one fp32 word on x's device (qdq converted it)
             buf, gamax_mode = global_amax, 2
@@ -911,9 +911,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
     args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
-    if two_pass and not one_tile and not partials:  # the atomics' slots: reduced like partial pairs
-        partials = max(16, _pow2_at_least(ATOMIC_SLOTS))
-    consts = {"FLAT": flat, "N_PARTIALS": partials, "GAMAX": gamax_mode, "ONE_TILE": one_tile, **consts}
+    consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -983,7 +981,13 @@ def _partials(n_programs: int) -> tuple[int, int]:
     :data:`PARTIALS_MAX` (atomics)."""
     if n_programs > PARTIALS_MAX:
         return 0, 0
-    return n_programs, max(16, _pow2_at_least(n_programs))
+    return n_programs, _pairs_held(n_programs)
+
+
+def _pairs_held(n: int) -> int:
+    """The ``N_PARTIALS`` (a power of two, at least 16: a few compiled variants) that holds ``n``
+    pairs."""
+    return max(16, _pow2_at_least(n))
 
 
 #: The eager fast path (:class:`_FastCall`), on by default (issue 16; measured on an H200,
