@@ -82,15 +82,9 @@ def bench_options(failures: list[str]) -> None:
             plain = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
             ms = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
             line += f" {ms:14.3f} {ms / plain:8.2f}"
-            if rot is not None and default_max is not None:  # the same call in the tile layout (recorded
-                # eager calls dropped both ways)
-                triton_qdq._FAST.clear()
-                triton_qdq.ROT_TILE_MAX = 0
-                try:
-                    old = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
-                finally:
-                    triton_qdq.ROT_TILE_MAX = default_max
-                    triton_qdq._FAST.clear()
+            if rot is not None and default_max is not None:  # the same call in the tile layout
+                old = kernel_ms_with(triton_qdq, "ROT_TILE_MAX", 0,
+                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
                 line += f" {old / plain:12.2f}"
             else:
                 line += f" {'':>12s}"
@@ -123,15 +117,23 @@ def bench_slots() -> None:
             y = torch.empty_like(x)
             copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
             for n in SLOT_SWEEP:
-                triton_qdq.ATOMIC_SLOTS = n
-                triton_qdq._FAST.clear()
-                try:
-                    ms = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
-                finally:
-                    triton_qdq.ATOMIC_SLOTS = default
-                    triton_qdq._FAST.clear()
+                ms = kernel_ms_with(triton_qdq, "ATOMIC_SLOTS", n, lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
                 line += f" {copy / ms:16.2f}"
         print(line, flush=True)
+
+
+def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
+    """:func:`kernel_ms` of ``fn`` with the launcher's module switch ``switch`` set to ``value``
+    (restored after); the eager fast path's recorded calls are dropped before and after, as they
+    keep the switches they were recorded with."""
+    default = getattr(triton_qdq, switch)
+    triton_qdq._FAST.clear()
+    setattr(triton_qdq, switch, value)
+    try:
+        return kernel_ms(fn)
+    finally:
+        setattr(triton_qdq, switch, default)
+        triton_qdq._FAST.clear()
 
 
 def triton_qdq_call(x: torch.Tensor, spec, rule: str, **kw) -> torch.Tensor:

@@ -34,16 +34,18 @@ RECORD = False
 COMPILED: list[tuple[str, dict, dict, object]] = []
 
 
+try:  # the JIT's own specialization (Triton 3.6)
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+except ImportError:  # another Triton: no specialization (still a compile check)
+    native_specialize_impl = CUDABackend = None
+
+
 def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
     """``(type, constexpr value or None, divisible by 16)`` of argument ``i`` as Triton's JIT
     specializes it at a launch: an int equal to 1 becomes a constexpr, ints and pointers divisible
     by 16 carry ``tt.divisibility`` (what lets loads vectorize), unless the kernel says not to."""
     p = fn.params[i]
-    try:
-        from triton._C.libtriton import native_specialize_impl
-        from triton.backends.nvidia.compiler import CUDABackend
-    except ImportError:  # another Triton: no specialization (still a compile check)
-        native_specialize_impl = None
     if native_specialize_impl is not None:
         ty, spec = native_specialize_impl(CUDABackend, v, False, not p.do_not_specialize,
                                           not p.do_not_specialize_on_alignment)

@@ -55,8 +55,9 @@ def parse_recipe(text: str) -> tuple[str, str, int | None, int | None, bool]:
     return fmt, rule, block, seed, stoch
 
 
-def sass_counts(kernel, tool_dir: Path) -> dict[str, int]:
-    """Counts of the SASS of a compiled Triton kernel (and its registers)."""
+def disassemble(kernel, tool_dir: Path) -> tuple[str, int]:
+    """``(SASS text, registers a thread)`` of a compiled Triton kernel (the wheel's ``nvdisasm``
+    and ``cuobjdump``; -1 registers when the resource line is missing)."""
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
         Path(cubin).write_bytes(kernel.asm["cubin"])
@@ -64,10 +65,15 @@ def sass_counts(kernel, tool_dir: Path) -> dict[str, int]:
                               check=True).stdout
         res = subprocess.run([str(tool_dir / "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True,
                              check=True).stdout
-    ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
     regs = re.search(r"REG:(\d+)", res)
+    return sass, int(regs.group(1)) if regs else -1
+
+
+def sass_counts(sass: str, regs: int) -> dict[str, int]:
+    """Counts of a kernel's SASS (and its registers)."""
+    ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
     return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"], "smem": ops["LDS"] + ops["STS"],
-            "local": ops["LDL"] + ops["STL"], "regs": int(regs.group(1)) if regs else -1}
+            "local": ops["LDL"] + ops["STL"], "regs": regs}
 
 
 def loops(sass: str) -> list[Counter]:
@@ -111,12 +117,7 @@ def sage3_stats(formats: list[str], target, tool_dir: Path) -> None:
         q = torch.zeros(1, 256, 4, 128, dtype=torch.bfloat16)
         sk.sage3_attention(q, q, q, quant_format=fmt, acc_dtype="fp32", block_m=128)
         kernel = next(k for n, _, _, k in ctc.COMPILED if n == "_sage3_fwd_kernel")
-        with tempfile.TemporaryDirectory() as d:
-            cubin = os.path.join(d, "k.cubin")
-            Path(cubin).write_bytes(kernel.asm["cubin"])
-            sass = subprocess.run([str(tool_dir / "nvdisasm"), "-c", cubin], capture_output=True, text=True,
-                                  check=True).stdout
-        regs = sass_counts(kernel, tool_dir)["regs"]
+        sass, regs = disassemble(kernel, tool_dir)
         for i, ops in enumerate(loops(sass)):  # the unmasked tiles' loop first, then the masked tiles'
             n = sum(ops.values())
             per = 128 * 64 / 256
@@ -158,7 +159,10 @@ def main() -> int:
     for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
         setattr(triton_qdq, name, ctc._Capture(getattr(triton_qdq, name), target))
     ctc.RECORD = True
-    rows, k = (int(v) for v in args.shape.lower().split("x"))
+    try:
+        rows, k = (int(v) for v in args.shape.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--shape {args.shape!r}: expected ROWSxK, e.g. 4096x4096") from None
     tiles = triton_qdq.tile_configs().get(f"sm_{args.arch}")  # the table the GPU would use
     if tiles:
         triton_qdq.TILE_CONFIG.update(tiles)
@@ -180,7 +184,7 @@ def main() -> int:
                                     1 if stoch else None)
             triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
             for name, cx, opts, kernel in ctc.COMPILED:
-                c = sass_counts(kernel, tool_dir)
+                c = sass_counts(*disassemble(kernel, tool_dir))
                 tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
                 per_thread = tile / (32 * opts["num_warps"])
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
