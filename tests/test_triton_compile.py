@@ -20,13 +20,19 @@ GPU_TRITON = Path(sys.prefix) / "triton-gpu"
 GPU_TRITON_VERSION = "3.6.0"
 
 
-def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
+def _run_script(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``scripts/<name> args`` with the GPU image's Triton and the overlay on the path (compiled
+    for sm_90, not interpreted)."""
     assert (GPU_TRITON / "triton").is_dir(), (
         f"{GPU_TRITON} holds no Triton: run `make env` (scripts/setup-env.sh installs triton=={GPU_TRITON_VERSION} there)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(ROOT / "overlay")]))
     env.pop("TRITON_INTERPRET", None)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_triton_compile.py")], env=env,
-                         capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
+    out = _run_script("check_triton_compile.py", timeout=1500)
     tail = (out.stdout + out.stderr)[-3000:]
     assert out.returncode == 0, tail
     assert f"triton {GPU_TRITON_VERSION}: compiled" in out.stdout and ", 0 failures" in out.stdout, tail
@@ -59,11 +65,7 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     """The rotation layout of ``ROT_TILE_MAX`` compiles (sm_90, Triton 3.6) to a kernel whose
     butterfly needs no lane shuffles, barriers or shared memory, with fewer instructions than the
     tile's own layout (``scripts/triton_sass_stats.py``, which reads the SASS)."""
-    assert (GPU_TRITON / "triton").is_dir(), f"{GPU_TRITON} holds no Triton: run `make env`"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(ROOT / "overlay")]))
-    env.pop("TRITON_INTERPRET", None)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "triton_sass_stats.py"), "--recipes",
-                          "mxfp4,mxfp4+h32,nvfp4+h64"], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,nvfp4+h64", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     rows = {}
     for line in out.stdout.splitlines():

@@ -101,7 +101,7 @@ def test_rotation_in_the_tile_layout(fmt: str, kw: dict, monkeypatch) -> None:
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, "ROT_TILE_MAX", 0)
-    triton_qdq._FAST.clear()  # recorded calls carry the layout they were made with
+    monkeypatch.setattr(triton_qdq, "_FAST", {})  # recorded calls carry the layout they were made with
     torch.manual_seed(0)
     for shape in ((257, 4096), (16, 3000)):
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
@@ -111,7 +111,6 @@ def test_rotation_in_the_tile_layout(fmt: str, kw: dict, monkeypatch) -> None:
         ref = quantize_dequantize(x, fmt, backend="reference", **k)
         torch.cuda.synchronize()
         assert_same_bits(out, ref)
-    triton_qdq._FAST.clear()
 
 
 REPLAYED = [
@@ -173,7 +172,6 @@ def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> No
             ref = quantize_dequantize(x, fmt, backend="reference", **k)
             torch.cuda.synchronize()
             assert_same_bits(out, ref)
-
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4_e5m3"])

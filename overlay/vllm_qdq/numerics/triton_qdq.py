@@ -400,8 +400,9 @@ if triton is not None:
         ``q1 = RN(q0 + RN(a - q0 * b) * rb)`` brings it within 1 ulp (half an ulp plus a term of
         order 2**-p ulp, whether or not the first remainder is exact); Markstein's step on that
         faithful ``q1`` (its remainder ``a - q1 * b`` exact by FMA, ``rb`` within half an ulp of
-        ``1 / b``) then gives the correctly rounded quotient. (One step from ``q0``, as before 2026-12-04, is not covered by the theorem when
-        ``q0`` is 1-1.5 ulp off; no test ever found such a case.) No overflow here (``|a / b|``
+        ``1 / b``) then gives the correctly rounded quotient. (One step from ``q0``, as before
+        2026-12-04, is not covered by the theorem when ``q0`` is 1-1.5 ulp off; no test ever found
+        such a case.) No overflow here (``|a / b|``
         is at most the element's max). The second remainder is exact while it stays normal: always
         in float64; in fp32 for quotients of at least 2**-60 (``b`` at least the per-token scale
         floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
