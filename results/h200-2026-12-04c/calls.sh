@@ -13,7 +13,7 @@ mkdir -p "$SMOKE_OUT"
 T0=$SECONDS
 el() { echo "[+$((SECONDS - T0)) s] $*"; }
 copy_logs() {  # the logs, results, JSON and study report; not the models or the compile caches
-  (cd "$SMOKE_OUT" && tar -cf - --exclude=./models --exclude=./vllm-cache .) | (cd "$OUT" && tar -xf -)
+  tar -C "$SMOKE_OUT" -czf "$OUT/smoke-$1.tgz" --exclude=./models --exclude=./vllm-cache .  # one file: a call brings back a limited count
   el "logs copied"
 }
 case ${1:?prep|checks|bench} in
@@ -27,17 +27,17 @@ case ${1:?prep|checks|bench} in
     nice -n 10 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
     timeout 330 bash scripts/gpu-smoke.sh bench-qdq bench-sage3
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
-    copy_logs ;;
+    copy_logs "${1}${2:+-$2}" ;;
   checks)
     SMOKE_JOBS=10 timeout "${CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh kv-cache study plugin-gptoss \
       plugin-dense plugin-exact method-llama method-moe serve tp2 kernels
     echo "checks rc=$?"
-    copy_logs ;;
+    copy_logs "${1}${2:+-$2}" ;;
   bench)
     m=${2:?model}; b=${3:?budget}
     SMOKE_BENCH_BUDGET=$b timeout $((b + 60)) bash scripts/gpu-smoke.sh "bench-plugin-$m"
     echo "bench rc=$?"
     [ "${4:-}" != summary ] || { bash scripts/gpu-smoke.sh summary | tee "$OUT/summary.txt"; echo "summary rc=${PIPESTATUS[0]}"; }
-    copy_logs ;;
+    copy_logs "${1}${2:+-$2}" ;;
 esac
 el done
