@@ -59,7 +59,12 @@ device cost with no host state in it, and the ``bound`` column, on which decode-
 judged: ``off / (off + added)``, the off engine's best median step and the device time QDQ adds
 to a decode step: the on/off ratio that QDQ's added device time alone allows, if the host's
 work per step is the same on and off (checked as far as the host's launch calls go, in the same
-profile) and none of the added time is hidden behind the host's (:func:`step_bound`). Exit 1
+profile) and none of the added time is hidden behind the host's (:func:`step_bound`). The
+prefill-heavy shape's prompts are profiled too, once per engine: the ``kernel`` column of its
+rows is the ratio of the device time of one whole prefill batch, off over on (a prefill is
+device-bound, so about the throughput ratio QDQ's device cost allows there), reported, not
+judged (added 2026-12-04 after two prefill rows missed the target on wall time with the A/A
+control's own wall figure at 0.95-0.98: the next run says how much of that is QDQ). Exit 1
 when a QDQ row's judged ratio is below ``--target`` (or a decode row has no profile, adds host
 launches, or its A/A control's bound misses the target); the A/A row is not judged itself, but
 on decode rows its bound gates the QDQ rows' verdicts; on prefill rows it is reported, with a
@@ -461,6 +466,8 @@ class StepTimer:
 
 #: decode steps profiled per engine (:func:`profile_batch`)
 PROFILE_TOKENS = 256
+#: the prefill-heavy shape's profile: its prefill batch is the figure; a few decode steps after it
+PREFILL_PROFILE_TOKENS = 4
 
 
 def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
@@ -472,7 +479,9 @@ def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     ``us_per_step``, ``records_per_step``, ``launches_per_step`` (the host's launch calls: QDQ
     that adds none adds no host work to a step), ``steps``, ``device_us`` of that difference and
     ``dropped`` (records of implausible duration, left out), ``waits_per_step``
-    (synchronization records, left out: none unless CUPTI reports them); a failure (no profiler on the
+    (synchronization records, left out: none unless CUPTI reports them), and ``prefill_us`` /
+    ``prefill_launches``: the device time and host launch calls of the first batch, the prompts'
+    prefill (what a prefill-heavy row's ``kernel`` column reads); a failure (no profiler on the
     host, say) comes back as ``error``, its text, for the bench to print."""
     try:
         llm.collective_rpc("qdq_bench_profile", args=("start",))
@@ -488,8 +497,18 @@ def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     us, rec, n = b["device_us"] - a["device_us"], b["records"] - a["records"], b["launches"] - a["launches"]
     return {"steps": k, "device_us": round(us, 1), "us_per_step": us / k if k > 0 else None,
             "records_per_step": rec / k if k > 0 else None, "launches_per_step": n / k if k > 0 else None,
-            "dropped": a["dropped"] + b["dropped"],
+            "dropped": a["dropped"] + b["dropped"], "prefill_us": round(a["device_us"], 1),
+            "prefill_launches": a["launches"],
             "waits_per_step": (b.get("waits", 0) - a.get("waits", 0)) / k if k > 0 else None}
+
+
+def _prefill_text(p: dict) -> str:
+    """One engine's device time of a prefill batch (:func:`profile_batch`'s ``prefill_us``), or why none."""
+    if p.get("error"):
+        return f"none ({p['error']})"
+    if not p.get("prefill_us"):
+        return "none (no device records: a CPU engine, or no device tracing)"
+    return f"{p['prefill_us'] / 1e3:.2f} ms ({p.get('prefill_launches') or 0} host launches)"
 
 
 def _profile_text(p: dict) -> str:
@@ -596,8 +615,9 @@ def worker(model: str, llm_kwargs: dict) -> int:
         cmd, _, reps = line.strip().partition(" ")
         if cmd == "quit":
             break
-        if cmd == "profile":  # "profile SHAPE": the shape's prompts, PROFILE_TOKENS tokens, profiled
-            got = profile_batch(llm, prompts[reps]) if timer else {"error": "no step timer (--no-device-steps)"}
+        if cmd == "profile":  # "profile SHAPE": the shape's prompts, profiled (decode: PROFILE_TOKENS tokens)
+            toks = PROFILE_TOKENS if reps == "decode" else PREFILL_PROFILE_TOKENS
+            got = profile_batch(llm, prompts[reps], toks) if timer else {"error": "no step timer (--no-device-steps)"}
             print("PROFILE " + json.dumps(got), flush=True)
             continue
         n, i, o = SHAPES[cmd]
@@ -916,14 +936,19 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
             print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
-        # the device time per decode step, each engine once (untimed; kernel time, no host state in it)
+        # the device time per decode step, and of one whole prefill batch, each engine once (untimed;
+        # kernel time, no host state in it)
         prof: dict[tuple[str, str], dict] = {}
         if device_steps_on():
-            for shape in [s for s in all_shapes if s == "decode"]:
+            for shape in all_shapes:
                 for k in ["off"] + [q for q in names[1:] if shape in measured[q]]:
                     prof[k, shape] = engines[k].profile(shape)
-                print(f"{name} {shape}: device time per step (profiler, {PROFILE_TOKENS} tokens): " + ", ".join(
-                    f"{k} {_profile_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
+                if shape == "decode":
+                    print(f"{name} {shape}: device time per step (profiler, {PROFILE_TOKENS} tokens): " + ", ".join(
+                        f"{k} {_profile_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
+                else:
+                    print(f"{name} {shape}: device time of one prefill batch (profiler): " + ", ".join(
+                        f"{k} {_prefill_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):
@@ -983,13 +1008,18 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                        "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
                        "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)}
             po, pq = prof.get(("off", shape), {}), prof.get((q, shape), {})
-            if po.get("us_per_step") and pq.get("us_per_step"):  # reported, never judged
+            if shape != "decode":  # prefill-heavy: the device time of the whole prefill batch; reported, never judged
+                if po.get("prefill_us") and pq.get("prefill_us"):
+                    dev.update(kernel_ratio=po["prefill_us"] / pq["prefill_us"], off_kernel_us=po["prefill_us"],
+                               on_kernel_us=pq["prefill_us"], off_launches=po.get("prefill_launches"),
+                               on_launches=pq.get("prefill_launches"))
+            elif po.get("us_per_step") and pq.get("us_per_step"):  # reported, never judged
                 dev.update(kernel_ratio=po["us_per_step"] / pq["us_per_step"],
                            off_kernel_us=po["us_per_step"], on_kernel_us=pq["us_per_step"],
                            off_launches=po.get("launches_per_step"), on_launches=pq.get("launches_per_step"))
             if po or pq:
                 dev["profile"] = {"off": po, q: pq}
-            if step and "kernel_ratio" in dev:  # the figure decode rows are judged on (JUDGED_ON)
+            if step and shape == "decode" and "kernel_ratio" in dev:  # the figure decode rows are judged on (JUDGED_ON)
                 added = pq["us_per_step"] - po["us_per_step"]
                 dev.update(added_us_per_step=added,
                            added_launches_per_step=(pq.get("launches_per_step") or 0.0)
@@ -1201,7 +1231,9 @@ def main(argv: list[str] | None = None) -> int:
           "waits for the host inside the calls, not the host work between them), median over turns; kernel: of the "
           f"summed device time per decode step in {PROFILE_TOKENS} profiled steps per engine (contexts "
           f"{SHAPES['decode'][1]} to {SHAPES['decode'][1] + PROFILE_TOKENS} tokens; the timed batches reach "
-          f"{sum(SHAPES['decode'][1:])}; no host state in it); both reported, not judged; bound: the on/off "
+          f"{sum(SHAPES['decode'][1:])}; no host state in it), for prefill-heavy rows of the device time of one whole "
+          "prefill batch (the shape's prompts, profiled once per engine: about the throughput ratio of a "
+          "device-bound prefill); both reported, not judged; bound: the on/off "
           "throughput ratio that QDQ's added device time per decode step (kernel time on minus off) alone allows "
           "on the off engine's best batch's median step, if the host's work per step is the same (checked as host "
           "launch calls) and none of the added time hides behind the host's (step_bound); the A/A row's on the "

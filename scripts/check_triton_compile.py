@@ -31,6 +31,9 @@ _seen: set = set()
 #: With RECORD: (kernel name, constexpr values by name, compile options, compiled kernel) of each
 #: variant compiled, in order (scripts/triton_sass_stats.py reads them)
 RECORD = False
+#: Kernels whose source calls no ``tl.fma``: their PTX must hold none (the QDQ kernels' ``_div_rn``
+#: writes FMAs on purpose)
+NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel"}
 COMPILED: list[tuple[str, dict, dict, object]] = []
 
 
@@ -64,6 +67,9 @@ def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
     opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+    if opts.get("enable_fp_fusion", True):  # Triton's default is on
+        raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
+                         "rounding, which the reference does not (pass enable_fp_fusion=False)")
     values = dict(zip(names, args, strict=False)) | kwargs
     sig, cx, attrs = {}, {}, {}
     for i, n in enumerate(names):
@@ -83,6 +89,10 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
         return
     _seen.add(key)
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs), target=target, options=opts)
+    if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
+        n = kernel.asm["ptx"].count("fma.rn")
+        if n:
+            raise ValueError(f"{fn.__name__}: {n} fma.rn instructions in the PTX, which its source never asks for")
     if RECORD:
         COMPILED.append((fn.__name__, {n: values[n] for i, n in enumerate(names) if fn.params[i].is_constexpr},
                          opts, kernel))

@@ -37,6 +37,9 @@ from pathlib import Path
 DEFAULT_RECIPES = ("mxfp4,mxfp4+h16,mxfp4+h16r,mxfp4+h32,mxfp4+h64,mxfp4+h128,mxfp4+h128r,mxfp4+h256,"
                    "nvfp4,nvfp4+h16,nvfp4+h64,nvfp4+h128r,mxfp4+sr,nvfp4+46,fp8_e4m3_per_tensor+h128")
 _INSTR = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)")
+#: instructions of the float64 pipe (a fraction of fp32's rate on an H200: what bounds the float64
+#: recipes), conversions to or from float64 included
+_FP64 = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(D(?:FMA|MUL|ADD|SETP|MNMX)\b|[FI]2[FI]\S*F64)")
 
 
 def parse_recipe(text: str) -> tuple[str, str, int | None, int | None, bool]:
@@ -73,7 +76,8 @@ def sass_counts(sass: str, regs: int) -> dict[str, int]:
     """Counts of a kernel's SASS (and its registers)."""
     ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
     return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"], "smem": ops["LDS"] + ops["STS"],
-            "local": ops["LDL"] + ops["STL"], "regs": regs}
+            "local": ops["LDL"] + ops["STL"], "regs": regs,
+            "fp64": sum(1 for line in sass.splitlines() if _FP64.match(line))}
 
 
 def loops(sass: str) -> list[Counter]:
@@ -167,9 +171,10 @@ def main() -> int:
     if tiles:
         triton_qdq.TILE_CONFIG.update(tiles)
     print(f"triton {triton.__version__}, sm_{args.arch}, bf16 {rows}x{k}; per kernel: elements a thread handles, "
-          "SASS instructions per element, shuffles, barriers, shared-memory accesses, local (spill) accesses, registers")
+          "SASS instructions per element, shuffles, barriers, shared-memory accesses, local (spill) accesses, registers, "
+          "float64-pipe instructions (arithmetic, compares, conversions) per element")
     print(f"{'recipe':24s} {'layout':12s} {'kernel':18s} {'tile':>6s} {'warps':>5s} {'el/thr':>6s} {'instr/el':>8s} "
-          f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s}")
+          f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
     default_max = triton_qdq.ROT_TILE_MAX
     for recipe in args.recipes.split(","):
         fmt, rule, block, seed, stoch = parse_recipe(recipe.strip())
@@ -189,7 +194,7 @@ def main() -> int:
                 per_thread = tile / (32 * opts["num_warps"])
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
                       f"{c['instr'] / per_thread:8.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "
-                      f"{c['regs']:4d}", flush=True)
+                      f"{c['regs']:4d} {c['fp64'] / per_thread:6.1f}", flush=True)
     triton_qdq.ROT_TILE_MAX = default_max
     return 0
 

@@ -117,8 +117,8 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
     shape run that many times slower, every step of them (a slow host state holding a whole
     batch); engine ``no_steps`` reports no core-step times; with ``device``, a batch's median
     device step takes ``device[engine]`` ms; ``kernel[engine]``: the profiled device time of a
-    decode step, µs (else the profile fails, as without a profiler), ``launches[engine]`` its host
-    launch calls per step (default 3)."""
+    decode step, µs (else the profile fails, as without a profiler; a prefill batch's: 10 times
+    that), ``launches[engine]`` its host launch calls per step (default 3)."""
     seen: dict[tuple[str, str], int] = {}
 
     class StandIn:
@@ -157,7 +157,8 @@ def _stand_in_bench(bench, monkeypatch, speed: dict[str, float] | None = None, c
             if kernel is None:
                 return {"error": "RuntimeError: no profiler in the stand-in"}
             return {"steps": 256, "device_us": 256 * kernel[self.name], "us_per_step": kernel[self.name],
-                    "records_per_step": 40.0, "launches_per_step": (launches or {}).get(self.name, 3.0)}
+                    "records_per_step": 40.0, "launches_per_step": (launches or {}).get(self.name, 3.0),
+                    "prefill_us": 10 * kernel[self.name], "prefill_launches": 30}
 
         def quit(self):
             pass
@@ -194,7 +195,8 @@ def test_throughput_bench_rows_and_verdicts(tmp_path: Path, monkeypatch, capsys)
     assert rows["kv", "decode"]["ratio_median"] == 1.0 and rows["aa", "decode"]["ratio_median"] == 1.0
     assert rows["act", "prefill"]["samples"] == 3 * 3 and rows["act", "decode"]["samples"] == 3 * 2
     assert rows["act", "prefill"]["turns_per_round"] == 3 and rows["act", "prefill"]["rounds"] == 3
-    assert [c[:2] for c in calls[2:6]] == [(e, "profile decode") for e in ("off", "on", "kv", "aa")]
+    assert [c[:2] for c in calls[2:9]] == [(e, "profile prefill") for e in ("off", "on", "aa")] + [
+        (e, "profile decode") for e in ("off", "on", "kv", "aa")]
     calls = [c for c in calls if not c[1].startswith("profile")]
     assert {c[2] for c in calls} == {1}  # one batch a call
     timed = calls[2:]  # after the two calibration batches of off
@@ -256,7 +258,11 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     assert header.split().index("kernel") == header.split().index("device") + 1, header
     assert " 0.833   0.800 " in line and "PASS" in line, (header, line)  # device spans, then kernel time
     assert rows["kv", "decode"]["kernel_ratio"] == 500 / 550 and rows["act", "decode"]["on_kernel_us"] == 625.0
-    assert "kernel_ratio" not in rows["act", "prefill"]  # the decode shape only
+    # the prefill rows: the device time of one whole prefill batch, reported; no bound (decode only)
+    assert ("dense prefill: device time of one prefill batch (profiler): off 5.00 ms (30 host launches), "
+            "on 6.25 ms (30 host launches), aa 5.00 ms (30 host launches)") in text, text
+    assert rows["act", "prefill"]["kernel_ratio"] == 0.8 and rows["act", "prefill"]["on_kernel_us"] == 6250.0
+    assert "bound_ratio" not in rows["act", "prefill"] and rows["act", "prefill"]["judged_on"] == "wall"
     assert rows["aa", "decode"]["profile"]["aa"]["us_per_step"] == 500.0
     assert rows["kv", "decode"]["off_launches"] == rows["kv", "decode"]["on_launches"] == 3.0
     assert "have no core-step time" not in text and "Judged on wall time" not in text
@@ -440,7 +446,9 @@ def test_profile_batch_differences_and_waits() -> None:
     got = bench.profile_batch(llm, ["p"])
     assert llm.calls == [1, 257]
     assert got == {"steps": 256, "device_us": 208000.0, "us_per_step": 812.5, "records_per_step": 75.0,
-                   "launches_per_step": 21.0, "dropped": 2, "waits_per_step": 2.0}
+                   "launches_per_step": 21.0, "dropped": 2, "waits_per_step": 2.0, "prefill_us": 100.0,
+                   "prefill_launches": 20}
+    assert bench._prefill_text(got) == "0.10 ms (20 host launches)"
     assert bench._profile_text(got) == ("812 us (75 records, 21.0 host launches; 2 of implausible duration left out; "
                                          "2.0 synchronization records a step left out)")
     assert bench.profile_batch(LLM(fail=True), ["p"]) == {"error": "RuntimeError: CUPTI unavailable"}

@@ -70,7 +70,7 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     rows = {}
     for line in out.stdout.splitlines():
         f = line.split()
-        if len(f) == 12 and f[2] == "_qdq_block_kernel":
+        if len(f) == 13 and f[2] == "_qdq_block_kernel":
             rows[(f[0], f[1])] = {"instr": float(f[6]), "shfl": int(f[7]), "bar": int(f[8]), "smem": int(f[9]),
                                   "local": int(f[10])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),

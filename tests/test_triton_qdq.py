@@ -339,8 +339,8 @@ def test_tile_tables_by_architecture(tq, tmp_path, monkeypatch):
 
 
 def test_div_rn_f64_is_division(tq) -> None:
-    """The float64 quotient of the scaled recipes (reciprocal, product, FMA remainders, two
-    corrections: ``triton_qdq._div_rn``) equals ``a / b`` bit for bit in the interpreter (its
+    """The float64 quotient of the scaled recipes (a reciprocal pair, a faithful first quotient,
+    one FMA correction: ``triton_qdq._div_rn_f64``) equals ``a / b`` bit for bit in the interpreter (its
     FMA is fused): 1M pairs in the recipes' domain (``b = amax / qmax``, ``|a| <= amax``, signed
     zeros), where the product alone is off in about a quarter of them."""
     import tests.support.triton_qdq_kernels as k

@@ -159,8 +159,8 @@ def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
 
 
 def test_div_rn_f64_is_division() -> None:
-    """The float64 quotient of the scaled recipes (``triton_qdq._div_rn``: reciprocal, product,
-    FMA remainders, two corrections) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
+    """The float64 quotient of the scaled recipes (``triton_qdq._div_rn_f64``: a reciprocal pair,
+    a faithful first quotient, one FMA correction) equals ``a / b`` bit for bit on 16M pairs: fp32 numerators over
     the whole range (signed zeros included), positive scales of random and near-1 / near-2
     significands."""
     from vllm_qdq.numerics.triton_qdq import _cdiv

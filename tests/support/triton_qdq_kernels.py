@@ -13,12 +13,13 @@ from vllm_qdq.numerics import triton_qdq as TQ
 
 @triton.jit
 def div_f64_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
-    """``q[i] = _div_rn(a[i], b[i], 1 / b[i])`` in float64 with fp32 ``a`` (as the kernels call it)."""
+    """``q[i] = _div_rn_f64(a[i], b[i], *_recip2_f64(b[i]))`` in float64 with fp32 ``a`` (as the kernels call it)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    a = tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float64)
+    a = tl.load(a_ptr + i, mask=m, other=0.0)
     b = tl.load(b_ptr + i, mask=m, other=1.0)
-    tl.store(q_ptr + i, TQ._div_rn(a, b, 1.0 / b), mask=m)
+    rb, rb_lo = TQ._recip2_f64(b)
+    tl.store(q_ptr + i, TQ._div_rn_f64(a, b, rb, rb_lo), mask=m)
 
 
 @triton.jit

@@ -28,6 +28,14 @@ by default; ``ceil`` / ``even`` / ``rceil``) with the bit arithmetic of
 block scale uses the same rounding with E4M3's ``emin`` / ``mbits``.
 All constants come from :mod:`vllm_qdq.numerics.formats`.
 
+Every kernel is compiled with FP fusion off (``enable_fp_fusion=False``, as the QDQ kernels are):
+each product is rounded before the sum it feeds, as in the reference. With fusion on, the full
+key tiles' ``s * c - m`` became one FMA, so the row max's ``p`` came out ``exp2(rounding error of
+s * c)`` = ``1 +- 2**-24`` instead of 1: a block amax just below 1 takes the next E8M0 exponent
+down under ``floor`` (P's maximum then saturates at ``max_normal * 2**e``, e.g. 0.875 for
+``mxfp8_s1``), and ``rceil`` moves likewise at ``amax / max_normal`` = 1 (found on the H200,
+2026-12-04: ``_s1`` formats 0.015-0.064 relative from the reference).
+
 Under ``TRITON_INTERPRET=1`` the MMA operands are fp32 (the interpreter's bf16 ``tl.dot`` is
 not usable); the values are the same, since every raw operand is exactly representable in bf16.
 """
@@ -429,14 +437,14 @@ def sage3_prepass(
     sizes = (s, hq, hkv, b * hq, b * hkv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     if nv:  # per operand [amax bits, gs bits, 1/gs bits] (int32)
         g = torch.zeros((3, 3), dtype=torch.int32, device=q.device)
-        _nvfp4_amax_kernel[grid](q, k, v, mean, g, *sizes, D=d, BLOCK_S=block_s, num_warps=4)
+        _nvfp4_amax_kernel[grid](q, k, v, mean, g, *sizes, D=d, BLOCK_S=block_s, num_warps=4, enable_fp_fusion=False)
     else:
         g = _ones2(q.device)
     outs = [torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device) for heads in (hq, hkv, hkv)]
     _qdq_prepass_kernel[grid](
         q, k, v, mean, g, *outs, *sizes,
         D=d, BLOCK_S=block_s, BLK=fmt.block, NVFP4=nv, **_elem_consts(spec), RULE=rule_code(scale_rule),
-        num_warps=4,
+        num_warps=4, enable_fp_fusion=False,
     )
     gs = [g.view(torch.float32)[i, 1:3] for i in range(3)] if nv else [g] * 3
     return outs, gs
@@ -492,6 +500,7 @@ def sage3_attention(
         RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=qr.dtype == torch.bfloat16,
+        enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
     args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2),
             triton.next_power_of_2(s))
