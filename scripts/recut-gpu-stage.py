@@ -6,6 +6,7 @@ the same payload (the vLLM tarball's pieces concatenate, in name order, to the s
 are packed largest first) and the same receive.sh / install.sh, with PARTS rewritten.
 
     python3 scripts/recut-gpu-stage.py .gpu-stage .gpu-stage-cut 40
+    python3 scripts/recut-gpu-stage.py .gpu-stage .gpu-stage-cut      # 64 MiB less the tracked files, less 3
 """
 
 from __future__ import annotations
@@ -13,15 +14,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
+import subprocess
 from pathlib import Path
+
+
+def tracked_mib() -> float:
+    """MiB of the files git tracks here (what every transfer carries beside the part)."""
+    names = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    return sum(Path(n.decode()).stat().st_size for n in names if n and Path(n.decode()).is_file()) / 2**20
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
-    ap.add_argument("limit_mib", type=int)
+    ap.add_argument("limit_mib", type=int, nargs="?", default=None,
+                    help="largest part (default: 64 MiB less the tracked files, less 3)")
     a = ap.parse_args()
+    if a.limit_mib is None:
+        a.limit_mib = int(64 - tracked_mib() - 3)
+        print(f"parts of at most {a.limit_mib} MiB (tracked files {tracked_mib():.1f} MiB)")
+    if a.limit_mib < 8:
+        raise SystemExit(f"recut-gpu-stage: limit {a.limit_mib} MiB; accepted: at least 8")
     limit = a.limit_mib << 20
     parts = sorted(a.src.glob("p*"), key=lambda p: int(p.name[1:]))
     if not parts:
