@@ -466,15 +466,16 @@ class StepTimer:
 
 #: decode steps profiled per engine (:func:`profile_batch`)
 PROFILE_TOKENS = 256
-#: the prefill-heavy shape's profile: its prefill batch is the figure; a few decode steps after it
-PREFILL_PROFILE_TOKENS = 4
+#: the prefill-heavy shape's profile: its prefill batch alone is the figure (no second batch)
+PREFILL_PROFILE_TOKENS = 0
 
 
 def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
     """The device time per decode step of ``prompts`` (µs: the summed durations of its kernels,
     copies and memsets, which no host state lengthens), from two untimed batches in one
     profiler session in the engine core (:meth:`StepTimer.qdq_bench_profile`): ``prompts`` x 1
-    token (the prefill), a mark, then x ``1 + tokens``; their difference is ``tokens`` decode
+    token (the prefill), a mark, then x ``1 + tokens`` (with ``tokens`` 0, no second batch: the
+    prefill's figures alone); their difference is ``tokens`` decode
     steps of the whole batch, contexts from the prompt's length to ``tokens`` more. Returns
     ``us_per_step``, ``records_per_step``, ``launches_per_step`` (the host's launch calls: QDQ
     that adds none adds no host work to a step), ``steps``, ``device_us`` of that difference and
@@ -488,7 +489,8 @@ def profile_batch(llm, prompts: list, tokens: int = PROFILE_TOKENS) -> dict:
         try:
             llm.generate(prompts, _params(1), use_tqdm=False)
             llm.collective_rpc("qdq_bench_profile", args=("mark",))
-            llm.generate(prompts, _params(1 + tokens), use_tqdm=False)
+            if tokens:  # 0: the prefill batch alone (its segment is all the caller reads)
+                llm.generate(prompts, _params(1 + tokens), use_tqdm=False)
         finally:
             a, b = llm.collective_rpc("qdq_bench_profile", args=("stop",))[0]["segments"]
     except Exception as e:  # said by the bench, not skipped

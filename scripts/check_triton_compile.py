@@ -31,8 +31,8 @@ _seen: set = set()
 #: With RECORD: (kernel name, constexpr values by name, compile options, compiled kernel) of each
 #: variant compiled, in order (scripts/triton_sass_stats.py reads them)
 RECORD = False
-#: Kernels whose source calls no ``tl.fma``: their PTX must hold none (the QDQ kernels' ``_div_rn``
-#: writes FMAs on purpose)
+#: Kernels whose source calls no ``tl.fma``: their PTX must hold none (the QDQ kernels' quotients,
+#: ``_div_rn``, ``_div_rn_f64`` and ``_recip2_f64``, write FMAs on purpose)
 NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel"}
 COMPILED: list[tuple[str, dict, dict, object]] = []
 
@@ -67,7 +67,7 @@ def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
     opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
-    if opts.get("enable_fp_fusion", True):  # Triton's default is on
+    if opts.get("enable_fp_fusion") is not False:  # absent or None: Triton's default, on
         raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
                          "rounding, which the reference does not (pass enable_fp_fusion=False)")
     values = dict(zip(names, args, strict=False)) | kwargs

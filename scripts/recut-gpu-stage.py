@@ -19,9 +19,14 @@ from pathlib import Path
 
 
 def tracked_mib() -> float:
-    """MiB of the files git tracks here (what every transfer carries beside the part)."""
-    names = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
-    return sum(Path(n.decode()).stat().st_size for n in names if n and Path(n.decode()).is_file()) / 2**20
+    """MiB of what every transfer carries beside the part: the files git tracks in this checkout
+    and the untracked ones it does not ignore."""
+    top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                              check=True).stdout.strip())
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=top,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    files = (top / n.decode() for n in names if n)
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def main() -> int:
@@ -34,6 +39,9 @@ def main() -> int:
     if a.limit_mib is None:
         a.limit_mib = int(64 - tracked_mib() - 3)
         print(f"parts of at most {a.limit_mib} MiB (tracked files {tracked_mib():.1f} MiB)")
+    src, dst = a.src.resolve(), a.dst.resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise SystemExit(f"recut-gpu-stage: {a.dst} overlaps {a.src}; the re-cut goes to a folder of its own")
     if a.limit_mib < 8:
         raise SystemExit(f"recut-gpu-stage: limit {a.limit_mib} MiB; accepted: at least 8")
     limit = a.limit_mib << 20

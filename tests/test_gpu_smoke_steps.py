@@ -449,6 +449,8 @@ def test_profile_batch_differences_and_waits() -> None:
                    "launches_per_step": 21.0, "dropped": 2, "waits_per_step": 2.0, "prefill_us": 100.0,
                    "prefill_launches": 20}
     assert bench._prefill_text(got) == "0.10 ms (20 host launches)"
+    llm = LLM()  # tokens=0: the prefill batch alone
+    assert bench.profile_batch(llm, ["p"], 0)["prefill_us"] == 100.0 and llm.calls == [1]
     assert bench._profile_text(got) == ("812 us (75 records, 21.0 host launches; 2 of implausible duration left out; "
                                          "2.0 synchronization records a step left out)")
     assert bench.profile_batch(LLM(fail=True), ["p"]) == {"error": "RuntimeError: CUPTI unavailable"}

@@ -286,3 +286,54 @@ def test_kernel_p_quantizer_bit_exact_with_reference() -> None:
     assert len(res) == 13, res
     bad = {k: v for k, v in res.items() if v[0]}
     assert not bad, bad
+
+
+_OP_SCRIPT = r"""
+import json, os
+assert os.environ.get("TRITON_INTERPRET") == "1"
+import torch
+from vllm_qdq.sage3.backend import Sage3AttentionImpl
+from vllm_qdq.sage3.numerics.kernel import sage3_attention
+
+torch.manual_seed(11)
+q, k, v = (torch.randn(1, 40, 2, 64) for _ in range(3))
+impl = Sage3AttentionImpl(num_heads=2, head_size=64, softmax_scale=0.125, causal=True)
+eager = sage3_attention(q, k, v, quant_format="mxfp8_s1", causal=True, sm_scale=0.125)
+graphs = []
+
+
+def capture(gm, example_inputs):
+    graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+    return gm.forward
+
+
+torch._dynamo.reset()
+captured = torch.compile(impl.forward, backend=capture, fullgraph=True)(q, k, v)
+torch._dynamo.reset()
+aot = torch.compile(impl.forward, backend="aot_eager", fullgraph=True)(q, k, v)
+qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # a q whose last dim is still contiguous
+strided = torch.ops.vllm_qdq.sage3_attention(qt, k, v, "mxfp8_s1", "fp32", True, 0.125, "floor")
+print("JSON" + json.dumps({
+    "graphs": graphs,
+    "captured_equal": bool(torch.equal(captured, eager)),
+    "aot_equal": bool(torch.equal(aot, eager)),
+    "eager_op_equal": bool(torch.equal(impl.forward(q, k, v), eager)),
+    "strided_equal": bool(torch.equal(strided, eager)),
+}))
+"""
+
+
+def test_backend_call_is_one_opaque_op_under_torch_compile() -> None:
+    """Under ``torch.compile`` (fullgraph) the backend's unrouted call is one node,
+    ``vllm_qdq.sage3_attention``, not a trace of the kernel's host code and Triton launches
+    (which Inductor would recompile with FP fusion on, changing the ``_s1`` formats' P: H200,
+    2026-12-04); compiled (graph capture, AOT eager through the op's fake) and eager give the same
+    bits as the kernel called directly, a strided ``q`` too."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "overlay"), SAGE3_QUANT_FORMAT="mxfp8_s1")
+    for var in ("SAGE3_ROUTE", "SAGE3_TRACE", "SAGE3_ACC_DTYPE", "SAGE3_SCALE_RULE"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-c", _OP_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
+    assert res["graphs"] == [["vllm_qdq.sage3_attention"]], res["graphs"]
+    assert res["captured_equal"] and res["aot_equal"] and res["eager_op_equal"] and res["strided_equal"], res

@@ -46,6 +46,8 @@ the kernels that use it).
 
 from __future__ import annotations
 
+import torch
+
 from .formats import SCALE_RULE_CODES
 
 try:  # Triton is optional: without it the reference backend serves every call.
@@ -70,8 +72,11 @@ __all__ = [
 ]
 
 
+@torch.compiler.assume_constant_result
 def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, read by Triton)."""
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``, read by Triton).
+    A constant to ``torch.compile`` (Dynamo cannot trace Triton's knob; the answer is fixed for a
+    process once its kernels are decorated)."""
     if triton is None:
         return False
     return bool(triton.knobs.runtime.interpret)

@@ -28,7 +28,9 @@ arguments; its CUDA path, whose mask handling is ``broadcast_k``), unquantized. 
 applies to the MX formats a route picks; ``nvfp4`` keeps its E4M3 block scales. A routed (or
 ``SAGE3_TRACE``d) call runs outside ``torch.compile`` (``torch.compiler.disable``: a graph break
 per attention call), because its format depends on Python state that changes every step; without
-a route or trace the call is traced as before.
+a route or trace the call is one opaque op in the compiled graph (``torch.ops.vllm_qdq.sage3_attention``,
+:mod:`vllm_qdq.sage3.ops`: traced, its Triton kernels would be recompiled by Inductor with FP
+fusion on, which changes the numbers).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from vllm_omni.diffusion.attention.backends.abstract import (
 
 from ..config import sage3_settings
 from .numerics.kernel import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreting, sage3_attention
+from .ops import sage3_attention_op
 from .route import TRACER, layer_index_from_prefix, locate, new_layer_serial
 
 logger = logging.getLogger("vllm_qdq")
@@ -170,10 +173,9 @@ class Sage3AttentionImpl(AttentionImpl):
             return sdpa_fallback(
                 query, key, value, attn_metadata, causal=self.causal, softmax_scale=self.softmax_scale
             )
-        return sage3_attention(
-            query, key, value,
-            quant_format=self.quant_format, acc_dtype=self.acc_dtype,
-            causal=self.causal, sm_scale=self.softmax_scale, scale_rule=self.scale_rule,
+        # one opaque op under torch.compile (vllm_qdq.sage3.ops says why), the same call eagerly
+        return sage3_attention_op(
+            query, key, value, self.quant_format, self.acc_dtype, self.causal, self.softmax_scale, self.scale_rule,
         )
 
     def in_tree_impl(self) -> AttentionImpl:
