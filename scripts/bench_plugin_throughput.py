@@ -945,12 +945,10 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             for shape in all_shapes:
                 for k in ["off"] + [q for q in names[1:] if shape in measured[q]]:
                     prof[k, shape] = engines[k].profile(shape)
-                if shape == "decode":
-                    print(f"{name} {shape}: device time per step (profiler, {PROFILE_TOKENS} tokens): " + ", ".join(
-                        f"{k} {_profile_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
-                else:
-                    print(f"{name} {shape}: device time of one prefill batch (profiler): " + ", ".join(
-                        f"{k} {_prefill_text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
+                what, text = ((f"device time per step (profiler, {PROFILE_TOKENS} tokens)", _profile_text)
+                              if shape == "decode" else ("device time of one prefill batch (profiler)", _prefill_text))
+                print(f"{name} {shape}: {what}: " + ", ".join(
+                    f"{k} {text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):

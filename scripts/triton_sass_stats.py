@@ -36,10 +36,11 @@ from pathlib import Path
 
 DEFAULT_RECIPES = ("mxfp4,mxfp4+h16,mxfp4+h16r,mxfp4+h32,mxfp4+h64,mxfp4+h128,mxfp4+h128r,mxfp4+h256,"
                    "nvfp4,nvfp4+h16,nvfp4+h64,nvfp4+h128r,mxfp4+sr,nvfp4+46,fp8_e4m3_per_tensor+h128")
-_INSTR = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)")
+_LINE = r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?"  # an instruction line up to its opcode (after a predicate)
+_INSTR = re.compile(_LINE + r"([A-Z0-9_]+)")
 #: instructions of the float64 pipe (a fraction of fp32's rate on an H200: what bounds the float64
 #: recipes), conversions to or from float64 included
-_FP64 = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(D(?:FMA|MUL|ADD|SETP|MNMX)\b|[FI]2[FI]\S*F64)")
+_FP64 = re.compile(_LINE + r"(D(?:FMA|MUL|ADD|SETP|MNMX)\b|[FI]2[FI]\S*F64)")
 
 
 def parse_recipe(text: str) -> tuple[str, str, int | None, int | None, bool]:

@@ -123,7 +123,8 @@ def test_compiled_op_equals_eager(fmt: str) -> None:
     """``torch.ops.vllm_qdq.sage3_attention`` (the backend's unrouted call) inside an Inductor-
     compiled function gives the eager kernel's bits: the op is opaque, so Inductor neither
     recompiles its Triton kernels (with FP fusion on, which moves the ``_s1`` formats' P) nor
-    reorders its K mean. Both calls also match the torch reference as the eager test does."""
+    reorders its K mean (the eager kernel's match with the reference is
+    :func:`test_compiled_kernel_matches_reference`'s)."""
     import vllm_qdq.sage3.ops  # noqa: F401  (registers the op)
 
     q, k, v = _inputs(1, 1000, 8, 4, 128, seed=5)

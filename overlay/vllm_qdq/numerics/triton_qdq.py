@@ -403,10 +403,9 @@ if triton is not None:
         faithful ``q1`` (its remainder ``a - q1 * b`` exact by FMA, ``rb`` within half an ulp of
         ``1 / b``) then gives the correctly rounded quotient. (One step from ``q0``, as before
         2026-12-04, is not covered by the theorem when ``q0`` is 1-1.5 ulp off; no test ever found
-        such a case.) No overflow here (``|a / b|``
-        is at most the element's max). The second remainder is exact while it stays normal: for
-        quotients of at least 2**-60 (``b`` at least the per-token scale
-        floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
+        such a case.) No overflow here (``|a / b|`` is at most the element's max). The second
+        remainder is exact while it stays normal: for quotients of at least 2**-60 (``b`` at
+        least the per-token scale floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
         the element grid (from 2**-9) rounds it to that zero either way. A zero remainder keeps
         the quotient, so ``a = -0`` gives ``-0``. Five multiply-adds instead of a division
         (test: ``test_div_rn_f32_is_division``)."""
