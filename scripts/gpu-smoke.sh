@@ -37,10 +37,11 @@
 #                 against QDQ off, four engines side by side (off, act, kv, a second off as the A/A
 #                 control), interleaved rounds: as many as fit in SMOKE_BENCH_BUDGET seconds (default
 #                 450, engine starts included; at most SMOKE_BENCH_ROUNDS, default 20); fails when a row's
-#                 ratio is below SMOKE_PLUGIN_TARGET (default 0.97): the median over turns of wall times
-#                 for prefill-heavy rows, for decode-heavy ones the ratio QDQ's profiled device time per
-#                 step allows on the off engine's best step, gated by its A/A control and by QDQ adding no
-#                 host launches (the bench's JUDGED_ON); SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
+#                 ratio is below SMOKE_PLUGIN_TARGET (default 0.97): the ratio QDQ's profiled cost allows
+#                 on the off engine's best (decode-heavy: device time per step on its best step;
+#                 prefill-heavy: device time plus the host time of QDQ's eager calls in one whole batch,
+#                 on its best batch), gated by its A/A control and by QDQ adding no host launches
+#                 outside its own calls (the bench's JUDGED_ON); wall times reported; SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
 #                 engines there (--cpus; default unpinned)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
