@@ -23,7 +23,9 @@
 #                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
 #                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
 #   kv-cache      pytest -m gpu tests/gpu/test_kv_cache_gpu.py: KV-cache + query QDQ (plugin) on the gpt-oss-
-#                 and Llama-shaped models, eager / piecewise / default graphs, cache read back (issue 19)
+#                 and Llama-shaped models, eager / piecewise / default graphs, cache read back (issue 19);
+#                 with SMOKE_JOBS > 1 the two models side by side (scripts/pytest-side-by-side.sh: 410 s
+#                 one after the other in results/h200-2026-12-04c)
 #   tp2           pytest -m gpu tests/gpu/test_tp2_gpu.py: TP=1 vs TP=2 with QDQ on (gpt-oss plugin, Llama
 #                 qdq method), trace lines from both workers, QDQ on vs off; SKIP (with the reason) on
 #                 fewer than two GPUs (issue 20)
@@ -192,7 +194,13 @@ run_step() {
         echo "gpu-smoke: tp2 $(cat "$OUT/tp2.result")"; return 0
       fi
       step tp2 "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_tp2_gpu.py ;;
-    kv-cache) step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py ;;
+    kv-cache)
+      if [ "$JOBS" -gt 1 ]; then  # its two models side by side: each runs five engines one after another
+        step "$s" bash scripts/pytest-side-by-side.sh "$PY" tests/gpu/test_kv_cache_gpu.py "gptoss llama" \
+          "${pytest_args[@]}" -s
+      else
+        step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py
+      fi ;;
     serve) step serve "$PY" scripts/gpu_serve_check.py --out "$SMOKE_MODELS" ;;
     bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
     bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py --no-check ;;

@@ -1152,3 +1152,66 @@ def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
             assert f"log {out}/jit-warm.log)" in r.stdout
         else:
             assert "jit-warm" not in r.stdout and not (out / "jit-warm.log").exists()
+
+
+_MEET = '''
+import os, time, pytest
+from pathlib import Path
+
+@pytest.mark.parametrize("k", ["alpha", "beta"])
+def test_meet(k):
+    d = Path(os.environ["SBS_DIR"])
+    (d / k).write_text("here")
+    other = {"alpha": "beta", "beta": "alpha"}[k]
+    for _ in range(int(os.environ["SBS_TICKS"])):  # waits for the other selection's process: passes only side by side
+        if (d / other).exists():
+            break
+        time.sleep(0.05)
+    assert (d / other).exists(), "ran alone"
+    assert k != os.environ.get("SBS_FAIL")
+'''
+
+
+def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
+    """``scripts/pytest-side-by-side.sh`` (the ``kv-cache`` step's runner with SMOKE_JOBS > 1) runs
+    each ``-k`` selection in its own pytest process at the same time (each test here waits for the
+    other's file: run one after the other, both would fail), prints both outputs, then one line with
+    the summed counts, each selection's own line, and the exit status of a failing one; the smoke
+    step's result line quotes that last line (the step's pattern). Bad arguments exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_meet.py"
+    test.write_text(_MEET)
+    script = REPO / "scripts" / "pytest-side-by-side.sh"
+
+    def run(fail: str = "", sels: str = "alpha beta", ticks: int = 1200):
+        d = tmp_path / f"meet-{fail or 'none'}-{sels.replace(' ', '')}"
+        d.mkdir()
+        env = dict(os.environ, SBS_DIR=str(d), SBS_FAIL=fail, SBS_TICKS=str(ticks))
+        return subprocess.run(["bash", str(script), sys.executable, str(test), sels, "-q", "-p", "no:cacheprovider"],
+                              capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+
+    ok = run()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    last = ok.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"2 passed in \d+ s side by side \(alpha: 1 passed, 1 deselected in [\d.]+s; "
+                        r"beta: 1 passed, 1 deselected in [\d.]+s\)", last), last
+    assert "--- alpha: " in ok.stdout and "--- beta: " in ok.stdout
+    code = SMOKE.read_text()
+    pattern = re.search(r"grep -E '(\^\(=\+ .*?\)\$)'", code).group(1)
+    picked = [ln for ln in ok.stdout.splitlines() if re.fullmatch(pattern, ln)]
+    assert picked[-1] == last, picked
+    bad = run(fail="beta")
+    assert bad.returncode == 1, bad.stdout
+    assert re.fullmatch(r"1 failed, 1 passed in \d+ s side by side \(alpha: 1 passed, 1 deselected in [\d.]+s; "
+                        r"beta: 1 failed, 1 deselected in [\d.]+s\)", bad.stdout.strip().splitlines()[-1])
+    alone = run(sels="alpha", ticks=10)  # one selection: no partner, so its test fails, and says so
+    assert alone.returncode == 1 and "1 failed, 0 passed" in alone.stdout.strip().splitlines()[-1]
+    usage = subprocess.run(["bash", str(script), sys.executable], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "usage: pytest-side-by-side.sh" in usage.stderr
+    gone = subprocess.run(["bash", str(script), sys.executable, str(tmp_path / "nope.py"), "a"],
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 2 and "nope.py' does not exist" in gone.stderr
+    assert "scripts/pytest-side-by-side.sh" in code and "tests/gpu/test_kv_cache_gpu.py \"gptoss llama\"" in code
