@@ -1215,3 +1215,27 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 2 and "nope.py' does not exist" in gone.stderr
     assert "scripts/pytest-side-by-side.sh" in code and "tests/gpu/test_kv_cache_gpu.py \"gptoss llama\"" in code
+
+
+@pytest.mark.parametrize(("argv", "env", "rc", "msg"), [
+    ([], {"OUT": "x"}, 2, "gpu-lease: mode ''; accepted: prep, checks, bench MODEL BUDGET_S [summary], restore"),
+    (["warm"], {"OUT": "x"}, 2, "gpu-lease: mode 'warm'; accepted: prep, checks, bench"),
+    (["bench", "llama", "300"], {"OUT": "x"}, 2, "gpu-lease: bench MODEL 'llama'; accepted: gptoss, dense"),
+    (["bench", "dense", "5m"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '5m'; accepted: a whole number of seconds"),
+    (["bench", "dense", "300", "table"], {"OUT": "x"}, 2, "gpu-lease: bench's 4th argument 'table'; accepted: summary"),
+    (["checks"], {}, 2, "gpu-lease: $OUT is not set"),
+    (["checks"], {"OUT": "x"}, 3, "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first"),
+])
+def test_gpu_lease_refuses_bad_calls(argv: list[str], env: dict, rc: int, msg: str) -> None:
+    """``scripts/gpu-lease.sh`` (one mode per device call) names a bad mode, model, budget or
+    argument and the accepted ones, needs the device tool's ``$OUT``, and says how to stage vLLM
+    when this machine has none, before running anything."""
+    import os
+    import subprocess
+
+    if rc == 3 and Path("/opt/gpu-site/env.sh").exists():
+        pytest.skip("vLLM is staged on this machine")
+    base = {k: v for k, v in os.environ.items() if k != "OUT"}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu-lease.sh"), *argv], capture_output=True, text=True,
+                       timeout=30, env={**base, **env})
+    assert r.returncode == rc and r.stderr.strip().splitlines()[-1].startswith(msg), (r.returncode, r.stderr)

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The GPU smoke suite in one lease of a lent GPU machine (the `device` tool: calls of at most 10
+# minutes, files back from $OUT only, no network), one mode a call. Each call runs on a machine
+# where vLLM was staged first (../shared/gpu/stage-vllm.sh, scripts/recut-gpu-stage.py; `bash
+# .gpu-stage-cut/pN/receive.sh` a call, carrying that part), from the repository root:
+#
+#   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
+#                                             # the overlay, FlashInfer's sampling build (niced) beside
+#                                             # gpu-smoke.sh bench-qdq bench-sage3
+#   bash scripts/gpu-lease.sh checks          # the check steps at once (SMOKE_JOBS=11), inner timeout
+#                                             # LEASE_CHECKS_TIMEOUT (default 575 s)
+#   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
+#                                             # the summary table (also written to $OUT/summary.txt)
+#   bash scripts/gpu-lease.sh restore         # a fresh machine mid-lease (the last one taken back):
+#                                             # extras if carried, the overlay; FlashInfer's build
+#                                             # unless LEASE_JIT=0 (then the engines run with
+#                                             # VLLM_USE_FLASHINFER_SAMPLER=0: say so with the figures)
+#
+# The suite's output lives in /root/smoke (LEASE_SMOKE) between calls; each call packs its logs
+# into one archive, $OUT/smoke-<mode>.tgz (a call brings back a limited number of files), without
+# the models and compile caches. Budgets measured on one H200 (results/h200-2026-12-04c, -04d):
+# vLLM staging ~135 s from a cold machine, prep 262-334 s, checks 446 s (kv-cache's two models one
+# after the other then), bench gptoss 385 s at B=380, dense 381 s at B=375 (engine starts
+# 80-118 s on a cold compile cache; a bench needs 3 rounds of 35-55 s after them).
+set -u
+cd "$(dirname "$0")/.."
+mode=${1:-}
+case $mode in
+  prep|checks|bench|restore) ;;
+  *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, bench MODEL BUDGET_S [summary], restore" >&2; exit 2 ;;
+esac
+if [ "$mode" = bench ]; then
+  [[ ${2:-} =~ ^(gptoss|dense)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense" >&2; exit 2; }
+  [[ ${3:-} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds" >&2; exit 2; }
+  [ -z "${4:-}" ] || [ "$4" = summary ] || { echo "gpu-lease: bench's 4th argument '$4'; accepted: summary, or none" >&2; exit 2; }
+fi
+[ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
+[ -f /opt/gpu-site/env.sh ] || { echo "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
+. /opt/gpu-site/env.sh
+export SMOKE_OUT=${LEASE_SMOKE:-/root/smoke}
+mkdir -p "$SMOKE_OUT"
+T0=$SECONDS
+el() { echo "[+$((SECONDS - T0)) s] $*"; }
+pack() {  # the logs, results, JSON and study report; not the models or the compile caches
+  tar -C "$SMOKE_OUT" -czf "$OUT/smoke-$1.tgz" --exclude=./models --exclude=./vllm-cache .
+  el "logs packed into smoke-$1.tgz"
+}
+install_overlay() {
+  local p
+  for p in .gpu-stage-extras/p*/; do
+    [ -f "$p/install.sh" ] || continue
+    bash "$p/install.sh" /opt/gpu-site/deps >> "$OUT/extras.log" 2>&1; echo "extras $p rc=$?"
+  done
+  python3 -m pip install -q --no-deps --no-build-isolation --upgrade --target /opt/gpu-site/deps ./overlay \
+    > "$OUT/pip.log" 2>&1
+  echo "overlay rc=$?"
+}
+[ ! -f "$SMOKE_OUT/sampler.env" ] || . "$SMOKE_OUT/sampler.env"  # restore's choice, for later calls
+case $mode in
+  prep)
+    nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
+    install_overlay
+    el "FlashInfer build (niced) beside bench-qdq, bench-sage3"
+    nice -n 10 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
+    timeout 330 bash scripts/gpu-smoke.sh bench-qdq bench-sage3
+    wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
+    pack prep ;;
+  restore)
+    nvidia-smi -L
+    install_overlay
+    if [ "${LEASE_JIT:-1}" = 0 ]; then
+      echo "export VLLM_USE_FLASHINFER_SAMPLER=0" > "$SMOKE_OUT/sampler.env"
+      echo "gpu-lease: FlashInfer's sampler off for this machine's engines (VLLM_USE_FLASHINFER_SAMPLER=0)"
+    else
+      python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-restore.log" 2>&1; echo "jit-warm rc=$?"
+      tail -n 1 "$SMOKE_OUT/jit-warm-restore.log"
+    fi
+    pack restore ;;
+  checks)
+    SMOKE_JOBS=11 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh kv-cache study plugin-gptoss \
+      plugin-dense plugin-exact method-llama method-moe serve tp2 kernels
+    echo "checks rc=$?"
+    pack checks ;;
+  bench)
+    SMOKE_BENCH_BUDGET=$3 timeout $(($3 + 60)) bash scripts/gpu-smoke.sh "bench-plugin-$2"
+    echo "bench rc=$?"
+    if [ "${4:-}" = summary ]; then
+      bash scripts/gpu-smoke.sh summary | tee "$OUT/summary.txt"; echo "summary rc=${PIPESTATUS[0]}"
+    fi
+    pack "bench-$2" ;;
+esac
+el done
