@@ -31,7 +31,7 @@ case $mode in
 esac
 if [ "$mode" = bench ]; then
   [[ ${2:-} =~ ^(gptoss|dense)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense" >&2; exit 2; }
-  [[ ${3:-} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds" >&2; exit 2; }
+  [[ ${3:-} =~ ^[1-9][0-9]*$ ]] && [ "$3" -le 520 ] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds, at most 520 (the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it)" >&2; exit 2; }
   [ -z "${4:-}" ] || [ "$4" = summary ] || { echo "gpu-lease: bench's 4th argument '$4'; accepted: summary, or none" >&2; exit 2; }
 fi
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
@@ -61,8 +61,8 @@ case $mode in
     nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
     install_overlay
     el "FlashInfer build (niced) beside bench-qdq, bench-sage3"
-    nice -n 10 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
-    timeout 330 bash scripts/gpu-smoke.sh bench-qdq bench-sage3
+    timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
+    timeout 330 bash scripts/gpu-smoke.sh bench-qdq bench-sage3; echo "bench-qdq, bench-sage3 rc=$?"
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
     pack prep ;;
   restore)
@@ -72,7 +72,8 @@ case $mode in
       echo "export VLLM_USE_FLASHINFER_SAMPLER=0" > "$SMOKE_OUT/sampler.env"
       echo "gpu-lease: FlashInfer's sampler off for this machine's engines (VLLM_USE_FLASHINFER_SAMPLER=0)"
     else
-      python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-restore.log" 2>&1; echo "jit-warm rc=$?"
+      rm -f "$SMOKE_OUT/sampler.env"
+      timeout 300 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-restore.log" 2>&1; echo "jit-warm rc=$?"
       tail -n 1 "$SMOKE_OUT/jit-warm-restore.log"
     fi
     pack restore ;;

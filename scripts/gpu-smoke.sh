@@ -196,8 +196,8 @@ run_step() {
       step tp2 "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_tp2_gpu.py ;;
     kv-cache)
       if [ "$JOBS" -gt 1 ]; then  # its two models side by side: each runs five engines one after another
-        step "$s" bash scripts/pytest-side-by-side.sh "$PY" tests/gpu/test_kv_cache_gpu.py "gptoss llama" \
-          "${pytest_args[@]}" -s
+        step "$s" env SBS_LOG_DIR="$OUT/kv-cache.parts" bash scripts/pytest-side-by-side.sh "$PY" \
+          tests/gpu/test_kv_cache_gpu.py "gptoss llama" "${pytest_args[@]}" -s
       else
         step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py
       fi ;;

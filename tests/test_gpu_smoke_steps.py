@@ -385,13 +385,17 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
     bench = _bench_module()
     cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
-    def rec(dev, start, us, name="k", ann=False):
-        return SimpleNamespace(name=name, device_type=dev, is_user_annotation=ann,
+    def rec(dev, start, us, name="k", ann=False, thread=7):
+        return SimpleNamespace(name=name, device_type=dev, is_user_annotation=ann, thread=thread,
                                time_range=SimpleNamespace(start=start, elapsed_us=lambda: us))
 
     made = []
+    # QDQ calls on thread 7: [2, 7] and, in the second segment, [24, 32] with a nested call [25, 27]
+    # (one span: its time counted once); launches inside them on that thread count as QDQ's, one on
+    # another thread at the same time does not
     records = [rec(cpu, 0, 900.0, "aten::mm"), rec(cpu, 1, 3.0, "cudaLaunchKernel"), rec(cpu, 2, 5.0, "vllm_qdq::qdq"),
-               rec(cpu, 3, 2.0, "cuLaunchKernel"), rec(cpu, 24, 8.0, "vllm_qdq::qdq"), rec(cuda, 5, 10.0),
+               rec(cpu, 3, 2.0, "cuLaunchKernel"), rec(cpu, 24, 8.0, "vllm_qdq::qdq"), rec(cpu, 25, 2.0, "vllm_qdq::qdq"),
+               rec(cpu, 28, 1.0, "cudaLaunchKernel"), rec(cpu, 29, 1.0, "cudaLaunchKernel", thread=8), rec(cuda, 5, 10.0),
                rec(cuda, 8, 2.5), rec(cuda, 9, 50.0, ann=True), rec(cpu, 20, 1.0, "qdq_bench_mark"),
                rec(cpu, 21, 3.0, "cudaGraphLaunch"), rec(cpu, 22, 3.0, "cuLaunchKernel"), rec(cpu, 23, 1.0, "cudaMemcpyAsync"),
                rec(cuda, 25, 4.0), rec(cuda, 30, 1e14), rec(cuda, 31, 6.0), rec(cuda, 32, 700.0, "Event Sync")]
@@ -440,8 +444,8 @@ def test_step_timer_profile_sums_device_records(monkeypatch) -> None:
     assert w.qdq_bench_profile("stop") == {"segments": [
         {"device_us": 12.5, "records": 2, "dropped": 0, "launches": 2, "waits": 0, "steps": 1,
          "qdq_calls": 1, "qdq_host_us": 5.0, "qdq_launches": 1},
-        {"device_us": 10.0, "records": 2, "dropped": 1, "launches": 2, "waits": 1, "steps": 3,
-         "qdq_calls": 1, "qdq_host_us": 8.0, "qdq_launches": 0}]}
+        {"device_us": 10.0, "records": 2, "dropped": 1, "launches": 4, "waits": 1, "steps": 3,
+         "qdq_calls": 2, "qdq_host_us": 8.0, "qdq_launches": 1}]}
     assert made[0].entered == made[0].exited == 1
     with pytest.raises(RuntimeError, match="without a profiler started"):
         w.qdq_bench_profile("stop")
@@ -1211,6 +1215,37 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
     assert alone.returncode == 1 and "1 failed, 0 passed" in alone.stdout.strip().splitlines()[-1]
     usage = subprocess.run(["bash", str(script), sys.executable], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: pytest-side-by-side.sh" in usage.stderr
+    blank = subprocess.run(["bash", str(script), sys.executable, str(test), "  "], capture_output=True, text=True,
+                           timeout=30)
+    assert blank.returncode == 2 and "no selection in '  '" in blank.stderr
+    # every selection skipped: its own summary line is quoted, nothing counted as passed or failed
+    skip = tmp_path / "test_skip.py"
+    skip.write_text("import pytest\n\n@pytest.mark.skip(reason='x')\ndef test_a():\n    pass\n")
+    sk = subprocess.run(["bash", str(script), sys.executable, str(skip), "test_a", "-q", "-p", "no:cacheprovider"],
+                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert sk.returncode == 0 and re.fullmatch(r"0 passed in \d+ s side by side \(test_a: 1 skipped in [\d.]+s\)",
+                                               sk.stdout.strip().splitlines()[-1]), sk.stdout
+    # stopped by SIGTERM (a step's timeout) while both run: what each wrote so far is printed first,
+    # and with SBS_LOG_DIR the logs stay
+    hang = tmp_path / "test_hang.py"
+    hang.write_text("import time\nimport pytest\n\n@pytest.mark.parametrize('k', ['alpha', 'beta'])\n"
+                    "def test_hang(k):\n    print('started', k, flush=True)\n    time.sleep(600)\n")
+    logs = tmp_path / "logs"
+    p = subprocess.Popen(["bash", str(script), sys.executable, str(hang), "alpha beta", "-p", "no:cacheprovider",
+                          "-s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, SBS_LOG_DIR=str(logs)), cwd=tmp_path)
+    import time
+    for _ in range(1200):  # both processes inside their tests
+        if all((logs / f).is_file() and "started" in (logs / f).read_text() for f in ("0-alpha.log", "1-beta.log")):
+            break
+        time.sleep(0.05)
+    p.terminate()
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 143, out
+    assert "--- alpha: " in out and "--- beta: " in out and "(rc=stopped)" in out, out
+    assert "started alpha" in out and "started beta" in out
+    assert out.strip().splitlines()[-1].startswith("pytest-side-by-side: stopped by a signal after"), out
+    assert sorted(f.name for f in logs.iterdir()) == ["0-alpha.log", "1-beta.log"]
     gone = subprocess.run(["bash", str(script), sys.executable, str(tmp_path / "nope.py"), "a"],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 2 and "nope.py' does not exist" in gone.stderr
@@ -1222,6 +1257,8 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
     (["warm"], {"OUT": "x"}, 2, "gpu-lease: mode 'warm'; accepted: prep, checks, bench"),
     (["bench", "llama", "300"], {"OUT": "x"}, 2, "gpu-lease: bench MODEL 'llama'; accepted: gptoss, dense"),
     (["bench", "dense", "5m"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '5m'; accepted: a whole number of seconds"),
+    (["bench", "dense", "540"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '540'; accepted: a whole number of "
+                                                 "seconds, at most 520"),
     (["bench", "dense", "300", "table"], {"OUT": "x"}, 2, "gpu-lease: bench's 4th argument 'table'; accepted: summary"),
     (["checks"], {}, 2, "gpu-lease: $OUT is not set"),
     (["checks"], {"OUT": "x"}, 3, "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first"),
@@ -1239,3 +1276,48 @@ def test_gpu_lease_refuses_bad_calls(argv: list[str], env: dict, rc: int, msg: s
     r = subprocess.run(["bash", str(REPO / "scripts" / "gpu-lease.sh"), *argv], capture_output=True, text=True,
                        timeout=30, env={**base, **env})
     assert r.returncode == rc and r.stderr.strip().splitlines()[-1].startswith(msg), (r.returncode, r.stderr)
+
+
+def test_batch_bound_terms_and_control() -> None:
+    """``batch_bound`` (prefill-heavy rows): QDQ's added device time and its calls' host time, each
+    taken as at least 0 (a device profile that came out below off's must not cancel the host time),
+    on off's best batch; the A/A control on the absolute differences; launches outside QDQ's calls
+    per step of the batch."""
+    bench = _bench_module()
+    off = {"prefill_us": 1_000_000.0, "prefill_launches": 4000, "prefill_steps": 100, "prefill_qdq_host_us": 0.0}
+    on = {"prefill_us": 985_000.0, "prefill_launches": 4164, "prefill_steps": 100, "prefill_qdq_calls": 144,
+          "prefill_qdq_host_us": 40_000.0, "prefill_qdq_launches": 144}
+    b = bench.batch_bound(off, on, 1_390_000.0)
+    assert b["bound_ratio"] == 1_390_000.0 / 1_430_000.0 and b["added_device_us"] == -15000.0
+    assert b["added_qdq_host_us"] == 40000.0 and b["qdq_calls"] == 144 and b["added_launches_per_step"] == 0.2
+    aa = bench.batch_bound(off, {**off, "prefill_us": 985_000.0}, 1_390_000.0, control=True)
+    assert aa["bound_ratio"] == 1_390_000.0 / 1_405_000.0
+    assert bench.batch_bound(off, {**off, "prefill_us": 1_020_000.0}, 1_000_000.0)["bound_ratio"] == 1 / 1.02
+
+
+def test_throughput_bench_prefill_gate_and_kv_prefill(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Prefill-heavy rows are gated by their A/A control's bound like decode ones: an A/A profile
+    50 ms off off's on a 1-s batch (0.952) fails the QDQ prefill row whatever its own bound; a
+    KV-cache engine timed on the prefill shape is judged on wall time there, saying why (its QDQ
+    is Python in the attention layer, not an op the profile times), not as a fallback."""
+    import json
+
+    bench = _bench_module()
+    kernel = {"off": 500.0, "on": 500.0, "kv": 500.0, "aa": 5500.0}  # a whole batch: 10x: aa +50 ms
+    _stand_in_bench(bench, monkeypatch, kernel=kernel)
+    out = tmp_path / "rows.json"
+    assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1",
+                       "--kv-cache", "nvfp4", "--kv-shapes", "prefill,decode", "--json", str(out)]) == 1
+    text = capsys.readouterr().out
+    rows = {(r["mode"], r["shape"]): r for r in json.loads(out.read_text())}
+    assert abs(rows["aa", "prefill"]["bound_ratio"] - 1 / 1.05) < 1e-9
+    line = next(ln for ln in text.splitlines() if ln.startswith("dense    act  prefill"))
+    assert "FAIL: A/A bound 0.952 below the target (the profile does not resolve it)" in line, line
+    assert rows["kv", "prefill"]["judged_on"] == "wall" and "bound_ratio" not in rows["kv", "prefill"]
+    assert ("dense kv prefill: judged on wall time: KV-cache QDQ's calls are Python in the attention layer, not "
+            "ops a profile times on the host (batch_bound)") in text
+    assert "for want of core-step times" not in text
+    # (the stand-in's decode profile moves with it: +5 ms a step on a 20-ms step, those rows fail too)
+    assert text.strip().splitlines()[-1] == ("verdict: FAIL: below 0.97: dense act prefill 1.000 (A/A bound 0.952), "
+                                             "dense act decode 1.000 (A/A bound 0.800), dense kv decode 1.000 "
+                                             "(A/A bound 0.800)")
