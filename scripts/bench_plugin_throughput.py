@@ -446,11 +446,15 @@ class StepTimer:
         # the host's QDQ calls (ops of the vllm_qdq library run eagerly: outside a CUDA graph), as
         # spans per host thread, nested or overlapping calls merged into one (no time counted
         # twice), and the launch calls made inside them (on the same thread)
+        def seg_of(t: float) -> dict:  # the segment of a record starting at t: after as many marks
+            return segs[bisect.bisect_right(cuts, t)]
+
         spans: dict[int, list[list[float]]] = {}
         for e in sorted((e for e in events if e.device_type == cpu and e.name.startswith(QDQ_OP_PREFIX)),
                         key=lambda e: e.time_range.start):
             a = e.time_range.start
             b = a + e.time_range.elapsed_us()
+            seg_of(a)["qdq_calls"] += 1
             got = spans.setdefault(getattr(e, "thread", 0), [])
             if got and a <= got[-1][1]:
                 got[-1][1] = max(got[-1][1], b)
@@ -465,13 +469,11 @@ class StepTimer:
 
         for got in spans.values():
             for a, b in got:
-                segs[sum(a >= c for c in cuts)]["qdq_host_us"] += b - a
+                seg_of(a)["qdq_host_us"] += b - a
         for e in events:
-            seg = segs[sum(e.time_range.start >= c for c in cuts)]
-            if e.device_type == cpu:  # the host: its launch calls, and its QDQ calls
-                if e.name.startswith(QDQ_OP_PREFIX):
-                    seg["qdq_calls"] += 1
-                elif "Launch" in e.name and e.name.startswith("cu"):
+            seg = seg_of(e.time_range.start)
+            if e.device_type == cpu:  # the host: its launch calls (QDQ's own calls are counted above)
+                if "Launch" in e.name and e.name.startswith("cu"):
                     seg["launches"] += 1
                     seg["qdq_launches"] += in_qdq(e)
                 continue
@@ -1092,17 +1094,14 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                        "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
                        "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)}
             po, pq = prof.get(("off", shape), {}), prof.get((q, shape), {})
-            if shape != "decode":  # prefill-heavy: the profile of one whole timed batch
-                if po.get("prefill_us") and pq.get("prefill_us"):
-                    dev.update(kernel_ratio=po["prefill_us"] / pq["prefill_us"], off_kernel_us=po["prefill_us"],
-                               on_kernel_us=pq["prefill_us"], off_launches=po.get("prefill_launches"),
-                               on_launches=pq.get("prefill_launches"))
-                    if step and q != "kv":  # the figure prefill rows are judged on (JUDGED_ON): batch_bound
-                        dev.update(batch_bound(po, pq, 1e6 * min(r["off"]["seconds"] for r in got), q == "aa"))
-            elif po.get("us_per_step") and pq.get("us_per_step"):  # reported, never judged
-                dev.update(kernel_ratio=po["us_per_step"] / pq["us_per_step"],
-                           off_kernel_us=po["us_per_step"], on_kernel_us=pq["us_per_step"],
-                           off_launches=po.get("launches_per_step"), on_launches=pq.get("launches_per_step"))
+            # the kernel column (reported, never judged): decode, per step; prefill-heavy, one whole timed batch
+            us_key, n_key = ("us_per_step", "launches_per_step") if shape == "decode" else ("prefill_us",
+                                                                                          "prefill_launches")
+            if po.get(us_key) and pq.get(us_key):
+                dev.update(kernel_ratio=po[us_key] / pq[us_key], off_kernel_us=po[us_key], on_kernel_us=pq[us_key],
+                           off_launches=po.get(n_key), on_launches=pq.get(n_key))
+                if step and shape != "decode" and q != "kv":  # what prefill rows are judged on (JUDGED_ON)
+                    dev.update(batch_bound(po, pq, 1e6 * min(r["off"]["seconds"] for r in got), q == "aa"))
             if po or pq:
                 dev["profile"] = {"off": po, q: pq}
             if step and shape == "decode" and "kernel_ratio" in dev:  # the figure decode rows are judged on (JUDGED_ON)

@@ -37,8 +37,9 @@ def main() -> int:
                     help="largest part (default: 64 MiB less the tracked files, less 3)")
     a = ap.parse_args()
     if a.limit_mib is None:
-        a.limit_mib = int(64 - tracked_mib() - 3)
-        print(f"parts of at most {a.limit_mib} MiB (tracked files {tracked_mib():.1f} MiB)")
+        tree = tracked_mib()
+        a.limit_mib = int(64 - tree - 3)
+        print(f"parts of at most {a.limit_mib} MiB (tracked files {tree:.1f} MiB)")
     src, dst = a.src.resolve(), a.dst.resolve()
     if src == dst or src in dst.parents or dst in src.parents:
         raise SystemExit(f"recut-gpu-stage: {a.dst} overlaps {a.src}; the re-cut goes to a folder of its own")
