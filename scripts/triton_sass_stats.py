@@ -140,6 +140,8 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
     ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
+    ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS there "
+                    "(<recipe>.<layout>.<kernel>.sass)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
                     "attention kernel's loop instead of the QDQ recipes")
     args = ap.parse_args()
@@ -190,7 +192,11 @@ def main() -> int:
                                     1 if stoch else None)
             triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
             for name, cx, opts, kernel in ctc.COMPILED:
-                c = sass_counts(*disassemble(kernel, tool_dir))
+                sass, regs = disassemble(kernel, tool_dir)
+                if args.dump:
+                    Path(args.dump).mkdir(parents=True, exist_ok=True)
+                    (Path(args.dump) / f"{recipe}.{layout}.{name}.sass".replace("/", "_")).write_text(sass)
+                c = sass_counts(sass, regs)
                 tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
                 per_thread = tile / (32 * opts["num_warps"])
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "

@@ -413,3 +413,103 @@ def test_two_pass_paths_agree(tq, name: str, opts: dict, path: str, monkeypatch)
     for xi in (x, x[2:], x.abs()[5:7] * 1e-3):
         assert_same_bits(quantize_dequantize(xi, name, backend="triton", **opts),
                          quantize_dequantize(xi, name, backend="reference", **opts))
+
+
+#: The float64 recipes (scale amax / qmax, not a power of two, not fp32 math): FP8 per-tensor,
+#: per-channel, per-group128 and INT8 run in fp32 for 16-bit tensors (``_scaled_qdq_narrow``).
+F64_RECIPES = ["fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
+               "int8_per_channel"]
+
+
+def _narrow_pairs(dtype: torch.dtype, a_ranges, rel: float, a_pick=None):
+    """``(x, amax)`` fp32 pairs: every ``amax`` of ``dtype`` in ``a_ranges`` (``a_pick`` may thin
+    them), each with every ``dtype`` value ``x`` of ``amax * rel <= |x| <= amax``, both signs, and
+    signed zeros."""
+    v = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype).double()
+    v = v[torch.isfinite(v)]
+    a_all = torch.cat([v[(v >= lo) & (v < hi)] for lo, hi in a_ranges])
+    if a_pick is not None:
+        a_all = a_pick(a_all)
+    xs, amaxes = [], []
+    for a in a_all.tolist():
+        x = v[(v <= a) & (v >= a * rel)]
+        x = torch.cat([x, -x, torch.tensor([0.0, -0.0], dtype=torch.float64)])
+        xs.append(x)
+        amaxes.append(torch.full_like(x, a))
+    return torch.cat(xs).float(), torch.cat(amaxes).float()
+
+
+def _fp16_amax_sample(a: torch.Tensor) -> torch.Tensor:
+    """fp16 maxima in [1, 2) whose significand a factor of 7 or 127 divides (448 = 7 * 64 and
+    127: the exact-quotient cases), and 32 others."""
+    m = (a * 1024).long()
+    special = (m % 7 == 0) | (m % 127 == 0)
+    g = torch.Generator().manual_seed(11)
+    rest = a[~special][torch.randperm(int((~special).sum()), generator=g)[:32]]
+    return torch.cat([a[special], rest])
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_channel"])
+def test_narrow_form_equals_float64_form(tq, name: str) -> None:
+    """The fp32 form of a float64 recipe (``_scaled_qdq_narrow``: ``x * qmax / amax`` and ``q *
+    amax / qmax`` as faithful fp32 quotients, INT8's ``|x| = amax / 2`` from the float64 order)
+    gives the float64 form's bits (``_scaled_qdq_f64``, the reference's order) after the 16-bit
+    output cast: every bf16 ``amax`` of three binades (1, 2**-32 and 2**99: the ends of the range
+    the form is taken for) against every bf16 ``x`` with ``amax * 2**-40 <= |x| <= amax``, signed
+    zeros; fp16 ``amax`` in [1, 2) (those a factor of 7 or 127 divides, and 32 more) against every
+    fp16 ``x`` up to it. ``QDQ_EXHAUSTIVE=1``: every bf16 ``amax`` in [2**-32, 2**100] (x down to
+    ``amax * 2**-45``) and every fp16 ``amax`` in [1, 2), below 2**-14 and above 2**15 (2026-12-04,
+    FP8 per-channel and INT8: 0 of 194.7M bf16 and 97.5M fp16 pairs differ). Scaling ``x`` and
+    ``amax`` by a power of two changes no operation's rounding inside that range, which is why
+    three binades stand for it in the quick run."""
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    spec = FORMATS[name]
+    full = os.environ.get("QDQ_EXHAUSTIVE") == "1"
+    if full:
+        cases = [(torch.bfloat16, [(2.0**-32, 2.0**100 * 1.001)], 2.0**-45, None),
+                 (torch.float16, [(1, 2), (0, 2.0**-14), (2.0**15, 7e4)], 0.0, None)]
+    else:
+        cases = [(torch.bfloat16, [(1, 2), (2.0**-32, 2.0**-31), (2.0**99, 2.0**100 * 1.001)], 2.0**-40, None),
+                 (torch.float16, [(1, 2)], 0.0, _fp16_amax_sample)]
+    for dtype, ranges, rel, pick in cases:
+        x, amax = _narrow_pairs(dtype, ranges, rel, pick)
+        n = x.numel()
+        fast, slow = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+        block = 1 << 20
+        k.scaled_paths_kernel[(-(-n // block),)](x, amax, fast, slow, n, SPEC=spec, BLOCK=block)
+        diff = (fast.view(torch.int16) != slow.view(torch.int16)).nonzero().flatten()
+        where = [(x[i].item(), amax[i].item(), fast[i].item(), slow[i].item()) for i in diff[:4].tolist()]
+        assert diff.numel() == 0, f"{dtype}: {diff.numel()} of {n} differ, (x, amax, fp32 form, float64 form): {where}"
+        if not full:
+            assert n > 3_000_000
+
+
+@pytest.mark.parametrize("name", F64_RECIPES)
+def test_narrow_form_taken_where_it_applies(tq, name: str, monkeypatch) -> None:
+    """16-bit tensors take the fp32 form of the float64 recipes, tile by tile where every group's
+    amax is 0 or in [2**-32, 2**100]; other tiles, fp32 tensors and rotated ones keep the float64
+    form. Shown with the float64 form replaced by NaN: the kernels then match the reference
+    exactly where the fp32 form ran and give NaN where the float64 form did."""
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    monkeypatch.setattr(tq, "_scaled_qdq_f64", k.nan_qdq_f64)
+    spec = FORMATS[name]
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = (torch.randn(16, 512, generator=g) * 3).to(dtype)
+        x[3] = 0.0
+        assert_same_bits(tq.qdq(x, spec), qdq_reference(x, spec))
+    x = (torch.randn(16, 512, generator=g) * 3).float()
+    assert tq.qdq(x, spec).isnan().all()  # fp32 in: the float64 form
+    x = (torch.randn(64, 512, generator=g) * 3).to(torch.bfloat16)
+    if spec.granularity.value == "tensor":
+        assert tq.qdq(x * 2.0**-40, spec).isnan().all()  # tensor amax under 2**-32: the float64 form
+        return
+    x[5] *= 2.0**-40  # a row (and its groups) under 2**-32: its tile takes the float64 form
+    y = tq.qdq(x, spec)
+    fine = ~y.isnan()
+    assert not fine[5].any() and fine.sum() >= x.numel() // 2  # the other tiles: the fp32 form
+    assert_same_bits(y[fine], qdq_reference(x, spec)[fine])

@@ -30,3 +30,23 @@ def div_f32_kernel(a_ptr, b_ptr, q_ptr, n, BLOCK: tl.constexpr):
     a = tl.load(a_ptr + i, mask=m, other=0.0)
     b = tl.load(b_ptr + i, mask=m, other=1.0)
     tl.store(q_ptr + i, TQ._div_rn(a, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b)), mask=m)
+
+
+@triton.jit
+def scaled_paths_kernel(x_ptr, amax_ptr, fast_ptr, slow_ptr, n, SPEC: tl.constexpr, BLOCK: tl.constexpr):
+    """Both forms of a float64 recipe's QDQ, element by element with each element's own group
+    ``amax`` (fp32 inputs holding 16-bit values): ``fast`` = ``_scaled_qdq_narrow`` (the fp32 form),
+    ``slow`` = ``_scaled_qdq_f64`` (the reference's float64 order), each cast to the output dtype."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    x = tl.load(x_ptr + i, mask=m, other=0.0)
+    amax = tl.load(amax_ptr + i, mask=m, other=1.0)
+    s = TQ._scaled_scale(amax, SPEC)
+    tl.store(fast_ptr + i, TQ._to_out(TQ._scaled_qdq_narrow(x, amax, s, SPEC), fast_ptr.dtype.element_ty), mask=m)
+    tl.store(slow_ptr + i, TQ._to_out(TQ._scaled_qdq_f64(x, s, SPEC), slow_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def nan_qdq_f64(x, s, SPEC: tl.constexpr):
+    """A stand-in for ``_scaled_qdq_f64`` that marks where it ran: NaN everywhere."""
+    return tl.full(x.shape, float("nan"), tl.float32) + 0.0 * x

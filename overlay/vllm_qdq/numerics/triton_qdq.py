@@ -143,6 +143,9 @@ _INTERPRETED = None if tl is None else tl.constexpr(interpreting())
 #: Element encoding of the NVFP4 block scales.
 _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 
+#: Input and output dtypes with which the float64 recipes run in fp32 (:func:`_scaled_qdq_narrow`).
+_NARROW_DTYPES = (torch.bfloat16, torch.float16)
+
 #: Per-row recipes keep a whole row in one tile up to this many elements.
 _ROW_SINGLE_MAX = 8192
 
@@ -406,15 +409,13 @@ if triton is not None:
         such a case.) No overflow here (``|a / b|`` is at most the element's max). The second
         remainder is exact while it stays normal: for quotients of at least 2**-60 (``b`` at
         least the per-token scale floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
-        the element grid (from 2**-9) rounds it to that zero either way. A zero remainder keeps
-        the quotient, so ``a = -0`` gives ``-0``. Five multiply-adds instead of a division
-        (test: ``test_div_rn_f32_is_division``)."""
-        nb = 0.0 - b  # the remainders as fma(q, -b, a)
+        the element grid (from 2**-9) rounds it to that zero either way. Each remainder is taken
+        as ``q * b - a`` and subtracted (:func:`_div_faithful`), so ``a = -0`` gives ``-0`` with no
+        compare (until 2026-12-04 a select on a zero remainder did). Five multiply-adds instead of
+        a division (test: ``test_div_rn_f32_is_division``)."""
         q = a * rb
-        r = tl.fma(q, nb, a)
-        q = tl.where(r == 0, q, tl.fma(r, rb, q))
-        r = tl.fma(q, nb, a)
-        return tl.where(r == 0, q, tl.fma(r, rb, q))
+        q = tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)  # as in _div_faithful: the sign of -0 kept
+        return tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)
 
     @triton.jit
     def _recip2_f64(b):
@@ -444,8 +445,63 @@ if triton is not None:
         return tl.where(x == 0, a, tl.fma(r, rb, q))
 
     @triton.jit
-    def _scaled_qdq(x, s, SPEC: tl.constexpr):
-        """QDQ of fp32 ``x`` with a float64 group scale ``s`` broadcast to it (fp32 result)."""
+    def _div_faithful(a, b, rb):
+        """``a / b`` within an ulp in fp32 (faithful), exact when the quotient is an fp32 number,
+        with ``a``'s sign (zeros too), ``b > 0``, ``rb = RN(1 / b)``: ``q0 = RN(a * rb)`` (within
+        1.5 ulp) and one correction ``RN(q0 - RN(q0 * b - a) * rb)`` (the first half of
+        :func:`_div_rn`). Where the quotient is representable, ``q0 + (v - q0)(1 + e)``, ``|e| <=
+        2**-24``, rounds to ``v`` itself. The remainder is taken as ``q0 * b - a`` and subtracted:
+        for ``a = -0`` it is ``+0``, and ``-0 + (-0) * rb`` stays ``-0`` (the other way round
+        gives ``+0 + -0 = +0``). Three multiply-adds (the sign flips are operand modifiers)."""
+        q = a * rb
+        return tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)  # * -1.0: a sign flip (0.0 - r would give +0)
+
+    @triton.jit
+    def _all_true(ok):
+        """Every element of the boolean tile ``ok`` is true (a scalar: one reduction per tile)."""
+        return tl.reduce(tl.reshape(ok.to(tl.int32), [ok.numel]), 0, tl.standard._elementwise_min) != 0
+
+    @triton.jit
+    def _scaled_qdq_narrow(x, amax, s, SPEC: tl.constexpr):
+        """The float64 recipes' QDQ in fp32 alone, for 16-bit inputs and outputs (``NARROW``): the
+        same bits as :func:`_scaled_qdq_f64`, for groups whose ``amax`` is 0 or within
+        [2**-32, 2**100] (:func:`_scaled_qdq` checks; the module docstring has the argument).
+        ``x``, ``amax`` fp32 (``amax`` broadcast to ``x``), ``s`` the float64 scale (INT8 ties)."""
+        QMAX: tl.constexpr = SPEC.elem.max_normal
+        a = tl.where(amax > 0, amax, 1.0)
+        ra = tl.div_rn(tl.full(a.shape, 1.0, tl.float32), a)  # once per group
+        v = _div_faithful(x * QMAX, a, ra)  # x * QMAX exact: at most 18 significant bits
+        if SPEC.elem.is_int:  # |x| = amax / 2: the float64 quotient can sit an ulp off the tie
+            half = a * 0.5
+            sd = tl.where(s > 0, s, 1.0)
+            rb, rb_lo = _recip2_f64(sd)  # once per group
+            qt = _round_int_f64(_div_rn_f64(half, sd, rb, rb_lo), _cx(SPEC.elem)).to(tl.float32)
+            # on the integer grid already, so the rounding below keeps it; v carries x's sign
+            qt = (qt.to(tl.int32, bitcast=True) | (v.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32,
+                                                                                                   bitcast=True)
+            v = tl.where(tl.abs(x) == half, qt, v)
+        q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
+        qmax = tl.full(a.shape, QMAX, tl.float32)
+        return _div_faithful(q * a, qmax, tl.div_rn(tl.full(a.shape, 1.0, tl.float32), qmax))  # q * a exact
+
+    @triton.jit
+    def _scaled_qdq_f64(x, s, SPEC: tl.constexpr):
+        """The float64 recipes' QDQ as the reference orders it (see the module docstring)."""
+        sd = tl.where(s > 0, s, 1.0)
+        rb, rb_lo = _recip2_f64(sd)  # once per group
+        v = _div_rn_f64(x, sd, rb, rb_lo)
+        if SPEC.elem.is_int:
+            q = _round_int_f64(v, _cx(SPEC.elem))
+        else:
+            q = round_elem_f32(v.to(tl.float32), SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits,
+                               SPEC.elem.is_int).to(tl.float64)
+        return (q * s).to(tl.float32)
+
+    @triton.jit
+    def _scaled_qdq(x, s, amax, SPEC: tl.constexpr, NARROW: tl.constexpr):
+        """QDQ of fp32 ``x`` with a float64 group scale ``s`` and the group's fp32 ``amax``, both
+        broadcast to it (fp32 result). ``NARROW``: ``x`` came from a 16-bit tensor and goes to
+        one (no rotation): a tile whose every group qualifies takes :func:`_scaled_qdq_narrow`."""
         if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
             # s = 2**c, c in [-100, 119] (ue8m0: [-42, 119]): x * 2**-c and q * 2**c are exact in fp32
             s32 = s.to(tl.float32)
@@ -459,15 +515,13 @@ if triton is not None:
             v = _div_rn(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
-        else:
-            sd = tl.where(s > 0, s, 1.0)
-            rb, rb_lo = _recip2_f64(sd)  # once per group
-            v = _div_rn_f64(x, sd, rb, rb_lo)
-            if SPEC.elem.is_int:
-                q = _round_int_f64(v, _cx(SPEC.elem))
+        elif NARROW:
+            if _all_true((amax == 0) | ((amax >= 2.0**-32) & (amax <= 2.0**100))):
+                y = _scaled_qdq_narrow(x, amax, s, SPEC)
             else:
-                q = round_elem_f32(v.to(tl.float32), SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int).to(tl.float64)
-            y = (q * s).to(tl.float32)
+                y = _scaled_qdq_f64(x, s, SPEC)
+        else:
+            y = _scaled_qdq_f64(x, s, SPEC)
         return y
 
     @triton.jit
@@ -592,7 +646,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr,
+        N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -641,7 +695,7 @@ if triton is not None:
             else:
                 amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
-            y = _scaled_qdq(x, s, SPEC)
+            y = _scaled_qdq(x, s, tl.full([1, 1, 1], 0.0, tl.float32) + amax, SPEC, NARROW)  # tl.full: a builtin
         else:
             amax, bad = _stats_of_bits(_group_max_bits(x, 2))
             bad = bad[:, :, None]
@@ -668,7 +722,7 @@ if triton is not None:
                     y = tl.where(use4[:, :, None], y4, y)
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
-                y = _scaled_qdq(x, s, SPEC)
+                y = _scaled_qdq(x, s, amax[:, :, None], SPEC, NARROW)
         y = tl.where(bad, _nan_like(y), y)
         if ROT_TILE:
             y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
@@ -696,7 +750,7 @@ if triton is not None:
         sy_outer, sy_inner, sy_k,
         # meta
         SPEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
-        FLAT: tl.constexpr,
+        FLAT: tl.constexpr, NARROW: tl.constexpr,
     ):
         """QDQ of BLOCK_R whole rows with one scale per row (SCALED per-token / per-channel)."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, BLOCK_K, BLOCK_R, BLOCK_K, False)
@@ -708,7 +762,7 @@ if triton is not None:
             mask = rmask & (c < K)[None, :]
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
             amax, bad = _stats_of_bits(_group_max_bits(x, 1))
-            y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], SPEC)
+            y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], amax[:, None], SPEC, NARROW)
             y = tl.where(bad[:, None], _nan_like(y), y)
             tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
         else:
@@ -720,12 +774,13 @@ if triton is not None:
                 m = tl.maximum(m, _group_max_bits(_to_f32(x), 1))
             amax, bad = _stats_of_bits(m)
             s = _scaled_scale(amax, SPEC)[:, None]
+            amax = amax[:, None]
             bad = bad[:, None]
             for k0 in range(0, K, BLOCK_K):
                 cols = k0 + c
                 mask = rmask & (cols < K)[None, :]
                 x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                y = _scaled_qdq(_to_f32(x), s, SPEC)
+                y = _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW)
                 y = tl.where(bad, _nan_like(y), y)
                 tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
                          mask=mask)
@@ -895,6 +950,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     nvfp4 = spec.family is Family.NVFP4
     two_pass = per_tensor or (nvfp4 and global_amax is None)
     flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
+    # 16-bit in and out, unrotated: the float64 recipes may take their fp32 form (_scaled_qdq_narrow)
+    narrow = x.dtype in _NARROW_DTYPES and y.dtype in _NARROW_DTYPES and (ex is None or ex.rot is None)
     if not _tiles_arch and x.is_cuda:
         use_tiles_for(x.device)
     tile = tuple(TILE_CONFIG[kernel_class(spec)])
@@ -902,9 +959,10 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         block_r, consts = _plan(spec, rule, r.k, 1, False, False, False, tile, tile)
         grid = (_cdiv(r.n_rows, block_r),)
         args = (x, y, r.n_rows, r.inner_rows, r.k, *r.strides_x, *r.strides_y)
-        k = _qdq_row_kernel[grid](*args, FLAT=flat, **consts)
+        consts = {"FLAT": flat, "NARROW": narrow, **consts}
+        k = _qdq_row_kernel[grid](*args, **consts)
         if rec is not None:
-            rec.append((_qdq_row_kernel, grid, args, {"FLAT": flat, **consts}, k, None))
+            rec.append((_qdq_row_kernel, grid, args, consts, k, None))
         return
     rot_b = ex.rot.block if ex.rot is not None else 1
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
@@ -941,7 +999,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
     args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
-    consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, **consts}
+    consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
+              **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
