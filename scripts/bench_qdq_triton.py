@@ -19,7 +19,8 @@ first: per-tensor recipes, NVFP4 without a given amax); graph replay per call <=
 (one-pass) or <= 2 x copy (two-pass); eager per call <= graph + 8 us.
 
 Then the two-pass recipes' ratio by ``ATOMIC_SLOTS`` (the pairs the amax pass's atomics are
-spread over; :data:`SLOT_SWEEP`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form against their float64
+form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -119,6 +120,38 @@ def bench_slots() -> None:
             for n in SLOT_SWEEP:
                 ms = kernel_ms_with(triton_qdq, "ATOMIC_SLOTS", n, lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
                 line += f" {copy / ms:16.2f}"
+        print(line, flush=True)
+
+
+#: the float64 recipes, whose fp32 form for 16-bit tensors ``triton_qdq.NARROW_F64`` switches
+F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
+               "int8_per_channel")
+
+
+def bench_narrow() -> None:
+    """Kernel / copy ratio of the float64 recipes in their fp32 form (``NARROW_F64`` on, the
+    default since 2026-12-04) and in the float64 form (off), at both sizes, interleaved on, off,
+    on, off per size (the medians of two each side by side)."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    if not hasattr(triton_qdq, "NARROW_F64"):  # an older tree
+        return
+    print("\nfloat64 recipes, bf16: copy time / kernel time with the fp32 form (NARROW_F64 on) and the float64 "
+          "form (off), best of two interleaved runs each")
+    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} {w}':>16s}" for r, c in SIZES for w in ("fp32", "float64")))
+    for fmt in F64_RECIPES:
+        spec = FORMATS[fmt]
+        line = f"{fmt:30s}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            y = torch.empty_like(x)
+            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
+            t = {True: [], False: []}
+            for on in (True, False, True, False):
+                t[on].append(kernel_ms_with(triton_qdq, "NARROW_F64", on,
+                                            lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+            line += f" {copy / min(t[True]):16.2f} {copy / min(t[False]):16.2f}"
         print(line, flush=True)
 
 
@@ -253,6 +286,7 @@ def main() -> int:
         print(line, flush=True)
 
     bench_slots()
+    bench_narrow()
     if not args.no_options:
         bench_options(failures)
     return _report(failures, args.check)

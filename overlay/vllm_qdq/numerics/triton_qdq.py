@@ -82,6 +82,21 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   elements, rounded in float64 for INT8; ``y = fp32(q * s)`` in float64, then the output
   cast, as torch's float64 -> bf16/fp16 cast goes through fp32. A group with ``s == 0`` (all
   zeros) keeps its signed zeros. Per-tensor recipes take ``amax`` and ``bad`` from the amax pass.
+* SCALED float64 recipes in fp32 (``NARROW``: bf16/fp16 in and out, unrotated; groups with
+  ``amax`` 0 or in [2**-32, 2**100], a tile with any other group is redone in the float64 form):
+  ``v = x * qmax / amax`` and ``y = q * amax / qmax`` as faithful fp32 quotients (one correction,
+  :func:`_div_faithful`), the same bits. Why: ``x`` and ``amax`` have at most 11 significant bits
+  and ``qmax``'s odd part (7 for 448 and 57344, 127) at most 7, so ``x * qmax`` and ``q * amax``
+  are exact and the ideal quotients are either dyadic with at most 18 significant bits (fp32
+  numbers: the float64 detour, whose two roundings move them by at most ~2**-52 relative, lands
+  back on them, and the faithful quotient is exact) or have an odd denominator of at most 2047,
+  which keeps them at least ~2**-36 relative away from every fp32 midpoint (so RN32 of the float64
+  value is RN32 of the ideal) and from every element-grid midpoint (so a faithful ``v`` rounds as
+  RN32(v) does), and ``y``'s at least ~2**-18 relative from every 16-bit midpoint (so the faithful
+  ``y`` casts as RN32(y) does). FP8 rounds the fp32 quotient, which absorbs the float64 detour;
+  INT8 rounds the float64 quotient itself, which for 16-bit inputs can be an exact half-integer
+  only at ``|x| = amax / 2`` (127 is prime): that element takes the float64 form's value, worked
+  out once per group. Checked exhaustively (``test_narrow_form_equals_float64_form``).
 * Store: fp32 -> output dtype, RNE (the hardware conversion; in the interpreter, whose bf16
   cast truncates, bf16 by integer rounding of the fp32 bits).
 
@@ -143,8 +158,18 @@ _INTERPRETED = None if tl is None else tl.constexpr(interpreting())
 #: Element encoding of the NVFP4 block scales.
 _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 
-#: Input and output dtypes with which the float64 recipes run in fp32 (:func:`_scaled_qdq_narrow`).
+#: The float64 recipes (FP8 per-tensor, per-channel, per-group128, INT8) run in fp32 for 16-bit
+#: tensors (:func:`_scaled_qdq_narrow`, bit for bit the float64 form's result; a tile with a group
+#: amax outside [2**-32, 2**100] is redone in the float64 form). False: the float64 form everywhere
+#: (what ``scripts/bench_qdq_triton.py`` compares it with). SASS for sm_90, bf16 4096 x 4096,
+#: instructions an element (float64-pipe ones) and registers: per-channel FP8 32.8 (10.2) / 64
+#: before, 28.8 (0) / 47 the fp32 form alone; per-group128 44.5 (12.6) / 52 -> 37.5 (0) / 40; INT8
+#: 30.5 (12.2) / 70 -> 33.0 (1.5) / 76; per-tensor 38.5 (11.3) / 46 -> 33.0 (0) / 32.
+NARROW_F64 = True
+#: Input and output dtypes of that fp32 form.
 _NARROW_DTYPES = (torch.bfloat16, torch.float16)
+#: Columns a per-row kernel's float64 redo handles at a time.
+_FIX_K = 256
 
 #: Per-row recipes keep a whole row in one tile up to this many elements.
 _ROW_SINGLE_MAX = 8192
@@ -457,15 +482,18 @@ if triton is not None:
         return tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)  # * -1.0: a sign flip (0.0 - r would give +0)
 
     @triton.jit
-    def _all_true(ok):
-        """Every element of the boolean tile ``ok`` is true (a scalar: one reduction per tile)."""
-        return tl.reduce(tl.reshape(ok.to(tl.int32), [ok.numel]), 0, tl.standard._elementwise_min) != 0
+    def _narrow_fallback(amax):
+        """Whether some group of the tile is outside the range of the fp32 form (``amax`` neither 0
+        nor in [2**-32, 2**100]; a NaN/Inf group's amax is FLT_MAX): a scalar, one reduction per
+        tile. Such a tile is done again in the float64 form (:func:`_rows_f64`, :func:`_tile_f64`)."""
+        out = (amax != 0) & ((amax < 2.0**-32) | (amax > 2.0**100))
+        return tl.reduce(tl.reshape(out.to(tl.int32), [out.numel]), 0, tl.standard._elementwise_max) != 0
 
     @triton.jit
     def _scaled_qdq_narrow(x, amax, s, SPEC: tl.constexpr):
         """The float64 recipes' QDQ in fp32 alone, for 16-bit inputs and outputs (``NARROW``): the
         same bits as :func:`_scaled_qdq_f64`, for groups whose ``amax`` is 0 or within
-        [2**-32, 2**100] (:func:`_scaled_qdq` checks; the module docstring has the argument).
+        [2**-32, 2**100] (:func:`_narrow_fallback` checks; the module docstring has the argument).
         ``x``, ``amax`` fp32 (``amax`` broadcast to ``x``), ``s`` the float64 scale (INT8 ties)."""
         QMAX: tl.constexpr = SPEC.elem.max_normal
         a = tl.where(amax > 0, amax, 1.0)
@@ -500,8 +528,9 @@ if triton is not None:
     @triton.jit
     def _scaled_qdq(x, s, amax, SPEC: tl.constexpr, NARROW: tl.constexpr):
         """QDQ of fp32 ``x`` with a float64 group scale ``s`` and the group's fp32 ``amax``, both
-        broadcast to it (fp32 result). ``NARROW``: ``x`` came from a 16-bit tensor and goes to
-        one (no rotation): a tile whose every group qualifies takes :func:`_scaled_qdq_narrow`."""
+        broadcast to it (fp32 result). ``NARROW`` (a float64 recipe whose ``x`` came from a 16-bit
+        tensor and goes to one, unrotated): the fp32 form, :func:`_scaled_qdq_narrow`; the kernel
+        then redoes a tile that :func:`_narrow_fallback` names in the float64 form."""
         if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
             # s = 2**c, c in [-100, 119] (ue8m0: [-42, 119]): x * 2**-c and q * 2**c are exact in fp32
             s32 = s.to(tl.float32)
@@ -516,13 +545,44 @@ if triton is not None:
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
             y = q * s32
         elif NARROW:
-            if _all_true((amax == 0) | ((amax >= 2.0**-32) & (amax <= 2.0**100))):
-                y = _scaled_qdq_narrow(x, amax, s, SPEC)
-            else:
-                y = _scaled_qdq_f64(x, s, SPEC)
+            y = _scaled_qdq_narrow(x, amax, s, SPEC)
         else:
             y = _scaled_qdq_f64(x, s, SPEC)
         return y
+
+    @triton.jit
+    def _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC: tl.constexpr, CH: tl.constexpr):
+        """Whole rows in the float64 form, ``CH`` columns at a time, with each row's ``s`` and
+        ``bad`` given: the per-row recipes' tiles outside the fp32 form's range. Reloading in
+        small pieces keeps this rare path from raising the kernel's register count."""
+        c = tl.arange(0, CH).to(tl.int64)
+        for k0 in range(0, K, CH):
+            cols = k0 + c
+            mask = rmask & (cols < K)[None, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0))
+            y = tl.where(bad, _nan_like(x), _scaled_qdq_f64(x, s, SPEC))
+            tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _tile_f64(x_ptr, y_ptr, xr, yr, rows, n_rows, k0, K, sx_k, sy_k, s, bad, SPEC: tl.constexpr,
+                  GROUP: tl.constexpr, N_GROUPS: tl.constexpr):
+        """A block kernel's tile in the float64 form, one group column at a time: per-tensor
+        recipes with the tensor's ``s`` and ``bad``, block recipes each group's again (what
+        :func:`_rows_f64` is for the per-row recipes)."""
+        c = tl.arange(0, GROUP)
+        for g in range(0, N_GROUPS):
+            cols = (k0 + g * GROUP + c).to(tl.int64)
+            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0))
+            if SPEC.granularity.value == "tensor":
+                sg = s
+                bg = bad
+            else:
+                am, bd = _stats_of_bits(_group_max_bits(x, 1))
+                sg = _scaled_scale(am, SPEC)[:, None]
+                bg = bd[:, None]
+            y = tl.where(bg, _nan_like(x), _scaled_qdq_f64(x, sg, SPEC))
+            tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _row_offsets(rows, inner_rows, s_outer, s_inner, FLAT: tl.constexpr):
@@ -695,7 +755,9 @@ if triton is not None:
             else:
                 amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
-            y = _scaled_qdq(x, s, tl.full([1, 1, 1], 0.0, tl.float32) + amax, SPEC, NARROW)  # tl.full: a builtin
+            y = _scaled_qdq(x, s, amax, SPEC, NARROW)
+            if NARROW:
+                fallback = _narrow_fallback(tl.full([1], 0.0, tl.float32) + amax)  # tl.full: a builtin
         else:
             amax, bad = _stats_of_bits(_group_max_bits(x, 2))
             bad = bad[:, :, None]
@@ -723,6 +785,8 @@ if triton is not None:
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
                 y = _scaled_qdq(x, s, amax[:, :, None], SPEC, NARROW)
+                if NARROW:
+                    fallback = _narrow_fallback(amax)
         y = tl.where(bad, _nan_like(y), y)
         if ROT_TILE:
             y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
@@ -738,6 +802,10 @@ if triton is not None:
                 y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
             tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
                      _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+        if NARROW:  # a group outside the fp32 form's range: the tile again, in the float64 form
+            if fallback:
+                tl.debug_barrier()  # every thread's store above lands first
+                _tile_f64(x_ptr, y_ptr, xr, yr, rows, n_rows, k0, K, sx_k, sy_k, s, bad, SPEC, GROUP, N_GROUPS)
 
     @triton.jit
     def _qdq_row_kernel(
@@ -750,7 +818,7 @@ if triton is not None:
         sy_outer, sy_inner, sy_k,
         # meta
         SPEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
-        FLAT: tl.constexpr, NARROW: tl.constexpr,
+        FLAT: tl.constexpr, NARROW: tl.constexpr, FIX_K: tl.constexpr,
     ):
         """QDQ of BLOCK_R whole rows with one scale per row (SCALED per-token / per-channel)."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, BLOCK_K, BLOCK_R, BLOCK_K, False)
@@ -762,9 +830,14 @@ if triton is not None:
             mask = rmask & (c < K)[None, :]
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
             amax, bad = _stats_of_bits(_group_max_bits(x, 1))
-            y = _scaled_qdq(x, _scaled_scale(amax, SPEC)[:, None], amax[:, None], SPEC, NARROW)
+            s = _scaled_scale(amax, SPEC)[:, None]
+            y = _scaled_qdq(x, s, amax[:, None], SPEC, NARROW)
             y = tl.where(bad[:, None], _nan_like(y), y)
             tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+            if NARROW:  # a row outside the fp32 form's range: the rows again, in the float64 form
+                if _narrow_fallback(amax):
+                    tl.debug_barrier()  # every thread's store above lands first
+                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad[:, None], K, sx_k, sy_k, SPEC, FIX_K)
         else:
             m = tl.full([BLOCK_R], 0, tl.int32)
             for k0 in range(0, K, BLOCK_K):
@@ -776,14 +849,26 @@ if triton is not None:
             s = _scaled_scale(amax, SPEC)[:, None]
             amax = amax[:, None]
             bad = bad[:, None]
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + c
-                mask = rmask & (cols < K)[None, :]
-                x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                y = _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW)
-                y = tl.where(bad, _nan_like(y), y)
-                tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
-                         mask=mask)
+            if NARROW:
+                if _narrow_fallback(amax):
+                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC, BLOCK_K)
+                else:
+                    for k0 in range(0, K, BLOCK_K):
+                        cols = k0 + c
+                        mask = rmask & (cols < K)[None, :]
+                        x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+                        y = tl.where(bad, _nan_like(x), _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW))
+                        tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
+                                 mask=mask)
+            else:
+                for k0 in range(0, K, BLOCK_K):
+                    cols = k0 + c
+                    mask = rmask & (cols < K)[None, :]
+                    x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+                    y = _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW)
+                    y = tl.where(bad, _nan_like(y), y)
+                    tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
+                             mask=mask)
 
 
 # ============================================================================ launcher
@@ -913,7 +998,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
-                         "num_warps": warps, "enable_fp_fusion": False}
+                         "FIX_K": min(block_k, _FIX_K), "num_warps": warps, "enable_fp_fusion": False}
     rot_tile = rot_tile and rot_block > 1
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
@@ -951,7 +1036,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     two_pass = per_tensor or (nvfp4 and global_amax is None)
     flat = r.inner_rows == r.n_rows  # one outer group: row offsets are rows * stride
     # 16-bit in and out, unrotated: the float64 recipes may take their fp32 form (_scaled_qdq_narrow)
-    narrow = x.dtype in _NARROW_DTYPES and y.dtype in _NARROW_DTYPES and (ex is None or ex.rot is None)
+    narrow = (NARROW_F64 and x.dtype in _NARROW_DTYPES and y.dtype in _NARROW_DTYPES and ex.rot is None
+              and kernel_class(spec) in ("scaled_fp64", "row_fp64"))
     if not _tiles_arch and x.is_cuda:
         use_tiles_for(x.device)
     tile = tuple(TILE_CONFIG[kernel_class(spec)])
