@@ -18,6 +18,7 @@ from vllm_qdq.numerics.reference import qdq_reference
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
+from tests.support.narrow_pairs import fp16_amax_sample, narrow_pairs
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CASES = [
@@ -421,34 +422,6 @@ F64_RECIPES = ["fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_grou
                "int8_per_channel"]
 
 
-def _narrow_pairs(dtype: torch.dtype, a_ranges, rel: float, a_pick=None):
-    """``(x, amax)`` fp32 pairs: every ``amax`` of ``dtype`` in ``a_ranges`` (``a_pick`` may thin
-    them), each with every ``dtype`` value ``x`` of ``amax * rel <= |x| <= amax``, both signs, and
-    signed zeros."""
-    v = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype).double()
-    v = v[torch.isfinite(v)]
-    a_all = torch.cat([v[(v >= lo) & (v < hi)] for lo, hi in a_ranges])
-    if a_pick is not None:
-        a_all = a_pick(a_all)
-    xs, amaxes = [], []
-    for a in a_all.tolist():
-        x = v[(v <= a) & (v >= a * rel)]
-        x = torch.cat([x, -x, torch.tensor([0.0, -0.0], dtype=torch.float64)])
-        xs.append(x)
-        amaxes.append(torch.full_like(x, a))
-    return torch.cat(xs).float(), torch.cat(amaxes).float()
-
-
-def _fp16_amax_sample(a: torch.Tensor) -> torch.Tensor:
-    """fp16 maxima in [1, 2) whose significand a factor of 7 or 127 divides (448 = 7 * 64 and
-    127: the exact-quotient cases), and 32 others."""
-    m = (a * 1024).long()
-    special = (m % 7 == 0) | (m % 127 == 0)
-    g = torch.Generator().manual_seed(11)
-    rest = a[~special][torch.randperm(int((~special).sum()), generator=g)[:32]]
-    return torch.cat([a[special], rest])
-
-
 @pytest.mark.parametrize("name", ["fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_channel"])
 def test_narrow_form_equals_float64_form(tq, name: str) -> None:
     """The fp32 form of a float64 recipe (``_scaled_qdq_narrow``: ``x * qmax / amax`` and ``q *
@@ -472,9 +445,9 @@ def test_narrow_form_equals_float64_form(tq, name: str) -> None:
                  (torch.float16, [(1, 2), (0, 2.0**-14), (2.0**15, 7e4)], 0.0, None)]
     else:
         cases = [(torch.bfloat16, [(1, 2), (2.0**-32, 2.0**-31), (2.0**99, 2.0**100 * 1.001)], 2.0**-40, None),
-                 (torch.float16, [(1, 2)], 0.0, _fp16_amax_sample)]
+                 (torch.float16, [(1, 2)], 0.0, fp16_amax_sample)]
     for dtype, ranges, rel, pick in cases:
-        x, amax = _narrow_pairs(dtype, ranges, rel, pick)
+        x, amax = narrow_pairs(dtype, ranges, rel, pick)
         n = x.numel()
         fast, slow = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
         block = 1 << 20

@@ -211,3 +211,59 @@ def test_div_rn_f32_is_division() -> None:
     big = ref.abs() >= 2.0**-60
     assert_same_bits(q[big], ref[big])
     assert bool((q[~big].abs() < 2.0**-59).all()) and torch.equal(torch.signbit(q[~big]), torch.signbit(ref[~big]))
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3_per_channel", "int8_per_channel"])  # per-group128, per-tensor: the
+def test_narrow_form_equals_float64_form(name: str) -> None:  # same element and qmax as per-channel
+    """The float64 recipes' fp32 form (``_scaled_qdq_narrow``) gives the float64 form's bits after
+    the 16-bit cast on the GPU's own FMA and conversions: every bf16 ``amax`` in [2**-32, 2**100]
+    against every bf16 ``x`` with ``amax * 2**-45 <= |x| <= amax`` (~195M pairs), every fp16
+    ``amax`` in [1, 2), below 2**-14 and above 2**15 against every fp16 ``x`` up to it (the
+    interpreter's ``QDQ_EXHAUSTIVE=1`` run, here by default)."""
+    from vllm_qdq.numerics.triton_qdq import _cdiv
+
+    from tests.support.narrow_pairs import narrow_pairs
+    from tests.support.triton_qdq_kernels import scaled_paths_kernel
+
+    spec = FORMATS[name]
+    cases = [(torch.bfloat16, [(2.0**-32, 2.0**-8)]), (torch.bfloat16, [(2.0**-8, 2.0**24)]),
+             (torch.bfloat16, [(2.0**24, 2.0**56)]), (torch.bfloat16, [(2.0**56, 2.0**100 * 1.001)]),
+             (torch.float16, [(1, 2), (0, 2.0**-14), (2.0**15, 7e4)])]
+    total = 0
+    for dtype, ranges in cases:
+        x, amax = narrow_pairs(dtype, ranges, 2.0**-45 if dtype == torch.bfloat16 else 0.0)
+        x, amax = x.cuda(), amax.cuda()
+        n = x.numel()
+        total += n
+        fast, slow = torch.empty(n, dtype=dtype, device="cuda"), torch.empty(n, dtype=dtype, device="cuda")
+        scaled_paths_kernel[(_cdiv(n, 1024),)](x, amax, fast, slow, n, SPEC=spec, BLOCK=1024, enable_fp_fusion=False)
+        diff = (fast.view(torch.int16) != slow.view(torch.int16)).nonzero().flatten()
+        where = [(x[i].item(), amax[i].item(), fast[i].item(), slow[i].item()) for i in diff[:4].tolist()]
+        assert diff.numel() == 0, f"{dtype} {ranges}: {diff.numel()} of {n} differ (x, amax, fp32, float64): {where}"
+    assert total > 250_000_000
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128",
+                                  "int8_per_token", "int8_per_channel"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_narrow_form_with_redone_tiles(name: str, dtype: torch.dtype) -> None:
+    """Tiles with a group outside the fp32 form's range (tiny, huge, NaN/Inf, all-zero rows among
+    ordinary ones; rows of one tile and rows swept twice) are stored in the fp32 form and then
+    again in the float64 form after a barrier: the reference's bits everywhere, with every
+    thread's first store overwritten where it must be."""
+    spec = FORMATS[name]
+    g = torch.Generator(device="cuda").manual_seed(8)
+    for rows, k in ((512, 4096), (64, 8200), (3, 96)):
+        x = torch.randn(rows, k, generator=g, device="cuda") * 4
+        pick = torch.randperm(rows, generator=g, device="cuda")[: max(1, rows // 8)]
+        x[pick[0::3]] *= 2.0**-50
+        if dtype == torch.bfloat16:
+            x[pick[1::3]] *= 2.0**110
+        x[pick[2::3], 0] = float("nan") if pick.numel() > 2 else 0.0
+        x[rows // 2] = 0.0
+        x = x.to(dtype)
+        check(x, spec)
+        if spec.granularity.value == "tensor":
+            check(x * 2.0**-50, spec)  # a tensor amax under 2**-32: every tile redone
+        else:
+            check(x[1:], spec)  # tiles straddling other rows

@@ -1,0 +1,34 @@
+"""Element pairs for the float64 recipes' fp32 form (``triton_qdq._scaled_qdq_narrow``): a 16-bit
+value and its group's amax, over whole binades (the CPU interpreter and GPU tests)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def narrow_pairs(dtype: torch.dtype, a_ranges, rel: float, a_pick=None):
+    """``(x, amax)`` fp32 pairs: every ``amax`` of ``dtype`` in ``a_ranges`` (``a_pick`` may thin
+    them), each with every ``dtype`` value ``x`` of ``amax * rel <= |x| <= amax``, both signs, and
+    signed zeros."""
+    v = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype).double()
+    v = v[torch.isfinite(v)]
+    a_all = torch.cat([v[(v >= lo) & (v < hi)] for lo, hi in a_ranges])
+    if a_pick is not None:
+        a_all = a_pick(a_all)
+    xs, amaxes = [], []
+    for a in a_all.tolist():
+        x = v[(v <= a) & (v >= a * rel)]
+        x = torch.cat([x, -x, torch.tensor([0.0, -0.0], dtype=torch.float64)])
+        xs.append(x)
+        amaxes.append(torch.full_like(x, a))
+    return torch.cat(xs).float(), torch.cat(amaxes).float()
+
+
+def fp16_amax_sample(a: torch.Tensor) -> torch.Tensor:
+    """fp16 maxima in [1, 2) whose significand a factor of 7 or 127 divides (448 = 7 * 64 and
+    127: the exact-quotient cases), and 32 others."""
+    m = (a * 1024).long()
+    special = (m % 7 == 0) | (m % 127 == 0)
+    g = torch.Generator().manual_seed(11)
+    rest = a[~special][torch.randperm(int((~special).sum()), generator=g)[:32]]
+    return torch.cat([a[special], rest])
