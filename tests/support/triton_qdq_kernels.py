@@ -50,3 +50,11 @@ def scaled_paths_kernel(x_ptr, amax_ptr, fast_ptr, slow_ptr, n, SPEC: tl.constex
 def nan_qdq_f64(x, s, SPEC: tl.constexpr):
     """A stand-in for ``_scaled_qdq_f64`` that marks where it ran: NaN everywhere."""
     return tl.full(x.shape, float("nan"), tl.float32) + 0.0 * x
+
+
+@triton.jit
+def scale_kernel(amax_ptr, s_ptr, n, SPEC: tl.constexpr, BLOCK: tl.constexpr):
+    """``s[i] = _scaled_scale(amax[i])``: a SCALED recipe's float64 group scale from an fp32 amax."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    tl.store(s_ptr + i, TQ._scaled_scale(tl.load(amax_ptr + i, mask=m, other=1.0), SPEC), mask=m)

@@ -25,6 +25,8 @@ Sources:
 from __future__ import annotations
 
 import enum
+import math
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -208,6 +210,37 @@ class FormatSpec:
         if self.family is Family.NVFP4:
             return NVFP4_SCALE_RULES
         return ("floor",)
+
+    @property
+    def pow2_seven_shift(self) -> int:
+        """Power-of-two SCALED recipes with ``qmax = 7 * 2**k`` (E4M3's 448, E5M2's 57344) and an
+        amax floor, no scale floor: ``k``, with which the scale exponent ``ceil(log2(max(amax,
+        amax_floor) / qmax))`` is ``e - k - 2 + (m > 1.75)`` for a normal fp32 ``amax = m *
+        2**e`` at or above the floor (the float64 quotient never rounds across a power of two:
+        only ``amax = 7 * 2**j`` comes within an ulp of one, and that quotient is exact); -1 for
+        every other recipe. The Triton kernels compute the scale from ``amax``'s bits this way."""
+        q = self.elem.max_normal
+        k = int(math.log2(q / 7)) if q > 7 else -1
+        ok = self.pow2_scale and self.amax_floor > 0 and not self.scale_floor and not self.fp32_math
+        return k if ok and k >= 0 and q == 7 * 2.0**k else -1
+
+    @property
+    def pow2_floor_code(self) -> int:
+        """``ceil(log2(amax_floor / qmax))`` with the float64 quotient (the scale exponent of a
+        group under the amax floor; see :attr:`pow2_seven_shift`)."""
+        if not self.amax_floor:
+            return 0
+        m, e = math.frexp(self.amax_floor / self.elem.max_normal)
+        return e - (m == 0.5)
+
+    @property
+    def amax_floor_f32(self) -> float:
+        """The least fp32 number at or above ``amax_floor``: an fp32 ``amax`` is under the floor
+        exactly when it is under this."""
+        f = struct.unpack("<f", struct.pack("<f", self.amax_floor))[0]
+        if f < self.amax_floor:
+            f = struct.unpack("<f", struct.pack("<I", struct.unpack("<I", struct.pack("<f", f))[0] + 1))[0]
+        return f
 
     @property
     def takes_rounding(self) -> bool:

@@ -408,7 +408,14 @@ if triton is not None:
 
     @triton.jit
     def _scaled_scale(amax, SPEC: tl.constexpr):
-        """float64 scale of a SCALED recipe from fp32 group amax (the reference's float64 order)."""
+        """float64 scale of a SCALED recipe from fp32 group amax (the reference's float64 order;
+        power-of-two recipes with ``qmax = 7 * 2**k``: the same exponent from ``amax``'s bits,
+        :attr:`~vllm_qdq.numerics.formats.FormatSpec.pow2_seven_shift`, no float64 arithmetic)."""
+        if SPEC.pow2_seven_shift >= 0:
+            bits = amax.to(tl.int32, bitcast=True)
+            c = ((bits >> 23) & 0xFF) - (127 + SPEC.pow2_seven_shift + 2) + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
+            c = tl.where(amax < SPEC.amax_floor_f32, SPEC.pow2_floor_code, c)
+            return ((c.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
         a = amax.to(tl.float64)
         if SPEC.amax_floor > 0:
             a = tl.where(a < SPEC.amax_floor, SPEC.amax_floor, a)
