@@ -103,8 +103,9 @@ def loops(sass: str) -> list[Counter]:
     return [c for c in found if sum(c.values()) > 200]
 
 
-def sage3_stats(formats: list[str], target, tool_dir: Path) -> None:
-    """Print the loop figures of the sage3 forward kernel per format."""
+def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> None:
+    """Print the loop figures of the sage3 forward kernel per format (``dump``: a folder for each
+    kernel's SASS, ``sage3.<format>.sass``)."""
     import check_triton_compile as ctc
     import torch
     from vllm_qdq.sage3.numerics import kernel as sk
@@ -123,6 +124,9 @@ def sage3_stats(formats: list[str], target, tool_dir: Path) -> None:
         sk.sage3_attention(q, q, q, quant_format=fmt, acc_dtype="fp32", block_m=128)
         kernel = next(k for n, _, _, k in ctc.COMPILED if n == "_sage3_fwd_kernel")
         sass, regs = disassemble(kernel, tool_dir)
+        if dump:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            (Path(dump) / f"sage3.{fmt}.sass").write_text(sass)
         for i, ops in enumerate(loops(sass)):  # the unmasked tiles' loop first, then the masked tiles'
             n = sum(ops.values())
             per = 128 * 64 / 256
@@ -151,7 +155,7 @@ def main() -> int:
         from triton.backends.compiler import GPUTarget
 
         sage3_stats(args.sage3.split(","), GPUTarget("cuda", args.arch, 32),
-                    Path(triton.__file__).parent / "backends" / "nvidia" / "bin")
+                    Path(triton.__file__).parent / "backends" / "nvidia" / "bin", args.dump)
         return 0
     import check_triton_compile as ctc
     import torch
