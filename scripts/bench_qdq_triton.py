@@ -20,7 +20,8 @@ first: per-tensor recipes, NVFP4 without a given amax); graph replay per call <=
 
 Then the two-pass recipes' ratio by ``ATOMIC_SLOTS`` (the pairs the amax pass's atomics are
 spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form against their float64
-form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), and the amax pass by tiles a
+program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -126,6 +127,35 @@ def bench_slots() -> None:
 #: the float64 recipes, whose fp32 form for 16-bit tensors ``triton_qdq.NARROW_F64`` switches
 F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
                "int8_per_channel")
+
+
+#: AMAX_TILES_PER_PROGRAM values the amax-pass table also times
+TPP_SWEEP = (1, 2, 4, 8)
+
+
+def bench_tiles_per_program() -> None:
+    """Kernel / copy ratio of the two-pass recipes by ``triton_qdq.AMAX_TILES_PER_PROGRAM`` (tiles
+    one amax-pass program reads, all loads before one reduction), at both sizes."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    default = getattr(triton_qdq, "AMAX_TILES_PER_PROGRAM", None)
+    if default is None:  # an older tree
+        return
+    print(f"\namax pass: copy time / kernel time by AMAX_TILES_PER_PROGRAM (default {default})")
+    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} t={n}':>16s}" for r, c in SIZES for n in TPP_SWEEP))
+    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
+        spec = FORMATS[fmt]
+        line = f"{fmt:30s}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            y = torch.empty_like(x)
+            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
+            for n in TPP_SWEEP:
+                ms = kernel_ms_with(triton_qdq, "AMAX_TILES_PER_PROGRAM", n,
+                                    lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
+                line += f" {copy / ms:16.2f}"
+        print(line, flush=True)
 
 
 def bench_narrow() -> None:
@@ -286,6 +316,7 @@ def main() -> int:
         print(line, flush=True)
 
     bench_slots()
+    bench_tiles_per_program()
     bench_narrow()
     if not args.no_options:
         bench_options(failures)

@@ -180,19 +180,24 @@ def test_per_tensor_nan_poisons_whole_tensor(tq) -> None:
 
 @pytest.mark.parametrize(("partials_max", "slots"), [(256, 32), (0, 32), (0, 3)],
                          ids=["partials", "atomics", "atomics-wrapping-slots"])
+@pytest.mark.parametrize("tpp", [1, 3], ids=["tile-a-program", "3-tiles-a-program"])
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
-def test_amax_pass_reads_every_tile(tq, name: str, partials_max: int, slots: int, monkeypatch) -> None:
+def test_amax_pass_reads_every_tile(tq, name: str, tpp: int, partials_max: int, slots: int, monkeypatch) -> None:
     """The amax pass folds every tile's result: a tensor of many tiles whose largest element, and
     then a NaN, sit in the last tile still gets the whole tensor's amax and flag; both ways of
     folding (one partial pair per program, reduced by the QDQ pass; ``atomic_max`` into
-    ``ATOMIC_SLOTS`` zeroed pairs, fewer than the programs in the last case, reduced the same way)."""
+    ``ATOMIC_SLOTS`` zeroed pairs, fewer than the programs in the last case, reduced the same way),
+    with one tile a program or three (``AMAX_TILES_PER_PROGRAM``; the last program's third tile
+    past the end)."""
     monkeypatch.setattr(tq, "PARTIALS_MAX", partials_max)
     monkeypatch.setattr(tq, "ATOMIC_SLOTS", slots)
+    monkeypatch.setattr(tq, "AMAX_TILES_PER_PROGRAM", tpp)
     spec = FORMATS[name]
-    x = torch.randn(40, 2048, dtype=torch.bfloat16)
+    x = torch.randn(112, 2048, dtype=torch.bfloat16)
     tiles = tuple(tq.TILE_CONFIG[tq.kernel_class(spec)]), tuple(tq.TILE_CONFIG["amax"])
     a_r, a_k, _ = tq._plan(spec, "floor", 2048, 1, False, False, True, *tiles)[2]  # the amax pass's tile
-    assert tq._cdiv(40, a_r) * tq._cdiv(2048, a_k) > 1 + slots * (slots < 8)  # slots reused
+    n_tiles = tq._cdiv(112, a_r) * tq._cdiv(2048, a_k)
+    assert tq._cdiv(n_tiles, tpp) > 1 + slots * (slots < 8) and (tpp == 1 or n_tiles % tpp)  # slots reused
     x[-1, -1] = 900.0
     _run(tq, x, spec)
     x[0, 0] = 1000.0  # first tile

@@ -622,7 +622,7 @@ if triton is not None:
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr,
+        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
@@ -630,7 +630,41 @@ if triton is not None:
         ``slot = pid % SLOTS`` (``2 * SLOTS`` words zeroed by the caller; many slots, so that
         thousands of programs do not queue on one address); otherwise (at most ``N_PARTIALS``
         programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every word written. Either way the QDQ
-        pass reduces the pairs (:func:`_tensor_stats`)."""
+        pass reduces the pairs (:func:`_tensor_stats`). ``TPP > 1`` (unrotated only): a program
+        takes ``TPP`` consecutive tiles (tile ``pid * TPP + i``), all loads issued before one
+        reduction and one pair (:data:`AMAX_TILES_PER_PROGRAM`)."""
+        if TPP > 1:
+            fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
+            raw = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
+            for i in tl.static_range(TPP):
+                t = tl.program_id(0) * TPP + i
+                rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
+                xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+                cols = k0 + tl.arange(0, BLOCK_K)
+                mask = (rows < n_rows)[:, None] & (cols < K)[None, :]  # a tile past the last: rows past n_rows
+                b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask,
+                                    other=0.0)).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+                fin = tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0))
+                raw = tl.maximum(raw, b)
+            amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
+            bad = tl.reduce(tl.reshape(raw, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+        else:
+            amax, bad = _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R,
+                                       BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
+        if N_PARTIALS > 0:
+            pid = tl.program_id(0)
+            tl.store(buf_ptr + 2 * pid, amax)
+            tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
+        else:
+            slot = tl.program_id(0) % SLOTS
+            tl.atomic_max(buf_ptr + 2 * slot, amax)
+            tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+
+    @triton.jit
+    def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
+                       BLOCK_K: tl.constexpr, FLAT: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
+                       ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr):
+        """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``)."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
@@ -646,15 +680,7 @@ if triton is not None:
             else:
                 sgn = tl.full([BLOCK_K], 1.0, tl.float32)
             x = _rotate(x, sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS, ROT_SCALE, False)
-        amax, bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
-        if N_PARTIALS > 0:
-            pid = tl.program_id(0)
-            tl.store(buf_ptr + 2 * pid, amax)
-            tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
-        else:
-            slot = tl.program_id(0) % SLOTS
-            tl.atomic_max(buf_ptr + 2 * slot, amax)
-            tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+        return _tile_amax_bits(x, BLOCK_R * BLOCK_K)
 
     @triton.jit
     def _tile_amax_bits(x, N: tl.constexpr):
@@ -1068,7 +1094,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     n_part = partials = pairs = gamax_mode = 0
     gamax_f = 0.0
     if amax is not None and not one_tile:
-        a_grid = (_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]),)
+        tpp = AMAX_TILES_PER_PROGRAM if ex.rot is None else 1
+        a_grid = (_cdiv(_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]), tpp),)
         n_part, partials = _partials(a_grid[0])
         if partials:  # every word is written by the amax pass: no zeroing
             buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
@@ -1083,7 +1110,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None and not one_tile:
-        a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, **amax[2]}
+        a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, "TPP": tpp, **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[a_grid](*args, **a_consts)
         if rec is not None:
@@ -1124,6 +1151,14 @@ PARTIALS_MAX = 256
 #: read the tensor (16384 programs, 32768 atomics; results/h200-2026-12-04b, two-pass minus
 #: given-amax time). Not yet timed with slots.
 ATOMIC_SLOTS = 32
+
+
+#: Tiles one program of the amax pass reads (consecutive tiles, every load issued before one
+#: reduction and one pair; unrotated calls): fewer programs, reductions and atomics for the same
+#: bytes in flight. 1: one tile a program (the form timed on the H200 so far). The bench times 1, 2,
+#: 4 and 8 (its "amax pass" table); not yet on a GPU. (A grid-stride loop of 4 programs per SM, one
+#: tile in flight each, measured slower in results/h200-2026-12-03b.)
+AMAX_TILES_PER_PROGRAM = 1
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
