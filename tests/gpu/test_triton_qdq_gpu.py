@@ -218,20 +218,24 @@ def test_narrow_form_equals_float64_form(name: str) -> None:  # same element and
     """The float64 recipes' fp32 form (``_scaled_qdq_narrow``) gives the float64 form's bits after
     the 16-bit cast on the GPU's own FMA and conversions: every bf16 ``amax`` in [2**-32, 2**100]
     against every bf16 ``x`` with ``amax * 2**-45 <= |x| <= amax`` (~195M pairs), every fp16
-    ``amax`` in [1, 2), below 2**-14 and above 2**15 against every fp16 ``x`` up to it (the
-    interpreter's ``QDQ_EXHAUSTIVE=1`` run, here by default)."""
+    ``amax`` in [1, 2), below 2**-14 and above 2**15 against every fp16 ``x`` up to it, and the
+    other fp16 binades thinned (the interpreter's ``QDQ_EXHAUSTIVE=1`` run, here by default)."""
     from vllm_qdq.numerics.triton_qdq import _cdiv
 
-    from tests.support.narrow_pairs import narrow_pairs
+    from tests.support.narrow_pairs import fp16_amax_thin, narrow_pairs
     from tests.support.triton_qdq_kernels import scaled_paths_kernel
 
     spec = FORMATS[name]
-    cases = [(torch.bfloat16, [(2.0**-32, 2.0**-8)]), (torch.bfloat16, [(2.0**-8, 2.0**24)]),
-             (torch.bfloat16, [(2.0**24, 2.0**56)]), (torch.bfloat16, [(2.0**56, 2.0**100 * 1.001)]),
-             (torch.float16, [(1, 2), (0, 2.0**-14), (2.0**15, 7e4)])]
+    cases = [(torch.bfloat16, [(2.0**-32, 2.0**-8)], 2.0**-45, None),
+             (torch.bfloat16, [(2.0**-8, 2.0**24)], 2.0**-45, None),
+             (torch.bfloat16, [(2.0**24, 2.0**56)], 2.0**-45, None),
+             (torch.bfloat16, [(2.0**56, 2.0**100 * 1.001)], 2.0**-45, None),
+             (torch.float16, [(1, 2), (0, 2.0**-14), (2.0**15, 7e4)], 0.0, None),
+             (torch.float16, [(2.0**-14, 1)], 2.0**-21, fp16_amax_thin),  # fp16 outputs turn subnormal:
+             (torch.float16, [(2, 2.0**15)], 2.0**-21, fp16_amax_thin)]  # each binade its own case
     total = 0
-    for dtype, ranges in cases:
-        x, amax = narrow_pairs(dtype, ranges, 2.0**-45 if dtype == torch.bfloat16 else 0.0)
+    for dtype, ranges, rel, pick in cases:
+        x, amax = narrow_pairs(dtype, ranges, rel, pick)
         x, amax = x.cuda(), amax.cuda()
         n = x.numel()
         total += n

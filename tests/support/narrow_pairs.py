@@ -24,11 +24,25 @@ def narrow_pairs(dtype: torch.dtype, a_ranges, rel: float, a_pick=None):
     return torch.cat(xs).float(), torch.cat(amaxes).float()
 
 
+def _significand(a: torch.Tensor) -> torch.Tensor:
+    """fp16 values' 11-bit integer significands (normal values; subnormals scaled up alike)."""
+    m, _ = torch.frexp(a)
+    return (m * 2048).long()
+
+
 def fp16_amax_sample(a: torch.Tensor) -> torch.Tensor:
-    """fp16 maxima in [1, 2) whose significand a factor of 7 or 127 divides (448 = 7 * 64 and
-    127: the exact-quotient cases), and 32 others."""
-    m = (a * 1024).long()
+    """fp16 maxima whose significand a factor of 7 or 127 divides (448 = 7 * 64 and 127: the
+    exact-quotient cases), and 32 others."""
+    m = _significand(a)
     special = (m % 7 == 0) | (m % 127 == 0)
     g = torch.Generator().manual_seed(11)
     rest = a[~special][torch.randperm(int((~special).sum()), generator=g)[:32]]
     return torch.cat([a[special], rest])
+
+
+def fp16_amax_thin(a: torch.Tensor) -> torch.Tensor:
+    """fp16 maxima whose significand 7 or 127 divides, and every 16th other one: every binade
+    thinned (where fp16 outputs turn subnormal, scaling by a power of two changes the roundings,
+    so each binade is its own case)."""
+    m = _significand(a)
+    return a[(m % 7 == 0) | (m % 127 == 0) | (m % 16 == 0)]

@@ -216,12 +216,13 @@ class FormatSpec:
         """Power-of-two SCALED recipes with ``qmax = 7 * 2**k`` (E4M3's 448, E5M2's 57344) and an
         amax floor, no scale floor: ``k``, with which the scale exponent ``ceil(log2(max(amax,
         amax_floor) / qmax))`` is ``e - k - 2 + (m > 1.75)`` for a normal fp32 ``amax = m *
-        2**e`` at or above the floor (the float64 quotient never rounds across a power of two:
+        2**e`` at or above the floor (at least 2**-126) (the float64 quotient never rounds across a power of two:
         only ``amax = 7 * 2**j`` comes within an ulp of one, and that quotient is exact); -1 for
         every other recipe. The Triton kernels compute the scale from ``amax``'s bits this way."""
         q = self.elem.max_normal
         k = int(math.log2(q / 7)) if q > 7 else -1
-        ok = self.pow2_scale and self.amax_floor > 0 and not self.scale_floor and not self.fp32_math
+        # a floor of at least 2**-126: every amax the formula reads is a normal fp32 number
+        ok = self.pow2_scale and self.amax_floor >= 2.0**-126 and not self.scale_floor and not self.fp32_math
         return k if ok and k >= 0 and q == 7 * 2.0**k else -1
 
     @property

@@ -91,12 +91,16 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   numbers: the float64 detour, whose two roundings move them by at most ~2**-52 relative, lands
   back on them, and the faithful quotient is exact) or have an odd denominator of at most 2047,
   which keeps them at least ~2**-36 relative away from every fp32 midpoint (so RN32 of the float64
-  value is RN32 of the ideal) and from every element-grid midpoint (so a faithful ``v`` rounds as
-  RN32(v) does), and ``y``'s at least ~2**-18 relative from every 16-bit midpoint (so the faithful
+  value is RN32 of the ideal) and ~2**-19 from every element-grid midpoint (FP8's have at most 5
+  significant bits, INT8's are half-integers up to 127.5; a faithful ``v`` is within ~2**-23, so
+  it rounds as RN32(v) does), and ``y``'s ~2**-18 from every 16-bit midpoint (so the faithful
   ``y`` casts as RN32(y) does). FP8 rounds the fp32 quotient, which absorbs the float64 detour;
-  INT8 rounds the float64 quotient itself, which for 16-bit inputs can be an exact half-integer
-  only at ``|x| = amax / 2`` (127 is prime): that element takes the float64 form's value, worked
-  out once per group. Checked exhaustively (``test_narrow_form_equals_float64_form``).
+  INT8 rounds the float64 quotient itself. When 127 divides amax's significand the float64 scale
+  is exact and so is that quotient; otherwise, for 16-bit inputs, ``127 x / amax`` is an exact
+  half-integer only at ``|x| = amax / 2`` (127 is prime: ``127 X = (2n + 1) A`` forces ``2n + 1
+  = 127``), and that element takes the float64 form's value, worked out once per group. Checked
+  exhaustively (``test_narrow_form_equals_float64_form``). The float64 redo reads ``x`` again
+  after the fp32 form's store: ``y`` must not alias ``x`` (``qdq`` always writes a new tensor).
 * Store: fp32 -> output dtype, RNE (the hardware conversion; in the interpreter, whose bf16
   cast truncates, bf16 by integer rounding of the fp32 bits).
 
@@ -482,7 +486,7 @@ if triton is not None:
         with ``a``'s sign (zeros too), ``b > 0``, ``rb = RN(1 / b)``: ``q0 = RN(a * rb)`` (within
         1.5 ulp) and one correction ``RN(q0 - RN(q0 * b - a) * rb)`` (the first half of
         :func:`_div_rn`). Where the quotient is representable, ``q0 + (v - q0)(1 + e)``, ``|e| <=
-        2**-24``, rounds to ``v`` itself. The remainder is taken as ``q0 * b - a`` and subtracted:
+        ~2**-23`` (the reciprocal's and the remainder's roundings), rounds to ``v`` itself. The remainder is taken as ``q0 * b - a`` and subtracted:
         for ``a = -0`` it is ``+0``, and ``-0 + (-0) * rb`` stays ``-0`` (the other way round
         gives ``+0 + -0 = +0``). Three multiply-adds (the sign flips are operand modifiers)."""
         q = a * rb
@@ -634,6 +638,7 @@ if triton is not None:
         takes ``TPP`` consecutive tiles (tile ``pid * TPP + i``), all loads issued before one
         reduction and one pair (:data:`AMAX_TILES_PER_PROGRAM`)."""
         if TPP > 1:
+            tl.static_assert(ROT_LOG2 == 0, "several tiles a program: unrotated calls only")
             fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
             raw = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
             for i in tl.static_range(TPP):
@@ -883,8 +888,8 @@ if triton is not None:
             amax = amax[:, None]
             bad = bad[:, None]
             if NARROW:
-                if _narrow_fallback(amax):
-                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC, BLOCK_K)
+                if _narrow_fallback(amax):  # decided before any store: no redo, no barrier
+                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC, FIX_K)
                 else:
                     for k0 in range(0, K, BLOCK_K):
                         cols = k0 + c
