@@ -99,34 +99,40 @@ def bench_options(failures: list[str]) -> None:
 SLOT_SWEEP = (1, 8, 32, 128)
 
 
-def bench_slots() -> None:
-    """Kernel / copy ratio of the two-pass recipes by ``triton_qdq.ATOMIC_SLOTS`` (the pairs the
-    amax pass's atomics are spread over), at both sizes, interleaved per size."""
+def bench_switch_table(switch: str, values: tuple, tag: str, title: str,
+                       formats: tuple = ("nvfp4", "fp8_e4m3_per_tensor"), rounds: int = 1) -> None:
+    """Kernel / copy ratio of ``formats`` with the launcher's module switch ``switch`` set to each
+    of ``values`` in turn, at both sizes (columns ``<size> <tag>=<value>``); ``rounds`` passes over
+    the values, interleaved, the best of them reported."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
 
-    default = getattr(triton_qdq, "ATOMIC_SLOTS", None)
+    default = getattr(triton_qdq, switch, None)
     if default is None:  # an older tree
         return
-    print("\namax pass (two-pass recipes): copy time / kernel time (the kernel ratio above) by ATOMIC_SLOTS "
-          f"(default {default})")
-    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} s={n}':>16s}" for r, c in SIZES for n in SLOT_SWEEP))
-    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
+    print(f"\n{title} (default {default})")
+    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} {tag}={n}':>16s}" for r, c in SIZES for n in values))
+    for fmt in formats:
         spec = FORMATS[fmt]
         line = f"{fmt:30s}"
         for r, c in SIZES:
             x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
             y = torch.empty_like(x)
             copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
-            for n in SLOT_SWEEP:
-                ms = kernel_ms_with(triton_qdq, "ATOMIC_SLOTS", n, lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
-                line += f" {copy / ms:16.2f}"
+            best = {n: float("inf") for n in values}
+            for _ in range(rounds):
+                for n in values:
+                    best[n] = min(best[n], kernel_ms_with(triton_qdq, switch, n,
+                                                          lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+            line += "".join(f" {copy / best[n]:16.2f}" for n in values)
         print(line, flush=True)
 
 
-#: the float64 recipes, whose fp32 form for 16-bit tensors ``triton_qdq.NARROW_F64`` switches
-F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
-               "int8_per_channel")
+def bench_slots() -> None:
+    """The two-pass recipes by ``triton_qdq.ATOMIC_SLOTS`` (the pairs the amax pass's atomics are
+    spread over)."""
+    bench_switch_table("ATOMIC_SLOTS", SLOT_SWEEP, "s", "amax pass (two-pass recipes): copy time / kernel time "
+                       "(the kernel ratio above) by ATOMIC_SLOTS")
 
 
 #: AMAX_TILES_PER_PROGRAM values the amax-pass table also times
@@ -134,55 +140,22 @@ TPP_SWEEP = (1, 2, 4, 8)
 
 
 def bench_tiles_per_program() -> None:
-    """Kernel / copy ratio of the two-pass recipes by ``triton_qdq.AMAX_TILES_PER_PROGRAM`` (tiles
-    one amax-pass program reads, all loads before one reduction), at both sizes."""
-    from vllm_qdq.numerics import triton_qdq
-    from vllm_qdq.numerics.formats import FORMATS
+    """The two-pass recipes by ``triton_qdq.AMAX_TILES_PER_PROGRAM`` (tiles one amax-pass program
+    reads, all loads before one reduction)."""
+    bench_switch_table("AMAX_TILES_PER_PROGRAM", TPP_SWEEP, "t",
+                       "amax pass: copy time / kernel time by AMAX_TILES_PER_PROGRAM")
 
-    default = getattr(triton_qdq, "AMAX_TILES_PER_PROGRAM", None)
-    if default is None:  # an older tree
-        return
-    print(f"\namax pass: copy time / kernel time by AMAX_TILES_PER_PROGRAM (default {default})")
-    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} t={n}':>16s}" for r, c in SIZES for n in TPP_SWEEP))
-    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
-        spec = FORMATS[fmt]
-        line = f"{fmt:30s}"
-        for r, c in SIZES:
-            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
-            y = torch.empty_like(x)
-            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
-            for n in TPP_SWEEP:
-                ms = kernel_ms_with(triton_qdq, "AMAX_TILES_PER_PROGRAM", n,
-                                    lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
-                line += f" {copy / ms:16.2f}"
-        print(line, flush=True)
+
+#: the float64 recipes, whose fp32 form for 16-bit tensors ``triton_qdq.NARROW_F64`` switches
+F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
+               "int8_per_channel")
 
 
 def bench_narrow() -> None:
-    """Kernel / copy ratio of the float64 recipes in their fp32 form (``NARROW_F64`` on, the
-    default since 2026-12-04) and in the float64 form (off), at both sizes, interleaved on, off,
-    on, off per size (the medians of two each side by side)."""
-    from vllm_qdq.numerics import triton_qdq
-    from vllm_qdq.numerics.formats import FORMATS
-
-    if not hasattr(triton_qdq, "NARROW_F64"):  # an older tree
-        return
-    print("\nfloat64 recipes, bf16: copy time / kernel time with the fp32 form (NARROW_F64 on) and the float64 "
-          "form (off), best of two interleaved runs each")
-    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} {w}':>16s}" for r, c in SIZES for w in ("fp32", "float64")))
-    for fmt in F64_RECIPES:
-        spec = FORMATS[fmt]
-        line = f"{fmt:30s}"
-        for r, c in SIZES:
-            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
-            y = torch.empty_like(x)
-            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
-            t = {True: [], False: []}
-            for on in (True, False, True, False):
-                t[on].append(kernel_ms_with(triton_qdq, "NARROW_F64", on,
-                                            lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
-            line += f" {copy / min(t[True]):16.2f} {copy / min(t[False]):16.2f}"
-        print(line, flush=True)
+    """The float64 recipes in their fp32 form (``NARROW_F64`` on, the default since 2026-12-04)
+    and in the float64 form (off), interleaved on, off, on, off, the best of two each."""
+    bench_switch_table("NARROW_F64", (True, False), "fp32", "float64 recipes, bf16: copy time / kernel time "
+                       "with the fp32 form (NARROW_F64 True) and the float64 form (False)", F64_RECIPES, rounds=2)
 
 
 def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
