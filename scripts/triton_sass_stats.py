@@ -103,6 +103,13 @@ def loops(sass: str) -> list[Counter]:
     return [c for c in found if sum(c.values()) > 200]
 
 
+def dump_sass(folder: str, name: str, sass: str) -> None:
+    """Write ``sass`` to ``folder/name`` (``--dump``; nothing when ``folder`` is empty)."""
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name.replace("/", "_")).write_text(sass)
+
+
 def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> None:
     """Print the loop figures of the sage3 forward kernel per format (``dump``: a folder for each
     kernel's SASS, ``sage3.<format>.sass``)."""
@@ -124,9 +131,7 @@ def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> N
         sk.sage3_attention(q, q, q, quant_format=fmt, acc_dtype="fp32", block_m=128)
         kernel = next(k for n, _, _, k in ctc.COMPILED if n == "_sage3_fwd_kernel")
         sass, regs = disassemble(kernel, tool_dir)
-        if dump:
-            Path(dump).mkdir(parents=True, exist_ok=True)
-            (Path(dump) / f"sage3.{fmt}.sass").write_text(sass)
+        dump_sass(dump, f"sage3.{fmt}.sass", sass)
         for i, ops in enumerate(loops(sass)):  # the unmasked tiles' loop first, then the masked tiles'
             n = sum(ops.values())
             per = 128 * 64 / 256
@@ -197,9 +202,7 @@ def main() -> int:
             triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule, None, ex)
             for name, cx, opts, kernel in ctc.COMPILED:
                 sass, regs = disassemble(kernel, tool_dir)
-                if args.dump:
-                    Path(args.dump).mkdir(parents=True, exist_ok=True)
-                    (Path(args.dump) / f"{recipe}.{layout}.{name}.sass".replace("/", "_")).write_text(sass)
+                dump_sass(args.dump, f"{recipe}.{layout}.{name}.sass", sass)
                 c = sass_counts(sass, regs)
                 tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
                 per_thread = tile / (32 * opts["num_warps"])

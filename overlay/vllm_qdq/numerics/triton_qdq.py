@@ -166,9 +166,9 @@ _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 #: tensors (:func:`_scaled_qdq_narrow`, bit for bit the float64 form's result; a tile with a group
 #: amax outside [2**-32, 2**100] is redone in the float64 form). False: the float64 form everywhere
 #: (what ``scripts/bench_qdq_triton.py`` compares it with). SASS for sm_90, bf16 4096 x 4096,
-#: instructions an element (float64-pipe ones) and registers: per-channel FP8 32.8 (10.2) / 64
-#: before, 28.8 (0) / 47 the fp32 form alone; per-group128 44.5 (12.6) / 52 -> 37.5 (0) / 40; INT8
-#: 30.5 (12.2) / 70 -> 33.0 (1.5) / 76; per-tensor 38.5 (11.3) / 46 -> 33.0 (0) / 32.
+#: instructions an element on the fp32 path (float64-pipe ones) and the kernel's registers:
+#: per-channel FP8 32.8 (10.2) / 64 before, 28.8 (0) / 48 now; per-group128 44.5 (12.6) / 52 ->
+#: 37.5 (0) / 40; INT8 30.5 (12.2) / 70 -> 33.0 (1.5) / 78; per-tensor 38.5 (11.3) / 46 -> 33.0 (0) / 32.
 NARROW_F64 = True
 #: Input and output dtypes of that fp32 form.
 _NARROW_DTYPES = (torch.bfloat16, torch.float16)
@@ -445,13 +445,11 @@ if triton is not None:
         such a case.) No overflow here (``|a / b|`` is at most the element's max). The second
         remainder is exact while it stays normal: for quotients of at least 2**-60 (``b`` at
         least the per-token scale floor, 2**-17.8): a smaller fp32 quotient can come out an ulp off, with ``a``'s sign, and
-        the element grid (from 2**-9) rounds it to that zero either way. Each remainder is taken
-        as ``q * b - a`` and subtracted (:func:`_div_faithful`), so ``a = -0`` gives ``-0`` with no
-        compare (until 2026-12-04 a select on a zero remainder did). Five multiply-adds instead of
+        the element grid (from 2**-9) rounds it to that zero either way. :func:`_div_faithful` and
+        then one more :func:`_div_step`: each remainder is taken as ``q * b - a`` and subtracted, so
+        ``a = -0`` gives ``-0`` with no compare (until 2026-12-04 a select on a zero remainder did). Five multiply-adds instead of
         a division (test: ``test_div_rn_f32_is_division``)."""
-        q = a * rb
-        q = tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)  # as in _div_faithful: the sign of -0 kept
-        return tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)
+        return _div_step(_div_faithful(a, b, rb), a, b, rb)
 
     @triton.jit
     def _recip2_f64(b):
@@ -486,17 +484,23 @@ if triton is not None:
         with ``a``'s sign (zeros too), ``b > 0``, ``rb = RN(1 / b)``: ``q0 = RN(a * rb)`` (within
         1.5 ulp) and one correction ``RN(q0 - RN(q0 * b - a) * rb)`` (the first half of
         :func:`_div_rn`). Where the quotient is representable, ``q0 + (v - q0)(1 + e)``, ``|e| <=
-        ~2**-23`` (the reciprocal's and the remainder's roundings), rounds to ``v`` itself. The remainder is taken as ``q0 * b - a`` and subtracted:
-        for ``a = -0`` it is ``+0``, and ``-0 + (-0) * rb`` stays ``-0`` (the other way round
-        gives ``+0 + -0 = +0``). Three multiply-adds (the sign flips are operand modifiers)."""
-        q = a * rb
+        ~2**-23`` (the reciprocal's and the remainder's roundings), rounds to ``v`` itself. The
+        remainder is taken as ``q0 * b - a`` and subtracted (:func:`_div_step`): for ``a = -0`` it is
+        ``+0``, and ``-0 + (-0) * rb`` stays ``-0`` (the other way round gives ``+0 + -0 = +0``).
+        Three multiply-adds (the sign flips are operand modifiers)."""
+        return _div_step(a * rb, a, b, rb)
+
+    @triton.jit
+    def _div_step(q, a, b, rb):
+        """One correction of a quotient ``q`` of ``a / b`` (``rb = RN(1 / b)``): ``RN(q - RN(q * b -
+        a) * rb)``, the remainder subtracted so that ``a = -0`` keeps ``-0``."""
         return tl.fma(tl.fma(q, b, a * -1.0) * -1.0, rb, q)  # * -1.0: a sign flip (0.0 - r would give +0)
 
     @triton.jit
     def _narrow_fallback(amax):
         """Whether some group of the tile is outside the range of the fp32 form (``amax`` neither 0
         nor in [2**-32, 2**100]; a NaN/Inf group's amax is FLT_MAX): a scalar, one reduction per
-        tile. Such a tile is done again in the float64 form (:func:`_rows_f64`, :func:`_tile_f64`)."""
+        tile. Such a tile is done again in the float64 form (:func:`_rows_qdq`, :func:`_tile_f64`)."""
         out = (amax != 0) & ((amax < 2.0**-32) | (amax > 2.0**100))
         return tl.reduce(tl.reshape(out.to(tl.int32), [out.numel]), 0, tl.standard._elementwise_max) != 0
 
@@ -562,16 +566,17 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC: tl.constexpr, CH: tl.constexpr):
-        """Whole rows in the float64 form, ``CH`` columns at a time, with each row's ``s`` and
-        ``bad`` given: the per-row recipes' tiles outside the fp32 form's range. Reloading in
-        small pieces keeps this rare path from raising the kernel's register count."""
+    def _rows_qdq(x_ptr, y_ptr, xr, yr, rmask, s, amax, bad, K, sx_k, sy_k, SPEC: tl.constexpr, CH: tl.constexpr,
+                  NARROW: tl.constexpr):
+        """Whole rows through :func:`_scaled_qdq`, ``CH`` columns at a time, with each row's ``s``,
+        ``amax`` and ``bad`` given: the second sweep of long rows, and (``NARROW`` off, small
+        ``CH``) the float64 redo of rows outside the fp32 form's range, light on registers."""
         c = tl.arange(0, CH).to(tl.int64)
         for k0 in range(0, K, CH):
             cols = k0 + c
             mask = rmask & (cols < K)[None, :]
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0))
-            y = tl.where(bad, _nan_like(x), _scaled_qdq_f64(x, s, SPEC))
+            y = tl.where(bad, _nan_like(x), _scaled_qdq(x, s, amax, SPEC, NARROW))
             tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -579,7 +584,7 @@ if triton is not None:
                   GROUP: tl.constexpr, N_GROUPS: tl.constexpr):
         """A block kernel's tile in the float64 form, one group column at a time: per-tensor
         recipes with the tensor's ``s`` and ``bad``, block recipes each group's again (what
-        :func:`_rows_f64` is for the per-row recipes)."""
+        :func:`_rows_qdq` does for the per-row recipes)."""
         c = tl.arange(0, GROUP)
         for g in range(0, N_GROUPS):
             cols = (k0 + g * GROUP + c).to(tl.int64)
@@ -875,7 +880,8 @@ if triton is not None:
             if NARROW:  # a row outside the fp32 form's range: the rows again, in the float64 form
                 if _narrow_fallback(amax):
                     tl.debug_barrier()  # every thread's store above lands first
-                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad[:, None], K, sx_k, sy_k, SPEC, FIX_K)
+                    _rows_qdq(x_ptr, y_ptr, xr, yr, rmask, s, amax[:, None], bad[:, None], K, sx_k, sy_k, SPEC, FIX_K,
+                              False)
         else:
             m = tl.full([BLOCK_R], 0, tl.int32)
             for k0 in range(0, K, BLOCK_K):
@@ -889,24 +895,11 @@ if triton is not None:
             bad = bad[:, None]
             if NARROW:
                 if _narrow_fallback(amax):  # decided before any store: no redo, no barrier
-                    _rows_f64(x_ptr, y_ptr, xr, yr, rmask, s, bad, K, sx_k, sy_k, SPEC, FIX_K)
+                    _rows_qdq(x_ptr, y_ptr, xr, yr, rmask, s, amax, bad, K, sx_k, sy_k, SPEC, FIX_K, False)
                 else:
-                    for k0 in range(0, K, BLOCK_K):
-                        cols = k0 + c
-                        mask = rmask & (cols < K)[None, :]
-                        x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                        y = tl.where(bad, _nan_like(x), _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW))
-                        tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
-                                 mask=mask)
+                    _rows_qdq(x_ptr, y_ptr, xr, yr, rmask, s, amax, bad, K, sx_k, sy_k, SPEC, BLOCK_K, True)
             else:
-                for k0 in range(0, K, BLOCK_K):
-                    cols = k0 + c
-                    mask = rmask & (cols < K)[None, :]
-                    x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
-                    y = _scaled_qdq(_to_f32(x), s, amax, SPEC, NARROW)
-                    y = tl.where(bad, _nan_like(y), y)
-                    tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty),
-                             mask=mask)
+                _rows_qdq(x_ptr, y_ptr, xr, yr, rmask, s, amax, bad, K, sx_k, sy_k, SPEC, BLOCK_K, False)
 
 
 # ============================================================================ launcher
