@@ -169,6 +169,10 @@ _NVFP4_SCALE_ELEM = ELEMENTS["e4m3"]
 #: instructions an element on the fp32 path (float64-pipe ones) and the kernel's registers:
 #: per-channel FP8 32.8 (10.2) / 64 before, 28.8 (0) / 48 now; per-group128 44.5 (12.6) / 52 ->
 #: 37.5 (0) / 40; INT8 30.5 (12.2) / 70 -> 33.0 (1.5) / 78; per-tensor 38.5 (11.3) / 46 -> 33.0 (0) / 32.
+#: On the H200 (results/h200-2026-12-05, fraction of a copy's speed, bf16 4096^2 / 8192^2, fp32
+#: form against float64 form): per-channel 0.79 / 0.88 against 0.77 / 0.64, per-group128 0.74 /
+#: 0.73 against 0.66 / 0.63, INT8 0.83 / 0.84 against 0.80 / 0.73, per-tensor 0.52 / 0.52
+#: against 0.47 / 0.45.
 NARROW_F64 = True
 #: Input and output dtypes of that fp32 form.
 _NARROW_DTYPES = (torch.bfloat16, torch.float16)
@@ -1153,10 +1157,12 @@ ATOMIC_SLOTS = 32
 
 #: Tiles one program of the amax pass reads (consecutive tiles, every load issued before one
 #: reduction and one pair; unrotated calls): fewer programs, reductions and atomics for the same
-#: bytes in flight. 1: one tile a program (the form timed on the H200 so far). The bench times 1, 2,
-#: 4 and 8 (its "amax pass" table); not yet on a GPU. (A grid-stride loop of 4 programs per SM, one
-#: tile in flight each, measured slower in results/h200-2026-12-03b.)
-AMAX_TILES_PER_PROGRAM = 1
+#: bytes in flight. The bench's "amax pass" table on the H200 (results/h200-2026-12-05, the whole
+#: two-pass call as a fraction of a copy's speed, 4096^2 / 8192^2): nvfp4 0.52 / 0.52 with 1 tile,
+#: 0.53 / 0.55 with 2, 0.53 / 0.55 with 4, 0.49 / 0.54 with 8; FP8 per-tensor 0.52 / 0.53, 0.53 /
+#: 0.56, 0.53 / 0.56, 0.50 / 0.54. (A grid-stride loop of 4 programs per SM, one tile in flight
+#: each, measured slower in results/h200-2026-12-03b.)
+AMAX_TILES_PER_PROGRAM = 2
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
