@@ -88,7 +88,21 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     if key in _seen:
         return
     _seen.add(key)
-    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs), target=target, options=opts)
+    # the kernels ask Triton for the device's compute capability (target_info.cuda_capability_geq:
+    # the FP8 conversions of round_elem_f32), which reads the active driver: here, the target
+    import triton.language.target_info as target_info
+
+    def the_target():
+        return target
+
+    the_target.__triton_builtin__ = True  # as Triton marks the function it stands for
+    current = target_info.current_target
+    target_info.current_target = the_target
+    try:
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs), target=target,
+                                options=opts)
+    finally:
+        target_info.current_target = current
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
         n = kernel.asm["ptx"].count("fma.rn")
         if n:

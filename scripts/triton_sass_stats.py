@@ -144,6 +144,11 @@ def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> N
                   f"{ops['SHFL.BFLY'] + ops['SHFL.IDX']:5d} {fp:15d} {ints:7d} {regs:4d}", flush=True)
 
 
+def _never(amax):
+    """Stands for ``triton_qdq._narrow_fallback`` under ``--hot`` (made a Triton function there)."""
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
@@ -153,6 +158,8 @@ def main() -> int:
                     "(<recipe>.<layout>.<kernel>.sass)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
                     "attention kernel's loop instead of the QDQ recipes")
+    ap.add_argument("--hot", action="store_true", help="the float64 recipes' fp32 path alone: the float64 redo of "
+                    "tiles outside its range compiled out (static instructions count the cold path too)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.sage3:
@@ -172,6 +179,8 @@ def main() -> int:
 
     tool_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     target = GPUTarget("cuda", args.arch, 32)
+    if args.hot:  # no tile is ever out of range: Triton drops the redo branch
+        triton_qdq._narrow_fallback = triton.jit(_never)
     for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
         setattr(triton_qdq, name, ctc._Capture(getattr(triton_qdq, name), target))
     ctc.RECORD = True
@@ -205,6 +214,7 @@ def main() -> int:
                 dump_sass(args.dump, f"{recipe}.{layout}.{name}.sass", sass)
                 c = sass_counts(sass, regs)
                 tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
+                tile *= cx.get("TPP", 1)  # the amax pass: tiles a program (AMAX_TILES_PER_PROGRAM)
                 per_thread = tile / (32 * opts["num_warps"])
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
                       f"{c['instr'] / per_thread:8.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "

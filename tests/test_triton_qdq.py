@@ -18,7 +18,7 @@ from vllm_qdq.numerics.reference import qdq_reference
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
-from tests.support.narrow_pairs import fp16_amax_sample, fp16_amax_thin, narrow_pairs
+from tests.support.narrow_pairs import amax_values, fp16_amax_sample, fp16_amax_thin, narrow_pairs
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CASES = [
@@ -503,20 +503,6 @@ def test_narrow_form_taken_where_it_applies(tq, name: str, monkeypatch) -> None:
         assert_same_bits(y[[0, 2]], qdq_reference(x, spec)[[0, 2]])
 
 
-def _amax_values() -> torch.Tensor:
-    """Non-negative finite fp32 amaxes: every bf16 and fp16 value, and for every fp32 exponent the
-    significands 0, 1, the last, 2048 around 1.75 (0x600000) and 2048 random ones."""
-    bits = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16)
-    halves = torch.cat([bits.view(torch.bfloat16).float(), bits.view(torch.float16).float()])
-    g = torch.Generator().manual_seed(12)
-    e = torch.arange(0, 255, dtype=torch.int64)[:, None] << 23
-    mant = torch.cat([torch.tensor([0, 1, 0x7FFFFF]), torch.arange(0x600000 - 1024, 0x600000 + 1024),
-                      torch.randint(0, 1 << 23, (2048,), generator=g)])
-    f32 = (e + mant[None, :]).flatten().to(torch.int32).view(torch.float32)
-    a = torch.cat([halves, f32])
-    return a[torch.isfinite(a)]
-
-
 def test_pow2_scale_from_bits(tq) -> None:
     """The power-of-two scale of FP8 per-group128 UE8M0 from the amax's bits (``_scaled_scale``
     with ``pow2_seven_shift``: ``e - 8 + (m > 1.75)``, the floor's code under 1e-10) equals the
@@ -530,8 +516,28 @@ def test_pow2_scale_from_bits(tq) -> None:
     for name in ("fp8_e4m3_per_group128_ue8m0", "fp8_e4m3_per_group128"):
         spec = FORMATS[name]
         assert (spec.pow2_seven_shift >= 0) == spec.pow2_scale
-        a = _amax_values()
+        a = amax_values()
         s = torch.empty(a.numel(), dtype=torch.float64)
         k.scale_kernel[(-(-a.numel() // (1 << 18)),)](a, s, a.numel(), SPEC=spec, BLOCK=1 << 18)
         assert_same_bits(s, _scaled_scale(a.double(), spec))
         assert a.numel() > 1_000_000
+
+
+def test_fp32_scale_of_per_token(tq) -> None:
+    """FP8 per-token's scale in fp32 (``_scaled_scale`` with ``fp32_scale_floor``: ``max(RN32(amax
+    / 448), RN32(floor))`` by the fp32 division helper) equals the reference's ``RN32(max(RN64(amax
+    / 448), floor))``: every bf16 and fp16 amax, every fp32 exponent with significands around
+    1.75 and at random, and every significand of two binades (the quotient's double rounding)."""
+    from vllm_qdq.numerics.reference import _scaled_scale
+
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    spec = FORMATS["fp8_e4m3_per_token"]
+    assert spec.fp32_scale_floor > 0 and all(f.fp32_scale_floor < 0 for n, f in FORMATS.items() if n != spec.name)
+    sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)  # [1, 2), every 8th
+    a = torch.cat([amax_values(), sig, sig * 2.0**-20, torch.zeros(1)])
+    s = torch.empty(a.numel(), dtype=torch.float64)
+    k.scale_kernel[(-(-a.numel() // (1 << 18)),)](a, s, a.numel(), SPEC=spec, BLOCK=1 << 18)
+    assert_same_bits(s, _scaled_scale(a.double(), spec).float().double())
+    assert a.numel() > 3_000_000

@@ -132,6 +132,51 @@ def test_eager_replay(name: str, monkeypatch) -> None:
     assert replays == [True, True, True], replays
 
 
+@pytest.mark.parametrize("name", ["fp8_e4m3_per_token", "fp8_e4m3_per_group128_ue8m0", "fp8_e4m3_per_group128"])
+def test_group_scale_on_the_gpu(name: str) -> None:
+    """``_scaled_scale`` compiled for the GPU (per-token's fp32 scale by the fp32 division
+    helper on the GPU's FMA, UE8M0's from the amax's bits, per-group128's float64 quotient)
+    against the reference's float64 scale (per-token: rounded to fp32 as the reference does):
+    every bf16 and fp16 amax, every fp32 exponent with significands around 1.75 and at random,
+    and every 8th significand of two binades."""
+    from vllm_qdq.numerics.reference import _scaled_scale
+    from vllm_qdq.numerics.triton_qdq import _cdiv
+
+    from tests.support.narrow_pairs import amax_values
+    from tests.support.triton_qdq_kernels import scale_kernel
+
+    spec = FORMATS[name]
+    sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)
+    a = torch.cat([amax_values(), sig, sig * 2.0**-20, torch.zeros(1)]).cuda()
+    s = torch.empty(a.numel(), dtype=torch.float64, device="cuda")
+    scale_kernel[(_cdiv(a.numel(), 1024),)](a, s, a.numel(), SPEC=spec, BLOCK=1024, enable_fp_fusion=False)
+    ref = _scaled_scale(a.double().cpu(), spec)
+    if spec.fp32_math:
+        ref = ref.float().double()
+    assert_same_bits(s.cpu(), ref)
+
+
+@pytest.mark.parametrize("elem", ["e4m3", "e5m2"])
+def test_fp8_cvt_equals_integer_rounding(elem: str) -> None:
+    """On this GPU (compute capability 8.9+) ``round_elem_f32`` rounds E4M3 and E5M2 elements
+    by the hardware conversion (``cvt.rn.satfinite``, then back through f16): the same value as
+    the integer-op form on every one of the 2**32 fp32 bit patterns (NaN for NaN, payloads aside)."""
+    from vllm_qdq.numerics.formats import ELEMENTS
+
+    from tests.support.triton_primitive_kernels import fp8_cvt_vs_bits_kernel
+
+    assert torch.cuda.get_device_capability() >= (8, 9), "the hardware FP8 conversion needs sm_89+"
+    spec = ELEMENTS[elem]
+    out = torch.tensor([0, 1 << 40], dtype=torch.int64, device="cuda")
+    block, chunk = 4096, 1 << 30
+    for base in range(0, 1 << 32, chunk):
+        fp8_cvt_vs_bits_kernel[(chunk // block,)](out, base, MAXN=float(spec.max_normal), EMIN=spec.emin,
+                                                  MBITS=spec.mbits, BLOCK=block, enable_fp_fusion=False)
+    n, first = out.tolist()
+    where = f", the first at fp32 bits {first:#010x}" if n else ""
+    assert n == 0, f"{elem}: {n} of 2**32 fp32 inputs round differently{where}"
+
+
 @pytest.mark.parametrize("elem", ["e2m1", "e2m3", "e3m2", "e4m3", "e5m2", "ue5m3", "mxint8", "int8"])
 def test_round_elem_every_bf16_and_fp16(elem: str) -> None:
     """The shared element rounding (integer-op RNE above 2**emin, the fixed subnormal quantum

@@ -1,5 +1,6 @@
 """Element pairs for the float64 recipes' fp32 form (``triton_qdq._scaled_qdq_narrow``): a 16-bit
-value and its group's amax, over whole binades (the CPU interpreter and GPU tests)."""
+value and its group's amax, over whole binades; and group amaxes for the scale tests (the CPU
+interpreter and GPU tests)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def fp16_amax_thin(a: torch.Tensor) -> torch.Tensor:
     so each binade is its own case)."""
     m = _significand(a)
     return a[(m % 7 == 0) | (m % 127 == 0) | (m % 16 == 0)]
+
+
+def amax_values() -> torch.Tensor:
+    """Non-negative finite fp32 amaxes: every bf16 and fp16 value, and for every fp32 exponent the
+    significands 0, 1, the last, 2048 around 1.75 (0x600000) and 2048 random ones."""
+    bits = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16)
+    halves = torch.cat([bits.view(torch.bfloat16).float(), bits.view(torch.float16).float()])
+    g = torch.Generator().manual_seed(12)
+    e = torch.arange(0, 255, dtype=torch.int64)[:, None] << 23
+    mant = torch.cat([torch.tensor([0, 1, 0x7FFFFF]), torch.arange(0x600000 - 1024, 0x600000 + 1024),
+                      torch.randint(0, 1 << 23, (2048,), generator=g)])
+    f32 = (e + mant[None, :]).flatten().to(torch.int32).view(torch.float32)
+    a = torch.cat([halves, f32])
+    return a[torch.isfinite(a)]

@@ -41,3 +41,20 @@ def round_grid_kernel(v_ptr, r_ptr, n, MAXN: tl.constexpr, EMIN: tl.constexpr, M
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     tl.store(r_ptr + i, P.round_elem_f32(tl.load(v_ptr + i, mask=m, other=0.0), MAXN, EMIN, MBITS, IS_INT), mask=m)
+
+
+@triton.jit
+def fp8_cvt_vs_bits_kernel(out_ptr, base, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """For the fp32 bit patterns ``base + program * BLOCK + i`` (``base`` an int64, the patterns
+    taken mod 2**32): ``round_elem_f32`` (the GPU's FP8 conversion where it applies) against
+    ``round_elem_bits_f32`` (integer arithmetic); adds the number that differ (NaN against NaN
+    counts as equal) to ``out[0]`` and lowers ``out[1]`` to the first pattern that does."""
+    i = base + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    v = (i & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+    a = P.round_elem_f32(v, MAXN, EMIN, MBITS, False)
+    b = P.round_elem_bits_f32(v, MAXN, EMIN, MBITS, False)
+    same = (a.to(tl.int32, bitcast=True) == b.to(tl.int32, bitcast=True)) | ((a != a) & (b != b))
+    bad = (~same).to(tl.int64)
+    tl.atomic_add(out_ptr, tl.sum(bad))
+    tl.atomic_min(out_ptr + 1, tl.min(tl.where(same, 1 << 40, i)))

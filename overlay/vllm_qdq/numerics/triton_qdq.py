@@ -349,15 +349,17 @@ if triton is not None:
         return round_elem_f32(v, ELEM.max_normal, ELEM.emin, ELEM.mbits, ELEM.is_int)
 
     @triton.jit
-    def _nvfp4_candidate(x, amax, gs, one, MULT: tl.constexpr, SPEC: tl.constexpr, SCALE_ELEM: tl.constexpr,
+    def _nvfp4_candidate(x, amax, bad, gs, one, MULT: tl.constexpr, SPEC: tl.constexpr, SCALE_ELEM: tl.constexpr,
                          u, STOCH: tl.constexpr):
-        """One NVFP4-family candidate: ``(y, s)`` with the block max mapped by ``MULT`` (1/6 or 1/4)."""
+        """One NVFP4-family candidate ``y`` with the block max mapped by ``MULT`` (1/6 or 1/4); NaN
+        in the blocks ``bad`` names (through the block's factor: no select an element)."""
         s = gs * (amax * MULT)
         s = tl.where(s > SCALE_ELEM.max_normal, SCALE_ELEM.max_normal, s)
         s = round_elem_f32(s, SCALE_ELEM.max_normal, SCALE_ELEM.emin, SCALE_ELEM.mbits, SCALE_ELEM.is_int)
         inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
         q = _elem(x * inv[:, :, None], u, _cx(SPEC.elem), STOCH)
-        return q * tl.div_rn(s, gs + 0.0 * s)[:, :, None]
+        f = tl.div_rn(s, gs + 0.0 * s)[:, :, None]
+        return q * tl.where(bad, _nan_like(f), f)
 
     @triton.jit
     def _rne_f64(t):
@@ -419,6 +421,11 @@ if triton is not None:
         """float64 scale of a SCALED recipe from fp32 group amax (the reference's float64 order;
         power-of-two recipes with ``qmax = 7 * 2**k``: the same exponent from ``amax``'s bits,
         :attr:`~vllm_qdq.numerics.formats.FormatSpec.pow2_seven_shift`, no float64 arithmetic)."""
+        if SPEC.fp32_scale_floor >= 0:  # fp32 scale, the reference's number (FormatSpec.fp32_scale_floor)
+            QMAX: tl.constexpr = SPEC.elem.max_normal
+            qmax = tl.full(amax.shape, QMAX, tl.float32)
+            s32 = _div_rn(amax, qmax, tl.full(amax.shape, 1.0 / QMAX, tl.float32))  # under 2**-60: floored below
+            return tl.maximum(s32, SPEC.fp32_scale_floor).to(tl.float64)
         if SPEC.pow2_seven_shift >= 0:
             bits = amax.to(tl.int32, bitcast=True)
             c = ((bits >> 23) & 0xFF) - (127 + SPEC.pow2_seven_shift + 2) + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
@@ -515,7 +522,7 @@ if triton is not None:
         [2**-32, 2**100] (:func:`_narrow_fallback` checks; the module docstring has the argument).
         ``x``, ``amax`` fp32 (``amax`` broadcast to ``x``), ``s`` the float64 scale (INT8 ties)."""
         QMAX: tl.constexpr = SPEC.elem.max_normal
-        a = tl.where(amax > 0, amax, 1.0)
+        a = tl.where(amax == 0, 1.0, amax)  # a NaN amax (a NaN/Inf group, _scaled_qdq): NaN throughout
         ra = tl.div_rn(tl.full(a.shape, 1.0, tl.float32), a)  # once per group
         v = _div_faithful(x * QMAX, a, ra)  # x * QMAX exact: at most 18 significant bits
         if SPEC.elem.is_int:  # |x| = amax / 2: the float64 quotient can sit an ulp off the tie
@@ -545,28 +552,30 @@ if triton is not None:
         return (q * s).to(tl.float32)
 
     @triton.jit
-    def _scaled_qdq(x, s, amax, SPEC: tl.constexpr, NARROW: tl.constexpr):
-        """QDQ of fp32 ``x`` with a float64 group scale ``s`` and the group's fp32 ``amax``, both
-        broadcast to it (fp32 result). ``NARROW`` (a float64 recipe whose ``x`` came from a 16-bit
-        tensor and goes to one, unrotated): the fp32 form, :func:`_scaled_qdq_narrow`; the kernel
-        then redoes a tile that :func:`_narrow_fallback` names in the float64 form."""
+    def _scaled_qdq(x, s, amax, bad, SPEC: tl.constexpr, NARROW: tl.constexpr):
+        """QDQ of fp32 ``x`` with a float64 group scale ``s``, the group's fp32 ``amax`` and its
+        NaN/Inf flag ``bad``, all broadcast to it (fp32 result, NaN in the groups ``bad`` names:
+        through the group's scale or amax, no select an element, except in the float64 form).
+        ``NARROW`` (a float64 recipe whose ``x`` came from a 16-bit tensor and goes to one,
+        unrotated): the fp32 form, :func:`_scaled_qdq_narrow`; the kernel then redoes a tile that
+        :func:`_narrow_fallback` names in the float64 form."""
         if SPEC.pow2_scale and not SPEC.fp32_math and SPEC.amax_floor / SPEC.elem.max_normal > 2.0**-100:
             # s = 2**c, c in [-100, 119] (ue8m0: [-42, 119]): x * 2**-c and q * 2**c are exact in fp32
             s32 = s.to(tl.float32)
             pos = s32 > 0
             v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
-            y = q * s32
+            y = q * tl.where(bad, _nan_like(s32), s32)
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             b = tl.where(s32 > 0, s32, 1.0)
             v = _div_rn(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
-            y = q * s32
+            y = q * tl.where(bad, _nan_like(s32), s32)
         elif NARROW:
-            y = _scaled_qdq_narrow(x, amax, s, SPEC)
+            y = _scaled_qdq_narrow(x, tl.where(bad, _nan_like(amax), amax), s, SPEC)
         else:
-            y = _scaled_qdq_f64(x, s, SPEC)
+            y = tl.where(bad, _nan_like(x), _scaled_qdq_f64(x, s, SPEC))
         return y
 
     @triton.jit
@@ -580,7 +589,7 @@ if triton is not None:
             cols = k0 + c
             mask = rmask & (cols < K)[None, :]
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0))
-            y = tl.where(bad, _nan_like(x), _scaled_qdq(x, s, amax, SPEC, NARROW))
+            y = _scaled_qdq(x, s, amax, bad, SPEC, NARROW)
             tl.store(y_ptr + yr[:, None] + (cols * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -802,7 +811,7 @@ if triton is not None:
             else:
                 amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
-            y = _scaled_qdq(x, s, amax, SPEC, NARROW)
+            y = _scaled_qdq(x, s, amax, bad, SPEC, NARROW)
             if NARROW:
                 fallback = _narrow_fallback(tl.full([1], 0.0, tl.float32) + amax)  # tl.full: a builtin
         else:
@@ -811,7 +820,8 @@ if triton is not None:
             if SPEC.family.value == "mx":
                 e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
                 q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
-                y = q * pow2_f32(e)
+                f = pow2_f32(e)
+                y = q * tl.where(bad, _nan_like(f), f)  # NaN through the block's factor: no select an element
             elif SPEC.family.value == "nvfp4":
                 if ONE_TILE:
                     gamax = t_amax
@@ -822,19 +832,18 @@ if triton is not None:
                 gs = tl.where(zero_tensor, one,
                               tl.div_rn(tl.full([1, 1], SCALE_ELEM.max_normal * SPEC.elem.max_normal,
                                                 tl.float32), gamax + 0.0 * one))
-                y = _nvfp4_candidate(x, amax, gs, one, INV_EMAX, SPEC, SCALE_ELEM, u, STOCH)
-                if FOUR6:  # keep the 4-candidate only when its error is strictly lower
-                    y4 = _nvfp4_candidate(x, amax, gs, one, 0.25, SPEC, SCALE_ELEM, u, STOCH)
+                y = _nvfp4_candidate(x, amax, bad, gs, one, INV_EMAX, SPEC, SCALE_ELEM, u, STOCH)
+                if FOUR6:  # keep the 4-candidate only when its error is strictly lower (NaN blocks: both NaN)
+                    y4 = _nvfp4_candidate(x, amax, bad, gs, one, 0.25, SPEC, SCALE_ELEM, u, STOCH)
                     d6 = y - x
                     d4 = y4 - x
                     use4 = _tree_sum16(d4 * d4, BLOCK_R, N_GROUPS) < _tree_sum16(d6 * d6, BLOCK_R, N_GROUPS)
                     y = tl.where(use4[:, :, None], y4, y)
             else:
                 s = _scaled_scale(amax, SPEC)[:, :, None]
-                y = _scaled_qdq(x, s, amax[:, :, None], SPEC, NARROW)
+                y = _scaled_qdq(x, s, amax[:, :, None], bad, SPEC, NARROW)
                 if NARROW:
                     fallback = _narrow_fallback(amax)
-        y = tl.where(bad, _nan_like(y), y)
         if ROT_TILE:
             y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
@@ -878,8 +887,7 @@ if triton is not None:
             x = _to_f32(tl.load(x_ptr + xr[:, None] + (c * sx_k)[None, :], mask=mask, other=0.0))
             amax, bad = _stats_of_bits(_group_max_bits(x, 1))
             s = _scaled_scale(amax, SPEC)[:, None]
-            y = _scaled_qdq(x, s, amax[:, None], SPEC, NARROW)
-            y = tl.where(bad[:, None], _nan_like(y), y)
+            y = _scaled_qdq(x, s, amax[:, None], bad[:, None], SPEC, NARROW)
             tl.store(y_ptr + yr[:, None] + (c * sy_k)[None, :], _to_out(y, y_ptr.dtype.element_ty), mask=mask)
             if NARROW:  # a row outside the fp32 form's range: the rows again, in the float64 form
                 if _narrow_fallback(amax):
