@@ -65,6 +65,7 @@ except ImportError:  # pragma: no cover - exercised only where Triton is missing
 __all__ = [
     "SCALE_RULE_CODES",
     "bf16_rne_f32",
+    "fp8_cvt_grid",
     "interpreting",
     "mx_exponent",
     "philox_uniform_f32",
@@ -92,6 +93,18 @@ def interpreting() -> bool:
 #: (also needs compute capability 8.9+, checked when a kernel compiles): off under the
 #: interpreter, whose FP8 casts are not the hardware's.
 _FP8_CVT = None if tl is None else tl.constexpr(not interpreting())
+
+if triton is not None:
+    from triton.runtime.jit import constexpr_function
+
+    @constexpr_function
+    def fp8_cvt_grid(maxn, emin, mbits, is_int=False):
+        """Whether :func:`round_elem_f32` rounds onto this element grid by the GPU's FP8
+        conversion (E4M3: 448, emin -6, 3 bits; E5M2: 57344, -14, 2), compiled for compute
+        capability 8.9+, not interpreted: a compile-time constant in a kernel."""
+        if not _FP8_CVT or is_int or (mbits, emin, maxn) not in ((3, -6, 448.0), (2, -14, 57344.0)):
+            return False
+        return cuda_capability_geq(8, 9)
 
 
 def rule_code(scale_rule: str) -> int:
@@ -164,10 +177,8 @@ if triton is not None:
         the same value as the integer form, :func:`round_elem_bits_f32` (every fp32 input:
         ``tests/gpu/test_triton_qdq_gpu.py::test_fp8_cvt_equals_integer_rounding``).
         """
-        if _FP8_CVT and not IS_INT and MBITS == 3 and EMIN == -6 and MAXN == 448.0 and cuda_capability_geq(8, 9):
-            r = _round_elem_fp8_cvt(v, True)
-        elif _FP8_CVT and not IS_INT and MBITS == 2 and EMIN == -14 and MAXN == 57344.0 and cuda_capability_geq(8, 9):
-            r = _round_elem_fp8_cvt(v, False)
+        if fp8_cvt_grid(MAXN, EMIN, MBITS, IS_INT):
+            r = _round_elem_fp8_cvt(v, MBITS == 3)
         else:
             r = round_elem_bits_f32(v, MAXN, EMIN, MBITS, IS_INT)
         return r

@@ -51,6 +51,7 @@ import triton.language as tl
 from ...numerics.formats import ELEMENTS, Family, check_scale_rule
 from ...numerics.triton_primitives import (
     bf16_rne_f32,
+    fp8_cvt_grid,
     interpreting,
     mx_exponent,
     pow2_f32,
@@ -275,7 +276,10 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
-        r3 = _mx_qdq_nonneg(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+        if fp8_cvt_grid(MAXN, EMIN, MBITS):  # the GPU's FP8 conversion: scaled, rounded, scaled back
+            r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+        else:
+            r3 = _mx_qdq_nonneg(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
     return tl.reshape(r3, (BLOCK_M, BLOCK_N))
 
 
