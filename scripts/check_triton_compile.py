@@ -103,6 +103,11 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
                                 options=opts)
     finally:
         target_info.current_target = current
+    ptx = kernel.asm["ptx"]
+    for via_f16 in ("cvt.rn.satfinite.e4m3x2.f16x2", "cvt.rn.satfinite.e5m2x2.f16x2"):
+        if via_f16 in ptx:  # Triton's sm_89 lowering: fp32 truncated to f16 first, near-ties rounded wrong
+            raise ValueError(f"{fn.__name__}: {via_f16} in the PTX: an FP8 conversion through f16 does not round "
+                             "fp32 to nearest even (triton_primitives.fp8_cvt_grid)")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
         n = kernel.asm["ptx"].count("fma.rn")
         if n:

@@ -147,7 +147,7 @@ def test_group_scale_on_the_gpu(name: str) -> None:
 
     spec = FORMATS[name]
     sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)
-    a = torch.cat([amax_values(), sig, sig * 2.0**-20, torch.zeros(1)]).cuda()
+    a = torch.cat([amax_values(), sig, sig * 2.0**-8, sig * 2.0**20, torch.zeros(1)]).cuda()
     s = torch.empty(a.numel(), dtype=torch.float64, device="cuda")
     scale_kernel[(_cdiv(a.numel(), 1024),)](a, s, a.numel(), SPEC=spec, BLOCK=1024, enable_fp_fusion=False)
     ref = _scaled_scale(a.double().cpu(), spec)
@@ -158,20 +158,23 @@ def test_group_scale_on_the_gpu(name: str) -> None:
 
 @pytest.mark.parametrize("elem", ["e4m3", "e5m2"])
 def test_fp8_cvt_equals_integer_rounding(elem: str) -> None:
-    """On this GPU (compute capability 8.9+) ``round_elem_f32`` rounds E4M3 and E5M2 elements
-    by the hardware conversion (``cvt.rn.satfinite``, then back through f16): the same value as
-    the integer-op form on every one of the 2**32 fp32 bit patterns (NaN for NaN, payloads aside)."""
+    """On this GPU (compute capability 9.0+) ``round_elem_f32`` rounds E4M3 and E5M2 elements
+    by the hardware conversion (``cvt.rn.satfinite`` from fp32, then back through f16; the
+    compiled kernel's PTX is checked to hold it): the same value as the integer-op form on every
+    one of the 2**32 fp32 bit patterns (NaN for NaN, payloads aside)."""
     from vllm_qdq.numerics.formats import ELEMENTS
 
     from tests.support.triton_primitive_kernels import fp8_cvt_vs_bits_kernel
 
-    assert torch.cuda.get_device_capability() >= (8, 9), "the hardware FP8 conversion needs sm_89+"
+    assert torch.cuda.get_device_capability() >= (9, 0), "the hardware FP8 conversion is taken from sm_90"
     spec = ELEMENTS[elem]
     out = torch.tensor([0, 1 << 40], dtype=torch.int64, device="cuda")
     block, chunk = 4096, 1 << 30
     for base in range(0, 1 << 32, chunk):
-        fp8_cvt_vs_bits_kernel[(chunk // block,)](out, base, MAXN=float(spec.max_normal), EMIN=spec.emin,
-                                                  MBITS=spec.mbits, BLOCK=block, enable_fp_fusion=False)
+        compiled = fp8_cvt_vs_bits_kernel[(chunk // block,)](out, base, MAXN=float(spec.max_normal), EMIN=spec.emin,
+                                                             MBITS=spec.mbits, BLOCK=block, enable_fp_fusion=False)
+    ptx = compiled.asm["ptx"]
+    assert f"cvt.rn.satfinite.{elem}x2.f32" in ptx, f"{elem}: the kernel does not convert by the hardware from fp32"
     n, first = out.tolist()
     where = f", the first at fp32 bits {first:#010x}" if n else ""
     assert n == 0, f"{elem}: {n} of 2**32 fp32 inputs round differently{where}"

@@ -227,17 +227,22 @@ class FormatSpec:
 
     @property
     def fp32_scale_floor(self) -> float:
-        """``fp32_math`` recipes whose ``qmax`` is ``7 * 2**k`` (E4M3's 448), with no amax floor and
-        no power-of-two scale: the fp32 value of the scale floor (0.0 with no floor), with which
-        the fp32 scale is ``max(RN32(amax / qmax), floor)``, the same number as the reference's
-        ``RN32(max(RN64(amax / qmax), scale_floor))``: rounding is monotonic, and RN32 of RN64 of
+        """``fp32_math`` recipes whose ``qmax`` is ``7 * 2**k`` (E4M3's 448), with no amax floor, no
+        power-of-two scale and a scale floor of at least 2**-126 (the fp32 quotient is not correctly
+        rounded where it is subnormal): the fp32 value of the scale floor, with which the fp32 scale
+        is ``max(RN32(amax / qmax), floor)``, the same number as the reference's
+        ``RN32(max(RN64(amax / qmax), scale_floor))`` (a review checked every fp32 amax with an exact
+        FMA, 2026-12-05: none differ): rounding is monotonic, and RN32 of RN64 of
         ``m * 2**e / 7`` (``m`` below 2**24) is RN32 of the quotient, whose bits past the 22nd are
         the period-3 expansion of a seventh (never 28 equal bits in a row, so RN64 never lands on an
         fp32 midpoint); the same holds for the floor ``1 / (7 * 2**15)``. -1.0 for every other
         recipe (the float64 scale). The Triton kernels take this path."""
         q = self.elem.max_normal
         k = int(math.log2(q / 7)) if q > 7 else -1
-        if not (self.fp32_math and not self.amax_floor and not self.pow2_scale and k >= 0 and q == 7 * 2.0**k):
+        # a floor of at least 2**-126: the fp32 quotient (_div_rn) is correctly rounded down to the
+        # smallest normal number, not below (a subnormal quotient can come out an ulp off)
+        if not (self.fp32_math and not self.amax_floor and not self.pow2_scale and k >= 0 and q == 7 * 2.0**k
+                and self.scale_floor >= 2.0**-126):
             return -1.0
         return struct.unpack("<f", struct.pack("<f", self.scale_floor))[0]
 

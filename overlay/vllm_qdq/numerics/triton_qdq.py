@@ -42,8 +42,10 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
 * Load: x -> fp32 (exact for bf16/fp16/fp32). Group ``bad`` = some ``|x| > FLT_MAX`` or NaN;
   ``amax`` = max of ``|x|`` (one integer max of the ``|x|`` bit patterns gives both: a bad
-  group's amax is clamped to FLT_MAX and never used, since a bad group is stored as NaN at the
-  end; per-tensor amaxes, from the amax pass, are over the finite elements).
+  group's amax is clamped to FLT_MAX and never used, since a bad group is stored as NaN;
+  per-tensor amaxes, from the amax pass, are over the finite elements). The NaN comes through
+  the group's dequantization factor (MX ``2**e``, NVFP4's block factor, the SCALED fp32 scale, or
+  the fp32 form's ``amax``: ``q * NaN``), not a select an element; the float64 form selects.
 * MX: shared exponent ``e`` from the bits of ``amax`` (subnormal amax is first scaled by
   2**64, exactly): floor: ``floor(log2 amax) - emax``; ceil: ``ceil(log2 amax) - emax``;
   even: floor after rounding the significand to ``mbits + 1`` bits (ties up), read as an
@@ -61,7 +63,8 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   at or above ``2**emin`` the fp32 bits are rounded half to even to ``mbits`` mantissa bits
   with integer ops, below it ``(a + C) - C`` with ``C = 2**(23 + emin - mbits)``, integers
   ``rne(a * 2**mbits) * 2**-mbits`` with ``rne(t) = (t + 2**23) - 2**23`` (the kernels are
-  compiled with FP fusion off); sign copied from ``v`` (zeros keep theirs).
+  compiled with FP fusion off); sign copied from ``v`` (zeros keep theirs). E4M3 and E5M2 on
+  sm_90+: the GPU's conversion (``cvt.rn.satfinite``), the same values.
 * NVFP4 (the reference's fp32 order): ``gs = div_rn(2688, gamax)`` (1 when ``gamax == 0``,
   2688 = e4m3.max_normal * e2m1.max_normal), ``s = e4m3(min(gs * (amax * fp32(1/6)), 448))``,
   ``inv = div_rn(1, s * div_rn(1, gs))`` (0 when ``s == 0``), ``q = e2m1(x * inv)``
@@ -72,7 +75,9 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   (``max(amax, amax_floor) / qmax``, ``max(., scale_floor)``, optional ``2**ceil(log2 .)``
   from the float64 bits). Power-of-two recipes (ue8m0): ``s = 2**c`` with ``c`` in
   [-42, 119] (amax_floor 1e-10 below, FLT_MAX above), so ``x * 2**-c`` and ``q * 2**c`` are
-  exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)``, ``v = div_rn(x, s32)``
+  exact in fp32 and fp32 is used. ``fp32_math`` recipes: ``s32 = fp32(s)`` (FP8 per-token:
+  computed in fp32, ``max(RN32(amax / 448), RN32(floor))``, the same number:
+  :attr:`~vllm_qdq.numerics.formats.FormatSpec.fp32_scale_floor`), ``v = div_rn(x, s32)``
   (equal to the reference's float64 quotient rounded to fp32: double rounding of a quotient
   of two 24-bit numbers through 53 bits is innocuous since 53 >= 2*24 + 2; computed from
   ``1 / s32`` once per group and two FMA corrections per element, :func:`_div_rn`),
@@ -98,8 +103,10 @@ Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
   INT8 rounds the float64 quotient itself. When 127 divides amax's significand the float64 scale
   is exact and so is that quotient; otherwise, for 16-bit inputs, ``127 x / amax`` is an exact
   half-integer only at ``|x| = amax / 2`` (127 is prime: ``127 X = (2n + 1) A`` forces ``2n + 1
-  = 127``), and that element takes the float64 form's value, worked out once per group. Checked
-  exhaustively (``test_narrow_form_equals_float64_form``). The float64 redo reads ``x`` again
+  = 127``); where the float64 form rounds that tie down, the group's quotients divide by
+  ``amax`` plus 8 ulps, which moves the tie under 63.5 and no other quotient across a
+  half-integer (:func:`_int8_tie_divisor`). Checked exhaustively
+  (``test_narrow_form_equals_float64_form``). The float64 redo reads ``x`` again
   after the fp32 form's store: ``y`` must not alias ``x`` (``qdq`` always writes a new tensor).
 * Store: fp32 -> output dtype, RNE (the hardware conversion; in the interpreter, whose bf16
   cast truncates, bf16 by integer rounding of the fp32 bits).
@@ -516,6 +523,29 @@ if triton is not None:
         return tl.reduce(tl.reshape(out.to(tl.int32), [out.numel]), 0, tl.standard._elementwise_max) != 0
 
     @triton.jit
+    def _int8_tie_divisor(a, s, SPEC: tl.constexpr):
+        """The divisor of INT8's quotient ``x * 127 / a`` in the fp32 form, once per group (``a``
+        the group's amax, ``s`` its float64 scale). ``|x| = a / 2`` makes the quotient 63.5 exactly,
+        which the fp32 form rounds to 64 (even); the float64 order, ``RN64(x / RN64(a / 127))``,
+        can round it to 63. Where it does, the quotient divides by ``a`` plus 8 fp32 ulps instead:
+        that tie then lies at least ``2**-15`` under 63.5 (its faithful quotient too: 63.5's ulp is
+        2**-18) and rounds to 63, and every other quotient moves by at most ``2**-20`` of itself,
+        less than its distance from a half-integer, ``|254 x - (2m + 1) a| / (2a)``, at least
+        ``1 / (254 X)`` of it with ``X`` ``x``'s integer significand (under 2**11 for fp16,
+        2**8 for bf16), with the faithful quotient's own ulp on top. No other quotient is an exact
+        tie there: ``254 x = (2m + 1) a`` needs 127 to divide ``2m + 1`` (so ``m = 63``) unless it
+        divides ``a``'s significand, and then ``a / 127`` is exact and both orders round the tie
+        alike. (Until 2026-12-05 a select on ``|x| = a / 2`` put the float64 tie in: three
+        instructions an element.) Checked with the rest of the form: every bf16 pair, fp16 pairs
+        (``test_narrow_form_equals_float64_form``)."""
+        tl.static_assert(SPEC.elem.max_normal == 127.0, "the INT8 tie argument is for qmax = 127")
+        sd = tl.where(s > 0, s, 1.0)
+        rb, rb_lo = _recip2_f64(sd)
+        qt = _round_int_f64(_div_rn_f64(a * 0.5, sd, rb, rb_lo), _cx(SPEC.elem))  # the float64 order's tie
+        up8 = (a.to(tl.int32, bitcast=True) + 8).to(tl.float32, bitcast=True)
+        return tl.where(qt < 63.5, up8, a)
+
+    @triton.jit
     def _scaled_qdq_narrow(x, amax, s, SPEC: tl.constexpr):
         """The float64 recipes' QDQ in fp32 alone, for 16-bit inputs and outputs (``NARROW``): the
         same bits as :func:`_scaled_qdq_f64`, for groups whose ``amax`` is 0 or within
@@ -523,17 +553,11 @@ if triton is not None:
         ``x``, ``amax`` fp32 (``amax`` broadcast to ``x``), ``s`` the float64 scale (INT8 ties)."""
         QMAX: tl.constexpr = SPEC.elem.max_normal
         a = tl.where(amax == 0, 1.0, amax)  # a NaN amax (a NaN/Inf group, _scaled_qdq): NaN throughout
-        ra = tl.div_rn(tl.full(a.shape, 1.0, tl.float32), a)  # once per group
-        v = _div_faithful(x * QMAX, a, ra)  # x * QMAX exact: at most 18 significant bits
-        if SPEC.elem.is_int:  # |x| = amax / 2: the float64 quotient can sit an ulp off the tie
-            half = a * 0.5
-            sd = tl.where(s > 0, s, 1.0)
-            rb, rb_lo = _recip2_f64(sd)  # once per group
-            qt = _round_int_f64(_div_rn_f64(half, sd, rb, rb_lo), _cx(SPEC.elem)).to(tl.float32)
-            # on the integer grid already, so the rounding below keeps it; v carries x's sign
-            qt = (qt.to(tl.int32, bitcast=True) | (v.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32,
-                                                                                                   bitcast=True)
-            v = tl.where(tl.abs(x) == half, qt, v)
+        a_div = a
+        if SPEC.elem.is_int:  # |x| = amax / 2, INT8's one exact tie: see _int8_tie_divisor
+            a_div = _int8_tie_divisor(a, s, SPEC)
+        ra = tl.div_rn(tl.full(a.shape, 1.0, tl.float32), a_div)  # once per group
+        v = _div_faithful(x * QMAX, a_div, ra)  # x * QMAX exact: at most 18 significant bits
         q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)
         qmax = tl.full(a.shape, QMAX, tl.float32)
         return _div_faithful(q * a, qmax, tl.div_rn(tl.full(a.shape, 1.0, tl.float32), qmax))  # q * a exact
