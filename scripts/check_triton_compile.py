@@ -109,7 +109,7 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
             raise ValueError(f"{fn.__name__}: {via_f16} in the PTX: an FP8 conversion through f16 does not round "
                              "fp32 to nearest even (triton_primitives.fp8_cvt_grid)")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
-        n = kernel.asm["ptx"].count("fma.rn")
+        n = ptx.count("fma.rn")
         if n:
             raise ValueError(f"{fn.__name__}: {n} fma.rn instructions in the PTX, which its source never asks for")
     if RECORD:

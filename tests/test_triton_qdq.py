@@ -18,7 +18,13 @@ from vllm_qdq.numerics.reference import qdq_reference
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
-from tests.support.narrow_pairs import amax_values, fp16_amax_sample, fp16_amax_thin, narrow_pairs
+from tests.support.narrow_pairs import (
+    amax_values,
+    fp16_amax_sample,
+    fp16_amax_thin,
+    narrow_pairs,
+    scale_amaxes,
+)
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 CASES = [
@@ -536,8 +542,7 @@ def test_fp32_scale_of_per_token(tq) -> None:
     k = importlib.reload(k)
     spec = FORMATS["fp8_e4m3_per_token"]
     assert spec.fp32_scale_floor > 0 and all(f.fp32_scale_floor < 0 for n, f in FORMATS.items() if n != spec.name)
-    sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)  # [1, 2), every 8th
-    a = torch.cat([amax_values(), sig, sig * 2.0**-8, sig * 2.0**20, torch.zeros(1)])  # over the floor
+    a = scale_amaxes()
     s = torch.empty(a.numel(), dtype=torch.float64)
     k.scale_kernel[(-(-a.numel() // (1 << 18)),)](a, s, a.numel(), SPEC=spec, BLOCK=1 << 18)
     assert_same_bits(s, _scaled_scale(a.double(), spec).float().double())

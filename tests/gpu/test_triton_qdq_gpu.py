@@ -138,16 +138,15 @@ def test_group_scale_on_the_gpu(name: str) -> None:
     helper on the GPU's FMA, UE8M0's from the amax's bits, per-group128's float64 quotient)
     against the reference's float64 scale (per-token: rounded to fp32 as the reference does):
     every bf16 and fp16 amax, every fp32 exponent with significands around 1.75 and at random,
-    and every 8th significand of two binades."""
+    and every 8th significand of three binades (``scale_amaxes``)."""
     from vllm_qdq.numerics.reference import _scaled_scale
     from vllm_qdq.numerics.triton_qdq import _cdiv
 
-    from tests.support.narrow_pairs import amax_values
+    from tests.support.narrow_pairs import scale_amaxes
     from tests.support.triton_qdq_kernels import scale_kernel
 
     spec = FORMATS[name]
-    sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)
-    a = torch.cat([amax_values(), sig, sig * 2.0**-8, sig * 2.0**20, torch.zeros(1)]).cuda()
+    a = scale_amaxes().cuda()
     s = torch.empty(a.numel(), dtype=torch.float64, device="cuda")
     scale_kernel[(_cdiv(a.numel(), 1024),)](a, s, a.numel(), SPEC=spec, BLOCK=1024, enable_fp_fusion=False)
     ref = _scaled_scale(a.double().cpu(), spec)

@@ -61,3 +61,10 @@ def amax_values() -> torch.Tensor:
     f32 = (e + mant[None, :]).flatten().to(torch.int32).view(torch.float32)
     a = torch.cat([halves, f32])
     return a[torch.isfinite(a)]
+
+
+def scale_amaxes() -> torch.Tensor:
+    """:func:`amax_values`, every 8th fp32 significand of [1, 2), [2**-8, 2**-7) and [2**20,
+    2**21) (above FP8 per-token's scale floor: the quotient's double rounding), and 0."""
+    sig = torch.arange(0x3F800000, 0x40000000, 8, dtype=torch.int32).view(torch.float32)
+    return torch.cat([amax_values(), sig, sig * 2.0**-8, sig * 2.0**20, torch.zeros(1)])

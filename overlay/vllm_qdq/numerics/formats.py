@@ -219,11 +219,16 @@ class FormatSpec:
         2**e`` at or above the floor (at least 2**-126) (the float64 quotient never rounds across a power of two:
         only ``amax = 7 * 2**j`` comes within an ulp of one, and that quotient is exact); -1 for
         every other recipe. The Triton kernels compute the scale from ``amax``'s bits this way."""
-        q = self.elem.max_normal
-        k = int(math.log2(q / 7)) if q > 7 else -1
         # a floor of at least 2**-126: every amax the formula reads is a normal fp32 number
         ok = self.pow2_scale and self.amax_floor >= 2.0**-126 and not self.scale_floor and not self.fp32_math
-        return k if ok and k >= 0 and q == 7 * 2.0**k else -1
+        return self._qmax_seven_shift if ok else -1
+
+    @property
+    def _qmax_seven_shift(self) -> int:
+        """``k`` where ``qmax = 7 * 2**k`` (E4M3's 448, E5M2's 57344), else -1."""
+        q = self.elem.max_normal
+        k = int(math.log2(q / 7)) if q > 7 else -1
+        return k if k >= 0 and q == 7 * 2.0**k else -1
 
     @property
     def fp32_scale_floor(self) -> float:
@@ -237,11 +242,9 @@ class FormatSpec:
         the period-3 expansion of a seventh (never 28 equal bits in a row, so RN64 never lands on an
         fp32 midpoint); the same holds for the floor ``1 / (7 * 2**15)``. -1.0 for every other
         recipe (the float64 scale). The Triton kernels take this path."""
-        q = self.elem.max_normal
-        k = int(math.log2(q / 7)) if q > 7 else -1
         # a floor of at least 2**-126: the fp32 quotient (_div_rn) is correctly rounded down to the
         # smallest normal number, not below (a subnormal quotient can come out an ulp off)
-        if not (self.fp32_math and not self.amax_floor and not self.pow2_scale and k >= 0 and q == 7 * 2.0**k
+        if not (self.fp32_math and not self.amax_floor and not self.pow2_scale and self._qmax_seven_shift >= 0
                 and self.scale_floor >= 2.0**-126):
             return -1.0
         return struct.unpack("<f", struct.pack("<f", self.scale_floor))[0]

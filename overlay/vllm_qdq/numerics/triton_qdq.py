@@ -366,7 +366,7 @@ if triton is not None:
         inv = tl.where(s != 0, tl.div_rn(one + 0.0 * s, s * tl.div_rn(one, gs)), 0.0)
         q = _elem(x * inv[:, :, None], u, _cx(SPEC.elem), STOCH)
         f = tl.div_rn(s, gs + 0.0 * s)[:, :, None]
-        return q * tl.where(bad, _nan_like(f), f)
+        return q * _nan_where(bad, f)
 
     @triton.jit
     def _rne_f64(t):
@@ -385,6 +385,13 @@ if triton is not None:
     @triton.jit
     def _nan_like(x):
         return tl.full(x.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _nan_where(bad, f):
+        """``f`` with NaN where ``bad``: applied to a group's dequantization factor (its scale, or
+        its amax in the fp32 form), it makes the whole group NaN through ``q * f`` with no select an
+        element."""
+        return tl.where(bad, _nan_like(f), f)
 
     @triton.jit
     def _to_f32(x):
@@ -589,15 +596,15 @@ if triton is not None:
             pos = s32 > 0
             v = x * tl.div_rn(tl.full(s32.shape, 1.0, tl.float32), tl.where(pos, s32, 1.0))
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
-            y = q * tl.where(bad, _nan_like(s32), s32)
+            y = q * _nan_where(bad, s32)
         elif SPEC.fp32_math:
             s32 = s.to(tl.float32)
             b = tl.where(s32 > 0, s32, 1.0)
             v = _div_rn(x, b, tl.div_rn(tl.full(b.shape, 1.0, tl.float32), b))  # 1 / b: once per group
             q = round_elem_f32(v, SPEC.elem.max_normal, SPEC.elem.emin, SPEC.elem.mbits, SPEC.elem.is_int)  # s == 0: an all-zero group, q = its signed zeros
-            y = q * tl.where(bad, _nan_like(s32), s32)
+            y = q * _nan_where(bad, s32)
         elif NARROW:
-            y = _scaled_qdq_narrow(x, tl.where(bad, _nan_like(amax), amax), s, SPEC)
+            y = _scaled_qdq_narrow(x, _nan_where(bad, amax), s, SPEC)
         else:
             y = tl.where(bad, _nan_like(x), _scaled_qdq_f64(x, s, SPEC))
         return y
@@ -845,7 +852,7 @@ if triton is not None:
                 e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
                 q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
                 f = pow2_f32(e)
-                y = q * tl.where(bad, _nan_like(f), f)  # NaN through the block's factor: no select an element
+                y = q * _nan_where(bad, f)
             elif SPEC.family.value == "nvfp4":
                 if ONE_TILE:
                     gamax = t_amax
