@@ -25,8 +25,10 @@ program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`). Options (issue 18
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
-same run: rotation blocks held whole by one thread (the default, ``ROT_TILE_MAX``) and, in the
-"tile layout" column, the tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04).
+same run: rotation blocks held whole by one thread (the default, ``ROT_TILE_MAX``), in the
+"uncoalesced" column the same loaded and stored in that layout (``ROT_COALESCE`` off: the default
+before 2026-12-05b; blank where the recipe has no other), and in the "tile layout" column the
+tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ ROTATION_BUDGET = 0.25
 OPTIONS: tuple[tuple[str, str, dict], ...] = (
     *((f"mxfp4 + hadamard{b}", "mxfp4", {"rotate": {"block": b}}) for b in (16, 32, 64, 128, 256)),
     ("mxfp4 + hadamard128 random", "mxfp4", {"rotate": {"block": 128, "seed": 1}}),
+    ("mxfp8_e4m3 + hadamard128", "mxfp8_e4m3", {"rotate": {"block": 128}}),
     ("nvfp4 + hadamard16", "nvfp4", {"rotate": {"block": 16}}),
     ("nvfp4 + hadamard128 random", "nvfp4", {"rotate": {"block": 128, "seed": 1}}),
     ("mxfp4 stochastic", "mxfp4", {"rounding": "stochastic", "seed": 1}),
@@ -70,9 +73,12 @@ def bench_options(failures: list[str]) -> None:
     from vllm_qdq.numerics.rotation import parse_rotation
 
     print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
-          " rotations also in the tile layout (ROT_TILE_MAX = 0)")
-    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s} {'tile layout':>12s}" for r, c in SIZES))
+          " rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off) and in the tile"
+          " layout (ROT_TILE_MAX = 0)")
+    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s} {'uncoalesced':>12s} {'tile layout':>12s}"
+                                      for r, c in SIZES))
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
+    coalesce = getattr(triton_qdq, "ROT_COALESCE", None)
     for label, fmt, kw in OPTIONS:
         spec = FORMATS[fmt]
         kw = dict(kw)
@@ -84,6 +90,12 @@ def bench_options(failures: list[str]) -> None:
             plain = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
             ms = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
             line += f" {ms:14.3f} {ms / plain:8.2f}"
+            if rot is not None and coalesce and triton_qdq._rot_layout(spec, rot.block) == 2:
+                unc = kernel_ms_with(triton_qdq, "ROT_COALESCE", False,
+                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
+                line += f" {unc / plain:12.2f}"
+            else:
+                line += f" {'':>12s}"
             if rot is not None and default_max is not None:  # the same call in the tile layout
                 old = kernel_ms_with(triton_qdq, "ROT_TILE_MAX", 0,
                                      lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023

@@ -6,8 +6,9 @@ specialized like Triton's JIT, for ``--arch``, default sm_90) and counts, in the
 (``nvdisasm`` from Triton's wheel), what decides a streaming kernel's speed before a GPU is at
 hand: instructions per element a thread handles, lane shuffles, barriers and shared-memory
 accesses (data moved between threads), registers, local-memory spills. Rotations are listed in
-both kernel layouts (``ROT_TILE_MAX``: rotation blocks held whole by one thread, or the tile's
-own layout). Static counts, not timings: a kernel whose instructions per element stay below
+each kernel layout (``ROT_TILE_MAX``: rotation blocks held whole by one thread, loaded and stored
+coalesced where the recipe takes it (``coalesced``, ``ROT_COALESCE``) and in that layout
+(``in-thread``), or the tile's own layout (``tile``)). Static counts, not timings: a kernel whose instructions per element stay below
 the GPU's issue budget at memory bandwidth (H200: about 36 a thread per bf16 element, from
 132 SMs x 4 schedulers x 1.98 GHz against 2 bytes read + 2 written at ~3.9 TB/s) can run at
 bandwidth; one above it cannot. ``scripts/bench_qdq_triton.py`` measures on the GPU.
@@ -196,14 +197,20 @@ def main() -> int:
           "float64-pipe instructions (arithmetic, compares, conversions) per element")
     print(f"{'recipe':24s} {'layout':12s} {'kernel':18s} {'tile':>6s} {'warps':>5s} {'el/thr':>6s} {'instr/el':>8s} "
           f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
-    default_max = triton_qdq.ROT_TILE_MAX
+    default_max, default_coalesce = triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE
     for recipe in args.recipes.split(","):
         fmt, rule, block, seed, stoch = parse_recipe(recipe.strip())
         spec = get_format(fmt)
         x = torch.empty(rows, k, dtype=torch.bfloat16)
         rot = Rotation(block=block, seed=seed) if block else None
-        for layout, rtm in (("in-thread", default_max), ("tile", 0)) if block else (("-", default_max),):
-            triton_qdq.ROT_TILE_MAX = rtm
+        layouts = [("-", default_max, default_coalesce)]
+        if block:  # whole blocks in a thread, loaded coalesced where the recipe takes it; uncoalesced; tile
+            layouts = [("in-thread", default_max, False), ("tile", 0, False)]
+            triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE = default_max, True
+            if triton_qdq._rot_layout(spec, block) == 2:
+                layouts.insert(0, ("coalesced", default_max, True))
+        for layout, rtm, coalesce in layouts:
+            triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE = rtm, coalesce
             ctc._seen.clear()
             ctc.COMPILED.clear()
             ex = triton_qdq._Extras(rot, hadamard_signs(rot, k, "cpu", torch.bfloat16) if rot else None, k,
@@ -219,7 +226,7 @@ def main() -> int:
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
                       f"{c['instr'] / per_thread:8.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "
                       f"{c['regs']:4d} {c['fp64'] / per_thread:6.1f}", flush=True)
-    triton_qdq.ROT_TILE_MAX = default_max
+    triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE = default_max, default_coalesce
     return 0
 
 

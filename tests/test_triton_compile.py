@@ -62,22 +62,32 @@ def test_direct_replay_layout_is_the_gpu_images_launcher() -> None:
 
 
 def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
-    """The rotation layout of ``ROT_TILE_MAX`` compiles (sm_90, Triton 3.6) to a kernel whose
-    butterfly needs no lane shuffles, barriers or shared memory, with fewer instructions than the
-    tile's own layout (``scripts/triton_sass_stats.py``, which reads the SASS)."""
-    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,nvfp4+h64", timeout=900)
+    """The rotation layouts of ``ROT_TILE_MAX`` compile (sm_90, Triton 3.6) to kernels whose
+    butterfly moves no data between lanes, with fewer instructions than the tile's own layout
+    (``scripts/triton_sass_stats.py``, which reads the SASS): loaded and stored in that layout, no
+    shuffles, barriers or shared memory; loaded and stored coalesced (``ROT_COALESCE``, the MX
+    recipes from Hadamard-64 up), no shuffles and only the two transposes through shared memory
+    (Triton's layout propagation kept to them: a butterfly stage done across lanes would add
+    shuffles), no spills."""
+    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     rows = {}
     for line in out.stdout.splitlines():
         f = line.split()
         if len(f) == 13 and f[2] == "_qdq_block_kernel":
             rows[(f[0], f[1])] = {"instr": float(f[6]), "shfl": int(f[7]), "bar": int(f[8]), "smem": int(f[9]),
-                                  "local": int(f[10])}
+                                  "local": int(f[10]), "el": int(f[5])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
+                         ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
                          ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile")}, out.stdout
-    for recipe in ("mxfp4+h32", "nvfp4+h64"):
+    for recipe in ("mxfp4+h32", "mxfp4+h128", "nvfp4+h64"):
         fast, tile = rows[(recipe, "in-thread")], rows[(recipe, "tile")]
         assert fast["shfl"] == fast["bar"] == fast["smem"] == fast["local"] == 0, (recipe, fast)
         assert tile["shfl"] > 0 and fast["instr"] < 0.7 * tile["instr"], (recipe, fast, tile)
+    for recipe in ("mxfp4+h128",):
+        co, fast = rows[(recipe, "coalesced")], rows[(recipe, "in-thread")]
+        # 16-byte shared-memory accesses: a store and a load of each 8 elements, each way
+        assert co["shfl"] == co["local"] == 0 and 0 < co["smem"] <= co["el"] // 2, (recipe, co)
+        assert co["instr"] < fast["instr"] + 5, (recipe, co, fast)
     # the rotation costs at most ~50% more instructions than the plain format (22 an element)
     assert rows[("mxfp4+h32", "in-thread")]["instr"] < 1.5 * rows[("mxfp4", "-")]["instr"], rows

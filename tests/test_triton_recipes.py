@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from vllm_qdq.numerics.formats import FORMATS, Granularity
+from vllm_qdq.numerics.formats import FORMATS, Family, Granularity
 from vllm_qdq.numerics.qdq import quantize_dequantize
 
 from tests.support.bits import assert_same_bits
@@ -46,14 +46,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("rot_tile_max", [128, 0], ids=["blocks-in-thread", "tile-layout"])
+#: (ROT_TILE_MAX, ROT_COALESCE) of each rotation layout: whole blocks in a thread, loaded and stored
+#: coalesced where the recipe takes it (MX, blocks of 64 and up); the same, loaded and stored in
+#: that layout; the tile's own layout
+LAYOUTS = {"blocks-in-thread": (128, True), "uncoalesced": (128, False), "tile-layout": (0, True)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(("fmt", "kw"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
-def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, rot_tile_max: int,  # noqa: F811
+def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, layout: str,  # noqa: F811
                                   monkeypatch) -> None:
-    """Both rotation layouts of the kernels (:data:`ROT_TILE_MAX`: blocks loaded whole into one
-    thread, or the tile's own layout) give the reference's bits."""
+    """Every rotation layout of the kernels (:data:`ROT_TILE_MAX`: blocks whole in one thread, or
+    the tile's own layout; :data:`ROT_COALESCE`: the former loaded and stored coalesced) gives the
+    reference's bits, and each call takes the layout it should (``ROT_TILE`` 2, 1 or 0)."""
+    rot_tile_max, coalesce = LAYOUTS[layout]
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
+    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     layouts = []
     plan = tq._plan
 
@@ -79,8 +88,13 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, ro
         quantize_dequantize(xs, fmt, backend="reference", axis=0, **kw),
     )
     fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
-    in_thread = fused and kw["rotate"]["block"] <= rot_tile_max
-    assert (True in layouts) == in_thread and (not fused or (False in layouts) == (not in_thread)), layouts
+    if fused:
+        block = kw["rotate"]["block"]
+        want = 0 if block > rot_tile_max else (
+            2 if coalesce and FORMATS[fmt].family is Family.MX and block >= 64 else 1)
+        assert set(layouts) == {want}, (layouts, want)
+    else:
+        assert set(layouts) <= {0, None}, layouts
 
 
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811

@@ -94,13 +94,16 @@ def _count_replays(triton_qdq, monkeypatch) -> list[tuple[bool, bool]]:
 ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 
+@pytest.mark.parametrize("switch", ["ROT_TILE_MAX", "ROT_COALESCE"])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
-def test_rotation_in_the_tile_layout(fmt: str, kw: dict, monkeypatch) -> None:
-    """The rotations with ``ROT_TILE_MAX = 0`` (every block in the tile's own layout, the layout
-    the bench's "tile layout" column times) give the reference's bits too."""
+def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, monkeypatch) -> None:
+    """The rotations in the layouts the bench's options table times beside the default give the
+    reference's bits too: ``ROT_TILE_MAX = 0`` (every block in the tile's own layout: the "tile
+    layout" column) and ``ROT_COALESCE`` off (whole blocks in a thread, loaded and stored in that
+    layout: the "uncoalesced" column)."""
     from vllm_qdq.numerics import triton_qdq
 
-    monkeypatch.setattr(triton_qdq, "ROT_TILE_MAX", 0)
+    monkeypatch.setattr(triton_qdq, switch, 0 if switch == "ROT_TILE_MAX" else False)
     monkeypatch.setattr(triton_qdq, "_FAST", {})  # recorded calls carry the layout they were made with
     torch.manual_seed(0)
     for shape in ((257, 4096), (16, 3000)):

@@ -125,10 +125,12 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
   rotation block) is rotated in registers (signs, ``log2 b`` butterfly stages as
   reshape / permute / split / join, ``* fp32(1/sqrt(b))``), QDQ'd, rotated back and stored: one
   read and one write. Masked columns load as 0, which is the reference's zero padding to ``KP``.
-  ``ROT_TILE`` (blocks up to :data:`ROT_TILE_MAX`): the tile is loaded and stored in a shape
-  that gives each thread whole rotation blocks (:func:`_block_cols`), so the stages are register
-  arithmetic; otherwise Triton exchanges data between lanes for the upper stages. The layout
-  changes which thread does an operation, never the operations: the same bits either way.
+  ``ROT_TILE`` (blocks up to :data:`ROT_TILE_MAX`): each thread holds whole rotation blocks
+  (:func:`_block_cols`), so the stages are register arithmetic; the tile is loaded and stored
+  in that layout (1) or coalesced and moved into it through shared memory once each way (2,
+  :data:`ROT_COALESCE`); otherwise (0) Triton exchanges data between lanes for the upper
+  stages. The layout changes which thread does an operation, never the operations: the same
+  bits either way.
   The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
   Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
@@ -314,17 +316,43 @@ if triton is not None:
     @triton.jit
     def _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R: tl.constexpr,
                       BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                      ROT_SCALE: tl.constexpr):
-        """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile loaded with whole rotation
-        blocks per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs,
-        butterfly, ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the
-        ``[BLOCK_R, blocks, chunks, 8]`` shape the store uses."""
+                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr):
+        """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile with whole rotation blocks
+        per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs, butterfly,
+        ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the ``[BLOCK_R,
+        blocks, chunks, 8]`` shape. ``ROT_TILE == 1``: loaded in that layout (each thread reads
+        its blocks: a warp's 16-byte accesses fall in up to 32 memory lines); ``2``: loaded in
+        the coalesced 2-d layout and moved into it once, through shared memory, as 16-bit values
+        (:func:`_block_anchor`)."""
         c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
-        x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4, other=0.0))
-        if HAS_SIGNS:
-            x = x * _block_signs(sign_ptr, c4, rows, KP)
+        if ROT_TILE == 2:
+            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+            x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+            x = _to_f32(tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8]))
+            if HAS_SIGNS:
+                x = x * _block_signs(sign_ptr, c4, rows, KP)
+            else:
+                x = x * _block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2)
+        else:
+            x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
+                                other=0.0))
+            if HAS_SIGNS:
+                x = x * _block_signs(sign_ptr, c4, rows, KP)
         return _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE, c4, mask4
+
+    @triton.jit
+    def _block_anchor(ptr, rows, BLOCK_K: tl.constexpr, RB: tl.constexpr):
+        """1.0 (fp32) in the layout of a tile loaded by :func:`_block_cols`: a load whose mask is
+        never true (offsets from 0 up, compared with 0), which reads nothing (the compiler drops
+        it and the multiplication by its 1.0). Its only effect is on Triton's layout choice: a large load
+        fixes its layout (it is not re-derived from its users), so a tile loaded coalesced and
+        multiplied by this value is moved into the whole-blocks-per-thread layout right after its
+        load (one shared-memory transpose of the 16-bit values) instead of stage by stage in the
+        butterfly. ``x * 1.0 == x`` for every fp32 ``x`` (NaN stays NaN)."""
+        offs = _block_cols(0, BLOCK_K, RB)[None, :, :, :] + 0 * rows[:, None, None, None]
+        return tl.load(ptr + offs, mask=offs < 0, other=1.0).to(tl.float32)
 
     @triton.jit
     def _block_signs(sign_ptr, c4, rows, KP):
@@ -723,7 +751,7 @@ if triton is not None:
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
@@ -812,7 +840,7 @@ if triton is not None:
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, c4, mask4 = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
             x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
             cols = tl.reshape(c4, [N_GROUPS, GROUP])
         else:
@@ -880,8 +908,14 @@ if triton is not None:
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
             if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
-            tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
-                     _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
+            if ROT_TILE == 2:  # stored coalesced: the 16-bit values moved back through shared memory
+                cols2 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                mask2 = (rows < n_rows)[:, None] & (cols2 < K)[None, :]
+                tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
+                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2)
+            else:
+                tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
+                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
         else:
             if ROT_LOG2 > 0:
                 y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
@@ -1059,21 +1093,21 @@ def _cdiv(a: int, b: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
-          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: bool = False) -> tuple:
+          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
     kwargs) or None, constexpr kwargs)``. ``tile`` / ``amax_tile``: the :data:`TILE_CONFIG` entries
     in force (part of the key, so a changed table takes effect). ``one_tile_rows``: the rows of a
-    call that is one tile (:func:`_one_tile`), 0 otherwise. ``rot_tile``: rotation blocks held
-    whole by one thread (:data:`ROT_TILE_MAX`); the tiles then grow to at least one rotation block
-    per thread."""
+    call that is one tile (:func:`_one_tile`), 0 otherwise. ``rot_tile``: 1 or 2, rotation blocks
+    held whole by one thread (:data:`ROT_TILE_MAX`; 2: loaded and stored coalesced,
+    :data:`ROT_COALESCE`); the tiles then grow to at least one rotation block per thread."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
                          "FIX_K": min(block_k, _FIX_K), "num_warps": warps, "enable_fp_fusion": False}
-    rot_tile = rot_tile and rot_block > 1
+    rot_tile = rot_tile if rot_block > 1 else 0
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
     if rot_tile:  # one block per thread at least
@@ -1128,7 +1162,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, rot_b <= ROT_TILE_MAX)
+        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b))
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1230,6 +1264,35 @@ ONE_TILE_WARPS = 8
 #: busy (the tile grows by rows); GPU timings of both layouts: ``scripts/bench_qdq_triton.py``'s
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
+
+#: MX recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one thread, are
+#: loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive addresses)
+#: and moved between it and the whole-blocks-per-thread layout once each way, as 16-bit values
+#: through shared memory (``ROT_TILE == 2``, :func:`_load_rotated`, :func:`_block_anchor`). Off
+#: (and for the other recipes): loaded and stored in that layout, where a warp's 16-byte access
+#: touches 32 memory lines from Hadamard-64 up (each thread its own line; 16 at Hadamard-32, 8 at
+#: 16), the layout timed in ``results/h200-2026-12-04c`` and ``-05`` (MXFP4 + Hadamard-32 / -64 /
+#: -128: 1.22x / 1.94x / 2.38x plain MXFP4 at 64M elements). Why: on the GPU's L1 a warp's access
+#: costs about a cycle per line it touches, 4 when coalesced; counted that way over a 64M-element
+#: call, the extra lines come to ~25 us (Hadamard-32) and ~66 us (64 and up) against measured
+#: excesses of 16 and 71 / 103 us. SASS for sm_90 (``scripts/triton_sass_stats.py``, bf16 4096 x
+#: 4096, coalesced against not): no shuffles, 15 barriers and 16-32 16-byte shared-memory stores
+#: a thread (and as many ``ldmatrix`` loads), 2.5-3.6 more instructions an element (unpacking the
+#: transposed 16-bit values, the anchor's multiplication), fewer registers (MXFP4 + Hadamard-64 83
+#: against 96, MXFP8 / MXINT8 + Hadamard-128 168 against ~200). Hadamard-32 would pay 6.2 more
+#: instructions an element for the smaller excess, so it keeps the other layout, as do NVFP4 and
+#: per-tensor FP8, where Triton 3.6's layout propagation does not keep to one transpose each way
+#: (shuffles in the butterfly; ``test_triton_compile`` checks the MX kernel has none). Not yet
+#: timed: the bench's options table times both layouts (the "uncoalesced" column: this off).
+ROT_COALESCE = True
+
+
+def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
+    """The ``ROT_TILE`` of a rotated call: 0 (tile layout), 1 (whole blocks per thread), 2 (whole
+    blocks per thread, loaded and stored coalesced); see :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`."""
+    if rot_block <= 1 or rot_block > ROT_TILE_MAX:
+        return 0
+    return 2 if ROT_COALESCE and spec.family is Family.MX and rot_block >= 64 else 1
 
 
 def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
@@ -1367,7 +1430,7 @@ class _FastCall:
     allocated for the partial pairs, every word of which the amax pass writes) put in their
     places; constant tensors of the call (a random rotation's signs, cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`_DIRECT_TRITON`) are read when a call is recorded: change them
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`_DIRECT_TRITON`) are read when a call is recorded: change them
     before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
