@@ -65,8 +65,8 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     """The rotation layouts of ``ROT_TILE_MAX`` compile (sm_90, Triton 3.6) to kernels whose
     butterfly moves no data between lanes, with fewer instructions than the tile's own layout
     (``scripts/triton_sass_stats.py``, which reads the SASS): loaded and stored in that layout, no
-    shuffles, barriers or shared memory; loaded and stored coalesced (``ROT_COALESCE``, the MX
-    recipes from Hadamard-64 up), no shuffles and only the two transposes through shared memory
+    shuffles, barriers or shared memory; loaded and stored coalesced (``ROT_COALESCE``, MX and
+    NVFP4 from Hadamard-64 up), no shuffles and only the two transposes through shared memory
     (Triton's layout propagation kept to them: a butterfly stage done across lanes would add
     shuffles), no spills."""
     out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64", timeout=900)
@@ -79,12 +79,12 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
                                   "local": int(f[10]), "el": int(f[5])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
                          ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
-                         ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile")}, out.stdout
+                         ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile")}, out.stdout
     for recipe in ("mxfp4+h32", "mxfp4+h128", "nvfp4+h64"):
         fast, tile = rows[(recipe, "in-thread")], rows[(recipe, "tile")]
         assert fast["shfl"] == fast["bar"] == fast["smem"] == fast["local"] == 0, (recipe, fast)
         assert tile["shfl"] > 0 and fast["instr"] < 0.7 * tile["instr"], (recipe, fast, tile)
-    for recipe in ("mxfp4+h128",):
+    for recipe in ("mxfp4+h128", "nvfp4+h64"):
         co, fast = rows[(recipe, "coalesced")], rows[(recipe, "in-thread")]
         # 16-byte shared-memory accesses: a store and a load of each 8 elements, each way
         assert co["shfl"] == co["local"] == 0 and 0 < co["smem"] <= co["el"] // 2, (recipe, co)

@@ -47,7 +47,7 @@ CASES = [
 
 
 #: (ROT_TILE_MAX, ROT_COALESCE) of each rotation layout: whole blocks in a thread, loaded and stored
-#: coalesced where the recipe takes it (MX, blocks of 64 and up); the same, loaded and stored in
+#: coalesced where the recipe takes it (MX, NVFP4: blocks of 64 and up); the same, loaded and stored in
 #: that layout; the tile's own layout
 LAYOUTS = {"blocks-in-thread": (128, True), "uncoalesced": (128, False), "tile-layout": (0, True)}
 
@@ -91,7 +91,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     if fused:
         block = kw["rotate"]["block"]
         want = 0 if block > rot_tile_max else (
-            2 if coalesce and FORMATS[fmt].family is Family.MX and block >= 64 else 1)
+            2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         assert set(layouts) == {want}, (layouts, want)
     else:
         assert set(layouts) <= {0, None}, layouts

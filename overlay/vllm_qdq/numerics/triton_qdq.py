@@ -352,7 +352,8 @@ if triton is not None:
         load (one shared-memory transpose of the 16-bit values) instead of stage by stage in the
         butterfly. ``x * 1.0 == x`` for every fp32 ``x`` (NaN stays NaN)."""
         offs = _block_cols(0, BLOCK_K, RB)[None, :, :, :] + 0 * rows[:, None, None, None]
-        return tl.load(ptr + offs, mask=offs < 0, other=1.0).to(tl.float32)
+        # as 16-bit words, whatever ptr points to: 8 of them fill the 16-byte vector of a chunk
+        return tl.load(ptr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=offs < 0, other=1.0).to(tl.float32)
 
     @triton.jit
     def _block_signs(sign_ptr, c4, rows, KP):
@@ -1265,25 +1266,28 @@ ONE_TILE_WARPS = 8
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
 
-#: MX recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one thread, are
-#: loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive addresses)
-#: and moved between it and the whole-blocks-per-thread layout once each way, as 16-bit values
-#: through shared memory (``ROT_TILE == 2``, :func:`_load_rotated`, :func:`_block_anchor`). Off
-#: (and for the other recipes): loaded and stored in that layout, where a warp's 16-byte access
-#: touches 32 memory lines from Hadamard-64 up (each thread its own line; 16 at Hadamard-32, 8 at
-#: 16), the layout timed in ``results/h200-2026-12-04c`` and ``-05`` (MXFP4 + Hadamard-32 / -64 /
-#: -128: 1.22x / 1.94x / 2.38x plain MXFP4 at 64M elements). Why: on the GPU's L1 a warp's access
-#: costs about a cycle per line it touches, 4 when coalesced; counted that way over a 64M-element
-#: call, the extra lines come to ~25 us (Hadamard-32) and ~66 us (64 and up) against measured
-#: excesses of 16 and 71 / 103 us. SASS for sm_90 (``scripts/triton_sass_stats.py``, bf16 4096 x
-#: 4096, coalesced against not): no shuffles, 15 barriers and 16-32 16-byte shared-memory stores
-#: a thread (and as many ``ldmatrix`` loads), 2.5-3.6 more instructions an element (unpacking the
-#: transposed 16-bit values, the anchor's multiplication), fewer registers (MXFP4 + Hadamard-64 83
-#: against 96, MXFP8 / MXINT8 + Hadamard-128 168 against ~200). Hadamard-32 would pay 6.2 more
-#: instructions an element for the smaller excess, so it keeps the other layout, as do NVFP4 and
-#: per-tensor FP8, where Triton 3.6's layout propagation does not keep to one transpose each way
-#: (shuffles in the butterfly; ``test_triton_compile`` checks the MX kernel has none). Not yet
-#: timed: the bench's options table times both layouts (the "uncoalesced" column: this off).
+#: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
+#: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
+#: addresses) and moved between it and the whole-blocks-per-thread layout once each way, as
+#: 16-bit values through shared memory (``ROT_TILE == 2``, :func:`_load_rotated`,
+#: :func:`_block_anchor`; NVFP4's amax pass loads the same way). Off (and for the other recipes):
+#: loaded and stored in that layout, where a warp's 16-byte access touches 32 memory lines from
+#: Hadamard-64 up (each thread its own line; 16 at Hadamard-32, 8 at 16), the layout timed in
+#: ``results/h200-2026-12-04c`` and ``-05`` (MXFP4 + Hadamard-32 / -64 / -128: 1.22x / 1.94x /
+#: 2.38x plain MXFP4 at 64M elements; NVFP4 + random Hadamard-128 3.54x). Why: on the GPU's L1 a
+#: warp's access costs about a cycle per line it touches, 4 when coalesced; counted that way over
+#: a 64M-element call, the extra lines come to ~25 us (Hadamard-32) and ~66 us (64 and up)
+#: against measured excesses of 16 and 71 / 103 us. SASS for sm_90
+#: (``scripts/triton_sass_stats.py``, bf16 4096 x 4096, coalesced against not): no shuffles in
+#: the QDQ kernels, 1-15 barriers and 16-32 16-byte shared-memory stores a thread (and as many
+#: ``ldmatrix`` loads), 2.5-3.6 more instructions an element (unpacking the transposed 16-bit
+#: values, the anchor's multiplication), fewer registers or spills (MXFP4 + Hadamard-64 83
+#: against 96 registers, MXFP8 / MXINT8 + Hadamard-128 168 against ~200, NVFP4 + random
+#: Hadamard-128 84 spill accesses against 146). Hadamard-32 would pay 6.2 more instructions an
+#: element for the smaller excess, so it keeps the other layout, as do the scaled recipes
+#: (per-tensor FP8 + Hadamard-128 spilled: 611 accesses). ``test_triton_compile`` checks the
+#: MXFP4 and NVFP4 kernels have no shuffles. Not yet timed: the bench's options table times both
+#: layouts (the "uncoalesced" column: this off).
 ROT_COALESCE = True
 
 
@@ -1292,7 +1296,7 @@ def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
     blocks per thread, loaded and stored coalesced); see :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`."""
     if rot_block <= 1 or rot_block > ROT_TILE_MAX:
         return 0
-    return 2 if ROT_COALESCE and spec.family is Family.MX and rot_block >= 64 else 1
+    return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
 
 
 def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
