@@ -20,8 +20,10 @@ first: per-tensor recipes, NVFP4 without a given amax); graph replay per call <=
 
 Then the two-pass recipes' ratio by ``ATOMIC_SLOTS`` (the pairs the amax pass's atomics are
 spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form against their float64
-form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), and the amax pass by tiles a
-program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), the amax pass by tiles a
+program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction hints and without
+(``L2_HINTS``, :func:`bench_l2_hints`), and each launch of a two-pass call alone beside a read of
+the tensor (:func:`bench_two_pass_split`: which pass holds the time). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -158,9 +160,57 @@ def bench_tiles_per_program() -> None:
                        "amax pass: copy time / kernel time by AMAX_TILES_PER_PROGRAM")
 
 
+def bench_l2_hints() -> None:
+    """The two-pass recipes with ``triton_qdq.L2_HINTS`` on and off (the amax pass's read kept in
+    L2, the QDQ pass's read and write evicted first), three interleaved rounds, the best of each."""
+    bench_switch_table("L2_HINTS", (True, False), "hint", "two-pass recipes: copy time / kernel time with L2 "
+                       "eviction hints (L2_HINTS) and without", rounds=3)
+
+
 #: the float64 recipes, whose fp32 form for 16-bit tensors ``triton_qdq.NARROW_F64`` switches
 F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_group128", "int8_per_token",
                "int8_per_channel")
+
+
+def bench_two_pass_split() -> None:
+    """Where a two-pass call's time goes: each of its launches replayed alone from a CUDA graph
+    (L2 flushed before each; the amax pass into the call's own scratch buffer, the QDQ pass
+    reading the pairs that call left there), beside the whole call, a copy and a read of the
+    tensor alone (``torch.amax``: one reduction kernel, the read an amax pass cannot avoid).
+    Microseconds; "read GB/s" is the amax pass's bytes over its time. The difference between the
+    whole call and its passes is the scratch buffer's zeroing and the gap between launches."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    if not hasattr(triton_qdq, "_launch"):  # an older tree
+        return
+    print("\ntwo-pass recipes, each launch alone (us, one launch replayed from a CUDA graph, L2 flushed): the amax "
+          "pass, the QDQ pass, the whole call; a copy and torch.amax (a read) of the same tensor")
+    print(f"{'format':30s}" + "".join(
+        f" {f'{r}x{c} amax':>15s} {'read GB/s':>9s} {'qdq':>7s} {'call':>7s} {'copy':>7s} {'torch.amax':>10s}"
+        for r, c in SIZES))
+    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
+        spec = FORMATS[fmt]
+        line = f"{fmt:30s}"
+        for r, c in SIZES:
+            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+            y = torch.empty_like(x)
+            rec: list = []
+            triton_qdq._launch(x, y, triton_qdq._rows(x, y, 1), spec, "floor", None, rec=rec)
+            torch.cuda.synchronize()
+            us = []
+            for fn, grid, a, kw, _k, _buf in rec:  # the amax pass, then the QDQ pass
+                us.append(kernel_ms(lambda fn=fn, grid=grid, a=a, kw=kw: fn[grid](*a, **kw)) * 1e3)
+            if len(us) != 2:  # one launch (a call of one tile): nothing to split
+                line += f" {'-':>15s} {'-':>9s} {'-':>7s}"
+                us = [float("nan"), float("nan")]
+            else:
+                line += f" {us[0]:15.1f} {x.numel() * 2 / us[0] / 1e3:9.0f} {us[1]:7.1f}"
+            call = kernel_ms(lambda: triton_qdq_call(x, spec, "floor")) * 1e3  # noqa: B023
+            copy = kernel_ms(lambda: y.copy_(x)) * 1e3  # noqa: B023
+            read = kernel_ms(lambda: torch.amax(x)) * 1e3  # noqa: B023
+            line += f" {call:7.1f} {copy:7.1f} {read:10.1f}"
+        print(line, flush=True)
 
 
 def bench_narrow() -> None:
@@ -302,6 +352,8 @@ def main() -> int:
 
     bench_slots()
     bench_tiles_per_program()
+    bench_l2_hints()
+    bench_two_pass_split()
     bench_narrow()
     if not args.no_options:
         bench_options(failures)

@@ -36,7 +36,8 @@ static table keyed on the format and ``K``, never on the number of rows):
   pair per program) measured slower on an H200 (nvfp4 0.43-0.45 of a copy in
   ``results/h200-2026-12-03b``, against 0.50-0.51 for a per-tile pass with float reductions in
   ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then
-  walks the tiles in reverse order so that its first reads hit what the amax pass left in L2.
+  walks the tiles in reverse order so that its first reads hit what the amax pass left in L2,
+  and the two passes' accesses carry L2 eviction hints to that end (:data:`L2_HINTS`).
 
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
@@ -268,6 +269,8 @@ def available() -> bool:
 # ============================================================================ kernels
 
 if triton is not None:
+    from triton.runtime.jit import constexpr_function
+
     from .triton_primitives import (
         mx_exponent,
         philox_uniform_f32,
@@ -316,20 +319,20 @@ if triton is not None:
     @triton.jit
     def _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R: tl.constexpr,
                       BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr):
+                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, EVICT: tl.constexpr):
         """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile with whole rotation blocks
         per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs, butterfly,
         ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the ``[BLOCK_R,
         blocks, chunks, 8]`` shape. ``ROT_TILE == 1``: loaded in that layout (each thread reads
         its blocks: a warp's 16-byte accesses fall in up to 32 memory lines); ``2``: loaded in
         the coalesced 2-d layout and moved into it once, through shared memory, as 16-bit values
-        (:func:`_block_anchor`)."""
+        (:func:`_block_anchor`). ``EVICT``: the x load's L2 eviction policy (:func:`_evict`)."""
         c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
         if ROT_TILE == 2:
             cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-            x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0)
+            x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
             x = _to_f32(tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8]))
             if HAS_SIGNS:
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
@@ -337,10 +340,19 @@ if triton is not None:
                 x = x * _block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2)
         else:
             x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
-                                other=0.0))
+                                other=0.0, eviction_policy=EVICT))
             if HAS_SIGNS:
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
         return _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE, c4, mask4
+
+    @constexpr_function
+    def _evict(on, keep):
+        """The L2 eviction policy of a two-pass call's accesses to x (and y): ``evict_last`` for the
+        amax pass's read (``keep``), ``evict_first`` for the QDQ pass's (the last) and its store;
+        ``""`` (Triton's default) when ``on`` is false."""
+        if not on:
+            return ""
+        return "evict_last" if keep else "evict_first"
 
     @triton.jit
     def _block_anchor(ptr, rows, BLOCK_K: tl.constexpr, RB: tl.constexpr):
@@ -704,7 +716,7 @@ if triton is not None:
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr,
+        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr, L2_HINTS: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
@@ -714,7 +726,8 @@ if triton is not None:
         programs) stored at ``buf[2 * pid : 2 * pid + 2]``, every word written. Either way the QDQ
         pass reduces the pairs (:func:`_tensor_stats`). ``TPP > 1`` (unrotated only): a program
         takes ``TPP`` consecutive tiles (tile ``pid * TPP + i``), all loads issued before one
-        reduction and one pair (:data:`AMAX_TILES_PER_PROGRAM`)."""
+        reduction and one pair (:data:`AMAX_TILES_PER_PROGRAM`). ``L2_HINTS``: x is loaded to stay in L2
+        (``evict_last``) for the QDQ pass that reads it next (:data:`L2_HINTS`)."""
         if TPP > 1:
             tl.static_assert(ROT_LOG2 == 0, "several tiles a program: unrotated calls only")
             fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
@@ -726,14 +739,16 @@ if triton is not None:
                 cols = k0 + tl.arange(0, BLOCK_K)
                 mask = (rows < n_rows)[:, None] & (cols < K)[None, :]  # a tile past the last: rows past n_rows
                 b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask,
-                                    other=0.0)).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+                                    other=0.0, eviction_policy=_evict(L2_HINTS, True))).to(tl.int32,
+                                                                                            bitcast=True) & 0x7FFFFFFF
                 fin = tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0))
                 raw = tl.maximum(raw, b)
             amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
             bad = tl.reduce(tl.reshape(raw, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
         else:
             amax, bad = _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R,
-                                       BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
+                                       BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE,
+                                       _evict(L2_HINTS, True))
         if N_PARTIALS > 0:
             pid = tl.program_id(0)
             tl.store(buf_ptr + 2 * pid, amax)
@@ -746,17 +761,19 @@ if triton is not None:
     @triton.jit
     def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
                        BLOCK_K: tl.constexpr, FLAT: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                       ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr):
-        """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``)."""
+                       ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, EVICT: tl.constexpr):
+        """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``); ``EVICT``:
+        the x load's L2 eviction policy."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, EVICT)
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0))
+            x = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0,
+                                eviction_policy=EVICT))
         if ROT_LOG2 > 0 and not ROT_TILE:
             if HAS_SIGNS:
                 sgn = tl.load(sign_ptr + cols, mask=cols < KP, other=1.0).to(tl.float32)
@@ -823,6 +840,7 @@ if triton is not None:
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
+        L2_HINTS: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -833,7 +851,9 @@ if triton is not None:
         with draws indexed ``row * KP + col``. ``FOUR6``: NVFP4's four-over-six block scales.
         ``ONE_TILE``: the whole tensor is this one tile (a decode-sized call of a two-pass recipe):
         its amax and NaN/Inf flag are reduced from the loaded (rotated) tile as the amax pass
-        would, with no amax pass and no buffer.
+        would, with no amax pass and no buffer. ``L2_HINTS`` (the QDQ pass of a two-pass call): x, read
+        for the last time, and y are marked first to leave L2 (``evict_first``), so that y's writes
+        do not push out the x the amax pass left there (:data:`L2_HINTS`).
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -841,13 +861,14 @@ if triton is not None:
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, c4, mask4 = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, _evict(L2_HINTS, False))
             x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
             cols = tl.reshape(c4, [N_GROUPS, GROUP])
         else:
             cols = (k0 + tl.arange(0, N_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]).to(tl.int64)
             mask = (rows < n_rows)[:, None, None] & (cols < K)[None, :, :]
-            x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0))
+            x = _to_f32(tl.load(x_ptr + xr[:, None, None] + (cols * sx_k)[None, :, :], mask=mask, other=0.0,
+                                eviction_policy=_evict(L2_HINTS, False)))
         if ROT_LOG2 > 0 and not ROT_TILE:
             cols1 = k0 + tl.arange(0, BLOCK_K)
             if HAS_SIGNS:
@@ -913,17 +934,18 @@ if triton is not None:
                 cols2 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 mask2 = (rows < n_rows)[:, None] & (cols2 < K)[None, :]
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
-                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2)
+                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2,
+                         eviction_policy=_evict(L2_HINTS, False))
             else:
                 tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
-                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
+                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4, eviction_policy=_evict(L2_HINTS, False))
         else:
             if ROT_LOG2 > 0:
                 y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
                             ROT_SCALE, True)
                 y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
             tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
-                     _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+                     _to_out(y, y_ptr.dtype.element_ty), mask=mask, eviction_policy=_evict(L2_HINTS, False))
         if NARROW:  # a group outside the fp32 form's range: the tile again, in the float64 form
             if fallback:
                 tl.debug_barrier()  # every thread's store above lands first
@@ -1186,7 +1208,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
     if amax is not None and not one_tile:
-        a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, "TPP": tpp, **amax[2]}
+        a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, "TPP": tpp, "L2_HINTS": L2_HINTS,
+                    **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[a_grid](*args, **a_consts)
         if rec is not None:
@@ -1196,7 +1219,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
     consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
-              **consts}
+              "L2_HINTS": L2_HINTS and amax is not None and not one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -1237,6 +1260,16 @@ ATOMIC_SLOTS = 32
 #: 0.56, 0.53 / 0.56, 0.50 / 0.54. (A grid-stride loop of 4 programs per SM, one tile in flight
 #: each, measured slower in results/h200-2026-12-03b.)
 AMAX_TILES_PER_PROGRAM = 2
+
+
+#: A two-pass call's accesses carry L2 eviction hints (``createpolicy`` + ``ld/st ...
+#: L2::cache_hint``, Triton's ``eviction_policy``): the amax pass reads x as ``evict_last``, the QDQ
+#: pass reads it (its last use) and writes y as ``evict_first``, so the QDQ pass's writes push out
+#: each other rather than the x it has yet to read. Without them, a 16M-element bf16 call (32 MB,
+#: in the H200's 50 MB L2) read x twice from memory: its QDQ pass took as long as a one-pass call
+#: (24.7 us, ``results/h200-2026-12-04b``), even with the tiles walked in reverse. Hints only: the
+#: same bits either way. Not yet timed (the bench's "L2 hints" table times both).
+L2_HINTS = True
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1434,8 +1467,8 @@ class _FastCall:
     allocated for the partial pairs, every word of which the amax pass writes) put in their
     places; constant tensors of the call (a random rotation's signs, cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`_DIRECT_TRITON`) are read when a call is recorded: change them
-    before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`_DIRECT_TRITON`) are read
+    when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
