@@ -7,7 +7,9 @@
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, FlashInfer's sampling build (niced) beside
 #                                             # gpu-smoke.sh bench-qdq bench-sage3; then the kernels
-#                                             # step alone, in the time left (up to 560 s into the call)
+#                                             # step alone, in the time left (up to 560 s into the call),
+#                                             # then a tile sweep of the classes LEASE_TUNE_CLASSES
+#                                             # (tune_qdq_triton.py; figures in tune.log / tune.json)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once (SMOKE_JOBS=10), inner
 #                                             # timeout LEASE_CHECKS_TIMEOUT (default 575 s)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
@@ -72,6 +74,19 @@ case $mode in
       timeout "$left" bash scripts/gpu-smoke.sh kernels; echo "kernels rc=$?"
     else
       echo "gpu-lease: kernels not run: ${left} s left in this call (run: bash scripts/gpu-smoke.sh kernels)"
+    fi
+    # the tile table of the kernel classes whose instructions changed most since its sweep (issue 16;
+    # tile_configs.json's sm_90 table is from results/h200-2026-12-03): figures only, nothing written
+    left=$((560 - (SECONDS - T0)))
+    if [ "$left" -ge 60 ]; then
+      el "tile sweep (${left} s at most): scripts/tune_qdq_triton.py --classes ${LEASE_TUNE_CLASSES:-scaled_fp64,row_fp64,row_fp32,scaled_fp32}"
+      timeout "$left" python3 scripts/tune_qdq_triton.py --classes "${LEASE_TUNE_CLASSES:-scaled_fp64,row_fp64,row_fp32,scaled_fp32}" \
+        --tiles 1024,2048,4096,8192 --warps 2,4,8 --json "$SMOKE_OUT/tune.json" > "$SMOKE_OUT/tune.log" 2>&1
+      rc=$?
+      echo "tune rc=$rc ($(grep -c 'best:' "$SMOKE_OUT/tune.log") classes swept; log tune.log)"
+      [ $rc -eq 0 ] || tail -n 2 "$SMOKE_OUT/tune.log"
+    else
+      echo "gpu-lease: tile sweep not run: ${left} s left in this call"
     fi
     pack prep ;;
   restore)
