@@ -125,7 +125,9 @@ def bench_switch_table(switch: str, values: tuple, tag: str, title: str,
     if default is None:  # an older tree
         return
     print(f"\n{title} (default {default})")
-    print(f"{'format':30s}" + "".join(f" {f'{r}x{c} {tag}={n}':>16s}" for r, c in SIZES for n in values))
+    heads = [f"{r}x{c} {tag}={n}" for r, c in SIZES for n in values]
+    width = max(16, *(len(h) for h in heads))
+    print(f"{'format':30s}" + "".join(f" {h:>{width}s}" for h in heads))
     for fmt in formats:
         spec = FORMATS[fmt]
         line = f"{fmt:30s}"
@@ -138,7 +140,7 @@ def bench_switch_table(switch: str, values: tuple, tag: str, title: str,
                 for n in values:
                     best[n] = min(best[n], kernel_ms_with(triton_qdq, switch, n,
                                                           lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
-            line += "".join(f" {copy / best[n]:16.2f}" for n in values)
+            line += "".join(f" {copy / best[n]:{width}.2f}" for n in values)
         print(line, flush=True)
 
 
@@ -173,22 +175,25 @@ F64_RECIPES = ("fp8_e4m3_per_tensor", "fp8_e4m3_per_channel", "fp8_e4m3_per_grou
 
 
 def bench_two_pass_split() -> None:
-    """Where a two-pass call's time goes: each of its launches replayed alone from a CUDA graph
-    (L2 flushed before each; the amax pass into the call's own scratch buffer, the QDQ pass
-    reading the pairs that call left there), beside the whole call, a copy and a read of the
-    tensor alone (``torch.amax``: one reduction kernel, the read an amax pass cannot avoid).
-    Microseconds; "read GB/s" is the amax pass's bytes over its time. The difference between the
-    whole call and its passes is the scratch buffer's zeroing and the gap between launches."""
+    """Where a two-pass call's time goes, microseconds: each of its launches replayed alone from a
+    CUDA graph (L2 flushed before each; the amax pass into the call's own scratch buffer, the QDQ
+    pass reading the pairs that call left there, so "qdq alone" reads x from memory), the whole
+    call (L2 flushed before it, not between its launches), "qdq in call" = call - amax alone (the
+    QDQ pass where the amax pass may have left x in L2, with the scratch buffer's zeroing and the
+    gap between launches in it), a copy, and a read of the tensor alone (``torch.amax``: one
+    reduction kernel, the read an amax pass cannot avoid). "read GB/s": the amax pass's bytes over
+    its time."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
 
     if not hasattr(triton_qdq, "_launch"):  # an older tree
         return
     print("\ntwo-pass recipes, each launch alone (us, one launch replayed from a CUDA graph, L2 flushed): the amax "
-          "pass, the QDQ pass, the whole call; a copy and torch.amax (a read) of the same tensor")
+          "pass, the QDQ pass; the whole call; call - amax pass (the QDQ pass in the call); a copy and torch.amax "
+          "(a read) of the same tensor")
     print(f"{'format':30s}" + "".join(
-        f" {f'{r}x{c} amax':>15s} {'read GB/s':>9s} {'qdq':>7s} {'call':>7s} {'copy':>7s} {'torch.amax':>10s}"
-        for r, c in SIZES))
+        f" {f'{r}x{c} amax':>15s} {'read GB/s':>9s} {'qdq alone':>9s} {'call':>7s} {'qdq in call':>11s} {'copy':>7s}"
+        f" {'torch.amax':>10s}" for r, c in SIZES))
     for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
         spec = FORMATS[fmt]
         line = f"{fmt:30s}"
@@ -198,18 +203,16 @@ def bench_two_pass_split() -> None:
             rec: list = []
             triton_qdq._launch(x, y, triton_qdq._rows(x, y, 1), spec, "floor", None, rec=rec)
             torch.cuda.synchronize()
-            us = []
-            for fn, grid, a, kw, _k, _buf in rec:  # the amax pass, then the QDQ pass
-                us.append(kernel_ms(lambda fn=fn, grid=grid, a=a, kw=kw: fn[grid](*a, **kw)) * 1e3)
-            if len(us) != 2:  # one launch (a call of one tile): nothing to split
-                line += f" {'-':>15s} {'-':>9s} {'-':>7s}"
-                us = [float("nan"), float("nan")]
-            else:
-                line += f" {us[0]:15.1f} {x.numel() * 2 / us[0] / 1e3:9.0f} {us[1]:7.1f}"
             call = kernel_ms(lambda: triton_qdq_call(x, spec, "floor")) * 1e3  # noqa: B023
+            if len(rec) == 2:  # the amax pass, then the QDQ pass
+                amax, qdq = (kernel_ms(lambda fn=fn, grid=grid, a=a, kw=kw: fn[grid](*a, **kw)) * 1e3
+                             for fn, grid, a, kw, _k, _buf in rec)
+                line += f" {amax:15.1f} {x.numel() * 2 / amax / 1e3:9.0f} {qdq:9.1f} {call:7.1f} {call - amax:11.1f}"
+            else:  # one launch (a call of one tile): nothing to split
+                line += f" {'-':>15s} {'-':>9s} {'-':>9s} {call:7.1f} {'-':>11s}"
             copy = kernel_ms(lambda: y.copy_(x)) * 1e3  # noqa: B023
             read = kernel_ms(lambda: torch.amax(x)) * 1e3  # noqa: B023
-            line += f" {call:7.1f} {copy:7.1f} {read:10.1f}"
+            line += f" {copy:7.1f} {read:10.1f}"
         print(line, flush=True)
 
 

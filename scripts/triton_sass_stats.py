@@ -5,7 +5,7 @@ Compiles the launches of one QDQ call per recipe (as ``scripts/check_triton_comp
 specialized like Triton's JIT, for ``--arch``, default sm_90) and counts, in the cubin's SASS
 (``nvdisasm`` from Triton's wheel), what decides a streaming kernel's speed before a GPU is at
 hand: instructions per element a thread handles, lane shuffles, barriers and shared-memory
-accesses (data moved between threads), registers, local-memory spills. Rotations are listed in
+accesses (``LDS``, ``STS``, ``LDSM``, ``STSM``: data moved between threads), registers, local-memory spills. Rotations are listed in
 each kernel layout (``ROT_TILE_MAX``: rotation blocks held whole by one thread, loaded and stored
 coalesced where the recipe takes it (``coalesced``, ``ROT_COALESCE``) and in that layout
 (``in-thread``), or the tile's own layout (``tile``)). Static counts, not timings: a kernel whose instructions per element stay below
@@ -77,7 +77,8 @@ def disassemble(kernel, tool_dir: Path) -> tuple[str, int]:
 def sass_counts(sass: str, regs: int) -> dict[str, int]:
     """Counts of a kernel's SASS (and its registers)."""
     ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
-    return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"], "smem": ops["LDS"] + ops["STS"],
+    return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"],
+            "smem": ops["LDS"] + ops["STS"] + ops["LDSM"] + ops["STSM"],
             "local": ops["LDL"] + ops["STL"], "regs": regs,
             "fp64": sum(1 for line in sass.splitlines() if _FP64.match(line))}
 

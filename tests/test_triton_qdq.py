@@ -410,15 +410,23 @@ def test_div_rn_f32_is_division(tq) -> None:
     assert torch.equal(torch.signbit(q[a1.numel() + 500:a1.numel() + 1000]), torch.ones(500, dtype=torch.bool))
 
 
+#: the two-pass cases, rotated ones in both whole-blocks-per-thread layouts (``ROT_COALESCE``)
+TWO_PASS = [(n, o, c) for n, o in two_pass.CASES for c in ((True, False) if "rotate" in o else (True,))]
+TWO_PASS_IDS = [f"{i}{'' if c else '-uncoalesced'}" for i, (n, o) in zip(two_pass.IDS, two_pass.CASES, strict=True)
+                for c in ((True, False) if "rotate" in o else (True,))]
+
+
 @pytest.mark.parametrize("path", two_pass.PATHS)
-@pytest.mark.parametrize(("name", "opts"), two_pass.CASES, ids=two_pass.IDS)
-def test_two_pass_paths_agree(tq, name: str, opts: dict, path: str, monkeypatch) -> None:
+@pytest.mark.parametrize(("name", "opts", "coalesce"), TWO_PASS, ids=TWO_PASS_IDS)
+def test_two_pass_paths_agree(tq, name: str, opts: dict, coalesce: bool, path: str, monkeypatch) -> None:
     """The three ways a two-pass recipe gets its tensor amax (one tile reducing its own amax, an
     amax pass of partial pairs, an amax pass of atomics) give the reference's bits, NaN/Inf rows
-    included (NVFP4's global amax is over the finite elements)."""
+    included (NVFP4's global amax is over the finite elements); rotated, with the tile loaded
+    coalesced (where the recipe takes it) and in the blocks' own layout."""
     from vllm_qdq.numerics.qdq import quantize_dequantize
 
     two_pass.force_path(tq, path, monkeypatch)
+    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     spec = FORMATS[name]
     x = nasty(spec, torch.bfloat16, 256)[:8]  # 8 rows x 256: one tile of 2048 when allowed
     assert tq._one_tile(spec, 8, 256, 64) == (path == "one_tile")

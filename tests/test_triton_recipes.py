@@ -43,6 +43,8 @@ CASES = [
     ("mxfp6_e2m3", {"rounding": "stochastic", "rotate": {"block": 32, "seed": 0}}),
     ("mxfp4", {"rotate": {"block": 64, "seed": 2, "pad": True}}),  # K = 300: padded, blocks in a thread
     ("nvfp4", {"rotate": {"block": 32, "pad": True}, "rounding": "stochastic", "seed": 4}),
+    ("mxfp4", {"rotate": {"block": 64, "seed": 6}, "rounding": "stochastic", "seed": 11}),  # coalesced, stochastic
+    ("nvfp4", {"rotate": {"block": 128, "pad": True}}),  # coalesced, the anchor, K = 300 padded
 ]
 
 
@@ -63,6 +65,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     rot_tile_max, coalesce = LAYOUTS[layout]
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes through their amax pass (one tile: test_triton_qdq)
     layouts = []
     plan = tq._plan
 
@@ -86,6 +89,12 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     assert_same_bits(
         quantize_dequantize(xs, fmt, backend="triton", axis=0, **kw),
         quantize_dequantize(xs, fmt, backend="reference", axis=0, **kw),
+    )
+    # blocks along the last axis of a tensor stored the other way round (K not the unit stride)
+    xc = x.reshape(-1, k).t().contiguous().t()
+    assert_same_bits(
+        quantize_dequantize(xc, fmt, backend="triton", axis=-1, **kw),
+        quantize_dequantize(xc, fmt, backend="reference", axis=-1, **kw),
     )
     fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
     if fused:

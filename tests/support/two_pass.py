@@ -8,11 +8,11 @@ from __future__ import annotations
 PATHS = ("one_tile", "partials", "atomics")
 #: (format, quantize_dequantize options), and their test ids
 CASES = (
-    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}),
+    ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}), ("nvfp4", {"rotate": {"block": 128}}),
     ("nvfp4_e5m3", {"scale_rule": "four_over_six", "rounding": "stochastic", "seed": 5}),
     ("fp8_e4m3_per_tensor", {}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}),
 )
-IDS = ("nvfp4", "nvfp4-rot", "e5m3-46-sr", "per-tensor", "per-tensor-rot")
+IDS = ("nvfp4", "nvfp4-rot", "nvfp4-h128", "e5m3-46-sr", "per-tensor", "per-tensor-rot")
 
 
 def force_path(tq, path: str, monkeypatch) -> None:

@@ -325,19 +325,23 @@ if triton is not None:
         ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the ``[BLOCK_R,
         blocks, chunks, 8]`` shape. ``ROT_TILE == 1``: loaded in that layout (each thread reads
         its blocks: a warp's 16-byte accesses fall in up to 32 memory lines); ``2``: loaded in
-        the coalesced 2-d layout and moved into it once, through shared memory, as 16-bit values
-        (:func:`_block_anchor`). ``EVICT``: the x load's L2 eviction policy (:func:`_evict`)."""
+        the coalesced 2-d layout and moved into it once, through shared memory, as loaded (16-bit
+        values for bf16 / fp16 inputs; :func:`_block_anchor`). ``EVICT``: the x load's eviction
+        policy (:func:`_evict`)."""
         c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
         if ROT_TILE == 2:
             cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
-            x = _to_f32(tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8]))
-            if HAS_SIGNS:
-                x = x * _block_signs(sign_ptr, c4, rows, KP)
+            x = tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+            if HAS_SIGNS:  # the signs' own load places the transpose
+                x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
+            elif x.dtype.primitive_bitwidth == 16:  # x | 0 on the raw bits: no instruction left
+                x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2))
+                            .to(x.dtype, bitcast=True))
             else:
-                x = x * _block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2)
+                x = _to_f32(x) * (_block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2) + 1).to(tl.float32)
         else:
             x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
                                 other=0.0, eviction_policy=EVICT))
@@ -347,25 +351,28 @@ if triton is not None:
 
     @constexpr_function
     def _evict(on, keep):
-        """The L2 eviction policy of a two-pass call's accesses to x (and y): ``evict_last`` for the
-        amax pass's read (``keep``), ``evict_first`` for the QDQ pass's (the last) and its store;
-        ``""`` (Triton's default) when ``on`` is false."""
+        """The eviction policy of a two-pass call's loads of x (Triton 3.6 puts it on L1 and L2:
+        ``ld.global.L1::evict_*.L2::cache_hint``): ``evict_last`` for the amax pass's read
+        (``keep``), ``evict_first`` for the QDQ pass's (the last); ``""`` (Triton's default) when
+        ``on`` is false."""
         if not on:
             return ""
         return "evict_last" if keep else "evict_first"
 
     @triton.jit
     def _block_anchor(ptr, rows, BLOCK_K: tl.constexpr, RB: tl.constexpr):
-        """1.0 (fp32) in the layout of a tile loaded by :func:`_block_cols`: a load whose mask is
-        never true (offsets from 0 up, compared with 0), which reads nothing (the compiler drops
-        it and the multiplication by its 1.0). Its only effect is on Triton's layout choice: a large load
-        fixes its layout (it is not re-derived from its users), so a tile loaded coalesced and
-        multiplied by this value is moved into the whole-blocks-per-thread layout right after its
-        load (one shared-memory transpose of the 16-bit values) instead of stage by stage in the
-        butterfly. ``x * 1.0 == x`` for every fp32 ``x`` (NaN stays NaN)."""
+        """0 (int16) in the layout of a tile loaded by :func:`_block_cols`: a load whose mask is
+        never true (offsets from 0 up, compared with 0), which reads nothing (ptxas drops it: its
+        predicate is a constant). Its only effect is on Triton's layout choice: a large load fixes
+        its layout (it is not re-derived from its users), so a tile loaded coalesced and combined
+        with this value is moved into the whole-blocks-per-thread layout right after its load (one
+        shared-memory transpose of the loaded values) instead of stage by stage in the butterfly.
+        Combined as ``bits | 0`` with 16-bit inputs (exact, and compiled away) and as ``x * 1.0``
+        with fp32 ones (exact: NaN stays NaN; one multiplication an element). Loaded as 16-bit
+        words whatever ``ptr`` points to: 8 of them fill the 16-byte vector of a chunk (an int32
+        anchor split a chunk over two lanes, and the butterfly went back to shuffles)."""
         offs = _block_cols(0, BLOCK_K, RB)[None, :, :, :] + 0 * rows[:, None, None, None]
-        # as 16-bit words, whatever ptr points to: 8 of them fill the 16-byte vector of a chunk
-        return tl.load(ptr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=offs < 0, other=1.0).to(tl.float32)
+        return tl.load(ptr.to(tl.pointer_type(tl.int16)) + offs, mask=offs < 0, other=0)
 
     @triton.jit
     def _block_signs(sign_ptr, c4, rows, KP):
@@ -852,8 +859,7 @@ if triton is not None:
         ``ONE_TILE``: the whole tensor is this one tile (a decode-sized call of a two-pass recipe):
         its amax and NaN/Inf flag are reduced from the loaded (rotated) tile as the amax pass
         would, with no amax pass and no buffer. ``L2_HINTS`` (the QDQ pass of a two-pass call): x, read
-        for the last time, and y are marked first to leave L2 (``evict_first``), so that y's writes
-        do not push out the x the amax pass left there (:data:`L2_HINTS`).
+        for the last time, is loaded ``evict_first`` (:data:`L2_HINTS`).
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -934,18 +940,17 @@ if triton is not None:
                 cols2 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 mask2 = (rows < n_rows)[:, None] & (cols2 < K)[None, :]
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
-                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2,
-                         eviction_policy=_evict(L2_HINTS, False))
+                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2)
             else:
                 tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
-                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4, eviction_policy=_evict(L2_HINTS, False))
+                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
         else:
             if ROT_LOG2 > 0:
                 y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
                             ROT_SCALE, True)
                 y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
             tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
-                     _to_out(y, y_ptr.dtype.element_ty), mask=mask, eviction_policy=_evict(L2_HINTS, False))
+                     _to_out(y, y_ptr.dtype.element_ty), mask=mask)
         if NARROW:  # a group outside the fp32 form's range: the tile again, in the float64 form
             if fallback:
                 tl.debug_barrier()  # every thread's store above lands first
@@ -1262,13 +1267,14 @@ ATOMIC_SLOTS = 32
 AMAX_TILES_PER_PROGRAM = 2
 
 
-#: A two-pass call's accesses carry L2 eviction hints (``createpolicy`` + ``ld/st ...
-#: L2::cache_hint``, Triton's ``eviction_policy``): the amax pass reads x as ``evict_last``, the QDQ
-#: pass reads it (its last use) and writes y as ``evict_first``, so the QDQ pass's writes push out
-#: each other rather than the x it has yet to read. Without them, a 16M-element bf16 call (32 MB,
-#: in the H200's 50 MB L2) read x twice from memory: its QDQ pass took as long as a one-pass call
-#: (24.7 us, ``results/h200-2026-12-04b``), even with the tiles walked in reverse. Hints only: the
-#: same bits either way. Not yet timed (the bench's "L2 hints" table times both).
+#: A two-pass call's loads of x carry eviction hints (Triton's ``eviction_policy``: ``createpolicy``
+#: + ``ld.global.L1::evict_*.L2::cache_hint`` in Triton 3.6, on L1 and L2): the amax pass reads x
+#: as ``evict_last``, the QDQ pass reads it (its last use) as ``evict_first``, so that the QDQ
+#: pass's writes of y (no hint: the next kernel reads y) push out other lines before the x it has
+#: yet to read. Without them, a 16M-element bf16 call (32 MB, in the H200's 50 MB L2) read x twice
+#: from memory: its QDQ pass took as long as a one-pass call (24.7 us, ``results/h200-2026-12-04b``),
+#: even with the tiles walked in reverse. Hints only: the same bits either way. Not yet timed (the
+#: bench's "L2 hints" table times both).
 L2_HINTS = True
 
 
