@@ -9,7 +9,9 @@ on the same bf16 tensors (whatever backend PyTorch picks). Median of ``triton.te
 Where the time goes (fp32 accumulation, per format and S): the K mean alone, the whole pre-pass
 (``sage3_prepass``: K mean + NVFP4 amax + quantization launch), the attention kernel as the rest,
 and the host time per call (wall time of 50 back-to-back calls without synchronizing, divided by
-50): a host time close to the total means the call is launch-bound (the fixed cost at 1k).
+50): a host time close to the total means the call is launch-bound (the fixed cost at 1k); "host"
+with the eager fast path (replayed launches, the default), "host full" without it
+(``kernel.FAST_LAUNCH`` off: Triton binds every launch's arguments).
 
 Accuracy: S=4096 random normal inputs, cosine similarity and relative L2 against SDPA computed
 in fp32, per format (fp32 accumulation), next to the previous plugin's figures.
@@ -58,8 +60,10 @@ def _host_ms(fn, n: int = 50) -> float:
 
 
 def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
-    """One table row per format: total, K mean, pre-pass, attention (the rest), host time per call."""
+    """One table row per format: total, K mean, pre-pass, attention (the rest), host time per call
+    (a replayed call, the default; and every call through Triton's binding: ``FAST_LAUNCH`` off)."""
     import triton.testing
+    from vllm_qdq.sage3.numerics import kernel as sage3_kernel
     from vllm_qdq.sage3.numerics.kernel import sage3_prepass
     from vllm_qdq.sage3.numerics.reference import k_mean
 
@@ -73,8 +77,18 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
         call()
         total = triton.testing.do_bench(call)
         pre = triton.testing.do_bench(lambda fmt=fmt: sage3_prepass(q, k, v, fmt))
+        host = _host_ms(call)
+        fast = getattr(sage3_kernel, "FAST_LAUNCH", None)  # (an older tree has no fast path)
+        if fast is None:
+            full = "-"
+        else:
+            sage3_kernel.FAST_LAUNCH = False
+            try:
+                full = f"{_host_ms(call):.3f}"
+            finally:
+                sage3_kernel.FAST_LAUNCH = fast
         rows.append(f"| {s} | {d} | {fmt} | {total:.3f} | {t_mean:.3f} | {pre:.3f} | {total - pre:.3f} | "
-                    f"{_host_ms(call):.3f} |")
+                    f"{host:.3f} | {full} |")
     return rows
 
 
@@ -132,9 +146,10 @@ def main() -> int:
             torch.cuda.empty_cache()
 
     print("\n## Where the time goes (ms, median; fp32 accumulation): attention = total - pre-pass; "
-          "host = wall time per call of 50 unsynchronized calls")
-    print("| S | D | format | total | K mean | pre-pass | attention | host |")
-    print("|---|---|---|---|---|---|---|---|")
+          "host = wall time per call of 50 unsynchronized calls (replayed launches, the default); host full = the "
+          "same with every launch through Triton's binding (FAST_LAUNCH off)")
+    print("| S | D | format | total | K mean | pre-pass | attention | host | host full |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for d in dims:
         for s in seqs:
             print("\n".join(_breakdown(s, d, sage3_attention)))

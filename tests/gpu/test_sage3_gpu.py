@@ -136,3 +136,35 @@ def test_compiled_op_equals_eager(fmt: str) -> None:
     compiled = torch.compile(f, backend="inductor", fullgraph=True)(q, k, v)
     eager = sage3_attention(q, k, v, quant_format=fmt, causal=True, sm_scale=0.088)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
+@pytest.mark.parametrize(("s", "hq", "hkv", "d", "causal"), [(1000, 4, 2, 64, False), (256, 2, 2, 128, True)])
+def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: int, causal: bool,
+                                       monkeypatch) -> None:
+    """The eager fast path (``kernel.FAST_LAUNCH``): a second call like a first replays the first's
+    launches through Triton 3.6's C launchers, with the second's tensors, and gives the full path's
+    bits (NVFP4's ``g`` views and the MX formats' held ``[1, 1]`` placed right)."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    monkeypatch.setattr(K, "_FAST", {})
+    monkeypatch.setattr(K, "_REFUSED", set())
+    calls = []
+    replay = K._Replay.__call__
+
+    def counting(self, q, k, v):
+        out = replay(self, q, k, v)
+        calls.append((out is not None, self.direct))
+        return out
+
+    monkeypatch.setattr(K._Replay, "__call__", counting)
+    q, k, v = _inputs(1, s, hq, hkv, d, seed=1)
+    first = sage3_attention(q, k, v, quant_format=fmt, causal=causal)  # recorded
+    q2, k2, v2 = _inputs(1, s, hq, hkv, d, seed=2)
+    fast = sage3_attention(q2, k2, v2, quant_format=fmt, causal=causal)  # replayed
+    monkeypatch.setattr(K, "FAST_LAUNCH", False)
+    full = sage3_attention(q2, k2, v2, quant_format=fmt, causal=causal)
+    torch.cuda.synchronize()
+    assert calls == [(True, True)], calls
+    assert torch.equal(fast.view(torch.int16), full.view(torch.int16))
+    assert not torch.equal(first, fast)
