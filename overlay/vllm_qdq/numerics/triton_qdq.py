@@ -1427,6 +1427,13 @@ def _direct_launcher(compiled) -> tuple | None:
         return None
 
 
+def _replay_entry(compiled, grid) -> tuple:
+    """``(runner, 3-d grid, direct launcher or None)`` of a recorded launch: Triton's
+    ``CompiledKernel[grid]`` runner, and :func:`_direct_launcher`'s pair where it knows the launcher."""
+    grid3 = tuple(grid) + (1,) * (3 - len(grid))
+    return compiled[grid3], grid3, _direct_launcher(compiled)
+
+
 def _make_replay(launches: list) -> object:
     """One generated function ``replay(stream, x_ptr, y_ptr, buf_ptr, gamax_ptr)`` that calls each
     recorded launch's C launcher with its whole argument list written out (the recorded values
@@ -1520,10 +1527,9 @@ class _FastCall:
                     raise AssertionError(f"{fn.__name__}: a tensor argument that is not x, y, the buffer, "
                                          "the global amax or held")
                 template.append(None)
-            grid3 = tuple(grid) + (1,) * (3 - len(grid))
-            direct = _direct_launcher(compiled)
+            run, grid3, direct = _replay_entry(compiled, grid)
             directs.append(direct is not None)
-            self.launches.append((compiled[grid3], grid3, direct, tuple(template), tuple(slots)))
+            self.launches.append((run, grid3, direct, tuple(template), tuple(slots)))
         self.direct = all(directs)
         self.replay = None  # generated at the first replay: a key met once never pays for it
 

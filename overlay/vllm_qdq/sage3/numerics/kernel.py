@@ -60,7 +60,7 @@ from ...numerics.triton_primitives import (
     round_elem_nonneg_f32,
     rule_code,
 )
-from ...numerics.triton_qdq import _ALIGN, _direct_launcher, _full_args, _hooks_idle
+from ...numerics.triton_qdq import _ALIGN, _full_args, _hooks_idle, _replay_entry
 from .reference import (
     BLOCK_N,
     LOG2E,
@@ -641,10 +641,9 @@ class _Replay:
                     continue
                 slots.append((i, role, off))
                 template.append(None)
-            grid3 = tuple(grid) + (1,) * (3 - len(grid))
-            direct = _direct_launcher(compiled)
+            run, grid3, direct = _replay_entry(compiled, grid)
             directs.append(direct is not None)
-            self.launches.append((compiled[grid3], grid3, direct, tuple(template), tuple(slots)))
+            self.launches.append((run, grid3, direct, tuple(template), tuple(slots)))
         self.direct = all(directs)
 
     def __call__(self, q, k, v) -> torch.Tensor | None:
