@@ -168,3 +168,18 @@ def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: i
     assert calls == [(True, True)], calls
     assert torch.equal(fast.view(torch.int16), full.view(torch.int16))
     assert not torch.equal(first, fast)
+
+
+def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
+    """A call passing one tensor as K and V is not recorded (a replay places tensors by identity:
+    a later call with two tensors would get the first twice); the call itself runs the full path."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    monkeypatch.setattr(K, "_FAST", {})
+    q, k, _ = _inputs(1, 128, 2, 2, 64)
+    assert K._fast_key(q, k, k, "mxfp4", "fp32", False, None, None, "floor") is None
+    assert K._fast_key(q, k, k.clone(), "mxfp4", "fp32", False, None, None, "floor") is not None
+    a = sage3_attention(q, k, k, quant_format="mxfp4")
+    b = sage3_attention(q, k, k, quant_format="mxfp4")
+    torch.cuda.synchronize()
+    assert not K._FAST and torch.equal(a, b)

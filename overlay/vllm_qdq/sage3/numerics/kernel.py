@@ -576,10 +576,12 @@ _REFUSED: set[tuple] = set()  # keys whose call could not be recorded: not tried
 def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule) -> tuple | None:
     """The :data:`_FAST` key of a call, or None when it cannot be replayed (fast path off, the
     interpreter, not three plain CUDA tensors, an argument of a type the key cannot hold: the full
-    path then checks it and names it)."""
+    path then checks it and names it, or one tensor passed twice)."""
     if not FAST_LAUNCH or interpreting():
         return None
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor or not q.is_cuda:
+        return None
+    if q is k or k is v or q is v:  # the recording places tensors by identity: one object in two roles
         return None
     if (type(quant_format) is not str or type(acc_dtype) is not str or type(scale_rule) is not str
             or type(causal) is not bool or not (sm_scale is None or type(sm_scale) is float)
