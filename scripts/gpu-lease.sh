@@ -7,13 +7,15 @@
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, FlashInfer's sampling build (niced) beside
 #                                             # gpu-smoke.sh bench-qdq bench-sage3; then the kernels
-#                                             # step alone, in the time left (up to 560 s into the call),
-#                                             # then a tile sweep of the classes LEASE_TUNE_CLASSES
-#                                             # (tune_qdq_triton.py; figures in tune.log / tune.json)
+#                                             # step alone, in the time left (up to 560 s into the call)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once (SMOKE_JOBS=10), inner
 #                                             # timeout LEASE_CHECKS_TIMEOUT (default 575 s)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
 #                                             # the summary table (also written to $OUT/summary.txt)
+#   bash scripts/gpu-lease.sh tune S          # when the suite is done and device time is left: a tile
+#                                             # sweep (tune_qdq_triton.py, at most S seconds) of the kernel
+#                                             # classes LEASE_TUNE_CLASSES (default: those whose instructions
+#                                             # changed most since the sm_90 table's sweep); figures only
 #   bash scripts/gpu-lease.sh restore         # a fresh machine mid-lease (the last one taken back):
 #                                             # extras if carried, the overlay; FlashInfer's build
 #                                             # unless LEASE_JIT=0 (then the engines run with
@@ -31,9 +33,12 @@ set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
 case $mode in
-  prep|checks|bench|restore) ;;
-  *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, bench MODEL BUDGET_S [summary], restore" >&2; exit 2 ;;
+  prep|checks|bench|tune|restore) ;;
+  *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, bench MODEL BUDGET_S [summary], tune SECONDS, restore" >&2; exit 2 ;;
 esac
+if [ "$mode" = tune ]; then
+  [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 560 ] || { echo "gpu-lease: tune SECONDS '${2:-}'; accepted: a whole number of seconds, at most 560" >&2; exit 2; }
+fi
 if [ "$mode" = bench ]; then
   [[ ${2:-} =~ ^(gptoss|dense)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense" >&2; exit 2; }
   [[ ${3:-} =~ ^[1-9][0-9]*$ ]] && [ "$3" -le 520 ] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds, at most 520 (the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it)" >&2; exit 2; }
@@ -75,20 +80,18 @@ case $mode in
     else
       echo "gpu-lease: kernels not run: ${left} s left in this call (run: bash scripts/gpu-smoke.sh kernels)"
     fi
+    pack prep ;;
+  tune)
     # the tile table of the kernel classes whose instructions changed most since its sweep (issue 16;
     # tile_configs.json's sm_90 table is from results/h200-2026-12-03): figures only, nothing written
-    left=$((560 - (SECONDS - T0)))
-    if [ "$left" -ge 60 ]; then
-      el "tile sweep (${left} s at most): scripts/tune_qdq_triton.py --classes ${LEASE_TUNE_CLASSES:-scaled_fp64,row_fp64,row_fp32,scaled_fp32}"
-      timeout "$left" python3 scripts/tune_qdq_triton.py --classes "${LEASE_TUNE_CLASSES:-scaled_fp64,row_fp64,row_fp32,scaled_fp32}" \
-        --tiles 1024,2048,4096,8192 --warps 2,4,8 --json "$SMOKE_OUT/tune.json" > "$SMOKE_OUT/tune.log" 2>&1
-      rc=$?
-      echo "tune rc=$rc ($(grep -c 'best:' "$SMOKE_OUT/tune.log") classes swept; log tune.log)"
-      [ $rc -eq 0 ] || tail -n 2 "$SMOKE_OUT/tune.log"
-    else
-      echo "gpu-lease: tile sweep not run: ${left} s left in this call"
-    fi
-    pack prep ;;
+    classes=${LEASE_TUNE_CLASSES:-scaled_fp64,row_fp64,row_fp32,scaled_fp32}
+    el "tile sweep (at most $2 s): scripts/tune_qdq_triton.py --classes $classes"
+    timeout "$2" python3 scripts/tune_qdq_triton.py --classes "$classes" --tiles 1024,2048,4096,8192 --warps 2,4,8 \
+      --json "$SMOKE_OUT/tune.json" > "$SMOKE_OUT/tune.log" 2>&1
+    rc=$?
+    echo "tune rc=$rc ($(grep -c 'best:' "$SMOKE_OUT/tune.log") classes swept; log tune.log)"
+    [ $rc -eq 0 ] || tail -n 2 "$SMOKE_OUT/tune.log"
+    pack tune ;;
   restore)
     nvidia-smi -L
     install_overlay

@@ -1253,8 +1253,10 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "env", "rc", "msg"), [
-    ([], {"OUT": "x"}, 2, "gpu-lease: mode ''; accepted: prep, checks, bench MODEL BUDGET_S [summary], restore"),
+    ([], {"OUT": "x"}, 2, "gpu-lease: mode ''; accepted: prep, checks, bench MODEL BUDGET_S [summary], tune SECONDS, restore"),
     (["warm"], {"OUT": "x"}, 2, "gpu-lease: mode 'warm'; accepted: prep, checks, bench"),
+    (["tune"], {"OUT": "x"}, 2, "gpu-lease: tune SECONDS ''; accepted: a whole number of seconds, at most 560"),
+    (["tune", "900"], {"OUT": "x"}, 2, "gpu-lease: tune SECONDS '900'; accepted"),
     (["bench", "llama", "300"], {"OUT": "x"}, 2, "gpu-lease: bench MODEL 'llama'; accepted: gptoss, dense"),
     (["bench", "dense", "5m"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '5m'; accepted: a whole number of seconds"),
     (["bench", "dense", "540"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '540'; accepted: a whole number of "
