@@ -239,12 +239,13 @@ from vllm_qdq.sage3.numerics import kernel as K
 from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_p_reference
 
 @triton.jit
-def quant_p_kernel(p_ptr, o_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
+def quant_p_kernel(p_ptr, o_ptr, tab_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
                    P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
                    MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
     offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     p = tl.load(p_ptr + offs)
-    tl.store(o_ptr + offs, K._quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE))
+    tl.store(o_ptr + offs, K._quant_p(p, tab_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN,
+                                      RULE))
 
 torch.manual_seed(3)
 m, n = 64, 64
@@ -259,18 +260,29 @@ p[4] = torch.exp2(-torch.rand(n) * 3 - 60)
 p[5] = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.3125, 0.4375] * 8)
 p[6] = torch.tensor([1.0, 7 / 12, 5 / 12, 1 / 24, 3 / 24, 5 / 24, 0.99, 0.251] * 8)
 p[7, ::2] = 1.0
+# NVFP4: blocks of 16 whose maxima run over 2**-21 .. 1 (every E4M3 block scale code, 0 to 126, the
+# kernel's table of quotients read at each), the rest of each block below its max
+amax = torch.exp2(torch.linspace(-21.0, 0.0, 256))
+p16 = (torch.rand(256, 16) * amax[:, None]).float()
+p16[:, 5] = amax
+p_nv = p16.reshape(64, 64)
+tab = K._nvfp4_p_inv_table(p.device)
 out = {}
 for fmt_name in ("mxfp4", "mxfp4_s1", "mxfp8_s1", "nvfp4"):
     fmt = get_sage3_format(fmt_name)
     for rule in (("floor", "ceil", "even", "rceil") if fmt.p.family.value == "mx" else ("floor",)):
         e = fmt.p.elem
-        o = torch.empty_like(p)
-        quant_p_kernel[(1,)](p, o, BLOCK_M=m, BLOCK_N=n, BLK=fmt.block, P_NVFP4=fmt.p.family.value == "nvfp4",
-                             P_FACTOR=float(fmt.p_factor), EMAX=e.emax, EMIN=e.emin, MBITS=e.mbits,
-                             MAXN=float(e.max_normal), RULE=rule_code(rule))
-        ref = quantize_p_reference(p, fmt, rule)
-        differ = (o.view(torch.int32) != ref.float().view(torch.int32))
-        out[f"{fmt_name}-{rule}"] = [int(differ.sum()), differ.nonzero()[:3].tolist()]
+        for tag, pin in ((("", p), ("-codes", p_nv)) if fmt_name == "nvfp4" else (("", p),)):
+            o = torch.empty_like(pin)
+            quant_p_kernel[(1,)](pin, o, tab, BLOCK_M=m, BLOCK_N=n, BLK=fmt.block, P_NVFP4=fmt.p.family.value == "nvfp4",
+                                 P_FACTOR=float(fmt.p_factor), EMAX=e.emax, EMIN=e.emin, MBITS=e.mbits,
+                                 MAXN=float(e.max_normal), RULE=rule_code(rule))
+            ref = quantize_p_reference(pin, fmt, rule)
+            differ = (o.view(torch.int32) != ref.float().view(torch.int32))
+            out[f"{fmt_name}-{rule}{tag}"] = [int(differ.sum()), differ.nonzero()[:3].tolist()]
+# the E4M3 codes those blocks took (0, the subnormal scales and nearly every normal one)
+s = torch.clamp(2688.0 * (amax * (1 / 6)), max=448.0).to(torch.float8_e4m3fn).view(torch.uint8)
+out["codes"] = [int(s.unique().numel()), int(s.min()), int(s.max())]
 print("JSON" + json.dumps(out))
 """
 
@@ -283,9 +295,11 @@ def test_kernel_p_quantizer_bit_exact_with_reference() -> None:
     proc = subprocess.run([sys.executable, "-c", _P_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
-    assert len(res) == 13, res
+    codes = res.pop("codes")
+    assert len(res) == 14, res
     bad = {k: v for k, v in res.items() if v[0]}
     assert not bad, bad
+    assert codes[0] >= 100 and codes[1] == 0, codes  # NVFP4's block scales over nearly every E4M3 code
 
 
 _OP_SCRIPT = r"""

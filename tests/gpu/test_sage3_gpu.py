@@ -183,3 +183,32 @@ def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
     b = sage3_attention(q, k, k, quant_format="mxfp4")
     torch.cuda.synchronize()
     assert not K._FAST and torch.equal(a, b)
+
+
+def test_nvfp4_p_quantizer_every_scale_code() -> None:
+    """NVFP4's P quantizer on the GPU (the block scale's E4M3 code from the hardware conversion,
+    the quotient read from the table by inline PTX: ``kernel._nvfp4_p_raw``) gives
+    :func:`quantize_p_reference`'s bits on blocks whose maxima run over 2**-21 .. 1: every E4M3 scale
+    code from 0 up, the subnormal ones included."""
+    import triton
+    import triton.language as tl
+    from vllm_qdq.sage3.numerics import kernel as K
+    from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_p_reference
+
+    @triton.jit
+    def quant(p_ptr, o_ptr, tab_ptr, M: tl.constexpr, N: tl.constexpr):
+        offs = tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :]
+        p3 = tl.reshape(tl.load(p_ptr + offs), (M, N // 16, 16))
+        tl.store(o_ptr + offs, tl.reshape(K._nvfp4_p_raw(p3, tab_ptr), (M, N)))
+
+    g = torch.Generator().manual_seed(5)
+    amax = torch.exp2(torch.linspace(-21.0, 0.0, 1024))
+    p16 = torch.rand(1024, 16, generator=g) * amax[:, None]
+    p16[:, 7] = amax
+    p = p16.reshape(256, 64).float()
+    o = torch.empty_like(p, device="cuda")
+    quant[(1,)](p.cuda(), o, K._nvfp4_p_inv_table(o.device), M=256, N=64, num_warps=8, enable_fp_fusion=False)
+    ref = quantize_p_reference(p, get_sage3_format("nvfp4"), "floor").float()
+    torch.cuda.synchronize()
+    differ = o.cpu().view(torch.int32) != ref.view(torch.int32)
+    assert not differ.any(), (int(differ.sum()), differ.nonzero()[:5].tolist())

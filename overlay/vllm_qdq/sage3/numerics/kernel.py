@@ -136,6 +136,65 @@ def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr, NONNEG: tl.constexpr = False)
     return q * tl.expand_dims(s8, AXIS)
 
 
+#: The table reads of the attention loop go through inline PTX on the GPU (not under the interpreter)
+_TABLE_ASM = tl.constexpr(not interpreting())
+
+
+@triton.jit
+def _table_f32(ptrs):
+    """The fp32 words at ``ptrs`` (a small read-only table, L1-resident): on the GPU by inline PTX
+    (``ld.global.nc.f32``), which Triton 3.6's software pipeliner leaves alone (a ``tl.load`` in the
+    attention loop made it try to pipeline the table read and fail on the loop's dots: "pipeliner
+    doesn't know how to predicate this op"); ``tl.load`` under the interpreter."""
+    if _TABLE_ASM:
+        return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=r,l", [ptrs], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _nvfp4_p_raw(p3, inv_ptr):
+    """:func:`_nvfp4_raw` of P (values ``>= +0``, blocks of 16 along axis 2, ``gs = 2688``): the same
+    numbers, with each block's ``div_rn(1, s8 * fp32(1/gs))`` read from ``inv_ptr`` (the 128 values,
+    one per E4M3 code of ``s8``: :func:`_nvfp4_p_inv_table`) instead of divided (a division a
+    block, 8 a thread in each key tile). The code is the GPU's E4M3 conversion's byte where
+    :func:`~vllm_qdq.numerics.triton_primitives.fp8_cvt_grid` allows it, else from ``s8``'s bits."""
+    s = tl.minimum(2688.0 * (tl.max(p3, axis=2) * 0.16666666666666666), 448.0)
+    if fp8_cvt_grid(448.0, -6, 3):
+        s8b = s.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        s8 = s8b.to(tl.float32)
+        code = s8b.to(tl.uint8, bitcast=True).to(tl.int32)
+    else:
+        s8 = round_elem_nonneg_f32(s, 448.0, -6, 3)  # E4M3: emin -6, 3 mantissa bits (0 <= s <= 448 already)
+        bits = s8.to(tl.int32, bitcast=True)
+        # normal (>= 2**-6): exponent field (fp32's - 120) and 3 mantissa bits; subnormal: m * 2**-9
+        code = tl.where(s8 >= 0.015625, (((bits >> 23) - 120) << 3) | ((bits >> 20) & 7), (s8 * 512.0).to(tl.int32))
+    inv = _table_f32(inv_ptr + code)
+    q = round_elem_nonneg_f32(p3 * tl.expand_dims(inv, 2), 6.0, 0, 1)  # E2M1: emin 0, 1 mantissa bit
+    return q * tl.expand_dims(s8, 2)
+
+
+_P_INV: dict[torch.device, torch.Tensor] = {}
+#: fp32(1 / gs) of P's NVFP4 (gs = 2688), as the kernel holds it
+_P_INV_GS = 0.00037202380952380953
+
+
+def _nvfp4_p_inv_table(device: torch.device) -> torch.Tensor:
+    """``[128]`` fp32, cached per device: for each E4M3 code ``c`` of a block scale ``s8``,
+    ``div_rn(1, fp32(s8 * fp32(1/2688)))`` (0 for ``s8 = 0``; code 127, NaN, never read): the
+    quotient :func:`_nvfp4_raw` divides for P, computed once in IEEE fp32 (torch's CPU division is
+    correctly rounded). Read only."""
+    t = _P_INV.get(device)
+    if t is None:
+        s8 = torch.arange(128, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
+        prod = s8 * torch.tensor(_P_INV_GS, dtype=torch.float32)
+        inv = torch.where(s8 > 0, torch.tensor(1.0, dtype=torch.float32) / torch.where(s8 > 0, prod, 1.0), 0.0)
+        inv[127] = 0.0
+        t = _P_INV[device] = inv.to(device)
+    return t
+
+
 # ----------------------------------------------------------------------------- pre-pass
 
 
@@ -267,13 +326,14 @@ def _qdq_prepass_kernel(
 
 
 @triton.jit
-def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
+def _quant_p(p, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
              P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
              EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
-    """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys."""
+    """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys
+    (``p_inv_ptr``: NVFP4's table of block-scale quotients, :func:`_nvfp4_p_inv_table`)."""
     p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
     if P_NVFP4:
-        r3 = _nvfp4_raw(p3, 2688.0, 0.00037202380952380953, 2, True)  # gs = 448*6/1, fp32(1/gs)
+        r3 = _nvfp4_p_raw(p3, p_inv_ptr)  # _nvfp4_raw(p3, 2688, fp32(1/2688), 2, True)
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
@@ -285,7 +345,7 @@ def _quant_p(p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
 
 
 @triton.jit
-def _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc,
+def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc,
                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
                EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
@@ -314,7 +374,7 @@ def _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, ac
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
-    praw = _quant_p(p, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
+    praw = _quant_p(p, p_inv_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
     l_i = l_i * alpha + tl.sum(praw, 1)
     if MASKED:
         v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
@@ -341,7 +401,7 @@ def _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, ac
 
 @triton.jit
 def _sage3_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr, p_inv_ptr,
     S, H, HKV, GROUP, sob, sos, soh, S_KEY,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
@@ -374,13 +434,13 @@ def _sage3_fwd_kernel(
         hi = S
         full = (S // BLOCK_N) * BLOCK_N
     for n0 in range(0, full, BLOCK_N):
-        m_i, l_i, acc = _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D, BLOCK_M,
-                                   BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE, BF16_QK,
-                                   BF16_PV, OP_BF16, False)
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
+                                   BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
+                                   BF16_QK, BF16_PV, OP_BF16, False)
     for n0 in range(full, hi, BLOCK_N):
-        m_i, l_i, acc = _attn_tile(q, k_base, v_base, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D, BLOCK_M,
-                                   BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE, BF16_QK,
-                                   BF16_PV, OP_BF16, True)
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
+                                   BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
+                                   BF16_QK, BF16_PV, OP_BF16, True)
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
     dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
@@ -533,8 +593,8 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         OP_BF16=qr.dtype == torch.bfloat16,
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
-    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2),
-            triton.next_power_of_2(s))
+    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], _nvfp4_p_inv_table(q.device), s, hq, hkv, hq // hkv,
+            out.stride(0), out.stride(1), out.stride(2), triton.next_power_of_2(s))
     if block_m is None and not interpreting():
         def grid(meta):
             return (triton.cdiv(s, meta["BLOCK_M"]), b * hq)
@@ -610,7 +670,7 @@ class _Replay:
     would (K's mean, NVFP4's ``g``, the raw operands, the output) and launches the recorded
     kernels with their addresses: a tensor argument of a recorded launch is one of the call's
     inputs or buffers (by identity), a view into NVFP4's ``g`` (by its byte offset), or a held
-    constant (the MX formats' cached ``[1, 1]``). A buffer allocated at another alignment class
+    constant (the MX formats' cached ``[1, 1]``, P's NVFP4 table). A buffer allocated at another alignment class
     than recorded sends the call back to the full path (Triton specializes pointers on it)."""
 
     __slots__ = ("aligns", "device", "direct", "g_shape", "launches", "mean_shape", "nv", "out_shape", "outs")
@@ -637,9 +697,10 @@ class _Replay:
                 if role is None and g is not None and a.untyped_storage().data_ptr() == g.untyped_storage().data_ptr():
                     role, off = "g", a.data_ptr() - g.data_ptr()
                 if role is None:
-                    if not (g is None and a.untyped_storage().data_ptr() == _ones2(q.device).untyped_storage().data_ptr()):
+                    held = [_nvfp4_p_inv_table(q.device)] + ([] if g is not None else [_ones2(q.device)])
+                    if not any(a.untyped_storage().data_ptr() == h.untyped_storage().data_ptr() for h in held):
                         raise AssertionError(f"{fn.__name__}: tensor argument {i} is none of the call's")
-                    template.append(a.data_ptr())  # the held [1, 1] of the MX formats
+                    template.append(a.data_ptr())  # held: P's NVFP4 table, the MX formats' [1, 1]
                     continue
                 slots.append((i, role, off))
                 template.append(None)
