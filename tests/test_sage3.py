@@ -280,9 +280,15 @@ for fmt_name in ("mxfp4", "mxfp4_s1", "mxfp8_s1", "nvfp4"):
             ref = quantize_p_reference(pin, fmt, rule)
             differ = (o.view(torch.int32) != ref.float().view(torch.int32))
             out[f"{fmt_name}-{rule}{tag}"] = [int(differ.sum()), differ.nonzero()[:3].tolist()]
-# the E4M3 codes those blocks took (0, the subnormal scales and nearly every normal one)
+# the E4M3 codes those blocks took (every one, 0 to 126)
 s = torch.clamp(2688.0 * (amax * (1 / 6)), max=448.0).to(torch.float8_e4m3fn).view(torch.uint8)
 out["codes"] = [int(s.unique().numel()), int(s.min()), int(s.max())]
+# the table itself against the NVFP4 reference's operations (inv = 1 / (s8 * (1 / gs)), fp32, gs =
+# 2688 for P's global amax of 1; 0 for s8 = 0): a value off by an ulp rarely moves a rounded P
+s8 = torch.arange(127, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
+one = torch.tensor(1.0, dtype=torch.float32)
+want = torch.where(s8 != 0, one / (s8 * (one / torch.tensor(2688.0, dtype=torch.float32))), 0.0)
+out["table"] = int((tab[:127].view(torch.int32) != want.view(torch.int32)).sum())
 print("JSON" + json.dumps(out))
 """
 
@@ -295,11 +301,12 @@ def test_kernel_p_quantizer_bit_exact_with_reference() -> None:
     proc = subprocess.run([sys.executable, "-c", _P_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
-    codes = res.pop("codes")
+    codes, table = res.pop("codes"), res.pop("table")
     assert len(res) == 14, res
     bad = {k: v for k, v in res.items() if v[0]}
     assert not bad, bad
-    assert codes[0] >= 100 and codes[1] == 0, codes  # NVFP4's block scales over nearly every E4M3 code
+    assert codes == [127, 0, 126], codes  # NVFP4's block scales over every E4M3 code
+    assert table == 0, table  # P's NVFP4 table of quotients, value for value
 
 
 _OP_SCRIPT = r"""

@@ -25,7 +25,7 @@ from vllm_qdq.sage3.numerics import kernel as K
 
 fmt = sys.argv[1]
 K._ALIGN = 0  # CPU allocations: any alignment (the GPU allocator's blocks are 512-byte aligned)
-assert K._fast_key(*(torch.zeros(1, 64, 2, 32),) * 3, fmt, "fp32", False, None, None, "floor") is None  # no CUDA
+assert K._fast_key(*(torch.zeros(1, 64, 2, 32),) * 3, fmt, "fp32", False, None, None, "floor") is None  # interpreted
 
 
 def inputs(seed):
@@ -58,6 +58,7 @@ q2, k2, v2 = inputs(1)
 out2 = replay(q2, k2, v2)
 assert out2 is not None and out2.shape == out.shape and out2.dtype == out.dtype
 assert [n for n, _, _ in log] == want
+moved = {}  # the first call's address -> the replay's, over every launch: one-to-one and consistent
 for (fn, grid, args, kwargs, _), (_, grid3, got) in zip(launches, log, strict=True):
     assert grid3 == tuple(grid) + (1,) * (3 - len(grid)), (grid, grid3)
     full = K._full_args(fn, args, kwargs)
@@ -67,11 +68,16 @@ for (fn, grid, args, kwargs, _), (_, grid3, got) in zip(launches, log, strict=Tr
             assert a == b, (fn.__name__, i, a, b)
             continue
         assert isinstance(b, int), (fn.__name__, i, b)
+        assert moved.setdefault(a.data_ptr(), b) == b, (fn.__name__, i)
         for old, new in ((q, q2), (k, k2), (v, v2), (out, out2)):
             if a is old:
                 assert b == new.data_ptr(), (fn.__name__, i)
         if fmt != "nvfp4" and a.untyped_storage().data_ptr() == K._ones2(q.device).untyped_storage().data_ptr():
             assert b == a.data_ptr()  # the held [1, 1]: the same address every call
+        if a is K._P_INV.get(q.device):
+            assert b == a.data_ptr()  # P's NVFP4 table: the same address every call
+assert len(set(moved.values())) == len(moved), moved  # no two of the first call's tensors land together
+assert any(a is K._P_INV.get(q.device) for a in launches[-1][2]) == (fmt == "nvfp4")
 # NVFP4: the attention kernel's 1/gs pointers sit at the recorded offsets into this call's g (the
 # prepass kernel's g argument)
 if fmt == "nvfp4":

@@ -136,8 +136,9 @@ def _nvfp4_raw(x3, gs, inv_gs, AXIS: tl.constexpr, NONNEG: tl.constexpr = False)
     return q * tl.expand_dims(s8, AXIS)
 
 
-#: The table reads of the attention loop go through inline PTX on the GPU (not under the interpreter)
-_TABLE_ASM = tl.constexpr(not interpreting())
+#: The table reads of the attention loop go through inline PTX on a CUDA GPU (``tl.load`` under the
+#: interpreter and on ROCm, where the loop's pipelining has not been seen to fail)
+_TABLE_ASM = tl.constexpr(not interpreting() and torch.version.hip is None)
 
 
 @triton.jit
@@ -593,17 +594,21 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         OP_BF16=qr.dtype == torch.bfloat16,
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
-    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], _nvfp4_p_inv_table(q.device), s, hq, hkv, hq // hkv,
+    # P's NVFP4 table (read only by an NVFP4 P; other formats pass a pointer the kernel never reads)
+    p_tab = _nvfp4_p_inv_table(q.device) if fmt.p.family is Family.NVFP4 else gv[1:2]
+    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], p_tab, s, hq, hkv, hq // hkv,
             out.stride(0), out.stride(1), out.stride(2), triton.next_power_of_2(s))
     if block_m is None and not interpreting():
+        launched = []  # BLOCK_M of each launch the autotuner makes (benchmarks first): the last is the call's
+
         def grid(meta):
+            launched.append(meta["BLOCK_M"])
             return (triton.cdiv(s, meta["BLOCK_M"]), b * hq)
 
         c = _sage3_fwd_tuned[grid](*args, **consts)
-        if rec is not None:  # the configuration the autotuner ran, and its grid
-            cfg = _sage3_fwd_tuned.best_config
-            rec.append((_sage3_fwd_kernel, (triton.cdiv(s, cfg.kwargs["BLOCK_M"]), b * hq), args,
-                        {**consts, **cfg.all_kwargs()}, c))
+        if rec is not None:  # this call's configuration (not the autotuner's shared best_config)
+            bm = launched[-1]
+            rec.append((_sage3_fwd_kernel, (triton.cdiv(s, bm), b * hq), args, {**consts, "BLOCK_M": bm}, c))
     else:
         bm = block_m or 64
         nw = 8 if bm >= 128 else 4
@@ -630,7 +635,7 @@ FAST_LAUNCH = True
 #: Most entries kept (cleared whole when full: a diffusion model sees a few shapes).
 _FAST_MAX = 256
 _FAST: dict[tuple, _Replay] = {}
-_REFUSED: set[tuple] = set()  # keys whose call could not be recorded: not tried again
+_REFUSED: set[tuple] = set()  # keys whose call could not be recorded: not tried again (cleared when full)
 
 
 def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule) -> tuple | None:
@@ -654,10 +659,16 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
 
 
 def _record(key: tuple, q, k, v, out, rec: list) -> None:
-    """Store a :class:`_Replay` of the call just made under ``key`` (or refuse the key for good)."""
+    """Store a :class:`_Replay` of the call just made under ``key``, or refuse the key for good (a
+    tensor argument the replay cannot place, e.g. an input the full path made contiguous; a launch
+    with no compiled kernel to hold): the call's result stands either way."""
     try:
+        if any(r[0] != "buffers" and r[4] is None for r in rec):
+            raise AssertionError("a launch returned no compiled kernel")
         fast = _Replay(q, k, v, out, rec)
-    except AssertionError:  # a tensor argument the replay cannot place (e.g. an input copied to contiguous)
+    except Exception:  # the call already succeeded: never fail it here
+        if len(_REFUSED) >= _FAST_MAX:
+            _REFUSED.clear()
         _REFUSED.add(key)
         return
     if len(_FAST) >= _FAST_MAX:
@@ -673,11 +684,17 @@ class _Replay:
     constant (the MX formats' cached ``[1, 1]``, P's NVFP4 table). A buffer allocated at another alignment class
     than recorded sends the call back to the full path (Triton specializes pointers on it)."""
 
-    __slots__ = ("aligns", "device", "direct", "g_shape", "launches", "mean_shape", "nv", "out_shape", "outs")
+    __slots__ = ("aligns", "device", "direct", "held", "launches", "nv", "outs")
 
     def __init__(self, q, k, v, out, rec: list) -> None:
         (_, mean, g, outs), = [r for r in rec if r[0] == "buffers"]
-        self.device = q.get_device()
+        # the current device when recorded (part of the key): the one whose context and stream Triton
+        # launched on, and loaded the kernels for
+        self.device = torch._C._cuda_getDevice() if q.is_cuda else -1
+        held = [_ones2(q.device)] if g is None else []
+        if any(t is _P_INV.get(q.device) for r in rec if r[0] != "buffers" for t in r[2]):
+            held.append(_P_INV[q.device])
+        self.held = tuple(held)  # the constants the launches read by address: alive while this is
         self.nv = g is not None
         self.outs = [(tuple(o.shape), o.dtype) for o in outs]
         bases = {"q": q, "k": k, "v": v, "mean": mean, "oq": outs[0], "ok": outs[1], "ov": outs[2], "out": out}
@@ -697,8 +714,7 @@ class _Replay:
                 if role is None and g is not None and a.untyped_storage().data_ptr() == g.untyped_storage().data_ptr():
                     role, off = "g", a.data_ptr() - g.data_ptr()
                 if role is None:
-                    held = [_nvfp4_p_inv_table(q.device)] + ([] if g is not None else [_ones2(q.device)])
-                    if not any(a.untyped_storage().data_ptr() == h.untyped_storage().data_ptr() for h in held):
+                    if not any(a.untyped_storage().data_ptr() == h.untyped_storage().data_ptr() for h in self.held):
                         raise AssertionError(f"{fn.__name__}: tensor argument {i} is none of the call's")
                     template.append(a.data_ptr())  # held: P's NVFP4 table, the MX formats' [1, 1]
                     continue
