@@ -936,7 +936,7 @@ if triton is not None:
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
             if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
-            if ROT_TILE == 2:  # stored coalesced: the 16-bit values moved back through shared memory
+            if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
                 cols2 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 mask2 = (rows < n_rows)[:, None] & (cols2 < K)[None, :]
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
@@ -1308,7 +1308,7 @@ ROT_TILE_MAX = 128
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
 #: addresses) and moved between it and the whole-blocks-per-thread layout once each way, as
-#: 16-bit values through shared memory (``ROT_TILE == 2``, :func:`_load_rotated`,
+#: loaded (16-bit values for bf16 / fp16) through shared memory (``ROT_TILE == 2``, :func:`_load_rotated`,
 #: :func:`_block_anchor`; NVFP4's amax pass loads the same way). Off (and for the other recipes):
 #: loaded and stored in that layout, where a warp's 16-byte access touches 32 memory lines from
 #: Hadamard-64 up (each thread its own line; 16 at Hadamard-32, 8 at 16), the layout timed in
@@ -1319,11 +1319,12 @@ ROT_TILE_MAX = 128
 #: against measured excesses of 16 and 71 / 103 us. SASS for sm_90
 #: (``scripts/triton_sass_stats.py``, bf16 4096 x 4096, coalesced against not): no shuffles in
 #: the QDQ kernels, 1-15 barriers and 16-32 16-byte shared-memory stores a thread (and as many
-#: ``ldmatrix`` loads), 2.5-3.6 more instructions an element (unpacking the transposed 16-bit
-#: values, the anchor's multiplication), fewer registers or spills (MXFP4 + Hadamard-64 83
-#: against 96 registers, MXFP8 / MXINT8 + Hadamard-128 168 against ~200, NVFP4 + random
-#: Hadamard-128 84 spill accesses against 146). Hadamard-32 would pay 6.2 more instructions an
-#: element for the smaller excess, so it keeps the other layout, as do the scaled recipes
+#: ``ldmatrix`` loads), 1.5-3.0 more instructions an element (unpacking the transposed 16-bit
+#: values; the anchor is OR-ed into 16-bit inputs' bits and compiles away), fewer registers or
+#: spills (MXFP4 + Hadamard-64 85 against 96 registers, MXFP8 / MXINT8 + Hadamard-128 168 against
+#: ~200, NVFP4 + random Hadamard-128 84 spill accesses against 146; ``results/sass-2026-12-05b``).
+#: Hadamard-32 would pay ~6 more instructions an element for the smaller excess, so it keeps the
+#: other layout, as do the scaled recipes
 #: (per-tensor FP8 + Hadamard-128 spilled: 611 accesses). ``test_triton_compile`` checks the
 #: MXFP4 and NVFP4 kernels have no shuffles. Not yet timed: the bench's options table times both
 #: layouts (the "uncoalesced" column: this off).
