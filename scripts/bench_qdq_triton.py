@@ -164,7 +164,7 @@ def bench_tiles_per_program() -> None:
 
 def bench_l2_hints() -> None:
     """The two-pass recipes with ``triton_qdq.L2_HINTS`` on and off (the amax pass's read kept in
-    L2, the QDQ pass's read and write evicted first), three interleaved rounds, the best of each."""
+    L2, the QDQ pass's read evicted first), three interleaved rounds, the best of each."""
     bench_switch_table("L2_HINTS", (True, False), "hint", "two-pass recipes: copy time / kernel time with L2 "
                        "eviction hints (L2_HINTS) and without", rounds=3)
 

@@ -331,8 +331,7 @@ if triton is not None:
         c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
         if ROT_TILE == 2:
-            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+            cols, mask = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
             x = tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
             if HAS_SIGNS:  # the signs' own load places the transpose
@@ -348,6 +347,13 @@ if triton is not None:
             if HAS_SIGNS:
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
         return _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE, c4, mask4
+
+    @triton.jit
+    def _tile_cols(rows, n_rows, k0, K, BLOCK_K: tl.constexpr):
+        """``(columns (int64), mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile in the 2-d (coalesced) layout:
+        the rotation's coalesced load and store of the same tile."""
+        cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        return cols, (rows < n_rows)[:, None] & (cols < K)[None, :]
 
     @constexpr_function
     def _evict(on, keep):
@@ -937,8 +943,7 @@ if triton is not None:
             if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
-                cols2 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-                mask2 = (rows < n_rows)[:, None] & (cols2 < K)[None, :]
+                cols2, mask2 = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
                          tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2)
             else:

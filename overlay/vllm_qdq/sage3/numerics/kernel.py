@@ -183,7 +183,7 @@ _P_INV_GS = 0.00037202380952380953
 
 def _nvfp4_p_inv_table(device: torch.device) -> torch.Tensor:
     """``[128]`` fp32, cached per device: for each E4M3 code ``c`` of a block scale ``s8``,
-    ``div_rn(1, fp32(s8 * fp32(1/2688)))`` (0 for ``s8 = 0``; code 127, NaN, never read): the
+    ``div_rn(1, fp32(s8 * fp32(1/2688)))`` (0 for ``s8 = 0``, and for code 127, NaN, never read): the
     quotient :func:`_nvfp4_raw` divides for P, computed once in IEEE fp32 (torch's CPU division is
     correctly rounded). Read only."""
     t = _P_INV.get(device)
@@ -191,7 +191,6 @@ def _nvfp4_p_inv_table(device: torch.device) -> torch.Tensor:
         s8 = torch.arange(128, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
         prod = s8 * torch.tensor(_P_INV_GS, dtype=torch.float32)
         inv = torch.where(s8 > 0, torch.tensor(1.0, dtype=torch.float32) / torch.where(s8 > 0, prod, 1.0), 0.0)
-        inv[127] = 0.0
         t = _P_INV[device] = inv.to(device)
     return t
 
@@ -613,9 +612,10 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         bm = block_m or 64
         nw = 8 if bm >= 128 else 4
         kw = {"BLOCK_M": bm, **consts, "num_warps": nw, "num_stages": 2}
-        c = _sage3_fwd_kernel[(triton.cdiv(s, bm), b * hq)](*args, **kw)
+        grid2 = (triton.cdiv(s, bm), b * hq)
+        c = _sage3_fwd_kernel[grid2](*args, **kw)
         if rec is not None:
-            rec.append((_sage3_fwd_kernel, (triton.cdiv(s, bm), b * hq), args, kw, c))
+            rec.append((_sage3_fwd_kernel, grid2, args, kw, c))
     return out
 
 
