@@ -1278,9 +1278,12 @@ AMAX_TILES_PER_PROGRAM = 2
 #: pass's writes of y (no hint: the next kernel reads y) push out other lines before the x it has
 #: yet to read. Without them, a 16M-element bf16 call (32 MB, in the H200's 50 MB L2) read x twice
 #: from memory: its QDQ pass took as long as a one-pass call (24.7 us, ``results/h200-2026-12-04b``),
-#: even with the tiles walked in reverse. Hints only: the same bits either way. Not yet timed (the
-#: bench's "L2 hints" table times both).
-L2_HINTS = True
+#: even with the tiles walked in reverse. Hints only: the same bits either way. Timed on the H200
+#: (``results/h200-2026-12-05c``, the bench's "L2 hints" table, three interleaved rounds, the whole
+#: call as a fraction of a copy's speed, 4096^2 / 8192^2): nvfp4 0.57 / 0.59 with hints, 0.58 / 0.59
+#: without; FP8 per-tensor 0.62 / 0.60 with, 0.63 / 0.61 without. No gain, so off by default; the
+#: switch and the table stay, for other GPUs.
+L2_HINTS = False
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1331,8 +1334,12 @@ ROT_TILE_MAX = 128
 #: Hadamard-32 would pay ~6 more instructions an element for the smaller excess, so it keeps the
 #: other layout, as do the scaled recipes
 #: (per-tensor FP8 + Hadamard-128 spilled: 611 accesses). ``test_triton_compile`` checks the
-#: MXFP4 and NVFP4 kernels have no shuffles. Not yet timed: the bench's options table times both
-#: layouts (the "uncoalesced" column: this off).
+#: MXFP4 and NVFP4 kernels have no shuffles. Timed on the H200 (``results/h200-2026-12-05c``,
+#: the bench's options table, time / the plain format's at 16M / 64M elements, coalesced against
+#: this off): MXFP4 + Hadamard-64 1.31 / 1.31 against 1.80 / 1.96, + Hadamard-128 1.77 / 1.82
+#: against 2.37 / 2.36, + random Hadamard-128 2.03 / 2.05 against 2.54 / 2.63; MXFP8 +
+#: Hadamard-128 1.43 / 1.37 against 2.38 / 2.34; NVFP4 + random Hadamard-128 1.87 / 1.92 against
+#: 2.49 / 2.70.
 ROT_COALESCE = True
 
 
