@@ -11,7 +11,8 @@ path together, L2 not flushed). Then decode-sized calls (1, 16, 64, 256 rows x 4
 per call: "eager" = wall time per call of 200 back-to-back Python calls (what an eager caller
 pays), "graph" = GPU time per call of 20 calls replayed from one CUDA graph.
 
-    python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--options-only]
+    python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--no-sweeps]
+                                       [--no-options | --options-only]
 
 ``--check`` exits 1 below issue 16's targets: kernel ratio >= 0.90 at 64M and >= 0.85 at 16M
 for one-pass formats; >= 0.60 at 64M and >= 0.80 at 16M for two-pass ones (a whole-tensor amax
@@ -23,7 +24,9 @@ spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form aga
 form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), the amax pass by tiles a
 program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction hints and without
 (``L2_HINTS``, :func:`bench_l2_hints`), and each launch of a two-pass call alone beside a read of
-the tensor (:func:`bench_two_pass_split`: which pass holds the time). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps`` skips these
+five tables, which decide the module's switches, not a target (the smoke suite's ``bench-qdq``
+step passes it unless ``SMOKE_BENCH_FULL=1``). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -250,6 +253,9 @@ def main() -> int:
     ap.add_argument("--rule", default="floor", help="MX scale rule to time (default floor)")
     ap.add_argument("--no-options", action="store_true", help="skip the issue-18 options table")
     ap.add_argument("--options-only", action="store_true", help="only the issue-18 options table")
+    ap.add_argument("--no-sweeps", action="store_true",
+                    help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "
+                         "split, the fp32 form of the float64 recipes)")
     args = ap.parse_args()
     if args.no_options and args.options_only:
         print("--no-options and --options-only exclude each other", file=sys.stderr)
@@ -353,11 +359,12 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
-    bench_slots()
-    bench_tiles_per_program()
-    bench_l2_hints()
-    bench_two_pass_split()
-    bench_narrow()
+    if not args.no_sweeps:
+        bench_slots()
+        bench_tiles_per_program()
+        bench_l2_hints()
+        bench_two_pass_split()
+        bench_narrow()
     if not args.no_options:
         bench_options(failures)
     return _report(failures, args.check)

@@ -7,7 +7,9 @@
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, FlashInfer's sampling build (niced) beside
 #                                             # gpu-smoke.sh bench-qdq bench-sage3; then the kernels
-#                                             # step alone, in the time left (up to 560 s into the call)
+#                                             # step alone, in the time left (up to 585 s into the call;
+#                                             # a cold Triton cache needs ~280 s for it); the benches
+#                                             # in the suite's short form unless SMOKE_BENCH_FULL=1
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once (SMOKE_JOBS=10), inner
 #                                             # timeout LEASE_CHECKS_TIMEOUT (default 575 s)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
@@ -23,12 +25,15 @@
 #
 # The suite's output lives in /root/smoke (LEASE_SMOKE) between calls; each call packs its logs
 # into one archive, $OUT/smoke-<mode>.tgz (a call brings back a limited number of files), without
-# the models and compile caches. Budgets measured on one H200 (results/h200-2026-12-04c, -04d, -05):
-# vLLM staging ~135 s from a cold machine, prep 262-334 s before the kernels step joined it (that
-# step: 105 s alone, 266 s beside the engine steps), checks 446 s in 04c with kernels among them,
-# more than 575 s in 05 (on a fresh machine: kernels and study unfinished, so kernels moved here),
-# bench gptoss 385 s at B=380, dense 381 s at B=375 (engine starts 80-118 s on a cold compile
-# cache; a bench needs 3 rounds of 35-55 s after them).
+# the models and compile caches. Budgets measured on one H200 (results/h200-2026-12-04c, -04d, -05,
+# -05c): vLLM staging 130-210 s from a cold machine (its start included); prep's whole benches
+# 253 s (bench-qdq 111, bench-sage3 142) beside FlashInfer's build (103 s), then kernels, which a
+# cold Triton cache took to 98% in the ~260 s left (05c; warm: 106 s); checks 435 s (05c, nine
+# steps, study the longest at 392 s), 446 s in 04c with kernels among them, more than 575 s in 05
+# (a slow machine); bench gptoss: 4 engines up in ~100 s, their profiles to ~200 s, then rounds
+# of ~37 s (3 needed: B >= 315; 05c's B=290 fit 2), dense alike (381 s at B=375 in 04d). A lease
+# of the whole suite: staging, prep (short benches), checks, bench gptoss 315, bench dense 315
+# summary: ~1,750 s of 1,800 on those figures, with no room for a failed start.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -71,10 +76,10 @@ case $mode in
     nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
     install_overlay
     el "FlashInfer build (niced) beside bench-qdq, bench-sage3"
-    timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
+    timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py --marker "$SMOKE_OUT/jit-warm.ready" > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
     timeout 380 bash scripts/gpu-smoke.sh bench-qdq bench-sage3; echo "bench-qdq, bench-sage3 rc=$?"  # 05: 80 + 147 s
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
-    left=$((560 - (SECONDS - T0)))  # the kernels step alone on the GPU (GPU tests, no engine): 105 s in 05
+    left=$((585 - (SECONDS - T0)))  # the kernels step alone on the GPU: 106 s warm, ~280 s cold (05c)
     if [ "$left" -ge 60 ]; then
       timeout "$left" bash scripts/gpu-smoke.sh kernels; echo "kernels rc=$?"
     else
@@ -100,7 +105,7 @@ case $mode in
       echo "gpu-lease: FlashInfer's sampler off for this machine's engines (VLLM_USE_FLASHINFER_SAMPLER=0)"
     else
       rm -f "$SMOKE_OUT/sampler.env"
-      timeout 300 python3 scripts/gpu_jit_warm.py > "$SMOKE_OUT/jit-warm-restore.log" 2>&1; echo "jit-warm rc=$?"
+      timeout 300 python3 scripts/gpu_jit_warm.py --marker "$SMOKE_OUT/jit-warm.ready" > "$SMOKE_OUT/jit-warm-restore.log" 2>&1; echo "jit-warm rc=$?"
       tail -n 1 "$SMOKE_OUT/jit-warm-restore.log"
     fi
     pack restore ;;

@@ -33,6 +33,10 @@
 #   bench-qdq     scripts/bench_qdq_triton.py: Triton QDQ vs device copy (figures; the bandwidth targets
 #                 are checked by its --check, not by the smoke suite)
 #   bench-sage3   scripts/bench_sage3.py --no-check: sage3 vs SDPA (figures; its targets are issue 17's)
+#                 SMOKE_BENCH_FULL=0 (default): bench-qdq without its switch sweeps (--no-sweeps: the
+#                 tables that set the module's switches, no target among them) and bench-sage3 at D=128
+#                 only (--dims 128: its targets' head size), to keep the suite inside its time budget;
+#                 1: both whole (what a kernel change is timed with)
 #   bench-plugin-gptoss, bench-plugin-dense
 #                 scripts/bench_plugin_throughput.py --kv-cache nvfp4: throughput of activation QDQ
 #                 (prefill- and decode-heavy) and KV-cache QDQ (SMOKE_KV_FORMAT, decode-heavy: issue 19)
@@ -62,7 +66,8 @@
 # kernels (scripts/gpu_jit_warm.py; vLLM's sampler on CUDA uses them, and where flashinfer-jit-cache is
 # not installed an engine's first start compiles them with nvcc, ~100 s with no log line, every
 # engine starting meanwhile waiting on FlashInfer's lock); its line says built, found, or not needed.
-# 0: leave it to the engines.
+# Once built or found, $SMOKE_OUT/jit-warm.ready names the library, and a later run on the machine
+# that finds it there skips the check's imports (~20 s a call). 0: leave it to the engines.
 #
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
@@ -87,6 +92,8 @@ if [ -n "$DUMPS" ] && ! [[ $DUMPS =~ ^[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*$ && ! $
   exit 2
 fi
 JIT_WARM=${SMOKE_JIT_WARM:-1}
+BENCH_FULL=${SMOKE_BENCH_FULL:-0}
+[[ $BENCH_FULL =~ ^[01]$ ]] || { echo "gpu-smoke: SMOKE_BENCH_FULL='$BENCH_FULL'; accepted: 0 (bench-qdq without its switch sweeps, bench-sage3 at D=128) or 1 (both whole)" >&2; exit 2; }
 [[ $JIT_WARM =~ ^[01]$ ]] || { echo "gpu-smoke: SMOKE_JIT_WARM='$JIT_WARM'; accepted: 1 (build FlashInfer's sampling kernels before the first engine step) or 0 (leave it to the engines)" >&2; exit 2; }
 # every model is built on the spot: nothing to fetch (and no hub round trips: ~30 s per engine start
 # on a host without network)
@@ -202,8 +209,12 @@ run_step() {
         step "$s" "$PY" -m pytest "${pytest_args[@]}" -s tests/gpu/test_kv_cache_gpu.py
       fi ;;
     serve) step serve "$PY" scripts/gpu_serve_check.py --out "$SMOKE_MODELS" ;;
-    bench-qdq) step bench-qdq "$PY" scripts/bench_qdq_triton.py ;;
-    bench-sage3) step bench-sage3 "$PY" scripts/bench_sage3.py --no-check ;;
+    bench-qdq)
+      if [ "$BENCH_FULL" = 1 ]; then step bench-qdq "$PY" scripts/bench_qdq_triton.py
+      else step bench-qdq "$PY" scripts/bench_qdq_triton.py --no-sweeps; fi ;;
+    bench-sage3)
+      if [ "$BENCH_FULL" = 1 ]; then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check
+      else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128; fi ;;
     bench-plugin-gptoss|bench-plugin-dense)
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" \
@@ -227,7 +238,7 @@ jit_warm() {  # once a run, before its first engine step: the ~100-s nvcc build 
   [ "$JIT_WARM" = 1 ] || return 0
   local t0=$SECONDS rc line
   echo "gpu-smoke: FlashInfer sampling kernels for vLLM's sampler (built once per machine where flashinfer-jit-cache is not installed: ~100 s) ..."
-  "$PY" scripts/gpu_jit_warm.py > "$OUT/jit-warm.log" 2>&1
+  "$PY" scripts/gpu_jit_warm.py --marker "$OUT/jit-warm.ready" > "$OUT/jit-warm.log" 2>&1
   rc=$?
   line=$(grep '^jit-warm:' "$OUT/jit-warm.log" | tail -n 1)
   [ -n "$line" ] || line=$(grep -v '^\s*$' "$OUT/jit-warm.log" | tail -n 1 | cut -c1-200)

@@ -1133,6 +1133,38 @@ def test_gpu_smoke_refuses_a_bad_jit_warm_setting(tmp_path: Path, value: str) ->
     assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_JIT_WARM='{value}'; accepted: 1 ")
 
 
+@pytest.mark.parametrize("value", ["2", "full"])
+def test_gpu_smoke_refuses_a_bad_bench_full_setting(tmp_path: Path, value: str) -> None:
+    """``SMOKE_BENCH_FULL`` is 0 or 1, checked at start-up: exit 2 naming the value as the last line."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SMOKE_BENCH_FULL=value, SMOKE_OUT=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(SMOKE), "summary"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_BENCH_FULL='{value}'; accepted: 0 ")
+
+
+def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
+    """The suite's kernel benches: by default ``bench_qdq_triton.py --no-sweeps`` and
+    ``bench_sage3.py --dims 128``, whole with SMOKE_BENCH_FULL=1; both scripts accept those
+    arguments (they parse them before they look for a GPU: exit 2 "needs a CUDA GPU" here, not an
+    argparse error)."""
+    import subprocess
+    import sys
+
+    text = SMOKE.read_text()
+    case = text[text.index("    bench-qdq)"):text.index("    bench-plugin-gptoss|bench-plugin-dense)")]
+    assert 'then step bench-qdq "$PY" scripts/bench_qdq_triton.py\n' in case
+    assert 'else step bench-qdq "$PY" scripts/bench_qdq_triton.py --no-sweeps; fi' in case
+    assert 'then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check\n' in case
+    assert 'else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128; fi' in case
+    for argv in (["scripts/bench_qdq_triton.py", "--no-sweeps"], ["scripts/bench_sage3.py", "--no-check", "--dims", "128"]):
+        r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert "unrecognized arguments" not in r.stderr and "usage:" not in r.stderr, r.stderr
+        assert r.returncode == 2 and "CUDA" in r.stderr + r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
 def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
     """gpu-smoke.sh's ``jit_warm`` (taken out of the script, running the real scripts/gpu_jit_warm.py):
     on a host without CUDA the script builds nothing and says so, and the suite prints that line with
@@ -1156,6 +1188,36 @@ def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
             assert f"log {out}/jit-warm.log)" in r.stdout
         else:
             assert "jit-warm" not in r.stdout and not (out / "jit-warm.log").exists()
+
+
+
+def test_gpu_jit_warm_marker(tmp_path: Path) -> None:
+    """scripts/gpu_jit_warm.py ``--marker``: a marker naming a library that exists ends the run at
+    once with a line naming both, before torch is imported (a later call on the same machine); a
+    marker naming a missing library (a fresh machine's stale file) or no marker runs the real check
+    (here: no CUDA device), and no marker is written when nothing was built or found."""
+    import subprocess
+    import sys
+
+    script = REPO / "scripts" / "gpu_jit_warm.py"
+    lib = tmp_path / "sampling.so"
+    lib.write_bytes(b"\x7fELF")
+    marker = tmp_path / "jit-warm.ready"
+    marker.write_text(f"{lib}\n")
+    probe = ("import runpy, sys; sys.argv = [sys.argv[1], '--marker', sys.argv[2]]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n    print('rc', e.code, 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(script), str(marker)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"jit-warm: FlashInfer sampling kernels found built ({lib}; marker {marker}, no imports)", "rc 0 False"]
+    lib.unlink()  # the marker names a library that is gone: the real check runs
+    r = subprocess.run([sys.executable, str(script), "--marker", str(marker)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "jit-warm: no CUDA device: nothing to build"
+    assert marker.read_text() == f"{lib}\n"  # untouched: nothing was built or found
 
 
 _MEET = '''
