@@ -89,5 +89,6 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
         # 16-byte shared-memory accesses: a store and a load of each 8 elements, each way
         assert co["shfl"] == co["local"] == 0 and 0 < co["smem"] <= co["el"] // 2, (recipe, co)
         assert co["instr"] < fast["instr"] + 5, (recipe, co, fast)
-    # the rotation costs at most ~50% more instructions than the plain format (22 an element)
-    assert rows[("mxfp4+h32", "in-thread")]["instr"] < 1.5 * rows[("mxfp4", "-")]["instr"], rows
+    # the Hadamard-32 butterfly in a thread: ~10 instructions an element over the plain format
+    # (30.0 against 20.2 before the rounding of 2026-12-05c, 28.0 against 18.2 since)
+    assert rows[("mxfp4+h32", "in-thread")]["instr"] < rows[("mxfp4", "-")]["instr"] + 11, rows

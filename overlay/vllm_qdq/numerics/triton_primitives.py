@@ -19,10 +19,11 @@ Numeric contract (all fp32, exact unless said):
 * :func:`round_elem_f32` ``(v, MAXN, EMIN, MBITS, IS_INT)``: RNE of ``v`` onto the element grid
   (quantum ``2**(max(floor(log2 |v|), emin) - mbits)``, ``2**-mbits`` for integer elements),
   saturating at ``max_normal``, NaN kept, the sign copied from ``v`` by bits (zeros keep theirs).
-  Float elements: at or above ``2**emin`` the fp32 bits are rounded to ``mbits`` mantissa bits
-  with integer ops (round half to even; a carry moves into the exponent), below it
-  ``(a + C) - C`` with ``C = 2**(23 + emin - mbits)`` rounds at the fixed subnormal quantum;
-  integers: ``rne(a * 2**mbits) * 2**-mbits``. ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for
+  Float elements: ``(a + C) - C`` with ``C = 2**(23 - mbits + max(floor(log2 a), emin))``, the
+  quantum of ``a``'s binade times ``2**23``, so that the sum lies in ``[C, 2C)`` where fp32's
+  spacing is that quantum (the add rounds half to even onto the grid, the subtraction is exact);
+  ``C``'s bits are ``max(bits(a), bits(2**emin))``'s exponent field plus ``23 - mbits`` in it (three
+  integer operations, no select); integers: ``rne(a * 2**mbits) * 2**-mbits``. ``rne(t) = (t + 2**23) - 2**23`` is exact RNE for
   ``0 <= t < 2**23`` (kernels are compiled with FP fusion off). That is
   :func:`round_elem_bits_f32`, every grid on every device; E4M3 and E5M2 elements on a GPU of
   compute capability 9.0+ (compiled, not interpreted) take the hardware conversion instead
@@ -30,10 +31,13 @@ Numeric contract (all fp32, exact unless said):
   ~11 an element), the same value for every fp32 input (a GPU test checks all 2**32).
 * :func:`round_elem_nonneg_f32` ``(v, MAXN, EMIN, MBITS)``: :func:`round_elem_f32` of float
   elements for ``v >= +0`` (softmax weights): the same value, without the absolute value and the
-  sign copy (three integer operations an element fewer); NaN stays NaN. :func:`round_elem_f32`'s
+  sign copy (three integer operations an element fewer); NaN stays NaN (any ``C`` added to it). :func:`round_elem_f32`'s
   float elements are this of ``|v|`` with ``v``'s sign.
-* :func:`rne_mantissa_f32` ``(a, MBITS)``: the normal-range step of both: RNE of a normal fp32
-  ``a`` to ``MBITS`` mantissa bits by integer ops on its bits.
+* :func:`rne_mantissa_f32` ``(a, MBITS)``: RNE of a normal fp32 ``a`` to ``MBITS`` mantissa bits
+  by integer ops on its bits (the normal-range step before 2026-12-05c; kept for callers that
+  round in place).
+* :func:`quantum_c_f32` ``(a, T_BITS, MBITS)``: the ``C`` above for ``a >= +0`` (or NaN) and the
+  grid's smallest normal ``2**emin`` given by its bits ``T_BITS``.
 * :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
   same grid with uniform draws ``u``: ``t = a / quantum`` (exact), ``floor(t) + (u < t - floor(t))``
   (:func:`vllm_qdq.numerics.reference.round_to_elem_stochastic`).
@@ -70,6 +74,7 @@ __all__ = [
     "mx_exponent",
     "philox_uniform_f32",
     "pow2_f32",
+    "quantum_c_f32",
     "rne_mantissa_f32",
     "round_elem_bits_f32",
     "round_elem_f32",
@@ -224,15 +229,30 @@ if triton is not None:
         return rn.to(tl.float32, bitcast=True)
 
     @triton.jit
+    def quantum_c_f32(a, T_BITS, MBITS: tl.constexpr):
+        """``2**23`` times the grid quantum at ``a`` (fp32, ``>= +0`` or NaN), for ``(a + C) - C``:
+        ``C = 2**(23 - MBITS + max(floor(log2 a), emin))`` where ``T_BITS`` (int32, a scalar or
+        broadcast to ``a``) holds the bits of the grid's smallest normal ``2**emin`` (0: every ``a``
+        on its own binade's spacing). Bits: ``max(bits(a), T_BITS)``'s exponent field plus ``23 -
+        MBITS`` in it (nonnegative fp32 values order as their bits). For ``a`` in ``[2**k,
+        2**(k+1))``, ``k >= emin``, ``a + C`` lies in ``[C, 2C)``, where fp32's spacing is
+        ``2**(k - MBITS)``: the add rounds ``a`` half to even onto the grid and ``- C`` is exact;
+        below ``2**emin`` the same at the fixed quantum. A NaN ``a`` (its exponent field all ones)
+        makes the sum wrap to a finite negative ``C``: NaN plus it stays NaN."""
+        return ((tl.maximum(a.to(tl.int32, bitcast=True), T_BITS) & 0x7F800000) + ((23 - MBITS) << 23)).to(
+            tl.float32, bitcast=True)
+
+    @triton.jit
     def round_elem_nonneg_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr):
         """:func:`round_elem_f32` of float elements for ``v >= +0`` (no ``-0``, no negatives):
-        saturated at ``MAXN``; in the normal range (``a >= 2**EMIN``) :func:`rne_mantissa_f32` (a
-        carry never passes ``MAXN``, which is on the grid); below it, and for NaN (the compare is
-        false), the fixed quantum ``2**(EMIN - MBITS)`` by ``(a + C) - C``, ``C = 2**(23 + EMIN -
-        MBITS)``, which keeps NaN."""
+        saturated at ``MAXN`` (NaN fails the compare and stays NaN), then ``(a + C) - C`` with
+        :func:`quantum_c_f32`'s ``C`` (a round-up never passes ``MAXN``, which is on the grid):
+        three integer operations and two adds an element, no compare or select beyond the
+        saturation (until 2026-12-05c: :func:`rne_mantissa_f32` in the normal range and a select)."""
         a = tl.where(v > MAXN, MAXN, v)
-        C: tl.constexpr = 2.0 ** (23 + EMIN - MBITS)
-        return tl.where(a >= 2.0**EMIN, rne_mantissa_f32(a, MBITS), (a + C) - C)
+        T: tl.constexpr = (EMIN + 127) << 23
+        c = quantum_c_f32(a, T, MBITS)
+        return (a + c) - c
 
     @triton.jit
     def round_elem_sr_f32(v, u, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, IS_INT: tl.constexpr):

@@ -55,7 +55,7 @@ from ...numerics.triton_primitives import (
     interpreting,
     mx_exponent,
     pow2_f32,
-    rne_mantissa_f32,
+    quantum_c_f32,
     round_elem_f32,
     round_elem_nonneg_f32,
     rule_code,
@@ -104,17 +104,20 @@ def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexp
     ``MAXN * 2**e``, the element's normal range from ``2**(EMIN + e)``, its subnormal quantum from
     ``C = 2**(23 + EMIN - MBITS + e)``): the same numbers, two multiplies an element fewer. Exact
     while the values are normal fp32 numbers, which holds for every block of amax at least
-    ``2**-100`` (below that the contract allows other roundings); zeros and NaN as before."""
+    ``2**-100`` (below that the contract allows other roundings); zeros and NaN as before. Each
+    element is rounded by ``(a + C) - C`` with its binade's ``C`` (:func:`quantum_c_f32`, from the
+    block's ``2**(EMIN + e)`` by bits; 0 where that is below fp32's normal range): three integer
+    operations and two adds an element, no compare or select (until 2026-12-05c: the normal
+    range by :func:`rne_mantissa_f32` and a select between the two)."""
     e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
     hi = pow2_f32(e + EMAX) * (MAXN / 2.0**EMAX)  # MAXN * 2**e, exact (e + EMAX >= -125)
     lo = e + EMIN
-    t = tl.where(lo >= -127, pow2_f32(tl.maximum(lo, -127)), 0.0)
-    c = pow2_f32(tl.minimum(e + (23 + EMIN - MBITS), 127))
+    t_bits = tl.where(lo >= -126, (lo + 127) << 23, 0)  # bits of 2**(EMIN + e), normal; else 0
     hi = tl.expand_dims(hi, AXIS)
-    t = tl.expand_dims(t, AXIS)
-    c = tl.expand_dims(c, AXIS)
+    t_bits = tl.expand_dims(t_bits, AXIS)
     a = tl.minimum(x3, hi, propagate_nan=tl.PropagateNan.ALL)  # a NaN stays NaN
-    return tl.where(a >= t, rne_mantissa_f32(a, MBITS), (a + c) - c)
+    c = quantum_c_f32(a, t_bits, MBITS)
+    return (a + c) - c
 
 
 @triton.jit
