@@ -6,12 +6,13 @@
 #
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, FlashInfer's sampling build (niced) beside
-#                                             # gpu-smoke.sh bench-qdq bench-sage3; then the kernels
-#                                             # step alone, in the time left (up to 585 s into the call;
-#                                             # a cold Triton cache needs ~280 s for it); the benches
-#                                             # in the suite's short form unless SMOKE_BENCH_FULL=1
-#   bash scripts/gpu-lease.sh checks          # the engine check steps at once (SMOKE_JOBS=10), inner
-#                                             # timeout LEASE_CHECKS_TIMEOUT (default 575 s)
+#                                             # gpu-smoke.sh bench-qdq bench-sage3 (the suite's short
+#                                             # form unless SMOKE_BENCH_FULL=1); with LEASE_KERNELS=prep
+#                                             # then the kernels step alone, in the time left (up to
+#                                             # 585 s into the call; a cold Triton cache needs ~280 s)
+#   bash scripts/gpu-lease.sh checks          # the engine check steps at once, and the kernels step
+#                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=11),
+#                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
 #                                             # the summary table (also written to $OUT/summary.txt)
 #   bash scripts/gpu-lease.sh tune S          # when the suite is done and device time is left: a tile
@@ -32,8 +33,9 @@
 # steps, study the longest at 392 s), 446 s in 04c with kernels among them, more than 575 s in 05
 # (a slow machine); bench gptoss: 4 engines up in ~100 s, their profiles to ~200 s, then rounds
 # of ~37 s (3 needed: B >= 315; 05c's B=290 fit 2), dense alike (381 s at B=375 in 04d). A lease
-# of the whole suite: staging, prep (short benches), checks, bench gptoss 315, bench dense 315
-# summary: ~1,750 s of 1,800 on those figures, with no room for a failed start.
+# of the whole suite: staging (~210 s), prep with the short benches (~200 s), checks with kernels
+# among them (~450-575 s), bench gptoss 320 and bench dense 320 summary (~350 s each): ~1,600-1,700
+# s of 1,800 on those figures. If the checks call cuts kernels, run it alone next (warm: ~150 s).
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -49,6 +51,8 @@ if [ "$mode" = bench ]; then
   [[ ${3:-} =~ ^[1-9][0-9]*$ ]] && [ "$3" -le 520 ] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds, at most 520 (the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it)" >&2; exit 2; }
   [ -z "${4:-}" ] || [ "$4" = summary ] || { echo "gpu-lease: bench's 4th argument '$4'; accepted: summary, or none" >&2; exit 2; }
 fi
+kernels_in=${LEASE_KERNELS:-checks}
+[[ $kernels_in =~ ^(prep|checks)$ ]] || { echo "gpu-lease: LEASE_KERNELS='$kernels_in'; accepted: checks (the kernels step among the check steps, the default) or prep (alone after the benches)" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
 [ -f /opt/gpu-site/env.sh ] || { echo "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
 . /opt/gpu-site/env.sh
@@ -80,7 +84,9 @@ case $mode in
     timeout 380 bash scripts/gpu-smoke.sh bench-qdq bench-sage3; echo "bench-qdq, bench-sage3 rc=$?"  # 05: 80 + 147 s
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
     left=$((585 - (SECONDS - T0)))  # the kernels step alone on the GPU: 106 s warm, ~280 s cold (05c)
-    if [ "$left" -ge 60 ]; then
+    if [ "$kernels_in" != prep ]; then
+      echo "gpu-lease: kernels run in the checks call (LEASE_KERNELS=checks)"
+    elif [ "$left" -ge 60 ]; then
       timeout "$left" bash scripts/gpu-smoke.sh kernels; echo "kernels rc=$?"
     else
       echo "gpu-lease: kernels not run: ${left} s left in this call (run: bash scripts/gpu-smoke.sh kernels)"
@@ -110,8 +116,9 @@ case $mode in
     fi
     pack restore ;;
   checks)
-    SMOKE_JOBS=10 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh kv-cache study plugin-gptoss \
-      plugin-dense plugin-exact method-llama method-moe serve tp2
+    extra=(); [ "$kernels_in" = prep ] || extra=(kernels)  # 04c: 446 s with kernels among the checks
+    SMOKE_JOBS=11 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh study "${extra[@]}" kv-cache \
+      plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2
     echo "checks rc=$?"
     pack checks ;;
   bench)

@@ -1324,6 +1324,7 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
     (["bench", "dense", "540"], {"OUT": "x"}, 2, "gpu-lease: bench BUDGET_S '540'; accepted: a whole number of "
                                                  "seconds, at most 520"),
     (["bench", "dense", "300", "table"], {"OUT": "x"}, 2, "gpu-lease: bench's 4th argument 'table'; accepted: summary"),
+    (["checks"], {"OUT": "x", "LEASE_KERNELS": "both"}, 2, "gpu-lease: LEASE_KERNELS='both'; accepted: checks "),
     (["checks"], {}, 2, "gpu-lease: $OUT is not set"),
     (["checks"], {"OUT": "x"}, 3, "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first"),
 ])
