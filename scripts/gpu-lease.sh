@@ -11,7 +11,7 @@
 #                                             # then the kernels step alone, in the time left (up to
 #                                             # 585 s into the call; a cold Triton cache needs ~280 s)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once, and the kernels step
-#                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=11),
+#                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=10),
 #                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
 #                                             # the summary table (also written to $OUT/summary.txt)
@@ -117,7 +117,7 @@ case $mode in
     pack restore ;;
   checks)
     extra=(); [ "$kernels_in" = prep ] || extra=(kernels)  # 04c: 446 s with kernels among the checks
-    SMOKE_JOBS=11 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh study "${extra[@]}" kv-cache \
+    SMOKE_JOBS=10 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh study ${extra[@]+"${extra[@]}"} kv-cache \
       plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2
     echo "checks rc=$?"
     pack checks ;;

@@ -15,7 +15,8 @@ line. It does nothing when vLLM would not use FlashInfer's sampler (no CUDA devi
 being in range: this is a build, not a test of FlashInfer.
 
 ``--marker FILE`` (the smoke suite's ``$SMOKE_OUT/jit-warm.ready``): after a build or find, FILE
-holds the library's path; a later run that finds that library there says so and stops, without
+holds the library's path and FlashInfer's version; a later run that finds that library there, under
+the same installed version (read from the package metadata), says so and stops, without
 importing torch, vLLM or FlashInfer (the check otherwise costs ~20 s of imports a call).
 
 Exit status: 0 when the kernels are ready (built now or found) or not needed; 1 when the build failed
@@ -30,6 +31,19 @@ import sys
 import time
 
 
+def _flashinfer_version() -> str:
+    """The installed FlashInfer's version from its distribution's metadata (no import): a marker
+    written under another version does not count ("" where none is installed)."""
+    from importlib import metadata
+
+    for dist in ("flashinfer-python", "flashinfer"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--marker", default="",
@@ -39,9 +53,10 @@ def main() -> int:
     t0 = time.perf_counter()
     if args.marker and os.path.isfile(args.marker):
         with open(args.marker) as f:
-            lib = f.read().strip()
-        if lib and os.path.isfile(lib):
-            print(f"jit-warm: FlashInfer sampling kernels found built ({lib}; marker {args.marker}, no imports)")
+            lib, _, version = f.read().strip().partition("\n")
+        if lib and os.path.isfile(lib) and version == _flashinfer_version():
+            print(f"jit-warm: FlashInfer {version} sampling kernels found built ({lib}; marker {args.marker}, "
+                  "no imports)")
             return 0
     import torch
 
@@ -81,7 +96,7 @@ def main() -> int:
     state = {"absent": "built", "cached": "found built", "prebuilt": "found prebuilt"}[before]
     if args.marker and os.path.isfile(where):
         with open(args.marker, "w") as f:
-            f.write(where + "\n")
+            f.write(f"{where}\n{_flashinfer_version()}\n")
     print(f"jit-warm: FlashInfer {flashinfer.__version__} sampling kernels {state} in {t_build:.1f} s "
           f"({where}; imports {t_import:.1f} s)")
     return 0

@@ -1192,10 +1192,11 @@ def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
 
 
 def test_gpu_jit_warm_marker(tmp_path: Path) -> None:
-    """scripts/gpu_jit_warm.py ``--marker``: a marker naming a library that exists ends the run at
-    once with a line naming both, before torch is imported (a later call on the same machine); a
-    marker naming a missing library (a fresh machine's stale file) or no marker runs the real check
-    (here: no CUDA device), and no marker is written when nothing was built or found."""
+    """scripts/gpu_jit_warm.py ``--marker``: a marker naming a library that exists, written under
+    the installed FlashInfer's version, ends the run at once with a line naming them, before torch
+    is imported (a later call on the same machine); one of another version, or naming a missing
+    library (a fresh machine's stale file), runs the real check (here: no CUDA device), and no
+    marker is written when nothing was built or found."""
     import subprocess
     import sys
 
@@ -1203,21 +1204,28 @@ def test_gpu_jit_warm_marker(tmp_path: Path) -> None:
     lib = tmp_path / "sampling.so"
     lib.write_bytes(b"\x7fELF")
     marker = tmp_path / "jit-warm.ready"
-    marker.write_text(f"{lib}\n")
     probe = ("import runpy, sys; sys.argv = [sys.argv[1], '--marker', sys.argv[2]]\n"
+             "import importlib.metadata as m; m.version = lambda d: '9.9.post1' if d == 'flashinfer-python' "
+             "else (_ for _ in ()).throw(m.PackageNotFoundError(d))\n"
              "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
              "except SystemExit as e:\n    print('rc', e.code, 'torch' in sys.modules)\n")
+    marker.write_text(f"{lib}\n9.9.post1\n")
     r = subprocess.run([sys.executable, "-c", probe, str(script), str(marker)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [
-        f"jit-warm: FlashInfer sampling kernels found built ({lib}; marker {marker}, no imports)", "rc 0 False"]
+    assert r.stdout.splitlines() == [f"jit-warm: FlashInfer 9.9.post1 sampling kernels found built ({lib}; marker "
+                                     f"{marker}, no imports)", "rc 0 False"]
+    marker.write_text(f"{lib}\n9.8\n")  # written under another FlashInfer: the real check runs
+    r = subprocess.run([sys.executable, "-c", probe, str(script), str(marker)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["jit-warm: no CUDA device: nothing to build", "rc 0 True"]
     lib.unlink()  # the marker names a library that is gone: the real check runs
     r = subprocess.run([sys.executable, str(script), "--marker", str(marker)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "jit-warm: no CUDA device: nothing to build"
-    assert marker.read_text() == f"{lib}\n"  # untouched: nothing was built or found
+    assert marker.read_text() == f"{lib}\n9.8\n"  # untouched: nothing was built or found
 
 
 _MEET = '''

@@ -106,6 +106,60 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         assert set(layouts) <= {0, None}, layouts
 
 
+
+FOLD_CASES = [
+    ("mxfp4", {"rotate": {"block": 16}}),
+    ("mxfp4", {"rotate": {"block": 64, "seed": 5}, "scale_rule": "rceil"}),
+    ("mxfp8_e4m3", {"rotate": {"block": 64}, "scale_rule": "even"}),
+    ("mxint8", {"rotate": {"block": 16, "seed": 9}}),
+    ("mxfp6_e3m2", {"rotate": {"block": 256}, "rounding": "stochastic", "seed": 3}),
+    ("mxfp4", {"rotate": {"block": 32}}),  # scale 2**-2.5: not folded
+]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize(("fmt", "kw"), FOLD_CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(FOLD_CASES)])
+def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layout: str,  # noqa: F811
+                                                    monkeypatch) -> None:
+    """:data:`ROT_FOLD`: MX recipes whose rotation scale is a power of two (blocks of 16, 64, 256)
+    take it through the block exponents, with the reference's bits, on and off, in every layout;
+    inputs from 2**-100 (the contract's smallest block amax) to bf16's largest (rotated sums past
+    fp32's range: Inf blocks), zeros, NaN and Inf, fp32 and bf16; the plan folds only those blocks,
+    and only where a thread holds whole groups (blocks up to ``ROT_TILE_MAX``)."""
+    rot_tile_max, coalesce = LAYOUTS[layout]
+    monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
+    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    block = kw["rotate"]["block"]
+    want_fold = {16: -2, 64: -3}.get(block, 0) if rot_tile_max >= block else 0  # whole groups in a thread
+    g = torch.Generator().manual_seed(block)
+    k = 512
+    mags = 2.0 ** torch.linspace(-100, 127, 24, dtype=torch.float64)
+    x = (torch.randn(24, k, generator=g, dtype=torch.float64) * mags[:, None]).to(torch.float32)
+    x[3, :] = 0.0
+    x[4, 10] = float("nan")
+    x[5, 300] = float("inf")
+    x[6, :] = 3.3895313892515355e38  # bf16's largest: every rotated sum overflows
+    x[7, ::2] = -3.3895313892515355e38
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        ref = quantize_dequantize(xd, fmt, backend="reference", **kw)
+        for fold in (True, False):
+            monkeypatch.setattr(tq, "ROT_FOLD", fold)
+            folds = []
+            plan = tq._plan
+
+            def spy(*args, _plan=plan, _folds=folds, **kwargs):
+                out = _plan(*args, **kwargs)
+                _folds.append(out[-1].get("ROT_FOLD"))
+                return out
+
+            monkeypatch.setattr(tq, "_plan", spy)
+            out = quantize_dequantize(xd, fmt, backend="triton", **kw)
+            monkeypatch.setattr(tq, "_plan", plan)
+            assert_same_bits(out, ref)
+            assert set(folds) == {want_fold if fold else 0}, (folds, fold)
+
+
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     x[0, 3] = float("nan")

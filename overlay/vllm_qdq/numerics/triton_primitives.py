@@ -238,9 +238,11 @@ if triton is not None:
         2**(k+1))``, ``k >= emin``, ``a + C`` lies in ``[C, 2C)``, where fp32's spacing is
         ``2**(k - MBITS)``: the add rounds ``a`` half to even onto the grid and ``- C`` is exact;
         below ``2**emin`` the same at the fixed quantum. A NaN ``a`` (its exponent field all ones)
-        makes the sum wrap to a finite negative ``C``: NaN plus it stays NaN."""
-        return ((tl.maximum(a.to(tl.int32, bitcast=True), T_BITS) & 0x7F800000) + ((23 - MBITS) << 23)).to(
-            tl.float32, bitcast=True)
+        makes the sum wrap to a finite negative ``C`` (the add is unsigned: a wrap, never an
+        overflow, also in Triton's debug builds): NaN plus it stays NaN. For ``a`` below
+        ``2**(105 + MBITS)`` (every caller saturates far below it); above, ``C``'s exponent wraps."""
+        e = (tl.maximum(a.to(tl.int32, bitcast=True), T_BITS) & 0x7F800000).to(tl.uint32, bitcast=True)
+        return (e + ((23 - MBITS) << 23)).to(tl.float32, bitcast=True)
 
     @triton.jit
     def round_elem_nonneg_f32(v, MAXN: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr):

@@ -301,7 +301,9 @@ if triton is not None:
         """``R x`` (or ``R^T x``) of a ``[BLOCK_R, BLOCK_K]`` tile; ``sgn``: ``[BLOCK_K]`` signs."""
         if HAS_SIGNS and not INVERSE:
             x = x * sgn[None, :]
-        x = _butterfly(x, BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+        x = _butterfly(x, BLOCK_R, BLOCK_K, ROT_LOG2)
+        if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
+            x = x * ROT_SCALE
         if HAS_SIGNS and INVERSE:
             x = x * sgn[None, :]
         return x
@@ -346,7 +348,10 @@ if triton is not None:
                                 other=0.0, eviction_policy=EVICT))
             if HAS_SIGNS:
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
-        return _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE, c4, mask4
+        x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+        if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
+            x = x * ROT_SCALE
+        return x, c4, mask4
 
     @triton.jit
     def _tile_cols(rows, n_rows, k0, K, BLOCK_K: tl.constexpr):
@@ -408,6 +413,13 @@ if triton is not None:
         if STOCH:
             return round_elem_sr_f32(v, u, ELEM.max_normal, ELEM.emin, ELEM.mbits, ELEM.is_int)
         return round_elem_f32(v, ELEM.max_normal, ELEM.emin, ELEM.mbits, ELEM.is_int)
+
+    @triton.jit
+    def _pow2_wide(k):
+        """Exact fp32 ``2**k`` for int32 ``k`` in [-149, 127] (subnormal below -126): the
+        :data:`ROT_FOLD` exponents, which can pass :func:`pow2_f32`'s -127 by the fold's 2-4."""
+        bits = tl.where(k >= -126, (k + 127) << 23, 1 << tl.maximum(k + 149, 0))
+        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _nvfp4_candidate(x, amax, bad, gs, one, MULT: tl.constexpr, SPEC: tl.constexpr, SCALE_ELEM: tl.constexpr,
@@ -852,6 +864,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
+        ROT_FOLD: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
         L2_HINTS: tl.constexpr,
     ):
@@ -864,7 +877,15 @@ if triton is not None:
         with draws indexed ``row * KP + col``. ``FOUR6``: NVFP4's four-over-six block scales.
         ``ONE_TILE``: the whole tensor is this one tile (a decode-sized call of a two-pass recipe):
         its amax and NaN/Inf flag are reduced from the loaded (rotated) tile as the amax pass
-        would, with no amax pass and no buffer. ``L2_HINTS`` (the QDQ pass of a two-pass call): x, read
+        would, with no amax pass and no buffer. ``ROT_FOLD`` (MX recipes whose orthonormal
+        rotation scale is a power of two, ``2**ROT_FOLD``: Hadamard-16, -64, -256; ``ROT_SCALE`` is
+        then 1.0): the tile is rotated unscaled, and the scale goes into the block's exponents
+        instead (:func:`_pow2_wide`): the amax ``* 2**ROT_FOLD`` gives the block exponent ``e``,
+        the elements are scaled by ``2**(ROT_FOLD - e)`` and dequantized by ``2**(e + ROT_FOLD)``
+        before the unscaled inverse butterfly: the same numbers as scaling ``R x`` and ``R^T y``
+        (scaling by a power of two is exact and commutes with every rounding while no value is
+        subnormal, which holds for blocks of amax at least ``2**-100``), two multiplies an element
+        fewer. ``L2_HINTS`` (the QDQ pass of a two-pass call): x, read
         for the last time, is loaded ``evict_first`` (:data:`L2_HINTS`).
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
@@ -911,9 +932,15 @@ if triton is not None:
             amax, bad = _stats_of_bits(_group_max_bits(x, 2))
             bad = bad[:, :, None]
             if SPEC.family.value == "mx":
-                e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
-                q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
-                f = pow2_f32(e)
+                if ROT_FOLD != 0:  # x is the unscaled butterfly's: the scale 2**ROT_FOLD goes in the exponents
+                    e = mx_exponent(amax * (2.0**ROT_FOLD), RULE, SPEC.elem.emax, SPEC.elem.mbits,
+                                    SPEC.elem.max_normal)[:, :, None]
+                    q = _elem(x * _pow2_wide(ROT_FOLD - e), u, _cx(SPEC.elem), STOCH)
+                    f = _pow2_wide(e + ROT_FOLD)
+                else:
+                    e = mx_exponent(amax, RULE, SPEC.elem.emax, SPEC.elem.mbits, SPEC.elem.max_normal)[:, :, None]
+                    q = _elem(x * pow2_f32(-e), u, _cx(SPEC.elem), STOCH)
+                    f = pow2_f32(e)
                 y = q * _nan_where(bad, f)
             elif SPEC.family.value == "nvfp4":
                 if ONE_TILE:
@@ -938,7 +965,9 @@ if triton is not None:
                 if NARROW:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
-            y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2) * ROT_SCALE
+            y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+            if ROT_SCALE != 1.0:
+                y = y * ROT_SCALE
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
             if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
@@ -1126,7 +1155,8 @@ def _cdiv(a: int, b: int) -> int:
 
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
-          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0) -> tuple:
+          tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
+          rot_fold: bool = False) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1134,7 +1164,8 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     in force (part of the key, so a changed table takes effect). ``one_tile_rows``: the rows of a
     call that is one tile (:func:`_one_tile`), 0 otherwise. ``rot_tile``: 1 or 2, rotation blocks
     held whole by one thread (:data:`ROT_TILE_MAX`; 2: loaded and stored coalesced,
-    :data:`ROT_COALESCE`); the tiles then grow to at least one rotation block per thread."""
+    :data:`ROT_COALESCE`); the tiles then grow to at least one rotation block per thread.
+    ``rot_fold``: :data:`ROT_FOLD` in force."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1143,6 +1174,12 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     rot_tile = rot_tile if rot_block > 1 else 0
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
+    # MX with a power-of-two rotation scale (blocks of 4**j): the scale rides on the block exponents
+    # (whole groups in a thread only: in the tile's layout each thread's elements lie in as many
+    # groups, and the exponents' work an element outweighs the two multiplies)
+    fold = (-(rot_block.bit_length() - 1) // 2 if rot_fold and spec.family is Family.MX and rot_tile
+            and (rot_block.bit_length() - 1) % 2 == 0 else 0)
+    q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
     if rot_tile:  # one block per thread at least
         size = max(size, rot_block * 32 * warps)
         amax_tile = (max(amax_tile[0], rot_block * 32 * amax_tile[1]), amax_tile[1])
@@ -1162,7 +1199,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         "BLOCK_R": block_r, "N_GROUPS": n_groups, "REVERSE": two_pass,
         "SCALE_ELEM": spec.scale_elem or _NVFP4_SCALE_ELEM,
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
-        "FOUR6": rule == "four_over_six", "STOCH": stoch, **rot, "num_warps": warps, "enable_fp_fusion": False,
+        "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
     }
     return block_r, n_groups * group, amax, consts
 
@@ -1195,7 +1232,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b))
+        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
+        ROT_FOLD)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1341,6 +1379,18 @@ ROT_TILE_MAX = 128
 #: Hadamard-128 1.43 / 1.37 against 2.38 / 2.34; NVFP4 + random Hadamard-128 1.87 / 1.92 against
 #: 2.49 / 2.70.
 ROT_COALESCE = True
+
+#: MX recipes whose rotation blocks make the orthonormal scale a power of two (Hadamard-16, -64,
+#: -256: ``1/4``, ``1/8``, ``1/16``) fold it into the block exponents instead of multiplying every
+#: element by it twice (``ROT_FOLD`` of :func:`_qdq_block_kernel`): the same numbers (tests in
+#: ``tests/test_triton_recipes.py`` with this on and off), two multiplies an element fewer, where a
+#: thread holds whole groups (blocks up to :data:`ROT_TILE_MAX`; in the tile's layout the
+#: exponents' work is per element). SASS sm_90, bf16 4096 x 4096, instructions an element off / on
+#: (``results/sass-2026-12-05c``): MXFP4 + Hadamard-16 26.8 / 25.0, + Hadamard-64 coalesced 31.5 /
+#: 29.9, + random Hadamard-64 coalesced 36.0 / 34.1, MXFP8 + Hadamard-64 coalesced 26.8 / 24.8,
+#: MXINT8 + Hadamard-16 25.8 / 24.0; MXFP4 + random Hadamard-16 31.0 / 32.0 (ptxas keeps the
+#: saturation as a compare and select there). Off: the scale multiplied as the reference writes it.
+ROT_FOLD = True
 
 
 def _rot_layout(spec: FormatSpec, rot_block: int) -> int:

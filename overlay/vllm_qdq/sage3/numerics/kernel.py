@@ -103,8 +103,10 @@ def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexp
     under a power-of-two scaling, so the element grid's thresholds move instead (saturation at
     ``MAXN * 2**e``, the element's normal range from ``2**(EMIN + e)``, its subnormal quantum from
     ``C = 2**(23 + EMIN - MBITS + e)``): the same numbers, two multiplies an element fewer. Exact
-    while the values are normal fp32 numbers, which holds for every block of amax at least
-    ``2**-100`` (below that the contract allows other roundings); zeros and NaN as before. Each
+    while the block's ``2**(EMIN + e)`` is a normal fp32 number, which holds for every block of amax
+    at least ``2**-100`` of the elements P is quantized to here (E2M1, E4M3: ``EMIN + e >= -114``;
+    not E5M2, whose blocks reach -129 there); below that the contract allows other roundings; zeros
+    and NaN as before. Each
     element is rounded by ``(a + C) - C`` with its binade's ``C`` (:func:`quantum_c_f32`, from the
     block's ``2**(EMIN + e)`` by bits; 0 where that is below fp32's normal range): three integer
     operations and two adds an element, no compare or select (until 2026-12-05c: the normal
