@@ -33,7 +33,9 @@ time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kern
 same run: rotation blocks held whole by one thread (the default, ``ROT_TILE_MAX``), in the
 "uncoalesced" column the same loaded and stored in that layout (``ROT_COALESCE`` off: the default
 before 2026-12-05b; blank where the recipe has no other), and in the "tile layout" column the
-tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04).
+tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04); MX rotations whose scale is
+a power of two (blocks of 16, 64), folded into the block exponents by default, also with the scale
+multiplied (the "no fold" column: ``ROT_FOLD`` off).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ OPTIONS: tuple[tuple[str, str, dict], ...] = (
     *((f"mxfp4 + hadamard{b}", "mxfp4", {"rotate": {"block": b}}) for b in (16, 32, 64, 128, 256)),
     ("mxfp4 + hadamard128 random", "mxfp4", {"rotate": {"block": 128, "seed": 1}}),
     ("mxfp8_e4m3 + hadamard128", "mxfp8_e4m3", {"rotate": {"block": 128}}),
+    ("mxfp8_e4m3 + hadamard64", "mxfp8_e4m3", {"rotate": {"block": 64}}),
     ("nvfp4 + hadamard16", "nvfp4", {"rotate": {"block": 16}}),
     ("nvfp4 + hadamard128 random", "nvfp4", {"rotate": {"block": 128, "seed": 1}}),
     ("mxfp4 stochastic", "mxfp4", {"rounding": "stochastic", "seed": 1}),
@@ -78,12 +81,13 @@ def bench_options(failures: list[str]) -> None:
     from vllm_qdq.numerics.rotation import parse_rotation
 
     print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
-          " rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off) and in the tile"
-          " layout (ROT_TILE_MAX = 0)")
+          " rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
+          " layout (ROT_TILE_MAX = 0), and MX ones whose scale is a power of two with it multiplied (ROT_FOLD off)")
     print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s} {'uncoalesced':>12s} {'tile layout':>12s}"
-                                      for r, c in SIZES))
+                                      f" {'no fold':>8s}" for r, c in SIZES))
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
     coalesce = getattr(triton_qdq, "ROT_COALESCE", None)
+    fold = getattr(triton_qdq, "ROT_FOLD", None)
     for label, fmt, kw in OPTIONS:
         spec = FORMATS[fmt]
         kw = dict(kw)
@@ -107,6 +111,13 @@ def bench_options(failures: list[str]) -> None:
                 line += f" {old / plain:12.2f}"
             else:
                 line += f" {'':>12s}"
+            if (rot is not None and fold and spec.family.value == "mx" and rot.block in (16, 64)
+                    and rot.block <= default_max):  # folded (triton_qdq._plan): the scale multiplied instead
+                nof = kernel_ms_with(triton_qdq, "ROT_FOLD", False,
+                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
+                line += f" {nof / plain:8.2f}"
+            else:
+                line += f" {'':>8s}"
             if rot is not None and r * c >= 64 * 2**20 and ms / plain > 1 + ROTATION_BUDGET:
                 failures.append(f"{label} {r}x{c}: {ms / plain:.2f} x plain > {1 + ROTATION_BUDGET:.2f}")
         print(line, flush=True)
