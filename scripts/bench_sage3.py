@@ -17,8 +17,10 @@ Accuracy: S=4096 random normal inputs, cosine similarity and relative L2 against
 in fp32, per format (fp32 accumulation), next to the previous plugin's figures.
 
 Exit status 1 when a target is missed (issue 17, D=128, fp32 accumulation): nvfp4 slower than
-1.75x SDPA at 16k or 3x at 4k, any other format slower than 1.6x at 16k or 2x at 4k, or a format
-less accurate than the old figures (``--no-check`` to skip). D=64 is reported, not checked.
+1.75x SDPA at 16k or 3x at 4k, any other format slower than 1.6x at 16k or 2x at 4k, or a
+cosine to SDPA at 4k below the issue's own measurement (:data:`TARGET_COS`: "unchanged or
+better"; the previous plugin's figures are printed beside, not judged) (``--no-check`` to skip).
+D=64 is reported, not checked.
 
     python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384] [--dims 128,64]
 """
@@ -38,6 +40,11 @@ FORMATS = ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1")
 #: (format, S) -> the most time / SDPA allowed (issue 17; other formats: TARGET_OTHER).
 TARGET_NVFP4 = {16384: 1.75, 4096: 3.0}
 TARGET_OTHER = {16384: 1.6, 4096: 2.0}
+#: (format, scale rule) -> the cosine to fp32 SDPA at 4k that must hold (issue 17: "unchanged or
+#: better" than its measurement at commit bea094b, fp32 accumulation); the previous plugin's
+#: figures (:data:`OLD`) are printed beside them, not judged
+TARGET_COS = {("mxfp4", "floor"): 0.9698, ("nvfp4", "floor"): 0.9818, ("mxfp8_s1", "floor"): 0.9981,
+              ("mxfp8_s1", "rceil"): 0.9986}
 
 
 def _inputs(s: int, h: int = 24, d: int = 128, seed: int = 0):
@@ -171,8 +178,9 @@ def main() -> int:
         old = OLD["accuracy"].get(fmt) if acc == "fp32" else None
         olds = f"{old[0]:.4f} | {old[1]:.3f} | {cos - old[0]:+.4f} | {rel - old[1]:+.4f}" if old else "- | - | - | -"
         print(f"| {fmt} | {acc} | {rule} | {cos:.4f} | {rel:.4f} | {olds} |")
-        if old and rule == "floor" and (cos < old[0] or rel > old[1]):
-            failures.append(f"{fmt} (floor): cos {cos:.4f} / rel {rel:.4f} worse than old {old}")
+        want = TARGET_COS.get((fmt, rule)) if acc == "fp32" else None
+        if want is not None and round(cos, 4) < want:
+            failures.append(f"{fmt} ({rule}): cos {cos:.4f} < {want} (issue 17's figure at bea094b)")
     if failures:
         print("\nTARGETS MISSED:\n  " + "\n  ".join(failures))
         return 0 if args.no_check else 1
