@@ -23,10 +23,12 @@ Then the two-pass recipes' ratio by ``ATOMIC_SLOTS`` (the pairs the amax pass's 
 spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form against their float64
 form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), the amax pass by tiles a
 program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction hints and without
-(``L2_HINTS``, :func:`bench_l2_hints`), and each launch of a two-pass call alone beside a read of
+(``L2_HINTS``, :func:`bench_l2_hints`), the streaming amax pass by programs an SM
+(``AMAX_PROGRAMS_PER_SM``), and each launch of a two-pass call alone beside a read of
 the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps`` skips these
 five tables, which decide the module's switches, not a target (the smoke suite's ``bench-qdq``
-step passes it unless ``SMOKE_BENCH_FULL=1``). Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+step passes it unless ``SMOKE_BENCH_FULL=1``); the streaming amax pass on and off (``AMAX_STAGES``
+0, 3, 4) is timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -128,34 +130,42 @@ SLOT_SWEEP = (1, 8, 32, 128)
 
 
 def bench_switch_table(switch: str, values: tuple, tag: str, title: str,
-                       formats: tuple = ("nvfp4", "fp8_e4m3_per_tensor"), rounds: int = 1) -> None:
+                       formats: tuple = ("nvfp4", "fp8_e4m3_per_tensor"), rounds: int = 1,
+                       also: dict | None = None) -> None:
     """Kernel / copy ratio of ``formats`` with the launcher's module switch ``switch`` set to each
     of ``values`` in turn, at both sizes (columns ``<size> <tag>=<value>``); ``rounds`` passes over
-    the values, interleaved, the best of them reported."""
+    the values, interleaved, the best of them reported; ``also``: other switches held for the table."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
 
     default = getattr(triton_qdq, switch, None)
-    if default is None:  # an older tree
+    if default is None or any(not hasattr(triton_qdq, k) for k in also or {}):  # an older tree
         return
+    held = {k: getattr(triton_qdq, k) for k in also or {}}
+    for k, v in (also or {}).items():
+        setattr(triton_qdq, k, v)
     print(f"\n{title} (default {default})")
     heads = [f"{r}x{c} {tag}={n}" for r, c in SIZES for n in values]
     width = max(16, *(len(h) for h in heads))
     print(f"{'format':30s}" + "".join(f" {h:>{width}s}" for h in heads))
-    for fmt in formats:
-        spec = FORMATS[fmt]
-        line = f"{fmt:30s}"
-        for r, c in SIZES:
-            x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
-            y = torch.empty_like(x)
-            copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
-            best = {n: float("inf") for n in values}
-            for _ in range(rounds):
-                for n in values:
-                    best[n] = min(best[n], kernel_ms_with(triton_qdq, switch, n,
-                                                          lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
-            line += "".join(f" {copy / best[n]:{width}.2f}" for n in values)
-        print(line, flush=True)
+    try:
+        for fmt in formats:
+            spec = FORMATS[fmt]
+            line = f"{fmt:30s}"
+            for r, c in SIZES:
+                x = torch.randn(r, c, device="cuda", dtype=torch.bfloat16)
+                y = torch.empty_like(x)
+                copy = kernel_ms(lambda: y.copy_(x))  # noqa: B023
+                best = {n: float("inf") for n in values}
+                for _ in range(rounds):
+                    for n in values:
+                        best[n] = min(best[n], kernel_ms_with(triton_qdq, switch, n,
+                                                              lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+                line += "".join(f" {copy / best[n]:{width}.2f}" for n in values)
+            print(line, flush=True)
+    finally:
+        for k, v in held.items():
+            setattr(triton_qdq, k, v)
 
 
 def bench_slots() -> None:
@@ -370,7 +380,13 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
+    bench_switch_table("AMAX_STAGES", (0, 3, 4), "st",
+                       "two-pass recipes: copy time / kernel time with the streaming amax pass (AMAX_STAGES: "
+                       "software-pipelined stages; 0 = the one-wave-per-tile pass)", rounds=2)
     if not args.no_sweeps:
+        bench_switch_table("AMAX_PROGRAMS_PER_SM", (1, 2, 4), "p",
+                           "two-pass recipes with the streaming amax pass (AMAX_STAGES=3): copy time / kernel "
+                           "time by programs an SM", rounds=2, also={"AMAX_STAGES": 3})
         bench_slots()
         bench_tiles_per_program()
         bench_l2_hints()

@@ -108,6 +108,9 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
         if via_f16 in ptx:  # Triton's sm_89 lowering: fp32 truncated to f16 first, near-ties rounded wrong
             raise ValueError(f"{fn.__name__}: {via_f16} in the PTX: an FP8 conversion through f16 does not round "
                              "fp32 to nearest even (triton_primitives.fp8_cvt_grid)")
+    if fn.__name__ == "_amax_stream_kernel" and values.get("STAGES", 0) > 1 and "cp.async" not in ptx:
+        raise ValueError(f"{fn.__name__}: no cp.async in the PTX: Triton did not pipeline its loop "
+                         f"(STAGES={values['STAGES']}), so it reads one tile at a time")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
         n = ptx.count("fma.rn")
         if n:
@@ -162,8 +165,9 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
 
 def _two_pass_paths() -> int:
     """The ways a two-pass recipe gets its tensor amax, each compiled: one tile (a decode-sized
-    call), an amax pass of partial pairs, an amax pass of atomics (many tiles), and NVFP4's given
-    global amax as a float argument and as a tensor read in place."""
+    call), an amax pass of partial pairs, an amax pass of atomics (many tiles), the streaming amax
+    pass (``AMAX_STAGES`` 3 and 4, whether or not on by default; its PTX must hold ``cp.async``),
+    and NVFP4's given global amax as a float argument and as a tensor read in place."""
     failures = 0
     for fmt in ("nvfp4", "nvfp4_e5m3", "fp8_e4m3_per_tensor"):
         spec = FORMATS[fmt]
@@ -182,6 +186,18 @@ def _two_pass_paths() -> int:
                     print(f"FAIL {fmt} {dtype} {rows}x{k} global_amax={gamax}: {str(e).strip().splitlines()[-1][:300]}")
                 finally:
                     triton_qdq.ONE_TILE_MAX = one_tile
+            for stages in (3, 4):
+                x = torch.empty(4096, 4096, dtype=dtype)
+                default = triton_qdq.AMAX_STAGES
+                triton_qdq.AMAX_STAGES = stages
+                try:
+                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", None)
+                except Exception as e:
+                    failures += 1
+                    print(f"FAIL {fmt} {dtype} streaming amax pass STAGES={stages}: "
+                          f"{str(e).strip().splitlines()[-1][:300]}")
+                finally:
+                    triton_qdq.AMAX_STAGES = default
     return failures
 
 
@@ -190,7 +206,7 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
-    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
+    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"):
         setattr(triton_qdq, name, _Capture(getattr(triton_qdq, name), target))
     failures = 0
     for fmt, spec in FORMATS.items():

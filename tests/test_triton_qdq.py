@@ -419,20 +419,27 @@ TWO_PASS_IDS = [f"{i}{'' if c else '-uncoalesced'}" for i, (n, o) in zip(two_pas
 @pytest.mark.parametrize("path", two_pass.PATHS)
 @pytest.mark.parametrize(("name", "opts", "coalesce"), TWO_PASS, ids=TWO_PASS_IDS)
 def test_two_pass_paths_agree(tq, name: str, opts: dict, coalesce: bool, path: str, monkeypatch) -> None:
-    """The three ways a two-pass recipe gets its tensor amax (one tile reducing its own amax, an
-    amax pass of partial pairs, an amax pass of atomics) give the reference's bits, NaN/Inf rows
+    """The four ways a two-pass recipe gets its tensor amax (one tile reducing its own amax, an
+    amax pass of partial pairs, of atomics, the streaming amax pass) give the reference's bits, NaN/Inf rows
     included (NVFP4's global amax is over the finite elements); rotated, with the tile loaded
     coalesced (where the recipe takes it) and in the blocks' own layout."""
     from vllm_qdq.numerics.qdq import quantize_dequantize
 
     two_pass.force_path(tq, path, monkeypatch)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    streamed = []
+    if path == "stream":  # small amax tiles: 8 of them, 4 programs (2 "SMs" here), 2 tiles a program
+        monkeypatch.setitem(tq.TILE_CONFIG, "amax", (256, 1))
+        sms = tq._sm_count
+        monkeypatch.setattr(tq, "_sm_count", lambda d: streamed.append(d) or sms(d))
     spec = FORMATS[name]
     x = nasty(spec, torch.bfloat16, 256)[:8]  # 8 rows x 256: one tile of 2048 when allowed
     assert tq._one_tile(spec, 8, 256, 64) == (path == "one_tile")
     for xi in (x, x[2:], x.abs()[5:7] * 1e-3):
         assert_same_bits(quantize_dequantize(xi, name, backend="triton", **opts),
                          quantize_dequantize(xi, name, backend="reference", **opts))
+    if path == "stream":  # taken by the unrotated calls (rotated ones keep the atomics' pass)
+        assert bool(streamed) == ("rotate" not in opts), streamed
 
 
 #: The float64 recipes (scale amax / qmax, not a power of two, not fp32 math): FP8 per-tensor,

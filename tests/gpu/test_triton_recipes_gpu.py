@@ -154,14 +154,16 @@ def test_options_replay_in_eager(fmt: str, kw: dict, rows: int, monkeypatch) -> 
 def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> None:
     """Each way a two-pass recipe gets its tensor amax, forced, on the shapes that take it (one
     tile: 1-2 rows of 4096; partial pairs: 2-256 rows, at most 256 amax programs with sm_90's
-    amax tile; atomics: 2-2048 rows), NaN and Inf rows included, bit for bit with the reference;
-    eager replays too."""
+    amax tile; atomics: 2-2048 rows; the streaming amax pass: 2-3000 rows, a few tiles a program
+    up to ~6 at 3000 x 4112, edge tiles masked), NaN and Inf rows included, bit for bit with the
+    reference; eager replays too."""
     from vllm_qdq.numerics import triton_qdq
 
     two_pass.force_path(triton_qdq, path, monkeypatch)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     shapes = {"one_tile": [(1, 4096), (2, 4096), (1, 3000)], "partials": [(2, 4096), (64, 4096), (256, 4096)],
-              "atomics": [(2, 4096), (64, 4096), (2048, 4096)]}[path]
+              "atomics": [(2, 4096), (64, 4096), (2048, 4096)],
+              "stream": [(2, 4096), (64, 4096), (2048, 4096), (3000, 4112)]}[path]
     for shape in shapes:
         for i in range(3):  # the first call records, the others replay
             torch.manual_seed(i)

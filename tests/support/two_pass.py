@@ -4,8 +4,9 @@ smoke suite carries this module, not the interpreter test)."""
 
 from __future__ import annotations
 
-#: one tile reducing its own amax (``ONE_TILE_MAX``), an amax pass of partial pairs, of atomics
-PATHS = ("one_tile", "partials", "atomics")
+#: one tile reducing its own amax (``ONE_TILE_MAX``), an amax pass of partial pairs, of atomics,
+#: the streaming amax pass (``AMAX_STAGES``; rotated calls keep the atomics' pass)
+PATHS = ("one_tile", "partials", "atomics", "stream")
 #: (format, quantize_dequantize options), and their test ids
 CASES = (
     ("nvfp4", {}), ("nvfp4", {"rotate": {"block": 64, "seed": 1}}), ("nvfp4", {"rotate": {"block": 128}}),
@@ -18,4 +19,5 @@ IDS = ("nvfp4", "nvfp4-rot", "nvfp4-h128", "e5m3-46-sr", "per-tensor", "per-tens
 def force_path(tq, path: str, monkeypatch) -> None:
     """Make the launcher module ``tq`` take ``path`` for the calls these tests make."""
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
-    monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path == "atomics" else 256)
+    monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path in ("atomics", "stream") else 256)
+    monkeypatch.setattr(tq, "AMAX_STAGES", 3 if path == "stream" else 0)

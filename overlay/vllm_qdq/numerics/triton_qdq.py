@@ -784,6 +784,43 @@ if triton is not None:
             tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
 
     @triton.jit
+    def _amax_stream_kernel(
+        # pointers
+        x_ptr, buf_ptr,
+        # sizes
+        n_rows, inner_rows, K, n_tiles,
+        # strides (elements)
+        sx_outer, sx_inner, sx_k,
+        # meta
+        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr, SLOTS: tl.constexpr,
+        STAGES: tl.constexpr,
+    ):
+        """The amax pass of a large unrotated call as a streaming read (:data:`AMAX_STAGES`): a
+        grid of a few programs per SM, each taking tiles ``pid, pid + G, ...`` in a loop that
+        Triton 3.6 software-pipelines ``STAGES`` deep (``cp.async`` into shared memory: several
+        tiles in flight a program, all the time, where a program of :func:`_amax_kernel` waits for
+        its own loads, reduces and exits), the max of every element's ``|x|`` bits kept in
+        registers, then one reduction and one ``atomic_max`` pair into slot ``pid % SLOTS``: the
+        same words :func:`_amax_kernel` leaves (a max does not depend on the order)."""
+        pid = tl.program_id(0)
+        fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
+        raw = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
+        for t in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=STAGES):
+            rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
+            xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
+            b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask,
+                                other=0.0)).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+            fin = tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0))
+            raw = tl.maximum(raw, b)
+        amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
+        bad = tl.reduce(tl.reshape(raw, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+        slot = pid % SLOTS
+        tl.atomic_max(buf_ptr + 2 * slot, amax)
+        tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+
+    @triton.jit
     def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
                        BLOCK_K: tl.constexpr, FLAT: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
                        ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, EVICT: tl.constexpr):
@@ -1239,10 +1276,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
     n_part = partials = pairs = gamax_mode = 0
     gamax_f = 0.0
+    stream = 0
     if amax is not None and not one_tile:
         tpp = AMAX_TILES_PER_PROGRAM if ex.rot is None else 1
-        a_grid = (_cdiv(_cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1]), tpp),)
+        n_tiles = _cdiv(r.n_rows, amax[0]) * _cdiv(r.k, amax[1])
+        a_grid = (_cdiv(n_tiles, tpp),)
         n_part, partials = _partials(a_grid[0])
+        if AMAX_STAGES > 1 and ex.rot is None and not partials:  # a large call: the streaming amax pass
+            stream = min(n_tiles, _sm_count(x.device) * AMAX_PROGRAMS_PER_SM)
         if partials:  # every word is written by the amax pass: no zeroing
             buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
             pairs = partials
@@ -1255,7 +1296,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         else:
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
-    if amax is not None and not one_tile:
+    if stream:
+        s_consts = {"BLOCK_R": amax[0], "BLOCK_K": amax[1], "FLAT": flat, "SLOTS": ATOMIC_SLOTS,
+                    "STAGES": AMAX_STAGES, "num_warps": amax[2]["num_warps"], "enable_fp_fusion": False}
+        args = (x, buf, r.n_rows, r.inner_rows, r.k, n_tiles, *r.strides_x)
+        k = _amax_stream_kernel[(stream,)](*args, **s_consts)
+        if rec is not None:
+            rec.append((_amax_stream_kernel, (stream,), args, s_consts, k, buf))
+    elif amax is not None and not one_tile:
         a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, "TPP": tpp, "L2_HINTS": L2_HINTS,
                     **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
@@ -1308,6 +1356,17 @@ ATOMIC_SLOTS = 32
 #: 0.56, 0.53 / 0.56, 0.50 / 0.54. (A grid-stride loop of 4 programs per SM, one tile in flight
 #: each, measured slower in results/h200-2026-12-03b.)
 AMAX_TILES_PER_PROGRAM = 2
+
+#: The amax pass of a large unrotated two-pass call (more programs than :data:`PARTIALS_MAX`) as
+#: a streaming read, :func:`_amax_stream_kernel`: ``AMAX_PROGRAMS_PER_SM`` programs an SM, each
+#: looping over tiles with Triton's software pipelining ``AMAX_STAGES`` deep (``cp.async``, several
+#: tiles in flight a program: PTX checked by ``tests/test_triton_compile.py``); 0 or 1: the
+#: one-wave-per-tile pass above. Why: that pass read 128 MB in 47.8 us (2.8 TB/s) and 32 MB in
+#: 18.9 us on the H200 (``results/h200-2026-12-05c``, the bench's two-pass split), against a
+#: copy's 68 / 20 us for twice the bytes: each program waits for its loads, reduces and exits.
+#: The same words either way (a max). Off until the bench's "streaming amax pass" table times it.
+AMAX_STAGES = 0
+AMAX_PROGRAMS_PER_SM = 2
 
 
 #: A two-pass call's loads of x carry eviction hints (Triton's ``eviction_policy``: ``createpolicy``
@@ -1405,6 +1464,19 @@ def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
     """The call is one tile of at most :data:`ONE_TILE_MAX` elements."""
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     return _pow2_at_least(n_rows) * max(_pow2_at_least(k), group, rot_block) <= ONE_TILE_MAX
+
+
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors (cached; 2 under the interpreter, so that its
+    programs loop over several tiles there too)."""
+    n = _SMS.get(device)
+    if n is None:
+        n = _SMS[device] = (torch.cuda.get_device_properties(device).multi_processor_count
+                            if device.type == "cuda" else 2)
+    return n
 
 
 def _partials(n_programs: int) -> tuple[int, int]:
