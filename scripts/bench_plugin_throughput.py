@@ -1011,10 +1011,12 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
             e = Engine(model, kwargs, n, root / f"bench-{name}-qdq-{n}.log", kv_config if n == "kv" else None)
             engines[n] = e
             if not side_by_side:
-                print(f"{name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s", flush=True)
+                print(f"{name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s [+{_now() - t_start:.0f} s]",
+                      flush=True)
         if side_by_side:
             for e in engines.values():
-                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side)", flush=True)
+                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side) "
+                      f"[+{_now() - t_start:.0f} s]", flush=True)
         for n in names[1:]:
             if n in LOG_LINE and LOG_LINE[n] not in engines[n].log.read_text():
                 raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
@@ -1023,7 +1025,8 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
         for shape in all_shapes:
             one = engines["off"].run(shape)["seconds"]
             reps[shape] = max(1, -(-min_seconds // one))
-            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round", flush=True)
+            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round "
+                  f"[+{_now() - t_start:.0f} s]", flush=True)
         # the device time per decode step, and of one whole prefill batch, each engine once (untimed;
         # kernel time, no host state in it)
         prof: dict[tuple[str, str], dict] = {}
@@ -1034,7 +1037,8 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 what, text = ((f"device time per step (profiler, {PROFILE_TOKENS} tokens)", _profile_text)
                               if shape == "decode" else ("one whole batch (profiler)", _prefill_text))
                 print(f"{name} {shape}: {what}: " + ", ".join(
-                    f"{k} {text(p)}" for (k, sh), p in prof.items() if sh == shape), flush=True)
+                    f"{k} {text(p)}" for (k, sh), p in prof.items() if sh == shape)
+                      + f" [+{_now() - t_start:.0f} s]", flush=True)
         raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
         done, longest, t_rounds = 0, 0.0, _now()
         for p in range(pairs):
@@ -1067,7 +1071,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                                               "step_mean_ratio": _ratio(got["off"], got[q], "step_mean_s")})
                 print(f"{name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
                       + ", ".join(f"{q} ratios " + " ".join(_turn_text(x) for x in raw[q, shape][-len(orders):])
-                                  for q in who[1:]), flush=True)
+                                  for q in who[1:]) + f" [+{_now() - t_start:.0f} s]", flush=True)
             done, longest = p + 1, max(longest, _now() - t_round)
         for (q, shape), got in raw.items():
             n, i, o = SHAPES[shape]
