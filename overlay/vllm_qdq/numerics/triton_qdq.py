@@ -915,8 +915,8 @@ if triton is not None:
         ``ONE_TILE``: the whole tensor is this one tile (a decode-sized call of a two-pass recipe):
         its amax and NaN/Inf flag are reduced from the loaded (rotated) tile as the amax pass
         would, with no amax pass and no buffer. ``ROT_FOLD`` (MX recipes whose orthonormal
-        rotation scale is a power of two, ``2**ROT_FOLD``: Hadamard-16, -64, -256; ``ROT_SCALE`` is
-        then 1.0): the tile is rotated unscaled, and the scale goes into the block's exponents
+        rotation scale is a power of two, ``2**ROT_FOLD``, with whole groups in a thread: Hadamard-16
+        and -64, :data:`ROT_FOLD`; ``ROT_SCALE`` is then 1.0): the tile is rotated unscaled, and the scale goes into the block's exponents
         instead (:func:`_pow2_wide`): the amax ``* 2**ROT_FOLD`` gives the block exponent ``e``,
         the elements are scaled by ``2**(ROT_FOLD - e)`` and dequantized by ``2**(e + ROT_FOLD)``
         before the unscaled inverse butterfly: the same numbers as scaling ``R x`` and ``R^T y``
