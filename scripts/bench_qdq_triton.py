@@ -113,8 +113,8 @@ def bench_options(failures: list[str]) -> None:
                 line += f" {old / plain:12.2f}"
             else:
                 line += f" {'':>12s}"
-            if (rot is not None and fold and spec.family.value == "mx" and rot.block in (16, 64)
-                    and rot.block <= default_max):  # folded (triton_qdq._plan): the scale multiplied instead
+            if rot is not None and fold and triton_qdq._rot_fold(spec, rot.block, triton_qdq._rot_layout(spec, rot.block)):
+                # folded (the planner's rule): the scale multiplied instead
                 nof = kernel_ms_with(triton_qdq, "ROT_FOLD", False,
                                      lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
                 line += f" {nof / plain:8.2f}"

@@ -47,8 +47,9 @@ def _flashinfer_version() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--marker", default="",
-                    help="a file naming the built library: written after a build or find; when it names a "
-                         "library that exists, this run only says so (no imports: ~20 s saved a call)")
+                    help="a file naming the built library and FlashInfer's version: written after a build or "
+                         "find; when it names a library that exists, under the installed version, this run "
+                         "only says so (no imports: ~20 s saved a call)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.marker and os.path.isfile(args.marker):

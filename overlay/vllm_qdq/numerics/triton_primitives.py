@@ -33,9 +33,6 @@ Numeric contract (all fp32, exact unless said):
   elements for ``v >= +0`` (softmax weights): the same value, without the absolute value and the
   sign copy (three integer operations an element fewer); NaN stays NaN (any ``C`` added to it). :func:`round_elem_f32`'s
   float elements are this of ``|v|`` with ``v``'s sign.
-* :func:`rne_mantissa_f32` ``(a, MBITS)``: RNE of a normal fp32 ``a`` to ``MBITS`` mantissa bits
-  by integer ops on its bits (the normal-range step before 2026-12-05c; kept for callers that
-  round in place).
 * :func:`quantum_c_f32` ``(a, T_BITS, MBITS)``: the ``C`` above for ``a >= +0`` (or NaN) and the
   grid's smallest normal ``2**emin`` given by its bits ``T_BITS``.
 * :func:`round_elem_sr_f32` ``(v, u, MAXN, EMIN, MBITS, IS_INT)``: stochastic rounding onto the
@@ -75,7 +72,6 @@ __all__ = [
     "philox_uniform_f32",
     "pow2_f32",
     "quantum_c_f32",
-    "rne_mantissa_f32",
     "round_elem_bits_f32",
     "round_elem_f32",
     "round_elem_nonneg_f32",
@@ -219,16 +215,6 @@ if triton is not None:
         return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def rne_mantissa_f32(a, MBITS: tl.constexpr):
-        """RNE of the normal fp32 ``a`` to ``MBITS`` mantissa bits, by integer ops on its bits (a
-        carry moves into the exponent field): the float element grid's rounding in its normal
-        range, which a power-of-two scaling of ``a`` does not change."""
-        SH: tl.constexpr = 23 - MBITS
-        bits = a.to(tl.int32, bitcast=True)
-        rn = (bits + ((1 << (SH - 1)) - 1) + ((bits >> SH) & 1)) & -(1 << SH)
-        return rn.to(tl.float32, bitcast=True)
-
-    @triton.jit
     def quantum_c_f32(a, T_BITS, MBITS: tl.constexpr):
         """``2**23`` times the grid quantum at ``a`` (fp32, ``>= +0`` or NaN), for ``(a + C) - C``:
         ``C = 2**(23 - MBITS + max(floor(log2 a), emin))`` where ``T_BITS`` (int32, a scalar or
@@ -250,7 +236,8 @@ if triton is not None:
         saturated at ``MAXN`` (NaN fails the compare and stays NaN), then ``(a + C) - C`` with
         :func:`quantum_c_f32`'s ``C`` (a round-up never passes ``MAXN``, which is on the grid):
         three integer operations and two adds an element, no compare or select beyond the
-        saturation (until 2026-12-05c: :func:`rne_mantissa_f32` in the normal range and a select)."""
+        saturation (until 2026-12-05c: the mantissa rounded by integer ops in the normal range, and a
+        select)."""
         a = tl.where(v > MAXN, MAXN, v)
         T: tl.constexpr = (EMIN + 127) << 23
         c = quantum_c_f32(a, T, MBITS)

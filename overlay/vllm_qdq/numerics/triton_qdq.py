@@ -731,6 +731,36 @@ if triton is not None:
         return rows, k0
 
     @triton.jit
+    def _fold_tile_bits(x_ptr, t, n_rows, inner_rows, K, sx_outer, sx_inner, sx_k, fin, raw, BLOCK_R: tl.constexpr,
+                        BLOCK_K: tl.constexpr, FLAT: tl.constexpr, EVICT: tl.constexpr):
+        """``(fin, raw)`` with unrotated tile ``t``'s ``|x|`` bit patterns folded in, element by
+        element: ``fin`` the largest finite one (at most FLT_MAX's bits), ``raw`` the largest of all
+        (+Inf and NaN lie above FLT_MAX's); masked elements (past the rows or K) load as 0.
+        ``EVICT``: the load's eviction policy (:func:`_evict`)."""
+        rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
+        xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = (rows < n_rows)[:, None] & (cols < K)[None, :]  # a tile past the last: rows past n_rows
+        b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask, other=0.0,
+                            eviction_policy=EVICT)).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        return tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0)), tl.maximum(raw, b)
+
+    @triton.jit
+    def _fin_raw_stats(fin, raw, N: tl.constexpr):
+        """``(amax bits, bad)`` of :func:`_fold_tile_bits`'s ``fin`` / ``raw`` tiles of ``N``
+        elements: their maxima, and whether the largest pattern lies above FLT_MAX's."""
+        amax = tl.reduce(tl.reshape(fin, [N]), 0, tl.standard._elementwise_max)
+        bad = tl.reduce(tl.reshape(raw, [N]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+        return amax, bad
+
+    @triton.jit
+    def _slot_max(buf_ptr, slot, amax, bad):
+        """``atomic_max`` of a program's ``(amax bits, bad)`` into the pair ``buf[2 * slot : 2 * slot
+        + 2]`` (zeroed by the caller)."""
+        tl.atomic_max(buf_ptr + 2 * slot, amax)
+        tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+
+    @triton.jit
     def _amax_kernel(
         # pointers
         x_ptr, buf_ptr, sign_ptr,
@@ -758,18 +788,9 @@ if triton is not None:
             fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
             raw = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
             for i in tl.static_range(TPP):
-                t = tl.program_id(0) * TPP + i
-                rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
-                xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
-                cols = k0 + tl.arange(0, BLOCK_K)
-                mask = (rows < n_rows)[:, None] & (cols < K)[None, :]  # a tile past the last: rows past n_rows
-                b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask,
-                                    other=0.0, eviction_policy=_evict(L2_HINTS, True))).to(tl.int32,
-                                                                                            bitcast=True) & 0x7FFFFFFF
-                fin = tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0))
-                raw = tl.maximum(raw, b)
-            amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
-            bad = tl.reduce(tl.reshape(raw, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+                fin, raw = _fold_tile_bits(x_ptr, tl.program_id(0) * TPP + i, n_rows, inner_rows, K, sx_outer,
+                                           sx_inner, sx_k, fin, raw, BLOCK_R, BLOCK_K, FLAT, _evict(L2_HINTS, True))
+            amax, bad = _fin_raw_stats(fin, raw, BLOCK_R * BLOCK_K)
         else:
             amax, bad = _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R,
                                        BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE,
@@ -779,9 +800,7 @@ if triton is not None:
             tl.store(buf_ptr + 2 * pid, amax)
             tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
         else:
-            slot = tl.program_id(0) % SLOTS
-            tl.atomic_max(buf_ptr + 2 * slot, amax)
-            tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+            _slot_max(buf_ptr, tl.program_id(0) % SLOTS, amax, bad)
 
     @triton.jit
     def _amax_stream_kernel(
@@ -806,19 +825,10 @@ if triton is not None:
         fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
         raw = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)
         for t in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=STAGES):
-            rows, k0 = _tile_coords(t, n_rows, K, BLOCK_R, BLOCK_K, False)
-            xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
-            cols = k0 + tl.arange(0, BLOCK_K)
-            mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
-            b = _to_f32(tl.load(x_ptr + xr[:, None] + (cols.to(tl.int64) * sx_k)[None, :], mask=mask,
-                                other=0.0)).to(tl.int32, bitcast=True) & 0x7FFFFFFF
-            fin = tl.maximum(fin, tl.where(b <= 0x7F7FFFFF, b, 0))
-            raw = tl.maximum(raw, b)
-        amax = tl.reduce(tl.reshape(fin, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max)
-        bad = tl.reduce(tl.reshape(raw, [BLOCK_R * BLOCK_K]), 0, tl.standard._elementwise_max) > 0x7F7FFFFF
-        slot = pid % SLOTS
-        tl.atomic_max(buf_ptr + 2 * slot, amax)
-        tl.atomic_max(buf_ptr + 2 * slot + 1, bad.to(tl.int32))
+            fin, raw = _fold_tile_bits(x_ptr, t, n_rows, inner_rows, K, sx_outer, sx_inner, sx_k, fin, raw, BLOCK_R,
+                                       BLOCK_K, FLAT, "")
+        amax, bad = _fin_raw_stats(fin, raw, BLOCK_R * BLOCK_K)
+        _slot_max(buf_ptr, pid % SLOTS, amax, bad)
 
     @triton.jit
     def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
@@ -1211,11 +1221,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     rot_tile = rot_tile if rot_block > 1 else 0
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
-    # MX with a power-of-two rotation scale (blocks of 4**j): the scale rides on the block exponents
-    # (whole groups in a thread only: in the tile's layout each thread's elements lie in as many
-    # groups, and the exponents' work an element outweighs the two multiplies)
-    fold = (-(rot_block.bit_length() - 1) // 2 if rot_fold and spec.family is Family.MX and rot_tile
-            and (rot_block.bit_length() - 1) % 2 == 0 else 0)
+    fold = _rot_fold(spec, rot_block, rot_tile) if rot_fold else 0
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
     if rot_tile:  # one block per thread at least
         size = max(size, rot_block * 32 * warps)
@@ -1458,6 +1464,16 @@ def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
     if rot_block <= 1 or rot_block > ROT_TILE_MAX:
         return 0
     return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
+
+
+def _rot_fold(spec: FormatSpec, rot_block: int, rot_tile: int) -> int:
+    """The ``ROT_FOLD`` exponent of a rotated call with :data:`ROT_FOLD` on: ``log2`` of the
+    orthonormal scale where that is an integer (blocks of ``4**j``) for MX recipes held in whole
+    groups a thread (``rot_tile`` 1 or 2, :func:`_rot_layout`); 0 otherwise (in the tile's layout
+    each thread's elements lie in as many groups, and the exponents' work an element outweighs the
+    two multiplies)."""
+    log2 = rot_block.bit_length() - 1
+    return -(log2 // 2) if spec.family is Family.MX and rot_tile and log2 > 0 and log2 % 2 == 0 else 0
 
 
 def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:

@@ -109,8 +109,8 @@ def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexp
     and NaN as before. Each
     element is rounded by ``(a + C) - C`` with its binade's ``C`` (:func:`quantum_c_f32`, from the
     block's ``2**(EMIN + e)`` by bits; 0 where that is below fp32's normal range): three integer
-    operations and two adds an element, no compare or select (until 2026-12-05c: the normal
-    range by :func:`rne_mantissa_f32` and a select between the two)."""
+    operations and two adds an element, no compare or select (until 2026-12-05c: the mantissa
+    rounded by integer ops in the normal range, and a select)."""
     e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
     hi = pow2_f32(e + EMAX) * (MAXN / 2.0**EMAX)  # MAXN * 2**e, exact (e + EMAX >= -125)
     lo = e + EMIN
