@@ -12,7 +12,9 @@
 #                                             # 585 s into the call; a cold Triton cache needs ~280 s)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once, and the kernels step
 #                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=10),
-#                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s)
+#                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s); only
+#                                             # those not yet PASS / SKIP on this machine, so that a
+#                                             # second call finishes what a slow machine cut
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
 #                                             # the summary table (also written to $OUT/summary.txt)
 #   bash scripts/gpu-lease.sh tune S          # when the suite is done and device time is left: a tile
@@ -54,8 +56,9 @@ fi
 kernels_in=${LEASE_KERNELS:-checks}
 [[ $kernels_in =~ ^(prep|checks)$ ]] || { echo "gpu-lease: LEASE_KERNELS='$kernels_in'; accepted: checks (the kernels step among the check steps, the default) or prep (alone after the benches)" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
-[ -f /opt/gpu-site/env.sh ] || { echo "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
-. /opt/gpu-site/env.sh
+SITE=${LEASE_SITE:-/opt/gpu-site}  # where the staging installed vLLM (receive.sh's last part)
+[ -f "$SITE/env.sh" ] || { echo "gpu-lease: $SITE/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
+. "$SITE/env.sh"
 export SMOKE_OUT=${LEASE_SMOKE:-/root/smoke}
 mkdir -p "$SMOKE_OUT"
 T0=$SECONDS
@@ -68,9 +71,9 @@ install_overlay() {
   local p
   for p in .gpu-stage-extras/p*/; do
     [ -f "$p/install.sh" ] || continue
-    bash "$p/install.sh" /opt/gpu-site/deps >> "$OUT/extras.log" 2>&1; echo "extras $p rc=$?"
+    bash "$p/install.sh" "$SITE/deps" >> "$OUT/extras.log" 2>&1; echo "extras $p rc=$?"
   done
-  python3 -m pip install -q --no-deps --no-build-isolation --upgrade --target /opt/gpu-site/deps ./overlay \
+  python3 -m pip install -q --no-deps --no-build-isolation --upgrade --target "$SITE/deps" ./overlay \
     > "$OUT/pip.log" 2>&1
   echo "overlay rc=$?"
 }
@@ -117,9 +120,21 @@ case $mode in
     pack restore ;;
   checks)
     extra=(); [ "$kernels_in" = prep ] || extra=(kernels)  # 04c: 446 s with kernels among the checks
-    SMOKE_JOBS=10 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh study ${extra[@]+"${extra[@]}"} kv-cache \
-      plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2
-    echo "checks rc=$?"
+    todo=(); done_=()
+    for s in study ${extra[@]+"${extra[@]}"} kv-cache plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2; do
+      r=$(cut -d' ' -f1 "$SMOKE_OUT/$s.result" 2>/dev/null)
+      if [ "$r" = PASS ] || [ "$r" = SKIP ]; then done_+=("$s"); else todo+=("$s"); fi
+    done
+    # a second checks call on the same machine runs only what the first did not pass (05d: an
+    # H100 took the ten steps past one call)
+    [ ${#done_[@]} -eq 0 ] || echo "gpu-lease: checks already passed or skipped on this machine: ${done_[*]}"
+    if [ ${#todo[@]} -eq 0 ]; then
+      echo "gpu-lease: no check step left to run"
+    else
+      echo "gpu-lease: checks to run: ${todo[*]}"
+      SMOKE_JOBS=10 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh "${todo[@]}"
+      echo "checks rc=$?"
+    fi
     pack checks ;;
   bench)
     SMOKE_BENCH_BUDGET=$3 timeout $(($3 + 60)) bash scripts/gpu-smoke.sh "bench-plugin-$2"

@@ -1351,6 +1351,41 @@ def test_gpu_lease_refuses_bad_calls(argv: list[str], env: dict, rc: int, msg: s
     assert r.returncode == rc and r.stderr.strip().splitlines()[-1].startswith(msg), (r.returncode, r.stderr)
 
 
+def test_gpu_lease_checks_runs_only_what_this_machine_has_not_passed(tmp_path: Path) -> None:
+    """A second ``gpu-lease.sh checks`` call on the same machine runs the check steps whose result
+    there is not PASS or SKIP (a FAIL, or none: cut by the first call's limit), in the suite's
+    order, and with every one passed runs none; each call packs the logs."""
+    import os
+    import subprocess
+
+    site, smoke, out = tmp_path / "site", tmp_path / "smoke", tmp_path / "out"
+    for d in (site, smoke, out):
+        d.mkdir()
+    (site / "env.sh").write_text(": staged\n")
+    steps = ["study", "kernels", "kv-cache", "plugin-gptoss", "plugin-dense", "plugin-exact", "method-llama",
+             "method-moe", "serve", "tp2"]
+    for s in steps:
+        (smoke / f"{s}.result").write_text("SKIP 0 s one GPU\n" if s == "tp2" else "PASS 10 s ok\n")
+    env = {**os.environ, "OUT": str(out), "LEASE_SITE": str(site), "LEASE_SMOKE": str(smoke),
+           "PYTHON": "false"}
+
+    def call() -> str:
+        r = subprocess.run(["bash", str(REPO / "scripts" / "gpu-lease.sh"), "checks"], capture_output=True,
+                           text=True, timeout=120, env=env, cwd=tmp_path)
+        assert (out / "smoke-checks.tgz").exists(), r.stdout + r.stderr
+        return r.stdout + r.stderr
+
+    log = call()
+    assert "gpu-lease: no check step left to run" in log and "checks rc=" not in log
+    (smoke / "kv-cache.result").write_text("FAIL 477 s rc=1\n")
+    (smoke / "study.result").unlink()
+    log = call()
+    assert "gpu-lease: checks to run: study kv-cache\n" in log, log
+    assert ("checks already passed or skipped on this machine: kernels plugin-gptoss plugin-dense plugin-exact "
+            "method-llama method-moe serve tp2") in log
+    assert "checks rc=" in log
+
+
 def test_batch_bound_terms_and_control() -> None:
     """``batch_bound`` (prefill-heavy rows): QDQ's added device time and its calls' host time, each
     taken as at least 0 (a device profile that came out below off's must not cancel the host time),
