@@ -10,6 +10,7 @@ checks the real launchers bit for bit.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -46,6 +47,11 @@ def _check_launch(fn, args, spec, rule, rotate=None, rounding="nearest", seed=No
         assert a["GAMAX"] == mode, (a["GAMAX"], global_amax)
         if mode == 1:
             assert a["gamax_f"] == global_amax
+
+
+def _qarg(tq, name: str) -> int:
+    """The position of ``_qdq_block_kernel``'s argument ``name``."""
+    return list(inspect.signature(tq._qdq_block_kernel.fn).parameters).index(name)
 
 
 class _Compiled:
@@ -150,7 +156,7 @@ def test_second_call_replays_with_the_new_tensors(fake, name: str, monkeypatch) 
         bufs = [a[2] if n == "_qdq_block_kernel" else a[1] for _, n, _, a in second]
         assert len(bufs) == 2 and bufs[0] is bufs[1] and bufs[0].dtype == torch.int32
         n_amax = second[0][2][0]
-        assert bufs[0].numel() == 2 * n_amax and second[1][3][8] == n_amax  # n_part
+        assert bufs[0].numel() == 2 * n_amax and second[1][3][_qarg(tq, "n_part")] == n_amax
         assert not next(iter(tq._FAST.values())).buf_zero
     assert len(tq._FAST) == 1
 
@@ -171,7 +177,7 @@ def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
     assert entry.buf_zero and entry.buf_n == 2 * slots
     _, second = call(x, "nvfp4")
     buf = second[0][3][1]
-    assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 * slots and second[1][3][8] == slots
+    assert {k for k, *_ in second} == {"replay"} and buf.numel() == 2 * slots and second[1][3][_qarg(tq, "n_part")] == slots
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
@@ -190,7 +196,8 @@ def test_one_tile_two_pass_is_one_launch(fake, name: str, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
-                                  {"rotate": Rotation(block=32, seed=3)}], ids=["sr", "hadamard", "random"])
+                                  {"rotate": Rotation(block=32, seed=3)}, {"rotate": Rotation(block=128, seed=3)}],
+                         ids=["sr", "hadamard", "random", "random-128"])
 def test_options_replay_and_key_on_their_settings(fake, opts) -> None:
     """Stochastic rounding and a block recipe's rotation are replayed too, keyed on their
     settings; a random rotation's cached sign vector is passed as recorded (held by the entry)."""
@@ -204,7 +211,10 @@ def test_options_replay_and_key_on_their_settings(fake, opts) -> None:
     rot = opts.get("rotate")
     if rot is not None and rot.seed is not None:
         signs = second[0][3][3]  # as its address: the launcher reads an int as a pointer
-        assert len(entry.held) == 1 and signs == entry.held[0].data_ptr()
+        mults = second[0][3][_qarg(tq, "mult_ptr")]  # the inverse's multipliers (INV_MULTS_MIN), else signs
+        held = [t.data_ptr() for t in entry.held]
+        assert held == ([signs, mults] if rot.block >= tq.INV_MULTS_MIN else [signs]), (held, signs, mults)
+        assert mults != signs or rot.block < tq.INV_MULTS_MIN
     other = dict(opts, seed=8) if "seed" in opts else {"rotate": Rotation(block=64, seed=getattr(rot, "seed", None))}
     assert {k for k, *_ in call(x, "mxfp4", **other)[1]} == {"jit"}  # another seed or block: recorded anew
     assert len(tq._FAST) == 2
@@ -248,12 +258,12 @@ def test_other_alignment_and_unreplayable_calls_take_the_full_path(fake) -> None
 def test_given_global_amax_replays(fake) -> None:
     """NVFP4 with a given global amax is one pass: a float is keyed by value and passed as the
     kernel's fp32 argument; a one-element fp32 tensor is passed where it lies, a new one each call."""
-    _, call = fake
+    tq, call = fake
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     _, first = call(x, "nvfp4", global_amax=3.0)
     assert [n for _, n, _, _ in first] == ["_qdq_block_kernel"]  # no amax pass
     _, second = call(x, "nvfp4", global_amax=3.0)
-    assert {k for k, *_ in second} == {"replay"} and second[0][3][9] == 3.0  # gamax_f
+    assert {k for k, *_ in second} == {"replay"} and second[0][3][_qarg(tq, "gamax_f")] == 3.0
     assert {k for k, *_ in call(x, "nvfp4", global_amax=5.0)[1]} == {"jit"}  # another value
     g1, g2 = torch.tensor(40.0), torch.tensor([0.5])
     assert {k for k, *_ in call(x, "nvfp4", global_amax=g1)[1]} == {"jit"}

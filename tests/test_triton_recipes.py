@@ -45,6 +45,7 @@ CASES = [
     ("nvfp4", {"rotate": {"block": 32, "pad": True}, "rounding": "stochastic", "seed": 4}),
     ("mxfp4", {"rotate": {"block": 64, "seed": 6}, "rounding": "stochastic", "seed": 11}),  # coalesced, stochastic
     ("nvfp4", {"rotate": {"block": 128, "pad": True}}),  # coalesced, the anchor, K = 300 padded
+    ("nvfp4", {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # the inverse's multipliers past K
 ]
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "Rotation",
     "butterfly",
     "check_length",
+    "hadamard_scaled_signs",
     "hadamard_signs",
     "inv_sqrt_f32",
     "parse_rotation",
@@ -150,6 +151,22 @@ def hadamard_signs(rot: Rotation, kp: int, device: torch.device | str = "cpu",
     if rot.seed is None:
         return None
     return _signs_on(rot.seed, kp, str(torch.device(device)), dtype)
+
+
+@lru_cache(maxsize=256)
+def _scaled_signs_on(seed: int, kp: int, device: str, scale: float) -> torch.Tensor:
+    return (_signs_cpu(seed, kp) * torch.tensor(scale, dtype=torch.float32)).to(device=device)
+
+
+def hadamard_scaled_signs(rot: Rotation, kp: int, device: torch.device | str, scale: float) -> torch.Tensor | None:
+    """``d * scale`` (fp32, length ``kp``; each value exactly ``+-fp32(scale)``) of a random
+    Hadamard, or ``None`` (plain): what the Triton kernels multiply ``R^T``'s butterfly output by,
+    one product an element for the scale and the signs (the same bits as the two products: the
+    sign's commutes with rounding). ``scale`` must be an fp32 value (:func:`inv_sqrt_f32`, or 1.0).
+    Cached like :func:`hadamard_signs` (the same caveats: shared, read only)."""
+    if rot.seed is None:
+        return None
+    return _scaled_signs_on(rot.seed, kp, str(torch.device(device)), float(scale))
 
 
 def inv_sqrt_f32(block: int) -> float:

@@ -148,7 +148,7 @@ import torch
 
 from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_rounding, check_scale_rule
 from .reference import DEFAULT_SEED, SUPPORTED_DTYPES, qdq_rotated_reference
-from .rotation import Rotation, check_length, hadamard_signs, inv_sqrt_f32
+from .rotation import Rotation, check_length, hadamard_scaled_signs, hadamard_signs, inv_sqrt_f32
 from .triton_primitives import interpreting, rule_code
 
 try:  # Triton is optional: without it the reference backend serves every call.
@@ -394,6 +394,16 @@ if triton is not None:
         offs = c4[None, :, :, :] + 0 * rows[:, None, None, None]
         mask = (c4 < KP)[None, :, :, :] & (rows >= 0)[:, None, None, None]
         return tl.load(sign_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+
+    @triton.jit
+    def _block_mults(mult_ptr, c4, rows, KP):
+        """A random Hadamard's inverse multipliers (fp32 signs times the rotation scale,
+        :func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`) for a tile in
+        :func:`_block_cols`'s layout, like :func:`_block_signs`; columns at or past ``KP`` get 0
+        (never stored: they lie past K)."""
+        offs = c4[None, :, :, :] + 0 * rows[:, None, None, None]
+        mask = (c4 < KP)[None, :, :, :] & (rows >= 0)[:, None, None, None]
+        return tl.load(mult_ptr + offs, mask=mask, other=0.0)
 
     @triton.jit
     def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
@@ -895,7 +905,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _qdq_block_kernel(
         # pointers
-        x_ptr, y_ptr, buf_ptr, sign_ptr,
+        x_ptr, y_ptr, buf_ptr, sign_ptr, mult_ptr,
         # sizes (KP: the row length of the QDQ'd rows: K, or K padded to the rotation block;
         # n_part: partial pairs of the amax pass in buf when N_PARTIALS > 0; gamax_f: a given
         # NVFP4 global amax when GAMAX == 1)
@@ -911,7 +921,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        ROT_FOLD: tl.constexpr,
+        ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
         L2_HINTS: tl.constexpr,
     ):
@@ -1013,11 +1023,15 @@ if triton is not None:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
             y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
-            if ROT_SCALE != 1.0:
-                y = y * ROT_SCALE
-            y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
-            if HAS_SIGNS:  # loaded again (from L1): held across the QDQ, they spilled at 128
-                y = y * _block_signs(sign_ptr, c4, rows, KP)
+            if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
+                y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+                y = y * _block_mults(mult_ptr, c4, rows, KP)
+            else:
+                if ROT_SCALE != 1.0:
+                    y = y * ROT_SCALE
+                y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+                if HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
+                    y = y * _block_signs(sign_ptr, c4, rows, KP)
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
                 cols2, mask2 = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
@@ -1223,6 +1237,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
     fold = _rot_fold(spec, rot_block, rot_tile) if rot_fold else 0
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
+    q_rot["INV_MULTS"] = bool(has_signs and rot_tile and rot_block >= INV_MULTS_MIN)
     if rot_tile:  # one block per thread at least
         size = max(size, rot_block * 32 * warps)
         amax_tile = (max(amax_tile[0], rot_block * 32 * amax_tile[1]), amax_tile[1])
@@ -1248,9 +1263,11 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
 
 
 def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax,
-            ex: _Extras | None = None, rec: list | None = None) -> None:
+            ex: _Extras | None = None, rec: list | None = None) -> tuple[torch.Tensor, ...]:
     """Launch the kernels of one call; with ``rec``, append ``(jit function, grid, args, kwargs,
-    compiled kernel, buf)`` per launch (what :class:`_FastCall` replays)."""
+    compiled kernel, buf)`` per launch (what :class:`_FastCall` replays). Returns the constant
+    tensors passed (a random rotation's signs and inverse multipliers, cached), which a replay
+    holds."""
     ex = ex or _Extras(kp=r.k)
     per_tensor = spec.granularity is Granularity.TENSOR
     nvfp4 = spec.family is Family.NVFP4
@@ -1270,7 +1287,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         k = _qdq_row_kernel[grid](*args, **consts)
         if rec is not None:
             rec.append((_qdq_row_kernel, grid, args, consts, k, None))
-        return
+        return ()
     rot_b = ex.rot.block if ex.rot is not None else 1
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
     block_r, block_k, amax, consts = _plan(
@@ -1318,13 +1335,17 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             rec.append((_amax_kernel, a_grid, args, a_consts, k, buf))
     seed = ex.seed or 0
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
-    args = (x, y, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
+    # the inverse's multipliers (signs * ROT_SCALE) where rotation blocks are held whole by a thread
+    mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"]) if consts["INV_MULTS"] else None
+    args = (x, y, buf, signs, signs if mults is None else mults, r.n_rows, r.inner_rows, r.k, ex.kp, n_part,
+            gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
     consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
               "L2_HINTS": L2_HINTS and amax is not None and not one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
+    return tuple(t for t in (ex.signs, mults) if t is not None)
 
 
 def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -1415,6 +1436,17 @@ ONE_TILE_WARPS = 8
 #: busy (the tile grows by rows); GPU timings of both layouts: ``scripts/bench_qdq_triton.py``'s
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
+
+#: Random Hadamards of at least this block, held whole by one thread (:data:`ROT_TILE_MAX`): the
+#: inverse multiplies each element once by its sign times the rotation scale, read from an fp32
+#: tensor (:func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`), instead of by the scale and
+#: by the signs loaded for the forward rotation, which the compiler merges with the forward's load
+#: and holds across the QDQ: at 128 elements a thread that spilled (sm_90 SASS, bf16: MXFP4 +
+#: random Hadamard-128 coalesced 37.6 instructions an element, 78 local-memory accesses, 255
+#: registers -> 37.0, none, 209; NVFP4 41.3, 84 -> 40.8, none). Below it, the held signs fit and
+#: cost fewer instructions (Hadamard-64: 34.1 held, 36.2 with the fp32 tensor). The same bits
+#: (the sign's product commutes with rounding).
+INV_MULTS_MIN = 128
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
@@ -1802,10 +1834,10 @@ def qdq(
         return y.copy_(yc.movedim(-1, axis))
     # launches that return no kernel (interpreter): not kept
     rec: list | None = [] if key is not None and key not in _FAST_REFUSED else None
-    _launch(x, y, rows, spec, scale_rule, global_amax, ex, rec)
+    held = _launch(x, y, rows, spec, scale_rule, global_amax, ex, rec)
     if rec and all(k is not None for *_, k, _b in rec):
         try:
-            hit = _FastCall(spec, x, y, rec, () if signs is None else (signs,),
+            hit = _FastCall(spec, x, y, rec, held,
                             global_amax if isinstance(global_amax, torch.Tensor) else None, key[-2])
         except AssertionError as e:  # a launch the replay cannot rebuild: this key stays on the full path
             _fast_refused(key, e)
