@@ -24,11 +24,12 @@ spread over; :data:`SLOT_SWEEP`), and the float64 recipes in their fp32 form aga
 form (``triton_qdq.NARROW_F64`` on and off, :func:`bench_narrow`), the amax pass by tiles a
 program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction hints and without
 (``L2_HINTS``, :func:`bench_l2_hints`), the streaming amax pass by programs an SM
-(``AMAX_PROGRAMS_PER_SM``), and each launch of a two-pass call alone beside a read of
-the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps`` skips these
-five tables, which decide the module's switches, not a target (the smoke suite's ``bench-qdq``
-step passes it unless ``SMOKE_BENCH_FULL=1``); the streaming amax pass on and off (``AMAX_STAGES``
-0, 3, 4) is timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+(``AMAX_PROGRAMS_PER_SM``), the streaming amax pass on and off (``AMAX_STAGES`` 0, 3, 4; no
+gain on the H100 in ``results/h100-2026-12-05d``), and each launch of a two-pass call alone beside
+a read of the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps``
+skips these six tables, which decide the module's switches, not a target (the smoke suite's
+``bench-qdq`` step passes it unless ``SMOKE_BENCH_FULL=1``); the two-pass recipes' y stored
+streaming (``Y_STREAM``) and not, with and without ``L2_HINTS``, are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -380,10 +381,14 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
-    bench_switch_table("AMAX_STAGES", (0, 3, 4), "st",
-                       "two-pass recipes: copy time / kernel time with the streaming amax pass (AMAX_STAGES: "
-                       "software-pipelined stages; 0 = the one-wave-per-tile pass)", rounds=2)
+    for hints in (False, True):
+        bench_switch_table("Y_STREAM", (False, True), "ycs",
+                           f"two-pass recipes: copy time / kernel time with y stored streaming (Y_STREAM, .cs) "
+                           f"and not, L2_HINTS={hints}", rounds=3, also={"L2_HINTS": hints})
     if not args.no_sweeps:
+        bench_switch_table("AMAX_STAGES", (0, 3, 4), "st",
+                           "two-pass recipes: copy time / kernel time with the streaming amax pass (AMAX_STAGES: "
+                           "software-pipelined stages; 0 = the one-wave-per-tile pass)", rounds=2)
         bench_switch_table("AMAX_PROGRAMS_PER_SM", (1, 2, 4), "p",
                            "two-pass recipes with the streaming amax pass (AMAX_STAGES=3): copy time / kernel "
                            "time by programs an SM", rounds=2, also={"AMAX_STAGES": 3})

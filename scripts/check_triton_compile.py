@@ -111,6 +111,8 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     if fn.__name__ == "_amax_stream_kernel" and values.get("STAGES", 0) > 1 and "cp.async" not in ptx:
         raise ValueError(f"{fn.__name__}: no cp.async in the PTX: Triton did not pipeline its loop "
                          f"(STAGES={values['STAGES']}), so it reads one tile at a time")
+    if fn.__name__ == "_qdq_block_kernel" and values.get("Y_STREAM") and "st.global.cs" not in ptx:
+        raise ValueError(f"{fn.__name__}: Y_STREAM set but no streaming (.cs) store of y in the PTX")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
         n = ptx.count("fma.rn")
         if n:
@@ -167,6 +169,7 @@ def _two_pass_paths() -> int:
     """The ways a two-pass recipe gets its tensor amax, each compiled: one tile (a decode-sized
     call), an amax pass of partial pairs, an amax pass of atomics (many tiles), the streaming amax
     pass (``AMAX_STAGES`` 3 and 4, whether or not on by default; its PTX must hold ``cp.async``),
+    the QDQ pass storing y streaming (``Y_STREAM``; its PTX must hold a ``.cs`` store),
     and NVFP4's given global amax as a float argument and as a tensor read in place."""
     failures = 0
     for fmt in ("nvfp4", "nvfp4_e5m3", "fp8_e4m3_per_tensor"):
@@ -198,6 +201,16 @@ def _two_pass_paths() -> int:
                           f"{str(e).strip().splitlines()[-1][:300]}")
                 finally:
                     triton_qdq.AMAX_STAGES = default
+            x = torch.empty(4096, 4096, dtype=dtype)  # y stored streaming (Y_STREAM), on by default or not
+            default = triton_qdq.Y_STREAM
+            triton_qdq.Y_STREAM = True
+            try:
+                triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", None)
+            except Exception as e:
+                failures += 1
+                print(f"FAIL {fmt} {dtype} Y_STREAM: {str(e).strip().splitlines()[-1][:300]}")
+            finally:
+                triton_qdq.Y_STREAM = default
     return failures
 
 

@@ -4,8 +4,9 @@ smoke suite carries this module, not the interpreter test)."""
 
 from __future__ import annotations
 
-#: one tile reducing its own amax (``ONE_TILE_MAX``), an amax pass of partial pairs, of atomics,
-#: the streaming amax pass (``AMAX_STAGES``; rotated calls keep the atomics' pass)
+#: one tile reducing its own amax (``ONE_TILE_MAX``), an amax pass of partial pairs, of atomics
+#: (with the cache hints on: ``L2_HINTS`` loads, ``Y_STREAM`` stores; the same bits), the streaming
+#: amax pass (``AMAX_STAGES``; rotated calls keep the atomics' pass)
 PATHS = ("one_tile", "partials", "atomics", "stream")
 #: (format, quantize_dequantize options), and their test ids
 CASES = (
@@ -21,3 +22,5 @@ def force_path(tq, path: str, monkeypatch) -> None:
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 8192 if path == "one_tile" else 0)
     monkeypatch.setattr(tq, "PARTIALS_MAX", 0 if path in ("atomics", "stream") else 256)
     monkeypatch.setattr(tq, "AMAX_STAGES", 3 if path == "stream" else 0)
+    monkeypatch.setattr(tq, "L2_HINTS", path == "atomics")
+    monkeypatch.setattr(tq, "Y_STREAM", path == "atomics")

@@ -361,6 +361,12 @@ if triton is not None:
         return cols, (rows < n_rows)[:, None] & (cols < K)[None, :]
 
     @constexpr_function
+    def _ystore(on):
+        """The cache modifier of a two-pass call's stores of y (:data:`Y_STREAM`): ``".cs"``
+        (streaming: evict first) when ``on``, else Triton's default."""
+        return ".cs" if on else ""
+
+    @constexpr_function
     def _evict(on, keep):
         """The eviction policy of a two-pass call's loads of x (Triton 3.6 puts it on L1 and L2:
         ``ld.global.L1::evict_*.L2::cache_hint``): ``evict_last`` for the amax pass's read
@@ -923,7 +929,7 @@ if triton is not None:
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
-        L2_HINTS: tl.constexpr,
+        L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -1035,17 +1041,18 @@ if triton is not None:
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
                 cols2, mask2 = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
-                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2)
+                         tl.reshape(_to_out(y, y_ptr.dtype.element_ty), [BLOCK_R, BLOCK_K]), mask=mask2,
+                         cache_modifier=_ystore(Y_STREAM))
             else:
                 tl.store(y_ptr + yr[:, None, None, None] + (c4 * sy_k)[None, :, :, :],
-                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4)
+                         _to_out(y, y_ptr.dtype.element_ty), mask=mask4, cache_modifier=_ystore(Y_STREAM))
         else:
             if ROT_LOG2 > 0:
                 y = _rotate(tl.reshape(y, [BLOCK_R, BLOCK_K]), sgn, BLOCK_R, BLOCK_K, ROT_LOG2, HAS_SIGNS,
                             ROT_SCALE, True)
                 y = tl.reshape(y, [BLOCK_R, N_GROUPS, GROUP])
             tl.store(y_ptr + yr[:, None, None] + (cols * sy_k)[None, :, :],
-                     _to_out(y, y_ptr.dtype.element_ty), mask=mask)
+                     _to_out(y, y_ptr.dtype.element_ty), mask=mask, cache_modifier=_ystore(Y_STREAM))
         if NARROW:  # a group outside the fp32 form's range: the tile again, in the float64 form
             if fallback:
                 tl.debug_barrier()  # every thread's store above lands first
@@ -1341,7 +1348,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
     consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
-              "L2_HINTS": L2_HINTS and amax is not None and not one_tile, **consts}
+              "L2_HINTS": L2_HINTS and amax is not None and not one_tile,
+              "Y_STREAM": Y_STREAM and amax is not None and not one_tile, **consts}
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -1408,6 +1416,13 @@ AMAX_PROGRAMS_PER_SM = 2
 #: without; FP8 per-tensor 0.62 / 0.60 with, 0.63 / 0.61 without. No gain, so off by default; the
 #: switch and the table stay, for other GPUs.
 L2_HINTS = False
+
+#: A two-pass call's QDQ pass stores y as streaming (``st.global.cs``: evict first), so that the
+#: output it writes does not push out of L2 the x its later tiles read again (at 16M bf16
+#: elements x and y are 32 MB each, the L2 50 MB; the QDQ pass took as long as a one-pass call,
+#: hints on the loads or not: :data:`L2_HINTS`). The cost: a next kernel reading y finds less of
+#: it in L2. Hints only: the same bits. Off until timed (the bench's "y stores" tables).
+Y_STREAM = False
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1663,7 +1678,7 @@ class _FastCall:
     allocated for the partial pairs, every word of which the amax pass writes) put in their
     places; constant tensors of the call (a random rotation's signs, cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`_DIRECT_TRITON`) are read
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`_DIRECT_TRITON`) are read
     when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
