@@ -27,7 +27,7 @@ program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction 
 (``AMAX_PROGRAMS_PER_SM``), the streaming amax pass on and off (``AMAX_STAGES`` 0, 3, 4; no
 gain on the H100 in ``results/h100-2026-12-05d``), and each launch of a two-pass call alone beside
 a read of the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps``
-skips these six tables, which decide the module's switches, not a target (the smoke suite's
+skips these seven tables, which decide the module's switches, not a target (the smoke suite's
 ``bench-qdq`` step passes it unless ``SMOKE_BENCH_FULL=1``); the two-pass recipes' y stored
 streaming (``Y_STREAM``) and not, with and without ``L2_HINTS``, are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
@@ -384,7 +384,7 @@ def main() -> int:
     for hints in (False, True):
         bench_switch_table("Y_STREAM", (False, True), "ycs",
                            f"two-pass recipes: copy time / kernel time with y stored streaming (Y_STREAM, .cs) "
-                           f"and not, L2_HINTS={hints}", rounds=3, also={"L2_HINTS": hints})
+                           f"and not, L2_HINTS={hints}", rounds=2, also={"L2_HINTS": hints})
     if not args.no_sweeps:
         bench_switch_table("AMAX_STAGES", (0, 3, 4), "st",
                            "two-pass recipes: copy time / kernel time with the streaming amax pass (AMAX_STAGES: "

@@ -165,6 +165,21 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
     return failures
 
 
+def _launch_with(switch: str, value, x: torch.Tensor, spec, gamax, label: str) -> int:
+    """Compile one call's launches with the launcher's module switch ``switch`` set to ``value``
+    (restored after); 1 (and a FAIL line naming ``label``) when that fails, else 0."""
+    default = getattr(triton_qdq, switch)
+    setattr(triton_qdq, switch, value)
+    try:
+        triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", gamax)
+    except Exception as e:
+        print(f"FAIL {label}: {str(e).strip().splitlines()[-1][:300]}")
+        return 1
+    finally:
+        setattr(triton_qdq, switch, default)
+    return 0
+
+
 def _two_pass_paths() -> int:
     """The ways a two-pass recipe gets its tensor amax, each compiled: one tile (a decode-sized
     call), an amax pass of partial pairs, an amax pass of atomics (many tiles), the streaming amax
@@ -178,39 +193,15 @@ def _two_pass_paths() -> int:
             cases = [(1, 4096, None), (64, 4096, None), (4096, 4096, None)]
             if fmt.startswith("nvfp4"):
                 cases += [(64, 4096, 4.0), (64, 4096, torch.tensor([4.0]))]
-            for rows, k, gamax in cases:
-                x = torch.empty(rows, k, dtype=dtype)
-                one_tile = triton_qdq.ONE_TILE_MAX
-                triton_qdq.ONE_TILE_MAX = 8192  # the one-tile path, whether or not on by default
-                try:
-                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", gamax)
-                except Exception as e:
-                    failures += 1
-                    print(f"FAIL {fmt} {dtype} {rows}x{k} global_amax={gamax}: {str(e).strip().splitlines()[-1][:300]}")
-                finally:
-                    triton_qdq.ONE_TILE_MAX = one_tile
+            for rows, k, gamax in cases:  # the one-tile path, whether or not on by default
+                failures += _launch_with("ONE_TILE_MAX", 8192, torch.empty(rows, k, dtype=dtype), spec, gamax,
+                                         f"{fmt} {dtype} {rows}x{k} global_amax={gamax}")
+            x = torch.empty(4096, 4096, dtype=dtype)
             for stages in (3, 4):
-                x = torch.empty(4096, 4096, dtype=dtype)
-                default = triton_qdq.AMAX_STAGES
-                triton_qdq.AMAX_STAGES = stages
-                try:
-                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", None)
-                except Exception as e:
-                    failures += 1
-                    print(f"FAIL {fmt} {dtype} streaming amax pass STAGES={stages}: "
-                          f"{str(e).strip().splitlines()[-1][:300]}")
-                finally:
-                    triton_qdq.AMAX_STAGES = default
-            x = torch.empty(4096, 4096, dtype=dtype)  # y stored streaming (Y_STREAM), on by default or not
-            default = triton_qdq.Y_STREAM
-            triton_qdq.Y_STREAM = True
-            try:
-                triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, "floor", None)
-            except Exception as e:
-                failures += 1
-                print(f"FAIL {fmt} {dtype} Y_STREAM: {str(e).strip().splitlines()[-1][:300]}")
-            finally:
-                triton_qdq.Y_STREAM = default
+                failures += _launch_with("AMAX_STAGES", stages, x, spec, None,
+                                         f"{fmt} {dtype} streaming amax pass STAGES={stages}")
+            # y stored streaming, on by default or not
+            failures += _launch_with("Y_STREAM", True, x, spec, None, f"{fmt} {dtype} Y_STREAM")
     return failures
 
 

@@ -15,6 +15,7 @@
 #                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s); only
 #                                             # those not yet PASS / SKIP on this machine, so that a
 #                                             # second call finishes what a slow machine cut
+#                                             # (LEASE_RERUN=1: every one again, e.g. after a new overlay)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
 #                                             # the summary table (also written to $OUT/summary.txt)
 #   bash scripts/gpu-lease.sh tune S          # when the suite is done and device time is left: a tile
@@ -37,7 +38,9 @@
 # of ~37 s (3 needed: B >= 315; 05c's B=290 fit 2), dense alike (381 s at B=375 in 04d). A lease
 # of the whole suite: staging (~210 s), prep with the short benches (~200 s), checks with kernels
 # among them (~450-575 s), bench gptoss 320 and bench dense 320 summary (~350 s each): ~1,600-1,700
-# s of 1,800 on those figures. If the checks call cuts kernels, run it alone next (warm: ~150 s).
+# s of 1,800 on those figures. On an H100 (05d) the ten check steps took past one call (study cut):
+# a second checks call runs what the first did not pass. LEASE_SITE (default /opt/gpu-site): where
+# the staging installed vLLM.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -123,7 +126,7 @@ case $mode in
     todo=(); done_=()
     for s in study ${extra[@]+"${extra[@]}"} kv-cache plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2; do
       r=$(cut -d' ' -f1 "$SMOKE_OUT/$s.result" 2>/dev/null)
-      if [ "$r" = PASS ] || [ "$r" = SKIP ]; then done_+=("$s"); else todo+=("$s"); fi
+      if [ "${LEASE_RERUN:-0}" != 1 ] && { [ "$r" = PASS ] || [ "$r" = SKIP ]; }; then done_+=("$s"); else todo+=("$s"); fi
     done
     # a second checks call on the same machine runs only what the first did not pass (05d: an
     # H100 took the ten steps past one call)

@@ -1366,8 +1366,8 @@ def test_gpu_lease_checks_runs_only_what_this_machine_has_not_passed(tmp_path: P
              "method-moe", "serve", "tp2"]
     for s in steps:
         (smoke / f"{s}.result").write_text("SKIP 0 s one GPU\n" if s == "tp2" else "PASS 10 s ok\n")
-    env = {**os.environ, "OUT": str(out), "LEASE_SITE": str(site), "LEASE_SMOKE": str(smoke),
-           "PYTHON": "false"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEASE_", "SMOKE_"))}
+    env.update(OUT=str(out), LEASE_SITE=str(site), LEASE_SMOKE=str(smoke), PYTHON="false")
 
     def call() -> str:
         r = subprocess.run(["bash", str(REPO / "scripts" / "gpu-lease.sh"), "checks"], capture_output=True,
@@ -1384,6 +1384,8 @@ def test_gpu_lease_checks_runs_only_what_this_machine_has_not_passed(tmp_path: P
     assert ("checks already passed or skipped on this machine: kernels plugin-gptoss plugin-dense plugin-exact "
             "method-llama method-moe serve tp2") in log
     assert "checks rc=" in log
+    env["LEASE_RERUN"] = "1"
+    assert "gpu-lease: checks to run: study kernels kv-cache plugin-gptoss" in call()
 
 
 def test_batch_bound_terms_and_control() -> None:

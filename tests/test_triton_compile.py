@@ -68,8 +68,10 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     shuffles, barriers or shared memory; loaded and stored coalesced (``ROT_COALESCE``, MX and
     NVFP4 from Hadamard-64 up), no shuffles and only the two transposes through shared memory
     (Triton's layout propagation kept to them: a butterfly stage done across lanes would add
-    shuffles), no spills."""
-    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64", timeout=900)
+    shuffles), no spills; random Hadamard-128 (128 elements a thread, its inverse's multipliers:
+    ``INV_MULTS_MIN``) no spills either."""
+    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r",
+                      timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     rows = {}
     for line in out.stdout.splitlines():
@@ -79,7 +81,9 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
                                   "local": int(f[10]), "el": int(f[5])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
                          ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
-                         ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile")}, out.stdout
+                         ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile"),
+                         ("mxfp4+h128r", "coalesced"), ("mxfp4+h128r", "in-thread"), ("mxfp4+h128r", "tile")}, out.stdout
+    assert rows[("mxfp4+h128r", "coalesced")]["local"] == rows[("mxfp4+h128r", "in-thread")]["local"] == 0, rows
     for recipe in ("mxfp4+h32", "mxfp4+h128", "nvfp4+h64"):
         fast, tile = rows[(recipe, "in-thread")], rows[(recipe, "tile")]
         assert fast["shfl"] == fast["bar"] == fast["smem"] == fast["local"] == 0, (recipe, fast)

@@ -37,7 +37,8 @@ static table keyed on the format and ``K``, never on the number of rows):
   ``results/h200-2026-12-03b``, against 0.50-0.51 for a per-tile pass with float reductions in
   ``results/h200-2026-12-03``; this integer-bits version is not timed yet). The QDQ pass then
   walks the tiles in reverse order so that its first reads hit what the amax pass left in L2,
-  and the two passes' accesses carry L2 eviction hints to that end (:data:`L2_HINTS`).
+  and the two passes' accesses carry L2 eviction hints to that end (:data:`L2_HINTS`; the QDQ
+  pass's stores of y, :data:`Y_STREAM`). Hints only: the same bits.
 
 Operation order (fixed, all values fp32 unless said; ``fp32(v)`` = RNE to fp32):
 
@@ -131,7 +132,9 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
   in that layout (1) or coalesced and moved into it through shared memory once each way (2,
   :data:`ROT_COALESCE`); otherwise (0) Triton exchanges data between lanes for the upper
   stages. The layout changes which thread does an operation, never the operations: the same
-  bits either way.
+  bits either way. (One rewrite that gives the same bits: a random rotation of
+  :data:`INV_MULTS_MIN` and up held whole by a thread multiplies ``R^T``'s output once by
+  ``sign * fp32(1/sqrt(b))``, which equals the two products: the sign's commutes with rounding.)
   The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
   Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
@@ -1421,7 +1424,8 @@ L2_HINTS = False
 #: output it writes does not push out of L2 the x its later tiles read again (at 16M bf16
 #: elements x and y are 32 MB each, the L2 50 MB; the QDQ pass took as long as a one-pass call,
 #: hints on the loads or not: :data:`L2_HINTS`). The cost: a next kernel reading y finds less of
-#: it in L2. Hints only: the same bits. Off until timed (the bench's "y stores" tables).
+#: it in L2. Hints only: the same bits. Off until timed (the bench's "y stored streaming
+#: (Y_STREAM, .cs)" tables, with and without :data:`L2_HINTS`).
 Y_STREAM = False
 
 
@@ -1676,7 +1680,8 @@ class _FastCall:
     the recorded arguments with ``x``, a fresh ``y``, a given global amax tensor and (two-pass
     recipes with an amax pass) a fresh scratch buffer (zeroed for the atomics' slots, left as
     allocated for the partial pairs, every word of which the amax pass writes) put in their
-    places; constant tensors of the call (a random rotation's signs, cached) are held. The
+    places; constant tensors of the call (a random rotation's signs and inverse multipliers,
+    cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
     :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`_DIRECT_TRITON`) are read
     when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
