@@ -69,9 +69,10 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     NVFP4 from Hadamard-64 up), no shuffles and only the two transposes through shared memory
     (Triton's layout propagation kept to them: a butterfly stage done across lanes would add
     shuffles), no spills; random Hadamard-128 (128 elements a thread, its inverse's multipliers:
-    ``INV_MULTS_MIN``) no spills either."""
-    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r",
-                      timeout=900)
+    ``INV_MULTS_MIN``) no spills either; Hadamard-256 held as halves (``ROT_SPLIT``) moves only its
+    last stage between lanes."""
+    out = _run_script("triton_sass_stats.py", "--recipes",
+                      "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r,mxfp4+h256", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     rows = {}
     for line in out.stdout.splitlines():
@@ -82,7 +83,12 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
                          ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
                          ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile"),
-                         ("mxfp4+h128r", "coalesced"), ("mxfp4+h128r", "in-thread"), ("mxfp4+h128r", "tile")}, out.stdout
+                         ("mxfp4+h128r", "coalesced"), ("mxfp4+h128r", "in-thread"), ("mxfp4+h128r", "tile"),
+                         ("mxfp4+h256", "coalesced"), ("mxfp4+h256", "in-thread"), ("mxfp4+h256", "tile")}, out.stdout
+    # Hadamard-256 split over two threads (ROT_SPLIT): its last stage a sum across the lane pair, two
+    # shuffles an element each way, nothing else moved between lanes, no spills
+    split, tile = rows[("mxfp4+h256", "coalesced")], rows[("mxfp4+h256", "tile")]
+    assert split["local"] == 0 and split["shfl"] <= 4 * split["el"] and split["instr"] < 0.7 * tile["instr"], rows
     assert rows[("mxfp4+h128r", "coalesced")]["local"] == rows[("mxfp4+h128r", "in-thread")]["local"] == 0, rows
     for recipe in ("mxfp4+h32", "mxfp4+h128", "nvfp4+h64"):
         fast, tile = rows[(recipe, "in-thread")], rows[(recipe, "tile")]

@@ -46,6 +46,9 @@ CASES = [
     ("mxfp4", {"rotate": {"block": 64, "seed": 6}, "rounding": "stochastic", "seed": 11}),  # coalesced, stochastic
     ("nvfp4", {"rotate": {"block": 128, "pad": True}}),  # coalesced, the anchor, K = 300 padded
     ("nvfp4", {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # the inverse's multipliers past K
+    ("mxfp4", {"rotate": {"block": 256, "seed": 4}}),  # split over two threads (ROT_SPLIT), random
+    ("nvfp4", {"rotate": {"block": 256}}),  # split, the rotating amax pass too
+    ("mxfp8_e4m3", {"rotate": {"block": 256, "pad": True}, "scale_rule": "rceil"}),  # split, padded
 ]
 
 
@@ -100,7 +103,9 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
     if fused:
         block = kw["rotate"]["block"]
-        want = 0 if block > rot_tile_max else (
+        held = block <= rot_tile_max or (tq.ROT_SPLIT and block == 2 * tq.ROT_HELD_MAX
+                                         and rot_tile_max >= tq.ROT_HELD_MAX)
+        want = 0 if not held else (
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         assert set(layouts) == {want}, (layouts, want)
     else:
@@ -126,12 +131,14 @@ def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layo
     take it through the block exponents, with the reference's bits, on and off, in every layout;
     inputs from 2**-100 (the contract's smallest block amax) to bf16's largest (rotated sums past
     fp32's range: Inf blocks), zeros, NaN and Inf, fp32 and bf16; the plan folds only those blocks,
-    and only where a thread holds whole groups (blocks up to ``ROT_TILE_MAX``)."""
+    and only where a thread holds whole groups (blocks up to ``ROT_TILE_MAX``, and Hadamard-256
+    split over two threads, ``ROT_SPLIT``)."""
     rot_tile_max, coalesce = LAYOUTS[layout]
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     block = kw["rotate"]["block"]
-    want_fold = {16: -2, 64: -3}.get(block, 0) if rot_tile_max >= block else 0  # whole groups in a thread
+    held = rot_tile_max >= block or (tq.ROT_SPLIT and block == 2 * tq.ROT_HELD_MAX and rot_tile_max >= tq.ROT_HELD_MAX)
+    want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if held else 0  # whole groups in a thread
     g = torch.Generator().manual_seed(block)
     k = 512
     mags = 2.0 ** torch.linspace(-100, 127, 24, dtype=torch.float64)

@@ -292,6 +292,24 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _butterfly_held(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr):
+        """:func:`_butterfly` of a tile in :func:`_block_cols`'s layout: the stages within the part
+        of a block a thread holds (:func:`_held`) in registers; for a block split over two threads
+        (:data:`ROT_SPLIT`), its last stage as a sum over the pair axis (across the two threads'
+        lanes): ``u + v`` and ``u + (-v)``, one addition each, the same roundings."""
+        HL: tl.constexpr = _held_log2(LOG2_B)
+        x = _butterfly(x, BLOCK_R, BLOCK_K, HL)
+        if LOG2_B > HL:
+            H: tl.constexpr = 1 << HL
+            x4 = tl.reshape(x, [BLOCK_R, BLOCK_K // (2 * H), 2, H])
+            sgn = (1 - 2 * tl.arange(0, 2)).to(tl.float32)
+            plus = tl.sum(x4, axis=2)
+            minus = tl.sum(x4 * sgn[None, None, :, None], axis=2)
+            half = tl.arange(0, 2)[None, None, :, None]
+            x = tl.reshape(tl.where(half == 0, plus[:, :, None, :], minus[:, :, None, :]), [BLOCK_R, BLOCK_K])
+        return x
+
+    @triton.jit
     def _butterfly_stage(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, H: tl.constexpr):
         """One butterfly stage: halves of ``H`` in aligned segments of ``2H``."""
         v = tl.permute(tl.reshape(x, [BLOCK_R, BLOCK_K // (2 * H), 2, H]), [0, 1, 3, 2])
@@ -333,25 +351,25 @@ if triton is not None:
         the coalesced 2-d layout and moved into it once, through shared memory, as loaded (16-bit
         values for bf16 / fp16 inputs; :func:`_block_anchor`). ``EVICT``: the x load's eviction
         policy (:func:`_evict`)."""
-        c4 = _block_cols(k0, BLOCK_K, 1 << ROT_LOG2)
+        c4 = _block_cols(k0, BLOCK_K, _held(ROT_LOG2))
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
         if ROT_TILE == 2:
             cols, mask = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
-            x = tl.reshape(x, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+            x = tl.reshape(x, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if HAS_SIGNS:  # the signs' own load places the transpose
                 x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
             elif x.dtype.primitive_bitwidth == 16:  # x | 0 on the raw bits: no instruction left
-                x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2))
+                x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, _held(ROT_LOG2)))
                             .to(x.dtype, bitcast=True))
             else:
-                x = _to_f32(x) * (_block_anchor(sign_ptr, rows, BLOCK_K, 1 << ROT_LOG2) + 1).to(tl.float32)
+                x = _to_f32(x) * (_block_anchor(sign_ptr, rows, BLOCK_K, _held(ROT_LOG2)) + 1).to(tl.float32)
         else:
             x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
                                 other=0.0, eviction_policy=EVICT))
             if HAS_SIGNS:
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
-        x = _butterfly(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+        x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
         if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
             x = x * ROT_SCALE
         return x, c4, mask4
@@ -368,6 +386,18 @@ if triton is not None:
         """The cache modifier of a two-pass call's stores of y (:data:`Y_STREAM`): ``".cs"``
         (streaming: evict first) when ``on``, else Triton's default."""
         return ".cs" if on else ""
+
+    @constexpr_function
+    def _held_log2(log2):
+        """``log2`` of the part of a rotation block of ``2**log2`` one thread holds: the whole
+        block, or, for a block split over two threads (:data:`ROT_SPLIT`), its half (at most
+        ``2**7``, :data:`ROT_HELD_MAX`)."""
+        return min(log2, 7)
+
+    @constexpr_function
+    def _held(log2):
+        """``2**_held_log2(log2)``."""
+        return 1 << min(log2, 7)
 
     @constexpr_function
     def _evict(on, keep):
@@ -1031,14 +1061,14 @@ if triton is not None:
                 if NARROW:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
-            y = _butterfly(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+            y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
-                y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+                y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
                 y = y * _block_mults(mult_ptr, c4, rows, KP)
             else:
                 if ROT_SCALE != 1.0:
                     y = y * ROT_SCALE
-                y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_LOG2), (1 << ROT_LOG2) // 8, 8])
+                y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
                 if HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
                     y = y * _block_signs(sign_ptr, c4, rows, KP)
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
@@ -1249,8 +1279,9 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
     q_rot["INV_MULTS"] = bool(has_signs and rot_tile and rot_block >= INV_MULTS_MIN)
     if rot_tile:  # one block per thread at least
-        size = max(size, rot_block * 32 * warps)
-        amax_tile = (max(amax_tile[0], rot_block * 32 * amax_tile[1]), amax_tile[1])
+        held = min(rot_block, ROT_HELD_MAX)
+        size = max(size, held * 32 * warps)
+        amax_tile = (max(amax_tile[0], held * 32 * amax_tile[1]), amax_tile[1])
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     block_r, n_groups = _block_tile(k, group, size, rot_block)
     if one_tile_rows:  # the whole tensor in one tile (:func:`_one_tile`)
@@ -1447,7 +1478,8 @@ ONE_TILE_WARPS = 8
 #: Rotation blocks up to this size are held whole by one thread (:func:`_block_cols`): the
 #: butterfly runs in registers, the tiles grow to a block per thread. Larger blocks (and 0: every
 #: block) take the tile's own layout, where Triton moves data between lanes for the butterfly's
-#: upper stages (shuffles, shared memory, barriers). SASS for sm_90, bf16, instructions per element
+#: upper stages (shuffles, shared memory, barriers), except Hadamard-256 held as halves
+#: (:data:`ROT_SPLIT`). SASS for sm_90, bf16, instructions per element
 #: (``scripts/triton_sass_stats.py``; plain MXFP4 22.2): MXFP4 + Hadamard-16 31.8 this way, 52.8
 #: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.9 / 119.0. At 128 the thread holds
 #: 128 elements: random signs (MXFP4), NVFP4 and per-tensor FP8 spill registers to local memory
@@ -1455,6 +1487,14 @@ ONE_TILE_WARPS = 8
 #: busy (the tile grows by rows); GPU timings of both layouts: ``scripts/bench_qdq_triton.py``'s
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
+
+#: The most elements of a rotation block one thread holds (its registers: 128 fp32 values).
+ROT_HELD_MAX = 128  # the kernels' _held_log2 (7)
+
+#: Rotation blocks of twice :data:`ROT_HELD_MAX` (Hadamard-256) are held as halves, one a thread,
+#: where :data:`ROT_TILE_MAX` holds blocks of that size: seven butterfly stages in registers and the
+#: last as a sum across the two threads (:func:`_butterfly_held`), instead of the tile's own layout.
+ROT_SPLIT = True
 
 #: Random Hadamards of at least this block, held whole by one thread (:data:`ROT_TILE_MAX`): the
 #: inverse multiplies each element once by its sign times the rotation scale, read from an fp32
@@ -1512,7 +1552,8 @@ ROT_FOLD = True
 def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
     """The ``ROT_TILE`` of a rotated call: 0 (tile layout), 1 (whole blocks per thread), 2 (whole
     blocks per thread, loaded and stored coalesced); see :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`."""
-    if rot_block <= 1 or rot_block > ROT_TILE_MAX:
+    split = ROT_SPLIT and rot_block == 2 * ROT_HELD_MAX and ROT_TILE_MAX >= ROT_HELD_MAX
+    if rot_block <= 1 or (rot_block > ROT_TILE_MAX and not split):
         return 0
     return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
 
