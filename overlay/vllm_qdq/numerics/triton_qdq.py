@@ -303,8 +303,10 @@ if triton is not None:
             H: tl.constexpr = 1 << HL
             x4 = tl.reshape(x, [BLOCK_R, BLOCK_K // (2 * H), 2, H])
             sgn = (1 - 2 * tl.arange(0, 2)).to(tl.float32)
-            plus = tl.sum(x4, axis=2)
-            minus = tl.sum(x4 * sgn[None, None, :, None], axis=2)
+            # tl.reduce with the standard combiner named, as tl.sum (a jit function) cannot be
+            # called from this module's interpreted functions once Triton ran compiled here
+            plus = tl.reduce(x4, 2, tl.standard._sum_combine)
+            minus = tl.reduce(x4 * sgn[None, None, :, None], 2, tl.standard._sum_combine)
             half = tl.arange(0, 2)[None, None, :, None]
             x = tl.reshape(tl.where(half == 0, plus[:, :, None, :], minus[:, :, None, :]), [BLOCK_R, BLOCK_K])
         return x
