@@ -58,6 +58,13 @@ CASES = [
 LAYOUTS = {"blocks-in-thread": (128, True), "uncoalesced": (128, False), "tile-layout": (0, True)}
 
 
+def _held(mod, block: int, rot_tile_max: int) -> bool:
+    """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or as one of two halves
+    (``ROT_SPLIT``: Hadamard-256 with blocks of 128 held): the expectation the layout tests check
+    the planner against."""
+    return block <= rot_tile_max or (mod.ROT_SPLIT and block == 2 * mod.ROT_HELD_MAX and rot_tile_max >= mod.ROT_HELD_MAX)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(("fmt", "kw"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
@@ -103,9 +110,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
     if fused:
         block = kw["rotate"]["block"]
-        held = block <= rot_tile_max or (tq.ROT_SPLIT and block == 2 * tq.ROT_HELD_MAX
-                                         and rot_tile_max >= tq.ROT_HELD_MAX)
-        want = 0 if not held else (
+        want = 0 if not _held(tq, block, rot_tile_max) else (
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         assert set(layouts) == {want}, (layouts, want)
     else:
@@ -137,8 +142,7 @@ def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layo
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     block = kw["rotate"]["block"]
-    held = rot_tile_max >= block or (tq.ROT_SPLIT and block == 2 * tq.ROT_HELD_MAX and rot_tile_max >= tq.ROT_HELD_MAX)
-    want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if held else 0  # whole groups in a thread
+    want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if _held(tq, block, rot_tile_max) else 0  # whole groups
     g = torch.Generator().manual_seed(block)
     k = 512
     mags = 2.0 ** torch.linspace(-100, 127, 24, dtype=torch.float64)

@@ -393,13 +393,13 @@ if triton is not None:
     def _held_log2(log2):
         """``log2`` of the part of a rotation block of ``2**log2`` one thread holds: the whole
         block, or, for a block split over two threads (:data:`ROT_SPLIT`), its half (at most
-        ``2**7``, :data:`ROT_HELD_MAX`)."""
-        return min(log2, 7)
+        :data:`ROT_HELD_MAX`)."""
+        return min(log2, _HELD_LOG2)
 
     @constexpr_function
     def _held(log2):
         """``2**_held_log2(log2)``."""
-        return 1 << min(log2, 7)
+        return 1 << min(log2, _HELD_LOG2)
 
     @constexpr_function
     def _evict(on, keep):
@@ -1064,15 +1064,13 @@ if triton is not None:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
             y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+            if ROT_SCALE != 1.0 and not INV_MULTS:
+                y = y * ROT_SCALE
+            y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
-                y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
                 y = y * _block_mults(mult_ptr, c4, rows, KP)
-            else:
-                if ROT_SCALE != 1.0:
-                    y = y * ROT_SCALE
-                y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
-                if HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
-                    y = y * _block_signs(sign_ptr, c4, rows, KP)
+            elif HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
+                y = y * _block_signs(sign_ptr, c4, rows, KP)
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
                 cols2, mask2 = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
                 tl.store(y_ptr + yr[:, None] + (cols2 * sy_k)[None, :],
@@ -1490,8 +1488,10 @@ ONE_TILE_WARPS = 8
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
 
-#: The most elements of a rotation block one thread holds (its registers: 128 fp32 values).
-ROT_HELD_MAX = 128  # the kernels' _held_log2 (7)
+#: The most elements of a rotation block one thread holds (its registers: 128 fp32 values); the
+#: kernels read its log2 (a plain int: Triton's dependency scan refuses a method call there).
+_HELD_LOG2 = 7
+ROT_HELD_MAX = 1 << _HELD_LOG2
 
 #: Rotation blocks of twice :data:`ROT_HELD_MAX` (Hadamard-256) are held as halves, one a thread,
 #: where :data:`ROT_TILE_MAX` holds blocks of that size: seven butterfly stages in registers and the
