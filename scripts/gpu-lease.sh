@@ -58,6 +58,7 @@ if [ "$mode" = bench ]; then
 fi
 kernels_in=${LEASE_KERNELS:-checks}
 [[ $kernels_in =~ ^(prep|checks)$ ]] || { echo "gpu-lease: LEASE_KERNELS='$kernels_in'; accepted: checks (the kernels step among the check steps, the default) or prep (alone after the benches)" >&2; exit 2; }
+[[ ${LEASE_RERUN:-0} =~ ^[01]$ ]] || { echo "gpu-lease: LEASE_RERUN='${LEASE_RERUN}'; accepted: 0 (checks runs only the steps not yet PASS / SKIP on this machine, the default) or 1 (every one again)" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
 SITE=${LEASE_SITE:-/opt/gpu-site}  # where the staging installed vLLM (receive.sh's last part)
 [ -f "$SITE/env.sh" ] || { echo "gpu-lease: $SITE/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
