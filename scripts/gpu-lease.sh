@@ -7,7 +7,8 @@
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, FlashInfer's sampling build (niced) beside
 #                                             # gpu-smoke.sh bench-qdq bench-sage3 (the suite's short
-#                                             # form unless SMOKE_BENCH_FULL=1); with LEASE_KERNELS=prep
+#                                             # form unless SMOKE_BENCH_FULL=1; LEASE_PREP: which of the
+#                                             # two, default both); with LEASE_KERNELS=prep
 #                                             # then the kernels step alone, in the time left (up to
 #                                             # 585 s into the call; a cold Triton cache needs ~280 s)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once, and the kernels step
@@ -58,6 +59,10 @@ if [ "$mode" = bench ]; then
 fi
 kernels_in=${LEASE_KERNELS:-checks}
 [[ $kernels_in =~ ^(prep|checks)$ ]] || { echo "gpu-lease: LEASE_KERNELS='$kernels_in'; accepted: checks (the kernels step among the check steps, the default) or prep (alone after the benches)" >&2; exit 2; }
+prep_steps=${LEASE_PREP-bench-qdq bench-sage3}  # the benches prep runs (05e: bench-qdq alone, sage3 unchanged)
+for b in $prep_steps; do
+  [[ $b =~ ^(bench-qdq|bench-sage3)$ ]] || { echo "gpu-lease: LEASE_PREP='${LEASE_PREP}' ('$b'); accepted: bench-qdq, bench-sage3 (space-separated, either or both; empty: neither)" >&2; exit 2; }
+done
 [[ ${LEASE_RERUN:-0} =~ ^[01]$ ]] || { echo "gpu-lease: LEASE_RERUN='${LEASE_RERUN}'; accepted: 0 (checks runs only the steps not yet PASS / SKIP on this machine, the default) or 1 (every one again)" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
 SITE=${LEASE_SITE:-/opt/gpu-site}  # where the staging installed vLLM (receive.sh's last part)
@@ -86,9 +91,12 @@ case $mode in
   prep)
     nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
     install_overlay
-    el "FlashInfer build (niced) beside bench-qdq, bench-sage3"
+    el "FlashInfer build (niced) beside: ${prep_steps:-no bench}"
     timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py --marker "$SMOKE_OUT/jit-warm.ready" > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
-    timeout 380 bash scripts/gpu-smoke.sh bench-qdq bench-sage3; echo "bench-qdq, bench-sage3 rc=$?"  # 05: 80 + 147 s
+    if [ -n "$prep_steps" ]; then
+      # shellcheck disable=SC2086  # a list of step names, split on purpose
+      timeout 380 bash scripts/gpu-smoke.sh $prep_steps; echo "$prep_steps rc=$?"  # 05: 80 + 147 s
+    fi
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
     left=$((585 - (SECONDS - T0)))  # the kernels step alone on the GPU: 106 s warm, ~280 s cold (05c)
     if [ "$kernels_in" != prep ]; then

@@ -1333,6 +1333,8 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
                                                  "seconds, at most 520"),
     (["bench", "dense", "300", "table"], {"OUT": "x"}, 2, "gpu-lease: bench's 4th argument 'table'; accepted: summary"),
     (["checks"], {"OUT": "x", "LEASE_KERNELS": "both"}, 2, "gpu-lease: LEASE_KERNELS='both'; accepted: checks "),
+    (["prep"], {"OUT": "x", "LEASE_PREP": "bench-qdq kernels"}, 2, "gpu-lease: LEASE_PREP='bench-qdq kernels' ('kernels'); "
+     "accepted: bench-qdq, bench-sage3"),
     (["checks"], {"OUT": "x", "LEASE_RERUN": "yes"}, 2, "gpu-lease: LEASE_RERUN='yes'; accepted: 0 "),
     (["checks"], {}, 2, "gpu-lease: $OUT is not set"),
     (["checks"], {"OUT": "x"}, 3, "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first"),
