@@ -1455,8 +1455,9 @@ L2_HINTS = False
 #: output it writes does not push out of L2 the x its later tiles read again (at 16M bf16
 #: elements x and y are 32 MB each, the L2 50 MB; the QDQ pass took as long as a one-pass call,
 #: hints on the loads or not: :data:`L2_HINTS`). The cost: a next kernel reading y finds less of
-#: it in L2. Hints only: the same bits. Off until timed (the bench's "y stored streaming
-#: (Y_STREAM, .cs)" tables, with and without :data:`L2_HINTS`).
+#: it in L2. Hints only: the same bits. Timed on the H100 (results/h100-2026-12-05e, the bench's
+#: "y stored streaming (Y_STREAM, .cs)" tables): 0.65 of a copy on and off, with and without
+#: :data:`L2_HINTS`, at 16M and 64M. No gain, so off; the switch stays, for other GPUs.
 Y_STREAM = False
 
 
