@@ -5,8 +5,9 @@
 # .gpu-stage-cut/pN/receive.sh` a call, carrying that part), from the repository root:
 #
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
-#                                             # the overlay, FlashInfer's sampling build (niced) beside
-#                                             # gpu-smoke.sh bench-qdq bench-sage3 (the suite's short
+#                                             # the overlay, gpu-smoke.sh bench-qdq alone (its
+#                                             # eager table is host time), then FlashInfer's sampling
+#                                             # build (niced) beside bench-sage3 (the suite's short
 #                                             # form unless SMOKE_BENCH_FULL=1; LEASE_PREP: which of the
 #                                             # two, default both); with LEASE_KERNELS=prep
 #                                             # then the kernels step alone, in the time left (up to
@@ -91,11 +92,20 @@ case $mode in
   prep)
     nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
     install_overlay
-    el "FlashInfer build (niced) beside: ${prep_steps:-no bench}"
+    # bench-qdq alone first: its eager table is host time per call, which a compile on the same
+    # CPUs moves (05d and 05e ran it beside FlashInfer's build: eager figures of one format 9-19 us
+    # from one row count to the next); then the build beside bench-sage3 (device-timed)
+    rest=""
+    for b in $prep_steps; do [ "$b" = bench-qdq ] || rest="$rest $b"; done
+    if [[ " $prep_steps " == *" bench-qdq "* ]]; then
+      el "bench-qdq alone"
+      timeout 240 bash scripts/gpu-smoke.sh bench-qdq; echo "bench-qdq rc=$?"  # 05e: 120 s
+    fi
+    el "FlashInfer build (niced) beside:${rest:- no bench}"
     timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py --marker "$SMOKE_OUT/jit-warm.ready" > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
-    if [ -n "$prep_steps" ]; then
+    if [ -n "$rest" ]; then
       # shellcheck disable=SC2086  # a list of step names, split on purpose
-      timeout 380 bash scripts/gpu-smoke.sh $prep_steps; echo "$prep_steps rc=$?"  # 05: 80 + 147 s
+      timeout 300 bash scripts/gpu-smoke.sh $rest; echo "${rest# } rc=$?"  # 05d: 146 s
     fi
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
     left=$((585 - (SECONDS - T0)))  # the kernels step alone on the GPU: 106 s warm, ~280 s cold (05c)

@@ -1434,3 +1434,46 @@ def test_throughput_bench_prefill_gate_and_kv_prefill(tmp_path: Path, monkeypatc
     assert text.strip().splitlines()[-1] == ("verdict: FAIL: below 0.97: dense act prefill 1.000 (A/A bound 0.952), "
                                              "dense act decode 1.000 (A/A bound 0.800), dense kv decode 1.000 "
                                              "(A/A bound 0.800)")
+
+
+@pytest.mark.parametrize(("prep", "want"), [
+    (None, ["smoke bench-qdq", "jit-warm", "smoke bench-sage3"]),
+    ("bench-qdq", ["smoke bench-qdq", "jit-warm"]),
+    ("bench-sage3", ["jit-warm", "smoke bench-sage3"]),
+    ("", ["jit-warm"]),
+])
+def test_gpu_lease_prep_runs_bench_qdq_alone(tmp_path: Path, prep: str | None, want: list[str]) -> None:
+    """``gpu-lease.sh prep`` runs bench-qdq with nothing else on the CPUs (its eager table is host
+    time a call) and only then starts FlashInfer's build, beside bench-sage3; ``LEASE_PREP`` picks
+    the benches. Run on a copy of the script with ``gpu-smoke.sh``, ``python3`` and ``nvidia-smi``
+    stubbed: each records when it starts and ends."""
+    import os
+    import shutil
+    import subprocess
+
+    root, site, smoke, out, bin_ = (tmp_path / d for d in ("repo", "site", "smoke", "out", "bin"))
+    for d in (root / "scripts", root / "overlay", site, smoke, out, bin_):
+        d.mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu-lease.sh", root / "scripts")
+    (site / "env.sh").write_text(": staged\n")
+    trace = tmp_path / "trace"
+    stub = f'echo "start $NAME" >> {trace}; sleep 1; echo "end $NAME" >> {trace}\n'
+    (root / "scripts" / "gpu-smoke.sh").write_text(f"NAME=\"smoke $*\"\n{stub}")
+    (bin_ / "python3").write_text(f"#!/bin/sh\ncase \"$*\" in *gpu_jit_warm*) NAME=jit-warm;; *) exit 0;; esac\n{stub}")
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: stub'\n")
+    for f in ("python3", "nvidia-smi"):
+        (bin_ / f).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEASE_", "SMOKE_"))}
+    env.update(OUT=str(out), LEASE_SITE=str(site), LEASE_SMOKE=str(smoke), PATH=f"{bin_}:{env['PATH']}")
+    if prep is not None:
+        env["LEASE_PREP"] = prep
+    r = subprocess.run(["bash", str(root / "scripts" / "gpu-lease.sh"), "prep"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 0 and (out / "smoke-prep.tgz").exists(), r.stdout + r.stderr
+    events = trace.read_text().splitlines()
+    assert sorted({e.split(" ", 1)[1] for e in events}) == sorted(want), events
+    if "smoke bench-qdq" in want:  # nothing else runs while bench-qdq does
+        assert events[:2] == ["start smoke bench-qdq", "end smoke bench-qdq"], events
+    if "smoke bench-sage3" in want:  # the build beside bench-sage3
+        assert events.index("start jit-warm") < events.index("end smoke bench-sage3"), events
+        assert events.index("start smoke bench-sage3") < events.index("end jit-warm"), events
