@@ -112,7 +112,8 @@ case $mode in
     if [ "$kernels_in" != prep ]; then
       echo "gpu-lease: kernels run in the checks call (LEASE_KERNELS=checks)"
     elif [ "$left" -ge 60 ]; then
-      timeout "$left" bash scripts/gpu-smoke.sh kernels; echo "kernels rc=$?"
+      # alone on the host now: more xdist workers for a cold Triton cache's compiles (05e: 323 s at 8)
+      SMOKE_XDIST=${SMOKE_XDIST:-14} timeout "$left" bash scripts/gpu-smoke.sh kernels; echo "kernels rc=$?"
     else
       echo "gpu-lease: kernels not run: ${left} s left in this call (run: bash scripts/gpu-smoke.sh kernels)"
     fi

@@ -72,7 +72,9 @@
 # SMOKE_JOBS=N (default 1) runs up to N of the check steps (kernels, plugin-*, method-*, serve,
 # study) at once: their engines share the GPU (every engine gets a fixed KV-cache size, so vLLM
 # skips the memory profiling that fails beside another engine). The bench-* steps always run
-# alone, after the checks started before them have finished: they measure time.
+# alone, after the checks started before them have finished: they measure time. SMOKE_XDIST=N
+# (default 8): the kernels step's pytest-xdist workers (a cold Triton cache makes that step a
+# compile job: more workers where it runs alone on a host with more cores).
 # Exit status: non-zero when a step failed, when there is no usable GPU (the reason is printed), or
 # for an unknown step.
 set -uo pipefail
@@ -86,6 +88,8 @@ CACHE_BASE=${VLLM_CACHE_ROOT:-$OUT/vllm-cache}
 export SMOKE_MODELS=${SMOKE_MODELS:-$OUT/models}
 JOBS=${SMOKE_JOBS:-1}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_JOBS='$JOBS' is not a positive integer" >&2; exit 2; }
+XDIST=${SMOKE_XDIST:-8}
+[[ $XDIST =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_XDIST='$XDIST'; accepted: a positive whole number (the kernels step's pytest-xdist workers, default 8)" >&2; exit 2; }
 DUMPS=${SMOKE_STACK_DUMPS:-}
 if [ -n "$DUMPS" ] && ! [[ $DUMPS =~ ^[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*$ && ! $DUMPS =~ (^|,)0*\.?0*(,|$) ]]; then
   echo "gpu-smoke: SMOKE_STACK_DUMPS='$DUMPS'; accepted: seconds > 0 after each process starts, comma-separated (e.g. 60,90,120)" >&2
@@ -172,7 +176,7 @@ step() {  # step NAME CMD...: log, time, one-line result
 
 pytest_args=(-m gpu -q -p no:cacheprovider -rfE)
 xdist=()
-"$PY" -c "import xdist" 2>/dev/null && xdist=(-n "${SMOKE_XDIST:-8}")
+"$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$XDIST")
 
 run_step() {
   local s=$1

@@ -1145,6 +1145,19 @@ def test_gpu_smoke_refuses_a_bad_bench_full_setting(tmp_path: Path, value: str) 
     assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_BENCH_FULL='{value}'; accepted: 0 ")
 
 
+@pytest.mark.parametrize("value", ["0", "many", "-4"])
+def test_gpu_smoke_refuses_a_bad_xdist_setting(tmp_path: Path, value: str) -> None:
+    """``SMOKE_XDIST`` (the kernels step's xdist workers) is a positive whole number, checked at
+    start-up: exit 2 naming the value as the last line."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SMOKE_XDIST=value, SMOKE_OUT=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(SMOKE), "summary"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_XDIST='{value}'; accepted: a positive ")
+
+
 def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
     """The suite's kernel benches: by default ``bench_qdq_triton.py --no-sweeps`` and
     ``bench_sage3.py --dims 128``, whole with SMOKE_BENCH_FULL=1; both scripts accept those
