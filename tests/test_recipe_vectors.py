@@ -13,7 +13,14 @@ import pytest
 import torch
 from vllm_qdq.numerics.formats import ELEMENTS, FORMATS
 from vllm_qdq.numerics.reference import philox_uniform
-from vllm_qdq.numerics.rotation import Rotation, hadamard_signs, rotate_rows
+from vllm_qdq.numerics.rotation import (
+    Rotation,
+    hadamard_scaled_signs,
+    hadamard_sign_bits,
+    hadamard_signs,
+    inv_sqrt_f32,
+    rotate_rows,
+)
 from vllm_qdq.qdq import quantize, quantize_dequantize
 
 from .support import oracle
@@ -173,6 +180,29 @@ def test_rotation_is_orthonormal_and_block_diagonal() -> None:
             e[0, block] = 1.0  # a unit vector in the second block stays in it
             re = rotate_rows(e, rot, hadamard_signs(rot, 512))
             assert torch.all(re[0, :block] == 0) and torch.all(re[0, 2 * block:] == 0)
+
+
+def test_kernel_sign_tensors_hold_the_signs_and_pad_with_plus_one() -> None:
+    """The Triton kernels' forms of a random rotation's signs: 16-bit sign masks (0x8000 where
+    the sign is -1: XORed into a bf16 / fp16 value it is the sign product, bit for bit) and the
+    inverse's multipliers (sign x fp32 scale), both padded with +1 past ``kp`` to whole tiles;
+    ``None`` for a plain rotation; a length shorter than ``kp`` is refused."""
+    rot = Rotation(block=128, seed=5)
+    d = hadamard_signs(rot, 384)
+    bits = hadamard_sign_bits(rot, 384, "cpu", 1024)
+    assert bits.dtype == torch.int16 and bits.shape == (1024,)
+    assert torch.equal(bits[:384] != 0, d < 0) and not bits[384:].any()
+    assert set(bits.tolist()) <= {0, -0x8000}
+    v = torch.randn(384).to(torch.bfloat16)
+    flipped = (v.view(torch.int16) ^ bits[:384]).view(torch.bfloat16)
+    assert torch.equal(flipped.view(torch.int16), (v * d.to(torch.bfloat16)).view(torch.int16))
+    scale = inv_sqrt_f32(128)
+    m = hadamard_scaled_signs(rot, 384, "cpu", scale, 1024)
+    assert m.dtype == torch.float32 and torch.equal(m[:384], d * scale) and torch.all(m[384:] == scale)
+    assert torch.equal(hadamard_scaled_signs(rot, 384, "cpu", scale), d * scale)
+    assert hadamard_sign_bits(Rotation(block=128), 384, "cpu", 1024) is None
+    with pytest.raises(ValueError, match="length 256 is shorter than the 384 signs"):
+        hadamard_sign_bits(Rotation(block=128, seed=6), 384, "cpu", 256)
 
 
 def test_rotation_needs_a_dividing_block_unless_padded() -> None:

@@ -77,12 +77,13 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes through their amax pass (one tile: test_triton_qdq)
-    layouts = []
+    layouts, signs = [], []
     plan = tq._plan
 
     def spy(*args, **kwargs):
         out = plan(*args, **kwargs)
         layouts.append(out[-1].get("ROT_TILE"))
+        signs.append(out[-1].get("HAS_SIGNS"))
         return out
 
     monkeypatch.setattr(tq, "_plan", spy)
@@ -113,6 +114,10 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         want = 0 if not _held(tq, block, rot_tile_max) else (
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         assert set(layouts) == {want}, (layouts, want)
+        # random signs: 16-bit sign masks for bf16 / fp16 inputs in the coalesced layout (SIGN_BITS)
+        masks = want == 2 and dtype in (torch.bfloat16, torch.float16) and tq.SIGN_BITS
+        want_signs = (2 if masks else True) if kw["rotate"].get("seed") is not None else False
+        assert set(signs) == {want_signs}, (signs, want_signs)
     else:
         assert set(layouts) <= {0, None}, layouts
 

@@ -43,6 +43,7 @@ __all__ = [
     "butterfly",
     "check_length",
     "hadamard_scaled_signs",
+    "hadamard_sign_bits",
     "hadamard_signs",
     "inv_sqrt_f32",
     "parse_rotation",
@@ -153,20 +154,47 @@ def hadamard_signs(rot: Rotation, kp: int, device: torch.device | str = "cpu",
     return _signs_on(rot.seed, kp, str(torch.device(device)), dtype)
 
 
+def _padded(signs: torch.Tensor, length: int) -> torch.Tensor:
+    """``signs`` (+-1) followed by +1 up to ``length`` (at least ``len(signs)``)."""
+    if length < signs.numel():
+        raise ValueError(f"length {length} is shorter than the {signs.numel()} signs")
+    return torch.cat((signs, torch.ones(length - signs.numel(), dtype=signs.dtype)))
+
+
 @lru_cache(maxsize=256)
-def _scaled_signs_on(seed: int, kp: int, device: str, scale: float) -> torch.Tensor:
-    return (_signs_cpu(seed, kp) * torch.tensor(scale, dtype=torch.float32)).to(device=device)
+def _scaled_signs_on(seed: int, kp: int, device: str, scale: float, length: int) -> torch.Tensor:
+    return (_padded(_signs_cpu(seed, kp), length) * torch.tensor(scale, dtype=torch.float32)).to(device=device)
 
 
-def hadamard_scaled_signs(rot: Rotation, kp: int, device: torch.device | str, scale: float) -> torch.Tensor | None:
-    """``d * scale`` (fp32, length ``kp``; each value exactly ``+-fp32(scale)``) of a random
-    Hadamard, or ``None`` (plain): what the Triton kernels multiply ``R^T``'s butterfly output by,
-    one product an element for the scale and the signs (the same bits as the two products: the
-    sign's commutes with rounding). ``scale`` must be an fp32 value (:func:`inv_sqrt_f32`, or 1.0).
-    Cached like :func:`hadamard_signs` (the same caveats: shared, read only)."""
+def hadamard_scaled_signs(rot: Rotation, kp: int, device: torch.device | str, scale: float,
+                          length: int | None = None) -> torch.Tensor | None:
+    """``d * scale`` (fp32; each value exactly ``+-fp32(scale)``) of a random Hadamard, or
+    ``None`` (plain): what the Triton kernels multiply ``R^T``'s butterfly output by, one product
+    an element for the scale and the signs (the same bits as the two products: the sign's
+    commutes with rounding). ``scale`` must be an fp32 value (:func:`inv_sqrt_f32`, or 1.0).
+    ``length`` (default ``kp``): padded with ``+scale`` past ``kp`` (a kernel then loads whole
+    tiles unmasked). Cached like :func:`hadamard_signs` (the same caveats: shared, read only)."""
     if rot.seed is None:
         return None
-    return _scaled_signs_on(rot.seed, kp, str(torch.device(device)), float(scale))
+    return _scaled_signs_on(rot.seed, kp, str(torch.device(device)), float(scale), kp if length is None else length)
+
+
+@lru_cache(maxsize=256)
+def _sign_bits_on(seed: int, kp: int, device: str, length: int) -> torch.Tensor:
+    bits = torch.where(_padded(_signs_cpu(seed, kp), length) < 0, -0x8000, 0)
+    return bits.to(device=device, dtype=torch.int16)
+
+
+def hadamard_sign_bits(rot: Rotation, kp: int, device: torch.device | str,
+                       length: int | None = None) -> torch.Tensor | None:
+    """The signs ``d`` of a random Hadamard as 16-bit sign masks (int16): ``0x8000`` (-32768)
+    where ``d = -1``, 0 where ``+1`` and past ``kp`` up to ``length`` (default ``kp``); or
+    ``None`` (plain). XORed into a bf16 or fp16 value's bits it is ``d * v`` exactly (a NaN's
+    sign bit flipped too), one logic operation for two packed values in place of a conversion
+    and a product each. Cached like :func:`hadamard_signs` (shared, read only)."""
+    if rot.seed is None:
+        return None
+    return _sign_bits_on(rot.seed, kp, str(torch.device(device)), kp if length is None else length)
 
 
 def inv_sqrt_f32(block: int) -> float:

@@ -151,7 +151,14 @@ import torch
 
 from .formats import ELEMENTS, Family, FormatSpec, Granularity, check_rounding, check_scale_rule
 from .reference import DEFAULT_SEED, SUPPORTED_DTYPES, qdq_rotated_reference
-from .rotation import Rotation, check_length, hadamard_scaled_signs, hadamard_signs, inv_sqrt_f32
+from .rotation import (
+    Rotation,
+    check_length,
+    hadamard_scaled_signs,
+    hadamard_sign_bits,
+    hadamard_signs,
+    inv_sqrt_f32,
+)
 from .triton_primitives import interpreting, rule_code
 
 try:  # Triton is optional: without it the reference backend serves every call.
@@ -359,7 +366,9 @@ if triton is not None:
             cols, mask = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
             x = tl.reshape(x, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
-            if HAS_SIGNS:  # the signs' own load places the transpose
+            if HAS_SIGNS == 2:  # sign masks XORed into the raw 16-bit values (their load places the transpose)
+                x = _to_f32((x.to(tl.int16, bitcast=True) ^ _block_sign_bits(sign_ptr, c4, rows)).to(x.dtype, bitcast=True))
+            elif HAS_SIGNS:  # the signs' own load places the transpose
                 x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
             elif x.dtype.primitive_bitwidth == 16:  # x | 0 on the raw bits: no instruction left
                 x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, _held(ROT_LOG2)))
@@ -369,7 +378,7 @@ if triton is not None:
         else:
             x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
                                 other=0.0, eviction_policy=EVICT))
-            if HAS_SIGNS:
+            if HAS_SIGNS:  # (sign masks only in the coalesced layout: SIGN_BITS)
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
         x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
         if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
@@ -437,14 +446,19 @@ if triton is not None:
         return tl.load(sign_ptr + offs, mask=mask, other=1.0).to(tl.float32)
 
     @triton.jit
-    def _block_mults(mult_ptr, c4, rows, KP):
+    def _block_mults(mult_ptr, c4, rows):
         """A random Hadamard's inverse multipliers (fp32 signs times the rotation scale,
-        :func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`) for a tile in
-        :func:`_block_cols`'s layout, like :func:`_block_signs`; columns at or past ``KP`` get 0
-        (never stored: they lie past K)."""
-        offs = c4[None, :, :, :] + 0 * rows[:, None, None, None]
-        mask = (c4 < KP)[None, :, :, :] & (rows >= 0)[:, None, None, None]
-        return tl.load(mult_ptr + offs, mask=mask, other=0.0)
+        :func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`, padded to whole tiles) for a
+        tile in :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked (no compare or
+        predicate an element)."""
+        return tl.load(mult_ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
+
+    @triton.jit
+    def _block_sign_bits(bits_ptr, c4, rows):
+        """A random Hadamard's signs as int16 sign masks (:func:`~vllm_qdq.numerics.rotation.
+        hadamard_sign_bits`: 0x8000 for -1, 0 for +1, padded to whole tiles) for a tile in
+        :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked."""
+        return tl.load(bits_ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
 
     @triton.jit
     def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
@@ -1068,7 +1082,10 @@ if triton is not None:
                 y = y * ROT_SCALE
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
-                y = y * _block_mults(mult_ptr, c4, rows, KP)
+                y = y * _block_mults(mult_ptr, c4, rows)
+            elif HAS_SIGNS == 2:  # the forward's sign masks, into the fp32 sign bit
+                bits = _block_sign_bits(sign_ptr, c4, rows).to(tl.int32) << 16
+                y = (y.to(tl.int32, bitcast=True) ^ bits).to(tl.float32, bitcast=True)
             elif HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
             if ROT_TILE == 2:  # stored coalesced: the output values moved back through shared memory
@@ -1257,7 +1274,7 @@ def _cdiv(a: int, b: int) -> int:
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
-          rot_fold: bool = False) -> tuple:
+          rot_fold: bool = False, sign_bits: bool = False) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1266,14 +1283,17 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     call that is one tile (:func:`_one_tile`), 0 otherwise. ``rot_tile``: 1 or 2, rotation blocks
     held whole by one thread (:data:`ROT_TILE_MAX`; 2: loaded and stored coalesced,
     :data:`ROT_COALESCE`); the tiles then grow to at least one rotation block per thread.
-    ``rot_fold``: :data:`ROT_FOLD` in force."""
+    ``rot_fold``: :data:`ROT_FOLD` in force. ``sign_bits``: a 16-bit input with :data:`SIGN_BITS`
+    on: where rotation blocks are held whole and loaded coalesced (``rot_tile == 2``), ``HAS_SIGNS = 2`` (the signs as
+    16-bit sign masks, :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole
+    tiles)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
                          "FIX_K": min(block_k, _FIX_K), "num_warps": warps, "enable_fp_fusion": False}
     rot_tile = rot_tile if rot_block > 1 else 0
-    rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": has_signs,
+    rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": 2 if has_signs and rot_tile == 2 and sign_bits else has_signs,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
     fold = _rot_fold(spec, rot_block, rot_tile) if rot_fold else 0
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
@@ -1334,7 +1354,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
         tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
-        ROT_FOLD)
+        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1360,6 +1380,12 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         else:
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
+    # random signs held whole by a thread: padded to whole tiles (loaded unmasked), as sign masks
+    # for 16-bit inputs; the inverse's multipliers alike
+    step = block_k if amax is None else max(block_k, amax[1])  # powers of two
+    padded = _cdiv(max(r.k, ex.kp), step) * step
+    if consts["HAS_SIGNS"] == 2:
+        signs = hadamard_sign_bits(ex.rot, ex.kp, x.device, padded)
     if stream:
         s_consts = {"BLOCK_R": amax[0], "BLOCK_K": amax[1], "FLAT": flat, "SLOTS": ATOMIC_SLOTS,
                     "STAGES": AMAX_STAGES, "num_warps": amax[2]["num_warps"], "enable_fp_fusion": False}
@@ -1377,7 +1403,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     seed = ex.seed or 0
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
     # the inverse's multipliers (signs * ROT_SCALE) where rotation blocks are held whole by a thread
-    mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"]) if consts["INV_MULTS"] else None
+    mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"], padded) if consts["INV_MULTS"] else None
     args = (x, y, buf, signs, signs if mults is None else mults, r.n_rows, r.inner_rows, r.k, ex.kp, n_part,
             gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
@@ -1387,7 +1413,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
-    return tuple(t for t in (ex.signs, mults) if t is not None)
+    return tuple(t for t in (signs if ex.signs is not None else None, mults) if t is not None)
 
 
 def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -1509,6 +1535,17 @@ ROT_SPLIT = True
 #: cost fewer instructions (Hadamard-64: 34.1 held, 36.2 with the fp32 tensor). The same bits
 #: (the sign's product commutes with rounding).
 INV_MULTS_MIN = 128
+
+#: Random rotation signs where rotation blocks are held whole by a thread and loaded coalesced
+#: (:data:`ROT_COALESCE`), for bf16 / fp16 inputs: 16-bit sign masks XORed into the raw input
+#: values (one logic operation for two packed values, where a sign product took a conversion of
+#: the sign and a product an element) and, below :data:`INV_MULTS_MIN`, into the inverse's fp32
+#: sign bits; padded to whole tiles, like the inverse's multipliers, so that both load unmasked
+#: (no compare, predicate or default value an element). The same bits as the sign products (a sign
+#: flip is exact). SASS (sm_90, results/sass-2026-12-05e): MXFP4 + random Hadamard-128 37.0 ->
+#: 33.5 instructions an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
+#: the in-thread layout (Hadamard-16) it cost instructions, so that layout keeps the products.
+SIGN_BITS = True
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
@@ -1727,7 +1764,7 @@ class _FastCall:
     places; constant tensors of the call (a random rotation's signs and inverse multipliers,
     cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`_DIRECT_TRITON`) are read
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`_DIRECT_TRITON`) are read
     when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
