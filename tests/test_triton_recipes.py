@@ -177,6 +177,34 @@ def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layo
             assert set(folds) == {want_fold if fold else 0}, (folds, fold)
 
 
+@pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), [
+    ("mxfp4", torch.bfloat16, (8, 2304), {"rotate": {"block": 128, "seed": 3}}),  # K tiles at 0, 1024, 2048
+    ("nvfp4", torch.float16, (40, 2304), {"rotate": {"block": 64, "seed": 4}}),  # and the amax pass's
+    ("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # one tile past KP
+    ("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}}),  # held halves (ROT_SPLIT)
+], ids=["mxfp4-k-tiles", "nvfp4-amax-pass", "nvfp4-one-tile", "mxfp4-h256"])
+def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
+                                      monkeypatch) -> None:
+    """:data:`SIGN_BITS`: random signs as 16-bit sign masks, loaded unmasked from a tensor padded
+    to whole tiles, on tiles past the first along K (``k0 > 0``), a last tile past K, the amax
+    pass's tiles and one tile wider than the padded K: the reference's bits, with the masks in
+    use."""
+    used = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        used.append(out[-1].get("HAS_SIGNS"))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
+    torch.manual_seed(1)
+    x = (torch.randn(*shape) * torch.logspace(-2, 2, shape[1])).to(dtype)
+    out = quantize_dequantize(x, fmt, backend="triton", **kw)
+    assert_same_bits(out, quantize_dequantize(x, fmt, backend="reference", **kw))
+    assert set(used) == {2}, used
+
+
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     x[0, 3] = float("nan")

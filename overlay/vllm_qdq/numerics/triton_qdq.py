@@ -132,9 +132,10 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
   in that layout (1) or coalesced and moved into it through shared memory once each way (2,
   :data:`ROT_COALESCE`); otherwise (0) Triton exchanges data between lanes for the upper
   stages. The layout changes which thread does an operation, never the operations: the same
-  bits either way. (One rewrite that gives the same bits: a random rotation of
+  bits either way. (Two rewrites that give the same bits: a random rotation of
   :data:`INV_MULTS_MIN` and up held whole by a thread multiplies ``R^T``'s output once by
-  ``sign * fp32(1/sqrt(b))``, which equals the two products: the sign's commutes with rounding.)
+  ``sign * fp32(1/sqrt(b))``, which equals the two products: the sign's commutes with rounding;
+  and, :data:`SIGN_BITS`, a 16-bit input's signs are applied as an XOR of its sign bits.)
   The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
   Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
@@ -1531,9 +1532,10 @@ ROT_SPLIT = True
 #: by the signs loaded for the forward rotation, which the compiler merges with the forward's load
 #: and holds across the QDQ: at 128 elements a thread that spilled (sm_90 SASS, bf16: MXFP4 +
 #: random Hadamard-128 coalesced 37.6 instructions an element, 78 local-memory accesses, 255
-#: registers -> 37.0, none, 209; NVFP4 41.3, 84 -> 40.8, none). Below it, the held signs fit and
-#: cost fewer instructions (Hadamard-64: 34.1 held, 36.2 with the fp32 tensor). The same bits
-#: (the sign's product commutes with rounding).
+#: registers -> 37.0, none, 209; NVFP4 41.3, 84 -> 40.8, none). Below it, the forward's signs
+#: are used again, held (Hadamard-64 before :data:`SIGN_BITS`: 34.1 instructions held, 36.2 with
+#: the fp32 tensor; with it, a 16-bit input's sign masks XORed into the fp32 sign bits). The same
+#: bits (the sign's product commutes with rounding).
 INV_MULTS_MIN = 128
 
 #: Random rotation signs where rotation blocks are held whole by a thread and loaded coalesced
@@ -1541,8 +1543,8 @@ INV_MULTS_MIN = 128
 #: values (one logic operation for two packed values, where a sign product took a conversion of
 #: the sign and a product an element) and, below :data:`INV_MULTS_MIN`, into the inverse's fp32
 #: sign bits; padded to whole tiles, like the inverse's multipliers, so that both load unmasked
-#: (no compare, predicate or default value an element). The same bits as the sign products (a sign
-#: flip is exact). SASS (sm_90, results/sass-2026-12-05e): MXFP4 + random Hadamard-128 37.0 ->
+#: (no compare, predicate or default value an element). The same bits as the sign products for
+#: every number (a sign flip is exact; a NaN stays a NaN, its sign bit not part of the contract). SASS (sm_90, results/sass-2026-12-05e): MXFP4 + random Hadamard-128 37.0 ->
 #: 33.5 instructions an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
 #: the in-thread layout (Hadamard-16) it cost instructions, so that layout keeps the products.
 SIGN_BITS = True
