@@ -191,7 +191,8 @@ def hadamard_sign_bits(rot: Rotation, kp: int, device: torch.device | str,
     where ``d = -1``, 0 where ``+1`` and past ``kp`` up to ``length`` (default ``kp``); or
     ``None`` (plain). XORed into a bf16 or fp16 value's bits it is ``d * v`` exactly for every
     number (a NaN stays a NaN; its sign bit flips, where a product's is not specified), one logic
-    operation for two packed values in place of a conversion and a product each. Cached like :func:`hadamard_signs` (shared, read only)."""
+    operation for two packed values in place of a conversion and a product each. Cached like
+    :func:`hadamard_signs` (shared, read only)."""
     if rot.seed is None:
         return None
     return _sign_bits_on(rot.seed, kp, str(torch.device(device)), kp if length is None else length)

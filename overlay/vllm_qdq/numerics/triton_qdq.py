@@ -368,7 +368,7 @@ if triton is not None:
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
             x = tl.reshape(x, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if HAS_SIGNS == 2:  # sign masks XORed into the raw 16-bit values (their load places the transpose)
-                x = _to_f32((x.to(tl.int16, bitcast=True) ^ _block_sign_bits(sign_ptr, c4, rows)).to(x.dtype, bitcast=True))
+                x = _to_f32((x.to(tl.int16, bitcast=True) ^ _block_padded(sign_ptr, c4, rows)).to(x.dtype, bitcast=True))
             elif HAS_SIGNS:  # the signs' own load places the transpose
                 x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
             elif x.dtype.primitive_bitwidth == 16:  # x | 0 on the raw bits: no instruction left
@@ -447,19 +447,13 @@ if triton is not None:
         return tl.load(sign_ptr + offs, mask=mask, other=1.0).to(tl.float32)
 
     @triton.jit
-    def _block_mults(mult_ptr, c4, rows):
-        """A random Hadamard's inverse multipliers (fp32 signs times the rotation scale,
-        :func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`, padded to whole tiles) for a
-        tile in :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked (no compare or
-        predicate an element)."""
-        return tl.load(mult_ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
-
-    @triton.jit
-    def _block_sign_bits(bits_ptr, c4, rows):
-        """A random Hadamard's signs as int16 sign masks (:func:`~vllm_qdq.numerics.rotation.
-        hadamard_sign_bits`: 0x8000 for -1, 0 for +1, padded to whole tiles) for a tile in
-        :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked."""
-        return tl.load(bits_ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
+    def _block_padded(ptr, c4, rows):
+        """A per-column tensor padded to whole tiles (a random Hadamard's int16 sign masks,
+        :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, or its inverse multipliers, fp32
+        signs times the rotation scale, :func:`~vllm_qdq.numerics.rotation.hadamard_scaled_signs`)
+        for a tile in :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked (no
+        compare or predicate an element)."""
+        return tl.load(ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
 
     @triton.jit
     def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
@@ -1083,9 +1077,9 @@ if triton is not None:
                 y = y * ROT_SCALE
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
-                y = y * _block_mults(mult_ptr, c4, rows)
+                y = y * _block_padded(mult_ptr, c4, rows)
             elif HAS_SIGNS == 2:  # the forward's sign masks, into the fp32 sign bit
-                bits = _block_sign_bits(sign_ptr, c4, rows).to(tl.int32) << 16
+                bits = _block_padded(sign_ptr, c4, rows).to(tl.int32) << 16
                 y = (y.to(tl.int32, bitcast=True) ^ bits).to(tl.float32, bitcast=True)
             elif HAS_SIGNS:  # the compiler merges this load with the forward's: held across the QDQ
                 y = y * _block_signs(sign_ptr, c4, rows, KP)
@@ -1285,9 +1279,9 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     held whole by one thread (:data:`ROT_TILE_MAX`; 2: loaded and stored coalesced,
     :data:`ROT_COALESCE`); the tiles then grow to at least one rotation block per thread.
     ``rot_fold``: :data:`ROT_FOLD` in force. ``sign_bits``: a 16-bit input with :data:`SIGN_BITS`
-    on: where rotation blocks are held whole and loaded coalesced (``rot_tile == 2``), ``HAS_SIGNS = 2`` (the signs as
-    16-bit sign masks, :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole
-    tiles)."""
+    on: where rotation blocks are held whole and loaded coalesced (``rot_tile == 2``),
+    ``HAS_SIGNS = 2`` (the signs as 16-bit sign masks,
+    :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole tiles)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1381,12 +1375,16 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         else:
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
-    # random signs held whole by a thread: padded to whole tiles (loaded unmasked), as sign masks
-    # for 16-bit inputs; the inverse's multipliers alike
-    step = block_k if amax is None else max(block_k, amax[1])  # powers of two
-    padded = _cdiv(max(r.k, ex.kp), step) * step
-    if consts["HAS_SIGNS"] == 2:
-        signs = hadamard_sign_bits(ex.rot, ex.kp, x.device, padded)
+    mults = None
+    if consts["HAS_SIGNS"] == 2 or consts["INV_MULTS"]:
+        # random signs held whole by a thread, padded to whole tiles (loaded unmasked): as sign
+        # masks for 16-bit inputs; the inverse's multipliers (signs * ROT_SCALE)
+        step = block_k if amax is None else max(block_k, amax[1])  # powers of two
+        padded = _cdiv(max(r.k, ex.kp), step) * step
+        if consts["HAS_SIGNS"] == 2:
+            signs = hadamard_sign_bits(ex.rot, ex.kp, x.device, padded)
+        if consts["INV_MULTS"]:
+            mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"], padded)
     if stream:
         s_consts = {"BLOCK_R": amax[0], "BLOCK_K": amax[1], "FLAT": flat, "SLOTS": ATOMIC_SLOTS,
                     "STAGES": AMAX_STAGES, "num_warps": amax[2]["num_warps"], "enable_fp_fusion": False}
@@ -1403,8 +1401,6 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             rec.append((_amax_kernel, a_grid, args, a_consts, k, buf))
     seed = ex.seed or 0
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
-    # the inverse's multipliers (signs * ROT_SCALE) where rotation blocks are held whole by a thread
-    mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"], padded) if consts["INV_MULTS"] else None
     args = (x, y, buf, signs, signs if mults is None else mults, r.n_rows, r.inner_rows, r.k, ex.kp, n_part,
             gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
@@ -1544,8 +1540,9 @@ INV_MULTS_MIN = 128
 #: the sign and a product an element) and, below :data:`INV_MULTS_MIN`, into the inverse's fp32
 #: sign bits; padded to whole tiles, like the inverse's multipliers, so that both load unmasked
 #: (no compare, predicate or default value an element). The same bits as the sign products for
-#: every number (a sign flip is exact; a NaN stays a NaN, its sign bit not part of the contract). SASS (sm_90, results/sass-2026-12-05e): MXFP4 + random Hadamard-128 37.0 ->
-#: 33.5 instructions an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
+#: every number (a sign flip is exact; a NaN stays a NaN, its sign bit not part of the contract).
+#: SASS (sm_90, results/sass-2026-12-05e): MXFP4 + random Hadamard-128 37.0 -> 33.5 instructions
+#: an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
 #: the in-thread layout (Hadamard-16) it cost instructions, so that layout keeps the products.
 SIGN_BITS = True
 
