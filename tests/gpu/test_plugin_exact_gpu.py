@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.inductor_fingerprint import print_fingerprint
+from tests.support.inductor_fingerprint import NO_TIMED_PICKS, print_fingerprint
 
 pytestmark = pytest.mark.gpu
 
@@ -76,7 +76,7 @@ NATIVE_NORM = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
 CAPTURE = {"cudagraph_capture_sizes": [1, 2, 4, 8]}  # as vllm_qdq.study.llm_run's default
 #: Inductor options of ``compiled-exact``: eager's bf16 rounding after each op, and nothing picked by
 #: timing on the device (reduction configurations, combo kernels), so a busy GPU builds the same
-EXACT_INDUCTOR = {"emulate_precision_casts": True, "deterministic": True, "benchmark_combo_kernel": False}
+EXACT_INDUCTOR = {"emulate_precision_casts": True, **NO_TIMED_PICKS}
 TRACE = "[vllm_qdq trace]"
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.inductor_fingerprint import print_fingerprint
+from tests.support.inductor_fingerprint import NO_TIMED_PICKS, print_fingerprint
 
 pytestmark = pytest.mark.gpu
 
@@ -139,21 +139,16 @@ def models_dir(tmp: Path) -> Path:
     return Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp
 
 
-#: The gpt-oss engines' Inductor settings: no choice made by timing on the device. Beside other
-#: compiling engines (the smoke suite's checks call) Inductor twice built the QDQ-off compiled
-#: gpt-oss with 7 kernels, 3 of them combo, and 8 timed picks where it builds 6, 2 and 5 alone, and
-#: both times that build landed far from eager with QDQ off (2026-12-05: 0.747 nats in
-#: plugin-exact; 05e: 2.77 max here, first generated token changed), which no QDQ check can see
-#: through. vLLM adds ``combo_kernels`` only when no Inductor settings are given, so combo kernels
-#: are off here, as in tests/gpu/test_plugin_exact_gpu.py. The dense model keeps vLLM's defaults
-#: whole, timed picks included; so do the method, KV-cache, serve and study steps' engines.
-NO_TIMED_PICKS = {"deterministic": True, "benchmark_combo_kernel": False}
-
-
 def test_gptoss_mxfp4_marlin_moe(tmp_path):
     from vllm_qdq.study.tiny import build_gpu_model
 
     model = build_gpu_model("gptoss", models_dir(tmp_path))
+    # no choice made by timing (NO_TIMED_PICKS): beside other compiling engines (the smoke suite's
+    # checks call) Inductor twice built the QDQ-off compiled gpt-oss with 7 kernels, 3 of them
+    # combo, and 8 timed picks where it builds 6, 2 and 5 alone, and both times that build landed
+    # far from eager with QDQ off (2026-12-05: 0.747 nats in plugin-exact; 05e: 2.77 max here,
+    # first generated token changed), which no QDQ check can see through. The dense model keeps
+    # vLLM's defaults whole, timed picks included; so do the method, KV-cache, serve and study steps.
     check(model, {"moe_backend": "marlin", "compilation_config": {"inductor_compile_config": dict(NO_TIMED_PICKS)}},
           tmp_path, "moe_wna16_marlin_gemm", "float4_e2m1f/mxfp4", "mxfp4/floor")
 

@@ -24,6 +24,12 @@ import json
 import re
 from pathlib import Path
 
+#: Inductor settings under which nothing is chosen by timing on the device (``deterministic``: no
+#: on-device benchmarking of choices that affect numerics; no timed combo-kernel picks), so a busy
+#: GPU builds what an idle one does. Given as an engine's ``inductor_compile_config``, it replaces
+#: vLLM's own Inductor settings, ``combo_kernels`` among them (combo kernels then off).
+NO_TIMED_PICKS = {"deterministic": True, "benchmark_combo_kernel": False}
+
 #: keys of a ``.best_config`` file that are not the choice itself (timings, cache keys)
 _NOT_CHOICE = {"time_taken_ms", "triton_cache_hash", "configs_hash", "found_by_coordesc"}
 #: one kernel of an output-code module: ``async_compile.triton('name', '''source''', ...)``
