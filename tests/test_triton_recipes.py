@@ -58,6 +58,21 @@ CASES = [
 LAYOUTS = {"blocks-in-thread": (128, True), "uncoalesced": (128, False), "tile-layout": (0, True)}
 
 
+def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq: the fixture's module, passed on)
+    """Spy on ``tq._plan``: the list it returns gets, per plan worked out, the constexpr values of
+    ``keys`` (``_plan``'s last item)."""
+    seen: list[tuple] = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        seen.append(tuple(out[-1].get(k) for k in keys))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
+    return seen
+
+
 def _held(mod, block: int, rot_tile_max: int) -> bool:
     """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or as one of two halves
     (``ROT_SPLIT``: Hadamard-256 with blocks of 128 held): the expectation the layout tests check
@@ -77,16 +92,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes through their amax pass (one tile: test_triton_qdq)
-    layouts, signs = [], []
-    plan = tq._plan
-
-    def spy(*args, **kwargs):
-        out = plan(*args, **kwargs)
-        layouts.append(out[-1].get("ROT_TILE"))
-        signs.append(out[-1].get("HAS_SIGNS"))
-        return out
-
-    monkeypatch.setattr(tq, "_plan", spy)
+    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "HAS_SIGNS")
     torch.manual_seed(0)
     k = 300 if kw.get("rotate", {}).get("pad") else 256
     x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)
@@ -113,12 +119,15 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         block = kw["rotate"]["block"]
         want = 0 if not _held(tq, block, rot_tile_max) else (
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
+        layouts = [p[0] for p in planned]
         assert set(layouts) == {want}, (layouts, want)
         # random signs: 16-bit sign masks for bf16 / fp16 inputs in the coalesced layout (SIGN_BITS)
         masks = want == 2 and dtype in (torch.bfloat16, torch.float16) and tq.SIGN_BITS
         want_signs = (2 if masks else True) if kw["rotate"].get("seed") is not None else False
+        signs = [p[1] for p in planned]
         assert set(signs) == {want_signs}, (signs, want_signs)
     else:
+        layouts = [p[0] for p in planned]
         assert set(layouts) <= {0, None}, layouts
 
 
@@ -189,20 +198,12 @@ def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: t
     to whole tiles, on tiles past the first along K (``k0 > 0``), a last tile past K, the amax
     pass's tiles and one tile wider than the padded K: the reference's bits, with the masks in
     use."""
-    used = []
-    plan = tq._plan
-
-    def spy(*args, **kwargs):
-        out = plan(*args, **kwargs)
-        used.append(out[-1].get("HAS_SIGNS"))
-        return out
-
-    monkeypatch.setattr(tq, "_plan", spy)
+    used = _record_plan(tq, monkeypatch, "HAS_SIGNS")
     torch.manual_seed(1)
     x = (torch.randn(*shape) * torch.logspace(-2, 2, shape[1])).to(dtype)
     out = quantize_dequantize(x, fmt, backend="triton", **kw)
     assert_same_bits(out, quantize_dequantize(x, fmt, backend="reference", **kw))
-    assert set(used) == {2}, used
+    assert set(used) == {(2,)}, used
 
 
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811
