@@ -28,8 +28,10 @@ program reads (``AMAX_TILES_PER_PROGRAM``, :data:`TPP_SWEEP`), with L2 eviction 
 gain on the H100 in ``results/h100-2026-12-05d``), and each launch of a two-pass call alone beside
 a read of the tensor (:func:`bench_two_pass_split`: which pass holds the time); ``--no-sweeps``
 skips these seven tables, which decide the module's switches, not a target (the smoke suite's
-``bench-qdq`` step passes it unless ``SMOKE_BENCH_FULL=1``); the two-pass recipes' y stored
-streaming (``Y_STREAM``) and not, with and without ``L2_HINTS``, are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+``bench-qdq`` step passes it unless ``SMOKE_BENCH_FULL=1``), the two-pass recipes' y stored
+streaming (``Y_STREAM``) and not, with and without ``L2_HINTS`` (off since 05e), and the options
+table's columns of other layouts and the unfolded scale (below), each decided in an earlier lease;
+the register caps' columns (``ROT_MAXNREG``, :data:`CAP_SWEEP`) are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -38,7 +40,9 @@ same run: rotation blocks held whole by one thread (the default, ``ROT_TILE_MAX`
 before 2026-12-05b; blank where the recipe has no other), and in the "tile layout" column the
 tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04); MX rotations whose scale is
 a power of two (blocks of 16, 64), folded into the block exponents by default, also with the scale
-multiplied (the "no fold" column: ``ROT_FOLD`` off).
+multiplied (the "no fold" column: ``ROT_FOLD`` off); Hadamard-128 and up in the coalesced layout
+also with the register caps of :data:`CAP_SWEEP` beside the default (``ROT_MAXNREG``: "uncapped",
+"cap 200").
 """
 
 from __future__ import annotations
@@ -77,20 +81,50 @@ OPTIONS: tuple[tuple[str, str, dict], ...] = (
 )
 
 
-def bench_options(failures: list[str]) -> None:
-    """Time every entry of :data:`OPTIONS` beside its plain format (ms and the ratio)."""
+#: ``triton_qdq.ROT_MAXNREG`` values the options table times beside the default (0: no cap; 200:
+#: no spills in the SASS of the Hadamard-128 / -256 kernels, five programs an SM instead of four)
+CAP_SWEEP = (0, 200)
+
+
+def _cap_head(n: int) -> str:
+    return "uncapped" if not n else f"cap {n}"
+
+
+def bench_options(failures: list[str], layouts: bool = True) -> None:
+    """Time every entry of :data:`OPTIONS` beside its plain format (ms and the ratio); rotations
+    also with the register caps of :data:`CAP_SWEEP` and, with ``layouts``, in the other kernel
+    layouts and without the folded scale (columns that decided defaults in earlier leases: the
+    smoke suite's short form, ``--no-sweeps``, leaves them out)."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
     from vllm_qdq.numerics.rotation import parse_rotation
 
-    print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
-          " rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
-          " layout (ROT_TILE_MAX = 0), and MX ones whose scale is a power of two with it multiplied (ROT_FOLD off)")
-    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s} {'uncoalesced':>12s} {'tile layout':>12s}"
-                                      f" {'no fold':>8s}" for r, c in SIZES))
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
     coalesce = getattr(triton_qdq, "ROT_COALESCE", None)
     fold = getattr(triton_qdq, "ROT_FOLD", None)
+    cap = getattr(triton_qdq, "ROT_MAXNREG", 0)
+
+    def coalesced(spec, rot) -> bool:
+        return bool(rot is not None and coalesce and triton_qdq._rot_layout(spec, rot.block) == 2)
+
+    # (head, width, switch, value, applies to (spec, rot)): a column timing the call with a module
+    # switch changed, blank where the recipe has no other path
+    cols = []
+    if layouts:
+        cols += [("uncoalesced", 12, "ROT_COALESCE", False, coalesced),
+                 ("tile layout", 12, "ROT_TILE_MAX", 0, lambda spec, rot: rot is not None and default_max is not None),
+                 ("no fold", 8, "ROT_FOLD", False, lambda spec, rot: bool(
+                     rot is not None and fold and triton_qdq._rot_fold(spec, rot.block,
+                                                                       triton_qdq._rot_layout(spec, rot.block))))]
+    cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(
+        cap and coalesced(spec, rot) and rot.block >= triton_qdq.ROT_HELD_MAX)) for n in CAP_SWEEP]
+    print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
+          + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
+             " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
+             " coalesced ones" if layouts else " rotations loaded coalesced,") +
+          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0)")
+    print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" + "".join(
+        f" {head:>{w}s}" for head, w, *_ in cols) for r, c in SIZES))
     for label, fmt, kw in OPTIONS:
         spec = FORMATS[fmt]
         kw = dict(kw)
@@ -102,25 +136,13 @@ def bench_options(failures: list[str]) -> None:
             plain = kernel_ms(lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
             ms = kernel_ms(lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
             line += f" {ms:14.3f} {ms / plain:8.2f}"
-            if rot is not None and coalesce and triton_qdq._rot_layout(spec, rot.block) == 2:
-                unc = kernel_ms_with(triton_qdq, "ROT_COALESCE", False,
-                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
-                line += f" {unc / plain:12.2f}"
-            else:
-                line += f" {'':>12s}"
-            if rot is not None and default_max is not None:  # the same call in the tile layout
-                old = kernel_ms_with(triton_qdq, "ROT_TILE_MAX", 0,
-                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
-                line += f" {old / plain:12.2f}"
-            else:
-                line += f" {'':>12s}"
-            if rot is not None and fold and triton_qdq._rot_fold(spec, rot.block, triton_qdq._rot_layout(spec, rot.block)):
-                # folded (the planner's rule): the scale multiplied instead
-                nof = kernel_ms_with(triton_qdq, "ROT_FOLD", False,
-                                     lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
-                line += f" {nof / plain:8.2f}"
-            else:
-                line += f" {'':>8s}"
+            for _, w, switch, value, applies in cols:
+                if applies(spec, rot):
+                    alt = kernel_ms_with(triton_qdq, switch, value,
+                                         lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
+                    line += f" {alt / plain:{w}.2f}"
+                else:
+                    line += f" {'':>{w}s}"
             if rot is not None and r * c >= 64 * 2**20 and ms / plain > 1 + ROTATION_BUDGET:
                 failures.append(f"{label} {r}x{c}: {ms / plain:.2f} x plain > {1 + ROTATION_BUDGET:.2f}")
         print(line, flush=True)
@@ -299,7 +321,7 @@ def main() -> int:
 
     failures = []
     if args.options_only:
-        bench_options(failures)
+        bench_options(failures, layouts=not args.no_sweeps)
         return _report(failures, args.check)
     header = f"{'format':30s} {'passes':>6s}"
     for r, c in SIZES:
@@ -381,11 +403,11 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
-    for hints in (False, True):
-        bench_switch_table("Y_STREAM", (False, True), "ycs",
-                           f"two-pass recipes: copy time / kernel time with y stored streaming (Y_STREAM, .cs) "
-                           f"and not, L2_HINTS={hints}", rounds=2, also={"L2_HINTS": hints})
     if not args.no_sweeps:
+        for hints in (False, True):
+            bench_switch_table("Y_STREAM", (False, True), "ycs",
+                               f"two-pass recipes: copy time / kernel time with y stored streaming (Y_STREAM, .cs) "
+                               f"and not, L2_HINTS={hints}", rounds=2, also={"L2_HINTS": hints})
         bench_switch_table("AMAX_STAGES", (0, 3, 4), "st",
                            "two-pass recipes: copy time / kernel time with the streaming amax pass (AMAX_STAGES: "
                            "software-pipelined stages; 0 = the one-wave-per-tile pass)", rounds=2)
@@ -398,7 +420,7 @@ def main() -> int:
         bench_two_pass_split()
         bench_narrow()
     if not args.no_options:
-        bench_options(failures)
+        bench_options(failures, layouts=not args.no_sweeps)
     return _report(failures, args.check)
 
 

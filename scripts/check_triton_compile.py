@@ -66,7 +66,7 @@ def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
 
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
-    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg") if k in kwargs}
     if opts.get("enable_fp_fusion") is not False:  # absent or None: Triton's default, on
         raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
                          "rounding, which the reference does not (pass enable_fp_fusion=False)")

@@ -69,8 +69,9 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     NVFP4 from Hadamard-64 up), no shuffles and only the two transposes through shared memory
     (Triton's layout propagation kept to them: a butterfly stage done across lanes would add
     shuffles), no spills; random Hadamard-128 (128 elements a thread, its inverse's multipliers:
-    ``INV_MULTS_MIN``) no spills either; Hadamard-256 held as halves (``ROT_SPLIT``) moves only its
-    last stage between lanes."""
+    ``INV_MULTS_MIN``) no spills in the whole-blocks layout; Hadamard-256 held as halves
+    (``ROT_SPLIT``) moves only its last stage between lanes; where blocks of 128 and up load
+    coalesced, the register cap (``ROT_MAXNREG``) holds."""
     out = _run_script("triton_sass_stats.py", "--recipes",
                       "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r,mxfp4+h256", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
@@ -79,7 +80,7 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
         f = line.split()
         if len(f) == 13 and f[2] == "_qdq_block_kernel":
             rows[(f[0], f[1])] = {"instr": float(f[6]), "shfl": int(f[7]), "bar": int(f[8]), "smem": int(f[9]),
-                                  "local": int(f[10]), "el": int(f[5])}
+                                  "local": int(f[10]), "el": int(f[5]), "regs": int(f[11])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
                          ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
                          ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile"),
@@ -88,8 +89,16 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     # Hadamard-256 split over two threads (ROT_SPLIT): its last stage a sum across the lane pair, two
     # shuffles an element each way, nothing else moved between lanes, no spills
     split, tile = rows[("mxfp4+h256", "coalesced")], rows[("mxfp4+h256", "tile")]
-    assert split["local"] == 0 and split["shfl"] <= 4 * split["el"] and split["instr"] < 0.7 * tile["instr"], rows
-    assert rows[("mxfp4+h128r", "coalesced")]["local"] == rows[("mxfp4+h128r", "in-thread")]["local"] == 0, rows
+    assert split["shfl"] <= 4 * split["el"] and split["instr"] < 0.7 * tile["instr"], rows
+    assert rows[("mxfp4+h128r", "in-thread")]["local"] == 0, rows
+    # the coalesced layout's blocks of 128 and up under the register cap (ROT_MAXNREG; 168: six
+    # 64-thread programs an SM): at most it, spilling a few values (28 local-memory accesses a
+    # thread for random Hadamard-128 on 2026-12-05f, 113 for Hadamard-256 held as halves)
+    from vllm_qdq.numerics.triton_qdq import ROT_MAXNREG
+
+    for recipe in ("mxfp4+h128r", "mxfp4+h256"):
+        co = rows[(recipe, "coalesced")]
+        assert co["regs"] <= (ROT_MAXNREG or 255) and co["local"] <= 128, (recipe, co)
     for recipe in ("mxfp4+h32", "mxfp4+h128", "nvfp4+h64"):
         fast, tile = rows[(recipe, "in-thread")], rows[(recipe, "tile")]
         assert fast["shfl"] == fast["bar"] == fast["smem"] == fast["local"] == 0, (recipe, fast)

@@ -92,7 +92,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes through their amax pass (one tile: test_triton_qdq)
-    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "HAS_SIGNS")
+    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "HAS_SIGNS", "maxnreg")
     torch.manual_seed(0)
     k = 300 if kw.get("rotate", {}).get("pad") else 256
     x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)
@@ -126,6 +126,10 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         want_signs = (2 if masks else True) if kw["rotate"].get("seed") is not None else False
         signs = [p[1] for p in planned]
         assert set(signs) == {want_signs}, (signs, want_signs)
+        # the register cap: the coalesced layout's blocks of 128 and up (ROT_MAXNREG), nowhere else
+        cap = tq.ROT_MAXNREG if want == 2 and block >= tq.ROT_HELD_MAX else None
+        caps = [p[2] for p in planned]
+        assert set(caps) == {cap}, (caps, cap)
     else:
         layouts = [p[0] for p in planned]
         assert set(layouts) <= {0, None}, layouts

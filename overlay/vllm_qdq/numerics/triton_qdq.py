@@ -1269,7 +1269,7 @@ def _cdiv(a: int, b: int) -> int:
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
-          rot_fold: bool = False, sign_bits: bool = False) -> tuple:
+          rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1281,7 +1281,9 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``rot_fold``: :data:`ROT_FOLD` in force. ``sign_bits``: a 16-bit input with :data:`SIGN_BITS`
     on: where rotation blocks are held whole and loaded coalesced (``rot_tile == 2``),
     ``HAS_SIGNS = 2`` (the signs as 16-bit sign masks,
-    :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole tiles)."""
+    :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole tiles). ``maxnreg``:
+    :data:`ROT_MAXNREG` in force, the QDQ pass's register cap where ``rot_tile == 2`` and the
+    rotation block is at least :data:`ROT_HELD_MAX` (0: none)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1315,6 +1317,8 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
         "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
     }
+    if rot_tile == 2 and rot_block >= ROT_HELD_MAX and maxnreg:
+        consts["maxnreg"] = maxnreg
     return block_r, n_groups * group, amax, consts
 
 
@@ -1349,7 +1353,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
         tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
-        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES)
+        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1545,6 +1549,21 @@ INV_MULTS_MIN = 128
 #: an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
 #: the in-thread layout (Hadamard-16) it cost instructions, so that layout keeps the products.
 SIGN_BITS = True
+
+#: Register cap (ptxas ``.maxnreg``) of the QDQ pass where rotation blocks of at least
+#: :data:`ROT_HELD_MAX` are held and loaded coalesced (``ROT_TILE == 2``); 0: none (ptxas picks,
+#: up to 255). A thread holding 128 elements of a random Hadamard-128 or of a Hadamard-256 takes
+#: 254-255 registers uncapped, so that a 64-thread program fits four to an SM; at 168 six fit
+#: (plain Hadamard-128's count and occupancy) for a few spilled values, at 200 five with none.
+#: SASS (sm_90, bf16, ``scripts/triton_sass_stats.py``), instructions an element / local-memory
+#: accesses, uncapped -> 168 -> 200: MXFP4 + random Hadamard-128 33.5 / 0 -> 34.6 / 28 -> 33.4 / 0;
+#: random Hadamard-256 42.8 / 0 -> 44.8 / 8 -> 42.8 / 0; Hadamard-256 40.9 / 0 -> 41.8 / 113 ->
+#: 40.9 / 0; NVFP4 + random Hadamard-128 (one warp a program: 10 -> 12 an SM at 168) 37.2 / 0 ->
+#: 38.2 / 24; plain Hadamard-128 unchanged (168 uncapped). Not below Hadamard-128: given a cap,
+#: ptxas takes what it is given (random Hadamard-64 128 -> 168 registers, fewer programs an SM).
+#: The same bits (a spill moves a value, it does not round it). Not yet timed: ``scripts/
+#: bench_qdq_triton.py``'s options table times 0 and 200 beside it ("uncapped", "cap 200").
+ROT_MAXNREG = 168
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
@@ -1763,7 +1782,7 @@ class _FastCall:
     places; constant tensors of the call (a random rotation's signs and inverse multipliers,
     cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`_DIRECT_TRITON`) are read
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`ROT_MAXNREG`, :data:`_DIRECT_TRITON`) are read
     when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends

@@ -1,0 +1,103 @@
+"""``scripts/bench_qdq_triton.py``'s options table on the CPU: the columns it times, and where.
+
+The bench runs on a GPU; here its timer is replaced by one interpreted call (the kernels in
+Triton's interpreter, small tensors), so what is checked is which module switch each column
+changes for which recipe: the register caps (``ROT_MAXNREG``, ``CAP_SWEEP``) only where blocks of
+128 and up load coalesced, in both forms; the decided layout columns only in the full form.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from .test_triton_qdq import tq  # noqa: F401  (the interpreter fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_qdq_triton", REPO / "scripts" / "bench_qdq_triton.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _table(tq, monkeypatch, capsys, layouts: bool) -> tuple[str, dict]:  # noqa: F811
+    """The options table's text and, per option label, the (switch, value) pairs its columns timed."""
+    mod = _bench()
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, device=None, **k: randn(*a, **k))  # CPU tensors
+    monkeypatch.setattr(mod, "SIZES", ((4, 256),))
+    monkeypatch.setattr(mod, "OPTIONS", (
+        ("mxfp4 + hadamard16", "mxfp4", {"rotate": {"block": 16}}),
+        ("mxfp4 + hadamard64", "mxfp4", {"rotate": {"block": 64}}),
+        ("mxfp4 + hadamard128 random", "mxfp4", {"rotate": {"block": 128, "seed": 1}}),
+        ("nvfp4 four_over_six", "nvfp4", {"scale_rule": "four_over_six"}),
+    ))
+    calls: list[tuple] = []
+    label = {"now": None}
+
+    def timed(fn) -> float:
+        fn()  # one interpreted call: the recipe runs with the switch in force
+        return 1.0
+
+    def with_switch(m, switch, value, fn):
+        assert m is tq
+        calls.append((label["now"], switch, value, getattr(m, switch)))
+        return real_with(m, switch, value, fn)
+
+    real_with = mod.kernel_ms_with
+    monkeypatch.setattr(mod, "kernel_ms", timed)
+    monkeypatch.setattr(mod, "kernel_ms_with", with_switch)
+    real_call = mod.triton_qdq_call
+
+    def call(x, spec, rule, **kw):
+        if kw:
+            label["now"] = next(lbl for lbl, fmt, o in mod.OPTIONS if fmt == spec.name and _same(o, kw))
+        return real_call(x, spec, rule, **kw)
+
+    monkeypatch.setattr(mod, "triton_qdq_call", call)
+    failures: list[str] = []
+    mod.bench_options(failures, layouts=layouts)
+    assert failures == []
+    seen: dict = {}
+    for lbl, switch, value, default in calls:
+        seen.setdefault(lbl, set()).add((switch, value))
+        assert default == getattr(tq, switch)  # restored after each column
+    return capsys.readouterr().out, seen
+
+
+def _same(option: dict, kw: dict) -> bool:
+    rot = kw.get("rotate")
+    want = option.get("rotate")
+    if (rot is None) != (want is None):
+        return False
+    if rot is not None and (rot.block != want["block"] or (rot.seed is not None) != ("seed" in want)):
+        return False
+    return all(kw.get(k) == v for k, v in option.items() if k not in ("rotate", "scale_rule"))
+
+
+def test_options_table_short_form_times_only_the_register_caps(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``--no-sweeps`` (the smoke suite's form): the caps' columns, timed for random Hadamard-128
+    in the coalesced layout only; no layout or fold column."""
+    out, seen = _table(tq, monkeypatch, capsys, layouts=False)
+    head = next(line for line in out.splitlines() if line.startswith("option "))
+    assert "uncapped" in head and "cap 200" in head and "uncoalesced" not in head and "no fold" not in head
+    caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
+    assert seen == {"mxfp4 + hadamard128 random": caps}, seen
+
+
+def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """The full form: every rotation also in the tile layout, coalesced ones uncoalesced, folded
+    MX scales unfolded, and the caps where they apply."""
+    out, seen = _table(tq, monkeypatch, capsys, layouts=True)
+    head = next(line for line in out.splitlines() if line.startswith("option "))
+    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "uncapped", "cap 200"))
+    caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
+    assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
+    assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
+    assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0)} | caps, seen
+    assert "nvfp4 four_over_six" not in seen
