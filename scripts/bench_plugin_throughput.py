@@ -6,7 +6,8 @@
                                               [--kv-cache FORMAT [--attn-q FORMAT] [--kv-shapes decode]
                                                [--no-act]] [--cpus LIST] [--no-device-steps]
 
-Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`):
+Models (random weights, built once under ``--out``, :mod:`vllm_qdq.study.tiny`; ``--build-only``
+builds them and exits):
 
 * ``gptoss``: gpt-oss-shaped MXFP4 MoE (hidden 2880, intermediate 2880, 32 experts, top-4,
   4 layers, 64 query / 8 KV heads of 64) served with ``moe_backend="marlin"``: the plugin wraps
@@ -1172,6 +1173,9 @@ def main(argv: list[str] | None = None) -> int:
                          "GPU-local CPUs to choose from")
     ap.add_argument("--no-device-steps", action="store_true",
                     help="leave out the per-step device timer (StepTimer: two CUDA events per model-runner call)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build the --models under --out (once: a model already built is kept) and exit, "
+                         "starting no engine (the smoke lease builds them beside other work)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--llm", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1181,6 +1185,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in names if m not in MODELS]
     if bad or not names:
         ap.error(f"--models {args.models!r}: unknown {bad}; accepted: {', '.join(MODELS)}")
+    if args.build_only:
+        for name in names:
+            t0 = _now()
+            print(f"{name}: {build(name, args.out)} ({_now() - t0:.0f} s)", flush=True)
+        return 0
     for opt, given in (("--attn-q", args.attn_q), ("--no-act", args.no_act), ("--kv-shapes", args.kv_shapes)):
         if given and not args.kv_cache:
             ap.error(f"{opt} needs --kv-cache")

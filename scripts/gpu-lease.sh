@@ -7,7 +7,8 @@
 #   bash scripts/gpu-lease.sh prep            # carry .gpu-stage-extras/p1: extras (lm-eval, vllm-omni),
 #                                             # the overlay, gpu-smoke.sh bench-qdq alone (its
 #                                             # eager table is host time), then FlashInfer's sampling
-#                                             # build (niced) beside bench-sage3 (the suite's short
+#                                             # build and the throughput benches' models (niced)
+#                                             # beside bench-sage3 (the suite's short
 #                                             # form unless SMOKE_BENCH_FULL=1; LEASE_PREP: which of the
 #                                             # two, default both); with LEASE_KERNELS=prep
 #                                             # then the kernels step alone, in the time left (up to
@@ -103,11 +104,16 @@ case $mode in
     fi
     el "FlashInfer build (niced) beside:${rest:- no bench}"
     timeout 300 nice -n 10 python3 scripts/gpu_jit_warm.py --marker "$SMOKE_OUT/jit-warm.ready" > "$SMOKE_OUT/jit-warm-prep.log" 2>&1 & jw=$!
+    # the throughput benches' models (random weights, ~20 s each on one CPU; 05e's bench call spent
+    # ~40 s before its engines started), built now so that the bench calls start their engines at once
+    timeout 300 nice -n 10 python3 scripts/bench_plugin_throughput.py --build-only --models gptoss,dense \
+      --out "${SMOKE_MODELS:-$SMOKE_OUT/models}" > "$SMOKE_OUT/bench-models.log" 2>&1 & bm=$!
     if [ -n "$rest" ]; then
       # shellcheck disable=SC2086  # a list of step names, split on purpose
       timeout 300 bash scripts/gpu-smoke.sh $rest; echo "${rest# } rc=$?"  # 05d: 146 s
     fi
     wait $jw; echo "jit-warm rc=$?"; tail -n 2 "$SMOKE_OUT/jit-warm-prep.log"
+    wait $bm; echo "bench models rc=$?"; tail -n 2 "$SMOKE_OUT/bench-models.log"
     left=$((585 - (SECONDS - T0)))  # the kernels step alone on the GPU: 106 s warm, ~280 s cold (05c)
     if [ "$kernels_in" != prep ]; then
       echo "gpu-lease: kernels run in the checks call (LEASE_KERNELS=checks)"

@@ -64,6 +64,22 @@ def _bench_module():
     return _script_module("bench_plugin_throughput")
 
 
+def test_throughput_bench_build_only_builds_and_starts_no_engine(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--build-only`` (the lease's prep builds the models beside other work): each model of
+    ``--models`` built under ``--out``, no engine started, exit 0; a bad model still named."""
+    mod = _bench_module()
+    built = []
+    monkeypatch.setattr(mod, "build", lambda name, root: built.append((name, root)) or root / f"bench-{name}")
+    monkeypatch.setattr(mod, "Engine", lambda *a, **k: pytest.fail("an engine was started"))
+    assert mod.main(["--build-only", "--models", "gptoss,dense", "--out", str(tmp_path)]) == 0
+    assert built == [("gptoss", tmp_path), ("dense", tmp_path)]
+    assert capsys.readouterr().out.splitlines() == [f"gptoss: {tmp_path / 'bench-gptoss'} (0 s)",
+                                                    f"dense: {tmp_path / 'bench-dense'} (0 s)"]
+    with pytest.raises(SystemExit):
+        mod.main(["--build-only", "--models", "gptoss,llama", "--out", str(tmp_path)])
+    assert "--models 'gptoss,llama': unknown ['llama']" in capsys.readouterr().err
+
+
 def test_throughput_bench_turns_alternate_batch_by_batch() -> None:
     """The bench times one batch per engine per turn, the order cycling through balanced orders
     and on across rounds: with two engines off-on, on-off, ...; within one cycle (len(who)
@@ -1450,15 +1466,15 @@ def test_throughput_bench_prefill_gate_and_kv_prefill(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.parametrize(("prep", "want"), [
-    (None, ["smoke bench-qdq", "jit-warm", "smoke bench-sage3"]),
-    ("bench-qdq", ["smoke bench-qdq", "jit-warm"]),
-    ("bench-sage3", ["jit-warm", "smoke bench-sage3"]),
-    ("", ["jit-warm"]),
+    (None, ["smoke bench-qdq", "jit-warm", "bench-models", "smoke bench-sage3"]),
+    ("bench-qdq", ["smoke bench-qdq", "jit-warm", "bench-models"]),
+    ("bench-sage3", ["jit-warm", "bench-models", "smoke bench-sage3"]),
+    ("", ["jit-warm", "bench-models"]),
 ])
 def test_gpu_lease_prep_runs_bench_qdq_alone(tmp_path: Path, prep: str | None, want: list[str]) -> None:
     """``gpu-lease.sh prep`` runs bench-qdq with nothing else on the CPUs (its eager table is host
-    time a call) and only then starts FlashInfer's build, beside bench-sage3; ``LEASE_PREP`` picks
-    the benches. Run on a copy of the script with ``gpu-smoke.sh``, ``python3`` and ``nvidia-smi``
+    time a call) and only then starts FlashInfer's build and the throughput benches' models (where
+    the bench step reads them), beside bench-sage3; ``LEASE_PREP`` picks the benches. Run on a copy of the script with ``gpu-smoke.sh``, ``python3`` and ``nvidia-smi``
     stubbed: each records when it starts and ends."""
     import os
     import shutil
@@ -1472,7 +1488,9 @@ def test_gpu_lease_prep_runs_bench_qdq_alone(tmp_path: Path, prep: str | None, w
     trace = tmp_path / "trace"
     stub = f'echo "start $NAME" >> {trace}; sleep 1; echo "end $NAME" >> {trace}\n'
     (root / "scripts" / "gpu-smoke.sh").write_text(f"NAME=\"smoke $*\"\n{stub}")
-    (bin_ / "python3").write_text(f"#!/bin/sh\ncase \"$*\" in *gpu_jit_warm*) NAME=jit-warm;; *) exit 0;; esac\n{stub}")
+    (bin_ / "python3").write_text(f"#!/bin/sh\ncase \"$*\" in *gpu_jit_warm*) NAME=jit-warm;; "
+                                  f"*bench_plugin_throughput.py\\ --build-only\\ --models\\ gptoss,dense\\ --out\\ {smoke}/models) "
+                                  f"NAME=bench-models;; *) exit 0;; esac\n{stub}")
     (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: stub'\n")
     for f in ("python3", "nvidia-smi"):
         (bin_ / f).chmod(0o755)
@@ -1487,6 +1505,7 @@ def test_gpu_lease_prep_runs_bench_qdq_alone(tmp_path: Path, prep: str | None, w
     assert sorted({e.split(" ", 1)[1] for e in events}) == sorted(want), events
     if "smoke bench-qdq" in want:  # nothing else runs while bench-qdq does
         assert events[:2] == ["start smoke bench-qdq", "end smoke bench-qdq"], events
-    if "smoke bench-sage3" in want:  # the build beside bench-sage3
-        assert events.index("start jit-warm") < events.index("end smoke bench-sage3"), events
-        assert events.index("start smoke bench-sage3") < events.index("end jit-warm"), events
+    if "smoke bench-sage3" in want:  # the build and the bench models beside bench-sage3
+        for job in ("jit-warm", "bench-models"):
+            assert events.index(f"start {job}") < events.index("end smoke bench-sage3"), events
+            assert events.index("start smoke bench-sage3") < events.index(f"end {job}"), events
