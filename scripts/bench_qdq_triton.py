@@ -31,7 +31,9 @@ skips these seven tables, which decide the module's switches, not a target (the 
 ``bench-qdq`` step passes it unless ``SMOKE_BENCH_FULL=1``), the two-pass recipes' y stored
 streaming (``Y_STREAM``) and not, with and without ``L2_HINTS`` (off since 05e), and the options
 table's columns of other layouts and the unfolded scale (below), each decided in an earlier lease;
-the register caps' columns (``ROT_MAXNREG``, :data:`CAP_SWEEP`) are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
+the register caps' columns (``ROT_MAXNREG``, :data:`CAP_SWEEP`) and the two-pass recipes with
+their QDQ pass a programmatic dependent launch and not (``PDL``: decode-sized graph replays and
+both sizes, :func:`bench_pdl`) are timed in either form. Options (issue 18, skipped with ``--no-options``): Hadamard rotation (every block, plain and
 random signs), stochastic rounding, NVFP4 four over six and nvfp4_e5m3, each timed beside its
 plain format; ``--check`` also exits 1 when a rotation costs more than 25% over its format's
 time at 64M elements (:data:`ROTATION_BUDGET`). Rotations are timed in both kernel layouts in the
@@ -227,9 +229,10 @@ def bench_two_pass_split() -> None:
     pass reading the pairs that call left there, so "qdq alone" reads x from memory), the whole
     call (L2 flushed before it, not between its launches), "qdq in call" = call - amax alone (the
     QDQ pass where the amax pass may have left x in L2, with the scratch buffer's zeroing and the
-    gap between launches in it), a copy, and a read of the tensor alone (``torch.amax``: one
-    reduction kernel, the read an amax pass cannot avoid). "read GB/s": the amax pass's bytes over
-    its time."""
+    gap between launches in it; with ``triton_qdq.PDL`` on, the QDQ pass overlaps the amax pass's
+    last wave, so this is what the call adds to the amax pass, not the QDQ pass's own time), a copy,
+    and a read of the tensor alone (``torch.amax``: one reduction kernel, the read an amax pass
+    cannot avoid). "read GB/s": the amax pass's bytes over its time."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
 
@@ -268,6 +271,49 @@ def bench_narrow() -> None:
     and in the float64 form (off), interleaved on, off, on, off, the best of two each."""
     bench_switch_table("NARROW_F64", (True, False), "fp32", "float64 recipes, bf16: copy time / kernel time "
                        "with the fp32 form (NARROW_F64 True) and the float64 form (False)", F64_RECIPES, rounds=2)
+
+
+def bench_pdl(rounds: int = 3) -> None:
+    """The two-pass recipes with their QDQ pass launched as a programmatic dependent of the amax
+    pass (``triton_qdq.PDL``) and not: graph replays of decode-sized calls (the rows of
+    :data:`DECODE_ROWS` that take an amax pass), and copy time / kernel time at both sizes; on and
+    off interleaved, ``rounds`` times, the best of each."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    if not hasattr(triton_qdq, "PDL"):  # an older tree
+        return
+    rows = [n for n in DECODE_ROWS if n > 1]  # one row: one tile, one launch
+    print(f"\ntwo-pass recipes, the QDQ pass a programmatic dependent launch of the amax pass (PDL, default "
+          f"{triton_qdq.PDL}) and not: us per call replayed from a CUDA graph, rows x 4096, best of {rounds}")
+    print(f"{'format':30s}" + "".join(f" {f'{n} pdl':>8s} {f'{n} plain':>9s}" for n in rows))
+    for fmt in ("nvfp4", "fp8_e4m3_per_tensor"):
+        spec = FORMATS[fmt]
+        line = f"{fmt:30s}"
+        for n in rows:
+            x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
+            best = {True: float("inf"), False: float("inf")}
+            for _ in range(rounds):
+                for pdl in (True, False):
+                    best[pdl] = min(best[pdl], graph_us_with(triton_qdq, "PDL", pdl,
+                                                             lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+            line += f" {best[True]:8.1f} {best[False]:9.1f}"
+        print(line, flush=True)
+    bench_switch_table("PDL", (True, False), "pdl", "two-pass recipes: copy time / kernel time with the QDQ pass a "
+                       "programmatic dependent launch (PDL) and not", rounds=2)
+
+
+def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
+    """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (restored
+    after; the eager fast path's recorded calls dropped before and after, as in :func:`kernel_ms_with`)."""
+    default = getattr(triton_qdq, switch)
+    triton_qdq._FAST.clear()
+    setattr(triton_qdq, switch, value)
+    try:
+        return graph_us(fn)
+    finally:
+        setattr(triton_qdq, switch, default)
+        triton_qdq._FAST.clear()
 
 
 def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
@@ -403,6 +449,7 @@ def main() -> int:
                 failures.append(f"{name} {n} rows: eager {eager:.1f} us > graph + {EAGER_OVERHEAD_US:.0f}")
         print(line, flush=True)
 
+    bench_pdl()
     if not args.no_sweeps:
         for hints in (False, True):
             bench_switch_table("Y_STREAM", (False, True), "ycs",

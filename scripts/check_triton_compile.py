@@ -35,6 +35,8 @@ RECORD = False
 #: ``_div_rn``, ``_div_rn_f64`` and ``_recip2_f64``, write FMAs on purpose)
 NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel"}
 COMPILED: list[tuple[str, dict, dict, object]] = []
+#: the kernels compiled as programmatic dependent launches (``launch_pdl``: triton_qdq.PDL)
+PDL_LAUNCHES: list[str] = []
 
 
 try:  # the JIT's own specialization (Triton 3.6)
@@ -66,7 +68,8 @@ def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
 
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
-    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg") if k in kwargs}
+    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg", "launch_pdl")
+            if k in kwargs}
     if opts.get("enable_fp_fusion") is not False:  # absent or None: Triton's default, on
         raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
                          "rounding, which the reference does not (pass enable_fp_fusion=False)")
@@ -111,6 +114,18 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     if fn.__name__ == "_amax_stream_kernel" and values.get("STAGES", 0) > 1 and "cp.async" not in ptx:
         raise ValueError(f"{fn.__name__}: no cp.async in the PTX: Triton did not pipeline its loop "
                          f"(STAGES={values['STAGES']}), so it reads one tile at a time")
+    # a programmatic dependent launch (triton_qdq.PDL): the QDQ pass waits for its amax pass before
+    # reading what that pass wrote, and is launched as a dependent; the amax pass lets it launch
+    waits = "griddepcontrol.wait" in ptx
+    if fn.__name__ == "_qdq_block_kernel" and (waits != bool(opts.get("launch_pdl")) or waits != bool(values.get("PDL"))):
+        raise ValueError(f"{fn.__name__}: launch_pdl={opts.get('launch_pdl')}, PDL={values.get('PDL')} and "
+                         f"griddepcontrol.wait {'in' if waits else 'not in'} the PTX: a dependent launch must wait "
+                         "before it reads the amax pass's words, and only a dependent launch may wait")
+    if fn.__name__ == "_amax_kernel" and bool(values.get("PDL")) != ("griddepcontrol.launch_dependents" in ptx):
+        raise ValueError(f"{fn.__name__}: PDL={values.get('PDL')} but griddepcontrol.launch_dependents "
+                         f"{'not ' if values.get('PDL') else ''}in the PTX")
+    if opts.get("launch_pdl"):
+        PDL_LAUNCHES.append(fn.__name__)
     if fn.__name__ == "_qdq_block_kernel" and values.get("Y_STREAM") and "st.global.cs" not in ptx:
         raise ValueError(f"{fn.__name__}: Y_STREAM set but no streaming (.cs) store of y in the PTX")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
@@ -184,7 +199,9 @@ def _two_pass_paths() -> int:
     """The ways a two-pass recipe gets its tensor amax, each compiled: one tile (a decode-sized
     call), an amax pass of partial pairs, an amax pass of atomics (many tiles), the streaming amax
     pass (``AMAX_STAGES`` 3 and 4, whether or not on by default; its PTX must hold ``cp.async``),
-    the QDQ pass storing y streaming (``Y_STREAM``; its PTX must hold a ``.cs`` store),
+    the QDQ pass storing y streaming (``Y_STREAM``; its PTX must hold a ``.cs`` store), the QDQ
+    pass as a programmatic dependent launch of the amax pass and not (``PDL``; the dependent's PTX
+    must wait, the amax pass's let it launch),
     and NVFP4's given global amax as a float argument and as a tensor read in place."""
     failures = 0
     for fmt in ("nvfp4", "nvfp4_e5m3", "fp8_e4m3_per_tensor"):
@@ -202,17 +219,28 @@ def _two_pass_paths() -> int:
                                          f"{fmt} {dtype} streaming amax pass STAGES={stages}")
             # y stored streaming, on by default or not
             failures += _launch_with("Y_STREAM", True, x, spec, None, f"{fmt} {dtype} Y_STREAM")
+            # the QDQ pass a programmatic dependent launch of the amax pass (PDL), on by default or not
+            for pdl in (True, False):
+                failures += _launch_with("PDL", pdl, x, spec, None, f"{fmt} {dtype} PDL={pdl}")
     return failures
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--two-pass-only", action="store_true",
+                    help="only the two-pass recipes' paths (a quick check of another --arch)")
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
+    triton_qdq.NO_DEVICE_CC = args.arch  # the launcher's PDL choice for this target (CPU tensors here)
     for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"):
         setattr(triton_qdq, name, _Capture(getattr(triton_qdq, name), target))
     failures = 0
+    if args.two_pass_only:
+        failures = _two_pass_paths()
+        print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch} "
+              f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
+        return 1 if failures else 0
     for fmt, spec in FORMATS.items():
         for rule in SCALE_RULES if spec.takes_scale_rule else ("floor",):
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -242,8 +270,8 @@ def main() -> int:
                 except Exception as e:
                     failures += 1
                     print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm}: {str(e).strip().splitlines()[-1][:300]}")
-    print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch}, "
-          f"{failures} failures")
+    print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch} "
+          f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
     return 1 if failures else 0
 
 

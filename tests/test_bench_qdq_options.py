@@ -101,3 +101,33 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0)} | caps, seen
     assert "nvfp4 four_over_six" not in seen
+
+
+def test_pdl_table_times_both_launch_orders(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``bench_pdl``: each two-pass recipe's decode-sized graph replays and both sizes' ratios
+    with ``PDL`` on and off, interleaved, the switch restored after each; rows of one row (one
+    tile, one launch) left out."""
+    mod = _bench()
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, device=None, **k: randn(*a, **k))  # CPU tensors
+    monkeypatch.setattr(mod, "SIZES", ((4, 256),))
+    monkeypatch.setattr(mod, "DECODE_ROWS", (1, 2, 4))
+    seen: list[bool] = []
+    default = tq.PDL
+
+    def timed(fn) -> float:
+        seen.append(tq.PDL)
+        fn()
+        return 1.0
+
+    monkeypatch.setattr(mod, "graph_us", timed)
+    monkeypatch.setattr(mod, "kernel_ms", timed)
+    mod.bench_pdl(rounds=2)
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("format "))
+    assert head.split()[1:] == ["2", "pdl", "2", "plain", "4", "pdl", "4", "plain"], head
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("nvfp4", "fp8"))] == [
+        "nvfp4", "fp8_e4m3_per_tensor", "nvfp4", "fp8_e4m3_per_tensor"]  # the replays' table, then the sizes'
+    # replays: 2 formats x 2 row counts x 2 rounds x (on, off); then the sizes' table: copy, on, off, 2 rounds
+    assert seen[:16] == [True, False] * 8, seen
+    assert tq.PDL is default

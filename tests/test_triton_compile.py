@@ -36,6 +36,22 @@ def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
     tail = (out.stdout + out.stderr)[-3000:]
     assert out.returncode == 0, tail
     assert f"triton {GPU_TRITON_VERSION}: compiled" in out.stdout and ", 0 failures" in out.stdout, tail
+    # the two-pass recipes' QDQ passes, launched as programmatic dependents of their amax passes
+    # (triton_qdq.PDL, on by default): the script checks each one's PTX waits, and counts them
+    import re
+
+    m = re.search(r"\((\d+) programmatic dependent launches\)", out.stdout)
+    assert m and int(m.group(1)) > 0, tail
+
+
+def test_two_pass_paths_compile_for_sm89_without_dependent_launches() -> None:
+    """Below compute capability 9.0 there is no ``griddepcontrol`` (ptxas refuses it for sm_89):
+    the launcher launches no QDQ pass as a programmatic dependent there (``triton_qdq.PDL``,
+    ``_pdl_capable``), whether or not PDL is on, and every two-pass path compiles for sm_89."""
+    out = _run_script("check_triton_compile.py", "--arch", "89", "--two-pass-only", timeout=900)
+    tail = (out.stdout + out.stderr)[-3000:]
+    assert out.returncode == 0, tail
+    assert "for sm_89 (0 programmatic dependent launches), 0 failures" in out.stdout, tail
 
 
 def test_direct_replay_layout_is_the_gpu_images_launcher() -> None:

@@ -97,16 +97,18 @@ def _count_replays(triton_qdq, monkeypatch) -> list[tuple[bool, bool]]:
 ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 
-@pytest.mark.parametrize("switch", ["ROT_TILE_MAX", "ROT_COALESCE"])
+@pytest.mark.parametrize(("switch", "value"), [("ROT_TILE_MAX", 0), ("ROT_COALESCE", False), ("ROT_MAXNREG", 0),
+                                               ("ROT_MAXNREG", 200)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
-def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, monkeypatch) -> None:
+def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
     reference's bits too: ``ROT_TILE_MAX = 0`` (every block in the tile's own layout: the "tile
-    layout" column) and ``ROT_COALESCE`` off (whole blocks in a thread, loaded and stored in that
-    layout: the "uncoalesced" column)."""
+    layout" column), ``ROT_COALESCE`` off (whole blocks in a thread, loaded and stored in that
+    layout: the "uncoalesced" column), and the coalesced layout's other register caps
+    (``ROT_MAXNREG`` 0 and 200: the "uncapped" and "cap 200" columns)."""
     from vllm_qdq.numerics import triton_qdq
 
-    monkeypatch.setattr(triton_qdq, switch, 0 if switch == "ROT_TILE_MAX" else False)
+    monkeypatch.setattr(triton_qdq, switch, value)
     monkeypatch.setattr(triton_qdq, "_FAST", {})  # recorded calls carry the layout they were made with
     torch.manual_seed(0)
     for shape in ((257, 4096), (16, 3000)):
@@ -180,6 +182,41 @@ def test_two_pass_paths_on_gpu(fmt: str, kw: dict, path: str, monkeypatch) -> No
             ref = quantize_dequantize(x, fmt, backend="reference", **k)
             torch.cuda.synchronize()
             assert_same_bits(out, ref)
+
+
+@pytest.mark.parametrize("pdl", [True, False])
+@pytest.mark.parametrize("path", ["partials", "atomics"])
+@pytest.mark.parametrize(("fmt", "kw"), two_pass.CASES, ids=two_pass.IDS)
+def test_two_pass_dependent_launch_in_a_graph(fmt: str, kw: dict, path: str, pdl: bool, monkeypatch) -> None:
+    """The QDQ pass as a programmatic dependent launch of its amax pass (``PDL``) and not, inside a
+    CUDA graph where the kernel just before the call writes x and the one just after reads y (what
+    vLLM's graphs hold): every replay, with new values written before it, bit for bit with the
+    reference on those values (a QDQ pass that read x before its writer finished, or its amax pass's
+    words before they were written, would not be)."""
+    from vllm_qdq.numerics import triton_qdq
+
+    two_pass.force_path(triton_qdq, path, monkeypatch)
+    monkeypatch.setattr(triton_qdq, "PDL", pdl)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    for rows in (64, 2048):
+        src = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        x = torch.empty_like(src)
+        x.copy_(src)
+        quantize_dequantize(x, fmt, backend="triton", **kw)  # compiled and recorded before the capture
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            x.copy_(src * 2.0)  # the producer: a kernel writing x right before the call
+            out = quantize_dequantize(x, fmt, backend="triton", **kw)
+            after = out * 1.0  # the consumer
+        for i in range(4):
+            torch.manual_seed(100 + i)
+            src.copy_(torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1))
+            src[..., 3] *= 300.0
+            g.replay()
+            torch.cuda.synchronize()
+            ref = quantize_dequantize(src * 2.0, fmt, backend="reference", **kw)
+            assert_same_bits(after, ref)
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4_e5m3"])

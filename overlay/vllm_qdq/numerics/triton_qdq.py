@@ -832,6 +832,7 @@ if triton is not None:
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr, L2_HINTS: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
@@ -842,7 +843,11 @@ if triton is not None:
         pass reduces the pairs (:func:`_tensor_stats`). ``TPP > 1`` (unrotated only): a program
         takes ``TPP`` consecutive tiles (tile ``pid * TPP + i``), all loads issued before one
         reduction and one pair (:data:`AMAX_TILES_PER_PROGRAM`). ``L2_HINTS``: x is loaded to stay in L2
-        (``evict_last``) for the QDQ pass that reads it next (:data:`L2_HINTS`)."""
+        (``evict_last``) for the QDQ pass that reads it next (:data:`L2_HINTS`). ``PDL``: the QDQ
+        pass is a programmatic dependent launch of this one, told at once that it may launch
+        (:data:`PDL`)."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         if TPP > 1:
             tl.static_assert(ROT_LOG2 == 0, "several tiles a program: unrotated calls only")
             fin = tl.full([BLOCK_R, BLOCK_K], 0, tl.int32)  # tl.full: a builtin
@@ -973,7 +978,7 @@ if triton is not None:
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
-        L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr,
+        L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr, PDL: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -993,7 +998,10 @@ if triton is not None:
         (scaling by a power of two is exact and commutes with every rounding while no value is
         subnormal, which holds for blocks of amax at least ``2**-100``), two multiplies an element
         fewer. ``L2_HINTS`` (the QDQ pass of a two-pass call): x, read
-        for the last time, is loaded ``evict_first`` (:data:`L2_HINTS`).
+        for the last time, is loaded ``evict_first`` (:data:`L2_HINTS`). ``PDL`` (the QDQ pass
+        of a two-pass call launched as a programmatic dependent of its amax pass, :data:`PDL`):
+        the program waits for the amax pass (``griddepcontrol.wait``) just before it reads the
+        pairs that pass wrote, after loading and reducing its tile.
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -1030,6 +1038,8 @@ if triton is not None:
             if ONE_TILE:
                 amax, bad = t_amax, t_bad
             else:
+                if PDL:  # the amax pass's pairs: written by the grid this one depends on
+                    tl.extra.cuda.gdc_wait()
                 amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
             s = _scaled_scale(amax, SPEC)
             y = _scaled_qdq(x, s, amax, bad, SPEC, NARROW)
@@ -1053,6 +1063,8 @@ if triton is not None:
                 if ONE_TILE:
                     gamax = t_amax
                 else:
+                    if PDL:  # the amax pass's pairs: written by the grid this one depends on
+                        tl.extra.cuda.gdc_wait()
                     gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX)
                 zero_tensor = gamax == 0
                 one = tl.full([1, 1], 1.0, tl.float32)
@@ -1389,6 +1401,9 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             signs = hadamard_sign_bits(ex.rot, ex.kp, x.device, padded)
         if consts["INV_MULTS"]:
             mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"], padded)
+    # the QDQ pass as a programmatic dependent launch of the amax pass just before it (PDL; the
+    # streaming amax pass, off by default, keeps the plain order)
+    pdl = bool(PDL and amax is not None and not one_tile and not stream and not _INTERPRETED and _pdl_capable(x))
     if stream:
         s_consts = {"BLOCK_R": amax[0], "BLOCK_K": amax[1], "FLAT": flat, "SLOTS": ATOMIC_SLOTS,
                     "STAGES": AMAX_STAGES, "num_warps": amax[2]["num_warps"], "enable_fp_fusion": False}
@@ -1398,7 +1413,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             rec.append((_amax_stream_kernel, (stream,), args, s_consts, k, buf))
     elif amax is not None and not one_tile:
         a_consts = {"FLAT": flat, "N_PARTIALS": partials, "SLOTS": ATOMIC_SLOTS, "TPP": tpp, "L2_HINTS": L2_HINTS,
-                    **amax[2]}
+                    "PDL": pdl, **amax[2]}
         args = (x, buf, signs, r.n_rows, r.inner_rows, r.k, ex.kp, *r.strides_x)
         k = _amax_kernel[a_grid](*args, **a_consts)
         if rec is not None:
@@ -1410,7 +1425,9 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
     consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
               "L2_HINTS": L2_HINTS and amax is not None and not one_tile,
-              "Y_STREAM": Y_STREAM and amax is not None and not one_tile, **consts}
+              "Y_STREAM": Y_STREAM and amax is not None and not one_tile, "PDL": pdl, **consts}
+    if pdl:
+        consts["launch_pdl"] = True
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -1486,6 +1503,26 @@ L2_HINTS = False
 #: "y stored streaming (Y_STREAM, .cs)" tables): 0.65 of a copy on and off, with and without
 #: :data:`L2_HINTS`, at 16M and 64M. No gain, so off; the switch stays, for other GPUs.
 Y_STREAM = False
+
+#: A two-pass call's QDQ pass is launched as a programmatic dependent launch (PDL, sm_90 and up:
+#: Triton's ``launch_pdl``, ``cuLaunchKernelEx`` with programmatic stream serialization) of its
+#: amax pass, which signals at its start (``griddepcontrol.launch_dependents``) that it may go:
+#: the QDQ pass's programs then launch while the amax pass's last wave runs (a decode-sized call's
+#: only one; a dependent launches only once every program of the amax pass has signalled or
+#: ended) instead of after it has drained, load their tile of x and reduce its blocks, and wait
+#: (``griddepcontrol.wait``: the amax pass finished, its writes visible) only before they read the
+#: tensor amax. Safe because the QDQ pass reads nothing else the amax pass writes and its
+#: predecessor is always that amax pass (launched without PDL, so whatever wrote x finished
+#: before it started); one-pass calls, calls of one tile, a given NVFP4 global amax and the
+#: streaming amax pass launch as before, and so do GPUs below compute capability 9.0 (no
+#: ``griddepcontrol``) and the interpreter. The same bits (the same arithmetic; the order of
+#: launches only). Why: two dependent launches of a decode-sized call replayed from a CUDA graph
+#: took 3.7-5.4 us on the H100 against 1.3-1.9 us for a copy (issue 16: at most twice a copy).
+#: Off until a GPU has run it (none was lent on 2026-12-05f): ``tests/gpu/test_triton_recipes_gpu.py
+#: ::test_two_pass_dependent_launch_in_a_graph`` (PDL launches captured in a CUDA graph between a
+#: kernel writing x and one reading y, bit for bit) and ``scripts/bench_qdq_triton.py``'s PDL tables
+#: (both forms) decide it.
+PDL = False
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1630,6 +1667,24 @@ def _one_tile(spec: FormatSpec, n_rows: int, k: int, rot_block: int) -> bool:
     """The call is one tile of at most :data:`ONE_TILE_MAX` elements."""
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     return _pow2_at_least(n_rows) * max(_pow2_at_least(k), group, rot_block) <= ONE_TILE_MAX
+
+
+#: The compute capability (``major * 10 + minor``) :func:`_pdl_capable` assumes for tensors on no
+#: CUDA device: 0 (no PDL), except in ``scripts/check_triton_compile.py``, which compiles CPU
+#: tensors' launches for its ``--arch`` and sets it to that.
+NO_DEVICE_CC = 0
+_PDL_OK: dict = {}
+
+
+def _pdl_capable(x: torch.Tensor) -> bool:
+    """Whether ``x``'s device runs programmatic dependent launches (compute capability 9.0 and up:
+    ``griddepcontrol``; cached per device)."""
+    if x.device.type != "cuda":
+        return NO_DEVICE_CC >= 90
+    ok = _PDL_OK.get(x.device)
+    if ok is None:
+        ok = _PDL_OK[x.device] = torch.cuda.get_device_capability(x.device)[0] >= 9
+    return ok
 
 
 _SMS: dict = {}
@@ -1782,7 +1837,7 @@ class _FastCall:
     places; constant tensors of the call (a random rotation's signs and inverse multipliers,
     cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`ROT_MAXNREG`, :data:`_DIRECT_TRITON`) are read
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`_DIRECT_TRITON`) are read
     when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
