@@ -304,27 +304,25 @@ def bench_pdl(rounds: int = 3) -> None:
 
 
 def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
-    """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (restored
-    after; the eager fast path's recorded calls dropped before and after, as in :func:`kernel_ms_with`)."""
-    default = getattr(triton_qdq, switch)
-    triton_qdq._FAST.clear()
-    setattr(triton_qdq, switch, value)
-    try:
-        return graph_us(fn)
-    finally:
-        setattr(triton_qdq, switch, default)
-        triton_qdq._FAST.clear()
+    """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (:func:`_with_switch`)."""
+    return _with_switch(graph_us, triton_qdq, switch, value, fn)
 
 
 def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
     """:func:`kernel_ms` of ``fn`` with the launcher's module switch ``switch`` set to ``value``
-    (restored after); the eager fast path's recorded calls are dropped before and after, as they
-    keep the switches they were recorded with."""
+    (:func:`_with_switch`)."""
+    return _with_switch(kernel_ms, triton_qdq, switch, value, fn)
+
+
+def _with_switch(timer, triton_qdq, switch: str, value, fn) -> float:
+    """``timer(fn)`` with ``triton_qdq``'s module switch ``switch`` set to ``value`` (restored
+    after); the eager fast path's recorded calls are dropped before and after, as they keep the
+    switches they were recorded with."""
     default = getattr(triton_qdq, switch)
     triton_qdq._FAST.clear()
     setattr(triton_qdq, switch, value)
     try:
-        return kernel_ms(fn)
+        return timer(fn)
     finally:
         setattr(triton_qdq, switch, default)
         triton_qdq._FAST.clear()
