@@ -118,8 +118,9 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
                  ("no fold", 8, "ROT_FOLD", False, lambda spec, rot: bool(
                      rot is not None and fold and triton_qdq._rot_fold(spec, rot.block,
                                                                        triton_qdq._rot_layout(spec, rot.block))))]
-    cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(
-        cap and coalesced(spec, rot) and rot.block >= triton_qdq.ROT_HELD_MAX)) for n in CAP_SWEEP]
+    cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(  # where the planner caps
+        cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
+             for n in CAP_SWEEP]
     print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
           + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"

@@ -235,12 +235,9 @@ def main() -> int:
     triton_qdq.NO_DEVICE_CC = args.arch  # the launcher's PDL choice for this target (CPU tensors here)
     for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"):
         setattr(triton_qdq, name, _Capture(getattr(triton_qdq, name), target))
-    failures = 0
     if args.two_pass_only:
-        failures = _two_pass_paths()
-        print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch} "
-              f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
-        return 1 if failures else 0
+        return _summary(args.arch, _two_pass_paths())
+    failures = 0
     for fmt, spec in FORMATS.items():
         for rule in SCALE_RULES if spec.takes_scale_rule else ("floor",):
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -270,7 +267,12 @@ def main() -> int:
                 except Exception as e:
                     failures += 1
                     print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm}: {str(e).strip().splitlines()[-1][:300]}")
-    print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{args.arch} "
+    return _summary(args.arch, failures)
+
+
+def _summary(arch: int, failures: int) -> int:
+    """Print the run's last line (the tests read it) and return the exit status."""
+    print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{arch} "
           f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
     return 1 if failures else 0
 

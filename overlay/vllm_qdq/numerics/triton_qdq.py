@@ -931,11 +931,15 @@ if triton is not None:
         return amax, bad
 
     @triton.jit
-    def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr):
+    def _tensor_stats(buf_ptr, n_part, N_PARTIALS: tl.constexpr, PDL: tl.constexpr):
         """``(amax, bad)`` of the whole tensor from the amax pass: the max over its ``n_part``
         pairs ``buf[2p], buf[2p + 1]`` (``n_part <= N_PARTIALS``; partials, or the atomics' slots:
-        the same integer max). A given NVFP4 global amax: :func:`_nvfp4_gamax`."""
+        the same integer max). A given NVFP4 global amax: :func:`_nvfp4_gamax`. ``PDL``: this
+        program is a programmatic dependent of the amax pass (:data:`PDL`): it waits for that
+        grid (``griddepcontrol.wait``) before reading the words it wrote."""
         tl.static_assert(N_PARTIALS > 0, "an amax pass leaves at least one pair")
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         p = tl.arange(0, N_PARTIALS)
         m = p < n_part
         a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0), 0, tl.standard._elementwise_max)
@@ -943,16 +947,16 @@ if triton is not None:
         return a.to(tl.float32, bitcast=True), b > 0
 
     @triton.jit
-    def _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr):
-        """NVFP4's global amax (fp32): from the amax pass (``GAMAX == 0``, :func:`_tensor_stats`),
-        the fp32 argument ``gamax_f`` (1: a given Python float) or the fp32 word at ``buf_ptr``
-        (2: a given tensor)."""
+    def _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, PDL: tl.constexpr):
+        """NVFP4's global amax (fp32): from the amax pass (``GAMAX == 0``, :func:`_tensor_stats`,
+        which waits for it under ``PDL``), the fp32 argument ``gamax_f`` (1: a given Python float)
+        or the fp32 word at ``buf_ptr`` (2: a given tensor)."""
         if GAMAX == 1:
             g = tl.full([1, 1], 0.0, tl.float32) + gamax_f  # fp32 (RN) from the launcher; tl.full: a builtin
         elif GAMAX == 2:
             g = tl.load(buf_ptr).to(tl.float32)
         else:
-            g, _ = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
+            g, _ = _tensor_stats(buf_ptr, n_part, N_PARTIALS, PDL)
         return g
 
     # the seed words are never compile-time constants: Triton specializes an int argument equal
@@ -1038,9 +1042,7 @@ if triton is not None:
             if ONE_TILE:
                 amax, bad = t_amax, t_bad
             else:
-                if PDL:  # the amax pass's pairs: written by the grid this one depends on
-                    tl.extra.cuda.gdc_wait()
-                amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS)
+                amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS, PDL)
             s = _scaled_scale(amax, SPEC)
             y = _scaled_qdq(x, s, amax, bad, SPEC, NARROW)
             if NARROW:
@@ -1063,9 +1065,7 @@ if triton is not None:
                 if ONE_TILE:
                     gamax = t_amax
                 else:
-                    if PDL:  # the amax pass's pairs: written by the grid this one depends on
-                        tl.extra.cuda.gdc_wait()
-                    gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX)
+                    gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX, PDL)
                 zero_tensor = gamax == 0
                 one = tl.full([1, 1], 1.0, tl.float32)
                 gs = tl.where(zero_tensor, one,
@@ -1329,7 +1329,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
         "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
     }
-    if rot_tile == 2 and rot_block >= ROT_HELD_MAX and maxnreg:
+    if maxnreg and _rot_capped(rot_block, rot_tile):
         consts["maxnreg"] = maxnreg
     return block_r, n_groups * group, amax, consts
 
@@ -1651,6 +1651,12 @@ def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
     if rot_block <= 1 or (rot_block > ROT_TILE_MAX and not split):
         return 0
     return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
+
+
+def _rot_capped(rot_block: int, rot_tile: int) -> bool:
+    """Whether :data:`ROT_MAXNREG` caps the QDQ pass of a rotated call: blocks of at least
+    :data:`ROT_HELD_MAX` held and loaded coalesced (``rot_tile == 2``, :func:`_rot_layout`)."""
+    return rot_tile == 2 and rot_block >= ROT_HELD_MAX
 
 
 def _rot_fold(spec: FormatSpec, rot_block: int, rot_tile: int) -> int:
