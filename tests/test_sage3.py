@@ -51,6 +51,7 @@ _SCRIPT = r"""
 import json, os, sys
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch
+from vllm_qdq.sage3.numerics import kernel as K
 from vllm_qdq.sage3.numerics.kernel import sage3_attention, sage3_prepass
 from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_qkv_reference, sage3_attention_reference
 cases = json.loads(sys.argv[1])
@@ -63,8 +64,11 @@ for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1
     k = torch.randn(2, 67, 3, 64) + 0.7
     v = torch.randn(2, 67, 3, 64) * torch.logspace(-3, 3, 64)  # many binades
     (qr, kr, vr), gs = sage3_prepass(q, k, v, fmt, rule)
+    (qn, kn, vn), gn = sage3_prepass(q, k, v, fmt, rule, with_q=False)  # K and V only (FUSE_Q's pre-pass)
     ref = quantize_qkv_reference(q, k, v, get_sage3_format(fmt), rule)
     out["prepass-" + fmt + "-" + rule] = {
+        "without_q": [qn is None, bool(torch.equal(kn, kr)), bool(torch.equal(vn, vr)),
+                      bool(torch.equal(gn[1], gs[1])), bool(torch.equal(gn[2], gs[2]))],
         "raw_equal": [bool(torch.equal(a.permute(0, 2, 1, 3), r[0])) for a, r in zip((qr, kr, vr), ref)],
         "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
     }
@@ -94,8 +98,18 @@ for name, fmt, acc, causal, b, s, hq, hkv, d, dt, *rule in cases:
     k = (torch.randn(b, s, hkv, d) + 0.5).to(dtype)
     v = torch.randn(b, s, hkv, d).to(dtype)
     o = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
+    # Q quantized in the attention kernel (FUSE_Q flipped), from a strided view of a wider tensor
+    K.FUSE_Q = not K.FUSE_Q
+    try:
+        qw = torch.zeros(b, s, hq + 1, d + 32, dtype=dtype)
+        qw[:, :, 1:, 16:16 + d] = q
+        o_flip = sage3_attention(qw[:, :, 1:, 16:16 + d], k, v, quant_format=fmt, acc_dtype=acc, causal=causal,
+                                 scale_rule=rule)
+    finally:
+        K.FUSE_Q = not K.FUSE_Q
     r = sage3_attention_reference(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
     out[name] = {
+        "fuse_q_flipped_equal": bool(torch.equal(o, o_flip)),
         "max_diff": (o.float() - r.float()).abs().max().item(),
         "max_ref": r.float().abs().max().item(),
         "dtype": str(o.dtype), "shape": list(o.shape), "finite": bool(torch.isfinite(o).all()),
@@ -123,6 +137,7 @@ def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str
     """Q, smoothed K, V from the Triton pre-pass equal the oracle's element*scale exactly."""
     r = interp_results["prepass-" + fmt + "-" + rule]
     assert r["raw_equal"] == [True, True, True]
+    assert r["without_q"] == [True] * 5  # with_q=False: no Q, the same K, V and their scales
     assert r["inv_gs_equal"] == [True, True, True]
 
 
@@ -146,6 +161,7 @@ def test_kernel_matches_reference(interp_results: dict, case: tuple) -> None:
     assert r["shape"] == [b, s, hq, d]
     assert r["dtype"] == f"torch.{dt}"
     assert r["finite"]
+    assert r["fuse_q_flipped_equal"]  # Q in the attention kernel or through the pre-pass: the same bits
     tol = 1e-5 * max(1.0, r["max_ref"])
     if dt != "float32":  # output rounded to the input dtype (the interpreter's cast is not RNE): one ulp
         tol += r["max_ref"] * (2.0**-7 if dt == "bfloat16" else 2.0**-10)

@@ -311,11 +311,17 @@ def _qdq_prepass_kernel(
     # meta-parameters
     D: tl.constexpr, BLOCK_S: tl.constexpr, BLK: tl.constexpr, NVFP4: tl.constexpr,
     EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+    WITH_Q: tl.constexpr = True,
 ):
     """The whole pre-pass in one launch: axis 1 runs Q's ``B*HQ`` programs (blocks along the head
-    dim), then K's ``B*HKV`` (smoothed, blocks along the head dim), then V's (blocks along the tokens)."""
+    dim), then K's ``B*HKV`` (smoothed, blocks along the head dim), then V's (blocks along the tokens).
+    ``WITH_Q`` False: no Q programs (axis 1 starts at K's; the attention kernel quantizes Q itself,
+    :data:`FUSE_Q`)."""
     pid_s = tl.program_id(0)
-    pid = tl.program_id(1)
+    if WITH_Q:
+        pid = tl.program_id(1)
+    else:
+        pid = tl.program_id(1) + BHQ
     if pid < BHQ:
         _prepass_tile(q_ptr, mean_ptr, g_ptr, oq_ptr, pid_s, pid, S, HQ, sqb, sqs, sqh,
                       D, BLOCK_S, BLK, False, False, NVFP4, EMAX, EMIN, MBITS, MAXN, RULE)
@@ -407,13 +413,21 @@ def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m
 @triton.jit
 def _sage3_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr, p_inv_ptr,
-    S, H, HKV, GROUP, sob, sos, soh, S_KEY,
+    S, H, HKV, GROUP, sob, sos, soh, S_KEY, sqb, sqs, sqh,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
     EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
     BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr,
+    FUSE_Q: tl.constexpr = False, Q_NVFP4: tl.constexpr = False, QEMAX: tl.constexpr = 0,
+    QEMIN: tl.constexpr = 0, QMBITS: tl.constexpr = 0, QMAXN: tl.constexpr = 0.0,
 ):
-    """One ``BLOCK_M`` query tile of one (batch, head); raw Q/K/V in ``[B, H, S, D]``."""
+    """One ``BLOCK_M`` query tile of one (batch, head); raw K/V in ``[B, H, S, D]``.
+
+    Q: raw in ``[B, H, S, D]`` (from the pre-pass; ``inv_gq_ptr``: its ``1/gs``), or with
+    ``FUSE_Q`` the input ``q [B, S, H, D]`` (strides ``sqb, sqs, sqh``), quantized here once per
+    program exactly as the pre-pass's Q programs do it (:func:`_prepass_tile`: blocks of ``BLK``
+    along the head dim, element constants ``Q*``); ``inv_gq_ptr`` then points at Q's tensor amax
+    bits (NVFP4: the global scales computed from it as the pre-pass computes them) or at 1 (MX)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -422,11 +436,26 @@ def _sage3_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    q = tl.load(q_ptr + pid_bh.to(tl.int64) * S * D + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < S,
-                other=0.0)
+    if FUSE_Q:
+        x = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+                    mask=offs_m[:, None] < S, other=0.0).to(tl.float32)
+        x3 = tl.reshape(x, (BLOCK_M, D // BLK, BLK))
+        if Q_NVFP4:
+            gs_q, inv_gq = _nvfp4_global_scales(inv_gq_ptr)
+            r3 = _nvfp4_raw(x3, gs_q, inv_gq, 2)
+        else:
+            inv_gq = tl.load(inv_gq_ptr)
+            r3 = _mx_qdq(x3, 2, QEMAX, QEMIN, QMBITS, QMAXN, RULE)
+        q = tl.reshape(r3, (BLOCK_M, D))
+        if OP_BF16:
+            q = q.to(tl.bfloat16)  # exact: every raw value is a bf16 number
+    else:
+        q = tl.load(q_ptr + pid_bh.to(tl.int64) * S * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=offs_m[:, None] < S, other=0.0)
+        inv_gq = tl.load(inv_gq_ptr)
     k_base = k_ptr + kv_bh.to(tl.int64) * S * D
     v_base = v_ptr + kv_bh.to(tl.int64) * S * D
-    c = (c_base * tl.load(inv_gq_ptr)) * tl.load(inv_gk_ptr)  # fp32(sm_scale log2 e) / gs_q / gs_k, fp32 products
+    c = (c_base * inv_gq) * tl.load(inv_gk_ptr)  # fp32(sm_scale log2 e) / gs_q / gs_k, fp32 products
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -462,11 +491,18 @@ _FWD_CONFIGS = [
 
 _sage3_fwd_tuned = triton.autotune(
     configs=_FWD_CONFIGS,
-    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE"],
+    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE", "FUSE_Q"],
 )(_sage3_fwd_kernel)
 
 
 # ----------------------------------------------------------------------------- host side
+
+#: Q quantized inside the attention kernel (issue 17): each query tile is quantized once by the
+#: program that holds it, as the pre-pass's Q programs would (the same functions on the same
+#: values: the same raw bits), and the pre-pass runs K and V only: Q's ``[B, H, S, D]`` raw copy is
+#: neither written nor read back (at S = 4096, H = 24, D = 128: 2 x 25 MB of the pre-pass's ~150 MB).
+#: Off: Q through the pre-pass (``tests/gpu/test_sage3_gpu.py::test_fused_q_bit_for_bit`` runs both).
+FUSE_Q = False
 
 
 def _elem_consts(spec) -> dict:
@@ -487,7 +523,7 @@ def _ones2(device: torch.device) -> torch.Tensor:
 
 def sage3_prepass(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor",
-    rec: list | None = None,
+    rec: list | None = None, with_q: bool = True,
 ):
     """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
 
@@ -495,6 +531,9 @@ def sage3_prepass(
     read-only buffer). Launches: the K mean (torch), then for NVFP4 :func:`_nvfp4_amax_kernel`
     (the tensor amax of Q, smoothed K and V on the device: no host-side passes over the operands),
     then :func:`_qdq_prepass_kernel` for all three operands (the global scales computed there).
+    ``with_q`` False: Q is left to the attention kernel (:data:`FUSE_Q`): the raw Q returned is
+    ``None`` and ``gq`` is Q's ``[amax, -, -]`` row (fp32 view of the amax bits first; NVFP4) or
+    ``[1, 1]`` (MX), what that kernel reads.
     ``rec``: each Triton launch appended as ``(jit function, grid, args, kwargs, compiled kernel)``,
     and the call's buffers as ``("buffers", mean, g, outs)`` (what :class:`_Replay` records).
     """
@@ -506,7 +545,7 @@ def sage3_prepass(
     hkv = k.shape[2]
     mean = k_mean(k).contiguous()  # [B, Hkv, D] fp32
     block_s = 64
-    grid = (triton.cdiv(s, block_s), b * (hq + 2 * hkv))
+    grid = (triton.cdiv(s, block_s), b * (hq + 2 * hkv))  # the amax pass always covers Q
     sizes = (s, hq, hkv, b * hq, b * hkv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     if nv:  # per operand [amax bits, gs bits, 1/gs bits] (int32)
         g = torch.zeros((3, 3), dtype=torch.int32, device=q.device)
@@ -517,15 +556,20 @@ def sage3_prepass(
             rec.append((_nvfp4_amax_kernel, grid, a_args, a_kw, c))
     else:
         g = _ones2(q.device)
-    outs = [torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device) for heads in (hq, hkv, hkv)]
-    p_args = (q, k, v, mean, g, *outs, *sizes)
+    outs = [torch.empty((b, heads, s, d), dtype=op_dtype, device=q.device) if with_q or i else None
+            for i, heads in enumerate((hq, hkv, hkv))]
+    # without Q: no Q output, and a pointer the kernel never reads in its place (K's)
+    p_args = (q, k, v, mean, g, outs[0] if with_q else outs[1], outs[1], outs[2], *sizes)
     p_kw = {"D": d, "BLOCK_S": block_s, "BLK": fmt.block, "NVFP4": nv, **_elem_consts(spec), "RULE": rule_code(scale_rule),
-            "num_warps": 4, "enable_fp_fusion": False}
-    c = _qdq_prepass_kernel[grid](*p_args, **p_kw)
+            "WITH_Q": bool(with_q), "num_warps": 4, "enable_fp_fusion": False}
+    p_grid = grid if with_q else (grid[0], b * 2 * hkv)
+    c = _qdq_prepass_kernel[p_grid](*p_args, **p_kw)
     if rec is not None:
-        rec.append((_qdq_prepass_kernel, grid, p_args, p_kw, c))
+        rec.append((_qdq_prepass_kernel, p_grid, p_args, p_kw, c))
         rec.append(("buffers", mean, g if nv else None, outs))
     gs = [g.view(torch.float32)[i, 1:3] for i in range(3)] if nv else [g] * 3
+    if not with_q and nv:
+        gs[0] = g.view(torch.float32)[0]
     return outs, gs
 
 
@@ -582,7 +626,8 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
     if s == 0:
         return torch.empty_like(q)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule, rec)
+    fuse_q = FUSE_Q
+    (qr, kr, vr), (gq, gk, gv) = sage3_prepass(q, k, v, quant_format, scale_rule, rec, with_q=not fuse_q)
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     # sm_scale * log2 e goes in as a Triton fp32 scalar: the launcher rounds it to fp32 (RNE), the value
     # torch.full(..., dtype=float32) held before; plain Python, so Dynamo can trace this call.
@@ -595,13 +640,18 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         EMAX=p_elem.emax, EMIN=p_elem.emin, MBITS=p_elem.mbits, MAXN=float(p_elem.max_normal),
         RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
-        OP_BF16=qr.dtype == torch.bfloat16,
+        OP_BF16=kr.dtype == torch.bfloat16,
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
+    if fuse_q:  # Q quantized in the attention kernel (its element constants; blocks of fmt.block)
+        q_elem = fmt.qkv.elem
+        consts.update(FUSE_Q=True, Q_NVFP4=fmt.qkv.family is Family.NVFP4, QEMAX=q_elem.emax, QEMIN=q_elem.emin,
+                      QMBITS=q_elem.mbits, QMAXN=float(q_elem.max_normal))
     # P's NVFP4 table (read only by an NVFP4 P; other formats pass a pointer the kernel never reads)
     p_tab = _nvfp4_p_inv_table(q.device) if fmt.p.family is Family.NVFP4 else gv[1:2]
-    args = (qr, kr, vr, out, base, gq[1:2], gk[1:2], gv[1:2], p_tab, s, hq, hkv, hq // hkv,
-            out.stride(0), out.stride(1), out.stride(2), triton.next_power_of_2(s))
+    args = (q if fuse_q else qr, kr, vr, out, base, gq[0:1] if fuse_q else gq[1:2], gk[1:2], gv[1:2], p_tab,
+            s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2), triton.next_power_of_2(s),
+            *q.stride()[:3])
     if block_m is None and not interpreting():
         launched = []  # BLOCK_M of each launch the autotuner makes (benchmarks first): the last is the call's
 
@@ -657,7 +707,7 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
             or type(causal) is not bool or not (sm_scale is None or type(sm_scale) is float)
             or not (block_m is None or type(block_m) is int)):
         return None
-    return (quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
+    return (FUSE_Q, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
             q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
             v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
             v.data_ptr() & _ALIGN)
@@ -701,8 +751,9 @@ class _Replay:
             held.append(_P_INV[q.device])
         self.held = tuple(held)  # the constants the launches read by address: alive while this is
         self.nv = g is not None
-        self.outs = [(tuple(o.shape), o.dtype) for o in outs]
+        self.outs = [None if o is None else (tuple(o.shape), o.dtype) for o in outs]
         bases = {"q": q, "k": k, "v": v, "mean": mean, "oq": outs[0], "ok": outs[1], "ov": outs[2], "out": out}
+        bases = {n: t for n, t in bases.items() if t is not None}  # no "oq" when Q is fused
         if g is not None:
             bases["g"] = g
         self.aligns = {n: t.data_ptr() & _ALIGN for n, t in bases.items() if n not in ("q", "k", "v")}
@@ -736,8 +787,9 @@ class _Replay:
         bufs = {"q": q, "k": k, "v": v, "mean": mean}
         if self.nv:
             bufs["g"] = torch.zeros((3, 3), dtype=torch.int32, device=dev)
-        for name, (shape, dtype) in zip(("oq", "ok", "ov"), self.outs, strict=True):
-            bufs[name] = torch.empty(shape, dtype=dtype, device=dev)
+        for name, o in zip(("oq", "ok", "ov"), self.outs, strict=True):
+            if o is not None:
+                bufs[name] = torch.empty(o[0], dtype=o[1], device=dev)
         bufs["out"] = torch.empty_like(q)
         ptrs = {n: t.data_ptr() for n, t in bufs.items()}
         for n, a in self.aligns.items():
