@@ -83,7 +83,8 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
 
         call()
         total = triton.testing.do_bench(call)
-        pre = triton.testing.do_bench(lambda fmt=fmt: sage3_prepass(q, k, v, fmt))
+        with_q = not getattr(sage3_kernel, "FUSE_Q", False)  # the pre-pass this call runs
+        pre = triton.testing.do_bench(lambda fmt=fmt, with_q=with_q: sage3_prepass(q, k, v, fmt, with_q=with_q))
         host = _host_ms(call)
         fast = getattr(sage3_kernel, "FAST_LAUNCH", None)  # (an older tree has no fast path)
         if fast is None:
@@ -121,6 +122,41 @@ def _time_row(s: int, accs: tuple[str, ...], sage3_attention, d: int = 128) -> t
             if acc == "fp32" and d == 128 and bound is not None and ratio > bound:
                 missed.append(f"{fmt} at S={s} D={d}: {ratio:.2f}x SDPA > {bound}x")
     return t_sdpa, cells, missed
+
+
+def _fuse_q_rows(seqs: list[int], rounds: int = 3) -> list[str]:
+    """One table row per (S, format), D=128, fp32 accumulation: the call's time with Q through the
+    pre-pass (``kernel.FUSE_Q`` off) and quantized in the attention kernel (on), interleaved
+    (off, on, off, on, ...; the lent machines drift between runs), median (min-max) of
+    ``rounds`` each, and on / off."""
+    import statistics
+
+    import triton.testing
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    saved = K.FUSE_Q
+    rows = []
+    try:
+        for s in seqs:
+            q, k, v = _inputs(s)
+            for fmt in FORMATS:
+                times = {False: [], True: []}
+                for _ in range(rounds):
+                    for fuse in (False, True):
+                        K.FUSE_Q = fuse
+
+                        def call(fmt=fmt, q=q, k=k, v=v):
+                            return K.sage3_attention(q, k, v, quant_format=fmt)
+
+                        call()
+                        times[fuse].append(triton.testing.do_bench(call))
+                med = {f: statistics.median(t) for f, t in times.items()}
+                cell = {f: f"{med[f]:.3f} ({min(t):.3f}-{max(t):.3f})" for f, t in times.items()}
+                rows.append(f"| {s} | {fmt} | {cell[False]} | {cell[True]} | {med[True] / med[False]:.3f} |")
+            torch.cuda.empty_cache()
+    finally:
+        K.FUSE_Q = saved
+    return rows
 
 
 def main() -> int:
@@ -161,6 +197,15 @@ def main() -> int:
         for s in seqs:
             print("\n".join(_breakdown(s, d, sage3_attention)))
             torch.cuda.empty_cache()
+
+    from vllm_qdq.sage3.numerics import kernel as sage3_kernel
+
+    if hasattr(sage3_kernel, "FUSE_Q"):  # (an older tree quantizes Q in the pre-pass only)
+        print(f"\n## Q quantized in the attention kernel (FUSE_Q; default {sage3_kernel.FUSE_Q}) against Q through "
+              "the pre-pass: ms, median (min-max) of 3 interleaved rounds, D=128, fp32 accumulation")
+        print("| S | format | Q in the pre-pass | Q in the attention kernel | fused / pre-pass |")
+        print("|---|---|---|---|---|")
+        print("\n".join(_fuse_q_rows(seqs)))
 
     print("\n## Accuracy vs fp32 SDPA, B=1 H=24 S=4096 D=128, random normal bf16 inputs")
     print("| format | acc | scale rule | cosine | rel L2 | old cosine | old rel L2 | d cos | d rel L2 |")

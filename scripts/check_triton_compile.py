@@ -73,7 +73,8 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     if opts.get("enable_fp_fusion") is not False:  # absent or None: Triton's default, on
         raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
                          "rounding, which the reference does not (pass enable_fp_fusion=False)")
-    values = dict(zip(names, args, strict=False)) | kwargs
+    defaults = {p.name: p.default for p in fn.params if p.has_default}  # constexprs a launch may leave out
+    values = defaults | dict(zip(names, args, strict=False)) | kwargs
     sig, cx, attrs = {}, {}, {}
     for i, n in enumerate(names):
         v = values[n]
@@ -255,18 +256,23 @@ def main() -> int:
 
     for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):
         setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))
-    for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
-        for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
-            for d, bm, causal, dtype in ((128, 128, False, torch.bfloat16), (64, 64, True, torch.float16),
-                                         (128, 64, False, torch.float32)):
-                q = torch.zeros(1, 256, 4, d, dtype=dtype)
-                kv = torch.zeros(1, 256, 2, d, dtype=dtype)
-                try:
-                    sage3_kernel.sage3_attention(q, kv, kv, quant_format=fmt, acc_dtype=acc, causal=causal,
-                                                 block_m=bm)
-                except Exception as e:
-                    failures += 1
-                    print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm}: {str(e).strip().splitlines()[-1][:300]}")
+    fuse_default = sage3_kernel.FUSE_Q
+    for fuse in (False, True):  # Q through the pre-pass, and quantized in the attention kernel
+        sage3_kernel.FUSE_Q = fuse
+        for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
+            for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
+                for d, bm, causal, dtype in ((128, 128, False, torch.bfloat16), (64, 64, True, torch.float16),
+                                             (128, 64, False, torch.float32)):
+                    q = torch.zeros(1, 256, 4, d, dtype=dtype)
+                    kv = torch.zeros(1, 256, 2, d, dtype=dtype)
+                    try:
+                        sage3_kernel.sage3_attention(q, kv, kv, quant_format=fmt, acc_dtype=acc, causal=causal,
+                                                     block_m=bm)
+                    except Exception as e:
+                        failures += 1
+                        print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm} FUSE_Q={fuse}: "
+                              f"{str(e).strip().splitlines()[-1][:300]}")
+    sage3_kernel.FUSE_Q = fuse_default
     return _summary(args.arch, failures)
 
 

@@ -72,6 +72,23 @@ for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1
         "raw_equal": [bool(torch.equal(a.permute(0, 2, 1, 3), r[0])) for a, r in zip((qr, kr, vr), ref)],
         "inv_gs_equal": [bool(torch.equal(g[1], r[1].reshape(()))) for g, r in zip(gs, ref)],
     }
+# The K mean (sage3_k_mean's two launches) against the reference's order, bit for bit: sequence
+# lengths of one row, of part of a tile, of whole and ragged parts, of more parts than the final
+# kernel loads at once (8); bf16 / fp16 / fp32; a strided K (a view of a wider tensor); values over
+# many binades, where the summation order shows in the bits.
+from vllm_qdq.sage3.numerics.kernel import sage3_k_mean
+from vllm_qdq.sage3.numerics.reference import k_mean
+kmean = []
+for s_len, hkv, d, dt in ((1, 2, 32, "float32"), (63, 1, 64, "bfloat16"), (256, 2, 32, "float16"),
+                          (257, 3, 32, "float32"), (2100, 1, 32, "bfloat16"), (2304, 2, 64, "float32")):
+    torch.manual_seed(s_len)
+    wide = (torch.randn(2, s_len, hkv + 1, d + 8) * torch.logspace(-4, 4, d + 8)).to(getattr(torch, dt))
+    kk = wide[:, :, 1:, 8:]
+    mean, parts = sage3_k_mean(kk)
+    ref = k_mean(kk)
+    kmean.append([s_len, bool(torch.equal(mean, ref)), list(parts.shape),
+                  bool(torch.equal(ref, kk.mean(dim=1, dtype=torch.float32)))])
+out["k_mean"] = kmean
 # NVFP4 tensor amax on the device: NaN / +-Inf excluded, an all-zero operand (amax 0: gs = 1), GQA heads.
 torch.manual_seed(2)
 q = torch.randn(1, 130, 4, 64) * 5
@@ -139,6 +156,16 @@ def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str
     assert r["raw_equal"] == [True, True, True]
     assert r["without_q"] == [True] * 5  # with_q=False: no Q, the same K, V and their scales
     assert r["inv_gs_equal"] == [True, True, True]
+
+
+def test_k_mean_kernel_bit_exact_with_reference(interp_results: dict) -> None:
+    """``sage3_k_mean`` (part sums, then the parts in order) gives the reference ``k_mean``'s bits
+    for every case; and the order is not torch's (``mean(dim=1)``) in at least one case, so this
+    test sees an order the kernel does not keep."""
+    cases = interp_results["k_mean"]
+    assert [c[1] for c in cases] == [True] * len(cases), cases
+    assert [c[2][1] for c in cases] == [1, 1, 1, 2, 9, 9]  # parts of 256 rows
+    assert not all(c[3] for c in cases), cases
 
 
 def test_prepass_nvfp4_amax_on_device(interp_results: dict) -> None:

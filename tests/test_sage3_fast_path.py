@@ -24,6 +24,7 @@ import torch
 from vllm_qdq.sage3.numerics import kernel as K
 
 fmt = sys.argv[1]
+K.FUSE_Q = sys.argv[2] == "1"  # Q quantized by the attention kernel: no raw Q buffer to place
 K._ALIGN = 0  # CPU allocations: any alignment (the GPU allocator's blocks are 512-byte aligned)
 assert K._fast_key(*(torch.zeros(1, 64, 2, 32),) * 3, fmt, "fp32", False, None, None, "floor") is None  # interpreted
 
@@ -38,7 +39,8 @@ rec = []
 out = K._sage3_full(q, k, v, fmt, "fp32", False, None, None, "floor", rec)
 launches = [r for r in rec if r[0] != "buffers"]
 names = [r[0].__name__ for r in launches]
-want = (["_nvfp4_amax_kernel"] if fmt == "nvfp4" else []) + ["_qdq_prepass_kernel", "_sage3_fwd_kernel"]
+want = (["_k_mean_part_kernel", "_k_mean_final_kernel"] + (["_nvfp4_amax_kernel"] if fmt == "nvfp4" else [])
+        + ["_qdq_prepass_kernel", "_sage3_fwd_kernel"])
 assert names == want, names
 
 
@@ -79,18 +81,19 @@ for (fn, grid, args, kwargs, _), (_, grid3, got) in zip(launches, log, strict=Tr
 assert len(set(moved.values())) == len(moved), moved  # no two of the first call's tensors land together
 assert any(a is K._P_INV.get(q.device) for a in launches[-1][2]) == (fmt == "nvfp4")
 # NVFP4: the attention kernel's 1/gs pointers sit at the recorded offsets into this call's g (the
-# prepass kernel's g argument)
+# prepass kernel's g argument); with FUSE_Q, Q's is its amax word (the kernel computes 1/gs)
 if fmt == "nvfp4":
-    g_new = log[1][2][4]
-    offs = [b - g_new for (_, _, got) in log[2:] for b in got[5:8]]
-    assert offs == [8, 20, 32], offs
+    g_new = log[3][2][4]
+    offs = [b - g_new for (_, _, got) in log[4:] for b in got[5:8]]
+    assert offs == ([0] if K.FUSE_Q else [8]) + [20, 32], offs
 print("ok")
 '''
 
 
+@pytest.mark.parametrize("fuse_q", ["0", "1"])
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxfp8_s1"])
-def test_replay_places_the_new_calls_tensors(fmt: str) -> None:
+def test_replay_places_the_new_calls_tensors(fmt: str, fuse_q: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "overlay"))
-    r = subprocess.run([sys.executable, "-c", SCRIPT, fmt], env=env, capture_output=True, text=True, timeout=600,
+    r = subprocess.run([sys.executable, "-c", SCRIPT, fmt, fuse_q], env=env, capture_output=True, text=True, timeout=600,
                        cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.stdout + r.stderr)[-3000:]

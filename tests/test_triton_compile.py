@@ -37,7 +37,8 @@ def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
     assert out.returncode == 0, tail
     assert f"triton {GPU_TRITON_VERSION}: compiled" in out.stdout and ", 0 failures" in out.stdout, tail
     # the two-pass recipes' QDQ passes, launched as programmatic dependents of their amax passes
-    # (triton_qdq.PDL, on by default): the script checks each one's PTX waits, and counts them
+    # (triton_qdq.PDL; the script compiles its two-pass paths with it and without): it checks each
+    # one's PTX waits, and counts them
     import re
 
     m = re.search(r"\((\d+) programmatic dependent launches\)", out.stdout)

@@ -170,6 +170,32 @@ def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: i
     assert not torch.equal(first, fast)
 
 
+@pytest.mark.parametrize("acc", ACC_DTYPES)
+@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
+def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
+    """Q quantized in the attention kernel (``kernel.FUSE_Q``) or through the pre-pass: the same
+    bits, on the autotuned kernel, from a strided Q (a view of a wider tensor, as a fused QKV
+    projection gives), causal and not, GQA, a ragged last tile; the fast path's replay of a fused
+    call (no raw Q buffer) too."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    monkeypatch.setattr(K, "_FAST", {})
+    monkeypatch.setattr(K, "_REFUSED", set())
+    for s, causal in ((1000, False), (777, True)):
+        q, k, v = _inputs(1, s, 8, 2, 128, seed=3)
+        wide = torch.zeros(1, s, 3, 8, 128, device="cuda", dtype=q.dtype)
+        wide[:, :, 0] = q
+        qs = wide[:, :, 0]
+        outs = {}
+        for fuse in (False, True, True):  # the second fused call replays the first
+            monkeypatch.setattr(K, "FUSE_Q", fuse)
+            outs.setdefault(fuse, []).append(
+                sage3_attention(qs, k, v, quant_format=fmt, acc_dtype=acc, causal=causal).view(torch.int16))
+        torch.cuda.synchronize()
+        assert torch.equal(outs[False][0], outs[True][0]), (fmt, acc, s, causal)
+        assert torch.equal(outs[True][0], outs[True][1]), (fmt, acc, s, causal, "replay")
+
+
 def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
     """A call passing one tensor as K and V is not recorded (a replay places tensors by identity:
     a later call with two tensors would get the first twice); the call itself runs the full path."""

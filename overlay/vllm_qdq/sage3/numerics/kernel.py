@@ -63,13 +63,14 @@ from ...numerics.triton_primitives import (
 from ...numerics.triton_qdq import _ALIGN, _full_args, _hooks_idle, _replay_entry
 from .reference import (
     BLOCK_N,
+    KMEAN_ROWS,
+    KMEAN_TILES,
     LOG2E,
     check_acc_dtype,
     get_sage3_format,
-    k_mean,
 )
 
-__all__ = ["SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "interpreting", "sage3_attention", "sage3_prepass"]
+__all__ = ["SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "interpreting", "sage3_attention", "sage3_k_mean", "sage3_prepass"]
 
 #: Head dims the kernel runs (others fall back to SDPA in the backend).
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
@@ -198,6 +199,70 @@ def _nvfp4_p_inv_table(device: torch.device) -> torch.Tensor:
         inv = torch.where(s8 > 0, torch.tensor(1.0, dtype=torch.float32) / torch.where(s8 > 0, prod, 1.0), 0.0)
         t = _P_INV[device] = inv.to(device)
     return t
+
+
+# ----------------------------------------------------------------------------- K mean
+
+
+@triton.jit
+def _pair_sum(x, N: tl.constexpr, D: tl.constexpr):
+    """``[N, D]`` -> ``[N/2, D]``: row ``2i`` plus row ``2i + 1`` (fp32, left operand first)."""
+    y = tl.permute(tl.reshape(x, (N // 2, 2, D)), (0, 2, 1))
+    a, b = tl.split(y)
+    return a + b
+
+
+@triton.jit
+def _k_mean_part_kernel(
+    k_ptr, part_ptr, S, HKV, NPARTS, skb, sks, skh,
+    D: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
+):
+    """One part's sum of ``k [B, S, HKV, D]`` (``TILES`` tiles of ``ROWS`` rows from part
+    ``program_id(0)``, one (batch, KV head) a ``program_id(1)``) into ``part [B*HKV, NPARTS, D]``
+    (fp32), in :func:`vllm_qdq.sage3.numerics.reference.k_mean`'s order: tiles added row by row,
+    then the rows pairwise; rows past ``S`` load as ``-0.0``."""
+    tl.static_assert(ROWS == 64)
+    pid_p = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HKV
+    h = bh % HKV
+    offs_r = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, D)
+    base = k_ptr + b.to(tl.int64) * skb + h * skh
+    rows = pid_p * (TILES * ROWS) + offs_r
+    acc = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=rows[:, None] < S,
+                  other=-0.0).to(tl.float32)
+    for t in tl.static_range(1, TILES):
+        rows = (pid_p * TILES + t) * ROWS + offs_r
+        x = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=rows[:, None] < S, other=-0.0)
+        acc = acc + x.to(tl.float32)
+    acc = _pair_sum(acc, 64, D)
+    acc = _pair_sum(acc, 32, D)
+    acc = _pair_sum(acc, 16, D)
+    acc = _pair_sum(acc, 8, D)
+    acc = _pair_sum(acc, 4, D)
+    acc = _pair_sum(acc, 2, D)  # [1, D]
+    tl.store(part_ptr + (bh.to(tl.int64) * NPARTS + pid_p) * D + offs_d[None, :], acc)
+
+
+@triton.jit
+def _k_mean_final_kernel(part_ptr, mean_ptr, S, NPARTS, D: tl.constexpr, CHUNK: tl.constexpr):
+    """``mean [B*HKV, D]`` (fp32) from the parts of one (batch, KV head) a program: added in
+    order, the first part's first (``CHUNK`` parts' loads issued together), then divided by ``S``
+    (correctly rounded)."""
+    bh = tl.program_id(0)
+    offs_d = tl.arange(0, D)
+    src = part_ptr + bh.to(tl.int64) * NPARTS * D + offs_d
+    total = tl.load(src)
+    for c in range(0, NPARTS, CHUNK):
+        for i in tl.static_range(CHUNK):
+            j = c + i
+            # part 0 is already in; parts past NPARTS load as -0.0 (adding it leaves total as it was)
+            jj = tl.full((D,), 0, tl.int32) + j
+            x = tl.load(src + j * D, mask=(jj > 0) & (jj < NPARTS), other=-0.0)
+            total = total + x
+    s_f = tl.zeros((), tl.float32) + S  # S as fp32 (exact below 2**24; S may arrive as a constexpr 1)
+    tl.store(mean_ptr + bh * D + offs_d, tl.math.div_rn(total, s_f))
 
 
 # ----------------------------------------------------------------------------- pre-pass
@@ -521,6 +586,29 @@ def _ones2(device: torch.device) -> torch.Tensor:
     return t
 
 
+def sage3_k_mean(k: torch.Tensor, rec: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1's mean on the device: ``(mean [B, HKV, D], parts [B*HKV, NPARTS, D])`` (fp32), the
+    mean bit for bit :func:`vllm_qdq.sage3.numerics.reference.k_mean` (its order), in two launches:
+    :func:`_k_mean_part_kernel` (one program a part and KV head), :func:`_k_mean_final_kernel`.
+    ``rec``: the launches appended as :func:`sage3_prepass` appends its own."""
+    b, s, hkv, d = k.shape
+    nparts = max(1, triton.cdiv(s, KMEAN_ROWS * KMEAN_TILES))
+    parts = torch.empty((b * hkv, nparts, d), dtype=torch.float32, device=k.device)
+    mean = torch.empty((b, hkv, d), dtype=torch.float32, device=k.device)
+    grid1 = (nparts, b * hkv)
+    args1 = (k, parts, s, hkv, nparts, *k.stride()[:3])
+    kw1 = {"D": d, "ROWS": KMEAN_ROWS, "TILES": KMEAN_TILES, "num_warps": 4, "enable_fp_fusion": False}
+    c1 = _k_mean_part_kernel[grid1](*args1, **kw1)
+    grid2 = (b * hkv,)
+    args2 = (parts, mean, s, nparts)
+    kw2 = {"D": d, "CHUNK": 8, "num_warps": 1, "enable_fp_fusion": False}
+    c2 = _k_mean_final_kernel[grid2](*args2, **kw2)
+    if rec is not None:
+        rec.append((_k_mean_part_kernel, grid1, args1, kw1, c1))
+        rec.append((_k_mean_final_kernel, grid2, args2, kw2, c2))
+    return mean, parts
+
+
 def sage3_prepass(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quant_format: str, scale_rule: str = "floor",
     rec: list | None = None, with_q: bool = True,
@@ -528,14 +616,14 @@ def sage3_prepass(
     """Step 1-2 on the device: raw Q, Ks, V as ``[B, H, S, D]`` plus ``(gq, gk, gv)`` buffers.
 
     Each ``g`` buffer holds ``[gs, 1/gs]`` (fp32) for NVFP4 and ``[1, 1]`` for MX (one cached,
-    read-only buffer). Launches: the K mean (torch), then for NVFP4 :func:`_nvfp4_amax_kernel`
+    read-only buffer). Launches: the K mean (:func:`sage3_k_mean`, two), then for NVFP4 :func:`_nvfp4_amax_kernel`
     (the tensor amax of Q, smoothed K and V on the device: no host-side passes over the operands),
     then :func:`_qdq_prepass_kernel` for all three operands (the global scales computed there).
     ``with_q`` False: Q is left to the attention kernel (:data:`FUSE_Q`): the raw Q returned is
     ``None`` and ``gq`` is Q's ``[amax, -, -]`` row (fp32 view of the amax bits first; NVFP4) or
     ``[1, 1]`` (MX), what that kernel reads.
     ``rec``: each Triton launch appended as ``(jit function, grid, args, kwargs, compiled kernel)``,
-    and the call's buffers as ``("buffers", mean, g, outs)`` (what :class:`_Replay` records).
+    and the call's buffers as ``("buffers", mean, parts, g, outs)`` (what :class:`_Replay` records).
     """
     fmt = get_sage3_format(quant_format)
     spec = fmt.qkv
@@ -543,7 +631,7 @@ def sage3_prepass(
     op_dtype = torch.float32 if interpreting() else torch.bfloat16
     b, s, hq, d = q.shape
     hkv = k.shape[2]
-    mean = k_mean(k).contiguous()  # [B, Hkv, D] fp32
+    mean, parts = sage3_k_mean(k, rec)  # [B, Hkv, D] fp32
     block_s = 64
     grid = (triton.cdiv(s, block_s), b * (hq + 2 * hkv))  # the amax pass always covers Q
     sizes = (s, hq, hkv, b * hq, b * hkv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
@@ -566,7 +654,7 @@ def sage3_prepass(
     c = _qdq_prepass_kernel[p_grid](*p_args, **p_kw)
     if rec is not None:
         rec.append((_qdq_prepass_kernel, p_grid, p_args, p_kw, c))
-        rec.append(("buffers", mean, g if nv else None, outs))
+        rec.append(("buffers", mean, parts, g if nv else None, outs))
     gs = [g.view(torch.float32)[i, 1:3] for i in range(3)] if nv else [g] * 3
     if not with_q and nv:
         gs[0] = g.view(torch.float32)[0]
@@ -739,10 +827,10 @@ class _Replay:
     constant (the MX formats' cached ``[1, 1]``, P's NVFP4 table). A buffer allocated at another alignment class
     than recorded sends the call back to the full path (Triton specializes pointers on it)."""
 
-    __slots__ = ("aligns", "device", "direct", "held", "launches", "nv", "outs")
+    __slots__ = ("aligns", "device", "direct", "held", "launches", "nv", "outs", "parts")
 
     def __init__(self, q, k, v, out, rec: list) -> None:
-        (_, mean, g, outs), = [r for r in rec if r[0] == "buffers"]
+        (_, mean, parts, g, outs), = [r for r in rec if r[0] == "buffers"]
         # the current device when recorded (part of the key): the one whose context and stream Triton
         # launched on, and loaded the kernels for
         self.device = torch._C._cuda_getDevice() if q.is_cuda else -1
@@ -752,7 +840,8 @@ class _Replay:
         self.held = tuple(held)  # the constants the launches read by address: alive while this is
         self.nv = g is not None
         self.outs = [None if o is None else (tuple(o.shape), o.dtype) for o in outs]
-        bases = {"q": q, "k": k, "v": v, "mean": mean, "oq": outs[0], "ok": outs[1], "ov": outs[2], "out": out}
+        self.parts = tuple(parts.shape)
+        bases = {"q": q, "k": k, "v": v, "mean": mean, "parts": parts, "oq": outs[0], "ok": outs[1], "ov": outs[2], "out": out}
         bases = {n: t for n, t in bases.items() if t is not None}  # no "oq" when Q is fused
         if g is not None:
             bases["g"] = g
@@ -783,8 +872,10 @@ class _Replay:
 
     def __call__(self, q, k, v) -> torch.Tensor | None:
         dev = q.device
-        mean = k_mean(k).contiguous()
-        bufs = {"q": q, "k": k, "v": v, "mean": mean}
+        b, _, hkv, d = k.shape
+        bufs = {"q": q, "k": k, "v": v,
+                "mean": torch.empty((b, hkv, d), dtype=torch.float32, device=dev),
+                "parts": torch.empty(self.parts, dtype=torch.float32, device=dev)}
         if self.nv:
             bufs["g"] = torch.zeros((3, 3), dtype=torch.int32, device=dev)
         for name, o in zip(("oq", "ok", "ov"), self.outs, strict=True):

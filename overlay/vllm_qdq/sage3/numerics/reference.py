@@ -26,8 +26,9 @@ mxfp4_s1   MXFP4           MXFP4, single level             none
 =========  ==============  =============================  =================================
 
 1. K smoothing: ``Ks = K - mean_s(K)``, the mean over the whole key sequence per batch, KV
-   head and channel, taken in fp32 (``k.float().mean(dim=1)``). Exact for softmax: it shifts
-   every logit of a query row by the same ``q . mean``.
+   head and channel, taken in fp32 in a fixed order (:func:`k_mean`: the kernel's). Exact for
+   softmax whatever the mean's rounding: it shifts every logit of a query row by the same
+   ``q . mean``.
 2. Q and Ks are QDQ'd per block along the head dim; V per block along the token (sequence)
    dim, one block = 32 (16 for NVFP4) consecutive tokens of one channel, zero-padded at the
    sequence end. Token-dim blocks for V are what a block-scaled MMA needs for ``P @ V``
@@ -76,6 +77,8 @@ from ...numerics.reference import _decode, qdq_reference, quantize_reference
 __all__ = [
     "ACC_DTYPES",
     "BLOCK_N",
+    "KMEAN_ROWS",
+    "KMEAN_TILES",
     "SAGE3_FORMATS",
     "Sage3Format",
     "get_sage3_format",
@@ -182,9 +185,43 @@ def nvfp4_global_scales(global_amax: torch.Tensor) -> torch.Tensor:
     return torch.stack([gs, 1.0 / gs]).to(torch.float32)
 
 
+#: The K mean's order (:func:`k_mean`): rows a tile, and tiles a part
+KMEAN_ROWS = 64
+KMEAN_TILES = 4
+
+
 def k_mean(k: torch.Tensor) -> torch.Tensor:
-    """Mean of ``k [B, S, H, D]`` over the sequence, fp32, as ``[B, H, D]``."""
-    return k.mean(dim=1, dtype=torch.float32)
+    """Mean of ``k [B, S, H, D]`` over the sequence, fp32, as ``[B, H, D]``, summed in this order
+    (every add an fp32 add of two values, so the bits are defined; the kernel's
+    ``_k_mean_part_kernel`` / ``_k_mean_final_kernel`` add the same pairs):
+
+    1. The sequence is cut into parts of ``KMEAN_TILES`` tiles of ``KMEAN_ROWS`` rows (the last
+       padded with ``-0.0``, which leaves every sum as it was).
+    2. In a part, row ``r`` of each tile is added to row ``r`` of the tiles before it, tile by tile
+       in order; the resulting ``KMEAN_ROWS`` rows are summed pairwise: rows ``2i`` and ``2i + 1``,
+       then again, down to one row (a binary tree, left operand first).
+    3. The parts' sums are added in sequence order, the first part's first.
+    4. The total is divided by ``S`` (IEEE fp32 division, correctly rounded).
+    """
+    b, s, h, d = k.shape
+    per_part = KMEAN_ROWS * KMEAN_TILES
+    parts = max(1, -(-s // per_part))
+    x = k.to(torch.float32)
+    if parts * per_part != s:
+        pad = torch.full((b, parts * per_part - s, h, d), -0.0, dtype=torch.float32, device=k.device)
+        x = torch.cat([x, pad], dim=1)
+    x = x.view(b, parts, KMEAN_TILES, KMEAN_ROWS, h, d)
+    acc = x[:, :, 0]
+    for t in range(1, KMEAN_TILES):
+        acc = acc + x[:, :, t]
+    while acc.shape[2] > 1:  # [B, parts, rows, H, D]: rows 2i and 2i + 1
+        acc = acc[:, :, 0::2] + acc[:, :, 1::2]
+    part = acc[:, :, 0]  # [B, parts, H, D]
+    total = part[:, 0]
+    for j in range(1, parts):
+        total = total + part[:, j]
+    # a tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its reciprocal
+    return total / torch.full_like(total, float(s))
 
 
 def smooth_k(k: torch.Tensor) -> torch.Tensor:
