@@ -75,7 +75,9 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
     from vllm_qdq.sage3.numerics.reference import k_mean
 
     q, k, v = _inputs(s, d=d)
-    t_mean = triton.testing.do_bench(lambda: k_mean(k))
+    # the call's K mean: the device kernels' (sage3_k_mean), or torch's on an older tree
+    mean_fn = getattr(sage3_kernel, "sage3_k_mean", k_mean)
+    t_mean = triton.testing.do_bench(lambda: mean_fn(k))
     rows = []
     for fmt in FORMATS:
         def call(fmt=fmt):

@@ -33,7 +33,7 @@ _seen: set = set()
 RECORD = False
 #: Kernels whose source calls no ``tl.fma``: their PTX must hold none (the QDQ kernels' quotients,
 #: ``_div_rn``, ``_div_rn_f64`` and ``_recip2_f64``, write FMAs on purpose)
-NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel"}
+NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel", "_k_mean_part_kernel", "_k_mean_final_kernel"}
 COMPILED: list[tuple[str, dict, dict, object]] = []
 #: the kernels compiled as programmatic dependent launches (``launch_pdl``: triton_qdq.PDL)
 PDL_LAUNCHES: list[str] = []
@@ -254,7 +254,8 @@ def main() -> int:
     failures += _two_pass_paths()
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
-    for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):
+    for name in ("_k_mean_part_kernel", "_k_mean_final_kernel", "_nvfp4_amax_kernel", "_qdq_prepass_kernel",
+                 "_sage3_fwd_kernel"):
         setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))
     fuse_default = sage3_kernel.FUSE_Q
     for fuse in (False, True):  # Q through the pre-pass, and quantized in the attention kernel

@@ -119,7 +119,8 @@ def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> N
     import torch
     from vllm_qdq.sage3.numerics import kernel as sk
 
-    for name in ("_nvfp4_amax_kernel", "_qdq_prepass_kernel", "_sage3_fwd_kernel"):
+    for name in ("_k_mean_part_kernel", "_k_mean_final_kernel", "_nvfp4_amax_kernel", "_qdq_prepass_kernel",
+                 "_sage3_fwd_kernel"):
         setattr(sk, name, ctc._Capture(getattr(sk, name), target))
     ctc.RECORD = True
     print("sage3 forward kernel, D=128, BLOCK_M 128 x BLOCK_N 64, 8 warps, fp32 accumulation: the loop over key "

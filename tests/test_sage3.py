@@ -74,13 +74,13 @@ for fmt, rule in [(f, "floor") for f in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1
     }
 # The K mean (sage3_k_mean's two launches) against the reference's order, bit for bit: sequence
 # lengths of one row, of part of a tile, of whole and ragged parts, of more parts than the final
-# kernel loads at once (8); bf16 / fp16 / fp32; a strided K (a view of a wider tensor); values over
+# kernel loads at once (32); bf16 / fp16 / fp32; a strided K (a view of a wider tensor); values over
 # many binades, where the summation order shows in the bits.
 from vllm_qdq.sage3.numerics.kernel import sage3_k_mean
 from vllm_qdq.sage3.numerics.reference import k_mean
 kmean = []
 for s_len, hkv, d, dt in ((1, 2, 32, "float32"), (63, 1, 64, "bfloat16"), (256, 2, 32, "float16"),
-                          (257, 3, 32, "float32"), (2100, 1, 32, "bfloat16"), (2304, 2, 64, "float32")):
+                          (257, 3, 32, "float32"), (2100, 1, 32, "bfloat16"), (8500, 2, 32, "float32")):
     torch.manual_seed(s_len)
     wide = (torch.randn(2, s_len, hkv + 1, d + 8) * torch.logspace(-4, 4, d + 8)).to(getattr(torch, dt))
     kk = wide[:, :, 1:, 8:]
@@ -164,7 +164,7 @@ def test_k_mean_kernel_bit_exact_with_reference(interp_results: dict) -> None:
     test sees an order the kernel does not keep."""
     cases = interp_results["k_mean"]
     assert [c[1] for c in cases] == [True] * len(cases), cases
-    assert [c[2][1] for c in cases] == [1, 1, 1, 2, 9, 9]  # parts of 256 rows
+    assert [c[2][1] for c in cases] == [1, 1, 1, 2, 9, 34]  # parts of 256 rows
     assert not all(c[3] for c in cases), cases
 
 

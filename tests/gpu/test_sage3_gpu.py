@@ -170,6 +170,24 @@ def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: i
     assert not torch.equal(first, fast)
 
 
+@pytest.mark.parametrize(("s", "hkv", "d", "dtype"), [
+    (1, 2, 128, torch.bfloat16), (1000, 4, 64, torch.float16), (4096, 24, 128, torch.bfloat16),
+    (16384, 3, 128, torch.float32), (70000, 1, 32, torch.bfloat16),
+])
+def test_k_mean_kernel_bit_for_bit(s: int, hkv: int, d: int, dtype: torch.dtype) -> None:
+    """The device K mean (``sage3_k_mean``: part sums, then the parts in order, divided by S)
+    gives the reference ``k_mean``'s bits (its adds, on the GPU's fp32 adds and IEEE division),
+    from a strided K, up to 274 parts (more than the final kernel's 32 loads at once)."""
+    from vllm_qdq.sage3.numerics.kernel import sage3_k_mean
+    from vllm_qdq.sage3.numerics.reference import k_mean
+
+    g = torch.Generator(device="cuda").manual_seed(s)
+    wide = torch.randn(2, s, hkv + 1, d, device="cuda", generator=g) * torch.logspace(-3, 3, d, device="cuda") + 0.5
+    k = wide.to(dtype)[:, :, 1:]
+    mean, _ = sage3_k_mean(k)
+    assert torch.equal(mean, k_mean(k))
+
+
 @pytest.mark.parametrize("acc", ACC_DTYPES)
 @pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
 def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
