@@ -85,8 +85,9 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
 
         call()
         total = triton.testing.do_bench(call)
-        with_q = not getattr(sage3_kernel, "FUSE_Q", False)  # the pre-pass this call runs
-        pre = triton.testing.do_bench(lambda fmt=fmt, with_q=with_q: sage3_prepass(q, k, v, fmt, with_q=with_q))
+        # the pre-pass this call runs (an older tree's sage3_prepass takes no with_q)
+        kw = {"with_q": not sage3_kernel.FUSE_Q} if hasattr(sage3_kernel, "FUSE_Q") else {}
+        pre = triton.testing.do_bench(lambda fmt=fmt, kw=kw: sage3_prepass(q, k, v, fmt, **kw))
         host = _host_ms(call)
         fast = getattr(sage3_kernel, "FAST_LAUNCH", None)  # (an older tree has no fast path)
         if fast is None:

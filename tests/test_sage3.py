@@ -84,9 +84,11 @@ for s_len, hkv, d, dt in ((1, 2, 32, "float32"), (63, 1, 64, "bfloat16"), (256, 
     torch.manual_seed(s_len)
     wide = (torch.randn(2, s_len, hkv + 1, d + 8) * torch.logspace(-4, 4, d + 8)).to(getattr(torch, dt))
     kk = wide[:, :, 1:, 8:]
+    kk[:, :, 0, 3] = -0.0  # a channel of -0.0: its mean is -0.0 (the padding must not turn it +0.0)
     mean, parts = sage3_k_mean(kk)
     ref = k_mean(kk)
-    kmean.append([s_len, bool(torch.equal(mean, ref)), list(parts.shape),
+    assert ref[:, 0, 3].view(torch.int32).eq(-2147483648).all()
+    kmean.append([s_len, bool(torch.equal(mean.view(torch.int32), ref.view(torch.int32))), list(parts.shape),
                   bool(torch.equal(ref, kk.mean(dim=1, dtype=torch.float32)))])
 out["k_mean"] = kmean
 # NVFP4 tensor amax on the device: NaN / +-Inf excluded, an all-zero operand (amax 0: gs = 1), GQA heads.
@@ -160,7 +162,7 @@ def test_prepass_bit_exact_with_oracle(interp_results: dict, fmt: str, rule: str
 
 def test_k_mean_kernel_bit_exact_with_reference(interp_results: dict) -> None:
     """``sage3_k_mean`` (part sums, then the parts in order) gives the reference ``k_mean``'s bits
-    for every case; and the order is not torch's (``mean(dim=1)``) in at least one case, so this
+    (compared as integers: a -0.0 mean is not +0.0) for every case; and the order is not torch's (``mean(dim=1)``) in at least one case, so this
     test sees an order the kernel does not keep."""
     cases = interp_results["k_mean"]
     assert [c[1] for c in cases] == [True] * len(cases), cases

@@ -128,3 +128,32 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     # the Hadamard-32 butterfly in a thread: ~10 instructions an element over the plain format
     # (30.0 against 20.2 before the rounding of 2026-12-05c, 28.0 against 18.2 since)
     assert rows[("mxfp4+h32", "in-thread")]["instr"] < rows[("mxfp4", "-")]["instr"] + 11, rows
+
+
+_K_MEAN_36 = r"""
+import torch
+import triton
+from vllm_qdq.sage3.numerics.kernel import sage3_k_mean
+from vllm_qdq.sage3.numerics.reference import k_mean
+assert triton.__version__ == "3.6.0", triton.__version__
+bad = []
+for s in (1, 100, 300):
+    k = torch.randn(1, s, 2, 32) + 0.5
+    k[:, :, 1, 5] = -0.0
+    mean, _ = sage3_k_mean(k)
+    if not torch.equal(mean.view(torch.int32), k_mean(k).view(torch.int32)):
+        bad.append(s)
+print("bad", bad)
+"""
+
+
+def test_k_mean_signed_zero_with_the_gpu_images_triton() -> None:
+    """The device K mean under the GPU image's Triton (3.6, interpreted: its front end folds a
+    ``-0.0`` literal to ``+0.0``, which the CPU tests' Triton does not): a channel of ``-0.0``
+    keeps its ``-0.0`` mean, bit for bit with the reference, whatever S leaves as padding."""
+    assert (GPU_TRITON / "triton").is_dir(), f"{GPU_TRITON} holds no Triton: run `make env`"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(GPU_TRITON), str(ROOT / "overlay")]))
+    out = subprocess.run([sys.executable, "-c", _K_MEAN_36], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert out.stdout.strip().endswith("bad []"), out.stdout[-2000:]

@@ -193,25 +193,47 @@ def test_k_mean_kernel_bit_for_bit(s: int, hkv: int, d: int, dtype: torch.dtype)
 def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
     """Q quantized in the attention kernel (``kernel.FUSE_Q``) or through the pre-pass: the same
     bits, on the autotuned kernel, from a strided Q (a view of a wider tensor, as a fused QKV
-    projection gives), causal and not, GQA, a ragged last tile; the fast path's replay of a fused
-    call (no raw Q buffer) too."""
+    projection gives), causal and not, GQA, a ragged last tile; and a fused call replayed by the
+    fast path (no raw Q buffer) with new tensors gives the full path's bits."""
     from vllm_qdq.sage3.numerics import kernel as K
 
-    monkeypatch.setattr(K, "_FAST", {})
-    monkeypatch.setattr(K, "_REFUSED", set())
-    for s, causal in ((1000, False), (777, True)):
-        q, k, v = _inputs(1, s, 8, 2, 128, seed=3)
+    replays = []
+    replay = K._Replay.__call__
+
+    def counting(self, q, k, v):
+        out = replay(self, q, k, v)
+        replays.append(out is not None)
+        return out
+
+    monkeypatch.setattr(K._Replay, "__call__", counting)
+
+    def strided_q(s, seed):
+        q, k, v = _inputs(1, s, 8, 2, 128, seed=seed)
         wide = torch.zeros(1, s, 3, 8, 128, device="cuda", dtype=q.dtype)
         wide[:, :, 0] = q
-        qs = wide[:, :, 0]
-        outs = {}
-        for fuse in (False, True, True):  # the second fused call replays the first
+        return wide[:, :, 0], k, v
+
+    for s, causal in ((1000, False), (777, True)):
+        monkeypatch.setattr(K, "_FAST", {})
+        monkeypatch.setattr(K, "_REFUSED", set())
+        replays.clear()
+        q, k, v = strided_q(s, 3)
+
+        def run(q, k, v, fuse, fast=True, causal=causal):
             monkeypatch.setattr(K, "FUSE_Q", fuse)
-            outs.setdefault(fuse, []).append(
-                sage3_attention(qs, k, v, quant_format=fmt, acc_dtype=acc, causal=causal).view(torch.int16))
+            monkeypatch.setattr(K, "FAST_LAUNCH", fast)
+            return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal).view(torch.int16)
+
+        unfused = run(q, k, v, False)
+        fused = run(q, k, v, True)  # recorded
+        q2, k2, v2 = strided_q(s, 4)
+        fused_replayed = run(q2, k2, v2, True)  # replayed with new tensors
+        fused_full = run(q2, k2, v2, True, fast=False)
         torch.cuda.synchronize()
-        assert torch.equal(outs[False][0], outs[True][0]), (fmt, acc, s, causal)
-        assert torch.equal(outs[True][0], outs[True][1]), (fmt, acc, s, causal, "replay")
+        assert torch.equal(unfused, fused), (fmt, acc, s, causal)
+        assert replays == [True], (fmt, acc, s, causal, replays)
+        assert torch.equal(fused_replayed, fused_full), (fmt, acc, s, causal, "replay")
+        assert not torch.equal(fused, fused_replayed)
 
 
 def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:

@@ -4,10 +4,10 @@ Numerics: exactly the algorithm of :mod:`vllm_qdq.sage3.numerics.reference` (rea
 the same order:
 
 1. K smoothing: ``Ks = K - mean_s(K)`` (fp32 mean over the key sequence per batch, KV head,
-   channel; exact for softmax).
+   channel, in the reference's order: :func:`sage3_k_mean`, two launches; exact for softmax).
 2. A fused pre-pass kernel (:func:`_qdq_prepass_kernel`, one launch for all three operands) quantizes
    Q and Ks per block along the head dim and V per block along the token dim (32 tokens of one
-   channel; 16 for NVFP4) once, writing ``element * block scale`` ("raw", exact in bf16) to a
+   channel; 16 for NVFP4) once (Q in the attention kernel instead with :data:`FUSE_Q`), writing ``element * block scale`` ("raw", exact in bf16) to a
    ``[B, H, S, D]`` buffer; NVFP4's per-tensor factors ``1/gs`` are folded into the logit
    factor ``c`` (Q, K) and the epilogue (V).
 3. The attention kernel (:func:`_sage3_fwd_kernel`) runs online softmax over key tiles of
@@ -222,6 +222,8 @@ def _k_mean_part_kernel(
     (fp32), in :func:`vllm_qdq.sage3.numerics.reference.k_mean`'s order: tiles added row by row,
     then the rows pairwise; rows past ``S`` load as ``-0.0``."""
     tl.static_assert(ROWS == 64)
+    # -0.0 from its bits: Triton 3.6 folds a -0.0 literal (a load's ``other`` among them) to +0.0
+    neg0 = tl.full((ROWS, D), -2147483648, tl.int32).to(tl.float32, bitcast=True)
     pid_p = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HKV
@@ -230,12 +232,14 @@ def _k_mean_part_kernel(
     offs_d = tl.arange(0, D)
     base = k_ptr + b.to(tl.int64) * skb + h * skh
     rows = pid_p * (TILES * ROWS) + offs_r
-    acc = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=rows[:, None] < S,
-                  other=-0.0).to(tl.float32)
+    ok = rows[:, None] < S
+    acc = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    acc = tl.where(ok, acc, neg0)  # rows past S: -0.0, the reference's padding
     for t in tl.static_range(1, TILES):
         rows = (pid_p * TILES + t) * ROWS + offs_r
-        x = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=rows[:, None] < S, other=-0.0)
-        acc = acc + x.to(tl.float32)
+        ok = rows[:, None] < S
+        x = tl.load(base + rows[:, None].to(tl.int64) * sks + offs_d[None, :], mask=ok, other=0.0)
+        acc = tl.where(ok, acc + x.to(tl.float32), acc)  # adding the padding's -0.0 leaves acc as it was
     acc = _pair_sum(acc, 64, D)
     acc = _pair_sum(acc, 32, D)
     acc = _pair_sum(acc, 16, D)
@@ -259,8 +263,9 @@ def _k_mean_final_kernel(part_ptr, mean_ptr, S, NPARTS, D: tl.constexpr, CHUNK: 
             j = c + i
             # part 0 is already in; parts past NPARTS load as -0.0 (adding it leaves total as it was)
             jj = tl.full((D,), 0, tl.int32) + j
-            x = tl.load(src + j * D, mask=(jj > 0) & (jj < NPARTS), other=-0.0)
-            total = total + x
+            ok = (jj > 0) & (jj < NPARTS)
+            x = tl.load(src + j * D, mask=ok, other=0.0)
+            total = tl.where(ok, total + x, total)  # part 0 is already in; no part past NPARTS
     s_f = tl.zeros((), tl.float32) + S  # S as fp32 (exact below 2**24; S may arrive as a constexpr 1)
     tl.store(mean_ptr + bh * D + offs_d, tl.math.div_rn(total, s_f))
 
@@ -277,7 +282,8 @@ def _load_tile(x_ptr, mean_ptr, pid_s, pid_bh, S, H, sxb, sxs, sxh,
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, D)
     row_ok = offs_s[:, None] < S
-    x = tl.load(x_ptr + b.to(tl.int64) * sxb + h * sxh + offs_s[:, None] * sxs + offs_d[None, :], mask=row_ok, other=0.0)
+    x = tl.load(x_ptr + b.to(tl.int64) * sxb + h * sxh + offs_s[:, None].to(tl.int64) * sxs + offs_d[None, :],
+                mask=row_ok, other=0.0)
     x = x.to(tl.float32)
     if SMOOTH:
         mean = tl.load(mean_ptr + pid_bh * D + offs_d)
@@ -502,7 +508,7 @@ def _sage3_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     if FUSE_Q:
-        x = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+        x = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqs + offs_d[None, :],
                     mask=offs_m[:, None] < S, other=0.0).to(tl.float32)
         x3 = tl.reshape(x, (BLOCK_M, D // BLK, BLK))
         if Q_NVFP4:
@@ -513,7 +519,7 @@ def _sage3_fwd_kernel(
             r3 = _mx_qdq(x3, 2, QEMAX, QEMIN, QMBITS, QMAXN, RULE)
         q = tl.reshape(r3, (BLOCK_M, D))
         if OP_BF16:
-            q = q.to(tl.bfloat16)  # exact: every raw value is a bf16 number
+            q = q.to(tl.bfloat16)  # the pre-pass's store of raw Q in bf16: the same conversion
     else:
         q = tl.load(q_ptr + pid_bh.to(tl.int64) * S * D + offs_m[:, None] * D + offs_d[None, :],
                     mask=offs_m[:, None] < S, other=0.0)
@@ -542,7 +548,7 @@ def _sage3_fwd_kernel(
                                    BF16_QK, BF16_PV, OP_BF16, True)
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
-    dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :]
     tl.store(dst, o.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S)
 
 
@@ -592,6 +598,8 @@ def sage3_k_mean(k: torch.Tensor, rec: list | None = None) -> tuple[torch.Tensor
     :func:`_k_mean_part_kernel` (one program a part and KV head), :func:`_k_mean_final_kernel`.
     ``rec``: the launches appended as :func:`sage3_prepass` appends its own."""
     b, s, hkv, d = k.shape
+    if k.stride(-1) != 1:
+        raise ValueError(f"sage3_k_mean needs the head dim contiguous; got k strides {tuple(k.stride())}")
     nparts = max(1, triton.cdiv(s, KMEAN_ROWS * KMEAN_TILES))
     parts = torch.empty((b * hkv, nparts, d), dtype=torch.float32, device=k.device)
     mean = torch.empty((b, hkv, d), dtype=torch.float32, device=k.device)
@@ -770,8 +778,8 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
 #: Triton's generated C launchers where :func:`vllm_qdq.numerics.triton_qdq._direct_launcher`
 #: knows them (Triton 3.6), else through ``CompiledKernel[grid]``: no per-call argument binding
 #: (on the H200's host a one-launch QDQ call took 37-75 us with Triton's binding against 10-17
-#: replayed, the QDQ bench's "bind" and "eager" columns; a sage3 call makes 2 Triton launches, 3
-#: with NVFP4, beside the K mean; ``scripts/bench_sage3.py``'s "host" columns time both). The same kernels on the same values: the same bits
+#: replayed, the QDQ bench's "bind" and "eager" columns; a sage3 call makes 4 Triton launches, 5
+#: with NVFP4, the K mean's two among them; ``scripts/bench_sage3.py``'s "host" columns time both). The same kernels on the same values: the same bits
 #: (``tests/gpu/test_sage3_gpu.py::test_fast_path_replays_bit_for_bit``). Off: every call takes
 #: the full path. Under the interpreter and for CPU tensors there is nothing to replay.
 FAST_LAUNCH = True
@@ -821,7 +829,7 @@ def _record(key: tuple, q, k, v, out, rec: list) -> None:
 
 class _Replay:
     """A recorded :func:`sage3_attention` call. Each call allocates the buffers the full path
-    would (K's mean, NVFP4's ``g``, the raw operands, the output) and launches the recorded
+    would (K's mean and its parts, NVFP4's ``g``, the raw operands, the output) and launches the recorded
     kernels with their addresses: a tensor argument of a recorded launch is one of the call's
     inputs or buffers (by identity), a view into NVFP4's ``g`` (by its byte offset), or a held
     constant (the MX formats' cached ``[1, 1]``, P's NVFP4 table). A buffer allocated at another alignment class
