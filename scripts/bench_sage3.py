@@ -13,6 +13,11 @@ and the host time per call (wall time of 50 back-to-back calls without synchroni
 with the eager fast path (replayed launches, the default), "host full" without it
 (``kernel.FAST_LAUNCH`` off: Triton binds every launch's arguments).
 
+Q in the attention kernel (``kernel.FUSE_Q``) against Q through the pre-pass: both timed,
+interleaved. A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
+up as its argument goes down over every fp32 in ``[-inf, -0.0]`` (then a block's largest P is
+``exp2`` of its largest logit, bit for bit).
+
 Accuracy: S=4096 random normal inputs, cosine similarity and relative L2 against SDPA computed
 in fp32, per format (fp32 accumulation), next to the previous plugin's figures.
 
@@ -31,6 +36,8 @@ import argparse
 import sys
 
 import torch
+import triton
+import triton.language as tl
 
 OLD = {  # the previous plugin's sage3 on the H100 (host-side Q/K/V quantization included)
     "time_x_sdpa": {("mxfp4", 16384): 13.1, ("mxfp4", 4096): 20.7, ("mxfp4", 1024): 62.0, ("mxfp8_s1", 16384): 9.6},
@@ -127,6 +134,31 @@ def _time_row(s: int, accs: tuple[str, ...], sage3_attention, d: int = 128) -> t
     return t_sdpa, cells, missed
 
 
+@triton.jit
+def _ex2_steps_kernel(count_ptr, N, BLOCK: tl.constexpr):
+    """For each ``i < N``: ``x`` the fp32 ``-0.0`` with magnitude bits ``i`` (the ``i``-th fp32 at or
+    below ``-0.0``) and ``y`` the next one down; counts the ``i`` where ``exp2(y) > exp2(x)``."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < N
+    bits = i ^ -2147483648  # the sign bit set
+    ex = tl.exp2(bits.to(tl.float32, bitcast=True))
+    ey = tl.exp2((bits + 1).to(tl.float32, bitcast=True))
+    tl.atomic_add(count_ptr, tl.sum((ok & (ey > ex)).to(tl.int32), 0))
+
+
+def _ex2_monotonic() -> int:
+    """How many steps between consecutive fp32 values in ``[-inf, -0.0]`` make the GPU's
+    ``tl.exp2`` (what the attention kernel's softmax calls, compiled alike) go up as its
+    argument goes down: 0 means ``max(exp2(x_i)) == exp2(max(x_i))`` holds for every block, so a
+    block's P maximum could come from its logits' maximum (one exp2 a block instead of a max over
+    its P elements) with the same bits. A probe for issue 17, not a target."""
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    n = 0x7F800000  # magnitudes from 0 (-0.0) to that of the largest finite, whose next is -inf
+    block = 1024
+    _ex2_steps_kernel[(triton.cdiv(n, block),)](count, n, BLOCK=block, enable_fp_fusion=False)
+    return int(count.item())
+
+
 def _fuse_q_rows(seqs: list[int], rounds: int = 3) -> list[str]:
     """One table row per (S, format), D=128, fp32 accumulation: the call's time with Q through the
     pre-pass (``kernel.FUSE_Q`` off) and quantized in the attention kernel (on), interleaved
@@ -209,6 +241,9 @@ def main() -> int:
         print("| S | format | Q in the pre-pass | Q in the attention kernel | fused / pre-pass |")
         print("|---|---|---|---|---|")
         print("\n".join(_fuse_q_rows(seqs)))
+
+    print(f"\nProbe: tl.exp2 (fp32) over every fp32 in [-inf, -0.0]: {_ex2_monotonic()} steps where it goes up as "
+          "its argument goes down (0: non-decreasing there)")
 
     print("\n## Accuracy vs fp32 SDPA, B=1 H=24 S=4096 D=128, random normal bf16 inputs")
     print("| format | acc | scale rule | cosine | rel L2 | old cosine | old rel L2 | d cos | d rel L2 |")
