@@ -31,9 +31,13 @@ _seen: set = set()
 #: With RECORD: (kernel name, constexpr values by name, compile options, compiled kernel) of each
 #: variant compiled, in order (scripts/triton_sass_stats.py reads them)
 RECORD = False
+#: The sage3 kernels (``vllm_qdq.sage3.numerics.kernel``), in a call's launch order: what this script
+#: and ``scripts/triton_sass_stats.py`` capture
+SAGE3_KERNELS = ("_k_mean_part_kernel", "_k_mean_final_kernel", "_nvfp4_amax_kernel", "_qdq_prepass_kernel",
+                 "_sage3_fwd_kernel")
 #: Kernels whose source calls no ``tl.fma``: their PTX must hold none (the QDQ kernels' quotients,
 #: ``_div_rn``, ``_div_rn_f64`` and ``_recip2_f64``, write FMAs on purpose)
-NO_FMA = {"_sage3_fwd_kernel", "_qdq_prepass_kernel", "_nvfp4_amax_kernel", "_k_mean_part_kernel", "_k_mean_final_kernel"}
+NO_FMA = set(SAGE3_KERNELS)
 COMPILED: list[tuple[str, dict, dict, object]] = []
 #: the kernels compiled as programmatic dependent launches (``launch_pdl``: triton_qdq.PDL)
 PDL_LAUNCHES: list[str] = []
@@ -146,6 +150,13 @@ class _Capture:
         return lambda *a, **k: _compile(self.fn, a, dict(k), self.target)
 
 
+def capture(module, names, target: GPUTarget) -> None:
+    """Replace ``module``'s jit functions ``names`` by :class:`_Capture`: their launches compile
+    for ``target`` instead of running."""
+    for name in names:
+        setattr(module, name, _Capture(getattr(module, name), target))
+
+
 def _extras(target: GPUTarget, only: str | None = None) -> int:
     """The issue-18 options: rotation (every block, plain and random), stochastic rounding,
     four over six, nvfp4_e5m3 (launches already captured by main)."""
@@ -234,8 +245,7 @@ def main() -> int:
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     triton_qdq.NO_DEVICE_CC = args.arch  # the launcher's PDL choice for this target (CPU tensors here)
-    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"):
-        setattr(triton_qdq, name, _Capture(getattr(triton_qdq, name), target))
+    capture(triton_qdq, ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"), target)
     if args.two_pass_only:
         return _summary(args.arch, _two_pass_paths())
     failures = 0
@@ -254,9 +264,7 @@ def main() -> int:
     failures += _two_pass_paths()
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
-    for name in ("_k_mean_part_kernel", "_k_mean_final_kernel", "_nvfp4_amax_kernel", "_qdq_prepass_kernel",
-                 "_sage3_fwd_kernel"):
-        setattr(sage3_kernel, name, _Capture(getattr(sage3_kernel, name), target))
+    capture(sage3_kernel, SAGE3_KERNELS, target)
     fuse_default = sage3_kernel.FUSE_Q
     for fuse in (False, True):  # Q through the pre-pass, and quantized in the attention kernel
         sage3_kernel.FUSE_Q = fuse

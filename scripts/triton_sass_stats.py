@@ -119,9 +119,7 @@ def sage3_stats(formats: list[str], target, tool_dir: Path, dump: str = "") -> N
     import torch
     from vllm_qdq.sage3.numerics import kernel as sk
 
-    for name in ("_k_mean_part_kernel", "_k_mean_final_kernel", "_nvfp4_amax_kernel", "_qdq_prepass_kernel",
-                 "_sage3_fwd_kernel"):
-        setattr(sk, name, ctc._Capture(getattr(sk, name), target))
+    ctc.capture(sk, ctc.SAGE3_KERNELS, target)
     ctc.RECORD = True
     print("sage3 forward kernel, D=128, BLOCK_M 128 x BLOCK_N 64, 8 warps, fp32 accumulation: the loop over key "
           "blocks, SASS instructions per P element a thread handles (32) in one iteration")
@@ -184,8 +182,7 @@ def main() -> int:
     target = GPUTarget("cuda", args.arch, 32)
     if args.hot:  # no tile is ever out of range: Triton drops the redo branch
         triton_qdq._narrow_fallback = triton.jit(_never)
-    for name in ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"):
-        setattr(triton_qdq, name, ctc._Capture(getattr(triton_qdq, name), target))
+    ctc.capture(triton_qdq, ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel"), target)
     ctc.RECORD = True
     try:
         rows, k = (int(v) for v in args.shape.lower().split("x"))

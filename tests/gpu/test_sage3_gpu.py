@@ -138,6 +138,23 @@ def test_compiled_op_equals_eager(fmt: str) -> None:
     assert torch.equal(compiled, eager)
 
 
+def _count_replays(monkeypatch) -> list[tuple[bool, bool]]:
+    """The fast path's replays from here on, one ``(replayed, through the C launchers)`` a
+    :class:`kernel._Replay` call (``replayed`` False: the call went back to the full path)."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    calls = []
+    replay = K._Replay.__call__
+
+    def counting(self, q, k, v):
+        out = replay(self, q, k, v)
+        calls.append((out is not None, self.direct))
+        return out
+
+    monkeypatch.setattr(K._Replay, "__call__", counting)
+    return calls
+
+
 @pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
 @pytest.mark.parametrize(("s", "hq", "hkv", "d", "causal"), [(1000, 4, 2, 64, False), (256, 2, 2, 128, True)])
 def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: int, causal: bool,
@@ -149,15 +166,7 @@ def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: i
 
     monkeypatch.setattr(K, "_FAST", {})
     monkeypatch.setattr(K, "_REFUSED", set())
-    calls = []
-    replay = K._Replay.__call__
-
-    def counting(self, q, k, v):
-        out = replay(self, q, k, v)
-        calls.append((out is not None, self.direct))
-        return out
-
-    monkeypatch.setattr(K._Replay, "__call__", counting)
+    calls = _count_replays(monkeypatch)
     q, k, v = _inputs(1, s, hq, hkv, d, seed=1)
     first = sage3_attention(q, k, v, quant_format=fmt, causal=causal)  # recorded
     q2, k2, v2 = _inputs(1, s, hq, hkv, d, seed=2)
@@ -177,15 +186,19 @@ def test_fast_path_replays_bit_for_bit(fmt: str, s: int, hq: int, hkv: int, d: i
 def test_k_mean_kernel_bit_for_bit(s: int, hkv: int, d: int, dtype: torch.dtype) -> None:
     """The device K mean (``sage3_k_mean``: part sums, then the parts in order, divided by S)
     gives the reference ``k_mean``'s bits (its adds, on the GPU's fp32 adds and IEEE division),
-    from a strided K, up to 274 parts (more than the final kernel's 32 loads at once)."""
+    compared as integers, with a channel of ``-0.0`` (its mean ``-0.0``), from a strided K, up to
+    274 parts (more than the final kernel's 32 loads at once)."""
     from vllm_qdq.sage3.numerics.kernel import sage3_k_mean
     from vllm_qdq.sage3.numerics.reference import k_mean
 
     g = torch.Generator(device="cuda").manual_seed(s)
     wide = torch.randn(2, s, hkv + 1, d, device="cuda", generator=g) * torch.logspace(-3, 3, d, device="cuda") + 0.5
     k = wide.to(dtype)[:, :, 1:]
+    k[:, :, 0, 3] = -0.0
     mean, _ = sage3_k_mean(k)
-    assert torch.equal(mean, k_mean(k))
+    ref = k_mean(k)
+    assert ref[:, 0, 3].view(torch.int32).eq(-2147483648).all()
+    assert torch.equal(mean.view(torch.int32), ref.view(torch.int32))
 
 
 @pytest.mark.parametrize("acc", ACC_DTYPES)
@@ -197,15 +210,7 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
     fast path (no raw Q buffer) with new tensors gives the full path's bits."""
     from vllm_qdq.sage3.numerics import kernel as K
 
-    replays = []
-    replay = K._Replay.__call__
-
-    def counting(self, q, k, v):
-        out = replay(self, q, k, v)
-        replays.append(out is not None)
-        return out
-
-    monkeypatch.setattr(K._Replay, "__call__", counting)
+    calls = _count_replays(monkeypatch)
 
     def strided_q(s, seed):
         q, k, v = _inputs(1, s, 8, 2, 128, seed=seed)
@@ -216,7 +221,7 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
     for s, causal in ((1000, False), (777, True)):
         monkeypatch.setattr(K, "_FAST", {})
         monkeypatch.setattr(K, "_REFUSED", set())
-        replays.clear()
+        calls.clear()
         q, k, v = strided_q(s, 3)
 
         def run(q, k, v, fuse, fast=True, causal=causal):
@@ -231,7 +236,7 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         fused_full = run(q2, k2, v2, True, fast=False)
         torch.cuda.synchronize()
         assert torch.equal(unfused, fused), (fmt, acc, s, causal)
-        assert replays == [True], (fmt, acc, s, causal, replays)
+        assert [replayed for replayed, _ in calls] == [True], (fmt, acc, s, causal, calls)
         assert torch.equal(fused_replayed, fused_full), (fmt, acc, s, causal, "replay")
         assert not torch.equal(fused, fused_replayed)
 

@@ -261,11 +261,10 @@ def _k_mean_final_kernel(part_ptr, mean_ptr, S, NPARTS, D: tl.constexpr, CHUNK: 
     for c in range(0, NPARTS, CHUNK):
         for i in tl.static_range(CHUNK):
             j = c + i
-            # part 0 is already in; parts past NPARTS load as -0.0 (adding it leaves total as it was)
             jj = tl.full((D,), 0, tl.int32) + j
-            ok = (jj > 0) & (jj < NPARTS)
+            ok = (jj > 0) & (jj < NPARTS)  # part 0 is already in; none past NPARTS (kept out by select)
             x = tl.load(src + j * D, mask=ok, other=0.0)
-            total = tl.where(ok, total + x, total)  # part 0 is already in; no part past NPARTS
+            total = tl.where(ok, total + x, total)
     s_f = tl.zeros((), tl.float32) + S  # S as fp32 (exact below 2**24; S may arrive as a constexpr 1)
     tl.store(mean_ptr + bh * D + offs_d, tl.math.div_rn(total, s_f))
 
