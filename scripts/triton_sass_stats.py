@@ -159,6 +159,8 @@ def main() -> int:
                     "(<recipe>.<layout>.<kernel>.sass)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
                     "attention kernel's loop instead of the QDQ recipes")
+    ap.add_argument("--fuse-q", action="store_true", help="with --sage3: Q quantized in the attention kernel "
+                    "(vllm_qdq.sage3.numerics.kernel.FUSE_Q on; default: the module's value, off)")
     ap.add_argument("--hot", action="store_true", help="the float64 recipes' fp32 path alone: the float64 redo of "
                     "tiles outside its range compiled out (static instructions count the cold path too)")
     args = ap.parse_args()
@@ -166,7 +168,10 @@ def main() -> int:
     if args.sage3:
         import triton
         from triton.backends.compiler import GPUTarget
+        from vllm_qdq.sage3.numerics import kernel as sk
 
+        if args.fuse_q:
+            sk.FUSE_Q = True
         sage3_stats(args.sage3.split(","), GPUTarget("cuda", args.arch, 32),
                     Path(triton.__file__).parent / "backends" / "nvidia" / "bin", args.dump)
         return 0
