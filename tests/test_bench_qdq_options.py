@@ -85,7 +85,7 @@ def test_options_table_short_form_times_only_the_register_caps(tq, monkeypatch, 
     in the coalesced layout only; no layout or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert "uncapped" in head and "cap 200" in head and "uncoalesced" not in head and "no fold" not in head
+    assert "cap 168" in head and "cap 200" in head and "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen == {"mxfp4 + hadamard128 random": caps}, seen
 
@@ -95,7 +95,7 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     MX scales unfolded, and the caps where they apply."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=True)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "uncapped", "cap 200"))
+    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200"))
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen

@@ -126,8 +126,8 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         want_signs = (2 if masks else True) if kw["rotate"].get("seed") is not None else False
         signs = [p[1] for p in planned]
         assert set(signs) == {want_signs}, (signs, want_signs)
-        # the register cap: the coalesced layout's blocks of 128 and up (ROT_MAXNREG), nowhere else
-        cap = tq.ROT_MAXNREG if want == 2 and block >= tq.ROT_HELD_MAX else None
+        # the register cap: the coalesced layout's blocks of 128 and up (ROT_MAXNREG; 0: none), nowhere else
+        cap = (tq.ROT_MAXNREG or None) if want == 2 and block >= tq.ROT_HELD_MAX else None
         caps = [p[2] for p in planned]
         assert set(caps) == {cap}, (caps, cap)
     else:

@@ -1518,11 +1518,14 @@ Y_STREAM = False
 #: ``griddepcontrol``) and the interpreter. The same bits (the same arithmetic; the order of
 #: launches only). Why: two dependent launches of a decode-sized call replayed from a CUDA graph
 #: took 3.7-5.4 us on the H100 against 1.3-1.9 us for a copy (issue 16: at most twice a copy).
-#: Off until a GPU has run it (none was lent on 2026-12-05f): ``tests/gpu/test_triton_recipes_gpu.py
-#: ::test_two_pass_dependent_launch_in_a_graph`` (PDL launches captured in a CUDA graph between a
-#: kernel writing x and one reading y, bit for bit) and ``scripts/bench_qdq_triton.py``'s PDL tables
-#: (both forms) decide it.
-PDL = False
+#: On since the H200 of 2026-12-06 ran it (results/lease-2026-12-06): ``tests/gpu/
+#: test_triton_recipes_gpu.py::test_two_pass_dependent_launch_in_a_graph`` passed (PDL launches
+#: captured in a CUDA graph between a kernel writing x and one reading y, bit for bit), and
+#: ``scripts/bench_qdq_triton.py``'s PDL tables (on and off interleaved, best of 3) gained in 9 of 10
+#: figures: graph replay at 16 / 64 / 256 rows x 4096, NVFP4 4.1 -> 3.4, 4.3 -> 3.7, 5.0 -> 4.4 us,
+#: FP8 per-tensor 3.5 -> 2.9, 3.7 -> 3.1 us, but 4.6 -> 5.7 us at 256 rows; of a copy at 16M / 64M
+#: 0.60 -> 0.62, 0.61 -> 0.61 (NVFP4), 0.61 -> 0.64, 0.63 -> 0.64 (FP8 per-tensor).
+PDL = True
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1598,9 +1601,13 @@ SIGN_BITS = True
 #: 40.9 / 0; NVFP4 + random Hadamard-128 (one warp a program: 10 -> 12 an SM at 168) 37.2 / 0 ->
 #: 38.2 / 24; plain Hadamard-128 unchanged (168 uncapped). Not below Hadamard-128: given a cap,
 #: ptxas takes what it is given (random Hadamard-64 128 -> 168 registers, fewer programs an SM).
-#: The same bits (a spill moves a value, it does not round it). Not yet timed: ``scripts/
-#: bench_qdq_triton.py``'s options table times 0 and 200 beside it ("uncapped", "cap 200").
-ROT_MAXNREG = 168
+#: The same bits (a spill moves a value, it does not round it). Timed on the H200 of 2026-12-06
+#: (results/lease-2026-12-06, the options table; x plain at 16M / 64M, cap 168 / uncapped / cap
+#: 200): Hadamard-128 1.63 / 1.65 / 1.73, 1.56 / 1.57 / 1.73; Hadamard-256 2.09 / 2.06 / 2.11, 2.22
+#: / 2.15 / 2.20; random Hadamard-128 1.95 / 1.90 / 1.93, 1.88 / 1.93 / 1.93; NVFP4 + random
+#: Hadamard-128 1.81 / 1.83 / 1.80, 1.77 / 1.84 / 1.82. No cap won every row (the occupancy the
+#: cap buys is paid back in spills), so none: 0; the bench keeps timing 168 and 200 beside it.
+ROT_MAXNREG = 0
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
