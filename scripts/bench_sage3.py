@@ -6,15 +6,19 @@ Timing: B=1, H=24, D=128 and 64 (``--dims``), bf16, non-causal, S = 1k, 4k, 16k;
 quantization pre-pass, attention kernel. SDPA is ``torch.nn.functional.scaled_dot_product_attention``
 on the same bf16 tensors (whatever backend PyTorch picks). Median of ``triton.testing.do_bench``.
 
-Where the time goes (fp32 accumulation, per format and S): the K mean alone, the whole pre-pass
-(``sage3_prepass``: K mean + NVFP4 amax + quantization launch), the attention kernel as the rest,
+Where the time goes (fp32 accumulation, per format and S): the eager call, then device time alone
+(each captured in a CUDA graph and the replay timed: before 2026-12-06 the parts were timed eagerly,
+so that at 1k Triton's argument binding showed as pre-pass time, more than the whole call): the
+whole call, the K mean, the whole pre-pass (``sage3_prepass``: K mean + NVFP4 amax + quantization
+launch), the attention kernel as the difference,
 and the host time per call (wall time of 50 back-to-back calls without synchronizing, divided by
 50): a host time close to the total means the call is launch-bound (the fixed cost at 1k); "host"
 with the eager fast path (replayed launches, the default), "host full" without it
 (``kernel.FAST_LAUNCH`` off: Triton binds every launch's arguments).
 
-Q in the attention kernel (``kernel.FUSE_Q``) against Q through the pre-pass: both timed,
-interleaved. A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
+Kernel switches (``--switches``, :data:`SWITCHES`) timed off and on, interleaved: by default
+``kernel.P_MAX_EXP2`` (P's block maxima from the logits'); ``FUSE_Q`` (Q quantized in the attention
+kernel; off since the H200 of 2026-12-06 timed it slower at every size). A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
 up as its argument goes down over every fp32 in ``[-inf, -0.0]`` (then a block's largest P is
 ``exp2`` of its largest logit, bit for bit).
 
@@ -28,6 +32,7 @@ better"; the previous plugin's figures are printed beside, not judged) (``--no-c
 D=64 is reported, not checked.
 
     python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384] [--dims 128,64]
+        [--switches P_MAX_EXP2,FUSE_Q]
 """
 
 from __future__ import annotations
@@ -73,9 +78,37 @@ def _host_ms(fn, n: int = 50) -> float:
     return (t1 - t0) * 1e3 / n
 
 
+def _graph_ms(fn) -> float | None:
+    """Device time of ``fn``'s launches: ``fn`` captured once in a CUDA graph, the replay timed
+    (median of ``triton.testing.do_bench``), so that no host work (Triton's argument binding, the
+    Python around the launches) shows in it; None where the capture fails (printed as "-")."""
+    import triton.testing
+
+    try:
+        fn()  # compiled and autotuned outside the capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return triton.testing.do_bench(graph.replay)
+    except RuntimeError as e:
+        print(f"(graph capture failed: {str(e).splitlines()[0][:200]})", file=sys.stderr)
+        return None
+
+
+def _ms(t: float | None) -> str:
+    return "-" if t is None else f"{t:.3f}"
+
+
 def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
-    """One table row per format: total, K mean, pre-pass, attention (the rest), host time per call
-    (a replayed call, the default; and every call through Triton's binding: ``FAST_LAUNCH`` off)."""
+    """One table row per format: the eager call's time (what a caller without CUDA graphs waits),
+    then device time alone (:func:`_graph_ms`: the call, the K mean, the pre-pass and the attention
+    kernel as the difference), host time per call (a replayed call, the default; and every call
+    through Triton's binding: ``FAST_LAUNCH`` off)."""
     import triton.testing
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
     from vllm_qdq.sage3.numerics.kernel import sage3_prepass
@@ -84,7 +117,7 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
     q, k, v = _inputs(s, d=d)
     # the call's K mean: the device kernels' (sage3_k_mean), or torch's on an older tree
     mean_fn = getattr(sage3_kernel, "sage3_k_mean", k_mean)
-    t_mean = triton.testing.do_bench(lambda: mean_fn(k))
+    t_mean = _graph_ms(lambda: mean_fn(k))
     rows = []
     for fmt in FORMATS:
         def call(fmt=fmt):
@@ -92,9 +125,10 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
 
         call()
         total = triton.testing.do_bench(call)
+        device = _graph_ms(call)
         # the pre-pass this call runs (an older tree's sage3_prepass takes no with_q)
         kw = {"with_q": not sage3_kernel.FUSE_Q} if hasattr(sage3_kernel, "FUSE_Q") else {}
-        pre = triton.testing.do_bench(lambda fmt=fmt, kw=kw: sage3_prepass(q, k, v, fmt, **kw))
+        pre = _graph_ms(lambda fmt=fmt, kw=kw: sage3_prepass(q, k, v, fmt, **kw))
         host = _host_ms(call)
         fast = getattr(sage3_kernel, "FAST_LAUNCH", None)  # (an older tree has no fast path)
         if fast is None:
@@ -105,7 +139,8 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
                 full = f"{_host_ms(call):.3f}"
             finally:
                 sage3_kernel.FAST_LAUNCH = fast
-        rows.append(f"| {s} | {d} | {fmt} | {total:.3f} | {t_mean:.3f} | {pre:.3f} | {total - pre:.3f} | "
+        attn = None if device is None or pre is None else device - pre
+        rows.append(f"| {s} | {d} | {fmt} | {total:.3f} | {_ms(device)} | {_ms(t_mean)} | {_ms(pre)} | {_ms(attn)} | "
                     f"{host:.3f} | {full} |")
     return rows
 
@@ -159,17 +194,26 @@ def _ex2_monotonic() -> int:
     return int(count.item())
 
 
-def _fuse_q_rows(seqs: list[int], rounds: int = 3) -> list[str]:
-    """One table row per (S, format), D=128, fp32 accumulation: the call's time with Q through the
-    pre-pass (``kernel.FUSE_Q`` off) and quantized in the attention kernel (on), interleaved
-    (off, on, off, on, ...; the lent machines drift between runs), median (min-max) of
-    ``rounds`` each, and on / off."""
+#: Kernel switches (``vllm_qdq.sage3.numerics.kernel`` module constants) the bench can time off and
+#: on, interleaved: the table's title and the two columns' heads
+SWITCHES = {
+    "P_MAX_EXP2": ("each P block's maximum from its logits' maximum (P_MAX_EXP2) against reduced from P",
+                   "P reduced", "from the logits"),
+    "FUSE_Q": ("Q quantized in the attention kernel (FUSE_Q) against Q through the pre-pass",
+               "Q in the pre-pass", "Q in the attention kernel"),
+}
+
+
+def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
+    """One table row per (S, format), D=128, fp32 accumulation: the call's time with the kernel
+    switch ``switch`` off and on, interleaved (off, on, off, on, ...; the lent machines drift
+    between runs), median (min-max) of ``rounds`` each, and on / off."""
     import statistics
 
     import triton.testing
     from vllm_qdq.sage3.numerics import kernel as K
 
-    saved = K.FUSE_Q
+    saved = getattr(K, switch)
     rows = []
     try:
         for s in seqs:
@@ -177,27 +221,38 @@ def _fuse_q_rows(seqs: list[int], rounds: int = 3) -> list[str]:
             for fmt in FORMATS:
                 times = {False: [], True: []}
                 for _ in range(rounds):
-                    for fuse in (False, True):
-                        K.FUSE_Q = fuse
+                    for on in (False, True):
+                        setattr(K, switch, on)
 
                         def call(fmt=fmt, q=q, k=k, v=v):
                             return K.sage3_attention(q, k, v, quant_format=fmt)
 
                         call()
-                        times[fuse].append(triton.testing.do_bench(call))
+                        times[on].append(triton.testing.do_bench(call))
                 med = {f: statistics.median(t) for f, t in times.items()}
                 cell = {f: f"{med[f]:.3f} ({min(t):.3f}-{max(t):.3f})" for f, t in times.items()}
                 rows.append(f"| {s} | {fmt} | {cell[False]} | {cell[True]} | {med[True] / med[False]:.3f} |")
             torch.cuda.empty_cache()
     finally:
-        K.FUSE_Q = saved
+        setattr(K, switch, saved)
     return rows
+
+
+def _switch_list(value: str) -> str:
+    """``--switches``: names of :data:`SWITCHES`, comma-separated (argparse names a bad one)."""
+    bad = [n for n in value.split(",") if n and n not in SWITCHES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"switch {bad[0]!r} unknown; accepted: {', '.join(SWITCHES)}")
+    return value
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="1024,4096,16384")
     ap.add_argument("--all-acc", action="store_true", help="also time bf16_both_dot and bf16_pv_only")
+    ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,
+                    help=f"kernel switches timed off and on, interleaved (comma-separated, '' for none; accepted: "
+                         f"{', '.join(SWITCHES)}; default P_MAX_EXP2)")
     ap.add_argument("--no-check", action="store_true", help="print only; exit 0 even if a target is missed")
     ap.add_argument("--dims", default="128,64", help="head dims to time (targets are checked at 128)")
     args = ap.parse_args()
@@ -223,11 +278,12 @@ def main() -> int:
             print(f"| {s} | {t_sdpa:.3f} | " + " | ".join(cells) + " |")
             torch.cuda.empty_cache()
 
-    print("\n## Where the time goes (ms, median; fp32 accumulation): attention = total - pre-pass; "
-          "host = wall time per call of 50 unsynchronized calls (replayed launches, the default); host full = the "
-          "same with every launch through Triton's binding (FAST_LAUNCH off)")
-    print("| S | D | format | total | K mean | pre-pass | attention | host | host full |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n## Where the time goes (ms, median; fp32 accumulation): total = the eager call; device = the call "
+          "replayed from a CUDA graph (its kernels alone), likewise K mean and pre-pass; attention = device - "
+          "pre-pass; host = wall time per call of 50 unsynchronized calls (replayed launches, the default); host "
+          "full = the same with every launch through Triton's binding (FAST_LAUNCH off)")
+    print("| S | D | format | total | device | K mean | pre-pass | attention | host | host full |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for d in dims:
         for s in seqs:
             print("\n".join(_breakdown(s, d, sage3_attention)))
@@ -235,12 +291,15 @@ def main() -> int:
 
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
-    if hasattr(sage3_kernel, "FUSE_Q"):  # (an older tree quantizes Q in the pre-pass only)
-        print(f"\n## Q quantized in the attention kernel (FUSE_Q; default {sage3_kernel.FUSE_Q}) against Q through "
-              "the pre-pass: ms, median (min-max) of 3 interleaved rounds, D=128, fp32 accumulation")
-        print("| S | format | Q in the pre-pass | Q in the attention kernel | fused / pre-pass |")
+    for switch in args.switches.split(",") if args.switches else []:
+        if not hasattr(sage3_kernel, switch):  # (an older tree)
+            continue
+        title, off_head, on_head = SWITCHES[switch]
+        print(f"\n## {title} (default {getattr(sage3_kernel, switch)}): ms, median (min-max) of 3 interleaved "
+              "rounds, D=128, fp32 accumulation")
+        print(f"| S | format | {off_head} | {on_head} | on / off |")
         print("|---|---|---|---|---|")
-        print("\n".join(_fuse_q_rows(seqs)))
+        print("\n".join(_switch_rows(switch, seqs)))
 
     print(f"\nProbe: tl.exp2 (fp32) over every fp32 in [-inf, -0.0]: {_ex2_monotonic()} steps where it goes up as "
           "its argument goes down (0: non-decreasing there)")

@@ -265,9 +265,11 @@ def main() -> int:
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
     capture(sage3_kernel, SAGE3_KERNELS, target)
-    fuse_default = sage3_kernel.FUSE_Q
-    for fuse in (False, True):  # Q through the pre-pass, and quantized in the attention kernel
-        sage3_kernel.FUSE_Q = fuse
+    saved = sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2
+    # Q through the pre-pass and quantized in the attention kernel (FUSE_Q); P's block maxima from
+    # the logits' and reduced from P (P_MAX_EXP2)
+    for fuse, pmax in ((False, True), (True, True), (False, False)):
+        sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2 = fuse, pmax
         for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
             for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
                 for d, bm, causal, dtype in ((128, 128, False, torch.bfloat16), (64, 64, True, torch.float16),
@@ -279,9 +281,9 @@ def main() -> int:
                                                      block_m=bm)
                     except Exception as e:
                         failures += 1
-                        print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm} FUSE_Q={fuse}: "
+                        print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm} FUSE_Q={fuse} P_MAX_EXP2={pmax}: "
                               f"{str(e).strip().splitlines()[-1][:300]}")
-    sage3_kernel.FUSE_Q = fuse_default
+    sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2 = saved
     return _summary(args.arch, failures)
 
 

@@ -161,6 +161,8 @@ def main() -> int:
                     "attention kernel's loop instead of the QDQ recipes")
     ap.add_argument("--fuse-q", action="store_true", help="with --sage3: Q quantized in the attention kernel "
                     "(vllm_qdq.sage3.numerics.kernel.FUSE_Q on; default: the module's value, off)")
+    ap.add_argument("--p-max-reduced", action="store_true", help="with --sage3: each P block's maximum reduced "
+                    "from P (vllm_qdq.sage3.numerics.kernel.P_MAX_EXP2 off; default: the module's value, on)")
     ap.add_argument("--hot", action="store_true", help="the float64 recipes' fp32 path alone: the float64 redo of "
                     "tiles outside its range compiled out (static instructions count the cold path too)")
     args = ap.parse_args()
@@ -172,6 +174,8 @@ def main() -> int:
 
         if args.fuse_q:
             sk.FUSE_Q = True
+        if args.p_max_reduced:
+            sk.P_MAX_EXP2 = False
         sage3_stats(args.sage3.split(","), GPUTarget("cuda", args.arch, 32),
                     Path(triton.__file__).parent / "backends" / "nvidia" / "bin", args.dump)
         return 0

@@ -126,9 +126,17 @@ for name, fmt, acc, causal, b, s, hq, hkv, d, dt, *rule in cases:
                                  scale_rule=rule)
     finally:
         K.FUSE_Q = not K.FUSE_Q
+    # each P block's maximum from its logits' maximum, or reduced from P (P_MAX_EXP2 flipped)
+    K.P_MAX_EXP2 = not K.P_MAX_EXP2
+    try:
+        o_pmax = sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
+    finally:
+        K.P_MAX_EXP2 = not K.P_MAX_EXP2
     r = sage3_attention_reference(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal, scale_rule=rule)
     out[name] = {
         "fuse_q_flipped_equal": bool(torch.equal(o, o_flip)),
+        "p_max_exp2_flipped_equal": bool(torch.equal(o.view(torch.int16 if o.element_size() == 2 else torch.int32),
+                                                     o_pmax.view(torch.int16 if o.element_size() == 2 else torch.int32))),
         "max_diff": (o.float() - r.float()).abs().max().item(),
         "max_ref": r.float().abs().max().item(),
         "dtype": str(o.dtype), "shape": list(o.shape), "finite": bool(torch.isfinite(o).all()),
@@ -191,6 +199,7 @@ def test_kernel_matches_reference(interp_results: dict, case: tuple) -> None:
     assert r["dtype"] == f"torch.{dt}"
     assert r["finite"]
     assert r["fuse_q_flipped_equal"]  # Q in the attention kernel or through the pre-pass: the same bits
+    assert r["p_max_exp2_flipped_equal"]  # P's block maxima from the logits' or from P: the same bits
     tol = 1e-5 * max(1.0, r["max_ref"])
     if dt != "float32":  # output rounded to the input dtype (the interpreter's cast is not RNE): one ulp
         tol += r["max_ref"] * (2.0**-7 if dt == "bfloat16" else 2.0**-10)
@@ -387,6 +396,25 @@ print("JSON" + json.dumps({
     "strided_equal": bool(torch.equal(strided, eager)),
 }))
 """
+
+
+def test_interpreter_exp2_is_non_decreasing_where_softmax_calls_it() -> None:
+    """``kernel.P_MAX_EXP2`` takes each P block's maximum as ``exp2`` of its logits' maximum minus
+    the row's: exact only where ``exp2`` never goes up as its argument goes down over ``[-inf,
+    -0.0]`` (every ``s - m``). On the GPU ``scripts/bench_sage3.py``'s probe checks ``tl.exp2``
+    (0 steps, H200, 2026-12-06); under ``TRITON_INTERPRET=1`` ``tl.exp2`` is numpy's fp32
+    ``exp2``, checked here on all 2,139,095,041 values (~25 s)."""
+    import numpy as np
+
+    lo, hi, step = 0x80000000, 0xFF800000, 1 << 26  # -0.0 .. -inf: bits up, value down
+    ups, prev = 0, None
+    for a in range(lo, hi + 1, step):
+        x = np.arange(a, min(a + step, hi + 1), dtype=np.uint64).astype(np.uint32).view(np.float32)
+        y = np.exp2(x)
+        ups += int((np.diff(y) > 0).sum()) + int(prev is not None and y[0] > prev)
+        prev = y[-1]
+    assert ups == 0
+    assert prev == 0.0 and np.exp2(np.float32(-0.0)) == 1.0
 
 
 def test_backend_call_is_one_opaque_op_under_torch_compile() -> None:

@@ -241,6 +241,61 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         assert not torch.equal(fused, fused_replayed)
 
 
+@pytest.mark.parametrize("acc", ACC_DTYPES)
+@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
+def test_p_max_exp2_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
+    """Each P block's maximum from its logits' maximum (``kernel.P_MAX_EXP2``) or reduced from P:
+    the same bits on the autotuned kernel, causal and not, GQA, a ragged last tile, logits over
+    many binades (keys scaled per channel, so that blocks' maxima sit far below their rows'); and
+    the switch is part of the fast path's key (a call with it flipped is not a replay of the other)."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    calls = _count_replays(monkeypatch)
+    for s, causal in ((1000, False), (777, True)):
+        monkeypatch.setattr(K, "_FAST", {})
+        monkeypatch.setattr(K, "_REFUSED", set())
+        calls.clear()
+        q, k, v = _inputs(1, s, 8, 2, 128, seed=7)
+        k = k * torch.logspace(-2, 2, 128, device="cuda", dtype=k.dtype)
+
+        def run(on, q=q, k=k, v=v, causal=causal):
+            monkeypatch.setattr(K, "P_MAX_EXP2", on)
+            return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal).view(torch.int16)
+
+        on, off = run(True), run(False)
+        on_again = run(True)  # replayed: the same key as the first call
+        torch.cuda.synchronize()
+        assert torch.equal(on, off), (fmt, acc, s, causal)
+        assert torch.equal(on, on_again)
+        assert [replayed for replayed, _ in calls] == [True], (fmt, acc, s, causal, calls)
+
+
+@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
+def test_captured_in_a_cuda_graph(fmt: str) -> None:
+    """A call captured in a CUDA graph (as ``scripts/bench_sage3.py`` times the device alone, and as
+    a caller under CUDA graphs runs it) and replayed after new values are copied into its inputs
+    gives the eager call's bits on those values: no host synchronization, no launch left out of the
+    graph, and nothing the capture froze (the NVFP4 global scales come from the new values)."""
+    q, k, v = _inputs(1, 1000, 8, 2, 128, seed=11)
+    sage3_attention(q, k, v, quant_format=fmt)  # compiled, autotuned and recorded outside the capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        sage3_attention(q, k, v, quant_format=fmt)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sage3_attention(q, k, v, quant_format=fmt)
+    q2, k2, v2 = _inputs(1, 1000, 8, 2, 128, seed=12)
+    q.copy_(q2 * 3.0)
+    k.copy_(k2)
+    v.copy_(v2)
+    graph.replay()
+    eager = sage3_attention(q, k, v, quant_format=fmt)
+    torch.cuda.synchronize()
+    assert torch.equal(out.view(torch.int16), eager.view(torch.int16)), fmt
+
+
 def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
     """A call passing one tensor as K and V is not recorded (a replay places tensors by identity:
     a later call with two tensors would get the first twice); the call itself runs the full path."""

@@ -90,7 +90,14 @@ _NVFP4_P_GS = 448.0 * 6.0  # NVFP4 global scale of P (tensor amax fixed to 1)
 def _mx_qdq(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
             MAXN: tl.constexpr, RULE: tl.constexpr):
     """OCP MX QDQ of blocks running along ``AXIS`` of a 3-D fp32 tensor (scale rule code ``RULE``)."""
-    e = mx_exponent(tl.max(tl.abs(x3), axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    return _mx_qdq_amax(x3, tl.max(tl.abs(x3), axis=AXIS), AXIS, EMAX, EMIN, MBITS, MAXN, RULE)
+
+
+@triton.jit
+def _mx_qdq_amax(x3, amax, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+                 MAXN: tl.constexpr, RULE: tl.constexpr):
+    """:func:`_mx_qdq` with each block's ``max |x|`` given (``amax``: ``x3`` reduced along ``AXIS``)."""
+    e = mx_exponent(amax, RULE, EMAX, MBITS, MAXN)
     e = tl.expand_dims(e, AXIS)
     q = round_elem_f32(x3 * pow2_f32(-e), MAXN, EMIN, MBITS, False)
     return q * pow2_f32(e)
@@ -112,7 +119,14 @@ def _mx_qdq_nonneg(x3, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexp
     block's ``2**(EMIN + e)`` by bits; 0 where that is below fp32's normal range): three integer
     operations and two adds an element, no compare or select (until 2026-12-05c: the mantissa
     rounded by integer ops in the normal range, and a select)."""
-    e = mx_exponent(tl.max(x3, axis=AXIS), RULE, EMAX, MBITS, MAXN)
+    return _mx_qdq_nonneg_amax(x3, tl.max(x3, axis=AXIS), AXIS, EMAX, EMIN, MBITS, MAXN, RULE)
+
+
+@triton.jit
+def _mx_qdq_nonneg_amax(x3, amax, AXIS: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr,
+                        MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
+    """:func:`_mx_qdq_nonneg` with each block's maximum given (``amax``: ``x3`` reduced along ``AXIS``)."""
+    e = mx_exponent(amax, RULE, EMAX, MBITS, MAXN)
     hi = pow2_f32(e + EMAX) * (MAXN / 2.0**EMAX)  # MAXN * 2**e, exact (e + EMAX >= -125)
     lo = e + EMIN
     t_bits = tl.where(lo >= -126, (lo + 127) << 23, 0)  # bits of 2**(EMIN + e), normal; else 0
@@ -167,7 +181,13 @@ def _nvfp4_p_raw(p3, inv_ptr):
     one per E4M3 code of ``s8``: :func:`_nvfp4_p_inv_table`) instead of divided (a division a
     block, 8 a thread in each key tile). The code is the GPU's E4M3 conversion's byte where
     :func:`~vllm_qdq.numerics.triton_primitives.fp8_cvt_grid` allows it, else from ``s8``'s bits."""
-    s = tl.minimum(2688.0 * (tl.max(p3, axis=2) * 0.16666666666666666), 448.0)
+    return _nvfp4_p_raw_amax(p3, tl.max(p3, axis=2), inv_ptr)
+
+
+@triton.jit
+def _nvfp4_p_raw_amax(p3, amax, inv_ptr):
+    """:func:`_nvfp4_p_raw` with each block's maximum given (``amax``: ``p3`` reduced along axis 2)."""
+    s = tl.minimum(2688.0 * (amax * 0.16666666666666666), 448.0)
     if fp8_cvt_grid(448.0, -6, 3):
         s8b = s.to(tl.float8e4nv, fp_downcast_rounding="rtne")
         s8 = s8b.to(tl.float32)
@@ -413,15 +433,30 @@ def _quant_p(p, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl
     """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys
     (``p_inv_ptr``: NVFP4's table of block-scale quotients, :func:`_nvfp4_p_inv_table`)."""
     p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
+    if not P_NVFP4 and P_FACTOR != 1.0:
+        p3 = p3 * P_FACTOR  # scaled before the blocks' maxima are taken: P_FACTOR 1.0 below
+    return _quant_p3(p3, tl.max(p3, axis=2), p_inv_ptr, BLOCK_M, BLOCK_N, P_NVFP4, 1.0, EMAX, EMIN, MBITS, MAXN,
+                     RULE)
+
+
+@triton.jit
+def _quant_p3(p3, pmax, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_NVFP4: tl.constexpr,
+              P_FACTOR: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
+              MAXN: tl.constexpr, RULE: tl.constexpr):
+    """:func:`_quant_p` of P in blocks (``p3``: ``[BLOCK_M, BLOCK_N // BLK, BLK]``) with each block's
+    maximum given (``pmax``: ``p3`` reduced along axis 2, as ``tl.max`` gives it); returned
+    ``[BLOCK_M, BLOCK_N]``. ``P_FACTOR`` scales the maximum as it scales the values: ``RN(max(p) *
+    F)`` is ``max(RN(p * F))`` for ``F > 0`` (rounding is monotonic)."""
     if P_NVFP4:
-        r3 = _nvfp4_p_raw(p3, p_inv_ptr)  # _nvfp4_raw(p3, 2688, fp32(1/2688), 2, True)
+        r3 = _nvfp4_p_raw_amax(p3, pmax, p_inv_ptr)  # _nvfp4_raw(p3, 2688, fp32(1/2688), 2, True)
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
+            pmax = pmax * P_FACTOR
         if fp8_cvt_grid(MAXN, EMIN, MBITS):  # the GPU's FP8 conversion: scaled, rounded, scaled back
-            r3 = _mx_qdq(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+            r3 = _mx_qdq_amax(p3, pmax, 2, EMAX, EMIN, MBITS, MAXN, RULE)
         else:
-            r3 = _mx_qdq_nonneg(p3, 2, EMAX, EMIN, MBITS, MAXN, RULE)
+            r3 = _mx_qdq_nonneg_amax(p3, pmax, 2, EMAX, EMIN, MBITS, MAXN, RULE)
     return tl.reshape(r3, (BLOCK_M, BLOCK_N))
 
 
@@ -430,10 +465,14 @@ def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m
                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
                EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
-               BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr, MASKED: tl.constexpr):
+               BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr, MASKED: tl.constexpr,
+               P_MAX_EXP2: tl.constexpr):
     """One online-softmax step over the ``BLOCK_N`` keys from ``n0``: ``(m_i, l_i, acc)`` updated.
     ``MASKED``: keys past ``S`` (and, causal, after a row's query) are removed; without it every
-    key of the tile must exist and be visible to every row."""
+    key of the tile must exist and be visible to every row. ``P_MAX_EXP2`` (:data:`P_MAX_EXP2`):
+    the logits' maximum per block of ``BLK`` keys first, the row maximum from those, and each P
+    block's maximum as ``exp2`` of its logits' maximum minus the row's, instead of a reduction of
+    P: the same numbers."""
     cols = n0 + offs_n
     if MASKED:
         kv_ok = cols < S
@@ -452,10 +491,19 @@ def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m
         if CAUSAL:
             ok = ok & (cols[None, :] <= offs_m[:, None])
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    praw = _quant_p(p, p_inv_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
+    if P_MAX_EXP2:
+        s3 = tl.reshape(s, (BLOCK_M, BLOCK_N // BLK, BLK))
+        smax = tl.max(s3, 2)
+        m_new = tl.maximum(m_i, tl.max(smax, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p3 = tl.exp2(s3 - m_new[:, None, None])
+        praw = _quant_p3(p3, tl.exp2(smax - m_new[:, None]), p_inv_ptr, BLOCK_M, BLOCK_N, P_NVFP4, P_FACTOR, EMAX,
+                         EMIN, MBITS, MAXN, RULE)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        praw = _quant_p(p, p_inv_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
     l_i = l_i * alpha + tl.sum(praw, 1)
     if MASKED:
         v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
@@ -490,6 +538,7 @@ def _sage3_fwd_kernel(
     BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr,
     FUSE_Q: tl.constexpr = False, Q_NVFP4: tl.constexpr = False, QEMAX: tl.constexpr = 0,
     QEMIN: tl.constexpr = 0, QMBITS: tl.constexpr = 0, QMAXN: tl.constexpr = 0.0,
+    P_MAX_EXP2: tl.constexpr = False,
 ):
     """One ``BLOCK_M`` query tile of one (batch, head); raw K/V in ``[B, H, S, D]``.
 
@@ -540,11 +589,11 @@ def _sage3_fwd_kernel(
     for n0 in range(0, full, BLOCK_N):
         m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
                                    BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
-                                   BF16_QK, BF16_PV, OP_BF16, False)
+                                   BF16_QK, BF16_PV, OP_BF16, False, P_MAX_EXP2)
     for n0 in range(full, hi, BLOCK_N):
         m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
                                    BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
-                                   BF16_QK, BF16_PV, OP_BF16, True)
+                                   BF16_QK, BF16_PV, OP_BF16, True, P_MAX_EXP2)
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
     dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :]
@@ -561,7 +610,7 @@ _FWD_CONFIGS = [
 
 _sage3_fwd_tuned = triton.autotune(
     configs=_FWD_CONFIGS,
-    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE", "FUSE_Q"],
+    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE", "FUSE_Q", "P_MAX_EXP2"],
 )(_sage3_fwd_kernel)
 
 
@@ -573,6 +622,17 @@ _sage3_fwd_tuned = triton.autotune(
 #: neither written nor read back (at S = 4096, H = 24, D = 128: 2 x 25 MB of the pre-pass's ~150 MB).
 #: Off: Q through the pre-pass (``tests/gpu/test_sage3_gpu.py::test_fused_q_bit_for_bit`` runs both).
 FUSE_Q = False
+
+#: Each P block's maximum (what its MX exponent or NVFP4 scale comes from) as ``exp2`` of the
+#: block's logits' maximum minus the row maximum, and the row maximum from the blocks' logit maxima
+#: (issue 17): one reduction of the logits a key tile instead of one of the logits for the row and one
+#: of P for the blocks. The same numbers: ``RN(s - m)`` is monotonic in ``s`` and ``tl.exp2``
+#: (``ex2.approx.ftz.f32`` on the GPU) is non-decreasing on ``[-inf, -0.0]``, where every
+#: ``s - m`` lies (``scripts/bench_sage3.py``'s probe counted 0 steps down over every fp32 there on
+#: the H200, 2026-12-06; numpy's ``exp2`` under the interpreter: :func:`tests.test_sage3`), so
+#: ``max(exp2(RN(s - m)))`` is ``exp2(RN(max(s) - m))``. (A key tile with a ``+inf`` logit, whose
+#: row's output is NaN either way, may take a NaN block scale instead of 0.)
+P_MAX_EXP2 = True
 
 
 def _elem_consts(spec) -> dict:
@@ -735,7 +795,7 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         EMAX=p_elem.emax, EMIN=p_elem.emin, MBITS=p_elem.mbits, MAXN=float(p_elem.max_normal),
         RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
-        OP_BF16=kr.dtype == torch.bfloat16,
+        OP_BF16=kr.dtype == torch.bfloat16, P_MAX_EXP2=bool(P_MAX_EXP2),
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
     if fuse_q:  # Q quantized in the attention kernel (its element constants; blocks of fmt.block)
@@ -802,7 +862,7 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
             or type(causal) is not bool or not (sm_scale is None or type(sm_scale) is float)
             or not (block_m is None or type(block_m) is int)):
         return None
-    return (FUSE_Q, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
+    return (FUSE_Q, P_MAX_EXP2, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
             q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
             v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
             v.data_ptr() & _ALIGN)
