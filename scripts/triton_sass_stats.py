@@ -166,6 +166,8 @@ def main() -> int:
     ap.add_argument("--hot", action="store_true", help="the float64 recipes' fp32 path alone: the float64 redo of "
                     "tiles outside its range compiled out (static instructions count the cold path too)")
     args = ap.parse_args()
+    if (args.fuse_q or args.p_max_reduced) and not args.sage3:
+        ap.error("--fuse-q and --p-max-reduced apply to the sage3 kernel only; accepted with --sage3 FORMATS")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.sage3:
         import triton

@@ -73,6 +73,27 @@ def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq
     return seen
 
 
+@pytest.mark.parametrize("cap", [168, 200])
+def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # noqa: F811
+    """A register cap set (``ROT_MAXNREG``; 0, none, by default since 2026-12-06) reaches the QDQ
+    pass's launch options where blocks of 128 and up are held whole and loaded coalesced, and
+    nowhere else (Hadamard-64, the amax pass); the bits stay the reference's (a cap moves values,
+    it does not round them; the bench's "cap" columns time it)."""
+    monkeypatch.setattr(tq, "ROT_MAXNREG", cap)
+    monkeypatch.setattr(tq, "ROT_TILE_MAX", 128)
+    monkeypatch.setattr(tq, "ROT_COALESCE", True)
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "maxnreg")
+    torch.manual_seed(1)
+    x = torch.randn(4, 512).to(torch.bfloat16)
+    for fmt, rot, want in (("mxfp4", {"block": 128, "seed": 3}, cap), ("nvfp4", {"block": 128, "seed": 3}, cap),
+                           ("mxfp4", {"block": 64, "seed": 3}, None)):
+        planned.clear()
+        assert_same_bits(quantize_dequantize(x, fmt, backend="triton", rotate=rot),
+                         quantize_dequantize(x, fmt, backend="reference", rotate=rot))
+        assert (2, want) in planned and all(p[1] in (want, None) for p in planned), (fmt, rot, planned)
+
+
 def _held(mod, block: int, rot_tile_max: int) -> bool:
     """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or as one of two halves
     (``ROT_SPLIT``: Hadamard-256 with blocks of 128 held): the expectation the layout tests check

@@ -1521,8 +1521,8 @@ Y_STREAM = False
 #: On since the H200 of 2026-12-06 ran it (results/lease-2026-12-06): ``tests/gpu/
 #: test_triton_recipes_gpu.py::test_two_pass_dependent_launch_in_a_graph`` passed (PDL launches
 #: captured in a CUDA graph between a kernel writing x and one reading y, bit for bit), and
-#: ``scripts/bench_qdq_triton.py``'s PDL tables (on and off interleaved, best of 3) gained in 9 of 10
-#: figures: graph replay at 16 / 64 / 256 rows x 4096, NVFP4 4.1 -> 3.4, 4.3 -> 3.7, 5.0 -> 4.4 us,
+#: ``scripts/bench_qdq_triton.py``'s PDL tables (on and off interleaved, best of 3) gained in 8 of 10
+#: figures (one tie, one loss): graph replay at 16 / 64 / 256 rows x 4096, NVFP4 4.1 -> 3.4, 4.3 -> 3.7, 5.0 -> 4.4 us,
 #: FP8 per-tensor 3.5 -> 2.9, 3.7 -> 3.1 us, but 4.6 -> 5.7 us at 256 rows; of a copy at 16M / 64M
 #: 0.60 -> 0.62, 0.61 -> 0.61 (NVFP4), 0.61 -> 0.64, 0.63 -> 0.64 (FP8 per-tensor).
 PDL = True
@@ -1605,8 +1605,9 @@ SIGN_BITS = True
 #: (results/lease-2026-12-06, the options table; x plain at 16M / 64M, cap 168 / uncapped / cap
 #: 200): Hadamard-128 1.63 / 1.65 / 1.73, 1.56 / 1.57 / 1.73; Hadamard-256 2.09 / 2.06 / 2.11, 2.22
 #: / 2.15 / 2.20; random Hadamard-128 1.95 / 1.90 / 1.93, 1.88 / 1.93 / 1.93; NVFP4 + random
-#: Hadamard-128 1.81 / 1.83 / 1.80, 1.77 / 1.84 / 1.82. No cap won every row (the occupancy the
-#: cap buys is paid back in spills), so none: 0; the bench keeps timing 168 and 200 beside it.
+#: Hadamard-128 1.81 / 1.83 / 1.80, 1.77 / 1.84 / 1.82. No setting won every row (best of the
+#: three: 168 in four rows, uncapped in three, 200 in one; each within 1-4%), and 168 was to be
+#: kept only if it beat both: 0, no cap and no spills; the bench keeps timing 168 and 200 beside it.
 ROT_MAXNREG = 0
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one

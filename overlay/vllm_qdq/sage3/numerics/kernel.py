@@ -628,10 +628,13 @@ FUSE_Q = False
 #: (issue 17): one reduction of the logits a key tile instead of one of the logits for the row and one
 #: of P for the blocks. The same numbers: ``RN(s - m)`` is monotonic in ``s`` and ``tl.exp2``
 #: (``ex2.approx.ftz.f32`` on the GPU) is non-decreasing on ``[-inf, -0.0]``, where every
-#: ``s - m`` lies (``scripts/bench_sage3.py``'s probe counted 0 steps down over every fp32 there on
-#: the H200, 2026-12-06; numpy's ``exp2`` under the interpreter: :func:`tests.test_sage3`), so
+#: ``s - m`` lies (``scripts/bench_sage3.py``'s probe, over every fp32 there on the H200 of
+#: 2026-12-06, counted 0 steps where it goes up as its argument goes down; numpy's ``exp2``, the
+#: interpreter's, likewise: ``tests/test_sage3.py``), so
 #: ``max(exp2(RN(s - m)))`` is ``exp2(RN(max(s) - m))``. (A key tile with a ``+inf`` logit, whose
-#: row's output is NaN either way, may take a NaN block scale instead of 0.)
+#: row's output is NaN either way, may take a NaN block scale instead of 0.) On without a GPU run
+#: yet: the interpreter runs every kernel case both ways, bit for bit, and the sm_90 compile of
+#: both passes; ``tests/gpu/test_sage3_gpu.py::test_p_max_exp2_bit_for_bit`` checks it on the GPU.
 P_MAX_EXP2 = True
 
 
