@@ -9,7 +9,9 @@ replayed from a CUDA graph with L2 flushed before it (what the kernels cost, wit
 launch path); "eager" is the wall time per call of back-to-back Python calls (kernels and the host
 path together, L2 not flushed). Then decode-sized calls (1, 16, 64, 256 rows x 4096), us
 per call: "eager" = wall time per call of 200 back-to-back Python calls (what an eager caller
-pays), "graph" = GPU time per call of 20 calls replayed from one CUDA graph.
+pays; the median of 7 rounds, every format's batches of a row count interleaved: before
+2026-12-06 each format was timed alone in turn, and the host's drift moved one format 10 -> 16 us
+from one table row to the next), "graph" = GPU time per call of 20 calls replayed from one CUDA graph.
 
     python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--no-sweeps]
                                        [--no-options | --options-only]
@@ -50,6 +52,7 @@ also with the register caps of :data:`CAP_SWEEP` beside the default (``ROT_MAXNR
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
 import torch
@@ -63,6 +66,8 @@ TARGETS = {(4096, 4096): (0.85, 0.80), (8192, 8192): (0.90, 0.60)}
 GRAPH_SLACK_US, GRAPH_FACTOR = 1.5, 2.0
 #: eager per call <= graph per call + this (us)
 EAGER_OVERHEAD_US = 8.0
+#: rounds of :func:`eager_interleaved` (the decode table's judged eager figure: their median)
+EAGER_ROUNDS = 7
 #: The global amax the "(global_amax given)" rows of NVFP4 formats pass (a float: one pass).
 GIVEN_AMAX = 4.0
 #: A rotation may add at most this fraction to its format's time at 64M elements.
@@ -305,6 +310,31 @@ def bench_pdl(rounds: int = 3) -> None:
                        "programmatic dependent launch (PDL) and not", rounds=2)
 
 
+def eager_interleaved(fns: dict[str, object], rounds: int = EAGER_ROUNDS, calls: int = 200) -> dict[str, list[float]]:
+    """Wall microseconds per call of ``calls`` back-to-back eager calls of each of ``fns``, one
+    batch of each in turn, ``rounds`` times (the order rotated a place each round), one synchronize
+    after each batch: every callable's figures spread over the same stretch of time, so that the
+    host's drift (10 -> 16 us for one format between two tables on 2026-12-06's H200) moves them
+    all alike instead of whichever ran last."""
+    import time
+
+    names = list(fns)
+    for name in names:  # recorded (the fast path's first call) and warm, outside the timing
+        for _ in range(10):
+            fns[name]()
+    torch.cuda.synchronize()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            out[name].append((time.perf_counter() - t0) * 1e6 / calls)
+    return out
+
+
 def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
     """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (:func:`_with_switch`)."""
     return _with_switch(graph_us, triton_qdq, switch, value, fn)
@@ -402,29 +432,38 @@ def main() -> int:
         print(line, flush=True)
 
     print(f"\ndecode latency (us, median) of one call, rows x 4096 bf16, MX rule {args.rule}: "
-          "'eager' = wall time per call of 200 back-to-back Python calls, 'graph' = GPU time per call "
-          "of 20 calls replayed from one CUDA graph (what vLLM's CUDA graphs see)")
+          f"'eager' = wall time per call of 200 back-to-back Python calls, the median of {EAGER_ROUNDS} rounds with "
+          "every format's batches of a row count interleaved (eager_interleaved: the host's drift shared alike), "
+          "'graph' = GPU time per call of 20 calls replayed from one CUDA graph (what vLLM's CUDA graphs see)")
     print("'eager' replays the recorded launch (triton_qdq.FAST_LAUNCH, the default: the generated C launcher "
           "called directly where verified); 'runner' = the same replay through Triton's CompiledKernel[grid] "
           "launcher (direct replay off); 'bind' = FAST_LAUNCH off (Triton binds the arguments on every call)")
     print(f"{'format':30s}" + "".join(
         f" {f'{n} eager':>9s} {f'{n} runner':>9s} {f'{n} bind':>8s} {f'{n} graph':>9s}" for n in DECODE_ROWS))
     copy_graph = {}
-    for name, fmt, gamax in [("copy_", None, None), *rows]:
+    decode_x = {n: torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16) for n in DECODE_ROWS}
+
+    def decode_fn(name: str, fmt: str | None, gamax, x: torch.Tensor):
+        if name == "copy_":
+            y = torch.empty_like(x)
+            return lambda: y.copy_(x)
+        spec = FORMATS[fmt]
+        rule = args.rule if spec.takes_scale_rule else "floor"
+        return lambda: triton_qdq.qdq(x, spec, rule, -1, gamax)
+
+    everyone = [("copy_", None, None), *rows]
+    # the eager figures, every format's batches interleaved (the fast path on, as by default)
+    eager_at = {n: eager_interleaved({name: decode_fn(name, fmt, gamax, decode_x[n]) for name, fmt, gamax in everyone})
+                for n in DECODE_ROWS}
+    for name, fmt, gamax in everyone:
         line = f"{name:30s}"
         for n in DECODE_ROWS:
-            x = torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)
-            if name == "copy_":
-                y = torch.empty_like(x)
-                fn = lambda: y.copy_(x)  # noqa: B023, E731
-            else:
-                spec = FORMATS[fmt]
-                rule = args.rule if spec.takes_scale_rule else "floor"
-                fn = lambda: triton_qdq.qdq(x, spec, rule, -1, gamax)  # noqa: B023, E731
+            x = decode_x[n]
+            fn = decode_fn(name, fmt, gamax, x)
             default, direct = triton_qdq.FAST_LAUNCH, getattr(triton_qdq, "_DIRECT_TRITON", None)
             triton_qdq.FAST_LAUNCH = True
             try:
-                eager, graph = host_us(fn), graph_us(fn)
+                eager, graph = statistics.median(eager_at[n][name]), graph_us(fn)
                 runner = eager
                 if name != "copy_" and direct is not None:  # (an older tree has only the runner)
                     triton_qdq._DIRECT_TRITON = ()  # recorded anew, replayed through CompiledKernel[grid]

@@ -131,3 +131,23 @@ def test_pdl_table_times_both_launch_orders(tq, monkeypatch, capsys) -> None:  #
     # replays: 2 formats x 2 row counts x 2 rounds x (on, off); then the sizes' table: copy, on, off, 2 rounds
     assert seen[:16] == [True, False] * 8, seen
     assert tq.PDL is default
+
+
+def test_eager_figures_interleave_every_format(monkeypatch) -> None:
+    """The decode table's eager figures (``eager_interleaved``): each callable gets ``rounds``
+    figures, one batch of each in turn with the order rotated a round, so that a host whose speed
+    drifts moves every format alike (a format timed alone after the others got 10 -> 16 us on
+    2026-12-06's H200); the batches are synchronized and timed per call."""
+    mod = _bench()
+    order: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: order.append("sync"))
+    fns = {name: (lambda name=name: order.append(name)) for name in ("copy_", "mxfp4", "nvfp4")}
+    out = mod.eager_interleaved(fns, rounds=4, calls=2)
+    assert {k: len(v) for k, v in out.items()} == {"copy_": 4, "mxfp4": 4, "nvfp4": 4}
+    assert all(t >= 0 for v in out.values() for t in v)
+    timed = order[order.index("sync") + 1:]  # after the warm-up calls and their synchronize
+    batches = [b for b in " ".join(timed).split("sync") if b.strip()]
+    firsts = [b.split()[0] for b in batches]
+    assert firsts == ["copy_", "mxfp4", "nvfp4", "mxfp4", "nvfp4", "copy_", "nvfp4", "copy_", "mxfp4",
+                      "copy_", "mxfp4", "nvfp4"]
+    assert all(len(set(b.split())) == 1 and len(b.split()) == 2 for b in batches)
