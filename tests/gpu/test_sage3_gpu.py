@@ -205,9 +205,11 @@ def test_k_mean_kernel_bit_for_bit(s: int, hkv: int, d: int, dtype: torch.dtype)
 @pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
 def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
     """Q quantized in the attention kernel (``kernel.FUSE_Q``) or through the pre-pass: the same
-    bits, on the autotuned kernel, from a strided Q (a view of a wider tensor, as a fused QKV
-    projection gives), causal and not, GQA, a ragged last tile; and a fused call replayed by the
-    fast path (no raw Q buffer) with new tensors gives the full path's bits."""
+    bits, from a strided Q (a view of a wider tensor, as a fused QKV projection gives), causal and
+    not, GQA, a ragged last tile; and a fused call replayed by the fast path (no raw Q buffer) with
+    new tensors gives the full path's bits. One ``BLOCK_M`` (128; rows are independent, so the
+    tile height moves no bits): the autotuner would compile each switch setting's kernel five
+    times, the kernels step's time."""
     from vllm_qdq.sage3.numerics import kernel as K
 
     calls = _count_replays(monkeypatch)
@@ -227,7 +229,8 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         def run(q, k, v, fuse, fast=True, causal=causal):
             monkeypatch.setattr(K, "FUSE_Q", fuse)
             monkeypatch.setattr(K, "FAST_LAUNCH", fast)
-            return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal).view(torch.int16)
+            return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal,
+                                   block_m=128).view(torch.int16)
 
         unfused = run(q, k, v, False)
         fused = run(q, k, v, True)  # recorded
