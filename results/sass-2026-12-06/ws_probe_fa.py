@@ -1,8 +1,20 @@
-import triton, triton.language as tl, re, subprocess, tempfile, os, sys
+"""Does Triton 3.6's Hopper automatic warp specialization split a flash-attention loop (sm_90)?
+QP: what P gets before the PV dot (0 nothing, 1 sage3's _quant_p, 2 a 3-D block max, 3 an
+elementwise rounding); NW: num_warps. See README.md here."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+import triton.language as tl
+
 sys.path.insert(0, 'overlay')  # run from the repository root
-from vllm_qdq.sage3.numerics import kernel as K
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from vllm_qdq.sage3.numerics import kernel as K
+
 
 @triton.jit
 def fa(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, WS: tl.constexpr, QP: tl.constexpr):
@@ -40,10 +52,14 @@ for ws in (False, True):
     try:
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": int(os.environ.get("NW", "4")), "num_stages": 2, "enable_fp_fusion": False})
     except Exception as e:
-        print("ws", ws, "compile failed:", str(e).splitlines()[-1][:300]); continue
+        print("ws", ws, "compile failed:", str(e).splitlines()[-1][:300])
+        continue
     ttgir = k.asm.get("ttgir", "")
     cubin = k.asm["cubin"]
-    d = tempfile.mkdtemp(); f = os.path.join(d, "k.cubin"); open(f, "wb").write(cubin)
+    d = tempfile.mkdtemp()
+    f = os.path.join(d, "k.cubin")
+    with open(f, "wb") as fh:
+        fh.write(cubin)
     nvdis = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     sass = subprocess.run([nvdis, "-c", f], capture_output=True, text=True).stdout
     print("ws", ws, "warp_specialize in ttgir:", "warp_specialize" in ttgir, "| partitions:", ttgir.count("partition"),

@@ -1,11 +1,19 @@
 """Does Triton 3.6's Hopper automatic warp specialization take a sage3-like loop when P's blocks
 are sub-tiles of the key tile (2D reductions only, no 3D reshape)?"""
-import os, re, subprocess, sys, tempfile
-import triton, triton.language as tl
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
 sys.path.insert(0, "overlay")
 from vllm_qdq.sage3.numerics import kernel as K
+
 
 @triton.jit
 def _sub(q, desc_k, desc_v, n0, c, m_i, BLK: tl.constexpr):
