@@ -18,7 +18,11 @@ with the eager fast path (replayed launches, the default), "host full" without i
 
 Kernel switches (``--switches``, :data:`SWITCHES`) timed off and on, interleaved: by default
 ``kernel.P_MAX_EXP2`` (P's block maxima from the logits'); ``FUSE_Q`` (Q quantized in the attention
-kernel; off since the H200 of 2026-12-06 timed it slower at every size). A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
+kernel; off since the H200 of 2026-12-06 timed it slower at every size). A probe of Triton's
+Hopper warp specialization (``--no-ws-probe`` leaves it out; in a child process): a plain attention
+loop, and one with sage3-like per-block work on P, with 8 warps, 4 warps, and 4 warps
+warp-specialized, interleaved (results/sass-2026-12-06: what decides whether sage3's loop is worth
+reshaping for it). A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
 up as its argument goes down over every fp32 in ``[-inf, -0.0]`` (then a block's largest P is
 ``exp2`` of its largest logit, bit for bit).
 
@@ -32,7 +36,7 @@ better"; the previous plugin's figures are printed beside, not judged) (``--no-c
 D=64 is reported, not checked.
 
     python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384] [--dims 128,64]
-        [--switches P_MAX_EXP2,FUSE_Q]
+        [--switches P_MAX_EXP2,FUSE_Q] [--no-ws-probe]
 """
 
 from __future__ import annotations
@@ -238,6 +242,86 @@ def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
     return rows
 
 
+@triton.jit
+def _ws_probe_kernel(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     D: tl.constexpr, WS: tl.constexpr, BLOCKS: tl.constexpr):
+    """A plain flash-attention forward (bf16 dots, fp32 accumulation; Q, K, V ``[B*H*S, D]`` through
+    TMA descriptors, S a multiple of the tiles), its key loop marked for Triton's automatic warp
+    specialization when ``WS``. ``BLOCKS``: P also gets sage3-like per-block work, blocks of 32 keys
+    taken with masks (a masked row maximum a block, a power-of-two factor from each, one selected per
+    element, then a rounding), the form Triton 3.6's Hopper pass takes (results/sass-2026-12-06)."""
+    pid_m = tl.program_id(0)
+    row0 = tl.program_id(1) * S
+    q = desc_q.load([row0 + pid_m * BLOCK_M, 0])
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for n0 in tl.range(0, S, BLOCK_N, warp_specialize=WS):
+        k = desc_k.load([row0 + n0, 0])
+        s = tl.dot(q, k.T) * c
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        if BLOCKS:
+            lo = tl.arange(0, BLOCK_N)[None, :] < 32
+            f0 = (254 - (tl.exp2(tl.max(tl.where(lo, s, float("-inf")), 1) - m_new).to(tl.int32, bitcast=True) >> 23)) << 23
+            f1 = (254 - (tl.exp2(tl.max(tl.where(lo, float("-inf"), s), 1) - m_new).to(tl.int32, bitcast=True) >> 23)) << 23
+            p = (p * tl.where(lo, f0[:, None], f1[:, None]).to(tl.float32, bitcast=True) + 12582912.0) - 12582912.0
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = desc_v.load([row0 + n0, 0])
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(tl.bfloat16), v, acc)
+        m_i = m_new
+    rows = row0 + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tl.store(o_ptr + rows[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :], (acc / l_i[:, None]).to(tl.bfloat16))
+
+
+#: the probe's kernel forms: (label, num_warps, warp_specialize)
+WS_FORMS = (("8 warps", 8, False), ("4 warps", 4, False), ("4 warps, WS", 4, True))
+
+
+def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> list[str]:
+    """Issue 17's 16k gap needs the MMAs to overlap the softmax: what Triton 3.6's Hopper warp
+    specialization buys a plain attention loop here, and one with sage3-like per-block work on P.
+    B=1, H=24, D=128, BLOCK_M 128, BLOCK_N 64; the forms of :data:`WS_FORMS` interleaved, ``rounds``
+    times, median ms (a form that does not compile or launch prints its error's last line)."""
+    import statistics
+
+    import triton.testing
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = []
+    for s in seqs:
+        q, k, v = (x.transpose(1, 2).reshape(-1, 128).contiguous() for x in _inputs(s))
+        out = torch.empty_like(q)
+        descs = (TensorDescriptor.from_tensor(q, [128, 128]), TensorDescriptor.from_tensor(k, [64, 128]),
+                 TensorDescriptor.from_tensor(v, [64, 128]))
+        for blocks in (False, True):
+            times: dict[str, list[float]] = {label: [] for label, _, _ in WS_FORMS}
+            errors: dict[str, str] = {}
+            for _ in range(rounds):
+                for label, warps, ws in WS_FORMS:
+                    if label in errors:
+                        continue
+
+                    def call(warps=warps, ws=ws, blocks=blocks, s=s, descs=descs, out=out):
+                        _ws_probe_kernel[(s // 128, 24)](*descs, out, s, 0.1275, BLOCK_M=128, BLOCK_N=64, D=128, WS=ws,
+                                                         BLOCKS=blocks, num_warps=warps, num_stages=2)
+
+                    try:
+                        call()
+                        times[label].append(triton.testing.do_bench(call))
+                    except Exception as e:  # a form Triton cannot build here: say so and time the rest
+                        errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+            cells = [errors.get(label) or f"{statistics.median(times[label]):.3f}" for label, _, _ in WS_FORMS]
+            base = min((statistics.median(t) for lbl, t in times.items() if t and not lbl.endswith("WS")), default=None)
+            ws_t = times["4 warps, WS"]
+            ratio = f"{statistics.median(ws_t) / base:.3f}" if ws_t and base else "-"
+            rows.append(f"| {s} | {'sage3-like blocks' if blocks else 'plain'} | " + " | ".join(cells) + f" | {ratio} |")
+        torch.cuda.empty_cache()
+    return rows
+
+
 def _switch_list(value: str) -> str:
     """``--switches``: names of :data:`SWITCHES`, comma-separated (argparse names a bad one)."""
     bad = [n for n in value.split(",") if n and n not in SWITCHES]
@@ -250,6 +334,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="1024,4096,16384")
     ap.add_argument("--all-acc", action="store_true", help="also time bf16_both_dot and bf16_pv_only")
+    ap.add_argument("--no-ws-probe", dest="ws_probe", action="store_false",
+                    help="leave out the warp-specialization probe (a plain attention loop with and without)")
+    ap.add_argument("--ws-probe-only", action="store_true", help=argparse.SUPPRESS)  # the probe's child process
     ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,
                     help=f"kernel switches timed off and on, interleaved (comma-separated, '' for none; accepted: "
                          f"{', '.join(SWITCHES)}; default P_MAX_EXP2)")
@@ -264,6 +351,14 @@ def main() -> int:
 
     accs = ("fp32", "bf16_both_dot", "bf16_pv_only") if args.all_acc else ("fp32",)
     seqs = [int(x) for x in args.seqs.split(",")]
+    if args.ws_probe_only:
+        print("\n## Probe: Triton's Hopper warp specialization on a plain attention loop (TMA loads; results/"
+              "sass-2026-12-06), ms, median of 3 interleaved rounds, B=1 H=24 D=128; WS / best = the warp-"
+              "specialized form over the faster of the two without")
+        print("| S | loop | " + " | ".join(label for label, _, _ in WS_FORMS) + " | WS / best |")
+        print("|---|---|" + "---|" * len(WS_FORMS) + "---|")
+        print("\n".join(_ws_probe_rows([s for s in seqs if s % 128 == 0 and s >= 4096])), flush=True)
+        return 0
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     dims = [int(x) for x in args.dims.split(",")]
     failures = []
@@ -300,6 +395,18 @@ def main() -> int:
         print(f"| S | format | {off_head} | {on_head} | on / off |")
         print("|---|---|---|---|---|")
         print("\n".join(_switch_rows(switch, seqs)))
+
+    if args.ws_probe:  # in a child process: a fault there cannot take this run's CUDA context with it
+        import subprocess
+
+        try:
+            child = subprocess.run([sys.executable, __file__, "--ws-probe-only", "--seqs", args.seqs],
+                                   capture_output=True, text=True, timeout=300)
+            print(child.stdout.rstrip() if child.returncode == 0 else
+                  f"\n(warp-specialization probe: exit {child.returncode}: "
+                  f"{(child.stderr.strip().splitlines() or ['-'])[-1][:200]})")
+        except subprocess.TimeoutExpired:
+            print("\n(warp-specialization probe: no result in 300 s)")
 
     print(f"\nProbe: tl.exp2 (fp32) over every fp32 in [-inf, -0.0]: {_ex2_monotonic()} steps where it goes up as "
           "its argument goes down (0: non-decreasing there)")
