@@ -56,7 +56,7 @@ import statistics
 import sys
 
 import torch
-from vllm_qdq.study.gpu_timing import graph_us, host_us, kernel_ms
+from vllm_qdq.study.gpu_timing import graph_us, host_us, host_us_interleaved, kernel_ms
 
 SIZES = ((4096, 4096), (8192, 8192))
 DECODE_ROWS = (1, 16, 64, 256)
@@ -66,7 +66,7 @@ TARGETS = {(4096, 4096): (0.85, 0.80), (8192, 8192): (0.90, 0.60)}
 GRAPH_SLACK_US, GRAPH_FACTOR = 1.5, 2.0
 #: eager per call <= graph per call + this (us)
 EAGER_OVERHEAD_US = 8.0
-#: rounds of :func:`eager_interleaved` (the decode table's judged eager figure: their median)
+#: rounds of the decode table's interleaved eager timing (``host_us_interleaved``; judged: their median)
 EAGER_ROUNDS = 7
 #: The global amax the "(global_amax given)" rows of NVFP4 formats pass (a float: one pass).
 GIVEN_AMAX = 4.0
@@ -310,31 +310,6 @@ def bench_pdl(rounds: int = 3) -> None:
                        "programmatic dependent launch (PDL) and not", rounds=2)
 
 
-def eager_interleaved(fns: dict[str, object], rounds: int = EAGER_ROUNDS, calls: int = 200) -> dict[str, list[float]]:
-    """Wall microseconds per call of ``calls`` back-to-back eager calls of each of ``fns``, one
-    batch of each in turn, ``rounds`` times (the order rotated a place each round), one synchronize
-    after each batch: every callable's figures spread over the same stretch of time, so that the
-    host's drift (10 -> 16 us for one format between two tables on 2026-12-06's H200) moves them
-    all alike instead of whichever ran last."""
-    import time
-
-    names = list(fns)
-    for name in names:  # recorded (the fast path's first call) and warm, outside the timing
-        for _ in range(10):
-            fns[name]()
-    torch.cuda.synchronize()
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            fn = fns[name]
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-            out[name].append((time.perf_counter() - t0) * 1e6 / calls)
-    return out
-
-
 def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
     """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (:func:`_with_switch`)."""
     return _with_switch(graph_us, triton_qdq, switch, value, fn)
@@ -433,7 +408,7 @@ def main() -> int:
 
     print(f"\ndecode latency (us, median) of one call, rows x 4096 bf16, MX rule {args.rule}: "
           f"'eager' = wall time per call of 200 back-to-back Python calls, the median of {EAGER_ROUNDS} rounds with "
-          "every format's batches of a row count interleaved (eager_interleaved: the host's drift shared alike), "
+          "every format's batches of a row count interleaved (host_us_interleaved: the host's drift shared alike), "
           "'graph' = GPU time per call of 20 calls replayed from one CUDA graph (what vLLM's CUDA graphs see)")
     print("'eager' replays the recorded launch (triton_qdq.FAST_LAUNCH, the default: the generated C launcher "
           "called directly where verified); 'runner' = the same replay through Triton's CompiledKernel[grid] "
@@ -453,7 +428,8 @@ def main() -> int:
 
     everyone = [("copy_", None, None), *rows]
     # the eager figures, every format's batches interleaved (the fast path on, as by default)
-    eager_at = {n: eager_interleaved({name: decode_fn(name, fmt, gamax, decode_x[n]) for name, fmt, gamax in everyone})
+    eager_at = {n: host_us_interleaved({name: decode_fn(name, fmt, gamax, decode_x[n]) for name, fmt, gamax in everyone},
+                                       rounds=EAGER_ROUNDS)
                 for n in DECODE_ROWS}
     for name, fmt, gamax in everyone:
         line = f"{name:30s}"

@@ -83,22 +83,14 @@ def _host_ms(fn, n: int = 50) -> float:
 
 
 def _graph_ms(fn) -> float | None:
-    """Device time of ``fn``'s launches: ``fn`` captured once in a CUDA graph, the replay timed
-    (median of ``triton.testing.do_bench``), so that no host work (Triton's argument binding, the
-    Python around the launches) shows in it; None where the capture fails (printed as "-")."""
-    import triton.testing
+    """Device time of ``fn``'s launches (:func:`vllm_qdq.study.gpu_timing.kernel_ms`: ``fn``
+    captured once in a CUDA graph, the replay timed), so that no host work (Triton's argument
+    binding, the Python around the launches) shows in it; None where the capture fails (printed
+    as "-")."""
+    from vllm_qdq.study.gpu_timing import kernel_ms
 
     try:
-        fn()  # compiled and autotuned outside the capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return triton.testing.do_bench(graph.replay)
+        return kernel_ms(fn)
     except RuntimeError as e:
         print(f"(graph capture failed: {str(e).splitlines()[0][:200]})", file=sys.stderr)
         return None
@@ -208,13 +200,35 @@ SWITCHES = {
 }
 
 
+def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None) -> dict:
+    """``triton.testing.do_bench`` of each of ``calls`` (label -> callable) in turn, ``rounds`` times
+    (the lent machines drift between runs: every label's figures spread over the same stretch),
+    each call made once first (compiled, autotuned, recorded). With ``errors`` (a dict), a label
+    whose call raises is recorded there (its error's last line) and not called again; without, the
+    error propagates."""
+    import triton.testing
+
+    times: dict = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, call in calls.items():
+            if errors is not None and label in errors:
+                continue
+            try:
+                call()
+                times[label].append(triton.testing.do_bench(call))
+            except Exception as e:
+                if errors is None:
+                    raise
+                errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+    return times
+
+
 def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
     """One table row per (S, format), D=128, fp32 accumulation: the call's time with the kernel
     switch ``switch`` off and on, interleaved (off, on, off, on, ...; the lent machines drift
     between runs), median (min-max) of ``rounds`` each, and on / off."""
     import statistics
 
-    import triton.testing
     from vllm_qdq.sage3.numerics import kernel as K
 
     saved = getattr(K, switch)
@@ -223,16 +237,11 @@ def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
         for s in seqs:
             q, k, v = _inputs(s)
             for fmt in FORMATS:
-                times = {False: [], True: []}
-                for _ in range(rounds):
-                    for on in (False, True):
-                        setattr(K, switch, on)
+                def call(on, fmt=fmt, q=q, k=k, v=v):
+                    setattr(K, switch, on)
+                    return K.sage3_attention(q, k, v, quant_format=fmt)
 
-                        def call(fmt=fmt, q=q, k=k, v=v):
-                            return K.sage3_attention(q, k, v, quant_format=fmt)
-
-                        call()
-                        times[on].append(triton.testing.do_bench(call))
+                times = _interleaved_ms({on: lambda on=on, call=call: call(on) for on in (False, True)}, rounds)
                 med = {f: statistics.median(t) for f, t in times.items()}
                 cell = {f: f"{med[f]:.3f} ({min(t):.3f}-{max(t):.3f})" for f, t in times.items()}
                 rows.append(f"| {s} | {fmt} | {cell[False]} | {cell[True]} | {med[True] / med[False]:.3f} |")
@@ -287,7 +296,6 @@ def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> list[str]:
     times, median ms (a form that does not compile or launch prints its error's last line)."""
     import statistics
 
-    import triton.testing
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     rows = []
@@ -297,22 +305,13 @@ def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> list[str]:
         descs = (TensorDescriptor.from_tensor(q, [128, 128]), TensorDescriptor.from_tensor(k, [64, 128]),
                  TensorDescriptor.from_tensor(v, [64, 128]))
         for blocks in (False, True):
-            times: dict[str, list[float]] = {label: [] for label, _, _ in WS_FORMS}
-            errors: dict[str, str] = {}
-            for _ in range(rounds):
-                for label, warps, ws in WS_FORMS:
-                    if label in errors:
-                        continue
+            def call(warps, ws, blocks=blocks, s=s, descs=descs, out=out):
+                _ws_probe_kernel[(s // 128, 24)](*descs, out, s, 0.1275, BLOCK_M=128, BLOCK_N=64, D=128, WS=ws,
+                                                 BLOCKS=blocks, num_warps=warps, num_stages=2)
 
-                    def call(warps=warps, ws=ws, blocks=blocks, s=s, descs=descs, out=out):
-                        _ws_probe_kernel[(s // 128, 24)](*descs, out, s, 0.1275, BLOCK_M=128, BLOCK_N=64, D=128, WS=ws,
-                                                         BLOCKS=blocks, num_warps=warps, num_stages=2)
-
-                    try:
-                        call()
-                        times[label].append(triton.testing.do_bench(call))
-                    except Exception as e:  # a form Triton cannot build here: say so and time the rest
-                        errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+            errors: dict[str, str] = {}  # a form Triton cannot build here: said so, the rest timed
+            times = _interleaved_ms({label: lambda warps=warps, ws=ws, call=call: call(warps, ws)
+                                     for label, warps, ws in WS_FORMS}, rounds, errors)
             cells = [errors.get(label) or f"{statistics.median(times[label]):.3f}" for label, _, _ in WS_FORMS]
             base = min((statistics.median(t) for lbl, t in times.items() if t and not lbl.endswith("WS")), default=None)
             ws_t = times["4 warps, WS"]

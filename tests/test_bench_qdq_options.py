@@ -134,15 +134,16 @@ def test_pdl_table_times_both_launch_orders(tq, monkeypatch, capsys) -> None:  #
 
 
 def test_eager_figures_interleave_every_format(monkeypatch) -> None:
-    """The decode table's eager figures (``eager_interleaved``): each callable gets ``rounds``
+    """The decode table's eager figures (``gpu_timing.host_us_interleaved``): each callable gets ``rounds``
     figures, one batch of each in turn with the order rotated a round, so that a host whose speed
     drifts moves every format alike (a format timed alone after the others got 10 -> 16 us on
     2026-12-06's H200); the batches are synchronized and timed per call."""
-    mod = _bench()
+    from vllm_qdq.study.gpu_timing import host_us_interleaved
+
     order: list[str] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: order.append("sync"))
     fns = {name: (lambda name=name: order.append(name)) for name in ("copy_", "mxfp4", "nvfp4")}
-    out = mod.eager_interleaved(fns, rounds=4, calls=2)
+    out = host_us_interleaved(fns, rounds=4, calls=2)
     assert {k: len(v) for k, v in out.items()} == {"copy_": 4, "mxfp4": 4, "nvfp4": 4}
     assert all(t >= 0 for v in out.values() for t in v)
     timed = order[order.index("sync") + 1:]  # after the warm-up calls and their synchronize
@@ -151,3 +152,9 @@ def test_eager_figures_interleave_every_format(monkeypatch) -> None:
     assert firsts == ["copy_", "mxfp4", "nvfp4", "mxfp4", "nvfp4", "copy_", "nvfp4", "copy_", "mxfp4",
                       "copy_", "mxfp4", "nvfp4"]
     assert all(len(set(b.split())) == 1 and len(b.split()) == 2 for b in batches)
+    # host_us: its one-callable case (10 warm-up calls, 5 rounds, the median)
+    from vllm_qdq.study.gpu_timing import host_us
+
+    order.clear()
+    assert host_us(lambda: order.append("f"), calls=3) >= 0
+    assert order.count("f") == 10 + 5 * 3 and order.count("sync") == 1 + 5

@@ -5,7 +5,8 @@ CUDA graph, and the kernels alone.
   ``triton.testing.do_bench`` (L2 flushed before each): the kernels, without the host's launch path.
 * :func:`graph_us`: per call, ``calls`` calls replayed from one graph (what vLLM's CUDA graphs see).
 * :func:`host_us`: per call, wall time of back-to-back eager calls then one synchronize (what an
-  eager caller pays: host-bound when the kernel is shorter than the launch path).
+  eager caller pays: host-bound when the kernel is shorter than the launch path);
+  :func:`host_us_interleaved`: the same for several callables, their batches interleaved.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-__all__ = ["bench_ms", "capture", "graph_us", "host_us", "kernel_ms"]
+__all__ = ["bench_ms", "capture", "graph_us", "host_us", "host_us_interleaved", "kernel_ms"]
 
 
 def bench_ms(fn, reps: int = 50) -> float:
@@ -61,14 +62,27 @@ def graph_us(fn, calls: int = 20) -> float:
 def host_us(fn, calls: int = 200) -> float:
     """Wall microseconds per call of ``calls`` back-to-back eager calls, then one synchronize
     (median of 5 rounds): host-bound when the kernel is shorter than the launch path."""
-    for _ in range(10):
-        fn()
+    return sorted(host_us_interleaved({"fn": fn}, rounds=5, calls=calls)["fn"])[2]
+
+
+def host_us_interleaved(fns: dict, rounds: int, calls: int = 200) -> dict[str, list[float]]:
+    """Wall microseconds per call of ``calls`` back-to-back eager calls of each of ``fns`` (after
+    10 warm-up calls each), one batch of each in turn, ``rounds`` times (the order rotated a place
+    each round), one synchronize after each batch: every callable's figures spread over the same
+    stretch of time, so that the host's drift (10 -> 16 us for one format between two tables on
+    2026-12-06's H200) moves them all alike instead of whichever ran last."""
+    names = list(fns)
+    for name in names:  # recorded (a fast path's first call) and warm, outside the timing
+        for _ in range(10):
+            fns[name]()
     torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - t0) * 1e6 / calls)
-    return sorted(rounds)[2]
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            out[name].append((time.perf_counter() - t0) * 1e6 / calls)
+    return out
