@@ -282,16 +282,13 @@ def test_captured_in_a_cuda_graph(fmt: str) -> None:
     a caller under CUDA graphs runs it) and replayed after new values are copied into its inputs
     gives the eager call's bits on those values: no host synchronization, no launch left out of the
     graph, and nothing the capture froze (the NVFP4 global scales come from the new values)."""
+    from vllm_qdq.study.gpu_timing import capture
+
     q, k, v = _inputs(1, 1000, 8, 2, 128, seed=11)
     sage3_attention(q, k, v, quant_format=fmt)  # compiled, autotuned and recorded outside the capture
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        sage3_attention(q, k, v, quant_format=fmt)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = sage3_attention(q, k, v, quant_format=fmt)
+    outs = []
+    graph = capture(lambda: outs.append(sage3_attention(q, k, v, quant_format=fmt)), 1)  # as the bench does
+    out = outs[-1]  # the captured call's output (the warm-up calls' come first)
     q2, k2, v2 = _inputs(1, 1000, 8, 2, 128, seed=12)
     q.copy_(q2 * 3.0)
     k.copy_(k2)
