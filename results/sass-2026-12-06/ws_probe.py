@@ -31,13 +31,24 @@ MODES = ("nothing", "sage3 _quant_p (mxfp4, 3-D reshape)", "block max by 3-D res
 
 
 @triton.jit
+def _start(desc_q, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """This program's query tile and the online softmax's starting state."""
+    pid = tl.program_id(0)
+    return (pid, desc_q.load([pid * BLOCK_M, 0]), tl.full([BLOCK_M], float("-inf"), tl.float32),
+            tl.zeros([BLOCK_M], tl.float32), tl.zeros([BLOCK_M, D], tl.float32))
+
+
+@triton.jit
+def _finish(o_ptr, pid, acc, l_i, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """The normalized output tile, stored through pointers (a descriptor store failed the pass)."""
+    offs = (pid * BLOCK_M + tl.arange(0, BLOCK_M))[:, None] * D + tl.arange(0, D)[None, :]
+    tl.store(o_ptr + offs, (acc / l_i[:, None]).to(tl.bfloat16))
+
+
+@triton.jit
 def fa(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
        WS: tl.constexpr, MODE: tl.constexpr):
-    pid = tl.program_id(0)
-    q = desc_q.load([pid * BLOCK_M, 0])
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    pid, q, m_i, l_i, acc = _start(desc_q, BLOCK_M, D)
     for n0 in tl.range(0, S, BLOCK_N, warp_specialize=WS):
         k = desc_k.load([n0, 0])
         s = tl.dot(q, k.T) * c
@@ -78,8 +89,7 @@ def fa(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(tl.bfloat16), v, acc)
         m_i = m_new
-    offs = (pid * BLOCK_M + tl.arange(0, BLOCK_M))[:, None] * D + tl.arange(0, D)[None, :]
-    tl.store(o_ptr + offs, (acc / l_i[:, None]).to(tl.bfloat16))
+    _finish(o_ptr, pid, acc, l_i, BLOCK_M, D)
 
 
 @triton.jit
@@ -91,11 +101,7 @@ def _sub(q, desc_k, n0, c):
 @triton.jit
 def subtiles(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr,
              WS: tl.constexpr, QUANT: tl.constexpr):
-    pid = tl.program_id(0)
-    q = desc_q.load([pid * BLOCK_M, 0])
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    pid, q, m_i, l_i, acc = _start(desc_q, BLOCK_M, D)
     for n0 in tl.range(0, S, 2 * BLK, warp_specialize=WS):
         s0, b0 = _sub(q, desc_k, n0, c)
         s1, b1 = _sub(q, desc_k, n0 + BLK, c)
@@ -111,8 +117,7 @@ def subtiles(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr, D: tl.c
         acc = tl.dot(p0.to(tl.bfloat16), desc_v.load([n0, 0]), acc)
         acc = tl.dot(p1.to(tl.bfloat16), desc_v.load([n0 + BLK, 0]), acc)
         m_i = m_new
-    offs = (pid * BLOCK_M + tl.arange(0, BLOCK_M))[:, None] * D + tl.arange(0, D)[None, :]
-    tl.store(o_ptr + offs, (acc / l_i[:, None]).to(tl.bfloat16))
+    _finish(o_ptr, pid, acc, l_i, BLOCK_M, D)
 
 
 def stats(fn, kv_rows: int, constexprs: dict, num_warps: int) -> str:
