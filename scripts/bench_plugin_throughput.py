@@ -1,7 +1,7 @@
 """vLLM throughput with activation QDQ off vs on, measured interleaved on one GPU.
 
     python scripts/bench_plugin_throughput.py [--models gptoss,dense] [--pairs 5] [--budget-s S]
-                                              [--target 0.97]
+                                              [--target 0.97] [--together]
                                               [--out DIR] [--json FILE] [--shapes prefill,decode]
                                               [--kv-cache FORMAT [--attn-q FORMAT] [--kv-shapes decode]
                                                [--no-act]] [--cpus LIST] [--no-device-steps]
@@ -78,6 +78,14 @@ this design: five 4-s measurements per engine (dense prefill) gave ratios 0.77-1
 gpt-oss prefill a median of 1.112 (QDQ faster than off): noise or a bias, which that bench
 could not tell apart.
 
+``--together`` (several models): every model's engines start at once, so the run pays one
+start-up (~90 s on one H200 for four engines: Python imports in 2 x 4 processes, then compiles)
+instead of one per model; then each model's calibration and profiles, then rounds of every model
+in turn (model A's round, model B's round, ...), ``--budget-s`` for the whole run. The engines of
+the model not being timed sit idle (no step runs: no device or host work of theirs in the other's
+batches). Each engine's KV cache is then ``TOGETHER_KV_BYTES`` (4 GiB) unless
+``QDQ_BENCH_KV_BYTES`` is set: eight engines of 8 GiB would not fit an 80-GB GPU.
+
 ``--kv-cache FORMAT`` adds an engine, ``kv`` (issue 19): ``VLLM_QDQ=1`` with
 ``{"kv_cache": FORMAT, "linear": "off", "moe": "off"}`` (``--attn-q`` adds the query QDQ), up
 beside the others and timed in the same turns on ``--kv-shapes`` (default: the decode
@@ -118,6 +126,12 @@ def device_steps_on() -> bool:
     """Whether the workers carry the step timer and profile (``QDQ_BENCH_DEVICE_STEPS``, set by
     ``--no-device-steps``; default on)."""
     return os.environ.get("QDQ_BENCH_DEVICE_STEPS", "1") != "0"
+
+
+#: each engine's KV cache with ``--together`` and several models (unless ``QDQ_BENCH_KV_BYTES`` says
+#: otherwise): eight engines of 8 GiB would not fit an 80-GB GPU; 4 GiB still holds every token of
+#: the larger shape at once (256 x 640 tokens: 2.5 GiB on the dense model, 16 KiB a token)
+TOGETHER_KV_BYTES = 4 << 30
 
 
 def kv_bytes() -> int:
@@ -979,10 +993,8 @@ def median_ci(x: list[float], level: float = 0.95, draws: int = 2000, seed: int 
 _now = time.monotonic
 
 
-def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: list[str] | None = None,
-                kv_config: dict | None = None, kv_shapes: list[str] | None = None,
-                act: bool = True, aa: bool = True, budget_s: float | None = None) -> list[dict]:
-    """One model's rows, each a QDQ engine against the ``off`` engine on one shape.
+class ModelBench:
+    """One model's engines, schedule and figures (:func:`bench_models` runs one or several).
 
     ``on``: activation QDQ (the plugin's defaults) on ``shapes`` (with ``act``); ``kv`` (with
     ``kv_config``, its ``VLLM_QDQ_CONFIG``): KV-cache QDQ on ``kv_shapes``; ``aa`` (with
@@ -991,90 +1003,90 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
     engine that measures a shape runs its batch ``reps`` times, one batch per engine per turn,
     the order cycling through balanced orders turn by turn (:func:`turns`), the others idle;
     one ratio per engine and turn.
-
-    ``budget_s`` (seconds from this call, model build and engine starts included): no round
-    starts that would end past it (by the longest round so far), so ``pairs`` is then at most;
-    fewer than 3 rounds in the budget is an error naming both.
     """
-    t_start = _now()
-    model = build(name, root)
-    desc, kwargs = MODELS[name]
-    shapes = list(shapes or SHAPES) if act else []
-    kv_shapes = list(kv_shapes or ["decode"]) if kv_config else []
-    all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
-    measured = {"on": shapes, "kv": kv_shapes, "aa": all_shapes if aa else []}
-    names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else []) + (["aa"] if aa else [])
-    engines: dict[str, Engine] = {}
-    rows = []
-    try:
-        side_by_side = kv_bytes() > 0  # a fixed KV cache: no memory profiling to upset
-        for n in names:  # else one after the other: the next starts once the last is up
-            e = Engine(model, kwargs, n, root / f"bench-{name}-qdq-{n}.log", kv_config if n == "kv" else None)
-            engines[n] = e
+
+    def __init__(self, name: str, root: Path, min_seconds: float, shapes: list[str] | None = None,
+                 kv_config: dict | None = None, kv_shapes: list[str] | None = None,
+                 act: bool = True, aa: bool = True) -> None:
+        self.name, self.root, self.min_seconds, self.kv_config = name, root, min_seconds, kv_config
+        self.desc, self.kwargs = MODELS[name]
+        shapes = list(shapes or SHAPES) if act else []
+        kv_shapes = list(kv_shapes or ["decode"]) if kv_config else []
+        self.all_shapes = [s for s in SHAPES if s in shapes or s in kv_shapes]
+        self.measured = {"on": shapes, "kv": kv_shapes, "aa": self.all_shapes if aa else []}
+        self.names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else []) + (["aa"] if aa else [])
+        self.engines: dict[str, Engine] = {}
+        self.up: set[str] = set()  # the engines known to be up
+        self.model: Path | None = None
+        self.reps: dict[str, float] = {}
+        self.prof: dict[tuple[str, str], dict] = {}
+        self.raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in self.names[1:] for s in self.measured[q]}
+        self.done = 0
+
+    def start(self, side_by_side: bool, t_start: float) -> None:
+        """Start the engines: all at once (``side_by_side``; :meth:`wait` then waits for them) or
+        each once the last is up."""
+        assert self.model is not None
+        for n in self.names:
+            e = Engine(self.model, self.kwargs, n, self.root / f"bench-{self.name}-qdq-{n}.log",
+                       self.kv_config if n == "kv" else None)
+            self.engines[n] = e
             if not side_by_side:
-                print(f"{name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s [+{_now() - t_start:.0f} s]",
+                print(f"{self.name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s [+{_now() - t_start:.0f} s]",
                       flush=True)
-        if side_by_side:
-            for e in engines.values():
-                print(f"{name}: QDQ {e.name} engine up in {e.wait_ready()['start_s']} s (side by side) "
+                self.up.add(n)
+
+    def wait(self, t_start: float) -> None:
+        """Wait for engines started side by side; check each QDQ engine's log says it patched."""
+        for n, e in self.engines.items():
+            if n not in self.up:
+                print(f"{self.name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s (side by side) "
                       f"[+{_now() - t_start:.0f} s]", flush=True)
-        for n in names[1:]:
-            if n in LOG_LINE and LOG_LINE[n] not in engines[n].log.read_text():
-                raise SystemExit(f"{name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
-        # turns per round: enough batches for >= min_seconds per engine and round
-        reps = {}
-        for shape in all_shapes:
-            one = engines["off"].run(shape)["seconds"]
-            reps[shape] = max(1, -(-min_seconds // one))
-            print(f"{name} {shape}: one batch {one:.2f} s -> {int(reps[shape])} turns per round "
+                self.up.add(n)
+        for n in self.names[1:]:
+            if n in LOG_LINE and LOG_LINE[n] not in self.engines[n].log.read_text():
+                raise SystemExit(f"{self.name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
+
+    def calibrate(self, t_start: float) -> None:
+        """Turns per round (enough batches for ``min_seconds`` per engine and round), then the
+        device time per decode step and of one whole prefill batch, each engine once (untimed;
+        kernel time, no host state in it)."""
+        for shape in self.all_shapes:
+            one = self.engines["off"].run(shape)["seconds"]
+            self.reps[shape] = max(1, -(-self.min_seconds // one))
+            print(f"{self.name} {shape}: one batch {one:.2f} s -> {int(self.reps[shape])} turns per round "
                   f"[+{_now() - t_start:.0f} s]", flush=True)
-        # the device time per decode step, and of one whole prefill batch, each engine once (untimed;
-        # kernel time, no host state in it)
-        prof: dict[tuple[str, str], dict] = {}
         if device_steps_on():
-            for shape in all_shapes:
-                for k in ["off"] + [q for q in names[1:] if shape in measured[q]]:
-                    prof[k, shape] = engines[k].profile(shape)
+            for shape in self.all_shapes:
+                for k in ["off"] + [q for q in self.names[1:] if shape in self.measured[q]]:
+                    self.prof[k, shape] = self.engines[k].profile(shape)
                 what, text = ((f"device time per step (profiler, {PROFILE_TOKENS} tokens)", _profile_text)
                               if shape == "decode" else ("one whole batch (profiler)", _prefill_text))
-                print(f"{name} {shape}: {what}: " + ", ".join(
-                    f"{k} {text(p)}" for (k, sh), p in prof.items() if sh == shape)
+                print(f"{self.name} {shape}: {what}: " + ", ".join(
+                    f"{k} {text(p)}" for (k, sh), p in self.prof.items() if sh == shape)
                       + f" [+{_now() - t_start:.0f} s]", flush=True)
-        raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in names[1:] for s in measured[q]}
-        done, longest, t_rounds = 0, 0.0, _now()
-        for p in range(pairs):
-            t_round = _now()
-            if budget_s is not None:
-                left = t_start + budget_s - t_round
-                if not p and left <= 0:
-                    raise SystemExit(f"{name}: start-up took {t_rounds - t_start:.0f} s, the whole --budget-s "
-                                     f"{budget_s:g}: no round fits; at least 3 are needed")
-                if p:
-                    fit = p + max(0, int(left // longest))
-                    if fit < 3:  # not even 3 rounds: say so now rather than after the rounds that fit
-                        raise SystemExit(f"{name}: only {fit} round(s) fit in --budget-s {budget_s:g} (one takes "
-                                         f"up to {longest:.0f} s after {t_rounds - t_start:.0f} s of start-up); "
-                                         "at least 3 are needed")
-                    if longest > left:
-                        print(f"{name}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to "
-                              f"{longest:.0f} s)", flush=True)
-                        break
-            for shape in all_shapes:
-                who = ["off"] + [q for q in names[1:] if shape in measured[q]]
-                # the cycle of orders goes on across rounds
-                orders = turns(who, int(reps[shape]), start=p * int(reps[shape]))
-                for r, order in enumerate(orders):
-                    got = {k: engines[k].run(shape, 1) for k in order}
-                    for q in who[1:]:
-                        raw[q, shape].append({"round": p + 1, "turn": r + 1, "off": got["off"], q: got[q],
-                                              "order": order, "ratio": got["off"]["seconds"] / got[q]["seconds"],
-                                              "step_ratio": _ratio(got["off"], got[q], "step_s"),
-                                              "step_mean_ratio": _ratio(got["off"], got[q], "step_mean_s")})
-                print(f"{name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
-                      + ", ".join(f"{q} ratios " + " ".join(_turn_text(x) for x in raw[q, shape][-len(orders):])
-                                  for q in who[1:]) + f" [+{_now() - t_start:.0f} s]", flush=True)
-            done, longest = p + 1, max(longest, _now() - t_round)
-        for (q, shape), got in raw.items():
+
+    def round(self, p: int, t_start: float) -> None:
+        """Round ``p`` (from 0): every shape's turns; the cycle of orders goes on across rounds."""
+        for shape in self.all_shapes:
+            who = ["off"] + [q for q in self.names[1:] if shape in self.measured[q]]
+            orders = turns(who, int(self.reps[shape]), start=p * int(self.reps[shape]))
+            for r, order in enumerate(orders):
+                got = {k: self.engines[k].run(shape, 1) for k in order}
+                for q in who[1:]:
+                    self.raw[q, shape].append({"round": p + 1, "turn": r + 1, "off": got["off"], q: got[q],
+                                               "order": order, "ratio": got["off"]["seconds"] / got[q]["seconds"],
+                                               "step_ratio": _ratio(got["off"], got[q], "step_s"),
+                                               "step_mean_ratio": _ratio(got["off"], got[q], "step_mean_s")})
+            print(f"{self.name} {shape} round {p + 1} ({len(orders)} turns, first order {'-'.join(orders[0])}): "
+                  + ", ".join(f"{q} ratios " + " ".join(_turn_text(x) for x in self.raw[q, shape][-len(orders):])
+                              for q in who[1:]) + f" [+{_now() - t_start:.0f} s]", flush=True)
+        self.done = p + 1
+
+    def rows(self) -> list[dict]:
+        """One row per QDQ engine and shape it measured (the A/A control's included)."""
+        rows = []
+        for (q, shape), got in self.raw.items():
             n, i, o = SHAPES[shape]
             ratios = [r["ratio"] for r in got]
             steps = [r["step_ratio"] for r in got if r.get("step_ratio")]
@@ -1090,7 +1102,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                         "off_best_step_ms": 1e3 * min(r["off"]["step_s"] for r in got),
                         "on_best_step_ms": 1e3 * min(r[q]["step_s"] for r in got)}
             elif JUDGED_ON.get(shape, "wall") != "wall":  # said, not skipped: the row falls back to wall time
-                print(f"{name} {q} {shape}: {len(got) - len(steps)} of {len(got)} turns have no core-step time "
+                print(f"{self.name} {q} {shape}: {len(got) - len(steps)} of {len(got)} turns have no core-step time "
                       "(no stamps from the engine core): this row is judged on wall time", flush=True)
             devs = [_ratio(r["off"], r[q], "device_step_s") for r in got]
             dev = {}
@@ -1098,7 +1110,7 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 dev = {**_summary("device_ratio", devs),
                        "off_device_step_us": 1e6 * statistics.median(r["off"]["device_step_s"] for r in got),
                        "on_device_step_us": 1e6 * statistics.median(r[q]["device_step_s"] for r in got)}
-            po, pq = prof.get(("off", shape), {}), prof.get((q, shape), {})
+            po, pq = self.prof.get(("off", shape), {}), self.prof.get((q, shape), {})
             # the kernel column (reported, never judged): decode, per step; prefill-heavy, one whole timed batch
             us_key, n_key = ("us_per_step", "launches_per_step") if shape == "decode" else ("prefill_us",
                                                                                           "prefill_launches")
@@ -1122,14 +1134,14 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 # KV-cache QDQ runs as Python in the attention layer, not as an op: a profile cannot
                 # time it on the host, and it launches outside QDQ's op calls (said, not skipped)
                 judged, wall_why = "wall", "kv"
-                print(f"{name} kv {shape}: judged on wall time: KV-cache QDQ's calls are Python in the attention "
+                print(f"{self.name} kv {shape}: judged on wall time: KV-cache QDQ's calls are Python in the attention "
                       "layer, not ops a profile times on the host (batch_bound)", flush=True)
             elif judged == "bound" and not device_steps_on():
                 judged = "best"  # the user left the profile out: said as a fallback
             rows.append({
-                "model": name, "description": desc, "mode": {"on": "act"}.get(q, q),
-                "qdq_config": kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
-                "output_len": o, "rounds": done, "turns_per_round": int(reps[shape]), "samples": len(ratios),
+                "model": self.name, "description": self.desc, "mode": {"on": "act"}.get(q, q),
+                "qdq_config": self.kv_config if q == "kv" else None, "shape": shape, "prompts": n, "input_len": i,
+                "output_len": o, "rounds": self.done, "turns_per_round": int(self.reps[shape]), "samples": len(ratios),
                 **_summary("ratio", ratios),
                 "off_tok_s": statistics.median(r["off"]["total_tok_s"] for r in got),
                 "on_tok_s": statistics.median(r[q]["total_tok_s"] for r in got),
@@ -1138,9 +1150,55 @@ def bench_model(name: str, root: Path, pairs: int, min_seconds: float, shapes: l
                 "judged_on": judged, **({"wall_why": wall_why} if wall_why else {}),
                 "raw": got,
             })
+        return rows
+
+
+def bench_models(benches: list[ModelBench], pairs: int, budget_s: float | None = None) -> list[dict]:
+    """Run ``benches`` (one model each) with their engines up side by side, all models' at once
+    (a fixed KV cache, ``kv_bytes() > 0``; else each engine starts once the last is up), then
+    each model's calibration and profiles, then ``pairs`` rounds, each a round of every model
+    in turn; the rows of all models.
+
+    ``budget_s`` (seconds from this call, model builds and engine starts included): no round
+    starts that would end past it (by the longest round so far), so ``pairs`` is then at most;
+    fewer than 3 rounds in the budget is an error naming both.
+    """
+    t_start = _now()
+    label = "+".join(b.name for b in benches)
+    try:
+        for b in benches:
+            b.model = build(b.name, b.root)
+        side_by_side = kv_bytes() > 0  # a fixed KV cache: no memory profiling to upset
+        for b in benches:
+            b.start(side_by_side, t_start)
+        for b in benches:
+            b.wait(t_start)
+        for b in benches:
+            b.calibrate(t_start)
+        longest, t_rounds = 0.0, _now()
+        for p in range(pairs):
+            t_round = _now()
+            if budget_s is not None:
+                left = t_start + budget_s - t_round
+                if not p and left <= 0:
+                    raise SystemExit(f"{label}: start-up took {t_rounds - t_start:.0f} s, the whole --budget-s "
+                                     f"{budget_s:g}: no round fits; at least 3 are needed")
+                if p:
+                    fit = p + max(0, int(left // longest))
+                    if fit < 3:  # not even 3 rounds: say so now rather than after the rounds that fit
+                        raise SystemExit(f"{label}: only {fit} round(s) fit in --budget-s {budget_s:g} (one takes "
+                                         f"up to {longest:.0f} s after {t_rounds - t_start:.0f} s of start-up); "
+                                         "at least 3 are needed")
+                    if longest > left:
+                        print(f"{label}: {p} rounds in the {budget_s:.0f}-s budget (a round takes up to "
+                              f"{longest:.0f} s)", flush=True)
+                        break
+            for b in benches:
+                b.round(p, t_start)
+            longest = max(longest, _now() - t_round)
+        return [r for b in benches for r in b.rows()]
     finally:
-        close_all(list(engines.values()))
-    return rows
+        close_all([e for b in benches for e in b.engines.values()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1150,11 +1208,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds per shape (>= 3), each of enough turns (one batch per engine) for --min-seconds; "
                          "with --budget-s, the most rounds")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="seconds per model, engine starts included: rounds stop before one would end past it "
-                         "(at least 3 must fit)")
+                    help="seconds per model (with --together: for the whole run), engine starts included: rounds "
+                         "stop before one would end past it (at least 3 must fit)")
     ap.add_argument("--min-seconds", type=float, default=4.0,
                     help="a round gives each engine about this many seconds of batches of a shape")
     ap.add_argument("--no-aa", action="store_true", help="leave out the A/A control (a second QDQ-off engine)")
+    ap.add_argument("--together", action="store_true",
+                    help="every model's engines up at once (one start-up for all, rounds interleaved model by "
+                         "model, --budget-s for the whole run; each engine's KV cache QDQ_BENCH_KV_BYTES, default "
+                         "4 GiB here) instead of one model after another")
     ap.add_argument("--target", type=float, default=0.97,
                     help="minimum on/off ratio per QDQ row, of the figure it is judged on (JUDGED_ON: the "
                          "bound QDQ's profiled cost allows; without the profile, the best batches' median core "
@@ -1238,10 +1300,16 @@ def main(argv: list[str] | None = None) -> int:
           + "; GPU-local CPUs " + (", ".join(f"{k} {v}" for k, v in topo["gpu_local_cpus"].items()) or "-")
           + f"; engines pinned to {os.environ.get('QDQ_BENCH_CPUS', '- (unpinned)')}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        rows += bench_model(name, args.out, args.pairs, args.min_seconds, shapes, qdq_config, kv_shapes,
-                            act=not args.no_act, aa=not args.no_aa, budget_s=args.budget_s)
+    def one(name: str) -> ModelBench:
+        return ModelBench(name, args.out, args.min_seconds, shapes, qdq_config, kv_shapes, act=not args.no_act,
+                          aa=not args.no_aa)
+
+    if args.together:  # every model's engines up at once: one start-up for all, their rounds interleaved
+        if len(names) > 1 and "QDQ_BENCH_KV_BYTES" not in os.environ:
+            os.environ["QDQ_BENCH_KV_BYTES"] = str(TOGETHER_KV_BYTES)  # the workers read it
+        rows = bench_models([one(n) for n in names], args.pairs, args.budget_s)
+    else:
+        rows = [r for n in names for r in bench_models([one(n)], args.pairs, args.budget_s)]
     for r in rows:
         r["host_topology"] = {**topo, "pinned": os.environ.get("QDQ_BENCH_CPUS")}
     if args.json:
@@ -1254,6 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'wall median':>12} {'95% CI':>13} {'min':>6} {'max':>6} {'step median':>12} {'mean step':>10} "
           f"{'best step':>10} {'2nd best':>9} {'device':>7} {'kernel':>7} {'bound':>7}  n  verdict (target >= {args.target}, on the figure marked *)")
     ok = True
+    model_ok = dict.fromkeys(names, True)
     loose, biased, spread, fallback, below, unprofiled = [], [], [], [], [], []
     unresolved, uncontrolled = [], []  # decode A/A bounds below the target or missing; bound rows without an A/A
     aa_bound = {(r["model"], r["shape"]): r.get("bound_ratio") for r in rows if r["mode"] == "aa"}
@@ -1310,6 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
                     " (2nd best below the target)" if judged == "best" and good and r["best2_ratio"] < args.target
                     else "")
             ok &= good
+            model_ok[r["model"]] &= good
             if judged == "step" and good and r["step_mean_ratio_median"] < args.target:
                 spread.append(f"{r['model']} {r['mode']} {r['shape']}: mean-step {r['step_mean_ratio_median']:.3f}")
             if judged in ("best", "bound") and good and r["step_ratio_median"] < args.target:
@@ -1380,6 +1450,13 @@ def main(argv: list[str] | None = None) -> int:
               "measure apart by as much as the target allows, so the verdicts of those rows are within the "
               "bench's own noise or bias on this machine now.")
     judged = sum(r["mode"] != "aa" for r in rows)
+    if len(names) > 1:  # one line per model (the smoke suite's bench-plugin step reads them), then the whole
+        print()
+        for m in names:
+            k = sum(r["mode"] != "aa" and r["model"] == m for r in rows)
+            mine = [b for b in below if b.startswith(m + " ")]
+            print(f"verdict {m}: " + (f"PASS: {k} rows >= {args.target}" if model_ok[m] else
+                                      f"FAIL: below {args.target}: {', '.join(mine)}"))
     # the last line (the smoke suite's result line quotes it): the verdict, whatever notes came before
     print(f"\nverdict: {'PASS' if ok else 'FAIL'}: " + (f"{judged} rows >= {args.target}" if ok else
           f"below {args.target}: {', '.join(below)}") + (" (A/A beyond the margin: within noise)" if loose else ""))

@@ -19,7 +19,9 @@
 #                                             # those not yet PASS / SKIP on this machine, so that a
 #                                             # second call finishes what a slow machine cut
 #                                             # (LEASE_RERUN=1: every one again, e.g. after a new overlay)
-#   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B; then
+#   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B (MODEL both:
+#                                             # the step bench-plugin, both models' engines at once,
+#                                             # 3-s turns unless SMOKE_BENCH_MIN_S); then
 #                                             # the summary table (also written to $OUT/summary.txt)
 #   bash scripts/gpu-lease.sh tune S          # when the suite is done and device time is left: a tile
 #                                             # sweep (tune_qdq_triton.py, at most S seconds) of the kernel
@@ -55,7 +57,7 @@ if [ "$mode" = tune ]; then
   [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 560 ] || { echo "gpu-lease: tune SECONDS '${2:-}'; accepted: a whole number of seconds, at most 560" >&2; exit 2; }
 fi
 if [ "$mode" = bench ]; then
-  [[ ${2:-} =~ ^(gptoss|dense)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense" >&2; exit 2; }
+  [[ ${2:-} =~ ^(gptoss|dense|both)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense, both (the two models' engines up at once: the smoke step bench-plugin)" >&2; exit 2; }
   [[ ${3:-} =~ ^[1-9][0-9]*$ ]] && [ "$3" -le 520 ] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds, at most 520 (the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it)" >&2; exit 2; }
   [ -z "${4:-}" ] || [ "$4" = summary ] || { echo "gpu-lease: bench's 4th argument '$4'; accepted: summary, or none" >&2; exit 2; }
 fi
@@ -166,7 +168,13 @@ case $mode in
     fi
     pack checks ;;
   bench)
-    SMOKE_BENCH_BUDGET=$3 timeout $(($3 + 60)) bash scripts/gpu-smoke.sh "bench-plugin-$2"
+    if [ "$2" = both ]; then
+      # one start-up for eight engines; 3-s turns (2 prefill-heavy, 1 decode-heavy batch a round:
+      # ~26 s a model) so that 4+ rounds of both fit after ~230 s of start-up and profiles
+      SMOKE_BENCH_MIN_S=${SMOKE_BENCH_MIN_S:-3} SMOKE_BENCH_BUDGET=$3 timeout $(($3 + 60)) bash scripts/gpu-smoke.sh bench-plugin
+    else
+      SMOKE_BENCH_BUDGET=$3 timeout $(($3 + 60)) bash scripts/gpu-smoke.sh "bench-plugin-$2"
+    fi
     echo "bench rc=$?"
     if [ "${4:-}" = summary ]; then
       bash scripts/gpu-smoke.sh summary | tee "$OUT/summary.txt"; echo "summary rc=${PIPESTATUS[0]}"

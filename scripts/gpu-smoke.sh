@@ -35,8 +35,9 @@
 #   bench-sage3   scripts/bench_sage3.py --no-check: sage3 vs SDPA (figures; its targets are issue 17's)
 #                 SMOKE_BENCH_FULL=0 (default): bench-qdq without its switch sweeps (--no-sweeps: the
 #                 tables that set the module's switches, no target among them) and bench-sage3 at D=128
-#                 only (--dims 128: its targets' head size), to keep the suite inside its time budget;
-#                 1: both whole (what a kernel change is timed with)
+#                 only (--dims 128: its targets' head size) without its warp-specialization probe
+#                 (--no-ws-probe), to keep the suite inside its time budget; 1: both whole (what a
+#                 kernel change is timed with)
 #   bench-plugin-gptoss, bench-plugin-dense
 #                 scripts/bench_plugin_throughput.py --kv-cache nvfp4: throughput of activation QDQ
 #                 (prefill- and decode-heavy) and KV-cache QDQ (SMOKE_KV_FORMAT, decode-heavy: issue 19)
@@ -48,7 +49,14 @@
 #                 prefill-heavy: device time plus the host time of QDQ's eager calls in one whole batch,
 #                 on its best batch), gated by its A/A control and by QDQ adding no host launches
 #                 outside its own calls (the bench's JUDGED_ON); wall times reported; SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
-#                 engines there (--cpus; default unpinned)
+#                 engines there (--cpus; default unpinned); SMOKE_BENCH_MIN_S (default 4): seconds of
+#                 batches per engine, shape and round (--min-seconds: turns per round)
+#   bench-plugin  the two above in one process (--together): both models' eight engines up at once, one
+#                 start-up (~90 s) instead of two, then rounds model by model in one SMOKE_BENCH_BUDGET;
+#                 writes bench-plugin-gptoss.result and bench-plugin-dense.result from its per-model
+#                 verdict lines (the summary's rows), and its own log and result. Not in the default run
+#                 (eight engines of 4 GiB KV cache each: ~70 GB of GPU memory); for hosts whose calls are
+#                 short (scripts/gpu-lease.sh bench both)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
 #
@@ -108,8 +116,8 @@ steps=("$@")
 fail=0
 
 for s in "${steps[@]}"; do
-  if [ "$s" != summary ] && [[ " ${STEPS[*]} " != *" $s "* ]]; then
-    echo "gpu-smoke: unknown step '$s'; accepted: ${STEPS[*]} summary" >&2
+  if [ "$s" != summary ] && [[ " ${STEPS[*]} bench-plugin " != *" $s "* ]]; then
+    echo "gpu-smoke: unknown step '$s'; accepted: ${STEPS[*]} bench-plugin summary" >&2
     exit 2
   fi
 done
@@ -185,7 +193,7 @@ run_step() {
       # the sage3 route test builds a real vllm-omni attention layer
       local kfiles=(tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_sage3_gpu.py)
       if "$PY" -c "import vllm_omni.diffusion.attention.layer" >/dev/null 2>&1; then
-        step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" "${kfiles[@]}" tests/gpu/test_sage3_route_gpu.py
+        step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" --durations=30 "${kfiles[@]}" tests/gpu/test_sage3_route_gpu.py
       else  # the other kernel tests still run; the step fails, saying why
         echo "=== kernels: vllm_omni does not import (pip install vllm-omni==0.30.0; offline: the wheels stage-gpu-extras.sh omni stages): tests/gpu/test_sage3_route_gpu.py not run, the step fails"
         step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" "${kfiles[@]}"
@@ -218,12 +226,32 @@ run_step() {
       else step bench-qdq "$PY" scripts/bench_qdq_triton.py --no-sweeps; fi ;;
     bench-sage3)
       if [ "$BENCH_FULL" = 1 ]; then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check
-      else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128; fi ;;
+      else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128 --no-ws-probe; fi ;;
     bench-plugin-gptoss|bench-plugin-dense)
       step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
         --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" \
         --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
-        ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"} ;;
+        --min-seconds "${SMOKE_BENCH_MIN_S:-4}" ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"} ;;
+    bench-plugin)
+      # both models' engines up at once (--together): one start-up instead of two; its log and
+      # result, then one result per model from its verdict line (the summary's two bench rows)
+      step bench-plugin "$PY" scripts/bench_plugin_throughput.py --models gptoss,dense --together --out "$SMOKE_MODELS" \
+        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/bench-plugin.json" \
+        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
+        --min-seconds "${SMOKE_BENCH_MIN_S:-4}" ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"}
+      local m v secs
+      secs=$(awk '{print $2}' "$OUT/bench-plugin.result")
+      for m in gptoss dense; do
+        v=$(grep -E "^verdict $m: " "$OUT/bench-plugin.log" | tail -n 1)
+        if [[ $v == "verdict $m: PASS"* ]]; then
+          echo "PASS $secs s ${v#verdict } (step bench-plugin: both models' engines up at once)" > "$OUT/bench-plugin-$m.result"
+        else
+          [ -n "$v" ] || v="verdict no verdict line for $m: $(cut -d' ' -f4- "$OUT/bench-plugin.result")"
+          echo "FAIL $secs s ${v#verdict } (step bench-plugin)" > "$OUT/bench-plugin-$m.result"
+          fail=1
+        fi
+        echo "gpu-smoke: bench-plugin-$m $(cat "$OUT/bench-plugin-$m.result")"
+      done ;;
     study)
       # lm-eval's API model (what the study drives the servers with) needs its [api] extras
       if "$PY" -c "import lm_eval, tenacity, aiohttp, requests" 2>/dev/null; then
@@ -236,7 +264,7 @@ run_step() {
 }
 
 # steps that start a vLLM engine (its start builds FlashInfer's sampling kernels where not prebuilt)
-ENGINE_STEPS=" plugin-gptoss plugin-dense plugin-exact method-llama method-moe kv-cache tp2 serve study bench-plugin-gptoss bench-plugin-dense "
+ENGINE_STEPS=" plugin-gptoss plugin-dense plugin-exact method-llama method-moe kv-cache tp2 serve study bench-plugin-gptoss bench-plugin-dense bench-plugin "
 jit_warm() {  # once a run, before its first engine step: the ~100-s nvcc build as a line of its own
   jit_done=1
   [ "$JIT_WARM" = 1 ] || return 0

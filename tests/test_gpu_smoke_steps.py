@@ -890,6 +890,86 @@ def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatc
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--budget-s 0; accepted: a number of seconds > 0")
 
 
+def test_throughput_bench_together_starts_every_model_at_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--together``: every model's engines start before any batch runs (one start-up), then each
+    model's calibration and profiles, then rounds model by model (gptoss's round 1, dense's round
+    1, ...) within one ``--budget-s``; a verdict line per model before the whole run's, and a
+    smaller KV cache per engine unless ``QDQ_BENCH_KV_BYTES`` is set."""
+    import json
+    import os
+
+    bench = _bench_module()
+    calls: list[tuple[str, str, int]] = []
+    clock = [0.0]
+    started: list[str] = []
+    _stand_in_bench(bench, monkeypatch, calls=calls, clock=clock, start_s=10.0,
+                    speed={"off": 1.0, "on": 1.0}, kernel={"off": 500.0, "on": 500.0})
+    stand_in = bench.Engine
+
+    def starting(model, llm_kwargs, name, log, qdq_config=None):
+        started.append(f"{log.name} after {len(calls)} batches")
+        return stand_in(model, llm_kwargs, name, log, qdq_config)
+
+    monkeypatch.setattr(bench, "Engine", starting)
+    monkeypatch.setenv("QDQ_BENCH_KV_BYTES", "1")  # restored after the test: main sets it
+    monkeypatch.delenv("QDQ_BENCH_KV_BYTES")
+    out = tmp_path / "rows.json"
+    argv = ["--models", "gptoss,dense", "--together", "--out", str(tmp_path), "--no-aa", "--pairs", "50",
+            "--min-seconds", "3", "--json", str(out)]
+    # four engines (10 s each here), two calibrations of 3 s, rounds of 2 x 14 s
+    assert bench.main([*argv, "--budget-s", "165"]) == 0
+    text = capsys.readouterr().out
+    assert started == [f"bench-{m}-qdq-{e}.log after 0 batches" for m in ("gptoss", "dense") for e in ("off", "on")]
+    assert os.environ["QDQ_BENCH_KV_BYTES"] == str(bench.TOGETHER_KV_BYTES)
+    rows = json.loads(out.read_text())
+    assert {(r["model"], r["rounds"]) for r in rows} == {("gptoss", 4), ("dense", 4)}, text  # 46 + 4 x 28 = 158; a 5th ends at 186
+    assert "gptoss+dense: 4 rounds in the 165-s budget (a round takes up to 28 s)" in text
+    lines = [ln for ln in text.splitlines() if (" round " in ln or "turns per round" in ln or "profiler" in ln)
+             and "budget" not in ln]
+    assert [ln.split()[0] for ln in lines] == ["gptoss"] * 4 + ["dense"] * 4 + ["gptoss", "gptoss", "dense",
+                                                                                 "dense"] * 4
+    assert [ln for ln in text.splitlines() if ln][-3:] == ["verdict gptoss: PASS: 2 rows >= 0.97",
+                                              "verdict dense: PASS: 2 rows >= 0.97",
+                                              "verdict: PASS: 4 rows >= 0.97"]
+    # one model below the target (dense's QDQ engine adds 1 ms of device time a decode step): its
+    # line says so, the other's passes, the whole run fails
+    clock[0] = 0.0
+
+    def both(model, llm_kwargs, name, log, qdq_config=None):
+        e = stand_in(model, llm_kwargs, name, log, qdq_config)
+        prof, f = e.profile, 3.0 if log.name == "bench-dense-qdq-on.log" else 1.0
+
+        def profile(shape):
+            got = prof(shape)
+            return {**got, "us_per_step": got["us_per_step"] * f, "prefill_us": got["prefill_us"] * f}
+
+        e.profile = profile
+        return e
+
+    monkeypatch.setattr(bench, "Engine", both)
+    assert bench.main([*argv, "--pairs", "3"]) == 1
+    last = [ln for ln in capsys.readouterr().out.splitlines() if ln][-3:]
+    assert last[0] == "verdict gptoss: PASS: 2 rows >= 0.97"
+    assert last[1:] == ["verdict dense: FAIL: below 0.97: dense act decode 0.952 (bound)",
+                        "verdict: FAIL: below 0.97: dense act decode 0.952 (bound)"], last
+    # the budget's errors name the run
+    clock[0] = 0.0
+    monkeypatch.setattr(bench, "Engine", stand_in)
+    with pytest.raises(SystemExit, match=r"gptoss\+dense: only 2 round\(s\) fit in --budget-s 110"):
+        bench.main([*argv, "--budget-s", "110"])
+    # without --together: one model after another, each its own start-up and budget (as before)
+    started.clear()
+    monkeypatch.setattr(bench, "Engine", starting)
+    clock[0] = 0.0
+    calls.clear()
+    assert bench.main([a for a in argv if a != "--together"] + ["--pairs", "3"]) == 0
+    n = len([c for c in calls])  # dense's engines start after every batch of gptoss's
+    assert started[:2] == [f"bench-gptoss-qdq-{e}.log after 0 batches" for e in ("off", "on")]
+    assert [x.split(" after ")[0] for x in started[2:]] == ["bench-dense-qdq-off.log", "bench-dense-qdq-on.log"]
+    assert 0 < int(started[2].split()[-2]) < n
+    capsys.readouterr()
+
+
 def _repro_module():
     return _script_module("gpu_compile_repro")
 
@@ -1176,7 +1256,7 @@ def test_gpu_smoke_refuses_a_bad_xdist_setting(tmp_path: Path, value: str) -> No
 
 def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
     """The suite's kernel benches: by default ``bench_qdq_triton.py --no-sweeps`` and
-    ``bench_sage3.py --dims 128``, whole with SMOKE_BENCH_FULL=1; both scripts accept those
+    ``bench_sage3.py --dims 128 --no-ws-probe``, whole with SMOKE_BENCH_FULL=1; both scripts accept those
     arguments (they parse them before they look for a GPU: exit 2 "needs a CUDA GPU" here, not an
     argparse error)."""
     import subprocess
@@ -1187,11 +1267,62 @@ def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
     assert 'then step bench-qdq "$PY" scripts/bench_qdq_triton.py\n' in case
     assert 'else step bench-qdq "$PY" scripts/bench_qdq_triton.py --no-sweeps; fi' in case
     assert 'then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check\n' in case
-    assert 'else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128; fi' in case
-    for argv in (["scripts/bench_qdq_triton.py", "--no-sweeps"], ["scripts/bench_sage3.py", "--no-check", "--dims", "128"]):
+    assert 'else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128 --no-ws-probe; fi' in case
+    for argv in (["scripts/bench_qdq_triton.py", "--no-sweeps"],
+                 ["scripts/bench_sage3.py", "--no-check", "--dims", "128", "--no-ws-probe"]):
         r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert "unrecognized arguments" not in r.stderr and "usage:" not in r.stderr, r.stderr
         assert r.returncode == 2 and "CUDA" in r.stderr + r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
+def test_gpu_smoke_bench_plugin_step_writes_a_result_per_model(tmp_path: Path) -> None:
+    """gpu-smoke.sh's ``bench-plugin`` step (its ``run_step`` and ``step`` functions taken out of
+    the script, the bench itself standing in: it needs a GPU): it runs the throughput bench once
+    with ``--together`` on both models, and writes each model's result line (the summary's two
+    rows) from that model's verdict line; a model whose line is missing fails, naming the run's
+    last line."""
+    import subprocess
+
+    text = SMOKE.read_text()
+    funcs = ""
+    for name in ("step() {", "run_step() {"):
+        f = text[text.index(name):]
+        funcs += f[:f.index("\n}\n") + 3]
+    cases = {
+        "one below": ("verdict gptoss: PASS: 3 rows >= 0.97\nverdict dense: FAIL: below 0.97: dense act decode "
+                      "0.950 (bound)\n\nverdict: FAIL: below 0.97: dense act decode 0.950 (bound)", 1),
+        "no rounds": ("gptoss+dense: only 2 round(s) fit in --budget-s 300 (one takes up to 60 s after 200 s of "
+                      "start-up); at least 3 are needed", 1),
+        "both pass": ("verdict gptoss: PASS: 3 rows >= 0.97\nverdict dense: PASS: 3 rows >= 0.97\n\n"
+                      "verdict: PASS: 6 rows >= 0.97", 0),
+    }
+    for label, (said, rc) in cases.items():
+        out = tmp_path / label.replace(" ", "-")
+        out.mkdir()
+        fake = out / "fake-python"
+        fake.write_text(f'#!/bin/sh\necho "$@" > {out}/argv\nprintf "%s\\n" "{said}"\nexit {rc}\n')
+        fake.chmod(0o755)
+        script = (f"set -uo pipefail\ncd {REPO}\n{funcs}\nOUT={out}; CACHE_BASE={out}/cache; JOBS=2; fail=0\n"
+                  f"PY={fake}; SMOKE_MODELS={out}/models; DUMPS=''\nrun_step bench-plugin\necho fail=$fail\n")
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        argv = (out / "argv").read_text().split()
+        assert argv[:4] == ["scripts/bench_plugin_throughput.py", "--models", "gptoss,dense", "--together"], argv
+        assert argv[argv.index("--min-seconds") + 1] == "4" and argv[argv.index("--budget-s") + 1] == "450"
+        got = {m: (out / f"bench-plugin-{m}.result").read_text().strip() for m in ("gptoss", "dense")}
+        assert r.stdout.strip().splitlines()[-1] == f"fail={1 if rc else 0}", r.stdout
+        assert r.stdout.strip().splitlines()[-2] == f"gpu-smoke: bench-plugin-dense {got['dense']}"
+        if label == "one below":
+            assert got["gptoss"].startswith("PASS ") and got["gptoss"].endswith(
+                " s gptoss: PASS: 3 rows >= 0.97 (step bench-plugin: both models' engines up at once)"), got
+            assert got["dense"].startswith("FAIL ") and got["dense"].endswith(
+                " s dense: FAIL: below 0.97: dense act decode 0.950 (bound) (step bench-plugin)"), got
+        elif label == "no rounds":
+            for m in ("gptoss", "dense"):
+                assert got[m].startswith("FAIL ") and f"no verdict line for {m}: rc=1: gptoss+dense: only 2 round(s)" \
+                    in got[m], got
+        else:
+            assert all(v.startswith("PASS ") for v in got.values()), got
 
 
 def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
