@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -289,16 +290,16 @@ def _ws_probe_kernel(desc_q, desc_k, desc_v, o_ptr, S, c, BLOCK_M: tl.constexpr,
 WS_FORMS = (("8 warps", 8, False), ("4 warps", 4, False), ("4 warps, WS", 4, True))
 
 
-def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> list[str]:
+def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> Iterator[str]:
     """Issue 17's 16k gap needs the MMAs to overlap the softmax: what Triton 3.6's Hopper warp
     specialization buys a plain attention loop here, and one with sage3-like per-block work on P.
     B=1, H=24, D=128, BLOCK_M 128, BLOCK_N 64; the forms of :data:`WS_FORMS` interleaved, ``rounds``
-    times, median ms (a form that does not compile or launch prints its error's last line)."""
+    times, median ms (a form that does not compile or launch prints its error's last line); each
+    row as soon as it is timed (a run cut short still shows the rows it finished)."""
     import statistics
 
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    rows = []
     for s in seqs:
         q, k, v = (x.transpose(1, 2).reshape(-1, 128).contiguous() for x in _inputs(s))
         out = torch.empty_like(q)
@@ -316,9 +317,8 @@ def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> list[str]:
             base = min((statistics.median(t) for lbl, t in times.items() if t and not lbl.endswith("WS")), default=None)
             ws_t = times["4 warps, WS"]
             ratio = f"{statistics.median(ws_t) / base:.3f}" if ws_t and base else "-"
-            rows.append(f"| {s} | {'sage3-like blocks' if blocks else 'plain'} | " + " | ".join(cells) + f" | {ratio} |")
+            yield f"| {s} | {'sage3-like blocks' if blocks else 'plain'} | " + " | ".join(cells) + f" | {ratio} |"
         torch.cuda.empty_cache()
-    return rows
 
 
 def _switch_list(value: str) -> str:
@@ -356,7 +356,8 @@ def main() -> int:
               "specialized form over the faster of the two without")
         print("| S | loop | " + " | ".join(label for label, _, _ in WS_FORMS) + " | WS / best |")
         print("|---|---|" + "---|" * len(WS_FORMS) + "---|")
-        print("\n".join(_ws_probe_rows([s for s in seqs if s % 128 == 0 and s >= 4096])), flush=True)
+        for row in _ws_probe_rows([s for s in seqs if s % 128 == 0 and s >= 4096]):
+            print(row, flush=True)
         return 0
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     dims = [int(x) for x in args.dims.split(",")]
@@ -404,8 +405,9 @@ def main() -> int:
             print(child.stdout.rstrip() if child.returncode == 0 else
                   f"\n(warp-specialization probe: exit {child.returncode}: "
                   f"{(child.stderr.strip().splitlines() or ['-'])[-1][:200]})")
-        except subprocess.TimeoutExpired:
-            print("\n(warp-specialization probe: no result in 300 s)")
+        except subprocess.TimeoutExpired as e:  # the rows it finished, then why the rest are missing
+            done = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            print(done.rstrip() + "\n(warp-specialization probe: cut at 300 s; the rows above are the ones it finished)")
 
     print(f"\nProbe: tl.exp2 (fp32) over every fp32 in [-inf, -0.0]: {_ex2_monotonic()} steps where it goes up as "
           "its argument goes down (0: non-decreasing there)")

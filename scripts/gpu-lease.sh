@@ -14,11 +14,15 @@
 #                                             # then the kernels step alone, in the time left (up to
 #                                             # 585 s into the call; a cold Triton cache needs ~280 s)
 #   bash scripts/gpu-lease.sh checks          # the engine check steps at once, and the kernels step
-#                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=10),
-#                                             # inner timeout LEASE_CHECKS_TIMEOUT (default 575 s); only
-#                                             # those not yet PASS / SKIP on this machine, so that a
-#                                             # second call finishes what a slow machine cut
+#                                             # among them unless LEASE_KERNELS=prep (SMOKE_JOBS=10), in
+#                                             # a process session of their own (setsid: they outlive
+#                                             # the call, capped at LEASE_CHECKS_LIMIT, default 1500 s);
+#                                             # the call waits LEASE_CHECKS_TIMEOUT (default 575 s) for
+#                                             # them, printing each result as it lands; only those not
+#                                             # yet PASS / SKIP on this machine
 #                                             # (LEASE_RERUN=1: every one again, e.g. after a new overlay)
+#   bash scripts/gpu-lease.sh wait S          # wait up to S s more for that checks run; pack its logs
+#                                             # (prep, bench and tune refuse to start while it runs)
 #   bash scripts/gpu-lease.sh bench MODEL B [summary]   # bench-plugin-MODEL alone, --budget-s B (MODEL both:
 #                                             # the step bench-plugin, both models' engines at once,
 #                                             # 3-s turns unless SMOKE_BENCH_MIN_S); then
@@ -34,25 +38,26 @@
 #
 # The suite's output lives in /root/smoke (LEASE_SMOKE) between calls; each call packs its logs
 # into one archive, $OUT/smoke-<mode>.tgz (a call brings back a limited number of files), without
-# the models and compile caches. Budgets measured on one H200 (results/h200-2026-12-04c, -04d, -05,
-# -05c): vLLM staging 130-210 s from a cold machine (its start included); prep's whole benches
-# 253 s (bench-qdq 111, bench-sage3 142) beside FlashInfer's build (103 s), then kernels, which a
-# cold Triton cache took to 98% in the ~260 s left (05c; warm: 106 s); checks 435 s (05c, nine
-# steps, study the longest at 392 s), 446 s in 04c with kernels among them, more than 575 s in 05
-# (a slow machine); bench gptoss: 4 engines up in ~100 s, their profiles to ~200 s, then rounds
-# of ~37 s (3 needed: B >= 315; 05c's B=290 fit 2), dense alike (381 s at B=375 in 04d). A lease
-# of the whole suite: staging (~210 s), prep with the short benches (~200 s), checks with kernels
-# among them (~450-575 s), bench gptoss 320 and bench dense 320 summary (~350 s each): ~1,600-1,700
-# s of 1,800 on those figures. On an H100 (05d) the ten check steps took past one call (study cut):
-# a second checks call runs what the first did not pass. LEASE_SITE (default /opt/gpu-site): where
-# the staging installed vLLM.
+# the models and compile caches. Budgets measured (results/lease-2026-12-06, H200; -06b, H100):
+# vLLM staging 80-170 s from a cold machine (its start included); prep 340-360 s (extras and the
+# overlay 20-50 s, bench-qdq alone 112-119 s, bench-sage3 166-178 s beside FlashInfer's build,
+# ~106 s); the nine engine check steps with kernels among them past 575 s on both (06b: kernels at
+# 99%, study near its end: hence the background run and `wait`); kernels alone 197 s warm (06),
+# cold past 230 s (06b); bench gptoss 320: 4 engines up at ~113 s, profiles to ~162 s, rounds of
+# ~46 s (4-s turns); bench both (06b, H100): 8 engines up at ~155 s, profiles to ~260 s, rounds of
+# both models ~66 s (3-s turns): B >= 460 for 3 rounds. A lease of the whole suite: staging,
+# prep, checks + wait (~600-650 s in all), bench both 500 summary (~530 s): ~1,600-1,750 s of
+# 1,800. LEASE_SITE (default /opt/gpu-site): where the staging installed vLLM.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
 case $mode in
-  prep|checks|bench|tune|restore) ;;
-  *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, bench MODEL BUDGET_S [summary], tune SECONDS, restore" >&2; exit 2 ;;
+  prep|checks|wait|bench|tune|restore) ;;
+  *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, wait SECONDS, bench MODEL BUDGET_S [summary], tune SECONDS, restore" >&2; exit 2 ;;
 esac
+if [ "$mode" = wait ]; then
+  [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 590 ] || { echo "gpu-lease: wait SECONDS '${2:-}'; accepted: a whole number of seconds, at most 590" >&2; exit 2; }
+fi
 if [ "$mode" = tune ]; then
   [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 560 ] || { echo "gpu-lease: tune SECONDS '${2:-}'; accepted: a whole number of seconds, at most 560" >&2; exit 2; }
 fi
@@ -80,6 +85,25 @@ pack() {  # the logs, results, JSON and study report; not the models or the comp
   tar -C "$SMOKE_OUT" -czf "$OUT/smoke-$1.tgz" --exclude=./models --exclude=./vllm-cache .
   el "logs packed into smoke-$1.tgz"
 }
+BG=$SMOKE_OUT/checks-bg  # the checks run in the background: .pid, .log (its output), .rc once it ended
+bg_running() { [ -f "$BG.pid" ] && [ ! -f "$BG.rc" ] && kill -0 "$(cat "$BG.pid")" 2>/dev/null; }
+wait_bg() {  # wait_bg S: until the checks run ends or S seconds pass, printing each step's result line as it lands
+  local t_end=$((SECONDS + $1)) shown=0 n
+  while :; do
+    n=$(grep -c '^gpu-smoke: ' "$BG.log" 2>/dev/null)
+    if [ "${n:-0}" -gt "$shown" ]; then grep '^gpu-smoke: ' "$BG.log" | tail -n +$((shown + 1)); shown=$n; fi
+    bg_running || break
+    [ "$SECONDS" -lt "$t_end" ] || break
+    sleep 5
+  done
+  if [ -f "$BG.rc" ]; then
+    echo "checks rc=$(cat "$BG.rc")"
+  elif bg_running; then
+    echo "gpu-lease: checks still running after $1 s (pid $(cat "$BG.pid")): bash scripts/gpu-lease.sh wait S goes on waiting"
+  else
+    echo "gpu-lease: the checks run (pid $(cat "$BG.pid")) ended without an exit status (killed?); its log: $BG.log"
+  fi
+}
 install_overlay() {
   local p
   for p in .gpu-stage-extras/p*/; do
@@ -91,6 +115,10 @@ install_overlay() {
   echo "overlay rc=$?"
 }
 [ ! -f "$SMOKE_OUT/sampler.env" ] || . "$SMOKE_OUT/sampler.env"  # restore's choice, for later calls
+if [[ $mode =~ ^(prep|bench|tune)$ ]] && bg_running; then  # these time things: nothing else on the machine
+  echo "gpu-lease: the checks run (pid $(cat "$BG.pid")) is still going on this machine: $mode would time beside it; bash scripts/gpu-lease.sh wait SECONDS first" >&2
+  exit 3
+fi
 case $mode in
   prep)
     nvidia-smi -L; git log -1 --format='commit %H' 2>/dev/null || true
@@ -150,23 +178,39 @@ case $mode in
     fi
     pack restore ;;
   checks)
-    extra=(); [ "$kernels_in" = prep ] || extra=(kernels)  # 04c: 446 s with kernels among the checks
-    todo=(); done_=()
-    for s in study ${extra[@]+"${extra[@]}"} kv-cache plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2; do
-      r=$(cut -d' ' -f1 "$SMOKE_OUT/$s.result" 2>/dev/null)
-      if [ "${LEASE_RERUN:-0}" != 1 ] && { [ "$r" = PASS ] || [ "$r" = SKIP ]; }; then done_+=("$s"); else todo+=("$s"); fi
-    done
-    # a second checks call on the same machine runs only what the first did not pass (05d: an
-    # H100 took the ten steps past one call)
-    [ ${#done_[@]} -eq 0 ] || echo "gpu-lease: checks already passed or skipped on this machine: ${done_[*]}"
-    if [ ${#todo[@]} -eq 0 ]; then
-      echo "gpu-lease: no check step left to run"
+    if bg_running; then
+      echo "gpu-lease: the checks run started earlier (pid $(cat "$BG.pid")) is still going: waiting for it"
     else
+      extra=(); [ "$kernels_in" = prep ] || extra=(kernels)  # 04c: 446 s with kernels among the checks
+      todo=(); done_=()
+      for s in study ${extra[@]+"${extra[@]}"} kv-cache plugin-gptoss plugin-dense plugin-exact method-llama method-moe serve tp2; do
+        r=$(cut -d' ' -f1 "$SMOKE_OUT/$s.result" 2>/dev/null)
+        if [ "${LEASE_RERUN:-0}" != 1 ] && { [ "$r" = PASS ] || [ "$r" = SKIP ]; }; then done_+=("$s"); else todo+=("$s"); fi
+      done
+      # a second checks call on the same machine runs only what the first did not pass (05d: an
+      # H100 took the ten steps past one call)
+      [ ${#done_[@]} -eq 0 ] || echo "gpu-lease: checks already passed or skipped on this machine: ${done_[*]}"
+      if [ ${#todo[@]} -eq 0 ]; then
+        echo "gpu-lease: no check step left to run"
+        pack checks; el done; exit 0
+      fi
       echo "gpu-lease: checks to run: ${todo[*]}"
-      SMOKE_JOBS=10 timeout "${LEASE_CHECKS_TIMEOUT:-575}" bash scripts/gpu-smoke.sh "${todo[@]}"
-      echo "checks rc=$?"
+      # in a session of their own (setsid): the device tool ends a call's processes when it returns
+      # but not those, so the steps run on past this call's limit (06b: an H100 cut kernels at 99%
+      # and study near its end at 575 s) and a `wait` call collects them; LEASE_CHECKS_LIMIT caps them
+      rm -f "$BG.rc"
+      SMOKE_JOBS=10 setsid bash -c 'timeout "$1" bash scripts/gpu-smoke.sh "${@:3}"; echo $? > "$2.rc"' \
+        checks "${LEASE_CHECKS_LIMIT:-1500}" "$BG" "${todo[@]}" > "$BG.log" 2>&1 < /dev/null &
+      echo $! > "$BG.pid"
     fi
+    wait_bg "${LEASE_CHECKS_TIMEOUT:-575}"
     pack checks ;;
+  wait)
+    if [ ! -f "$BG.pid" ]; then
+      echo "gpu-lease: no checks run was started on this machine (bash scripts/gpu-lease.sh checks)"; exit 3
+    fi
+    wait_bg "$2"
+    pack wait ;;
   bench)
     if [ "$2" = both ]; then
       # one start-up for eight engines; 3-s turns (2 prefill-heavy, 1 decode-heavy batch a round:

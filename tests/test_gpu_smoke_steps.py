@@ -1325,6 +1325,37 @@ def test_gpu_smoke_bench_plugin_step_writes_a_result_per_model(tmp_path: Path) -
             assert all(v.startswith("PASS ") for v in got.values()), got
 
 
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_test_times_are_written_as_each_test_ends(tmp_path: Path, workers: str | None) -> None:
+    """``QDQ_TEST_TIMES`` (tests/support/timings.py, what the kernels step sets): every test's
+    setup and call phase, one line each, written once also under pytest-xdist, with its outcome;
+    unset, nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_demo.py").write_text(
+        "import time\nimport pytest\n\n@pytest.fixture\ndef slow():\n    time.sleep(0.3)\n\n"
+        "def test_fast():\n    pass\n\ndef test_slow(slow):\n    time.sleep(0.2)\n\n"
+        "def test_fails():\n    assert False\n")
+    times = tmp_path / "times.txt"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.support.timings",
+            "--rootdir", str(tmp_path), str(tmp_path / "test_demo.py"), *(["-n", workers] if workers else [])]
+    env = dict(os.environ, PYTHONPATH=str(REPO), QDQ_TEST_TIMES=str(times))
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "1 failed, 2 passed" in r.stdout, r.stdout + r.stderr
+    lines = sorted(ln.split(" ", 1)[1] for ln in times.read_text().splitlines())
+    assert lines == sorted([f"setup passed test_demo.py::{n}" for n in ("test_fast", "test_slow", "test_fails")]
+                           + ["call passed test_demo.py::test_fast", "call passed test_demo.py::test_slow",
+                              "call failed test_demo.py::test_fails"]), lines
+    secs = {ln.split()[1] + " " + ln.split()[3]: float(ln.split()[0]) for ln in times.read_text().splitlines()}
+    assert secs["setup test_demo.py::test_slow"] >= 0.3 and secs["call test_demo.py::test_slow"] >= 0.2
+    env.pop("QDQ_TEST_TIMES")
+    times.unlink()
+    subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert not times.exists()
+
+
 def test_gpu_smoke_jit_warm_says_what_it_did(tmp_path: Path) -> None:
     """gpu-smoke.sh's ``jit_warm`` (taken out of the script, running the real scripts/gpu_jit_warm.py):
     on a host without CUDA the script builds nothing and says so, and the suite prints that line with
@@ -1483,8 +1514,8 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "env", "rc", "msg"), [
-    ([], {"OUT": "x"}, 2, "gpu-lease: mode ''; accepted: prep, checks, bench MODEL BUDGET_S [summary], tune SECONDS, restore"),
-    (["warm"], {"OUT": "x"}, 2, "gpu-lease: mode 'warm'; accepted: prep, checks, bench"),
+    ([], {"OUT": "x"}, 2, "gpu-lease: mode ''; accepted: prep, checks, wait SECONDS, bench MODEL BUDGET_S [summary], tune SECONDS, restore"),
+    (["warm"], {"OUT": "x"}, 2, "gpu-lease: mode 'warm'; accepted: prep, checks, wait SECONDS, bench"),
     (["tune"], {"OUT": "x"}, 2, "gpu-lease: tune SECONDS ''; accepted: a whole number of seconds, at most 560"),
     (["tune", "900"], {"OUT": "x"}, 2, "gpu-lease: tune SECONDS '900'; accepted"),
     (["bench", "llama", "300"], {"OUT": "x"}, 2, "gpu-lease: bench MODEL 'llama'; accepted: gptoss, dense"),
@@ -1549,6 +1580,56 @@ def test_gpu_lease_checks_runs_only_what_this_machine_has_not_passed(tmp_path: P
     assert "checks rc=" in log
     env["LEASE_RERUN"] = "1"
     assert "gpu-lease: checks to run: study kernels kv-cache plugin-gptoss" in call()
+
+
+def test_gpu_lease_checks_outlive_the_call_and_wait_collects_them(tmp_path: Path) -> None:
+    """``gpu-lease.sh checks`` starts the check steps in a process session of their own and waits
+    ``LEASE_CHECKS_TIMEOUT`` for them: past it the call returns saying they still run (the device
+    tool ends a call's processes, not another session's); meanwhile ``bench`` (and ``prep``,
+    ``tune``) refuse to start, and ``checks`` waits for the run instead of starting a second; ``wait
+    S`` prints each step's result line as it lands and the run's exit status, and packs the logs.
+    Run on a copy of the script with ``gpu-smoke.sh`` stubbed (each step sleeps, then says PASS)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    root, site, smoke, out = (tmp_path / d for d in ("repo", "site", "smoke", "out"))
+    for d in (root / "scripts", site, smoke, out):
+        d.mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu-lease.sh", root / "scripts")
+    (site / "env.sh").write_text(": staged\n")
+    (root / "scripts" / "gpu-smoke.sh").write_text(
+        'for s in "$@"; do sleep 1; echo "PASS 1 s ok" > "$SMOKE_OUT/$s.result"; echo "gpu-smoke: $s PASS 1 s ok"; done\n'
+        'echo "jobs=$SMOKE_JOBS"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEASE_", "SMOKE_"))}
+    env.update(OUT=str(out), LEASE_SITE=str(site), LEASE_SMOKE=str(smoke), LEASE_CHECKS_TIMEOUT="1")
+
+    def call(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(root / "scripts" / "gpu-lease.sh"), *argv], capture_output=True,
+                              text=True, timeout=120, env=env, cwd=root)
+
+    t0 = time.monotonic()
+    r = call("checks")
+    assert r.returncode == 0 and time.monotonic() - t0 < 8, r.stdout + r.stderr
+    assert "gpu-lease: checks to run: study kernels kv-cache plugin-gptoss plugin-dense plugin-exact method-llama " \
+           "method-moe serve tp2" in r.stdout
+    assert "gpu-lease: checks still running after 1 s (pid " in r.stdout and (out / "smoke-checks.tgz").exists()
+    b = call("bench", "gptoss", "300")
+    assert b.returncode == 3 and "bench would time beside it; bash scripts/gpu-lease.sh wait SECONDS first" in \
+        b.stderr.strip().splitlines()[-1], b.stderr
+    again = call("checks")
+    assert "is still going: waiting for it" in again.stdout and "checks to run" not in again.stdout, again.stdout
+    w = call("wait", "60")
+    assert w.returncode == 0 and w.stdout.strip().splitlines()[-3] == "checks rc=0", w.stdout
+    assert "gpu-smoke: tp2 PASS 1 s ok" in w.stdout and (out / "smoke-wait.tgz").exists()
+    assert "jobs=10" in (smoke / "checks-bg.log").read_text()
+    assert all((smoke / f"{s}.result").read_text().startswith("PASS") for s in ("study", "kernels", "tp2"))
+    assert call("bench", "gptoss", "5m").returncode == 2  # (no longer refused for the run: its own check)
+    r = call("checks")
+    assert "gpu-lease: no check step left to run" in r.stdout, r.stdout
+    bad = call("wait", "900")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("accepted: a whole number of seconds, at most 590")
 
 
 def test_batch_bound_terms_and_control() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.inductor_fingerprint import print_fingerprint
+from tests.support.inductor_fingerprint import NO_TIMED_PICKS, print_fingerprint
 
 PROMPTS = [[5, 10, 20, 30, 40, 50, 60, 70], [3, 100, 200, 150, 7, 9, 11, 250, 12]]
 #: bf16 engine vs float32 reference, mean nats (bf16 rounding of activations flips 4-bit QDQ
@@ -57,9 +57,19 @@ def test_qdq_method_cuda(kind, tmp_path):
 
     root = Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp_path
     model = build_once(root / f"method-{kind}", build_tiny_llama if kind == "llama" else build_tiny_moe)
+    # the MoE model's compiled engines: no choice made by timing (NO_TIMED_PICKS). Beside other
+    # compiling engines (the smoke suite's checks call) Inductor twice built the QDQ engine's
+    # graph with 7 kernels and 10 timed picks where it builds 6 and 9 alone, and both times that
+    # build landed ~0.3 nats from eager (results/h200-2026-12-03 A: 0.229; lease-2026-12-06b on
+    # an H100: 0.304 against 0.028 in every other run), the compiled-MoE fault the plugin's
+    # gpt-oss test met with QDQ off (tests/gpu/test_plugin_gpu.py). The Llama model keeps vLLM's
+    # defaults whole, timed picks included.
+    # (a compilation_config replaces llm_run's default one whole: its CUDA graph sizes restated)
+    compiled = {"compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8],
+                                       "inductor_compile_config": dict(NO_TIMED_PICKS)}} if kind == "moe" else {}
     res = _engine_runs(model, {
-        "plain": {"dtype": "bfloat16"},
-        "qdq": {"quantization": "qdq", "dtype": "bfloat16"},
+        "plain": {"dtype": "bfloat16", **compiled},
+        "qdq": {"quantization": "qdq", "dtype": "bfloat16", **compiled},
         "qdq_eager": {"quantization": "qdq", "dtype": "bfloat16", "enforce_eager": True},
     }, tmp_path)
     got, eager, plain = (res[k]["logprobs"] for k in ("qdq", "qdq_eager", "plain"))
