@@ -82,7 +82,7 @@ mkdir -p "$SMOKE_OUT"
 T0=$SECONDS
 el() { echo "[+$((SECONDS - T0)) s] $*"; }
 pack() {  # the logs, results, JSON and study report; not the models or the compile caches
-  tar -C "$SMOKE_OUT" -czf "$OUT/smoke-$1.tgz" --exclude=./models --exclude=./vllm-cache .
+  tar -C "$SMOKE_OUT" -czf "$OUT/smoke-$1.tgz" --exclude=./models --exclude=./vllm-cache --exclude=./study/models .
   el "logs packed into smoke-$1.tgz"
 }
 BG=$SMOKE_OUT/checks-bg  # the checks run in the background: .pid, .log (its output), .rc once it ended
