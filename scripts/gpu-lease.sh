@@ -199,7 +199,9 @@ case $mode in
       # but not those, so the steps run on past this call's limit (06b: an H100 cut kernels at 99%
       # and study near its end at 575 s) and a `wait` call collects them; LEASE_CHECKS_LIMIT caps them
       rm -f "$BG.rc"
-      SMOKE_JOBS=10 setsid bash -c 'timeout "$1" bash scripts/gpu-smoke.sh "${@:3}"; echo $? > "$2.rc"' \
+      session=(setsid)
+      command -v setsid >/dev/null || { session=(); echo "gpu-lease: no setsid on this host: the checks run ends with this call"; }
+      SMOKE_JOBS=10 ${session[@]+"${session[@]}"} bash -c 'timeout "$1" bash scripts/gpu-smoke.sh "${@:3}"; echo $? > "$2.rc"' \
         checks "${LEASE_CHECKS_LIMIT:-1500}" "$BG" "${todo[@]}" > "$BG.log" 2>&1 < /dev/null &
       echo $! > "$BG.pid"
     fi
