@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -311,13 +312,24 @@ def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> Iterator[str]:
                                                  BLOCKS=blocks, num_warps=warps, num_stages=2)
 
             errors: dict[str, str] = {}  # a form Triton cannot build here: said so, the rest timed
+            loop = "sage3-like blocks" if blocks else "plain"
+            for label, warps, ws in WS_FORMS:  # each form's first call alone, said on stderr before and
+                t0 = time.perf_counter()      # after: a form that hangs the GPU is named (06b: no row in 140 s)
+                print(f"ws probe: S={s} {loop}, {label}: first call", file=sys.stderr, flush=True)
+                try:
+                    call(warps, ws)
+                    torch.cuda.synchronize()
+                except Exception as e:
+                    errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+                print(f"ws probe: S={s} {loop}, {label}: {errors.get(label, 'done')} "
+                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
             times = _interleaved_ms({label: lambda warps=warps, ws=ws, call=call: call(warps, ws)
                                      for label, warps, ws in WS_FORMS}, rounds, errors)
             cells = [errors.get(label) or f"{statistics.median(times[label]):.3f}" for label, _, _ in WS_FORMS]
             base = min((statistics.median(t) for lbl, t in times.items() if t and not lbl.endswith("WS")), default=None)
             ws_t = times["4 warps, WS"]
             ratio = f"{statistics.median(ws_t) / base:.3f}" if ws_t and base else "-"
-            yield f"| {s} | {'sage3-like blocks' if blocks else 'plain'} | " + " | ".join(cells) + f" | {ratio} |"
+            yield f"| {s} | {loop} | " + " | ".join(cells) + f" | {ratio} |"
         torch.cuda.empty_cache()
 
 
@@ -405,9 +417,11 @@ def main() -> int:
             print(child.stdout.rstrip() if child.returncode == 0 else
                   f"\n(warp-specialization probe: exit {child.returncode}: "
                   f"{(child.stderr.strip().splitlines() or ['-'])[-1][:200]})")
-        except subprocess.TimeoutExpired as e:  # the rows it finished, then why the rest are missing
-            done = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            print(done.rstrip() + "\n(warp-specialization probe: cut at 300 s; the rows above are the ones it finished)")
+        except subprocess.TimeoutExpired as e:  # the rows it finished, then where it stopped
+            done, said = ((x.decode() if isinstance(x, bytes) else (x or "")) for x in (e.stdout, e.stderr))
+            last = (said.strip().splitlines() or ["-"])[-1]
+            print(done.rstrip() + f"\n(warp-specialization probe: cut at 300 s; the rows above are the ones it "
+                  f"finished; its last word: {last[:200]})")
 
     print(f"\nProbe: tl.exp2 (fp32) over every fp32 in [-inf, -0.0]: {_ex2_monotonic()} steps where it goes up as "
           "its argument goes down (0: non-decreasing there)")
