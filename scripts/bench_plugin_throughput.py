@@ -1016,33 +1016,34 @@ class ModelBench:
         self.measured = {"on": shapes, "kv": kv_shapes, "aa": self.all_shapes if aa else []}
         self.names = ["off"] + (["on"] if act else []) + (["kv"] if kv_config else []) + (["aa"] if aa else [])
         self.engines: dict[str, Engine] = {}
-        self.up: set[str] = set()  # the engines known to be up
-        self.model: Path | None = None
         self.reps: dict[str, float] = {}
         self.prof: dict[tuple[str, str], dict] = {}
         self.raw: dict[tuple[str, str], list[dict]] = {(q, s): [] for q in self.names[1:] for s in self.measured[q]}
         self.done = 0
 
-    def start(self, side_by_side: bool, t_start: float) -> None:
-        """Start the engines: all at once (``side_by_side``; :meth:`wait` then waits for them) or
-        each once the last is up."""
-        assert self.model is not None
+    def who(self, shape: str) -> list[str]:
+        """The engines timed on ``shape``: ``off`` first, then each QDQ engine that measures it."""
+        return ["off"] + [q for q in self.names[1:] if shape in self.measured[q]]
+
+    def start(self, model: Path, side_by_side: bool, t_start: float) -> None:
+        """Start the engines of ``model``: all at once (``side_by_side``; :meth:`wait` then waits
+        for them) or each once the last is up."""
         for n in self.names:
-            e = Engine(self.model, self.kwargs, n, self.root / f"bench-{self.name}-qdq-{n}.log",
+            e = Engine(model, self.kwargs, n, self.root / f"bench-{self.name}-qdq-{n}.log",
                        self.kv_config if n == "kv" else None)
             self.engines[n] = e
             if not side_by_side:
                 print(f"{self.name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s [+{_now() - t_start:.0f} s]",
                       flush=True)
-                self.up.add(n)
 
     def wait(self, t_start: float) -> None:
-        """Wait for engines started side by side; check each QDQ engine's log says it patched."""
+        """Wait for the engines :meth:`start` started side by side."""
         for n, e in self.engines.items():
-            if n not in self.up:
-                print(f"{self.name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s (side by side) "
-                      f"[+{_now() - t_start:.0f} s]", flush=True)
-                self.up.add(n)
+            print(f"{self.name}: QDQ {n} engine up in {e.wait_ready()['start_s']} s (side by side) "
+                  f"[+{_now() - t_start:.0f} s]", flush=True)
+
+    def check_logs(self) -> None:
+        """Each QDQ engine's log says it patched (:data:`LOG_LINE`)."""
         for n in self.names[1:]:
             if n in LOG_LINE and LOG_LINE[n] not in self.engines[n].log.read_text():
                 raise SystemExit(f"{self.name}: the QDQ {n} engine's log has no {LOG_LINE[n]!r} line")
@@ -1058,7 +1059,7 @@ class ModelBench:
                   f"[+{_now() - t_start:.0f} s]", flush=True)
         if device_steps_on():
             for shape in self.all_shapes:
-                for k in ["off"] + [q for q in self.names[1:] if shape in self.measured[q]]:
+                for k in self.who(shape):
                     self.prof[k, shape] = self.engines[k].profile(shape)
                 what, text = ((f"device time per step (profiler, {PROFILE_TOKENS} tokens)", _profile_text)
                               if shape == "decode" else ("one whole batch (profiler)", _prefill_text))
@@ -1069,7 +1070,7 @@ class ModelBench:
     def round(self, p: int, t_start: float) -> None:
         """Round ``p`` (from 0): every shape's turns; the cycle of orders goes on across rounds."""
         for shape in self.all_shapes:
-            who = ["off"] + [q for q in self.names[1:] if shape in self.measured[q]]
+            who = self.who(shape)
             orders = turns(who, int(self.reps[shape]), start=p * int(self.reps[shape]))
             for r, order in enumerate(orders):
                 got = {k: self.engines[k].run(shape, 1) for k in order}
@@ -1166,13 +1167,14 @@ def bench_models(benches: list[ModelBench], pairs: int, budget_s: float | None =
     t_start = _now()
     label = "+".join(b.name for b in benches)
     try:
-        for b in benches:
-            b.model = build(b.name, b.root)
+        models = [build(b.name, b.root) for b in benches]
         side_by_side = kv_bytes() > 0  # a fixed KV cache: no memory profiling to upset
+        for b, model in zip(benches, models, strict=True):
+            b.start(model, side_by_side, t_start)
         for b in benches:
-            b.start(side_by_side, t_start)
-        for b in benches:
-            b.wait(t_start)
+            if side_by_side:
+                b.wait(t_start)
+            b.check_logs()
         for b in benches:
             b.calibrate(t_start)
         longest, t_rounds = 0.0, _now()

@@ -202,6 +202,12 @@ SWITCHES = {
 }
 
 
+def _error_line(e: Exception) -> str:
+    """What a table cell says of a call that raised: its error's last line (its type's name if empty)."""
+    text = str(e).strip()
+    return text.splitlines()[-1][:120] if text else type(e).__name__
+
+
 def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None) -> dict:
     """``triton.testing.do_bench`` of each of ``calls`` (label -> callable) in turn, ``rounds`` times
     (the lent machines drift between runs: every label's figures spread over the same stretch),
@@ -221,7 +227,7 @@ def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None) -> dic
             except Exception as e:
                 if errors is None:
                     raise
-                errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+                errors[label] = _error_line(e)
     return times
 
 
@@ -320,7 +326,7 @@ def _ws_probe_rows(seqs: list[int], rounds: int = 3) -> Iterator[str]:
                     call(warps, ws)
                     torch.cuda.synchronize()
                 except Exception as e:
-                    errors[label] = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+                    errors[label] = _error_line(e)
                 print(f"ws probe: S={s} {loop}, {label}: {errors.get(label, 'done')} "
                       f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
             times = _interleaved_ms({label: lambda warps=warps, ws=ws, call=call: call(warps, ws)

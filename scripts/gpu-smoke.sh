@@ -230,27 +230,28 @@ run_step() {
     bench-sage3)
       if [ "$BENCH_FULL" = 1 ]; then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check
       else step bench-sage3 "$PY" scripts/bench_sage3.py --no-check --dims 128 --no-ws-probe; fi ;;
-    bench-plugin-gptoss|bench-plugin-dense)
-      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "${s#bench-plugin-}" --out "$SMOKE_MODELS" \
-        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/$s.json" \
-        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
-        --min-seconds "${SMOKE_BENCH_MIN_S:-4}" ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"} ;;
-    bench-plugin)
-      # both models' engines up at once (--together): one start-up instead of two; its log and
-      # result, then one result per model from its verdict line (the summary's two bench rows)
-      step bench-plugin "$PY" scripts/bench_plugin_throughput.py --models gptoss,dense --together --out "$SMOKE_MODELS" \
-        --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" --json "$OUT/bench-plugin.json" \
-        --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
+    bench-plugin-gptoss|bench-plugin-dense|bench-plugin)
+      # the throughput bench's smoke settings; bench-plugin: both models, their engines up at once
+      # (--together: one start-up instead of two)
+      local models=${s#bench-plugin-} together=()
+      [ "$s" != bench-plugin ] || { models=gptoss,dense; together=(--together); }
+      step "$s" "$PY" scripts/bench_plugin_throughput.py --models "$models" ${together[@]+"${together[@]}"} \
+        --out "$SMOKE_MODELS" --kv-cache "${SMOKE_KV_FORMAT:-nvfp4}" --target "${SMOKE_PLUGIN_TARGET:-0.97}" \
+        --json "$OUT/$s.json" --pairs "${SMOKE_BENCH_ROUNDS:-20}" --budget-s "${SMOKE_BENCH_BUDGET:-450}" \
         --min-seconds "${SMOKE_BENCH_MIN_S:-4}" ${SMOKE_BENCH_CPUS:+--cpus "$SMOKE_BENCH_CPUS"}
-      local m v secs
+      local rc=$?
+      [ "$s" = bench-plugin ] || return $rc
+      # then one result per model from its verdict line (the summary's two bench rows)
+      local m v detail secs
       secs=$(awk '{print $2}' "$OUT/bench-plugin.result")
       for m in gptoss dense; do
         v=$(grep -E "^verdict $m: " "$OUT/bench-plugin.log" | tail -n 1)
+        detail=${v#verdict }
         if [[ $v == "verdict $m: PASS"* ]]; then
-          echo "PASS $secs s ${v#verdict } (step bench-plugin: both models' engines up at once)" > "$OUT/bench-plugin-$m.result"
+          echo "PASS $secs s $detail (step bench-plugin: both models' engines up at once)" > "$OUT/bench-plugin-$m.result"
         else
-          [ -n "$v" ] || v="verdict no verdict line for $m: $(cut -d' ' -f4- "$OUT/bench-plugin.result")"
-          echo "FAIL $secs s ${v#verdict } (step bench-plugin)" > "$OUT/bench-plugin-$m.result"
+          [ -n "$v" ] || detail="no verdict line for $m: $(cut -d' ' -f4- "$OUT/bench-plugin.result")"
+          echo "FAIL $secs s $detail (step bench-plugin)" > "$OUT/bench-plugin-$m.result"
           fail=1
         fi
         echo "gpu-smoke: bench-plugin-$m $(cat "$OUT/bench-plugin-$m.result")"

@@ -963,7 +963,7 @@ def test_throughput_bench_together_starts_every_model_at_once(tmp_path: Path, mo
     clock[0] = 0.0
     calls.clear()
     assert bench.main([a for a in argv if a != "--together"] + ["--pairs", "3"]) == 0
-    n = len([c for c in calls])  # dense's engines start after every batch of gptoss's
+    n = len(calls)  # dense's engines start after every batch of gptoss's
     assert started[:2] == [f"bench-gptoss-qdq-{e}.log after 0 batches" for e in ("off", "on")]
     assert [x.split(" after ")[0] for x in started[2:]] == ["bench-dense-qdq-off.log", "bench-dense-qdq-on.log"]
     assert 0 < int(started[2].split()[-2]) < n
@@ -1263,7 +1263,7 @@ def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
     import sys
 
     text = SMOKE.read_text()
-    case = text[text.index("    bench-qdq)"):text.index("    bench-plugin-gptoss|bench-plugin-dense)")]
+    case = text[text.index("    bench-qdq)"):text.index("    bench-plugin-gptoss|bench-plugin-dense|bench-plugin)")]
     assert 'then step bench-qdq "$PY" scripts/bench_qdq_triton.py\n' in case
     assert 'else step bench-qdq "$PY" scripts/bench_qdq_triton.py --no-sweeps; fi' in case
     assert 'then step bench-sage3 "$PY" scripts/bench_sage3.py --no-check\n' in case
