@@ -73,6 +73,8 @@ for b in $prep_steps; do
   [[ $b =~ ^(bench-qdq|bench-sage3)$ ]] || { echo "gpu-lease: LEASE_PREP='${LEASE_PREP}' ('$b'); accepted: bench-qdq, bench-sage3 (space-separated, either or both; empty: neither)" >&2; exit 2; }
 done
 [[ ${LEASE_RERUN:-0} =~ ^[01]$ ]] || { echo "gpu-lease: LEASE_RERUN='${LEASE_RERUN}'; accepted: 0 (checks runs only the steps not yet PASS / SKIP on this machine, the default) or 1 (every one again)" >&2; exit 2; }
+[[ ${LEASE_CHECKS_LIMIT:-1500} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-lease: LEASE_CHECKS_LIMIT='${LEASE_CHECKS_LIMIT}'; accepted: a whole number of seconds > 0 (the background checks run's cap, default 1500)" >&2; exit 2; }
+[[ ${LEASE_CHECKS_TIMEOUT:-575} =~ ^[1-9][0-9]*$ ]] && [ "${LEASE_CHECKS_TIMEOUT:-575}" -le 590 ] || { echo "gpu-lease: LEASE_CHECKS_TIMEOUT='${LEASE_CHECKS_TIMEOUT}'; accepted: a whole number of seconds, at most 590 (how long the checks call waits, default 575)" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
 SITE=${LEASE_SITE:-/opt/gpu-site}  # where the staging installed vLLM (receive.sh's last part)
 [ -f "$SITE/env.sh" ] || { echo "gpu-lease: $SITE/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }

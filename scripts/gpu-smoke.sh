@@ -82,7 +82,8 @@
 # skips the memory profiling that fails beside another engine). The bench-* steps always run
 # alone, after the checks started before them have finished: they measure time. SMOKE_XDIST=N
 # (default 8): the kernels step's pytest-xdist workers (a cold Triton cache makes that step a
-# compile job: more workers where it runs alone on a host with more cores).
+# compile job: more workers where it runs alone on a host with more cores), each with the host's
+# cores over the workers as its CPU threads (OMP_NUM_THREADS, unless set).
 # Exit status: non-zero when a step failed, when there is no usable GPU (the reason is printed), or
 # for an unknown step.
 set -uo pipefail
@@ -103,6 +104,9 @@ if [ -n "$DUMPS" ] && ! [[ $DUMPS =~ ^[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*$ && ! $
   echo "gpu-smoke: SMOKE_STACK_DUMPS='$DUMPS'; accepted: seconds > 0 after each process starts, comma-separated (e.g. 60,90,120)" >&2
   exit 2
 fi
+[[ ${SMOKE_BENCH_ROUNDS:-20} =~ ^[0-9]+$ ]] && [ "${SMOKE_BENCH_ROUNDS:-20}" -ge 3 ] || { echo "gpu-smoke: SMOKE_BENCH_ROUNDS='${SMOKE_BENCH_ROUNDS}'; accepted: a whole number >= 3 (the throughput bench's most rounds, default 20)" >&2; exit 2; }
+[[ ${SMOKE_BENCH_BUDGET:-450} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_BENCH_BUDGET='${SMOKE_BENCH_BUDGET}'; accepted: a whole number of seconds > 0 (the throughput bench's --budget-s, default 450)" >&2; exit 2; }
+[[ ${SMOKE_BENCH_MIN_S:-4} =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! ${SMOKE_BENCH_MIN_S:-4} =~ ^[0.]+$ ]] || { echo "gpu-smoke: SMOKE_BENCH_MIN_S='${SMOKE_BENCH_MIN_S}'; accepted: seconds > 0 (a round's batches per engine and shape, default 4)" >&2; exit 2; }
 JIT_WARM=${SMOKE_JIT_WARM:-1}
 BENCH_FULL=${SMOKE_BENCH_FULL:-0}
 [[ $BENCH_FULL =~ ^[01]$ ]] || { echo "gpu-smoke: SMOKE_BENCH_FULL='$BENCH_FULL'; accepted: 0 (bench-qdq without its switch sweeps, bench-sage3 at D=128) or 1 (both whole)" >&2; exit 2; }
@@ -186,6 +190,18 @@ pytest_args=(-m gpu -q -p no:cacheprovider -rfE)
 xdist=()
 "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$XDIST")
 
+# the CPU threads of each kernels-step process (OMP_NUM_THREADS: torch's and OpenMP's): the host's
+# cores over its pytest-xdist workers, at least 1, unless OMP_NUM_THREADS is set. With each of 8
+# workers on all 16 cores beside the nine engine steps (06c), one test whose time is mostly a
+# host-side loop of small tensor ops (tests/support/narrow_pairs.py) took 464 s of the step's 598;
+# its int8 twin, the same loop once the engines were done, 10.9 s.
+kernel_threads() {
+  if [ -n "${OMP_NUM_THREADS:-}" ]; then echo "$OMP_NUM_THREADS"; return; fi
+  local n; n=$(nproc 2>/dev/null || echo 1)
+  [ ${#xdist[@]} -eq 0 ] && { echo "$n"; return; }
+  echo $(( n / XDIST > 0 ? n / XDIST : 1 ))
+}
+
 run_step() {
   local s=$1
   case $s in
@@ -195,7 +211,8 @@ run_step() {
       if "$PY" -c "import vllm_omni.diffusion.attention.layer" >/dev/null 2>&1; then
         # each test's time as it ends (kernels.times; --durations prints only if the run ends)
         rm -f "$OUT/kernels.times"
-        step kernels env QDQ_TEST_TIMES="$OUT/kernels.times" "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" \
+        step kernels env OMP_NUM_THREADS="$(kernel_threads)" QDQ_TEST_TIMES="$OUT/kernels.times" \
+          "$PY" -m pytest "${pytest_args[@]}" "${xdist[@]}" \
           --durations=30 "${kfiles[@]}" tests/gpu/test_sage3_route_gpu.py
       else  # the other kernel tests still run; the step fails, saying why
         echo "=== kernels: vllm_omni does not import (pip install vllm-omni==0.30.0; offline: the wheels stage-gpu-extras.sh omni stages): tests/gpu/test_sage3_route_gpu.py not run, the step fails"

@@ -335,8 +335,14 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
                     launches={"on": 4.0})
     assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1"]) == 1
     text = capsys.readouterr().out
-    assert "FAIL: adds 1.00 host launches a step" in text
+    assert "FAIL: adds 1.00 host launches a step (allowed 0.50: see launch_allowance)" in text
     assert text.strip().splitlines()[-1] == "verdict: FAIL: below 0.97: dense act decode adds host launches (bound)"
+    # the slack counts over the A/A control's own figure: two identical off engines 0.6 apart
+    # allow 1.1 a step, and the same 1.0 passes
+    _stand_in_bench(bench, monkeypatch, kernel={"off": 500.0, "aa": 500.0, "on": 500.0},
+                    launches={"on": 4.0, "aa": 3.6})
+    assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1"]) == 0
+    assert "verdict: PASS" in capsys.readouterr().out
     # in a prefill-heavy batch, QDQ's eager calls launch kernels: those are its own (their host time
     # is in the bound), launches outside them are not, and more than LAUNCH_SLACK a step fails
     _stand_in_bench(bench, monkeypatch, kernel=dict.fromkeys(("off", "on", "aa"), 500.0), qdq_host={"on": 2000.0})
@@ -348,6 +354,19 @@ def test_throughput_bench_reports_the_device_step_ratio(tmp_path: Path, monkeypa
     text = capsys.readouterr().out
     assert "FAIL: adds 0.60 host launches a step" in next(ln for ln in text.splitlines() if ln.startswith("dense    act  prefill"))
     assert text.strip().splitlines()[-1] == "verdict: FAIL: below 0.97: dense act prefill adds host launches (bound)"
+    # over an A/A control 0.3 a step apart (the allowance 0.8) the same 0.6 passes; however far the
+    # control moved, at most LAUNCH_SLACK_MAX (2.0) is allowed: 2.6 a step fails beside a control at 3.0
+    _stand_in_bench(bench, monkeypatch, kernel=dict.fromkeys(("off", "on", "aa"), 500.0), qdq_host={"on": 2000.0},
+                    batch_launches={"on": 360, "aa": 330})
+    assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1"]) == 0
+    capsys.readouterr()
+    _stand_in_bench(bench, monkeypatch, kernel=dict.fromkeys(("off", "on", "aa"), 500.0), qdq_host={"on": 2000.0},
+                    batch_launches={"on": 560, "aa": 600})
+    assert bench.main(["--models", "dense", "--out", str(tmp_path), "--pairs", "3", "--min-seconds", "1"]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL: adds 2.60 host launches a step (allowed 2.00" in next(
+        ln for ln in text.splitlines() if ln.startswith("dense    act  prefill"))
+    assert [bench.launch_allowance(x) for x in (None, 0.0, -0.44, 0.86, 3.0)] == pytest.approx([0.5, 0.5, 0.94, 1.36, 2.0])
 
 
 def test_step_timer_sums_each_steps_calls() -> None:
@@ -888,6 +907,9 @@ def test_throughput_bench_budget_stops_rounds_in_time(tmp_path: Path, monkeypatc
     with pytest.raises(SystemExit):
         bench.main([*argv, "--budget-s", "0"])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--budget-s 0; accepted: a number of seconds > 0")
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--min-seconds", "0"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--min-seconds 0; accepted: a number of seconds > 0")
 
 
 def test_throughput_bench_together_starts_every_model_at_once(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -1254,6 +1276,26 @@ def test_gpu_smoke_refuses_a_bad_xdist_setting(tmp_path: Path, value: str) -> No
     assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: SMOKE_XDIST='{value}'; accepted: a positive ")
 
 
+@pytest.mark.parametrize(("name", "value"), [("SMOKE_BENCH_ROUNDS", "2"), ("SMOKE_BENCH_ROUNDS", "many"),
+                                           ("SMOKE_BENCH_BUDGET", "0"), ("SMOKE_BENCH_BUDGET", "7.5"),
+                                           ("SMOKE_BENCH_MIN_S", "0"), ("SMOKE_BENCH_MIN_S", "0.0"),
+                                           ("SMOKE_BENCH_MIN_S", "-3"), ("SMOKE_BENCH_MIN_S", "3s")])
+def test_gpu_smoke_refuses_a_bad_bench_setting(tmp_path: Path, name: str, value: str) -> None:
+    """The throughput bench's settings (rounds >= 3, a budget of whole seconds > 0, seconds > 0 a
+    round) are checked at start-up: exit 2 naming the value as the last line; good ones pass."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SMOKE_OUT=str(tmp_path / "out"), **{name: value})
+    r = subprocess.run(["bash", str(SMOKE), "summary"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"gpu-smoke: {name}='{value}'; accepted: "), r.stderr
+    good = dict(os.environ, SMOKE_OUT=str(tmp_path / "out"), SMOKE_BENCH_ROUNDS="3", SMOKE_BENCH_BUDGET="300",
+                SMOKE_BENCH_MIN_S="2.5")
+    r = subprocess.run(["bash", str(SMOKE), "summary"], env=good, capture_output=True, text=True, timeout=60)
+    assert "accepted" not in r.stderr, r.stderr
+
+
 def test_gpu_smoke_bench_steps_take_their_smoke_arguments() -> None:
     """The suite's kernel benches: by default ``bench_qdq_triton.py --no-sweeps`` and
     ``bench_sage3.py --dims 128 --no-ws-probe``, whole with SMOKE_BENCH_FULL=1; both scripts accept those
@@ -1323,6 +1365,39 @@ def test_gpu_smoke_bench_plugin_step_writes_a_result_per_model(tmp_path: Path) -
                     in got[m], got
         else:
             assert all(v.startswith("PASS ") for v in got.values()), got
+
+
+def test_gpu_smoke_kernels_step_threads(tmp_path: Path) -> None:
+    """gpu-smoke.sh's ``kernels`` step (its functions taken out of the script, pytest standing in:
+    the tests need a GPU) gives each process the host's cores over its pytest-xdist workers as CPU
+    threads (``OMP_NUM_THREADS``, at least 1), all of them without xdist, and a value the user set
+    as it is."""
+    import os
+    import subprocess
+
+    text = SMOKE.read_text()
+    funcs = ""
+    for name in ("step() {", "kernel_threads() {", "run_step() {"):
+        f = text[text.index(name):]
+        funcs += f[:f.index("\n}\n") + 3]
+    cores = int(subprocess.check_output(["nproc"], text=True))
+    for workers, preset, want in [("8", None, max(1, cores // 8)), ("1", None, cores), (None, None, cores),
+                                  ("8", "3", 3)]:
+        out = tmp_path / f"{workers}-{preset}"
+        out.mkdir()
+        fake = out / "fake-python"
+        fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exit 0\necho "$OMP_NUM_THREADS" > {out}/threads\n'
+                        f'echo "1 passed in 0.01s"\n')
+        fake.chmod(0o755)
+        xdist = f"xdist=(-n {workers}); XDIST={workers}" if workers else "xdist=(); XDIST=8"
+        script = (f"set -uo pipefail\ncd {REPO}\n{funcs}\nOUT={out}; CACHE_BASE={out}/cache; JOBS=1; fail=0\n"
+                  f"PY={fake}; DUMPS=''; pytest_args=(-m gpu); {xdist}\nrun_step kernels\necho fail=$fail\n")
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if preset:
+            env["OMP_NUM_THREADS"] = preset
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0 and r.stdout.strip().endswith("fail=0"), (r.stdout, r.stderr)
+        assert (out / "threads").read_text().strip() == str(want), (workers, preset)
 
 
 @pytest.mark.parametrize("workers", [None, "2"])
@@ -1527,6 +1602,9 @@ def test_pytest_side_by_side_runs_selections_at_once(tmp_path: Path) -> None:
     (["prep"], {"OUT": "x", "LEASE_PREP": "bench-qdq kernels"}, 2, "gpu-lease: LEASE_PREP='bench-qdq kernels' ('kernels'); "
      "accepted: bench-qdq, bench-sage3"),
     (["checks"], {"OUT": "x", "LEASE_RERUN": "yes"}, 2, "gpu-lease: LEASE_RERUN='yes'; accepted: 0 "),
+    (["checks"], {"OUT": "x", "LEASE_CHECKS_LIMIT": "0"}, 2, "gpu-lease: LEASE_CHECKS_LIMIT='0'; accepted: a whole "),
+    (["checks"], {"OUT": "x", "LEASE_CHECKS_TIMEOUT": "600"}, 2, "gpu-lease: LEASE_CHECKS_TIMEOUT='600'; accepted: "
+     "a whole number of seconds, at most 590"),
     (["checks"], {}, 2, "gpu-lease: $OUT is not set"),
     (["checks"], {"OUT": "x"}, 3, "gpu-lease: /opt/gpu-site/env.sh is missing: stage vLLM on this machine first"),
 ])
