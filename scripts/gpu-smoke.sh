@@ -47,8 +47,8 @@
 #                 ratio is below SMOKE_PLUGIN_TARGET (default 0.97): the ratio QDQ's profiled cost allows
 #                 on the off engine's best (decode-heavy: device time per step on its best step;
 #                 prefill-heavy: device time plus the host time of QDQ's eager calls in one whole batch,
-#                 on its best batch), gated by its A/A control and by QDQ adding no host launches
-#                 outside its own calls (the bench's JUDGED_ON); wall times reported; SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
+#                 on its best batch), gated by its A/A control and by QDQ adding at most
+#                 LAUNCH_SLACK host launches a step outside its own calls (the bench's JUDGED_ON); wall times reported; SMOKE_BENCH_CPUS (a CPU list, e.g. 0-7): pin the
 #                 engines there (--cpus; default unpinned); SMOKE_BENCH_MIN_S (default 4): seconds of
 #                 batches per engine, shape and round (--min-seconds: turns per round)
 #   bench-plugin  the two above in one process (--together): both models' eight engines up at once, one
@@ -107,6 +107,7 @@ fi
 [[ ${SMOKE_BENCH_ROUNDS:-20} =~ ^[0-9]+$ ]] && [ "${SMOKE_BENCH_ROUNDS:-20}" -ge 3 ] || { echo "gpu-smoke: SMOKE_BENCH_ROUNDS='${SMOKE_BENCH_ROUNDS}'; accepted: a whole number >= 3 (the throughput bench's most rounds, default 20)" >&2; exit 2; }
 [[ ${SMOKE_BENCH_BUDGET:-450} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-smoke: SMOKE_BENCH_BUDGET='${SMOKE_BENCH_BUDGET}'; accepted: a whole number of seconds > 0 (the throughput bench's --budget-s, default 450)" >&2; exit 2; }
 [[ ${SMOKE_BENCH_MIN_S:-4} =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! ${SMOKE_BENCH_MIN_S:-4} =~ ^[0.]+$ ]] || { echo "gpu-smoke: SMOKE_BENCH_MIN_S='${SMOKE_BENCH_MIN_S}'; accepted: seconds > 0 (a round's batches per engine and shape, default 4)" >&2; exit 2; }
+[ -z "${OMP_NUM_THREADS:-}" ] || [[ $OMP_NUM_THREADS =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "gpu-smoke: OMP_NUM_THREADS='${OMP_NUM_THREADS}'; accepted: a positive whole number (or a comma-separated list of them), or unset (the kernels step: the host's cores over its workers)" >&2; exit 2; }
 JIT_WARM=${SMOKE_JIT_WARM:-1}
 BENCH_FULL=${SMOKE_BENCH_FULL:-0}
 [[ $BENCH_FULL =~ ^[01]$ ]] || { echo "gpu-smoke: SMOKE_BENCH_FULL='$BENCH_FULL'; accepted: 0 (bench-qdq without its switch sweeps, bench-sage3 at D=128) or 1 (both whole)" >&2; exit 2; }
