@@ -55,15 +55,18 @@ case $mode in
   prep|checks|wait|bench|tune|restore) ;;
   *) echo "gpu-lease: mode '${mode}'; accepted: prep, checks, wait SECONDS, bench MODEL BUDGET_S [summary], tune SECONDS, restore" >&2; exit 2 ;;
 esac
-if [ "$mode" = wait ]; then
-  [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 590 ] || { echo "gpu-lease: wait SECONDS '${2:-}'; accepted: a whole number of seconds, at most 590" >&2; exit 2; }
-fi
-if [ "$mode" = tune ]; then
-  [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && [ "$2" -le 560 ] || { echo "gpu-lease: tune SECONDS '${2:-}'; accepted: a whole number of seconds, at most 560" >&2; exit 2; }
-fi
+seconds() {  # seconds LABEL VALUE MAX [WHY]: VALUE a whole number of seconds > 0, at most MAX (0: no
+  # cap), else exit 2 naming LABEL (the setting and its value, as given) and what is accepted
+  [[ $2 =~ ^[1-9][0-9]*$ ]] && { [ "$3" -eq 0 ] || [ "$2" -le "$3" ]; } && return 0
+  local cap=", at most $3"; [ "$3" -eq 0 ] && cap=" > 0"
+  echo "gpu-lease: $1; accepted: a whole number of seconds$cap${4:+ ($4)}" >&2
+  exit 2
+}
+[ "$mode" = wait ] && seconds "wait SECONDS '${2:-}'" "${2:-}" 590
+[ "$mode" = tune ] && seconds "tune SECONDS '${2:-}'" "${2:-}" 560
 if [ "$mode" = bench ]; then
   [[ ${2:-} =~ ^(gptoss|dense|both)$ ]] || { echo "gpu-lease: bench MODEL '${2:-}'; accepted: gptoss, dense, both (the two models' engines up at once: the smoke step bench-plugin)" >&2; exit 2; }
-  [[ ${3:-} =~ ^[1-9][0-9]*$ ]] && [ "$3" -le 520 ] || { echo "gpu-lease: bench BUDGET_S '${3:-}'; accepted: a whole number of seconds, at most 520 (the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it)" >&2; exit 2; }
+  seconds "bench BUDGET_S '${3:-}'" "${3:-}" 520 "the call ends at 600 s: the bench's start, its engines' shutdown and the packing after it"
   [ -z "${4:-}" ] || [ "$4" = summary ] || { echo "gpu-lease: bench's 4th argument '$4'; accepted: summary, or none" >&2; exit 2; }
 fi
 kernels_in=${LEASE_KERNELS:-checks}
@@ -73,8 +76,8 @@ for b in $prep_steps; do
   [[ $b =~ ^(bench-qdq|bench-sage3)$ ]] || { echo "gpu-lease: LEASE_PREP='${LEASE_PREP}' ('$b'); accepted: bench-qdq, bench-sage3 (space-separated, either or both; empty: neither)" >&2; exit 2; }
 done
 [[ ${LEASE_RERUN:-0} =~ ^[01]$ ]] || { echo "gpu-lease: LEASE_RERUN='${LEASE_RERUN}'; accepted: 0 (checks runs only the steps not yet PASS / SKIP on this machine, the default) or 1 (every one again)" >&2; exit 2; }
-[[ ${LEASE_CHECKS_LIMIT:-1500} =~ ^[1-9][0-9]*$ ]] || { echo "gpu-lease: LEASE_CHECKS_LIMIT='${LEASE_CHECKS_LIMIT}'; accepted: a whole number of seconds > 0 (the background checks run's cap, default 1500)" >&2; exit 2; }
-[[ ${LEASE_CHECKS_TIMEOUT:-575} =~ ^[1-9][0-9]*$ ]] && [ "${LEASE_CHECKS_TIMEOUT:-575}" -le 590 ] || { echo "gpu-lease: LEASE_CHECKS_TIMEOUT='${LEASE_CHECKS_TIMEOUT}'; accepted: a whole number of seconds, at most 590 (how long the checks call waits, default 575)" >&2; exit 2; }
+seconds "LEASE_CHECKS_LIMIT='${LEASE_CHECKS_LIMIT:-}'" "${LEASE_CHECKS_LIMIT:-1500}" 0 "the background checks run's cap, default 1500"
+seconds "LEASE_CHECKS_TIMEOUT='${LEASE_CHECKS_TIMEOUT:-}'" "${LEASE_CHECKS_TIMEOUT:-575}" 590 "how long the checks call waits, default 575"
 [ -n "${OUT:-}" ] || { echo "gpu-lease: \$OUT is not set (the device tool's folder of files to bring back)" >&2; exit 2; }
 SITE=${LEASE_SITE:-/opt/gpu-site}  # where the staging installed vLLM (receive.sh's last part)
 [ -f "$SITE/env.sh" ] || { echo "gpu-lease: $SITE/env.sh is missing: stage vLLM on this machine first (bash .gpu-stage-cut/pN/receive.sh, every part)" >&2; exit 3; }
