@@ -38,16 +38,17 @@
 #
 # The suite's output lives in /root/smoke (LEASE_SMOKE) between calls; each call packs its logs
 # into one archive, $OUT/smoke-<mode>.tgz (a call brings back a limited number of files), without
-# the models and compile caches. Budgets measured (results/lease-2026-12-06, H200; -06b, H100):
+# the models and compile caches. Budgets measured (results/lease-2026-12-06, H200; -06b and -06c, H100):
 # vLLM staging 80-170 s from a cold machine (its start included); prep 340-360 s (extras and the
 # overlay 20-50 s, bench-qdq alone 112-119 s, bench-sage3 166-178 s beside FlashInfer's build,
 # ~106 s); the nine engine check steps with kernels among them past 575 s on both (06b: kernels at
 # 99%, study near its end: hence the background run and `wait`); kernels alone 197 s warm (06),
 # cold past 230 s (06b); bench gptoss 320: 4 engines up at ~113 s, profiles to ~162 s, rounds of
 # ~46 s (4-s turns); bench both (06b, H100): 8 engines up at ~155 s, profiles to ~260 s, rounds of
-# both models ~66 s (3-s turns): B >= 460 for 3 rounds. A lease of the whole suite: staging,
-# prep, checks + wait (~600-650 s in all), bench both 500 summary (~530 s): ~1,600-1,750 s of
-# 1,800. LEASE_SITE (default /opt/gpu-site): where the staging installed vLLM.
+# both models ~66 s (3-s turns): B >= 460 for 3 rounds. A lease of the whole suite (06c, H100,
+# 1,764 s held with a 95-s probe after it): staging 80 s, prep 358 s, checks 578 s + wait 96 s
+# (every check step done at +674 s), bench both 520 summary 517 s.
+# LEASE_SITE (default /opt/gpu-site): where the staging installed vLLM.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-}
