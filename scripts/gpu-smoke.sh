@@ -195,7 +195,7 @@ xdist=()
 # cores over its pytest-xdist workers, at least 1, unless OMP_NUM_THREADS is set. With each of 8
 # workers on all 16 cores beside the nine engine steps (06c), one test whose time is mostly a
 # host-side loop of small tensor ops (tests/support/narrow_pairs.py) took 464 s of the step's 598;
-# its int8 twin, the same loop once the engines were done, 10.9 s.
+# its int8 twin, the same loop once the engines and the other workers were done, 10.9 s.
 kernel_threads() {
   if [ -n "${OMP_NUM_THREADS:-}" ]; then echo "$OMP_NUM_THREADS"; return; fi
   local n; n=$(nproc 2>/dev/null || echo 1)
