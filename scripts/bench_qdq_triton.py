@@ -46,7 +46,8 @@ tile's own layout (``ROT_TILE_MAX = 0``, the layout before 2026-12-04); MX rotat
 a power of two (blocks of 16, 64), folded into the block exponents by default, also with the scale
 multiplied (the "no fold" column: ``ROT_FOLD`` off); Hadamard-128 and up in the coalesced layout
 also with the register caps of :data:`CAP_SWEEP` beside the default (``ROT_MAXNREG``, uncapped):
-"cap 168", "cap 200".
+"cap 168", "cap 200"; random rotations in the coalesced layout also with ``SIGN_WORDS`` switched
+(the "sign words" column: signs packed a bit a column against 16-bit masks and fp32 multipliers).
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(  # where the planner caps
         cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
              for n in CAP_SWEEP]
+    if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
+        cols.append(("sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
+                     lambda spec, rot: coalesced(spec, rot) and rot.seed is not None))
     print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
           + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
-          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0)")
+          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); coalesced random ones"
+          " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
+          " inverse's fp32 multipliers)")
     print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" + "".join(
         f" {head:>{w}s}" for head, w, *_ in cols) for r, c in SIZES))
     for label, fmt, kw in OPTIONS:

@@ -3,7 +3,8 @@
 The bench runs on a GPU; here its timer is replaced by one interpreted call (the kernels in
 Triton's interpreter, small tensors), so what is checked is which module switch each column
 changes for which recipe: the register caps (``ROT_MAXNREG``, ``CAP_SWEEP``) only where blocks of
-128 and up load coalesced, in both forms; the decided layout columns only in the full form.
+128 and up load coalesced, and the signs' other form (``SIGN_WORDS``) only for coalesced random
+rotations, in both forms; the decided layout columns only in the full form.
 """
 
 from __future__ import annotations
@@ -80,14 +81,16 @@ def _same(option: dict, kw: dict) -> bool:
     return all(kw.get(k) == v for k, v in option.items() if k not in ("rotate", "scale_rule"))
 
 
-def test_options_table_short_form_times_only_the_register_caps(tq, monkeypatch, capsys) -> None:  # noqa: F811
-    """``--no-sweeps`` (the smoke suite's form): the caps' columns, timed for random Hadamard-128
-    in the coalesced layout only; no layout or fold column."""
+def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``--no-sweeps`` (the smoke suite's form): the caps' columns and the sign words' (switched
+    from the module's value), timed for random Hadamard-128 in the coalesced layout only; no layout
+    or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert "cap 168" in head and "cap 200" in head and "uncoalesced" not in head and "no fold" not in head
+    assert "cap 168" in head and "cap 200" in head and "sign words" in head
+    assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
-    assert seen == {"mxfp4 + hadamard128 random": caps}, seen
+    assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS)}}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
@@ -95,11 +98,12 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     MX scales unfolded, and the caps where they apply."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=True)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200"))
+    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200", "sign words"))
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
-    assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0)} | caps, seen
+    assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
+                                                  ("SIGN_WORDS", not tq.SIGN_WORDS)} | caps, seen
     assert "nvfp4 four_over_six" not in seen
 
 

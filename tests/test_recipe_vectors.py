@@ -17,6 +17,7 @@ from vllm_qdq.numerics.rotation import (
     Rotation,
     hadamard_scaled_signs,
     hadamard_sign_bits,
+    hadamard_sign_words,
     hadamard_signs,
     inv_sqrt_f32,
     rotate_rows,
@@ -203,6 +204,34 @@ def test_kernel_sign_tensors_hold_the_signs_and_pad_with_plus_one() -> None:
     assert hadamard_sign_bits(Rotation(block=128), 384, "cpu", 1024) is None
     with pytest.raises(ValueError, match="length 256 is shorter than the 384 signs"):
         hadamard_sign_bits(Rotation(block=128, seed=6), 384, "cpu", 256)
+
+
+def test_sign_words_pack_each_column_in_its_half() -> None:
+    """The packed form (``SIGN_WORDS``): column ``j`` of each 32-column word at bit ``j // 2`` (even
+    columns) or ``16 + j // 2`` (odd), 1 for -1; +1 past ``kp``; the kernels' two shifts (a 16-bit
+    pair's signs at bits 15 and 31 of one word, an fp32 value's at bit 31) give the signs back;
+    refused lengths name the value; ``None`` for a plain rotation."""
+    rot = Rotation(block=128, seed=5)
+    d = hadamard_signs(rot, 384)
+    w = hadamard_sign_words(rot, 384, "cpu", 1024)
+    assert w.dtype == torch.int32 and w.shape == (32,)
+    w64 = w.to(torch.int64) & 0xFFFFFFFF
+    j = torch.arange(1024) % 32
+    bit = (w64[torch.arange(1024) // 32] >> (j // 2 + 16 * (j % 2))) & 1
+    assert torch.equal(bit[:384] == 1, d < 0) and not bit[384:].any()
+    # the 16-bit form: word << (15 - p) holds column 2p's sign at bit 15 and column 2p + 1's at 31
+    p = torch.arange(16)
+    pairs = (w64[:, None] << (15 - p)) & 0x80008000  # [words, pairs]
+    lo, hi = (pairs >> 15) & 1, (pairs >> 31) & 1
+    assert torch.equal(torch.stack((lo, hi), dim=-1).reshape(-1), bit)
+    # the fp32 form: word << (31 - bit index) holds the column's sign at bit 31
+    top = ((w64[torch.arange(1024) // 32] << (31 - (j // 2 + 16 * (j % 2)))) >> 31) & 1
+    assert torch.equal(top, bit)
+    assert hadamard_sign_words(Rotation(block=128), 384, "cpu", 1024) is None
+    with pytest.raises(ValueError, match="length 400 is not a multiple of 32"):
+        hadamard_sign_words(rot, 384, "cpu", 400)
+    with pytest.raises(ValueError, match="length 256 is shorter than the 384 signs"):
+        hadamard_sign_words(rot, 384, "cpu", 256)
 
 
 def test_rotation_needs_a_dividing_block_unless_padded() -> None:

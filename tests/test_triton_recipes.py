@@ -231,6 +231,30 @@ def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: t
     assert set(used) == {(2,)}, used
 
 
+@pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), [
+    ("mxfp4", torch.bfloat16, (8, 2304), {"rotate": {"block": 128, "seed": 3}}),  # K tiles at 0, 1024, 2048
+    ("nvfp4", torch.float16, (40, 2304), {"rotate": {"block": 64, "seed": 4}}),  # and the amax pass's
+    ("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # one tile past KP
+    ("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}}),  # held halves (ROT_SPLIT)
+    ("mxfp8_e4m3", torch.bfloat16, (6, 1024), {"rotate": {"block": 128, "seed": 7}}),
+], ids=["mxfp4-k-tiles", "nvfp4-amax-pass", "nvfp4-one-tile", "mxfp4-h256", "mxfp8-h128"])
+def test_sign_words_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
+                                      monkeypatch) -> None:
+    """:data:`SIGN_WORDS` (off by default): random signs packed one bit a column, the forward's
+    into the raw 16-bit values, the inverse's into the fp32 sign bits (no multipliers), on tiles
+    past the first along K, a last tile past K, the amax pass's tiles and one tile wider than the
+    padded K: the reference's bits, with the words in use; NaN and Inf spread as the reference's."""
+    monkeypatch.setattr(tq, "SIGN_WORDS", True)
+    used = _record_plan(tq, monkeypatch, "HAS_SIGNS", "INV_MULTS")
+    torch.manual_seed(1)
+    x = (torch.randn(*shape) * torch.logspace(-2, 2, shape[1])).to(dtype)
+    x[0, 5] = float("nan")
+    x[-1, shape[1] - 3] = float("-inf")
+    out = quantize_dequantize(x, fmt, backend="triton", **kw)
+    assert_same_bits(out, quantize_dequantize(x, fmt, backend="reference", **kw))
+    assert set(used) == {(3, False)}, used
+
+
 def test_triton_nan_spreads_within_rotation_block(tq) -> None:  # noqa: F811
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     x[0, 3] = float("nan")

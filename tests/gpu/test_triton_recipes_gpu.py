@@ -98,14 +98,15 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 
 @pytest.mark.parametrize(("switch", "value"), [("ROT_TILE_MAX", 0), ("ROT_COALESCE", False), ("ROT_MAXNREG", 168),
-                                               ("ROT_MAXNREG", 200)])
+                                               ("ROT_MAXNREG", 200), ("SIGN_WORDS", True)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
     reference's bits too: ``ROT_TILE_MAX = 0`` (every block in the tile's own layout: the "tile
     layout" column), ``ROT_COALESCE`` off (whole blocks in a thread, loaded and stored in that
-    layout: the "uncoalesced" column), and the coalesced layout's other register caps
-    (``ROT_MAXNREG`` 168 and 200: the "cap 168" and "cap 200" columns)."""
+    layout: the "uncoalesced" column), the coalesced layout's other register caps
+    (``ROT_MAXNREG`` 168 and 200: the "cap 168" and "cap 200" columns) and random signs packed a
+    bit a column (``SIGN_WORDS``: the "sign words" column)."""
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, switch, value)

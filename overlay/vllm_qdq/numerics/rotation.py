@@ -44,6 +44,7 @@ __all__ = [
     "check_length",
     "hadamard_scaled_signs",
     "hadamard_sign_bits",
+    "hadamard_sign_words",
     "hadamard_signs",
     "inv_sqrt_f32",
     "parse_rotation",
@@ -196,6 +197,32 @@ def hadamard_sign_bits(rot: Rotation, kp: int, device: torch.device | str,
     if rot.seed is None:
         return None
     return _sign_bits_on(rot.seed, kp, str(torch.device(device)), kp if length is None else length)
+
+
+@lru_cache(maxsize=256)
+def _sign_words_on(seed: int, kp: int, device: str, length: int) -> torch.Tensor:
+    neg = (_padded(_signs_cpu(seed, kp), length) < 0).to(torch.int64).view(-1, 32)
+    j = torch.arange(32, dtype=torch.int64)
+    words = (neg << (j // 2 + 16 * (j % 2))).sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(device=device, dtype=torch.int32)
+
+
+def hadamard_sign_words(rot: Rotation, kp: int, device: torch.device | str,
+                        length: int | None = None) -> torch.Tensor | None:
+    """The signs ``d`` of a random Hadamard packed one bit a column (int32 words of 32 columns):
+    bit ``j // 2 + 16 (j % 2)`` of word ``w`` (even columns in the low half, odd ones in the high
+    half) is 1 where ``d[32 w + j] = -1``, 0 where ``+1`` and past ``kp`` up to ``length`` (default
+    ``kp``; a multiple of 32). A kernel moves a column's bit to a value's sign bit and XORs it in:
+    ``d * v`` exactly for every number (a NaN stays a NaN), with 4 bytes read for 32 columns where
+    the 16-bit masks (:func:`hadamard_sign_bits`) take 64; the halves let one shift place the signs
+    of two neighbouring columns at bits 15 and 31, the sign bits of a pair of packed 16-bit values. Cached like
+    :func:`hadamard_signs` (shared, read only)."""
+    if rot.seed is None:
+        return None
+    length = kp if length is None else length
+    if length % 32:
+        raise ValueError(f"sign words cover whole words of 32 columns: length {length} is not a multiple of 32")
+    return _sign_words_on(rot.seed, kp, str(torch.device(device)), length)
 
 
 def inv_sqrt_f32(block: int) -> float:

@@ -135,7 +135,8 @@ Issue-18 options (same contracts as the reference, :mod:`vllm_qdq.numerics.refer
   bits either way. (Two rewrites that give the same bits: a random rotation of
   :data:`INV_MULTS_MIN` and up held whole by a thread multiplies ``R^T``'s output once by
   ``sign * fp32(1/sqrt(b))``, which equals the two products: the sign's commutes with rounding;
-  and, :data:`SIGN_BITS`, a 16-bit input's signs are applied as an XOR of its sign bits.)
+  and, :data:`SIGN_BITS` / :data:`SIGN_WORDS`, a 16-bit input's signs are applied as an XOR of
+  its sign bits.)
   The amax pass of two-pass recipes rotates the same way (NVFP4's tensor amax is that of ``R x``).
   Per-row recipes are rotated in torch around the row kernel (the same fp32 operations).
 """
@@ -157,6 +158,7 @@ from .rotation import (
     check_length,
     hadamard_scaled_signs,
     hadamard_sign_bits,
+    hadamard_sign_words,
     hadamard_signs,
     inv_sqrt_f32,
 )
@@ -367,7 +369,10 @@ if triton is not None:
             cols, mask = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
             x = tl.reshape(x, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
-            if HAS_SIGNS == 2:  # sign masks XORed into the raw 16-bit values (their load places the transpose)
+            if HAS_SIGNS == 3:  # sign words: each column's bit into the raw 16-bit value's sign bit
+                m = _sign_masks16(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, _held(ROT_LOG2))
+                x = _to_f32((x.to(tl.int16, bitcast=True) ^ m).to(x.dtype, bitcast=True))
+            elif HAS_SIGNS == 2:  # sign masks XORed into the raw 16-bit values (their load places the transpose)
                 x = _to_f32((x.to(tl.int16, bitcast=True) ^ _block_padded(sign_ptr, c4, rows)).to(x.dtype, bitcast=True))
             elif HAS_SIGNS:  # the signs' own load places the transpose
                 x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
@@ -454,6 +459,35 @@ if triton is not None:
         for a tile in :func:`_block_cols`'s layout, like :func:`_block_signs`: unmasked (no
         compare or predicate an element)."""
         return tl.load(ptr + (c4[None, :, :, :] + 0 * rows[:, None, None, None]))
+
+    @triton.jit
+    def _sign_words(ptr, k0, rows, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, RB: tl.constexpr,
+                    EVICT: tl.constexpr):
+        """The sign words of a tile's rotation blocks (:func:`~vllm_qdq.numerics.rotation.hadamard_sign_words`,
+        padded to whole tiles: unmasked), ``[BLOCK_R, blocks, RB // 32, 1]`` int32: one load of
+        ``RB / 8`` bytes a block, each thread its own blocks' words."""
+        wo = ((k0 + tl.arange(0, BLOCK_K // RB) * RB) >> 5)[:, None] + tl.arange(0, RB // 32)[None, :]
+        return tl.load(ptr + (wo[None, :, :, None] + 0 * rows[:, None, None, None]), eviction_policy=EVICT)
+
+    @triton.jit
+    def _sign_masks16(ptr, k0, rows, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, RB: tl.constexpr):
+        """16-bit sign masks (int16 ``0`` or ``-2**15``) of a tile's columns in :func:`_block_cols`'s
+        shape, from its sign words: column ``j`` of a word (bit ``j // 2 + 16 (j % 2)``) shifted
+        left by ``15 - j // 2``, which puts an even column's bit at 15 and the next column's at 31
+        of the same word, so that a pair of packed 16-bit values takes one shift and one logic
+        operation."""
+        j = tl.arange(0, 32)[None, None, None, :]
+        t = _sign_words(ptr, k0, rows, BLOCK_R, BLOCK_K, RB, "evict_last") << (15 - (j >> 1))
+        m = (t >> ((j & 1) * 16)) & 0x8000
+        return tl.reshape(m, [BLOCK_R, BLOCK_K // RB, RB // 8, 8]).to(tl.int16)
+
+    @triton.jit
+    def _sign_masks32(ptr, k0, rows, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, RB: tl.constexpr):
+        """32-bit sign masks (int32 ``0`` or ``-2**31``) of a tile's columns in :func:`_block_cols`'s
+        shape, from its sign words: each column's bit shifted to bit 31."""
+        j = tl.arange(0, 32)[None, None, None, :]
+        t = _sign_words(ptr, k0, rows, BLOCK_R, BLOCK_K, RB, "") << (31 - (j >> 1) - (j & 1) * 16)
+        return tl.reshape(t & -2147483648, [BLOCK_R, BLOCK_K // RB, RB // 8, 8])
 
     @triton.jit
     def _tree_sum16(e, BLOCK_R: tl.constexpr, N_GROUPS: tl.constexpr):
@@ -1090,6 +1124,9 @@ if triton is not None:
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
                 y = y * _block_padded(mult_ptr, c4, rows)
+            elif HAS_SIGNS == 3:  # the sign words' bits, into the fp32 sign bit
+                m = _sign_masks32(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, _held(ROT_LOG2))
+                y = (y.to(tl.int32, bitcast=True) ^ m).to(tl.float32, bitcast=True)
             elif HAS_SIGNS == 2:  # the forward's sign masks, into the fp32 sign bit
                 bits = _block_padded(sign_ptr, c4, rows).to(tl.int32) << 16
                 y = (y.to(tl.int32, bitcast=True) ^ bits).to(tl.float32, bitcast=True)
@@ -1281,7 +1318,7 @@ def _cdiv(a: int, b: int) -> int:
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
-          rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0) -> tuple:
+          rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1295,18 +1332,23 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``HAS_SIGNS = 2`` (the signs as 16-bit sign masks,
     :func:`~vllm_qdq.numerics.rotation.hadamard_sign_bits`, padded to whole tiles). ``maxnreg``:
     :data:`ROT_MAXNREG` in force, the QDQ pass's register cap where ``rot_tile == 2`` and the
-    rotation block is at least :data:`ROT_HELD_MAX` (0: none)."""
+    rotation block is at least :data:`ROT_HELD_MAX` (0: none). ``sign_words``: a 16-bit input with
+    :data:`SIGN_WORDS` on: there ``HAS_SIGNS = 3`` instead (the signs packed a bit a column,
+    :func:`~vllm_qdq.numerics.rotation.hadamard_sign_words`, for the inverse too: no
+    ``INV_MULTS``)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
                          "FIX_K": min(block_k, _FIX_K), "num_warps": warps, "enable_fp_fusion": False}
     rot_tile = rot_tile if rot_block > 1 else 0
-    rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": 2 if has_signs and rot_tile == 2 and sign_bits else has_signs,
+    held_coalesced = has_signs and rot_tile == 2
+    mode = 3 if held_coalesced and sign_words else 2 if held_coalesced and sign_bits else has_signs
+    rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": mode,
            "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
     fold = _rot_fold(spec, rot_block, rot_tile) if rot_fold else 0
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
-    q_rot["INV_MULTS"] = bool(has_signs and rot_tile and rot_block >= INV_MULTS_MIN)
+    q_rot["INV_MULTS"] = bool(has_signs and rot_tile and rot_block >= INV_MULTS_MIN and mode != 3)
     if rot_tile:  # one block per thread at least
         held = min(rot_block, ROT_HELD_MAX)
         size = max(size, held * 32 * warps)
@@ -1365,7 +1407,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     block_r, block_k, amax, consts = _plan(
         spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
         tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
-        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG)
+        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1392,12 +1434,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
     mults = None
-    if consts["HAS_SIGNS"] == 2 or consts["INV_MULTS"]:
+    if consts["HAS_SIGNS"] in (2, 3) or consts["INV_MULTS"]:
         # random signs held whole by a thread, padded to whole tiles (loaded unmasked): as sign
         # masks for 16-bit inputs; the inverse's multipliers (signs * ROT_SCALE)
         step = block_k if amax is None else max(block_k, amax[1])  # powers of two
         padded = _cdiv(max(r.k, ex.kp), step) * step
-        if consts["HAS_SIGNS"] == 2:
+        if consts["HAS_SIGNS"] == 3:
+            signs = hadamard_sign_words(ex.rot, ex.kp, x.device, padded)
+        elif consts["HAS_SIGNS"] == 2:
             signs = hadamard_sign_bits(ex.rot, ex.kp, x.device, padded)
         if consts["INV_MULTS"]:
             mults = hadamard_scaled_signs(ex.rot, ex.kp, x.device, consts["ROT_SCALE"], padded)
@@ -1589,6 +1633,26 @@ INV_MULTS_MIN = 128
 #: an element, NVFP4 40.8 -> 37.2, MXFP4 + random Hadamard-256 46.3 -> 42.8; in
 #: the in-thread layout (Hadamard-16) it cost instructions, so that layout keeps the products.
 SIGN_BITS = True
+
+#: Random rotation signs packed one bit a column (:func:`~vllm_qdq.numerics.rotation.hadamard_sign_words`)
+#: where :data:`SIGN_BITS` would use 16-bit masks (blocks held whole, loaded coalesced, bf16 / fp16
+#: input), for the forward and the inverse alike (no :data:`INV_MULTS_MIN` multipliers). Each
+#: thread loads its blocks' words once (16 bytes for 128 columns: :func:`_sign_words`) and
+#: spreads them over the columns in registers, one shift and one logic operation for a pair of
+#: packed 16-bit values forward (:func:`_sign_masks16`) and for each fp32 value of the inverse
+#: (:func:`_sign_masks32`, after the scale's product). Why: with the masks and multipliers a
+#: thread of MXFP4 + random Hadamard-128 reads 768 bytes of signs (through L1) for its 128
+#: columns, where its x and y are 512, and it took 1.53x plain MXFP4 on the H100 (06b/06c) at
+#: nearly plain Hadamard-128's instructions (1.25x); with a register cap it ran at plain's
+#: occupancy and no faster (lease 06). SASS (sm_90, bf16 4096 x 4096, coalesced,
+#: ``scripts/triton_sass_stats.py``), instructions an element / registers, masks -> words: MXFP4 +
+#: random Hadamard-128 33.5 / 255 -> 36.3 / 185, random Hadamard-256 42.8 / 255 -> 44.5 / 192,
+#: MXFP8 + random Hadamard-128 28.6 / 173 -> 31.2 / 168, NVFP4 + random Hadamard-128 (QDQ pass)
+#: 37.2 / 189 -> 40.1 / 255; no spills, no shared-memory access more. The inverse's words load
+#: apart from the forward's (``evict_last`` there): one shared load let the compiler spread the
+#: inverse's bits early and hold them (255 registers). The same bits (a sign flip is exact).
+#: Off until a GPU times it (``scripts/bench_qdq_triton.py``'s "sign words" column).
+SIGN_WORDS = False
 
 #: Register cap (ptxas ``.maxnreg``) of the QDQ pass where rotation blocks of at least
 #: :data:`ROT_HELD_MAX` are held and loaded coalesced (``ROT_TILE == 2``); 0: none (ptxas picks,
@@ -1851,8 +1915,8 @@ class _FastCall:
     places; constant tensors of the call (a random rotation's signs and inverse multipliers,
     cached) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`_DIRECT_TRITON`) are read
-    when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`,
+    :data:`_DIRECT_TRITON`) are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
