@@ -1651,7 +1651,10 @@ SIGN_BITS = True
 #: 37.2 / 189 -> 40.1 / 255; no spills, no shared-memory access more. The inverse's words load
 #: apart from the forward's (``evict_last`` there): one shared load let the compiler spread the
 #: inverse's bits early and hold them (255 registers). The same bits (a sign flip is exact).
-#: Off until a GPU times it (``scripts/bench_qdq_triton.py``'s "sign words" column).
+#: Timed once (H100, results/lease-2026-12-06d, ``scripts/bench_qdq_triton.py``'s "sign words"
+#: column), x plain MXFP4 / NVFP4 at 16M / 64M, masks -> words: MXFP4 + random Hadamard-128 1.68 /
+#: 1.52 -> 1.62 / 1.50, NVFP4 + random Hadamard-128 1.66 / 1.51 -> 1.54 / 1.47 (plain Hadamard-128:
+#: 1.25). Off until a second run agrees.
 SIGN_WORDS = False
 
 #: Register cap (ptxas ``.maxnreg``) of the QDQ pass where rotation blocks of at least
