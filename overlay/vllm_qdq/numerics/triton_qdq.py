@@ -474,8 +474,9 @@ if triton is not None:
         """16-bit sign masks (int16 ``0`` or ``-2**15``) of a tile's columns in :func:`_block_cols`'s
         shape, from its sign words: column ``j`` of a word (bit ``j // 2 + 16 (j % 2)``) shifted
         left by ``15 - j // 2``, which puts an even column's bit at 15 and the next column's at 31
-        of the same word, so that a pair of packed 16-bit values takes one shift and one logic
-        operation."""
+        of the same word: what a pair of packed 16-bit values needs, one shift and one logic
+        operation for the two, were the compiler to see it (sm_90 SASS, MXFP4 + random
+        Hadamard-128: ~1.6 instructions an element, not 1)."""
         j = tl.arange(0, 32)[None, None, None, :]
         t = _sign_words(ptr, k0, rows, BLOCK_R, BLOCK_K, RB, "evict_last") << (15 - (j >> 1))
         m = (t >> ((j & 1) * 16)) & 0x8000
@@ -1436,7 +1437,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     mults = None
     if consts["HAS_SIGNS"] in (2, 3) or consts["INV_MULTS"]:
         # random signs held whole by a thread, padded to whole tiles (loaded unmasked): as sign
-        # masks for 16-bit inputs; the inverse's multipliers (signs * ROT_SCALE)
+        # masks or sign words for 16-bit inputs; the inverse's multipliers (signs * ROT_SCALE)
         step = block_k if amax is None else max(block_k, amax[1])  # powers of two
         padded = _cdiv(max(r.k, ex.kp), step) * step
         if consts["HAS_SIGNS"] == 3:
@@ -1638,9 +1639,9 @@ SIGN_BITS = True
 #: where :data:`SIGN_BITS` would use 16-bit masks (blocks held whole, loaded coalesced, bf16 / fp16
 #: input), for the forward and the inverse alike (no :data:`INV_MULTS_MIN` multipliers). Each
 #: thread loads its blocks' words once (16 bytes for 128 columns: :func:`_sign_words`) and
-#: spreads them over the columns in registers, one shift and one logic operation for a pair of
-#: packed 16-bit values forward (:func:`_sign_masks16`) and for each fp32 value of the inverse
-#: (:func:`_sign_masks32`, after the scale's product). Why: with the masks and multipliers a
+#: spreads them over the columns in registers: forward into the packed 16-bit values
+#: (:func:`_sign_masks16`; ~1.6 instructions an element in the SASS), and a shift and a logic
+#: operation for each fp32 value of the inverse (:func:`_sign_masks32`, after the scale's product). Why: with the masks and multipliers a
 #: thread of MXFP4 + random Hadamard-128 reads 768 bytes of signs (through L1) for its 128
 #: columns, where its x and y are 512, and it took 1.53x plain MXFP4 on the H100 (06b/06c) at
 #: nearly plain Hadamard-128's instructions (1.25x); with a register cap it ran at plain's
