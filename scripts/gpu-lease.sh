@@ -47,7 +47,9 @@
 # ~46 s (4-s turns); bench both (06b, H100): 8 engines up at ~155 s, profiles to ~260 s, rounds of
 # both models ~66 s (3-s turns): B >= 460 for 3 rounds. A lease of the whole suite (06c, H100,
 # 1,764 s held with a 95-s probe after it): staging 80 s, prep 358 s, checks 578 s + wait 96 s
-# (every check step done at +674 s), bench both 520 summary 517 s.
+# (every check step done at +674 s), bench both 520 summary 517 s. 06d (H100, partial): prep with
+# LEASE_PREP=bench-qdq LEASE_KERNELS=prep 368 s (bench-qdq 79 s, kernels alone 129 s), bench both
+# 520 summary 485 s (profiles done at +175 s, 4 rounds).
 # LEASE_SITE (default /opt/gpu-site): where the staging installed vLLM.
 set -u
 cd "$(dirname "$0")/.."
