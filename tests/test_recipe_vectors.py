@@ -217,7 +217,9 @@ def test_sign_words_pack_each_column_in_its_half() -> None:
     assert w.dtype == torch.int32 and w.shape == (32,)
     w64 = w.to(torch.int64) & 0xFFFFFFFF
     j = torch.arange(1024) % 32
-    bit = (w64[torch.arange(1024) // 32] >> (j // 2 + 16 * (j % 2))) & 1
+    at = j // 2 + 16 * (j % 2)  # each column's bit in its word
+    word = w64[torch.arange(1024) // 32]  # each column's word
+    bit = (word >> at) & 1
     assert torch.equal(bit[:384] == 1, d < 0) and not bit[384:].any()
     # the 16-bit form: word << (15 - p) holds column 2p's sign at bit 15 and column 2p + 1's at 31
     p = torch.arange(16)
@@ -225,7 +227,7 @@ def test_sign_words_pack_each_column_in_its_half() -> None:
     lo, hi = (pairs >> 15) & 1, (pairs >> 31) & 1
     assert torch.equal(torch.stack((lo, hi), dim=-1).reshape(-1), bit)
     # the fp32 form: word << (31 - bit index) holds the column's sign at bit 31
-    top = ((w64[torch.arange(1024) // 32] << (31 - (j // 2 + 16 * (j % 2)))) >> 31) & 1
+    top = ((word << (31 - at)) >> 31) & 1
     assert torch.equal(top, bit)
     assert hadamard_sign_words(Rotation(block=128), 384, "cpu", 1024) is None
     with pytest.raises(ValueError, match="length 400 is not a multiple of 32"):

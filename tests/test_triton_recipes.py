@@ -211,12 +211,21 @@ def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layo
             assert set(folds) == {want_fold if fold else 0}, (folds, fold)
 
 
-@pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), [
-    ("mxfp4", torch.bfloat16, (8, 2304), {"rotate": {"block": 128, "seed": 3}}),  # K tiles at 0, 1024, 2048
-    ("nvfp4", torch.float16, (40, 2304), {"rotate": {"block": 64, "seed": 4}}),  # and the amax pass's
-    ("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # one tile past KP
-    ("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}}),  # held halves (ROT_SPLIT)
-], ids=["mxfp4-k-tiles", "nvfp4-amax-pass", "nvfp4-one-tile", "mxfp4-h256"])
+#: Random rotations over every kind of tile the signs' tensors must cover (the sign masks' and
+#: the sign words' tests): (format, dtype, shape, qdq keyword arguments).
+SIGN_TILE_CASES = [
+    pytest.param("mxfp4", torch.bfloat16, (8, 2304), {"rotate": {"block": 128, "seed": 3}},
+                 id="mxfp4-k-tiles"),  # K tiles at 0, 1024, 2048
+    pytest.param("nvfp4", torch.float16, (40, 2304), {"rotate": {"block": 64, "seed": 4}},
+                 id="nvfp4-amax-pass"),  # and the amax pass's
+    pytest.param("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}},
+                 id="nvfp4-one-tile"),  # one tile past KP
+    pytest.param("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}},
+                 id="mxfp4-h256"),  # held halves (ROT_SPLIT)
+]
+
+
+@pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), SIGN_TILE_CASES)
 def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
                                       monkeypatch) -> None:
     """:data:`SIGN_BITS`: random signs as 16-bit sign masks, loaded unmasked from a tensor padded
@@ -232,12 +241,9 @@ def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: t
 
 
 @pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), [
-    ("mxfp4", torch.bfloat16, (8, 2304), {"rotate": {"block": 128, "seed": 3}}),  # K tiles at 0, 1024, 2048
-    ("nvfp4", torch.float16, (40, 2304), {"rotate": {"block": 64, "seed": 4}}),  # and the amax pass's
-    ("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # one tile past KP
-    ("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}}),  # held halves (ROT_SPLIT)
-    ("mxfp8_e4m3", torch.bfloat16, (6, 1024), {"rotate": {"block": 128, "seed": 7}}),
-], ids=["mxfp4-k-tiles", "nvfp4-amax-pass", "nvfp4-one-tile", "mxfp4-h256", "mxfp8-h128"])
+    *SIGN_TILE_CASES,
+    pytest.param("mxfp8_e4m3", torch.bfloat16, (6, 1024), {"rotate": {"block": 128, "seed": 7}}, id="mxfp8-h128"),
+])
 def test_sign_words_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
                                       monkeypatch) -> None:
     """:data:`SIGN_WORDS` (off by default): random signs packed one bit a column, the forward's
