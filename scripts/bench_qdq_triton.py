@@ -15,6 +15,7 @@ from one table row to the next), "graph" = GPU time per call of 20 calls replaye
 
     python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--no-sweeps]
                                        [--no-options | --options-only]
+    python scripts/bench_qdq_triton.py --l2-table
 
 ``--check`` exits 1 below issue 16's targets: kernel ratio >= 0.90 at 64M and >= 0.85 at 16M
 for one-pass formats; >= 0.60 at 64M and >= 0.80 at 16M for two-pass ones (a whole-tensor amax
@@ -48,6 +49,10 @@ multiplied (the "no fold" column: ``ROT_FOLD`` off); Hadamard-128 and up in the 
 also with the register caps of :data:`CAP_SWEEP` beside the default (``ROT_MAXNREG``, uncapped):
 "cap 168", "cap 200"; random rotations in the coalesced layout also with ``SIGN_WORDS`` switched
 (the "sign words" column: signs packed a bit a column against 16-bit masks and fp32 multipliers).
+
+``--l2-table`` (alone): a copy, a read of x and the two-pass recipes at 8 to 128 MB after a dirty,
+a clean and a hot L2 (:func:`bench_l2_state`): whether a two-pass call's second read comes from the
+L2, and what the main table's flush (a zeroed buffer: written lines left in the L2) costs them.
 """
 
 from __future__ import annotations
@@ -57,7 +62,14 @@ import statistics
 import sys
 
 import torch
-from vllm_qdq.study.gpu_timing import graph_us, host_us, host_us_interleaved, kernel_ms
+from vllm_qdq.study.gpu_timing import (
+    L2_STATES,
+    graph_us,
+    host_us,
+    host_us_interleaved,
+    kernel_ms,
+    kernel_us_l2,
+)
 
 SIZES = ((4096, 4096), (8192, 8192))
 DECODE_ROWS = (1, 16, 64, 256)
@@ -279,6 +291,40 @@ def bench_two_pass_split() -> None:
         print(line, flush=True)
 
 
+#: rows x 4096 bf16 of the L2-state table (``--l2-table``): 4M to 64M elements, 8 to 128 MB
+L2_ROWS = (1024, 2048, 3072, 4096, 6144, 8192, 16384)
+#: (label, format, global amax) the L2-state table times beside a copy and a read (torch.amax)
+L2_CALLS = (("nvfp4", "nvfp4", None), ("fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", None),
+            ("nvfp4 (global_amax given)", "nvfp4", GIVEN_AMAX), ("mxfp4", "mxfp4", None))
+
+
+def bench_l2_state(rows: tuple[int, ...] = L2_ROWS, cols: int = 4096) -> None:
+    """Issue 16's two-pass question: does the second read of x come from the L2, and what does the
+    timer's L2 flush cost? Microseconds of one call replayed from a CUDA graph (:func:`kernel_us_l2`)
+    after each L2 state of :data:`L2_STATES`, for a copy, a read of x (``torch.amax``) and the calls
+    of :data:`L2_CALLS`, at rows x ``cols`` bf16 for ``rows``; then copy time / call time in the same
+    state. Figures only (no target reads them): they say which state the targets' ratios hold in."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    print("\nL2 state before the call (us, one call replayed from a CUDA graph, median of 40): dirty = a 256 MB "
+          "buffer zeroed (do_bench's flush, the main table's), clean = zeroed then another 256 MB read (no written "
+          "lines left), hot = nothing between calls; then copy time / call time in the same state")
+    names = ["copy_", "read (torch.amax)", *(label for label, *_ in L2_CALLS)]
+    print(f"{f'rows x {cols}':>11s} {'MB':>4s} {'state':>5s}" + "".join(f" {n[:24]:>24s}" for n in names))
+    for r in rows:
+        x = torch.randn(r, cols, device="cuda", dtype=torch.bfloat16)
+        y = torch.empty_like(x)
+        fns = {"copy_": lambda: y.copy_(x), "read (torch.amax)": lambda: torch.amax(x)}  # noqa: B023
+        for label, fmt, gamax in L2_CALLS:
+            fns[label] = (lambda spec=FORMATS[fmt], gamax=gamax: triton_qdq.qdq(x, spec, "floor", -1, gamax))  # noqa: B023
+        for state in L2_STATES:
+            us = {n: kernel_us_l2(fns[n], state) for n in names}
+            print(f"{r:11d} {x.numel() * 2 / 2**20:4.0f} {state:>5s}" + "".join(f" {us[n]:24.1f}" for n in names))
+            print(f"{'':11s} {'':4s} {'ratio':>5s}" + "".join(f" {us['copy_'] / us[n]:24.2f}" for n in names),
+                  flush=True)
+
+
 def bench_narrow() -> None:
     """The float64 recipes in their fp32 form (``NARROW_F64`` on, the default since 2026-12-04)
     and in the float64 form (off), interleaved on, off, on, off, the best of two each."""
@@ -354,12 +400,19 @@ def main() -> int:
     ap.add_argument("--rule", default="floor", help="MX scale rule to time (default floor)")
     ap.add_argument("--no-options", action="store_true", help="skip the issue-18 options table")
     ap.add_argument("--options-only", action="store_true", help="only the issue-18 options table")
+    ap.add_argument("--l2-table", action="store_true",
+                    help="only the L2-state table (bench_l2_state: copy, a read and the two-pass recipes after a "
+                         "dirty, clean or hot L2, 8 to 128 MB)")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "
                          "split, the fp32 form of the float64 recipes)")
     args = ap.parse_args()
     if args.no_options and args.options_only:
         print("--no-options and --options-only exclude each other", file=sys.stderr)
+        return 2
+    if args.l2_table and (args.options_only or args.check):
+        print("--l2-table runs that table alone (no target reads it): not with --options-only or --check",
+              file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -377,6 +430,9 @@ def main() -> int:
     print("GB/s counts 2 x bytes of the bf16 tensor (read + write); ratio = QDQ GB/s / copy GB/s\n")
 
     failures = []
+    if args.l2_table:
+        bench_l2_state()
+        return 0
     if args.options_only:
         bench_options(failures, layouts=not args.no_sweeps)
         return _report(failures, args.check)

@@ -162,3 +162,61 @@ def test_eager_figures_interleave_every_format(monkeypatch) -> None:
     order.clear()
     assert host_us(lambda: order.append("f"), calls=3) >= 0
     assert order.count("f") == 10 + 5 * 3 and order.count("sync") == 1 + 5
+
+
+def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``--l2-table`` (``bench_l2_state``): a copy, a read and each call of ``L2_CALLS`` timed
+    after each L2 state, the ratios copy time / call time of the same state; the calls are the
+    recipes' own (run here in the interpreter: y equals the reference QDQ of x)."""
+    from vllm_qdq.numerics.qdq import quantize_dequantize
+
+    mod = _bench()
+    randn = torch.randn
+    xs: list[torch.Tensor] = []
+
+    def cpu_randn(*a, device=None, **k):
+        xs.append(randn(*a, **k))
+        return xs[-1]
+
+    monkeypatch.setattr(torch, "randn", cpu_randn)
+    timed: list[tuple[str, str]] = []
+    names = ["copy_", "read (torch.amax)", *(label for label, *_ in mod.L2_CALLS)]
+
+    def fake_us(fn, state: str) -> float:
+        out = fn()
+        label = names[len(timed) % len(names)]
+        timed.append((label, state))
+        if label in dict((lbl, f) for lbl, f, _ in mod.L2_CALLS):
+            fmt, gamax = next((f, g) for lbl, f, g in mod.L2_CALLS if lbl == label)
+            want = quantize_dequantize(xs[-1], fmt, global_amax=gamax, backend="reference")
+            assert torch.equal(out.view(torch.int16), want.view(torch.int16)), label
+        return 10.0 if label == "copy_" else 20.0
+
+    monkeypatch.setattr(mod, "kernel_us_l2", fake_us)
+    mod.bench_l2_state(rows=(4,), cols=256)
+    assert timed == [(n, s) for s in mod.L2_STATES for n in names]
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.strip().startswith(("4 ", "ratio"))]
+    assert [r[2] if r[0] == "4" else r[0] for r in rows] == [x for s in mod.L2_STATES for x in (s, "ratio")]
+    ratio = next(r for r in rows if r[0] == "ratio")
+    assert ratio[1:] == ["1.00"] + ["0.50"] * (len(names) - 1)
+
+
+def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
+    """``kernel_us_l2`` names the state it was given and the accepted ones (before touching a GPU);
+    ``--l2-table`` with ``--check`` or ``--options-only`` exits 2 naming the conflict."""
+    import subprocess
+    import sys
+
+    import pytest
+    from vllm_qdq.study.gpu_timing import L2_STATES, kernel_us_l2
+
+    with pytest.raises(ValueError, match="L2 state 'warm'; accepted: dirty, clean, hot"):
+        kernel_us_l2(lambda: None, "warm")
+    assert L2_STATES == ("dirty", "clean", "hot")
+    for extra in ("--check", "--options-only"):
+        p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--l2-table", extra],
+                           capture_output=True, text=True, env={**__import__("os").environ,
+                                                                 "PYTHONPATH": str(REPO / "overlay")})
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith("--l2-table runs that table alone"), p.stderr

@@ -7,6 +7,8 @@ CUDA graph, and the kernels alone.
 * :func:`host_us`: per call, wall time of back-to-back eager calls then one synchronize (what an
   eager caller pays: host-bound when the kernel is shorter than the launch path);
   :func:`host_us_interleaved`: the same for several callables, their batches interleaved.
+* :func:`kernel_us_l2`: one call replayed from a CUDA graph with the L2 left in a chosen state
+  before it (:data:`L2_STATES`): what :func:`kernel_ms`'s flush costs a short kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 
 import torch
 
-__all__ = ["bench_ms", "capture", "graph_us", "host_us", "host_us_interleaved", "kernel_ms"]
+__all__ = ["L2_STATES", "bench_ms", "capture", "graph_us", "host_us", "host_us_interleaved", "kernel_ms",
+           "kernel_us_l2"]
 
 
 def bench_ms(fn, reps: int = 50) -> float:
@@ -43,6 +46,40 @@ def capture(fn, calls: int) -> torch.cuda.CUDAGraph:
 def kernel_ms(fn) -> float:
     """Median ms of one call replayed from a CUDA graph (do_bench: L2 flushed before each)."""
     return bench_ms(capture(fn, 1).replay)
+
+
+#: The L2 states :func:`kernel_us_l2` times a call after: "dirty", a 256 MB buffer zeroed (what
+#: ``triton.testing.do_bench`` and so :func:`kernel_ms` do: the L2 left full of written lines, which
+#: the timed call's own traffic must write back to memory first); "clean", the same zeroing then a
+#: read of another 256 MB buffer (the written lines pushed out before the call: the L2 full of
+#: unmodified lines of neither x nor y); "hot", nothing between replays (x and y left in the L2 by
+#: the previous call where they fit, as when the layer before has just written x).
+L2_STATES = ("dirty", "clean", "hot")
+
+
+def kernel_us_l2(fn, state: str, reps: int = 40) -> float:
+    """Median microseconds of one call of ``fn`` replayed from a CUDA graph, the L2 put in
+    ``state`` (one of :data:`L2_STATES`) before each replay, outside the CUDA events that time it."""
+    if state not in L2_STATES:
+        raise ValueError(f"L2 state {state!r}; accepted: {', '.join(L2_STATES)}")
+    g = capture(fn, 1)
+    flush = torch.empty(64 * 2**20, dtype=torch.int32, device="cuda")  # 256 MB, > any L2 today
+    other = torch.ones(64 * 2**20, dtype=torch.int32, device="cuda") if state == "clean" else None
+    sink = torch.empty((), dtype=torch.int32, device="cuda")
+    times = []
+    for i in range(reps + 5):
+        if state != "hot":
+            flush.zero_()
+            if other is not None:
+                torch.amax(other, dim=0, out=sink)  # a read: evicts the zeroed lines, writes them back
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        if i >= 5:  # the first replays warm up
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def graph_us(fn, calls: int = 20) -> float:
