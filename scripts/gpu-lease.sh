@@ -49,7 +49,9 @@
 # 1,764 s held with a 95-s probe after it): staging 80 s, prep 358 s, checks 578 s + wait 96 s
 # (every check step done at +674 s), bench both 520 summary 517 s. 06d (H100, partial): prep with
 # LEASE_PREP=bench-qdq LEASE_KERNELS=prep 368 s (bench-qdq 79 s, kernels alone 129 s), bench both
-# 520 summary 485 s (profiles done at +175 s, 4 rounds).
+# 520 summary 485 s (profiles done at +175 s, 4 rounds). 06e (H100, the OMP and capture-size fixes
+# in): start ~80 s, staging ~40 s, prep with LEASE_PREP="" 123 s, checks 356 s (all ten steps done
+# inside the call), bench both 480 summary 462 s: the whole suite ~1,300 s.
 # LEASE_SITE (default /opt/gpu-site): where the staging installed vLLM.
 set -u
 cd "$(dirname "$0")/.."
