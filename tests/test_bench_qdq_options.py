@@ -10,8 +10,12 @@ rotations, in both forms; the decided layout columns only in the full form.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .test_triton_qdq import tq  # noqa: F401  (the interpreter fixture)
@@ -186,8 +190,9 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
         out = fn()
         label = names[len(timed) % len(names)]
         timed.append((label, state))
-        if label in dict((lbl, f) for lbl, f, _ in mod.L2_CALLS):
-            fmt, gamax = next((f, g) for lbl, f, g in mod.L2_CALLS if lbl == label)
+        recipe = {lbl: (fmt, gamax) for lbl, fmt, gamax in mod.L2_CALLS}.get(label)
+        if recipe is not None:
+            fmt, gamax = recipe
             want = quantize_dequantize(xs[-1], fmt, global_amax=gamax, backend="reference")
             assert torch.equal(out.view(torch.int16), want.view(torch.int16)), label
         return 10.0 if label == "copy_" else 20.0
@@ -205,10 +210,6 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
 def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     """``kernel_us_l2`` names the state it was given and the accepted ones (before touching a GPU);
     ``--l2-table`` with ``--check`` or ``--options-only`` exits 2 naming the conflict."""
-    import subprocess
-    import sys
-
-    import pytest
     from vllm_qdq.study.gpu_timing import L2_STATES, kernel_us_l2
 
     with pytest.raises(ValueError, match="L2 state 'warm'; accepted: dirty, clean, hot"):
@@ -216,7 +217,6 @@ def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     assert L2_STATES == ("dirty", "clean", "hot")
     for extra in ("--check", "--options-only"):
         p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--l2-table", extra],
-                           capture_output=True, text=True, env={**__import__("os").environ,
-                                                                 "PYTHONPATH": str(REPO / "overlay")})
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
         assert p.returncode == 2, p.stderr
         assert p.stderr.strip().splitlines()[-1].startswith("--l2-table runs that table alone"), p.stderr
