@@ -410,10 +410,15 @@ def main() -> int:
     if args.no_options and args.options_only:
         print("--no-options and --options-only exclude each other", file=sys.stderr)
         return 2
-    if args.l2_table and (args.options_only or args.check):
-        print("--l2-table runs that table alone (no target reads it): not with --options-only or --check",
-              file=sys.stderr)
-        return 2
+    if args.l2_table:
+        given = [flag for flag, on in (("--check", args.check), ("--options-only", args.options_only),
+                                       ("--no-options", args.no_options), ("--no-sweeps", args.no_sweeps),
+                                       (f"--formats {args.formats}", bool(args.formats)),
+                                       (f"--rule {args.rule}", args.rule != "floor")) if on]
+        if given:
+            print(f"--l2-table runs that table alone (its calls fixed: L2_CALLS; no target reads it): not with "
+                  f"{', '.join(given)}", file=sys.stderr)
+            return 2
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -209,14 +209,17 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
 
 def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     """``kernel_us_l2`` names the state it was given and the accepted ones (before touching a GPU);
-    ``--l2-table`` with ``--check`` or ``--options-only`` exits 2 naming the conflict."""
+    ``--l2-table`` with any option of the other tables (what it would not honour) exits 2 naming it."""
     from vllm_qdq.study.gpu_timing import L2_STATES, kernel_us_l2
 
     with pytest.raises(ValueError, match="L2 state 'warm'; accepted: dirty, clean, hot"):
         kernel_us_l2(lambda: None, "warm")
     assert L2_STATES == ("dirty", "clean", "hot")
-    for extra in ("--check", "--options-only"):
-        p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--l2-table", extra],
+    for extra, named in ((["--check"], "--check"), (["--options-only"], "--options-only"),
+                         (["--no-options"], "--no-options"), (["--no-sweeps"], "--no-sweeps"),
+                         (["--formats", "mxfp4"], "--formats mxfp4"), (["--rule", "ceil"], "--rule ceil")):
+        p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--l2-table", *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
         assert p.returncode == 2, p.stderr
-        assert p.stderr.strip().splitlines()[-1].startswith("--l2-table runs that table alone"), p.stderr
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith("--l2-table runs that table alone") and last.endswith(f"not with {named}"), last
