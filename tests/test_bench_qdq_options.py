@@ -185,12 +185,13 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
     monkeypatch.setattr(torch, "randn", cpu_randn)
     timed: list[tuple[str, str]] = []
     names = ["copy_", "read (torch.amax)", *(label for label, *_ in mod.L2_CALLS)]
+    recipes = {label: (fmt, gamax) for label, fmt, gamax in mod.L2_CALLS}
 
     def fake_us(fn, state: str) -> float:
         out = fn()
         label = names[len(timed) % len(names)]
         timed.append((label, state))
-        recipe = {lbl: (fmt, gamax) for lbl, fmt, gamax in mod.L2_CALLS}.get(label)
+        recipe = recipes.get(label)
         if recipe is not None:
             fmt, gamax = recipe
             want = quantize_dequantize(xs[-1], fmt, global_amax=gamax, backend="reference")
