@@ -48,7 +48,8 @@ a power of two (blocks of 16, 64), folded into the block exponents by default, a
 multiplied (the "no fold" column: ``ROT_FOLD`` off); Hadamard-128 and up in the coalesced layout
 also with the register caps of :data:`CAP_SWEEP` beside the default (``ROT_MAXNREG``, uncapped):
 "cap 168", "cap 200"; random rotations in the coalesced layout also with ``SIGN_WORDS`` switched
-(the "sign words" column: signs packed a bit a column against 16-bit masks and fp32 multipliers).
+(the "sign masks" column while the words are the default, "sign words" otherwise: signs packed a
+bit a column against 16-bit masks and fp32 multipliers).
 
 ``--l2-table`` (alone): a copy, a read of x and the two-pass recipes at 8 to 128 MB after a dirty,
 a clean and a hot L2 (:func:`bench_l2_state`): whether a two-pass call's second read comes from the
@@ -141,7 +142,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
         cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
              for n in CAP_SWEEP]
     if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
-        cols.append(("sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
+        cols.append(("sign masks" if triton_qdq.SIGN_WORDS else "sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
                      lambda spec, rot: coalesced(spec, rot) and rot.seed is not None))
     print("\noptions (issue 18): kernel ms per call (one call replayed from a CUDA graph) and time / plain format's time;"
           + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"

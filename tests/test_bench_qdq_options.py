@@ -86,12 +86,13 @@ def _same(option: dict, kw: dict) -> bool:
 
 
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
-    """``--no-sweeps`` (the smoke suite's form): the caps' columns and the sign words' (switched
+    """``--no-sweeps`` (the smoke suite's form): the caps' columns and the signs' other form's (switched
     from the module's value), timed for random Hadamard-128 in the coalesced layout only; no layout
     or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert "cap 168" in head and "cap 200" in head and "sign words" in head
+    other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
+    assert "cap 168" in head and "cap 200" in head and other in head
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS)}}, seen
@@ -102,7 +103,8 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     MX scales unfolded, and the caps where they apply."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=True)
     head = next(line for line in out.splitlines() if line.startswith("option "))
-    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200", "sign words"))
+    other = "sign masks" if tq.SIGN_WORDS else "sign words"
+    assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200", other))
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen

@@ -142,9 +142,11 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         layouts = [p[0] for p in planned]
         assert set(layouts) == {want}, (layouts, want)
-        # random signs: 16-bit sign masks for bf16 / fp16 inputs in the coalesced layout (SIGN_BITS)
-        masks = want == 2 and dtype in (torch.bfloat16, torch.float16) and tq.SIGN_BITS
-        want_signs = (2 if masks else True) if kw["rotate"].get("seed") is not None else False
+        # random signs for bf16 / fp16 inputs in the coalesced layout: sign words (SIGN_WORDS, 3) or
+        # 16-bit sign masks (SIGN_BITS, 2)
+        packed = want == 2 and dtype in (torch.bfloat16, torch.float16)
+        form = 3 if packed and tq.SIGN_WORDS else 2 if packed and tq.SIGN_BITS else True
+        want_signs = form if kw["rotate"].get("seed") is not None else False
         signs = [p[1] for p in planned]
         assert set(signs) == {want_signs}, (signs, want_signs)
         # the register cap: the coalesced layout's blocks of 128 and up (ROT_MAXNREG; 0: none), nowhere else
@@ -228,10 +230,11 @@ SIGN_TILE_CASES = [
 @pytest.mark.parametrize(("fmt", "dtype", "shape", "kw"), SIGN_TILE_CASES)
 def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
                                       monkeypatch) -> None:
-    """:data:`SIGN_BITS`: random signs as 16-bit sign masks, loaded unmasked from a tensor padded
-    to whole tiles, on tiles past the first along K (``k0 > 0``), a last tile past K, the amax
-    pass's tiles and one tile wider than the padded K: the reference's bits, with the masks in
-    use."""
+    """:data:`SIGN_BITS` with :data:`SIGN_WORDS` off (on by default): random signs as 16-bit sign
+    masks, loaded unmasked from a tensor padded to whole tiles, on tiles past the first along K
+    (``k0 > 0``), a last tile past K, the amax pass's tiles and one tile wider than the padded K:
+    the reference's bits, with the masks in use."""
+    monkeypatch.setattr(tq, "SIGN_WORDS", False)
     used = _record_plan(tq, monkeypatch, "HAS_SIGNS")
     torch.manual_seed(1)
     x = (torch.randn(*shape) * torch.logspace(-2, 2, shape[1])).to(dtype)
@@ -246,7 +249,7 @@ def test_sign_masks_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: t
 ])
 def test_sign_words_over_every_k_tile(tq, fmt: str, dtype: torch.dtype, shape: tuple, kw: dict,  # noqa: F811
                                       monkeypatch) -> None:
-    """:data:`SIGN_WORDS` (off by default): random signs packed one bit a column, the forward's
+    """:data:`SIGN_WORDS` (on by default; set here all the same): random signs packed one bit a column, the forward's
     into the raw 16-bit values, the inverse's into the fp32 sign bits (no multipliers), on tiles
     past the first along K, a last tile past K, the amax pass's tiles and one tile wider than the
     padded K: the reference's bits, with the words in use; NaN and Inf spread as the reference's."""

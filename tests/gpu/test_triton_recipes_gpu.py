@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from vllm_qdq.numerics.qdq import quantize_dequantize
+from vllm_qdq.numerics.triton_qdq import SIGN_WORDS
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
@@ -98,7 +99,7 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 
 @pytest.mark.parametrize(("switch", "value"), [("ROT_TILE_MAX", 0), ("ROT_COALESCE", False), ("ROT_MAXNREG", 168),
-                                               ("ROT_MAXNREG", 200), ("SIGN_WORDS", True)])
+                                               ("ROT_MAXNREG", 200), ("SIGN_WORDS", not SIGN_WORDS)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
@@ -106,7 +107,8 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
     layout" column), ``ROT_COALESCE`` off (whole blocks in a thread, loaded and stored in that
     layout: the "uncoalesced" column), the coalesced layout's other register caps
     (``ROT_MAXNREG`` 168 and 200: the "cap 168" and "cap 200" columns) and random signs packed a
-    bit a column (``SIGN_WORDS``: the "sign words" column)."""
+    bit a column, or as 16-bit masks, whichever is not the default (``SIGN_WORDS`` switched: the
+    "sign masks" column while the words are the default)."""
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, switch, value)
