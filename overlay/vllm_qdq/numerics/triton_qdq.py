@@ -21,7 +21,10 @@ Kernels (one program per ``[BLOCK_R, BLOCK_K]`` tile, tile shape and ``num_warps
 static table keyed on the format and ``K``, never on the number of rows):
 
 * ``_qdq_block_kernel``: block recipes (MX, NVFP4, FP8 per-group128[/ue8m0]) and per-tensor
-  recipes; every scale group lies inside one tile, so x is read once and y written once.
+  recipes; every scale group lies inside one tile, so x is read once and y written once. A
+  two-pass call of one tile reduces its own tensor amax (:data:`ONE_TILE_MAX`); with
+  :data:`GRID_SYNC` (off), one whose programs all fit on the GPU at once reduces it across them at
+  a grid barrier (``SYNC``): one launch, no amax pass.
 * ``_qdq_row_kernel``: per-row recipes (FP8 per-token / per-channel, INT8). A row of up to
   ``_ROW_SINGLE_MAX`` elements is one tile (one read); longer rows are swept twice (amax,
   then QDQ; the second sweep mostly hits L2).
@@ -1004,10 +1007,10 @@ if triton is not None:
         others, spinning while the generation is the one they read. So every launch leaves the words
         as it found them but for the generation (compared for equality only: its wrap is harmless).
 
-        Lowering (Triton 3.6 for sm_90, PTX read in ``scripts/check_triton_compile.py`` and the
-        report of 2026-12-07): a scalar atomic is issued by one thread of the program (predicated on
+        Lowering (Triton 3.6 for sm_90: its PTX, which ``scripts/check_triton_compile.py`` checks,
+        ``_check_sync_ptx``): a scalar atomic is issued by one thread of the program (predicated on
         thread 0), and where its result is used that thread stores it to shared memory, ``bar.sync``,
-        and every thread loads it back (``finalizeAtomicResults``): the count and the generation
+        and every thread loads it back (Triton's lowering of ``tt.atomic_rmw``): the count and the generation
         each program compares are the same in all its threads, so both branches and the ``while``
         loop (its exit condition from that broadcast; Triton puts a ``bar.sync`` at the loop head
         before the shared slot is written again) are uniform. ``atomic_add(p, 0)`` with
