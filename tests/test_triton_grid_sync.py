@@ -134,3 +134,36 @@ def test_grid_limit_and_growth(tq, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setattr(tq, "_INTERPRETED", True)
     assert [tq._grid_sync_grow(cpu, n, 1, 4, 1) for n in (1, 2)] == [0, 0]  # four programs a row
     assert [tq._grid_sync_grow(cpu, n, 1, 1, 1) for n in (1, 8, 16, 32)] == [1, 8, 16, 0]
+
+
+def test_barrier_spins_until_the_last_arrival(tq) -> None:  # noqa: F811
+    """``_grid_barrier`` itself, the spin included, in the interpreter: one program of a two-program
+    grid, the other played by this thread on the same words. Arriving first (the count 0 -> 1), the
+    program spins on the generation (its ``while`` loop) and does not pass while the other has not
+    arrived; the other's arrival as the last (the count back to 0, the generation bumped) lets it
+    through. Arriving last itself (the other already counted), it resets the count, bumps the
+    generation and passes at once."""
+    import importlib
+    import threading
+    import time
+
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    words = torch.tensor([0, 41], dtype=torch.int32)
+    out = torch.zeros(1, dtype=torch.int32)
+    run = threading.Thread(target=lambda: k.grid_barrier_kernel[(1,)](words, out, 2), daemon=True)
+    run.start()
+    deadline = time.monotonic() + 30
+    while int(words[0]) == 0 and time.monotonic() < deadline:  # wait for its arrival
+        time.sleep(0.01)
+    assert words.tolist() == [1, 41]
+    time.sleep(0.3)
+    assert int(out[0]) == 0 and run.is_alive()  # arrived, waiting at the barrier
+    words[0] = 0  # the other program arrives last: the count reset, then the generation bumped
+    words[1] += 1
+    run.join(timeout=30)
+    assert not run.is_alive() and int(out[0]) == 1 and words.tolist() == [0, 42]
+    words[0], out[0] = 1, 0  # the other program arrived first: this one is the last
+    k.grid_barrier_kernel[(1,)](words, out, 2)
+    assert int(out[0]) == 1 and words.tolist() == [0, 43]
