@@ -292,23 +292,24 @@ GRID_SYNC_CALLS = (("nvfp4", "floor", "nearest", None), ("nvfp4", "four_over_six
 
 def _grid_sync_paths(sms: int = 132) -> int:
     """The two-pass recipes in one launch with a grid barrier (``GRID_SYNC``) as an H100 (``sms``
-    SMs) plans them at 16, 64 and 256 rows x 4096 and 37 x 4000, bf16 and fp32, with the default tile
-    table and sm_90's (``tile_configs.json``: one row a program, grown by rows and warps to fit):
-    each call must launch the QDQ kernel alone, with ``SYNC`` (its PTX checked by
+    SMs) plans them at 16, 64 and 256 rows x 4096, 37 x 4000 and 4 x 1024 (one tile with one-tile
+    calls off: a grid of one program, whose count Triton specializes to a constant), bf16 and fp32,
+    with the default tile table and sm_90's (``tile_configs.json``: one row a program, grown by rows
+    and warps to fit): each call must launch the QDQ kernel alone, with ``SYNC`` (its PTX checked by
     :func:`_check_sync_ptx`)."""
     from vllm_qdq.numerics.formats import get_format
     from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
 
     failures = 0
-    saved = (triton_qdq.GRID_SYNC, triton_qdq._sm_count, dict(triton_qdq.TILE_CONFIG))
-    triton_qdq.GRID_SYNC, triton_qdq._sm_count = True, lambda device: sms
+    saved = (triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX, dict(triton_qdq.TILE_CONFIG))
+    triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX = True, lambda device: sms, 0
     try:
         for table in ({}, triton_qdq.tile_configs().get("sm_90", {})):
-            triton_qdq.TILE_CONFIG.update(saved[2] | table)
+            triton_qdq.TILE_CONFIG.update(saved[3] | table)
             for fmt, rule, rounding, rot in GRID_SYNC_CALLS:
                 spec = get_format(fmt)
                 for dtype in (torch.bfloat16, torch.float32):
-                    for rows, k in ((16, 4096), (64, 4096), (256, 4096), (37, 4000)):
+                    for rows, k in ((16, 4096), (64, 4096), (256, 4096), (37, 4000), (4, 1024)):
                         x = torch.empty(rows, k, dtype=dtype)
                         r = Rotation(block=rot[0], seed=rot[1], pad=True) if rot else None
                         kp = r.padded(k) if r else k
@@ -325,9 +326,9 @@ def _grid_sync_paths(sms: int = 132) -> int:
                             failures += 1
                             print(f"FAIL {label}: {str(e).strip().splitlines()[-1][:300]}")
     finally:
-        triton_qdq.GRID_SYNC, triton_qdq._sm_count = saved[:2]
+        triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX = saved[:3]
         triton_qdq.TILE_CONFIG.clear()
-        triton_qdq.TILE_CONFIG.update(saved[2])
+        triton_qdq.TILE_CONFIG.update(saved[3])
     return failures
 
 
