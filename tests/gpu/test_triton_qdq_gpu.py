@@ -327,16 +327,20 @@ def test_narrow_form_with_redone_tiles(name: str, dtype: torch.dtype) -> None:
 # ---------------------------------------------------------------------------- GRID_SYNC (off by default)
 #: Set in the child process that runs the grid-barrier checks (``test_grid_sync_one_launch``).
 _GRID_SYNC_CHILD = "QDQ_GRID_SYNC_CHILD"
-#: (format, quantize_dequantize options, shapes): NVFP4, with four over six, FP8 per-tensor at decode
-#: sizes and a shape of neither power of two; rotated ones at one size
+#: (format, quantize_dequantize options, dtype, shapes): NVFP4, with four over six, FP8 per-tensor;
+#: bf16 at the decode sizes (one program a tile-row grown 1x, 2x, 8x: 64 / 128 / 128 programs) and a
+#: shape of neither power of two, fp32 at two of them; rotated ones at one size (each shape a compiled
+#: variant: the set is kept small)
+_GS_SHAPES, _GS_SOME = ((16, 4096), (64, 4096), (256, 4096), (37, 4000)), ((16, 4096), (37, 4000))
 GRID_SYNC_CASES = (
-    ("nvfp4", {}, ((16, 4096), (64, 4096), (256, 4096), (37, 4000))),
-    ("nvfp4", {"scale_rule": "four_over_six"}, ((16, 4096), (64, 4096), (256, 4096), (37, 4000))),
-    ("fp8_e4m3_per_tensor", {}, ((16, 4096), (64, 4096), (256, 4096), (37, 4000))),
-    ("nvfp4", {"rotate": {"block": 128, "seed": 1}}, ((64, 4096),)),
-    ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}, ((64, 4096),)),
+    *((fmt, kw, dtype, _GS_SHAPES if dtype == torch.bfloat16 else _GS_SOME)
+      for fmt, kw in (("nvfp4", {}), ("nvfp4", {"scale_rule": "four_over_six"}), ("fp8_e4m3_per_tensor", {}))
+      for dtype in (torch.bfloat16, torch.float32)),
+    ("nvfp4", {"rotate": {"block": 128, "seed": 1}}, torch.bfloat16, ((64, 4096),)),
+    ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}, torch.bfloat16, ((64, 4096),)),
 )
-GRID_SYNC_IDS = ("nvfp4", "nvfp4-46", "per-tensor", "nvfp4-h128r", "per-tensor-h32")
+GRID_SYNC_IDS = ("nvfp4-bf16", "nvfp4-fp32", "nvfp4-46-bf16", "nvfp4-46-fp32", "per-tensor-bf16", "per-tensor-fp32",
+                 "nvfp4-h128r-bf16", "per-tensor-h32-bf16")
 _child_only = pytest.mark.skipif(not os.environ.get(_GRID_SYNC_CHILD),
                                  reason="run in a child process by test_grid_sync_one_launch (a deadlock times out)")
 
@@ -410,9 +414,8 @@ def _needs_132_sms(triton_qdq) -> None:
 
 
 @_child_only
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
-@pytest.mark.parametrize(("fmt", "kw", "shapes"), GRID_SYNC_CASES, ids=GRID_SYNC_IDS)
-def test_grid_sync_bits(fmt: str, kw: dict, shapes: tuple, dtype: torch.dtype, monkeypatch) -> None:
+@pytest.mark.parametrize(("fmt", "kw", "dtype", "shapes"), GRID_SYNC_CASES, ids=GRID_SYNC_IDS)
+def test_grid_sync_bits(fmt: str, kw: dict, dtype: torch.dtype, shapes: tuple, monkeypatch) -> None:
     """With ``GRID_SYNC`` on, each call is one launch of the QDQ kernel with ``SYNC`` (no amax
     pass), recorded and then replayed by the eager fast path, and gives the two-launch path's bits
     (``GRID_SYNC`` off), NaN / Inf / huge / subnormal values included; the barrier's words end each
