@@ -168,6 +168,13 @@ def _check_sync_ptx(name: str, ptx: str, pdl: bool) -> None:
     if pdl or "griddepcontrol" in ptx:
         raise ValueError(f"{name}: SYNC launched or compiled as a programmatic dependent launch")
     lines = [ln.strip() for ln in ptx.splitlines()]
+    # the pairs are loaded after the spin's back branch and a bar.sync: no thread reads them before the
+    # program has passed the barrier
+    last_acq = max(i for i, ln in enumerate(lines) if "ld.global.gpu.acquire" in ln)
+    back = next(i for i in range(last_acq, len(lines)) if " bra" in lines[i] or lines[i].startswith("bra"))
+    first_cg = min(i for i, ln in enumerate(lines) if "ld.global.cg" in ln)
+    if not (back < first_cg and any(ln.startswith("bar.sync") for ln in lines[back:first_cg])):
+        raise ValueError(f"{name}: the pairs' .cg loads are not after the spin and a bar.sync")
     for i, ln in enumerate(lines):
         if ("atom.global" in ln or "ld.global.gpu.acquire" in ln) and not ln.startswith("@"):
             raise ValueError(f"{name}: an unpredicated grid-barrier access (every thread would issue it): {ln}")
