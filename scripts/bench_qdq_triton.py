@@ -16,6 +16,7 @@ from one table row to the next), "graph" = GPU time per call of 20 calls replaye
     python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--no-sweeps]
                                        [--no-options | --options-only]
     python scripts/bench_qdq_triton.py --l2-table
+    timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table
 
 ``--check`` exits 1 below issue 16's targets: kernel ratio >= 0.90 at 64M and >= 0.85 at 16M
 for one-pass formats; >= 0.60 at 64M and >= 0.80 at 16M for two-pass ones (a whole-tensor amax
@@ -54,6 +55,13 @@ bit a column against 16-bit masks and fp32 multipliers).
 ``--l2-table`` (alone): a copy, a read of x and the two-pass recipes at 8 to 128 MB after a dirty,
 a clean and a hot L2 (:func:`bench_l2_state`): whether a two-pass call's second read comes from the
 L2, and what the main table's flush (a zeroed buffer: written lines left in the L2) costs them.
+
+``--grid-sync-table`` (alone; not among the default tables): the two-pass recipes at 16-256 rows x
+4096 in one launch whose programs meet at a grid barrier (``triton_qdq.GRID_SYNC``, off by default)
+against the two-launch path, graph and eager, beside a copy and issue 16's targets, with the
+launches each path made and whether their outputs agree bit for bit (:func:`bench_grid_sync`). Not yet
+run on a GPU: a barrier that never opens would hang the process, so run it as
+``timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table``.
 """
 
 from __future__ import annotations
@@ -363,6 +371,103 @@ def bench_pdl(rounds: int = 3) -> None:
                        "programmatic dependent launch (PDL) and not", rounds=2)
 
 
+#: rows x 4096 bf16 and formats of the grid-barrier table (``--grid-sync-table``, :func:`bench_grid_sync`)
+GRID_SYNC_ROWS = (16, 64, 256)
+GRID_SYNC_FORMATS = ("nvfp4", "fp8_e4m3_per_tensor")
+
+
+def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, cols: int = 4096) -> None:
+    """The two-pass recipes in one launch with a grid barrier (``triton_qdq.GRID_SYNC``, off by
+    default) and in two (amax pass, QDQ pass), decode-sized (``rows`` x ``cols`` bf16): us per call
+    replayed from a CUDA graph (on and off interleaved, ``rounds`` times, the best of each) and eager
+    (wall time per call of back-to-back calls, the median of :data:`EAGER_ROUNDS` rounds with the
+    copy's, on's and off's batches interleaved, as the decode table's eager figures; each call also
+    sets the switch and the eager fast path's table of its mode: two attribute stores, both modes
+    alike), beside a copy's; issue 16's targets (graph <= 2 x copy's graph; eager <= graph +
+    EAGER_OVERHEAD_US) for the one-launch figures; the launches each path made (``_launch`` probed
+    directly: 1 where the barrier path was taken) and whether its output equals the other path's bit
+    for bit (integer views: NaN-safe) on random values and on values with an Inf and a NaN. Figures
+    only (no target fails the run): untimed, not yet run on a GPU. A barrier that never opens hangs
+    the process: run this table alone under ``timeout`` (each row is named before it is timed)."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    if not hasattr(triton_qdq, "GRID_SYNC"):  # an older tree
+        return
+    print(f"\ntwo-pass recipes in one launch with a grid barrier (GRID_SYNC, default {triton_qdq.GRID_SYNC}) and in "
+          f"two: us per call, rows x {cols} bf16; graph = replayed from a CUDA graph (best of {rounds}, on / off "
+          f"interleaved), eager = back-to-back calls (median of {EAGER_ROUNDS} interleaved rounds); targets: graph <= "
+          f"{GRAPH_FACTOR:.0f} x copy's, eager <= graph + {EAGER_OVERHEAD_US:.0f}; launches on/off; equal: "
+          "the two paths' outputs bit for bit")
+    print(f"{'format':22s} {'rows':>5s} {'copy gr':>7s} {'copy eg':>7s} {'graph on':>8s} {'off':>6s} "
+          f"{f'<={GRAPH_FACTOR:.0f}xcopy':>8s} {'met':>3s} {'eager on':>8s} {'off':>6s} "
+          f"{f'<=gr+{EAGER_OVERHEAD_US:.0f}':>6s} {'met':>3s} {'launch':>6s} "
+          f"{'equal':>5s}")
+    saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
+    try:
+        for fmt in GRID_SYNC_FORMATS:
+            spec = FORMATS[fmt]
+            for n in rows:
+                print(f"  (timing {fmt} at {n} rows)", flush=True)  # a deadlock: the last row named
+                x = torch.randn(n, cols, device="cuda", dtype=torch.bfloat16)
+                y = torch.empty_like(x)
+                launches, outs = {}, {}
+                for on in (True, False):  # the launcher probed: what each path launches, and its output
+                    triton_qdq.GRID_SYNC = on
+                    outs[on] = []
+                    for v in (x, _with_specials(x)):
+                        out, rec = torch.empty_like(v), []
+                        triton_qdq._launch(v, out, triton_qdq._rows(v, out, 1), spec, "floor", None, rec=rec)
+                        outs[on].append(out)
+                        launches[on] = len(rec)
+                torch.cuda.synchronize()
+                equal = all(torch.equal(a.view(torch.int16), b.view(torch.int16))
+                            for a, b in zip(outs[True], outs[False], strict=True))
+                graph = {True: float("inf"), False: float("inf")}
+                for _ in range(rounds):
+                    for on in (True, False):
+                        graph[on] = min(graph[on], graph_us_with(triton_qdq, "GRID_SYNC", on,
+                                                                 lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+                copy_graph = graph_us(lambda: y.copy_(x))  # noqa: B023
+                fns = {"copy_": lambda: y.copy_(x)}  # noqa: B023
+                for on in (True, False):  # each mode's own recorded calls: the fast path's table swapped per call
+                    fns[on] = _mode_call(triton_qdq, on, x, spec)
+                eager = {k: statistics.median(v) for k, v in
+                         host_us_interleaved(fns, rounds=EAGER_ROUNDS).items()}
+                triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch  # the modes' calls swapped them
+                g_ok = graph[True] <= GRAPH_FACTOR * copy_graph
+                e_ok = eager[True] <= graph[True] + EAGER_OVERHEAD_US
+                print(f"{fmt:22s} {n:5d} {copy_graph:7.1f} {eager['copy_']:7.1f} {graph[True]:8.1f} {graph[False]:6.1f} "
+                      f"{GRAPH_FACTOR * copy_graph:8.1f} {'yes' if g_ok else 'no':>3s} {eager[True]:8.1f} "
+                      f"{eager[False]:6.1f} {graph[True] + EAGER_OVERHEAD_US:6.1f} {'yes' if e_ok else 'no':>3s} "
+                      f"{f'{launches[True]}/{launches[False]}':>6s} {'yes' if equal else 'NO':>5s}", flush=True)
+    finally:
+        triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+        triton_qdq._FAST.clear()
+
+
+def _with_specials(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with an Inf and a NaN in its first row (a NaN/Inf block, and NVFP4's finite amax)."""
+    x = x.clone()
+    x[0, 1], x[0, -1] = float("inf"), float("nan")
+    return x
+
+
+def _mode_call(triton_qdq, on: bool, x: torch.Tensor, spec):
+    """A call of ``spec`` on ``x`` with ``GRID_SYNC`` set to ``on`` and the eager fast path's table
+    of that mode (``triton_qdq._FAST`` swapped in, recorded by the call itself): the two modes'
+    replays timed interleaved without clearing the table between batches (a recorded call keeps the
+    path it was recorded with)."""
+    fast: dict = {}
+
+    def call():
+        triton_qdq._FAST = fast
+        triton_qdq.GRID_SYNC = on
+        return triton_qdq.qdq(x, spec, "floor", -1, None)
+
+    return call
+
+
 def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
     """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (:func:`_with_switch`)."""
     return _with_switch(graph_us, triton_qdq, switch, value, fn)
@@ -404,6 +509,11 @@ def main() -> int:
     ap.add_argument("--l2-table", action="store_true",
                     help="only the L2-state table (bench_l2_state: copy, a read and the two-pass recipes after a "
                          "dirty, clean or hot L2, 8 to 128 MB)")
+    ap.add_argument("--grid-sync-table", action="store_true",
+                    help="only the grid-barrier table (bench_grid_sync: the two-pass recipes in one launch, "
+                         "triton_qdq.GRID_SYNC, against two, 16-256 rows x 4096, graph and eager); not yet run on a "
+                         "GPU, where a barrier that never opens hangs the process: run it as "
+                         "`timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table`")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "
                          "split, the fp32 form of the float64 recipes)")
@@ -411,14 +521,19 @@ def main() -> int:
     if args.no_options and args.options_only:
         print("--no-options and --options-only exclude each other", file=sys.stderr)
         return 2
-    if args.l2_table:
+    alone = {"--l2-table": (args.l2_table, "its calls fixed: L2_CALLS; no target reads it"),
+             "--grid-sync-table": (args.grid_sync_table, "its calls fixed: GRID_SYNC_FORMATS at GRID_SYNC_ROWS; "
+                                   "no target fails it; run under timeout")}
+    for table, (on, why) in alone.items():
+        if not on:
+            continue
         given = [flag for flag, on in (("--check", args.check), ("--options-only", args.options_only),
                                        ("--no-options", args.no_options), ("--no-sweeps", args.no_sweeps),
                                        (f"--formats {args.formats}", bool(args.formats)),
-                                       (f"--rule {args.rule}", args.rule != "floor")) if on]
+                                       (f"--rule {args.rule}", args.rule != "floor"),
+                                       *((other, alone[other][0]) for other in alone if other != table)) if on]
         if given:
-            print(f"--l2-table runs that table alone (its calls fixed: L2_CALLS; no target reads it): not with "
-                  f"{', '.join(given)}", file=sys.stderr)
+            print(f"{table} runs that table alone ({why}): not with {', '.join(given)}", file=sys.stderr)
             return 2
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -438,6 +553,9 @@ def main() -> int:
     failures = []
     if args.l2_table:
         bench_l2_state()
+        return 0
+    if args.grid_sync_table:
+        bench_grid_sync()
         return 0
     if args.options_only:
         bench_options(failures, layouts=not args.no_sweeps)

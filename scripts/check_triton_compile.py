@@ -8,6 +8,7 @@ as constants, 16-divisible ints and pointers marked so), and compiled for ``--ar
 sm_90) down to a cubin.
 
     python scripts/check_triton_compile.py            # every QDQ recipe x rule x dtype
+    python scripts/check_triton_compile.py --grid-sync-only   # the one-launch two-pass path (GRID_SYNC)
     PYTHONPATH=/path/to/triton-3.6 python scripts/check_triton_compile.py
 """
 
@@ -41,6 +42,15 @@ NO_FMA = set(SAGE3_KERNELS)
 COMPILED: list[tuple[str, dict, dict, object]] = []
 #: the kernels compiled as programmatic dependent launches (``launch_pdl``: triton_qdq.PDL)
 PDL_LAUNCHES: list[str] = []
+#: the QDQ kernels compiled with a grid barrier (``SYNC``: triton_qdq.GRID_SYNC)
+SYNC_LAUNCHES: list[str] = []
+#: What the PTX of a ``SYNC`` QDQ kernel must hold (``triton_qdq._grid_barrier``, Triton 3.6): the
+#: arrival, the last arriver's reset and bump as gpu-scope acq_rel atomics, the generation read with
+#: ``ld.acquire`` (``atomic_add(p, 0, sem="acquire")``), the pairs loaded at the L2 (``.cg``); and
+#: its scalar atomics issued by one thread and broadcast through shared memory (a ``bar.sync``
+#: after each), so that every thread of a program takes the same branch and leaves the spin together
+SYNC_PTX = ("atom.global.gpu.acq_rel.add.u32", "atom.global.gpu.acq_rel.exch.b32", "ld.global.gpu.acquire.b32",
+            "ld.global.cg")
 
 
 try:  # the JIT's own specialization (Triton 3.6)
@@ -131,6 +141,11 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
                          f"{'not ' if values.get('PDL') else ''}in the PTX")
     if opts.get("launch_pdl"):
         PDL_LAUNCHES.append(fn.__name__)
+    if fn.__name__ == "_qdq_block_kernel" and values.get("SYNC"):
+        _check_sync_ptx(fn.__name__, ptx, bool(opts.get("launch_pdl")))
+        SYNC_LAUNCHES.append(fn.__name__)
+    elif "ld.global.gpu.acquire" in ptx:
+        raise ValueError(f"{fn.__name__}: an acquire load in the PTX of a kernel without a grid barrier")
     if fn.__name__ == "_qdq_block_kernel" and values.get("Y_STREAM") and "st.global.cs" not in ptx:
         raise ValueError(f"{fn.__name__}: Y_STREAM set but no streaming (.cs) store of y in the PTX")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
@@ -142,12 +157,48 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
                          opts, kernel))
 
 
+def _check_sync_ptx(name: str, ptx: str, pdl: bool) -> None:
+    """A grid-barrier QDQ kernel's PTX (:data:`SYNC_PTX`): each instruction there; every atomic
+    predicated (one thread issues it); a ``bar.sync`` between each atomic (or acquire load) whose
+    result is used and the next compare (the broadcast); no dependent launch (the barrier's programs
+    must all run: a dependent launch may start before the grid ahead has finished)."""
+    missing = [ins for ins in SYNC_PTX if ins not in ptx]
+    if missing:
+        raise ValueError(f"{name}: SYNC but {', '.join(missing)} not in the PTX")
+    if pdl or "griddepcontrol" in ptx:
+        raise ValueError(f"{name}: SYNC launched or compiled as a programmatic dependent launch")
+    lines = [ln.strip() for ln in ptx.splitlines()]
+    # the pairs are loaded after the spin's back branch and a bar.sync: no thread reads them before the
+    # program has passed the barrier
+    last_acq = max(i for i, ln in enumerate(lines) if "ld.global.gpu.acquire" in ln)
+    back = next(i for i in range(last_acq, len(lines)) if " bra" in lines[i] or lines[i].startswith("bra"))
+    first_cg = min(i for i, ln in enumerate(lines) if "ld.global.cg" in ln)
+    if not (back < first_cg and any(ln.startswith("bar.sync") for ln in lines[back:first_cg])):
+        raise ValueError(f"{name}: the pairs' .cg loads are not after the spin and a bar.sync")
+    for i, ln in enumerate(lines):
+        if ("atom.global" in ln or "ld.global.gpu.acquire" in ln) and not ln.startswith("@"):
+            raise ValueError(f"{name}: an unpredicated grid-barrier access (every thread would issue it): {ln}")
+        if ln.startswith("@") and ("atom.global.gpu.acq_rel.add" in ln or "ld.global.gpu.acquire" in ln):
+            rest = lines[i + 1:i + 8]
+            used = any("st.shared" in r for r in rest)
+            if used and not any(r.startswith("bar.sync") for r in rest):
+                raise ValueError(f"{name}: an atomic result stored to shared memory with no bar.sync after it: {ln}")
+
+
+#: (kernel name, its ``SYNC`` constexpr) of every launch captured, compiled or already seen
+LAUNCHED: list[tuple[str, bool]] = []
+
+
 class _Capture:
     def __init__(self, fn, target):
         self.fn, self.target = fn, target
 
     def __getitem__(self, grid):
-        return lambda *a, **k: _compile(self.fn, a, dict(k), self.target)
+        def launch(*a, **k):
+            LAUNCHED.append((self.fn.__name__, bool(k.get("SYNC"))))
+            return _compile(self.fn, a, dict(k), self.target)
+
+        return launch
 
 
 def capture(module, names, target: GPUTarget) -> None:
@@ -214,7 +265,8 @@ def _two_pass_paths() -> int:
     the QDQ pass storing y streaming (``Y_STREAM``; its PTX must hold a ``.cs`` store), the QDQ
     pass as a programmatic dependent launch of the amax pass and not (``PDL``; the dependent's PTX
     must wait, the amax pass's let it launch),
-    and NVFP4's given global amax as a float argument and as a tensor read in place."""
+    NVFP4's given global amax as a float argument and as a tensor read in place, and the grid-barrier
+    path of one launch (``GRID_SYNC``, :func:`_grid_sync_paths`)."""
     failures = 0
     for fmt in ("nvfp4", "nvfp4_e5m3", "fp8_e4m3_per_tensor"):
         spec = FORMATS[fmt]
@@ -234,6 +286,56 @@ def _two_pass_paths() -> int:
             # the QDQ pass a programmatic dependent launch of the amax pass (PDL), on by default or not
             for pdl in (True, False):
                 failures += _launch_with("PDL", pdl, x, spec, None, f"{fmt} {dtype} PDL={pdl}")
+    return failures + _grid_sync_paths()
+
+
+#: The calls :func:`_grid_sync_paths` compiles with a grid barrier: (format, scale rule, rounding,
+#: rotation (block, seed) or None)
+GRID_SYNC_CALLS = (("nvfp4", "floor", "nearest", None), ("nvfp4", "four_over_six", "nearest", None),
+                   ("nvfp4", "floor", "stochastic", None), ("nvfp4", "floor", "nearest", (128, 1)),
+                   ("nvfp4_e5m3", "floor", "nearest", None), ("fp8_e4m3_per_tensor", "floor", "nearest", None),
+                   ("fp8_e4m3_per_tensor", "floor", "nearest", (32, None)))
+
+
+def _grid_sync_paths(sms: int = 132) -> int:
+    """The two-pass recipes in one launch with a grid barrier (``GRID_SYNC``) as an H100 (``sms``
+    SMs) plans them at 16, 64 and 256 rows x 4096, 37 x 4000 and 4 x 1024 (one tile with one-tile
+    calls off: a grid of one program, whose count Triton specializes to a constant), bf16 and fp32,
+    with the default tile table and sm_90's (``tile_configs.json``: one row a program, grown by rows
+    and warps to fit): each call must launch the QDQ kernel alone, with ``SYNC`` (its PTX checked by
+    :func:`_check_sync_ptx`)."""
+    from vllm_qdq.numerics.formats import get_format
+    from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
+
+    failures = 0
+    saved = (triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX, dict(triton_qdq.TILE_CONFIG))
+    triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX = True, lambda device: sms, 0
+    try:
+        for table in ({}, triton_qdq.tile_configs().get("sm_90", {})):
+            triton_qdq.TILE_CONFIG.update(saved[3] | table)
+            for fmt, rule, rounding, rot in GRID_SYNC_CALLS:
+                spec = get_format(fmt)
+                for dtype in (torch.bfloat16, torch.float32):
+                    for rows, k in ((16, 4096), (64, 4096), (256, 4096), (37, 4000), (4, 1024)):
+                        x = torch.empty(rows, k, dtype=dtype)
+                        r = Rotation(block=rot[0], seed=rot[1], pad=True) if rot else None
+                        kp = r.padded(k) if r else k
+                        signs = hadamard_signs(r, kp, "cpu", torch.bfloat16) if r and r.seed is not None else None
+                        ex = triton_qdq._Extras(r, signs, kp, 1 if rounding == "stochastic" else None)
+                        label = f"GRID_SYNC {fmt} {rule} {rounding} rot={rot} {dtype} {rows}x{k} sm_90 table={bool(table)}"
+                        LAUNCHED.clear()
+                        try:
+                            triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), spec, rule,
+                                               None, ex)
+                            if LAUNCHED != [("_qdq_block_kernel", True)]:
+                                raise ValueError(f"launched {LAUNCHED}, not the QDQ kernel alone with SYNC")
+                        except Exception as e:
+                            failures += 1
+                            print(f"FAIL {label}: {str(e).strip().splitlines()[-1][:300]}")
+    finally:
+        triton_qdq.GRID_SYNC, triton_qdq._sm_count, triton_qdq.ONE_TILE_MAX = saved[:3]
+        triton_qdq.TILE_CONFIG.clear()
+        triton_qdq.TILE_CONFIG.update(saved[3])
     return failures
 
 
@@ -242,10 +344,14 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--two-pass-only", action="store_true",
                     help="only the two-pass recipes' paths (a quick check of another --arch)")
+    ap.add_argument("--grid-sync-only", action="store_true",
+                    help="only the two-pass recipes in one launch with a grid barrier (triton_qdq.GRID_SYNC)")
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     triton_qdq.NO_DEVICE_CC = args.arch  # the launcher's PDL choice for this target (CPU tensors here)
     capture(triton_qdq, ("_qdq_block_kernel", "_qdq_row_kernel", "_amax_kernel", "_amax_stream_kernel"), target)
+    if args.grid_sync_only:
+        return _summary(args.arch, _grid_sync_paths())
     if args.two_pass_only:
         return _summary(args.arch, _two_pass_paths())
     failures = 0
@@ -289,6 +395,7 @@ def main() -> int:
 
 def _summary(arch: int, failures: int) -> int:
     """Print the run's last line (the tests read it) and return the exit status."""
+    print(f"grid-sync launches compiled: {len(SYNC_LAUNCHES)}")
     print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{arch} "
           f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
     return 1 if failures else 0

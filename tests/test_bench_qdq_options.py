@@ -143,6 +143,50 @@ def test_pdl_table_times_both_launch_orders(tq, monkeypatch, capsys) -> None:  #
     assert tq.PDL is default
 
 
+def test_grid_sync_table_times_both_paths_and_compares_them(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``--grid-sync-table`` (``bench_grid_sync``): each two-pass recipe at each row count probed on
+    both paths (here one QDQ program: the barrier path in the interpreter; launches 1 against 2) and
+    their outputs compared, then graph replays with ``GRID_SYNC`` on and off interleaved ``rounds``
+    times, a copy, and the eager figures of the copy and both modes in one interleaved timing, each
+    mode's calls with the switch set and its own fast-path table; the switch and the table restored
+    after. The line: the figures, the targets (2 x copy's graph; graph + 8), launches, equal."""
+    mod = _bench()
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, device=None, **k: randn(*a, **k))  # CPU tensors
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # 2-4 rows x 256: not one tile, one QDQ program
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    default, table = tq.GRID_SYNC, tq._FAST
+    graphs: list[bool | None] = []
+
+    def graph_us(fn) -> float:  # None: the copy's
+        graphs.append(None if "copy_" in fn.__code__.co_names else tq.GRID_SYNC)
+        fn()
+        return 4.0 if graphs[-1] is None else 10.0 if graphs[-1] else 12.0
+
+    eager_calls: list[tuple[str, bool, bool]] = []
+
+    def interleaved(fns: dict, rounds: int) -> dict:
+        assert rounds == mod.EAGER_ROUNDS and list(fns) == ["copy_", True, False]
+        for name in (True, False):
+            fns[name]()
+            eager_calls.append((name, tq.GRID_SYNC, tq._FAST is not table))
+        return {"copy_": [5.0] * rounds, True: [11.0] * rounds, False: [20.0] * rounds}
+
+    monkeypatch.setattr(mod, "graph_us", graph_us)
+    monkeypatch.setattr(mod, "host_us_interleaved", interleaved)
+    mod.bench_grid_sync(rounds=2, rows=(2, 4), cols=256)
+    out = capsys.readouterr().out
+    assert tq.GRID_SYNC is default and tq._FAST is table
+    lines = [line.split() for line in out.splitlines() if line.startswith(("nvfp4", "fp8"))]
+    assert [(f[0], f[1]) for f in lines] == [("nvfp4", "2"), ("nvfp4", "4"), ("fp8_e4m3_per_tensor", "2"),
+                                            ("fp8_e4m3_per_tensor", "4")]
+    for f in lines:  # copy graph, copy eager, graph on, off, 2 x copy, met, eager on, off, graph + 8, met, launches, equal
+        assert f[2:] == ["4.0", "5.0", "10.0", "12.0", "8.0", "no", "11.0", "20.0", "18.0", "yes", "1/2", "yes"], f
+    # per row: on, off interleaved for 2 rounds, then the copy
+    assert graphs == [True, False, True, False, None] * 4, graphs
+    assert eager_calls == [(True, True, True), (False, False, True)] * 4
+
+
 def test_eager_figures_interleave_every_format(monkeypatch) -> None:
     """The decode table's eager figures (``gpu_timing.host_us_interleaved``): each callable gets ``rounds``
     figures, one batch of each in turn with the order rotated a round, so that a host whose speed
@@ -212,17 +256,42 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
 
 def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     """``kernel_us_l2`` names the state it was given and the accepted ones (before touching a GPU);
-    ``--l2-table`` with any option of the other tables (what it would not honour) exits 2 naming it."""
+    ``--l2-table`` and ``--grid-sync-table`` with any option of the other tables (what they would
+    not honour), or with each other, exit 2 naming it."""
     from vllm_qdq.study.gpu_timing import L2_STATES, kernel_us_l2
 
     with pytest.raises(ValueError, match="L2 state 'warm'; accepted: dirty, clean, hot"):
         kernel_us_l2(lambda: None, "warm")
     assert L2_STATES == ("dirty", "clean", "hot")
-    for extra, named in ((["--check"], "--check"), (["--options-only"], "--options-only"),
-                         (["--no-options"], "--no-options"), (["--no-sweeps"], "--no-sweeps"),
-                         (["--formats", "mxfp4"], "--formats mxfp4"), (["--rule", "ceil"], "--rule ceil")):
-        p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--l2-table", *extra],
+    others = ((["--check"], "--check"), (["--options-only"], "--options-only"),
+              (["--no-options"], "--no-options"), (["--no-sweeps"], "--no-sweeps"),
+              (["--formats", "mxfp4"], "--formats mxfp4"), (["--rule", "ceil"], "--rule ceil"))
+    # (the table flag, the other arguments, the table the refusal names, the option it names)
+    cases = [("--l2-table", extra, "--l2-table", named) for extra, named in others]
+    cases += [("--grid-sync-table", extra, "--grid-sync-table", named) for extra, named in others]
+    cases += [(a, [b], "--l2-table", "--grid-sync-table") for a, b in (("--l2-table", "--grid-sync-table"),
+                                                                       ("--grid-sync-table", "--l2-table"))]
+    for table, extra, refused, named in cases:
+        p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), table, *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
         assert p.returncode == 2, p.stderr
         last = p.stderr.strip().splitlines()[-1]
-        assert last.startswith("--l2-table runs that table alone") and last.endswith(f"not with {named}"), last
+        assert last.startswith(f"{refused} runs that table alone") and last.endswith(f"not with {named}"), last
+
+
+def test_grid_sync_table_is_not_a_default_table_and_says_how_to_run() -> None:
+    """The grid-barrier table is reached only through ``--grid-sync-table`` (a barrier that never
+    opens must not hang the smoke suite's bench step, which runs the default tables), and the help
+    says to run it under ``timeout``."""
+    import ast
+
+    src = (REPO / "scripts" / "bench_qdq_triton.py").read_text()
+    main = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    calls = [n for n in ast.walk(main) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "bench_grid_sync"]
+    assert len(calls) == 1
+    guard = next(n for n in ast.walk(main) if isinstance(n, ast.If) and calls[0] in list(ast.walk(n)))
+    assert ast.unparse(guard.test) == "args.grid_sync_table", ast.unparse(guard.test)
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), "--help"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
+    assert p.returncode == 0 and "timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table" in " ".join(
+        p.stdout.split()), p.stdout[-2000:]

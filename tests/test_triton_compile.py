@@ -43,6 +43,26 @@ def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
 
     m = re.search(r"\((\d+) programmatic dependent launches\)", out.stdout)
     assert m and int(m.group(1)) > 0, tail
+    # the two-pass recipes in one launch with a grid barrier (triton_qdq.GRID_SYNC), their PTX checked
+    m = re.search(r"grid-sync launches compiled: (\d+)", out.stdout)
+    assert m and int(m.group(1)) > 0, tail
+
+
+def test_grid_sync_path_compiles_for_sm90_with_its_barrier() -> None:
+    """``triton_qdq.GRID_SYNC``: the two-pass recipes (NVFP4 with its options, nvfp4_e5m3, FP8
+    per-tensor, rotated too) at 16 / 64 / 256 rows x 4096 and 37 x 4000 as an H100 of 132 SMs plans
+    them (the default tile table and sm_90's, its tiles grown to fit) launch the QDQ kernel alone, with
+    ``SYNC``, and compile for sm_90; ``scripts/check_triton_compile.py`` fails a ``SYNC`` kernel whose
+    PTX lacks the barrier's gpu-scope ``acq_rel`` arrival and reset, its ``ld.acquire`` spin or the
+    pairs' ``.cg`` loads, issues one of those unpredicated (every thread of the program would
+    arrive), leaves an atomic's broadcast without its ``bar.sync``, or waits as a dependent launch."""
+    import re
+
+    out = _run_script("check_triton_compile.py", "--grid-sync-only", timeout=900)
+    tail = (out.stdout + out.stderr)[-3000:]
+    assert out.returncode == 0 and ", 0 failures" in out.stdout, tail
+    m = re.search(r"grid-sync launches compiled: (\d+)", out.stdout)
+    assert m and int(m.group(1)) >= 20, tail
 
 
 def test_two_pass_paths_compile_for_sm89_without_dependent_launches() -> None:

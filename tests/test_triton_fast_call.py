@@ -195,6 +195,38 @@ def test_one_tile_two_pass_is_one_launch(fake, name: str, monkeypatch) -> None:
     assert entry.buf_align is None and entry.buf_n == 0
 
 
+@pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: str, monkeypatch) -> None:
+    """``GRID_SYNC``: a two-pass call of several QDQ programs (here 2, this CPU's "SM count", its tile
+    grown from 8 programs of one row and one warp to 2 of four rows and four warps) is recorded as
+    one launch of the QDQ kernel with ``SYNC`` and replayed as such: a fresh pair buffer each call,
+    2 words a program, left as allocated (each program writes its pair), and the grid barrier's
+    words passed where they lie (held by the entry: the same two words every call)."""
+    tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    monkeypatch.setattr(tq, "GRID_SYNC", True)
+    monkeypatch.setitem(tq.TILE_CONFIG, tq.kernel_class(FORMATS[name]), (256, 1))
+    assert tq._sm_count(torch.device("cpu")) == 2
+    params = list(inspect.signature(tq._qdq_block_kernel.fn).parameters)
+    _, first = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    words = tq._GRID_BARRIERS[torch.device("cpu")]
+    assert [(n, g) for _, n, g, _ in first] == [("_qdq_block_kernel", (2,))]
+    a = dict(zip(params, first[0][3], strict=True))
+    assert a["SYNC"] and a["BLOCK_R"] == 4 and a["n_part"] == 2 and a["N_PARTIALS"] == 16
+    assert a["bar_ptr"] is words and a["buf_ptr"].numel() == 4 and a["buf_ptr"].dtype == torch.int32
+    entry = next(iter(tq._FAST.values()))
+    assert not entry.buf_zero and entry.buf_n == 4 and any(h is words for h in entry.held)
+    bufs = []
+    for _ in range(2):
+        _, second = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+        assert [(k, n, g) for k, n, g, _ in second] == [("replay", "_qdq_block_kernel", (2, 1, 1))]
+        b = dict(zip(params, second[0][3], strict=True))
+        assert b["bar_ptr"] == words.data_ptr() and b["SYNC"] and b["buf_ptr"].numel() == 4
+        bufs.append(b["buf_ptr"])
+    assert bufs[0] is not bufs[1] is not a["buf_ptr"]
+    assert tq._GRID_BARRIERS[torch.device("cpu")] is words and len(tq._FAST) == 1
+
+
 @pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
                                   {"rotate": Rotation(block=32, seed=3)}, {"rotate": Rotation(block=128, seed=3)}],
                          ids=["sr", "hadamard", "random", "random-128"])

@@ -6,6 +6,8 @@ bit for bit (integer views, NaN positions equal).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from vllm_qdq.numerics.formats import FORMATS, SCALE_RULES, get_format
@@ -320,3 +322,164 @@ def test_narrow_form_with_redone_tiles(name: str, dtype: torch.dtype) -> None:
             check(xc * 2.0**-50, spec)  # fp16: amax under 2**-32, every tile redone
         else:
             check(x[1:], spec)  # tiles straddling other rows
+
+
+# ---------------------------------------------------------------------------- GRID_SYNC (off by default)
+#: Set in the child process that runs the grid-barrier checks (``test_grid_sync_one_launch``).
+_GRID_SYNC_CHILD = "QDQ_GRID_SYNC_CHILD"
+#: (format, quantize_dequantize options, dtype, shapes): NVFP4, with four over six, FP8 per-tensor;
+#: bf16 at the decode sizes (sm_90's tiles of one row grown 1x, 2x, 8x: 64 / 128 / 128 programs) and a
+#: shape of neither power of two (2x: 76 programs), fp32 at three of them (each growth once); rotated
+#: ones at one size (each shape a compiled variant: the set is kept small)
+_GS_SHAPES, _GS_SOME = ((16, 4096), (64, 4096), (256, 4096), (37, 4000)), ((16, 4096), (256, 4096), (37, 4000))
+GRID_SYNC_CASES = (
+    *((fmt, kw, dtype, _GS_SHAPES if dtype == torch.bfloat16 else _GS_SOME)
+      for fmt, kw in (("nvfp4", {}), ("nvfp4", {"scale_rule": "four_over_six"}), ("fp8_e4m3_per_tensor", {}))
+      for dtype in (torch.bfloat16, torch.float32)),
+    ("nvfp4", {"rotate": {"block": 128, "seed": 1}}, torch.bfloat16, ((64, 4096),)),
+    ("fp8_e4m3_per_tensor", {"rotate": {"block": 32}}, torch.bfloat16, ((64, 4096),)),
+)
+GRID_SYNC_IDS = ("nvfp4-bf16", "nvfp4-fp32", "nvfp4-46-bf16", "nvfp4-46-fp32", "per-tensor-bf16", "per-tensor-fp32",
+                 "nvfp4-h128r-bf16", "per-tensor-h32-bf16")
+_child_only = pytest.mark.skipif(not os.environ.get(_GRID_SYNC_CHILD),
+                                 reason="run in a child process by test_grid_sync_one_launch (a deadlock times out)")
+
+
+def test_grid_sync_one_launch() -> None:
+    """``triton_qdq.GRID_SYNC`` (a two-pass call in one launch whose programs meet at a grid barrier):
+    the checks below run in a child process with a time limit, so that a barrier that never opens
+    (a deadlock: the kernel spins for ever) fails this test instead of hanging the suite. Select
+    them with ``-k grid_sync``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vllm_qdq.numerics import triton_qdq
+
+    _needs_132_sms(triton_qdq)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, **{_GRID_SYNC_CHILD: "1"})
+    env.pop("QDQ_TEST_TIMES", None)  # the parent's timings file is the parent's
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
+           f"{Path(__file__).resolve()}", "-k", "grid_sync_bits or grid_sync_graph"]
+    try:
+        out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as e:
+        tail = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"))[-3000:]
+        pytest.fail(f"the grid-barrier checks did not end in 420 s (a deadlock?):\n{tail}")
+    tail = (out.stdout + out.stderr)[-6000:]
+    assert out.returncode == 0, tail
+    assert " passed" in out.stdout and " skipped" not in out.stdout.splitlines()[-1], tail
+
+
+def _grid_sync_spy(triton_qdq, monkeypatch) -> list[list[tuple[str, bool]]]:
+    """Each call that goes through ``_launch``: its launches as (kernel name, ``SYNC``); replays by
+    the eager fast path do not come here."""
+    seen: list[list[tuple[str, bool]]] = []
+    real = triton_qdq._launch
+
+    def spy(x, y, r, spec, rule, gamax, ex=None, rec=None):
+        mine = [] if rec is None else rec
+        n = len(mine)
+        held = real(x, y, r, spec, rule, gamax, ex, mine)
+        seen.append([(fn.__name__, bool(kw.get("SYNC"))) for fn, _, _, kw, _, _ in mine[n:]])
+        return held
+
+    monkeypatch.setattr(triton_qdq, "_launch", spy)
+    return seen
+
+
+def _grid_sync_call(triton_qdq, on: bool, x: torch.Tensor, fmt: str, kw: dict) -> torch.Tensor:
+    """One call with ``GRID_SYNC`` set to ``on`` (recorded calls dropped first: they keep the path
+    they were recorded with)."""
+    from vllm_qdq.numerics.qdq import quantize_dequantize
+
+    if triton_qdq.GRID_SYNC != on:
+        triton_qdq._FAST.clear()
+        triton_qdq.GRID_SYNC = on
+    return quantize_dequantize(x, fmt, backend="triton", **kw)
+
+
+def _grid_sync_words(triton_qdq) -> tuple[int, int]:
+    torch.cuda.synchronize()
+    count, gen = triton_qdq._GRID_BARRIERS[torch.device("cuda", torch.cuda.current_device())].tolist()
+    return count, gen
+
+
+def _needs_132_sms(triton_qdq) -> None:
+    sms = triton_qdq._sm_count(torch.device("cuda", torch.cuda.current_device()))
+    if sms < 132:  # every shape here fits an H100 / H200 (132 SMs) in one wave of the QDQ tile grown to 16 warps
+        pytest.skip(f"{sms} SMs: the shapes are chosen for 132 (H100 / H200 SXM)")
+
+
+@_child_only
+@pytest.mark.parametrize(("fmt", "kw", "dtype", "shapes"), GRID_SYNC_CASES, ids=GRID_SYNC_IDS)
+def test_grid_sync_bits(fmt: str, kw: dict, dtype: torch.dtype, shapes: tuple, monkeypatch) -> None:
+    """With ``GRID_SYNC`` on, each call is one launch of the QDQ kernel with ``SYNC`` (no amax
+    pass), recorded and then replayed by the eager fast path, and gives the two-launch path's bits
+    (``GRID_SYNC`` off), NaN / Inf / huge / subnormal values included; the barrier's words end each
+    launch with the count at 0 and the generation one further."""
+    from vllm_qdq.numerics import triton_qdq
+
+    _needs_132_sms(triton_qdq)
+    monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    seen = _grid_sync_spy(triton_qdq, monkeypatch)
+    sync_launches = 0
+    gen0 = None
+    for shape in shapes:
+        for i in range(2):
+            torch.manual_seed(10 * i + shape[0])
+            x = (torch.randn(shape, device="cuda") * torch.logspace(-3, 3, shape[1], device="cuda")).to(dtype)
+            if i:
+                x = specials(x)
+            off = _grid_sync_call(triton_qdq, False, x, fmt, kw)
+            n = len(seen)
+            ons = [_grid_sync_call(triton_qdq, True, x, fmt, kw) for _ in range(2)]  # recorded, then replayed
+            sync_launches += 2
+            assert seen[n:] == [[("_qdq_block_kernel", True)]], (shape, seen[n:])
+            (entry,) = triton_qdq._FAST.values()
+            assert len(entry.launches) == 1  # the replay: one launch
+            if gen0 is None:
+                gen0 = _grid_sync_words(triton_qdq)[1] - 2
+            for on in ons:
+                assert_same_bits(on, off)
+    assert _grid_sync_words(triton_qdq) == (0, gen0 + sync_launches)
+
+
+@_child_only
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_grid_sync_graph(fmt: str, monkeypatch) -> None:
+    """The one-launch call captured in a CUDA graph between a kernel that writes x and one that reads
+    y (what vLLM's graphs hold), replayed with new values each time: bit for bit with the two-launch
+    path on those values, the barrier's count back at 0 and its generation one further a replay."""
+    from vllm_qdq.numerics import triton_qdq
+
+    _needs_132_sms(triton_qdq)
+    monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    seen = _grid_sync_spy(triton_qdq, monkeypatch)
+    for rows in (16, 256):
+        src = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        x = src.clone()
+        _grid_sync_call(triton_qdq, True, x, fmt, {})  # compiled, recorded and the words made before the capture
+        assert seen[-1] == [("_qdq_block_kernel", True)]
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            x.copy_(src * 2.0)  # the producer
+            out = _grid_sync_call(triton_qdq, True, x, fmt, {})
+            after = out * 1.0  # the consumer
+        gen0 = _grid_sync_words(triton_qdq)[1]
+        for i in range(4):
+            torch.manual_seed(100 + i)
+            src.copy_(torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1))
+            src[..., 3] *= 300.0
+            if i == 3:
+                src[0, 5] = float("inf")
+            g.replay()
+            torch.cuda.synchronize()
+            assert _grid_sync_words(triton_qdq) == (0, gen0 + i + 1)
+            want = _grid_sync_call(triton_qdq, False, src * 2.0, fmt, {})
+            assert_same_bits(after, want)

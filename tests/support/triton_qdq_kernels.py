@@ -58,3 +58,11 @@ def scale_kernel(amax_ptr, s_ptr, n, SPEC: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     tl.store(s_ptr + i, TQ._scaled_scale(tl.load(amax_ptr + i, mask=m, other=1.0), SPEC), mask=m)
+
+
+@triton.jit
+def grid_barrier_kernel(bar_ptr, out_ptr, n):
+    """``_grid_barrier(bar_ptr, n)`` alone (as a program of an ``n``-program grid), then ``out[0] = 1``:
+    the program got through."""
+    TQ._grid_barrier(bar_ptr, n)
+    tl.store(out_ptr, 1)

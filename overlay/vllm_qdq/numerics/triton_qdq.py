@@ -21,7 +21,10 @@ Kernels (one program per ``[BLOCK_R, BLOCK_K]`` tile, tile shape and ``num_warps
 static table keyed on the format and ``K``, never on the number of rows):
 
 * ``_qdq_block_kernel``: block recipes (MX, NVFP4, FP8 per-group128[/ue8m0]) and per-tensor
-  recipes; every scale group lies inside one tile, so x is read once and y written once.
+  recipes; every scale group lies inside one tile, so x is read once and y written once. A
+  two-pass call of one tile reduces its own tensor amax (:data:`ONE_TILE_MAX`); with
+  :data:`GRID_SYNC` (off), one whose programs all fit on the GPU at once reduces it across them at
+  a grid barrier (``SYNC``): one launch, no amax pass.
 * ``_qdq_row_kernel``: per-row recipes (FP8 per-token / per-channel, INT8). A row of up to
   ``_ROW_SINGLE_MAX`` elements is one tile (one read); longer rows are swept twice (amax,
   then QDQ; the second sweep mostly hits L2).
@@ -994,12 +997,77 @@ if triton is not None:
             g, _ = _tensor_stats(buf_ptr, n_part, N_PARTIALS, PDL)
         return g
 
+    @triton.jit
+    def _grid_barrier(bar_ptr, n):
+        """A barrier of all ``n`` programs of the grid (every one co-resident: :data:`GRID_SYNC`) on
+        the two int32 words ``bar_ptr[0]`` (arrivals) and ``bar_ptr[1]`` (generation), zeroed once
+        when created (:func:`_grid_barrier_words`) and never again: sense reversal. Each program
+        reads the generation, arrives (``atomic_add`` of 1); the last to arrive (the count it read
+        is ``n - 1``) sets the count back to 0 and then bumps the generation, which releases the
+        others, spinning while the generation is the one they read. So every launch leaves the words
+        as it found them but for the generation (compared for equality only: its wrap is harmless).
+
+        Lowering (Triton 3.6 for sm_90: its PTX, which ``scripts/check_triton_compile.py`` checks,
+        ``_check_sync_ptx``): a scalar atomic is issued by one thread of the program (predicated on
+        thread 0), and where its result is used that thread stores it to shared memory, ``bar.sync``,
+        and every thread loads it back (Triton's lowering of ``tt.atomic_rmw``): the count and the generation
+        each program compares are the same in all its threads, so both branches and the ``while``
+        loop (its exit condition from that broadcast; Triton puts a ``bar.sync`` at the loop head
+        before the shared slot is written again) are uniform. ``atomic_add(p, 0)`` with
+        ``sem="acquire"`` is lowered to ``ld.global.gpu.acquire`` (no read-modify-write at the L2);
+        the arrival, reset and bump are ``atom.global.gpu.acq_rel`` (Triton's defaults).
+
+        Memory order: the program's stores before the barrier (its pair, by its thread 0 or any
+        thread) are ordered before thread 0's arrival by the first ``debug_barrier`` (``bar.sync``:
+        CTA-scope ordering of every thread's earlier accesses) and released at GPU scope by the
+        arrival (``acq_rel``, cumulative); the arrivals are read-modify-writes of one word, so the last
+        arriver's acquire reads the end of that chain and sees every program's stores; its bump of the
+        generation (``acq_rel``, after its ``atomic_xchg``) releases them again, and a spinning
+        program's ``ld.acquire`` that reads the new generation synchronizes with it; the second
+        ``debug_barrier`` carries that to every thread of the program. The first read of the
+        generation is ordered before the arrival (its value goes through shared memory and a
+        ``bar.sync`` before thread 0 arrives; acquire keeps later accesses after it), so it cannot
+        read this launch's bump (which needs this program's arrival) and the spin ends once the last
+        program arrives. The previous launch's words are visible at the start (a kernel boundary;
+        launches of one stream only: :data:`GRID_SYNC`)."""
+        gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+        tl.debug_barrier()  # every thread's stores before the arrival
+        old = tl.atomic_add(bar_ptr, 1)  # arrive (acq_rel, gpu scope)
+        if old == n - 1:  # the last: reset the count for the next launch, then release the others
+            tl.atomic_xchg(bar_ptr, 0)
+            tl.atomic_add(bar_ptr + 1, 1)
+        else:
+            cur = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+            while cur == gen:
+                cur = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+        tl.debug_barrier()  # every thread after the release
+
+    @triton.jit
+    def _grid_stats(buf_ptr, bar_ptr, amax_bits, bad, n_part, N_PARTIALS: tl.constexpr):
+        """``(amax, bad)`` of the whole tensor from inside the QDQ pass (:data:`GRID_SYNC`): this
+        program's pair (``amax_bits``, ``bad``: :func:`_tile_amax_bits` of its loaded tile) stored at
+        ``buf[2 * pid], buf[2 * pid + 1]``, a grid barrier (:func:`_grid_barrier`), then the max over
+        the ``n_part`` pairs, as :func:`_tensor_stats` takes it (an integer max: the same words in
+        any order), loaded ``.cg`` (at the L2: no line of ``buf`` an earlier read left in this SM's
+        L1 can answer)."""
+        pid = tl.program_id(0)
+        tl.store(buf_ptr + 2 * pid, amax_bits)
+        tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
+        _grid_barrier(bar_ptr, n_part)
+        p = tl.arange(0, N_PARTIALS)
+        m = p < n_part
+        a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0, cache_modifier=".cg"), 0,
+                      tl.standard._elementwise_max)
+        b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0, cache_modifier=".cg"), 0,
+                      tl.standard._elementwise_max)
+        return a.to(tl.float32, bitcast=True), b > 0
+
     # the seed words are never compile-time constants: Triton specializes an int argument equal
     # to 1 into a constexpr, which has no .to() (seed 1, or 2**32)
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _qdq_block_kernel(
         # pointers
-        x_ptr, y_ptr, buf_ptr, sign_ptr, mult_ptr,
+        x_ptr, y_ptr, buf_ptr, sign_ptr, mult_ptr, bar_ptr,
         # sizes (KP: the row length of the QDQ'd rows: K, or K padded to the rotation block;
         # n_part: partial pairs of the amax pass in buf when N_PARTIALS > 0; gamax_f: a given
         # NVFP4 global amax when GAMAX == 1)
@@ -1017,7 +1085,7 @@ if triton is not None:
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
-        L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr, PDL: tl.constexpr,
+        L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr, PDL: tl.constexpr, SYNC: tl.constexpr,
     ):
         """QDQ of one ``[BLOCK_R, N_GROUPS * GROUP]`` tile; groups of GROUP along K.
 
@@ -1040,7 +1108,11 @@ if triton is not None:
         for the last time, is loaded ``evict_first`` (:data:`L2_HINTS`). ``PDL`` (the QDQ pass
         of a two-pass call launched as a programmatic dependent of its amax pass, :data:`PDL`):
         the program waits for the amax pass (``griddepcontrol.wait``) just before it reads the
-        pairs that pass wrote, after loading and reducing its tile.
+        pairs that pass wrote, after loading and reducing its tile. ``SYNC`` (a two-pass call of
+        one launch, :data:`GRID_SYNC`; every program co-resident): each program reduces its loaded
+        (rotated) tile's pair as ``ONE_TILE`` does, stores it at ``buf[2 * pid]``, waits at a grid
+        barrier on the words at ``bar_ptr`` and reduces the ``n_part`` pairs (:func:`_grid_stats`),
+        then QDQs the tile it holds: x is read once, and no amax pass is launched.
         """
         BLOCK_K: tl.constexpr = N_GROUPS * GROUP
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, REVERSE)
@@ -1069,12 +1141,15 @@ if triton is not None:
             u = philox_uniform_f32(seed_lo, seed_hi, rows[:, None, None] * KP + cols[None, :, :])
         else:
             u = x
-        if ONE_TILE:  # the amax pass's reduction, over this (the only) tile
+        if ONE_TILE or SYNC:  # the amax pass's reduction, over this tile (ONE_TILE: the only one)
             t_amax, t_bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
-            t_amax = t_amax.to(tl.float32, bitcast=True)
+            if SYNC:  # every program's pair, after a grid barrier
+                t_amax, t_bad = _grid_stats(buf_ptr, bar_ptr, t_amax, t_bad, n_part, N_PARTIALS)
+            else:
+                t_amax = t_amax.to(tl.float32, bitcast=True)
 
         if SPEC.granularity.value == "tensor":
-            if ONE_TILE:
+            if ONE_TILE or SYNC:
                 amax, bad = t_amax, t_bad
             else:
                 amax, bad = _tensor_stats(buf_ptr, n_part, N_PARTIALS, PDL)
@@ -1097,7 +1172,7 @@ if triton is not None:
                     f = pow2_f32(e)
                 y = q * _nan_where(bad, f)
             elif SPEC.family.value == "nvfp4":
-                if ONE_TILE:
+                if ONE_TILE or SYNC:
                     gamax = t_amax
                 else:
                     gamax = _nvfp4_gamax(buf_ptr, n_part, gamax_f, N_PARTIALS, GAMAX, PDL)
@@ -1319,7 +1394,8 @@ def _cdiv(a: int, b: int) -> int:
 @lru_cache(maxsize=4096)
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
-          rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False) -> tuple:
+          rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False,
+          sync: int = 0) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1336,7 +1412,9 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     rotation block is at least :data:`ROT_HELD_MAX` (0: none). ``sign_words``: a 16-bit input with
     :data:`SIGN_WORDS` on: there ``HAS_SIGNS = 3`` instead (the signs packed a bit a column,
     :func:`~vllm_qdq.numerics.rotation.hadamard_sign_words`, for the inverse too: no
-    ``INV_MULTS``)."""
+    ``INV_MULTS``). ``sync``: a two-pass call of one launch (:data:`GRID_SYNC`), its tile
+    ``sync`` times the rows of the planned one with ``sync`` times its warps (the elements a
+    thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1360,14 +1438,16 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         block_k = max(_pow2_at_least(k), group, rot_block)
         block_r, n_groups = _pow2_at_least(one_tile_rows), block_k // group
         warps = ONE_TILE_WARPS
+    if sync:  # the grid barrier's tile: more rows and warps, the same elements a thread
+        block_r, warps = block_r * sync, warps * sync
     amax = None
-    if two_pass:
+    if two_pass and not sync:
         a_r, a_groups = _block_tile(k, group, amax_tile[0], rot_block)
         amax = (a_r, a_groups * group, {"BLOCK_R": a_r, "BLOCK_K": a_groups * group, "num_warps": amax_tile[1], **rot,
                 "enable_fp_fusion": False})
     consts = {
         "SPEC": spec, "RULE": rule_code(rule) if spec.family is Family.MX else 0, "GROUP": group,
-        "BLOCK_R": block_r, "N_GROUPS": n_groups, "REVERSE": two_pass,
+        "BLOCK_R": block_r, "N_GROUPS": n_groups, "REVERSE": two_pass and not sync, "SYNC": bool(sync),
         "SCALE_ELEM": spec.scale_elem or _NVFP4_SCALE_ELEM,
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
         "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
@@ -1381,8 +1461,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             ex: _Extras | None = None, rec: list | None = None) -> tuple[torch.Tensor, ...]:
     """Launch the kernels of one call; with ``rec``, append ``(jit function, grid, args, kwargs,
     compiled kernel, buf)`` per launch (what :class:`_FastCall` replays). Returns the constant
-    tensors passed (a random rotation's signs and inverse multipliers, cached), which a replay
-    holds."""
+    tensors passed (a random rotation's signs and inverse multipliers, cached; the grid barrier's
+    words, :data:`GRID_SYNC`), which a replay holds."""
     ex = ex or _Extras(kp=r.k)
     per_tensor = spec.granularity is Granularity.TENSOR
     nvfp4 = spec.family is Family.NVFP4
@@ -1405,10 +1485,16 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         return ()
     rot_b = ex.rot.block if ex.rot is not None else 1
     one_tile = two_pass and _one_tile(spec, r.n_rows, r.k, rot_b)
-    block_r, block_k, amax, consts = _plan(
-        spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
-        tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
-        ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
+    plan = (spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
+            tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
+            ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
+    block_r, block_k, amax, consts = _plan(*plan)
+    bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
+    if GRID_SYNC and two_pass and not one_tile:
+        grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"])
+        bar = _grid_barrier_words(x.device) if grow else None
+        if bar is not None:
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1428,6 +1514,10 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         else:  # atomics into zeroed slots
             n_part, pairs = ATOMIC_SLOTS, _pairs_held(ATOMIC_SLOTS)
             buf = torch.zeros(2 * n_part, dtype=torch.int32, device=x.device)
+    elif bar is not None:  # one pair a QDQ program, every word written by its program: no zeroing
+        n_part = _cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k)
+        pairs = _pairs_held(n_part)
+        buf = torch.empty(2 * n_part, dtype=torch.int32, device=x.device)
     elif nvfp4 and global_amax is not None:  # given: an fp32 argument, or read where it lies (no copy)
         if isinstance(global_amax, torch.Tensor):  # one fp32 word on x's device (qdq converted it)
             buf, gamax_mode = global_amax, 2
@@ -1465,8 +1555,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             rec.append((_amax_kernel, a_grid, args, a_consts, k, buf))
     seed = ex.seed or 0
     grid = (_cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k),)
-    args = (x, y, buf, signs, signs if mults is None else mults, r.n_rows, r.inner_rows, r.k, ex.kp, n_part,
-            gamax_f, *r.strides_x,
+    args = (x, y, buf, signs, signs if mults is None else mults, buf if bar is None else bar, r.n_rows,
+            r.inner_rows, r.k, ex.kp, n_part, gamax_f, *r.strides_x,
             *r.strides_y, seed & 0xFFFFFFFF, seed >> 32)
     consts = {"FLAT": flat, "N_PARTIALS": pairs, "GAMAX": gamax_mode, "ONE_TILE": one_tile, "NARROW": narrow,
               "L2_HINTS": L2_HINTS and amax is not None and not one_tile,
@@ -1476,7 +1566,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
-    return tuple(t for t in (signs if ex.signs is not None else None, mults) if t is not None)
+    return tuple(t for t in (signs if ex.signs is not None else None, mults, bar) if t is not None)
 
 
 def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -1571,6 +1661,65 @@ Y_STREAM = False
 #: FP8 per-tensor 3.5 -> 2.9, 3.7 -> 3.1 us, but 4.6 -> 5.7 us at 256 rows; of a copy at 16M / 64M
 #: 0.60 -> 0.62, 0.61 -> 0.61 (NVFP4), 0.61 -> 0.64, 0.63 -> 0.64 (FP8 per-tensor).
 PDL = True
+
+#: A two-pass call (NVFP4 without a given global amax, FP8 per-tensor) that is not one tile
+#: (:data:`ONE_TILE_MAX`) and whose QDQ pass fits on the GPU at once is ONE launch of
+#: :func:`_qdq_block_kernel` (``SYNC``), with no amax pass: each program loads its tile (rotated
+#: where asked), reduces its own ``(amax bits, bad)`` pair from it as a one-tile call does, stores
+#: it at ``buf[2 * pid]``, waits at a grid barrier (:func:`_grid_barrier`, on a persistent 2-word
+#: workspace per device, :func:`_grid_barrier_words`), reduces every pair (:func:`_grid_stats`) and
+#: QDQs the tile it holds: x is read once. "Fits": at most ``min(SM count, PARTIALS_MAX)`` programs
+#: (:func:`_grid_sync_grow`; the tile grows by rows and warps in powers of two, the elements a
+#: thread holds unchanged, up to :data:`GRID_SYNC_WARPS_MAX` warps), so that every program is
+#: resident at once (each SM can hold one; programs spinning at the barrier wait only for programs
+#: of the same grid); larger calls, calls of one tile and the interpreter (which runs programs one
+#: after another: only a grid of 1 takes the path there) launch as before. The same bits as the
+#: two-launch path (the same pairs, a max of maxima; the tile's shape changes no number). Limits:
+#: one stream at a time per device (two such calls running at once on two streams of a device
+#: would share the workspace, and each could hold the SMs the other's programs wait for: a
+#: deadlock); on a device whose SMs are shared (MPS, green contexts) the SM count must be what this
+#: process can use; the workspace is made outside a CUDA graph capture (a first call on a device
+#: while capturing takes the two-launch path). Why: a decode-sized two-pass call replayed from a CUDA
+#: graph took 3.2-5.7 us on the H100 (two launches, PDL on) against a target of twice a copy (2.4-3.6
+#: us), and 14.5 us eager against ~8.5 for one-pass recipes (issue 16). Off: not yet run on a GPU,
+#: untimed until ``scripts/bench_qdq_triton.py --grid-sync-table`` times it (run under ``timeout``:
+#: a deadlock hangs the process).
+GRID_SYNC = False
+#: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
+#: takes the two-launch path.
+GRID_SYNC_WARPS_MAX = 16
+_GRID_BARRIERS: dict = {}
+
+
+def _grid_sync_grow(device: torch.device, n_rows: int, block_r: int, n_k: int, warps: int) -> int:
+    """The factor (a power of two) by which the rows and warps of a planned QDQ tile of ``block_r``
+    rows (``n_k`` tiles a row) grow so that the grid holds at most ``min(SM count,
+    PARTIALS_MAX)`` programs (1 under the interpreter), every one resident at once (:data:`GRID_SYNC`);
+    0 when none does within :data:`GRID_SYNC_WARPS_MAX` warps (or ``PARTIALS_MAX`` is 0)."""
+    limit = 1 if _INTERPRETED else min(_sm_count(device), PARTIALS_MAX)
+    f = 1
+    while _cdiv(n_rows, block_r * f) * n_k > limit:
+        if block_r * f >= n_rows or warps * f * 2 > GRID_SYNC_WARPS_MAX:
+            return 0
+        f *= 2
+    return f
+
+
+def _grid_barrier_words(device: torch.device) -> torch.Tensor | None:
+    """The grid barrier's workspace on ``device``: two int32 words (arrivals, generation) zeroed once,
+    when made, and kept for the process (:func:`_grid_barrier` leaves the count at 0 after each
+    launch); None while the current stream captures a CUDA graph and none exists yet (made there, it
+    would come from the graph's pool and be zeroed only at replay: that call takes the two-launch
+    path)."""
+    w = _GRID_BARRIERS.get(device)
+    if w is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        w = torch.zeros(2, dtype=torch.int32, device=device)
+        if device.type == "cuda":  # zeroed before any stream's launch reads it
+            torch.cuda.current_stream(device).synchronize()
+        _GRID_BARRIERS[device] = w
+    return w
 
 
 #: A two-pass recipe's call whose whole tensor fits in one tile of at most this many elements
@@ -1916,12 +2065,13 @@ _RUNTIME_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)
 class _FastCall:
     """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels get
     the recorded arguments with ``x``, a fresh ``y``, a given global amax tensor and (two-pass
-    recipes with an amax pass) a fresh scratch buffer (zeroed for the atomics' slots, left as
-    allocated for the partial pairs, every word of which the amax pass writes) put in their
-    places; constant tensors of the call (a random rotation's signs and inverse multipliers,
-    cached) are held. The
+    recipes with an amax pass or a grid barrier) a fresh scratch buffer (zeroed for the atomics'
+    slots, left as allocated for the partial pairs, every word of which the amax pass, or each QDQ
+    program of a :data:`GRID_SYNC` launch, writes) put in their places; constant tensors of the call
+    (a random rotation's signs and inverse multipliers, cached; the grid barrier's words, kept per
+    device) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`,
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
     :data:`_DIRECT_TRITON`) are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
