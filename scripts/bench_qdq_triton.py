@@ -16,7 +16,7 @@ from one table row to the next), "graph" = GPU time per call of 20 calls replaye
     python scripts/bench_qdq_triton.py [--check] [--formats mxfp4,nvfp4] [--rule floor] [--no-sweeps]
                                        [--no-options | --options-only]
     python scripts/bench_qdq_triton.py --l2-table
-    timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table
+    timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table
 
 ``--check`` exits 1 below issue 16's targets: kernel ratio >= 0.90 at 64M and >= 0.85 at 16M
 for one-pass formats; >= 0.60 at 64M and >= 0.80 at 16M for two-pass ones (a whole-tensor amax
@@ -61,7 +61,7 @@ L2, and what the main table's flush (a zeroed buffer: written lines left in the 
 against the two-launch path, graph and eager, beside a copy and issue 16's targets, with the
 launches each path made and whether their outputs agree bit for bit (:func:`bench_grid_sync`). Not yet
 run on a GPU: a barrier that never opens would hang the process, so run it as
-``timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table``.
+``timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table``.
 """
 
 from __future__ import annotations
@@ -412,7 +412,9 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
                 x = torch.randn(n, cols, device="cuda", dtype=torch.bfloat16)
                 y = torch.empty_like(x)
                 launches, outs = {}, {}
-                for on in (True, False):  # the launcher probed: what each path launches, and its output
+                for on in (False, True):  # the launcher probed: what each path launches, and its output
+                    if on:  # the two-launch path compiled and run first: a hang from here on is the barrier's
+                        print(f"  (first grid-barrier launch of {fmt} at {n} rows)", flush=True)
                     triton_qdq.GRID_SYNC = on
                     outs[on] = []
                     for v in (x, _with_specials(x)):
@@ -513,7 +515,7 @@ def main() -> int:
                     help="only the grid-barrier table (bench_grid_sync: the two-pass recipes in one launch, "
                          "triton_qdq.GRID_SYNC, against two, 16-256 rows x 4096, graph and eager); not yet run on a "
                          "GPU, where a barrier that never opens hangs the process: run it as "
-                         "`timeout 120 python3 scripts/bench_qdq_triton.py --grid-sync-table`")
+                         "`timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table`")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "
                          "split, the fp32 form of the float64 recipes)")

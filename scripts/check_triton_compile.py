@@ -82,8 +82,8 @@ def _specialize(fn, i: int, v) -> tuple[str, object, bool]:
 
 def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     names = fn.arg_names
-    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg", "launch_pdl")
-            if k in kwargs}
+    opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg", "launch_pdl",
+                                       "launch_cooperative_grid") if k in kwargs}
     if opts.get("enable_fp_fusion") is not False:  # absent or None: Triton's default, on
         raise ValueError(f"{fn.__name__} launched with FP fusion on: the compiler may contract a * b + c into one "
                          "rounding, which the reference does not (pass enable_fp_fusion=False)")
@@ -141,6 +141,11 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
                          f"{'not ' if values.get('PDL') else ''}in the PTX")
     if opts.get("launch_pdl"):
         PDL_LAUNCHES.append(fn.__name__)
+    if fn.__name__ in ("_qdq_block_kernel", "_amax_kernel", "_amax_stream_kernel", "_qdq_row_kernel") and bool(
+            opts.get("launch_cooperative_grid")) != bool(fn.__name__ == "_qdq_block_kernel" and values.get("SYNC")):
+        raise ValueError(f"{fn.__name__}: launch_cooperative_grid={opts.get('launch_cooperative_grid')} with "
+                         f"SYNC={values.get('SYNC')}: a grid barrier's launch must be cooperative (every program "
+                         "placed at once), and only it")
     if fn.__name__ == "_qdq_block_kernel" and values.get("SYNC"):
         _check_sync_ptx(fn.__name__, ptx, bool(opts.get("launch_pdl")))
         SYNC_LAUNCHES.append(fn.__name__)

@@ -201,7 +201,8 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
     grown from 8 programs of one row and one warp to 2 of four rows and four warps) is recorded as
     one launch of the QDQ kernel with ``SYNC`` and replayed as such: a fresh pair buffer each call,
     2 words a program, left as allocated (each program writes its pair), and the grid barrier's
-    words passed where they lie (held by the entry: the same two words every call)."""
+    words passed where they lie (held by the entry: the same words every call, those of the stream
+    it was recorded on; on another stream the call is recorded anew with that stream's)."""
     tq, call = fake
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     monkeypatch.setattr(tq, "GRID_SYNC", True)
@@ -209,7 +210,7 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
     assert tq._sm_count(torch.device("cpu")) == 2
     params = list(inspect.signature(tq._qdq_block_kernel.fn).parameters)
     _, first = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
-    words = tq._GRID_BARRIERS[torch.device("cpu")]
+    words = tq._GRID_BARRIERS[(torch.device("cpu"), 0)]
     assert [(n, g) for _, n, g, _ in first] == [("_qdq_block_kernel", (2,))]
     a = dict(zip(params, first[0][3], strict=True))
     assert a["SYNC"] and a["BLOCK_R"] == 4 and a["n_part"] == 2 and a["N_PARTIALS"] == 16
@@ -224,7 +225,15 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
         assert b["bar_ptr"] == words.data_ptr() and b["SYNC"] and b["buf_ptr"].numel() == 4
         bufs.append(b["buf_ptr"])
     assert bufs[0] is not bufs[1] is not a["buf_ptr"]
-    assert tq._GRID_BARRIERS[torch.device("cpu")] is words and len(tq._FAST) == 1
+    assert tq._GRID_BARRIERS[(torch.device("cpu"), 0)] is words and len(tq._FAST) == 1
+    # on another stream the recorded call (which holds the words of the stream it was recorded on)
+    # is not replayed: the full path runs and records the call anew with that stream's words
+    monkeypatch.setattr(tq, "_stream_of", lambda device: 5)
+    _, third = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    assert [(k, n) for k, n, _, _ in third] == [("jit", "_qdq_block_kernel")]
+    other = tq._GRID_BARRIERS[(torch.device("cpu"), 5)]
+    assert other is not words and dict(zip(params, third[0][3], strict=True))["bar_ptr"] is other
+    assert next(iter(tq._FAST.values())).bar_stream == 5
 
 
 @pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
@@ -245,8 +254,11 @@ def test_options_replay_and_key_on_their_settings(fake, opts) -> None:
         signs = second[0][3][3]  # as its address: the launcher reads an int as a pointer
         mults = second[0][3][_qarg(tq, "mult_ptr")]  # the inverse's multipliers (INV_MULTS_MIN), else signs
         held = [t.data_ptr() for t in entry.held]
-        assert held == ([signs, mults] if rot.block >= tq.INV_MULTS_MIN else [signs]), (held, signs, mults)
-        assert mults != signs or rot.block < tq.INV_MULTS_MIN
+        # the inverse's multipliers from INV_MULTS_MIN up, unless the signs are sign words (SIGN_WORDS,
+        # bf16: the inverse reads the words too)
+        inv = rot.block >= tq.INV_MULTS_MIN and not tq.SIGN_WORDS
+        assert held == ([signs, mults] if inv else [signs]), (held, signs, mults)
+        assert (mults != signs) == inv
     other = dict(opts, seed=8) if "seed" in opts else {"rotate": Rotation(block=64, seed=getattr(rot, "seed", None))}
     assert {k for k, *_ in call(x, "mxfp4", **other)[1]} == {"jit"}  # another seed or block: recorded anew
     assert len(tq._FAST) == 2

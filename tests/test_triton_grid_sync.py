@@ -79,7 +79,7 @@ def test_one_launch_equals_the_two_launch_path(tq, name: str, opts: dict, dtype,
     synced, plain = calls[0::2], calls[1::2]
     assert all(len(c) == 1 and c[0][0] == "qdq" and c[0][1] == (1,) and c[0][2]["SYNC"] for c in synced), synced
     assert all([k for k, *_ in c] == ["amax", "qdq"] and not c[1][2]["SYNC"] for c in plain), plain
-    assert all(c[0][3] is tq._GRID_BARRIERS[torch.device("cpu")] for c in synced)
+    assert all(c[0][3] is tq._GRID_BARRIERS[(torch.device("cpu"), 0)] for c in synced)
 
 
 def test_tile_grows_to_one_program_and_the_path_needs_one(tq, monkeypatch) -> None:  # noqa: F811
@@ -95,14 +95,14 @@ def test_tile_grows_to_one_program_and_the_path_needs_one(tq, monkeypatch) -> No
     monkeypatch.setitem(tq.TILE_CONFIG, "scaled_fp64", (256, 1))
     calls = _spy(tq, monkeypatch)
     words = tq._grid_barrier_words(torch.device("cpu"))
-    gen0 = int(words[1])
+    gen0 = int(words[tq._GRID_GEN])
     x = nasty(FORMATS["nvfp4"], torch.bfloat16, 256)[:8]
     for name in ("nvfp4", "fp8_e4m3_per_tensor"):
         assert_same_bits(_qdq(x, name, {}), _qdq(x, name, {}, backend="reference"))
         (kind, grid, kw, bar), = calls[-1]
         assert (kind, grid, kw["SYNC"], kw["BLOCK_R"], kw["num_warps"], bar) == ("qdq", (1,), True, 8, 8, words)
         assert not kw["REVERSE"] and not kw["PDL"] and not kw["L2_HINTS"]
-    assert int(words[0]) == 0 and int(words[1]) == gen0 + 2
+    assert int(words[0]) == 0 and int(words[tq._GRID_GEN]) == gen0 + 2
     assert tq._grid_barrier_words(torch.device("cpu")) is words  # made once, kept
     monkeypatch.setattr(tq, "GRID_SYNC_WARPS_MAX", 4)  # at most 4 warps: two programs, not here
     assert_same_bits(_qdq(x, "nvfp4", {}), _qdq(x, "nvfp4", {}, backend="reference"))
@@ -111,7 +111,7 @@ def test_tile_grows_to_one_program_and_the_path_needs_one(tq, monkeypatch) -> No
     wide = torch.randn(2, 2048, dtype=torch.bfloat16)  # two tiles a row (BLOCK_K 1024): two programs
     assert_same_bits(_qdq(wide, "nvfp4", {}), _qdq(wide, "nvfp4", {}, backend="reference"))
     assert [k for k, *_ in calls[-1]] == ["amax", "qdq"] and not calls[-1][1][2]["SYNC"]
-    assert int(words[0]) == 0 and int(words[1]) == gen0 + 2
+    assert int(words[0]) == 0 and int(words[tq._GRID_GEN]) == gen0 + 2
 
 
 def test_grid_limit_and_growth(tq, monkeypatch) -> None:  # noqa: F811
@@ -134,6 +134,11 @@ def test_grid_limit_and_growth(tq, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setattr(tq, "_INTERPRETED", True)
     assert [tq._grid_sync_grow(cpu, n, 1, 4, 1) for n in (1, 2)] == [0, 0]  # four programs a row
     assert [tq._grid_sync_grow(cpu, n, 1, 1, 1) for n in (1, 8, 16, 32)] == [1, 8, 16, 0]
+    # a register cap (ROT_MAXNREG) the grown tile's threads would exceed an SM's registers with: no growth
+    monkeypatch.setattr(tq, "_INTERPRETED", False)
+    assert tq._grid_sync_grow(cpu, 256, 1, 4, 1, 200) == 8  # 200 x 32 x 8 warps = 51200 registers
+    assert tq._grid_sync_grow(cpu, 512, 1, 4, 1, 168) == 0  # 168 x 32 x 16 warps = 86016 > 65536
+    assert tq._grid_sync_grow(cpu, 512, 1, 4, 1, 128) == 16  # 128 x 32 x 16 = 65536: fits
 
 
 def test_barrier_spins_until_the_last_arrival(tq) -> None:  # noqa: F811
@@ -150,20 +155,22 @@ def test_barrier_spins_until_the_last_arrival(tq) -> None:  # noqa: F811
     import tests.support.triton_qdq_kernels as k
 
     k = importlib.reload(k)
-    words = torch.tensor([0, 41], dtype=torch.int32)
+    words = torch.zeros(tq._GRID_WORDS, dtype=torch.int32)
+    g = tq._GRID_GEN  # the generation's word
+    words[g] = 41
     out = torch.zeros(1, dtype=torch.int32)
     run = threading.Thread(target=lambda: k.grid_barrier_kernel[(1,)](words, out, 2), daemon=True)
     run.start()
     deadline = time.monotonic() + 30
     while int(words[0]) == 0 and time.monotonic() < deadline:  # wait for its arrival
         time.sleep(0.01)
-    assert words.tolist() == [1, 41]
+    assert [int(words[0]), int(words[g])] == [1, 41]
     time.sleep(0.3)
     assert int(out[0]) == 0 and run.is_alive()  # arrived, waiting at the barrier
     words[0] = 0  # the other program arrives last: the count reset, then the generation bumped
-    words[1] += 1
+    words[g] += 1
     run.join(timeout=30)
-    assert not run.is_alive() and int(out[0]) == 1 and words.tolist() == [0, 42]
+    assert not run.is_alive() and int(out[0]) == 1 and [int(words[0]), int(words[g])] == [0, 42]
     words[0], out[0] = 1, 0  # the other program arrived first: this one is the last
     k.grid_barrier_kernel[(1,)](words, out, 2)
-    assert int(out[0]) == 1 and words.tolist() == [0, 43]
+    assert int(out[0]) == 1 and [int(words[0]), int(words[g])] == [0, 43]

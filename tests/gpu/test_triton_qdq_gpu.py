@@ -328,12 +328,15 @@ def test_narrow_form_with_redone_tiles(name: str, dtype: torch.dtype) -> None:
 #: Set in the child process that runs the grid-barrier checks (``test_grid_sync_one_launch``).
 _GRID_SYNC_CHILD = "QDQ_GRID_SYNC_CHILD"
 #: (format, quantize_dequantize options, dtype, shapes): NVFP4, with four over six, FP8 per-tensor;
-#: bf16 at the decode sizes (sm_90's tiles of one row grown 1x, 2x, 8x: 64 / 128 / 128 programs) and a
-#: shape of neither power of two (2x: 76 programs), fp32 at three of them (each growth once); rotated
-#: ones at one size (each shape a compiled variant: the set is kept small)
-_GS_SHAPES, _GS_SOME = ((16, 4096), (64, 4096), (256, 4096), (37, 4000)), ((16, 4096), (256, 4096), (37, 4000))
+#: bf16 at the decode sizes (sm_90's tiles of one row grown 1x, 2x, 8x on 132 SMs: 64 / 128 / 128
+#: programs), 33 rows (132 programs: every SM one), a shape of neither power of two (2x: 76 programs)
+#: and, for NVFP4, 512 rows (grown 16x: 16 warps, 128 programs); fp32 at three of them (each growth
+#: once); rotated ones at one size (each shape a compiled variant: the set is kept small)
+_GS_SHAPES = ((16, 4096), (33, 4096), (64, 4096), (256, 4096), (37, 4000))
+_GS_SOME = ((16, 4096), (256, 4096), (37, 4000))
 GRID_SYNC_CASES = (
-    *((fmt, kw, dtype, _GS_SHAPES if dtype == torch.bfloat16 else _GS_SOME)
+    *((fmt, kw, dtype, ((*_GS_SHAPES, (512, 4096)) if fmt == "nvfp4" and not kw else _GS_SHAPES)
+       if dtype == torch.bfloat16 else _GS_SOME)
       for fmt, kw in (("nvfp4", {}), ("nvfp4", {"scale_rule": "four_over_six"}), ("fp8_e4m3_per_tensor", {}))
       for dtype in (torch.bfloat16, torch.float32)),
     ("nvfp4", {"rotate": {"block": 128, "seed": 1}}, torch.bfloat16, ((64, 4096),)),
@@ -356,13 +359,13 @@ def test_grid_sync_one_launch() -> None:
 
     from vllm_qdq.numerics import triton_qdq
 
-    _needs_132_sms(triton_qdq)
+    print(f"grid barrier checks on {_sms(triton_qdq)} SMs")
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, **{_GRID_SYNC_CHILD: "1"})
     env.pop("QDQ_TEST_TIMES", None)  # the parent's timings file is the parent's
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
-           f"{Path(__file__).resolve()}", "-k", "grid_sync_bits or grid_sync_graph"]
+           f"{Path(__file__).resolve()}", "-k", "grid_sync_bits or grid_sync_graph or grid_sync_stress"]
     try:
         out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=420)
     except subprocess.TimeoutExpired as e:
@@ -401,16 +404,28 @@ def _grid_sync_call(triton_qdq, on: bool, x: torch.Tensor, fmt: str, kw: dict) -
     return quantize_dequantize(x, fmt, backend="triton", **kw)
 
 
-def _grid_sync_words(triton_qdq) -> tuple[int, int]:
+def _grid_sync_words(triton_qdq, stream: torch.cuda.Stream | None = None) -> tuple[int, int]:
+    """(count, generation) of the grid barrier's words of ``stream`` (default: the current one)."""
     torch.cuda.synchronize()
-    count, gen = triton_qdq._GRID_BARRIERS[torch.device("cuda", torch.cuda.current_device())].tolist()
-    return count, gen
+    dev = torch.device("cuda", torch.cuda.current_device())
+    raw = (stream or torch.cuda.current_stream()).cuda_stream
+    words = triton_qdq._GRID_BARRIERS[(dev, raw)]
+    return int(words[0]), int(words[triton_qdq._GRID_GEN])
 
 
-def _needs_132_sms(triton_qdq) -> None:
-    sms = triton_qdq._sm_count(torch.device("cuda", torch.cuda.current_device()))
-    if sms < 132:  # every shape here fits an H100 / H200 (132 SMs) in one wave of the QDQ tile grown to 16 warps
-        pytest.skip(f"{sms} SMs: the shapes are chosen for 132 (H100 / H200 SXM)")
+def _has_words(triton_qdq, stream: torch.cuda.Stream | None = None) -> bool:
+    """Whether the grid barrier's words of ``stream`` (default: the current one) exist yet."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    return (dev, (stream or torch.cuda.current_stream()).cuda_stream) in triton_qdq._GRID_BARRIERS
+
+
+def _sms(triton_qdq) -> int:
+    return triton_qdq._sm_count(torch.device("cuda", torch.cuda.current_device()))
+
+
+#: An H100 / H200 SXM: every shape of GRID_SYNC_CASES fits one wave of the grown QDQ tile there (fewer
+#: SMs, e.g. an H100 PCIe's 114: a shape that does not fit takes the two-launch path, still checked)
+_FULL_SMS = 132
 
 
 @_child_only
@@ -422,7 +437,7 @@ def test_grid_sync_bits(fmt: str, kw: dict, dtype: torch.dtype, shapes: tuple, m
     launch with the count at 0 and the generation one further."""
     from vllm_qdq.numerics import triton_qdq
 
-    _needs_132_sms(triton_qdq)
+    full = _sms(triton_qdq) >= _FULL_SMS
     monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     seen = _grid_sync_spy(triton_qdq, monkeypatch)
@@ -436,42 +451,82 @@ def test_grid_sync_bits(fmt: str, kw: dict, dtype: torch.dtype, shapes: tuple, m
                 x = specials(x)
             off = _grid_sync_call(triton_qdq, False, x, fmt, kw)
             n = len(seen)
+            if gen0 is None:  # the words made by the first call with the switch on
+                gen0 = _grid_sync_words(triton_qdq)[1] if _has_words(triton_qdq) else 0
             ons = [_grid_sync_call(triton_qdq, True, x, fmt, kw) for _ in range(2)]  # recorded, then replayed
-            sync_launches += 2
-            assert seen[n:] == [[("_qdq_block_kernel", True)]], (shape, seen[n:])
             (entry,) = triton_qdq._FAST.values()
-            assert len(entry.launches) == 1  # the replay: one launch
-            if gen0 is None:
-                gen0 = _grid_sync_words(triton_qdq)[1] - 2
+            if seen[n:] == [[("_amax_kernel", False), ("_qdq_block_kernel", False)]] and not full:
+                assert len(entry.launches) == 2  # too large for this GPU's SMs: the two-launch path
+            else:
+                assert seen[n:] == [[("_qdq_block_kernel", True)]], (shape, _sms(triton_qdq), seen[n:])
+                assert len(entry.launches) == 1  # the replay: one launch
+                sync_launches += 2
             for on in ons:
                 assert_same_bits(on, off)
+    assert sync_launches, f"no call took the grid barrier's path on {_sms(triton_qdq)} SMs"
     assert _grid_sync_words(triton_qdq) == (0, gen0 + sync_launches)
+
+
+@_child_only
+@pytest.mark.parametrize("warps", [1, 16])
+def test_grid_sync_stress(warps: int) -> None:
+    """The grid barrier alone, 2000 rounds back to back in one cooperative launch of one program per
+    SM (every SM holds one: the co-residency the QDQ path relies on, at its widest grid): after each
+    barrier every program reads every other program's store of that round at the L2 (``.cg``, as the
+    pairs are read) and finds it; the words end with the count at 0 and the generation 2000 further.
+    Poisoned slots (a stale value from an earlier round, or never written) would count as errors."""
+    from vllm_qdq.numerics import triton_qdq
+
+    import tests.support.triton_qdq_kernels as k
+
+    n = _sms(triton_qdq)
+    n_max = 1 << (n - 1).bit_length()
+    rounds = 2000
+    words = torch.zeros(triton_qdq._GRID_WORDS, dtype=torch.int32, device="cuda")
+    words[triton_qdq._GRID_GEN] = 7
+    slots = torch.full((2 * n_max,), -1, dtype=torch.int32, device="cuda")
+    err = torch.full((n,), -1, dtype=torch.int32, device="cuda")
+    k.grid_barrier_stress_kernel[(n,)](words, slots, err, rounds, N_MAX=n_max, num_warps=warps,
+                                       launch_cooperative_grid=True)
+    torch.cuda.synchronize()
+    assert err.tolist() == [0] * n, err.tolist()
+    assert [int(words[0]), int(words[triton_qdq._GRID_GEN])] == [0, 7 + rounds]
 
 
 @_child_only
 @pytest.mark.parametrize("fmt", ["nvfp4", "fp8_e4m3_per_tensor"])
 def test_grid_sync_graph(fmt: str, monkeypatch) -> None:
     """The one-launch call captured in a CUDA graph between a kernel that writes x and one that reads
-    y (what vLLM's graphs hold), replayed with new values each time: bit for bit with the two-launch
-    path on those values, the barrier's count back at 0 and its generation one further a replay."""
+    y (what vLLM's graphs hold), on the stream its eager warm-up ran on (as vLLM captures: the
+    barrier's words are that stream's), replayed with new values each time: bit for bit with the
+    two-launch path on those values, the barrier's count back at 0 and its generation one further a
+    replay. A capture on a stream that never ran the call eagerly (no words for it yet) records the
+    two-launch path instead, with the same bits."""
     from vllm_qdq.numerics import triton_qdq
 
-    _needs_132_sms(triton_qdq)
     monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     seen = _grid_sync_spy(triton_qdq, monkeypatch)
     for rows in (16, 256):
+        if rows == 256 and _sms(triton_qdq) < _FULL_SMS and fmt != "nvfp4":
+            continue  # 16 warps x 128 programs: not one wave on fewer SMs
         src = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
         x = src.clone()
-        _grid_sync_call(triton_qdq, True, x, fmt, {})  # compiled, recorded and the words made before the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # compiled, recorded and the words made before the capture
+            _grid_sync_call(triton_qdq, True, x, fmt, {})
         assert seen[-1] == [("_qdq_block_kernel", True)]
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        triton_qdq._FAST.clear()  # the capture through the launcher (spied), not a recorded call's replay
+        n = len(seen)
+        with torch.cuda.graph(g, stream=stream):
             x.copy_(src * 2.0)  # the producer
             out = _grid_sync_call(triton_qdq, True, x, fmt, {})
             after = out * 1.0  # the consumer
-        gen0 = _grid_sync_words(triton_qdq)[1]
+        assert seen[n:] == [[("_qdq_block_kernel", True)]], seen[n:]  # the stream's words: one launch
+        gen0 = _grid_sync_words(triton_qdq, stream)[1]
         for i in range(4):
             torch.manual_seed(100 + i)
             src.copy_(torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1))
@@ -480,6 +535,19 @@ def test_grid_sync_graph(fmt: str, monkeypatch) -> None:
                 src[0, 5] = float("inf")
             g.replay()
             torch.cuda.synchronize()
-            assert _grid_sync_words(triton_qdq) == (0, gen0 + i + 1)
+            assert _grid_sync_words(triton_qdq, stream) == (0, gen0 + i + 1)
             want = _grid_sync_call(triton_qdq, False, src * 2.0, fmt, {})
             assert_same_bits(after, want)
+    fresh = torch.cuda.Stream()  # never ran the call: no words, so the capture takes two launches
+    fresh.wait_stream(torch.cuda.current_stream())
+    g2 = torch.cuda.CUDAGraph()
+    triton_qdq._FAST.clear()
+    n = len(seen)
+    with torch.cuda.graph(g2, stream=fresh):
+        x.copy_(src * 2.0)
+        out2 = _grid_sync_call(triton_qdq, True, x, fmt, {})
+    assert seen[n:] == [[("_amax_kernel", False), ("_qdq_block_kernel", False)]], seen[n:]
+    assert not _has_words(triton_qdq, fresh)
+    g2.replay()
+    torch.cuda.synchronize()
+    assert_same_bits(out2, _grid_sync_call(triton_qdq, False, src * 2.0, fmt, {}))

@@ -66,3 +66,25 @@ def grid_barrier_kernel(bar_ptr, out_ptr, n):
     the program got through."""
     TQ._grid_barrier(bar_ptr, n)
     tl.store(out_ptr, 1)
+
+
+@triton.jit
+def grid_barrier_stress_kernel(bar_ptr, slots_ptr, err_ptr, rounds, N_MAX: tl.constexpr):
+    """``rounds`` rounds of ``_grid_barrier`` over the whole grid (``n`` programs, ``n <= N_MAX``):
+    each round every program stores a tag of the round and its id (``r * n + pid``) in its slot of
+    the round's half of ``slots`` (two halves of ``N_MAX`` words, by the round's parity: a program a
+    round ahead writes the other half, which nobody still reads), meets the others at the barrier,
+    then reads every slot of that half at the L2 (``.cg``, as ``_grid_stats`` reads the pairs) and
+    counts the tags that are not the round's; ``err[pid]`` = its count over all rounds. Any store
+    not visible after the barrier, or a program let through early, shows as a count."""
+    pid = tl.program_id(0)
+    n = tl.num_programs(0)
+    p = tl.arange(0, N_MAX)
+    errs = tl.zeros([N_MAX], tl.int32)
+    for r in range(rounds):
+        half = slots_ptr + (r % 2) * N_MAX
+        tl.store(half + pid, r * n + pid)
+        TQ._grid_barrier(bar_ptr, n)
+        v = tl.load(half + p, mask=p < n, other=0, cache_modifier=".cg")
+        errs += tl.where((p < n) & (v != r * n + p), 1, 0)
+    tl.store(err_ptr + pid, tl.sum(errs, 0))

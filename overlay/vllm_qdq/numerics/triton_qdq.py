@@ -1000,7 +1000,8 @@ if triton is not None:
     @triton.jit
     def _grid_barrier(bar_ptr, n):
         """A barrier of all ``n`` programs of the grid (every one co-resident: :data:`GRID_SYNC`) on
-        the two int32 words ``bar_ptr[0]`` (arrivals) and ``bar_ptr[1]`` (generation), zeroed once
+        the two int32 words ``bar_ptr[0]`` (arrivals) and ``bar_ptr[32]`` (generation, on a 128-byte
+        line of its own, so that the programs polling it do not queue on the count's line), zeroed once
         when created (:func:`_grid_barrier_words`) and never again: sense reversal. Each program
         reads the generation, arrives (``atomic_add`` of 1); the last to arrive (the count it read
         is ``n - 1``) sets the count back to 0 and then bumps the generation, which releases the
@@ -1030,16 +1031,17 @@ if triton is not None:
         read this launch's bump (which needs this program's arrival) and the spin ends once the last
         program arrives. The previous launch's words are visible at the start (a kernel boundary;
         launches of one stream only: :data:`GRID_SYNC`)."""
-        gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+        gen_ptr = bar_ptr + 32  # the generation: its own 128-byte line (_GRID_WORDS), apart from the count's
+        gen = tl.atomic_add(gen_ptr, 0, sem="acquire")
         tl.debug_barrier()  # every thread's stores before the arrival
         old = tl.atomic_add(bar_ptr, 1)  # arrive (acq_rel, gpu scope)
         if old == n - 1:  # the last: reset the count for the next launch, then release the others
             tl.atomic_xchg(bar_ptr, 0)
-            tl.atomic_add(bar_ptr + 1, 1)
+            tl.atomic_add(gen_ptr, 1)
         else:
-            cur = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+            cur = tl.atomic_add(gen_ptr, 0, sem="acquire")
             while cur == gen:
-                cur = tl.atomic_add(bar_ptr + 1, 0, sem="acquire")
+                cur = tl.atomic_add(gen_ptr, 0, sem="acquire")
         tl.debug_barrier()  # every thread after the release
 
     @triton.jit
@@ -1491,7 +1493,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     block_r, block_k, amax, consts = _plan(*plan)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC and two_pass and not one_tile:
-        grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"])
+        grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
+                               consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
             block_r, block_k, amax, consts = _plan(*plan, sync=grow)
@@ -1563,6 +1566,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
               "Y_STREAM": Y_STREAM and amax is not None and not one_tile, "PDL": pdl, **consts}
     if pdl:
         consts["launch_pdl"] = True
+    if bar is not None and not _INTERPRETED:  # the driver places every program at once, or fails the launch
+        consts["launch_cooperative_grid"] = True
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
@@ -1666,20 +1671,26 @@ PDL = True
 #: (:data:`ONE_TILE_MAX`) and whose QDQ pass fits on the GPU at once is ONE launch of
 #: :func:`_qdq_block_kernel` (``SYNC``), with no amax pass: each program loads its tile (rotated
 #: where asked), reduces its own ``(amax bits, bad)`` pair from it as a one-tile call does, stores
-#: it at ``buf[2 * pid]``, waits at a grid barrier (:func:`_grid_barrier`, on a persistent 2-word
-#: workspace per device, :func:`_grid_barrier_words`), reduces every pair (:func:`_grid_stats`) and
+#: it at ``buf[2 * pid]``, waits at a grid barrier (:func:`_grid_barrier`, on a persistent
+#: workspace per device and stream, :func:`_grid_barrier_words`), reduces every pair (:func:`_grid_stats`) and
 #: QDQs the tile it holds: x is read once. "Fits": at most ``min(SM count, PARTIALS_MAX)`` programs
 #: (:func:`_grid_sync_grow`; the tile grows by rows and warps in powers of two, the elements a
 #: thread holds unchanged, up to :data:`GRID_SYNC_WARPS_MAX` warps), so that every program is
-#: resident at once (each SM can hold one; programs spinning at the barrier wait only for programs
-#: of the same grid); larger calls, calls of one tile and the interpreter (which runs programs one
-#: after another: only a grid of 1 takes the path there) launch as before. The same bits as the
-#: two-launch path (the same pairs, a max of maxima; the tile's shape changes no number). Limits:
-#: one stream at a time per device (two such calls running at once on two streams of a device
-#: would share the workspace, and each could hold the SMs the other's programs wait for: a
-#: deadlock); on a device whose SMs are shared (MPS, green contexts) the SM count must be what this
-#: process can use; the workspace is made outside a CUDA graph capture (a first call on a device
-#: while capturing takes the two-launch path). Why: a decode-sized two-pass call replayed from a CUDA
+#: resident at once (one CTA of the grown tile fits an SM: ``.reqntid`` caps its registers; a
+#: register cap, ``ROT_MAXNREG``, that would not fit 16 warps stops the growth), and the launch is
+#: cooperative (``launch_cooperative_grid``: the driver places every program of the grid at once or
+#: fails the launch, so that programs spinning at the barrier never hold SMs that programs of their
+#: own grid wait for, even beside another stream's such launch; vLLM runs MoE shared experts on an
+#: aux stream beside the routed ones); larger calls, calls of one tile and the interpreter (which
+#: runs programs one after another: only a grid of 1 takes the path there) launch as before. The
+#: same bits as the two-launch path (the same pairs, a max of maxima; the tile's shape changes no
+#: number). The workspace is one per device and stream (launches of one stream run in order; a
+#: recorded eager call replayed on another stream takes the full path); it is made outside a CUDA
+#: graph capture (a first call on a stream while it captures takes the two-launch path; vLLM warms
+#: up eagerly on the stream it captures on, so its graphs find the words made). A graph replayed on
+#: another stream than it was captured on, beside eager calls on the capture stream, would share
+#: them: not supported. On a device whose SMs are shared (MPS, green contexts) the SM count must be
+#: what this process can use. Why: a decode-sized two-pass call replayed from a CUDA
 #: graph took 3.2-5.7 us on the H100 (two launches, PDL on) against a target of twice a copy (2.4-3.6
 #: us), and 14.5 us eager against ~8.5 for one-pass recipes (issue 16). Off: not yet run on a GPU,
 #: untimed until ``scripts/bench_qdq_triton.py --grid-sync-table`` times it (run under ``timeout``:
@@ -1688,37 +1699,55 @@ GRID_SYNC = False
 #: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
 #: takes the two-launch path.
 GRID_SYNC_WARPS_MAX = 16
+#: The grid barrier's workspace (:func:`_grid_barrier_words`): int32 words, the arrival count at
+#: word 0 and the generation at word :data:`_GRID_GEN` (``bar_ptr + 32`` in :func:`_grid_barrier`:
+#: 128 bytes apart, a cache line each).
+_GRID_WORDS = 64
+_GRID_GEN = 32
 _GRID_BARRIERS: dict = {}
+#: Registers an SM holds (sm_80 and up): a register cap times the grown tile's threads must fit.
+_SM_REGISTERS = 65536
 
 
-def _grid_sync_grow(device: torch.device, n_rows: int, block_r: int, n_k: int, warps: int) -> int:
+def _grid_sync_grow(device: torch.device, n_rows: int, block_r: int, n_k: int, warps: int, maxnreg: int = 0) -> int:
     """The factor (a power of two) by which the rows and warps of a planned QDQ tile of ``block_r``
     rows (``n_k`` tiles a row) grow so that the grid holds at most ``min(SM count,
     PARTIALS_MAX)`` programs (1 under the interpreter), every one resident at once (:data:`GRID_SYNC`);
-    0 when none does within :data:`GRID_SYNC_WARPS_MAX` warps (or ``PARTIALS_MAX`` is 0)."""
+    0 when none does within :data:`GRID_SYNC_WARPS_MAX` warps (or ``PARTIALS_MAX`` is 0), or when a
+    register cap ``maxnreg`` (the plan's ``maxnreg``: ``ROT_MAXNREG``) times the grown tile's threads
+    exceeds an SM's registers (the launch would fail for resources)."""
     limit = 1 if _INTERPRETED else min(_sm_count(device), PARTIALS_MAX)
     f = 1
     while _cdiv(n_rows, block_r * f) * n_k > limit:
         if block_r * f >= n_rows or warps * f * 2 > GRID_SYNC_WARPS_MAX:
             return 0
         f *= 2
+    if maxnreg and maxnreg * 32 * warps * f > _SM_REGISTERS:
+        return 0
     return f
 
 
+def _stream_of(device: torch.device) -> int:
+    """The raw handle of ``device``'s current stream (0 for a CPU tensor: the interpreter)."""
+    if device.type != "cuda":
+        return 0
+    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _grid_barrier_words(device: torch.device) -> torch.Tensor | None:
-    """The grid barrier's workspace on ``device``: two int32 words (arrivals, generation) zeroed once,
-    when made, and kept for the process (:func:`_grid_barrier` leaves the count at 0 after each
-    launch); None while the current stream captures a CUDA graph and none exists yet (made there, it
-    would come from the graph's pool and be zeroed only at replay: that call takes the two-launch
-    path)."""
-    w = _GRID_BARRIERS.get(device)
+    """The grid barrier's workspace for ``device``'s current stream: :data:`_GRID_WORDS` int32 words
+    (the count at 0, the generation at :data:`_GRID_GEN`) zeroed once, on that stream, when made,
+    and kept for the process (:func:`_grid_barrier` leaves the count at 0 after each launch; the
+    stream's launches run in order, so no two launches share the words at once); None while the
+    stream captures a CUDA graph and none exists yet for it (made there, they would come from the
+    graph's pool and be zeroed only at replay: that call takes the two-launch path)."""
+    key = (device, _stream_of(device))
+    w = _GRID_BARRIERS.get(key)
     if w is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
-        w = torch.zeros(2, dtype=torch.int32, device=device)
-        if device.type == "cuda":  # zeroed before any stream's launch reads it
-            torch.cuda.current_stream(device).synchronize()
-        _GRID_BARRIERS[device] = w
+        w = torch.zeros(_GRID_WORDS, dtype=torch.int32, device=device)
+        _GRID_BARRIERS[key] = w
     return w
 
 
@@ -2077,8 +2106,8 @@ class _FastCall:
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
 
-    __slots__ = ("amax_tile", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held", "launches",
-                 "replay", "spec", "tile", "torch_device", "y_align")
+    __slots__ = ("amax_tile", "bar_stream", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held",
+                 "launches", "replay", "spec", "tile", "torch_device", "y_align")
 
     def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
                  held: tuple[torch.Tensor, ...] = (), gamax: torch.Tensor | None = None,
@@ -2092,6 +2121,9 @@ class _FastCall:
         self.device = x.get_device() if device is None else device
         self.torch_device = x.device
         self.held = held
+        # a grid barrier's launch holds the words of the stream it was recorded on (:data:`GRID_SYNC`):
+        # replayed on another stream, the call takes the full path (which finds that stream's words)
+        self.bar_stream = _stream_of(x.device) if any(kw.get("SYNC") for _, _, _, kw, _, _ in rec) else None
         self.y_align = y.data_ptr() & _ALIGN
         bufs = {id(b): b for *_, b in rec if b is not None and b is not y and b is not gamax}
         if len(bufs) > 1:
@@ -2144,11 +2176,15 @@ class _FastCall:
             if buf_ptr & _ALIGN != self.buf_align:
                 return None
         if self.direct and _hooks_idle():
+            stream = torch._C._cuda_getCurrentRawStream(self.device)
+            if self.bar_stream is not None and stream != self.bar_stream:
+                return None
             if self.replay is None:
                 self.replay = _make_replay(self.launches)
-            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
-                        0 if gamax is None else gamax.data_ptr())
+            self.replay(stream, x.data_ptr(), y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
         else:
+            if self.bar_stream is not None and _stream_of(self.torch_device) != self.bar_stream:
+                return None
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
                 args = list(template)
