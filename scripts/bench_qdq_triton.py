@@ -73,6 +73,7 @@ import sys
 import torch
 from vllm_qdq.study.gpu_timing import (
     L2_STATES,
+    capture,
     graph_us,
     host_us,
     host_us_interleaved,
@@ -386,7 +387,9 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
     alike), beside a copy's; issue 16's targets (graph <= 2 x copy's graph; eager <= graph +
     EAGER_OVERHEAD_US) for the one-launch figures; the launches each path made (``_launch`` probed
     directly: 1 where the barrier path was taken) and whether its output equals the other path's bit
-    for bit (integer views: NaN-safe) on random values and on values with an Inf and a NaN. Figures
+    for bit (integer views: NaN-safe) on random values and on values with an Inf and a NaN, and whether
+    a graph captured as the timed ones are holds the one-launch path ("gr bar",
+    :func:`_graph_takes_barrier`). Figures
     only (no target fails the run): untimed, not yet run on a GPU. A barrier that never opens hangs
     the process: run this table alone under ``timeout`` (each row is named before it is timed)."""
     from vllm_qdq.numerics import triton_qdq
@@ -402,7 +405,7 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
     print(f"{'format':22s} {'rows':>5s} {'copy gr':>7s} {'copy eg':>7s} {'graph on':>8s} {'off':>6s} "
           f"{f'<={GRAPH_FACTOR:.0f}xcopy':>8s} {'met':>3s} {'eager on':>8s} {'off':>6s} "
           f"{f'<=gr+{EAGER_OVERHEAD_US:.0f}':>6s} {'met':>3s} {'launch':>6s} "
-          f"{'equal':>5s}")
+          f"{'equal':>5s} {'gr bar':>6s}")
     saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
     try:
         for fmt in GRID_SYNC_FORMATS:
@@ -430,6 +433,7 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
                     for on in (True, False):
                         graph[on] = min(graph[on], graph_us_with(triton_qdq, "GRID_SYNC", on,
                                                                  lambda: triton_qdq_call(x, spec, "floor")))  # noqa: B023
+                in_graph = _graph_takes_barrier(triton_qdq, lambda: triton_qdq_call(x, spec, "floor"))  # noqa: B023
                 copy_graph = graph_us(lambda: y.copy_(x))  # noqa: B023
                 fns = {"copy_": lambda: y.copy_(x)}  # noqa: B023
                 for on in (True, False):  # each mode's own recorded calls: the fast path's table swapped per call
@@ -442,10 +446,32 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
                 print(f"{fmt:22s} {n:5d} {copy_graph:7.1f} {eager['copy_']:7.1f} {graph[True]:8.1f} {graph[False]:6.1f} "
                       f"{GRAPH_FACTOR * copy_graph:8.1f} {'yes' if g_ok else 'no':>3s} {eager[True]:8.1f} "
                       f"{eager[False]:6.1f} {graph[True] + EAGER_OVERHEAD_US:6.1f} {'yes' if e_ok else 'no':>3s} "
-                      f"{f'{launches[True]}/{launches[False]}':>6s} {'yes' if equal else 'NO':>5s}", flush=True)
+                      f"{f'{launches[True]}/{launches[False]}':>6s} {'yes' if equal else 'NO':>5s} "
+                      f"{'yes' if in_graph else 'NO':>6s}", flush=True)
     finally:
         triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
         triton_qdq._FAST.clear()
+
+
+def _graph_takes_barrier(triton_qdq, fn) -> bool:
+    """Whether a CUDA graph of one call of ``fn`` with ``GRID_SYNC`` on, captured as the graph
+    column's graphs are (:func:`~vllm_qdq.study.gpu_timing.capture`: warmed up and captured on one
+    side stream), holds the grid barrier's launch: one replay advances the barrier words'
+    generations (all streams' summed) by exactly one. The "gr bar" column: the "graph on" figure
+    times the one-launch path only where it says yes."""
+    def generations() -> int:
+        torch.cuda.synchronize()
+        return sum(int(w[triton_qdq._GRID_GEN]) for w in triton_qdq._GRID_BARRIERS.values())
+
+    saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
+    triton_qdq._FAST, triton_qdq.GRID_SYNC = {}, True
+    try:
+        g = capture(fn, 1)
+        before = generations()
+        g.replay()
+        return generations() - before == 1
+    finally:
+        triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
 
 
 def _with_specials(x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,9 @@ def bench_ms(fn, reps: int = 50) -> float:
 
 
 def capture(fn, calls: int) -> torch.cuda.CUDAGraph:
-    """A CUDA graph holding ``calls`` calls of ``fn`` (warmed up on a side stream first)."""
+    """A CUDA graph holding ``calls`` calls of ``fn``, warmed up on a side stream first and captured
+    on that same stream (as vLLM captures on the stream it warmed up on: what a call made per
+    stream in its warm-up, e.g. the QDQ grid barrier's words, is found in the capture)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -37,7 +39,7 @@ def capture(fn, calls: int) -> torch.cuda.CUDAGraph:
             fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, stream=s):
         for _ in range(calls):
             fn()
     return g
