@@ -69,6 +69,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from vllm_qdq.study.gpu_timing import (
@@ -80,6 +82,8 @@ from vllm_qdq.study.gpu_timing import (
     kernel_ms,
     kernel_us_l2,
 )
+
+T = TypeVar("T")
 
 SIZES = ((4096, 4096), (8192, 8192))
 DECODE_ROWS = (1, 16, 64, 256)
@@ -463,15 +467,13 @@ def _graph_takes_barrier(triton_qdq, fn) -> bool:
         torch.cuda.synchronize()
         return sum(int(w[triton_qdq._GRID_GEN]) for w in triton_qdq._GRID_BARRIERS.values())
 
-    saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
-    triton_qdq._FAST, triton_qdq.GRID_SYNC = {}, True
-    try:
+    def one_replay_bumps(fn) -> bool:
         g = capture(fn, 1)
         before = generations()
         g.replay()
         return generations() - before == 1
-    finally:
-        triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+
+    return _with_switch(one_replay_bumps, triton_qdq, "GRID_SYNC", True, fn)
 
 
 def _with_specials(x: torch.Tensor) -> torch.Tensor:
@@ -507,7 +509,7 @@ def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
     return _with_switch(kernel_ms, triton_qdq, switch, value, fn)
 
 
-def _with_switch(timer, triton_qdq, switch: str, value, fn) -> float:
+def _with_switch(timer: Callable[[Callable], T], triton_qdq, switch: str, value, fn) -> T:
     """``timer(fn)`` with ``triton_qdq``'s module switch ``switch`` set to ``value`` (restored
     after); the eager fast path's recorded calls are dropped before and after, as they keep the
     switches they were recorded with."""

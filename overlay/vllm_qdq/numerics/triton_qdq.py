@@ -978,10 +978,19 @@ if triton is not None:
         tl.static_assert(N_PARTIALS > 0, "an amax pass leaves at least one pair")
         if PDL:
             tl.extra.cuda.gdc_wait()
+        return _pairs_max(buf_ptr, n_part, N_PARTIALS, "")
+
+    @triton.jit
+    def _pairs_max(buf_ptr, n_part, N_PARTIALS: tl.constexpr, CACHE: tl.constexpr):
+        """``(amax, bad)``: the integer max over the ``n_part`` pairs ``buf[2p], buf[2p + 1]``
+        (``n_part <= N_PARTIALS``; the same words in any order), the amax's bits as fp32 and the
+        flag as a bool; the pairs loaded with the cache modifier ``CACHE`` (``""``: Triton's
+        default; ``".cg"``: at the L2, :func:`_grid_stats`)."""
         p = tl.arange(0, N_PARTIALS)
         m = p < n_part
-        a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0), 0, tl.standard._elementwise_max)
-        b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0), 0, tl.standard._elementwise_max)
+        a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0, cache_modifier=CACHE), 0, tl.standard._elementwise_max)
+        b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0, cache_modifier=CACHE), 0,
+                      tl.standard._elementwise_max)
         return a.to(tl.float32, bitcast=True), b > 0
 
     @triton.jit
@@ -1056,13 +1065,7 @@ if triton is not None:
         tl.store(buf_ptr + 2 * pid, amax_bits)
         tl.store(buf_ptr + 2 * pid + 1, bad.to(tl.int32))
         _grid_barrier(bar_ptr, n_part)
-        p = tl.arange(0, N_PARTIALS)
-        m = p < n_part
-        a = tl.reduce(tl.load(buf_ptr + 2 * p, mask=m, other=0, cache_modifier=".cg"), 0,
-                      tl.standard._elementwise_max)
-        b = tl.reduce(tl.load(buf_ptr + 2 * p + 1, mask=m, other=0, cache_modifier=".cg"), 0,
-                      tl.standard._elementwise_max)
-        return a.to(tl.float32, bitcast=True), b > 0
+        return _pairs_max(buf_ptr, n_part, N_PARTIALS, ".cg")
 
     # the seed words are never compile-time constants: Triton specializes an int argument equal
     # to 1 into a constexpr, which has no .to() (seed 1, or 2**32)
@@ -2161,6 +2164,8 @@ class _FastCall:
         return TILE_CONFIG.get(self.cls) is self.tile and TILE_CONFIG.get("amax") is self.amax_tile
 
     def __call__(self, x: torch.Tensor, gamax: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.bar_stream is not None and _stream_of(self.torch_device) != self.bar_stream:
+            return None  # the barrier's words held are another stream's: the full path
         y = torch.empty_like(x)
         y_ptr = y.data_ptr()
         if y_ptr & _ALIGN != self.y_align:
@@ -2176,15 +2181,11 @@ class _FastCall:
             if buf_ptr & _ALIGN != self.buf_align:
                 return None
         if self.direct and _hooks_idle():
-            stream = torch._C._cuda_getCurrentRawStream(self.device)
-            if self.bar_stream is not None and stream != self.bar_stream:
-                return None
             if self.replay is None:
                 self.replay = _make_replay(self.launches)
-            self.replay(stream, x.data_ptr(), y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
+            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
+                        0 if gamax is None else gamax.data_ptr())
         else:
-            if self.bar_stream is not None and _stream_of(self.torch_device) != self.bar_stream:
-                return None
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
                 args = list(template)
