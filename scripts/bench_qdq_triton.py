@@ -154,6 +154,11 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(  # where the planner caps
         cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
              for n in CAP_SWEEP]
+    held_max = getattr(triton_qdq, "ROT_HELD_MAX", None)
+    if hasattr(triton_qdq, "ROT_SPLIT_MAX"):  # blocks of 128 and up held in parts of 64, or whole (the other setting)
+        other_held = 64 if held_max == 128 else 128
+        cols.append((f"held {other_held}", 8, "ROT_HELD_MAX", other_held, lambda spec, rot: bool(
+            rot is not None and rot.block > 64 and triton_qdq._rot_layout(spec, rot.block))))
     if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
         cols.append(("sign masks" if triton_qdq.SIGN_WORDS else "sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
                      lambda spec, rot: coalesced(spec, rot) and rot.seed is not None))
@@ -161,7 +166,8 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
           + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
-          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); coalesced random ones"
+          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks of 128 and up"
+          " held by a thread in the other part size (ROT_HELD_MAX 64 or 128: \"held N\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
           " inverse's fp32 multipliers)")
     print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" + "".join(

@@ -155,6 +155,8 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
     ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
+    ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX for the run (elements of a "
+                    "rotation block a thread holds, larger blocks split over threads; default: the module's)")
     ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS there "
                     "(<recipe>.<layout>.<kernel>.sass)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
@@ -208,6 +210,8 @@ def main() -> int:
     print(f"{'recipe':24s} {'layout':12s} {'kernel':18s} {'tile':>6s} {'warps':>5s} {'el/thr':>6s} {'instr/el':>8s} "
           f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
     default_max, default_coalesce = triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE
+    if args.held_max:
+        triton_qdq.ROT_HELD_MAX = args.held_max
     for recipe in args.recipes.split(","):
         fmt, rule, block, seed, stoch = parse_recipe(recipe.strip())
         spec = get_format(fmt)

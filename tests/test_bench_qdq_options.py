@@ -86,16 +86,18 @@ def _same(option: dict, kw: dict) -> bool:
 
 
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
-    """``--no-sweeps`` (the smoke suite's form): the caps' columns and the signs' other form's (switched
-    from the module's value), timed for random Hadamard-128 in the coalesced layout only; no layout
-    or fold column."""
+    """``--no-sweeps`` (the smoke suite's form): the caps' columns, the other part size a thread holds
+    (``ROT_HELD_MAX``) and the signs' other form's (switched from the module's value), timed for
+    random Hadamard-128 in the coalesced layout only; no layout or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
-    assert "cap 168" in head and "cap 200" in head and other in head
+    held = 64 if tq.ROT_HELD_MAX == 128 else 128
+    assert "cap 168" in head and "cap 200" in head and other in head and f"held {held}" in head
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
-    assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS)}}, seen
+    assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS),
+                                                          ("ROT_HELD_MAX", held)}}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
@@ -108,8 +110,9 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
+    held = 64 if tq.ROT_HELD_MAX == 128 else 128
     assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
-                                                  ("SIGN_WORDS", not tq.SIGN_WORDS)} | caps, seen
+                                                  ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX", held)} | caps, seen
     assert "nvfp4 four_over_six" not in seen
 
 

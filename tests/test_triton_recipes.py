@@ -52,10 +52,29 @@ CASES = [
 ]
 
 
-#: (ROT_TILE_MAX, ROT_COALESCE) of each rotation layout: whole blocks in a thread, loaded and stored
-#: coalesced where the recipe takes it (MX, NVFP4: blocks of 64 and up); the same, loaded and stored in
-#: that layout; the tile's own layout
-LAYOUTS = {"blocks-in-thread": (128, True), "uncoalesced": (128, False), "tile-layout": (0, True)}
+#: (ROT_TILE_MAX, ROT_COALESCE, ROT_HELD_MAX) of each rotation layout: whole blocks in a thread,
+#: loaded and stored coalesced where the recipe takes it (MX, NVFP4: blocks of 64 and up); the same,
+#: loaded and stored in that layout; the tile's own layout; and blocks of 128 and up held in parts of
+#: 64 (Hadamard-128 as halves, Hadamard-256 as quarters: ROT_SPLIT's stages across lanes)
+LAYOUTS = {"blocks-in-thread": (128, True, 128), "uncoalesced": (128, False, 128), "tile-layout": (0, True, 128),
+           "held-64": (128, True, 64)}
+
+
+def _layout_cases(cases: list) -> list:
+    """``(layout, case)`` params: every case in each layout but ``held-64``, which takes only the
+    cases it changes (rotation blocks larger than 64)."""
+    return [pytest.param(layout, *case, id=f"{layout}-{case[0]}-{i}") for layout in LAYOUTS
+            for i, case in enumerate(cases)
+            if layout != "held-64" or case[1].get("rotate", {}).get("block", 0) > 64]
+
+
+def _set_layout(tq, monkeypatch, layout: str) -> tuple[int, bool]:  # noqa: F811
+    """Set ``layout``'s switches on ``tq``; returns ``(ROT_TILE_MAX, ROT_COALESCE)``."""
+    rot_tile_max, coalesce, held_max = LAYOUTS[layout]
+    monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
+    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX", held_max)
+    return rot_tile_max, coalesce
 
 
 def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq: the fixture's module, passed on)
@@ -95,25 +114,23 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
 
 
 def _held(mod, block: int, rot_tile_max: int) -> bool:
-    """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or as one of two halves
-    (``ROT_SPLIT``: Hadamard-256 with blocks of 128 held): the expectation the layout tests check
-    the planner against."""
-    return block <= rot_tile_max or (mod.ROT_SPLIT and block == 2 * mod.ROT_HELD_MAX and rot_tile_max >= mod.ROT_HELD_MAX)
+    """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or a part of
+    ``ROT_HELD_MAX`` (``ROT_SPLIT``: blocks up to ``ROT_SPLIT_MAX``, as Hadamard-256 as halves of
+    128): the expectation the layout tests check the planner against."""
+    split = mod.ROT_SPLIT and mod.ROT_HELD_MAX < block <= mod.ROT_SPLIT_MAX and rot_tile_max >= mod.ROT_HELD_MAX
+    return block <= rot_tile_max or split
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize(("fmt", "kw"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+@pytest.mark.parametrize(("layout", "fmt", "kw"), _layout_cases(CASES))
 def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, layout: str,  # noqa: F811
                                   monkeypatch) -> None:
     """Every rotation layout of the kernels (:data:`ROT_TILE_MAX`: blocks whole in one thread, or
     the tile's own layout; :data:`ROT_COALESCE`: the former loaded and stored coalesced) gives the
     reference's bits, and each call takes the layout it should (``ROT_TILE`` 2, 1 or 0)."""
-    rot_tile_max, coalesce = LAYOUTS[layout]
-    monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
-    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    rot_tile_max, coalesce = _set_layout(tq, monkeypatch, layout)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)  # two-pass recipes through their amax pass (one tile: test_triton_qdq)
-    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "HAS_SIGNS", "maxnreg")
+    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "HAS_SIGNS", "maxnreg", "ROT_HELD")
     torch.manual_seed(0)
     k = 300 if kw.get("rotate", {}).get("pad") else 256
     x = (torch.randn(5, 3, k) * torch.logspace(-2, 2, k)).to(dtype)
@@ -153,6 +170,9 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         cap = (tq.ROT_MAXNREG or None) if want == 2 and block >= tq.ROT_HELD_MAX else None
         caps = [p[2] for p in planned]
         assert set(caps) == {cap}, (caps, cap)
+        # the part of a block a thread holds: the block, or ROT_HELD_MAX elements of it (log2)
+        held = (min(block, tq.ROT_HELD_MAX).bit_length() - 1) if want else 0
+        assert {p[3] for p in planned} == {held}, (planned, held)
     else:
         layouts = [p[0] for p in planned]
         assert set(layouts) <= {0, None}, layouts
@@ -169,19 +189,16 @@ FOLD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize(("fmt", "kw"), FOLD_CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(FOLD_CASES)])
+@pytest.mark.parametrize(("layout", "fmt", "kw"), _layout_cases(FOLD_CASES))
 def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layout: str,  # noqa: F811
                                                     monkeypatch) -> None:
     """:data:`ROT_FOLD`: MX recipes whose rotation scale is a power of two (blocks of 16, 64, 256)
     take it through the block exponents, with the reference's bits, on and off, in every layout;
     inputs from 2**-100 (the contract's smallest block amax) to bf16's largest (rotated sums past
     fp32's range: Inf blocks), zeros, NaN and Inf, fp32 and bf16; the plan folds only those blocks,
-    and only where a thread holds whole groups (blocks up to ``ROT_TILE_MAX``, and Hadamard-256
-    split over two threads, ``ROT_SPLIT``)."""
-    rot_tile_max, coalesce = LAYOUTS[layout]
-    monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
-    monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
+    and only where a thread holds whole groups (blocks up to ``ROT_TILE_MAX``, and larger ones
+    split over threads, ``ROT_SPLIT``)."""
+    rot_tile_max, _ = _set_layout(tq, monkeypatch, layout)
     block = kw["rotate"]["block"]
     want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if _held(tq, block, rot_tile_max) else 0  # whole groups
     g = torch.Generator().manual_seed(block)

@@ -305,16 +305,15 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _butterfly_held(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr):
-        """:func:`_butterfly` of a tile in :func:`_block_cols`'s layout: the stages within the part
-        of a block a thread holds (:func:`_held`) in registers; for a block split over two threads
-        (:data:`ROT_SPLIT`), its last stage as a sum over the pair axis (across the two threads'
-        lanes): ``u + v`` and ``u + (-v)``, one addition each, the same roundings."""
-        HL: tl.constexpr = _held_log2(LOG2_B)
+    def _butterfly_held(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr, HL: tl.constexpr):
+        """:func:`_butterfly` of a tile in :func:`_block_cols`'s layout with ``2**HL`` elements of
+        each block a thread (``HL``: the kernels' ``ROT_HELD``): the stages within the part a thread
+        holds in registers; for a block split over ``2**(LOG2_B - HL)`` threads (:data:`ROT_SPLIT`),
+        each later stage as a sum over a pair axis (across the lanes that hold the two halves):
+        ``u + v`` and ``u + (-v)``, one addition each, the same roundings as ``[u + v, u - v]``."""
         x = _butterfly(x, BLOCK_R, BLOCK_K, HL)
-        if LOG2_B > HL:
-            H: tl.constexpr = 1 << HL
-            x4 = tl.reshape(x, [BLOCK_R, BLOCK_K // (2 * H), 2, H])
+        for st in tl.static_range(HL, LOG2_B):  # halves of 2**st (a constexpr is not reassigned in the loop)
+            x4 = tl.reshape(x, [BLOCK_R, BLOCK_K // (2 << st), 2, 1 << st])
             sgn = (1 - 2 * tl.arange(0, 2)).to(tl.float32)
             # tl.reduce with the standard combiner named, as tl.sum (a jit function) cannot be
             # called from this module's interpreted functions once Triton ran compiled here
@@ -357,7 +356,7 @@ if triton is not None:
     @triton.jit
     def _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R: tl.constexpr,
                       BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, EVICT: tl.constexpr):
+                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr, EVICT: tl.constexpr):
         """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile with whole rotation blocks
         per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs, butterfly,
         ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the ``[BLOCK_R,
@@ -365,31 +364,33 @@ if triton is not None:
         its blocks: a warp's 16-byte accesses fall in up to 32 memory lines); ``2``: loaded in
         the coalesced 2-d layout and moved into it once, through shared memory, as loaded (16-bit
         values for bf16 / fp16 inputs; :func:`_block_anchor`). ``EVICT``: the x load's eviction
-        policy (:func:`_evict`)."""
-        c4 = _block_cols(k0, BLOCK_K, _held(ROT_LOG2))
+        policy (:func:`_evict`). ``ROT_HELD``: ``log2`` of the elements of a block a thread holds
+        (:func:`_rot_held`)."""
+        HELD: tl.constexpr = 1 << ROT_HELD
+        c4 = _block_cols(k0, BLOCK_K, HELD)
         mask4 = (rows < n_rows)[:, None, None, None] & (c4 < K)[None, :, :, :]
         if ROT_TILE == 2:
             cols, mask = _tile_cols(rows, n_rows, k0, K, BLOCK_K)
             x = tl.load(x_ptr + xr[:, None] + (cols * sx_k)[None, :], mask=mask, other=0.0, eviction_policy=EVICT)
-            x = tl.reshape(x, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
+            x = tl.reshape(x, [BLOCK_R, BLOCK_K // HELD, HELD // 8, 8])
             if HAS_SIGNS == 3:  # sign words: each column's bit into the raw 16-bit value's sign bit
-                m = _sign_masks16(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, _held(ROT_LOG2))
+                m = _sign_masks16(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, HELD)
                 x = _to_f32((x.to(tl.int16, bitcast=True) ^ m).to(x.dtype, bitcast=True))
             elif HAS_SIGNS == 2:  # sign masks XORed into the raw 16-bit values (their load places the transpose)
                 x = _to_f32((x.to(tl.int16, bitcast=True) ^ _block_padded(sign_ptr, c4, rows)).to(x.dtype, bitcast=True))
             elif HAS_SIGNS:  # the signs' own load places the transpose
                 x = _to_f32(x) * _block_signs(sign_ptr, c4, rows, KP)
             elif x.dtype.primitive_bitwidth == 16:  # x | 0 on the raw bits: no instruction left
-                x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, _held(ROT_LOG2)))
+                x = _to_f32((x.to(tl.int16, bitcast=True) | _block_anchor(sign_ptr, rows, BLOCK_K, HELD))
                             .to(x.dtype, bitcast=True))
             else:
-                x = _to_f32(x) * (_block_anchor(sign_ptr, rows, BLOCK_K, _held(ROT_LOG2)) + 1).to(tl.float32)
+                x = _to_f32(x) * (_block_anchor(sign_ptr, rows, BLOCK_K, HELD) + 1).to(tl.float32)
         else:
             x = _to_f32(tl.load(x_ptr + xr[:, None, None, None] + (c4 * sx_k)[None, :, :, :], mask=mask4,
                                 other=0.0, eviction_policy=EVICT))
             if HAS_SIGNS:  # (sign masks only in the coalesced layout: SIGN_BITS)
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
-        x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+        x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD)
         if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
             x = x * ROT_SCALE
         return x, c4, mask4
@@ -406,18 +407,6 @@ if triton is not None:
         """The cache modifier of a two-pass call's stores of y (:data:`Y_STREAM`): ``".cs"``
         (streaming: evict first) when ``on``, else Triton's default."""
         return ".cs" if on else ""
-
-    @constexpr_function
-    def _held_log2(log2):
-        """``log2`` of the part of a rotation block of ``2**log2`` one thread holds: the whole
-        block, or, for a block split over two threads (:data:`ROT_SPLIT`), its half (at most
-        :data:`ROT_HELD_MAX`)."""
-        return min(log2, _HELD_LOG2)
-
-    @constexpr_function
-    def _held(log2):
-        """``2**_held_log2(log2)``."""
-        return 1 << min(log2, _HELD_LOG2)
 
     @constexpr_function
     def _evict(on, keep):
@@ -869,8 +858,8 @@ if triton is not None:
         # meta
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr, L2_HINTS: tl.constexpr,
-        PDL: tl.constexpr,
+        ROT_HELD: tl.constexpr, N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr,
+        L2_HINTS: tl.constexpr, PDL: tl.constexpr,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
@@ -896,7 +885,7 @@ if triton is not None:
             amax, bad = _fin_raw_stats(fin, raw, BLOCK_R * BLOCK_K)
         else:
             amax, bad = _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R,
-                                       BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE,
+                                       BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD,
                                        _evict(L2_HINTS, True))
         if N_PARTIALS > 0:
             pid = tl.program_id(0)
@@ -936,14 +925,15 @@ if triton is not None:
     @triton.jit
     def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
                        BLOCK_K: tl.constexpr, FLAT: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                       ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, EVICT: tl.constexpr):
+                       ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr,
+                       EVICT: tl.constexpr):
         """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``); ``EVICT``:
         the x load's L2 eviction policy."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, EVICT)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, EVICT)
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
@@ -1088,7 +1078,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr,
+        ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr, ROT_HELD: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
         L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr, PDL: tl.constexpr, SYNC: tl.constexpr,
     ):
@@ -1125,7 +1115,7 @@ if triton is not None:
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, c4, mask4 = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, _evict(L2_HINTS, False))
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, _evict(L2_HINTS, False))
             x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
             cols = tl.reshape(c4, [N_GROUPS, GROUP])
         else:
@@ -1199,14 +1189,14 @@ if triton is not None:
                 if NARROW:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
-            y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2)
+            y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD)
             if ROT_SCALE != 1.0 and not INV_MULTS:
                 y = y * ROT_SCALE
-            y = tl.reshape(y, [BLOCK_R, BLOCK_K // _held(ROT_LOG2), _held(ROT_LOG2) // 8, 8])
+            y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_HELD), (1 << ROT_HELD) // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
                 y = y * _block_padded(mult_ptr, c4, rows)
             elif HAS_SIGNS == 3:  # the sign words' bits, into the fp32 sign bit
-                m = _sign_masks32(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, _held(ROT_LOG2))
+                m = _sign_masks32(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, 1 << ROT_HELD)
                 y = (y.to(tl.int32, bitcast=True) ^ m).to(tl.float32, bitcast=True)
             elif HAS_SIGNS == 2:  # the forward's sign masks, into the fp32 sign bit
                 bits = _block_padded(sign_ptr, c4, rows).to(tl.int32) << 16
@@ -1400,7 +1390,7 @@ def _cdiv(a: int, b: int) -> int:
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
           rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False,
-          sync: int = 0) -> tuple:
+          sync: int = 0, held_max: int = 128) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1419,22 +1409,25 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     :func:`~vllm_qdq.numerics.rotation.hadamard_sign_words`, for the inverse too: no
     ``INV_MULTS``). ``sync``: a two-pass call of one launch (:data:`GRID_SYNC`), its tile
     ``sync`` times the rows of the planned one with ``sync`` times its warps (the elements a
-    thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set."""
+    thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set.
+    ``held_max``: :data:`ROT_HELD_MAX` in force (blocks larger are held in parts, ``ROT_HELD``)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
         return block_r, {"SPEC": spec, "BLOCK_R": block_r, "BLOCK_K": block_k, "SINGLE": single,
                          "FIX_K": min(block_k, _FIX_K), "num_warps": warps, "enable_fp_fusion": False}
     rot_tile = rot_tile if rot_block > 1 else 0
+    rot_held = _rot_held(rot_block, rot_tile, held_max)
     held_coalesced = has_signs and rot_tile == 2
     mode = 3 if held_coalesced and sign_words else 2 if held_coalesced and sign_bits else has_signs
     rot = {"ROT_LOG2": rot_block.bit_length() - 1, "HAS_SIGNS": mode,
-           "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile}
+           "ROT_SCALE": inv_sqrt_f32(rot_block) if rot_block > 1 else 1.0, "ROT_TILE": rot_tile,
+           "ROT_HELD": rot_held}
     fold = _rot_fold(spec, rot_block, rot_tile) if rot_fold else 0
     q_rot = {**rot, "ROT_SCALE": 1.0, "ROT_FOLD": fold} if fold else {**rot, "ROT_FOLD": 0}
     q_rot["INV_MULTS"] = bool(has_signs and rot_tile and rot_block >= INV_MULTS_MIN and mode != 3)
-    if rot_tile:  # one block per thread at least
-        held = min(rot_block, ROT_HELD_MAX)
+    if rot_tile:  # one block (or part) per thread at least
+        held = 1 << rot_held
         size = max(size, held * 32 * warps)
         amax_tile = (max(amax_tile[0], held * 32 * amax_tile[1]), amax_tile[1])
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
@@ -1493,14 +1486,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     plan = (spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
             tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
-    block_r, block_k, amax, consts = _plan(*plan)
+    block_r, block_k, amax, consts = _plan(*plan, held_max=ROT_HELD_MAX)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC and two_pass and not one_tile:
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
-            block_r, block_k, amax, consts = _plan(*plan, sync=grow)
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=ROT_HELD_MAX)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1782,15 +1775,19 @@ ONE_TILE_WARPS = 8
 #: options table, which decides this default.
 ROT_TILE_MAX = 128
 
-#: The most elements of a rotation block one thread holds (its registers: 128 fp32 values); the
-#: kernels read its log2 (a plain int: Triton's dependency scan refuses a method call there).
-_HELD_LOG2 = 7
-ROT_HELD_MAX = 1 << _HELD_LOG2
+#: The most elements of a rotation block one thread holds (a power of two, 32 to 128; at 128 its
+#: registers hold 128 fp32 values): larger blocks are split over threads (:data:`ROT_SPLIT`). The
+#: kernels take the log2 of what a thread holds as the constexpr ``ROT_HELD`` (:func:`_rot_held`).
+ROT_HELD_MAX = 128
 
-#: Rotation blocks of twice :data:`ROT_HELD_MAX` (Hadamard-256) are held as halves, one a thread,
-#: where :data:`ROT_TILE_MAX` holds blocks of that size: seven butterfly stages in registers and the
-#: last as a sum across the two threads (:func:`_butterfly_held`), instead of the tile's own layout.
+#: Rotation blocks larger than :data:`ROT_HELD_MAX`, up to :data:`ROT_SPLIT_MAX`, are held as
+#: parts of :data:`ROT_HELD_MAX`, one a thread, where :data:`ROT_TILE_MAX` holds blocks of
+#: :data:`ROT_HELD_MAX`: the butterfly stages within a part in registers, each later one as a sum
+#: across the two lanes that hold its halves (:func:`_butterfly_held`), instead of the tile's own
+#: layout (Hadamard-256 as halves of 128; with :data:`ROT_HELD_MAX` 64, Hadamard-128 as halves and
+#: Hadamard-256 as quarters).
 ROT_SPLIT = True
+ROT_SPLIT_MAX = 256
 
 #: Random Hadamards of at least this block, held whole by one thread (:data:`ROT_TILE_MAX`): the
 #: inverse multiplies each element once by its sign times the rotation scale, read from an fp32
@@ -1904,12 +1901,20 @@ ROT_FOLD = True
 
 
 def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
-    """The ``ROT_TILE`` of a rotated call: 0 (tile layout), 1 (whole blocks per thread), 2 (whole
-    blocks per thread, loaded and stored coalesced); see :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`."""
-    split = ROT_SPLIT and rot_block == 2 * ROT_HELD_MAX and ROT_TILE_MAX >= ROT_HELD_MAX
+    """The ``ROT_TILE`` of a rotated call: 0 (tile layout), 1 (whole blocks, or parts of
+    :data:`ROT_HELD_MAX`, per thread), 2 (the same, loaded and stored coalesced); see
+    :data:`ROT_TILE_MAX`, :data:`ROT_SPLIT`, :data:`ROT_COALESCE`."""
+    split = ROT_SPLIT and ROT_HELD_MAX < rot_block <= ROT_SPLIT_MAX and ROT_TILE_MAX >= ROT_HELD_MAX
     if rot_block <= 1 or (rot_block > ROT_TILE_MAX and not split):
         return 0
     return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
+
+
+def _rot_held(rot_block: int, rot_tile: int, held_max: int) -> int:
+    """The kernels' ``ROT_HELD``: ``log2`` of the elements of a rotation block one thread holds in
+    the layouts that hold blocks (``rot_tile`` 1 or 2: the block, or a part of ``held_max``,
+    :data:`ROT_HELD_MAX`); 0 in the tile's own layout."""
+    return (min(rot_block, held_max).bit_length() - 1) if rot_tile and rot_block > 1 else 0
 
 
 def _rot_capped(rot_block: int, rot_tile: int) -> bool:
