@@ -1688,9 +1688,15 @@ PDL = True
 #: them: not supported. On a device whose SMs are shared (MPS, green contexts) the SM count must be
 #: what this process can use. Why: a decode-sized two-pass call replayed from a CUDA
 #: graph took 3.2-5.7 us on the H100 (two launches, PDL on) against a target of twice a copy (2.4-3.6
-#: us), and 14.5 us eager against ~8.5 for one-pass recipes (issue 16). Off: not yet run on a GPU,
-#: untimed until ``scripts/bench_qdq_triton.py --grid-sync-table`` times it (run under ``timeout``:
-#: a deadlock hangs the process).
+#: us), and 14.5 us eager against ~8.5 for one-pass recipes (issue 16). Run on the H100 of lease
+#: 2026-12-06g (``results/lease-2026-12-06g``): its GPU tests pass (bits against the two-launch
+#: path, graphs, 2000 barrier rounds), and ``scripts/bench_qdq_triton.py --grid-sync-table`` timed
+#: NVFP4 and FP8 per-tensor at 16 / 64 / 256 rows x 4096, on / off: replayed from a graph 4.8-6.8
+#: against 3.1-5.9 us (slower in all six rows: the barrier's round trip through the L2 costs more
+#: than the second launch, which PDL already overlaps), eager 13.3-21.2 against 16.0-25.3 us (faster
+#: in all six, one launch less on the host). Off, as vLLM replays decode steps from CUDA graphs by
+#: default; an eager-only form (two launches under capture) would save ~3-4 us a call in
+#: ``enforce_eager`` serving: not built.
 GRID_SYNC = False
 #: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
 #: takes the two-launch path.
