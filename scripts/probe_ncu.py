@@ -6,7 +6,7 @@ Nsight Compute profiles only them::
         --section SpeedOfLight ... python3 scripts/probe_ncu.py {l2,rotation,sage3}
 
 - ``l2`` (issue 16): where a two-pass call's second read of ``x`` is served from. At each size
-  (``--rows`` x 4096 bf16) a read of ``x`` twice (``torch.amax``), then the two-pass recipes (nvfp4
+  (``--rows`` x 4096 bf16) a read of ``x`` twice (``torch.amax``), a copy, then the two-pass recipes (nvfp4
   with its dynamic global scale, FP8 per-tensor) and the one-pass control (nvfp4, amax given). Run it
   with ``--cache-control none --replay-mode application``: the profiler must neither flush the L2
   between the launches nor save and restore memory around a replayed launch, which is the question.
@@ -49,6 +49,8 @@ def _l2(rows: list[int]) -> None:
             torch.amax(x)
 
         _probe(f"{r} x 4096: torch.amax twice (the second read after the first)", reread)
+        y = torch.empty_like(x)
+        _probe(f"{r} x 4096: y.copy_(x) (the baseline)", lambda x=x, y=y: y.copy_(x))
         for name, g in (("nvfp4", None), ("fp8_e4m3_per_tensor", None), ("nvfp4", gamax)):
             spec = get_format(name)
             _probe(f"{r} x 4096: {name}, amax {'given' if g is not None else 'dynamic'}",
