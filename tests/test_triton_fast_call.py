@@ -236,6 +236,50 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
     assert next(iter(tq._FAST.values())).bar_stream == 5
 
 
+@pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_grid_sync_eager_mode_captures_two_launches(fake, name: str, monkeypatch) -> None:
+    """``GRID_SYNC = "eager"``: outside a CUDA graph capture a call takes the barrier (one launch,
+    recorded and replayed as one); while its stream captures, the recorded barrier call is not
+    replayed into the graph, the call takes the two launches (amax pass, QDQ pass without
+    ``SYNC``), and the recorded barrier call stays for the eager calls after the capture."""
+    tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    monkeypatch.setattr(tq, "GRID_SYNC", "eager")
+    monkeypatch.setitem(tq.TILE_CONFIG, tq.kernel_class(FORMATS[name]), (256, 1))
+    params = list(inspect.signature(tq._qdq_block_kernel.fn).parameters)
+    capturing = [False]
+    monkeypatch.setattr(tq, "_capturing", lambda device: capturing[0])
+
+    def launches(rec) -> list:
+        return [(k, n, dict(zip(params, a, strict=True)).get("SYNC") if n == "_qdq_block_kernel" else None)
+                for k, n, _, a in rec]
+
+    _, first = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    assert launches(first) == [("jit", "_qdq_block_kernel", True)]
+    _, second = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    assert launches(second) == [("replay", "_qdq_block_kernel", True)]
+    entry = next(iter(tq._FAST.values()))
+    assert entry.bar_eager
+    capturing[0] = True
+    for _ in range(2):  # each captured call through the launcher: two launches, the entry kept
+        _, captured = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+        assert launches(captured) == [("jit", "_amax_kernel", None), ("jit", "_qdq_block_kernel", False)]
+        assert list(tq._FAST.values()) == [entry]
+    capturing[0] = False
+    _, after = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    assert launches(after) == [("replay", "_qdq_block_kernel", True)]
+
+
+@pytest.mark.parametrize("value", ["on", 1, None])
+def test_grid_sync_rejects_other_values(fake, value, monkeypatch) -> None:
+    """A ``GRID_SYNC`` value other than False, True and "eager" stops the call, naming it."""
+    tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    monkeypatch.setattr(tq, "GRID_SYNC", value)
+    with pytest.raises(ValueError, match=r"GRID_SYNC = .*accepted: False, True, 'eager'"):
+        call(torch.randn(8, 256, dtype=torch.bfloat16), "nvfp4")
+
+
 @pytest.mark.parametrize("opts", [{"rounding": "stochastic", "seed": 7}, {"rotate": Rotation(block=32)},
                                   {"rotate": Rotation(block=32, seed=3)}, {"rotate": Rotation(block=128, seed=3)}],
                          ids=["sr", "hadamard", "random", "random-128"])

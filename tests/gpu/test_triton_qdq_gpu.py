@@ -365,7 +365,8 @@ def test_grid_sync_one_launch() -> None:
     env.pop("QDQ_TEST_TIMES", None)  # the parent's timings file is the parent's
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
-           f"{Path(__file__).resolve()}", "-k", "grid_sync_bits or grid_sync_graph or grid_sync_stress"]
+           f"{Path(__file__).resolve()}", "-k",
+           "grid_sync_bits or grid_sync_graph or grid_sync_stress or grid_sync_eager"]
     try:
         out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=420)
     except subprocess.TimeoutExpired as e:
@@ -491,6 +492,58 @@ def test_grid_sync_stress(warps: int) -> None:
     torch.cuda.synchronize()
     assert err.tolist() == [0] * n, err.tolist()
     assert [int(words[0]), int(words[triton_qdq._GRID_GEN])] == [0, 7 + rounds]
+
+
+@_child_only
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_grid_sync_eager_mode(fmt: str, monkeypatch) -> None:
+    """``GRID_SYNC = "eager"``: eager calls on a stream take the barrier (one launch, then replayed by
+    the fast path); a CUDA graph captured on that stream holds the two launches instead (the
+    recorded barrier call not replayed into it), replays bit for bit with the two-launch path with
+    the barrier's words untouched, and eager calls after the capture take the barrier again."""
+    from vllm_qdq.numerics import triton_qdq
+
+    monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    seen = _grid_sync_spy(triton_qdq, monkeypatch)
+    src = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
+    x = src.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        first = _grid_sync_call(triton_qdq, "eager", x, fmt, {})
+        assert seen[-1] == [("_qdq_block_kernel", True)]
+        n = len(seen)
+        again = _grid_sync_call(triton_qdq, "eager", x, fmt, {})  # the fast path's replay
+        assert len(seen) == n
+        assert_same_bits(again, first)
+    torch.cuda.synchronize()
+    words = _grid_sync_words(triton_qdq, stream)
+    g = torch.cuda.CUDAGraph()
+    n = len(seen)
+    with torch.cuda.graph(g, stream=stream):
+        x.copy_(src * 2.0)
+        out = _grid_sync_call(triton_qdq, "eager", x, fmt, {})
+        after = out * 1.0
+    assert seen[n:] == [[("_amax_kernel", False), ("_qdq_block_kernel", False)]], seen[n:]
+    for i in range(3):
+        torch.manual_seed(200 + i)
+        src.copy_(torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16) * (i + 1))
+        src[..., 3] *= 300.0
+        g.replay()
+        torch.cuda.synchronize()
+        assert_same_bits(after, _grid_sync_call(triton_qdq, False, src * 2.0, fmt, {}))
+    assert _grid_sync_words(triton_qdq, stream) == words  # the graph holds no barrier
+    n = len(seen)
+    with torch.cuda.stream(stream):  # (switched back from off: the recorded calls dropped, recorded anew)
+        y1 = _grid_sync_call(triton_qdq, "eager", src, fmt, {})
+        y2 = _grid_sync_call(triton_qdq, "eager", src, fmt, {})
+    assert seen[n:] == [[("_qdq_block_kernel", True)]], seen[n:]  # recorded once, then replayed
+    torch.cuda.synchronize()
+    assert _grid_sync_words(triton_qdq, stream) == (0, words[1] + 2)
+    want = _grid_sync_call(triton_qdq, False, src, fmt, {})
+    assert_same_bits(y1, want)
+    assert_same_bits(y2, want)
 
 
 @_child_only

@@ -1488,7 +1488,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
     block_r, block_k, amax, consts = _plan(*plan, held_max=ROT_HELD_MAX)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
-    if GRID_SYNC and two_pass and not one_tile:
+    if GRID_SYNC is not False and two_pass and not one_tile and _grid_sync_on(x.device):
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
@@ -1696,8 +1696,13 @@ PDL = True
 #: than the second launch, which PDL already overlaps), eager 13.3-21.2 against 16.0-25.3 us (faster
 #: in all six, one launch less on the host). Off, as vLLM replays decode steps from CUDA graphs by
 #: default; an eager-only form (two launches under capture) would save ~3-4 us a call in
-#: ``enforce_eager`` serving: not built.
-GRID_SYNC = False
+#: ``enforce_eager`` serving: ``"eager"``, below.
+#:
+#: Values: ``False`` (two launches); ``True`` (one launch with the barrier wherever a call fits,
+#: CUDA graph captures included); ``"eager"`` (the barrier only outside graph captures: a call
+#: made while its stream captures takes the two launches, and a recorded barrier call is not
+#: replayed into a capture, nor replaced by one recorded there; :func:`_capturing`).
+GRID_SYNC: bool | str = False
 #: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
 #: takes the two-launch path.
 GRID_SYNC_WARPS_MAX = 16
@@ -1734,6 +1739,19 @@ def _stream_of(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (never, off CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _grid_sync_on(device: torch.device) -> bool:
+    """Whether :data:`GRID_SYNC` lets a call on ``device``'s current stream take the grid barrier
+    now; a value other than ``False``, ``True`` or ``"eager"`` is an error naming it."""
+    if not (GRID_SYNC is True or GRID_SYNC is False or GRID_SYNC == "eager"):
+        raise ValueError(f"triton_qdq.GRID_SYNC = {GRID_SYNC!r}; accepted: False, True, 'eager'")
+    return GRID_SYNC is True or (GRID_SYNC == "eager" and not _capturing(device))
 
 
 def _grid_barrier_words(device: torch.device) -> torch.Tensor | None:
@@ -2120,7 +2138,7 @@ class _FastCall:
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
 
-    __slots__ = ("amax_tile", "bar_stream", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held",
+    __slots__ = ("amax_tile", "bar_eager", "bar_stream", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held",
                  "launches", "replay", "spec", "tile", "torch_device", "y_align")
 
     def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
@@ -2138,6 +2156,9 @@ class _FastCall:
         # a grid barrier's launch holds the words of the stream it was recorded on (:data:`GRID_SYNC`):
         # replayed on another stream, the call takes the full path (which finds that stream's words)
         self.bar_stream = _stream_of(x.device) if any(kw.get("SYNC") for _, _, _, kw, _, _ in rec) else None
+        # recorded with GRID_SYNC "eager": not replayed into a CUDA graph capture (the full path
+        # records the two launches there)
+        self.bar_eager = self.bar_stream is not None and GRID_SYNC == "eager"
         self.y_align = y.data_ptr() & _ALIGN
         bufs = {id(b): b for *_, b in rec if b is not None and b is not y and b is not gamax}
         if len(bufs) > 1:
@@ -2175,8 +2196,9 @@ class _FastCall:
         return TILE_CONFIG.get(self.cls) is self.tile and TILE_CONFIG.get("amax") is self.amax_tile
 
     def __call__(self, x: torch.Tensor, gamax: torch.Tensor | None = None) -> torch.Tensor | None:
-        if self.bar_stream is not None and _stream_of(self.torch_device) != self.bar_stream:
-            return None  # the barrier's words held are another stream's: the full path
+        if self.bar_stream is not None and (_stream_of(self.torch_device) != self.bar_stream
+                                            or (self.bar_eager and _capturing(self.torch_device))):
+            return None  # the barrier's words held are another stream's, or a capture in "eager" mode: the full path
         y = torch.empty_like(x)
         y_ptr = y.data_ptr()
         if y_ptr & _ALIGN != self.y_align:
@@ -2300,7 +2322,8 @@ def qdq(
         else:
             if len(_FAST) >= _FAST_MAX:
                 _FAST.clear()
-            _FAST[key] = hit
+            if not (hit.bar_stream is None and key in _FAST and _FAST[key].bar_eager and _capturing(x.device)):
+                _FAST[key] = hit  # (a capture's two launches do not replace an "eager" barrier call)
     return y
 
 
