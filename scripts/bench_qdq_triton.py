@@ -131,7 +131,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     layouts and without the folded scale (columns that decided defaults in earlier leases: the
     smoke suite's short form, ``--no-sweeps``, leaves them out)."""
     from vllm_qdq.numerics import triton_qdq
-    from vllm_qdq.numerics.formats import FORMATS
+    from vllm_qdq.numerics.formats import FORMATS, Family
     from vllm_qdq.numerics.rotation import parse_rotation
 
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
@@ -154,10 +154,12 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(  # where the planner caps
         cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
              for n in CAP_SWEEP]
-    held_max = getattr(triton_qdq, "ROT_HELD_MAX", None)
-    if hasattr(triton_qdq, "ROT_SPLIT_MAX"):  # blocks of 128 and up held in parts of 64, or whole (the other setting)
-        other_held = 64 if held_max == 128 else 128
-        cols.append((f"held {other_held}", 8, "ROT_HELD_MAX", other_held, lambda spec, rot: bool(
+    if hasattr(triton_qdq, "ROT_HELD_MAX_MX"):  # blocks of 128 and up held in parts of 64, or of 128 (the other size)
+        def held_other(spec) -> tuple[str, int]:
+            name = "ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"
+            return name, 64 if getattr(triton_qdq, name) == 128 else 128
+
+        cols.append(("held other", 10, held_other, None, lambda spec, rot: bool(
             rot is not None and rot.block > 64 and triton_qdq._rot_layout(spec, rot.block))))
     if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
         cols.append(("sign masks" if triton_qdq.SIGN_WORDS else "sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
@@ -167,7 +169,8 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
           " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks of 128 and up"
-          " held by a thread in the other part size (ROT_HELD_MAX 64 or 128: \"held N\"); coalesced random ones"
+          " held by a thread in the other part size than the recipe's default (ROT_HELD_MAX_MX for MX, ROT_HELD_MAX:"
+          " 64 or 128, \"held other\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
           " inverse's fp32 multipliers)")
     print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" + "".join(
@@ -185,6 +188,8 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
             line += f" {ms:14.3f} {ms / plain:8.2f}"
             for _, w, switch, value, applies in cols:
                 if applies(spec, rot):
+                    if callable(switch):  # a switch of the recipe's own: (name, value)
+                        switch, value = switch(spec)
                     alt = kernel_ms_with(triton_qdq, switch, value,
                                          lambda: triton_qdq_call(x, spec, rule, rotate=rot, **kw))  # noqa: B023
                     line += f" {alt / plain:{w}.2f}"

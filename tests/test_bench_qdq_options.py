@@ -92,12 +92,12 @@ def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeyp
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
-    held = 64 if tq.ROT_HELD_MAX == 128 else 128
-    assert "cap 168" in head and "cap 200" in head and other in head and f"held {held}" in head
+    held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128  # the MX recipes' other part size
+    assert "cap 168" in head and "cap 200" in head and other in head and "held other" in head
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS),
-                                                          ("ROT_HELD_MAX", held)}}, seen
+                                                          ("ROT_HELD_MAX_MX", held)}}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
@@ -110,9 +110,9 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
-    held = 64 if tq.ROT_HELD_MAX == 128 else 128
+    held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128
     assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
-                                                  ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX", held)} | caps, seen
+                                                  ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX_MX", held)} | caps, seen
     assert "nvfp4 four_over_six" not in seen
 
 

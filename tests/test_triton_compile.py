@@ -98,6 +98,22 @@ def test_direct_replay_layout_is_the_gpu_images_launcher() -> None:
             "global_scratch, profile_scratch, *args)") in call, call
 
 
+def test_rotation_blocks_held_in_parts_of_64() -> None:
+    """``ROT_HELD_MAX_MX = 64`` (the MX default): Hadamard-128 held as halves compiles (sm_90) to
+    64 elements and 96 registers a thread, no spills, and moves only its one stage across lanes
+    (two shuffles an element each way: ``u + v`` and ``u + (-v)``), the two transposes of the
+    coalesced load and store through shared memory as before."""
+    out = _run_script("triton_sass_stats.py", "--recipes", "mxfp4+h128r", timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        f = line.split()
+        if len(f) == 13 and f[2] == "_qdq_block_kernel":
+            rows[f[1]] = {"el": int(f[5]), "shfl": int(f[7]), "local": int(f[10]), "regs": int(f[11])}
+    co = rows["coalesced"]
+    assert co["el"] == 64 and co["shfl"] == 4 * co["el"] and co["local"] == 0 and co["regs"] <= 128, rows
+
+
 def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     """The rotation layouts of ``ROT_TILE_MAX`` compile (sm_90, Triton 3.6) to kernels whose
     butterfly moves no data between lanes, with fewer instructions than the tile's own layout
@@ -108,8 +124,9 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     shuffles), no spills; random Hadamard-128 (128 elements a thread, its inverse's multipliers:
     ``INV_MULTS_MIN``) no spills in the whole-blocks layout; Hadamard-256 held as halves
     (``ROT_SPLIT``) moves only its last stage between lanes; where blocks of 128 and up load
-    coalesced, the register cap (``ROT_MAXNREG``) holds."""
-    out = _run_script("triton_sass_stats.py", "--recipes",
+    coalesced, the register cap (``ROT_MAXNREG``) holds. All with blocks held whole up to 128
+    (``--held-max 128``; the MX recipes' default is 64 since 2026-12-06g: the next test)."""
+    out = _run_script("triton_sass_stats.py", "--held-max", "128", "--recipes",
                       "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r,mxfp4+h256", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     rows = {}

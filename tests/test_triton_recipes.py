@@ -52,10 +52,11 @@ CASES = [
 ]
 
 
-#: (ROT_TILE_MAX, ROT_COALESCE, ROT_HELD_MAX) of each rotation layout: whole blocks in a thread,
-#: loaded and stored coalesced where the recipe takes it (MX, NVFP4: blocks of 64 and up); the same,
-#: loaded and stored in that layout; the tile's own layout; and blocks of 128 and up held in parts of
-#: 64 (Hadamard-128 as halves, Hadamard-256 as quarters: ROT_SPLIT's stages across lanes)
+#: (ROT_TILE_MAX, ROT_COALESCE, ROT_HELD_MAX and ROT_HELD_MAX_MX) of each rotation layout: whole
+#: blocks (up to 128) in a thread, loaded and stored coalesced where the recipe takes it (MX, NVFP4:
+#: blocks of 64 and up); the same, loaded and stored in that layout; the tile's own layout; and
+#: blocks of 128 and up held in parts of 64 (Hadamard-128 as halves, Hadamard-256 as quarters:
+#: ROT_SPLIT's stages across lanes; the MX recipes' default)
 LAYOUTS = {"blocks-in-thread": (128, True, 128), "uncoalesced": (128, False, 128), "tile-layout": (0, True, 128),
            "held-64": (128, True, 64)}
 
@@ -74,6 +75,7 @@ def _set_layout(tq, monkeypatch, layout: str) -> tuple[int, bool]:  # noqa: F811
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
     monkeypatch.setattr(tq, "ROT_HELD_MAX", held_max)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", held_max)
     return rot_tile_max, coalesce
 
 
@@ -113,12 +115,17 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
         assert (2, want) in planned and all(p[1] in (want, None) for p in planned), (fmt, rot, planned)
 
 
-def _held(mod, block: int, rot_tile_max: int) -> bool:
+def _held_max(mod, fmt: str) -> int:
+    """The part of a rotation block a thread holds at most for ``fmt`` (``ROT_HELD_MAX_MX`` for MX)."""
+    return mod.ROT_HELD_MAX_MX if FORMATS[fmt].family is Family.MX else mod.ROT_HELD_MAX
+
+
+def _held(mod, fmt: str, block: int, rot_tile_max: int) -> bool:
     """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or a part of
-    ``ROT_HELD_MAX`` (``ROT_SPLIT``: blocks up to ``ROT_SPLIT_MAX``, as Hadamard-256 as halves of
-    128): the expectation the layout tests check the planner against."""
-    split = mod.ROT_SPLIT and mod.ROT_HELD_MAX < block <= mod.ROT_SPLIT_MAX and rot_tile_max >= mod.ROT_HELD_MAX
-    return block <= rot_tile_max or split
+    ``ROT_HELD_MAX`` / ``ROT_HELD_MAX_MX`` (``ROT_SPLIT``: blocks up to ``ROT_SPLIT_MAX``, as
+    Hadamard-256 as halves of 128): the expectation the layout tests check the planner against."""
+    held = _held_max(mod, fmt)
+    return block <= rot_tile_max or (mod.ROT_SPLIT and held < block <= mod.ROT_SPLIT_MAX and rot_tile_max >= held)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -155,7 +162,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
     fused = "rotate" in kw and FORMATS[fmt].granularity is not Granularity.ROW  # rotation in the kernel
     if fused:
         block = kw["rotate"]["block"]
-        want = 0 if not _held(tq, block, rot_tile_max) else (
+        want = 0 if not _held(tq, fmt, block, rot_tile_max) else (
             2 if coalesce and FORMATS[fmt].family in (Family.MX, Family.NVFP4) and block >= 64 else 1)
         layouts = [p[0] for p in planned]
         assert set(layouts) == {want}, (layouts, want)
@@ -171,7 +178,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         caps = [p[2] for p in planned]
         assert set(caps) == {cap}, (caps, cap)
         # the part of a block a thread holds: the block, or ROT_HELD_MAX elements of it (log2)
-        held = (min(block, tq.ROT_HELD_MAX).bit_length() - 1) if want else 0
+        held = (min(block, _held_max(tq, fmt)).bit_length() - 1) if want else 0
         assert {p[3] for p in planned} == {held}, (planned, held)
     else:
         layouts = [p[0] for p in planned]
@@ -200,7 +207,7 @@ def test_rotation_scale_folded_into_block_exponents(tq, fmt: str, kw: dict, layo
     split over threads, ``ROT_SPLIT``)."""
     rot_tile_max, _ = _set_layout(tq, monkeypatch, layout)
     block = kw["rotate"]["block"]
-    want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if _held(tq, block, rot_tile_max) else 0  # whole groups
+    want_fold = {16: -2, 64: -3, 256: -4}.get(block, 0) if _held(tq, fmt, block, rot_tile_max) else 0  # whole groups
     g = torch.Generator().manual_seed(block)
     k = 512
     mags = 2.0 ** torch.linspace(-100, 127, 24, dtype=torch.float64)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from vllm_qdq.numerics.qdq import quantize_dequantize
-from vllm_qdq.numerics.triton_qdq import ROT_HELD_MAX, SIGN_WORDS
+from vllm_qdq.numerics.triton_qdq import ROT_HELD_MAX, ROT_HELD_MAX_MX, SIGN_WORDS
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
@@ -100,7 +100,8 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 
 @pytest.mark.parametrize(("switch", "value"), [("ROT_TILE_MAX", 0), ("ROT_COALESCE", False), ("ROT_MAXNREG", 168),
                                                ("ROT_MAXNREG", 200), ("SIGN_WORDS", not SIGN_WORDS),
-                                               ("ROT_HELD_MAX", 64 if ROT_HELD_MAX == 128 else 128)])
+                                               ("ROT_HELD_MAX", 64 if ROT_HELD_MAX == 128 else 128),
+                                               ("ROT_HELD_MAX_MX", 64 if ROT_HELD_MAX_MX == 128 else 128)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
@@ -110,7 +111,8 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
     (``ROT_MAXNREG`` 168 and 200: the "cap 168" and "cap 200" columns) and random signs packed a
     bit a column, or as 16-bit masks, whichever is not the default (``SIGN_WORDS`` switched: the
     "sign masks" column while the words are the default), and blocks of 128 and up held by a
-    thread in the other part size (``ROT_HELD_MAX`` 64 or 128: the "held N" column)."""
+    thread in the other part size (``ROT_HELD_MAX``, ``ROT_HELD_MAX_MX``: 64 or 128, the "held
+    other" column; each a no-op for the other family's recipes)."""
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, switch, value)

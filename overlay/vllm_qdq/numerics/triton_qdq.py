@@ -1410,7 +1410,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``INV_MULTS``). ``sync``: a two-pass call of one launch (:data:`GRID_SYNC`), its tile
     ``sync`` times the rows of the planned one with ``sync`` times its warps (the elements a
     thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set.
-    ``held_max``: :data:`ROT_HELD_MAX` in force (blocks larger are held in parts, ``ROT_HELD``)."""
+    ``held_max``: :func:`_held_max` of the recipe (blocks larger are held in parts, ``ROT_HELD``)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1486,14 +1486,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     plan = (spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
             tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
-    block_r, block_k, amax, consts = _plan(*plan, held_max=ROT_HELD_MAX)
+    block_r, block_k, amax, consts = _plan(*plan, held_max=_held_max(spec))
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC is not False and two_pass and not one_tile and _grid_sync_on(x.device):
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
-            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=ROT_HELD_MAX)
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=_held_max(spec))
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1800,8 +1800,9 @@ ONE_TILE_WARPS = 8
 ROT_TILE_MAX = 128
 
 #: The most elements of a rotation block one thread holds (a power of two, 32 to 128; at 128 its
-#: registers hold 128 fp32 values): larger blocks are split over threads (:data:`ROT_SPLIT`). The
-#: kernels take the log2 of what a thread holds as the constexpr ``ROT_HELD`` (:func:`_rot_held`).
+#: registers hold 128 fp32 values) for the recipes outside the MX family (MX:
+#: :data:`ROT_HELD_MAX_MX`): larger blocks are split over threads (:data:`ROT_SPLIT`). The kernels
+#: take the log2 of what a thread holds as the constexpr ``ROT_HELD`` (:func:`_rot_held`).
 ROT_HELD_MAX = 128
 
 #: Rotation blocks larger than :data:`ROT_HELD_MAX`, up to :data:`ROT_SPLIT_MAX`, are held as
@@ -1812,6 +1813,23 @@ ROT_HELD_MAX = 128
 #: Hadamard-256 as quarters).
 ROT_SPLIT = True
 ROT_SPLIT_MAX = 256
+
+#: :data:`ROT_HELD_MAX` of the MX recipes (:func:`_held_max`): their blocks above 64 held in parts
+#: of 64. Timed on the H100 of 2026-12-06g twice (``scripts/bench_qdq_triton.py --options-only
+#: --no-sweeps``, the "held 64" column, ``results/lease-2026-12-06g/call3``), x plain at 16M / 64M
+#: elements, held 128 -> 64: MXFP4 + Hadamard-128 1.40 / 1.25 -> 1.31 / 1.27, + random
+#: Hadamard-128 1.63 / 1.49 -> 1.45 / 1.42, + Hadamard-256 1.77 / 1.66 -> 1.59 / 1.60, MXFP8 +
+#: Hadamard-128 1.20 / 1.09 -> 1.14 / 1.08 (both runs within 0.01): better in seven of eight cells,
+#: 0.02 worse in one. NVFP4 + random Hadamard-128 1.54 / 1.46 -> 1.55 / 1.51: NVFP4 keeps 128
+#: (its QDQ pass holds more per element: 153 registers at 64). Nsight Compute (06g): the held MXFP4
+#: rotations at 12-19% occupancy with 168-254 registers, 30% with 96.
+ROT_HELD_MAX_MX = 64
+
+
+def _held_max(spec: FormatSpec) -> int:
+    """The most elements of a rotation block one thread holds for ``spec``'s recipes:
+    :data:`ROT_HELD_MAX_MX` for the MX family, :data:`ROT_HELD_MAX` for the others."""
+    return ROT_HELD_MAX_MX if spec.family is Family.MX else ROT_HELD_MAX
 
 #: Random Hadamards of at least this block, held whole by one thread (:data:`ROT_TILE_MAX`): the
 #: inverse multiplies each element once by its sign times the rotation scale, read from an fp32
@@ -1926,9 +1944,10 @@ ROT_FOLD = True
 
 def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
     """The ``ROT_TILE`` of a rotated call: 0 (tile layout), 1 (whole blocks, or parts of
-    :data:`ROT_HELD_MAX`, per thread), 2 (the same, loaded and stored coalesced); see
+    :func:`_held_max`, per thread), 2 (the same, loaded and stored coalesced); see
     :data:`ROT_TILE_MAX`, :data:`ROT_SPLIT`, :data:`ROT_COALESCE`."""
-    split = ROT_SPLIT and ROT_HELD_MAX < rot_block <= ROT_SPLIT_MAX and ROT_TILE_MAX >= ROT_HELD_MAX
+    held = _held_max(spec)
+    split = ROT_SPLIT and held < rot_block <= ROT_SPLIT_MAX and ROT_TILE_MAX >= held
     if rot_block <= 1 or (rot_block > ROT_TILE_MAX and not split):
         return 0
     return 2 if ROT_COALESCE and rot_block >= 64 and spec.family in (Family.MX, Family.NVFP4) else 1
