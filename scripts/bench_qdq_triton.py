@@ -152,7 +152,8 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
                      rot is not None and fold and triton_qdq._rot_fold(spec, rot.block,
                                                                        triton_qdq._rot_layout(spec, rot.block))))]
     cols += [(_cap_head(n), 9, "ROT_MAXNREG", n, lambda spec, rot: bool(  # where the planner caps
-        cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block))))
+        cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block),
+                                                           triton_qdq._held_max(spec))))
              for n in CAP_SWEEP]
     if hasattr(triton_qdq, "ROT_HELD_MAX_MX"):  # blocks of 128 and up held in parts of 64, or of 128 (the other size)
         def held_other(spec) -> tuple[str, int]:
@@ -552,8 +553,8 @@ def main() -> int:
                          "dirty, clean or hot L2, 8 to 128 MB)")
     ap.add_argument("--grid-sync-table", action="store_true",
                     help="only the grid-barrier table (bench_grid_sync: the two-pass recipes in one launch, "
-                         "triton_qdq.GRID_SYNC, against two, 16-256 rows x 4096, graph and eager); not yet run on a "
-                         "GPU, where a barrier that never opens hangs the process: run it as "
+                         "triton_qdq.GRID_SYNC, against two, 16-256 rows x 4096, graph and eager; first run on the "
+                         "H100 of 2026-12-06g); a barrier that never opened would hang the process: run it as "
                          "`timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table`")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "

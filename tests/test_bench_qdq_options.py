@@ -40,6 +40,7 @@ def _table(tq, monkeypatch, capsys, layouts: bool) -> tuple[str, dict]:  # noqa:
         ("mxfp4 + hadamard16", "mxfp4", {"rotate": {"block": 16}}),
         ("mxfp4 + hadamard64", "mxfp4", {"rotate": {"block": 64}}),
         ("mxfp4 + hadamard128 random", "mxfp4", {"rotate": {"block": 128, "seed": 1}}),
+        ("nvfp4 + hadamard128 random", "nvfp4", {"rotate": {"block": 128, "seed": 1}}),
         ("nvfp4 four_over_six", "nvfp4", {"scale_rule": "four_over_six"}),
     ))
     calls: list[tuple] = []
@@ -86,18 +87,22 @@ def _same(option: dict, kw: dict) -> bool:
 
 
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
-    """``--no-sweeps`` (the smoke suite's form): the caps' columns, the other part size a thread holds
-    (``ROT_HELD_MAX``) and the signs' other form's (switched from the module's value), timed for
-    random Hadamard-128 in the coalesced layout only; no layout or fold column."""
+    """``--no-sweeps`` (the smoke suite's form): the other part size a thread holds
+    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX``) and the signs' other form (switched from the module's
+    value), timed for random Hadamard-128 in the coalesced layout only, and the caps' columns where
+    a thread holds 128 elements of a block (NVFP4; MX holds 64s); no layout or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
     held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128  # the MX recipes' other part size
+    held_nv = 64 if tq.ROT_HELD_MAX == 128 else 128
     assert "cap 168" in head and "cap 200" in head and other in head and "held other" in head
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
-    assert seen == {"mxfp4 + hadamard128 random": caps | {("SIGN_WORDS", not tq.SIGN_WORDS),
-                                                          ("ROT_HELD_MAX_MX", held)}}, seen
+    signs = ("SIGN_WORDS", not tq.SIGN_WORDS)
+    assert seen == {"mxfp4 + hadamard128 random": ({signs, ("ROT_HELD_MAX_MX", held)}
+                                                   | (caps if tq.ROT_HELD_MAX_MX >= 128 else set())),
+                    "nvfp4 + hadamard128 random": caps | {signs, ("ROT_HELD_MAX", held_nv)}}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
@@ -111,8 +116,10 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
     held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128
-    assert seen["mxfp4 + hadamard128 random"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
-                                                  ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX_MX", held)} | caps, seen
+    assert seen["mxfp4 + hadamard128 random"] == ({("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
+                                                   ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX_MX", held)}
+                                                  | (caps if tq.ROT_HELD_MAX_MX >= 128 else set())), seen
+    assert caps <= seen["nvfp4 + hadamard128 random"], seen
     assert "nvfp4 four_over_six" not in seen
 
 

@@ -125,7 +125,8 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     ``INV_MULTS_MIN``) no spills in the whole-blocks layout; Hadamard-256 held as halves
     (``ROT_SPLIT``) moves only its last stage between lanes; where blocks of 128 and up load
     coalesced, the register cap (``ROT_MAXNREG``) holds. All with blocks held whole up to 128
-    (``--held-max 128``; the MX recipes' default is 64 since 2026-12-06g: the next test)."""
+    (``--held-max 128``; the MX recipes' default is 64 since 2026-12-06g:
+    ``test_rotation_blocks_held_in_parts_of_64``)."""
     out = _run_script("triton_sass_stats.py", "--held-max", "128", "--recipes",
                       "mxfp4,mxfp4+h32,mxfp4+h128,nvfp4+h64,mxfp4+h128r,mxfp4+h256", timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]

@@ -259,7 +259,7 @@ def test_grid_sync_eager_mode_captures_two_launches(fake, name: str, monkeypatch
     _, second = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     assert launches(second) == [("replay", "_qdq_block_kernel", True)]
     entry = next(iter(tq._FAST.values()))
-    assert entry.bar_eager
+    assert entry.bar_stream is not None
     capturing[0] = True
     for _ in range(2):  # each captured call through the launcher: two launches, the entry kept
         _, captured = call(torch.randn(8, 256, dtype=torch.bfloat16), name)

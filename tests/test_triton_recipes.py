@@ -46,7 +46,7 @@ CASES = [
     ("mxfp4", {"rotate": {"block": 64, "seed": 6}, "rounding": "stochastic", "seed": 11}),  # coalesced, stochastic
     ("nvfp4", {"rotate": {"block": 128, "pad": True}}),  # coalesced, the anchor, K = 300 padded
     ("nvfp4", {"rotate": {"block": 128, "seed": 5, "pad": True}}),  # the inverse's multipliers past K
-    ("mxfp4", {"rotate": {"block": 256, "seed": 4}}),  # split over two threads (ROT_SPLIT), random
+    ("mxfp4", {"rotate": {"block": 256, "seed": 4}}),  # split over threads (ROT_SPLIT: halves or quarters), random
     ("nvfp4", {"rotate": {"block": 256}}),  # split, the rotating amax pass too
     ("mxfp8_e4m3", {"rotate": {"block": 256, "pad": True}, "scale_rule": "rceil"}),  # split, padded
 ]
@@ -94,6 +94,25 @@ def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq
     return seen
 
 
+def test_part_held_follows_rot_split_and_is_checked(tq, monkeypatch) -> None:  # noqa: F811
+    """The part of a block a thread holds (``ROT_HELD``): MX parts of 64 by default; with
+    ``ROT_SPLIT`` off, blocks up to ``ROT_TILE_MAX`` held whole and larger ones in the tile's layout
+    (none split); a part size other than 32, 64 or 128 stops the call, naming the setting."""
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    planned = _record_plan(tq, monkeypatch, "ROT_TILE", "ROT_HELD")
+    x = torch.randn(4, 512).to(torch.bfloat16)
+    for split, block, want in ((True, 128, (2, 6)), (True, 256, (2, 6)), (False, 128, (2, 7)), (False, 256, (0, 0))):
+        monkeypatch.setattr(tq, "ROT_SPLIT", split)
+        planned.clear()
+        assert_same_bits(quantize_dequantize(x, "mxfp4", backend="triton", rotate={"block": block, "seed": 1}),
+                         quantize_dequantize(x, "mxfp4", backend="reference", rotate={"block": block, "seed": 1}))
+        assert set(planned) == {want}, (split, block, planned)
+    monkeypatch.setattr(tq, "ROT_SPLIT", True)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", 16)
+    with pytest.raises(ValueError, match=r"ROT_HELD_MAX_MX = 16; accepted: 32, 64, 128"):
+        quantize_dequantize(x, "mxfp4", backend="triton", rotate={"block": 128})
+
+
 @pytest.mark.parametrize("cap", [168, 200])
 def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # noqa: F811
     """A register cap set (``ROT_MAXNREG``; 0, none, by default since 2026-12-06) reaches the QDQ
@@ -101,6 +120,7 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
     nowhere else (Hadamard-64, the amax pass); the bits stay the reference's (a cap moves values,
     it does not round them; the bench's "cap" columns time it)."""
     monkeypatch.setattr(tq, "ROT_MAXNREG", cap)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", 128)  # blocks of 128 held whole (the MX default holds 64s)
     monkeypatch.setattr(tq, "ROT_TILE_MAX", 128)
     monkeypatch.setattr(tq, "ROT_COALESCE", True)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
@@ -174,7 +194,7 @@ def test_triton_matches_reference(tq, fmt: str, kw: dict, dtype: torch.dtype, la
         signs = [p[1] for p in planned]
         assert set(signs) == {want_signs}, (signs, want_signs)
         # the register cap: the coalesced layout's blocks of 128 and up (ROT_MAXNREG; 0: none), nowhere else
-        cap = (tq.ROT_MAXNREG or None) if want == 2 and block >= tq.ROT_HELD_MAX else None
+        cap = (tq.ROT_MAXNREG or None) if want == 2 and min(block, _held_max(tq, fmt)) >= 128 else None
         caps = [p[2] for p in planned]
         assert set(caps) == {cap}, (caps, cap)
         # the part of a block a thread holds: the block, or ROT_HELD_MAX elements of it (log2)
@@ -247,7 +267,7 @@ SIGN_TILE_CASES = [
     pytest.param("nvfp4", torch.bfloat16, (2, 300), {"rotate": {"block": 128, "seed": 5, "pad": True}},
                  id="nvfp4-one-tile"),  # one tile past KP
     pytest.param("mxfp4", torch.bfloat16, (4, 2304), {"rotate": {"block": 256, "seed": 6}},
-                 id="mxfp4-h256"),  # held halves (ROT_SPLIT)
+                 id="mxfp4-h256"),  # held in parts (ROT_SPLIT)
 ]
 
 

@@ -59,7 +59,7 @@ OPTIONS = [
     ("fp8_e4m3_per_tensor", {"rotate": {"block": 128}}),
     ("fp8_e4m3_per_token", {"rotate": {"block": 128}}),
     ("fp8_e4m3_per_group128", {"rotate": {"block": 256, "pad": True}}),
-    # Hadamard-256 split over two threads (ROT_SPLIT): NVFP4's rotating amax pass, MXFP8
+    # Hadamard-256 split over threads (ROT_SPLIT: NVFP4 in halves, MX in quarters): NVFP4's rotating amax pass, MXFP8
     ("nvfp4", {"rotate": {"block": 256, "seed": 3}}),
     ("mxfp8_e4m3", {"rotate": {"block": 256}, "scale_rule": "rceil"}),
 ]

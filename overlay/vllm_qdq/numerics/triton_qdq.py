@@ -1410,7 +1410,8 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``INV_MULTS``). ``sync``: a two-pass call of one launch (:data:`GRID_SYNC`), its tile
     ``sync`` times the rows of the planned one with ``sync`` times its warps (the elements a
     thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set.
-    ``held_max``: :func:`_held_max` of the recipe (blocks larger are held in parts, ``ROT_HELD``)."""
+    ``held_max``: :func:`_held_max` of the recipe (blocks larger are held in parts, ``ROT_HELD``;
+    a rotated call must pass it: the default serves the unrotated ones, where it changes nothing)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1450,7 +1451,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
         "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
     }
-    if maxnreg and _rot_capped(rot_block, rot_tile):
+    if maxnreg and _rot_capped(rot_block, rot_tile, held_max):
         consts["maxnreg"] = maxnreg
     return block_r, n_groups * group, amax, consts
 
@@ -1742,7 +1743,8 @@ def _stream_of(device: torch.device) -> int:
 
 
 def _capturing(device: torch.device) -> bool:
-    """Whether ``device``'s current stream is capturing a CUDA graph (never, off CUDA)."""
+    """Whether the current CUDA stream (of the current device: where Triton launches) is capturing a
+    CUDA graph; never for a ``device`` off CUDA."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
@@ -1789,8 +1791,8 @@ ONE_TILE_WARPS = 8
 #: Rotation blocks up to this size are held whole by one thread (:func:`_block_cols`): the
 #: butterfly runs in registers, the tiles grow to a block per thread. Larger blocks (and 0: every
 #: block) take the tile's own layout, where Triton moves data between lanes for the butterfly's
-#: upper stages (shuffles, shared memory, barriers), except Hadamard-256 held as halves
-#: (:data:`ROT_SPLIT`). SASS for sm_90, bf16, instructions per element
+#: upper stages (shuffles, shared memory, barriers), except blocks up to :data:`ROT_SPLIT_MAX` held
+#: in parts (:data:`ROT_SPLIT`; MX recipes hold parts of 64 since 2026-12-06g, :data:`ROT_HELD_MAX_MX`). SASS for sm_90, bf16, instructions per element
 #: (``scripts/triton_sass_stats.py``; plain MXFP4 22.2): MXFP4 + Hadamard-16 31.8 this way, 52.8
 #: the other; Hadamard-128 33.2 / 72.8; NVFP4 + Hadamard-64 36.9 / 119.0. At 128 the thread holds
 #: 128 elements: random signs (MXFP4), NVFP4 and per-tensor FP8 spill registers to local memory
@@ -1805,9 +1807,9 @@ ROT_TILE_MAX = 128
 #: take the log2 of what a thread holds as the constexpr ``ROT_HELD`` (:func:`_rot_held`).
 ROT_HELD_MAX = 128
 
-#: Rotation blocks larger than :data:`ROT_HELD_MAX`, up to :data:`ROT_SPLIT_MAX`, are held as
-#: parts of :data:`ROT_HELD_MAX`, one a thread, where :data:`ROT_TILE_MAX` holds blocks of
-#: :data:`ROT_HELD_MAX`: the butterfly stages within a part in registers, each later one as a sum
+#: Rotation blocks larger than the part a thread holds (:func:`_held_max`), up to
+#: :data:`ROT_SPLIT_MAX`, are held as such parts, one a thread, where :data:`ROT_TILE_MAX` holds
+#: blocks of that part's size: the butterfly stages within a part in registers, each later one as a sum
 #: across the two lanes that hold its halves (:func:`_butterfly_held`), instead of the tile's own
 #: layout (Hadamard-256 as halves of 128; with :data:`ROT_HELD_MAX` 64, Hadamard-128 as halves and
 #: Hadamard-256 as quarters).
@@ -1828,8 +1830,15 @@ ROT_HELD_MAX_MX = 64
 
 def _held_max(spec: FormatSpec) -> int:
     """The most elements of a rotation block one thread holds for ``spec``'s recipes:
-    :data:`ROT_HELD_MAX_MX` for the MX family, :data:`ROT_HELD_MAX` for the others."""
-    return ROT_HELD_MAX_MX if spec.family is Family.MX else ROT_HELD_MAX
+    :data:`ROT_HELD_MAX_MX` for the MX family, :data:`ROT_HELD_MAX` for the others; with
+    :data:`ROT_SPLIT` off, :data:`ROT_TILE_MAX` (blocks up to it held whole, none split). A part
+    size other than 32, 64 or 128 is an error naming it (a thread must hold whole groups of 32 and
+    chunks of 8)."""
+    held = ROT_HELD_MAX_MX if spec.family is Family.MX else ROT_HELD_MAX
+    if held not in (32, 64, 128):
+        name = "ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"
+        raise ValueError(f"triton_qdq.{name} = {held!r}; accepted: 32, 64, 128")
+    return held if ROT_SPLIT else max(ROT_TILE_MAX, 1)
 
 #: Random Hadamards of at least this block, held whole by one thread (:data:`ROT_TILE_MAX`): the
 #: inverse multiplies each element once by its sign times the rotation scale, read from an fp32
@@ -1960,10 +1969,11 @@ def _rot_held(rot_block: int, rot_tile: int, held_max: int) -> int:
     return (min(rot_block, held_max).bit_length() - 1) if rot_tile and rot_block > 1 else 0
 
 
-def _rot_capped(rot_block: int, rot_tile: int) -> bool:
-    """Whether :data:`ROT_MAXNREG` caps the QDQ pass of a rotated call: blocks of at least
-    :data:`ROT_HELD_MAX` held and loaded coalesced (``rot_tile == 2``, :func:`_rot_layout`)."""
-    return rot_tile == 2 and rot_block >= ROT_HELD_MAX
+def _rot_capped(rot_block: int, rot_tile: int, held_max: int) -> bool:
+    """Whether :data:`ROT_MAXNREG` caps the QDQ pass of a rotated call: a thread holds at least 128
+    elements of a block (``min(rot_block, held_max)``, :func:`_held_max`) and loads coalesced
+    (``rot_tile == 2``, :func:`_rot_layout`)."""
+    return rot_tile == 2 and min(rot_block, held_max) >= 128
 
 
 def _rot_fold(spec: FormatSpec, rot_block: int, rot_tile: int) -> int:
@@ -2151,13 +2161,14 @@ class _FastCall:
     (a random rotation's signs and inverse multipliers, cached; the grid barrier's words, kept per
     device) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
-    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
+    :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`ROT_SPLIT`, :data:`ROT_SPLIT_MAX`, :data:`ROT_HELD_MAX`,
+    :data:`ROT_HELD_MAX_MX`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
     :data:`_DIRECT_TRITON`) are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
     the call back to the full path."""
 
-    __slots__ = ("amax_tile", "bar_eager", "bar_stream", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held",
+    __slots__ = ("amax_tile", "bar_stream", "buf_align", "buf_n", "buf_zero", "cls", "device", "direct", "held",
                  "launches", "replay", "spec", "tile", "torch_device", "y_align")
 
     def __init__(self, spec: FormatSpec, x: torch.Tensor, y: torch.Tensor, rec: list,
@@ -2175,9 +2186,6 @@ class _FastCall:
         # a grid barrier's launch holds the words of the stream it was recorded on (:data:`GRID_SYNC`):
         # replayed on another stream, the call takes the full path (which finds that stream's words)
         self.bar_stream = _stream_of(x.device) if any(kw.get("SYNC") for _, _, _, kw, _, _ in rec) else None
-        # recorded with GRID_SYNC "eager": not replayed into a CUDA graph capture (the full path
-        # records the two launches there)
-        self.bar_eager = self.bar_stream is not None and GRID_SYNC == "eager"
         self.y_align = y.data_ptr() & _ALIGN
         bufs = {id(b): b for *_, b in rec if b is not None and b is not y and b is not gamax}
         if len(bufs) > 1:
@@ -2216,8 +2224,10 @@ class _FastCall:
 
     def __call__(self, x: torch.Tensor, gamax: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.bar_stream is not None and (_stream_of(self.torch_device) != self.bar_stream
-                                            or (self.bar_eager and _capturing(self.torch_device))):
-            return None  # the barrier's words held are another stream's, or a capture in "eager" mode: the full path
+                                            or (GRID_SYNC is not True and _capturing(self.torch_device))):
+            # the barrier's words held are another stream's, or a capture with GRID_SYNC not True
+            # ("eager": two launches there): the full path
+            return None
         y = torch.empty_like(x)
         y_ptr = y.data_ptr()
         if y_ptr & _ALIGN != self.y_align:
@@ -2339,10 +2349,12 @@ def qdq(
         except AssertionError as e:  # a launch the replay cannot rebuild: this key stays on the full path
             _fast_refused(key, e)
         else:
-            if len(_FAST) >= _FAST_MAX:
-                _FAST.clear()
-            if not (hit.bar_stream is None and key in _FAST and _FAST[key].bar_eager and _capturing(x.device)):
-                _FAST[key] = hit  # (a capture's two launches do not replace an "eager" barrier call)
+            old = _FAST.get(key)
+            # a capture's two launches (GRID_SYNC "eager") do not replace a recorded barrier call
+            if old is None or old.bar_stream is None or hit.bar_stream is not None or not _capturing(x.device):
+                if len(_FAST) >= _FAST_MAX:
+                    _FAST.clear()
+                _FAST[key] = hit
     return y
 
 
