@@ -1818,7 +1818,7 @@ ROT_SPLIT_MAX = 256
 
 #: :data:`ROT_HELD_MAX` of the MX recipes (:func:`_held_max`): their blocks above 64 held in parts
 #: of 64. Timed on the H100 of 2026-12-06g twice (``scripts/bench_qdq_triton.py --options-only
-#: --no-sweeps``, the "held 64" column, ``results/lease-2026-12-06g/call3``), x plain at 16M / 64M
+#: --no-sweeps``, the "held 64" column, now "held other", ``results/lease-2026-12-06g/call3``), x plain at 16M / 64M
 #: elements, held 128 -> 64: MXFP4 + Hadamard-128 1.40 / 1.25 -> 1.31 / 1.27, + random
 #: Hadamard-128 1.63 / 1.49 -> 1.45 / 1.42, + Hadamard-256 1.77 / 1.66 -> 1.59 / 1.60, MXFP8 +
 #: Hadamard-128 1.20 / 1.09 -> 1.14 / 1.08 (both runs within 0.01): better in seven of eight cells,
