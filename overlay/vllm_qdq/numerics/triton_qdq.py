@@ -1189,14 +1189,15 @@ if triton is not None:
                 if NARROW:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
+            HELD: tl.constexpr = 1 << ROT_HELD
             y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD)
             if ROT_SCALE != 1.0 and not INV_MULTS:
                 y = y * ROT_SCALE
-            y = tl.reshape(y, [BLOCK_R, BLOCK_K // (1 << ROT_HELD), (1 << ROT_HELD) // 8, 8])
+            y = tl.reshape(y, [BLOCK_R, BLOCK_K // HELD, HELD // 8, 8])
             if INV_MULTS:  # signs * ROT_SCALE, one product from their own fp32 tensor
                 y = y * _block_padded(mult_ptr, c4, rows)
             elif HAS_SIGNS == 3:  # the sign words' bits, into the fp32 sign bit
-                m = _sign_masks32(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, 1 << ROT_HELD)
+                m = _sign_masks32(sign_ptr, k0, rows, BLOCK_R, BLOCK_K, HELD)
                 y = (y.to(tl.int32, bitcast=True) ^ m).to(tl.float32, bitcast=True)
             elif HAS_SIGNS == 2:  # the forward's sign masks, into the fp32 sign bit
                 bits = _block_padded(sign_ptr, c4, rows).to(tl.int32) << 16
@@ -1487,14 +1488,15 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     plan = (spec, rule, r.k, rot_b, ex.signs is not None, ex.seed is not None, two_pass, tile,
             tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
-    block_r, block_k, amax, consts = _plan(*plan, held_max=_held_max(spec))
+    held_max = _held_max(spec)
+    block_r, block_k, amax, consts = _plan(*plan, held_max=held_max)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC is not False and two_pass and not one_tile and _grid_sync_on(x.device):
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
-            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=_held_max(spec))
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1965,7 +1967,7 @@ def _rot_layout(spec: FormatSpec, rot_block: int) -> int:
 def _rot_held(rot_block: int, rot_tile: int, held_max: int) -> int:
     """The kernels' ``ROT_HELD``: ``log2`` of the elements of a rotation block one thread holds in
     the layouts that hold blocks (``rot_tile`` 1 or 2: the block, or a part of ``held_max``,
-    :data:`ROT_HELD_MAX`); 0 in the tile's own layout."""
+    :func:`_held_max`); 0 in the tile's own layout."""
     return (min(rot_block, held_max).bit_length() - 1) if rot_tile and rot_block > 1 else 0
 
 
