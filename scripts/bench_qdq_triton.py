@@ -155,13 +155,19 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
         cap and rot is not None and triton_qdq._rot_capped(rot.block, triton_qdq._rot_layout(spec, rot.block),
                                                            triton_qdq._held_max(spec))))
              for n in CAP_SWEEP]
-    if hasattr(triton_qdq, "ROT_HELD_MAX_MX"):  # blocks of 128 and up held in parts of 64, or of 128 (the other size)
-        def held_other(spec) -> tuple[str, int]:
-            name = "ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"
-            return name, 64 if getattr(triton_qdq, name) == 128 else 128
+    if hasattr(triton_qdq, "ROT_HELD_MAX_MX"):  # blocks above 32 held in parts of 32, 64 or 128 by adjacent lanes
+        def held(n: int):
+            def switch(spec) -> tuple[str, int]:
+                return ("ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"), n
+            return switch
 
-        cols.append(("held other", 10, held_other, None, lambda spec, rot: bool(
-            rot is not None and rot.block > 64 and triton_qdq._rot_layout(spec, rot.block))))
+        for n in (32, 64, 128):  # blank where n is the recipe's default part size (the main column)
+            cols.append((f"held {n}", 8, held(n), None, lambda spec, rot, n=n: bool(
+                rot is not None and rot.block > 32 and triton_qdq._rot_layout(spec, rot.block)
+                and triton_qdq._held_max(spec) != n and min(rot.block, n) != min(rot.block, triton_qdq._held_max(spec)))))
+    if hasattr(triton_qdq, "ROT_SHFL"):  # a split block's cross-lane stages as Triton reductions instead
+        cols.append(("no shfl", 8, "ROT_SHFL", False, lambda spec, rot: bool(
+            rot is not None and triton_qdq._rot_layout(spec, rot.block) and rot.block > triton_qdq._held_max(spec))))
     if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
         cols.append(("sign masks" if triton_qdq.SIGN_WORDS else "sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
                      lambda spec, rot: coalesced(spec, rot) and rot.seed is not None))
@@ -169,9 +175,10 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
           + (" rotations also loaded and stored in the whole-blocks-per-thread layout (ROT_COALESCE off), in the tile"
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
-          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks of 128 and up"
-          " held by a thread in the other part size than the recipe's default (ROT_HELD_MAX_MX for MX, ROT_HELD_MAX:"
-          " 64 or 128, \"held other\"); coalesced random ones"
+          " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks above 32"
+          " held by a thread in parts of another size than the recipe's default (ROT_HELD_MAX_MX for MX, ROT_HELD_MAX:"
+          " \"held 32\", \"held 64\", \"held 128\"), and split blocks' cross-lane stages as Triton reductions"
+          " (ROT_SHFL off, \"no shfl\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
           " inverse's fp32 multipliers)")
     print(f"{'option':30s}" + "".join(f" {f'{r}x{c} ms':>14s} {'x plain':>8s}" + "".join(

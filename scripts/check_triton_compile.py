@@ -15,6 +15,8 @@ sm_90) down to a cubin.
 from __future__ import annotations
 
 import argparse
+import ast
+import re
 import sys
 
 import torch
@@ -44,6 +46,9 @@ COMPILED: list[tuple[str, dict, dict, object]] = []
 PDL_LAUNCHES: list[str] = []
 #: the QDQ kernels compiled with a grid barrier (``SYNC``: triton_qdq.GRID_SYNC)
 SYNC_LAUNCHES: list[str] = []
+#: the cross-lane butterfly stages in PTX (triton_qdq.ROT_SHFL) whose lane was checked against the
+#: layout Triton gave their operand (:func:`check_shfl_layouts`)
+SHFL_STAGES: list[str] = []
 #: What the PTX of a ``SYNC`` QDQ kernel must hold (``triton_qdq._grid_barrier``, Triton 3.6): the
 #: arrival, the last arriver's reset and bump as gpu-scope acq_rel atomics, the generation read with
 #: ``ld.acquire`` (``atomic_add(p, 0, sem="acquire")``), the pairs loaded at the L2 (``.cg``); and
@@ -153,6 +158,12 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
         raise ValueError(f"{fn.__name__}: an acquire load in the PTX of a kernel without a grid barrier")
     if fn.__name__ == "_qdq_block_kernel" and values.get("Y_STREAM") and "st.global.cs" not in ptx:
         raise ValueError(f"{fn.__name__}: Y_STREAM set but no streaming (.cs) store of y in the PTX")
+    if "shfl.sync.bfly.b32 p," in kernel.asm["ttgir"]:
+        SHFL_STAGES.extend([fn.__name__] * check_shfl_layouts(fn.__name__, kernel.asm["ttgir"]))
+    elif values.get("ROT_SHFL") and not triton_qdq._INTERPRETED and triton_qdq._part_lane.fn(
+            values["BLOCK_R"], values.get("BLOCK_K", values.get("N_GROUPS", 0) * values.get("GROUP", 0)),
+            values["ROT_LOG2"], values["ROT_HELD"], True) >= 0:
+        raise ValueError(f"{fn.__name__}: ROT_SHFL and a block split over lanes, but no lane shuffle in the TTGIR")
     if fn.__name__ in NO_FMA:  # no tl.fma in their source: any fma in the PTX is a contraction
         n = ptx.count("fma.rn")
         if n:
@@ -160,6 +171,68 @@ def _compile(fn, args: tuple, kwargs: dict, target: GPUTarget) -> None:
     if RECORD:
         COMPILED.append((fn.__name__, {n: values[n] for i, n in enumerate(names) if fn.params[i].is_constexpr},
                          opts, kernel))
+
+
+_LAYOUT = re.compile(r"^(#\w+) = #ttg\.(linear|blocked)<\{(.*)\}>", re.M)
+_SHFL_ASM = re.compile(r'tt\.elementwise_inline_asm "[^"]*shfl\.sync\.bfly\.b32 p, \$1, (\d+),[^"]*".*?'
+                       r": tensor<([0-9x]+)xf32, (#\w+)>")
+
+
+def layout_bases(kind: str, body: str, shape: list[int]) -> dict[str, list[list[int]]]:
+    """The register, lane and warp bases (each a coordinate in the tensor, as Triton's linear
+    layouts state them; a zero basis is a replica) of a TTGIR layout, ``#ttg.linear`` as written
+    or ``#ttg.blocked`` worked out for ``shape``: per-thread elements along ``order``, then lanes,
+    then warps, then the repeats that cover the shape, each dimension fastest first."""
+    def lists(key: str) -> list:
+        m = re.search(key + r" = (\[[^=]*?\])(?:, \w+ = |$)", body)
+        return ast.literal_eval(m.group(1)) if m else []
+
+    if kind == "linear":
+        return {k: lists(k) for k in ("register", "lane", "warp")}
+    spt, tpw, wpc, order = (lists(k) for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA", "order"))
+    rank = len(shape)
+
+    def basis(d: int, v: int) -> list[int]:
+        return [v if i == d and v < shape[d] else 0 for i in range(rank)]
+
+    out = {"register": [], "lane": [], "warp": []}
+    for key, per, base in (("register", spt, [1] * rank), ("lane", tpw, spt),
+                           ("warp", wpc, [a * b for a, b in zip(spt, tpw, strict=True)])):
+        for d in order:
+            out[key] += [basis(d, base[d] << i) for i in range(per[d].bit_length() - 1)]
+    for d in order:  # the repeats of the CTA's tile
+        v = spt[d] * tpw[d] * wpc[d]
+        while v < shape[d]:
+            out["register"].append(basis(d, v))
+            v *= 2
+    return out
+
+
+def check_shfl_layouts(name: str, ttgir: str) -> int:
+    """Each cross-lane butterfly stage in inline PTX (``triton_qdq._shfl_stage_asm``: a
+    ``shfl.sync.bfly`` by a lane mask, on a ``[rows, pairs, 2, half]`` operand) against the
+    layout Triton gave its operand in ``ttgir``: the mask's lane bit must step along the pair axis
+    (dimension 2) and no other register, lane or warp basis may (each element and its partner
+    differ in that lane bit alone). Returns the stages checked; a ValueError names the first that
+    fails."""
+    layouts = {m.group(1): (m.group(2), m.group(3)) for m in _LAYOUT.finditer(ttgir)}
+    n = 0
+    for m in _SHFL_ASM.finditer(ttgir):
+        mask, shape, lay = int(m.group(1)), [int(v) for v in m.group(2).split("x")], m.group(3)
+        if lay not in layouts or len(shape) != 4 or shape[2] != 2 or mask & (mask - 1):
+            raise ValueError(f"{name}: a lane shuffle on tensor<{m.group(2)}, {lay}> by mask {mask}: not a pair "
+                             "axis of 2 at dimension 2 in a known layout")
+        bases = layout_bases(*layouts[lay], shape)
+        bit = mask.bit_length() - 1
+        lanes = bases["lane"]
+        ok = bit < len(lanes) and lanes[bit] == [0, 0, 1, 0]
+        others = [b for k, bs in bases.items() for i, b in enumerate(bs) if b[2] and not (k == "lane" and i == bit)]
+        if not ok or others:
+            raise ValueError(f"{name}: a lane shuffle by mask {mask} on tensor<{m.group(2)}, {lay}> whose lane bit "
+                             f"{bit} is {lanes[bit] if bit < len(lanes) else None} (pair axis bases elsewhere: "
+                             f"{others}): the partner lane does not hold the pair's other half")
+        n += 1
+    return n
 
 
 def _check_sync_ptx(name: str, ptx: str, pdl: bool) -> None:
@@ -245,6 +318,36 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
                         print(f"FAIL {fmt} {rule} {rounding} rot={rot} ROT_TILE_MAX={rot_tile_max} {dtype} K={k}: "
                               f"{str(e).strip().splitlines()[-1][:300]}")
     triton_qdq.ROT_TILE_MAX = default_max
+    return failures
+
+
+def _split_paths() -> int:
+    """Rotation blocks held in parts over lanes (``triton_qdq.ROT_SPLIT``) at parts of 32, 64 and
+    128 elements, over row counts and row lengths that give the QDQ and amax passes different tile
+    shapes (rows a tile 1 to 32 and more): each compiled kernel's cross-lane stages are checked
+    against its layout (:func:`check_shfl_layouts`)."""
+    from vllm_qdq.numerics.formats import get_format
+    from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
+
+    failures = 0
+    saved = triton_qdq.ROT_HELD_MAX, triton_qdq.ROT_HELD_MAX_MX
+    recipes = (("mxfp4", 128, 1), ("mxfp4", 256, None), ("mxfp8_e4m3", 128, None), ("nvfp4", 256, 1),
+               ("nvfp4", 128, 1), ("fp8_e4m3_per_tensor", 256, None))
+    for held in (32, 64, 128):
+        triton_qdq.ROT_HELD_MAX = triton_qdq.ROT_HELD_MAX_MX = held
+        for fmt, block, sseed in recipes:
+            for rows, k in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256)):
+                x = torch.empty(rows, k, dtype=torch.bfloat16)
+                rot = Rotation(block=block, seed=sseed)
+                ex = triton_qdq._Extras(rot, hadamard_signs(rot, k, "cpu", torch.bfloat16), k, None)
+                try:
+                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), get_format(fmt),
+                                       "floor", None, ex)
+                except Exception as e:
+                    failures += 1
+                    print(f"FAIL split {fmt} H{block} seed={sseed} held {held} {rows}x{k}: "
+                          f"{str(e).strip().splitlines()[-1][:300]}")
+    triton_qdq.ROT_HELD_MAX, triton_qdq.ROT_HELD_MAX_MX = saved
     return failures
 
 
@@ -349,6 +452,9 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--two-pass-only", action="store_true",
                     help="only the two-pass recipes' paths (a quick check of another --arch)")
+    ap.add_argument("--split-only", action="store_true",
+                    help="only rotation blocks held in parts over lanes (triton_qdq.ROT_SPLIT), their lane shuffles "
+                    "checked against the layouts")
     ap.add_argument("--grid-sync-only", action="store_true",
                     help="only the two-pass recipes in one launch with a grid barrier (triton_qdq.GRID_SYNC)")
     args = ap.parse_args()
@@ -359,6 +465,8 @@ def main() -> int:
         return _summary(args.arch, _grid_sync_paths())
     if args.two_pass_only:
         return _summary(args.arch, _two_pass_paths())
+    if args.split_only:
+        return _summary(args.arch, _split_paths())
     failures = 0
     for fmt, spec in FORMATS.items():
         for rule in SCALE_RULES if spec.takes_scale_rule else ("floor",):
@@ -372,6 +480,7 @@ def main() -> int:
                         failures += 1
                         print(f"FAIL {fmt} {rule} {dtype} K={k}: {str(e).strip().splitlines()[-1][:300]}")
     failures += _extras(target)
+    failures += _split_paths()
     failures += _two_pass_paths()
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
@@ -401,6 +510,7 @@ def main() -> int:
 def _summary(arch: int, failures: int) -> int:
     """Print the run's last line (the tests read it) and return the exit status."""
     print(f"grid-sync launches compiled: {len(SYNC_LAUNCHES)}")
+    print(f"cross-lane butterfly stages checked against their layouts: {len(SHFL_STAGES)}")
     print(f"triton {triton.__version__}: compiled {len(_seen)} kernel variants for sm_{arch} "
           f"({len(PDL_LAUNCHES)} programmatic dependent launches), {failures} failures")
     return 1 if failures else 0

@@ -158,8 +158,8 @@ def main() -> int:
     ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX and ROT_HELD_MAX_MX for the "
                     "run (elements of a rotation block a thread holds, larger blocks split over threads; default: the "
                     "module's, per family)")
-    ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS there "
-                    "(<recipe>.<layout>.<kernel>.sass)")
+    ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS and TTGIR there "
+                    "(<recipe>.<layout>.<kernel>.sass, .ttgir: the layouts Triton chose)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "
                     "attention kernel's loop instead of the QDQ recipes")
     ap.add_argument("--fuse-q", action="store_true", help="with --sage3: Q quantized in the attention kernel "
@@ -234,6 +234,7 @@ def main() -> int:
             for name, cx, opts, kernel in ctc.COMPILED:
                 sass, regs = disassemble(kernel, tool_dir)
                 dump_sass(args.dump, f"{recipe}.{layout}.{name}.sass", sass)
+                dump_sass(args.dump, f"{recipe}.{layout}.{name}.ttgir", kernel.asm.get("ttgir", ""))
                 c = sass_counts(sass, regs)
                 tile = cx["BLOCK_R"] * (cx["N_GROUPS"] * cx["GROUP"] if "GROUP" in cx else cx["BLOCK_K"])
                 tile *= cx.get("TPP", 1)  # the amax pass: tiles a program (AMAX_TILES_PER_PROGRAM)

@@ -86,23 +86,33 @@ def _same(option: dict, kw: dict) -> bool:
     return all(kw.get(k) == v for k, v in option.items() if k not in ("rotate", "scale_rule"))
 
 
+def _held(name: str, block: int, default: int) -> set:
+    """The part-size columns a rotation of ``block`` takes (``held 32`` / ``64`` / ``128``): each part
+    size that holds it otherwise than the recipe's default (``default``) does."""
+    return {(name, n) for n in (32, 64, 128) if n != default and min(block, n) != min(block, default)}
+
+
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
-    """``--no-sweeps`` (the smoke suite's form): the other part size a thread holds
-    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX``) and the signs' other form (switched from the module's
-    value), timed for random Hadamard-128 in the coalesced layout only, and the caps' columns where
-    a thread holds 128 elements of a block (NVFP4; MX holds 64s); no layout or fold column."""
+    """``--no-sweeps`` (the smoke suite's form): the other part sizes a thread holds
+    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX``: 32, 64, 128 but the recipe's default), the split
+    blocks' cross-lane stages as reductions (``ROT_SHFL`` off, where a block is split), the signs'
+    other form (switched from the module's value) for random Hadamard-128 in the coalesced layout
+    only, and the caps' columns where a thread holds 128 elements of a block (NVFP4; MX holds
+    64s); no layout or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
-    held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128  # the MX recipes' other part size
-    held_nv = 64 if tq.ROT_HELD_MAX == 128 else 128
-    assert "cap 168" in head and "cap 200" in head and other in head and "held other" in head
+    mx, nv = tq.ROT_HELD_MAX_MX, tq.ROT_HELD_MAX
+    assert all(h in head for h in ("cap 168", "cap 200", other, "held 32", "held 64", "held 128", "no shfl"))
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     signs = ("SIGN_WORDS", not tq.SIGN_WORDS)
-    assert seen == {"mxfp4 + hadamard128 random": ({signs, ("ROT_HELD_MAX_MX", held)}
-                                                   | (caps if tq.ROT_HELD_MAX_MX >= 128 else set())),
-                    "nvfp4 + hadamard128 random": caps | {signs, ("ROT_HELD_MAX", held_nv)}}, seen
+    shfl = {("ROT_SHFL", False)}
+    assert seen == {"mxfp4 + hadamard64": _held("ROT_HELD_MAX_MX", 64, mx) | (shfl if mx < 64 else set()),
+                    "mxfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX_MX", 128, mx)
+                                                   | (caps if mx >= 128 else shfl)),
+                    "nvfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX", 128, nv)
+                                                   | (caps if nv >= 128 else shfl))}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
@@ -113,12 +123,15 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
     other = "sign masks" if tq.SIGN_WORDS else "sign words"
     assert all(h in head for h in ("uncoalesced", "tile layout", "no fold", "cap 168", "cap 200", other))
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
+    mx = tq.ROT_HELD_MAX_MX
     assert seen["mxfp4 + hadamard16"] == {("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
-    assert seen["mxfp4 + hadamard64"] == {("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}, seen
-    held = 64 if tq.ROT_HELD_MAX_MX == 128 else 128
+    assert seen["mxfp4 + hadamard64"] == ({("ROT_COALESCE", False), ("ROT_TILE_MAX", 0), ("ROT_FOLD", False)}
+                                          | _held("ROT_HELD_MAX_MX", 64, mx)
+                                          | ({("ROT_SHFL", False)} if mx < 64 else set())), seen
     assert seen["mxfp4 + hadamard128 random"] == ({("ROT_COALESCE", False), ("ROT_TILE_MAX", 0),
-                                                   ("SIGN_WORDS", not tq.SIGN_WORDS), ("ROT_HELD_MAX_MX", held)}
-                                                  | (caps if tq.ROT_HELD_MAX_MX >= 128 else set())), seen
+                                                   ("SIGN_WORDS", not tq.SIGN_WORDS)}
+                                                  | _held("ROT_HELD_MAX_MX", 128, mx)
+                                                  | (caps if mx >= 128 else {("ROT_SHFL", False)})), seen
     assert caps <= seen["nvfp4 + hadamard128 random"], seen
     assert "nvfp4 four_over_six" not in seen
 

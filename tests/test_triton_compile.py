@@ -46,6 +46,9 @@ def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
     # the two-pass recipes in one launch with a grid barrier (triton_qdq.GRID_SYNC), their PTX checked
     m = re.search(r"grid-sync launches compiled: (\d+)", out.stdout)
     assert m and int(m.group(1)) > 0, tail
+    # split rotation blocks' cross-lane stages in PTX (triton_qdq.ROT_SHFL), each checked against its layout
+    m = re.search(r"cross-lane butterfly stages checked against their layouts: (\d+)", out.stdout)
+    assert m and int(m.group(1)) >= 40, tail
 
 
 def test_grid_sync_path_compiles_for_sm90_with_its_barrier() -> None:
@@ -196,3 +199,53 @@ def test_k_mean_signed_zero_with_the_gpu_images_triton() -> None:
                          cwd=ROOT)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert out.stdout.strip().endswith("bad []"), out.stdout[-2000:]
+
+
+#: TTGIR as Triton 3.6 writes it for a cross-lane stage of Hadamard-128 held in parts of 64 (4 rows
+#: a tile, 2 warps): the pair axis (dimension 2) on lane bit 2; ``#bad`` puts lane bit 2 on the
+#: elements instead and the pair axis in registers
+_TTGIR = """#linear1 = #ttg.linear<{register = [[0, 0, 0, 32], [0, 0, 0, 16], [0, 0, 0, 8], [0, 0, 0, 4], [0, 0, 0, 2], \
+[0, 0, 0, 1]], lane = [[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 2, 0, 0]], warp = [[0, 4, 0, 0]], \
+block = []}>
+#bad = #ttg.linear<{register = [[0, 0, 1, 0], [0, 0, 0, 16], [0, 0, 0, 8], [0, 0, 0, 4], [0, 0, 0, 2], [0, 0, 0, 1]], \
+lane = [[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 32], [0, 1, 0, 0], [0, 2, 0, 0]], warp = [[0, 4, 0, 0]], block = []}>
+#blocked = #ttg.blocked<{sizePerThread = [1, 1, 1, 64], threadsPerWarp = [4, 4, 2, 1], warpsPerCTA = [1, 2, 1, 1], \
+order = [3, 0, 2, 1]}>
+module {
+    %x4_151 = tt.elementwise_inline_asm "{ .reg .b32 p; shfl.sync.bfly.b32 p, $1, MASK, 0x1f, 0xffffffff; \
+fma.rn.f32 $0, $2, $1, p; }" {constraints = "=r,r,r", packed_element = 1 : i32, pure = true} %x4, %s4 : \
+tensor<4x8x2x64xf32, LAYOUT>, tensor<4x8x2x64xf32, LAYOUT> -> tensor<4x8x2x64xf32, LAYOUT>
+}"""
+
+
+def _checker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_triton_compile_layouts", ROOT / "scripts" /
+                                                  "check_triton_compile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lane_shuffle_layout_check_fails_a_wrong_lane() -> None:
+    """``check_shfl_layouts`` (what the sm_90 compile check runs on each kernel with the inline-PTX
+    butterfly stage, ``triton_qdq.ROT_SHFL``) passes the stage whose shuffle mask is the lane bit
+    that steps along the pair axis, and fails one by another lane bit, one whose layout has the pair
+    axis in registers; a blocked layout is worked out the same way (threads ``[4, 4, 2, 1]`` in order
+    ``[3, 0, 2, 1]``: lane bits 0 and 1 step the rows, bit 2 the pair)."""
+    import pytest
+
+    mod = _checker()
+
+    def ttgir(mask: int, layout: str) -> str:
+        return _TTGIR.replace("MASK", str(mask)).replace("LAYOUT", layout)
+
+    assert mod.check_shfl_layouts("k", ttgir(4, "#linear1")) == 1
+    with pytest.raises(ValueError, match=r"mask 2 .*lane bit 1"):
+        mod.check_shfl_layouts("k", ttgir(2, "#linear1"))
+    with pytest.raises(ValueError, match="pair axis bases elsewhere"):
+        mod.check_shfl_layouts("k", ttgir(4, "#bad"))
+    assert mod.check_shfl_layouts("k", ttgir(4, "#blocked")) == 1
+    with pytest.raises(ValueError, match=r"mask 1 .*lane bit 0 is \[1, 0, 0, 0\]"):
+        mod.check_shfl_layouts("k", ttgir(1, "#blocked"))

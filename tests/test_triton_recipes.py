@@ -58,15 +58,15 @@ CASES = [
 #: blocks of 128 and up held in parts of 64 (Hadamard-128 as halves, Hadamard-256 as quarters:
 #: ROT_SPLIT's stages across lanes; the MX recipes' default)
 LAYOUTS = {"blocks-in-thread": (128, True, 128), "uncoalesced": (128, False, 128), "tile-layout": (0, True, 128),
-           "held-64": (128, True, 64)}
+           "held-64": (128, True, 64), "held-32": (128, True, 32)}
 
 
 def _layout_cases(cases: list) -> list:
-    """``(layout, case)`` params: every case in each layout but ``held-64``, which takes only the
-    cases it changes (rotation blocks larger than 64)."""
+    """``(layout, case)`` params: every case in each layout but ``held-64`` and ``held-32``, which
+    take only the cases they change (rotation blocks larger than the part)."""
     return [pytest.param(layout, *case, id=f"{layout}-{case[0]}-{i}") for layout in LAYOUTS
             for i, case in enumerate(cases)
-            if layout != "held-64" or case[1].get("rotate", {}).get("block", 0) > 64]
+            if not layout.startswith("held-") or case[1].get("rotate", {}).get("block", 0) > LAYOUTS[layout][2]]
 
 
 def _set_layout(tq, monkeypatch, layout: str) -> tuple[int, bool]:  # noqa: F811
@@ -92,6 +92,43 @@ def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq
 
     monkeypatch.setattr(tq, "_plan", spy)
     return seen
+
+
+def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None:  # noqa: F811
+    """``ROT_SHFL`` (a split block's cross-lane stages by ``shfl.sync.bfly`` in PTX on the GPU): set
+    in a pass's constexprs when its block is split over lanes and its tile gives every thread whole
+    parts, for the QDQ pass and the rotating amax pass each by its own tile; not for a block held
+    whole, not for a decode-sized two-pass call's one tile (a part's chunks spread over lanes there), not
+    with the switch off. The interpreter takes the reductions either way: the same bits."""
+    planned = _record_plan(tq, monkeypatch, "ROT_SHFL", "BLOCK_R", "num_warps")
+    amax_planned: list = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        if out[2] is not None:  # the amax pass's (block_r, block_k, kwargs)
+            amax_planned.append(out[2][2].get("ROT_SHFL"))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
+    planned_q = _record_plan(tq, monkeypatch, "ROT_SHFL")
+    cases = (("mxfp4", 256, 128, True, True), ("mxfp4", 64, 128, True, False), ("nvfp4", 256, 128, True, True),
+             ("fp8_e4m3_per_tensor", 256, 128, True, True), ("mxfp4", 256, 1, True, True), ("nvfp4", 256, 1, True, False),
+             ("mxfp4", 256, 128, False, False))
+    for fmt, block, rows, switch, want in cases:
+        monkeypatch.setattr(tq, "ROT_SHFL", switch)
+        planned.clear()
+        planned_q.clear()
+        amax_planned.clear()
+        x = torch.randn(rows, 256).to(torch.bfloat16)
+        kw = {"rotate": {"block": block}}
+        assert_same_bits(quantize_dequantize(x, fmt, backend="triton", **kw),
+                         quantize_dequantize(x, fmt, backend="reference", **kw))
+        assert set(planned_q) == {(want,)}, (fmt, block, rows, switch, planned_q)
+        if amax_planned and rows > 1:  # a two-pass recipe's rotating amax pass (launched: not one tile)
+            assert set(amax_planned) == {want}, (fmt, block, rows, switch, amax_planned)
+    assert tq._shfl_ok(True, 4096, 2, 128, 2, 6) and not tq._shfl_ok(True, 2048, 2, 128, 2, 6)
+    assert not tq._shfl_ok(True, 4096, 2, 128, 0, 6) and not tq._shfl_ok(True, 4096, 2, 64, 2, 6)
 
 
 def test_part_held_follows_rot_split_and_is_checked(tq, monkeypatch) -> None:  # noqa: F811

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from vllm_qdq.numerics.qdq import quantize_dequantize
-from vllm_qdq.numerics.triton_qdq import ROT_HELD_MAX, ROT_HELD_MAX_MX, SIGN_WORDS
+from vllm_qdq.numerics.triton_qdq import ROT_HELD_MAX, ROT_HELD_MAX_MX, ROT_SHFL, SIGN_WORDS
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
@@ -101,7 +101,9 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
 @pytest.mark.parametrize(("switch", "value"), [("ROT_TILE_MAX", 0), ("ROT_COALESCE", False), ("ROT_MAXNREG", 168),
                                                ("ROT_MAXNREG", 200), ("SIGN_WORDS", not SIGN_WORDS),
                                                ("ROT_HELD_MAX", 64 if ROT_HELD_MAX == 128 else 128),
-                                               ("ROT_HELD_MAX_MX", 64 if ROT_HELD_MAX_MX == 128 else 128)])
+                                               ("ROT_HELD_MAX_MX", 64 if ROT_HELD_MAX_MX == 128 else 128),
+                                               ("ROT_HELD_MAX", 32), ("ROT_HELD_MAX_MX", 32),
+                                               ("ROT_SHFL", not ROT_SHFL)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
@@ -122,6 +124,35 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
         x[..., 3] *= 300.0
         k = {**kw, "rotate": {**kw["rotate"], "pad": True}} if shape[-1] % 256 else kw
+        out = quantize_dequantize(x, fmt, backend="triton", **k)
+        ref = quantize_dequantize(x, fmt, backend="reference", **k)
+        torch.cuda.synchronize()
+        assert_same_bits(out, ref)
+
+
+SPLIT = [("mxfp4", {"rotate": {"block": 128, "seed": 1}}), ("mxfp4", {"rotate": {"block": 256}}),
+         ("mxfp8_e4m3", {"rotate": {"block": 128}}), ("nvfp4", {"rotate": {"block": 256, "seed": 3}}),
+         ("nvfp4", {"rotate": {"block": 128, "seed": 1}}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 256}})]
+
+
+@pytest.mark.parametrize("held", [32, 64, 128])
+@pytest.mark.parametrize(("fmt", "kw"), SPLIT, ids=[f"{f}-{i}" for i, (f, _) in enumerate(SPLIT)])
+def test_split_blocks_lane_shuffles(fmt: str, kw: dict, held: int, monkeypatch) -> None:
+    """Blocks held in parts of ``held`` by adjacent lanes, their cross-lane butterfly stages by
+    ``shfl.sync.bfly`` in PTX (``ROT_SHFL``, on), give the reference's bits at row counts and row
+    lengths that give the passes different tiles (rows a tile 1 to 32 and more: the shuffle's lane
+    follows the layout; a decode-sized two-pass call's one tile takes the reductions)."""
+    from vllm_qdq.numerics import triton_qdq
+
+    monkeypatch.setattr(triton_qdq, "ROT_SHFL", True)
+    monkeypatch.setattr(triton_qdq, "ROT_HELD_MAX", held)
+    monkeypatch.setattr(triton_qdq, "ROT_HELD_MAX_MX", held)
+    monkeypatch.setattr(triton_qdq, "_FAST", {})
+    torch.manual_seed(0)
+    for shape in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (2, 5, 1280)):
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+        x[..., 3] *= 300.0
+        k = {**kw, "rotate": {**kw["rotate"], "pad": True}} if shape[-1] % kw["rotate"]["block"] else kw
         out = quantize_dequantize(x, fmt, backend="triton", **k)
         ref = quantize_dequantize(x, fmt, backend="reference", **k)
         torch.cuda.synchronize()

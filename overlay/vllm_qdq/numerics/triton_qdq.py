@@ -304,23 +304,61 @@ if triton is not None:
             x = _butterfly_stage(x, BLOCK_R, BLOCK_K, 1 << st)
         return x
 
+    @constexpr_function
+    def _part_lane(BLOCK_R, BLOCK_K, LOG2_B, HL, SHFL):
+        """The lane bit that holds bit 0 of a part's index (a rotation block held in parts of
+        ``2**HL`` by adjacent threads, :data:`ROT_SPLIT`) in the layout Triton 3.6 gives a tile of
+        :func:`_block_cols`'s shape, ``[BLOCK_R, BLOCK_K // 2**HL, 2**(HL - 3), 8]`` (blocked,
+        ``sizePerThread [1, 1, 1, 8]``, ``order [3, 0, 1, 2]``): a part's 8-chunks in one thread's
+        registers, then ``min(BLOCK_R, 32)`` lanes to the rows, then the lanes left to the parts
+        (``scripts/check_triton_compile.py`` checks that layout in each compiled kernel's TTGIR).
+        ``-1`` (the cross-lane stages as reductions over a pair axis) when ``SHFL`` is off, when
+        the block is not split, or when a block's parts would reach past a warp's lanes."""
+        if not SHFL or LOG2_B <= HL:
+            return -1
+        row_bits = min(BLOCK_R, 32).bit_length() - 1
+        part_bits = (BLOCK_K >> HL).bit_length() - 1
+        if row_bits + (LOG2_B - HL) > 5 or part_bits < LOG2_B - HL:
+            return -1
+        return row_bits
+
+    @constexpr_function
+    def _shfl_stage_asm(mask):
+        """PTX of a cross-lane butterfly stage (:func:`_butterfly_held`): the partner lane's value
+        ``p`` (``shfl.sync.bfly`` by ``mask``), then ``fma(s, x, p)`` with ``s = +1`` in the lane
+        that holds a pair's first half (``x + p = u + v``) and ``-1`` in the other (``-x + p = u -
+        v``): the product by one is exact, so each is the one rounding of ``[u + v, u - v]``."""
+        return ("{ .reg .b32 p; shfl.sync.bfly.b32 p, $1, " + str(int(mask)) + ", 0x1f, 0xffffffff; "
+                "fma.rn.f32 $0, $2, $1, p; }")
+
     @triton.jit
-    def _butterfly_held(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr, HL: tl.constexpr):
+    def _butterfly_held(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, LOG2_B: tl.constexpr, HL: tl.constexpr,
+                        SHFL: tl.constexpr = False):
         """:func:`_butterfly` of a tile in :func:`_block_cols`'s layout with ``2**HL`` elements of
         each block a thread (``HL``: the kernels' ``ROT_HELD``): the stages within the part a thread
         holds in registers; for a block split over ``2**(LOG2_B - HL)`` threads (:data:`ROT_SPLIT`),
-        each later stage as a sum over a pair axis (across the lanes that hold the two halves):
-        ``u + v`` and ``u + (-v)``, one addition each, the same roundings as ``[u + v, u - v]``."""
+        each later stage across the lanes that hold the two halves. ``SHFL`` (:data:`ROT_SHFL`, on
+        the GPU, where :func:`_part_lane` finds the parts on lanes): one ``shfl.sync.bfly`` and one
+        FMA by ``+-1`` an element (:func:`_shfl_stage_asm`); otherwise as a sum over a pair axis:
+        ``u + v`` and ``u + (-v)``, one addition each (two lane shuffles an element). The same
+        roundings as ``[u + v, u - v]`` either way."""
         x = _butterfly(x, BLOCK_R, BLOCK_K, HL)
+        LANE0: tl.constexpr = _part_lane(BLOCK_R, BLOCK_K, LOG2_B, HL, SHFL and not _INTERPRETED)
         for st in tl.static_range(HL, LOG2_B):  # halves of 2**st (a constexpr is not reassigned in the loop)
             x4 = tl.reshape(x, [BLOCK_R, BLOCK_K // (2 << st), 2, 1 << st])
             sgn = (1 - 2 * tl.arange(0, 2)).to(tl.float32)
-            # tl.reduce with the standard combiner named, as tl.sum (a jit function) cannot be
-            # called from this module's interpreted functions once Triton ran compiled here
-            plus = tl.reduce(x4, 2, tl.standard._sum_combine)
-            minus = tl.reduce(x4 * sgn[None, None, :, None], 2, tl.standard._sum_combine)
-            half = tl.arange(0, 2)[None, None, :, None]
-            x = tl.reshape(tl.where(half == 0, plus[:, :, None, :], minus[:, :, None, :]), [BLOCK_R, BLOCK_K])
+            if LANE0 >= 0:
+                s4 = tl.broadcast_to(sgn[None, None, :, None], [BLOCK_R, BLOCK_K // (2 << st), 2, 1 << st])
+                x4 = tl.inline_asm_elementwise(_shfl_stage_asm(1 << (LANE0 + st - HL)), "=r,r,r", [x4, s4],
+                                               dtype=tl.float32, is_pure=True, pack=1)
+                x = tl.reshape(x4, [BLOCK_R, BLOCK_K])
+            else:
+                # tl.reduce with the standard combiner named, as tl.sum (a jit function) cannot be
+                # called from this module's interpreted functions once Triton ran compiled here
+                plus = tl.reduce(x4, 2, tl.standard._sum_combine)
+                minus = tl.reduce(x4 * sgn[None, None, :, None], 2, tl.standard._sum_combine)
+                half = tl.arange(0, 2)[None, None, :, None]
+                x = tl.reshape(tl.where(half == 0, plus[:, :, None, :], minus[:, :, None, :]), [BLOCK_R, BLOCK_K])
         return x
 
     @triton.jit
@@ -356,7 +394,8 @@ if triton is not None:
     @triton.jit
     def _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R: tl.constexpr,
                       BLOCK_K: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr, EVICT: tl.constexpr):
+                      ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr, EVICT: tl.constexpr,
+                      ROT_SHFL: tl.constexpr = False):
         """``(R x, columns, mask)`` of a ``[BLOCK_R, BLOCK_K]`` tile with whole rotation blocks
         per thread (:func:`_block_cols`): ``R x`` fp32 ``[BLOCK_R, BLOCK_K]`` (signs, butterfly,
         ``* ROT_SCALE``; masked columns load as 0), the columns and the mask in the ``[BLOCK_R,
@@ -390,7 +429,7 @@ if triton is not None:
                                 other=0.0, eviction_policy=EVICT))
             if HAS_SIGNS:  # (sign masks only in the coalesced layout: SIGN_BITS)
                 x = x * _block_signs(sign_ptr, c4, rows, KP)
-        x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD)
+        x = _butterfly_held(tl.reshape(x, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD, ROT_SHFL)
         if ROT_SCALE != 1.0:  # 1.0: the MX kernels fold it into the block scale (ROT_FOLD)
             x = x * ROT_SCALE
         return x, c4, mask4
@@ -859,7 +898,7 @@ if triton is not None:
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FLAT: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
         ROT_HELD: tl.constexpr, N_PARTIALS: tl.constexpr, SLOTS: tl.constexpr, TPP: tl.constexpr,
-        L2_HINTS: tl.constexpr, PDL: tl.constexpr,
+        L2_HINTS: tl.constexpr, PDL: tl.constexpr, ROT_SHFL: tl.constexpr = False,
     ):
         """Per tile: max finite ``|x|`` (of ``R x`` when ``ROT_LOG2 > 0``) and a NaN/Inf flag
         (from the ``|x|`` bit patterns: +Inf and NaN lie above FLT_MAX's), as int32 words.
@@ -886,7 +925,7 @@ if triton is not None:
         else:
             amax, bad = _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R,
                                        BLOCK_K, FLAT, ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD,
-                                       _evict(L2_HINTS, True))
+                                       _evict(L2_HINTS, True), ROT_SHFL)
         if N_PARTIALS > 0:
             pid = tl.program_id(0)
             tl.store(buf_ptr + 2 * pid, amax)
@@ -926,14 +965,14 @@ if triton is not None:
     def _amax_one_tile(x_ptr, sign_ptr, n_rows, inner_rows, K, KP, sx_outer, sx_inner, sx_k, BLOCK_R: tl.constexpr,
                        BLOCK_K: tl.constexpr, FLAT: tl.constexpr, ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr,
                        ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr,
-                       EVICT: tl.constexpr):
+                       EVICT: tl.constexpr, ROT_SHFL: tl.constexpr = False):
         """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``); ``EVICT``:
         the x load's L2 eviction policy."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, EVICT)
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, EVICT, ROT_SHFL)
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
@@ -1078,7 +1117,7 @@ if triton is not None:
         SCALE_ELEM: tl.constexpr, INV_EMAX: tl.constexpr, FLAT: tl.constexpr,
         FOUR6: tl.constexpr, STOCH: tl.constexpr,
         ROT_LOG2: tl.constexpr, HAS_SIGNS: tl.constexpr, ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr,
-        ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr, ROT_HELD: tl.constexpr,
+        ROT_FOLD: tl.constexpr, INV_MULTS: tl.constexpr, ROT_HELD: tl.constexpr, ROT_SHFL: tl.constexpr,
         N_PARTIALS: tl.constexpr, GAMAX: tl.constexpr, ONE_TILE: tl.constexpr, NARROW: tl.constexpr,
         L2_HINTS: tl.constexpr, Y_STREAM: tl.constexpr, PDL: tl.constexpr, SYNC: tl.constexpr,
     ):
@@ -1115,7 +1154,8 @@ if triton is not None:
         yr = _row_offsets(rows, inner_rows, sy_outer, sy_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, c4, mask4 = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, _evict(L2_HINTS, False))
+                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, _evict(L2_HINTS, False),
+                                         ROT_SHFL)
             x = tl.reshape(x, [BLOCK_R, N_GROUPS, GROUP])
             cols = tl.reshape(c4, [N_GROUPS, GROUP])
         else:
@@ -1190,7 +1230,7 @@ if triton is not None:
                     fallback = _narrow_fallback(amax)
         if ROT_TILE:
             HELD: tl.constexpr = 1 << ROT_HELD
-            y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD)
+            y = _butterfly_held(tl.reshape(y, [BLOCK_R, BLOCK_K]), BLOCK_R, BLOCK_K, ROT_LOG2, ROT_HELD, ROT_SHFL)
             if ROT_SCALE != 1.0 and not INV_MULTS:
                 y = y * ROT_SCALE
             y = tl.reshape(y, [BLOCK_R, BLOCK_K // HELD, HELD // 8, 8])
@@ -1391,7 +1431,7 @@ def _cdiv(a: int, b: int) -> int:
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
           rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False,
-          sync: int = 0, held_max: int = 128) -> tuple:
+          sync: int = 0, held_max: int = 128, shfl: bool = False) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1412,7 +1452,9 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``sync`` times the rows of the planned one with ``sync`` times its warps (the elements a
     thread holds unchanged; :func:`_grid_sync_grow` picks it), no amax pass, ``SYNC`` set.
     ``held_max``: :func:`_held_max` of the recipe (blocks larger are held in parts, ``ROT_HELD``;
-    a rotated call must pass it: the default serves the unrotated ones, where it changes nothing)."""
+    a rotated call must pass it: the default serves the unrotated ones, where it changes nothing).
+    ``shfl``: :data:`ROT_SHFL` in force (``ROT_SHFL``: a split block's cross-lane stages by lane
+    shuffles in PTX, :func:`_butterfly_held`)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1444,6 +1486,7 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     if two_pass and not sync:
         a_r, a_groups = _block_tile(k, group, amax_tile[0], rot_block)
         amax = (a_r, a_groups * group, {"BLOCK_R": a_r, "BLOCK_K": a_groups * group, "num_warps": amax_tile[1], **rot,
+                "ROT_SHFL": _shfl_ok(shfl, a_r * a_groups * group, amax_tile[1], rot_block, rot_tile, rot_held),
                 "enable_fp_fusion": False})
     consts = {
         "SPEC": spec, "RULE": rule_code(rule) if spec.family is Family.MX else 0, "GROUP": group,
@@ -1451,10 +1494,20 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
         "SCALE_ELEM": spec.scale_elem or _NVFP4_SCALE_ELEM,
         "INV_EMAX": float(np.float32(1.0 / spec.elem.max_normal)),
         "FOUR6": rule == "four_over_six", "STOCH": stoch, **q_rot, "num_warps": warps, "enable_fp_fusion": False,
+        "ROT_SHFL": _shfl_ok(shfl, block_r * n_groups * group, warps, rot_block, rot_tile, rot_held),
     }
     if maxnreg and _rot_capped(rot_block, rot_tile, held_max):
         consts["maxnreg"] = maxnreg
     return block_r, n_groups * group, amax, consts
+
+
+def _shfl_ok(shfl: bool, tile: int, warps: int, rot_block: int, rot_tile: int, rot_held: int) -> bool:
+    """The ``ROT_SHFL`` of a kernel whose tile holds ``tile`` elements over ``warps`` warps:
+    :data:`ROT_SHFL` in force (``shfl``), a block held in parts (``rot_block`` above ``2**rot_held``
+    in a layout that holds blocks), and at least one whole part a thread (in a smaller tile, such
+    as a decode-sized call's one tile, Triton spreads a part's chunks over lanes; the kernel's
+    :func:`_part_lane` then checks that a block's parts lie on one warp's lanes)."""
+    return bool(shfl and rot_tile and rot_held and rot_block > (1 << rot_held) and tile >= (32 << rot_held) * warps)
 
 
 def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax,
@@ -1489,14 +1542,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
     held_max = _held_max(spec)
-    block_r, block_k, amax, consts = _plan(*plan, held_max=held_max)
+    block_r, block_k, amax, consts = _plan(*plan, held_max=held_max, shfl=ROT_SHFL)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC is not False and two_pass and not one_tile and _grid_sync_on(x.device):
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
-            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max)
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max, shfl=ROT_SHFL)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1817,6 +1870,16 @@ ROT_HELD_MAX = 128
 #: Hadamard-256 as quarters).
 ROT_SPLIT = True
 ROT_SPLIT_MAX = 256
+
+#: A block held in parts (:data:`ROT_SPLIT`) takes each cross-lane butterfly stage as one
+#: ``shfl.sync.bfly`` and one FMA by ``+-1`` an element, in inline PTX (:func:`_shfl_stage_asm`),
+#: where Triton's reduction over the pair axis took two shuffles, a product, two additions and a
+#: select (sm_90 SASS, MXFP4 + Hadamard-128 held in 64s: 4 shuffles an element, forward and
+#: inverse). On the GPU only (the interpreter runs the reductions: the same roundings), and only
+#: where :func:`_part_lane` finds a block's parts on a warp's lanes; the lane it shuffles with
+#: follows Triton 3.6's layout of the tile, which ``scripts/check_triton_compile.py`` checks in
+#: the TTGIR of every kernel that takes this path.
+ROT_SHFL = True
 
 #: :data:`ROT_HELD_MAX` of the MX recipes (:func:`_held_max`): their blocks above 64 held in parts
 #: of 64. Timed on the H100 of 2026-12-06g twice (``scripts/bench_qdq_triton.py --options-only
