@@ -131,7 +131,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     layouts and without the folded scale (columns that decided defaults in earlier leases: the
     smoke suite's short form, ``--no-sweeps``, leaves them out)."""
     from vllm_qdq.numerics import triton_qdq
-    from vllm_qdq.numerics.formats import FORMATS, Family
+    from vllm_qdq.numerics.formats import FORMATS
     from vllm_qdq.numerics.rotation import parse_rotation
 
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
@@ -158,7 +158,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     if hasattr(triton_qdq, "ROT_HELD_MAX_MX"):  # blocks above 32 held in parts of 32, 64 or 128 by adjacent lanes
         def held(n: int):
             def switch(spec) -> tuple[str, int]:
-                return ("ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"), n
+                return triton_qdq._held_switch(spec), n
             return switch
 
         for n in (32, 64, 128):  # blank where n is the recipe's default part size (the main column)
@@ -176,7 +176,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
              " layout (ROT_TILE_MAX = 0), MX ones whose scale is a power of two with it multiplied (ROT_FOLD off), and"
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
           " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks above 32"
-          " held by a thread in parts of another size than the recipe's default (ROT_HELD_MAX_MX for MX, ROT_HELD_MAX:"
+          " held by a thread in parts of another size than the recipe's default (ROT_HELD_MAX_MX, _NVFP4, ROT_HELD_MAX:"
           " \"held 32\", \"held 64\", \"held 128\"), and split blocks' cross-lane stages as Triton reductions"
           " (ROT_SHFL off, \"no shfl\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"

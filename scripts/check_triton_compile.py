@@ -330,11 +330,12 @@ def _split_paths() -> int:
     from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
 
     failures = 0
-    saved = triton_qdq.ROT_HELD_MAX, triton_qdq.ROT_HELD_MAX_MX
+    saved = {n: getattr(triton_qdq, n) for n in triton_qdq.HELD_SWITCHES}
     recipes = (("mxfp4", 128, 1), ("mxfp4", 256, None), ("mxfp8_e4m3", 128, None), ("nvfp4", 256, 1),
                ("nvfp4", 128, 1), ("fp8_e4m3_per_tensor", 256, None))
     for held in (32, 64, 128):
-        triton_qdq.ROT_HELD_MAX = triton_qdq.ROT_HELD_MAX_MX = held
+        for n in triton_qdq.HELD_SWITCHES:
+            setattr(triton_qdq, n, held)
         for fmt, block, sseed in recipes:
             for rows, k in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256)):
                 x = torch.empty(rows, k, dtype=torch.bfloat16)
@@ -347,7 +348,8 @@ def _split_paths() -> int:
                     failures += 1
                     print(f"FAIL split {fmt} H{block} seed={sseed} held {held} {rows}x{k}: "
                           f"{str(e).strip().splitlines()[-1][:300]}")
-    triton_qdq.ROT_HELD_MAX, triton_qdq.ROT_HELD_MAX_MX = saved
+    for n, v in saved.items():
+        setattr(triton_qdq, n, v)
     return failures
 
 

@@ -81,13 +81,14 @@ def main() -> None:
     ap.add_argument("what", choices=("l2", "rotation", "sage3"))
     ap.add_argument("--rows", default="2048,4096", help="l2: rows x 4096 bf16, comma-separated")
     ap.add_argument("--seq", type=int, default=16384, help="sage3: sequence length")
-    ap.add_argument("--held-max", type=int, default=0, help="rotation: triton_qdq.ROT_HELD_MAX and ROT_HELD_MAX_MX for the run")
+    ap.add_argument("--held-max", type=int, default=0, help="rotation: triton_qdq.ROT_HELD_MAX, ROT_HELD_MAX_MX and ROT_HELD_MAX_NVFP4 for the run")
     args = ap.parse_args()
     if args.what == "l2":
         _l2([int(r) for r in args.rows.split(",")])
     elif args.what == "rotation":
         if args.held_max:
-            triton_qdq.ROT_HELD_MAX = triton_qdq.ROT_HELD_MAX_MX = args.held_max
+            for n in triton_qdq.HELD_SWITCHES:
+                setattr(triton_qdq, n, args.held_max)
         _rotation()
     else:
         _sage3(args.seq)

@@ -155,7 +155,7 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
     ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
-    ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX and ROT_HELD_MAX_MX for the "
+    ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX, _MX and _NVFP4 for the "
                     "run (elements of a rotation block a thread holds, larger blocks split over threads; default: the "
                     "module's, per family)")
     ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS and TTGIR there "
@@ -212,7 +212,8 @@ def main() -> int:
           f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
     default_max, default_coalesce = triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE
     if args.held_max:
-        triton_qdq.ROT_HELD_MAX = triton_qdq.ROT_HELD_MAX_MX = args.held_max
+        for n in triton_qdq.HELD_SWITCHES:
+            setattr(triton_qdq, n, args.held_max)
     for recipe in args.recipes.split(","):
         fmt, rule, block, seed, stoch = parse_recipe(recipe.strip())
         spec = get_format(fmt)

@@ -94,15 +94,15 @@ def _held(name: str, block: int, default: int) -> set:
 
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
     """``--no-sweeps`` (the smoke suite's form): the other part sizes a thread holds
-    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX``: 32, 64, 128 but the recipe's default), the split
+    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX_NVFP4``: 32, 64, 128 but the recipe's default), the split
     blocks' cross-lane stages as reductions (``ROT_SHFL`` off, where a block is split), the signs'
     other form (switched from the module's value) for random Hadamard-128 in the coalesced layout
-    only, and the caps' columns where a thread holds 128 elements of a block (NVFP4; MX holds
-    64s); no layout or fold column."""
+    only, and the caps' columns where a thread holds 128 elements of a block (none at the default
+    part sizes: MX holds 64s, NVFP4 32s); no layout or fold column."""
     out, seen = _table(tq, monkeypatch, capsys, layouts=False)
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
-    mx, nv = tq.ROT_HELD_MAX_MX, tq.ROT_HELD_MAX
+    mx, nv = tq.ROT_HELD_MAX_MX, tq.ROT_HELD_MAX_NVFP4
     assert all(h in head for h in ("cap 168", "cap 200", other, "held 32", "held 64", "held 128", "no shfl"))
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
@@ -111,7 +111,7 @@ def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeyp
     assert seen == {"mxfp4 + hadamard64": _held("ROT_HELD_MAX_MX", 64, mx) | (shfl if mx < 64 else set()),
                     "mxfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX_MX", 128, mx)
                                                    | (caps if mx >= 128 else shfl)),
-                    "nvfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX", 128, nv)
+                    "nvfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX_NVFP4", 128, nv)
                                                    | (caps if nv >= 128 else shfl))}, seen
 
 
@@ -132,7 +132,8 @@ def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsy
                                                    ("SIGN_WORDS", not tq.SIGN_WORDS)}
                                                   | _held("ROT_HELD_MAX_MX", 128, mx)
                                                   | (caps if mx >= 128 else {("ROT_SHFL", False)})), seen
-    assert caps <= seen["nvfp4 + hadamard128 random"], seen
+    nv = tq.ROT_HELD_MAX_NVFP4
+    assert (caps if nv >= 128 else {("ROT_SHFL", False)}) <= seen["nvfp4 + hadamard128 random"], seen
     assert "nvfp4 four_over_six" not in seen
 
 

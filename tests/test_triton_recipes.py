@@ -52,7 +52,7 @@ CASES = [
 ]
 
 
-#: (ROT_TILE_MAX, ROT_COALESCE, ROT_HELD_MAX and ROT_HELD_MAX_MX) of each rotation layout: whole
+#: (ROT_TILE_MAX, ROT_COALESCE, every part size: HELD_SWITCHES) of each rotation layout: whole
 #: blocks (up to 128) in a thread, loaded and stored coalesced where the recipe takes it (MX, NVFP4:
 #: blocks of 64 and up); the same, loaded and stored in that layout; the tile's own layout; and
 #: blocks of 128 and up held in parts of 64 (Hadamard-128 as halves, Hadamard-256 as quarters:
@@ -74,8 +74,8 @@ def _set_layout(tq, monkeypatch, layout: str) -> tuple[int, bool]:  # noqa: F811
     rot_tile_max, coalesce, held_max = LAYOUTS[layout]
     monkeypatch.setattr(tq, "ROT_TILE_MAX", rot_tile_max)
     monkeypatch.setattr(tq, "ROT_COALESCE", coalesce)
-    monkeypatch.setattr(tq, "ROT_HELD_MAX", held_max)
-    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", held_max)
+    for name in tq.HELD_SWITCHES:
+        monkeypatch.setattr(tq, name, held_max)
     return rot_tile_max, coalesce
 
 
@@ -157,7 +157,8 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
     nowhere else (Hadamard-64, the amax pass); the bits stay the reference's (a cap moves values,
     it does not round them; the bench's "cap" columns time it)."""
     monkeypatch.setattr(tq, "ROT_MAXNREG", cap)
-    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", 128)  # blocks of 128 held whole (the MX default holds 64s)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_MX", 128)  # blocks of 128 held whole (the MX default holds 64s,
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_NVFP4", 128)  # NVFP4's 32s)
     monkeypatch.setattr(tq, "ROT_TILE_MAX", 128)
     monkeypatch.setattr(tq, "ROT_COALESCE", True)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
@@ -174,12 +175,12 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
 
 def _held_max(mod, fmt: str) -> int:
     """The part of a rotation block a thread holds at most for ``fmt`` (``ROT_HELD_MAX_MX`` for MX)."""
-    return mod.ROT_HELD_MAX_MX if FORMATS[fmt].family is Family.MX else mod.ROT_HELD_MAX
+    return getattr(mod, mod._held_switch(FORMATS[fmt]))
 
 
 def _held(mod, fmt: str, block: int, rot_tile_max: int) -> bool:
     """A thread holds the rotation block whole (up to ``ROT_TILE_MAX``) or a part of
-    ``ROT_HELD_MAX`` / ``ROT_HELD_MAX_MX`` (``ROT_SPLIT``: blocks up to ``ROT_SPLIT_MAX``, as
+    ``ROT_HELD_MAX`` / ``_MX`` / ``_NVFP4`` (``ROT_SPLIT``: blocks up to ``ROT_SPLIT_MAX``, as
     Hadamard-256 as halves of 128): the expectation the layout tests check the planner against."""
     held = _held_max(mod, fmt)
     return block <= rot_tile_max or (mod.ROT_SPLIT and held < block <= mod.ROT_SPLIT_MAX and rot_tile_max >= held)

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import torch
 from vllm_qdq.numerics.qdq import quantize_dequantize
-from vllm_qdq.numerics.triton_qdq import ROT_HELD_MAX, ROT_HELD_MAX_MX, ROT_SHFL, SIGN_WORDS
+from vllm_qdq.numerics.triton_qdq import (
+    ROT_HELD_MAX,
+    ROT_HELD_MAX_MX,
+    ROT_HELD_MAX_NVFP4,
+    ROT_SHFL,
+    SIGN_WORDS,
+)
 
 from tests.support import two_pass
 from tests.support.bits import assert_same_bits
@@ -103,6 +109,7 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
                                                ("ROT_HELD_MAX", 64 if ROT_HELD_MAX == 128 else 128),
                                                ("ROT_HELD_MAX_MX", 64 if ROT_HELD_MAX_MX == 128 else 128),
                                                ("ROT_HELD_MAX", 32), ("ROT_HELD_MAX_MX", 32),
+                                               ("ROT_HELD_MAX_NVFP4", 64 if ROT_HELD_MAX_NVFP4 != 64 else 128),
                                                ("ROT_SHFL", not ROT_SHFL)])
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
@@ -113,7 +120,7 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
     (``ROT_MAXNREG`` 168 and 200: the "cap 168" and "cap 200" columns) and random signs packed a
     bit a column, or as 16-bit masks, whichever is not the default (``SIGN_WORDS`` switched: the
     "sign masks" column while the words are the default), and blocks of 128 and up held by a
-    thread in the other part size (``ROT_HELD_MAX``, ``ROT_HELD_MAX_MX``: 64 or 128, the "held
+    thread in other part sizes (``ROT_HELD_MAX``, ``ROT_HELD_MAX_MX``, ``ROT_HELD_MAX_NVFP4``: the "held
     other" column; each a no-op for the other family's recipes)."""
     from vllm_qdq.numerics import triton_qdq
 
@@ -145,8 +152,8 @@ def test_split_blocks_lane_shuffles(fmt: str, kw: dict, held: int, monkeypatch) 
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, "ROT_SHFL", True)
-    monkeypatch.setattr(triton_qdq, "ROT_HELD_MAX", held)
-    monkeypatch.setattr(triton_qdq, "ROT_HELD_MAX_MX", held)
+    for name in triton_qdq.HELD_SWITCHES:
+        monkeypatch.setattr(triton_qdq, name, held)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     torch.manual_seed(0)
     for shape in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (2, 5, 1280)):

@@ -341,7 +341,10 @@ if triton is not None:
         the GPU, where :func:`_part_lane` finds the parts on lanes): one ``shfl.sync.bfly`` and one
         FMA by ``+-1`` an element (:func:`_shfl_stage_asm`); otherwise as a sum over a pair axis:
         ``u + v`` and ``u + (-v)``, one addition each (two lane shuffles an element). The same
-        roundings as ``[u + v, u - v]`` either way."""
+        roundings as ``[u + v, u - v]`` either way, zeros' signs included. Under the interpreter,
+        whose ``tl.reduce`` adds from ``+0`` (``-0 + -0`` came out ``+0``: 2026-12-07, NVFP4 +
+        random Hadamard-64 in parts of 32 on subnormal inputs), the stage as
+        :func:`_butterfly_stage`."""
         x = _butterfly(x, BLOCK_R, BLOCK_K, HL)
         LANE0: tl.constexpr = _part_lane(BLOCK_R, BLOCK_K, LOG2_B, HL, SHFL and not _INTERPRETED)
         for st in tl.static_range(HL, LOG2_B):  # halves of 2**st (a constexpr is not reassigned in the loop)
@@ -352,6 +355,8 @@ if triton is not None:
                 x4 = tl.inline_asm_elementwise(_shfl_stage_asm(1 << (LANE0 + st - HL)), "=r,r,r", [x4, s4],
                                                dtype=tl.float32, is_pure=True, pack=1)
                 x = tl.reshape(x4, [BLOCK_R, BLOCK_K])
+            elif _INTERPRETED:  # the interpreter's tl.reduce starts a sum from +0 (-0 + -0 gave +0)
+                x = _butterfly_stage(x, BLOCK_R, BLOCK_K, 1 << st)
             else:
                 # tl.reduce with the standard combiner named, as tl.sum (a jit function) cannot be
                 # called from this module's interpreted functions once Triton ran compiled here
@@ -967,12 +972,19 @@ if triton is not None:
                        ROT_SCALE: tl.constexpr, ROT_TILE: tl.constexpr, ROT_HELD: tl.constexpr,
                        EVICT: tl.constexpr, ROT_SHFL: tl.constexpr = False):
         """``(amax bits, bad)`` of this program's one tile (of ``R x`` when ``ROT_LOG2 > 0``); ``EVICT``:
-        the x load's L2 eviction policy."""
+        the x load's L2 eviction policy. In the layouts that hold blocks the rotation's scale
+        multiplies the tile's maximum, not each element: ``max |RN(c y)| = RN(c max |y|)`` for
+        ``0 < c <= 1`` (rounding is monotonic, and ``c y`` is finite exactly where ``y`` is), one
+        multiplication a tile instead of one an element."""
         rows, k0 = _tile_coords(tl.program_id(0), n_rows, K, BLOCK_R, BLOCK_K, False)
         xr = _row_offsets(rows, inner_rows, sx_outer, sx_inner, FLAT)
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
-                                         ROT_LOG2, HAS_SIGNS, ROT_SCALE, ROT_TILE, ROT_HELD, EVICT, ROT_SHFL)
+                                         ROT_LOG2, HAS_SIGNS, 1.0, ROT_TILE, ROT_HELD, EVICT, ROT_SHFL)
+            amax, bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
+            if ROT_SCALE != 1.0:
+                amax = (amax.to(tl.float32, bitcast=True) * ROT_SCALE).to(tl.int32, bitcast=True)
+            return amax, bad
         else:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = (rows < n_rows)[:, None] & (cols < K)[None, :]
@@ -1857,8 +1869,8 @@ ONE_TILE_WARPS = 8
 ROT_TILE_MAX = 128
 
 #: The most elements of a rotation block one thread holds (a power of two, 32 to 128; at 128 its
-#: registers hold 128 fp32 values) for the recipes outside the MX family (MX:
-#: :data:`ROT_HELD_MAX_MX`): larger blocks are split over threads (:data:`ROT_SPLIT`). The kernels
+#: registers hold 128 fp32 values) for the recipes outside the MX and NVFP4 families
+#: (:data:`ROT_HELD_MAX_MX`, :data:`ROT_HELD_MAX_NVFP4`): larger blocks are split over threads (:data:`ROT_SPLIT`). The kernels
 #: take the log2 of what a thread holds as the constexpr ``ROT_HELD`` (:func:`_rot_held`).
 ROT_HELD_MAX = 128
 
@@ -1883,25 +1895,44 @@ ROT_SHFL = True
 
 #: :data:`ROT_HELD_MAX` of the MX recipes (:func:`_held_max`): their blocks above 64 held in parts
 #: of 64. Timed on the H100 of 2026-12-06g twice (``scripts/bench_qdq_triton.py --options-only
-#: --no-sweeps``, the "held 64" column, now "held other", ``results/lease-2026-12-06g/call3``), x plain at 16M / 64M
+#: --no-sweeps``, ``results/lease-2026-12-06g/call3``), x plain at 16M / 64M
 #: elements, held 128 -> 64: MXFP4 + Hadamard-128 1.40 / 1.25 -> 1.31 / 1.27, + random
 #: Hadamard-128 1.63 / 1.49 -> 1.45 / 1.42, + Hadamard-256 1.77 / 1.66 -> 1.59 / 1.60, MXFP8 +
 #: Hadamard-128 1.20 / 1.09 -> 1.14 / 1.08 (both runs within 0.01): better in seven of eight cells,
-#: 0.02 worse in one. NVFP4 + random Hadamard-128 1.54 / 1.46 -> 1.55 / 1.51: NVFP4 keeps 128
-#: (its QDQ pass holds more per element: 153 registers at 64). Nsight Compute (06g): the held MXFP4
-#: rotations at 12-19% occupancy with 168-254 registers, 30% with 96.
+#: 0.02 worse in one. Nsight Compute (06g): the held MXFP4 rotations at 12-19% occupancy with
+#: 168-254 registers, 30% with 96. With the cross-lane stages by lane shuffles (:data:`ROT_SHFL`,
+#: H100 of 2026-12-07, ``results/lease-2026-12-07/call1``), held 64 / 32 / 128 at 16M / 64M:
+#: MXFP4 + Hadamard-128 1.15 / 1.10, 1.16 / 1.13, 1.41 / 1.24; + random Hadamard-128 1.24 / 1.20,
+#: 1.25 / 1.26, 1.64 / 1.49; + Hadamard-256 1.20 / 1.16, 1.21 / 1.18, 1.53 / 1.36: 64 stays.
 ROT_HELD_MAX_MX = 64
+
+#: :data:`ROT_HELD_MAX` of the NVFP4 recipes (nvfp4, nvfp4_e5m3; :func:`_held_max`): their blocks
+#: above 32 held in parts of 32. Timed with the lane shuffles (:data:`ROT_SHFL`; H100 of
+#: 2026-12-07, ``results/lease-2026-12-07/call1``), NVFP4 + random Hadamard-128 at 16M / 64M,
+#: held 128 (the default until then) / 64 / 32: 1.54 / 1.45, 1.39 / 1.33, 1.33 / 1.31 x plain
+#: (NVFP4's QDQ pass holds more a thread than MX's: 255 registers at 128, 148 at 64, 72 at 32).
+ROT_HELD_MAX_NVFP4 = 32
+
+
+def _held_switch(spec: FormatSpec) -> str:
+    """The module constant that holds the part size of ``spec``'s rotation blocks
+    (:func:`_held_max`): ``ROT_HELD_MAX_MX``, ``ROT_HELD_MAX_NVFP4`` or ``ROT_HELD_MAX``."""
+    return {Family.MX: "ROT_HELD_MAX_MX", Family.NVFP4: "ROT_HELD_MAX_NVFP4"}.get(spec.family, "ROT_HELD_MAX")
+
+
+#: Every part-size constant (:func:`_held_switch`), for tools that set them all at once.
+HELD_SWITCHES = ("ROT_HELD_MAX", "ROT_HELD_MAX_MX", "ROT_HELD_MAX_NVFP4")
 
 
 def _held_max(spec: FormatSpec) -> int:
-    """The most elements of a rotation block one thread holds for ``spec``'s recipes:
-    :data:`ROT_HELD_MAX_MX` for the MX family, :data:`ROT_HELD_MAX` for the others; with
-    :data:`ROT_SPLIT` off, :data:`ROT_TILE_MAX` (blocks up to it held whole, none split). A part
-    size other than 32, 64 or 128 is an error naming it (a thread must hold whole groups of 32 and
-    chunks of 8)."""
-    held = ROT_HELD_MAX_MX if spec.family is Family.MX else ROT_HELD_MAX
+    """The most elements of a rotation block one thread holds for ``spec``'s recipes: the family's
+    constant (:func:`_held_switch`: :data:`ROT_HELD_MAX_MX`, :data:`ROT_HELD_MAX_NVFP4`,
+    :data:`ROT_HELD_MAX` for the others); with :data:`ROT_SPLIT` off, :data:`ROT_TILE_MAX` (blocks
+    up to it held whole, none split). A part size other than 32, 64 or 128 is an error naming it (a
+    thread must hold whole groups of 32 and chunks of 8)."""
+    name = _held_switch(spec)
+    held = globals()[name]
     if held not in (32, 64, 128):
-        name = "ROT_HELD_MAX_MX" if spec.family is Family.MX else "ROT_HELD_MAX"
         raise ValueError(f"triton_qdq.{name} = {held!r}; accepted: 32, 64, 128")
     return held if ROT_SPLIT else max(ROT_TILE_MAX, 1)
 
@@ -2227,7 +2258,7 @@ class _FastCall:
     device) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
     :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`ROT_SPLIT`, :data:`ROT_SPLIT_MAX`, :data:`ROT_HELD_MAX`,
-    :data:`ROT_HELD_MAX_MX`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
+    :data:`ROT_HELD_MAX_MX`, :data:`ROT_HELD_MAX_NVFP4`, :data:`ROT_SHFL`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
     :data:`_DIRECT_TRITON`) are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
