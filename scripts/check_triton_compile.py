@@ -324,23 +324,28 @@ def _extras(target: GPUTarget, only: str | None = None) -> int:
 def _split_paths() -> int:
     """Rotation blocks held in parts over lanes (``triton_qdq.ROT_SPLIT``) at parts of 32, 64 and
     128 elements, over row counts and row lengths that give the QDQ and amax passes different tile
-    shapes (rows a tile 1 to 32 and more): each compiled kernel's cross-lane stages are checked
-    against its layout (:func:`check_shfl_layouts`)."""
+    shapes (rows a tile 1 to 32 and more; rows of 3000, padded: not 16-byte aligned), with the
+    default tile table and sm_90's (``tile_configs.json``, what an H100 or H200 plans with): each
+    compiled kernel's cross-lane stages are checked against its layout (:func:`check_shfl_layouts`)."""
     from vllm_qdq.numerics.formats import get_format
     from vllm_qdq.numerics.rotation import Rotation, hadamard_signs
 
     failures = 0
     saved = {n: getattr(triton_qdq, n) for n in triton_qdq.HELD_SWITCHES}
     recipes = (("mxfp4", 128, 1), ("mxfp4", 256, None), ("mxfp8_e4m3", 128, None), ("nvfp4", 256, 1),
-               ("nvfp4", 128, 1), ("fp8_e4m3_per_tensor", 256, None))
-    for held in (32, 64, 128):
+               ("nvfp4", 128, 1), ("fp8_e4m3_per_tensor", 256, None), ("fp8_e4m3_per_group128", 256, None))
+    default_table = dict(triton_qdq.TILE_CONFIG)
+    for held, table in [(h, t) for h in (32, 64, 128) for t in ({}, triton_qdq.tile_configs().get("sm_90", {}))]:
+        triton_qdq.TILE_CONFIG.update(default_table)
+        triton_qdq.TILE_CONFIG.update({k: tuple(v) for k, v in table.items()})
         for n in triton_qdq.HELD_SWITCHES:
             setattr(triton_qdq, n, held)
         for fmt, block, sseed in recipes:
-            for rows, k in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256)):
+            for rows, k in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (16, 3000)):
                 x = torch.empty(rows, k, dtype=torch.bfloat16)
-                rot = Rotation(block=block, seed=sseed)
-                ex = triton_qdq._Extras(rot, hadamard_signs(rot, k, "cpu", torch.bfloat16), k, None)
+                rot = Rotation(block=block, seed=sseed, pad=k % block != 0)
+                kp = -(-k // block) * block
+                ex = triton_qdq._Extras(rot, hadamard_signs(rot, kp, "cpu", torch.bfloat16), kp, None)
                 try:
                     triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), get_format(fmt),
                                        "floor", None, ex)
@@ -350,6 +355,7 @@ def _split_paths() -> int:
                           f"{str(e).strip().splitlines()[-1][:300]}")
     for n, v in saved.items():
         setattr(triton_qdq, n, v)
+    triton_qdq.TILE_CONFIG.update(default_table)
     return failures
 
 

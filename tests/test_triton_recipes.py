@@ -96,8 +96,10 @@ def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq
 
 def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None:  # noqa: F811
     """``ROT_SHFL`` (a split block's cross-lane stages by ``shfl.sync.bfly`` in PTX on the GPU): set
-    in a pass's constexprs when its block is split over lanes and its tile gives every thread whole
-    parts, for the QDQ pass and the rotating amax pass each by its own tile; not for a block held
+    in a pass's constexprs when its block is split over lanes in the coalesced layout (MX, NVFP4)
+    and its tile gives every thread whole parts, for the QDQ pass and the rotating amax pass each by
+    its own tile; not in the blocks' own layout (FP8 per-tensor: its layout follows the rows'
+    alignment), not for a block held
     whole, not for a decode-sized two-pass call's one tile (a part's chunks spread over lanes there), not
     with the switch off. The interpreter takes the reductions either way: the same bits."""
     planned = _record_plan(tq, monkeypatch, "ROT_SHFL", "BLOCK_R", "num_warps")
@@ -113,7 +115,7 @@ def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None
     monkeypatch.setattr(tq, "_plan", spy)
     planned_q = _record_plan(tq, monkeypatch, "ROT_SHFL")
     cases = (("mxfp4", 256, 128, True, True), ("mxfp4", 64, 128, True, False), ("nvfp4", 256, 128, True, True),
-             ("fp8_e4m3_per_tensor", 256, 128, True, True), ("mxfp4", 256, 1, True, True), ("nvfp4", 256, 1, True, False),
+             ("fp8_e4m3_per_tensor", 256, 128, True, False), ("mxfp4", 256, 1, True, True), ("nvfp4", 256, 1, True, False),
              ("mxfp4", 256, 128, False, False))
     for fmt, block, rows, switch, want in cases:
         monkeypatch.setattr(tq, "ROT_SHFL", switch)

@@ -139,7 +139,8 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
 
 SPLIT = [("mxfp4", {"rotate": {"block": 128, "seed": 1}}), ("mxfp4", {"rotate": {"block": 256}}),
          ("mxfp8_e4m3", {"rotate": {"block": 128}}), ("nvfp4", {"rotate": {"block": 256, "seed": 3}}),
-         ("nvfp4", {"rotate": {"block": 128, "seed": 1}}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 256}})]
+         ("nvfp4", {"rotate": {"block": 128, "seed": 1}}), ("fp8_e4m3_per_tensor", {"rotate": {"block": 256}}),
+         ("fp8_e4m3_per_group128", {"rotate": {"block": 256}})]
 
 
 @pytest.mark.parametrize("held", [32, 64, 128])
@@ -148,7 +149,10 @@ def test_split_blocks_lane_shuffles(fmt: str, kw: dict, held: int, monkeypatch) 
     """Blocks held in parts of ``held`` by adjacent lanes, their cross-lane butterfly stages by
     ``shfl.sync.bfly`` in PTX (``ROT_SHFL``, on), give the reference's bits at row counts and row
     lengths that give the passes different tiles (rows a tile 1 to 32 and more: the shuffle's lane
-    follows the layout; a decode-sized two-pass call's one tile takes the reductions)."""
+    follows the layout; a decode-sized two-pass call's one tile and the blocks' own layout, FP8's,
+    take the reductions; rows of 3000, padded, whose loads are not 16-byte aligned: 2026-12-07's
+    H100 found FP8 per-group128 + Hadamard-256 there wrong before the shuffles kept to the
+    coalesced layout)."""
     from vllm_qdq.numerics import triton_qdq
 
     monkeypatch.setattr(triton_qdq, "ROT_SHFL", True)
@@ -156,7 +160,8 @@ def test_split_blocks_lane_shuffles(fmt: str, kw: dict, held: int, monkeypatch) 
         monkeypatch.setattr(triton_qdq, name, held)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
     torch.manual_seed(0)
-    for shape in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (2, 5, 1280)):
+    for shape in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (2, 5, 1280),
+                  (16, 3000)):
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
         x[..., 3] *= 300.0
         k = {**kw, "rotate": {**kw["rotate"], "pad": True}} if shape[-1] % kw["rotate"]["block"] else kw

@@ -1515,11 +1515,16 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
 
 def _shfl_ok(shfl: bool, tile: int, warps: int, rot_block: int, rot_tile: int, rot_held: int) -> bool:
     """The ``ROT_SHFL`` of a kernel whose tile holds ``tile`` elements over ``warps`` warps:
-    :data:`ROT_SHFL` in force (``shfl``), a block held in parts (``rot_block`` above ``2**rot_held``
-    in a layout that holds blocks), and at least one whole part a thread (in a smaller tile, such
-    as a decode-sized call's one tile, Triton spreads a part's chunks over lanes; the kernel's
-    :func:`_part_lane` then checks that a block's parts lie on one warp's lanes)."""
-    return bool(shfl and rot_tile and rot_held and rot_block > (1 << rot_held) and tile >= (32 << rot_held) * warps)
+    :data:`ROT_SHFL` in force (``shfl``), a block held in parts (``rot_block`` above ``2**rot_held``)
+    in the coalesced layout (``rot_tile == 2``, whose layout the anchor load fixes whatever the row
+    length: loaded in the blocks' own layout, ``rot_tile == 1``, the layout follows the rows'
+    alignment, and at 16 x 3000 a part's chunks went to other lanes, which
+    ``scripts/check_triton_compile.py`` found after the H100 of 2026-12-07 had: FP8 per-group128 +
+    Hadamard-256 padded, not the reference's bits), and at least one whole part a thread (in a
+    smaller tile, such as a decode-sized call's one tile, Triton spreads a part's chunks over lanes;
+    the kernel's :func:`_part_lane` then checks that a block's parts lie on one warp's lanes)."""
+    return bool(shfl and rot_tile == 2 and rot_held and rot_block > (1 << rot_held)
+                and tile >= (32 << rot_held) * warps)
 
 
 def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: str, global_amax,
