@@ -167,7 +167,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
                 and triton_qdq._held_max(spec) != n and min(rot.block, n) != min(rot.block, triton_qdq._held_max(spec)))))
     if hasattr(triton_qdq, "ROT_SHFL"):  # a split block's cross-lane stages as Triton reductions instead
         cols.append(("no shfl", 8, "ROT_SHFL", False, lambda spec, rot: bool(
-            rot is not None and triton_qdq._rot_layout(spec, rot.block) and rot.block > triton_qdq._held_max(spec))))
+            rot is not None and triton_qdq._rot_layout(spec, rot.block) == 2 and rot.block > triton_qdq._held_max(spec))))
     if hasattr(triton_qdq, "SIGN_WORDS"):  # random signs packed a bit a column, where 16-bit masks serve now
         cols.append(("sign masks" if triton_qdq.SIGN_WORDS else "sign words", 10, "SIGN_WORDS", not triton_qdq.SIGN_WORDS,
                      lambda spec, rot: coalesced(spec, rot) and rot.seed is not None))

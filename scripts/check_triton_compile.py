@@ -216,6 +216,10 @@ def check_shfl_layouts(name: str, ttgir: str) -> int:
     differ in that lane bit alone). Returns the stages checked; a ValueError names the first that
     fails."""
     layouts = {m.group(1): (m.group(2), m.group(3)) for m in _LAYOUT.finditer(ttgir)}
+    found = ttgir.count("shfl.sync.bfly.b32 p,")
+    matched = len(_SHFL_ASM.findall(ttgir))
+    if matched != found:  # a stage printed in a form the pattern misses would go unchecked
+        raise ValueError(f"{name}: {found} lane-shuffle stages in the TTGIR, {matched} of them in the form checked")
     n = 0
     for m in _SHFL_ASM.finditer(ttgir):
         mask, shape, lay = int(m.group(1)), [int(v) for v in m.group(2).split("x")], m.group(3)
@@ -346,13 +350,17 @@ def _split_paths() -> int:
                 rot = Rotation(block=block, seed=sseed, pad=k % block != 0)
                 kp = -(-k // block) * block
                 ex = triton_qdq._Extras(rot, hadamard_signs(rot, kp, "cpu", torch.bfloat16), kp, None)
-                try:
-                    triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), get_format(fmt),
-                                       "floor", None, ex)
-                except Exception as e:
-                    failures += 1
-                    print(f"FAIL split {fmt} H{block} seed={sseed} held {held} {rows}x{k}: "
-                          f"{str(e).strip().splitlines()[-1][:300]}")
+                # NVFP4 also with a given global amax tensor 4 bytes into its storage (the buffer
+                # the launcher passes in the signs' place, were it not for _anchor_base)
+                gamaxes = (None, torch.zeros(4)[1:2]) if fmt == "nvfp4" else (None,)
+                for gamax in gamaxes:
+                    try:
+                        triton_qdq._launch(x, torch.empty_like(x), triton_qdq._fold_rows(x, x, 1), get_format(fmt),
+                                           "floor", gamax, ex)
+                    except Exception as e:
+                        failures += 1
+                        print(f"FAIL split {fmt} H{block} seed={sseed} held {held} {rows}x{k} "
+                              f"gamax={'tensor' if gamax is not None else None}: {str(e).strip().splitlines()[-1][:300]}")
     for n, v in saved.items():
         setattr(triton_qdq, n, v)
     triton_qdq.TILE_CONFIG.update(default_table)

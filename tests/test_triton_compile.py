@@ -210,6 +210,9 @@ _TTGIR = """#linear1 = #ttg.linear<{register = [[0, 0, 0, 32], [0, 0, 0, 16], [0
 block = []}>
 #bad = #ttg.linear<{register = [[0, 0, 1, 0], [0, 0, 0, 16], [0, 0, 0, 8], [0, 0, 0, 4], [0, 0, 0, 2], [0, 0, 0, 1]], \
 lane = [[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 32], [0, 1, 0, 0], [0, 2, 0, 0]], warp = [[0, 4, 0, 0]], block = []}>
+#mixed = #ttg.linear<{register = [[0, 0, 0, 32], [0, 0, 0, 16], [0, 0, 0, 8], [0, 0, 0, 4], [0, 0, 0, 2], \
+[0, 1, 1, 0]], lane = [[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 2, 0, 0]], warp = [[0, 4, 0, 0]], \
+block = []}>
 #blocked = #ttg.blocked<{sizePerThread = [1, 1, 1, 64], threadsPerWarp = [4, 4, 2, 1], warpsPerCTA = [1, 2, 1, 1], \
 order = [3, 0, 2, 1]}>
 module {
@@ -233,7 +236,8 @@ def test_lane_shuffle_layout_check_fails_a_wrong_lane() -> None:
     """``check_shfl_layouts`` (what the sm_90 compile check runs on each kernel with the inline-PTX
     butterfly stage, ``triton_qdq.ROT_SHFL``) passes the stage whose shuffle mask is the lane bit
     that steps along the pair axis, and fails one by another lane bit, one whose layout has the pair
-    axis in registers; a blocked layout is worked out the same way (threads ``[4, 4, 2, 1]`` in order
+    axis in registers, one whose right lane bit shares the pair axis with a register basis, and a
+    TTGIR with a shuffle stage in a form the check does not read; a blocked layout is worked out the same way (threads ``[4, 4, 2, 1]`` in order
     ``[3, 0, 2, 1]``: lane bits 0 and 1 step the rows, bit 2 the pair)."""
     import pytest
 
@@ -247,6 +251,10 @@ def test_lane_shuffle_layout_check_fails_a_wrong_lane() -> None:
         mod.check_shfl_layouts("k", ttgir(2, "#linear1"))
     with pytest.raises(ValueError, match="pair axis bases elsewhere"):
         mod.check_shfl_layouts("k", ttgir(4, "#bad"))
+    with pytest.raises(ValueError, match=r"lane bit 2 is \[0, 0, 1, 0\] \(pair axis bases elsewhere: \[\[0, 1, 1, 0\]\]"):
+        mod.check_shfl_layouts("k", ttgir(4, "#mixed"))  # the right lane bit, but a register also steps the pair
+    with pytest.raises(ValueError, match="2 lane-shuffle stages in the TTGIR, 1 of them in the form checked"):
+        mod.check_shfl_layouts("k", ttgir(4, "#linear1") + '\n"shfl.sync.bfly.b32 p, $1, 4" in another form')
     assert mod.check_shfl_layouts("k", ttgir(4, "#blocked")) == 1
     with pytest.raises(ValueError, match=r"mask 1 .*lane bit 0 is \[1, 0, 0, 0\]"):
         mod.check_shfl_layouts("k", ttgir(1, "#blocked"))

@@ -133,6 +133,30 @@ def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None
     assert not tq._shfl_ok(True, 4096, 2, 128, 0, 6) and not tq._shfl_ok(True, 4096, 2, 64, 2, 6)
 
 
+def test_coalesced_rotation_anchor_has_its_own_base(tq, monkeypatch) -> None:  # noqa: F811
+    """The coalesced layout's anchor load (``_block_anchor``, which reads nothing) takes its base
+    from ``_anchor_base`` (ours, aligned), not from the buffer a given NVFP4 global amax tensor
+    fills (the caller's, possibly a view 4 bytes into its storage), so its layout, which the lane
+    shuffles are planned for, does not follow the caller's pointer; the bits stay the reference's."""
+    launched: list = []
+    real = tq._qdq_block_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(args[3])  # sign_ptr
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(tq, "_qdq_block_kernel", Spy())
+    g = torch.tensor([0.0, 700.0])[1:]
+    x = torch.randn(4, 512).to(torch.bfloat16)
+    kw = {"rotate": {"block": 256}, "global_amax": g}
+    assert_same_bits(quantize_dequantize(x, "nvfp4", backend="triton", **kw),
+                     quantize_dequantize(x, "nvfp4", backend="reference", **kw))
+    assert launched and all(a is tq._anchor_base(x.device) for a in launched), launched
+
+
 def test_part_held_follows_rot_split_and_is_checked(tq, monkeypatch) -> None:  # noqa: F811
     """The part of a block a thread holds (``ROT_HELD``): MX parts of 64 by default; with
     ``ROT_SPLIT`` off, blocks up to ``ROT_TILE_MAX`` held whole and larger ones in the tile's layout

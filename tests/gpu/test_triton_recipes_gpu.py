@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from vllm_qdq.numerics.formats import FORMATS as FORMATS_
 from vllm_qdq.numerics.qdq import quantize_dequantize
 from vllm_qdq.numerics.triton_qdq import (
     ROT_HELD_MAX,
@@ -159,16 +160,35 @@ def test_split_blocks_lane_shuffles(fmt: str, kw: dict, held: int, monkeypatch) 
     for name in triton_qdq.HELD_SWITCHES:
         monkeypatch.setattr(triton_qdq, name, held)
     monkeypatch.setattr(triton_qdq, "_FAST", {})
+    shfl = []
+    plan = triton_qdq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        shfl.append(out[-1].get("ROT_SHFL"))
+        return out
+
+    monkeypatch.setattr(triton_qdq, "_plan", spy)
     torch.manual_seed(0)
     for shape in ((1, 256), (3, 4096), (64, 4096), (1024, 4096), (16, 16384), (1024, 256), (2, 5, 1280),
                   (16, 3000)):
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
         x[..., 3] *= 300.0
+        x[..., 0, :] = -0.0  # a row of -0 (the butterfly's signed zeros) and, below, subnormals, inf and NaN
+        x[..., -1, 5:9] = torch.tensor([1e-39, -3e-40, float("inf"), float("nan")], dtype=torch.bfloat16)
         k = {**kw, "rotate": {**kw["rotate"], "pad": True}} if shape[-1] % kw["rotate"]["block"] else kw
         out = quantize_dequantize(x, fmt, backend="triton", **k)
         ref = quantize_dequantize(x, fmt, backend="reference", **k)
         torch.cuda.synchronize()
         assert_same_bits(out, ref)
+    if fmt == "nvfp4":  # a given global amax 4 bytes into its storage (the anchor load keeps its own base)
+        g = torch.tensor([0.0, 700.0], device="cuda")[1:]
+        x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
+        assert_same_bits(quantize_dequantize(x, fmt, backend="triton", global_amax=g, **kw),
+                         quantize_dequantize(x, fmt, backend="reference", global_amax=g, **kw))
+    # the lane shuffles were planned where a block is split in the coalesced layout (MX, NVFP4)
+    split = kw["rotate"]["block"] > held and triton_qdq._rot_layout(FORMATS_[fmt], kw["rotate"]["block"]) == 2
+    assert (True in shfl) == split, (fmt, held, set(shfl))
 
 
 REPLAYED = [

@@ -1596,6 +1596,13 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         else:
             gamax_f, gamax_mode = float(global_amax), 1
     signs = ex.signs if ex.signs is not None else buf
+    anchor = None
+    if ex.signs is None and consts["ROT_TILE"] == 2:
+        # the coalesced layout's anchor load (_block_anchor) reads through sign_ptr: a base of our
+        # own, 16-byte aligned, not buf (a given global amax is the caller's tensor, possibly a
+        # view 4 bytes into one): the pointer's alignment sets that load's vector width and with
+        # it the layout the lane shuffles (ROT_SHFL) are planned for
+        signs = anchor = _anchor_base(x.device)
     mults = None
     if consts["HAS_SIGNS"] in (2, 3) or consts["INV_MULTS"]:
         # random signs held whole by a thread, padded to whole tiles (loaded unmasked): as sign
@@ -1640,7 +1647,21 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
     k = _qdq_block_kernel[grid](*args, **consts)
     if rec is not None:
         rec.append((_qdq_block_kernel, grid, args, consts, k, buf))
-    return tuple(t for t in (signs if ex.signs is not None else None, mults, bar) if t is not None)
+    return tuple(t for t in (signs if ex.signs is not None else None, mults, bar, anchor) if t is not None)
+
+
+_ANCHORS: dict[torch.device, torch.Tensor] = {}
+
+
+def _anchor_base(device: torch.device) -> torch.Tensor:
+    """Four zero int32 words on ``device`` (a fresh allocation: 16-byte aligned and more), cached:
+    the base pointer of the coalesced rotation layout's anchor load (:func:`_block_anchor`), which
+    reads nothing but whose pointer alignment Triton specializes on (a 16-byte-aligned base gives
+    the load its 8-value vectors, the layout :func:`_part_lane` assumes)."""
+    t = _ANCHORS.get(device)
+    if t is None:
+        t = _ANCHORS[device] = torch.zeros(4, dtype=torch.int32, device=device)
+    return t
 
 
 def _gamax_tensor(g: torch.Tensor, device: torch.device) -> torch.Tensor:
