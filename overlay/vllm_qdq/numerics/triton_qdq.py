@@ -1913,8 +1913,9 @@ ROT_SPLIT_MAX = 256
 #: ``shfl.sync.bfly`` and one FMA by ``+-1`` an element, in inline PTX (:func:`_shfl_stage_asm`),
 #: where Triton's reduction over the pair axis took two shuffles, a product, two additions and a
 #: select (sm_90 SASS, MXFP4 + Hadamard-128 held in 64s: 4 shuffles an element, forward and
-#: inverse). On the GPU only (the interpreter runs the reductions: the same roundings), and only
-#: where :func:`_part_lane` finds a block's parts on a warp's lanes; the lane it shuffles with
+#: inverse). On the GPU only (the interpreter runs plain butterfly stages: the same roundings), in
+#: the coalesced layout only, where every thread holds whole parts (:func:`_shfl_ok`) and
+#: :func:`_part_lane` finds a block's parts on a warp's lanes; the lane it shuffles with
 #: follows Triton 3.6's layout of the tile, which ``scripts/check_triton_compile.py`` checks in
 #: the TTGIR of every kernel that takes this path.
 ROT_SHFL = True
