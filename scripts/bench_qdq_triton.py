@@ -131,7 +131,7 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
     layouts and without the folded scale (columns that decided defaults in earlier leases: the
     smoke suite's short form, ``--no-sweeps``, leaves them out)."""
     from vllm_qdq.numerics import triton_qdq
-    from vllm_qdq.numerics.formats import FORMATS
+    from vllm_qdq.numerics.formats import FORMATS, Family
     from vllm_qdq.numerics.rotation import parse_rotation
 
     default_max = getattr(triton_qdq, "ROT_TILE_MAX", None)  # (an older tree has one layout)
@@ -165,6 +165,16 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
             cols.append((f"held {n}", 8, held(n), None, lambda spec, rot, n=n: bool(
                 rot is not None and rot.block > 32 and triton_qdq._rot_layout(spec, rot.block)
                 and triton_qdq._held_max(spec) != n and min(rot.block, n) != min(rot.block, triton_qdq._held_max(spec)))))
+    if hasattr(triton_qdq, "ROT_MAXNREG_64"):  # NVFP4 in parts of 64 with a register cap
+        cols.append(("held 64 cap 96", 14, {"ROT_HELD_MAX_NVFP4": 64, "ROT_MAXNREG_64": 96}, None,
+                     lambda spec, rot: bool(rot is not None and rot.block > 64 and spec.family is Family.NVFP4
+                                            and triton_qdq._rot_layout(spec, rot.block) == 2)))
+    if hasattr(triton_qdq, "ROT_HELD_MAX_AMAX"):  # the amax pass's own part size, where a recipe has that pass
+        for n in (32, 64, 128):  # blank where it is the part the amax pass holds by default
+            cols.append((f"amax {n}", 8, "ROT_HELD_MAX_AMAX", n, lambda spec, rot, n=n: bool(
+                rot is not None and rot.block > 32 and triton_qdq._rot_layout(spec, rot.block)
+                and spec.family is Family.NVFP4
+                and min(rot.block, n) != min(rot.block, triton_qdq._amax_held_max(spec)))))
     if hasattr(triton_qdq, "ROT_SHFL"):  # a split block's cross-lane stages as Triton reductions instead
         cols.append(("no shfl", 8, "ROT_SHFL", False, lambda spec, rot: bool(
             rot is not None and triton_qdq._rot_layout(spec, rot.block) == 2 and rot.block > triton_qdq._held_max(spec))))
@@ -177,7 +187,9 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
           " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks above 32"
           " held by a thread in parts of another size than the recipe's default (ROT_HELD_MAX_MX, _NVFP4, ROT_HELD_MAX:"
-          " \"held 32\", \"held 64\", \"held 128\"), and split blocks' cross-lane stages as Triton reductions"
+          " \"held 32\", \"held 64\", \"held 128\"), NVFP4's amax pass in parts of another size (ROT_HELD_MAX_AMAX:"
+          " \"amax 32\", \"amax 64\", \"amax 128\"), NVFP4 in parts of 64 under a register cap of 96 (ROT_HELD_MAX_NVFP4 = 64,"
+          " ROT_MAXNREG_64 = 96: \"held 64 cap 96\"), and split blocks' cross-lane stages as Triton reductions"
           " (ROT_SHFL off, \"no shfl\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
           " inverse's fp32 multipliers)")
@@ -522,23 +534,26 @@ def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
     return _with_switch(graph_us, triton_qdq, switch, value, fn)
 
 
-def kernel_ms_with(triton_qdq, switch: str, value: int, fn) -> float:
+def kernel_ms_with(triton_qdq, switch: str | dict, value, fn) -> float:
     """:func:`kernel_ms` of ``fn`` with the launcher's module switch ``switch`` set to ``value``
     (:func:`_with_switch`)."""
     return _with_switch(kernel_ms, triton_qdq, switch, value, fn)
 
 
-def _with_switch(timer: Callable[[Callable], T], triton_qdq, switch: str, value, fn) -> T:
-    """``timer(fn)`` with ``triton_qdq``'s module switch ``switch`` set to ``value`` (restored
-    after); the eager fast path's recorded calls are dropped before and after, as they keep the
+def _with_switch(timer: Callable[[Callable], T], triton_qdq, switch: str | dict, value, fn) -> T:
+    """``timer(fn)`` with ``triton_qdq``'s module switch ``switch`` set to ``value`` (a dict
+    ``{switch: value}`` for several, ``value`` then unused; restored after); the eager fast path's recorded calls are dropped before and after, as they keep the
     switches they were recorded with."""
-    default = getattr(triton_qdq, switch)
+    sets = switch if isinstance(switch, dict) else {switch: value}  # several switches at once: {name: value}
+    default = {k: getattr(triton_qdq, k) for k in sets}
     triton_qdq._FAST.clear()
-    setattr(triton_qdq, switch, value)
+    for k, v in sets.items():
+        setattr(triton_qdq, k, v)
     try:
         return timer(fn)
     finally:
-        setattr(triton_qdq, switch, default)
+        for k, v in default.items():
+            setattr(triton_qdq, k, v)
         triton_qdq._FAST.clear()
 
 

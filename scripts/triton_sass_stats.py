@@ -74,10 +74,28 @@ def disassemble(kernel, tool_dir: Path) -> tuple[str, int]:
     return sass, int(regs.group(1)) if regs else -1
 
 
+def redo_count(sass: str) -> int:
+    """Instructions of the blocks a tile enters only when it holds a NaN or an Inf: those a
+    forward branch skips right after a compare with +Inf's bit pattern (``0x7f800000``), as
+    ``triton_qdq._tile_amax_bits`` branches to reduce the finite maximum again. Static counts
+    include them; a tile of finite values never runs them."""
+    lines = sass.splitlines()
+    n = 0
+    for i, line in enumerate(lines):
+        m = re.search(r"@!?P\d BRA `\((\.L_x_\d+)\)", line)
+        if not m or not any("0x7f800000" in lines[j] for j in range(max(0, i - 4), i)):
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == m.group(1) + ":"), i)
+        n += sum(1 for j in range(i + 1, end) if _INSTR.match(lines[j]))
+    return n
+
+
 def sass_counts(sass: str, regs: int) -> dict[str, int]:
-    """Counts of a kernel's SASS (and its registers)."""
+    """Counts of a kernel's SASS (and its registers); ``instr`` leaves out :func:`redo_count`'s
+    blocks (``redo``)."""
     ops = Counter(m.group(1) for line in sass.splitlines() if (m := _INSTR.match(line)))
-    return {"instr": sum(ops.values()), "shfl": ops["SHFL"], "bar": ops["BAR"],
+    redo = redo_count(sass)
+    return {"instr": sum(ops.values()) - redo, "redo": redo, "shfl": ops["SHFL"], "bar": ops["BAR"],
             "smem": ops["LDS"] + ops["STS"] + ops["LDSM"] + ops["STSM"],
             "local": ops["LDL"] + ops["STL"], "regs": regs,
             "fp64": sum(1 for line in sass.splitlines() if _FP64.match(line))}
@@ -206,10 +224,11 @@ def main() -> int:
     if tiles:
         triton_qdq.TILE_CONFIG.update(tiles)
     print(f"triton {triton.__version__}, sm_{args.arch}, bf16 {rows}x{k}; per kernel: elements a thread handles, "
-          "SASS instructions per element, shuffles, barriers, shared-memory accesses, local (spill) accesses, registers, "
+          "SASS instructions per element (leaving out the blocks only a tile with NaN or Inf enters: its finite maximum "
+          "reduced again; 'redo/el'), shuffles, barriers, shared-memory accesses, local (spill) accesses, registers, "
           "float64-pipe instructions (arithmetic, compares, conversions) per element")
     print(f"{'recipe':24s} {'layout':12s} {'kernel':18s} {'tile':>6s} {'warps':>5s} {'el/thr':>6s} {'instr/el':>8s} "
-          f"{'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
+          f"{'redo/el':>7s} {'shfl':>5s} {'bar':>4s} {'smem':>5s} {'local':>5s} {'regs':>4s} {'f64/el':>6s}")
     default_max, default_coalesce = triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE
     if args.held_max:
         for n in triton_qdq.HELD_SWITCHES:
@@ -241,7 +260,7 @@ def main() -> int:
                 tile *= cx.get("TPP", 1)  # the amax pass: tiles a program (AMAX_TILES_PER_PROGRAM)
                 per_thread = tile / (32 * opts["num_warps"])
                 print(f"{recipe:24s} {layout:12s} {name:18s} {tile:6d} {opts['num_warps']:5d} {per_thread:6.0f} "
-                      f"{c['instr'] / per_thread:8.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "
+                      f"{c['instr'] / per_thread:8.1f} {c['redo'] / per_thread:7.1f} {c['shfl']:5d} {c['bar']:4d} {c['smem']:5d} {c['local']:5d} "
                       f"{c['regs']:4d} {c['fp64'] / per_thread:6.1f}", flush=True)
     triton_qdq.ROT_TILE_MAX, triton_qdq.ROT_COALESCE = default_max, default_coalesce
     return 0

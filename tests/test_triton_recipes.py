@@ -176,6 +176,49 @@ def test_part_held_follows_rot_split_and_is_checked(tq, monkeypatch) -> None:  #
         quantize_dequantize(x, "mxfp4", backend="triton", rotate={"block": 128})
 
 
+def test_amax_pass_holds_its_own_part(tq, monkeypatch) -> None:  # noqa: F811
+    """The amax pass of a rotated two-pass recipe holds blocks in parts of ``ROT_HELD_MAX_AMAX``
+    where that is larger than the QDQ pass's ``ROT_HELD_MAX_NVFP4`` (0: the QDQ pass's), with a tile of at
+    least a part a thread; the bits stay the reference's, with rows all negative (the tile maximum's
+    signed and unsigned halves), all zero, and with NaN and Inf (the finite maximum reduced again);
+    a part size other than 0, 32, 64 or 128 stops the call, naming the setting."""
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_NVFP4", 32)
+    seen: list = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        if out[2] is not None:
+            a_r, a_k, a_kw = out[2]
+            seen.append((a_kw["ROT_HELD"], out[-1]["ROT_HELD"], a_r * a_k >= (32 << a_kw["ROT_HELD"]) * a_kw["num_warps"]))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
+    torch.manual_seed(3)
+    x = torch.randn(6, 512)
+    x[1] = -x[1].abs()  # a row all negative (its own amax tile below)
+    x[2] = 0.0
+    x[3, 9], x[4, 100] = float("nan"), float("-inf")
+    x = x.to(torch.bfloat16)
+    for amax_held, want in ((0, 5), (32, 5), (64, 6), (128, 7)):
+        monkeypatch.setattr(tq, "ROT_HELD_MAX_AMAX", amax_held)
+        for xi in (x, x[1:2], x[:3], x[3:5]):
+            seen.clear()
+            for kw in ({"rotate": {"block": 128, "seed": 1}}, {"rotate": {"block": 256}}):
+                assert_same_bits(quantize_dequantize(xi, "nvfp4", backend="triton", **kw),
+                                 quantize_dequantize(xi, "nvfp4", backend="reference", **kw))
+            assert seen and set(seen) == {(want, 5, True)}, (amax_held, seen)
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_NVFP4", 64)  # never less than the QDQ pass's part
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_AMAX", 32)
+    seen.clear()
+    quantize_dequantize(x, "nvfp4", backend="triton", rotate={"block": 128})
+    assert set(seen) == {(6, 6, True)}, seen
+    monkeypatch.setattr(tq, "ROT_HELD_MAX_AMAX", 48)
+    with pytest.raises(ValueError, match=r"ROT_HELD_MAX_AMAX = 48; accepted: 0 \(the QDQ pass's part size\), 32, 64, 128"):
+        quantize_dequantize(x, "nvfp4", backend="triton", rotate={"block": 128})
+
+
 @pytest.mark.parametrize("cap", [168, 200])
 def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # noqa: F811
     """A register cap set (``ROT_MAXNREG``; 0, none, by default since 2026-12-06) reaches the QDQ
@@ -197,6 +240,34 @@ def test_register_cap_reaches_the_plan(tq, cap: int, monkeypatch) -> None:  # no
         assert_same_bits(quantize_dequantize(x, fmt, backend="triton", rotate=rot),
                          quantize_dequantize(x, fmt, backend="reference", rotate=rot))
         assert (2, want) in planned and all(p[1] in (want, None) for p in planned), (fmt, rot, planned)
+
+
+def test_parts_of_64_register_cap_reaches_the_plan(tq, monkeypatch) -> None:  # noqa: F811
+    """``ROT_MAXNREG_64`` (0, none, by default) caps the QDQ pass where a thread holds a part of 64
+    of a larger block loaded coalesced (NVFP4 with ``ROT_HELD_MAX_NVFP4 = 64``; MX's parts), and
+    nowhere else (blocks of 64 held whole, parts of 32, the amax pass); the bits stay the
+    reference's (the bench's "held 64 cap 96" column times it)."""
+    monkeypatch.setattr(tq, "ROT_MAXNREG_64", 96)
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    seen: list = []
+    plan = tq._plan
+
+    def spy(*args, **kwargs):
+        out = plan(*args, **kwargs)
+        seen.append((out[-1].get("maxnreg"), None if out[2] is None else out[2][2].get("maxnreg")))
+        return out
+
+    monkeypatch.setattr(tq, "_plan", spy)
+    torch.manual_seed(2)
+    x = torch.randn(4, 512).to(torch.bfloat16)
+    for fmt, held, block, want in (("nvfp4", 64, 128, 96), ("nvfp4", 64, 64, None), ("nvfp4", 32, 128, None),
+                                   ("mxfp4", 64, 256, 96), ("mxfp8_e4m3", 128, 256, None)):
+        monkeypatch.setattr(tq, tq._held_switch(FORMATS[fmt]), held)
+        seen.clear()
+        kw = {"rotate": {"block": block, "seed": 4}}
+        assert_same_bits(quantize_dequantize(x, fmt, backend="triton", **kw),
+                         quantize_dequantize(x, fmt, backend="reference", **kw))
+        assert set(seen) == {(want, None)}, (fmt, held, block, seen)
 
 
 def _held_max(mod, fmt: str) -> int:

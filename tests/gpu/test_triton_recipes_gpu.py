@@ -111,7 +111,10 @@ ROTATED = [(f, kw) for f, kw in OPTIONS if "rotate" in kw]
                                                ("ROT_HELD_MAX_MX", 64 if ROT_HELD_MAX_MX == 128 else 128),
                                                ("ROT_HELD_MAX", 32), ("ROT_HELD_MAX_MX", 32),
                                                ("ROT_HELD_MAX_NVFP4", 64 if ROT_HELD_MAX_NVFP4 != 64 else 128),
-                                               ("ROT_SHFL", not ROT_SHFL)])
+                                               ("ROT_SHFL", not ROT_SHFL),
+                                               ("ROT_HELD_MAX_AMAX", 32), ("ROT_HELD_MAX_AMAX", 128),
+                                               ({"ROT_HELD_MAX_NVFP4": 64, "ROT_MAXNREG_64": 96}, None)],
+                         ids=lambda v: "-".join(f"{k}-{w}" for k, w in v.items()) if isinstance(v, dict) else None)
 @pytest.mark.parametrize(("fmt", "kw"), ROTATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(ROTATED)])
 def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, monkeypatch) -> None:
     """The rotations in the layouts the bench's options table times beside the default give the
@@ -122,10 +125,13 @@ def test_rotation_in_the_other_layouts(fmt: str, kw: dict, switch: str, value, m
     bit a column, or as 16-bit masks, whichever is not the default (``SIGN_WORDS`` switched: the
     "sign masks" column while the words are the default), and blocks of 128 and up held by a
     thread in other part sizes (``ROT_HELD_MAX``, ``ROT_HELD_MAX_MX``, ``ROT_HELD_MAX_NVFP4``: the "held
-    other" column; each a no-op for the other family's recipes)."""
+    other" column; each a no-op for the other family's recipes), and the amax pass's own part size
+    (``ROT_HELD_MAX_AMAX``: the "amax 32" and "amax 128" columns; a no-op for one-pass recipes),
+    and NVFP4 in parts of 64 under a register cap (the "held 64 cap 96" column)."""
     from vllm_qdq.numerics import triton_qdq
 
-    monkeypatch.setattr(triton_qdq, switch, value)
+    for k, v in (switch if isinstance(switch, dict) else {switch: value}).items():
+        monkeypatch.setattr(triton_qdq, k, v)
     monkeypatch.setattr(triton_qdq, "_FAST", {})  # recorded calls carry the layout they were made with
     torch.manual_seed(0)
     for shape in ((257, 4096), (16, 3000)):

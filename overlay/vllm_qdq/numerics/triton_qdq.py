@@ -981,7 +981,7 @@ if triton is not None:
         if ROT_TILE:  # whole rotation blocks per thread (_block_cols)
             x, _c4, _mask = _load_rotated(x_ptr, sign_ptr, xr, rows, n_rows, k0, K, KP, sx_k, BLOCK_R, BLOCK_K,
                                          ROT_LOG2, HAS_SIGNS, 1.0, ROT_TILE, ROT_HELD, EVICT, ROT_SHFL)
-            amax, bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K)
+            amax, bad = _tile_amax_bits(x, BLOCK_R * BLOCK_K, 1 << ROT_HELD)
             if ROT_SCALE != 1.0:
                 amax = (amax.to(tl.float32, bitcast=True) * ROT_SCALE).to(tl.int32, bitcast=True)
             return amax, bad
@@ -999,14 +999,28 @@ if triton is not None:
         return _tile_amax_bits(x, BLOCK_R * BLOCK_K)
 
     @triton.jit
-    def _tile_amax_bits(x, N: tl.constexpr):
+    def _tile_amax_bits(x, N: tl.constexpr, PART: tl.constexpr = 1):
         """``(max finite |x| as fp32 bits, some |x| not finite)`` of an fp32 tile of ``N``
-        elements: integer maxima of the ``|x|`` bit patterns over the flattened tile (the form run
-        on the H200 in ``results/h200-2026-12-04b``; the combiner is named at each call, as
-        compiled Triton cannot hold a jit function in a variable)."""
-        b = tl.reshape(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, [N])
-        amax = tl.reduce(tl.where(b <= 0x7F7FFFFF, b, 0), 0, tl.standard._elementwise_max)
-        bad = tl.reduce(b, 0, tl.standard._elementwise_max) > 0x7F7FFFFF
+        elements, from integer maxima of the raw bit patterns. Over each run of ``PART``
+        consecutive elements of the flattened tile (a rotated tile's part a thread holds, so these
+        reduce in registers), two: signed (the largest positive value's pattern where the run has
+        one, else the largest negative magnitude's: a negative pattern grows with its magnitude as
+        a signed integer too) and unsigned (the largest negative magnitude's, sign bit set, where
+        the run has one); the run's ``max |x|`` pattern is the larger of the two with the sign bit
+        cleared, and the tile's the largest of those. +Inf and NaN lie above FLT_MAX's pattern; only
+        a tile that holds one reduces its finite maximum again (masked elements load as 0). The
+        combiner is named at each call, as compiled Triton cannot hold a jit function in a
+        variable. Until 2026-12-07b every element's ``|x|`` pattern, the finite ones selected, in
+        two reductions (sm_90 SASS, NVFP4 + random Hadamard-128's amax pass: ~4 instructions an
+        element, now 1, three-input maxima of two elements each)."""
+        b = tl.reshape(x.to(tl.int32, bitcast=True), [N // PART, PART])
+        hs = tl.reduce(b, 1, tl.standard._elementwise_max)
+        hu = tl.reduce(b.to(tl.uint32, bitcast=True), 1, tl.standard._elementwise_max).to(tl.int32, bitcast=True)
+        amax = tl.reduce(tl.maximum(hs & 0x7FFFFFFF, hu & 0x7FFFFFFF), 0, tl.standard._elementwise_max)
+        bad = amax > 0x7F7FFFFF
+        if bad:  # a NaN or Inf in the tile: the largest finite |x|
+            a = tl.reshape(b, [N]) & 0x7FFFFFFF
+            amax = tl.reduce(tl.where(a <= 0x7F7FFFFF, a, 0), 0, tl.standard._elementwise_max)
         return amax, bad
 
     @triton.jit
@@ -1443,7 +1457,8 @@ def _cdiv(a: int, b: int) -> int:
 def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, stoch: bool, two_pass: bool,
           tile: tuple[int, int], amax_tile: tuple[int, int], one_tile_rows: int = 0, rot_tile: int = 0,
           rot_fold: bool = False, sign_bits: bool = False, maxnreg: int = 0, sign_words: bool = False,
-          sync: int = 0, held_max: int = 128, shfl: bool = False) -> tuple:
+          sync: int = 0, held_max: int = 128, shfl: bool = False, amax_held: int = 0,
+          maxnreg64: int = 0) -> tuple:
     """Everything a launch needs that follows from the recipe and the row length alone, worked
     out once per key (the eager hot path then does no lookups but this one): per-row recipes
     ``(block_r, constexpr kwargs)``; block recipes ``(block_r, block_k, amax (block_r, block_k,
@@ -1466,7 +1481,10 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     ``held_max``: :func:`_held_max` of the recipe (blocks larger are held in parts, ``ROT_HELD``;
     a rotated call must pass it: the default serves the unrotated ones, where it changes nothing).
     ``shfl``: :data:`ROT_SHFL` in force (``ROT_SHFL``: a split block's cross-lane stages by lane
-    shuffles in PTX, :func:`_butterfly_held`)."""
+    shuffles in PTX, :func:`_butterfly_held`). ``amax_held``: :func:`_amax_held_max` of the
+    recipe, the amax pass's part size (0: ``held_max``). ``maxnreg64``: :data:`ROT_MAXNREG_64`
+    in force, the QDQ pass's register cap where a thread holds a part of 64 of a larger block
+    loaded coalesced (0: none)."""
     size, warps = tile
     if spec.granularity is Granularity.ROW:
         block_r, block_k, single = _row_tile(k, size)
@@ -1485,7 +1503,6 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     if rot_tile:  # one block (or part) per thread at least
         held = 1 << rot_held
         size = max(size, held * 32 * warps)
-        amax_tile = (max(amax_tile[0], held * 32 * amax_tile[1]), amax_tile[1])
     group = spec.block_size if spec.granularity is Granularity.BLOCK else 128
     block_r, n_groups = _block_tile(k, group, size, rot_block)
     if one_tile_rows:  # the whole tensor in one tile (:func:`_one_tile`)
@@ -1495,10 +1512,14 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     if sync:  # the grid barrier's tile: more rows and warps, the same elements a thread
         block_r, warps = block_r * sync, warps * sync
     amax = None
-    if two_pass and not sync:
+    if two_pass and not sync:  # the amax pass: its own part size (amax_held), its tile at least a part a thread
+        a_held = _rot_held(rot_block, rot_tile, amax_held or held_max)
+        if rot_tile:
+            amax_tile = (max(amax_tile[0], (32 << a_held) * amax_tile[1]), amax_tile[1])
         a_r, a_groups = _block_tile(k, group, amax_tile[0], rot_block)
         amax = (a_r, a_groups * group, {"BLOCK_R": a_r, "BLOCK_K": a_groups * group, "num_warps": amax_tile[1], **rot,
-                "ROT_SHFL": _shfl_ok(shfl, a_r * a_groups * group, amax_tile[1], rot_block, rot_tile, rot_held),
+                "ROT_HELD": a_held,
+                "ROT_SHFL": _shfl_ok(shfl, a_r * a_groups * group, amax_tile[1], rot_block, rot_tile, a_held),
                 "enable_fp_fusion": False})
     consts = {
         "SPEC": spec, "RULE": rule_code(rule) if spec.family is Family.MX else 0, "GROUP": group,
@@ -1510,6 +1531,8 @@ def _plan(spec: FormatSpec, rule: str, k: int, rot_block: int, has_signs: bool, 
     }
     if maxnreg and _rot_capped(rot_block, rot_tile, held_max):
         consts["maxnreg"] = maxnreg
+    elif maxnreg64 and rot_tile == 2 and rot_held == 6 and rot_block > 64:
+        consts["maxnreg"] = maxnreg64
     return block_r, n_groups * group, amax, consts
 
 
@@ -1559,14 +1582,16 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
             tuple(TILE_CONFIG["amax"]) if two_pass else tile, r.n_rows if one_tile else 0, _rot_layout(spec, rot_b),
             ROT_FOLD, SIGN_BITS and x.dtype in _NARROW_DTYPES, ROT_MAXNREG, SIGN_WORDS and x.dtype in _NARROW_DTYPES)
     held_max = _held_max(spec)
-    block_r, block_k, amax, consts = _plan(*plan, held_max=held_max, shfl=ROT_SHFL)
+    block_r, block_k, amax, consts = _plan(*plan, held_max=held_max, shfl=ROT_SHFL, amax_held=_amax_held_max(spec),
+                                           maxnreg64=ROT_MAXNREG_64)
     bar = None  # the grid barrier's words: a two-pass call of one launch (GRID_SYNC)
     if GRID_SYNC is not False and two_pass and not one_tile and _grid_sync_on(x.device):
         grow = _grid_sync_grow(x.device, r.n_rows, block_r, _cdiv(r.k, block_k), consts["num_warps"],
                                consts.get("maxnreg", 0))
         bar = _grid_barrier_words(x.device) if grow else None
         if bar is not None:
-            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max, shfl=ROT_SHFL)
+            block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max, shfl=ROT_SHFL,
+                                                   maxnreg64=ROT_MAXNREG_64)
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -1941,6 +1966,16 @@ ROT_HELD_MAX_MX = 64
 ROT_HELD_MAX_NVFP4 = 32
 
 
+#: The part size of the amax pass's rotation blocks (the first pass of NVFP4 without a given
+#: global amax and of FP8 per-tensor, :func:`_amax_held_max`) where it is larger than the QDQ
+#: pass's (:func:`_held_max`: NVFP4's 32; FP8's 128 stays); 0: the same as the QDQ pass's. The amax pass holds no QDQ state, so it
+#: can hold more of a block in registers than the QDQ pass does and run fewer cross-lane stages:
+#: sm_90 SASS (``scripts/triton_sass_stats.py``), NVFP4 + random Hadamard-128's amax pass,
+#: instructions an element on the path a tile without NaN or Inf takes / registers, parts of 32 /
+#: 64 / 128: see the module's notes of 2026-12-07b.
+ROT_HELD_MAX_AMAX = 64
+
+
 def _held_switch(spec: FormatSpec) -> str:
     """The module constant that holds the part size of ``spec``'s rotation blocks
     (:func:`_held_max`): ``ROT_HELD_MAX_MX``, ``ROT_HELD_MAX_NVFP4`` or ``ROT_HELD_MAX``."""
@@ -1948,7 +1983,19 @@ def _held_switch(spec: FormatSpec) -> str:
 
 
 #: Every part-size constant (:func:`_held_switch`), for tools that set them all at once.
-HELD_SWITCHES = ("ROT_HELD_MAX", "ROT_HELD_MAX_MX", "ROT_HELD_MAX_NVFP4")
+HELD_SWITCHES = ("ROT_HELD_MAX", "ROT_HELD_MAX_MX", "ROT_HELD_MAX_NVFP4", "ROT_HELD_MAX_AMAX")
+
+
+def _amax_held_max(spec: FormatSpec) -> int:
+    """The most elements of a rotation block one thread of the amax pass holds (NVFP4 without a
+    given global amax, FP8 per-tensor): :data:`ROT_HELD_MAX_AMAX` where it is larger than the QDQ
+    pass's :func:`_held_max` and :data:`ROT_SPLIT` is on, else the QDQ pass's. A value other than
+    0, 32, 64 or 128 is an error naming it."""
+    if ROT_HELD_MAX_AMAX not in (0, 32, 64, 128):
+        raise ValueError(f"triton_qdq.ROT_HELD_MAX_AMAX = {ROT_HELD_MAX_AMAX!r}; accepted: 0 (the QDQ pass's part "
+                         "size), 32, 64, 128")
+    held = _held_max(spec)
+    return max(ROT_HELD_MAX_AMAX, held) if ROT_SPLIT else held
 
 
 def _held_max(spec: FormatSpec) -> int:
@@ -2031,6 +2078,15 @@ SIGN_WORDS = True
 #: three: 168 in four rows, uncapped in three, 200 in one; each within 1-4%), and 168 was to be
 #: kept only if it beat both: 0, no cap and no spills; the bench keeps timing 168 and 200 beside it.
 ROT_MAXNREG = 0
+
+#: Register cap (ptxas ``.maxnreg``) of the QDQ pass where a thread holds a part of 64 elements of
+#: a larger rotation block loaded coalesced (``ROT_TILE == 2``, ``ROT_HELD == 6``: MX's default
+#: parts, NVFP4's with :data:`ROT_HELD_MAX_NVFP4` at 64); 0: none. NVFP4 + random Hadamard-128 in
+#: parts of 64 has one cross-lane butterfly stage each way where parts of 32 have two (sm_90 SASS,
+#: ``scripts/triton_sass_stats.py``: 44.6 instructions an element against 50.5), but 148
+#: registers against 72; capped at 96, 45.1 with two local-memory accesses (MX's parts of 64 take
+#: 96 uncapped). Timed in the bench's options table ("held 64 cap 96").
+ROT_MAXNREG_64 = 0
 
 #: MX and NVFP4 recipes with rotation blocks of 64 to :data:`ROT_TILE_MAX`, held whole by one
 #: thread, are loaded and stored in the coalesced layout (a warp's 16-byte accesses at consecutive
