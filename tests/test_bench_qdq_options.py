@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from vllm_qdq.numerics.formats import FORMATS
 
 from .test_triton_qdq import tq  # noqa: F401  (the interpreter fixture)
 
@@ -50,9 +51,11 @@ def _table(tq, monkeypatch, capsys, layouts: bool) -> tuple[str, dict]:  # noqa:
         fn()  # one interpreted call: the recipe runs with the switch in force
         return 1.0
 
-    def with_switch(m, switch, value, fn):
+    def with_switch(m, switch, value, fn):  # switch: a name, or {name: value} for several at once
         assert m is tq
-        calls.append((label["now"], switch, value, getattr(m, switch)))
+        sets = switch if isinstance(switch, dict) else {switch: value}
+        key = (frozenset(sets.items()), None) if isinstance(switch, dict) else (switch, value)
+        calls.append((label["now"], key, {k: getattr(m, k) for k in sets}))
         return real_with(m, switch, value, fn)
 
     real_with = mod.kernel_ms_with
@@ -70,9 +73,9 @@ def _table(tq, monkeypatch, capsys, layouts: bool) -> tuple[str, dict]:  # noqa:
     mod.bench_options(failures, layouts=layouts)
     assert failures == []
     seen: dict = {}
-    for lbl, switch, value, default in calls:
-        seen.setdefault(lbl, set()).add((switch, value))
-        assert default == getattr(tq, switch)  # restored after each column
+    for lbl, key, default in calls:
+        seen.setdefault(lbl, set()).add(key)
+        assert default == {k: getattr(tq, k) for k in default}  # restored after each column
     return capsys.readouterr().out, seen
 
 
@@ -92,9 +95,21 @@ def _held(name: str, block: int, default: int) -> set:
     return {(name, n) for n in (32, 64, 128) if n != default and min(block, n) != min(block, default)}
 
 
+def _nvfp4_parts(nv: int, amax: int) -> set:
+    """NVFP4 + random Hadamard-128's columns of its amax pass's part size (``amax 32`` / ``64`` /
+    ``128`` but the one it holds, ``amax``) and, where its QDQ pass holds parts of 32, of parts of
+    64 under a register cap (``held 64 cap 96``)."""
+    cols = {("ROT_HELD_MAX_AMAX", n) for n in (32, 64, 128) if n != amax}
+    if nv < 64:
+        cols.add((frozenset({("ROT_HELD_MAX_NVFP4", 64), ("ROT_MAXNREG_64", 96)}), None))
+    return cols
+
+
 def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeypatch, capsys) -> None:  # noqa: F811
     """``--no-sweeps`` (the smoke suite's form): the other part sizes a thread holds
-    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX_NVFP4``: 32, 64, 128 but the recipe's default), the split
+    (``ROT_HELD_MAX_MX`` / ``ROT_HELD_MAX_NVFP4``: 32, 64, 128 but the recipe's default), NVFP4's
+    amax pass in parts of another size (``ROT_HELD_MAX_AMAX``) and in parts of 64 under a register
+    cap (``ROT_MAXNREG_64``, with ``ROT_HELD_MAX_NVFP4`` 64), the split
     blocks' cross-lane stages as reductions (``ROT_SHFL`` off, where a block is split), the signs'
     other form (switched from the module's value) for random Hadamard-128 in the coalesced layout
     only, and the caps' columns where a thread holds 128 elements of a block (none at the default
@@ -103,7 +118,8 @@ def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeyp
     head = next(line for line in out.splitlines() if line.startswith("option "))
     other = "sign masks" if tq.SIGN_WORDS else "sign words"  # the column names the form it times
     mx, nv = tq.ROT_HELD_MAX_MX, tq.ROT_HELD_MAX_NVFP4
-    assert all(h in head for h in ("cap 168", "cap 200", other, "held 32", "held 64", "held 128", "no shfl"))
+    assert all(h in head for h in ("cap 168", "cap 200", other, "held 32", "held 64", "held 128", "no shfl",
+                                   "amax 32", "amax 128", "held 64 cap 96"))
     assert "uncoalesced" not in head and "no fold" not in head
     caps = {("ROT_MAXNREG", n) for n in _bench().CAP_SWEEP}
     signs = ("SIGN_WORDS", not tq.SIGN_WORDS)
@@ -112,7 +128,8 @@ def test_options_table_short_form_times_only_the_caps_and_sign_words(tq, monkeyp
                     "mxfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX_MX", 128, mx)
                                                    | (caps if mx >= 128 else shfl)),
                     "nvfp4 + hadamard128 random": ({signs} | _held("ROT_HELD_MAX_NVFP4", 128, nv)
-                                                   | (caps if nv >= 128 else shfl))}, seen
+                                                   | (caps if nv >= 128 else shfl)
+                                                   | _nvfp4_parts(nv, tq._amax_held_max(FORMATS["nvfp4"])))}, seen
 
 
 def test_options_table_full_form_adds_the_decided_columns(tq, monkeypatch, capsys) -> None:  # noqa: F811
