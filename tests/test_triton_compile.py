@@ -112,8 +112,8 @@ def test_rotation_blocks_held_in_parts_of_64() -> None:
     rows = {}
     for line in out.stdout.splitlines():
         f = line.split()
-        if len(f) == 13 and f[2] == "_qdq_block_kernel":
-            rows[f[1]] = {"el": int(f[5]), "shfl": int(f[7]), "local": int(f[10]), "regs": int(f[11])}
+        if len(f) == 14 and f[2] == "_qdq_block_kernel":  # recipe layout kernel tile warps el instr redo shfl ...
+            rows[f[1]] = {"el": int(f[5]), "shfl": int(f[8]), "local": int(f[11]), "regs": int(f[12])}
     co = rows["coalesced"]
     assert co["el"] == 64 and co["shfl"] == 2 * co["el"] and co["local"] == 0 and co["regs"] <= 128, rows
 
@@ -137,9 +137,9 @@ def test_rotation_blocks_in_thread_move_no_data_between_threads() -> None:
     rows = {}
     for line in out.stdout.splitlines():
         f = line.split()
-        if len(f) == 13 and f[2] == "_qdq_block_kernel":
-            rows[(f[0], f[1])] = {"instr": float(f[6]), "shfl": int(f[7]), "bar": int(f[8]), "smem": int(f[9]),
-                                  "local": int(f[10]), "el": int(f[5]), "regs": int(f[11])}
+        if len(f) == 14 and f[2] == "_qdq_block_kernel":
+            rows[(f[0], f[1])] = {"instr": float(f[6]), "shfl": int(f[8]), "bar": int(f[9]), "smem": int(f[10]),
+                                  "local": int(f[11]), "el": int(f[5]), "regs": int(f[12])}
     assert set(rows) == {("mxfp4", "-"), ("mxfp4+h32", "in-thread"), ("mxfp4+h32", "tile"),
                          ("mxfp4+h128", "coalesced"), ("mxfp4+h128", "in-thread"), ("mxfp4+h128", "tile"),
                          ("nvfp4+h64", "coalesced"), ("nvfp4+h64", "in-thread"), ("nvfp4+h64", "tile"),
@@ -258,3 +258,30 @@ def test_lane_shuffle_layout_check_fails_a_wrong_lane() -> None:
     assert mod.check_shfl_layouts("k", ttgir(4, "#blocked")) == 1
     with pytest.raises(ValueError, match=r"mask 1 .*lane bit 0 is \[1, 0, 0, 0\]"):
         mod.check_shfl_layouts("k", ttgir(1, "#blocked"))
+
+
+def test_sass_stats_leave_out_the_nonfinite_redo_block() -> None:
+    """``scripts/triton_sass_stats.py`` counts a kernel's instructions without the block a tile
+    enters only when it holds a NaN or Inf (a forward branch right after a compare with +Inf's
+    pattern, ``triton_qdq._tile_amax_bits``'s redo of the finite maximum), and reports that block
+    apart (``redo``); other forward branches stay counted."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("triton_sass_stats_redo", ROOT / "scripts" / "triton_sass_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sass = "\n".join([
+        "        /*0000*/                   VIMNMX.U32 R0, R2, R3, !PT ;",
+        "        /*0010*/                   ISETP.GE.U32.AND P4, PT, R0, 0x7f800000, PT ;",
+        "        /*0020*/              @!P4 BRA `(.L_x_0) ;",
+        "        /*0030*/                   LOP3.LUT R7, R7, 0x7fffffff, RZ, 0xc0, !PT ;",
+        "        /*0040*/                   VIMNMX R2, R7, R2, !PT ;",
+        ".L_x_0:",
+        "        /*0050*/                   ISETP.NE.AND P1, PT, R1, RZ, PT ;",
+        "        /*0060*/              @!P1 BRA `(.L_x_1) ;",
+        "        /*0070*/                   FADD R1, R1, R1 ;",
+        ".L_x_1:",
+        "        /*0080*/                   EXIT ;",
+    ])
+    c = mod.sass_counts(sass, 32)
+    assert (c["instr"], c["redo"]) == (7, 2), c
