@@ -79,19 +79,25 @@ def _set_layout(tq, monkeypatch, layout: str) -> tuple[int, bool]:  # noqa: F811
     return rot_tile_max, coalesce
 
 
-def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811  (tq: the fixture's module, passed on)
-    """Spy on ``tq._plan``: the list it returns gets, per plan worked out, the constexpr values of
-    ``keys`` (``_plan``'s last item)."""
-    seen: list[tuple] = []
+def _spy_plan(tq, monkeypatch, take) -> list:  # noqa: F811  (tq: the fixture's module, passed on)
+    """Spy on ``tq._plan``: the list it returns gets ``take(plan)`` per plan worked out (``_plan``'s
+    tuple; ``take`` may return None to record nothing)."""
+    seen: list = []
     plan = tq._plan
 
     def spy(*args, **kwargs):
         out = plan(*args, **kwargs)
-        seen.append(tuple(out[-1].get(k) for k in keys))
+        if (got := take(out)) is not None:
+            seen.append(got)
         return out
 
     monkeypatch.setattr(tq, "_plan", spy)
     return seen
+
+
+def _record_plan(tq, monkeypatch, *keys: str) -> list[tuple]:  # noqa: F811
+    """:func:`_spy_plan` of the constexpr values of ``keys`` (``_plan``'s last item)."""
+    return _spy_plan(tq, monkeypatch, lambda out: tuple(out[-1].get(k) for k in keys))
 
 
 def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None:  # noqa: F811
@@ -184,17 +190,14 @@ def test_amax_pass_holds_its_own_part(tq, monkeypatch) -> None:  # noqa: F811
     a part size other than 0, 32, 64 or 128 stops the call, naming the setting."""
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     monkeypatch.setattr(tq, "ROT_HELD_MAX_NVFP4", 32)
-    seen: list = []
-    plan = tq._plan
 
-    def spy(*args, **kwargs):
-        out = plan(*args, **kwargs)
-        if out[2] is not None:
-            a_r, a_k, a_kw = out[2]
-            seen.append((a_kw["ROT_HELD"], out[-1]["ROT_HELD"], a_r * a_k >= (32 << a_kw["ROT_HELD"]) * a_kw["num_warps"]))
-        return out
+    def amax_part(out):  # (the amax pass's part, the QDQ pass's, a part a thread at least) or None
+        if out[2] is None:
+            return None
+        a_r, a_k, a_kw = out[2]
+        return a_kw["ROT_HELD"], out[-1]["ROT_HELD"], a_r * a_k >= (32 << a_kw["ROT_HELD"]) * a_kw["num_warps"]
 
-    monkeypatch.setattr(tq, "_plan", spy)
+    seen = _spy_plan(tq, monkeypatch, amax_part)
     torch.manual_seed(3)
     x = torch.randn(6, 512)
     x[1] = -x[1].abs()  # a row all negative (its own amax tile below)
@@ -249,15 +252,8 @@ def test_parts_of_64_register_cap_reaches_the_plan(tq, monkeypatch) -> None:  # 
     reference's (the bench's "held 64 cap 96" column times it)."""
     monkeypatch.setattr(tq, "ROT_MAXNREG_64", 96)
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
-    seen: list = []
-    plan = tq._plan
-
-    def spy(*args, **kwargs):
-        out = plan(*args, **kwargs)
-        seen.append((out[-1].get("maxnreg"), None if out[2] is None else out[2][2].get("maxnreg")))
-        return out
-
-    monkeypatch.setattr(tq, "_plan", spy)
+    seen = _spy_plan(tq, monkeypatch, lambda out: (out[-1].get("maxnreg"),
+                                                   None if out[2] is None else out[2][2].get("maxnreg")))
     torch.manual_seed(2)
     x = torch.randn(4, 512).to(torch.bfloat16)
     for fmt, held, block, want in (("nvfp4", 64, 128, 96), ("nvfp4", 64, 64, None), ("nvfp4", 32, 128, None),
