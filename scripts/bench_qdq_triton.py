@@ -170,11 +170,16 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
                      lambda spec, rot: bool(rot is not None and rot.block > 64 and spec.family is Family.NVFP4
                                             and triton_qdq._rot_layout(spec, rot.block) == 2)))
     if hasattr(triton_qdq, "ROT_HELD_MAX_AMAX"):  # the amax pass's own part size, where a recipe has that pass
-        for n in (32, 64, 128):  # blank where it is the part the amax pass holds by default
+        def amax_part(spec, n: int) -> int:  # the amax pass's part with ROT_HELD_MAX_AMAX = n
+            held = triton_qdq._held_max(spec)
+            part = max(n, held)
+            return part if triton_qdq.ROT_SPLIT and triton_qdq.ROT_TILE_MAX >= part else held
+
+        for n in (32, 64, 128):  # blank where the amax pass would hold what it holds by default
             cols.append((f"amax {n}", 8, "ROT_HELD_MAX_AMAX", n, lambda spec, rot, n=n: bool(
                 rot is not None and rot.block > 32 and triton_qdq._rot_layout(spec, rot.block)
                 and spec.family is Family.NVFP4
-                and min(rot.block, n) != min(rot.block, triton_qdq._amax_held_max(spec)))))
+                and min(rot.block, amax_part(spec, n)) != min(rot.block, triton_qdq._amax_held_max(spec)))))
     if hasattr(triton_qdq, "ROT_SHFL"):  # a split block's cross-lane stages as Triton reductions instead
         cols.append(("no shfl", 8, "ROT_SHFL", False, lambda spec, rot: bool(
             rot is not None and triton_qdq._rot_layout(spec, rot.block) == 2 and rot.block > triton_qdq._held_max(spec))))
@@ -187,8 +192,8 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
              " coalesced ones" if layouts else " rotations loaded coalesced,") +
           " of Hadamard-128 and up, also with other register caps (ROT_MAXNREG; uncapped = 0); blocks above 32"
           " held by a thread in parts of another size than the recipe's default (ROT_HELD_MAX_MX, _NVFP4, ROT_HELD_MAX:"
-          " \"held 32\", \"held 64\", \"held 128\"), NVFP4's amax pass in parts of another size (ROT_HELD_MAX_AMAX:"
-          " \"amax 32\", \"amax 64\", \"amax 128\"), NVFP4 in parts of 64 under a register cap of 96 (ROT_HELD_MAX_NVFP4 = 64,"
+          " \"held 32\", \"held 64\", \"held 128\"; the amax pass holds at least the QDQ pass's part), NVFP4's amax"
+          " pass in parts of another size (ROT_HELD_MAX_AMAX: \"amax 32\", \"amax 64\", \"amax 128\"), NVFP4 in parts of 64 under a register cap of 96 (ROT_HELD_MAX_NVFP4 = 64,"
           " ROT_MAXNREG_64 = 96: \"held 64 cap 96\"), and split blocks' cross-lane stages as Triton reductions"
           " (ROT_SHFL off, \"no shfl\"); coalesced random ones"
           " also with the signs' other form (SIGN_WORDS switched: a bit a column against 16-bit masks and the"
@@ -529,7 +534,7 @@ def _mode_call(triton_qdq, on: bool, x: torch.Tensor, spec):
     return call
 
 
-def graph_us_with(triton_qdq, switch: str, value, fn) -> float:
+def graph_us_with(triton_qdq, switch: str | dict, value, fn) -> float:
     """:func:`graph_us` of ``fn`` with the module switch ``switch`` set to ``value`` (:func:`_with_switch`)."""
     return _with_switch(graph_us, triton_qdq, switch, value, fn)
 

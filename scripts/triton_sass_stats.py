@@ -76,16 +76,19 @@ def disassemble(kernel, tool_dir: Path) -> tuple[str, int]:
 
 def redo_count(sass: str) -> int:
     """Instructions of the blocks a tile enters only when it holds a NaN or an Inf: those a
-    forward branch skips right after a compare with +Inf's bit pattern (``0x7f800000``), as
-    ``triton_qdq._tile_amax_bits`` branches to reduce the finite maximum again. Static counts
-    include them; a tile of finite values never runs them."""
+    forward branch ``@!P BRA`` skips, where ``P`` was set within the four lines before it by an
+    compare ``ISETP.GE`` (signed or unsigned) of a pattern with +Inf's (``0x7f800000``), as
+    ``triton_qdq._tile_amax_bits`` branches to reduce the finite maximum again (the form ptxas
+    gives it on sm_90). Static counts include them; a tile of finite values never runs them. A
+    heuristic for that one branch: other code with the same shape would be left out too."""
     lines = sass.splitlines()
     n = 0
     for i, line in enumerate(lines):
-        m = re.search(r"@!?P\d BRA `\((\.L_x_\d+)\)", line)
-        if not m or not any("0x7f800000" in lines[j] for j in range(max(0, i - 4), i)):
+        m = re.search(r"@!(U?P\d) BRA `\((\.L_x_\d+)\)", line)  # skipped unless the predicate holds
+        if not m or not any(re.search(rf"ISETP\.GE(?:\.U32)?\.AND {m.group(1)}, U?PT, R\d+, 0x7f800000,", lines[j])
+                            for j in range(max(0, i - 4), i)):  # the predicate: "some |x| pattern >= +Inf's"
             continue
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == m.group(1) + ":"), i)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == m.group(2) + ":"), i)
         n += sum(1 for j in range(i + 1, end) if _INSTR.match(lines[j]))
     return n
 
@@ -173,9 +176,9 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default: {DEFAULT_RECIPES})")
     ap.add_argument("--shape", default="4096x4096", help="rows x K of the call (default 4096x4096)")
-    ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX, _MX and _NVFP4 for the "
-                    "run (elements of a rotation block a thread holds, larger blocks split over threads; default: the "
-                    "module's, per family)")
+    ap.add_argument("--held-max", type=int, default=0, help="triton_qdq.ROT_HELD_MAX, _MX, _NVFP4 and _AMAX for the "
+                    "run (elements of a rotation block a thread holds, larger blocks split over threads; the amax "
+                    "pass's part too; default: the module's, per family)")
     ap.add_argument("--dump", default="", help="a folder: write each compiled kernel's SASS and TTGIR there "
                     "(<recipe>.<layout>.<kernel>.sass, .ttgir: the layouts Triton chose)")
     ap.add_argument("--sage3", default="", help="sage3 formats (e.g. mxfp4,nvfp4,mxfp8_s1,mxfp4_s1): the "

@@ -97,11 +97,10 @@ def _held(name: str, block: int, default: int) -> set:
 
 def _nvfp4_parts(nv: int, amax: int) -> set:
     """NVFP4 + random Hadamard-128's columns of its amax pass's part size (``amax 32`` / ``64`` /
-    ``128`` but the one it holds, ``amax``) and, where its QDQ pass holds parts of 32, of parts of
-    64 under a register cap (``held 64 cap 96``)."""
-    cols = {("ROT_HELD_MAX_AMAX", n) for n in (32, 64, 128) if n != amax}
-    if nv < 64:
-        cols.add((frozenset({("ROT_HELD_MAX_NVFP4", 64), ("ROT_MAXNREG_64", 96)}), None))
+    ``128``, each setting that would hold parts of another size than the default ``amax``: never
+    fewer than the QDQ pass's ``nv``) and of parts of 64 under a register cap (``held 64 cap 96``)."""
+    cols = {("ROT_HELD_MAX_AMAX", n) for n in (32, 64, 128) if max(n, nv) != amax}
+    cols.add((frozenset({("ROT_HELD_MAX_NVFP4", 64), ("ROT_MAXNREG_64", 96)}), None))
     return cols
 
 

@@ -410,6 +410,34 @@ def test_div_rn_f32_is_division(tq) -> None:
     assert torch.equal(torch.signbit(q[a1.numel() + 500:a1.numel() + 1000]), torch.ones(500, dtype=torch.bool))
 
 
+def test_tile_amax_bits_from_signed_and_unsigned_maxima(tq) -> None:
+    """``_tile_amax_bits`` (the amax pass's tile maximum: signed and unsigned integer maxima of the
+    raw fp32 patterns, in runs of ``PART``; the finite maximum reduced again only where a NaN or
+    Inf is) gives what the plain form gives, ``(max finite |x| pattern, some |x| not finite)``, for
+    tiles all negative, all zero of either sign, all NaN of either sign, all Inf, subnormal, mixed,
+    and random patterns, in runs of 1 to the whole tile."""
+    import tests.support.triton_qdq_kernels as k
+
+    k = importlib.reload(k)
+    pool = np.array([0, 0x80000000, 1, 0x80000001, 0x3F800000, 0xBF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000,
+                     0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x00400000, 0x80400000],
+                    dtype=np.uint32).view(np.int32)
+    rng = np.random.default_rng(5)
+    n = 16
+    tiles = [np.full(n, v, dtype=np.uint32).view(np.int32) for v in (0, 0x80000000, 0x7FC00000, 0xFFC00000,
+                                                                       0xFF800000, 0x80000001)]
+    tiles.append((-np.abs(rng.standard_normal(n)).astype(np.float32)).view(np.int32))  # all negative
+    tiles += [pool[rng.integers(0, len(pool), n)] for _ in range(40)]
+    tiles += [rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32) for _ in range(20)]
+    for i, b in enumerate(tiles):
+        a = b & 0x7FFFFFFF
+        want = [int(np.where(a <= 0x7F7FFFFF, a, 0).max()), int(a.max() > 0x7F7FFFFF)]
+        part = (1, 2, 4, 8, 16)[i % 5]
+        o = torch.zeros(2, dtype=torch.int32)
+        k.tile_amax_bits_kernel[(1,)](torch.from_numpy(b.copy()).view(torch.float32), o, n, part)
+        assert o.tolist() == want, (i, part, [hex(v & 0xFFFFFFFF) for v in b], o.tolist(), want)
+
+
 #: the two-pass cases, rotated ones in both whole-blocks-per-thread layouts (``ROT_COALESCE``)
 TWO_PASS = [(n, o, c) for n, o in two_pass.CASES for c in ((True, False) if "rotate" in o else (True,))]
 TWO_PASS_IDS = [f"{i}{'' if c else '-uncoalesced'}" for i, (n, o) in zip(two_pass.IDS, two_pass.CASES, strict=True)

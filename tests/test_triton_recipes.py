@@ -185,9 +185,10 @@ def test_part_held_follows_rot_split_and_is_checked(tq, monkeypatch) -> None:  #
 def test_amax_pass_holds_its_own_part(tq, monkeypatch) -> None:  # noqa: F811
     """The amax pass of a rotated two-pass recipe holds blocks in parts of ``ROT_HELD_MAX_AMAX``
     where that is larger than the QDQ pass's ``ROT_HELD_MAX_NVFP4`` (0: the QDQ pass's), with a tile of at
-    least a part a thread; the bits stay the reference's, with rows all negative (the tile maximum's
-    signed and unsigned halves), all zero, and with NaN and Inf (the finite maximum reduced again);
-    a part size other than 0, 32, 64 or 128 stops the call, naming the setting."""
+    least a part a thread; the bits stay the reference's, on rows of one sign before the rotation,
+    of zeros, and with NaN and Inf (the finite maximum reduced again; the tile maximum's cases:
+    ``test_triton_qdq.py::test_tile_amax_bits_from_signed_and_unsigned_maxima``); a part size other
+    than 0, 32, 64 or 128 stops the call, naming the setting."""
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     monkeypatch.setattr(tq, "ROT_HELD_MAX_NVFP4", 32)
 
@@ -200,7 +201,7 @@ def test_amax_pass_holds_its_own_part(tq, monkeypatch) -> None:  # noqa: F811
     seen = _spy_plan(tq, monkeypatch, amax_part)
     torch.manual_seed(3)
     x = torch.randn(6, 512)
-    x[1] = -x[1].abs()  # a row all negative (its own amax tile below)
+    x[1] = -x[1].abs()  # a row of one sign (the rotation mixes the signs)
     x[2] = 0.0
     x[3, 9], x[4, 100] = float("nan"), float("-inf")
     x = x.to(torch.bfloat16)

@@ -88,3 +88,11 @@ def grid_barrier_stress_kernel(bar_ptr, slots_ptr, err_ptr, rounds, N_MAX: tl.co
         v = tl.load(half + p, mask=p < n, other=0, cache_modifier=".cg")
         errs += tl.where((p < n) & (v != r * n + p), 1, 0)
     tl.store(err_ptr + pid, tl.sum(errs, 0))
+
+
+@triton.jit
+def tile_amax_bits_kernel(x_ptr, o_ptr, N: tl.constexpr, PART: tl.constexpr):
+    """``o = (amax bits, bad)`` of ``_tile_amax_bits`` over the ``N`` fp32 values at ``x``, in runs of ``PART``."""
+    amax, bad = TQ._tile_amax_bits(tl.load(x_ptr + tl.arange(0, N)), N, PART)
+    tl.store(o_ptr, amax)
+    tl.store(o_ptr + 1, bad.to(tl.int32))

@@ -1840,7 +1840,7 @@ def _grid_sync_grow(device: torch.device, n_rows: int, block_r: int, n_k: int, w
     rows (``n_k`` tiles a row) grow so that the grid holds at most ``min(SM count,
     PARTIALS_MAX)`` programs (1 under the interpreter), every one resident at once (:data:`GRID_SYNC`);
     0 when none does within :data:`GRID_SYNC_WARPS_MAX` warps (or ``PARTIALS_MAX`` is 0), or when a
-    register cap ``maxnreg`` (the plan's ``maxnreg``: ``ROT_MAXNREG``) times the grown tile's threads
+    register cap ``maxnreg`` (the plan's ``maxnreg``: ``ROT_MAXNREG`` or ``ROT_MAXNREG_64``) times the grown tile's threads
     exceeds an SM's registers (the launch would fail for resources)."""
     limit = 1 if _INTERPRETED else min(_sm_count(device), PARTIALS_MAX)
     f = 1
@@ -1968,7 +1968,8 @@ ROT_HELD_MAX_NVFP4 = 32
 
 #: The part size of the amax pass's rotation blocks (the first pass of NVFP4 without a given
 #: global amax and of FP8 per-tensor, :func:`_amax_held_max`) where it is larger than the QDQ
-#: pass's (:func:`_held_max`: NVFP4's 32; FP8's 128 stays); 0: the same as the QDQ pass's. The amax pass holds no QDQ state, so it
+#: pass's (:func:`_held_max`: NVFP4's 32; FP8's 128 stays) and :data:`ROT_TILE_MAX` holds blocks
+#: of it; 0: the same as the QDQ pass's. The amax pass holds no QDQ state, so it
 #: can hold more of a block in registers than the QDQ pass does and run fewer cross-lane stages:
 #: sm_90 SASS (``scripts/triton_sass_stats.py``, bf16 4096 x 4096), NVFP4 + random Hadamard-128's
 #: amax pass, instructions an element on the path of a tile without NaN or Inf / registers, parts
@@ -1991,13 +1992,15 @@ HELD_SWITCHES = ("ROT_HELD_MAX", "ROT_HELD_MAX_MX", "ROT_HELD_MAX_NVFP4", "ROT_H
 def _amax_held_max(spec: FormatSpec) -> int:
     """The most elements of a rotation block one thread of the amax pass holds (NVFP4 without a
     given global amax, FP8 per-tensor): :data:`ROT_HELD_MAX_AMAX` where it is larger than the QDQ
-    pass's :func:`_held_max` and :data:`ROT_SPLIT` is on, else the QDQ pass's. A value other than
-    0, 32, 64 or 128 is an error naming it."""
+    pass's :func:`_held_max`, :data:`ROT_SPLIT` is on and :data:`ROT_TILE_MAX` holds blocks of that
+    size (as the QDQ pass splits only into parts it could hold whole), else the QDQ pass's. A value
+    other than 0, 32, 64 or 128 is an error naming it."""
     if ROT_HELD_MAX_AMAX not in (0, 32, 64, 128):
         raise ValueError(f"triton_qdq.ROT_HELD_MAX_AMAX = {ROT_HELD_MAX_AMAX!r}; accepted: 0 (the QDQ pass's part "
                          "size), 32, 64, 128")
     held = _held_max(spec)
-    return max(ROT_HELD_MAX_AMAX, held) if ROT_SPLIT else held
+    amax = max(ROT_HELD_MAX_AMAX, held)
+    return amax if ROT_SPLIT and ROT_TILE_MAX >= amax else held
 
 
 def _held_max(spec: FormatSpec) -> int:
@@ -2343,7 +2346,7 @@ class _FastCall:
     device) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
     :data:`ROT_TILE_MAX`, :data:`ROT_COALESCE`, :data:`ROT_SPLIT`, :data:`ROT_SPLIT_MAX`, :data:`ROT_HELD_MAX`,
-    :data:`ROT_HELD_MAX_MX`, :data:`ROT_HELD_MAX_NVFP4`, :data:`ROT_SHFL`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`PDL`, :data:`GRID_SYNC`,
+    :data:`ROT_HELD_MAX_MX`, :data:`ROT_HELD_MAX_NVFP4`, :data:`ROT_HELD_MAX_AMAX`, :data:`ROT_SHFL`, :data:`L2_HINTS`, :data:`Y_STREAM`, :data:`SIGN_BITS`, :data:`SIGN_WORDS`, :data:`ROT_MAXNREG`, :data:`ROT_MAXNREG_64`, :data:`PDL`, :data:`GRID_SYNC`,
     :data:`_DIRECT_TRITON`) are read when a call is recorded: change them before the first call, or clear :data:`_FAST`. Valid for the key it is stored under (recipe,
     dtype, shape, strides, devices, x's alignment class) while the tile table entries it was
     planned with are in force; a ``y`` or buffer of another alignment class than recorded sends
