@@ -170,16 +170,12 @@ def bench_options(failures: list[str], layouts: bool = True) -> None:
                      lambda spec, rot: bool(rot is not None and rot.block > 64 and spec.family is Family.NVFP4
                                             and triton_qdq._rot_layout(spec, rot.block) == 2)))
     if hasattr(triton_qdq, "ROT_HELD_MAX_AMAX"):  # the amax pass's own part size, where a recipe has that pass
-        def amax_part(spec, n: int) -> int:  # the amax pass's part with ROT_HELD_MAX_AMAX = n
-            held = triton_qdq._held_max(spec)
-            part = max(n, held)
-            return part if triton_qdq.ROT_SPLIT and triton_qdq.ROT_TILE_MAX >= part else held
-
         for n in (32, 64, 128):  # blank where the amax pass would hold what it holds by default
             cols.append((f"amax {n}", 8, "ROT_HELD_MAX_AMAX", n, lambda spec, rot, n=n: bool(
                 rot is not None and rot.block > 32 and triton_qdq._rot_layout(spec, rot.block)
                 and spec.family is Family.NVFP4
-                and min(rot.block, amax_part(spec, n)) != min(rot.block, triton_qdq._amax_held_max(spec)))))
+                and min(rot.block, triton_qdq._amax_held_max(spec, n))
+                != min(rot.block, triton_qdq._amax_held_max(spec)))))
     if hasattr(triton_qdq, "ROT_SHFL"):  # a split block's cross-lane stages as Triton reductions instead
         cols.append(("no shfl", 8, "ROT_SHFL", False, lambda spec, rot: bool(
             rot is not None and triton_qdq._rot_layout(spec, rot.block) == 2 and rot.block > triton_qdq._held_max(spec))))

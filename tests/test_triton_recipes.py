@@ -109,16 +109,8 @@ def test_lane_shuffles_where_a_thread_holds_whole_parts(tq, monkeypatch) -> None
     whole, not for a decode-sized two-pass call's one tile (a part's chunks spread over lanes there), not
     with the switch off. The interpreter takes the reductions either way: the same bits."""
     planned = _record_plan(tq, monkeypatch, "ROT_SHFL", "BLOCK_R", "num_warps")
-    amax_planned: list = []
-    plan = tq._plan
-
-    def spy(*args, **kwargs):
-        out = plan(*args, **kwargs)
-        if out[2] is not None:  # the amax pass's (block_r, block_k, kwargs)
-            amax_planned.append(out[2][2].get("ROT_SHFL"))
-        return out
-
-    monkeypatch.setattr(tq, "_plan", spy)
+    # the amax pass's (block_r, block_k, kwargs), where the call has one
+    amax_planned = _spy_plan(tq, monkeypatch, lambda out: None if out[2] is None else out[2][2].get("ROT_SHFL"))
     planned_q = _record_plan(tq, monkeypatch, "ROT_SHFL")
     cases = (("mxfp4", 256, 128, True, True), ("mxfp4", 64, 128, True, False), ("nvfp4", 256, 128, True, True),
              ("fp8_e4m3_per_tensor", 256, 128, True, False), ("mxfp4", 256, 1, True, True), ("nvfp4", 256, 1, True, False),

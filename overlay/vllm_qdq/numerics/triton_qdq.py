@@ -1989,17 +1989,19 @@ def _held_switch(spec: FormatSpec) -> str:
 HELD_SWITCHES = ("ROT_HELD_MAX", "ROT_HELD_MAX_MX", "ROT_HELD_MAX_NVFP4", "ROT_HELD_MAX_AMAX")
 
 
-def _amax_held_max(spec: FormatSpec) -> int:
+def _amax_held_max(spec: FormatSpec, setting: int | None = None) -> int:
     """The most elements of a rotation block one thread of the amax pass holds (NVFP4 without a
-    given global amax, FP8 per-tensor): :data:`ROT_HELD_MAX_AMAX` where it is larger than the QDQ
+    given global amax, FP8 per-tensor): :data:`ROT_HELD_MAX_AMAX` (or ``setting`` in its place:
+    what another value would give, for the bench's columns) where it is larger than the QDQ
     pass's :func:`_held_max`, :data:`ROT_SPLIT` is on and :data:`ROT_TILE_MAX` holds blocks of that
     size (as the QDQ pass splits only into parts it could hold whole), else the QDQ pass's. A value
     other than 0, 32, 64 or 128 is an error naming it."""
-    if ROT_HELD_MAX_AMAX not in (0, 32, 64, 128):
-        raise ValueError(f"triton_qdq.ROT_HELD_MAX_AMAX = {ROT_HELD_MAX_AMAX!r}; accepted: 0 (the QDQ pass's part "
+    setting = ROT_HELD_MAX_AMAX if setting is None else setting
+    if setting not in (0, 32, 64, 128):
+        raise ValueError(f"triton_qdq.ROT_HELD_MAX_AMAX = {setting!r}; accepted: 0 (the QDQ pass's part "
                          "size), 32, 64, 128")
     held = _held_max(spec)
-    amax = max(ROT_HELD_MAX_AMAX, held)
+    amax = max(setting, held)
     return amax if ROT_SPLIT and ROT_TILE_MAX >= amax else held
 
 
