@@ -4,7 +4,10 @@
 Timing: B=1, H=24, D=128 and 64 (``--dims``), bf16, non-causal, S = 1k, 4k, 16k; fp32 accumulation
 (plus the bf16 accumulators with ``--all-acc``). The sage3 time is the whole call: K mean, Q/K/V
 quantization pre-pass, attention kernel. SDPA is ``torch.nn.functional.scaled_dot_product_attention``
-on the same bf16 tensors (whatever backend PyTorch picks). Median of ``triton.testing.do_bench``.
+on the same bf16 tensors (whatever backend PyTorch picks). SDPA and every format are timed in turn
+with ``triton.testing.do_bench``, ``--rounds`` times (default 3); a cell is the median ms and the
+median of the rounds' sage3 / SDPA ratios (min-max): the lent machines drift ~30% between runs, so
+a ratio is taken within a round (before 2026-12-07c SDPA was timed once, before the formats).
 
 Where the time goes (fp32 accumulation, per format and S): the eager call, then device time alone
 (each captured in a CUDA graph and the replay timed: before 2026-12-06 the parts were timed eagerly,
@@ -19,7 +22,8 @@ with the eager fast path (replayed launches, the default), "host full" without i
 Kernel switches (``--switches``, :data:`SWITCHES`) timed off and on, interleaved: by default
 ``kernel.P_MAX_EXP2`` (P's block maxima from the logits'); ``FUSE_Q`` (Q quantized in the attention
 kernel; off since the H200 of 2026-12-06 timed it slower at every size). A probe of Triton's
-Hopper warp specialization (``--no-ws-probe`` leaves it out; in a child process): a plain attention
+Hopper warp specialization (only with ``--ws-probe``: on the H100 of 2026-12-07c Triton 3.6's
+warp-specialized loop hung at S=4096 and the child process was cut at 300 s; in a child process): a plain attention
 loop, and one with sage3-like per-block work on P, with 8 warps, 4 warps, and 4 warps
 warp-specialized, interleaved (results/sass-2026-12-06: what decides whether sage3's loop is worth
 reshaping for it). A probe (issue 17): whether the GPU's ``tl.exp2`` (``ex2.approx.ftz.f32``) never goes
@@ -36,7 +40,7 @@ better"; the previous plugin's figures are printed beside, not judged) (``--no-c
 D=64 is reported, not checked.
 
     python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384] [--dims 128,64]
-        [--switches P_MAX_EXP2,FUSE_Q] [--no-ws-probe]
+        [--switches P_MAX_EXP2,FUSE_Q] [--rounds 3] [--ws-probe]
 """
 
 from __future__ import annotations
@@ -143,27 +147,35 @@ def _breakdown(s: int, d: int, sage3_attention) -> list[str]:
     return rows
 
 
-def _time_row(s: int, accs: tuple[str, ...], sage3_attention, d: int = 128) -> tuple[float, list[str], list[str]]:
-    """SDPA time and one cell per (format, acc) at sequence length ``s``; plus missed targets."""
-    import triton.testing
+def _time_row(s: int, accs: tuple[str, ...], sage3_attention, d: int = 128,
+              rounds: int = 3) -> tuple[float, list[str], list[str]]:
+    """SDPA's median ms and one cell per (format, acc) at sequence length ``s``, plus the missed
+    targets. SDPA and every (format, acc) are timed in turn, ``rounds`` times
+    (:func:`_interleaved_ms`: the lent machines drift ~30% between runs, so a ratio is taken within
+    a round); a cell is the median ms and the median of the rounds' sage3 / SDPA ratios (their min
+    and max beside it), which the targets are checked on."""
+    import statistics
 
     q, k, v = _inputs(s, d=d)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    t_sdpa = triton.testing.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
+    calls = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)}
+    for fmt in FORMATS:
+        for acc in accs:
+            calls[(fmt, acc)] = lambda fmt=fmt, acc=acc: sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc)
+    times = _interleaved_ms(calls, rounds)
+    t_sdpa = statistics.median(times["sdpa"])
     cells, missed = [], []
     for fmt in FORMATS:
         for acc in accs:
-            def call(fmt=fmt, acc=acc):
-                return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc)
-
-            call()  # compile + autotune outside the timing
-            t = triton.testing.do_bench(call)
-            ratio = t / t_sdpa
+            t = times[(fmt, acc)]
+            ratios = [a / b for a, b in zip(t, times["sdpa"], strict=True)]
+            ratio = statistics.median(ratios)
             old = OLD["time_x_sdpa"].get((fmt, s)) if d == 128 else None
-            cells.append(f"{t:.3f} ({ratio:.2f}x" + (f"; old {old}x)" if old and acc == "fp32" else ")"))
+            cells.append(f"{statistics.median(t):.3f} ({ratio:.2f}x, {min(ratios):.2f}-{max(ratios):.2f}"
+                         + (f"; old {old}x)" if old and acc == "fp32" else ")"))
             bound = (TARGET_NVFP4 if fmt == "nvfp4" else TARGET_OTHER).get(s)
             if acc == "fp32" and d == 128 and bound is not None and ratio > bound:
-                missed.append(f"{fmt} at S={s} D={d}: {ratio:.2f}x SDPA > {bound}x")
+                missed.append(f"{fmt} at S={s} D={d}: {ratio:.2f}x SDPA > {bound}x (median of {rounds} rounds)")
     return t_sdpa, cells, missed
 
 
@@ -351,8 +363,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="1024,4096,16384")
     ap.add_argument("--all-acc", action="store_true", help="also time bf16_both_dot and bf16_pv_only")
+    ap.add_argument("--ws-probe", dest="ws_probe", action="store_true", default=False,
+                    help="also run the warp-specialization probe (a plain attention loop with and without; in a "
+                         "child process cut at 300 s: Triton 3.6's warp-specialized loop hung at S=4096 on the H100 "
+                         "of 2026-12-07c, so it is not part of a default run)")
     ap.add_argument("--no-ws-probe", dest="ws_probe", action="store_false",
-                    help="leave out the warp-specialization probe (a plain attention loop with and without)")
+                    help="leave the warp-specialization probe out (the default)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of the main time table (median of the rounds; default 3)")
     ap.add_argument("--ws-probe-only", action="store_true", help=argparse.SUPPRESS)  # the probe's child process
     ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,
                     help=f"kernel switches timed off and on, interleaved (comma-separated, '' for none; accepted: "
@@ -381,12 +399,13 @@ def main() -> int:
     dims = [int(x) for x in args.dims.split(",")]
     failures = []
     for d in dims:
-        print(f"\n## Time (ms, median), B=1 H=24 D={d} bf16, non-causal; ratio = sage3 / SDPA")
+        print(f"\n## Time (ms, median of {args.rounds} rounds, SDPA and every format timed in turn each round), B=1 "
+              f"H=24 D={d} bf16, non-causal; ratio = sage3 / SDPA, the median of the rounds' ratios (min-max)")
         cols = [f"{f}/{a}" for f in FORMATS for a in accs]
         print("| S | SDPA | " + " | ".join(cols) + " |")
         print("|---|---|" + "---|" * len(cols))
         for s in seqs:
-            t_sdpa, cells, missed = _time_row(s, accs, sage3_attention, d)
+            t_sdpa, cells, missed = _time_row(s, accs, sage3_attention, d, args.rounds)
             failures += missed
             print(f"| {s} | {t_sdpa:.3f} | " + " | ".join(cells) + " |")
             torch.cuda.empty_cache()

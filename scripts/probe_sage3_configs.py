@@ -1,0 +1,133 @@
+"""Probe (issue 17): which launch configuration of sage3's attention kernel is fastest, per format and S?
+
+The attention kernel is autotuned over :data:`vllm_qdq.sage3.numerics.kernel._FWD_CONFIGS` (BLOCK_M,
+warps, pipeline stages; BLOCK_N is the numerics' 64 keys and stays). This probe pins the autotuner
+to one configuration at a time (the five of ``_FWD_CONFIGS`` and the candidates of :data:`EXTRA`),
+times every format (fp32 accumulation, B=1 H=24, D=128 by default) beside SDPA, interleaved
+(every configuration and SDPA in each round: the lent machines drift between runs), and prints per
+(S, format) the median ms of each configuration, the configuration the autotuner picks on its own,
+and the best one's time / SDPA. None of these parameters changes a number the kernel computes (a
+query tile's rows are independent; stages and warps only schedule the same operations): they are
+launch parameters, and the GPU tests of ``tests/gpu/test_sage3_gpu.py`` hold for any of them.
+
+    python3 scripts/probe_sage3_configs.py [--seqs 4096,16384] [--dims 128] [--rounds 3]
+        [--formats mxfp4,nvfp4,mxfp8_s1,mxfp4_s1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+import triton
+
+#: configurations tried beyond ``_FWD_CONFIGS``: (BLOCK_M, num_warps, num_stages)
+EXTRA = ((128, 8, 4), (128, 4, 2), (64, 4, 4))
+
+
+def _label(cfg: tuple[int, int, int]) -> str:
+    return f"{cfg[0]}/{cfg[1]}w/{cfg[2]}s"
+
+
+def _pin(tuned, cfg: tuple[int, int, int] | None, saved: list) -> None:
+    """Restrict the autotuner ``tuned`` to configuration ``cfg`` (None: its own list, ``saved``) and
+    forget what it picked and what the eager fast path recorded."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    tuned.configs = saved if cfg is None else [
+        triton.Config({"BLOCK_M": cfg[0]}, num_warps=cfg[1], num_stages=cfg[2])]
+    tuned.cache = {}
+    K._FAST.clear()
+    K._REFUSED.clear()
+
+
+def _probe(s: int, d: int, fmts: list[str], cfgs: list, own: list, saved: list, rounds: int) -> None:
+    """One table: every configuration of ``cfgs`` and SDPA, interleaved, at sequence length ``s``."""
+    import triton.testing
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    tuned = K._sage3_fwd_tuned
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, s, 24, d, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    picked = {}
+    for fmt in fmts:  # the autotuner's own pick, over its own list
+        _pin(tuned, None, saved)
+        K.sage3_attention(q, k, v, quant_format=fmt)
+        bc = tuned.best_config
+        picked[fmt] = (bc.kwargs["BLOCK_M"], bc.num_warps, bc.num_stages)
+    times: dict = {}
+    failed: dict = {}
+    for _ in range(rounds):
+        times.setdefault("sdpa", []).append(triton.testing.do_bench(
+            lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), warmup=10, rep=50))
+        for cfg in cfgs:
+            _pin(tuned, cfg, saved)
+            for fmt in fmts:
+                if (cfg, fmt) in failed:
+                    continue
+
+                def call(fmt=fmt):
+                    return K.sage3_attention(q, k, v, quant_format=fmt)
+
+                try:
+                    call()
+                    times.setdefault((cfg, fmt), []).append(triton.testing.do_bench(call, warmup=10, rep=50))
+                except Exception as e:  # out of resources, say: named in the table
+                    failed[(cfg, fmt)] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:80]
+    _pin(tuned, None, saved)
+    sdpa = statistics.median(times["sdpa"])
+    print(f"\n## S={s} D={d}: ms, median of {rounds} interleaved rounds (SDPA {sdpa:.3f} ms, "
+          f"{min(times['sdpa']):.3f}-{max(times['sdpa']):.3f}); * = the autotuner's own pick")
+    print("| config | " + " | ".join(fmts) + " |")
+    print("|---|" + "---|" * len(fmts))
+    for cfg in cfgs:
+        cells = []
+        for fmt in fmts:
+            if (cfg, fmt) in failed:
+                cells.append(f"failed: {failed[(cfg, fmt)]}")
+                continue
+            t = times[(cfg, fmt)]
+            mark = "*" if picked[fmt] == cfg else ""
+            cells.append(f"{statistics.median(t):.3f}{mark} ({min(t):.3f}-{max(t):.3f})")
+        print(f"| {_label(cfg)}{'' if cfg in own else ' (new)'} | " + " | ".join(cells) + " |")
+    best = []
+    for fmt in fmts:
+        meds = {cfg: statistics.median(times[(cfg, fmt)]) for cfg in cfgs if (cfg, fmt) not in failed}
+        cfg = min(meds, key=meds.get)
+        pick = meds.get(picked[fmt])
+        best.append(f"{_label(cfg)} {meds[cfg] / sdpa:.2f}x SDPA"
+                    + (f" (own pick {pick / sdpa:.2f}x)" if pick is not None else ""))
+    print("| best | " + " | ".join(best) + " |", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seqs", default="4096,16384")
+    ap.add_argument("--dims", default="128")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--formats", default="mxfp4,nvfp4,mxfp8_s1,mxfp4_s1")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("probe_sage3_configs: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    saved = list(K._sage3_fwd_tuned.configs)
+    own = [(c.kwargs["BLOCK_M"], c.num_warps, c.num_stages) for c in saved]
+    cfgs = own + [c for c in EXTRA if c not in own]
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    print(f"configurations (BLOCK_M/warps/stages): autotuned {', '.join(map(_label, own))}; "
+          f"candidates {', '.join(_label(c) for c in cfgs if c not in own)}")
+    fmts = [f for f in args.formats.split(",") if f]
+    for d in (int(x) for x in args.dims.split(",")):
+        for s in (int(x) for x in args.seqs.split(",")):
+            _probe(s, d, fmts, cfgs, own, saved, args.rounds)
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
