@@ -35,9 +35,9 @@
 #   bench-sage3   scripts/bench_sage3.py --no-check: sage3 vs SDPA (figures; its targets are issue 17's)
 #                 SMOKE_BENCH_FULL=0 (default): bench-qdq without its switch sweeps (--no-sweeps: the
 #                 tables that set the module's switches, no target among them) and bench-sage3 at D=128
-#                 only (--dims 128: its targets' head size) without its warp-specialization probe
-#                 (--no-ws-probe), to keep the suite inside its time budget; 1: both whole (what a
-#                 kernel change is timed with)
+#                 only (--dims 128: its targets' head size; --no-ws-probe, the default since 07c: the
+#                 warp-specialization probe is opt-in, --ws-probe), to keep the suite inside its time
+#                 budget; 1: both whole but for that probe (what a kernel change is timed with)
 #   bench-plugin-gptoss, bench-plugin-dense
 #                 scripts/bench_plugin_throughput.py --kv-cache nvfp4: throughput of activation QDQ
 #                 (prefill- and decode-heavy) and KV-cache QDQ (SMOKE_KV_FORMAT, decode-heavy: issue 19)
