@@ -9,7 +9,6 @@ rotations, in both forms; the decided layout columns only in the full form.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,16 +18,14 @@ import pytest
 import torch
 from vllm_qdq.numerics.formats import FORMATS
 
+from .support.scripts import script_module
 from .test_triton_qdq import tq  # noqa: F401  (the interpreter fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_qdq_triton", REPO / "scripts" / "bench_qdq_triton.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("bench_qdq_triton")
 
 
 def _table(tq, monkeypatch, capsys, layouts: bool) -> tuple[str, dict]:  # noqa: F811

@@ -8,7 +8,6 @@ the issue-17 targets judged on that median.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from .support.scripts import script_module
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sage3", REPO / "scripts" / "bench_sage3.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("bench_sage3")
 
 
 #: per round: SDPA's ms, then each format's; chosen so that the median of the rounds' ratios and the

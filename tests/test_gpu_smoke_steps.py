@@ -52,12 +52,9 @@ def test_throughput_bench_models_hold_its_longest_shape(tmp_path: Path, monkeypa
 
 def _script_module(name: str):
     """``scripts/<name>.py`` loaded as a module (the scripts are not a package)."""
-    import importlib.util
+    from .support.scripts import script_module
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module(name)
 
 
 def _bench_module():
