@@ -359,6 +359,17 @@ def _switch_list(value: str) -> str:
     return value
 
 
+def _positive_int(value: str) -> int:
+    """``--rounds``: a whole number of rounds, at least 1 (argparse names a bad one)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of rounds; accepted: 1, 2, 3, ...")
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="1024,4096,16384")
@@ -369,7 +380,7 @@ def main() -> int:
                          "of 2026-12-07c, so it is not part of a default run)")
     ap.add_argument("--no-ws-probe", dest="ws_probe", action="store_false",
                     help="leave the warp-specialization probe out (the default)")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=_positive_int, default=3,
                     help="interleaved rounds of the main time table (median of the rounds; default 3)")
     ap.add_argument("--ws-probe-only", action="store_true", help=argparse.SUPPRESS)  # the probe's child process
     ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,

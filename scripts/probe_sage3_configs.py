@@ -6,7 +6,8 @@ to one configuration at a time (the five of ``_FWD_CONFIGS`` and the candidates 
 times every format (fp32 accumulation, B=1 H=24, D=128 by default) beside SDPA, interleaved
 (every configuration and SDPA in each round: the lent machines drift between runs), and prints per
 (S, format) the median ms of each configuration, the configuration the autotuner picks on its own,
-and the best one's time / SDPA. None of these parameters changes a number the kernel computes (a
+and the best one's time / SDPA (a ratio of medians: SDPA is timed once a round, ahead of every
+configuration; ``scripts/bench_sage3.py``'s main table is the measure of record). None of these parameters changes a number the kernel computes (a
 query tile's rows are independent; stages and warps only schedule the same operations): they are
 launch parameters, and the GPU tests of ``tests/gpu/test_sage3_gpu.py`` hold for any of them.
 
@@ -96,6 +97,9 @@ def _probe(s: int, d: int, fmts: list[str], cfgs: list, own: list, saved: list, 
     best = []
     for fmt in fmts:
         meds = {cfg: statistics.median(times[(cfg, fmt)]) for cfg in cfgs if (cfg, fmt) not in failed}
+        if not meds:
+            best.append("every configuration failed")
+            continue
         cfg = min(meds, key=meds.get)
         pick = meds.get(picked[fmt])
         best.append(f"{_label(cfg)} {meds[cfg] / sdpa:.2f}x SDPA"
@@ -107,7 +111,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="4096,16384")
     ap.add_argument("--dims", default="128")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, choices=range(1, 101), metavar="1..100")
     ap.add_argument("--formats", default="mxfp4,nvfp4,mxfp8_s1,mxfp4_s1")
     args = ap.parse_args()
     if not torch.cuda.is_available():

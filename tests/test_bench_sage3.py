@@ -8,6 +8,7 @@ the issue-17 targets judged on that median.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,13 +64,51 @@ def test_time_row_judges_the_median_of_within_round_ratios(monkeypatch) -> None:
     assert missed64 == []
 
 
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    """The bench as a user runs it, with no GPU visible (the same answer on a GPU host)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "bench_sage3.py"), *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize("argv", [["--no-check", "--dims", "128", "--no-ws-probe"],
                                   ["--no-check", "--ws-probe", "--rounds", "5"]])
 def test_bench_sage3_parses_its_arguments_before_it_needs_a_gpu(argv) -> None:
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_sage3.py"), *argv], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = _run(*argv)
     assert "unrecognized arguments" not in r.stderr and "usage:" not in r.stderr, r.stderr
     assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2", "three"])
+def test_bench_sage3_refuses_a_bad_round_count(rounds) -> None:
+    r = _run("--rounds", rounds)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"{rounds!r} is not a whole number of rounds; accepted: 1, 2, 3, ..." in last, last
+
+
+def test_main_times_each_row_with_the_rounds_asked(monkeypatch) -> None:
+    """``--rounds N`` reaches every row of the main table (D=128 and 64, each S)."""
+    mod = _bench()
+    rows = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(s, accs, fn, d=128, rounds=3):
+        rows.append((s, d, rounds))
+        if len(rows) == 4:
+            raise Stop
+        return 1.0, ["-"] * len(mod.FORMATS), []
+
+    monkeypatch.setattr(mod, "_time_row", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["bench_sage3.py", "--rounds", "7", "--seqs", "1024,4096", "--dims", "128,64"])
+    with pytest.raises(Stop):
+        mod.main()
+    assert rows == [(1024, 128, 7), (4096, 128, 7), (1024, 64, 7), (4096, 64, 7)]
 
 
 def test_ws_probe_is_opt_in() -> None:
