@@ -6,8 +6,10 @@ Timing: B=1, H=24, D=128 and 64 (``--dims``), bf16, non-causal, S = 1k, 4k, 16k;
 quantization pre-pass, attention kernel. SDPA is ``torch.nn.functional.scaled_dot_product_attention``
 on the same bf16 tensors (whatever backend PyTorch picks). SDPA and every format are timed in turn
 with ``triton.testing.do_bench``, ``--rounds`` times (default 3); a cell is the median ms and the
-median of the rounds' sage3 / SDPA ratios (min-max): the lent machines drift ~30% between runs, so
-a ratio is taken within a round (before 2026-12-07c SDPA was timed once, before the formats).
+median of the rounds' sage3 / SDPA ratios (to three places: issue 17's bounds are given to two, and
+a median at a bound must say which side it is on; min-max to two): the lent machines drift ~30%
+between runs, so a ratio is taken within a round (before 2026-12-07c SDPA was timed once, before
+the formats).
 
 Where the time goes (fp32 accumulation, per format and S): the eager call, then device time alone
 (each captured in a CUDA graph and the replay timed: before 2026-12-06 the parts were timed eagerly,
@@ -171,11 +173,11 @@ def _time_row(s: int, accs: tuple[str, ...], sage3_attention, d: int = 128,
             ratios = [a / b for a, b in zip(t, times["sdpa"], strict=True)]
             ratio = statistics.median(ratios)
             old = OLD["time_x_sdpa"].get((fmt, s)) if d == 128 else None
-            cells.append(f"{statistics.median(t):.3f} ({ratio:.2f}x, {min(ratios):.2f}-{max(ratios):.2f}"
+            cells.append(f"{statistics.median(t):.3f} ({ratio:.3f}x, {min(ratios):.2f}-{max(ratios):.2f}"
                          + (f"; old {old}x)" if old and acc == "fp32" else ")"))
             bound = (TARGET_NVFP4 if fmt == "nvfp4" else TARGET_OTHER).get(s)
             if acc == "fp32" and d == 128 and bound is not None and ratio > bound:
-                missed.append(f"{fmt} at S={s} D={d}: {ratio:.2f}x SDPA > {bound}x (median of {rounds} rounds)")
+                missed.append(f"{fmt} at S={s} D={d}: {ratio:.3f}x SDPA > {bound}x (median of {rounds} rounds)")
     return t_sdpa, cells, missed
 
 
