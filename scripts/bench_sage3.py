@@ -222,12 +222,12 @@ def _error_line(e: Exception) -> str:
     return text.splitlines()[-1][:120] if text else type(e).__name__
 
 
-def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None) -> dict:
+def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None, **bench_kw) -> dict:
     """``triton.testing.do_bench`` of each of ``calls`` (label -> callable) in turn, ``rounds`` times
     (the lent machines drift between runs: every label's figures spread over the same stretch),
     each call made once first (compiled, autotuned, recorded). With ``errors`` (a dict), a label
     whose call raises is recorded there (its error's last line) and not called again; without, the
-    error propagates."""
+    error propagates. ``bench_kw``: passed to ``do_bench`` (``warmup``, ``rep``)."""
     import triton.testing
 
     times: dict = {label: [] for label in calls}
@@ -237,7 +237,7 @@ def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None) -> dic
                 continue
             try:
                 call()
-                times[label].append(triton.testing.do_bench(call))
+                times[label].append(triton.testing.do_bench(call, **bench_kw))
             except Exception as e:
                 if errors is None:
                     raise

@@ -45,8 +45,9 @@ def _pin(tuned, cfg: tuple[int, int, int] | None, saved: list) -> None:
 
 
 def _probe(s: int, d: int, fmts: list[str], cfgs: list, own: list, saved: list, rounds: int) -> None:
-    """One table: every configuration of ``cfgs`` and SDPA, interleaved, at sequence length ``s``."""
-    import triton.testing
+    """One table: every configuration of ``cfgs`` and SDPA, interleaved (``bench_sage3``'s
+    :func:`_interleaved_ms`), at sequence length ``s``."""
+    from bench_sage3 import _interleaved_ms  # scripts/ is on the path of a script run from it
     from vllm_qdq.sage3.numerics import kernel as K
 
     tuned = K._sage3_fwd_tuned
@@ -59,25 +60,20 @@ def _probe(s: int, d: int, fmts: list[str], cfgs: list, own: list, saved: list, 
         K.sage3_attention(q, k, v, quant_format=fmt)
         bc = tuned.best_config
         picked[fmt] = (bc.kwargs["BLOCK_M"], bc.num_warps, bc.num_stages)
-    times: dict = {}
-    failed: dict = {}
-    for _ in range(rounds):
-        times.setdefault("sdpa", []).append(triton.testing.do_bench(
-            lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt), warmup=10, rep=50))
-        for cfg in cfgs:
-            _pin(tuned, cfg, saved)
-            for fmt in fmts:
-                if (cfg, fmt) in failed:
-                    continue
+    pinned: list = [None]  # the configuration the autotuner is pinned to now
 
-                def call(fmt=fmt):
-                    return K.sage3_attention(q, k, v, quant_format=fmt)
+    def pinned_call(cfg, fmt):
+        def call():
+            if pinned[0] != cfg:  # pinned once a configuration's turn starts, not on every timed call
+                _pin(tuned, cfg, saved)
+                pinned[0] = cfg
+            return K.sage3_attention(q, k, v, quant_format=fmt)
+        return call
 
-                try:
-                    call()
-                    times.setdefault((cfg, fmt), []).append(triton.testing.do_bench(call, warmup=10, rep=50))
-                except Exception as e:  # out of resources, say: named in the table
-                    failed[(cfg, fmt)] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:80]
+    calls = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)}
+    calls.update({(cfg, fmt): pinned_call(cfg, fmt) for cfg in cfgs for fmt in fmts})
+    failed: dict = {}  # out of resources, say: named in the table
+    times = _interleaved_ms(calls, rounds, failed, warmup=10, rep=50)
     _pin(tuned, None, saved)
     sdpa = statistics.median(times["sdpa"])
     print(f"\n## S={s} D={d}: ms, median of {rounds} interleaved rounds (SDPA {sdpa:.3f} ms, "
