@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .support.scripts import script_module
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TRITON = Path(sys.prefix) / "triton-gpu"
 GPU_TRITON_VERSION = "3.6.0"
@@ -223,13 +225,7 @@ tensor<4x8x2x64xf32, LAYOUT>, tensor<4x8x2x64xf32, LAYOUT> -> tensor<4x8x2x64xf3
 
 
 def _checker():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_triton_compile_layouts", ROOT / "scripts" /
-                                                  "check_triton_compile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("check_triton_compile", "check_triton_compile_layouts")
 
 
 def test_lane_shuffle_layout_check_fails_a_wrong_lane() -> None:
@@ -266,11 +262,7 @@ def test_sass_stats_leave_out_the_nonfinite_redo_block() -> None:
     pattern, ``triton_qdq._tile_amax_bits``'s redo of the finite maximum), and reports that block
     apart (``redo``); other forward branches stay counted, one near that pattern in a logic
     operation too."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("triton_sass_stats_redo", ROOT / "scripts" / "triton_sass_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = script_module("triton_sass_stats", "triton_sass_stats_redo")
     sass = "\n".join([
         "        /*0000*/                   VIMNMX.U32 R0, R2, R3, !PT ;",
         "        /*0008*/                   LOP3.LUT R9, R9, 0x7f800000, RZ, 0xc0, !PT ;",
