@@ -103,12 +103,47 @@ def _probe(s: int, d: int, fmts: list[str], cfgs: list, own: list, saved: list, 
     print("| best | " + " | ".join(best) + " |", flush=True)
 
 
+def _rounds(value: str) -> int:
+    """``--rounds``: a whole number from 1 to 100 (argparse names a bad one)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 100:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of rounds; accepted: 1 to 100")
+    return n
+
+
+def _ints(value: str) -> list[int]:
+    """``--seqs`` / ``--dims``: positive whole numbers, comma-separated."""
+    try:
+        out = [int(x) for x in value.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of positive whole numbers; accepted: e.g. 4096,16384")
+    return out
+
+
+def _formats(value: str) -> list[str]:
+    """``--formats``: sage3 formats, comma-separated (an unknown one named with the accepted ones)."""
+    from vllm_qdq.sage3.numerics.reference import get_sage3_format
+
+    fmts = [f for f in value.split(",") if f]
+    try:
+        for f in fmts or [""]:
+            get_sage3_format(f)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return fmts
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seqs", default="4096,16384")
-    ap.add_argument("--dims", default="128")
-    ap.add_argument("--rounds", type=int, default=3, choices=range(1, 101), metavar="1..100")
-    ap.add_argument("--formats", default="mxfp4,nvfp4,mxfp8_s1,mxfp4_s1")
+    ap.add_argument("--seqs", default="4096,16384", type=_ints)
+    ap.add_argument("--dims", default="128", type=_ints)
+    ap.add_argument("--rounds", type=_rounds, default=3)
+    ap.add_argument("--formats", default="mxfp4,nvfp4,mxfp8_s1,mxfp4_s1", type=_formats)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("probe_sage3_configs: needs a CUDA GPU", file=sys.stderr)
@@ -121,10 +156,9 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     print(f"configurations (BLOCK_M/warps/stages): autotuned {', '.join(map(_label, own))}; "
           f"candidates {', '.join(_label(c) for c in cfgs if c not in own)}")
-    fmts = [f for f in args.formats.split(",") if f]
-    for d in (int(x) for x in args.dims.split(",")):
-        for s in (int(x) for x in args.seqs.split(",")):
-            _probe(s, d, fmts, cfgs, own, saved, args.rounds)
+    for d in args.dims:
+        for s in args.seqs:
+            _probe(s, d, args.formats, cfgs, own, saved, args.rounds)
             torch.cuda.empty_cache()
     return 0
 

@@ -64,10 +64,10 @@ def test_time_row_judges_the_median_of_within_round_ratios(monkeypatch) -> None:
     assert missed64 == []
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    """The bench as a user runs it, with no GPU visible (the same answer on a GPU host)."""
+def _run(*argv: str, script: str = "bench_sage3.py") -> subprocess.CompletedProcess:
+    """The bench (or ``script``) as a user runs it, with no GPU visible (the same answer on a GPU host)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "bench_sage3.py"), *argv], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -133,3 +133,21 @@ def test_ws_probe_is_opt_in() -> None:
         with pytest.raises(Stop):
             mod.main()
     assert seen["ns"].ws_probe is False and seen["ns"].rounds == 3
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--rounds", "0"], "'0' is not a number of rounds; accepted: 1 to 100"),
+    (["--rounds", "101"], "'101' is not a number of rounds; accepted: 1 to 100"),
+    (["--formats", "mxfp4,fp4"], "unknown sage3 format 'fp4'; accepted: "),
+    (["--formats", ""], "unknown sage3 format ''; accepted: "),
+    (["--seqs", "4k"], "'4k' is not a list of positive whole numbers"),
+    (["--dims", "0"], "'0' is not a list of positive whole numbers"),
+])
+def test_probe_sage3_configs_names_a_bad_argument(argv, said) -> None:
+    """``scripts/probe_sage3_configs.py`` refuses a bad argument before it looks for a GPU, naming
+    the value and what it accepts, as the last line; good ones reach the GPU check."""
+    r = _run(*argv, script="probe_sage3_configs.py")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and said in last, (r.returncode, last)
+    ok = _run("--rounds", "2", "--formats", "nvfp4", "--seqs", "1024", "--dims", "64", script="probe_sage3_configs.py")
+    assert ok.returncode == 2 and "needs a CUDA GPU" in ok.stderr, ok.stderr
