@@ -23,7 +23,9 @@ with the eager fast path (replayed launches, the default), "host full" without i
 
 Kernel switches (``--switches``, :data:`SWITCHES`) timed off and on, interleaved: by default
 ``kernel.P_MAX_EXP2`` (P's block maxima from the logits'); ``FUSE_Q`` (Q quantized in the attention
-kernel; off since the H200 of 2026-12-06 timed it slower at every size). A probe of Triton's
+kernel; off since the H200 of 2026-12-06 timed it slower at every size); ``P_SCALE_PAIRS`` (NVFP4's P
+block scales by one conversion for two codes and one read a pair, nvfp4 rows only). ``--rounds``
+rounds each. A probe of Triton's
 Hopper warp specialization (only with ``--ws-probe``: on the H100 of 2026-12-07c Triton 3.6's
 warp-specialized loop hung at S=4096 and the child process was cut at 300 s; in a child process): a plain attention
 loop, and one with sage3-like per-block work on P, with 8 warps, 4 warps, and 4 warps
@@ -42,7 +44,7 @@ better"; the previous plugin's figures are printed beside, not judged) (``--no-c
 D=64 is reported, not checked.
 
     python scripts/bench_sage3.py [--all-acc] [--no-check] [--seqs 1024,4096,16384] [--dims 128,64]
-        [--switches P_MAX_EXP2,FUSE_Q] [--rounds 3] [--ws-probe]
+        [--switches P_MAX_EXP2,FUSE_Q,P_SCALE_PAIRS] [--rounds 3] [--ws-probe]
 """
 
 from __future__ import annotations
@@ -207,12 +209,15 @@ def _ex2_monotonic() -> int:
 
 
 #: Kernel switches (``vllm_qdq.sage3.numerics.kernel`` module constants) the bench can time off and
-#: on, interleaved: the table's title and the two columns' heads
+#: on, interleaved: the table's title, the two columns' heads and the formats the switch acts on
 SWITCHES = {
     "P_MAX_EXP2": ("each P block's maximum from its logits' maximum (P_MAX_EXP2) against reduced from P",
-                   "P reduced", "from the logits"),
+                   "P reduced", "from the logits", FORMATS),
     "FUSE_Q": ("Q quantized in the attention kernel (FUSE_Q) against Q through the pre-pass",
-               "Q in the pre-pass", "Q in the attention kernel"),
+               "Q in the pre-pass", "Q in the attention kernel", FORMATS),
+    "P_SCALE_PAIRS": ("NVFP4's P block scales: two codes a conversion and each code's (quotient, scale) pair in one "
+                      "read (P_SCALE_PAIRS) against the quotient read alone and the scale converted back",
+                      "quotient read", "pairs read", ("nvfp4",)),
 }
 
 
@@ -246,9 +251,9 @@ def _interleaved_ms(calls: dict, rounds: int, errors: dict | None = None, **benc
 
 
 def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
-    """One table row per (S, format), D=128, fp32 accumulation: the call's time with the kernel
-    switch ``switch`` off and on, interleaved (off, on, off, on, ...; the lent machines drift
-    between runs), median (min-max) of ``rounds`` each, and on / off."""
+    """One table row per (S, format the switch acts on: :data:`SWITCHES`), D=128, fp32 accumulation:
+    the call's time with the kernel switch ``switch`` off and on, interleaved (off, on, off, on, ...;
+    the lent machines drift between runs), median (min-max) of ``rounds`` each, and on / off."""
     import statistics
 
     from vllm_qdq.sage3.numerics import kernel as K
@@ -258,7 +263,7 @@ def _switch_rows(switch: str, seqs: list[int], rounds: int = 3) -> list[str]:
     try:
         for s in seqs:
             q, k, v = _inputs(s)
-            for fmt in FORMATS:
+            for fmt in SWITCHES[switch][3]:
                 def call(on, fmt=fmt, q=q, k=k, v=v):
                     setattr(K, switch, on)
                     return K.sage3_attention(q, k, v, quant_format=fmt)
@@ -383,7 +388,7 @@ def main() -> int:
     ap.add_argument("--no-ws-probe", dest="ws_probe", action="store_false",
                     help="leave the warp-specialization probe out (the default)")
     ap.add_argument("--rounds", type=_positive_int, default=3,
-                    help="interleaved rounds of the main time table (median of the rounds; default 3)")
+                    help="interleaved rounds of the main time table and of each switch's (median of the rounds; default 3)")
     ap.add_argument("--ws-probe-only", action="store_true", help=argparse.SUPPRESS)  # the probe's child process
     ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,
                     help=f"kernel switches timed off and on, interleaved (comma-separated, '' for none; accepted: "
@@ -439,12 +444,12 @@ def main() -> int:
     for switch in args.switches.split(",") if args.switches else []:
         if not hasattr(sage3_kernel, switch):  # (an older tree)
             continue
-        title, off_head, on_head = SWITCHES[switch]
-        print(f"\n## {title} (default {getattr(sage3_kernel, switch)}): ms, median (min-max) of 3 interleaved "
-              "rounds, D=128, fp32 accumulation")
+        title, off_head, on_head, _ = SWITCHES[switch]
+        print(f"\n## {title} (default {getattr(sage3_kernel, switch)}): ms, median (min-max) of {args.rounds} "
+              "interleaved rounds, D=128, fp32 accumulation")
         print(f"| S | format | {off_head} | {on_head} | on / off |")
         print("|---|---|---|---|---|")
-        print("\n".join(_switch_rows(switch, seqs)))
+        print("\n".join(_switch_rows(switch, seqs, args.rounds)))
 
     if args.ws_probe:  # in a child process: a fault there cannot take this run's CUDA context with it
         import subprocess

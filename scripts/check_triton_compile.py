@@ -501,12 +501,12 @@ def main() -> int:
     from vllm_qdq.sage3.numerics import kernel as sage3_kernel
 
     capture(sage3_kernel, SAGE3_KERNELS, target)
-    saved = sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2
+    saved = sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2, sage3_kernel.P_SCALE_PAIRS
     # Q through the pre-pass and quantized in the attention kernel (FUSE_Q); P's block maxima from
-    # the logits' and reduced from P (P_MAX_EXP2)
-    for fuse, pmax in ((False, True), (True, True), (False, False)):
-        sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2 = fuse, pmax
-        for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1"):
+    # the logits' and reduced from P (P_MAX_EXP2); NVFP4's P scales read in pairs or not (P_SCALE_PAIRS)
+    for fuse, pmax, pairs in ((False, True, True), (True, True, True), (False, False, True), (False, True, False)):
+        sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2, sage3_kernel.P_SCALE_PAIRS = fuse, pmax, pairs
+        for fmt in ("mxfp4", "nvfp4", "mxfp8_s1", "mxfp4_s1") if pairs else ("nvfp4",):
             for acc in ("fp32", "bf16_both_dot", "bf16_pv_only"):
                 for d, bm, causal, dtype in ((128, 128, False, torch.bfloat16), (64, 64, True, torch.float16),
                                              (128, 64, False, torch.float32)):
@@ -517,9 +517,10 @@ def main() -> int:
                                                      block_m=bm)
                     except Exception as e:
                         failures += 1
-                        print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm} FUSE_Q={fuse} P_MAX_EXP2={pmax}: "
+                        print(f"FAIL sage3 {fmt} {acc} D={d} BLOCK_M={bm} FUSE_Q={fuse} P_MAX_EXP2={pmax} "
+                              f"P_SCALE_PAIRS={pairs}: "
                               f"{str(e).strip().splitlines()[-1][:300]}")
-    sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2 = saved
+    sage3_kernel.FUSE_Q, sage3_kernel.P_MAX_EXP2, sage3_kernel.P_SCALE_PAIRS = saved
     return _summary(args.arch, failures)
 
 

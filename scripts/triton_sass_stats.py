@@ -187,11 +187,15 @@ def main() -> int:
                     "(vllm_qdq.sage3.numerics.kernel.FUSE_Q on; default: the module's value, off)")
     ap.add_argument("--p-max-reduced", action="store_true", help="with --sage3: each P block's maximum reduced "
                     "from P (vllm_qdq.sage3.numerics.kernel.P_MAX_EXP2 off; default: the module's value, on)")
+    ap.add_argument("--p-scales-single", action="store_true", help="with --sage3: NVFP4's P block scales by the "
+                    "quotient read alone and the scale converted back (vllm_qdq.sage3.numerics.kernel.P_SCALE_PAIRS "
+                    "off; default: the module's value, on)")
     ap.add_argument("--hot", action="store_true", help="the float64 recipes' fp32 path alone: the float64 redo of "
                     "tiles outside its range compiled out (static instructions count the cold path too)")
     args = ap.parse_args()
-    if (args.fuse_q or args.p_max_reduced) and not args.sage3:
-        ap.error("--fuse-q and --p-max-reduced apply to the sage3 kernel only; accepted with --sage3 FORMATS")
+    if (args.fuse_q or args.p_max_reduced or args.p_scales_single) and not args.sage3:
+        ap.error("--fuse-q, --p-max-reduced and --p-scales-single apply to the sage3 kernel only; accepted with "
+                 "--sage3 FORMATS")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.sage3:
         import triton
@@ -202,6 +206,8 @@ def main() -> int:
             sk.FUSE_Q = True
         if args.p_max_reduced:
             sk.P_MAX_EXP2 = False
+        if args.p_scales_single:
+            sk.P_SCALE_PAIRS = False
         sage3_stats(args.sage3.split(","), GPUTarget("cuda", args.arch, 32),
                     Path(triton.__file__).parent / "backends" / "nvidia" / "bin", args.dump)
         return 0

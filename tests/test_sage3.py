@@ -320,7 +320,7 @@ amax = torch.exp2(torch.linspace(-21.0, 0.0, 256))
 p16 = (torch.rand(256, 16) * amax[:, None]).float()
 p16[:, 5] = amax
 p_nv = p16.reshape(64, 64)
-tab = K._nvfp4_p_inv_table(p.device)
+tab = K._nvfp4_p_scale_table(p.device)
 out = {}
 for fmt_name in ("mxfp4", "mxfp4_s1", "mxfp8_s1", "nvfp4"):
     fmt = get_sage3_format(fmt_name)
@@ -338,11 +338,18 @@ for fmt_name in ("mxfp4", "mxfp4_s1", "mxfp8_s1", "nvfp4"):
 s = torch.clamp(2688.0 * (amax * (1 / 6)), max=448.0).to(torch.float8_e4m3fn).view(torch.uint8)
 out["codes"] = [int(s.unique().numel()), int(s.min()), int(s.max())]
 # the table itself against the NVFP4 reference's operations (inv = 1 / (s8 * (1 / gs)), fp32, gs =
-# 2688 for P's global amax of 1; 0 for s8 = 0): a value off by an ulp rarely moves a rounded P
+# 2688 for P's global amax of 1; 0 for s8 = 0; a value off by an ulp rarely moves a rounded P) and s8
 s8 = torch.arange(127, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
 one = torch.tensor(1.0, dtype=torch.float32)
 want = torch.where(s8 != 0, one / (s8 * (one / torch.tensor(2688.0, dtype=torch.float32))), 0.0)
-out["table"] = int((tab[:127].view(torch.int32) != want.view(torch.int32)).sum())
+pairs = tab.view(256, 2)
+out["table"] = int((pairs[:127, 0].view(torch.int32) != want.view(torch.int32)).sum())
+# beside each quotient its E4M3 scale (the kernel reads the pair in one load); the NaN codes two NaNs,
+# the negative codes (read only for a negative NaN) their negated pairs
+out["table"] += int((pairs[:127, 1].view(torch.int32) != s8.view(torch.int32)).sum())
+out["table"] += int(not bool(pairs[[127, 255]].isnan().all()))
+out["table"] += int(not torch.equal(pairs[128:255, 1], -pairs[:127, 1]))
+out["table"] += int(not torch.equal(pairs[129:255, 0], -pairs[1:127, 0]))
 print("JSON" + json.dumps(out))
 """
 

@@ -76,10 +76,10 @@ for (fn, grid, args, kwargs, _), (_, grid3, got) in zip(launches, log, strict=Tr
                 assert b == new.data_ptr(), (fn.__name__, i)
         if fmt != "nvfp4" and a.untyped_storage().data_ptr() == K._ones2(q.device).untyped_storage().data_ptr():
             assert b == a.data_ptr()  # the held [1, 1]: the same address every call
-        if a is K._P_INV.get(q.device):
+        if a is K._P_TAB.get(q.device):
             assert b == a.data_ptr()  # P's NVFP4 table: the same address every call
 assert len(set(moved.values())) == len(moved), moved  # no two of the first call's tensors land together
-assert any(a is K._P_INV.get(q.device) for a in launches[-1][2]) == (fmt == "nvfp4")
+assert any(a is K._P_TAB.get(q.device) for a in launches[-1][2]) == (fmt == "nvfp4")
 # NVFP4: the attention kernel's 1/gs pointers sit at the recorded offsets into this call's g (the
 # prepass kernel's g argument); with FUSE_Q, Q's is its amax word (the kernel computes 1/gs)
 if fmt == "nvfp4":

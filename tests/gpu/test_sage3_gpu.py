@@ -276,6 +276,35 @@ def test_p_max_exp2_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         assert [replayed for replayed, _ in calls] == [True], (fmt, acc, s, causal, calls)
 
 
+@pytest.mark.parametrize("acc", ["fp32", "bf16_both_dot"])
+def test_p_scale_pairs_bit_for_bit(acc: str, monkeypatch) -> None:
+    """NVFP4's P block scales read in pairs (``kernel.P_SCALE_PAIRS``) or the quotient alone with the
+    scale converted back: the same bits through the whole attention kernel, causal and not, GQA, a
+    ragged last tile, blocks' maxima far below their rows' (keys scaled per channel); and the switch
+    is part of the fast path's key."""
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    calls = _count_replays(monkeypatch)
+    for s, causal in ((1000, False), (777, True)):
+        monkeypatch.setattr(K, "_FAST", {})
+        monkeypatch.setattr(K, "_REFUSED", set())
+        calls.clear()
+        q, k, v = _inputs(1, s, 8, 2, 128, seed=9)
+        k = k * torch.logspace(-2, 2, 128, device="cuda", dtype=k.dtype)
+
+        def run(on, q=q, k=k, v=v, causal=causal):
+            monkeypatch.setattr(K, "P_SCALE_PAIRS", on)
+            return sage3_attention(q, k, v, quant_format="nvfp4", acc_dtype=acc, causal=causal,
+                                   block_m=128).view(torch.int16)
+
+        on, off = run(True), run(False)
+        on_again = run(True)  # replayed: the same key as the first call
+        torch.cuda.synchronize()
+        assert torch.equal(on, off), (acc, s, causal)
+        assert torch.equal(on, on_again)
+        assert [replayed for replayed, _ in calls] == [True], (acc, s, causal, calls)
+
+
 @pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
 def test_captured_in_a_cuda_graph(fmt: str) -> None:
     """A call captured in a CUDA graph (as ``scripts/bench_sage3.py`` times the device alone, and as
@@ -314,21 +343,24 @@ def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
     assert not K._FAST and torch.equal(a, b)
 
 
-def test_nvfp4_p_quantizer_every_scale_code() -> None:
+@pytest.mark.parametrize("pairs", [True, False])
+def test_nvfp4_p_quantizer_every_scale_code(pairs: bool) -> None:
     """NVFP4's P quantizer on the GPU (the block scale's E4M3 code from the hardware conversion,
     the quotient read from the table by inline PTX: ``kernel._nvfp4_p_raw``) gives
     :func:`quantize_p_reference`'s bits on blocks whose maxima run over 2**-21 .. 1: every E4M3 scale
-    code from 0 up, the subnormal ones included."""
+    code from 0 up, the subnormal ones included. ``pairs``: two codes a conversion and each code's
+    (quotient, scale) pair in one read (``kernel.P_SCALE_PAIRS``, the default), or the quotient read
+    alone and the scale converted back."""
     import triton
     import triton.language as tl
     from vllm_qdq.sage3.numerics import kernel as K
     from vllm_qdq.sage3.numerics.reference import get_sage3_format, quantize_p_reference
 
     @triton.jit
-    def quant(p_ptr, o_ptr, tab_ptr, M: tl.constexpr, N: tl.constexpr):
+    def quant(p_ptr, o_ptr, tab_ptr, M: tl.constexpr, N: tl.constexpr, PAIRS: tl.constexpr):
         offs = tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :]
         p3 = tl.reshape(tl.load(p_ptr + offs), (M, N // 16, 16))
-        tl.store(o_ptr + offs, tl.reshape(K._nvfp4_p_raw(p3, tab_ptr), (M, N)))
+        tl.store(o_ptr + offs, tl.reshape(K._nvfp4_p_raw(p3, tab_ptr, PAIRS), (M, N)))
 
     g = torch.Generator().manual_seed(5)
     amax = torch.exp2(torch.linspace(-21.0, 0.0, 1024))
@@ -336,7 +368,8 @@ def test_nvfp4_p_quantizer_every_scale_code() -> None:
     p16[:, 7] = amax
     p = p16.reshape(256, 64).float()
     o = torch.empty_like(p, device="cuda")
-    quant[(1,)](p.cuda(), o, K._nvfp4_p_inv_table(o.device), M=256, N=64, num_warps=8, enable_fp_fusion=False)
+    quant[(1,)](p.cuda(), o, K._nvfp4_p_scale_table(o.device), M=256, N=64, PAIRS=pairs, num_warps=8,
+                enable_fp_fusion=False)
     ref = quantize_p_reference(p, get_sage3_format("nvfp4"), "floor").float()
     torch.cuda.synchronize()
     differ = o.cpu().view(torch.int32) != ref.view(torch.int32)

@@ -175,49 +175,97 @@ def _table_f32(ptrs):
 
 
 @triton.jit
-def _nvfp4_p_raw(p3, inv_ptr):
+def _nvfp4_p_raw(p3, tab_ptr, PAIRS: tl.constexpr = True):
     """:func:`_nvfp4_raw` of P (values ``>= +0``, blocks of 16 along axis 2, ``gs = 2688``): the same
-    numbers, with each block's ``div_rn(1, s8 * fp32(1/gs))`` read from ``inv_ptr`` (the 128 values,
-    one per E4M3 code of ``s8``: :func:`_nvfp4_p_inv_table`) instead of divided (a division a
-    block, 8 a thread in each key tile). The code is the GPU's E4M3 conversion's byte where
-    :func:`~vllm_qdq.numerics.triton_primitives.fp8_cvt_grid` allows it, else from ``s8``'s bits."""
-    return _nvfp4_p_raw_amax(p3, tl.max(p3, axis=2), inv_ptr)
+    numbers, with each block's ``div_rn(1, s8 * fp32(1/gs))`` and ``s8`` read from ``tab_ptr`` (one
+    pair per E4M3 code of ``s8``: :func:`_nvfp4_p_scale_table`) instead of divided (a division a
+    block, 8 a thread in each key tile) and converted back (:func:`_nvfp4_p_scales`)."""
+    return _nvfp4_p_raw_amax(p3, tl.max(p3, axis=2), tab_ptr, PAIRS)
+
+
+#: :func:`_nvfp4_p_scales` on the GPU (compute capability 9.0+), two block scales at a time (``$4``,
+#: ``$5``: fp32, ``>= +0`` or NaN; ``$6``, ``$7``: the table's address): their E4M3 codes by one
+#: hardware conversion (round to nearest even, saturating at 448) into the two bytes of a word, each
+#: byte taken out by a ``prmt``, then each code's ``(inv, s8)`` pair in one 8-byte read (``$0``,
+#: ``$2`` and ``$1``, ``$3``). Per two blocks one conversion, two byte selects, two 64-bit addresses
+#: and two reads, where a conversion, the codes' extraction, the addresses, two 4-byte reads and the
+#: conversion of each ``s8`` back to fp32 (``F2FP`` unpack, ``HADD2.F32``) took more: the loop
+#: 741 -> 713 SASS instructions an iteration (sm_90, D=128, BLOCK_M 128).
+_P_SCALES_PTX = tl.constexpr("""{
+.reg .b16 t16, z16;
+.reg .b32 t32, c0, c1;
+.reg .b64 a0, a1;
+cvt.rn.satfinite.e4m3x2.f32 t16, $5, $4;
+mov.b16 z16, 0;
+mov.b32 t32, {t16, z16};
+prmt.b32 c0, t32, 0, 0x4440;
+prmt.b32 c1, t32, 0, 0x4441;
+mad.wide.u32 a0, c0, 8, $6;
+mad.wide.u32 a1, c1, 8, $7;
+ld.global.nc.v2.f32 {$0, $2}, [a0];
+ld.global.nc.v2.f32 {$1, $3}, [a1];
+}""")
 
 
 @triton.jit
-def _nvfp4_p_raw_amax(p3, amax, inv_ptr):
-    """:func:`_nvfp4_p_raw` with each block's maximum given (``amax``: ``p3`` reduced along axis 2)."""
-    s = tl.minimum(2688.0 * (amax * 0.16666666666666666), 448.0)
-    if fp8_cvt_grid(448.0, -6, 3):
-        s8b = s.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-        s8 = s8b.to(tl.float32)
-        code = s8b.to(tl.uint8, bitcast=True).to(tl.int32)
+def _nvfp4_p_scales(s, tab_ptr, PAIRS: tl.constexpr = True):
+    """``(inv, s8)`` of P's NVFP4 blocks from their unclamped scales ``s = 2688 * (amax * fp32(1/6))``
+    (fp32, ``amax`` a block's largest P in [0, 1]): ``s8 = e4m3(min(s, 448))`` (round to nearest
+    even) and ``inv = div_rn(1, s8 * fp32(1/2688))`` (0 where ``s8 == 0``), both read from the table
+    at ``s8``'s code (:func:`_nvfp4_p_scale_table`). On a GPU with the FP8 conversion
+    (:func:`~vllm_qdq.numerics.triton_primitives.fp8_cvt_grid`) by :data:`_P_SCALES_PTX`, whose
+    saturating conversion is the ``min`` (``s`` exceeds 448 only by rounding: 448.00003 at ``amax =
+    1``); a NaN ``amax`` reads a NaN pair (code 127, or 255 for a negative NaN), as the reference's ``min``
+    keeps a NaN.
+    Elsewhere the code from the rounded ``s8``'s bits and the quotient read by :func:`_table_f32`.
+    ``PAIRS`` False (:data:`P_SCALE_PAIRS`): the form before it, on a GPU too: the E4M3 conversion
+    by Triton's cast, the code from its byte, the quotient alone read by :func:`_table_f32` and
+    ``s8`` converted back from E4M3. The same numbers either way."""
+    if _TABLE_ASM and fp8_cvt_grid(448.0, -6, 3):
+        if PAIRS:
+            inv, s8 = tl.inline_asm_elementwise(_P_SCALES_PTX, "=r,=r,=r,=r,r,r,l,l", [s, tab_ptr.to(tl.int64)],
+                                                dtype=(tl.float32, tl.float32), is_pure=True, pack=2)
+        else:
+            s8b = tl.minimum(s, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
+            s8 = s8b.to(tl.float32)
+            # the pair's first word, addressed as the code's 8-byte entry (the form's own 4-byte table's code)
+            inv = _table_f32(tab_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + s8b.to(tl.uint8, bitcast=True).to(tl.int32))
     else:
-        s8 = round_elem_nonneg_f32(s, 448.0, -6, 3)  # E4M3: emin -6, 3 mantissa bits (0 <= s <= 448 already)
+        s8 = round_elem_nonneg_f32(tl.minimum(s, 448.0), 448.0, -6, 3)  # E4M3: emin -6, 3 mantissa bits
         bits = s8.to(tl.int32, bitcast=True)
         # normal (>= 2**-6): exponent field (fp32's - 120) and 3 mantissa bits; subnormal: m * 2**-9
         code = tl.where(s8 >= 0.015625, (((bits >> 23) - 120) << 3) | ((bits >> 20) & 7), (s8 * 512.0).to(tl.int32))
-    inv = _table_f32(inv_ptr + code)
+        inv = _table_f32(tab_ptr + 2 * code)
+    return inv, s8
+
+
+@triton.jit
+def _nvfp4_p_raw_amax(p3, amax, tab_ptr, PAIRS: tl.constexpr = True):
+    """:func:`_nvfp4_p_raw` with each block's maximum given (``amax``: ``p3`` reduced along axis 2)."""
+    inv, s8 = _nvfp4_p_scales(2688.0 * (amax * 0.16666666666666666), tab_ptr, PAIRS)
     q = round_elem_nonneg_f32(p3 * tl.expand_dims(inv, 2), 6.0, 0, 1)  # E2M1: emin 0, 1 mantissa bit
     return q * tl.expand_dims(s8, 2)
 
 
-_P_INV: dict[torch.device, torch.Tensor] = {}
+_P_TAB: dict[torch.device, torch.Tensor] = {}
 #: fp32(1 / gs) of P's NVFP4 (gs = 2688), as the kernel holds it
 _P_INV_GS = 0.00037202380952380953
 
 
-def _nvfp4_p_inv_table(device: torch.device) -> torch.Tensor:
-    """``[128]`` fp32, cached per device: for each E4M3 code ``c`` of a block scale ``s8``,
-    ``div_rn(1, fp32(s8 * fp32(1/2688)))`` (0 for ``s8 = 0``, and for code 127, NaN, never read): the
-    quotient :func:`_nvfp4_raw` divides for P, computed once in IEEE fp32 (torch's CPU division is
-    correctly rounded). Read only."""
-    t = _P_INV.get(device)
+def _nvfp4_p_scale_table(device: torch.device) -> torch.Tensor:
+    """``[512]`` fp32, cached per device: for each E4M3 code ``c`` (0 to 255) of a block scale ``s8``,
+    the pair at ``2c``, ``2c + 1``: ``div_rn(1, fp32(s8 * fp32(1/2688)))`` (0 for ``s8 = +-0``) and
+    ``s8`` itself; E4M3's NaN codes (127, 255) hold two NaNs. The quotient is the one
+    :func:`_nvfp4_raw` divides for P, computed once in IEEE fp32 (torch's CPU division is correctly
+    rounded). P's scales are ``>= +0``: the codes above 127 (negative) are read only for a NaN of
+    either sign, and are there so that no code reads past the table. Read only; 8-byte aligned (a
+    fresh CUDA allocation), as the pair's one read needs."""
+    t = _P_TAB.get(device)
     if t is None:
-        s8 = torch.arange(128, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
+        s8 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
         prod = s8 * torch.tensor(_P_INV_GS, dtype=torch.float32)
-        inv = torch.where(s8 > 0, torch.tensor(1.0, dtype=torch.float32) / torch.where(s8 > 0, prod, 1.0), 0.0)
-        t = _P_INV[device] = inv.to(device)
+        inv = torch.where(s8 != 0, torch.tensor(1.0, dtype=torch.float32) / torch.where(s8 != 0, prod, 1.0), 0.0)
+        t = _P_TAB[device] = torch.stack([inv, s8], dim=1).reshape(512).to(device)
     return t
 
 
@@ -427,28 +475,29 @@ def _qdq_prepass_kernel(
 
 
 @triton.jit
-def _quant_p(p, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
+def _quant_p(p, p_tab_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLK: tl.constexpr,
              P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
-             EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr):
+             EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
+             P_PAIRS: tl.constexpr = True):
     """Raw quantized P (``[BLOCK_M, BLOCK_N]``, p in [0, 1]) per row block of ``BLK`` keys
-    (``p_inv_ptr``: NVFP4's table of block-scale quotients, :func:`_nvfp4_p_inv_table`)."""
+    (``p_tab_ptr``: NVFP4's table of block-scale quotients and scales, :func:`_nvfp4_p_scale_table`)."""
     p3 = tl.reshape(p, (BLOCK_M, BLOCK_N // BLK, BLK))
     if not P_NVFP4 and P_FACTOR != 1.0:
         p3 = p3 * P_FACTOR  # scaled before the blocks' maxima are taken: P_FACTOR 1.0 below
-    return _quant_p3(p3, tl.max(p3, axis=2), p_inv_ptr, BLOCK_M, BLOCK_N, P_NVFP4, 1.0, EMAX, EMIN, MBITS, MAXN,
-                     RULE)
+    return _quant_p3(p3, tl.max(p3, axis=2), p_tab_ptr, BLOCK_M, BLOCK_N, P_NVFP4, 1.0, EMAX, EMIN, MBITS, MAXN,
+                     RULE, P_PAIRS)
 
 
 @triton.jit
-def _quant_p3(p3, pmax, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_NVFP4: tl.constexpr,
+def _quant_p3(p3, pmax, p_tab_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_NVFP4: tl.constexpr,
               P_FACTOR: tl.constexpr, EMAX: tl.constexpr, EMIN: tl.constexpr, MBITS: tl.constexpr,
-              MAXN: tl.constexpr, RULE: tl.constexpr):
+              MAXN: tl.constexpr, RULE: tl.constexpr, P_PAIRS: tl.constexpr = True):
     """:func:`_quant_p` of P in blocks (``p3``: ``[BLOCK_M, BLOCK_N // BLK, BLK]``) with each block's
     maximum given (``pmax``: ``p3`` reduced along axis 2, as ``tl.max`` gives it); returned
     ``[BLOCK_M, BLOCK_N]``. ``P_FACTOR`` scales the maximum as it scales the values: ``RN(max(p) *
     F)`` is ``max(RN(p * F))`` for ``F > 0`` (rounding is monotonic)."""
     if P_NVFP4:
-        r3 = _nvfp4_p_raw_amax(p3, pmax, p_inv_ptr)  # _nvfp4_raw(p3, 2688, fp32(1/2688), 2, True)
+        r3 = _nvfp4_p_raw_amax(p3, pmax, p_tab_ptr, P_PAIRS)  # _nvfp4_raw(p3, 2688, fp32(1/2688), 2, True)
     else:
         if P_FACTOR != 1.0:
             p3 = p3 * P_FACTOR
@@ -461,12 +510,12 @@ def _quant_p3(p3, pmax, p_inv_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc,
+def _attn_tile(q, k_base, v_base, p_tab_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc,
                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
                EMIN: tl.constexpr, MBITS: tl.constexpr, MAXN: tl.constexpr, RULE: tl.constexpr,
                BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr, MASKED: tl.constexpr,
-               P_MAX_EXP2: tl.constexpr):
+               P_MAX_EXP2: tl.constexpr, P_PAIRS: tl.constexpr):
     """One online-softmax step over the ``BLOCK_N`` keys from ``n0``: ``(m_i, l_i, acc)`` updated.
     ``MASKED``: keys past ``S`` (and, causal, after a row's query) are removed; without it every
     key of the tile must exist and be visible to every row. ``P_MAX_EXP2`` (:data:`P_MAX_EXP2`):
@@ -497,13 +546,14 @@ def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m
         m_new = tl.maximum(m_i, tl.max(smax, 1))
         alpha = tl.exp2(m_i - m_new)
         p3 = tl.exp2(s3 - m_new[:, None, None])
-        praw = _quant_p3(p3, tl.exp2(smax - m_new[:, None]), p_inv_ptr, BLOCK_M, BLOCK_N, P_NVFP4, P_FACTOR, EMAX,
-                         EMIN, MBITS, MAXN, RULE)
+        praw = _quant_p3(p3, tl.exp2(smax - m_new[:, None]), p_tab_ptr, BLOCK_M, BLOCK_N, P_NVFP4, P_FACTOR, EMAX,
+                         EMIN, MBITS, MAXN, RULE, P_PAIRS)
     else:
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        praw = _quant_p(p, p_inv_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE)
+        praw = _quant_p(p, p_tab_ptr, BLOCK_M, BLOCK_N, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
+                        P_PAIRS)
     l_i = l_i * alpha + tl.sum(praw, 1)
     if MASKED:
         v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
@@ -530,7 +580,7 @@ def _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m
 
 @triton.jit
 def _sage3_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr, p_inv_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, c_base, inv_gq_ptr, inv_gk_ptr, inv_gv_ptr, p_tab_ptr,
     S, H, HKV, GROUP, sob, sos, soh, S_KEY, sqb, sqs, sqh,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     BLK: tl.constexpr, P_NVFP4: tl.constexpr, P_FACTOR: tl.constexpr, EMAX: tl.constexpr,
@@ -538,7 +588,7 @@ def _sage3_fwd_kernel(
     BF16_QK: tl.constexpr, BF16_PV: tl.constexpr, OP_BF16: tl.constexpr,
     FUSE_Q: tl.constexpr = False, Q_NVFP4: tl.constexpr = False, QEMAX: tl.constexpr = 0,
     QEMIN: tl.constexpr = 0, QMBITS: tl.constexpr = 0, QMAXN: tl.constexpr = 0.0,
-    P_MAX_EXP2: tl.constexpr = False,
+    P_MAX_EXP2: tl.constexpr = False, P_PAIRS: tl.constexpr = True,
 ):
     """One ``BLOCK_M`` query tile of one (batch, head); raw K/V in ``[B, H, S, D]``.
 
@@ -587,13 +637,13 @@ def _sage3_fwd_kernel(
         hi = S
         full = (S // BLOCK_N) * BLOCK_N
     for n0 in range(0, full, BLOCK_N):
-        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_tab_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
                                    BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
-                                   BF16_QK, BF16_PV, OP_BF16, False, P_MAX_EXP2)
+                                   BF16_QK, BF16_PV, OP_BF16, False, P_MAX_EXP2, P_PAIRS)
     for n0 in range(full, hi, BLOCK_N):
-        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_inv_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
+        m_i, l_i, acc = _attn_tile(q, k_base, v_base, p_tab_ptr, n0, offs_m, offs_n, offs_d, S, c, m_i, l_i, acc, D,
                                    BLOCK_M, BLOCK_N, CAUSAL, BLK, P_NVFP4, P_FACTOR, EMAX, EMIN, MBITS, MAXN, RULE,
-                                   BF16_QK, BF16_PV, OP_BF16, True, P_MAX_EXP2)
+                                   BF16_QK, BF16_PV, OP_BF16, True, P_MAX_EXP2, P_PAIRS)
     inv_gv = tl.load(inv_gv_ptr)
     o = acc / l_i[:, None] * inv_gv
     dst = o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None].to(tl.int64) * sos + offs_d[None, :]
@@ -610,7 +660,7 @@ _FWD_CONFIGS = [
 
 _sage3_fwd_tuned = triton.autotune(
     configs=_FWD_CONFIGS,
-    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE", "FUSE_Q", "P_MAX_EXP2"],
+    key=["S_KEY", "H", "D", "CAUSAL", "P_NVFP4", "BF16_QK", "BF16_PV", "RULE", "FUSE_Q", "P_MAX_EXP2", "P_PAIRS"],
 )(_sage3_fwd_kernel)
 
 
@@ -638,6 +688,15 @@ FUSE_Q = False
 #: lease of 2026-12-06b cut the kernel tests at 99%, none failed). Timed there, on / off: 0.89-0.98
 #: at 4k and 16k (mxfp4 0.888 at 16k), 0.96-1.08 at 1k (``results/lease-2026-12-06b``).
 P_MAX_EXP2 = True
+
+#: NVFP4's P block scales by :data:`_P_SCALES_PTX` (issue 17): two blocks' E4M3 codes by one
+#: conversion, each code's quotient and ``s8`` by one 8-byte read of :func:`_nvfp4_p_scale_table`,
+#: no ``min`` (the conversion saturates) and no conversion of ``s8`` back: the loop 741 -> 713 SASS
+#: instructions an iteration (sm_90, D=128). Off: the quotient alone read and ``s8`` converted
+#: back, as before. The same numbers (``tests/gpu/test_sage3_gpu.py::
+#: test_nvfp4_p_quantizer_every_scale_code`` runs both; the interpreter takes neither: its FP8
+#: casts are not the hardware's). Not yet timed: ``scripts/bench_sage3.py --switches P_SCALE_PAIRS``.
+P_SCALE_PAIRS = True
 
 
 def _elem_consts(spec) -> dict:
@@ -801,6 +860,7 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=kr.dtype == torch.bfloat16, P_MAX_EXP2=bool(P_MAX_EXP2),
+        P_PAIRS=bool(P_SCALE_PAIRS),
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
     if fuse_q:  # Q quantized in the attention kernel (its element constants; blocks of fmt.block)
@@ -808,7 +868,7 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         consts.update(FUSE_Q=True, Q_NVFP4=fmt.qkv.family is Family.NVFP4, QEMAX=q_elem.emax, QEMIN=q_elem.emin,
                       QMBITS=q_elem.mbits, QMAXN=float(q_elem.max_normal))
     # P's NVFP4 table (read only by an NVFP4 P; other formats pass a pointer the kernel never reads)
-    p_tab = _nvfp4_p_inv_table(q.device) if fmt.p.family is Family.NVFP4 else gv[1:2]
+    p_tab = _nvfp4_p_scale_table(q.device) if fmt.p.family is Family.NVFP4 else gv[1:2]
     args = (q if fuse_q else qr, kr, vr, out, base, gq[0:1] if fuse_q else gq[1:2], gk[1:2], gv[1:2], p_tab,
             s, hq, hkv, hq // hkv, out.stride(0), out.stride(1), out.stride(2), triton.next_power_of_2(s),
             *q.stride()[:3])
@@ -867,7 +927,7 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
             or type(causal) is not bool or not (sm_scale is None or type(sm_scale) is float)
             or not (block_m is None or type(block_m) is int)):
         return None
-    return (FUSE_Q, P_MAX_EXP2, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
+    return (FUSE_Q, P_MAX_EXP2, P_SCALE_PAIRS, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
             q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
             v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
             v.data_ptr() & _ALIGN)
@@ -907,8 +967,8 @@ class _Replay:
         # launched on, and loaded the kernels for
         self.device = torch._C._cuda_getDevice() if q.is_cuda else -1
         held = [_ones2(q.device)] if g is None else []
-        if any(t is _P_INV.get(q.device) for r in rec if r[0] != "buffers" for t in r[2]):
-            held.append(_P_INV[q.device])
+        if any(t is _P_TAB.get(q.device) for r in rec if r[0] != "buffers" for t in r[2]):
+            held.append(_P_TAB[q.device])
         self.held = tuple(held)  # the constants the launches read by address: alive while this is
         self.nv = g is not None
         self.outs = [None if o is None else (tuple(o.shape), o.dtype) for o in outs]
