@@ -244,13 +244,11 @@ def test_fused_q_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         assert not torch.equal(fused, fused_replayed)
 
 
-@pytest.mark.parametrize("acc", ["fp32", "bf16_both_dot"])
-@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
-def test_p_max_exp2_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
-    """Each P block's maximum from its logits' maximum (``kernel.P_MAX_EXP2``) or reduced from P:
-    the same bits, causal and not, GQA, a ragged last tile, logits over many binades (keys scaled
-    per channel, so that blocks' maxima sit far below their rows'); and the switch is part of the
-    fast path's key (a call with it flipped is not a replay of the other). One ``BLOCK_M`` (128):
+def _switch_bit_for_bit(monkeypatch, switch: str, fmt: str, acc: str, seed: int) -> None:
+    """The attention call with the kernel switch ``switch`` on, off, and on again: the same bits,
+    causal and not, GQA, a ragged last tile, logits over many binades (keys scaled per channel, so
+    that blocks' maxima sit far below their rows'); and the switch is part of the fast path's key (a
+    call with it flipped is not a replay of the other; the third call is). One ``BLOCK_M`` (128):
     rows are independent, so the tile height moves no bits, and the autotuner's five configurations
     a key would compile each kernel five times (the kernels step's time)."""
     from vllm_qdq.sage3.numerics import kernel as K
@@ -260,49 +258,35 @@ def test_p_max_exp2_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
         monkeypatch.setattr(K, "_FAST", {})
         monkeypatch.setattr(K, "_REFUSED", set())
         calls.clear()
-        q, k, v = _inputs(1, s, 8, 2, 128, seed=7)
+        q, k, v = _inputs(1, s, 8, 2, 128, seed=seed)
         k = k * torch.logspace(-2, 2, 128, device="cuda", dtype=k.dtype)
 
         def run(on, q=q, k=k, v=v, causal=causal):
-            monkeypatch.setattr(K, "P_MAX_EXP2", on)
+            monkeypatch.setattr(K, switch, on)
             return sage3_attention(q, k, v, quant_format=fmt, acc_dtype=acc, causal=causal,
                                    block_m=128).view(torch.int16)
 
         on, off = run(True), run(False)
         on_again = run(True)  # replayed: the same key as the first call
         torch.cuda.synchronize()
-        assert torch.equal(on, off), (fmt, acc, s, causal)
+        assert torch.equal(on, off), (switch, fmt, acc, s, causal)
         assert torch.equal(on, on_again)
-        assert [replayed for replayed, _ in calls] == [True], (fmt, acc, s, causal, calls)
+        assert [replayed for replayed, _ in calls] == [True], (switch, fmt, acc, s, causal, calls)
+
+
+@pytest.mark.parametrize("acc", ["fp32", "bf16_both_dot"])
+@pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
+def test_p_max_exp2_bit_for_bit(fmt: str, acc: str, monkeypatch) -> None:
+    """Each P block's maximum from its logits' maximum (``kernel.P_MAX_EXP2``) or reduced from P:
+    the same bits (:func:`_switch_bit_for_bit`)."""
+    _switch_bit_for_bit(monkeypatch, "P_MAX_EXP2", fmt, acc, seed=7)
 
 
 @pytest.mark.parametrize("acc", ["fp32", "bf16_both_dot"])
 def test_p_scale_pairs_bit_for_bit(acc: str, monkeypatch) -> None:
     """NVFP4's P block scales read in pairs (``kernel.P_SCALE_PAIRS``) or the quotient alone with the
-    scale converted back: the same bits through the whole attention kernel, causal and not, GQA, a
-    ragged last tile, blocks' maxima far below their rows' (keys scaled per channel); and the switch
-    is part of the fast path's key."""
-    from vllm_qdq.sage3.numerics import kernel as K
-
-    calls = _count_replays(monkeypatch)
-    for s, causal in ((1000, False), (777, True)):
-        monkeypatch.setattr(K, "_FAST", {})
-        monkeypatch.setattr(K, "_REFUSED", set())
-        calls.clear()
-        q, k, v = _inputs(1, s, 8, 2, 128, seed=9)
-        k = k * torch.logspace(-2, 2, 128, device="cuda", dtype=k.dtype)
-
-        def run(on, q=q, k=k, v=v, causal=causal):
-            monkeypatch.setattr(K, "P_SCALE_PAIRS", on)
-            return sage3_attention(q, k, v, quant_format="nvfp4", acc_dtype=acc, causal=causal,
-                                   block_m=128).view(torch.int16)
-
-        on, off = run(True), run(False)
-        on_again = run(True)  # replayed: the same key as the first call
-        torch.cuda.synchronize()
-        assert torch.equal(on, off), (acc, s, causal)
-        assert torch.equal(on, on_again)
-        assert [replayed for replayed, _ in calls] == [True], (acc, s, causal, calls)
+    scale converted back: the same bits through the whole attention kernel (:func:`_switch_bit_for_bit`)."""
+    _switch_bit_for_bit(monkeypatch, "P_SCALE_PAIRS", "nvfp4", acc, seed=9)
 
 
 @pytest.mark.parametrize("fmt", list(SAGE3_FORMATS))
