@@ -388,7 +388,8 @@ def main() -> int:
     ap.add_argument("--no-ws-probe", dest="ws_probe", action="store_false",
                     help="leave the warp-specialization probe out (the default)")
     ap.add_argument("--rounds", type=_positive_int, default=3,
-                    help="interleaved rounds of the main time table and of each switch's (median of the rounds; default 3)")
+                    help="interleaved rounds of the main time table and of each switch's (median of the rounds; "
+                         "default 3)")
     ap.add_argument("--ws-probe-only", action="store_true", help=argparse.SUPPRESS)  # the probe's child process
     ap.add_argument("--switches", default="P_MAX_EXP2", type=_switch_list,
                     help=f"kernel switches timed off and on, interleaved (comma-separated, '' for none; accepted: "

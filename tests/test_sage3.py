@@ -315,7 +315,7 @@ p[5] = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.3125, 0.4375] * 8)
 p[6] = torch.tensor([1.0, 7 / 12, 5 / 12, 1 / 24, 3 / 24, 5 / 24, 0.99, 0.251] * 8)
 p[7, ::2] = 1.0
 # NVFP4: blocks of 16 whose maxima run over 2**-21 .. 1 (every E4M3 block scale code, 0 to 126, the
-# kernel's table of quotients read at each), the rest of each block below its max
+# kernel's table of (quotient, scale) pairs read at each), the rest of each block below its max
 amax = torch.exp2(torch.linspace(-21.0, 0.0, 256))
 p16 = (torch.rand(256, 16) * amax[:, None]).float()
 p16[:, 5] = amax
@@ -367,7 +367,7 @@ def test_kernel_p_quantizer_bit_exact_with_reference() -> None:
     bad = {k: v for k, v in res.items() if v[0]}
     assert not bad, bad
     assert codes == [127, 0, 126], codes  # NVFP4's block scales over every E4M3 code
-    assert table == 0, table  # P's NVFP4 table of quotients, value for value
+    assert table == 0, table  # P's NVFP4 table of (quotient, scale) pairs, value for value
 
 
 _OP_SCRIPT = r"""

@@ -177,9 +177,10 @@ def _table_f32(ptrs):
 @triton.jit
 def _nvfp4_p_raw(p3, tab_ptr, PAIRS: tl.constexpr = True):
     """:func:`_nvfp4_raw` of P (values ``>= +0``, blocks of 16 along axis 2, ``gs = 2688``): the same
-    numbers, with each block's ``div_rn(1, s8 * fp32(1/gs))`` and ``s8`` read from ``tab_ptr`` (one
-    pair per E4M3 code of ``s8``: :func:`_nvfp4_p_scale_table`) instead of divided (a division a
-    block, 8 a thread in each key tile) and converted back (:func:`_nvfp4_p_scales`)."""
+    numbers, with each block's ``div_rn(1, s8 * fp32(1/gs))`` read from ``tab_ptr`` (one
+    ``(quotient, s8)`` pair per E4M3 code of ``s8``: :func:`_nvfp4_p_scale_table`) instead of divided
+    (a division a block, 8 a thread in each key tile), and with ``PAIRS`` ``s8`` read beside it
+    instead of converted back (:func:`_nvfp4_p_scales`)."""
     return _nvfp4_p_raw_amax(p3, tl.max(p3, axis=2), tab_ptr, PAIRS)
 
 
@@ -215,21 +216,27 @@ def _nvfp4_p_scales(s, tab_ptr, PAIRS: tl.constexpr = True):
     at ``s8``'s code (:func:`_nvfp4_p_scale_table`). On a GPU with the FP8 conversion
     (:func:`~vllm_qdq.numerics.triton_primitives.fp8_cvt_grid`) by :data:`_P_SCALES_PTX`, whose
     saturating conversion is the ``min`` (``s`` exceeds 448 only by rounding: 448.00003 at ``amax =
-    1``); a NaN ``amax`` reads a NaN pair (code 127, or 255 for a negative NaN), as the reference's ``min``
-    keeps a NaN.
-    Elsewhere the code from the rounded ``s8``'s bits and the quotient read by :func:`_table_f32`.
-    ``PAIRS`` False (:data:`P_SCALE_PAIRS`): the form before it, on a GPU too: the E4M3 conversion
-    by Triton's cast, the code from its byte, the quotient alone read by :func:`_table_f32` and
-    ``s8`` converted back from E4M3. The same numbers either way."""
+    1``). Elsewhere the code from the rounded ``s8``'s bits and the quotient read by
+    :func:`_table_f32`. ``PAIRS`` False (:data:`P_SCALE_PAIRS`): the form before it, on a GPU too: the
+    E4M3 conversion by Triton's cast, the code from its byte, the quotient alone read by
+    :func:`_table_f32` and ``s8`` converted back from E4M3. The same numbers either way for every
+    finite ``amax``; a NaN ``amax`` (a block whose P holds a NaN: its row's output is NaN either way)
+    reads a NaN pair with ``PAIRS`` (code 127, or 255 for a negative NaN), as the reference's
+    ``min`` keeps a NaN, and the other forms' ``tl.minimum`` makes it 448."""
     if _TABLE_ASM and fp8_cvt_grid(448.0, -6, 3):
         if PAIRS:
+            # pack=2: each thread holds an even count of block scales (8 a key tile); an odd count
+            # would hand the PTX an undefined address for its last, unpaired element
             inv, s8 = tl.inline_asm_elementwise(_P_SCALES_PTX, "=r,=r,=r,=r,r,r,l,l", [s, tab_ptr.to(tl.int64)],
                                                 dtype=(tl.float32, tl.float32), is_pure=True, pack=2)
         else:
             s8b = tl.minimum(s, 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
             s8 = s8b.to(tl.float32)
-            # the pair's first word, addressed as the code's 8-byte entry (the form's own 4-byte table's code)
-            inv = _table_f32(tab_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + s8b.to(tl.uint8, bitcast=True).to(tl.int32))
+            # the pair's first word, through a pointer to 8-byte entries: the address arithmetic of
+            # the form before (one LEA pair), so that the A/B baseline is that loop (741 SASS
+            # instructions; ``tab_ptr + 2 * code`` compiled to 753)
+            pairs = tab_ptr.to(tl.pointer_type(tl.int64), bitcast=True)
+            inv = _table_f32(pairs + s8b.to(tl.uint8, bitcast=True).to(tl.int32))
     else:
         s8 = round_elem_nonneg_f32(tl.minimum(s, 448.0), 448.0, -6, 3)  # E4M3: emin -6, 3 mantissa bits
         bits = s8.to(tl.int32, bitcast=True)
@@ -693,7 +700,7 @@ P_MAX_EXP2 = True
 #: conversion, each code's quotient and ``s8`` by one 8-byte read of :func:`_nvfp4_p_scale_table`,
 #: no ``min`` (the conversion saturates) and no conversion of ``s8`` back: the loop 741 -> 713 SASS
 #: instructions an iteration (sm_90, D=128). Off: the quotient alone read and ``s8`` converted
-#: back, as before. The same numbers (``tests/gpu/test_sage3_gpu.py::
+#: back, as before. The same numbers for every finite block maximum (``tests/gpu/test_sage3_gpu.py::
 #: test_nvfp4_p_quantizer_every_scale_code`` and ``test_p_scale_pairs_bit_for_bit`` run both, and
 #: passed on the H100 of 2026-12-07d; the interpreter takes neither: its FP8 casts are not the
 #: hardware's). Timed there (``scripts/bench_sage3.py --switches P_SCALE_PAIRS``, 5 interleaved
@@ -862,7 +869,7 @@ def _sage3_full(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, sca
         RULE=rule_code(scale_rule),
         BF16_QK=acc_dtype == "bf16_both_dot", BF16_PV=acc_dtype in ("bf16_both_dot", "bf16_pv_only"),
         OP_BF16=kr.dtype == torch.bfloat16, P_MAX_EXP2=bool(P_MAX_EXP2),
-        P_PAIRS=bool(P_SCALE_PAIRS),
+        P_PAIRS=bool(P_SCALE_PAIRS) or fmt.p.family is not Family.NVFP4,  # MX: one kernel either way
         enable_fp_fusion=False,  # each product rounded before its sum, as in the reference (module docstring)
     )
     if fuse_q:  # Q quantized in the attention kernel (its element constants; blocks of fmt.block)
@@ -929,8 +936,8 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
             or type(causal) is not bool or not (sm_scale is None or type(sm_scale) is float)
             or not (block_m is None or type(block_m) is int)):
         return None
-    return (FUSE_Q, P_MAX_EXP2, P_SCALE_PAIRS, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule, q.dtype, k.dtype, v.dtype,
-            q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
+    return (FUSE_Q, P_MAX_EXP2, P_SCALE_PAIRS, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule,
+            q.dtype, k.dtype, v.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
             v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
             v.data_ptr() & _ALIGN)
 
