@@ -111,6 +111,32 @@ def test_main_times_each_row_with_the_rounds_asked(monkeypatch) -> None:
     assert rows == [(1024, 128, 7), (4096, 128, 7), (1024, 64, 7), (4096, 64, 7)]
 
 
+def test_switch_rows_time_the_formats_the_switch_acts_on(monkeypatch) -> None:
+    """A switch's table has a row per format it acts on (``P_SCALE_PAIRS``: nvfp4 alone; the others:
+    every format), each timed off and on in the rounds asked, and the switch is restored after."""
+    mod = _bench()
+    from vllm_qdq.sage3.numerics import kernel as K
+
+    seen = []
+
+    def fake_interleaved(calls, rounds, errors=None):
+        seen.append((sorted(calls), rounds))
+        return {False: [2.0, 2.2], True: [1.9, 2.1]}
+
+    monkeypatch.setattr(mod, "_interleaved_ms", fake_interleaved)
+    monkeypatch.setattr(mod, "_inputs", lambda s, h=24, d=128, seed=0: [torch.zeros(1, 2, 1, 4)] * 3)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    before = K.P_SCALE_PAIRS
+    rows = mod._switch_rows("P_SCALE_PAIRS", [4096, 16384], rounds=2)
+    assert K.P_SCALE_PAIRS == before
+    assert [r.split(" | ")[:2] for r in rows] == [["| 4096", "nvfp4"], ["| 16384", "nvfp4"]]
+    assert rows[0] == "| 4096 | nvfp4 | 2.100 (2.000-2.200) | 2.000 (1.900-2.100) | 0.952 |"  # on / off medians
+    assert seen == [([False, True], 2)] * 2
+    seen.clear()
+    assert len(mod._switch_rows("P_MAX_EXP2", [4096], rounds=3)) == len(mod.FORMATS)
+    assert seen == [([False, True], 3)] * len(mod.FORMATS)
+
+
 def test_ws_probe_is_opt_in() -> None:
     """The warp-specialization probe hung on the H100 of 2026-12-07c: a default run leaves it out."""
     mod = _bench()
