@@ -331,8 +331,8 @@ def test_fast_path_refuses_one_tensor_in_two_roles(monkeypatch) -> None:
 def test_nvfp4_p_quantizer_every_scale_code(pairs: bool) -> None:
     """NVFP4's P quantizer on the GPU (the block scale's E4M3 code from the hardware conversion,
     the quotient, with ``pairs`` the scale too, read from the table by inline PTX:
-    ``kernel._nvfp4_p_raw``) gives :func:`quantize_p_reference`'s bits on blocks whose maxima run over 2**-21 .. 1: every E4M3 scale
-    code from 0 up, the subnormal ones included. ``pairs``: two codes a conversion and each code's
+    ``kernel._nvfp4_p_raw``) gives :func:`quantize_p_reference`'s bits on blocks whose maxima run
+    over 2**-21 .. 1: every E4M3 scale code from 0 up, the subnormal ones included. ``pairs``: two codes a conversion and each code's
     (quotient, scale) pair in one read (``kernel.P_SCALE_PAIRS``, the default), or the quotient read
     alone and the scale converted back."""
     import triton

@@ -937,8 +937,8 @@ def _fast_key(q, k, v, quant_format, acc_dtype, causal, sm_scale, block_m, scale
             or not (block_m is None or type(block_m) is int)):
         return None
     return (FUSE_Q, P_MAX_EXP2, P_SCALE_PAIRS, quant_format, acc_dtype, causal, sm_scale, block_m, scale_rule,
-            q.dtype, k.dtype, v.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.get_device(), k.get_device(),
-            v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
+            q.dtype, k.dtype, v.dtype, q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(),
+            q.get_device(), k.get_device(), v.get_device(), torch._C._cuda_getDevice(), q.data_ptr() & _ALIGN, k.data_ptr() & _ALIGN,
             v.data_ptr() & _ALIGN)
 
 
