@@ -489,6 +489,65 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
         triton_qdq._FAST.clear()
 
 
+#: rows x 4096 bf16 and formats of the eager-split table (``--eager-split``, :func:`bench_eager_split`)
+EAGER_SPLIT_ROWS = (1, 16, 256)
+EAGER_SPLIT_FORMATS = ("mxfp4", "nvfp4", "fp8_e4m3_per_tensor")
+
+
+def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096) -> None:
+    """Issue 16's eager target, where an eager call's host time goes: wall microseconds per call
+    (back-to-back calls, the median of :data:`EAGER_ROUNDS` interleaved rounds) of a copy, of
+    ``torch.empty_like(x)`` (the output every call allocates), of ``torch.empty`` of the call's
+    scratch buffer (two-pass recipes), of the fast path's key (:func:`triton_qdq._fast_key`) and
+    lookup, of the recorded launches alone (the call's generated replay with y and the buffer made
+    once: the C launchers and the driver), of the whole call, and of the whole call with
+    ``GRID_SYNC = "eager"`` (two-pass recipes: one launch with a grid barrier). Figures only."""
+    from vllm_qdq.numerics import triton_qdq
+    from vllm_qdq.numerics.formats import FORMATS
+
+    print(f"\neager call split (us per call, rows x {cols} bf16, back-to-back calls, median of {EAGER_ROUNDS} "
+          "interleaved rounds): copy_; empty_like = torch.empty_like(x); buffer = torch.empty of the scratch "
+          "buffer; key = the fast path's key and table lookup; launches = the recorded replay alone (y and "
+          "buffer made once); call = the whole eager call; call sync = the same with GRID_SYNC 'eager'")
+    heads = ("copy_", "empty_like", "buffer", "key", "launches", "call", "call sync")
+    print(f"{'format':22s} {'rows':>5s}" + "".join(f" {h:>10s}" for h in heads))
+    saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
+    try:
+        for fmt in EAGER_SPLIT_FORMATS:
+            spec = FORMATS[fmt]
+            for n in rows:
+                x = torch.randn(n, cols, device="cuda", dtype=torch.bfloat16)
+                y = torch.empty_like(x)
+                triton_qdq._FAST, triton_qdq.GRID_SYNC = {}, False
+                triton_qdq.qdq(x, spec, "floor", -1, None)  # recorded
+                key = triton_qdq._fast_key(x, spec, "floor", -1)
+                hit = triton_qdq._FAST.get(key)
+                if hit is None or not hit.direct:
+                    print(f"{fmt:22s} {n:5d} (no direct replay recorded)")
+                    continue
+                hit(x)  # the replay generated
+                buf = None if hit.buf_align is None else torch.empty(hit.buf_n, dtype=torch.int32, device="cuda")
+                fns = {"copy_": lambda: y.copy_(x),  # noqa: B023
+                       "empty_like": lambda: torch.empty_like(x)}  # noqa: B023
+                if buf is not None:
+                    fns["buffer"] = lambda: torch.empty(hit.buf_n, dtype=torch.int32, device="cuda")  # noqa: B023
+                fns["key"] = lambda: triton_qdq._FAST.get(triton_qdq._fast_key(x, spec, "floor", -1))  # noqa: B023
+                dev = hit.device
+                fns["launches"] = lambda: hit.replay(  # noqa: B023
+                    torch._C._cuda_getCurrentRawStream(dev), x.data_ptr(), y.data_ptr(),  # noqa: B023
+                    0 if buf is None else buf.data_ptr(), 0)  # noqa: B023
+                fns["call"] = _mode_call(triton_qdq, False, x, spec)
+                if buf is not None:
+                    fns["call sync"] = _mode_call(triton_qdq, "eager", x, spec)
+                med = {k: statistics.median(v) for k, v in host_us_interleaved(fns, rounds=EAGER_ROUNDS).items()}
+                triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+                print(f"{fmt:22s} {n:5d}" + "".join(f" {med[h]:10.1f}" if h in med else f" {'-':>10s}" for h in heads),
+                      flush=True)
+    finally:
+        triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+        triton_qdq._FAST.clear()
+
+
 def _graph_takes_barrier(triton_qdq, fn) -> bool:
     """Whether a CUDA graph of one call of ``fn`` with ``GRID_SYNC`` on, captured as the graph
     column's graphs are (:func:`~vllm_qdq.study.gpu_timing.capture`: warmed up and captured on one
@@ -579,6 +638,9 @@ def main() -> int:
                          "triton_qdq.GRID_SYNC, against two, 16-256 rows x 4096, graph and eager; first run on the "
                          "H100 of 2026-12-06g); a barrier that never opened would hang the process: run it as "
                          "`timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table`")
+    ap.add_argument("--eager-split", action="store_true",
+                    help="only the eager-split table (bench_eager_split: where an eager call's host time goes, "
+                         "MX, NVFP4 and FP8 per-tensor at 1-256 rows x 4096)")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="skip the switch sweeps (atomic slots, amax tiles a program, L2 hints, the two-pass "
                          "split, the fp32 form of the float64 recipes)")
@@ -588,7 +650,9 @@ def main() -> int:
         return 2
     alone = {"--l2-table": (args.l2_table, "its calls fixed: L2_CALLS; no target reads it"),
              "--grid-sync-table": (args.grid_sync_table, "its calls fixed: GRID_SYNC_FORMATS at GRID_SYNC_ROWS; "
-                                   "no target fails it; run under timeout")}
+                                   "no target fails it; run under timeout"),
+             "--eager-split": (args.eager_split, "its calls fixed: EAGER_SPLIT_FORMATS at EAGER_SPLIT_ROWS; "
+                               "no target reads it")}
     for table, (on, why) in alone.items():
         if not on:
             continue
@@ -621,6 +685,9 @@ def main() -> int:
         return 0
     if args.grid_sync_table:
         bench_grid_sync()
+        return 0
+    if args.eager_split:
+        bench_eager_split()
         return 0
     if args.options_only:
         bench_options(failures, layouts=not args.no_sweeps)
