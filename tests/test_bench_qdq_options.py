@@ -302,8 +302,8 @@ def test_l2_state_table_times_every_call_in_every_state(tq, monkeypatch, capsys)
 
 def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     """``kernel_us_l2`` names the state it was given and the accepted ones (before touching a GPU);
-    ``--l2-table`` and ``--grid-sync-table`` with any option of the other tables (what they would
-    not honour), or with each other, exit 2 naming it."""
+    ``--l2-table``, ``--grid-sync-table`` and ``--eager-split`` with any option of the other tables
+    (what they would not honour), or with each other, exit 2 naming it."""
     from vllm_qdq.study.gpu_timing import L2_STATES, kernel_us_l2
 
     with pytest.raises(ValueError, match="L2 state 'warm'; accepted: dirty, clean, hot"):
@@ -317,6 +317,9 @@ def test_l2_state_refuses_an_unknown_state_and_the_table_runs_alone() -> None:
     cases += [("--grid-sync-table", extra, "--grid-sync-table", named) for extra, named in others]
     cases += [(a, [b], "--l2-table", "--grid-sync-table") for a, b in (("--l2-table", "--grid-sync-table"),
                                                                        ("--grid-sync-table", "--l2-table"))]
+    cases += [("--eager-split", extra, "--eager-split", named) for extra, named in others]
+    cases += [("--eager-split", ["--l2-table"], "--l2-table", "--eager-split"),
+              ("--eager-split", ["--grid-sync-table"], "--grid-sync-table", "--eager-split")]
     for table, extra, refused, named in cases:
         p = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_qdq_triton.py"), table, *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
