@@ -500,18 +500,20 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
     ``torch.empty_like(x)`` (the output every call allocates), of ``torch.empty`` of the call's
     scratch buffer (two-pass recipes), of the fast path's key (:func:`triton_qdq._fast_key`) and
     lookup, of the recorded launches alone (the call's generated replay with y and the buffer made
-    once: the C launchers and the driver), of the whole call, and of the whole call with
-    ``GRID_SYNC = "eager"`` (two-pass recipes: one launch with a grid barrier). Figures only."""
+    once: the C launchers and the driver), of the whole call, for two-pass recipes of the whole
+    call with its scratch buffer allocated each call (``EAGER_SCRATCH`` off) and with
+    ``GRID_SYNC = "eager"`` (one launch with a grid barrier). Figures only."""
     from vllm_qdq.numerics import triton_qdq
     from vllm_qdq.numerics.formats import FORMATS
 
     print(f"\neager call split (us per call, rows x {cols} bf16, back-to-back calls, median of {EAGER_ROUNDS} "
           "interleaved rounds): copy_; empty_like = torch.empty_like(x); buffer = torch.empty of the scratch "
           "buffer; key = the fast path's key and table lookup; launches = the recorded replay alone (y and "
-          "buffer made once); call = the whole eager call; call sync = the same with GRID_SYNC 'eager'")
-    heads = ("copy_", "empty_like", "buffer", "key", "launches", "call", "call sync")
+          "buffer made once); call = the whole eager call; call fresh = the same with a scratch buffer allocated "
+          "each call (EAGER_SCRATCH off); call sync = the whole call with GRID_SYNC 'eager'")
+    heads = ("copy_", "empty_like", "buffer", "key", "launches", "call", "call fresh", "call sync")
     print(f"{'format':22s} {'rows':>5s}" + "".join(f" {h:>10s}" for h in heads))
-    saved_fast, saved_switch = triton_qdq._FAST, triton_qdq.GRID_SYNC
+    saved_fast, saved_switch, saved_scratch = triton_qdq._FAST, triton_qdq.GRID_SYNC, triton_qdq.EAGER_SCRATCH
     try:
         for fmt in EAGER_SPLIT_FORMATS:
             spec = FORMATS[fmt]
@@ -536,16 +538,28 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
                 fns["launches"] = lambda: hit.replay(  # noqa: B023
                     torch._C._cuda_getCurrentRawStream(dev), x.data_ptr(), y.data_ptr(),  # noqa: B023
                     0 if buf is None else buf.data_ptr(), 0)  # noqa: B023
-                fns["call"] = _mode_call(triton_qdq, False, x, spec)
+                fns["call"] = _scratch_call(triton_qdq, True, _mode_call(triton_qdq, False, x, spec))
                 if buf is not None:
-                    fns["call sync"] = _mode_call(triton_qdq, "eager", x, spec)
+                    fns["call fresh"] = _scratch_call(triton_qdq, False, _mode_call(triton_qdq, False, x, spec))
+                    fns["call sync"] = _scratch_call(triton_qdq, True, _mode_call(triton_qdq, "eager", x, spec))
                 med = {k: statistics.median(v) for k, v in host_us_interleaved(fns, rounds=EAGER_ROUNDS).items()}
                 triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+                triton_qdq.EAGER_SCRATCH = saved_scratch
                 print(f"{fmt:22s} {n:5d}" + "".join(f" {med[h]:10.1f}" if h in med else f" {'-':>10s}" for h in heads),
                       flush=True)
     finally:
         triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+        triton_qdq.EAGER_SCRATCH = saved_scratch
         triton_qdq._FAST.clear()
+
+
+def _scratch_call(triton_qdq, on: bool, call):
+    """``call`` with ``triton_qdq.EAGER_SCRATCH`` set to ``on`` first (one attribute store a call)."""
+    def scratch_call():
+        triton_qdq.EAGER_SCRATCH = on
+        return call()
+
+    return scratch_call
 
 
 def _graph_takes_barrier(triton_qdq, fn) -> bool:

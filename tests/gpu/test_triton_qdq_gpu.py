@@ -377,6 +377,19 @@ def test_grid_sync_one_launch() -> None:
     assert " passed" in out.stdout and " skipped" not in out.stdout.splitlines()[-1], tail
 
 
+@_child_only
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_grid_sync_eager_scratch_back_to_back(fmt: str, monkeypatch) -> None:
+    """The eager replay's kept scratch buffer (``EAGER_SCRATCH``) with ``GRID_SYNC = "eager"`` (one
+    launch, each program's pair in the buffer): back-to-back calls on two streams, each bit for bit
+    (:func:`tests.support.two_pass.back_to_back_on_two_streams`)."""
+    from vllm_qdq.numerics import triton_qdq
+
+    from tests.support import two_pass
+
+    two_pass.back_to_back_on_two_streams(triton_qdq, fmt, "eager", monkeypatch)
+
+
 def _grid_sync_spy(triton_qdq, monkeypatch) -> list[list[tuple[str, bool]]]:
     """Each call that goes through ``_launch``: its launches as (kernel name, ``SYNC``); replays by
     the eager fast path do not come here."""

@@ -295,6 +295,15 @@ def test_two_pass_dependent_launch_in_a_graph(fmt: str, kw: dict, path: str, pdl
             assert_same_bits(after, ref)
 
 
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_e4m3_per_tensor"])
+def test_eager_scratch_back_to_back(fmt: str, monkeypatch) -> None:
+    """The eager replay's kept scratch buffer (``EAGER_SCRATCH``) on the two-launch path: back-to-back
+    calls on two streams, each bit for bit (:func:`tests.support.two_pass.back_to_back_on_two_streams`)."""
+    from vllm_qdq.numerics import triton_qdq
+
+    two_pass.back_to_back_on_two_streams(triton_qdq, fmt, False, monkeypatch)
+
+
 @pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4_e5m3"])
 @pytest.mark.parametrize("rows", [1, 64, 4096])
 def test_given_global_amax_replays(fmt: str, rows: int, monkeypatch) -> None:

@@ -2249,6 +2249,18 @@ _DIRECT_LAYOUT = "iiiKKppOOOOOO"
 #: specializes a pointer on 16-byte divisibility; 128 is a finer partition, so a replayed launch
 #: never meets a pointer of another specialization).
 _ALIGN = 127
+#: An eager replay of a two-pass call whose scratch buffer holds partial pairs (every word written
+#: by the amax pass, or by each program of a :data:`GRID_SYNC` launch, before the QDQ pass or the
+#: program reads it: no zeroing) takes a buffer kept per device and stream (:data:`_SCRATCH`, at
+#: least ``2 * PARTIALS_MAX`` words) instead of allocating one per call. Safe because one stream's
+#: launches run in order: the next call's amax pass (never a programmatic dependent launch) starts
+#: after the previous call's QDQ pass has read the pairs. Calls made while the stream captures a
+#: CUDA graph allocate as before (a graph may be replayed on another stream than it was captured
+#: on); a stream handle reused by a new stream while the old one still runs work that holds the
+#: buffer is not supported (as for the grid barrier's words). The same bits either way. Why: issue
+#: 16's eager target for the two-pass recipes (an allocation is ~1-2 us of host time per call).
+EAGER_SCRATCH = True
+_SCRATCH: dict[tuple[int, int], torch.Tensor] = {}
 #: Most entries kept by :data:`_FAST` (cleared whole when full: serving sees few shapes per layer).
 _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
@@ -2420,9 +2432,16 @@ class _FastCall:
             return None
         buf = None
         buf_ptr = 0
+        stream = None
         if self.buf_align is not None:
             if self.buf_zero:
                 buf = torch.zeros(self.buf_n, dtype=torch.int32, device=self.torch_device)
+            elif EAGER_SCRATCH and not torch._C._cuda_isCurrentStreamCapturing():
+                stream = torch._C._cuda_getCurrentRawStream(self.device)
+                buf = _SCRATCH.get((self.device, stream))
+                if buf is None or buf.numel() < self.buf_n:
+                    buf = _SCRATCH[(self.device, stream)] = torch.empty(
+                        max(self.buf_n, 2 * PARTIALS_MAX), dtype=torch.int32, device=self.torch_device)
             else:
                 buf = torch.empty(self.buf_n, dtype=torch.int32, device=self.torch_device)
             buf_ptr = buf.data_ptr()
@@ -2431,8 +2450,8 @@ class _FastCall:
         if self.direct and _hooks_idle():
             if self.replay is None:
                 self.replay = _make_replay(self.launches)
-            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
-                        0 if gamax is None else gamax.data_ptr())
+            self.replay(torch._C._cuda_getCurrentRawStream(self.device) if stream is None else stream, x.data_ptr(),
+                        y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
         else:
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
