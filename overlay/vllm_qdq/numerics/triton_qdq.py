@@ -2353,9 +2353,10 @@ _RUNTIME_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)
 class _FastCall:
     """A recorded eager call, replayed without Triton's per-call binding: the compiled kernels get
     the recorded arguments with ``x``, a fresh ``y``, a given global amax tensor and (two-pass
-    recipes with an amax pass or a grid barrier) a fresh scratch buffer (zeroed for the atomics'
-    slots, left as allocated for the partial pairs, every word of which the amax pass, or each QDQ
-    program of a :data:`GRID_SYNC` launch, writes) put in their places; constant tensors of the call
+    recipes with an amax pass or a grid barrier) a scratch buffer (a fresh zeroed one for the
+    atomics' slots; for the partial pairs, every word of which the amax pass, or each QDQ program
+    of a :data:`GRID_SYNC` launch, writes, the one kept for the stream, :data:`EAGER_SCRATCH`, or a
+    fresh one while the stream captures) put in their places; constant tensors of the call
     (a random rotation's signs and inverse multipliers, cached; the grid barrier's words, kept per
     device) are held. The
     module's path switches (:data:`PARTIALS_MAX`, :data:`ONE_TILE_MAX`, :data:`ATOMIC_SLOTS`,
