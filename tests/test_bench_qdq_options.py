@@ -344,3 +344,23 @@ def test_grid_sync_table_is_not_a_default_table_and_says_how_to_run() -> None:
                        text=True, env={**os.environ, "PYTHONPATH": str(REPO / "overlay")})
     assert p.returncode == 0 and "timeout 300 python3 scripts/bench_qdq_triton.py --grid-sync-table" in " ".join(
         p.stdout.split()), p.stdout[-2000:]
+
+
+def test_eager_split_restores_the_switches_and_names_rows_without_a_replay(tq, monkeypatch, capsys) -> None:  # noqa: F811
+    """``--eager-split`` (``bench_eager_split``) on the CPU: the eager fast path records nothing
+    for a CPU tensor (no direct replay), so each (format, rows) line says so instead of timing a
+    call that would not be the replayed one; the fast path's table, ``GRID_SYNC`` and
+    ``EAGER_SCRATCH`` are as they were after the table."""
+    mod = _bench()
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, device=None, **k: randn(*a, **k))  # CPU tensors
+    timed: list[dict] = []
+    monkeypatch.setattr(mod, "host_us_interleaved", lambda fns, rounds: timed.append(fns) or {})
+    table, switch, scratch = tq._FAST, tq.GRID_SYNC, tq.EAGER_SCRATCH
+    mod.bench_eager_split(rows=(2,), cols=256)
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if line.startswith(mod.EAGER_SPLIT_FORMATS)]
+    assert [f[:2] for f in lines] == [[fmt, "2"] for fmt in mod.EAGER_SPLIT_FORMATS], out
+    assert all(" ".join(f[2:]) == "(no direct replay recorded)" for f in lines), out
+    assert not timed
+    assert tq._FAST is table and tq.GRID_SYNC == switch and tq.EAGER_SCRATCH == scratch
