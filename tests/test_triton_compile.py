@@ -33,8 +33,14 @@ def _run_script(name: str, *args: str, timeout: int) -> subprocess.CompletedProc
                           text=True, timeout=timeout, cwd=ROOT)
 
 
+#: The whole compile check's limit, seconds: ~1,050 kernel variants on one core with a cold Triton
+#: cache. 1500 s was exceeded on the 2-core machine of session 07e (a cold cache; CI's own runs
+#: stayed under it), so the limit leaves room for slower machines within CI's 90 minutes.
+FULL_CHECK_TIMEOUT_S = 2700
+
+
 def test_every_kernel_compiles_for_sm90_with_the_gpu_images_triton() -> None:
-    out = _run_script("check_triton_compile.py", timeout=1500)
+    out = _run_script("check_triton_compile.py", timeout=FULL_CHECK_TIMEOUT_S)
     tail = (out.stdout + out.stderr)[-3000:]
     assert out.returncode == 0, tail
     assert f"triton {GPU_TRITON_VERSION}: compiled" in out.stdout and ", 0 failures" in out.stdout, tail
