@@ -113,6 +113,7 @@ def fake(monkeypatch):
     assert real_key(torch.zeros(2, 32), FORMATS["mxfp4"], "floor", -1) is None  # CPU: no fast path
     monkeypatch.setattr(tq, "_fast_key", cpu_key)
     monkeypatch.setattr(tq, "_FAST", {})
+    monkeypatch.setattr(tq, "_SCRATCH", {})
     monkeypatch.setattr(tq, "FAST_LAUNCH", True)
     # CPU allocations are 64-byte aligned (the CUDA caching allocator's are 512): 16-byte classes,
     # Triton's own pointer specialization, keep a fresh y in the recorded class here
@@ -151,14 +152,46 @@ def test_second_call_replays_with_the_new_tensors(fake, name: str, monkeypatch) 
             else:
                 assert v1 == v2 or v1 is v2  # sizes, strides, constexprs as recorded
     two_pass = FORMATS[name].family.name == "NVFP4" or FORMATS[name].granularity.name == "TENSOR"
-    if two_pass:  # a fresh buffer each call, the same one for both kernels of the call: one
-        # partial pair per amax program (a small tensor), so no zeroing
+    if two_pass:  # the same buffer for both kernels of the call: one partial pair per amax program
+        # (a small tensor), so no zeroing; replayed, the buffer kept for the stream (EAGER_SCRATCH)
         bufs = [a[2] if n == "_qdq_block_kernel" else a[1] for _, n, _, a in second]
         assert len(bufs) == 2 and bufs[0] is bufs[1] and bufs[0].dtype == torch.int32
         n_amax = second[0][2][0]
-        assert bufs[0].numel() == 2 * n_amax and second[1][3][_qarg(tq, "n_part")] == n_amax
+        assert bufs[0] is tq._SCRATCH[(-1, 0)] and bufs[0].numel() >= 2 * n_amax
+        assert second[1][3][_qarg(tq, "n_part")] == n_amax
         assert not next(iter(tq._FAST.values())).buf_zero
+        _, third = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+        assert all((a[2] if n == "_qdq_block_kernel" else a[1]) is bufs[0] for _, n, _, a in third)
     assert len(tq._FAST) == 1
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
+@pytest.mark.parametrize("why", ["switch off", "capturing"])
+def test_replay_allocates_its_pairs_buffer_off_the_kept_one(fake, name: str, why: str, monkeypatch) -> None:
+    """``EAGER_SCRATCH`` off, or a call while the stream captures a CUDA graph (``_scratch_stream``
+    None): each replay gets a fresh buffer of exactly the recorded size, and nothing is kept."""
+    tq, call = fake
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    if why == "switch off":
+        monkeypatch.setattr(tq, "EAGER_SCRATCH", False)
+    else:
+        monkeypatch.setattr(tq, "_scratch_stream", lambda device: None)
+    call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+    entry = next(iter(tq._FAST.values()))
+    bufs = []
+    for _ in range(2):
+        _, log = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
+        assert {k for k, *_ in log} == {"replay"}
+        bufs.append(log[0][3][1])  # the amax pass's buffer argument
+        assert bufs[-1].numel() == entry.buf_n
+    assert bufs[0] is not bufs[1] and not tq._SCRATCH
+
+
+def test_scratch_stream_off_cuda_is_the_interpreters_one() -> None:
+    """Off CUDA the kept buffer's stream is 0 (as ``_stream_of``'s): no CUDA call is made."""
+    import vllm_qdq.numerics.triton_qdq as tq
+
+    assert tq._scratch_stream(torch.device("cpu")) == 0 == tq._stream_of(torch.device("cpu"))
 
 
 def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
@@ -199,8 +232,9 @@ def test_one_tile_two_pass_is_one_launch(fake, name: str, monkeypatch) -> None:
 def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: str, monkeypatch) -> None:
     """``GRID_SYNC``: a two-pass call of several QDQ programs (here 2, this CPU's "SM count", its tile
     grown from 8 programs of one row and one warp to 2 of four rows and four warps) is recorded as
-    one launch of the QDQ kernel with ``SYNC`` and replayed as such: a fresh pair buffer each call,
-    2 words a program, left as allocated (each program writes its pair), and the grid barrier's
+    one launch of the QDQ kernel with ``SYNC`` and replayed as such: a pair buffer of 2 words a
+    program (at least), left as allocated (each program writes its pair; replayed, the buffer kept
+    for the stream, ``EAGER_SCRATCH``), and the grid barrier's
     words passed where they lie (held by the entry: the same words every call, those of the stream
     it was recorded on; on another stream the call is recorded anew with that stream's)."""
     tq, call = fake
@@ -222,9 +256,10 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
         _, second = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
         assert [(k, n, g) for k, n, g, _ in second] == [("replay", "_qdq_block_kernel", (2, 1, 1))]
         b = dict(zip(params, second[0][3], strict=True))
-        assert b["bar_ptr"] == words.data_ptr() and b["SYNC"] and b["buf_ptr"].numel() == 4
+        assert b["bar_ptr"] == words.data_ptr() and b["SYNC"] and b["buf_ptr"].numel() >= 4
         bufs.append(b["buf_ptr"])
-    assert bufs[0] is not bufs[1] is not a["buf_ptr"]
+    # replayed, the pairs go to the buffer kept for the stream (EAGER_SCRATCH), not the recorded one
+    assert bufs[0] is bufs[1] is tq._SCRATCH[(-1, 0)] and bufs[0] is not a["buf_ptr"]
     assert tq._GRID_BARRIERS[(torch.device("cpu"), 0)] is words and len(tq._FAST) == 1
     # on another stream the recorded call (which holds the words of the stream it was recorded on)
     # is not replayed: the full path runs and records the call anew with that stream's words

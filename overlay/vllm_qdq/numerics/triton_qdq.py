@@ -2261,6 +2261,17 @@ _ALIGN = 127
 #: 16's eager target for the two-pass recipes (an allocation is ~1-2 us of host time per call).
 EAGER_SCRATCH = True
 _SCRATCH: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _scratch_stream(device: torch.device) -> int | None:
+    """The stream :data:`EAGER_SCRATCH`'s kept buffer is keyed on for a call on ``device``: the raw
+    handle of ``device``'s current stream, or None while the current stream captures a CUDA graph
+    (the call then allocates its buffer); 0 off CUDA (the interpreter, whose launches run in order)."""
+    if device.type != "cuda":
+        return 0
+    if torch._C._cuda_isCurrentStreamCapturing():
+        return None
+    return torch._C._cuda_getCurrentRawStream(device.index)
 #: Most entries kept by :data:`_FAST` (cleared whole when full: serving sees few shapes per layer).
 _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
@@ -2433,12 +2444,10 @@ class _FastCall:
             return None
         buf = None
         buf_ptr = 0
-        stream = None
         if self.buf_align is not None:
             if self.buf_zero:
                 buf = torch.zeros(self.buf_n, dtype=torch.int32, device=self.torch_device)
-            elif EAGER_SCRATCH and not torch._C._cuda_isCurrentStreamCapturing():
-                stream = torch._C._cuda_getCurrentRawStream(self.device)
+            elif EAGER_SCRATCH and (stream := _scratch_stream(self.torch_device)) is not None:
                 buf = _SCRATCH.get((self.device, stream))
                 if buf is None or buf.numel() < self.buf_n:
                     buf = _SCRATCH[(self.device, stream)] = torch.empty(
@@ -2451,8 +2460,8 @@ class _FastCall:
         if self.direct and _hooks_idle():
             if self.replay is None:
                 self.replay = _make_replay(self.launches)
-            self.replay(torch._C._cuda_getCurrentRawStream(self.device) if stream is None else stream, x.data_ptr(),
-                        y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
+            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
+                        0 if gamax is None else gamax.data_ptr())
         else:
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
