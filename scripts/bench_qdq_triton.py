@@ -56,6 +56,11 @@ bit a column against 16-bit masks and fp32 multipliers).
 a clean and a hot L2 (:func:`bench_l2_state`): whether a two-pass call's second read comes from the
 L2, and what the main table's flush (a zeroed buffer: written lines left in the L2) costs them.
 
+``--eager-split`` (alone; not among the default tables): where an eager call's host time goes
+(:func:`bench_eager_split`): the output's allocation, the scratch buffer's, the fast path's key,
+the recorded launches alone and the whole call, with the kept scratch buffer (``EAGER_SCRATCH``) and
+without, and with ``GRID_SYNC = "eager"``; MX, NVFP4 and FP8 per-tensor at 1-256 rows x 4096.
+
 ``--grid-sync-table`` (alone; not among the default tables): the two-pass recipes at 16-256 rows x
 4096 in one launch whose programs meet at a grid barrier (``triton_qdq.GRID_SYNC``, off by default)
 against the two-launch path, graph and eager, beside a copy and issue 16's targets, with the
@@ -527,7 +532,9 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
                 if hit is None or not hit.direct:
                     print(f"{fmt:22s} {n:5d} (no direct replay recorded)")
                     continue
-                hit(x)  # the replay generated
+                if hit(x) is None or hit.replay is None:  # (an alignment class other than recorded)
+                    print(f"{fmt:22s} {n:5d} (the recorded call was not replayed directly)")
+                    continue
                 buf = None if hit.buf_align is None else torch.empty(hit.buf_n, dtype=torch.int32, device="cuda")
                 fns = {"copy_": lambda: y.copy_(x),  # noqa: B023
                        "empty_like": lambda: torch.empty_like(x)}  # noqa: B023

@@ -397,8 +397,8 @@ def main() -> int:
     ap.add_argument("--no-check", action="store_true", help="print only; exit 0 even if a target is missed")
     ap.add_argument("--dims", default="128,64", help="head dims to time (targets are checked at 128)")
     ap.add_argument("--time-only", action="store_true",
-                    help="print the time tables alone (no breakdown, switches, probe or accuracy table): for "
-                         "repeated runs whose medians are reported across runs")
+                    help="print the time tables alone (no breakdown, no --switches tables, no --ws-probe, no "
+                         "accuracy table): for repeated runs whose medians are reported across runs")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_sage3: needs a CUDA GPU", file=sys.stderr)

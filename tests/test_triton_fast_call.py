@@ -2,7 +2,8 @@
 
 With ``FAST_LAUNCH`` on (the default, measured on an H200), the first call of a recipe on
 a tensor layout goes through Triton's ``JITFunction`` launch and is recorded; later calls with the same key replay the compiled kernels' launchers with the new
-``x``, a fresh ``y`` and a fresh scratch buffer. Here the jit functions are stand-ins that keep
+``x``, a fresh ``y`` and a scratch buffer (a fresh zeroed one for atomics; for partial pairs the
+one kept for the stream, ``EAGER_SCRATCH``). Here the jit functions are stand-ins that keep
 the real kernels' signatures and compute the reference QDQ, so the test sees exactly which
 arguments each launch got. The GPU test (tests/gpu/test_triton_qdq_gpu.py::test_eager_replay)
 checks the real launchers bit for bit.
@@ -175,7 +176,7 @@ def test_replay_allocates_its_pairs_buffer_off_the_kept_one(fake, name: str, why
     if why == "switch off":
         monkeypatch.setattr(tq, "EAGER_SCRATCH", False)
     else:
-        monkeypatch.setattr(tq, "_scratch_stream", lambda device: None)
+        monkeypatch.setattr(tq, "_scratch_stream", lambda device, index: None)
     call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     entry = next(iter(tq._FAST.values()))
     bufs = []
@@ -191,7 +192,7 @@ def test_scratch_stream_off_cuda_is_the_interpreters_one() -> None:
     """Off CUDA the kept buffer's stream is 0 (as ``_stream_of``'s): no CUDA call is made."""
     import vllm_qdq.numerics.triton_qdq as tq
 
-    assert tq._scratch_stream(torch.device("cpu")) == 0 == tq._stream_of(torch.device("cpu"))
+    assert tq._scratch_stream(torch.device("cpu"), -1) == 0 == tq._stream_of(torch.device("cpu"))
 
 
 def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:

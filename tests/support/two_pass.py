@@ -26,14 +26,24 @@ def force_path(tq, path: str, monkeypatch) -> None:
     monkeypatch.setattr(tq, "Y_STREAM", path == "atomics")
 
 
-def back_to_back_on_two_streams(tq, fmt: str, grid_sync: bool | str, monkeypatch, calls: int = 16,
-                                shape: tuple[int, int] = (64, 4096)) -> None:
+#: GPU clock cycles each stream spins (``torch.cuda._sleep``) before :func:`back_to_back_on_two_streams`
+#: queues its interleaved calls (~10 ms on an H100): the host queues them all while the GPU is held,
+#: so the two streams' kernels run side by side
+SLEEP_CYCLES = 20_000_000
+
+
+def back_to_back_on_two_streams(tq, fmt: str, grid_sync: bool | str, monkeypatch, calls: int = 16) -> None:
     """``tq.EAGER_SCRATCH`` (a kept scratch buffer per device and stream for an eager replay's
-    partial pairs): ``calls`` eager calls of ``fmt`` back to back with no synchronize between them,
-    magnitudes alternating by 2**24 (a call that read the next call's pairs would scale by the
-    wrong amax), on the current stream and then on a side stream, each output bit for bit with the
-    reference; the calls after the first replay, and each stream keeps one buffer, the one its
-    replays passed."""
+    partial pairs): ``2 * calls`` eager calls of ``fmt`` with no synchronize between them, each bit
+    for bit with the reference. Two-launch path (``grid_sync`` False, 64 rows x 4096): the calls
+    alternate between the current stream and a side stream, queued while both streams spin, so
+    that the streams' kernels overlap; magnitudes alternate by 2**24 between one stream's
+    consecutive calls and between the two streams' concurrent ones (a call that read another
+    call's pairs, on its stream or the other, would scale by the wrong amax). Grid barrier
+    (``grid_sync`` "eager", 16 rows x 4096: 64 programs): ``calls`` on the current stream, then
+    ``calls`` on the side stream (a barrier call replays only on the stream it was recorded on), each
+    call the barrier's one launch. Every call after the first on its stream (after the first of
+    all, interleaved) is a replay, and each stream keeps one buffer."""
     import torch
     from vllm_qdq.numerics.formats import FORMATS
     from vllm_qdq.numerics.qdq import quantize_dequantize
@@ -54,15 +64,29 @@ def back_to_back_on_two_streams(tq, fmt: str, grid_sync: bool | str, monkeypatch
         return y
 
     monkeypatch.setattr(tq._FastCall, "__call__", spy)
-    side = torch.cuda.Stream()
-    for stream in (torch.cuda.current_stream(), side):
-        with torch.cuda.stream(stream):
-            torch.manual_seed(7)
-            xs = [torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 2.0 ** (12 * (-1) ** i) for i in range(calls)]
-            outs = [tq.qdq(x, spec) for x in xs]
-        torch.cuda.synchronize()
-        for x, out in zip(xs, outs, strict=True):
-            assert_same_bits(out, quantize_dequantize(x, fmt, backend="reference"))
-    assert sum(seen) >= 2 * (calls - 1), seen  # every call after each stream's first replayed
+    streams = (torch.cuda.current_stream(), torch.cuda.Stream())
+    torch.manual_seed(7)
+    if grid_sync:
+        shape, order = (16, 4096), [(s, i) for s in (0, 1) for i in range(calls)]
+        signs = [(-1) ** i for _, i in order]
+    else:
+        shape, order = (64, 4096), [(i % 2, i // 2) for i in range(2 * calls)]
+        signs = [(-1) ** (i + s) for s, i in order]
+        for s in streams:
+            with torch.cuda.stream(s):
+                torch.cuda._sleep(SLEEP_CYCLES)
+    xs, outs = [], []
+    for (s, _), sign in zip(order, signs, strict=True):
+        with torch.cuda.stream(streams[s]):
+            xs.append(torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 2.0 ** (12 * sign))
+            outs.append(tq.qdq(xs[-1], spec))
+    torch.cuda.synchronize()
+    for x, out in zip(xs, outs, strict=True):
+        assert_same_bits(out, quantize_dequantize(x, fmt, backend="reference"))
+    if grid_sync:  # the second stream's first call is recorded anew (the barrier's words are per stream)
+        assert sum(seen) == 2 * (calls - 1), seen
+        assert all(e.bar_stream is not None for e in tq._FAST.values()), "the barrier path was not taken"
+    else:
+        assert sum(seen) == 2 * calls - 1, seen
     dev = torch.cuda.current_device()
-    assert sorted(tq._SCRATCH) == sorted((dev, s.cuda_stream) for s in (torch.cuda.current_stream(), side))
+    assert sorted(tq._SCRATCH) == sorted((dev, s.cuda_stream) for s in streams)

@@ -2263,15 +2263,16 @@ EAGER_SCRATCH = True
 _SCRATCH: dict[tuple[int, int], torch.Tensor] = {}
 
 
-def _scratch_stream(device: torch.device) -> int | None:
-    """The stream :data:`EAGER_SCRATCH`'s kept buffer is keyed on for a call on ``device``: the raw
-    handle of ``device``'s current stream, or None while the current stream captures a CUDA graph
+def _scratch_stream(device: torch.device, index: int) -> int | None:
+    """The stream :data:`EAGER_SCRATCH`'s kept buffer is keyed on for a call whose tensor lives on
+    ``device`` and whose launches go to the current stream of CUDA device ``index`` (the current
+    device, as Triton launches): that stream's raw handle, or None while it captures a CUDA graph
     (the call then allocates its buffer); 0 off CUDA (the interpreter, whose launches run in order)."""
     if device.type != "cuda":
         return 0
     if torch._C._cuda_isCurrentStreamCapturing():
         return None
-    return torch._C._cuda_getCurrentRawStream(device.index)
+    return torch._C._cuda_getCurrentRawStream(index)
 #: Most entries kept by :data:`_FAST` (cleared whole when full: serving sees few shapes per layer).
 _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
@@ -2447,7 +2448,7 @@ class _FastCall:
         if self.buf_align is not None:
             if self.buf_zero:
                 buf = torch.zeros(self.buf_n, dtype=torch.int32, device=self.torch_device)
-            elif EAGER_SCRATCH and (stream := _scratch_stream(self.torch_device)) is not None:
+            elif EAGER_SCRATCH and (stream := _scratch_stream(self.torch_device, self.device)) is not None:
                 buf = _SCRATCH.get((self.device, stream))
                 if buf is None or buf.numel() < self.buf_n:
                     buf = _SCRATCH[(self.device, stream)] = torch.empty(
