@@ -525,7 +525,8 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
             for n in rows:
                 x = torch.randn(n, cols, device="cuda", dtype=torch.bfloat16)
                 y = torch.empty_like(x)
-                triton_qdq._FAST, triton_qdq.GRID_SYNC = {}, False
+                # each row from the same state: a fresh table, two launches, the scratch switch as found
+                triton_qdq._FAST, triton_qdq.GRID_SYNC, triton_qdq.EAGER_SCRATCH = {}, False, saved_scratch
                 triton_qdq.qdq(x, spec, "floor", -1, None)  # recorded
                 key = triton_qdq._fast_key(x, spec, "floor", -1)
                 hit = triton_qdq._FAST.get(key)
@@ -550,8 +551,6 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
                     fns["call fresh"] = _scratch_call(triton_qdq, False, _mode_call(triton_qdq, False, x, spec))
                     fns["call sync"] = _scratch_call(triton_qdq, True, _mode_call(triton_qdq, "eager", x, spec))
                 med = {k: statistics.median(v) for k, v in host_us_interleaved(fns, rounds=EAGER_ROUNDS).items()}
-                triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
-                triton_qdq.EAGER_SCRATCH = saved_scratch
                 print(f"{fmt:22s} {n:5d}" + "".join(f" {med[h]:10.1f}" if h in med else f" {'-':>10s}" for h in heads),
                       flush=True)
     finally:
