@@ -169,14 +169,14 @@ def test_second_call_replays_with_the_new_tensors(fake, name: str, monkeypatch) 
 @pytest.mark.parametrize("name", ["nvfp4", "fp8_e4m3_per_tensor"])
 @pytest.mark.parametrize("why", ["switch off", "capturing"])
 def test_replay_allocates_its_pairs_buffer_off_the_kept_one(fake, name: str, why: str, monkeypatch) -> None:
-    """``EAGER_SCRATCH`` off, or a call while the stream captures a CUDA graph (``_scratch_stream``
-    None): each replay gets a fresh buffer of exactly the recorded size, and nothing is kept."""
+    """``EAGER_SCRATCH`` off, or a call while the stream captures a CUDA graph (``_call_state``'s
+    capturing flag): each replay gets a fresh buffer of exactly the recorded size, and nothing is kept."""
     tq, call = fake
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     if why == "switch off":
         monkeypatch.setattr(tq, "EAGER_SCRATCH", False)
     else:
-        monkeypatch.setattr(tq, "_scratch_stream", lambda device, index: None)
+        monkeypatch.setattr(tq, "_call_state", lambda device, index: (0, True))
     call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     entry = next(iter(tq._FAST.values()))
     bufs = []
@@ -188,11 +188,12 @@ def test_replay_allocates_its_pairs_buffer_off_the_kept_one(fake, name: str, why
     assert bufs[0] is not bufs[1] and not tq._SCRATCH
 
 
-def test_scratch_stream_off_cuda_is_the_interpreters_one() -> None:
-    """Off CUDA the kept buffer's stream is 0 (as ``_stream_of``'s): no CUDA call is made."""
+def test_call_state_off_cuda_is_the_interpreters_one() -> None:
+    """Off CUDA a replay's stream is 0 (as ``_stream_of``'s), never capturing: no CUDA call is made."""
     import vllm_qdq.numerics.triton_qdq as tq
 
-    assert tq._scratch_stream(torch.device("cpu"), -1) == 0 == tq._stream_of(torch.device("cpu"))
+    assert tq._call_state(torch.device("cpu"), -1) == (0, False)
+    assert tq._stream_of(torch.device("cpu")) == 0 and not tq._capturing(torch.device("cpu"))
 
 
 def test_atomics_buffer_is_zeroed_on_replay(fake, monkeypatch) -> None:
@@ -264,7 +265,8 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
     assert tq._GRID_BARRIERS[(torch.device("cpu"), 0)] is words and len(tq._FAST) == 1
     # on another stream the recorded call (which holds the words of the stream it was recorded on)
     # is not replayed: the full path runs and records the call anew with that stream's words
-    monkeypatch.setattr(tq, "_stream_of", lambda device: 5)
+    monkeypatch.setattr(tq, "_stream_of", lambda device: 5)  # the full path's view
+    monkeypatch.setattr(tq, "_call_state", lambda device, index: (5, False))  # the replay's
     _, third = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     assert [(k, n) for k, n, _, _ in third] == [("jit", "_qdq_block_kernel")]
     other = tq._GRID_BARRIERS[(torch.device("cpu"), 5)]
@@ -284,7 +286,8 @@ def test_grid_sync_eager_mode_captures_two_launches(fake, name: str, monkeypatch
     monkeypatch.setitem(tq.TILE_CONFIG, tq.kernel_class(FORMATS[name]), (256, 1))
     params = list(inspect.signature(tq._qdq_block_kernel.fn).parameters)
     capturing = [False]
-    monkeypatch.setattr(tq, "_capturing", lambda device: capturing[0])
+    monkeypatch.setattr(tq, "_capturing", lambda device: capturing[0])  # the full path's view
+    monkeypatch.setattr(tq, "_call_state", lambda device, index: (0, capturing[0]))  # the replay's
 
     def launches(rec) -> list:
         return [(k, n, dict(zip(params, a, strict=True)).get("SYNC") if n == "_qdq_block_kernel" else None)
@@ -468,7 +471,7 @@ def test_direct_replay_calls_the_generated_launcher_with_addresses(fake, monkeyp
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "run", property(run_prop), raising=False)
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "function", 1234, raising=False)
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "packed_metadata", (4, 1, 0), raising=False)
-    monkeypatch.setattr(tq.torch._C, "_cuda_getCurrentRawStream", lambda dev: 777, raising=False)
+    monkeypatch.setattr(tq, "_call_state", lambda device, index: (777, False))
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     _, first = call(x, "nvfp4")

@@ -2263,16 +2263,19 @@ EAGER_SCRATCH = True
 _SCRATCH: dict[tuple[int, int], torch.Tensor] = {}
 
 
-def _scratch_stream(device: torch.device, index: int) -> int | None:
-    """The stream :data:`EAGER_SCRATCH`'s kept buffer is keyed on for a call whose tensor lives on
-    ``device`` and whose launches go to the current stream of CUDA device ``index`` (the current
-    device, as Triton launches): that stream's raw handle, or None while it captures a CUDA graph
-    (the call then allocates its buffer); 0 off CUDA (the interpreter, whose launches run in order)."""
+def _call_state(device: torch.device, index: int) -> tuple[int, bool]:
+    """``(stream, capturing)`` for an eager replay of a call whose tensor lives on ``device`` and
+    whose launches go to the current stream of CUDA device ``index`` (the current device, as Triton
+    launches): that stream's raw handle, and whether it is capturing a CUDA graph; ``(0, False)``
+    off CUDA (the interpreter, whose launches run in order). Asked once a call: the replay's
+    launch stream, the grid barrier's stream check (:data:`GRID_SYNC`) and :data:`EAGER_SCRATCH`'s
+    kept buffer all read it (two raw C calls; until 07f up to three stream and two capture queries
+    a barrier call)."""
     if device.type != "cuda":
-        return 0
-    if torch._C._cuda_isCurrentStreamCapturing():
-        return None
-    return torch._C._cuda_getCurrentRawStream(index)
+        return 0, False
+    return torch._C._cuda_getCurrentRawStream(index), torch._C._cuda_isCurrentStreamCapturing()
+
+
 #: Most entries kept by :data:`_FAST` (cleared whole when full: serving sees few shapes per layer).
 _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
@@ -2434,8 +2437,8 @@ class _FastCall:
         return TILE_CONFIG.get(self.cls) is self.tile and TILE_CONFIG.get("amax") is self.amax_tile
 
     def __call__(self, x: torch.Tensor, gamax: torch.Tensor | None = None) -> torch.Tensor | None:
-        if self.bar_stream is not None and (_stream_of(self.torch_device) != self.bar_stream
-                                            or (GRID_SYNC is not True and _capturing(self.torch_device))):
+        stream, capturing = _call_state(self.torch_device, self.device)
+        if self.bar_stream is not None and (stream != self.bar_stream or (capturing and GRID_SYNC is not True)):
             # the barrier's words held are another stream's, or a capture with GRID_SYNC not True
             # ("eager": two launches there): the full path
             return None
@@ -2448,7 +2451,7 @@ class _FastCall:
         if self.buf_align is not None:
             if self.buf_zero:
                 buf = torch.zeros(self.buf_n, dtype=torch.int32, device=self.torch_device)
-            elif EAGER_SCRATCH and (stream := _scratch_stream(self.torch_device, self.device)) is not None:
+            elif EAGER_SCRATCH and not capturing:
                 buf = _SCRATCH.get((self.device, stream))
                 if buf is None or buf.numel() < self.buf_n:
                     buf = _SCRATCH[(self.device, stream)] = torch.empty(
@@ -2461,8 +2464,7 @@ class _FastCall:
         if self.direct and _hooks_idle():
             if self.replay is None:
                 self.replay = _make_replay(self.launches)
-            self.replay(torch._C._cuda_getCurrentRawStream(self.device), x.data_ptr(), y_ptr, buf_ptr,
-                        0 if gamax is None else gamax.data_ptr())
+            self.replay(stream, x.data_ptr(), y_ptr, buf_ptr, 0 if gamax is None else gamax.data_ptr())
         else:
             t = (x, y, buf, gamax)
             for run, _, _, template, slots in self.launches:
