@@ -12,4 +12,5 @@ step probe-hold 200 python3 scripts/probe_hold.py --rows 2048,4096,8192 --config
 step scratch-tests 150 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider -n 4 tests/gpu/test_triton_recipes_gpu.py -k scratch
 step grid-sync-tests 150 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/gpu/test_triton_qdq_gpu.py -k grid_sync
 step eager-split 60 python3 scripts/bench_qdq_triton.py --eager-split
+step alloc-probe 30 python3 results/lease-2026-12-07f/alloc_probe.py
 cat "$D/rc.txt"
