@@ -44,14 +44,14 @@ def _qdq_store(y_ptr, t, offs, v, s, inv, BLOCK: tl.constexpr):
 
 @triton.jit
 def _hold_kernel(x_ptr, y_ptr, buf_ptr, bar_ptr, n_tiles, BLOCK: tl.constexpr, HELD: tl.constexpr,
-                 PM: tl.constexpr, EVICT: tl.constexpr):
+                 PM: tl.constexpr, EVICT: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     offs = tl.arange(0, BLOCK)
     n_mine = (n_tiles - pid + P - 1) // P
     n_loop = n_mine - HELD  # the host keeps n_tiles >= HELD * P
     m = tl.zeros([BLOCK], tl.int32)
-    for i in range(0, n_loop):
+    for i in tl.range(0, n_loop, num_stages=STAGES):
         t = pid + i * P
         v = tl.load(x_ptr + t.to(tl.int64) * BLOCK + offs, eviction_policy=EVICT)
         m = tl.maximum(m, _bits(v))
@@ -102,21 +102,21 @@ def _hold_kernel(x_ptr, y_ptr, buf_ptr, bar_ptr, n_tiles, BLOCK: tl.constexpr, H
         _qdq_store(y_ptr, t0 + P, offs, h1, s, inv, BLOCK)
     if HELD >= 1:
         _qdq_store(y_ptr, t0, offs, h0, s, inv, BLOCK)
-    for j in range(0, n_loop):
+    for j in tl.range(0, n_loop, num_stages=STAGES):
         t = pid + (n_loop - 1 - j) * P  # newest first
         v = tl.load(x_ptr + t.to(tl.int64) * BLOCK + offs, eviction_policy="evict_first")
         _qdq_store(y_ptr, t, offs, v, s, inv, BLOCK)
 
 
 def hold_call(x: torch.Tensor, y: torch.Tensor, bar: torch.Tensor, buf: torch.Tensor, programs: int, block: int,
-              held: int, warps: int, evict: str = "evict_last"):
+              held: int, warps: int, evict: str = "evict_last", stages: int = 1):
     """One launch of the probe kernel over the flat ``x`` (its size a multiple of ``block``)."""
     n_tiles = x.numel() // block
     if n_tiles < held * programs:
         raise ValueError(f"{n_tiles} tiles < held {held} x {programs} programs")
     kw = {} if _INTERP else {"launch_cooperative_grid": True}
     return _hold_kernel[(programs,)](x, y, buf, bar, n_tiles, BLOCK=block, HELD=held, PM=PMAX, EVICT=evict,
-                                     num_warps=warps, **kw)
+                                     STAGES=stages, num_warps=warps, **kw)
 
 
 def reference(x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--configs", default="1:8:4096:0,1:8:4096:4,1:8:4096:8,2:8:4096:4,2:8:4096:8,1:16:8192:4,"
                     "1:16:8192:8,2:4:2048:8,1:32:8192:8",
-                    help="programs an SM : warps : block : held, comma-separated")
+                    help="programs an SM : warps : block : held [: loop stages, software-pipelined "
+                    "(cp.async) when > 1], comma-separated")
     args = ap.parse_args()
     dev = "cpu" if _INTERP else "cuda"
     if _INTERP:  # correctness of the index math: one program (the interpreter runs programs in turn)
@@ -164,16 +165,16 @@ def main() -> None:
         calls["product nvfp4 amax given (one pass)"] = (
             lambda x=x, g=gamax: triton_qdq.qdq(x, get_format("nvfp4"), "floor", -1, g))
         for c in args.configs.split(","):
-            per_sm, warps, block, held = (int(v) for v in c.split(":"))
-            label = f"hold {per_sm}/SM w{warps} b{block} held {held}"
+            per_sm, warps, block, held, stages = ([int(v) for v in c.split(":")] + [1])[:5]
+            label = f"hold {per_sm}/SM w{warps} b{block} held {held}" + (f" st{stages}" if stages > 1 else "")
             try:
-                k = hold_call(x, y, bar, buf, per_sm * sms, block, held, warps)
+                k = hold_call(x, y, bar, buf, per_sm * sms, block, held, warps, stages=stages)
                 torch.cuda.synchronize()
                 ok = torch.equal(y, ref)
                 print(f"{label}: {k.n_regs} registers, {k.n_spills} spills, bits {'equal' if ok else 'DIFFER'}",
                       flush=True)
-                calls[label] = (lambda x=x, y=y, per_sm=per_sm, block=block, held=held, warps=warps:
-                                hold_call(x, y, bar, buf, per_sm * sms, block, held, warps))
+                calls[label] = (lambda x=x, y=y, per_sm=per_sm, block=block, held=held, warps=warps, stages=stages:
+                                hold_call(x, y, bar, buf, per_sm * sms, block, held, warps, stages=stages))
             except Exception as e:  # a configuration that does not launch is reported
                 print(f"{label}: not run: {type(e).__name__}: {str(e)[:160]}", flush=True)
         for fn in calls.values():
