@@ -176,7 +176,7 @@ def test_replay_allocates_its_pairs_buffer_off_the_kept_one(fake, name: str, why
     if why == "switch off":
         monkeypatch.setattr(tq, "EAGER_SCRATCH", False)
     else:
-        monkeypatch.setattr(tq, "_call_state", lambda device, index: (0, True))
+        monkeypatch.setattr(tq, "_call_state", lambda device, index, capture: (0, capture))
     call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     entry = next(iter(tq._FAST.values()))
     bufs = []
@@ -192,7 +192,7 @@ def test_call_state_off_cuda_is_the_interpreters_one() -> None:
     """Off CUDA a replay's stream is 0 (as ``_stream_of``'s), never capturing: no CUDA call is made."""
     import vllm_qdq.numerics.triton_qdq as tq
 
-    assert tq._call_state(torch.device("cpu"), -1) == (0, False)
+    assert tq._call_state(torch.device("cpu"), -1, True) == (0, False)
     assert tq._stream_of(torch.device("cpu")) == 0 and not tq._capturing(torch.device("cpu"))
 
 
@@ -266,7 +266,7 @@ def test_grid_sync_is_one_launch_replayed_with_the_workspace_held(fake, name: st
     # on another stream the recorded call (which holds the words of the stream it was recorded on)
     # is not replayed: the full path runs and records the call anew with that stream's words
     monkeypatch.setattr(tq, "_stream_of", lambda device: 5)  # the full path's view
-    monkeypatch.setattr(tq, "_call_state", lambda device, index: (5, False))  # the replay's
+    monkeypatch.setattr(tq, "_call_state", lambda device, index, capture: (5, False))  # the replay's
     _, third = call(torch.randn(8, 256, dtype=torch.bfloat16), name)
     assert [(k, n) for k, n, _, _ in third] == [("jit", "_qdq_block_kernel")]
     other = tq._GRID_BARRIERS[(torch.device("cpu"), 5)]
@@ -287,7 +287,7 @@ def test_grid_sync_eager_mode_captures_two_launches(fake, name: str, monkeypatch
     params = list(inspect.signature(tq._qdq_block_kernel.fn).parameters)
     capturing = [False]
     monkeypatch.setattr(tq, "_capturing", lambda device: capturing[0])  # the full path's view
-    monkeypatch.setattr(tq, "_call_state", lambda device, index: (0, capturing[0]))  # the replay's
+    monkeypatch.setattr(tq, "_call_state", lambda device, index, capture: (0, capture and capturing[0]))  # the replay's
 
     def launches(rec) -> list:
         return [(k, n, dict(zip(params, a, strict=True)).get("SYNC") if n == "_qdq_block_kernel" else None)
@@ -471,7 +471,7 @@ def test_direct_replay_calls_the_generated_launcher_with_addresses(fake, monkeyp
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "run", property(run_prop), raising=False)
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "function", 1234, raising=False)
     monkeypatch.setattr(sys.modules[__name__]._Compiled, "packed_metadata", (4, 1, 0), raising=False)
-    monkeypatch.setattr(tq, "_call_state", lambda device, index: (777, False))
+    monkeypatch.setattr(tq, "_call_state", lambda device, index, capture: (777, False))
     monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
     x = torch.randn(8, 256, dtype=torch.bfloat16)
     _, first = call(x, "nvfp4")
