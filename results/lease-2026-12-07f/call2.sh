@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lease 2026-12-07f, call 2: the replay asks the capture state only where it matters; the bench's
-# main table with GRID_SYNC off (the default) and "eager"; both Triton GPU test files in full.
+# main table with GRID_SYNC off (the default) and "eager"; the fast path's and the barrier's GPU tests.
 export PYTHONPATH=overlay OMP_NUM_THREADS=2
 D=$OUT/call2
 mkdir -p "$D"
@@ -11,5 +11,5 @@ step eager-split 60 python3 scripts/bench_qdq_triton.py --eager-split
 step check-off 90 python3 scripts/bench_qdq_triton.py --check --no-sweeps --no-options
 step check-sync-eager 90 python3 -c "import runpy, sys; import vllm_qdq.numerics.triton_qdq as t; t.GRID_SYNC = 'eager'; sys.argv = ['bench_qdq_triton.py', '--check', '--no-sweeps', '--no-options']; runpy.run_path('scripts/bench_qdq_triton.py', run_name='__main__')"
 step check-off-2 90 python3 scripts/bench_qdq_triton.py --check --no-sweeps --no-options
-step qdq-tests 330 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider -n 8 tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_triton_qdq_gpu.py
+step fast-tests 150 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider -n 8 tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_triton_qdq_gpu.py -k "replay or scratch or grid_sync or two_pass_paths"
 cat "$D/rc.txt"
