@@ -10,6 +10,5 @@ step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
 step eager-split 60 python3 scripts/bench_qdq_triton.py --eager-split
 step check-off 90 python3 scripts/bench_qdq_triton.py --check --no-sweeps --no-options
 step check-sync-eager 90 python3 -c "import runpy, sys; import vllm_qdq.numerics.triton_qdq as t; t.GRID_SYNC = 'eager'; sys.argv = ['bench_qdq_triton.py', '--check', '--no-sweeps', '--no-options']; runpy.run_path('scripts/bench_qdq_triton.py', run_name='__main__')"
-step check-off-2 90 python3 scripts/bench_qdq_triton.py --check --no-sweeps --no-options
-step fast-tests 150 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider -n 8 tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_triton_qdq_gpu.py -k "replay or scratch or grid_sync or two_pass_paths"
+step fast-tests 120 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider -n 8 tests/gpu/test_triton_recipes_gpu.py tests/gpu/test_triton_qdq_gpu.py -k "replay or scratch or grid_sync or two_pass_paths"
 cat "$D/rc.txt"
