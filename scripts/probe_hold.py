@@ -112,6 +112,8 @@ def hold_call(x: torch.Tensor, y: torch.Tensor, bar: torch.Tensor, buf: torch.Te
               held: int, warps: int, evict: str = "evict_last", stages: int = 1):
     """One launch of the probe kernel over the flat ``x`` (its size a multiple of ``block``)."""
     n_tiles = x.numel() // block
+    if programs > PMAX:
+        raise ValueError(f"{programs} programs > {PMAX} (the pairs reduced in one load)")
     if n_tiles < held * programs:
         raise ValueError(f"{n_tiles} tiles < held {held} x {programs} programs")
     kw = {} if _INTERP else {"launch_cooperative_grid": True}
@@ -139,7 +141,7 @@ def main() -> None:
     if _INTERP:  # correctness of the index math: one program (the interpreter runs programs in turn)
         x = torch.randn(16, 4096, dtype=torch.bfloat16)
         for held in (0, 1, 3, 8):
-            y = torch.empty_like(x)
+            y = torch.full_like(x, float("nan"))
             bar = torch.zeros(64, dtype=torch.int32)
             buf = torch.zeros(PMAX, dtype=torch.int32)
             hold_call(x, y, bar, buf, 1, 1024, held, 4, "")
@@ -154,7 +156,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, {sms} SMs; QDQ = INT8-like per tensor (fp32 math)")
     for r in (int(v) for v in args.rows.split(",")):
         x = torch.randn(r, 4096, device=dev, dtype=torch.bfloat16)
-        x[3, 7] = 37.0
+        x[r // 2, 7] = 37.0
         y = torch.empty_like(x)
         ref = reference(x)
         gamax = x.float().abs().amax()
@@ -168,6 +170,7 @@ def main() -> None:
             per_sm, warps, block, held, stages = ([int(v) for v in c.split(":")] + [1])[:5]
             label = f"hold {per_sm}/SM w{warps} b{block} held {held}" + (f" st{stages}" if stages > 1 else "")
             try:
+                y.fill_(float("nan"))  # a tile left unwritten cannot pass on another configuration's output
                 k = hold_call(x, y, bar, buf, per_sm * sms, block, held, warps, stages=stages)
                 torch.cuda.synchronize()
                 ok = torch.equal(y, ref)

@@ -1820,7 +1820,8 @@ PDL = True
 #: Values: ``False`` (two launches); ``True`` (one launch with the barrier wherever a call fits,
 #: CUDA graph captures included); ``"eager"`` (the barrier only outside graph captures: a call
 #: made while its stream captures takes the two launches, and a recorded barrier call is not
-#: replayed into a capture, nor replaced by one recorded there; :func:`_capturing`).
+#: replayed into a capture, nor replaced by one recorded there; :func:`_capturing`, and in a
+#: replay :func:`_call_state`).
 GRID_SYNC: bool | str = False
 #: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
 #: takes the two-launch path.
