@@ -177,3 +177,15 @@ def test_probe_sage3_configs_names_a_bad_argument(argv, said) -> None:
     assert r.returncode == 2 and said in last, (r.returncode, last)
     ok = _run("--rounds", "2", "--formats", "nvfp4", "--seqs", "1024", "--dims", "64", script="probe_sage3_configs.py")
     assert ok.returncode == 2 and "needs a CUDA GPU" in ok.stderr, ok.stderr
+
+
+def test_report_names_the_misses_and_sets_the_exit_status(capsys) -> None:
+    """``_report`` (both target blocks of ``main``): the targets missed under their heading and exit
+    status 1, 0 with ``--no-check``; none missed: the line saying so and 0."""
+    bench = _bench()
+    assert bench._report(["mxfp4 16384: 1.7 > 1.6"], False, "TIME TARGETS MISSED", "all met") == 1
+    assert capsys.readouterr().out == "\nTIME TARGETS MISSED:\n  mxfp4 16384: 1.7 > 1.6\n"
+    assert bench._report(["a", "b"], True, "TARGETS MISSED", "all met") == 0
+    assert capsys.readouterr().out == "\nTARGETS MISSED:\n  a\n  b\n"
+    assert bench._report([], False, "TARGETS MISSED", "all targets met") == 0
+    assert capsys.readouterr().out == "\nall targets met\n"
