@@ -20,7 +20,7 @@ P.ensure_ops()
 import vllm._custom_ops as ops  # noqa: E402
 
 QDQ_ENV = ("VLLM_QDQ", "VLLM_QDQ_CONFIG", "VLLM_QDQ_TRACE", "VLLM_QDQ_BACKEND", "VLLM_QDQ_STATS",
-           "VLLM_MARLIN_MOE_QDQ_MODE")
+           "VLLM_QDQ_GRID_SYNC", "VLLM_MARLIN_MOE_QDQ_MODE")
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def test_disabled_leaves_everything_untouched(clean):
         ({"VLLM_QDQ_CONFIG": "/nonexistent/qdq.json"}, ["neither inline JSON nor an existing file"]),
         ({"VLLM_MARLIN_MOE_QDQ_MODE": "force_nvfp8"}, ["'force_nvfp8'", "FORCE_MXFP4"]),
         ({"VLLM_QDQ_BACKEND": "cuda"}, ["'cuda'", "auto, reference, triton"]),
+        ({"VLLM_QDQ_GRID_SYNC": "always"}, ["VLLM_QDQ_GRID_SYNC='always'", "off, eager, on"]),
     ],
 )
 def test_bad_settings_stop_startup(clean, env, needles):

@@ -174,3 +174,24 @@ def test_barrier_spins_until_the_last_arrival(tq) -> None:  # noqa: F811
     words[0], out[0] = 1, 0  # the other program arrived first: this one is the last
     k.grid_barrier_kernel[(1,)](words, out, 2)
     assert int(out[0]) == 1 and [int(words[0]), int(words[g])] == [0, 43]
+
+
+def test_grid_sync_setting_reaches_the_triton_module(monkeypatch) -> None:
+    """``VLLM_QDQ_GRID_SYNC`` (off | eager | on, any case): building the settings sets
+    ``triton_qdq.GRID_SYNC``, and rebuilt without it, back to off; not in the compile-cache digest
+    (the same numbers); a bad value stops start-up naming the accepted ones; the log line names it."""
+    import vllm_qdq.numerics.triton_qdq as triton_qdq
+    from vllm_qdq import config
+
+    monkeypatch.setattr(triton_qdq, "GRID_SYNC", False)
+    monkeypatch.setattr(config, "_CACHE", {})
+    for raw, want in (("eager", "eager"), (" ON ", True), ("Off", False), ("eager", "eager")):
+        monkeypatch.setenv("VLLM_QDQ_GRID_SYNC", raw)
+        config.settings()
+        assert triton_qdq.GRID_SYNC == want and type(triton_qdq.GRID_SYNC) is type(want), (raw, triton_qdq.GRID_SYNC)
+    monkeypatch.delenv("VLLM_QDQ_GRID_SYNC")
+    assert config.settings().grid_sync == "off" and triton_qdq.GRID_SYNC is False
+    eager = config.load_config({"VLLM_QDQ_GRID_SYNC": "eager"})
+    assert eager.digest() == config.load_config({}).digest() and "grid_sync=eager" in eager.summary()
+    with pytest.raises(config.ConfigError, match=r"VLLM_QDQ_GRID_SYNC='always'; accepted: off, eager, on"):
+        config.load_config({"VLLM_QDQ_GRID_SYNC": "always"})

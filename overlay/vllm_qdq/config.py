@@ -86,6 +86,7 @@ from .schema import check_keys, check_pattern, pattern_matches
 
 __all__ = [
     "ENV_VARS",
+    "GRID_SYNC_MODES",
     "TRACE_LIMIT",
     "WEIGHT_KINDS",
     "ConfigError",
@@ -94,6 +95,7 @@ __all__ = [
     "QDQConfig",
     "QuantSpec",
     "Sage3Config",
+    "apply_grid_sync",
     "check_stats_dir",
     "error_file",
     "load_config",
@@ -117,6 +119,24 @@ ERROR_FILE_ENV = "_VLLM_QDQ_ERROR_FILE"
 
 #: ``VLLM_QDQ_TP_AMAX`` values (issue 20).
 TP_AMAX_MODES: tuple[str, ...] = ("shard", "layer")
+#: ``VLLM_QDQ_GRID_SYNC`` values, and the :data:`vllm_qdq.numerics.triton_qdq.GRID_SYNC` each sets.
+GRID_SYNC_MODES: dict[str, bool | str] = {"off": False, "eager": "eager", "on": True}
+
+
+def apply_grid_sync(mode: str) -> None:
+    """Set Triton QDQ's ``GRID_SYNC`` to ``mode``'s value (:data:`GRID_SYNC_MODES`). The module is
+    imported only to set a value other than its default (``off``), or when it is already loaded
+    (so that settings rebuilt with ``off`` undo an earlier ``eager``): a process that never QDQs on
+    CUDA does not import Triton for it. Calls recorded by the eager fast path keep the launches they
+    were recorded with: the settings are built once a process, before its first call."""
+    import sys
+
+    mod = sys.modules.get("vllm_qdq.numerics.triton_qdq")
+    if mod is None and mode == "off":
+        return
+    if mod is None:
+        from .numerics import triton_qdq as mod
+    mod.GRID_SYNC = GRID_SYNC_MODES[mode]
 
 #: Every environment variable this package reads, with its default and meaning.
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -127,6 +147,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "VLLM_QDQ_STATS": (None, "directory for per-layer QDQ error statistics"),
     "VLLM_QDQ_TP_AMAX": ("shard", "qdq method under tensor parallelism: per-tensor weight scales from the "
                          "rank's shard (shard) or the unsharded layer's amax, all-reduced (layer)"),
+    "VLLM_QDQ_GRID_SYNC": ("off", "Triton QDQ: a decode-sized two-pass call (nvfp4 without a given global amax, "
+                           "FP8 per-tensor) in one launch with a grid barrier: off | eager | on"),
     "VLLM_MARLIN_MOE_QDQ_MODE": (None, "compatibility: FORCE_MXFP4 forces mxfp4 everywhere"),
     "VLLM_SAGE3_TRITON": ("0", "register the sage3 attention kernel over SAGE_ATTN"),
     "SAGE3_QUANT_FORMAT": ("mxfp4", "sage3: " + " | ".join(SAGE3_FORMATS)),
@@ -256,6 +278,10 @@ class QDQConfig:
     #: a weight's per-tensor scale (NVFP4 global, ``*_per_tensor``): ``shard`` (each rank's own) or
     #: ``layer`` (the unsharded layer's, all-reduced with MAX over the TP group at load).
     tp_amax: str = "shard"
+    #: Triton QDQ's :data:`vllm_qdq.numerics.triton_qdq.GRID_SYNC` in every process whose settings are
+    #: built (:func:`settings`): ``off`` (two launches), ``eager`` (one launch with a grid barrier
+    #: outside CUDA graph captures), ``on`` (captures too). The same numbers either way; not hashed.
+    grid_sync: str = "off"
     #: Where the JSON settings came from (``defaults`` or ``VLLM_QDQ_CONFIG``): for the log, not hashed.
     source: str = "defaults"
 
@@ -274,7 +300,7 @@ class QDQConfig:
     def digest(self) -> str:
         """A stable hash of every setting that changes numerics (for compile-cache keys)."""
         d = self.to_json()
-        for k in ("trace", "stats_dir", "source"):
+        for k in ("trace", "stats_dir", "source", "grid_sync"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -289,6 +315,7 @@ class QDQConfig:
             f"layers={len(self.layers)} backend={self.backend} trace={self.trace}"
             + (f" kv_cache={self.kv_cache}" if self.kv_cache.enabled else "")
             + (f" attn_q={self.attn_q}" if self.attn_q.enabled else "")
+            + (f" grid_sync={self.grid_sync}" if self.grid_sync != "off" else "")
         )
 
 
@@ -540,6 +567,11 @@ def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
         if t not in TP_AMAX_MODES:
             raise ConfigError(f"VLLM_QDQ_TP_AMAX={env['VLLM_QDQ_TP_AMAX']!r}; accepted: {', '.join(TP_AMAX_MODES)}")
         cfg = replace(cfg, tp_amax=t)
+    if env.get("VLLM_QDQ_GRID_SYNC"):
+        g = env["VLLM_QDQ_GRID_SYNC"].strip().lower()
+        if g not in GRID_SYNC_MODES:
+            raise ConfigError(f"VLLM_QDQ_GRID_SYNC={env['VLLM_QDQ_GRID_SYNC']!r}; accepted: {', '.join(GRID_SYNC_MODES)}")
+        cfg = replace(cfg, grid_sync=g)
     if env.get("VLLM_QDQ_BACKEND"):
         b = env["VLLM_QDQ_BACKEND"].strip().lower()
         if b not in BACKENDS:
@@ -614,6 +646,7 @@ def settings() -> QDQConfig:
         return hit[1]  # type: ignore[return-value]
     cfg = load_config()
     set_default_backend(cfg.backend)
+    apply_grid_sync(cfg.grid_sync)
     _CACHE["qdq"] = (key, cfg)
     return cfg
 

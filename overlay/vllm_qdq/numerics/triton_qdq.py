@@ -1821,7 +1821,8 @@ PDL = True
 #: CUDA graph captures included); ``"eager"`` (the barrier only outside graph captures: a call
 #: made while its stream captures takes the two launches, and a recorded barrier call is not
 #: replayed into a capture, nor replaced by one recorded there; :func:`_capturing`, and in a
-#: replay :func:`_call_state`).
+#: replay :func:`_call_state`). In vLLM processes ``VLLM_QDQ_GRID_SYNC`` (off | eager | on) sets it
+#: when the settings are built (:func:`vllm_qdq.config.apply_grid_sync`).
 GRID_SYNC: bool | str = False
 #: The most warps the grid barrier's tile grows to (:data:`GRID_SYNC`); a call that would need more
 #: takes the two-launch path.
