@@ -562,21 +562,14 @@ def load_config(env: Mapping[str, str] | None = None) -> QDQConfig:
         check_stats_dir(cfg.stats_dir, "VLLM_QDQ_STATS")
     elif cfg.stats_dir:
         check_stats_dir(cfg.stats_dir, "VLLM_QDQ_CONFIG stats_dir")
-    if env.get("VLLM_QDQ_TP_AMAX"):
-        t = env["VLLM_QDQ_TP_AMAX"].strip().lower()
-        if t not in TP_AMAX_MODES:
-            raise ConfigError(f"VLLM_QDQ_TP_AMAX={env['VLLM_QDQ_TP_AMAX']!r}; accepted: {', '.join(TP_AMAX_MODES)}")
-        cfg = replace(cfg, tp_amax=t)
-    if env.get("VLLM_QDQ_GRID_SYNC"):
-        g = env["VLLM_QDQ_GRID_SYNC"].strip().lower()
-        if g not in GRID_SYNC_MODES:
-            raise ConfigError(f"VLLM_QDQ_GRID_SYNC={env['VLLM_QDQ_GRID_SYNC']!r}; accepted: {', '.join(GRID_SYNC_MODES)}")
-        cfg = replace(cfg, grid_sync=g)
-    if env.get("VLLM_QDQ_BACKEND"):
-        b = env["VLLM_QDQ_BACKEND"].strip().lower()
-        if b not in BACKENDS:
-            raise ConfigError(f"VLLM_QDQ_BACKEND={env['VLLM_QDQ_BACKEND']!r}; accepted: {', '.join(BACKENDS)}")
-        cfg = replace(cfg, backend=b)
+    for var, field_name, accepted in (("VLLM_QDQ_TP_AMAX", "tp_amax", TP_AMAX_MODES),
+                                      ("VLLM_QDQ_GRID_SYNC", "grid_sync", tuple(GRID_SYNC_MODES)),
+                                      ("VLLM_QDQ_BACKEND", "backend", BACKENDS)):
+        if env.get(var):  # one of a few words, any case; unset or empty: the JSON's or the default
+            v = env[var].strip().lower()
+            if v not in accepted:
+                raise ConfigError(f"{var}={env[var]!r}; accepted: {', '.join(accepted)}")
+            cfg = replace(cfg, **{field_name: v})
     return cfg
 
 
