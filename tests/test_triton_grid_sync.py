@@ -114,6 +114,27 @@ def test_tile_grows_to_one_program_and_the_path_needs_one(tq, monkeypatch) -> No
     assert int(words[0]) == 0 and int(words[tq._GRID_GEN]) == gen0 + 2
 
 
+def test_the_first_barrier_call_is_logged_once(tq, monkeypatch, caplog) -> None:  # noqa: F811
+    """A process logs its first call that takes the grid barrier (one INFO line naming the setting,
+    the format, the shape and the programs), and no other: how a user sees that
+    ``VLLM_QDQ_GRID_SYNC`` took effect in an engine (the GPU engine test looks for it). A call that
+    takes the two-launch path logs nothing."""
+    monkeypatch.setattr(tq, "ONE_TILE_MAX", 0)
+    monkeypatch.setattr(tq, "_BARRIER_LOGGED", [])
+    monkeypatch.setitem(tq.TILE_CONFIG, "nvfp4", (256, 1))
+    x = nasty(FORMATS["nvfp4"], torch.bfloat16, 256)[:8]
+    caplog.set_level("INFO", logger=tq.__name__)
+    monkeypatch.setattr(tq, "GRID_SYNC", False)
+    _qdq(x, "nvfp4", {})
+    assert not [r for r in caplog.records if "grid barrier" in r.getMessage()]
+    monkeypatch.setattr(tq, "GRID_SYNC", "eager")
+    for name in ("nvfp4", "nvfp4", "fp8_e4m3_per_tensor"):
+        _qdq(x, name, {})
+    lines = [r.getMessage() for r in caplog.records if "grid barrier" in r.getMessage()]
+    assert lines == ["vllm_qdq: GRID_SYNC='eager': a two-pass call in one launch with a grid barrier (first: "
+                     "nvfp4, 8 x 256, 1 programs); the same numbers as two launches"], lines
+
+
 def test_grid_limit_and_growth(tq, monkeypatch) -> None:  # noqa: F811
     """``_grid_sync_grow`` on a GPU of 132 SMs (an H100) with sm_90's NVFP4 / FP8 per-tensor tiles at
     K = 4096 (one row of 1024 columns a program, one or two warps: four programs a row): 16 and 33

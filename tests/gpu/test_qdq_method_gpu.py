@@ -88,3 +88,61 @@ def test_qdq_method_cuda(kind, tmp_path):
     assert d_eager <= BF16_TOL
     assert d_eager < d_plain
     assert all(len(g) == 4 for g in res["qdq"]["generated"])
+
+
+#: The Triton QDQ's one-time log line of a call that took the grid barrier (``GRID_SYNC``).
+BARRIER_LINE = "two-pass call in one launch with a grid barrier"
+
+
+def test_qdq_method_grid_sync_llama(tmp_path):
+    """``VLLM_QDQ_GRID_SYNC=eager`` in real engines: the ``qdq`` method with NVFP4 weights and
+    activations (a dynamic global scale over the batch: a two-pass recipe), on a Llama wide enough
+    (hidden 1024) that prefill and 16-token decode calls are more than one tile. Each engine pair
+    (``enforce_eager``; vLLM's default compile with CUDA graphs of 1-32 tokens) runs once with the
+    setting off and once ``eager``: the prompt logprobs and tokens must be the same bits, the
+    ``eager`` engines must log that a call took the barrier (prefill outside any capture), the
+    ``off`` ones must not, and the compiled engines' captures (16 and 32 tokens: two-pass, two
+    launches while capturing) replay the 12-sequence decode steps."""
+    from vllm_qdq.study.llm_run import drive_many
+    from vllm_qdq.study.tiny import build_once, build_tiny_llama
+
+    root = Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp_path
+    model = build_once(root / "method-llama-wide", build_tiny_llama, hidden=1024, intermediate=2048, heads=8,
+                       kv_heads=2, head_dim=128)
+    qc = {"quant_method": "qdq", "weight": "nvfp4", "act": "nvfp4"}
+    base = {"quantization": "qdq", "dtype": "bfloat16", "max_num_seqs": 32,
+            "hf_overrides": {"quantization_config": qc}}
+    compiled = {"compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32],
+                                       "inductor_compile_config": dict(NO_TIMED_PICKS)}}
+    runs = {"eager_off": ("off", {**base, "enforce_eager": True}),
+            "eager_sync": ("eager", {**base, "enforce_eager": True}),
+            "graph_off": ("off", {**base, **compiled}),
+            "graph_sync": ("eager", {**base, **compiled})}
+    prompts = [[(7 * i + 13 * j) % 300 + 3 for j in range(9 + i % 5)] for i in range(12)]
+    jobs = {}
+    for name, (mode, llm) in runs.items():
+        env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / f"cache-{name}"),
+                   VLLM_WORKER_MULTIPROC_METHOD="spawn", VLLM_QDQ_GRID_SYNC=mode,
+                   QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
+        env.pop("VLLM_QDQ", None)
+        jobs[name] = (model, {name: llm}, env)
+    got = drive_many(jobs, prompts=prompts)
+    res = {}
+    for name, (rc, out, r) in got.items():
+        assert rc == 0, f"{name} driver failed:\n" + out[-6000:]
+        assert set(r) == {name}, out[-6000:]
+        res[name] = {**r[name], "out": out}
+    for pair in (("eager_off", "eager_sync"), ("graph_off", "graph_sync")):
+        off, sync = (res[k] for k in pair)
+        n_diff = sum(a != b for ra, rb in zip(off["logprobs"], sync["logprobs"], strict=True)
+                     for a, b in zip(ra, rb, strict=True))
+        print(f"{pair[1]} vs {pair[0]}: {n_diff} logprobs differ; tokens "
+              f"{'equal' if off['generated'] == sync['generated'] else 'differ'}")
+        assert BARRIER_LINE in sync["out"], f"{pair[1]}: no call took the grid barrier:\n" + sync["out"][-4000:]
+        assert BARRIER_LINE not in off["out"], pair[0]
+        assert n_diff == 0
+        assert off["generated"] == sync["generated"]
+    d = _mean(res["graph_sync"]["logprobs"], res["eager_sync"]["logprobs"])
+    print(f"mean|compiled-eager| = {d:.4f} (engine start s: "
+          + ", ".join(f"{k} {v['start_s']}" for k, v in res.items()) + ")")
+    assert d <= BF16_TOL

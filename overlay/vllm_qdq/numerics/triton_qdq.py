@@ -1592,6 +1592,14 @@ def _launch(x: torch.Tensor, y: torch.Tensor, r: _Rows, spec: FormatSpec, rule: 
         if bar is not None:
             block_r, block_k, amax, consts = _plan(*plan, sync=grow, held_max=held_max, shfl=ROT_SHFL,
                                                    maxnreg64=ROT_MAXNREG_64)
+            if not _BARRIER_LOGGED:
+                _BARRIER_LOGGED.append(True)
+                import logging
+
+                logging.getLogger(__name__).info(
+                    "vllm_qdq: GRID_SYNC=%r: a two-pass call in one launch with a grid barrier (first: %s, "
+                    "%d x %d, %d programs); the same numbers as two launches", GRID_SYNC, spec.name, r.n_rows,
+                    r.k, _cdiv(r.n_rows, block_r) * _cdiv(r.k, block_k))
     buf = y  # placeholder: the kernel reads buf_ptr only for NVFP4 and per-tensor recipes
     # the amax pass's pairs: n_part of them in buf, the QDQ pass reducing N_PARTIALS = pairs words
     # (partials: stored by the programs, at most PARTIALS_MAX; else atomics into ATOMIC_SLOTS)
@@ -2284,6 +2292,7 @@ _FAST_MAX = 4096
 _FAST: dict[tuple, _FastCall] = {}
 _FAST_REFUSED: set[tuple] = set()  # keys that could not be recorded: not tried again
 _FAST_LOGGED: list[bool] = []  # the refusal is logged once per process
+_BARRIER_LOGGED: list[bool] = []  # the first call to take the grid barrier (GRID_SYNC) is logged once per process
 _SIGNATURES: dict[object, list[tuple[str, object]]] = {}
 
 
