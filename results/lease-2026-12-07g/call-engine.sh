@@ -11,7 +11,7 @@ mkdir -p "$D"
 python3 -m pip install -q --no-deps --no-build-isolation --upgrade --target /opt/gpu-site/deps ./overlay > "$D/pip.log" 2>&1
 echo "overlay rc $?" | tee "$D/rc.txt"
 t0=$SECONDS
-timeout -s INT 420 python3 -m pytest -m gpu -q -s -rfE -p no:cacheprovider tests/gpu/test_qdq_method_gpu.py \
+timeout -s INT 400 python3 -m pytest -m gpu -q -s -rfE -p no:cacheprovider tests/gpu/test_qdq_method_gpu.py \
   -k "grid_sync" > "$D/grid-sync-engine.log" 2>&1
 echo "grid-sync-engine rc $? $((SECONDS - t0)) s" | tee -a "$D/rc.txt"
 grep -E "differ|mean\||passed|failed|grid barrier" "$D/grid-sync-engine.log" | cut -c1-300 | tail -n 20

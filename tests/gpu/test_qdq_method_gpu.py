@@ -102,7 +102,15 @@ def test_qdq_method_grid_sync_llama(tmp_path):
     setting off and once ``eager``: the prompt logprobs and tokens must be the same bits, the
     ``eager`` engines must log that a call took the barrier (prefill outside any capture), the
     ``off`` ones must not, and the compiled engines' captures (16 and 32 tokens: two-pass, two
-    launches while capturing) replay the 12-sequence decode steps."""
+    launches while capturing) replay the 12-sequence decode steps.
+
+    The engine core runs in the driver process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): with vLLM's
+    default engine-core process, the first step may start before all 12 requests of the one
+    ``generate`` have arrived, and a batch-wide activation scale then sees another batch. Lease 07g
+    (H100): in each of two runs of four such engines one differed from the rest in every logprob of
+    prompts 0-1 and in no other (a first step of those two prompts alone); the CPU engine with an
+    engine-core process took 5 steps for 6 prompts and 4 tokens, in-process 4, and its logprobs
+    differed throughout."""
     from vllm_qdq.study.llm_run import drive_many
     from vllm_qdq.study.tiny import build_once, build_tiny_llama
 
@@ -122,7 +130,7 @@ def test_qdq_method_grid_sync_llama(tmp_path):
     jobs = {}
     for name, (mode, llm) in runs.items():
         env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / f"cache-{name}"),
-                   VLLM_WORKER_MULTIPROC_METHOD="spawn", VLLM_QDQ_GRID_SYNC=mode,
+                   VLLM_WORKER_MULTIPROC_METHOD="spawn", VLLM_QDQ_GRID_SYNC=mode, VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
         env.pop("VLLM_QDQ", None)
         jobs[name] = (model, {name: llm}, env)
