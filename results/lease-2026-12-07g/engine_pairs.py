@@ -1,5 +1,10 @@
 """Which engine differences are GRID_SYNC's: two eager engines with it off, two with it "eager"
-(qdq method, NVFP4 W+A, the wide tiny Llama), pairwise counts of differing prompt logprobs."""
+(qdq method, NVFP4 W+A, the wide tiny Llama), pairwise counts of differing prompt logprobs.
+
+    python3 engine_pairs.py TMP [ACT] [inproc]
+
+``inproc``: one engine of each, their engine cores in the driver process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``: every request of the generate in the first step)."""
 import itertools
 import os
 import sys
@@ -15,9 +20,12 @@ qc = {"quant_method": "qdq", "weight": "nvfp4", "act": act}
 llm = {"quantization": "qdq", "dtype": "bfloat16", "max_num_seqs": 32, "enforce_eager": True,
        "hf_overrides": {"quantization_config": qc}}
 prompts = [[(7 * i + 13 * j) % 300 + 3 for j in range(9 + i % 5)] for i in range(12)]
+inproc = len(sys.argv) > 3 and sys.argv[3] == "inproc"
+engines = (("off_a", "off"), ("sync_a", "eager")) if inproc else (
+    ("off_a", "off"), ("off_b", "off"), ("sync_a", "eager"), ("sync_b", "eager"))
 jobs = {}
-for name, mode in (("off_a", "off"), ("off_b", "off"), ("sync_a", "eager"), ("sync_b", "eager")):
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / f"cache-{name}"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
+for name, mode in engines:
+    env = dict(os.environ, **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if inproc else {}), VLLM_CACHE_ROOT=str(tmp / f"cache-{name}"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
                VLLM_QDQ_GRID_SYNC=mode, QDQ_TEST_GPU_UTIL="0.1")
     jobs[name] = (model, {name: llm}, env)
 got = drive_many(jobs, prompts=prompts)
