@@ -10,7 +10,11 @@ one run named ``run``), ``prompts`` (token-id lists; default: three fixed prompt
 ``DRIVER_PID <pid>`` then, per run, ``RESULT <name> {"logprobs": [[...], ...], "generated": ...,
 "start_s": ...}``: the logprob of every prompt token after the first (a deterministic function of
 the weights and the numerics, independent of sampling) and 4 greedy tokens, all prompts in one
-``generate``.
+``generate``. With vLLM's default engine-core process that ``generate`` may schedule its first
+prompts in a step of their own (requests arriving while the core is idle start a step): runs of an
+activation format whose scale spans tokens (per-tensor FP8, NVFP4's dynamic global amax) compare
+bit for bit only with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` in the environment (README: "Activation
+scales that span tokens depend on the batch").
 
 **File form** (the CPU engine tests; the spec has ``out``): ``runs`` (a list of ``{"name",
 "llm"}`` with the *whole* ``LLM(...)`` keyword arguments, ``model`` included, nothing added),
