@@ -108,7 +108,7 @@ def test_qdq_method_grid_sync_llama(tmp_path):
     default engine-core process, the first step may start before all 12 requests of the one
     ``generate`` have arrived, and a batch-wide activation scale then sees another batch. Lease 07g
     (H100): in each of two runs of four such engines one differed from the rest in every logprob of
-    prompts 0-1 and in no other (a first step of those two prompts alone); the CPU engine with an
+    prompts 0-1 and in no other (read as a first step of those two prompts alone); the CPU engine with an
     engine-core process took 5 steps for 6 prompts and 4 tokens, in-process 4, and its logprobs
     differed throughout."""
     from vllm_qdq.study.llm_run import drive_many
