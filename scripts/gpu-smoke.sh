@@ -21,7 +21,9 @@
 #                 QDQ off (agree to 0.02 nats) and on (nearer eager-on than eager-off by 3x), both models
 #   method-llama, method-moe
 #                 pytest -m gpu tests/gpu/test_qdq_method_gpu.py (one model each): the qdq method on CUDA,
-#                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model
+#                 compiled + CUDA graphs and eager, vs the CPU reference and the unquantized model;
+#                 method-llama also VLLM_QDQ_GRID_SYNC=eager against off on a wider Llama with NVFP4
+#                 W+A (four more engines, in-process engine cores: the same bits; ~240 s on an H100)
 #   kv-cache      pytest -m gpu tests/gpu/test_kv_cache_gpu.py: KV-cache + query QDQ (plugin) on the gpt-oss-
 #                 and Llama-shaped models, eager / piecewise / default graphs, cache read back (issue 19);
 #                 with SMOKE_JOBS > 1 the two models side by side (scripts/pytest-side-by-side.sh: 410 s
