@@ -491,6 +491,8 @@ def bench_grid_sync(rounds: int = 3, rows: tuple[int, ...] = GRID_SYNC_ROWS, col
                       f"{'yes' if in_graph else 'NO':>6s}", flush=True)
     finally:
         triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
+        # the graph timings' warm-up calls ran with the saved table in place and GRID_SYNC switched:
+        # what they recorded there holds the path of the switch they ran with
         triton_qdq._FAST.clear()
 
 
@@ -553,10 +555,9 @@ def bench_eager_split(rows: tuple[int, ...] = EAGER_SPLIT_ROWS, cols: int = 4096
                 med = {k: statistics.median(v) for k, v in host_us_interleaved(fns, rounds=EAGER_ROUNDS).items()}
                 print(f"{fmt:22s} {n:5d}" + "".join(f" {med[h]:10.1f}" if h in med else f" {'-':>10s}" for h in heads),
                       flush=True)
-    finally:
+    finally:  # every row ran on a table of its own: the saved one holds only what was there before
         triton_qdq._FAST, triton_qdq.GRID_SYNC = saved_fast, saved_switch
         triton_qdq.EAGER_SCRATCH = saved_scratch
-        triton_qdq._FAST.clear()
 
 
 def _scratch_call(triton_qdq, on: bool, call):

@@ -350,13 +350,16 @@ def test_eager_split_restores_the_switches_and_names_rows_without_a_replay(tq, m
     """``--eager-split`` (``bench_eager_split``) on the CPU: the eager fast path records nothing
     for a CPU tensor (no direct replay), so each (format, rows) line says so instead of timing a
     call that would not be the replayed one; the fast path's table, ``GRID_SYNC`` and
-    ``EAGER_SCRATCH`` are as they were after the table."""
+    ``EAGER_SCRATCH`` are as they were after the table, the table's entries kept (every row ran on a
+    table of its own)."""
     mod = _bench()
     randn = torch.randn
     monkeypatch.setattr(torch, "randn", lambda *a, device=None, **k: randn(*a, **k))  # CPU tensors
     timed: list[dict] = []
     monkeypatch.setattr(mod, "host_us_interleaved", lambda fns, rounds: timed.append(fns) or {})
     table, switch, scratch = tq._FAST, tq.GRID_SYNC, tq.EAGER_SCRATCH
+    kept = object()
+    monkeypatch.setitem(tq._FAST, ("an entry recorded before",), kept)
     mod.bench_eager_split(rows=(2,), cols=256)
     out = capsys.readouterr().out
     lines = [line.split() for line in out.splitlines() if line.startswith(mod.EAGER_SPLIT_FORMATS)]
@@ -364,3 +367,4 @@ def test_eager_split_restores_the_switches_and_names_rows_without_a_replay(tq, m
     assert all(" ".join(f[2:]) == "(no direct replay recorded)" for f in lines), out
     assert not timed
     assert tq._FAST is table and tq.GRID_SYNC == switch and tq.EAGER_SCRATCH == scratch
+    assert tq._FAST.get(("an entry recorded before",)) is kept
