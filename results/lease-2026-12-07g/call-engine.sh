@@ -15,3 +15,9 @@ timeout -s INT 400 python3 -m pytest -m gpu -q -s -rfE -p no:cacheprovider tests
   -k "grid_sync" > "$D/grid-sync-engine.log" 2>&1
 echo "grid-sync-engine rc $? $((SECONDS - t0)) s" | tee -a "$D/rc.txt"
 grep -E "differ|mean\||passed|failed|grid barrier" "$D/grid-sync-engine.log" | cut -c1-300 | tail -n 20
+# (added after the first run) the odd engines as another schedule: engines given only the first
+# prompts, against the odd engines' logprobs in the committed logs (engine_prefix.py)
+t0=$SECONDS
+timeout -s INT 170 python3 results/lease-2026-12-07g/engine_prefix.py /root/ep > "$D/engine-prefix.log" 2>&1
+echo "engine-prefix rc $? $((SECONDS - t0)) s" | tee -a "$D/rc.txt"
+grep -E " vs | rc " "$D/engine-prefix.log"
