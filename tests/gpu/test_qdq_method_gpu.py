@@ -30,20 +30,23 @@ def _mean(a, b):
     return sum(d) / len(d)
 
 
-def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path) -> dict[str, dict]:
+def _engine_runs(model: Path, runs: dict[str, dict], tmp: Path, prompts: list[list[int]] = PROMPTS,
+                 env_of: dict[str, dict[str, str]] | None = None) -> dict[str, dict]:
     """Each run's ``LLM()`` in a driver process of its own, the engines side by side
-    (vllm_qdq.study.llm_run); ``{name: result}``."""
+    (vllm_qdq.study.llm_run); ``{name: result}``, each result with its driver's whole output
+    (``out``). ``env_of``: environment variables of some runs over the shared ones."""
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "cache"), VLLM_WORKER_MULTIPROC_METHOD="spawn",
                QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
     env.pop("VLLM_QDQ", None)
     from vllm_qdq.study.llm_run import drive_many
 
-    got = drive_many({name: (model, {name: llm}, env) for name, llm in runs.items()}, prompts=PROMPTS)
+    got = drive_many({name: (model, {name: llm}, {**env, **(env_of or {}).get(name, {})})
+                      for name, llm in runs.items()}, prompts=prompts)
     res = {}
     for name, (rc, out, r) in got.items():
         assert rc == 0, f"{name} driver failed:\n" + out[-6000:]
         assert set(r) == {name}, out[-6000:]
-        res.update(r)
+        res[name] = {**r[name], "out": out}
     return res
 
 
@@ -111,7 +114,6 @@ def test_qdq_method_grid_sync_llama(tmp_path):
     prompts 0-1 and in no other (read as a first step of those two prompts alone); the CPU engine with an
     engine-core process took 5 steps for 6 prompts and 4 tokens, in-process 4, and its logprobs
     differed throughout."""
-    from vllm_qdq.study.llm_run import drive_many
     from vllm_qdq.study.tiny import build_once, build_tiny_llama
 
     root = Path(os.environ["SMOKE_MODELS"]) if os.environ.get("SMOKE_MODELS") else tmp_path
@@ -127,19 +129,10 @@ def test_qdq_method_grid_sync_llama(tmp_path):
             "graph_off": ("off", {**base, **compiled}),
             "graph_sync": ("eager", {**base, **compiled})}
     prompts = [[(7 * i + 13 * j) % 300 + 3 for j in range(9 + i % 5)] for i in range(12)]
-    jobs = {}
-    for name, (mode, llm) in runs.items():
-        env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / f"cache-{name}"),
-                   VLLM_WORKER_MULTIPROC_METHOD="spawn", VLLM_QDQ_GRID_SYNC=mode, VLLM_ENABLE_V1_MULTIPROCESSING="0",
-                   QDQ_TEST_GPU_UTIL=os.environ.get("QDQ_TEST_GPU_UTIL", "0.1"))
-        env.pop("VLLM_QDQ", None)
-        jobs[name] = (model, {name: llm}, env)
-    got = drive_many(jobs, prompts=prompts)
-    res = {}
-    for name, (rc, out, r) in got.items():
-        assert rc == 0, f"{name} driver failed:\n" + out[-6000:]
-        assert set(r) == {name}, out[-6000:]
-        res[name] = {**r[name], "out": out}
+    # a compile cache each: the two compiled engines share a key (GRID_SYNC is not in the digest)
+    env_of = {name: {"VLLM_CACHE_ROOT": str(tmp_path / f"cache-{name}"), "VLLM_QDQ_GRID_SYNC": mode,
+                     "VLLM_ENABLE_V1_MULTIPROCESSING": "0"} for name, (mode, _) in runs.items()}
+    res = _engine_runs(model, {name: llm for name, (_, llm) in runs.items()}, tmp_path, prompts, env_of)
     for pair in (("eager_off", "eager_sync"), ("graph_off", "graph_sync")):
         off, sync = (res[k] for k in pair)
         n_diff = sum(a != b for ra, rb in zip(off["logprobs"], sync["logprobs"], strict=True)
